@@ -1,0 +1,29 @@
+# Two commands do everything on a fresh machine (Python 3.10+ with pip; a GPU is optional):
+#   make run    set up .venv, then execute every notebook headless (CPU, embedded default model) into results/
+#   make test   set up .venv, then run the tests
+# On a GPU machine: make run ARGS="-p device cuda -p model_source RWKV/rwkv-4-169m-pile"
+PYTHON ?= python3
+VENV ?= .venv
+# torch is installed first and pinned, so pip never swaps it for another build; set TORCH= to keep the venv's own.
+TORCH ?= torch==2.13.0
+ARGS ?=
+PY := $(VENV)/bin/python
+
+.PHONY: setup run test clean
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+run: setup
+	$(PY) -m rwkv_lab.run_notebooks $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

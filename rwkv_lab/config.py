@@ -1,0 +1,76 @@
+"""Model configuration: the six RWKV-4 Pile presets and small ones for tests and the embedded default."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+NEOX_VOCAB = 50277  # GPT-NeoX-20B tokenizer, used by every RWKV-4 Pile model
+BYTE_VOCAB = 257  # 256 bytes + end-of-text (id 0), see tokenizer.ByteTokenizer
+
+
+@dataclass(frozen=True)
+class RWKVConfig:
+    n_layer: int
+    n_embd: int
+    vocab_size: int = NEOX_VOCAB
+    ctx_len: int = 1024  # training context of the released models; the recurrent form has no limit
+    layer_norm_eps: float = 1e-5
+    name: str = "custom"
+
+    def __post_init__(self):
+        for field in ("n_layer", "n_embd", "vocab_size"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"RWKVConfig.{field} must be a positive int, got {value!r}")
+
+    @property
+    def dim_ffn(self) -> int:
+        return 4 * self.n_embd
+
+    @property
+    def n_params(self) -> int:
+        """Exact parameter count, 2VD + 13D^2 L + D(11L + 4) (RWKV paper, Table 2)."""
+        V, D, L = self.vocab_size, self.n_embd, self.n_layer
+        return 2 * V * D + 13 * D * D * L + D * (11 * L + 4)
+
+    @property
+    def state_numbers(self) -> int:
+        """Numbers in the recurrent state of one sequence: 5 vectors of C per layer, independent of T."""
+        return 5 * self.n_embd * self.n_layer
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RWKVConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown RWKVConfig fields {sorted(unknown)}; expected a subset of {sorted(known)}")
+        return cls(**d)
+
+
+PRESETS: dict[str, RWKVConfig] = {
+    "169M": RWKVConfig(n_layer=12, n_embd=768, name="169M"),
+    "430M": RWKVConfig(n_layer=24, n_embd=1024, name="430M"),
+    "1.5B": RWKVConfig(n_layer=24, n_embd=2048, name="1.5B"),
+    "3B": RWKVConfig(n_layer=32, n_embd=2560, name="3B"),
+    "7B": RWKVConfig(n_layer=32, n_embd=4096, name="7B"),
+    "14B": RWKVConfig(n_layer=40, n_embd=5120, name="14B"),
+    # Tests: small enough for float64 gradients through a Python loop over 1000 tokens.
+    "tiny": RWKVConfig(n_layer=2, n_embd=32, vocab_size=BYTE_VOCAB, ctx_len=256, name="tiny"),
+    # The embedded default model (see default.py): byte-level, 5.1M parameters.
+    "byte-6x256": RWKVConfig(n_layer=6, n_embd=256, vocab_size=BYTE_VOCAB, ctx_len=1024, name="byte-6x256"),
+}
+
+
+def get_config(name: str) -> RWKVConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}") from None

@@ -1,0 +1,50 @@
+"""Downloads from the Hugging Face hub, cached by huggingface_hub, with one clear error when that fails."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class HubUnavailableError(OSError):
+    """The hub could not be reached and the cache does not hold what was asked for."""
+
+
+def is_repo_id(source: str) -> bool:
+    """'owner/name' that is not an existing local path."""
+    return bool(_REPO_ID.match(source)) and not os.path.exists(source)
+
+
+def _explain(repo_id: str, what: str, err: Exception) -> Exception:
+    from huggingface_hub import constants
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    if isinstance(err, (RepositoryNotFoundError, RevisionNotFoundError)) and not isinstance(err, GatedRepoError):
+        return FileNotFoundError(f"the hub has no repository or revision {repo_id!r}: {err}")
+    return HubUnavailableError(
+        f"could not get {what} of {repo_id!r} from the Hugging Face hub, and the local cache "
+        f"({constants.HF_HUB_CACHE}) does not hold it ({type(err).__name__}: {err}). "
+        "Connect once to fill the cache, or pass a local path instead (a BlinkDL .pth file, a transformers "
+        "folder with config.json, or a .safetensors file)."
+    )
+
+
+def download_file(repo_id: str, filename: str, revision: str | None = None) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision))
+    except Exception as err:  # noqa: BLE001 - every hub failure becomes one explained error
+        raise _explain(repo_id, filename, err) from err
+
+
+def download_snapshot(repo_id: str, patterns: list[str], revision: str | None = None) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+    except Exception as err:  # noqa: BLE001
+        raise _explain(repo_id, f"files {patterns}", err) from err

@@ -1,0 +1,248 @@
+"""RWKV-4: one network, two formulations.
+
+    logits, state = model(tokens, state)      # tokens (B, T): parallel over T (training, prefill)
+    logits, state = model.step(token, state)  # token (B,): the RNN form, one token at a time
+
+Both share the weights and the constant-size state, a tensor (B, L, 5, C) holding per layer
+[att x_{t-1}, a, b, p, ffn x_{t-1}] (the order of the `rwkv` package). Parameter names are the keys of the
+released BlinkDL checkpoints, so `model.state_dict()` is a BlinkDL state dict.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import RWKVConfig
+from .wkv import P_EMPTY, compute_dtype, wkv
+
+ATT_X, ATT_A, ATT_B, ATT_P, FFN_X = range(5)
+STATE_SLOTS = ("att_x", "att_a", "att_b", "att_p", "ffn_x")
+
+
+def token_shift(x: torch.Tensor, last_x: torch.Tensor) -> torch.Tensor:
+    """x_{t-1} for every t: the carried last_x (B, C) before the first token, then x shifted by one."""
+    return torch.cat([last_x[:, None].to(x.dtype), x[:, :-1]], dim=1)  # (B, T, C)
+
+
+def mix(x, prev, mu):
+    return x * mu + prev * (1 - mu)
+
+
+class TimeMix(nn.Module):
+    def __init__(self, config: RWKVConfig):
+        super().__init__()
+        C = config.n_embd
+        self.time_decay = nn.Parameter(torch.empty(C))
+        self.time_first = nn.Parameter(torch.empty(C))
+        self.time_mix_k = nn.Parameter(torch.empty(1, 1, C))
+        self.time_mix_v = nn.Parameter(torch.empty(1, 1, C))
+        self.time_mix_r = nn.Parameter(torch.empty(1, 1, C))
+        self.key = nn.Linear(C, C, bias=False)
+        self.value = nn.Linear(C, C, bias=False)
+        self.receptance = nn.Linear(C, C, bias=False)
+        self.output = nn.Linear(C, C, bias=False)
+
+    def forward(self, x, last_x, wkv_state, backend):
+        # x (B, T, C): LN1 output; last_x (B, C); wkv_state (B, 3, C)
+        prev = token_shift(x, last_x)
+        k = self.key(mix(x, prev, self.time_mix_k))
+        v = self.value(mix(x, prev, self.time_mix_v))
+        r = self.receptance(mix(x, prev, self.time_mix_r))
+        # exp in fp32 at least: a bf16 time_decay would lose the long half-lives
+        w = torch.exp(self.time_decay.to(compute_dtype(self.time_decay)))
+        y, wkv_state = wkv(w, self.time_first, k, v, wkv_state, backend=backend, check=False)
+        return self.output(torch.sigmoid(r) * y), x[:, -1], wkv_state
+
+
+class ChannelMix(nn.Module):
+    def __init__(self, config: RWKVConfig):
+        super().__init__()
+        C = config.n_embd
+        self.time_mix_k = nn.Parameter(torch.empty(1, 1, C))
+        self.time_mix_r = nn.Parameter(torch.empty(1, 1, C))
+        self.key = nn.Linear(C, config.dim_ffn, bias=False)
+        self.receptance = nn.Linear(C, C, bias=False)
+        self.value = nn.Linear(config.dim_ffn, C, bias=False)
+
+    def forward(self, x, last_x):
+        prev = token_shift(x, last_x)
+        k = torch.square(torch.relu(self.key(mix(x, prev, self.time_mix_k))))  # (B, T, 4C)
+        r = torch.sigmoid(self.receptance(mix(x, prev, self.time_mix_r)))
+        return r * self.value(k), x[:, -1]
+
+
+class Block(nn.Module):
+    def __init__(self, config: RWKVConfig, layer_id: int):
+        super().__init__()
+        C, eps = config.n_embd, config.layer_norm_eps
+        if layer_id == 0:
+            self.ln0 = nn.LayerNorm(C, eps=eps)
+        self.ln1 = nn.LayerNorm(C, eps=eps)
+        self.ln2 = nn.LayerNorm(C, eps=eps)
+        self.att = TimeMix(config)
+        self.ffn = ChannelMix(config)
+
+    def forward(self, x, state, backend):
+        # state (B, 5, C) for this layer; returns the new one
+        if hasattr(self, "ln0"):
+            x = self.ln0(x)
+        h = self.ln1(x)
+        att, att_x, wkv_state = self.att(h, state[:, ATT_X], state[:, ATT_A : ATT_P + 1], backend)
+        x = x + att
+        h = self.ln2(x)
+        ffn, ffn_x = self.ffn(h, state[:, FFN_X])
+        x = x + ffn
+        sd = state.dtype
+        new_state = torch.cat([att_x[:, None].to(sd), wkv_state.to(sd), ffn_x[:, None].to(sd)], dim=1)
+        return x, new_state
+
+
+class RWKV(nn.Module):
+    def __init__(self, config: RWKVConfig):
+        super().__init__()
+        self.config = config
+        self.emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.ln_out = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Which WKV formulation the parallel form uses (see wkv.BACKENDS); 'auto' picks the fastest exact one.
+        self.wkv_backend = "auto"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.emb.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.emb.weight.device
+
+    @property
+    def state_dtype(self) -> torch.dtype:
+        """The state accumulates sums: float32, or float64 for a float64 model."""
+        return compute_dtype(self.emb.weight)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def init_state(self, batch: int = 1) -> torch.Tensor:
+        """The empty state (B, L, 5, C): zero token shifts and sums, p = P_EMPTY."""
+        cfg = self.config
+        state = torch.zeros(batch, cfg.n_layer, 5, cfg.n_embd, dtype=self.state_dtype, device=self.device)
+        state[:, :, ATT_P] = P_EMPTY
+        return state
+
+    def check_tokens(self, tokens: torch.Tensor, ndim: int) -> None:
+        shape = "(B, T)" if ndim == 2 else "(B,)"
+        if not isinstance(tokens, torch.Tensor):
+            raise TypeError(f"tokens must be a torch.Tensor of shape {shape}; got {type(tokens).__name__}")
+        if tokens.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise TypeError(f"tokens must be an integer tensor; got {tokens.dtype}")
+        if tokens.dim() != ndim:
+            raise ValueError(f"tokens must have shape {shape}; got {tuple(tokens.shape)}")
+        if tokens.numel() == 0:
+            raise ValueError(f"tokens is empty (shape {tuple(tokens.shape)}); need at least one token per sequence")
+        if tokens.device != self.device:
+            raise ValueError(f"tokens are on {tokens.device} but the model is on {self.device}")
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= self.config.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"token id {bad} is out of range: this model's vocabulary is [0, {self.config.vocab_size})")
+
+    def check_state(self, state: torch.Tensor, batch: int) -> None:
+        cfg = self.config
+        expected = (batch, cfg.n_layer, 5, cfg.n_embd)
+        if not isinstance(state, torch.Tensor):
+            raise TypeError(f"state must be a tensor of shape {expected} (from model.init_state); got {type(state).__name__}")
+        if tuple(state.shape) != expected:
+            raise ValueError(f"state must have shape (B, L, 5, C) = {expected}; got {tuple(state.shape)}")
+        if state.dtype != self.state_dtype:
+            raise TypeError(f"state must be {self.state_dtype} for a {self.dtype} model; got {state.dtype}")
+        if state.device != self.device:
+            raise ValueError(f"state is on {state.device} but the model is on {self.device}")
+
+    def forward(self, tokens: torch.Tensor, state: torch.Tensor | None = None, *, backend: str | None = None,
+                check: bool = True):
+        """Parallel form: tokens (B, T) -> logits (B, T, V) and the state after the last token."""
+        if check:
+            self.check_tokens(tokens, ndim=2)
+        if state is None:
+            state = self.init_state(tokens.shape[0])
+        elif check:
+            self.check_state(state, tokens.shape[0])
+        backend = backend or self.wkv_backend
+        x = self.emb(tokens)  # (B, T, C)
+        new_state = []
+        for i, block in enumerate(self.blocks):
+            x, layer_state = block(x, state[:, i], backend)
+            new_state.append(layer_state)
+        logits = self.head(self.ln_out(x))  # (B, T, V)
+        return logits, torch.stack(new_state, dim=1)
+
+    def step(self, token: torch.Tensor, state: torch.Tensor | None = None, *, check: bool = True):
+        """RNN form: one token per sequence, token (B,) -> logits (B, V), state (B, L, 5, C)."""
+        if check:
+            self.check_tokens(token, ndim=1)
+        logits, state = self.forward(token[:, None], state, backend="recurrent", check=check)
+        return logits[:, 0], state
+
+
+def init_weights(model: RWKV, seed: int = 0, zero_projections: bool = True) -> RWKV:
+    """RWKV-LM's RWKV-4 initialisation (spec: "Official initialisation").
+
+    RWKV-LM zeroes att.key/receptance/output and ffn.receptance/value, which makes an untrained model ignore its
+    context. `zero_projections=False` draws them orthogonal instead (gain 1, outputs 0.5), so a random model's
+    logits depend on every token through the state, as a trained one's do.
+    """
+    cfg = model.config
+    L, C = cfg.n_layer, cfg.n_embd
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    h = torch.arange(C, dtype=torch.float64)
+
+    def orthogonal(weight: torch.Tensor, gain: float):
+        w = torch.empty(weight.shape, dtype=torch.float32)
+        nn.init.orthogonal_(w, gain=gain, generator=gen)
+        weight.copy_(w)
+
+    def projection(weight: torch.Tensor, gain: float):
+        if zero_projections:
+            weight.zero_()
+        else:
+            orthogonal(weight, gain)
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+        model.emb.weight.copy_(torch.rand(model.emb.weight.shape, generator=gen) * 2e-4 - 1e-4)
+        orthogonal(model.head.weight, 0.5 * math.sqrt(max(1.0, cfg.vocab_size / C)))
+        for i, block in enumerate(model.blocks):
+            r0 = i / (L - 1) if L > 1 else 0.0
+            r1 = 1.0 - i / L
+            att, ffn = block.att, block.ffn
+            att.time_decay.copy_(-5 + 8 * (h / max(C - 1, 1)) ** (0.7 + 1.3 * r0))
+            att.time_first.copy_(math.log(0.3) + ((h + 1) % 3 - 1) * 0.5)
+            att.time_mix_k.copy_(((h / C) ** r1).view(1, 1, C))
+            att.time_mix_v.copy_(((h / C) ** r1 + 0.3 * r0).view(1, 1, C))
+            att.time_mix_r.copy_(((h / C) ** (0.5 * r1)).view(1, 1, C))
+            ffn.time_mix_k.copy_(((h / C) ** r1).view(1, 1, C))
+            ffn.time_mix_r.copy_(((h / C) ** r1).view(1, 1, C))
+            orthogonal(att.value.weight, 1.0)
+            orthogonal(ffn.key.weight, math.sqrt(cfg.dim_ffn / C))
+            projection(att.key.weight, 1.0)
+            projection(att.receptance.weight, 1.0)
+            projection(att.output.weight, 0.5)
+            projection(ffn.receptance.weight, 1.0)
+            projection(ffn.value.weight, 0.5)
+    return model
+
+
+def build_model(config: RWKVConfig, seed: int = 0, zero_projections: bool = True, dtype=torch.float32,
+                device="cpu") -> RWKV:
+    """A freshly initialised RWKV-4 of this config (init on CPU in fp32 so results do not depend on device)."""
+    model = init_weights(RWKV(config), seed=seed, zero_projections=zero_projections)
+    return model.to(device=device, dtype=dtype)

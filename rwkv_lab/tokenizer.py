@@ -1,0 +1,82 @@
+"""Tokenizers: GPT-NeoX-20B BPE (every RWKV-4 Pile model) and bytes (the embedded default model).
+
+Both have token 0 = end-of-text, the document separator and the evaluation prefix (the models have no BOS).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .hub import download_file, is_repo_id
+
+NEOX_HUB_REPO = "EleutherAI/gpt-neox-20b"
+ENV_TOKENIZER = "RWKV_LAB_TOKENIZER"  # a tokenizer.json to use instead of the hub copy
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens 1..256, end-of-text 0: no vocabulary file, and every character is readable."""
+
+    vocab_size = 257
+    eot_id = 0
+    name = "bytes"
+
+    def encode(self, text: str) -> list[int]:
+        return [b + 1 for b in text.encode("utf-8")]
+
+    def decode(self, ids) -> str:
+        return bytes(i - 1 for i in ids if i != self.eot_id).decode("utf-8", errors="replace")
+
+
+class BPETokenizer:
+    """A `tokenizers` JSON tokenizer (GPT-NeoX-20B for the RWKV-4 Pile models)."""
+
+    eot_id = 0
+
+    def __init__(self, path: str | Path):
+        from tokenizers import Tokenizer
+
+        try:
+            self._tok = Tokenizer.from_file(str(path))
+        except Exception as err:  # noqa: BLE001 - tokenizers raises plain Exception
+            raise ValueError(f"{path} is not a tokenizers JSON file ({err})") from err
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        self.name = str(path)
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text).ids
+
+    def decode(self, ids) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=False)
+
+
+def load_tokenizer(source: str | None = None):
+    """'bytes', a tokenizer.json path, a hub repo id, or None: $RWKV_LAB_TOKENIZER, else GPT-NeoX-20B from the hub."""
+    if source is None:
+        source = os.environ.get(ENV_TOKENIZER) or NEOX_HUB_REPO
+    if source == "bytes":
+        return ByteTokenizer()
+    if is_repo_id(source):
+        return BPETokenizer(download_file(source, "tokenizer.json"))
+    if not os.path.exists(source):
+        raise FileNotFoundError(f"no tokenizer file at {source!r}; expected 'bytes', a tokenizer.json or a hub repo id")
+    return BPETokenizer(source)
+
+
+def check_tokenizer(tokenizer, model) -> None:
+    """Every id the tokenizer can produce must index the model's embedding."""
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ValueError(
+            f"tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} tokens but the model's vocabulary has only "
+            f"{model.config.vocab_size}: ids beyond it have no embedding. Use the model's own tokenizer "
+            f"({'bytes' if model.config.vocab_size == ByteTokenizer.vocab_size else NEOX_HUB_REPO})."
+        )
+
+
+def tokenizer_for(model, source: str | None = None):
+    """The tokenizer that fits the model: bytes for a 257-token vocabulary, else GPT-NeoX-20B (or `source`)."""
+    if source is None and model.config.vocab_size == ByteTokenizer.vocab_size:
+        source = "bytes"
+    tokenizer = load_tokenizer(source)
+    check_tokenizer(tokenizer, model)
+    return tokenizer

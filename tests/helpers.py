@@ -1,0 +1,49 @@
+"""Shared test helpers: the named relative-error check and random models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rwkv_lab.config import RWKVConfig
+from rwkv_lab.equivalence import rel_error
+from rwkv_lab.model import build_model
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+NEOX_TOKENIZER = SHARED / "data" / "tokenizer" / "20B_tokenizer.json"
+
+
+def assert_rel_close(name: str, x: torch.Tensor, ref: torch.Tensor, tol: float) -> float:
+    """||x - ref|| / ||ref|| <= tol, printed either way; NaN or inf never passes."""
+    assert x.shape == ref.shape, f"{name}: shape {tuple(x.shape)} != reference {tuple(ref.shape)}"
+    assert torch.isfinite(x).all(), f"{name}: non-finite values"
+    err = rel_error(x, ref)
+    print(f"{name}: rel err {err:.3e} (tol {tol:.0e})")
+    assert err <= tol, f"{name}: relative error {err:.3e} > {tol:.0e}"
+    return err
+
+
+def random_model(config: RWKVConfig, seed: int = 0, dtype=torch.float64, noise: float = 0.3):
+    """Official init with drawn projections, then every parameter perturbed, so no structure hides a bug."""
+    model = build_model(config, seed=seed, zero_projections=False, dtype=dtype)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(noise * torch.randn(p.shape, generator=gen, dtype=torch.float64).to(dtype) * p.std().clamp_min(0.1))
+    return model
+
+
+def random_state(model, batch: int, seed: int = 0) -> torch.Tensor:
+    """A valid non-empty state: any shifts, any numerators, positive denominators, any exponents."""
+    gen = torch.Generator().manual_seed(seed)
+    state = model.init_state(batch)
+    shape = state[:, :, 0].shape
+    draw = lambda: torch.randn(shape, generator=gen, dtype=torch.float64).to(state.dtype)  # noqa: E731
+    state[:, :, 0] = draw()
+    state[:, :, 1] = draw()
+    state[:, :, 2] = draw().abs() + 0.5
+    state[:, :, 3] = 3 * draw()
+    state[:, :, 4] = draw()
+    return state

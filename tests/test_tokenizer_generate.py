@@ -1,0 +1,138 @@
+"""Tokenizers and text generation through the recurrent form."""
+
+import pytest
+import torch
+
+from helpers import NEOX_TOKENIZER, random_model
+from rwkv_lab.config import PRESETS, RWKVConfig
+from rwkv_lab.default import default_model
+from rwkv_lab.generation import generate, sample_token, stream
+from rwkv_lab.model import build_model
+from rwkv_lab.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer, tokenizer_for
+
+
+def test_neox_tokenizer_from_path_and_env(monkeypatch):
+    tok = load_tokenizer(str(NEOX_TOKENIZER))
+    assert tok.vocab_size == 50277
+    ids = tok.encode("Hello world, RWKV!")
+    assert ids[:2] == [12092, 1533] and tok.decode(ids) == "Hello world, RWKV!"
+    assert tok.decode([0]) == "<|endoftext|>"
+    monkeypatch.setenv("RWKV_LAB_TOKENIZER", str(NEOX_TOKENIZER))
+    assert load_tokenizer().vocab_size == 50277
+
+
+def test_neox_tokenizer_from_the_hub_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from test_checkpoint import fill_hub_cache
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.delenv("RWKV_LAB_TOKENIZER", raising=False)
+    fill_hub_cache(tmp_path, "EleutherAI/gpt-neox-20b", {"tokenizer.json": NEOX_TOKENIZER})
+    assert load_tokenizer().encode("Hello") == [12092]
+
+
+def test_byte_tokenizer_round_trips_any_text():
+    tok = ByteTokenizer()
+    text = "def f(x):\n    return 'é中🙂'"
+    ids = tok.encode(text)
+    assert min(ids) >= 1 and max(ids) <= 256 and tok.decode(ids) == text
+    assert tok.decode([0] + ids) == text
+
+
+def test_tokenizer_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no tokenizer file"):
+        load_tokenizer(str(tmp_path / "missing.json"))
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a tokenizers JSON"):
+        BPETokenizer(tmp_path / "bad.json")
+    # a 257-token model cannot take NeoX ids
+    with pytest.raises(ValueError, match=r"50277 tokens but the model's vocabulary has only 257"):
+        tokenizer_for(build_model(PRESETS["tiny"]), str(NEOX_TOKENIZER))
+
+
+def test_tokenizer_for_picks_the_models_own():
+    assert isinstance(tokenizer_for(build_model(PRESETS["tiny"])), ByteTokenizer)
+    with torch.device("meta"):
+        from rwkv_lab.model import RWKV
+
+        neox = RWKV(RWKVConfig(n_layer=1, n_embd=8))
+    assert tokenizer_for(neox, str(NEOX_TOKENIZER)).vocab_size == 50277
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model(PRESETS["tiny"], seed=0, dtype=torch.float32)
+
+
+def test_greedy_equals_argmax_stepping(model):
+    tok = ByteTokenizer()
+    prompt = "abc"
+    logits, state = model(torch.tensor([tok.encode(prompt)]))
+    logits, ids = logits[0, -1], []
+    for _ in range(20):
+        token = int(logits.argmax())
+        if token == 0:
+            break
+        ids.append(token)
+        logits, state = model.step(torch.tensor([token]), state)
+        logits = logits[0]
+    assert generate(model, tok, prompt, max_new_tokens=20, temperature=0) == tok.decode(ids)
+
+
+def test_sampling_is_reproducible_with_a_seed(model):
+    tok = ByteTokenizer()
+    a = generate(model, tok, "x", max_new_tokens=30, temperature=1.0, seed=1)
+    b = generate(model, tok, "x", max_new_tokens=30, temperature=1.0, seed=1)
+    c = generate(model, tok, "x", max_new_tokens=30, temperature=1.0, seed=2)
+    assert a == b and a != c
+
+
+def test_top_p_keeps_the_nucleus():
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    gen = torch.Generator().manual_seed(0)
+    draws = {sample_token(logits, 1.0, 0.7, gen) for _ in range(300)}
+    assert draws == {0, 1}  # 0.5 < 0.7 needs the second; 0.8 >= 0.7 stops there
+    assert {sample_token(logits, 1.0, 1e-9, gen) for _ in range(50)} == {0}
+    with pytest.raises(ValueError, match="top_p"):
+        sample_token(logits, 1.0, 0.0)
+
+
+def test_stop_strings_and_streaming(model):
+    tok = ByteTokenizer()
+    full = generate(model, tok, "q", max_new_tokens=40, temperature=0)
+    assert len(full) > 10
+    stop = full[8:11]
+    cut = full[: full.find(stop)]
+    pieces = list(stream(model, tok, "q", max_new_tokens=40, temperature=0, stop=[stop, "never-appears"]))
+    assert "".join(pieces) == cut == generate(model, tok, "q", max_new_tokens=40, temperature=0, stop=[stop])
+    assert all(stop not in p for p in pieces)
+    assert "".join(stream(model, tok, "q", max_new_tokens=40, temperature=0)) == full
+
+
+def test_streaming_multibyte_characters_arrive_whole(monkeypatch):
+    # a model that always predicts the bytes of "é" (0xC3 0xA9): no piece may hold half a character
+    model = build_model(RWKVConfig(n_layer=1, n_embd=8, vocab_size=257), seed=0)
+    with torch.no_grad():
+        model.head.weight.zero_()
+    sequence = iter([0xC3 + 1, 0xA9 + 1] * 10)
+    monkeypatch.setattr("rwkv_lab.generation.sample_token", lambda *a, **k: next(sequence))
+    pieces = list(stream(model, ByteTokenizer(), "x", max_new_tokens=6))
+    assert "".join(pieces) == "ééé" and all("\ufffd" not in p for p in pieces)
+
+
+def test_default_model_is_deterministic_and_fast():
+    import time
+
+    start = time.perf_counter()
+    a = default_model()
+    elapsed = time.perf_counter() - start
+    b = default_model()
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert a.config.vocab_size == 257 and "default" in a.source
+    print(f"default model built in {elapsed:.2f} s")
+    # its output depends on the context (projections are drawn, not zeroed)
+    la, _ = a(torch.tensor([[1, 2, 3]]))
+    lb, _ = a(torch.tensor([[9, 2, 3]]))
+    assert (la[0, -1] - lb[0, -1]).abs().max() > 1e-3
