@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -11,7 +12,8 @@ from rwkv_lab.equivalence import rel_error
 from rwkv_lab.model import build_model
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
+# real data every developer and CI run has beside the project (never committed); RWKV_LAB_SHARED overrides
+SHARED = Path(os.environ.get("RWKV_LAB_SHARED", REPO.parent / "shared"))
 NEOX_TOKENIZER = SHARED / "data" / "tokenizer" / "20B_tokenizer.json"
 
 
