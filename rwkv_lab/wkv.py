@@ -14,19 +14,19 @@
 
 Every formulation keeps all exponents <= 0 by shifting with a running maximum, so no finite key overflows.
 `wkv_recurrent` is the reference: the RNN form, one token at a time. `wkv_attention` is the transformer form:
-a causal T x T softmax per channel. `wkv_chunked` applies the attention form to chunks and carries the state
-between them: exact at any T with O(chunk * T * C) work.
+a causal T x T softmax per channel. `wkv_chunked` splits T into chunks that run in parallel, joined by a scan
+over their states: exact at any T with O(T C) work (the algorithm of the GPU kernel in wkv_triton.py).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 # Start value of the exponent p: exp(P_EMPTY - anything finite) == 0. The peers use -1e38 (rwkv) and -1e30
 # (transformers); a finite value keeps inf - inf out of every formulation.
 P_EMPTY = -1e38
-
-DEFAULT_CHUNK_SIZE = 64
 
 
 def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
@@ -117,26 +117,106 @@ def wkv_attention(w, u, k, v, state=None):
     return y, torch.stack([a, b, p], dim=1)
 
 
-def wkv_chunked(w, u, k, v, state=None, chunk_size: int = DEFAULT_CHUNK_SIZE):
-    """The attention form inside chunks of `chunk_size` tokens, the (a, b, p) state carried between them."""
+def _exp_normal(x):
+    """exp, with arguments below the dtype's normal range clamped to its edge: the result then differs from
+    exp(x) by less than 1e-37 (fp32) of the largest term (which is 1), but CPUs compute denormal results
+    20x slower, and the chunked form makes many of them."""
+    return torch.exp(x.clamp(min=-87.0 if x.dtype == torch.float32 else -708.0))
+
+
+def _merge(s1, s2):
+    """Two partial sums in (a, b, p) form added: e^p1 (a1, b1) + e^p2 (a2, b2), shifted by the larger exponent."""
+    (a1, b1, p1), (a2, b2, p2) = s1, s2
+    p = torch.maximum(p1, p2)
+    e1, e2 = torch.exp(p1 - p), torch.exp(p2 - p)
+    return e1 * a1 + e2 * a2, e1 * b1 + e2 * b2, p
+
+
+def chunk_size_for(T: int) -> int:
+    """sqrt(T) balances the two loops of the chunked form (T/c chunk steps, c token steps)."""
+    return max(1, math.isqrt(T - 1) + 1) if T > 1 else 1
+
+
+def wkv_chunked(w, u, k, v, state=None, chunk_size: int | None = None):
+    """Chunks of c tokens, parallel over chunks; the same three phases as the GPU kernel.
+
+    A. every chunk's own contribution to the state, in closed form (all chunks at once);
+    B. a scan over chunks: the state entering each chunk (T/c sequential steps on (B, C));
+    C. the recurrence inside every chunk from its entering state (c sequential steps on (B * T/c, C)).
+    O(T C) work and memory, exact at any T, differentiable; c defaults to sqrt(T).
+    """
     cd, w, u, k, v, state = _prepare(w, u, k, v, state)
+    B, T, C = k.shape
+    c = chunk_size or chunk_size_for(T)
+    N = -(-T // c)
+    pad = N * c - T
+    if pad:
+        # padded tokens have weight e^{P_EMPTY} = 0 and are dropped from the output
+        k = torch.cat([k, k.new_full((B, pad, C), P_EMPTY)], dim=1)
+        v = torch.cat([v, v.new_zeros(B, pad, C)], dim=1)
+    kc, vc = k.view(B, N, c, C), v.view(B, N, c, C)
+    lengths = torch.full((N,), c, dtype=cd, device=k.device)
+    lengths[-1] = c - pad
+    j = torch.arange(c, dtype=cd, device=k.device)
+
+    # A: token j of a chunk of length L has decayed L-1-j times by the chunk's end
+    exps = kc - (lengths[:, None] - 1 - j)[None, :, :, None] * w  # (B, N, c, C)
+    p_chunk = exps.amax(dim=2)  # (B, N, C)
+    weights = _exp_normal(exps - p_chunk[:, :, None])
+    a_chunk, b_chunk = (weights * vc).sum(dim=2), weights.sum(dim=2)
+
+    # B: entering state of each chunk; the carried state decays L times across a chunk
+    a, b, p = state.unbind(1)
+    entering = []
+    for n in range(N):
+        entering.append(torch.stack([a, b, p], dim=1))
+        a, b, p = _merge((a, b, p - lengths[n] * w), (a_chunk[:, n], b_chunk[:, n], p_chunk[:, n]))
+    final_state = torch.stack([a, b, p], dim=1)
+
+    # C: the stable recurrence inside all chunks at once
+    a, b, p = torch.stack(entering, dim=1).flatten(0, 1).unbind(1)  # (B * N, C) each
+    kf, vf = kc.flatten(0, 1), vc.flatten(0, 1)  # (B * N, c, C)
     ys = []
-    for start in range(0, k.shape[1], chunk_size):
-        y, state = wkv_attention(w, u, k[:, start : start + chunk_size], v[:, start : start + chunk_size], state)
-        ys.append(y)
-    return torch.cat(ys, dim=1), state
+    for t in range(c):
+        kt, vt = kf[:, t], vf[:, t]
+        q = torch.maximum(p, u + kt)
+        e1, e2 = _exp_normal(p - q), _exp_normal(u + kt - q)
+        ys.append((e1 * a + e2 * vt) / (e1 * b + e2))
+        if t + 1 < c:
+            q = torch.maximum(p - w, kt)
+            e1, e2 = _exp_normal(p - w - q), _exp_normal(kt - q)
+            a, b, p = e1 * a + e2 * vt, e1 * b + e2, q
+    y = torch.stack(ys, dim=1).view(B, N * c, C)[:, :T]
+    return y, final_state
+
+
+def wkv_triton(w, u, k, v, state=None):
+    """The GPU kernel (wkv_triton.py): CUDA tensors, or CPU tensors under TRITON_INTERPRET=1."""
+    from .wkv_triton import wkv_triton as kernel
+
+    return kernel(w, u, k, v, state)
 
 
 BACKENDS = {
     "recurrent": wkv_recurrent,
     "attention": wkv_attention,
     "chunked": wkv_chunked,
+    "triton": wkv_triton,
 }
 
 
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def resolve_backend(backend: str, k: torch.Tensor) -> str:
+    """'auto': the Triton kernel on CUDA tensors, the chunked form elsewhere."""
     if backend == "auto":
-        return "chunked"
+        return "triton" if k.is_cuda and triton_available() else "chunked"
     if backend not in BACKENDS:
         raise ValueError(f"unknown WKV backend {backend!r}; expected 'auto' or one of {sorted(BACKENDS)}")
     return backend

@@ -1,0 +1,226 @@
+"""WKV: check the Triton kernel against the float64 reference, then time every backend and two peers.
+
+    python benchmarks/bench_wkv.py                 # GPU: check + full benchmark -> results/wkv_*.{json,csv}
+    python benchmarks/bench_wkv.py --quick         # a few cases, to try a change
+    python benchmarks/bench_wkv.py --device cpu    # CPU: chunked vs recurrent at (1, 4096, 768) fp32
+
+Peers, measured in the same run when importable: fla-core's `fused_recurrent_rwkv4` (forward and backward) and the
+`rwkv` package's CUDA `wkv_forward` (forward, B = 1; compiled at import with RWKV_CUDA_ON=1; fp16/fp32 only, so its
+bf16 rows run fp16). Bandwidth counts the fewest bytes the operation must move: forward reads k, v and writes y;
+forward+backward also reads k, v, dy and writes dk, dv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rwkv_lab import wkv_triton  # noqa: E402
+from rwkv_lab.bench import copy_bandwidth, measure  # noqa: E402
+from rwkv_lab.equivalence import rel_error  # noqa: E402
+from rwkv_lab.results import results_dir, write_json, write_table  # noqa: E402
+from rwkv_lab.wkv import BACKENDS, P_EMPTY, wkv, wkv_chunked, wkv_recurrent  # noqa: E402
+
+SHAPES = [(8, 1024, 768), (8, 1024, 2048), (16, 4096, 2048), (1, 4096, 2048), (1, 16384, 2048), (1, 65536, 4096)]
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def official_inputs(B, T, C, dtype, device, seed=0, extreme=False, state=True):
+    """w, u as the official init spreads them over channels (a middle layer); k, v ~ N(0, 1)."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    h = torch.arange(C, dtype=torch.float64)
+    if extreme:
+        w = torch.exp(math.log(1e-4) + torch.rand(C, generator=gen, dtype=torch.float64) * math.log(1e7))
+        u = 160 * torch.rand(C, generator=gen, dtype=torch.float64) - 80
+        k = 160 * torch.rand(B, T, C, generator=gen, dtype=torch.float64) - 80
+    else:
+        w = torch.exp(-5 + 8 * (h / (C - 1)) ** 1.35)
+        u = math.log(0.3) + ((h + 1) % 3 - 1) * 0.5
+        k = torch.randn(B, T, C, generator=gen, dtype=torch.float64)
+    v = torch.randn(B, T, C, generator=gen, dtype=torch.float64)
+    s = None
+    if state:
+        s = torch.stack([torch.randn(B, C, generator=gen, dtype=torch.float64),
+                         torch.rand(B, C, generator=gen, dtype=torch.float64) + 0.5,
+                         3 * torch.randn(B, C, generator=gen, dtype=torch.float64)], dim=1).float()
+    to = lambda x, dt: x.to(device=device, dtype=dt)  # noqa: E731
+    return to(w, torch.float32), to(u, torch.float32), to(k, dtype), to(v, dtype), None if s is None else s.to(device)
+
+
+def check_kernel(device, quick: bool) -> list[dict]:
+    """Triton vs the float64 reference (recurrent up to T = 4096, chunked beyond: tested equal in CI)."""
+    cases = [(2, 1, 64), (2, 2, 64), (2, 15, 96), (2, 63, 200), (1, 1000, 64), (4, 4096, 256)]
+    if not quick:
+        cases += [(1, 16384, 512), (1, 65537, 128)]
+    rows = []
+    for (B, T, C) in tqdm(cases, desc="kernel check"):
+        for extreme in (False, True):
+            for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+                if extreme and dtype != torch.float32:
+                    continue  # |k| = 80 is beyond fp16; extreme keys are an fp32 test
+                inputs = official_inputs(B, T, C, dtype, device, seed=T, extreme=extreme)
+                leaves = [x.detach().clone().requires_grad_(True) for x in inputs]
+                y, s = wkv(*leaves, backend="triton")
+                gy = torch.randn_like(y, dtype=torch.float32)
+                gs = torch.randn_like(s)
+                ((y.float() * gy).sum() + (s * gs).sum()).backward()
+                ref_leaves = [x.detach().double().requires_grad_(True) for x in inputs]
+                ref = wkv_recurrent if T <= 4096 else wkv_chunked
+                y_ref, s_ref = ref(*ref_leaves)
+                ((y_ref * gy.double()).sum() + (s_ref * gs.double()).sum()).backward()
+                row = {"B": B, "T": T, "C": C, "dtype": name, "inputs": "extreme" if extreme else "official-init",
+                       "reference": ref.__name__ + " fp64", "rel_err_y": rel_error(y, y_ref),
+                       "rel_err_state": rel_error(s, s_ref)}
+                for n, a, r in zip(["w", "u", "k", "v", "state"], leaves, ref_leaves):
+                    row[f"rel_err_d{n}"] = rel_error(a.grad, r.grad)
+                row["finite"] = all(torch.isfinite(t).all().item() for t in [y, s] + [a.grad for a in leaves])
+                rows.append(row)
+    return rows
+
+
+def peer_fla():
+    try:
+        from fla.ops.rwkv4 import fused_recurrent_rwkv4
+    except Exception as err:  # noqa: BLE001
+        print("fla unavailable:", err)
+        return None
+
+    def run(w, u, k, v, s, backward):
+        # fla takes the raw time_decay and a (B, 3, 1, C) state
+        td = torch.log(w).detach().requires_grad_(backward)
+        state = s[:, :, None, :].contiguous()
+        y, s_out = fused_recurrent_rwkv4(td, u, k, v, state)
+        return y, s_out
+    return run
+
+
+def peer_rwkv_cuda():
+    os.environ["RWKV_CUDA_ON"] = "1"
+    os.environ.setdefault("RWKV_JIT_ON", "1")
+    try:
+        import rwkv.model  # noqa: F401  (compiles the CUDA kernels)
+    except Exception as err:  # noqa: BLE001
+        print("rwkv CUDA kernel unavailable:", err)
+        return None
+
+    def run(w, u, k, v, s):
+        T, C = k.shape[1], k.shape[2]
+        y = torch.empty((T, C), device=k.device, dtype=k.dtype)
+        aa, bb, pp = (x.clone() for x in s[0])
+        torch.ops.rwkv.wkv_forward(1, T, C, -w, u, k[0], v[0], y, aa, bb, pp)
+        return y
+    return run
+
+
+def bench(device, quick: bool, backends: list[str]) -> list[dict]:
+    shapes = SHAPES[:2] + SHAPES[4:5] if quick else SHAPES
+    fla = peer_fla()
+    rwkv_cuda = peer_rwkv_cuda()
+    rows = []
+    jobs = [(shape, dn) for shape in shapes for dn in DTYPES]
+    for (B, T, C), dname in tqdm(jobs, desc="benchmark"):
+        dtype = DTYPES[dname]
+        elem = torch.finfo(dtype).bits // 8
+        fwd_bytes, fb_bytes = 3 * B * T * C * elem, 8 * B * T * C * elem
+        inputs = official_inputs(B, T, C, dtype, device)
+        candidates = {}
+        for name in backends:
+            if name == "recurrent" and T > 4096:
+                continue  # a Python loop of T GPU steps: minutes per call at these lengths
+            candidates[name] = (lambda n: (lambda *a: wkv(*a, backend=n)))(name)
+        if fla is not None:
+            candidates["fla fused_recurrent_rwkv4"] = lambda w, u, k, v, s: fla(w, u, k, v, s, backward=k.requires_grad)
+        for name, fn in candidates.items():
+            w, u, k, v, s = inputs
+            fwd = measure(lambda: fn(w, u, k, v, s), device)
+            leaves = [x.detach().clone().requires_grad_(True) for x in (u, k, v)]
+            gy = torch.randn_like(v)
+
+            def fwd_bwd():
+                y, _ = fn(w, leaves[0], leaves[1], leaves[2], s)
+                y.backward(gy)
+            fb = measure(fwd_bwd, device)
+            rows.append(row(name, B, T, C, dname, fwd, fb, fwd_bytes, fb_bytes))
+            del leaves, gy
+        if rwkv_cuda is not None and B == 1:
+            w, u, k, v, s = inputs
+            kk, vv = (k, v) if dtype == torch.float32 else (k.half(), v.half())
+            fwd = measure(lambda: rwkv_cuda(w, u, kk, vv, s), device)
+            name = "rwkv cuda_wkv" + (" (fp16)" if dtype != torch.float32 else "")
+            rows.append(row(name, B, T, C, dname, fwd, {"status": "n/a", "seconds": None, "peak_bytes": None},
+                            fwd_bytes, fb_bytes))
+        del inputs
+        torch.cuda.empty_cache()
+    return rows
+
+
+def row(name, B, T, C, dname, fwd, fb, fwd_bytes, fb_bytes):
+    out = {"backend": name, "B": B, "T": T, "C": C, "dtype": dname}
+    for tag, m, nbytes in (("fwd", fwd, fwd_bytes), ("fwd_bwd", fb, fb_bytes)):
+        ok = m["status"] == "ok"
+        out[f"{tag}_status"] = m["status"]
+        out[f"{tag}_ms"] = m["seconds"] * 1e3 if ok else None
+        out[f"{tag}_tokens_per_s"] = B * T / m["seconds"] if ok else None
+        out[f"{tag}_GBps"] = nbytes / m["seconds"] / 1e9 if ok else None
+        out[f"{tag}_peak_MiB"] = m["peak_bytes"] / 2**20 if ok and m["peak_bytes"] is not None else None
+    return out
+
+
+def cpu_speed(out_dir: Path):
+    torch.manual_seed(0)
+    shape = (1, 4096, 768)
+    w, u, k, v, s = official_inputs(*shape, torch.float32, "cpu")
+    rows = []
+    with torch.no_grad():
+        for name in ("recurrent", "chunked"):
+            m = measure(lambda: BACKENDS[name](w, u, k, v, s), "cpu", warmup=1, repeat=7)
+            rows.append({"backend": name, "B": shape[0], "T": shape[1], "C": shape[2], "dtype": "fp32",
+                         "fwd_ms": m["seconds"] * 1e3, "threads": torch.get_num_threads()})
+    rows.append({"backend": "speedup chunked/recurrent", "fwd_ms": rows[0]["fwd_ms"] / rows[1]["fwd_ms"]})
+    path = write_table(out_dir / "wkv_cpu_speed.csv", pd.DataFrame(rows), {"shape": shape}, device="cpu")
+    print(pd.DataFrame(rows).to_string(), "\n->", path)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default: results/)")
+    parser.add_argument("--backends", default="triton,chunked,recurrent,attention")
+    parser.add_argument("--skip-check", action="store_true")
+    args = parser.parse_args()
+    out_dir = args.out or results_dir()
+    if args.device == "cpu":
+        return cpu_speed(out_dir)
+    device = torch.device(args.device)
+    params = {"quick": args.quick, "chunk": wkv_triton.CHUNK, "block_c": wkv_triton.BLOCK_C,
+              "scan_block": wkv_triton.SCAN_BLOCK}
+    if not args.skip_check:
+        checks = check_kernel(device, args.quick)
+        write_json(out_dir / "wkv_kernel_check.json", checks, params, device=device)
+        worst = max(max(r[k] for k in r if k.startswith("rel_err")) for r in checks if r["dtype"] == "fp32")
+        print(pd.DataFrame(checks)[["B", "T", "C", "dtype", "inputs", "rel_err_y", "rel_err_state", "rel_err_dk",
+                                    "rel_err_dw", "finite"]].to_string())
+        print(f"worst fp32 relative error: {worst:.2e}")
+    bandwidth = copy_bandwidth(device)
+    rows = bench(device, args.quick, args.backends.split(","))
+    frame = pd.DataFrame(rows)
+    frame["copy_GBps"] = bandwidth / 1e9
+    frame["fwd_pct_copy_bw"] = 100 * frame["fwd_GBps"] / (bandwidth / 1e9)
+    path = write_table(out_dir / "wkv_benchmark.csv", frame, params | {"copy_GBps": bandwidth / 1e9}, device=device)
+    cols = ["backend", "B", "T", "C", "dtype", "fwd_ms", "fwd_bwd_ms", "fwd_pct_copy_bw", "fwd_bwd_peak_MiB"]
+    print(frame[cols].to_string(float_format=lambda x: f"{x:.3g}"))
+    print(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s -> {path}")
+
+
+if __name__ == "__main__":
+    main()

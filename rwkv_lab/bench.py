@@ -1,0 +1,75 @@
+"""Measuring: medians of timed repeats after warm-up, peak memory, and out-of-memory as a data point."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def synchronize(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable[[], object], device="cuda", warmup: int = 3, repeat: int = 10,
+            min_seconds: float = 0.0) -> float:
+    """Median seconds per call. CUDA: device events around each call; CPU: the wall clock."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    start_all = time.perf_counter()
+    while len(times) < repeat or time.perf_counter() - start_all < min_seconds:
+        if torch.device(device).type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def peak_memory(fn: Callable[[], object], device="cuda") -> int | None:
+    """Bytes allocated at the peak of one call beyond what was allocated before it (CUDA only)."""
+    if torch.device(device).type != "cuda":
+        return None
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def measure(fn: Callable[[], object], device="cuda", warmup: int = 3, repeat: int = 10) -> dict:
+    """{'status': 'ok', 'seconds', 'peak_bytes'} or {'status': 'oom'}: running out of memory is a result."""
+    try:
+        seconds = time_fn(fn, device, warmup, repeat)
+        peak = peak_memory(fn, device)
+    except (torch.cuda.OutOfMemoryError, RuntimeError, MemoryError) as err:
+        if not is_oom(err) and not isinstance(err, MemoryError):
+            raise
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()
+        return {"status": "oom", "seconds": None, "peak_bytes": None}
+    return {"status": "ok", "seconds": seconds, "peak_bytes": peak}
+
+
+def copy_bandwidth(device="cuda", nbytes: int = 1 << 30) -> float:
+    """Bytes per second of a device-to-device copy, counting bytes read plus bytes written."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    seconds = time_fn(lambda: dst.copy_(src), device, warmup=3, repeat=20)
+    return 2 * nbytes / seconds
