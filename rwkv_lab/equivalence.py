@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import torch
+
+from .bench import time_fn
 
 
 def rel_error(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -48,3 +51,17 @@ def compare_formulations(model, tokens: torch.Tensor, prefill: int | None = None
         "rel_err_state_parallel": rel_error(par_state, rec_state),
         "rel_err_state_prefill": rel_error(pre_state, rec_state),
     }
+
+
+@torch.no_grad()
+def time_formulations(model, lengths, batch: int = 1, repeat: int = 3) -> pd.DataFrame:
+    """Seconds to process T tokens: one parallel call vs T recurrent steps, on the model's device."""
+    rows = []
+    for T in lengths:
+        gen = torch.Generator().manual_seed(T)
+        tokens = torch.randint(0, model.config.vocab_size, (batch, T), generator=gen).to(model.device)
+        parallel = time_fn(lambda: model(tokens), model.device, warmup=1, repeat=repeat)
+        recurrent = time_fn(lambda: step_all(model, tokens), model.device, warmup=1, repeat=repeat)
+        rows.append({"T": T, "batch": batch, "parallel_s": parallel, "recurrent_s": recurrent,
+                     "parallel_tokens_per_s": batch * T / parallel, "recurrent_tokens_per_s": batch * T / recurrent})
+    return pd.DataFrame(rows)

@@ -48,7 +48,8 @@ def provenance(params: dict | None = None, device=None) -> dict:
     """Who, where and what: device, versions, git commit, date and the run's parameters."""
     return {
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": _git("rev-parse", "HEAD"),
+        # a copy of the tree without .git (a lent GPU machine) is told its commit through the environment
+        "git_commit": _git("rev-parse", "HEAD") or os.environ.get("RWKV_LAB_GIT_COMMIT"),
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "device": device_name(device),
         "torch": torch.__version__,

@@ -46,6 +46,9 @@ device = "cpu"
 dtype = "float32"  # float64 | float32 | bfloat16 | float16
 prompt = "The RWKV language model is an RNN with the advantages of a transformer: it trains in parallel, and it generates with a state of constant size."
 prefill = None  # tokens run in parallel before stepping; None: half the prompt
+study_lengths = [1, 16, 256, 1024]  # live numerics study (the committed one goes to 1M tokens)
+attention_layer = 2  # whose implicit attention matrix to draw
+speed_lengths = [1, 4, 16, 64, 256]  # live timing of the two forms
 """),
     ("code", """
 import matplotlib.pyplot as plt
@@ -90,6 +93,111 @@ save_figure(fig, results_dir() / "figures" / "01_equivalence.png", params, devic
 write_json(results_dir() / "01_equivalence.json", {**report, "match": match, "tolerance": tolerance}, params,
            device=device)
 plt.show()
+"""),
+    ("md", """
+## Error vs sequence length and dtype
+
+Every WKV formulation against the float64 recurrence, on inputs with the official initialisation's decays and
+on extreme ones (|k| up to 80, decays 1e-4 to 1e3). Live here at small sizes; the committed study below runs
+to 1M tokens (`python benchmarks/wkv_numerics.py`, figure `results/figures/wkv_numerics.png`), with the GPU
+kernel's own check (`results/wkv/wkv_kernel_check.json`) drawn as squares. bf16 and fp16 rows include the
+rounding of the inputs themselves."""),
+    ("code", """
+from pathlib import Path
+
+from IPython.display import Image, display
+
+from rwkv_lab.numerics import plot_study, run_study
+
+live = run_study(study_lengths, channels=16)
+print("non-finite values in any formulation:", int(live["nonfinite"].sum()))
+plot_study(live)
+plt.show()
+committed = results_dir() / "figures" / "wkv_numerics.png"
+if not committed.exists():
+    committed = Path("../results/figures/wkv_numerics.png")
+if committed.exists():
+    print("committed study:", committed)
+    display(Image(filename=str(committed)))
+"""),
+    ("md", """
+## The implicit attention matrix
+
+The parallel form is attention: for each channel, output t is a softmax-weighted average of the values of
+tokens 0..t, with scores `k_i - (t-1-i) w` (and `u + k_t` for the current token). No query: the weights depend on
+the attended token's key and on distance. Below, one layer on the prompt: the channel with the fastest decay
+(nearly a bigram model), the slowest (a long running average), and the mean over channels."""),
+    ("code", """
+from rwkv_lab.analysis import implicit_attention
+
+layer = min(attention_layer, model.config.n_layer - 1)
+weights = implicit_attention(model, tokens[:, :64], layer).float().cpu()  # (T, T, C)
+decay = torch.exp(model.blocks[layer].att.time_decay.float()).cpu()
+fast, slow = int(decay.argmax()), int(decay.argmin())
+fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+panels = [(weights[:, :, fast], f"channel {fast}: w = {decay[fast]:.3g} (fastest decay)"),
+          (weights[:, :, slow], f"channel {slow}: w = {decay[slow]:.3g} (slowest decay)"),
+          (weights.mean(dim=2), "mean over channels")]
+labels = [tokenizer.decode([t]) for t in tokens[0, :64].tolist()]
+for ax, (matrix, title) in zip(axes, panels):
+    im = ax.imshow(matrix.numpy() ** 0.5, cmap="magma", vmin=0, vmax=1)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("attended token i")
+    ax.set_ylabel("output position t")
+    if len(labels) <= 64:
+        ax.set_xticks(range(len(labels)), [repr(c)[1:-1] for c in labels], fontsize=5, rotation=90)
+fig.colorbar(im, ax=axes, shrink=0.8, label="sqrt(weight)")
+fig.suptitle(f"layer {layer} of {model.source}", fontsize=9)
+print("rows sum to 1:", bool(torch.allclose(weights.sum(dim=1), torch.ones(weights.shape[0], weights.shape[2]), atol=1e-4)))
+save_figure(fig, results_dir() / "figures" / "01_implicit_attention.png", params, device=device)
+plt.show()
+"""),
+    ("md", """
+## Speed: parallel vs recurrent
+
+Processing T tokens in one parallel call vs T recurrent steps (live, on this machine), then the GPU
+benchmark of the WKV operator alone from `results/wkv/wkv_benchmark.csv` (`python benchmarks/bench_wkv.py`;
+the peers `fla` and the `rwkv` package's CUDA kernel measured in the same run)."""),
+    ("code", """
+import pandas as pd
+
+from rwkv_lab.equivalence import time_formulations
+
+speed = time_formulations(model, speed_lengths)
+faster = speed[speed["parallel_s"] < speed["recurrent_s"]]
+print(speed.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+print("parallel form faster from T =", int(faster["T"].min()) if len(faster) else "never (in this range)")
+fig, ax = plt.subplots(figsize=(6, 3.8))
+ax.loglog(speed["T"], speed["parallel_tokens_per_s"], "o-", label="parallel (one call)")
+ax.loglog(speed["T"], speed["recurrent_tokens_per_s"], "s-", label="recurrent (T steps)")
+ax.set_xlabel("tokens T")
+ax.set_ylabel("tokens / s")
+ax.set_title(f"{model.source}, {device}", fontsize=8)
+ax.legend()
+save_figure(fig, results_dir() / "figures" / "01_speed_crossover.png", params | {"lengths": speed_lengths}, device=device)
+plt.show()
+"""),
+    ("code", """
+bench_csv = results_dir() / "wkv" / "wkv_benchmark.csv"
+if not bench_csv.exists():
+    bench_csv = Path("../results/wkv/wkv_benchmark.csv")
+if bench_csv.exists():
+    bench = pd.read_csv(bench_csv)
+    meta = pd.read_json(bench_csv.with_suffix(".meta.json"), typ="series")
+    print(f"measured on {meta['device']}, copy bandwidth {bench['copy_GBps'].iloc[0]:.0f} GB/s")
+    bench["shape"] = bench.apply(lambda r: f"({r.B},{r.T},{r.C})", axis=1)
+    table = bench.pivot_table(index=["shape", "dtype"], columns="backend", values="fwd_ms", sort=False)
+    display(table.round(3))
+    one = bench[(bench["B"] == 1) & (bench["dtype"] == "fp32") & bench["fwd_ms"].notna()]
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    for name, g in one.groupby("backend"):
+        g = g.sort_values("T")
+        ax.loglog(g["T"], g["fwd_ms"], "o-", label=name)
+    ax.set_xlabel("T (B = 1, C = 2048 up to 16k, 4096 at 64k)")
+    ax.set_ylabel("forward ms")
+    ax.set_title("WKV forward, one sequence, fp32", fontsize=9)
+    ax.legend(fontsize=7)
+    plt.show()
 """),
     ("md", """
 ## Generation runs on the RNN form

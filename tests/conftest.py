@@ -1,0 +1,8 @@
+import os
+
+import torch
+
+# Without a GPU the Triton kernels run in Triton's interpreter (numpy on the CPU). It must be set before the
+# kernels are defined, so before anything imports rwkv_lab.wkv_triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")

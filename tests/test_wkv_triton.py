@@ -1,0 +1,76 @@
+"""The Triton kernel (interpreted on the CPU in CI) against the float64 recurrence: outputs, state, gradients.
+
+The full-size check on a GPU is benchmarks/bench_wkv.py; its output is results/wkv/wkv_kernel_check.json.
+"""
+
+import pytest
+import torch
+
+from helpers import assert_rel_close
+from test_wkv import make_inputs
+from rwkv_lab import wkv_triton
+from rwkv_lab.wkv import resolve_backend, wkv, wkv_recurrent
+
+
+def run(fn, inputs, grads):
+    leaves = [x.detach().clone().requires_grad_(True) for x in inputs]
+    y, state = fn(*leaves)
+    gy, gs = grads
+    ((y.double() * gy).sum() + (state.double() * gs).sum()).backward()
+    return y.detach(), state.detach(), [x.grad for x in leaves]
+
+
+@pytest.fixture(params=[(16, 16, 4), (64, 64, 8)], ids=["chunk16-block16-sub4", "chunk64-block64-sub8"])
+def config(request, monkeypatch):
+    chunk, block_c, sub = request.param
+    monkeypatch.setattr(wkv_triton, "CHUNK", chunk)
+    monkeypatch.setattr(wkv_triton, "BLOCK_C", block_c)
+    monkeypatch.setattr(wkv_triton, "SUB", sub)
+    monkeypatch.setattr(wkv_triton, "SCAN_BLOCK", 4)  # several scan blocks even at small T
+    return request.param
+
+
+@pytest.mark.parametrize("T", [1, 2, 15, 63, 200])
+@pytest.mark.parametrize("extreme", [False, True], ids=["normal", "extreme"])
+def test_kernel_matches_float64_reference(config, T, extreme):
+    # C = 20 leaves a partial channel block; T = 15, 63, 200 leave partial chunks and sub-blocks
+    B, C = 2, 20
+    inputs64 = make_inputs(B, T, C, seed=T, extreme=extreme)
+    inputs32 = [x.float() for x in inputs64]
+    gen = torch.Generator().manual_seed(7)
+    grads = (torch.randn(B, T, C, generator=gen, dtype=torch.float64), torch.randn(B, 3, C, generator=gen, dtype=torch.float64))
+    # the reference sees the same fp32 inputs, so the check measures the kernel's arithmetic alone
+    y_ref, s_ref, g_ref = run(wkv_recurrent, [x.double() for x in inputs32], grads)
+    y, s, g = run(lambda *a: wkv(*a, backend="triton"), inputs32, grads)
+    # fp32 arithmetic; with |k| ~ 80 the exponent p is rounded at ~5e-6 per step, as in the fp32 recurrence
+    tol, gtol = (1e-5, 1e-5) if not extreme else (1e-4, 1e-3)
+    assert_rel_close(f"triton T={T} y", y, y_ref, tol)
+    assert_rel_close(f"triton T={T} state", s, s_ref, tol)
+    for name, gx, gr in zip(["w", "u", "k", "v", "state"], g, g_ref):
+        assert_rel_close(f"triton T={T} grad {name}", gx, gr, gtol)
+
+
+def test_kernel_long_sequence_and_half_inputs(config):
+    inputs64 = make_inputs(1, 1000, 4, seed=11)
+    y_ref, s_ref = wkv_recurrent(*inputs64)
+    y, s = wkv(*[x.float() for x in inputs64], backend="triton")
+    assert_rel_close("triton T=1000 y", y, y_ref, 1e-5)
+    assert_rel_close("triton T=1000 state", s, s_ref, 1e-5)
+    w, u, k, v, st = make_inputs(1, 70, 20, seed=12, dtype=torch.bfloat16)
+    y16, s16 = wkv(w.float(), u.float(), k, v, st, backend="triton")
+    y_ref, _ = wkv_recurrent(w.double(), u.double(), k.double(), v.double(), st.double())
+    assert y16.dtype == torch.bfloat16 and s16.dtype == torch.float32
+    assert_rel_close("triton bf16 inputs y", y16, y_ref, 1e-2)
+
+
+def test_kernel_without_initial_state():
+    w, u, k, v, _ = make_inputs(2, 40, 8, seed=13, state=False)
+    y_ref, s_ref = wkv_recurrent(w, u, k, v)
+    y, s = wkv(w.float(), u.float(), k.float(), v.float(), None, backend="triton")
+    assert_rel_close("triton empty state y", y, y_ref, 1e-5)
+    assert_rel_close("triton empty state state", s[:, :2], s_ref[:, :2], 1e-5)
+
+
+def test_auto_picks_the_kernel_on_cuda_only():
+    assert resolve_backend("auto", torch.zeros(1, 1, 1)) == "chunked"
+    assert resolve_backend("auto", torch.zeros(1, 1, 1, device="meta")) == "chunked"
