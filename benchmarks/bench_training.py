@@ -1,0 +1,131 @@
+"""Measured training cost: one optimizer step (forward + backward + AdamW, bf16 autocast) of RWKV-4 and of the
+size-matched Pythia transformer (transformers GPTNeoXForCausalLM, SDPA), on one GPU.
+
+    python benchmarks/bench_training.py [--sizes 169M,430M,1.5B] [--contexts 1024,8192] [--tokens-per-step 16384]
+
+Writes results/cost/training_mfu.csv (+ .meta.json) after every configuration, so an interrupted run keeps what it
+measured. MFU = model FLOPs per second (rwkv_lab.cost: RWKV 3 x 2 (V D + 13 D^2 L) per token; the transformer
+3 x (2 (V D + 12 D^2 L) + 4 L D T)) over (a) the measured bf16 matmul peak and (b) the datasheet peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rwkv_lab import cost  # noqa: E402
+from rwkv_lab.bench import is_oom, time_fn  # noqa: E402
+from rwkv_lab.config import get_config  # noqa: E402
+from rwkv_lab.model import RWKV, init_weights  # noqa: E402
+from rwkv_lab.results import REPO_ROOT, results_dir, write_table  # noqa: E402
+
+PYTHIA_FOR = {"169M": "pythia-160m", "430M": "pythia-410m", "1.5B": "pythia-1.4b", "3B": "pythia-2.8b",
+              "7B": "pythia-6.9b", "14B": "pythia-12b"}
+
+
+def pythia_configs() -> dict:
+    with open(REPO_ROOT / "reference" / "pythia_configs.csv") as f:
+        return {r["name"]: r for r in csv.DictReader(f)}
+
+
+def matmul_peak(device, n: int = 8192) -> float:
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    return 2 * n**3 / time_fn(lambda: a @ b, device, warmup=5, repeat=20)
+
+
+def build_rwkv(size: str, device):
+    with torch.device(device):
+        model = RWKV(get_config(size))
+    init_weights(model, zero_projections=False, orthogonal_matrices=False)
+    flops = cost.training_flops_per_token(cost.rwkv_forward_flops_per_token(model.config))
+    return model, model.config.vocab_size, lambda T: flops, lambda m, x: m(x, check=False)[0]
+
+
+def build_pythia(name: str, device, context: int):
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    row = pythia_configs()[name]
+    L, D, V = int(row["n_layer"]), int(row["d_model"]), int(row["vocab_size_padded"])
+    config = GPTNeoXConfig(vocab_size=V, hidden_size=D, num_hidden_layers=L, num_attention_heads=int(row["n_heads"]),
+                           intermediate_size=4 * D, rotary_pct=0.25, max_position_embeddings=max(2048, context),
+                           use_parallel_residual=True, tie_word_embeddings=False, attn_implementation="sdpa")
+    with torch.device(device):
+        model = GPTNeoXForCausalLM(config)
+    return (model, V, lambda T: cost.training_flops_per_token(cost.transformer_forward_flops_per_token(L, D, V, T)),
+            lambda m, x: m(input_ids=x, use_cache=False).logits)
+
+
+def step_time(model, vocab, forward, batch, context, device) -> float:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, vocab, (batch, context + 1), generator=gen).to(device)
+    x, y = tokens[:, :-1], tokens[:, 1:]
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = forward(model, x)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return time_fn(step, device, warmup=2, repeat=5)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1.5B,169M,430M")
+    parser.add_argument("--contexts", default="1024,8192")
+    parser.add_argument("--tokens-per-step", type=int, default=16384)
+    parser.add_argument("--device", default="cuda")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    peak = matmul_peak(device)
+    datasheet = cost.H200 if "H200" in torch.cuda.get_device_name(device) else cost.H100
+    print(f"measured bf16 matmul peak {peak / 1e12:.0f} TFLOP/s; datasheet {datasheet.peak_flops / 1e12:.0f}")
+    params = vars(args) | {"measured_peak_flops": peak, "datasheet": datasheet.name,
+                           "datasheet_peak_flops": datasheet.peak_flops}
+    rows = []
+    jobs = [(arch, size, int(T)) for size in args.sizes.split(",") for T in args.contexts.split(",")
+            for arch in ("RWKV-4", "Pythia")]
+    for arch, size, T in tqdm(jobs, desc="training step"):
+        batch = max(1, args.tokens_per_step // T)
+        name = size if arch == "RWKV-4" else PYTHIA_FOR[size]
+        row = {"arch": arch, "model": name, "context": T, "batch": batch}
+        model = None
+        try:
+            model, vocab, flops_per_token, forward = (build_rwkv(size, device) if arch == "RWKV-4"
+                                                       else build_pythia(name, device, T))
+            torch.cuda.reset_peak_memory_stats(device)
+            seconds = step_time(model, vocab, forward, batch, T, device)
+            tps = batch * T / seconds
+            row |= {"status": "ok", "params": sum(p.numel() for p in model.parameters()), "step_ms": seconds * 1e3,
+                    "tokens_per_s": tps, "train_flops_per_token": flops_per_token(T),
+                    "mfu_vs_measured_peak": cost.mfu(tps, flops_per_token(T), peak),
+                    "mfu_vs_datasheet": cost.mfu(tps, flops_per_token(T), datasheet.peak_flops),
+                    "peak_mem_GiB": torch.cuda.max_memory_allocated(device) / 2**30}
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
+            if not is_oom(err):
+                raise
+            row |= {"status": "oom"}
+        del model
+        torch.cuda.empty_cache()
+        rows.append(row)
+        print(row, flush=True)
+        write_table(results_dir() / "cost" / "training_mfu.csv", pd.DataFrame(rows), params, device=device)
+    frame = pd.DataFrame(rows)
+    print(frame.to_string(float_format=lambda v: f"{v:.3g}"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Training cost: FLOPs, GPU-hours, efficiency and dollars, from their inputs, in both directions.
+
+The defaults reproduce the seed blog post ("The RWKV language model: An RNN with the advantages of a
+transformer", J. S. Wind, 2023; reference/seed_cost_estimates.md): 6 FLOPs per parameter per token, an A100 at
+312 TFLOP/s, $0.79 per A100-hour (the cheapest cloud price then) and $4.096 on AWS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import RWKVConfig
+
+TRAIN_FLOPS_PER_PARAM_TOKEN = 6  # forward 2 (a multiply and an add per weight) + backward 4
+HOURS_PER_DAY = 24
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    name: str
+    peak_flops: float  # dense 16-bit (bf16/fp16) matrix FLOP/s from the vendor's datasheet
+    source: str
+    price_per_hour: float | None = None  # $ per GPU-hour; a parameter, not a quote, unless the source says so
+
+    @property
+    def flops_per_hour(self) -> float:
+        return self.peak_flops * 3600
+
+
+A100 = Accelerator("A100 SXM", 312e12, "NVIDIA A100 datasheet: 312 TFLOPS dense BF16/FP16 Tensor Core", 0.79)
+H100 = Accelerator("H100 SXM", 989.4e12, "NVIDIA H100 datasheet: 1,979 TFLOPS BF16 with sparsity = 989.4 dense")
+H200 = Accelerator("H200 SXM", 989.4e12, "NVIDIA H200 datasheet: 1,979 TFLOPS BF16 with sparsity = 989.4 dense")
+ACCELERATORS = {a.name: a for a in (A100, H100, H200)}
+A100_PRICE_CHEAPEST_2023 = 0.79  # $/GPU-hour, cloud-gpus.com as quoted by the seed post
+A100_PRICE_AWS = 4.096  # $/GPU-hour, AWS p4d.24xlarge ($32.77/h) / 8, as quoted by the seed post
+
+
+# ---- FLOPs -------------------------------------------------------------------------------------------------------
+
+def training_flops(params: float, tokens: float, flops_per_param_token: float = TRAIN_FLOPS_PER_PARAM_TOKEN) -> float:
+    """The 6 N D rule."""
+    return flops_per_param_token * params * tokens
+
+
+def rwkv_forward_flops_per_token(config: RWKVConfig) -> int:
+    """RWKV-4's exact matrix FLOPs per token, 2 (V D + 13 D^2 L) (RWKV paper, Table 2): independent of context."""
+    V, D, L = config.vocab_size, config.n_embd, config.n_layer
+    return 2 * (V * D + 13 * D * D * L)
+
+
+def transformer_forward_flops_per_token(n_layer: int, d_model: int, vocab_size: int, context: int) -> int:
+    """A GPT-NeoX/Pythia block's matrices (12 D^2 per layer) and the unembedding, plus attention over the
+    context: 4 L D T (scores and weighted values over T positions, PaLM's convention; causal kernels do half)."""
+    return 2 * (vocab_size * d_model + 12 * d_model * d_model * n_layer) + 4 * n_layer * d_model * context
+
+
+def training_flops_per_token(forward_flops_per_token: float) -> float:
+    """The backward pass costs twice the forward."""
+    return 3 * forward_flops_per_token
+
+
+# ---- time and money ----------------------------------------------------------------------------------------------
+
+def gpu_hours(flops: float, accelerator: Accelerator = A100, efficiency: float = 1.0) -> float:
+    """GPU-hours to do `flops` at `efficiency` (MFU) of the accelerator's peak."""
+    return flops / (accelerator.flops_per_hour * efficiency)
+
+
+def run_gpu_hours(n_gpus: int, days: float) -> float:
+    return n_gpus * HOURS_PER_DAY * days
+
+
+def efficiency(flops: float, hours: float, accelerator: Accelerator = A100) -> float:
+    """The fraction of peak a run achieved: ideal GPU-hours over actual GPU-hours (model FLOPs utilisation)."""
+    return gpu_hours(flops, accelerator) / hours
+
+
+def wall_clock_days(hours: float, n_gpus: int) -> float:
+    return hours / n_gpus / HOURS_PER_DAY
+
+
+def cost(hours: float, price_per_hour: float) -> float:
+    return hours * price_per_hour
+
+
+def training_cost(params: float, tokens: float, accelerator: Accelerator = A100, efficiency: float = 1.0,
+                  price_per_hour: float | None = None) -> float:
+    """Dollars to train `params` on `tokens` (6 N D FLOPs) at `efficiency` of the accelerator's peak."""
+    price = price_per_hour if price_per_hour is not None else accelerator.price_per_hour
+    if price is None:
+        raise ValueError(f"no price for {accelerator.name}: pass price_per_hour ($ per GPU-hour)")
+    return cost(gpu_hours(training_flops(params, tokens), accelerator, efficiency), price)
+
+
+def tokens_for_budget(dollars: float, params: float, accelerator: Accelerator = A100, efficiency: float = 1.0,
+                      price_per_hour: float | None = None) -> float:
+    """How many tokens a budget trains a model of `params` parameters on (the inverse of training_cost)."""
+    return dollars / training_cost(params, 1.0, accelerator, efficiency, price_per_hour)
+
+
+def params_for_budget(dollars: float, tokens: float, accelerator: Accelerator = A100, efficiency: float = 1.0,
+                      price_per_hour: float | None = None) -> float:
+    """How large a model a budget trains on `tokens` tokens."""
+    return dollars / training_cost(1.0, tokens, accelerator, efficiency, price_per_hour)
+
+
+def mfu(tokens_per_second: float, flops_per_token: float, peak_flops: float) -> float:
+    """Model FLOPs utilisation: the model's FLOPs per second over the peak."""
+    return tokens_per_second * flops_per_token / peak_flops
+
+
+def seed_estimate() -> dict:
+    """Every row of the seed post's estimate, computed from its inputs (reference/seed_cost_estimates.md)."""
+    flops = training_flops(14e9, 300e9)
+    ideal = gpu_hours(flops, A100)
+    actual = run_gpu_hours(64, 91.25)  # 64 A100s for about three months
+    return {
+        "flops_per_param_token": TRAIN_FLOPS_PER_PARAM_TOKEN,
+        "train_flops_14B_300B": flops,
+        "a100_peak_flops": A100.peak_flops,
+        "a100_flops_per_hour": A100.flops_per_hour,
+        "ideal_a100_hours": ideal,
+        "actual_a100_hours": actual,
+        "achieved_efficiency": efficiency(flops, actual, A100),
+        "recent_efficiency": 0.5,
+        "price_cheapest": A100_PRICE_CHEAPEST_2023,
+        "cost_actual_cheapest": cost(actual, A100_PRICE_CHEAPEST_2023),
+        "cost_at_50pct_cheapest": cost(ideal / 0.5, A100_PRICE_CHEAPEST_2023),
+        "price_aws": A100_PRICE_AWS,
+        "cost_actual_aws": cost(actual, A100_PRICE_AWS),
+        "scaling_10x_params_10x_data": training_cost(140e9, 3000e9) / training_cost(14e9, 300e9),
+    }
