@@ -130,3 +130,45 @@ def seed_estimate() -> dict:
         "cost_actual_aws": cost(actual, A100_PRICE_AWS),
         "scaling_10x_params_10x_data": training_cost(140e9, 3000e9) / training_cost(14e9, 300e9),
     }
+
+
+# The seed post's own figures, as printed (reference/seed_cost_estimates.md), beside which ours are shown.
+SEED_POST_FIGURES = {
+    "flops_per_param_token": "6",
+    "train_flops_14B_300B": "2.5 × 10^22",
+    "a100_peak_flops": "312 TFLOPS",
+    "a100_flops_per_hour": "about 1.1 × 10^18",
+    "ideal_a100_hours": "22 436 h",
+    "actual_a100_hours": "≈ 140 160 A100 h",
+    "achieved_efficiency": "about 20%",
+    "recent_efficiency": "about 50%",
+    "price_cheapest": "$0.79",
+    "cost_actual_cheapest": "around $100k",
+    "cost_at_50pct_cheapest": "$40k",
+    "price_aws": "$4.096",
+    "cost_actual_aws": "(original run on AWS)",
+    "scaling_10x_params_10x_data": "100×",
+}
+
+
+def seed_table():
+    """The seed estimate line by line: the post's figure beside the value computed here."""
+    import pandas as pd
+
+    ours = seed_estimate()
+    return pd.DataFrame([{"quantity": key, "post": SEED_POST_FIGURES[key], "computed": value}
+                         for key, value in ours.items()])
+
+
+def flops_vs_context(n_layer: int, d_model: int, vocab_size: int, contexts):
+    """Training FLOPs per token of RWKV-4 and of a transformer of the same depth and width, as the context grows."""
+    import pandas as pd
+
+    rwkv = training_flops_per_token(rwkv_forward_flops_per_token(RWKVConfig(n_layer, d_model, vocab_size)))
+    rows = []
+    for T in contexts:
+        tf = training_flops_per_token(transformer_forward_flops_per_token(n_layer, d_model, vocab_size, T))
+        attention = training_flops_per_token(4 * n_layer * d_model * T)
+        rows.append({"context": T, "rwkv_flops_per_token": rwkv, "transformer_flops_per_token": tf,
+                     "transformer_attention_share": attention / tf})
+    return pd.DataFrame(rows)
