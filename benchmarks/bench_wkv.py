@@ -197,6 +197,7 @@ def main():
     parser.add_argument("--out", type=Path, default=None, help="results folder (default: results/)")
     parser.add_argument("--backends", default="triton,chunked,recurrent,attention")
     parser.add_argument("--skip-check", action="store_true")
+    parser.add_argument("--check-only", action="store_true")
     args = parser.parse_args()
     out_dir = args.out or results_dir()
     if args.device == "cpu":
@@ -211,6 +212,8 @@ def main():
         print(pd.DataFrame(checks)[["B", "T", "C", "dtype", "inputs", "rel_err_y", "rel_err_state", "rel_err_dk",
                                     "rel_err_dw", "finite"]].to_string())
         print(f"worst fp32 relative error: {worst:.2e}")
+    if args.check_only:
+        return
     bandwidth = copy_bandwidth(device)
     rows = bench(device, args.quick, args.backends.split(","))
     frame = pd.DataFrame(rows)

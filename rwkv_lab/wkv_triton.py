@@ -79,49 +79,63 @@ def _fwd_chunk_summary(k_ptr, v_ptr, w_ptr, sum_ptr, idx_ptr, T, C, N,
 
 
 @triton.jit
-def _fwd_scan(sum_ptr, idx_ptr, w_ptr, s0_ptr, enter_ptr, sT_ptr, argmax_ptr, T, C, N,
-              CHUNK: tl.constexpr, SCAN_BLOCK: tl.constexpr, BLOCK_C: tl.constexpr):
+def _scan_chunks(part_ptr, idx_ptr, w_ptr, init_ptr, out_ptr, last_ptr, argmax_ptr, T, C, N,
+                 CHUNK: tl.constexpr, SCAN_BLOCK: tl.constexpr, BLOCK_C: tl.constexpr, REVERSE: tl.constexpr):
+    """Join the chunks' own parts (a, b, p) in order, starting from `init`; a part decays by L w across a chunk.
+
+    Forward (REVERSE=False): parts are the chunks' states, out[n] the state entering chunk n, last the final
+    state, and the argmax of the final p is tracked. Backward (REVERSE=True): parts are the chunks' adjoints,
+    the scan runs from the last chunk back, out[n] is the adjoint leaving chunk n, last the initial state's.
+    """
     pid_c, b = tl.program_id(0), tl.program_id(1)
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
     rows = tl.arange(0, SCAN_BLOCK)
     w = tl.load(w_ptr + cols, mask=cmask, other=0.0)
     s0 = b.to(tl.int64) * 3 * C
-    ca = tl.load(s0_ptr + s0 + cols, mask=cmask, other=0.0)
-    cb = tl.load(s0_ptr + s0 + C + cols, mask=cmask, other=0.0)
-    cp = tl.load(s0_ptr + s0 + 2 * C + cols, mask=cmask, other=0.0)
+    ca = tl.load(init_ptr + s0 + cols, mask=cmask, other=0.0)
+    cb = tl.load(init_ptr + s0 + C + cols, mask=cmask, other=0.0)
+    cp = tl.load(init_ptr + s0 + 2 * C + cols, mask=cmask, other=0.0)
     ci = tl.full((BLOCK_C,), -1, tl.int32)
-    e0 = b.to(tl.int64) * N * 3 * C
-    tl.store(enter_ptr + e0 + cols, ca, mask=cmask)
-    tl.store(enter_ptr + e0 + C + cols, cb, mask=cmask)
-    tl.store(enter_ptr + e0 + 2 * C + cols, cp, mask=cmask)
-    for n0 in range(0, N, SCAN_BLOCK):
-        n = n0 + rows
-        valid = n < N
-        mask = valid[:, None] & cmask[None, :]
+    first = (b * N + (N - 1 if REVERSE else 0)).to(tl.int64) * 3 * C
+    tl.store(out_ptr + first + cols, ca, mask=cmask)
+    tl.store(out_ptr + first + C + cols, cb, mask=cmask)
+    tl.store(out_ptr + first + 2 * C + cols, cp, mask=cmask)
+    for m0 in range(0, N, SCAN_BLOCK):
+        if REVERSE:
+            n = N - 1 - (m0 + rows)  # row i is the i-th chunk from the end
+            nxt = n - 1
+        else:
+            n = m0 + rows
+            nxt = n + 1
+        mask = ((n >= 0) & (n < N))[:, None] & cmask[None, :]
         offs = ((b * N + n).to(tl.int64) * 3 * C)[:, None] + cols[None, :]
-        # rows past the last chunk are the identity: empty sums, no decay
-        sa = tl.load(sum_ptr + offs, mask=mask, other=0.0)
-        sb = tl.load(sum_ptr + offs + C, mask=mask, other=0.0)
-        sp = tl.load(sum_ptr + offs + 2 * C, mask=mask, other=EMPTY)
-        si = tl.load(idx_ptr + ((b * N + n).to(tl.int64) * C)[:, None] + cols[None, :], mask=mask, other=-1)
+        # rows past the end are the identity: empty sums, no decay
+        sa = tl.load(part_ptr + offs, mask=mask, other=0.0)
+        sb = tl.load(part_ptr + offs + C, mask=mask, other=0.0)
+        sp = tl.load(part_ptr + offs + 2 * C, mask=mask, other=EMPTY)
+        if REVERSE:
+            si = tl.zeros((SCAN_BLOCK, BLOCK_C), tl.int32)
+        else:
+            si = tl.load(idx_ptr + ((b * N + n).to(tl.int64) * C)[:, None] + cols[None, :], mask=mask, other=-1)
         length = tl.minimum(CHUNK, T - n * CHUNK).to(tl.float32)
         sd = tl.where(mask, length[:, None] * w[None, :], 0.0)
         sa, sb, sp, sd, si = tl.associative_scan((sa, sb, sp, sd, si), 0, _combine)
-        # the state after chunk n = the carried state, decayed through chunks n0..n, then the block's prefix
+        # through chunk n: the carried part, decayed across the block's chunks up to n, joined to the block's prefix
         qa, qb, qp, _, qi = _combine(ca[None, :], cb[None, :], cp[None, :], 0.0, ci[None, :], sa, sb, sp, sd, si)
-        nxt = ((b * N + n + 1).to(tl.int64) * 3 * C)[:, None] + cols[None, :]
-        nmask = (n + 1 < N)[:, None] & cmask[None, :]
-        tl.store(enter_ptr + nxt, qa, mask=nmask)
-        tl.store(enter_ptr + nxt + C, qb, mask=nmask)
-        tl.store(enter_ptr + nxt + 2 * C, qp, mask=nmask)
+        omask = ((nxt >= 0) & (nxt < N))[:, None] & cmask[None, :]
+        ooffs = ((b * N + nxt).to(tl.int64) * 3 * C)[:, None] + cols[None, :]
+        tl.store(out_ptr + ooffs, qa, mask=omask)
+        tl.store(out_ptr + ooffs + C, qb, mask=omask)
+        tl.store(out_ptr + ooffs + 2 * C, qp, mask=omask)
         last = SCAN_BLOCK - 1
         ca, cb, cp = _row(qa, rows, last), _row(qb, rows, last), _row(qp, rows, last)
         ci = tl.sum(tl.where(rows[:, None] == last, qi, 0), axis=0)
-    tl.store(sT_ptr + s0 + cols, ca, mask=cmask)
-    tl.store(sT_ptr + s0 + C + cols, cb, mask=cmask)
-    tl.store(sT_ptr + s0 + 2 * C + cols, cp, mask=cmask)
-    tl.store(argmax_ptr + b.to(tl.int64) * C + cols, ci, mask=cmask)
+    tl.store(last_ptr + s0 + cols, ca, mask=cmask)
+    tl.store(last_ptr + s0 + C + cols, cb, mask=cmask)
+    tl.store(last_ptr + s0 + 2 * C + cols, cp, mask=cmask)
+    if not REVERSE:
+        tl.store(argmax_ptr + b.to(tl.int64) * C + cols, ci, mask=cmask)
 
 
 @triton.jit
@@ -251,50 +265,6 @@ def _bwd_chunk_summary(k_ptr, v_ptr, gy_ptr, w_ptr, u_ptr, enter_ptr, adj_ptr, T
     tl.store(adj_ptr + e0 + cols, al, mask=cmask)
     tl.store(adj_ptr + e0 + C + cols, be, mask=cmask)
     tl.store(adj_ptr + e0 + 2 * C + cols, r, mask=cmask)
-
-
-@triton.jit
-def _bwd_scan(adj_ptr, w_ptr, gT_ptr, adj_end_ptr, adj0_ptr, T, C, N,
-              CHUNK: tl.constexpr, SCAN_BLOCK: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Reverse scan: the adjoint leaving chunk n is the one entering chunk n+1; it decays by L w across a chunk."""
-    pid_c, b = tl.program_id(0), tl.program_id(1)
-    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    rows = tl.arange(0, SCAN_BLOCK)
-    w = tl.load(w_ptr + cols, mask=cmask, other=0.0)
-    g0 = b.to(tl.int64) * 3 * C
-    ca = tl.load(gT_ptr + g0 + cols, mask=cmask, other=0.0)
-    cb = tl.load(gT_ptr + g0 + C + cols, mask=cmask, other=0.0)
-    cr = tl.load(gT_ptr + g0 + 2 * C + cols, mask=cmask, other=0.0)
-    ci = tl.zeros((BLOCK_C,), tl.int32)
-    last_chunk = (b * N + N - 1).to(tl.int64) * 3 * C
-    tl.store(adj_end_ptr + last_chunk + cols, ca, mask=cmask)
-    tl.store(adj_end_ptr + last_chunk + C + cols, cb, mask=cmask)
-    tl.store(adj_end_ptr + last_chunk + 2 * C + cols, cr, mask=cmask)
-    for m0 in range(0, N, SCAN_BLOCK):
-        n = N - 1 - (m0 + rows)  # row i is the i-th chunk from the end
-        valid = n >= 0
-        mask = valid[:, None] & cmask[None, :]
-        offs = ((b * N + n).to(tl.int64) * 3 * C)[:, None] + cols[None, :]
-        sa = tl.load(adj_ptr + offs, mask=mask, other=0.0)
-        sb = tl.load(adj_ptr + offs + C, mask=mask, other=0.0)
-        sr = tl.load(adj_ptr + offs + 2 * C, mask=mask, other=EMPTY)
-        length = tl.minimum(CHUNK, T - n * CHUNK).to(tl.float32)
-        sd = tl.where(mask, length[:, None] * w[None, :], 0.0)
-        si = tl.zeros((SCAN_BLOCK, BLOCK_C), tl.int32)
-        sa, sb, sr, sd, si = tl.associative_scan((sa, sb, sr, sd, si), 0, _combine)
-        qa, qb, qr, _, _ = _combine(ca[None, :], cb[None, :], cr[None, :], 0.0, ci[None, :], sa, sb, sr, sd, si)
-        # the adjoint entering chunk n leaves chunk n-1
-        prv = ((b * N + n - 1).to(tl.int64) * 3 * C)[:, None] + cols[None, :]
-        pmask = (n >= 1)[:, None] & cmask[None, :]
-        tl.store(adj_end_ptr + prv, qa, mask=pmask)
-        tl.store(adj_end_ptr + prv + C, qb, mask=pmask)
-        tl.store(adj_end_ptr + prv + 2 * C, qr, mask=pmask)
-        last = SCAN_BLOCK - 1
-        ca, cb, cr = _row(qa, rows, last), _row(qb, rows, last), _row(qr, rows, last)
-    tl.store(adj0_ptr + g0 + cols, ca, mask=cmask)
-    tl.store(adj0_ptr + g0 + C + cols, cb, mask=cmask)
-    tl.store(adj0_ptr + g0 + 2 * C + cols, cr, mask=cmask)
 
 
 @triton.jit
@@ -436,8 +406,9 @@ class WKVFunction(torch.autograd.Function):
         y = torch.empty_like(v)
         _fwd_chunk_summary[_grid_chunks(B, N, C)](k, v, w32, summary, summary_idx, T, C, N, CHUNK=CHUNK, BLOCK_C=BLOCK_C,
                                                   num_warps=_warps())
-        _fwd_scan[(triton.cdiv(C, SCAN_BLOCK_C), B)](summary, summary_idx, w32, s0, enter, final, argmax, T, C, N,
-                                                      CHUNK=CHUNK, SCAN_BLOCK=SCAN_BLOCK, BLOCK_C=SCAN_BLOCK_C)
+        _scan_chunks[(triton.cdiv(C, SCAN_BLOCK_C), B)](summary, summary_idx, w32, s0, enter, final, argmax, T, C, N,
+                                                         CHUNK=CHUNK, SCAN_BLOCK=SCAN_BLOCK, BLOCK_C=SCAN_BLOCK_C,
+                                                         REVERSE=False)
         _fwd_output[_grid_chunks(B, N, C)](k, v, w32, u32, enter, y, T, C, N, CHUNK=CHUNK, BLOCK_C=BLOCK_C,
                                            num_warps=_warps())
         ctx.save_for_backward(w32, u32, k, v, s0, enter, final, argmax)
@@ -469,8 +440,9 @@ class WKVFunction(torch.autograd.Function):
         dw_part = torch.empty_like(du_part)
         _bwd_chunk_summary[_grid_chunks(B, N, C)](k, v, gy, w, u, enter, adj_local, T, C, N, CHUNK=CHUNK,
                                                   BLOCK_C=BLOCK_C, num_warps=_warps())
-        _bwd_scan[(triton.cdiv(C, SCAN_BLOCK_C), B)](adj_local, w, g_end, adj_end, adj0, T, C, N,
-                                                      CHUNK=CHUNK, SCAN_BLOCK=SCAN_BLOCK, BLOCK_C=SCAN_BLOCK_C)
+        _scan_chunks[(triton.cdiv(C, SCAN_BLOCK_C), B)](adj_local, adj_local, w, g_end, adj_end, adj0, adj0, T, C, N,
+                                                         CHUNK=CHUNK, SCAN_BLOCK=SCAN_BLOCK, BLOCK_C=SCAN_BLOCK_C,
+                                                         REVERSE=True)
         _bwd_chunk[_grid_chunks(B, N, C)](k, v, gy, w, u, enter, adj_end, dk, dv, du_part, dw_part, T, C, N,
                                           CHUNK=CHUNK, SUB=SUB, BLOCK_C=BLOCK_C, num_warps=_warps())
         du = du_part.sum(dim=(0, 1))

@@ -297,7 +297,7 @@ for arch, eff in (("RWKV-4", rwkv_mfu), ("Pythia", pythia_mfu)):
                for s in sizes]
     ax1.loglog([PRESETS[s].n_params for s in sizes], dollars, "o-", label=f"{arch} at {eff:.0%} MFU")
 ax1.set_xlabel("parameters")
-ax1.set_ylabel(f"$ for 300B tokens on {gpu} at ${price_per_hour}/h")
+ax1.set_ylabel(f"USD for 300B tokens on {gpu} at {price_per_hour} USD/h")
 ax1.legend()
 cfg = PRESETS["14B"]
 ctx = cost.flops_vs_context(cfg.n_layer, cfg.n_embd, cfg.vocab_size, [2**e for e in range(10, 21)])
