@@ -22,6 +22,7 @@ import torch
 from .config import RWKVConfig
 from .hub import HubUnavailableError, download_file, download_snapshot, is_repo_id
 from .model import RWKV
+from .results import atomic_write
 
 FORMATS = ("safetensors", "pth", "transformers")
 SUPPORTED_DTYPES = {
@@ -305,12 +306,6 @@ def hf_config_dict(config: RWKVConfig, dtype: torch.dtype) -> dict:
     }
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_model(model: RWKV, path, format: str = "safetensors", dtype=None) -> Path:
     """Write `model` as 'safetensors' (ours), 'pth' (BlinkDL) or 'transformers' (a folder)."""
     from safetensors.torch import save_file
@@ -321,18 +316,16 @@ def save_model(model: RWKV, path, format: str = "safetensors", dtype=None) -> Pa
     path = Path(path)
     sd = {k: v.detach().to(device="cpu", dtype=dtype).contiguous() for k, v in model.state_dict().items()}
     if format == "safetensors":
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"format": "pt", "rwkv_lab_config": model.config.to_json()}
-        _atomic(path, lambda tmp: save_file(sd, str(tmp), metadata=meta))
+        atomic_write(path, lambda tmp: save_file(sd, str(tmp), metadata=meta))
     elif format == "pth":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic(path, lambda tmp: torch.save(sd, tmp))
+        atomic_write(path, lambda tmp: torch.save(sd, tmp))
     else:
         path.mkdir(parents=True, exist_ok=True)
         hf_sd = {blinkdl_to_hf_key(k): v for k, v in sd.items()}
-        _atomic(path / "model.safetensors", lambda tmp: save_file(hf_sd, str(tmp), metadata={"format": "pt"}))
+        atomic_write(path / "model.safetensors", lambda tmp: save_file(hf_sd, str(tmp), metadata={"format": "pt"}))
         config_text = json.dumps(hf_config_dict(model.config, dtype), indent=2)
-        _atomic(path / "config.json", lambda tmp: tmp.write_text(config_text))
+        atomic_write(path / "config.json", lambda tmp: tmp.write_text(config_text))
     return path
 
 

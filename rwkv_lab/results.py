@@ -60,7 +60,8 @@ def provenance(params: dict | None = None, device=None) -> dict:
     }
 
 
-def _atomic_write(path: Path, write) -> Path:
+def atomic_write(path: Path, write) -> Path:
+    """Call write(tmp) on a temporary file beside `path`, then rename it over `path`: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -81,23 +82,23 @@ def _dumps(obj) -> str:
 def write_json(path, results, params: dict | None = None, device=None) -> Path:
     """{"provenance": ..., "results": results} as JSON."""
     text = _dumps({"provenance": provenance(params, device), "results": results})
-    return _atomic_write(path, lambda tmp: tmp.write_text(text))
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def write_table(path, frame, params: dict | None = None, device=None) -> Path:
     """A pandas DataFrame as CSV, with its provenance beside it in <name>.meta.json."""
     path = Path(path)
-    _atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
     meta = _dumps(provenance(params, device))
-    _atomic_write(path.with_suffix(".meta.json"), lambda tmp: tmp.write_text(meta))
+    atomic_write(path.with_suffix(".meta.json"), lambda tmp: tmp.write_text(meta))
     return path
 
 
 def save_figure(fig, path, params: dict | None = None, device=None) -> Path:
     """A matplotlib figure as PNG, with its provenance beside it in <name>.meta.json."""
     path = Path(path)
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120,
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120,
                                                 bbox_inches="tight"))
     meta = _dumps(provenance(params, device))
-    _atomic_write(path.with_suffix(".meta.json"), lambda tmp: tmp.write_text(meta))
+    atomic_write(path.with_suffix(".meta.json"), lambda tmp: tmp.write_text(meta))
     return path
