@@ -15,9 +15,7 @@ def layer_wkv_inputs(model, tokens: torch.Tensor, layer: int):
         raise ValueError(f"layer must be in [0, {model.config.n_layer}); got {layer}")
     model.check_tokens(tokens, ndim=2)
     state = model.init_state(tokens.shape[0])
-    x = model.emb(tokens)
-    for i, block in enumerate(model.blocks[:layer]):
-        x, _ = block(x, state[:, i], model.wkv_backend)
+    x, _ = model.run_blocks(model.emb(tokens), state, model.wkv_backend, n_blocks=layer)
     block = model.blocks[layer]
     if hasattr(block, "ln0"):
         x = block.ln0(x)

@@ -46,8 +46,8 @@ class TimeMix(nn.Module):
         self.receptance = nn.Linear(C, C, bias=False)
         self.output = nn.Linear(C, C, bias=False)
 
-    def forward(self, x, last_x, wkv_state, backend):
-        # x (B, T, C): LN1 output; last_x (B, C); wkv_state (B, 3, C)
+    def forward(self, x, last_x, wkv_state, backend, scale: int = 1):
+        # x (B, T, C): LN1 output; last_x (B, C); wkv_state (B, 3, C); the output comes divided by `scale`
         prev = token_shift(x, last_x)
         k = self.key(mix(x, prev, self.time_mix_k))
         v = self.value(mix(x, prev, self.time_mix_v))
@@ -55,7 +55,8 @@ class TimeMix(nn.Module):
         # exp in fp32 at least: a bf16 time_decay would lose the long half-lives
         w = torch.exp(self.time_decay.to(compute_dtype(self.time_decay)))
         y, wkv_state = wkv(w, self.time_first, k, v, wkv_state, backend=backend, check=False)
-        return self.output(torch.sigmoid(r) * y), x[:, -1], wkv_state
+        mixed = torch.sigmoid(r) * y
+        return self.output(mixed / scale if scale != 1 else mixed), x[:, -1], wkv_state
 
 
 class ChannelMix(nn.Module):
@@ -68,11 +69,11 @@ class ChannelMix(nn.Module):
         self.receptance = nn.Linear(C, C, bias=False)
         self.value = nn.Linear(config.dim_ffn, C, bias=False)
 
-    def forward(self, x, last_x):
+    def forward(self, x, last_x, scale: int = 1):
         prev = token_shift(x, last_x)
         k = torch.square(torch.relu(self.key(mix(x, prev, self.time_mix_k))))  # (B, T, 4C)
         r = torch.sigmoid(self.receptance(mix(x, prev, self.time_mix_r)))
-        return r * self.value(k), x[:, -1]
+        return r * self.value(k / scale if scale != 1 else k), x[:, -1]
 
 
 class Block(nn.Module):
@@ -86,15 +87,15 @@ class Block(nn.Module):
         self.att = TimeMix(config)
         self.ffn = ChannelMix(config)
 
-    def forward(self, x, state, backend):
-        # state (B, 5, C) for this layer; returns the new one
+    def forward(self, x, state, backend, scale: int = 1):
+        # state (B, 5, C) for this layer; returns the new one. x carries the residual divided by `scale`.
         if hasattr(self, "ln0"):
             x = self.ln0(x)
         h = self.ln1(x)
-        att, att_x, wkv_state = self.att(h, state[:, ATT_X], state[:, ATT_A : ATT_P + 1], backend)
+        att, att_x, wkv_state = self.att(h, state[:, ATT_X], state[:, ATT_A : ATT_P + 1], backend, scale)
         x = x + att
         h = self.ln2(x)
-        ffn, ffn_x = self.ffn(h, state[:, FFN_X])
+        ffn, ffn_x = self.ffn(h, state[:, FFN_X], scale)
         x = x + ffn
         sd = state.dtype
         new_state = torch.cat([att_x[:, None].to(sd), wkv_state.to(sd), ffn_x[:, None].to(sd)], dim=1)
@@ -111,6 +112,10 @@ class RWKV(nn.Module):
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # Which WKV formulation the parallel form uses (see wkv.BACKENDS); 'auto' picks the fastest exact one.
         self.wkv_backend = "auto"
+        # fp16 only: halve the residual stream every `rescale_every` layers (and divide the blocks' outputs to
+        # match), as the rwkv package and transformers do; the released 3B-14B models' residuals outgrow fp16.
+        # LayerNorm makes this exact up to its eps. 0 turns it off.
+        self.rescale_every = 6
 
     @property
     def dtype(self) -> torch.dtype:
@@ -173,14 +178,20 @@ class RWKV(nn.Module):
             state = self.init_state(tokens.shape[0])
         elif check:
             self.check_state(state, tokens.shape[0])
-        backend = backend or self.wkv_backend
-        x = self.emb(tokens)  # (B, T, C)
-        new_state = []
-        for i, block in enumerate(self.blocks):
-            x, layer_state = block(x, state[:, i], backend)
-            new_state.append(layer_state)
+        x, new_state = self.run_blocks(self.emb(tokens), state, backend or self.wkv_backend)
         logits = self.head(self.ln_out(x))  # (B, T, V)
         return logits, torch.stack(new_state, dim=1)
+
+    def run_blocks(self, x, state, backend, n_blocks: int | None = None):
+        """x (B, T, C) through the first `n_blocks` blocks; returns x (fp16: divided by the rescale) and their states."""
+        rescale = self.rescale_every if self.dtype == torch.float16 else 0
+        new_state = []
+        for i, block in enumerate(self.blocks[:n_blocks]):
+            x, layer_state = block(x, state[:, i], backend, 2 ** (i // rescale) if rescale else 1)
+            new_state.append(layer_state)
+            if rescale and (i + 1) % rescale == 0:
+                x = x / 2
+        return x, new_state
 
     def step(self, token: torch.Tensor, state: torch.Tensor | None = None, *, check: bool = True):
         """RNN form: one token per sequence, token (B,) -> logits (B, V), state (B, L, 5, C)."""

@@ -174,3 +174,30 @@ def test_config_with_one_layer_builds():
     model = build_model(RWKVConfig(n_layer=1, n_embd=8, vocab_size=11), seed=0, zero_projections=False)
     logits, state = model(torch.tensor([[1, 2, 3]]))
     assert logits.shape == (1, 3, 11) and state.shape == (1, 1, 5, 8)
+
+
+def test_fp16_rescaling_keeps_a_growing_residual_finite():
+    """Blocks 5 and 6 each add 3e4..6e4 to every channel: up to 1.2e5, which overflows fp16 unless the residual
+    is halved after block 5 (then every value stays under 6.1e4)."""
+    config = RWKVConfig(n_layer=7, n_embd=32, vocab_size=257)
+    model = random_model(config, seed=8, dtype=torch.float32)
+    C = config.n_embd
+    with torch.no_grad():
+        for i in (5, 6):
+            # ln2 -> all ones, so k = relu(key . 1)^2 = 1, r = sigmoid(20) = 1, and channel c gets 6e4 * f_c
+            block = model.blocks[i]
+            block.ln2.weight.zero_()
+            block.ln2.bias.fill_(1.0)
+            block.ffn.key.weight.fill_(1.0 / C)
+            block.ffn.receptance.weight.fill_(20.0 / C)
+            f = 0.5 + 0.5 * torch.arange(C, dtype=torch.float32) / (C - 1)
+            block.ffn.value.weight.copy_((6e4 / (4 * C)) * f[:, None].expand(C, 4 * C))
+    tokens = tokens_for(model, 2, 20, seed=8)
+    ref_logits, _ = model(tokens)
+    half = random_model(config, seed=8, dtype=torch.float32)
+    half.load_state_dict(model.state_dict())
+    half = half.half()
+    logits, _ = half(tokens)
+    assert_rel_close("fp16 with rescaling vs fp32", logits, ref_logits, 1e-2)
+    half.rescale_every = 0
+    assert not torch.isfinite(half(tokens)[0]).all(), "without rescaling the fp16 residual should overflow here"
