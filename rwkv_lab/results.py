@@ -50,7 +50,8 @@ def provenance(params: dict | None = None, device=None) -> dict:
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         # a copy of the tree without .git (a lent GPU machine) is told its commit through the environment
         "git_commit": _git("rev-parse", "HEAD") or os.environ.get("RWKV_LAB_GIT_COMMIT"),
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        # changes to the code, not to results/ (which the run itself is rewriting)
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results")),
         "device": device_name(device),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
