@@ -13,7 +13,6 @@ forward+backward also reads k, v, dy and writes dk, dv.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rwkv_lab import wkv_triton  # noqa: E402
 from rwkv_lab.bench import copy_bandwidth, measure  # noqa: E402
 from rwkv_lab.equivalence import rel_error  # noqa: E402
+from rwkv_lab.numerics import study_inputs  # noqa: E402
 from rwkv_lab.results import results_dir, write_json, write_table  # noqa: E402
 from rwkv_lab.wkv import BACKENDS, P_EMPTY, wkv, wkv_chunked, wkv_recurrent  # noqa: E402
 
@@ -35,18 +35,9 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def official_inputs(B, T, C, dtype, device, seed=0, extreme=False, state=True):
-    """w, u as the official init spreads them over channels (a middle layer); k, v ~ N(0, 1)."""
+    """numerics.study_inputs (official-init decays or extreme ones), batch B, and a random non-empty state."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    h = torch.arange(C, dtype=torch.float64)
-    if extreme:
-        w = torch.exp(math.log(1e-4) + torch.rand(C, generator=gen, dtype=torch.float64) * math.log(1e7))
-        u = 160 * torch.rand(C, generator=gen, dtype=torch.float64) - 80
-        k = 160 * torch.rand(B, T, C, generator=gen, dtype=torch.float64) - 80
-    else:
-        w = torch.exp(-5 + 8 * (h / (C - 1)) ** 1.35)
-        u = math.log(0.3) + ((h + 1) % 3 - 1) * 0.5
-        k = torch.randn(B, T, C, generator=gen, dtype=torch.float64)
-    v = torch.randn(B, T, C, generator=gen, dtype=torch.float64)
+    w, u, k, v = study_inputs(T, C, "extreme" if extreme else "official", batch=B, generator=gen)
     s = None
     if state:
         s = torch.stack([torch.randn(B, C, generator=gen, dtype=torch.float64),

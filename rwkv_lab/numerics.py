@@ -21,21 +21,21 @@ DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16, 
 ATTENTION_MAX_BYTES = 1 << 30  # the T x T form's score tensor, per call
 
 
-def study_inputs(T: int, C: int, kind: str, seed: int = 0):
-    """w, u, k, v in float64, batch 1, from a fixed seed."""
-    gen = torch.Generator().manual_seed(seed)
+def study_inputs(T: int, C: int, kind: str, seed: int = 0, batch: int = 1, generator: torch.Generator | None = None):
+    """w, u, k, v in float64 from a fixed seed (or from `generator`, which then goes on to draw more)."""
+    gen = generator if generator is not None else torch.Generator().manual_seed(seed)
     h = torch.arange(C, dtype=torch.float64)
     if kind == "official":
         w = torch.exp(-5 + 8 * (h / max(C - 1, 1)) ** 1.35)
         u = math.log(0.3) + ((h + 1) % 3 - 1) * 0.5
-        k = torch.randn(1, T, C, generator=gen, dtype=torch.float64)
+        k = torch.randn(batch, T, C, generator=gen, dtype=torch.float64)
     elif kind == "extreme":
         w = torch.exp(math.log(1e-4) + torch.rand(C, generator=gen, dtype=torch.float64) * math.log(1e7))
         u = 160 * torch.rand(C, generator=gen, dtype=torch.float64) - 80
-        k = 160 * torch.rand(1, T, C, generator=gen, dtype=torch.float64) - 80
+        k = 160 * torch.rand(batch, T, C, generator=gen, dtype=torch.float64) - 80
     else:
         raise ValueError(f"unknown input kind {kind!r}; expected 'official' or 'extreme'")
-    v = torch.randn(1, T, C, generator=gen, dtype=torch.float64)
+    v = torch.randn(batch, T, C, generator=gen, dtype=torch.float64)
     return w, u, k, v
 
 

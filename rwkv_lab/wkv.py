@@ -134,7 +134,7 @@ def _merge(s1, s2):
 
 def chunk_size_for(T: int) -> int:
     """sqrt(T) balances the two loops of the chunked form (T/c chunk steps, c token steps)."""
-    return max(1, math.isqrt(T - 1) + 1) if T > 1 else 1
+    return math.isqrt(T - 1) + 1 if T > 1 else 1
 
 
 def wkv_chunked(w, u, k, v, state=None, chunk_size: int | None = None):
