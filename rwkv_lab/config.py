@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 
 NEOX_VOCAB = 50277  # GPT-NeoX-20B tokenizer, used by every RWKV-4 Pile model
@@ -69,8 +70,14 @@ PRESETS: dict[str, RWKVConfig] = {
 }
 
 
+_BYTE_NAME = re.compile(r"^byte-(\d+)x(\d+)$")
+
+
 def get_config(name: str) -> RWKVConfig:
-    try:
+    """A preset, or any byte-level size spelt 'byte-<layers>x<width>' (e.g. 'byte-4x128')."""
+    if name in PRESETS:
         return PRESETS[name]
-    except KeyError:
-        raise KeyError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}") from None
+    match = _BYTE_NAME.match(name)
+    if match:
+        return RWKVConfig(n_layer=int(match[1]), n_embd=int(match[2]), vocab_size=BYTE_VOCAB, name=name)
+    raise KeyError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)} or 'byte-<layers>x<width>'")

@@ -1,0 +1,90 @@
+"""RWKV-4 vs a matched GPT-NeoX transformer, trained on the same tokens with the same recipe (rwkv_lab.train).
+
+    python benchmarks/train_compare.py --sizes byte-4x128,byte-6x256,byte-10x384 --contexts 512 --tokens 40M
+
+For every (size, context) both architectures train on the same batches; the validation curves, tokens/s and peak
+memory go to results/training/curves.csv and one row per run to results/training/summary.csv, rewritten after
+every run (an interrupted sweep keeps what finished). `--export-size` names the RWKV run whose weights become
+results/training/<size>-T<context>.safetensors (bf16), the candidate for the packaged default model.
+Out-of-memory is a recorded outcome, and runs that would start after `--deadline-min` are recorded as skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rwkv_lab.bench import is_oom  # noqa: E402
+from rwkv_lab.checkpoint import save_model  # noqa: E402
+from rwkv_lab.corpus import build_corpus, unigram_loss  # noqa: E402
+from rwkv_lab.results import results_dir, write_table  # noqa: E402
+from rwkv_lab.train import TrainConfig, Trainer, bits_per_byte, parse_count  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="byte-4x128,byte-6x256,byte-10x384")
+    parser.add_argument("--contexts", default="512")
+    parser.add_argument("--tokens", type=parse_count, default=parse_count("40M"))
+    parser.add_argument("--tokens-per-step", type=int, default=32768)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--export-size", default="byte-6x256")
+    parser.add_argument("--export-context", type=int, default=512)
+    parser.add_argument("--deadline-min", type=float, default=None, help="start no run after this many minutes")
+    parser.add_argument("--tag", default="", help="suffix of the output files (runs split over several calls)")
+    args = parser.parse_args()
+    t_start = time.time()
+    corpus = build_corpus()
+    base = {"corpus": corpus.summary(), "unigram_val_loss": unigram_loss(corpus),
+            "unigram_val_bpb": bits_per_byte(unigram_loss(corpus), corpus.val_bytes_per_token)}
+    print(base, flush=True)
+    out = results_dir() / "training"
+    curves, summary = [], []
+    for context in map(int, args.contexts.split(",")):
+        for size in args.sizes.split(","):
+            for arch in ("rwkv", "transformer"):
+                cfg = TrainConfig(arch=arch, model=size, context=context, tokens=args.tokens, lr=args.lr,
+                                  batch_size=max(1, args.tokens_per_step // context), eval_every=args.eval_every)
+                row = {"arch": arch, "model": size, "context": context, "batch_size": cfg.batch_size,
+                       "tokens": args.tokens}
+                if args.deadline_min and time.time() - t_start > 60 * args.deadline_min:
+                    summary.append(row | {"status": "skipped (deadline)"})
+                    continue
+                trainer = None
+                try:
+                    trainer = Trainer(cfg, corpus, progress=True)
+                    frame = trainer.run()
+                    final = frame.dropna(subset=["val_loss"]).iloc[-1]
+                    steady = frame.iloc[len(frame) // 2 :]  # after compilation and warm-up
+                    row |= {"status": "ok", "params": trainer.n_params, "val_loss": final["val_loss"],
+                            "val_bpb": final["val_bpb"], "tokens_per_s": float(steady["tokens_per_s"].median()),
+                            "train_seconds": final["train_seconds"], "flops": final["flops"],
+                            "peak_memory_GiB": frame["peak_memory_bytes"].max() / 2**30}
+                    curves.append(frame)
+                    if arch == "rwkv" and size == args.export_size and context == args.export_context:
+                        save_model(trainer.model, out / f"{size}-T{context}{args.tag}.safetensors", dtype=torch.bfloat16)
+                except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
+                    if not is_oom(err):
+                        raise
+                    row |= {"status": "oom"}
+                del trainer
+                torch.cuda.empty_cache()
+                summary.append(row)
+                print(row, flush=True)
+                params = vars(args) | base
+                write_table(out / f"summary{args.tag}.csv", pd.DataFrame(summary), params)
+                if curves:
+                    write_table(out / f"curves{args.tag}.csv", pd.concat(curves, ignore_index=True), params)
+    print(pd.DataFrame(summary).to_string(float_format=lambda v: f"{v:.4g}"))
+
+
+if __name__ == "__main__":
+    main()
