@@ -48,10 +48,11 @@ def provenance(params: dict | None = None, device=None) -> dict:
     """Who, where and what: device, versions, git commit, date and the run's parameters."""
     return {
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        # a copy of the tree without .git (a lent GPU machine) is told its commit through the environment
-        "git_commit": _git("rev-parse", "HEAD") or os.environ.get("RWKV_LAB_GIT_COMMIT"),
+        # a copy of the tree (a lent GPU machine) is told its commit through the environment: its .git may be stale
+        "git_commit": os.environ.get("RWKV_LAB_GIT_COMMIT") or _git("rev-parse", "HEAD"),
         # changes to the code, not to results/ (which the run itself is rewriting)
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results")),
+        "git_dirty": None if os.environ.get("RWKV_LAB_GIT_COMMIT") else
+        bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results")),
         "device": device_name(device),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
@@ -103,3 +104,9 @@ def save_figure(fig, path, params: dict | None = None, device=None) -> Path:
     meta = _dumps(provenance(params, device))
     atomic_write(path.with_suffix(".meta.json"), lambda tmp: tmp.write_text(meta))
     return path
+
+
+def find_result(relative: str) -> Path:
+    """A results file: this run's (results_dir()) if it exists, else the committed one in the repository."""
+    here = results_dir() / relative
+    return here if here.exists() else REPO_ROOT / "results" / relative

@@ -274,6 +274,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", help="a directory (its *.py files, or --pattern) or a text file; "
                                        "default: this interpreter's standard library")
     parser.add_argument("--pattern", default="*.py")
+    parser.add_argument("--val-fraction", type=float, default=0.05, help="share of files held out for validation")
     parser.add_argument("--tokenizer", default="bytes", help="'bytes' or a tokenizer.json")
     parser.add_argument("--out", required=True, help="folder for checkpoint.pt, log.csv and (RWKV) model.safetensors")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
@@ -282,7 +283,7 @@ def main(argv=None) -> int:
     from .tokenizer import load_tokenizer
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    corpus = build_corpus(args.data, load_tokenizer(args.tokenizer), pattern=args.pattern)
+    corpus = build_corpus(args.data, load_tokenizer(args.tokenizer), args.val_fraction, args.pattern)
     print(corpus.summary(), file=sys.stderr)
     trainer = Trainer(cfg, corpus)
     out = Path(args.out)
@@ -299,3 +300,37 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ---- comparing runs (notebook 06) ------------------------------------------------------------------------------
+
+def side_by_side(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per (size, context): both architectures' bits-per-byte, tokens/s and memory, and their ratios."""
+    ok = summary[summary["status"] == "ok"]
+    wide = ok.pivot_table(index=["model", "context"], columns="arch",
+                          values=["params", "val_bpb", "tokens_per_s", "peak_memory_GiB"], sort=False)
+    wide.columns = [f"{value}_{arch}" for value, arch in wide.columns]
+    wide["bpb_ratio_rwkv_over_tf"] = wide["val_bpb_rwkv"] / wide["val_bpb_transformer"]
+    wide["speed_ratio_rwkv_over_tf"] = wide["tokens_per_s_rwkv"] / wide["tokens_per_s_transformer"]
+    wide["memory_ratio_rwkv_over_tf"] = wide["peak_memory_GiB_rwkv"] / wide["peak_memory_GiB_transformer"]
+    return wide.reset_index()
+
+
+def plot_curves(curves: pd.DataFrame, axes, unigram_bpb: float | None = None, title: str = ""):
+    """Validation bits-per-byte against tokens (axes[0]) and training FLOPs (axes[1]), one line per run."""
+    evals = curves.dropna(subset=["val_bpb"])
+    colours = dict(zip(sorted(evals["model"].unique(), key=lambda m: evals[evals.model == m]["params"].iloc[0]),
+                       ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")))
+    for (model, arch, context), g in evals.groupby(["model", "arch", "context"]):
+        style = "-" if arch == "rwkv" else "--"
+        label = f"{'RWKV-4' if arch == 'rwkv' else 'GPT-NeoX'} {model} ({g['params'].iloc[0] / 1e6:.1f}M)"
+        for ax, x in zip(axes, ("tokens", "flops")):
+            ax.plot(g[x], g["val_bpb"], style, color=colours.get(model), label=label)
+    for ax, x in zip(axes, ("tokens", "flops")):
+        if unigram_bpb is not None:
+            ax.axhline(unigram_bpb, color="gray", lw=0.8, ls=":", label="unigram baseline")
+        ax.set_xscale("log")
+        ax.set_xlabel("training tokens" if x == "tokens" else "training FLOPs")
+        ax.set_ylabel("validation bits per byte")
+        ax.set_title(title, fontsize=9)
+    axes[0].legend(fontsize=7)

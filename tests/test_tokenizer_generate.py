@@ -132,7 +132,7 @@ def test_default_model_is_deterministic_and_fast():
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert a.config.vocab_size == 257 and "default" in a.source
     print(f"default model built in {elapsed:.2f} s")
-    # its output depends on the context (projections are drawn, not zeroed)
+    # a trained model: its output depends on the context
     la, _ = a(torch.tensor([[1, 2, 3]]))
     lb, _ = a(torch.tensor([[9, 2, 3]]))
     assert (la[0, -1] - lb[0, -1]).abs().max() > 1e-3

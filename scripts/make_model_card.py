@@ -1,0 +1,131 @@
+"""Write the default model's card (rwkv_lab/default_model/card.json and MODEL_CARD.md) from measurements.
+
+    python scripts/make_model_card.py
+
+Reads the GPU training run (results/training/summary.csv and its provenance), then measures here, on the CPU in
+fp32 with the shipped bf16 weights: the loss on the held-out slice (default_model/heldout.txt, written here from a
+validation-split file of this interpreter's standard library), validation bits-per-byte on this interpreter's
+validation split (the training run's evaluation windows), the unigram baseline, and a sample.
+"""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from rwkv_lab.corpus import build_corpus, is_validation, list_files, stdlib_dir, unigram_loss  # noqa: E402
+from rwkv_lab.default import DEFAULT_DIR, HELDOUT_TEXT, default_model  # noqa: E402
+from rwkv_lab.generation import generate  # noqa: E402
+from rwkv_lab.results import atomic_write, provenance  # noqa: E402
+from rwkv_lab.tokenizer import ByteTokenizer  # noqa: E402
+from rwkv_lab.train import TrainConfig, Trainer, bits_per_byte  # noqa: E402
+
+HELDOUT_CHARS = 6000
+SAMPLE_PROMPT = "def "
+
+
+def text_loss(model, text: str) -> float:
+    """Mean nats per byte of `text`, predicted from end-of-text onwards (the model's document start)."""
+    tokens = torch.tensor([[0] + ByteTokenizer().encode(text)])
+    with torch.no_grad():
+        logits, _ = model(tokens[:, :-1])
+    return float(torch.nn.functional.cross_entropy(logits[0].double(), tokens[0, 1:]))
+
+
+def heldout_slice() -> tuple[str, str]:
+    root = stdlib_dir()
+    for path in list_files(root):
+        rel = path.relative_to(root).as_posix()
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if is_validation(rel, 0.05) and len(text) > 2 * HELDOUT_CHARS and text.isascii():
+            cut = text.rfind("\n", 0, HELDOUT_CHARS) + 1
+            return rel, text[:cut]
+    raise RuntimeError("no suitable validation file")
+
+
+def main():
+    summary = pd.read_csv(ROOT / "results/training/summary.csv")
+    meta = json.loads((ROOT / "results/training/summary.meta.json").read_text())
+    params = meta["params"]
+    run = summary[(summary.arch == "rwkv") & (summary.model == params["export_size"])
+                  & (summary.context == params["export_context"])].iloc[0]
+    tf = summary[(summary.arch == "transformer") & (summary.model == run.model) & (summary.context == run.context)].iloc[0]
+    model = default_model()
+    rel, text = heldout_slice()
+    atomic_write(HELDOUT_TEXT, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    corpus = build_corpus()
+    trainer = Trainer(TrainConfig(model=params["export_size"], context=int(run.context), device="cpu"), corpus,
+                      progress=False)
+    trainer.model.load_state_dict(model.state_dict())
+    local_val = trainer.evaluate()
+    sample = generate(model, ByteTokenizer(), SAMPLE_PROMPT, max_new_tokens=400, temperature=0.7, seed=0)
+    card = {
+        "model": params["export_size"], "params": int(run.params), "weights_dtype": "bfloat16",
+        "training": {
+            "command": (f"python benchmarks/train_compare.py --sizes {params['sizes']} --contexts {params['contexts']} "
+                        f"--tokens {params['tokens']}"),
+            "device": meta["device"], "git_commit": meta["git_commit"], "date_utc": meta["date_utc"],
+            "python": meta["python"], "corpus": params["corpus"], "tokens_seen": int(run.tokens),
+            "context": int(run.context), "batch_size": int(run.batch_size), "lr": params["lr"],
+            "train_seconds": float(run.train_seconds), "tokens_per_s": float(run.tokens_per_s),
+            "val_loss": float(run.val_loss), "val_bpb": float(run.val_bpb),
+            "unigram_val_loss": params["unigram_val_loss"], "unigram_val_bpb": params["unigram_val_bpb"],
+            "matched_transformer_val_bpb": float(tf.val_bpb), "matched_transformer_params": int(tf.params),
+        },
+        "checked_here": {
+            "provenance": provenance(device="cpu"), "dtype": "float32",
+            "corpus": corpus.summary(), "val_loss": local_val,
+            "val_bpb": bits_per_byte(local_val, corpus.val_bytes_per_token),
+            "unigram_val_loss": unigram_loss(corpus),
+            "unigram_val_bpb": bits_per_byte(unigram_loss(corpus), corpus.val_bytes_per_token),
+            "heldout_file": rel, "heldout_chars": len(text), "heldout_loss": text_loss(model, text),
+        },
+        "sample": {"prompt": SAMPLE_PROMPT, "temperature": 0.7, "seed": 0, "text": sample},
+    }
+    card["checked_here"]["heldout_bpb"] = card["checked_here"]["heldout_loss"] / math.log(2)
+    atomic_write(DEFAULT_DIR / "card.json", lambda tmp: tmp.write_text(json.dumps(card, indent=2) + "\n"))
+    t, c = card["training"], card["checked_here"]
+    md = f"""# Model card: the rwkv-lab default model
+
+RWKV-4, {card['model']} ({card['params']:,} parameters), byte-level (256 bytes + end-of-text = token 0), weights
+in bf16 (`model.safetensors`, BlinkDL key names, config in the metadata). Written by `scripts/make_model_card.py`;
+every number below is measured, in `card.json`.
+
+## Training
+- Data: the Python standard library of Python {t['python']} (`{t['corpus']['source']}`), {t['corpus']['n_train_files']}
+  training files, {t['corpus']['n_val_files']} validation files (split by the SHA-1 of the relative path; file-list
+  SHA-256 `{t['corpus']['files_sha256']}`).
+- {t['tokens_seen']:,} tokens seen ({t['tokens_seen'] / t['corpus']['train_tokens']:.1f} epochs), context {t['context']},
+  batch {t['batch_size']}, AdamW lr {t['lr']} (warm-up, cosine), bf16 autocast, on an {t['device']} in
+  {t['train_seconds']:.0f} s ({t['tokens_per_s']:,.0f} tokens/s), commit {t['git_commit'][:10]}, {t['date_utc']}.
+- Reproduce: `{t['command']}` (the byte-6x256 RWKV run is exported).
+
+## Quality (validation split, context {t['context']})
+| | nats/byte | bits/byte |
+|---|---|---|
+| this model (at training, bf16 autocast, GPU) | {t['val_loss']:.4f} | {t['val_bpb']:.4f} |
+| matched GPT-NeoX transformer ({t['matched_transformer_params']:,} parameters, same tokens) | | {t['matched_transformer_val_bpb']:.4f} |
+| unigram baseline (byte frequencies of the training split) | {t['unigram_val_loss']:.4f} | {t['unigram_val_bpb']:.4f} |
+| this model, fp32 on the CPU, Python {c['provenance']['python']}'s validation split | {c['val_loss']:.4f} | {c['val_bpb']:.4f} |
+| unigram baseline there | {c['unigram_val_loss']:.4f} | {c['unigram_val_bpb']:.4f} |
+
+Held-out slice `heldout.txt` (first {c['heldout_chars']} characters of `{c['heldout_file']}`, a validation file):
+{c['heldout_loss']:.5f} nats/byte in fp32 on the CPU (the tests check this number).
+
+## Sample (prompt `{SAMPLE_PROMPT}`, temperature 0.7, seed 0)
+```python
+{SAMPLE_PROMPT}{sample}
+```
+"""
+    atomic_write(DEFAULT_DIR / "MODEL_CARD.md", lambda tmp: tmp.write_text(md))
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

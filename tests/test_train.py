@@ -1,0 +1,137 @@
+"""Training: the corpus builder, the trainer (loss falls, resume is exact), the matched transformer, the shipped
+default model against its card."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from rwkv_lab.corpus import build_corpus, is_validation, unigram_loss
+from rwkv_lab.default import default_card, default_model, heldout_text
+from rwkv_lab.train import TrainConfig, Trainer, build, main, parse_count
+
+
+@pytest.fixture(scope="module")
+def text_dir(tmp_path_factory):
+    """Forty small Python-like files: enough for a split by file and a few training steps."""
+    root = tmp_path_factory.mktemp("corpus")
+    for i in range(40):
+        sub = root / ("pkg" if i % 3 else "") / f"mod_{i:02d}.py"
+        sub.parent.mkdir(exist_ok=True)
+        body = "".join(f"def f{j}(x):\n    return x * {j} + {i}\n\n" for j in range(30))
+        sub.write_text(f'"""module {i}"""\n\n{body}')
+    (root / "notes.txt").write_text("not python")
+    return root
+
+
+def tiny(**kw) -> TrainConfig:
+    defaults = dict(model="byte-2x32", context=32, batch_size=4, tokens=4 * 32 * 12, warmup_steps=3,
+                    eval_every=6, log_every=3, eval_tokens=512, device="cpu", lr=3e-3)
+    return TrainConfig(**(defaults | kw))
+
+
+def test_corpus_is_deterministic_and_split_by_file(text_dir):
+    a, b = build_corpus(text_dir, val_fraction=0.2), build_corpus(text_dir, val_fraction=0.2)
+    assert torch.equal(a.train, b.train) and torch.equal(a.val, b.val) and a.files_sha256 == b.files_sha256
+    assert a.n_train_files + a.n_val_files == 40  # only *.py
+    assert a.val_files == sorted(a.val_files) and all(is_validation(f, 0.2) for f in a.val_files)
+    # a file's split does not depend on the other files
+    assert build_corpus(text_dir, val_fraction=0.2, max_files=20).val_files == [f for f in a.val_files
+                                                                                 if f < sorted(
+        p.relative_to(text_dir).as_posix() for p in text_dir.rglob("*.py"))[20]]
+    assert int((a.train == 0).sum()) == a.n_train_files  # one end-of-text after every document
+    assert a.train_bytes == int((a.train != 0).sum())  # bytes are tokens 1..256
+    assert 0 < unigram_loss(a) < math.log(257)
+
+
+def test_corpus_from_one_file_and_bad_sources(tmp_path, text_dir):
+    single = build_corpus(text_dir / "notes.txt", val_fraction=0.5)
+    assert single.n_val_files == 1 and len(single.train) > 1
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_corpus(tmp_path / "missing")
+    with pytest.raises(ValueError, match="no files matching"):
+        build_corpus(tmp_path)
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        build_corpus(tmp_path / "empty.txt")
+    with pytest.raises(ValueError, match="val_fraction"):
+        build_corpus(text_dir, val_fraction=1.5)
+
+
+def test_a_few_steps_reduce_the_loss(text_dir):
+    corpus = build_corpus(text_dir, val_fraction=0.2)
+    for arch in ("rwkv", "transformer"):
+        trainer = Trainer(tiny(arch=arch), corpus, progress=False)
+        before = trainer.evaluate()
+        log = trainer.run()
+        after = log["val_loss"].dropna().iloc[-1]
+        print(f"{arch}: val loss {before:.3f} -> {after:.3f}")
+        assert after < before - 0.5
+        assert list(log["step"]) == [3, 6, 9, 12] and log["tokens_per_s"].gt(0).all()
+
+
+def test_training_is_deterministic_and_resume_is_exact(text_dir, tmp_path):
+    corpus = build_corpus(text_dir, val_fraction=0.2)
+    straight = Trainer(tiny(), corpus, progress=False)
+    straight.run(7)
+    expected = float(straight.train_step())
+
+    first = Trainer(tiny(), corpus, progress=False)
+    first.run(7, checkpoint=tmp_path / "ckpt.pt")
+    resumed = Trainer(tiny(), corpus, progress=False).load(tmp_path / "ckpt.pt")
+    got = float(resumed.train_step())
+    print(f"next-step loss: uninterrupted {expected:.8f}, resumed {got:.8f}")
+    assert got == expected
+    assert resumed.log == first.log
+    with pytest.raises(ValueError, match="context=32"):
+        Trainer(tiny(context=16), corpus, progress=False).load(tmp_path / "ckpt.pt")
+
+
+def test_matched_transformer_is_within_ten_percent():
+    for size in ("byte-4x128", "byte-6x256", "byte-10x384"):
+        rwkv = build(TrainConfig(arch="rwkv", model=size))[0]
+        gpt = build(TrainConfig(arch="transformer", model=size))[0]
+        n_r, n_t = (sum(p.numel() for p in m.parameters()) for m in (rwkv, gpt))
+        print(f"{size}: RWKV {n_r:,}, transformer {n_t:,} ({n_t / n_r:.3f})")
+        assert abs(n_t / n_r - 1) < 0.10
+
+
+def test_bad_training_input_is_refused(text_dir):
+    corpus = build_corpus(text_dir, val_fraction=0.2)
+    with pytest.raises(ValueError, match="arch must be one of"):
+        TrainConfig(arch="lstm")
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        TrainConfig(batch_size=0)
+    bpe = dataclasses.replace(corpus, vocab_size=50277, tokenizer="20B_tokenizer.json")
+    with pytest.raises(ValueError, match="50277 token ids but model 'byte-2x32' has a vocabulary of 257"):
+        Trainer(tiny(), bpe)
+    with pytest.raises(ValueError, match="longer than the corpus"):
+        Trainer(tiny(context=10**6), corpus)
+    assert parse_count("20M") == 20_000_000 and parse_count("512k") == 512_000 and parse_count("1e3") == 1000
+
+
+def test_command_line_trains_and_exports(text_dir, tmp_path):
+    out = tmp_path / "run"
+    args = ["--model", "byte-2x32", "--context", "32", "--batch-size", "4", "--tokens", "1k", "--eval-every", "4",
+            "--eval-tokens", "256", "--device", "cpu", "--data", str(text_dir), "--val-fraction", "0.2", "--out", str(out)]
+    assert main(args) == 0
+    assert (out / "log.csv").exists() and (out / "log.meta.json").exists() and (out / "checkpoint.pt").exists()
+    from rwkv_lab import load_model
+
+    assert load_model(out / "model.safetensors").config.n_layer == 2
+
+
+def test_shipped_default_matches_its_card():
+    card = default_card()
+    model = default_model()
+    text = heldout_text()
+    tokens = torch.tensor([[0] + [b + 1 for b in text.encode("utf-8")]])
+    with torch.no_grad():
+        logits, _ = model(tokens[:, :-1])
+    loss = float(torch.nn.functional.cross_entropy(logits[0].double(), tokens[0, 1:]))
+    expected = card["checked_here"]["heldout_loss"]
+    print(f"held-out loss {loss:.6f}, card {expected:.6f}; unigram {card['training']['unigram_val_loss']:.3f}")
+    assert abs(loss - expected) <= 1e-4 * expected
+    assert card["training"]["val_loss"] < 0.5 * card["training"]["unigram_val_loss"]
+    assert model.num_params() == card["params"]
