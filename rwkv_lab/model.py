@@ -182,6 +182,27 @@ class RWKV(nn.Module):
         logits = self.head(self.ln_out(x))  # (B, T, V)
         return logits, torch.stack(new_state, dim=1)
 
+    def prefill(self, tokens: torch.Tensor, state: torch.Tensor | None = None, *, chunk: int | None = None,
+                backend: str | None = None, check: bool = True):
+        """Parallel form for a prompt: tokens (B, T) -> logits of the last token (B, V) and the state.
+
+        Only the last position goes through the head, and `chunk` bounds the memory: T is run in pieces of `chunk`
+        tokens with the state carried between them, which gives the same result as one call.
+        """
+        if check:
+            self.check_tokens(tokens, ndim=2)
+        if state is None:
+            state = self.init_state(tokens.shape[0])
+        elif check:
+            self.check_state(state, tokens.shape[0])
+        T = tokens.shape[1]
+        chunk = chunk or T
+        for start in range(0, T, chunk):
+            x, layer_states = self.run_blocks(self.emb(tokens[:, start : start + chunk]), state,
+                                              backend or self.wkv_backend)
+            state = torch.stack(layer_states, dim=1)
+        return self.head(self.ln_out(x[:, -1])), state
+
     def run_blocks(self, x, state, backend, n_blocks: int | None = None):
         """x (B, T, C) through the first `n_blocks` blocks; returns x (fp16: divided by the rescale) and their states."""
         rescale = self.rescale_every if self.dtype == torch.float16 else 0
