@@ -310,8 +310,6 @@ def generation_series(subject: Subject, batch: int, contexts, decode_steps: int 
         try:
             logits, cache = subject.extend(stream[:, built:T], cache, chunk=max(1, chunk // batch))
             built = T
-            free_memory(subject.device)
-            held = memory_now(subject.device) - base
             token = logits.argmax(-1)
 
             def run():
@@ -322,6 +320,8 @@ def generation_series(subject: Subject, batch: int, contexts, decode_steps: int 
                 subject.crop(c, T)  # a transformer's cache grew in place
 
             seconds = _time(run, subject.device, repeat=3) / decode_steps
+            free_memory(subject.device)
+            held = memory_now(subject.device) - base  # after decoding: a CUDA graph's pool counts as held
             rows.append(row | {"status": "ok", "seconds": seconds, "tokens_per_s": batch / seconds,
                                "memory_bytes": held, "predicted_bytes": subject.predicted(batch, T)["held_bytes"]})
         except (torch.cuda.OutOfMemoryError, RuntimeError, MemoryError) as err:
