@@ -113,6 +113,7 @@ def main():
     parser.add_argument("--hf-peer-prefill", type=int, default=1024, help="0: skip transformers' RWKV")
     parser.add_argument("--skip", default="", help="'transformer' or 'rwkv': measure only the other")
     parser.add_argument("--series-seconds", type=float, default=120, help="time limit of one generation series")
+    parser.add_argument("--compile", action="store_true", help="RWKV decodes through torch.compile + CUDA graph")
     parser.add_argument("--tmp", default=None)
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
@@ -128,7 +129,8 @@ def main():
             free_memory(device)
             if arch == "rwkv":
                 model = build_rwkv(size, dtype, device)
-                subject = rwkv_subject(model, f"RWKV-4 {size}")
+                subject = rwkv_subject(model, f"RWKV-4 {size}" + (" compiled" if args.compile else ""),
+                                       compile=args.compile)
             else:
                 model = pythia_model(PYTHIA_FOR[size], dtype, device, max_positions=2**21)
                 subject = transformer_subject(model, PYTHIA_FOR[size])

@@ -108,6 +108,7 @@ class Subject:
     d_model: int
     vocab: int
     graphs: bool = False  # decode through a captured CUDA graph (RWKV on CUDA)
+    compile: bool = False  # ... of the torch.compile'd step: its elementwise work fused into a few kernels
     _graph: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -155,16 +156,19 @@ class Subject:
         """model.step replayed from a CUDA graph: one launch per token instead of hundreds (launch-bound at B=1)."""
         key = tuple(state.shape)
         if key not in self._graph:
+            step = lambda t, s: self.model.step(t, s, check=False)  # noqa: E731
+            if self.compile:
+                step = torch.compile(step, fullgraph=True, dynamic=False)
             static_token, static_state = token.clone(), state.clone()
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                for _ in range(3):  # warm-up outside the graph (allocator, kernels' first launch)
-                    self.model.step(static_token, static_state, check=False)
+                for _ in range(3):  # warm-up outside the graph (allocator, kernels' first launch, compilation)
+                    step(static_token, static_state)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                logits, new_state = self.model.step(static_token, static_state, check=False)
+                logits, new_state = step(static_token, static_state)
             self._graph[key] = (graph, static_token, static_state, logits, new_state)
         graph, static_token, static_state, logits, new_state = self._graph[key]
         static_token.copy_(token)
@@ -192,10 +196,10 @@ def _hf(model, **kwargs):
         return model(**kwargs)
 
 
-def rwkv_subject(model: RWKV, name: str | None = None, graphs: bool = True) -> Subject:
+def rwkv_subject(model: RWKV, name: str | None = None, graphs: bool = True, compile: bool = False) -> Subject:
     cfg = model.config
     return Subject(name or f"RWKV-4 {cfg.name}", "rwkv", model.eval(), cfg.n_layer, cfg.n_embd, cfg.vocab_size,
-                   graphs=graphs)
+                   graphs=graphs, compile=compile)
 
 
 def transformer_subject(model, name: str | None = None) -> Subject:

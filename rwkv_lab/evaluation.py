@@ -1,0 +1,282 @@
+"""lm-eval backend for RWKV-4: `--model rwkv_lab`, scoring each context once and every continuation from its state.
+
+    from rwkv_lab.evaluation import run_lm_eval
+    results = run_lm_eval("default", ["piqa", "lambada_openai"], limit=100, data_dir="../shared/data/lm_eval")
+
+    # the lm_eval command line: importing rwkv_lab.evaluation registers the model, so run lm-eval through us
+    python -m rwkv_lab.evaluation --model rwkv_lab --model_args pretrained=RWKV/rwkv-4-169m-pile,device=cuda \\
+        --tasks piqa --batch_size 32          # every lm_eval CLI option passes through
+
+How the three request types run on an RNN:
+- loglikelihood: requests are grouped by context; contexts of equal token length run as one batch in the
+  parallel form (prefill), giving each its state and its last logits (which score the first continuation token).
+  Each context's continuations then run as a batch from copies of that state. Multiple-choice tasks (one context,
+  several continuations) run each context once; Winogrande-style tasks (several contexts, one continuation) batch
+  by context as well. An empty context is token 0, end-of-text, as lm-eval does for models without BOS.
+- loglikelihood_rolling: the document in windows of `chunk` tokens with the state carried across them: RWKV
+  needs no overlapping windows, so this equals one forward pass over the whole document.
+- generate_until: greedy decoding in the RNN form until a stop string or the token limit.
+
+lm-eval's own request cache keys on the request alone; `cache_dir` keeps ours per model identity (SHA-256 of the
+checkpoint's bytes, the dtype and the tokenizer), appended request by request, so an interrupted run resumes and
+two models never share results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+import lm_eval.models  # noqa: F401 - lm-eval registers its own backends only into an empty registry: load them first
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+
+from .checkpoint import load_model, resolve_dtype, resolve_source
+from .tokenizer import check_tokenizer, tokenizer_for
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a checkpoint file, or of a folder's files in name order."""
+    h = hashlib.sha256()
+    files = sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [Path(path)]
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+class ResultCache:
+    """Results of one model, one JSON line per request, keyed by the request; the header names the model."""
+
+    def __init__(self, path: Path, identity: dict):
+        self.path, self.identity, self.entries = Path(path), identity, {}
+        if self.path.exists():
+            lines = self.path.read_text().splitlines()
+            header = json.loads(lines[0]) if lines else {}
+            if header.get("model_identity") != identity:
+                raise ValueError(f"cache {self.path} holds results of another model "
+                                 f"({header.get('model_identity')}); this model is {identity}. "
+                                 f"Use another cache_dir or delete the file.")
+            for line in lines[1:]:
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:  # the last line of an interrupted write
+                    continue
+                self.entries[entry["key"]] = entry["value"]
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"model_identity": identity}) + "\n")
+
+    @staticmethod
+    def key(kind: str, args) -> str:
+        return hashlib.sha256(json.dumps([kind, args], sort_keys=True).encode()).hexdigest()
+
+    def get(self, kind: str, args):
+        return self.entries.get(self.key(kind, args))
+
+    def put(self, kind: str, args, value) -> None:
+        k = self.key(kind, args)
+        self.entries[k] = value
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"key": k, "value": value}) + "\n")
+
+
+@register_model("rwkv_lab")
+class RWKVLM(TemplateLM):
+    def __init__(self, pretrained: str = "default", tokenizer: str | None = None, device: str = "cpu",
+                 dtype: str = "float32", batch_size: int | str = 16, chunk: int = 4096, cache_dir: str | None = None,
+                 max_gen_toks: int = 256, model=None, **unused):
+        super().__init__()
+        self._device = torch.device(device)
+        if model is None:
+            model = load_model(pretrained, dtype=dtype, device=self._device)
+        self.model = model.eval()
+        self.tokenizer = tokenizer_for(self.model, tokenizer)
+        check_tokenizer(self.tokenizer, self.model)
+        self.batch_size = 16 if str(batch_size).startswith("auto") else int(batch_size)
+        self.chunk, self.max_gen_toks = int(chunk), int(max_gen_toks)
+        self.cache = None
+        if cache_dir is not None:
+            identity = self.identity(pretrained)
+            name = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+            self.cache = ResultCache(Path(cache_dir) / f"{name}.jsonl", identity)
+
+    def identity(self, pretrained: str) -> dict:
+        """What makes two runs' results comparable: the weights' bytes, the compute dtype and the tokenizer."""
+        if pretrained == "default":
+            from .default import DEFAULT_WEIGHTS
+
+            weights = file_digest(DEFAULT_WEIGHTS)
+        else:
+            weights = file_digest(resolve_source(str(pretrained)))
+        return {"weights_sha256": weights, "dtype": str(self.model.dtype), "tokenizer": self.tokenizer.name}
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eot_id
+
+    @property
+    def device(self):
+        return self._device
+
+    def tok_encode(self, string: str, add_special_tokens=None, **kwargs) -> list[int]:
+        return self.tokenizer.encode(string)
+
+    def tok_decode(self, tokens) -> str:
+        return self.tokenizer.decode(tokens)
+
+    # ---- loglikelihood -------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
+        results: list = [None] * len(requests)
+        todo = []
+        for i, (args, ctx, cont) in enumerate(requests):
+            if not cont:
+                raise ValueError(f"request {i} has an empty continuation (context {args[0]!r}); nothing to score")
+            cached = self.cache.get("loglikelihood", [ctx, cont]) if self.cache else None
+            if cached is not None:
+                results[i] = tuple(cached)
+            else:
+                todo.append(i)
+        by_context = defaultdict(list)  # context tokens -> request indices
+        for i in todo:
+            by_context[tuple(requests[i][1])].append(i)
+        by_length = defaultdict(list)
+        for ctx in by_context:
+            by_length[len(ctx)].append(ctx)
+        bar = tqdm(total=len(todo), desc="loglikelihood (rwkv_lab)", disable=disable_tqdm)
+        for length in sorted(by_length):
+            contexts = by_length[length]
+            for start in range(0, len(contexts), self.batch_size):
+                group = contexts[start : start + self.batch_size]
+                tokens = torch.tensor(group, device=self.device)  # (G, length)
+                last, states = self.model.prefill(tokens, chunk=self.chunk)
+                first_logp = F.log_softmax(last.float(), dim=-1)  # (G, V)
+                for g, ctx in enumerate(group):
+                    for i, value in zip(by_context[ctx], self._continuations(
+                            [requests[i][2] for i in by_context[ctx]], first_logp[g], states[g])):
+                        results[i] = value
+                        if self.cache:
+                            self.cache.put("loglikelihood", [list(ctx), requests[i][2]], list(value))
+                    bar.update(len(by_context[ctx]))
+        bar.close()
+        for i, value in enumerate(results):
+            self.cache_hook.add_partial("loglikelihood", requests[i][0], value)
+        return results
+
+    def _continuations(self, conts, first_logp, state):
+        """Score continuations of one context: their first token from the context's last logits, the rest in
+        batches from copies of the context's state (right-padded; padding never reaches a real position)."""
+        out = []
+        for start in range(0, len(conts), self.batch_size):
+            batch = conts[start : start + self.batch_size]
+            logp = [float(first_logp[c[0]]) for c in batch]
+            greedy = [int(first_logp.argmax()) == c[0] for c in batch]
+            longest = max(len(c) for c in batch)
+            if longest > 1:
+                inputs = torch.tensor([c[:-1] + [0] * (longest - len(c)) for c in batch], device=self.device)
+                targets = torch.tensor([c[1:] + [0] * (longest - len(c)) for c in batch], device=self.device)
+                states = state[None].expand(len(batch), *state.shape).contiguous()
+                logits, _ = self.model(inputs, states, check=False)
+                lp = F.log_softmax(logits.float(), dim=-1)  # (b, longest - 1, V)
+                picked = lp.gather(-1, targets[..., None])[..., 0]
+                hits = lp.argmax(-1) == targets
+                for j, c in enumerate(batch):
+                    n = len(c) - 1
+                    logp[j] += float(picked[j, :n].sum())
+                    greedy[j] = greedy[j] and bool(hits[j, :n].all())
+            out += list(zip(logp, greedy))
+        return out
+
+    # ---- rolling loglikelihood -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        results = []
+        for req in tqdm(requests, desc="loglikelihood_rolling (rwkv_lab)", disable=disable_tqdm):
+            (text,) = req.args
+            cached = self.cache.get("rolling", text) if self.cache else None
+            if cached is None:
+                cached = self.rolling_logprob(self.tok_encode(text))
+                if self.cache:
+                    self.cache.put("rolling", text, cached)
+            results.append(cached)
+            self.cache_hook.add_partial("loglikelihood_rolling", (text,), cached)
+        return results
+
+    def rolling_logprob(self, tokens: list[int]) -> float:
+        """Sum of log p(token | everything before it), from end-of-text, in windows with the state carried."""
+        if not tokens:
+            return 0.0
+        ids = torch.tensor([[self.eot_token_id] + tokens], device=self.device)
+        state, total = None, 0.0
+        for start in range(0, len(tokens), self.chunk):
+            x = ids[:, start : start + self.chunk]
+            y = ids[:, start + 1 : start + 1 + self.chunk]
+            logits, state = self.model(x[:, : y.shape[1]], state, check=False)
+            total += float(F.log_softmax(logits.float(), -1).gather(-1, y[..., None]).sum())
+        return total
+
+    # ---- generation ----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        results = []
+        for req in tqdm(requests, desc="generate_until (rwkv_lab)", disable=disable_tqdm):
+            context, kwargs = req.args
+            kwargs = dict(kwargs or {})
+            until = kwargs.pop("until", None) or []
+            until = [until] if isinstance(until, str) else list(until)
+            max_tokens = int(kwargs.pop("max_gen_toks", self.max_gen_toks))
+            key = [context, until, max_tokens]
+            cached = self.cache.get("generate_until", key) if self.cache else None
+            if cached is None:
+                cached = self.greedy(context, until, max_tokens)
+                if self.cache:
+                    self.cache.put("generate_until", key, cached)
+            results.append(cached)
+            self.cache_hook.add_partial("generate_until", (context, {"until": until}), cached)
+        return results
+
+    def greedy(self, context: str, until: list[str], max_tokens: int) -> str:
+        ids = self.tok_encode(context) or [self.eot_token_id]  # as lm-eval's hf backend: no prefix unless empty
+        logits, state = self.model.prefill(torch.tensor([ids], device=self.device), chunk=self.chunk)
+        out: list[int] = []
+        text = ""
+        for _ in range(max_tokens):
+            token = int(logits[0].argmax())
+            if token == self.eot_token_id:
+                break
+            out.append(token)
+            text = self.tok_decode(out)
+            if any(stop in text for stop in until):
+                break
+            logits, state = self.model.step(torch.tensor([token], device=self.device), state, check=False)
+        for stop in until:
+            text = text.split(stop)[0]
+        return text
+
+
+# ---- running it ------------------------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    """lm-eval's own command line, with the rwkv_lab model registered."""
+    from lm_eval.__main__ import cli_evaluate
+
+    sys.argv = ["lm_eval"] + list(sys.argv[1:] if argv is None else argv)
+    cli_evaluate()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

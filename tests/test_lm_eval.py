@@ -1,0 +1,146 @@
+"""The lm-eval backend: agreement with lm-eval's `hf` backend (transformers RwkvForCausalLM) on the same random
+weights and real task data, the context/continuation batching, rolling log-likelihood, the cache, bad input."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from helpers import NEOX_TOKENIZER, SHARED, random_model
+from rwkv_lab.checkpoint import save_model
+from rwkv_lab.config import RWKVConfig
+from rwkv_lab.eval_tasks import published, run_lm_eval, side_by_side, task_manager
+from rwkv_lab.evaluation import RWKVLM
+
+DATA = SHARED / "data" / "lm_eval"
+CONFIG = RWKVConfig(n_layer=2, n_embd=64, vocab_size=50277, name="neox-2x64")
+pytestmark = pytest.mark.skipif(not NEOX_TOKENIZER.exists(), reason="needs ../shared/data")
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+    """Random weights in transformers format, with the GPT-NeoX-20B tokenizer beside them."""
+    folder = tmp_path_factory.mktemp("rwkv_hf")
+    save_model(random_model(CONFIG, seed=3, dtype=torch.float32), folder, format="transformers")
+    shutil.copy(NEOX_TOKENIZER, folder / "tokenizer.json")
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>",
+         "unk_token": "<|endoftext|>", "model_max_length": 2048}))
+    return folder
+
+
+def ours(folder, **kw):
+    return RWKVLM(pretrained=str(folder), tokenizer=str(NEOX_TOKENIZER), batch_size=4, **kw)
+
+
+def test_loglikelihoods_equal_lm_evals_hf_backend(hf_folder):
+    import lm_eval
+
+    tasks = ["piqa", "arc_easy", "lambada_openai"]
+    _, manager = task_manager(DATA)
+    kw = dict(tasks=tasks, task_manager=manager, limit=6, log_samples=True, bootstrap_iters=0)
+    a = lm_eval.simple_evaluate(model=ours(hf_folder), **kw)
+    b = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={hf_folder},dtype=float32", device="cpu",
+                                batch_size=4, **kw)
+    worst, n = 0.0, 0
+    for task in tasks:
+        for sa, sb in zip(a["samples"][task], b["samples"][task], strict=True):
+            assert sa["doc_id"] == sb["doc_id"]
+            for (ll_a, greedy_a), (ll_b, greedy_b) in zip((r[0] for r in sa["resps"]), (r[0] for r in sb["resps"])):
+                worst = max(worst, abs(ll_a - ll_b) / max(1.0, abs(ll_b)))
+                assert greedy_a == greedy_b
+                n += 1
+    print(f"{n} requests: worst relative difference of log-likelihood {worst:.2e}")
+    assert n >= 6 * (2 + 4 + 1) and worst <= 1e-4
+
+
+@torch.no_grad()
+def naive(lm, ctx, cont):
+    """log p(cont | ctx) by one forward pass over the whole sequence."""
+    ids = torch.tensor([ctx + cont])
+    logits, _ = lm.model(ids[:, :-1])
+    lp = torch.log_softmax(logits[0].double(), -1)[len(ctx) - 1 :]
+    target = torch.tensor(cont)
+    return float(lp.gather(-1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all())
+
+
+def test_shared_contexts_and_shared_continuations_batch_exactly(hf_folder):
+    lm = ours(hf_folder)
+    ctx_a, ctx_b, ctx_c = [5, 6, 7], [8, 9, 10], [11, 12]
+    reqs = [(("", ""), ctx_a, [20]), (("", ""), ctx_a, [21, 22, 23]), (("", ""), ctx_a, [24, 25]),  # one context
+            (("", ""), ctx_b, [30, 31]), (("", ""), ctx_c, [30, 31]), (("", ""), [0], [40, 41])]  # one continuation
+    got = lm._loglikelihood_tokens(reqs, disable_tqdm=True)
+    for (_, ctx, cont), (ll, greedy) in zip(reqs, got):
+        ref_ll, ref_greedy = naive(lm, ctx, cont)
+        assert abs(ll - ref_ll) <= 1e-4 * max(1, abs(ref_ll)) and greedy == ref_greedy
+
+
+def test_rolling_loglikelihood_carries_the_state(hf_folder):
+    lm = ours(hf_folder, chunk=7)
+    tokens = list(range(100, 150))
+    windows = lm.rolling_logprob(tokens)
+    whole, _ = naive(lm, [0], tokens)
+    print(f"rolling (windows of 7) {windows:.6f}, one pass {whole:.6f}")
+    assert abs(windows - whole) <= 1e-5 * abs(whole)
+
+
+def test_generate_until_stops_at_stop_strings(hf_folder):
+    from lm_eval.api.instance import Instance
+
+    lm = ours(hf_folder)
+    free = lm.greedy("Hello", [], 8)
+    assert len(lm.tok_encode(free)) >= 1
+    stop = free[len(free) // 2 :] or free
+    req = Instance("generate_until", {}, ("Hello", {"until": [stop], "max_gen_toks": 8}), 0)
+    (text,) = lm.generate_until([req], disable_tqdm=True)
+    assert stop not in text and free.startswith(text)
+
+
+def test_cache_resumes_and_refuses_another_model(hf_folder, tmp_path):
+    lm = ours(hf_folder, cache_dir=str(tmp_path))
+    reqs = [(("", ""), [5, 6], [7, 8])]
+    first = lm._loglikelihood_tokens(reqs, disable_tqdm=True)
+    again = ours(hf_folder, cache_dir=str(tmp_path))
+    again.model = None  # a cache hit must not touch the model
+    assert again._loglikelihood_tokens(reqs, disable_tqdm=True) == first
+    (cache_file,) = tmp_path.glob("*.jsonl")
+    other = RWKVLM(pretrained="default", cache_dir=str(tmp_path))  # a different model: a different file
+    assert len(list(tmp_path.glob("*.jsonl"))) == 2
+    shutil.copy(cache_file, other.cache.path)
+    with pytest.raises(ValueError, match="another model"):
+        RWKVLM(pretrained="default", cache_dir=str(tmp_path))
+
+
+def test_bad_input_is_refused(hf_folder, tmp_path):
+    with pytest.raises(ValueError, match=r"unknown lm-eval task\(s\) \['hellaswag'\]"):
+        run_lm_eval(RWKVLM(pretrained="default"), ["hellaswag"], data_dir=DATA)
+    (tmp_path / "piqa").mkdir()
+    with pytest.raises(FileNotFoundError, match="valid.jsonl is missing"):
+        task_manager(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        task_manager(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="has 50277 tokens but the model's vocabulary has only 257"):
+        RWKVLM(pretrained="default", tokenizer=str(NEOX_TOKENIZER))
+    with pytest.raises(ValueError, match="empty continuation"):
+        ours(hf_folder)._loglikelihood_tokens([(("a", ""), [5], [])], disable_tqdm=True)
+
+
+def test_empty_context_is_end_of_text(hf_folder):
+    from lm_eval.api.instance import Instance
+
+    lm = ours(hf_folder)
+    (ll, _), = lm.loglikelihood([Instance("loglikelihood", {}, ("", "Hello world"), 0)], disable_tqdm=True)
+    ref, _ = naive(lm, [0], lm.tok_encode("Hello world"))
+    assert abs(ll - ref) <= 1e-4 * abs(ref)
+
+
+def test_side_by_side_uses_the_published_rows():
+    import pandas as pd
+
+    ref = published(0.17)
+    assert set(ref["source"]) == {"RWKV paper: RWKV-4 0.17B", "Pythia paper: pythia-160m"}
+    assert ref.query("task == 'piqa' and source == 'RWKV paper: RWKV-4 0.17B'")["published"].item() == 65.07
+    ours_rows = pd.DataFrame([{"task": "piqa", "metric": "acc", "value": 0.6, "stderr": 0.01, "n_samples": 10}])
+    table = side_by_side(ours_rows, 0.17)
+    assert table.loc[table["source"].str.startswith("RWKV"), "delta"].item() == pytest.approx(60 - 65.07)
