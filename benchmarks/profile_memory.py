@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rwkv_lab.bench import copy_bandwidth, is_oom  # noqa: E402
 from rwkv_lab.checkpoint import save_model  # noqa: E402
-from rwkv_lab.config import get_config  # noqa: E402
-from rwkv_lab.model import RWKV, init_weights  # noqa: E402
+from rwkv_lab.model import RWKV  # noqa: E402
 from rwkv_lab.profiler import (PYTHIA_FOR, _time, finish, free_memory, generation_series, measure_prefill,  # noqa: E402
-                               measure_training, pythia_model, rwkv_subject, series, transformer_subject)
+                               measure_training, pythia_model, real_rwkv, rwkv_subject, series,
+                               transformer_subject)
 from rwkv_lab.results import results_dir, write_table  # noqa: E402
 
 
@@ -40,13 +40,6 @@ def doubling(lo: int, hi: int) -> list[int]:
         out.append(lo)
         lo *= 2
     return out
-
-
-def build_rwkv(size: str, dtype, device) -> RWKV:
-    with torch.device(device):
-        model = RWKV(get_config(size))
-    init_weights(model, zero_projections=False, orthogonal_matrices=False)
-    return model.to(dtype).eval()
 
 
 def peer_rows(model: RWKV, size: str, args) -> list[dict]:
@@ -128,7 +121,7 @@ def main():
                 continue
             free_memory(device)
             if arch == "rwkv":
-                model = build_rwkv(size, dtype, device)
+                model = real_rwkv(size, dtype, device)
                 subject = rwkv_subject(model, f"RWKV-4 {size}" + (" compiled" if args.compile else ""),
                                        compile=args.compile)
             else:

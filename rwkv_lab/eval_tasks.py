@@ -36,6 +36,20 @@ REFERENCE_COLUMNS = {
 }
 
 
+ENV_DATA = "RWKV_LAB_EVAL_DATA"  # an offline data directory to use by default
+
+
+def default_data_dir() -> Path | None:
+    """$RWKV_LAB_EVAL_DATA, else ../shared/data/lm_eval beside the repository if it exists, else None (online)."""
+    import os
+
+    env = os.environ.get(ENV_DATA)
+    if env:
+        return Path(env)
+    beside = REPO_ROOT.parent / "shared" / "data" / "lm_eval"
+    return beside if beside.is_dir() else None
+
+
 def _lm_eval_yaml(task: str) -> Path:
     from lm_eval.tasks import TaskManager
 
@@ -157,6 +171,7 @@ def published(size_B: float) -> pd.DataFrame:
     """The published zero-shot rows of models of about this size (RWKV paper, Pythia paper), long format."""
     rwkv = pd.read_csv(REPO_ROOT / "reference" / "rwkv4_pile_zero_shot.csv")
     pythia = pd.read_csv(REPO_ROOT / "reference" / "pythia_v1_zero_shot.csv")
+    rwkv = rwkv[rwkv["model"].str.startswith("RWKV-4")]
     near = rwkv[(rwkv["params_B"] - size_B).abs() == (rwkv["params_B"] - size_B).abs().min()]
     rows = []
     for task, cols in REFERENCE_COLUMNS.items():

@@ -10,7 +10,7 @@
 How the three request types run on an RNN:
 - loglikelihood: requests are grouped by context; contexts of equal token length run as one batch in the
   parallel form (prefill), giving each its state and its last logits (which score the first continuation token).
-  Each context's continuations then run as a batch from copies of that state. Multiple-choice tasks (one context,
+  The continuations of that batch of contexts then run batched, each from a copy of its context's state. Multiple-choice tasks (one context,
   several continuations) run each context once; Winogrande-style tasks (several contexts, one continuation) batch
   by context as well. An empty context is token 0, end-of-text, as lm-eval does for models without BOS.
 - loglikelihood_rolling: the document in windows of `chunk` tokens with the state carried across them: RWKV
@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -94,8 +95,12 @@ class ResultCache:
 class RWKVLM(TemplateLM):
     def __init__(self, pretrained: str = "default", tokenizer: str | None = None, device: str = "cpu",
                  dtype: str = "float32", batch_size: int | str = 16, chunk: int = 4096, cache_dir: str | None = None,
-                 max_gen_toks: int = 256, model=None, **unused):
+                 max_gen_toks: int = 256, state_block: int = 1024, model=None, **unused):
         super().__init__()
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            # lm_eval's command line passes device='cuda' by default; its hf backend falls back the same way
+            warnings.warn(f"device {device!r} requested but CUDA is not available: evaluating on the CPU")
+            device = "cpu"
         self._device = torch.device(device)
         if model is None:
             model = load_model(pretrained, dtype=dtype, device=self._device)
@@ -103,7 +108,8 @@ class RWKVLM(TemplateLM):
         self.tokenizer = tokenizer_for(self.model, tokenizer)
         check_tokenizer(self.tokenizer, self.model)
         self.batch_size = 16 if str(batch_size).startswith("auto") else int(batch_size)
-        self.chunk, self.max_gen_toks = int(chunk), int(max_gen_toks)
+        # contexts whose states are held at once while their continuations run (memory: state_block * 5 L C floats)
+        self.chunk, self.max_gen_toks, self.state_block = int(chunk), int(max_gen_toks), int(state_block)
         self.cache = None
         if cache_dir is not None:
             identity = self.identity(pretrained)
@@ -151,51 +157,74 @@ class RWKVLM(TemplateLM):
         by_context = defaultdict(list)  # context tokens -> request indices
         for i in todo:
             by_context[tuple(requests[i][1])].append(i)
-        by_length = defaultdict(list)
-        for ctx in by_context:
-            by_length[len(ctx)].append(ctx)
+        contexts = sorted(by_context, key=len)
         bar = tqdm(total=len(todo), desc="loglikelihood (rwkv_lab)", disable=disable_tqdm)
-        for length in sorted(by_length):
-            contexts = by_length[length]
-            for start in range(0, len(contexts), self.batch_size):
-                group = contexts[start : start + self.batch_size]
-                tokens = torch.tensor(group, device=self.device)  # (G, length)
-                last, states = self.model.prefill(tokens, chunk=self.chunk)
-                first_logp = F.log_softmax(last.float(), dim=-1)  # (G, V)
-                for g, ctx in enumerate(group):
-                    for i, value in zip(by_context[ctx], self._continuations(
-                            [requests[i][2] for i in by_context[ctx]], first_logp[g], states[g])):
-                        results[i] = value
-                        if self.cache:
-                            self.cache.put("loglikelihood", [list(ctx), requests[i][2]], list(value))
-                    bar.update(len(by_context[ctx]))
+        for block in range(0, len(contexts), self.state_block):
+            done = self._score_block(contexts[block : block + self.state_block], by_context, requests)
+            for i, value in done.items():
+                results[i] = value
+                if self.cache:
+                    self.cache.put("loglikelihood", [requests[i][1], requests[i][2]], list(value))
+            bar.update(len(done))
         bar.close()
         for i, value in enumerate(results):
             self.cache_hook.add_partial("loglikelihood", requests[i][0], value)
         return results
 
-    def _continuations(self, conts, first_logp, state):
-        """Score continuations of one context: their first token from the context's last logits, the rest in
-        batches from copies of the context's state (right-padded; padding never reaches a real position)."""
-        out = []
-        for start in range(0, len(conts), self.batch_size):
-            batch = conts[start : start + self.batch_size]
-            logp = [float(first_logp[c[0]]) for c in batch]
-            greedy = [int(first_logp.argmax()) == c[0] for c in batch]
-            longest = max(len(c) for c in batch)
+    def _score_block(self, contexts, by_context, requests) -> dict:
+        """Prefill a block of contexts (sorted by length; equal lengths batched), keeping each one's state and
+        scoring every continuation's first token from its last logits; then run all the block's continuations,
+        longest first, in batches from copies of their contexts' states (right-padded: padding never reaches a
+        real position, and sorting keeps it short)."""
+        states, first, jobs = [], {}, []
+        runs = []  # runs of equal length, at most batch_size long
+        for ctx in contexts:
+            if runs and len(runs[-1][0]) == len(ctx) and len(runs[-1]) < self.batch_size:
+                runs[-1].append(ctx)
+            else:
+                runs.append([ctx])
+        offset = 0
+        for group in runs:
+            last, st = self.model.prefill(torch.tensor(group, device=self.device), chunk=self.chunk)
+            logp = F.log_softmax(last.float(), dim=-1)  # (G, V)
+            best = logp.argmax(-1).tolist()
+            for g, ctx in enumerate(group):
+                row = offset + g
+                for i in by_context[ctx]:
+                    c0 = requests[i][2][0]
+                    first[i] = (float(logp[g, c0]), best[g] == c0)
+                    jobs.append((row, i, requests[i][2]))
+            states.append(st)
+            offset += len(group)
+        state = torch.cat(states)  # (contexts in block, L, 5, C)
+        jobs.sort(key=lambda j: -len(j[2]))
+        out = {}
+        for start in range(0, len(jobs), self.batch_size):
+            batch = jobs[start : start + self.batch_size]
+            logp = [first[i][0] for _, i, _ in batch]
+            greedy = [first[i][1] for _, i, _ in batch]
+            longest = max(len(c) for _, _, c in batch)
             if longest > 1:
-                inputs = torch.tensor([c[:-1] + [0] * (longest - len(c)) for c in batch], device=self.device)
-                targets = torch.tensor([c[1:] + [0] * (longest - len(c)) for c in batch], device=self.device)
-                states = state[None].expand(len(batch), *state.shape).contiguous()
-                logits, _ = self.model(inputs, states, check=False)
-                lp = F.log_softmax(logits.float(), dim=-1)  # (b, longest - 1, V)
-                picked = lp.gather(-1, targets[..., None])[..., 0]
-                hits = lp.argmax(-1) == targets
-                for j, c in enumerate(batch):
+                inputs = torch.tensor([c[:-1] + [0] * (longest - len(c)) for _, _, c in batch], device=self.device)
+                targets = torch.tensor([c[1:] + [0] * (longest - len(c)) for _, _, c in batch], device=self.device)
+                rows = torch.tensor([r for r, _, _ in batch], device=self.device)
+                real = torch.tensor([[t < len(c) - 1 for t in range(longest - 1)] for _, _, c in batch],
+                                    device=self.device)  # (b, longest - 1)
+                x, _ = self.model.run_blocks(self.model.emb(inputs), state.index_select(0, rows),
+                                             self.model.wkv_backend)
+                # the head and the normaliser only at real positions: they dominate the cost at 50k tokens
+                logits = self.model.head(self.model.ln_out(x[real])).float()  # (n_real, V)
+                target = targets[real]
+                picked = (logits.gather(-1, target[:, None])[:, 0] - torch.logsumexp(logits, -1)).tolist()
+                hits = (logits.argmax(-1) == target).tolist()
+                at = 0
+                for j, (_, _, c) in enumerate(batch):
                     n = len(c) - 1
-                    logp[j] += float(picked[j, :n].sum())
-                    greedy[j] = greedy[j] and bool(hits[j, :n].all())
-            out += list(zip(logp, greedy))
+                    logp[j] += sum(picked[at : at + n])
+                    greedy[j] = greedy[j] and all(hits[at : at + n])
+                    at += n
+            for (_, i, _), lp_j, g_j in zip(batch, logp, greedy):
+                out[i] = (lp_j, g_j)
         return out
 
     # ---- rolling loglikelihood -----------------------------------------------------------------------------

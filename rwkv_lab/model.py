@@ -222,6 +222,19 @@ class RWKV(nn.Module):
         return logits[:, 0], state
 
 
+def official_time_decay(layer: int, n_layer: int, n_embd: int) -> torch.Tensor:
+    """RWKV-LM's initial time_decay of a layer, (C,) float64: w = exp(decay) from e^-5 to e^3 across channels."""
+    h = torch.arange(n_embd, dtype=torch.float64)
+    r0 = layer / (n_layer - 1) if n_layer > 1 else 0.0
+    return -5 + 8 * (h / max(n_embd - 1, 1)) ** (0.7 + 1.3 * r0)
+
+
+def official_time_first(n_embd: int) -> torch.Tensor:
+    """RWKV-LM's initial time_first (the current token's bonus u), (C,) float64."""
+    h = torch.arange(n_embd, dtype=torch.float64)
+    return math.log(0.3) + ((h + 1) % 3 - 1) * 0.5
+
+
 def init_weights(model: RWKV, seed: int = 0, zero_projections: bool = True, orthogonal_matrices: bool = True) -> RWKV:
     """RWKV-LM's RWKV-4 initialisation (spec: "Official initialisation").
 
@@ -261,8 +274,8 @@ def init_weights(model: RWKV, seed: int = 0, zero_projections: bool = True, orth
             r0 = i / (L - 1) if L > 1 else 0.0
             r1 = 1.0 - i / L
             att, ffn = block.att, block.ffn
-            att.time_decay.copy_(-5 + 8 * (h / max(C - 1, 1)) ** (0.7 + 1.3 * r0))
-            att.time_first.copy_(math.log(0.3) + ((h + 1) % 3 - 1) * 0.5)
+            att.time_decay.copy_(official_time_decay(i, L, C))
+            att.time_first.copy_(official_time_first(C))
             att.time_mix_k.copy_(((h / C) ** r1).view(1, 1, C))
             att.time_mix_v.copy_(((h / C) ** r1 + 0.3 * r0).view(1, 1, C))
             att.time_mix_r.copy_(((h / C) ** (0.5 * r1)).view(1, 1, C))

@@ -230,6 +230,26 @@ def pythia_model(name: str, dtype=torch.bfloat16, device="cpu", max_positions: i
     return model.eval()
 
 
+def real_rwkv(size: str, dtype=torch.bfloat16, device="cuda") -> RWKV:
+    """A released size with random weights of the official scale, built on the device (seconds at 7B)."""
+    from .config import get_config
+    from .model import init_weights
+
+    with torch.device(device):
+        model = RWKV(get_config(size))
+    init_weights(model, zero_projections=False, orthogonal_matrices=False)
+    return model.to(dtype).eval()
+
+
+def pair_subjects(size: str, dtype=torch.bfloat16, device="cuda", compile: bool = False):
+    """RWKV-4 `size`, then its Pythia match, built one after the other (each freed before the next is built)."""
+    model = real_rwkv(size, dtype, device)
+    yield rwkv_subject(model, f"RWKV-4 {size}" + (" compiled" if compile else ""), compile=compile)
+    del model
+    free_memory(device)
+    yield transformer_subject(pythia_model(PYTHIA_FOR[size], dtype, device, max_positions=2**21), PYTHIA_FOR[size])
+
+
 # ---- measuring -------------------------------------------------------------------------------------------------
 
 def _time(fn, device, repeat: int) -> float:
@@ -300,7 +320,7 @@ def generation_series(subject: Subject, batch: int, contexts, decode_steps: int 
                       progress: bool = True, max_seconds: float | None = None) -> list[dict]:
     """Build the context up incrementally through `contexts` (sorted) and, at each, measure the memory held and
     the latency of decoding `decode_steps` tokens. Stops at the first OOM (recorded), or once the series has run
-    `max_seconds` (the remaining contexts recorded as 'skipped (time)')."""
+    `max_seconds` (at least one context is measured; the rest are recorded as 'skipped (time)')."""
     rows, cache, built, t0 = [], None, 0, time.perf_counter()
     stream = _tokens(subject, batch, max(contexts), seed=1)
     free_memory(subject.device)
@@ -308,7 +328,7 @@ def generation_series(subject: Subject, batch: int, contexts, decode_steps: int 
     base = memory_now(subject.device) - _weight_bytes(subject)
     for T in tqdm(sorted(contexts), desc=f"generation {subject.name} B={batch}", disable=not progress):
         row = _row(subject, "generation", batch, T)
-        if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+        if rows and max_seconds is not None and time.perf_counter() - t0 > max_seconds:
             rows.append(row | {"status": "skipped (time)"})
             continue
         try:
@@ -387,3 +407,54 @@ def memory_ratio_table(frame: pd.DataFrame, rwkv: str, transformer: str, batch: 
     both = pd.DataFrame({"rwkv_GiB": a, "transformer_GiB": b}).dropna()
     both["transformer_over_rwkv"] = both["transformer_GiB"] / both["rwkv_GiB"]
     return both.reset_index()
+
+
+# ---- reading a sweep (notebook 02) -----------------------------------------------------------------------------
+
+def load_profiles(paths) -> pd.DataFrame:
+    """Concatenate profile CSVs, each row tagged with its file's device (from <name>.meta.json)."""
+    frames = []
+    for path in paths:
+        meta = pd.read_json(Path(path).with_suffix(".meta.json"), typ="series")
+        frames.append(pd.read_csv(path).assign(device=meta["device"], source=Path(path).name))
+    return pd.concat(frames, ignore_index=True)
+
+
+def oom_contexts(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per model, kind and batch: the longest context measured and the first that ran out of memory."""
+    rows = []
+    for (model, kind, batch), g in frame.groupby(["model", "kind", "batch"], sort=False):
+        ok, oom = g[g["status"] == "ok"], g[g["status"] == "oom"]
+        rows.append({"model": model, "kind": kind, "batch": batch,
+                     "longest_ok": int(ok["context"].max()) if len(ok) else None,
+                     "first_oom": int(oom["context"].min()) if len(oom) else None})
+    return pd.DataFrame(rows)
+
+
+def crossover(frame: pd.DataFrame, rwkv: str, transformer: str, kind: str, value: str, batch: int = 1,
+              lower_is_better: bool = True):
+    """The shortest context from which RWKV is better on `value` than the transformer (None if never)."""
+    g = frame[(frame["kind"] == kind) & (frame["status"] == "ok") & (frame["batch"] == batch)]
+    a = g[g["model"] == rwkv].set_index("context")[value]
+    b = g[g["model"] == transformer].set_index("context")[value]
+    both = pd.DataFrame({"r": a, "t": b}).dropna().sort_index()
+    better = both["r"] < both["t"] if lower_is_better else both["r"] > both["t"]
+    # from this context on, RWKV stays better
+    for T in both.index:
+        if better.loc[T:].all():
+            return int(T)
+    return None
+
+
+def plot_kind(frame: pd.DataFrame, ax, kind: str, value: str, ylabel: str, batch: int = 1, scale: float = 1.0):
+    """One line per model: `value` (times `scale`) against context, log-log; OOM marked with an x."""
+    g = frame[(frame["kind"] == kind) & (frame["batch"] == batch)]
+    for model, m in g.groupby("model", sort=False):
+        ok = m[m["status"] == "ok"].sort_values("context")
+        style = "-" if m["arch"].iloc[0] == "rwkv" else "--"
+        (line,) = ax.loglog(ok["context"], ok[value] * scale, "o" + style, ms=3, label=model)
+        for T in m.loc[m["status"] == "oom", "context"]:
+            ax.plot([T], [ok[value].iloc[-1] * scale if len(ok) else 1], "x", color=line.get_color(), ms=9, mew=2)
+    ax.set_xlabel("context T (tokens)")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)

@@ -452,7 +452,415 @@ for name, model in (("trained default", rwkv_lab.default_model()), ("untrained",
 """),
 ]
 
-NOTEBOOKS = {"01_equivalence.ipynb": EQUIVALENCE, "04_cost_estimates.ipynb": COST, "06_training.ipynb": TRAINING}
+MEMORY = [
+    ("md", """
+# 02 · Memory and speed against a transformer, across context lengths
+
+The seed's central claim: a transformer's attention grows with the context (quadratic compute, a KV cache that
+grows with every token) while RWKV's state is constant, 5·C·L numbers per sequence. Measured here with
+`rwkv_lab.profiler` for RWKV-4 and the size-matched Pythia (transformers `GPTNeoXForCausalLM`, SDPA attention,
+its KV cache: what a user would run), random weights at the real shapes:
+
+- **prefill**: one parallel forward over T tokens (no grad, last position's logits): time and peak memory;
+- **generation** after a context of T tokens: memory held (weights + state or KV cache) and per-token latency;
+- **training**: forward + backward under bf16 autocast: peak memory and tokens/s;
+
+each beside the analytic memory model (`analytic_memory`). On a GPU (`device = "cuda"`) this notebook runs the
+sweep for `sizes`; on a CPU it runs a small live sweep (tiny configs, process memory) and plots the committed
+H100 sweep (`python benchmarks/profile_memory.py`, results in `results/profile/`)."""),
+    ("params", """
+device = "cpu"
+sizes = ["169M"]  # GPU mode: RWKV-4 sizes, each with its Pythia match (169M, 430M, 1.5B, 3B, 7B, 14B)
+dtype = "bfloat16"
+batch = 1
+prefill_contexts = [64, 256, 1024]  # CPU defaults; on a GPU e.g. [512, ..., 65536]
+generation_contexts = [64, 256, 1024, 4096]  # on a GPU e.g. [1024, ..., 2**20]
+training_contexts = [64, 256]
+compile_decode = False  # GPU: RWKV decodes through torch.compile + a CUDA graph
+"""),
+    ("code", """
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+from IPython.display import display
+
+from rwkv_lab.config import RWKVConfig
+from rwkv_lab.model import build_model
+from rwkv_lab.profiler import (crossover, finish, load_profiles, memory_ratio_table, oom_contexts, pair_subjects,
+                               plot_kind, pythia_model, rwkv_subject, sweep, transformer_subject)
+from rwkv_lab.results import find_result, results_dir, save_figure, write_table
+
+if device == "cuda":
+    subjects = [s for size in sizes for s in pair_subjects(size, getattr(torch, dtype), device, compile_decode)]
+else:  # tiny stand-ins with the same structure: RWKV 4 x 128 and a GPT-NeoX of the same width and depth
+    tiny = RWKVConfig(n_layer=4, n_embd=128, vocab_size=2048, name="tiny-4x128")
+    subjects = [rwkv_subject(build_model(tiny, zero_projections=False), "RWKV-4 tiny-4x128"),
+                transformer_subject(pythia_model("pythia-160m", torch.float32, "cpu", num_hidden_layers=4,
+                                                 hidden_size=128, num_attention_heads=2, intermediate_size=512,
+                                                 vocab_size=2048), "GPT-NeoX tiny-4x128")]
+live = sweep(subjects, batch, prefill_contexts, generation_contexts, training_contexts)
+params = {"device": device, "sizes": sizes if device == "cuda" else "tiny-4x128", "dtype": dtype, "batch": batch}
+write_table(results_dir() / "profile" / f"02_live_{device}.csv", live, params, device=device)
+display(live[["model", "kind", "context", "status", "seconds", "tokens_per_s", "memory_GiB",
+              "measured_over_predicted"]].round(4))
+"""),
+    ("code", """
+fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+plot_kind(live, axes[0], "generation", "memory_GiB", "memory held in generation (GiB)", batch)
+plot_kind(live, axes[1], "generation", "seconds", "ms per generated token", batch, scale=1e3)
+plot_kind(live, axes[2], "prefill", "seconds", "prefill seconds", batch)
+fig.suptitle(f"live sweep on {device} (CPU: resident-set memory of the process)", fontsize=9)
+plt.show()
+"""),
+    ("md", """
+## The committed H100 sweep
+
+RWKV-4 169M / 1.5B / 7B against Pythia-160m / 1.4b / 6.9b in bf16, batch 1 (and batch 8 at 1.5B); generation
+contexts 1k to 1M tokens for RWKV and until out of memory for Pythia; `rwkv_package` and transformers' RWKV
+measured in the same runs. "compiled" rows: RWKV decoding through `torch.compile` + a CUDA graph."""),
+    ("code", """
+files = [find_result(f"profile/memory_profile{tag}.csv") for tag in ("_b1_small", "_b1_7B", "_b1_compiled", "_b8")]
+gpu = load_profiles(files)
+gpu_name = gpu["device"].iloc[0]
+print("measured on:", sorted(set(gpu["device"])))
+ours = gpu[gpu["arch"].isin(["rwkv", "transformer"])]
+fig, axes = plt.subplots(2, 2, figsize=(14, 9))
+plot_kind(ours[~ours["model"].str.contains("compiled")], axes[0, 0], "generation", "memory_GiB",
+          "memory held after T tokens (GiB)")
+axes[0, 0].axhline(80, color="gray", ls=":", lw=0.8)
+axes[0, 0].text(1100, 82, "80 GB card", fontsize=7)
+plot_kind(ours, axes[0, 1], "generation", "seconds", "ms per generated token", scale=1e3)
+plot_kind(ours[~ours["model"].str.contains("compiled")], axes[1, 0], "prefill", "seconds", "prefill seconds (one call)")
+plot_kind(ours[~ours["model"].str.contains("compiled")], axes[1, 1], "training", "tokens_per_s",
+          "training tokens/s (fwd + bwd, bf16)")
+for ax in axes.flat:
+    ax.set_title(f"batch 1, {gpu_name}", fontsize=9)
+fig.tight_layout()
+save_figure(fig, results_dir() / "figures" / "02_memory_profile.png", {"files": [f.name for f in files]})
+plt.show()
+"""),
+    ("md", """
+### Where the transformer runs out, and how much more memory it needs
+
+x marks the first context that ran out of memory on the 80 GB card. The ratio table compares the memory held
+during generation at the same context (weights included)."""),
+    ("code", """
+display(oom_contexts(ours[ours["kind"] == "generation"]))
+pairs = [("RWKV-4 169M", "pythia-160m"), ("RWKV-4 1.5B", "pythia-1.4b"), ("RWKV-4 7B", "pythia-6.9b")]
+ratios = pd.concat([memory_ratio_table(ours, r, t).assign(pair=f"{r} / {t}") for r, t in pairs])
+display(ratios.pivot_table(index="context", columns="pair", values="transformer_over_rwkv").round(2))
+rows = []
+for r, t in pairs:
+    for kind, value in (("generation", "seconds"), ("prefill", "seconds"), ("generation", "memory_GiB")):
+        rows.append({"pair": f"{r} / {t}", "kind": kind, "value": value,
+                     "RWKV better from T =": crossover(ours, r, t, kind, value)})
+    rows.append({"pair": f"{r} compiled / {t}", "kind": "generation", "value": "seconds",
+                 "RWKV better from T =": crossover(ours, r + " compiled", t, "generation", "seconds")})
+display(pd.DataFrame(rows))
+"""),
+    ("md", """
+### RWKV against its peers, same weights, same run
+
+Prefill of 4096 tokens and per-token generation: ours (Triton WKV kernel; eager decoding through a CUDA graph,
+and compiled), the `rwkv` package (fp16, its CUDA kernel) and transformers' `RwkvForCausalLM` (its Python loop:
+its hub kernel is unreachable offline). The bandwidth roofline of generation is the measured copy bandwidth over
+the weights' bytes per token."""),
+    ("code", """
+import json
+
+meta = json.loads(files[0].with_suffix(".meta.json").read_text())
+bandwidth = meta["params"]["copy_bandwidth_Bps"]
+gen = gpu[(gpu["kind"] == "generation") & (gpu["status"] == "ok") & (gpu["batch"] == 1)]
+peers = []
+for size in ("169M", "1.5B", "7B"):
+    row = {"size": size}
+    for label, name in (("ours", f"RWKV-4 {size}"), ("ours compiled", f"RWKV-4 {size} compiled"),
+                        ("rwkv package", f"rwkv package {size}"), ("transformers RWKV", f"transformers RWKV {size}")):
+        g = gen[gen["model"] == name]
+        row[f"{label} tok/s"] = g.loc[g["context"] == g["context"].min(), "tokens_per_s"].iloc[0] if len(g) else None
+    weights = gpu.loc[gpu["model"] == f"RWKV-4 {size}", "params"].iloc[0] * 2
+    row["roofline tok/s"] = bandwidth / weights
+    row["compiled % of roofline"] = 100 * row["ours compiled tok/s"] / row["roofline tok/s"]
+    pre = gpu[(gpu["kind"] == "prefill") & (gpu["status"] == "ok")]
+    ours_pre = pre[(pre["model"] == f"RWKV-4 {size}") & (pre["context"] == 4096)]["tokens_per_s"]
+    pkg_pre = pre[pre["model"] == f"rwkv package {size}"]["tokens_per_s"]
+    hf_pre = pre[pre["model"] == f"transformers RWKV {size}"]["tokens_per_s"]
+    row |= {"prefill ours tok/s": ours_pre.iloc[0], "prefill rwkv package": pkg_pre.iloc[0],
+            "prefill transformers RWKV": hf_pre.iloc[0], "ours / transformers RWKV": ours_pre.iloc[0] / hf_pre.iloc[0]}
+    peers.append(row)
+peers = pd.DataFrame(peers)
+write_table(results_dir() / "profile" / "02_peer_summary.csv", peers, {"files": [f.name for f in files]})
+display(peers.round(1))
+"""),
+]
+
+LM_EVAL = [
+    ("md", """
+# 03 · lm-eval: the paper's zero-shot tasks, beside the published tables
+
+`rwkv_lab.evaluation` registers an lm-eval backend, `rwkv_lab`, that runs each context once in the parallel form
+and scores every continuation from a copy of its state (see its docstring). This notebook runs lm-eval with it
+and sets our numbers beside the RWKV paper's and the Pythia paper's rows of the matching size.
+
+- **Offline** (`data_dir` set, or `"auto"` finding `../shared/data/lm_eval`): lm-eval's own task definitions for
+  `piqa`, `lambada_openai` and `arc_easy`, their data read from local files.
+- **Online** (`data_dir = None`, on a connected machine): any lm-eval task, e.g. the paper's
+  `rwkv_lab.eval_tasks.PAPER_TASKS`, with `model_source = "RWKV/rwkv-4-169m-pile"` to reproduce the 169M row.
+
+With the embedded default model (5M parameters, trained on Python source code, byte-level) the English tasks sit
+near chance: that run checks the pipeline, not the model. The command line equivalent:
+`python -m rwkv_lab.evaluation --model rwkv_lab --model_args pretrained=default --tasks piqa`."""),
+    ("params", """
+model_source = "default"  # 'default', a checkpoint path, or a hub id (RWKV/rwkv-4-169m-pile)
+tasks = ["piqa", "lambada_openai", "arc_easy"]
+limit = 40  # documents per task; None for all
+device = "cpu"
+dtype = "float32"
+data_dir = "auto"  # 'auto': ../shared/data/lm_eval if present; None: online (hub datasets)
+batch_size = 16
+"""),
+    ("code", """
+import json
+
+import pandas as pd
+from IPython.display import display
+
+from rwkv_lab.eval_tasks import default_data_dir, run_lm_eval, side_by_side
+from rwkv_lab.evaluation import RWKVLM
+from rwkv_lab.results import atomic_write, find_result, provenance, results_dir, write_table
+
+data = default_data_dir() if data_dir == "auto" else data_dir
+lm = RWKVLM(pretrained=model_source, device=device, dtype=dtype, batch_size=batch_size)
+print("model:", lm.model.source, f"({lm.model.num_params():,} parameters)")
+print("tasks:", tasks, "offline from " + str(data) if data else "online (lm-eval's hub datasets)")
+ours, raw = run_lm_eval(lm, tasks, limit=limit, data_dir=data)
+params = {"model": lm.model.source, "tasks": tasks, "limit": limit, "device": device, "dtype": dtype,
+          "data_dir": str(data) if data else "online"}
+raw_json = json.dumps({"provenance": provenance(params, device), "lm_eval": {k: raw[k] for k in
+                                                                              ("results", "configs", "versions", "n-samples")}},
+                      indent=2, default=str)
+atomic_write(results_dir() / "lm_eval" / "03_lm_eval.json", lambda tmp: tmp.write_text(raw_json))
+write_table(results_dir() / "lm_eval" / "03_lm_eval.csv", ours, params, device=device)
+display(ours)
+"""),
+    ("md", """
+## Beside the published rows
+
+Published numbers (in percent; LAMBADA perplexity as is) from `reference/` with their sources; `delta` is ours
+minus published. The row size is the published model nearest to ours."""),
+    ("code", """
+size_B = lm.model.num_params() / 1e9
+table = side_by_side(ours, size_B)
+print(f"our model: {size_B:.3f}B parameters; nearest published rows shown")
+display(table.round(2))
+"""),
+    ("md", """
+## Throughput: our backend against lm-eval's `hf` backend on the same weights
+
+`python benchmarks/bench_lm_eval.py`: a random RWKV-4 saved in transformers format and scored by both backends on
+the same documents (the `hf` backend runs transformers' `RwkvForCausalLM`, whose CUDA kernel is downloaded from the
+hub at run time and so unavailable offline: it ran its Python loop). `max_rel_diff_vs_hf` is the largest relative
+difference of any request's log-likelihood between the two."""),
+    ("code", """
+for tag in ("_cpu", "_h100_1.5B"):
+    path = find_result(f"lm_eval/throughput{tag}.csv")
+    if path.exists():
+        meta = pd.read_json(path.with_suffix(".meta.json"), typ="series")
+        frame = pd.read_csv(path)
+        print(f"{path.name}: {meta['device']}")
+        display(frame[["backend", "task", "docs", "requests", "seconds", "docs_per_s", "params", "dtype",
+                       "max_rel_diff_vs_hf", "hf_note"]])
+        by = frame.pivot_table(index="task", columns="backend", values="docs_per_s")
+        print("speed-up, docs/s ours over hf:", (by["rwkv_lab"] / by["hf"]).round(1).to_dict())
+"""),
+]
+
+DYNAMICS = [
+    ("md", """
+# 05 · State dynamics: what the RNN keeps in its state
+
+Everything RWKV knows about the past is in its state: per layer and channel the token-shift vectors and the WKV
+sums (a, b, p), whose ratio a/b is a decayed average of past values. This notebook looks at that state on
+held-out Python source with the shipped default model (trained on the standard library, byte-level, so every
+character is a token), or any checkpoint given below (`rwkv_lab.dynamics` does the work):
+
+1. **decay spectra**: each channel's memory half-life ln 2 / w in tokens, trained vs the official initialisation;
+2. **state trajectories** over the text;
+3. **implicit attention**: how much of each output comes from tokens older than k;
+4. **influence**: how much later positions change when one token is replaced, by distance and layer;
+5. **interpretable channels**, as in Karpathy, Johnson & Fei-Fei (2015): the state channels that best track
+   position in line, indentation, bracket depth, strings and comments, chosen on the first half of the text and
+   scored on the second half, shown as text coloured by activation.
+
+The widgets at the end explore any text, layer and channel live in Jupyter; executed headless, the same figures
+are drawn statically and exported to `results/figures/`."""),
+    ("params", """
+model_source = "default"  # 'default' or any checkpoint (byte-level models read characters; BPE models tokens)
+text = None  # None: held-out Python (validation files, never trained on)
+n_bytes = 8000
+attention_layer = 1
+influence_position = 2000
+interactive = True  # show the ipywidgets explorer (static figures are drawn either way)
+"""),
+    ("code", """
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from IPython.display import HTML, display
+
+import rwkv_lab
+from rwkv_lab.dynamics import (attention_by_distance, best_channels, channel_correlations, code_features,
+                               coloured_html, decay_spectra, heldout_code, influence, plot_coloured_text,
+                               prose_features, record_trajectory)
+from rwkv_lab.results import results_dir, save_figure, write_table
+
+torch.set_grad_enabled(False)
+model = rwkv_lab.load_model(model_source)
+tokenizer = rwkv_lab.tokenizer_for(model)
+text = text if text is not None else heldout_code(n_bytes)
+tokens = torch.tensor(tokenizer.encode(text)[:n_bytes])
+decoded = tokenizer.decode(tokens.tolist())
+print(model.source, f"| {len(tokens)} tokens")
+params = {"model": model.source, "n_tokens": len(tokens)}
+"""),
+    ("md", """
+## 1 · Decay spectra
+
+Training moves the half-lives away from the initialisation's smooth ramp: some channels become near-bigram
+(half-life under a token), others keep memories for hundreds or thousands of tokens."""),
+    ("code", """
+spectra = decay_spectra(model)
+L = model.config.n_layer
+fig, axes = plt.subplots(1, 2, figsize=(13, 4))
+bins = np.logspace(-2, 5, 50)
+for layer in range(L):
+    g = spectra[spectra["layer"] == layer]
+    axes[0].hist(g["half_life"].clip(1e-2, 1e5), bins=bins, histtype="step", label=f"layer {layer}",
+                 color=plt.cm.viridis(layer / max(1, L - 1)))
+    axes[0].hist(g["half_life_init"].clip(1e-2, 1e5), bins=bins, histtype="step", ls=":",
+                 color=plt.cm.viridis(layer / max(1, L - 1)))
+axes[0].set_xscale("log")
+axes[0].set_xlabel("half-life ln 2 / w (tokens); dotted: official initialisation")
+axes[0].set_ylabel("channels")
+axes[0].legend(fontsize=7)
+axes[1].scatter(spectra["half_life"].clip(1e-2, 1e5), spectra["u"], s=3, c=spectra["layer"], cmap="viridis")
+axes[1].set_xscale("log")
+axes[1].set_xlabel("half-life (tokens)")
+axes[1].set_ylabel("time_first u (bonus of the current token)")
+fig.suptitle(model.source, fontsize=9)
+save_figure(fig, results_dir() / "figures" / "05_decay_spectra.png", params)
+plt.show()
+display(spectra.groupby("layer")[["half_life", "half_life_init", "u"]].median().round(3))
+"""),
+    ("md", """
+## 2 · State trajectories
+
+One parallel pass with read-only hooks, then the RNN form's state update over the recorded keys and values:
+a/b per layer and channel after every token. Below, the norm of each layer's a/b vector and the 32 most variable
+channels of one layer over the first 600 tokens."""),
+    ("code", """
+traj = record_trajectory(model, tokens)
+logits, _ = model(tokens[None])
+print("trajectory logits equal the model's:", bool(np.array_equal(traj.logits, logits[0].double().numpy())))
+fig, axes = plt.subplots(2, 1, figsize=(14, 6.5), sharex=True)
+span = slice(0, min(600, len(tokens)))
+norms = traj.state_norms[span]
+for layer in range(L):
+    axes[0].plot(norms[:, layer], lw=0.8, label=f"layer {layer}")
+axes[0].set_ylabel("||a / b||")
+axes[0].legend(fontsize=6, ncol=L)
+x = traj.wkv[span, attention_layer]
+top = np.argsort(-x.std(0))[:32]
+axes[1].imshow(x[:, top].T, aspect="auto", cmap="RdBu_r", interpolation="nearest")
+axes[1].set_ylabel(f"layer {attention_layer}: top-32 channels")
+axes[1].set_xlabel("token position")
+save_figure(fig, results_dir() / "figures" / "05_state_trajectories.png", params)
+plt.show()
+"""),
+    ("md", """
+## 3 · Implicit attention and 4 · influence
+
+Left: the share of each WKV output that comes from tokens more than k steps back (mean over positions and
+channels, first 256 tokens). Right: replace one token by a space and measure how much every later position's
+residual stream (per layer) and logits change, against the distance."""),
+    ("code", """
+shares = pd.concat([attention_by_distance(model, tokens[:256], layer) for layer in range(L)])
+effect = influence(model, tokens[: influence_position + 600], influence_position,
+                   replacement=tokenizer.encode(" ")[0])
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4))
+for layer, g in shares.groupby("layer"):
+    ax1.plot(g["k"] + 1, g["share_older"], "o-", label=f"layer {layer}", color=plt.cm.viridis(layer / max(1, L - 1)))
+ax1.set_xscale("log")
+ax1.set_xlabel("k + 1 (tokens back)")
+ax1.set_ylabel("share of wkv from tokens older than k")
+ax1.legend(fontsize=7)
+for where, g in effect.groupby("where", sort=False):
+    smooth = g["relative_change"].rolling(8, min_periods=1).mean()
+    ax2.loglog(g["distance"] + 1, smooth, label=where, lw=1.5 if where == "logits" else 0.8)
+ax2.set_xlabel("distance t - i + 1")
+ax2.set_ylabel("relative change of the residual stream")
+ax2.legend(fontsize=7)
+fig.suptitle(f"influence of replacing token {influence_position} ({decoded[influence_position]!r}) by a space", fontsize=9)
+save_figure(fig, results_dir() / "figures" / "05_attention_influence.png", params)
+plt.show()
+"""),
+    ("md", """
+## 5 · Channels that track the text
+
+Every state quantity (a/b, the log of the state's total weight, both token shifts) of every layer and channel is
+correlated with features computed from the text. A channel is chosen on the first half of the text; its
+correlation on the second half is the held-out score."""),
+    ("code", """
+features = pd.concat([code_features(decoded), prose_features(decoded)], axis=1)
+table = channel_correlations(traj, features)
+best = best_channels(table)
+write_table(results_dir() / "dynamics" / "05_channels.csv", best, params)
+display(best.round(3))
+fig, axes = plt.subplots(len(best), 1, figsize=(14, 3.2 * len(best)))
+half = len(tokens) // 2
+for ax, (_, row) in zip(axes, best.iterrows()):
+    values = traj.quantity(row["quantity"])[:, row["layer"], row["channel"]]
+    piece = slice(half, half + 900)
+    plot_coloured_text(ax, bytes(tokens[piece].numpy() - 1), values[piece], width=110, max_lines=12)
+    ax.set_title(f"{row['feature']}: {row['quantity']} layer {row['layer']} channel {row['channel']}, "
+                 f"held-out r = {row['corr_heldout']:.2f}", fontsize=9, loc="left")
+fig.tight_layout()
+save_figure(fig, results_dir() / "figures" / "05_channels.png", params)
+plt.show()
+top = best.iloc[best["corr_heldout"].abs().argmax()]
+display(HTML(coloured_html(bytes(tokens[half : half + 1500].numpy() - 1),
+                           traj.quantity(top["quantity"])[half : half + 1500, top["layer"], top["channel"]])))
+"""),
+    ("md", """
+## Explore
+
+Type a text, pick a quantity, layer and channel; the text is coloured by that channel's activation and the
+trajectory plotted up to the time slider."""),
+    ("code", """
+def explore(text="def f(x):\\n    return [x, (x + 1)]  # a comment\\n", quantity="wkv", layer=0, channel=0, upto=200):
+    ids = torch.tensor(tokenizer.encode(text) or [0])
+    tr = record_trajectory(model, ids)
+    values = tr.quantity(quantity)[:, min(layer, L - 1), min(channel, model.config.n_embd - 1)]
+    display(HTML(coloured_html(bytes(ids.numpy() - 1), values)))
+    fig, ax = plt.subplots(figsize=(10, 2.2))
+    ax.plot(values[:upto])
+    ax.set_xlabel("token")
+    plt.show()
+
+
+explore(quantity=best.iloc[0]["quantity"], layer=int(best.iloc[0]["layer"]), channel=int(best.iloc[0]["channel"]))
+if interactive:
+    import ipywidgets as widgets
+
+    widgets.interact(explore, text=widgets.Textarea(value=decoded[:400], layout=widgets.Layout(width="90%")),
+                     quantity=widgets.Dropdown(options=["wkv", "log_den", "ffn_x", "att_x"]),
+                     layer=widgets.IntSlider(0, 0, L - 1), channel=widgets.IntSlider(0, 0, model.config.n_embd - 1),
+                     upto=widgets.IntSlider(200, 1, 2000))
+"""),
+]
+
+NOTEBOOKS = {"01_equivalence.ipynb": EQUIVALENCE, "02_memory_profile.ipynb": MEMORY, "03_lm_eval.ipynb": LM_EVAL, "04_cost_estimates.ipynb": COST, "05_state_dynamics.ipynb": DYNAMICS, "06_training.ipynb": TRAINING}
 
 if __name__ == "__main__":
     for name, cells in NOTEBOOKS.items():

@@ -144,3 +144,17 @@ def test_side_by_side_uses_the_published_rows():
     ours_rows = pd.DataFrame([{"task": "piqa", "metric": "acc", "value": 0.6, "stderr": 0.01, "n_samples": 10}])
     table = side_by_side(ours_rows, 0.17)
     assert table.loc[table["source"].str.startswith("RWKV"), "delta"].item() == pytest.approx(60 - 65.07)
+
+
+def test_the_lm_eval_command_line_knows_the_backend(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    task_manager(DATA, tmp_path / "tasks")  # offline task YAMLs for --include_path
+    env = os.environ | {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-m", "rwkv_lab.evaluation", "--model", "rwkv_lab", "--model_args",
+                          "pretrained=default", "--tasks", "piqa", "--limit", "2", "--include_path",
+                          str(tmp_path / "tasks")], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "|piqa" in out.stdout and "acc" in out.stdout

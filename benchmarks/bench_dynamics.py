@@ -1,0 +1,58 @@
+"""Speed of the state-dynamics analysis: a 1k-token text on the default model, on this machine's CPU.
+
+    python benchmarks/bench_dynamics.py [--tokens 1024] [--threads 2]
+
+Times each step (trajectory, features, correlations, implicit attention of every layer, influence of one token)
+and writes results/dynamics/speed_cpu.json.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rwkv_lab.default import default_model  # noqa: E402
+from rwkv_lab.dynamics import (attention_by_distance, channel_correlations, code_features, heldout_code,  # noqa: E402
+                               influence, record_trajectory)
+from rwkv_lab.results import results_dir, write_json  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=1024)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    model = default_model()
+    text = heldout_code(args.tokens)
+    tokens = torch.tensor([b + 1 for b in text.encode()[: args.tokens]])
+    times = {}
+    start = time.perf_counter()
+    t = time.perf_counter()
+    traj = record_trajectory(model, tokens)
+    times["trajectory_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    features = code_features(bytes(int(x) - 1 for x in tokens).decode("utf-8", errors="replace"))
+    times["features_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    channel_correlations(traj, features)
+    times["correlations_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for layer in range(model.config.n_layer):
+        attention_by_distance(model, tokens[:256], layer)
+    times["implicit_attention_256_tokens_all_layers_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    influence(model, tokens, position=len(tokens) // 2, replacement=ord(" ") + 1)
+    times["influence_s"] = time.perf_counter() - t
+    times["total_s"] = time.perf_counter() - start
+    print(times)
+    write_json(results_dir() / "dynamics" / "speed_cpu.json", times, vars(args) | {"model": model.source}, "cpu")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""The memory/speed profiler: the analytic model against hand-computed numbers, a live sweep on tiny configs on the
+CPU, out-of-memory as a data point, chunked prefill exactness, and the readers of a sweep."""
+
+import pandas as pd
+import pytest
+import torch
+
+from helpers import assert_rel_close, random_model, random_state
+from rwkv_lab import profiler
+from rwkv_lab.config import RWKVConfig, get_config
+from rwkv_lab.profiler import (analytic_memory, crossover, generation_series, measure_prefill, memory_ratio_table,
+                               oom_contexts, pythia_model, rwkv_subject, series, sweep, transformer_subject)
+
+TINY = RWKVConfig(n_layer=2, n_embd=32, vocab_size=300, name="t")
+
+
+def tiny_pair():
+    r = rwkv_subject(random_model(TINY, dtype=torch.float32), "rwkv")
+    t = transformer_subject(pythia_model("pythia-160m", torch.float32, "cpu", num_hidden_layers=2, hidden_size=32,
+                                         num_attention_heads=2, intermediate_size=128, vocab_size=300), "gpt")
+    return r, t
+
+
+def test_analytic_memory_matches_hand_computed_numbers():
+    cfg = get_config("169M")
+    n = cfg.n_params  # 169,342,464
+    rwkv = analytic_memory("rwkv", n, cfg.n_layer, cfg.n_embd, cfg.vocab_size, batch=2, context=10**6, dtype_bytes=2)
+    assert rwkv["weights_bytes"] == 338_684_928
+    assert rwkv["cache_bytes"] == 2 * 5 * 768 * 12 * 4 == 368_640  # independent of the context
+    gpt = analytic_memory("transformer", 162_322_944, 12, 768, 50304, batch=1, context=1000, dtype_bytes=2)
+    assert gpt["cache_bytes"] == 2 * 12 * 1000 * 768 * 2 == 36_864_000
+    assert gpt["held_bytes"] == 2 * 162_322_944 + 36_864_000
+    assert gpt["prefill_peak_bytes"] == gpt["held_bytes"] + 1000 * 12 * 768 * 2 + 50304 * 4
+
+
+def test_tiny_sweep_on_the_cpu_measures_every_kind():
+    frame = sweep(tiny_pair(), 1, [8, 32], [8, 32, 128], [8, 16], decode_steps=2, progress=False)
+    assert set(frame["status"]) == {"ok"}
+    counts = frame.groupby(["model", "kind"]).size()
+    assert counts[("rwkv", "generation")] == 3 and counts[("gpt", "prefill")] == 2 and counts[("gpt", "training")] == 2
+    assert (frame["seconds"] > 0).all() and (frame["memory_bytes"] > 0).all()
+    gen = frame[frame["kind"] == "generation"]
+    assert gen["predicted_bytes"].notna().all()
+    rwkv_pred = gen[gen["model"] == "rwkv"]["predicted_bytes"]
+    assert rwkv_pred.nunique() == 1  # the state does not grow
+    gpt_pred = gen[gen["model"] == "gpt"].set_index("context")["predicted_bytes"]
+    assert gpt_pred[128] - gpt_pred[32] == 2 * 2 * 96 * 32 * 4  # 2 L (dT) d bytes
+    print(frame[["model", "kind", "context", "seconds", "memory_bytes", "predicted_bytes"]])
+
+
+def test_out_of_memory_is_a_recorded_data_point(monkeypatch):
+    r, _ = tiny_pair()
+    real = r.extend
+
+    def extend(tokens, cache=None, chunk=None):
+        if (cache is None and tokens.shape[1] >= 64) or tokens.shape[1] >= 64:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+        return real(tokens, cache, chunk)
+
+    monkeypatch.setattr(r, "extend", extend)
+    rows = series(measure_prefill, r, 1, [16, 32, 64, 128, 256], progress=False)
+    assert [row["status"] for row in rows] == ["ok", "ok", "oom"]  # the series stops at its first OOM
+    rows = generation_series(r, 1, [16, 32, 128, 256], decode_steps=1, progress=False)
+    assert [row["status"] for row in rows] == ["ok", "ok", "oom"]
+    monkeypatch.setattr(r, "extend", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # other errors are not data
+        series(measure_prefill, r, 1, [16], progress=False)
+
+
+def test_generation_series_respects_its_time_budget():
+    r, _ = tiny_pair()
+    rows = generation_series(r, 1, [8, 16, 32], decode_steps=1, progress=False, max_seconds=0.0)
+    assert rows[0]["status"] == "ok" and {row["status"] for row in rows[1:]} == {"skipped (time)"}
+
+
+def test_chunked_prefill_equals_one_call():
+    model = random_model(TINY, dtype=torch.float64)
+    tokens = torch.randint(0, TINY.vocab_size, (2, 37))
+    state = random_state(model, 2)
+    full_logits, full_state = model(tokens, state)
+    for chunk in (None, 1, 5, 37, 100):
+        last, new_state = model.prefill(tokens, state, chunk=chunk)
+        assert_rel_close(f"prefill last logits, chunk {chunk}", last, full_logits[:, -1], 1e-12)
+        assert_rel_close(f"prefill state, chunk {chunk}", new_state, full_state, 1e-12)
+    with pytest.raises(ValueError, match="state must have shape"):
+        model.prefill(tokens, state[:1])
+
+
+def test_transformer_extend_in_chunks_equals_one_call():
+    _, t = tiny_pair()
+    tokens = torch.randint(0, 300, (1, 40))
+    one, _ = t.extend(tokens)
+    chunked, cache = t.extend(tokens, chunk=7)
+    assert_rel_close("GPT-NeoX chunked prefill", chunked, one, 1e-5)
+    assert cache.get_seq_length() == 40
+    t.decode(tokens[:, 0], cache)
+    assert t.crop(cache, 40).get_seq_length() == 40
+
+
+def test_readers_of_a_sweep():
+    rows = []
+    for T, r_mem, t_mem, t_status in ((1024, 3.0, 2.8, "ok"), (4096, 3.0, 3.4, "ok"), (16384, 3.0, 5.6, "ok"),
+                                      (65536, 3.0, None, "oom")):
+        rows.append({"model": "R", "arch": "rwkv", "kind": "generation", "batch": 1, "context": T, "status": "ok",
+                     "memory_GiB": r_mem, "seconds": 0.004})
+        rows.append({"model": "P", "arch": "transformer", "kind": "generation", "batch": 1, "context": T,
+                     "status": t_status, "memory_GiB": t_mem, "seconds": 0.003 * T / 1024})
+    frame = pd.DataFrame(rows)
+    assert crossover(frame, "R", "P", "generation", "memory_GiB") == 4096
+    assert crossover(frame, "R", "P", "generation", "seconds") == 4096
+    table = oom_contexts(frame).set_index("model")
+    assert table.loc["P", "first_oom"] == 65536 and table.loc["P", "longest_ok"] == 16384
+    ratio = memory_ratio_table(frame, "R", "P").set_index("context")["transformer_over_rwkv"]
+    assert ratio[16384] == pytest.approx(5.6 / 3.0) and 65536 not in ratio.index
+
+
+def test_process_memory_is_read_on_the_cpu():
+    before = profiler.memory_now("cpu")
+    block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    assert profiler.memory_now("cpu") - before > 32 * 2**20
+    profiler.reset_peak("cpu")
+    assert profiler.memory_peak("cpu") >= profiler.memory_now("cpu") - 4096
+    del block
