@@ -243,6 +243,7 @@ class RWKVLM(TemplateLM):
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), cached)
         return results
 
+    @torch.no_grad()
     def rolling_logprob(self, tokens: list[int]) -> float:
         """Sum of log p(token | everything before it), from end-of-text, in windows with the state carried."""
         if not tokens:
@@ -277,6 +278,7 @@ class RWKVLM(TemplateLM):
             self.cache_hook.add_partial("generate_until", (context, {"until": until}), cached)
         return results
 
+    @torch.no_grad()
     def greedy(self, context: str, until: list[str], max_tokens: int) -> str:
         ids = self.tok_encode(context) or [self.eot_token_id]  # as lm-eval's hf backend: no prefix unless empty
         logits, state = self.model.prefill(torch.tensor([ids], device=self.device), chunk=self.chunk)

@@ -14,8 +14,13 @@ from rwkv_lab.dynamics import (Trajectory, attention_older_than, best_channels, 
 from rwkv_lab.equivalence import step_all
 from rwkv_lab.model import ATT_A, ATT_B, ATT_X, FFN_X
 
-torch.set_grad_enabled(False)
 TINY = get_config("tiny")
+
+
+@pytest.fixture(autouse=True)
+def no_grad():
+    with torch.no_grad():
+        yield
 
 
 @pytest.mark.parametrize("T", [1, 2, 15, 63])
