@@ -16,8 +16,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rwkv_lab.default import default_model  # noqa: E402
-from rwkv_lab.dynamics import (attention_by_distance, channel_correlations, code_features, heldout_code,  # noqa: E402
-                               influence, record_trajectory)
+from rwkv_lab.dynamics import (attention_by_distance, channel_correlations, heldout_code, influence,  # noqa: E402
+                               record_trajectory, token_features)
+from rwkv_lab.tokenizer import ByteTokenizer  # noqa: E402
 from rwkv_lab.results import results_dir, write_json  # noqa: E402
 
 
@@ -37,7 +38,7 @@ def main():
     traj = record_trajectory(model, tokens)
     times["trajectory_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    features = code_features(bytes(int(x) - 1 for x in tokens).decode("utf-8", errors="replace"))
+    features = token_features(ByteTokenizer(), tokens)
     times["features_s"] = time.perf_counter() - t
     t = time.perf_counter()
     channel_correlations(traj, features)

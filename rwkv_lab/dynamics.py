@@ -298,35 +298,50 @@ def normalise(values: np.ndarray) -> np.ndarray:
     return (values - np.median(values)) / scale
 
 
-def coloured_html(byte_text: bytes, values: np.ndarray) -> str:
-    """Karpathy-style: each character on a background coloured by the activation at its (last) byte."""
+def token_pieces(tokenizer, tokens) -> list[str]:
+    """The text of each token, one string per token, so that per-token values line up with what is shown."""
+    return [tokenizer.decode([int(t)]) for t in tokens]
+
+
+def token_features(tokenizer, tokens, extract=code_features) -> pd.DataFrame:
+    """Text features per token: computed per byte on the decoded text, read at each token's last byte (for a
+    byte-level model, one token is one byte)."""
+    from .tokenizer import ByteTokenizer
+
+    tokens = [int(t) for t in tokens]
+    if isinstance(tokenizer, ByteTokenizer):
+        return extract(bytes(max(0, t - 1) for t in tokens).decode("utf-8", errors="replace")).iloc[: len(tokens)]
+    per_byte = extract(tokenizer.decode(tokens))
+    ends = np.cumsum([len(p.encode("utf-8")) for p in token_pieces(tokenizer, tokens)]) - 1
+    return per_byte.iloc[np.clip(ends, 0, len(per_byte) - 1)].reset_index(drop=True)
+
+
+def coloured_html(pieces: list[str], values: np.ndarray) -> str:
+    """Karpathy-style: each token's text on a background coloured by its activation (red +, blue -)."""
     values = normalise(values)
-    text = byte_text.decode("utf-8", errors="replace")
-    ends = np.cumsum([len(ch.encode("utf-8")) for ch in text]) - 1
     spans = []
-    for ch, e in zip(text, ends):
-        shown = "&#8629;<br>" if ch == "\n" else html.escape(ch).replace(" ", "&nbsp;")
-        spans.append(f'<span style="background:{_colour(values[min(e, len(values) - 1)])}">{shown}</span>')
+    for piece, v in zip(pieces, values):
+        shown = html.escape(piece).replace(" ", "&nbsp;").replace("\n", "&#8629;<br>")
+        spans.append(f'<span style="background:{_colour(v)}">{shown}</span>')
     return '<div style="font-family:monospace;font-size:11px;line-height:1.5">' + "".join(spans) + "</div>"
 
 
-def plot_coloured_text(ax, byte_text: bytes, values: np.ndarray, width: int = 100, max_lines: int = 30):
+def plot_coloured_text(ax, pieces: list[str], values: np.ndarray, width: int = 100, max_lines: int = 30):
     """The same as coloured_html, drawn with matplotlib (for headless runs and exported figures)."""
     from matplotlib.patches import Rectangle
 
     values = normalise(values)
-    text = byte_text.decode("utf-8", errors="replace")
-    ends = np.cumsum([len(ch.encode("utf-8")) for ch in text]) - 1
     row = col = 0
-    for ch, e in zip(text, ends):
-        if row >= max_lines:
-            break
-        ax.add_patch(Rectangle((col, -row - 1), 1, 1, color=_colour(values[min(e, len(values) - 1)])))
-        if ch not in "\n ":
-            ax.text(col + 0.5, -row - 0.5, ch, ha="center", va="center", fontsize=6, family="monospace")
-        col += 1
-        if ch == "\n" or col >= width:
-            row, col = row + 1, 0
+    for piece, v in zip(pieces, values):
+        for ch in piece or " ":
+            if row >= max_lines:
+                break
+            ax.add_patch(Rectangle((col, -row - 1), 1, 1, color=_colour(v)))
+            if ch not in "\n ":
+                ax.text(col + 0.5, -row - 0.5, ch, ha="center", va="center", fontsize=6, family="monospace")
+            col += 1
+            if ch == "\n" or col >= width:
+                row, col = row + 1, 0
     ax.set_xlim(0, width)
     ax.set_ylim(-min(row + 1, max_lines), 0)
     ax.axis("off")
@@ -349,3 +364,4 @@ def heldout_code(n_bytes: int = 20000) -> str:
             parts.append(text)
             size += len(text)
     return "".join(parts)[:n_bytes]
+

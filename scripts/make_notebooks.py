@@ -712,7 +712,7 @@ from IPython.display import HTML, display
 import rwkv_lab
 from rwkv_lab.dynamics import (attention_by_distance, best_channels, channel_correlations, code_features,
                                coloured_html, decay_spectra, heldout_code, influence, plot_coloured_text,
-                               prose_features, record_trajectory)
+                               prose_features, record_trajectory, token_features, token_pieces)
 from rwkv_lab.results import results_dir, save_figure, write_table
 
 torch.set_grad_enabled(False)
@@ -812,7 +812,8 @@ Every state quantity (a/b, the log of the state's total weight, both token shift
 correlated with features computed from the text. A channel is chosen on the first half of the text; its
 correlation on the second half is the held-out score."""),
     ("code", """
-features = pd.concat([code_features(decoded), prose_features(decoded)], axis=1)
+features = pd.concat([token_features(tokenizer, tokens, code_features),
+                      token_features(tokenizer, tokens, prose_features)], axis=1)
 table = channel_correlations(traj, features)
 best = best_channels(table)
 write_table(results_dir() / "dynamics" / "05_channels.csv", best, params)
@@ -822,14 +823,14 @@ half = len(tokens) // 2
 for ax, (_, row) in zip(axes, best.iterrows()):
     values = traj.quantity(row["quantity"])[:, row["layer"], row["channel"]]
     piece = slice(half, half + 900)
-    plot_coloured_text(ax, bytes(tokens[piece].numpy() - 1), values[piece], width=110, max_lines=12)
+    plot_coloured_text(ax, token_pieces(tokenizer, tokens[piece]), values[piece], width=110, max_lines=12)
     ax.set_title(f"{row['feature']}: {row['quantity']} layer {row['layer']} channel {row['channel']}, "
                  f"held-out r = {row['corr_heldout']:.2f}", fontsize=9, loc="left")
 fig.tight_layout()
 save_figure(fig, results_dir() / "figures" / "05_channels.png", params)
 plt.show()
 top = best.iloc[best["corr_heldout"].abs().argmax()]
-display(HTML(coloured_html(bytes(tokens[half : half + 1500].numpy() - 1),
+display(HTML(coloured_html(token_pieces(tokenizer, tokens[half : half + 1500]),
                            traj.quantity(top["quantity"])[half : half + 1500, top["layer"], top["channel"]])))
 """),
     ("md", """
@@ -842,7 +843,7 @@ def explore(text="def f(x):\\n    return [x, (x + 1)]  # a comment\\n", quantity
     ids = torch.tensor(tokenizer.encode(text) or [0])
     tr = record_trajectory(model, ids)
     values = tr.quantity(quantity)[:, min(layer, L - 1), min(channel, model.config.n_embd - 1)]
-    display(HTML(coloured_html(bytes(ids.numpy() - 1), values)))
+    display(HTML(coloured_html(token_pieces(tokenizer, ids), values)))
     fig, ax = plt.subplots(figsize=(10, 2.2))
     ax.plot(values[:upto])
     ax.set_xlabel("token")

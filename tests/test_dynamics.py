@@ -10,7 +10,8 @@ from helpers import assert_rel_close, random_model, random_state
 from rwkv_lab.config import get_config
 from rwkv_lab.default import untrained_model
 from rwkv_lab.dynamics import (Trajectory, attention_older_than, best_channels, channel_correlations, code_features,
-                               coloured_html, decay_spectra, influence, prose_features, record_trajectory)
+                               coloured_html, decay_spectra, influence, prose_features, record_trajectory,
+                               token_features, token_pieces)
 from rwkv_lab.equivalence import step_all
 from rwkv_lab.model import ATT_A, ATT_B, ATT_X, FFN_X
 
@@ -96,5 +97,22 @@ def test_channel_ranking_finds_a_planted_channel():
     assert (row["quantity"], row["layer"], row["channel"]) == ("wkv", 1, 5) and row["corr_heldout"] < -0.95
     with pytest.raises(ValueError, match="features have 3 rows for 400 tokens"):
         channel_correlations(traj, pd.DataFrame({"f": [1, 2, 3]}))
-    page = coloured_html(b"ab\n", np.array([0.0, 1.0, -1.0]))
+    page = coloured_html(["a", "b", "\n"], np.array([0.0, 1.0, -1.0]))
     assert page.count("<span") == 3 and "#ff0000" in page and "#0000ff" in page
+
+
+def test_token_features_line_up_with_tokens():
+    from helpers import NEOX_TOKENIZER
+    from rwkv_lab.tokenizer import ByteTokenizer, load_tokenizer
+
+    text = 'x = "é(" # (\n'
+    byte = ByteTokenizer()
+    f = token_features(byte, byte.encode(text))
+    assert len(f) == len(text.encode()) and f["in_comment"].iloc[-2] == 1
+    assert token_pieces(byte, byte.encode("ab")) == ["a", "b"]
+    if NEOX_TOKENIZER.exists():
+        bpe = load_tokenizer(str(NEOX_TOKENIZER))
+        ids = bpe.encode(text)
+        g = token_features(bpe, ids)
+        assert len(g) == len(ids) and "".join(token_pieces(bpe, ids)) == text
+        assert g["bracket_depth"].max() == 0 and g["in_string"].max() == 1
