@@ -11,7 +11,6 @@ measured. MFU = model FLOPs per second (rwkv_lab.cost: RWKV 3 x 2 (V D + 13 D^2 
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -26,16 +25,8 @@ from rwkv_lab import cost  # noqa: E402
 from rwkv_lab.bench import is_oom, time_fn  # noqa: E402
 from rwkv_lab.config import get_config  # noqa: E402
 from rwkv_lab.model import RWKV, init_weights  # noqa: E402
-from rwkv_lab.results import REPO_ROOT, results_dir, write_table  # noqa: E402
-
-PYTHIA_FOR = {"169M": "pythia-160m", "430M": "pythia-410m", "1.5B": "pythia-1.4b", "3B": "pythia-2.8b",
-              "7B": "pythia-6.9b", "14B": "pythia-12b"}
-
-
-def pythia_configs() -> dict:
-    with open(REPO_ROOT / "reference" / "pythia_configs.csv") as f:
-        return {r["name"]: r for r in csv.DictReader(f)}
-
+from rwkv_lab.profiler import PYTHIA_FOR, pythia_model  # noqa: E402
+from rwkv_lab.results import results_dir, write_table  # noqa: E402
 
 def matmul_peak(device, n: int = 8192) -> float:
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
@@ -52,15 +43,8 @@ def build_rwkv(size: str, device):
 
 
 def build_pythia(name: str, device, context: int):
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    row = pythia_configs()[name]
-    L, D, V = int(row["n_layer"]), int(row["d_model"]), int(row["vocab_size_padded"])
-    config = GPTNeoXConfig(vocab_size=V, hidden_size=D, num_hidden_layers=L, num_attention_heads=int(row["n_heads"]),
-                           intermediate_size=4 * D, rotary_pct=0.25, max_position_embeddings=max(2048, context),
-                           use_parallel_residual=True, tie_word_embeddings=False, attn_implementation="sdpa")
-    with torch.device(device):
-        model = GPTNeoXForCausalLM(config)
+    model = pythia_model(name, torch.float32, device, max_positions=max(2048, context))
+    L, D, V = model.config.num_hidden_layers, model.config.hidden_size, model.config.vocab_size
     return (model, V, lambda T: cost.training_flops_per_token(cost.transformer_forward_flops_per_token(L, D, V, T)),
             lambda m, x: m(input_ids=x, use_cache=False).logits)
 

@@ -169,15 +169,20 @@ class RWKV(nn.Module):
         if state.device != self.device:
             raise ValueError(f"state is on {state.device} but the model is on {self.device}")
 
-    def forward(self, tokens: torch.Tensor, state: torch.Tensor | None = None, *, backend: str | None = None,
-                check: bool = True):
-        """Parallel form: tokens (B, T) -> logits (B, T, V) and the state after the last token."""
+    def _checked_inputs(self, tokens: torch.Tensor, state: torch.Tensor | None, check: bool) -> torch.Tensor:
+        """Validate tokens (B, T) and the state (when `check`); an absent state becomes the empty one."""
         if check:
             self.check_tokens(tokens, ndim=2)
         if state is None:
-            state = self.init_state(tokens.shape[0])
-        elif check:
+            return self.init_state(tokens.shape[0])
+        if check:
             self.check_state(state, tokens.shape[0])
+        return state
+
+    def forward(self, tokens: torch.Tensor, state: torch.Tensor | None = None, *, backend: str | None = None,
+                check: bool = True):
+        """Parallel form: tokens (B, T) -> logits (B, T, V) and the state after the last token."""
+        state = self._checked_inputs(tokens, state, check)
         x, new_state = self.run_blocks(self.emb(tokens), state, backend or self.wkv_backend)
         logits = self.head(self.ln_out(x))  # (B, T, V)
         return logits, torch.stack(new_state, dim=1)
@@ -189,12 +194,7 @@ class RWKV(nn.Module):
         Only the last position goes through the head, and `chunk` bounds the memory: T is run in pieces of `chunk`
         tokens with the state carried between them, which gives the same result as one call.
         """
-        if check:
-            self.check_tokens(tokens, ndim=2)
-        if state is None:
-            state = self.init_state(tokens.shape[0])
-        elif check:
-            self.check_state(state, tokens.shape[0])
+        state = self._checked_inputs(tokens, state, check)
         T = tokens.shape[1]
         chunk = chunk or T
         for start in range(0, T, chunk):

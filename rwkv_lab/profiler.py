@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .bench import is_oom, synchronize
+from .bench import is_oom, time_fn
 from .model import RWKV
 
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "reference"
@@ -253,23 +253,8 @@ def pair_subjects(size: str, dtype=torch.bfloat16, device="cuda", compile: bool 
 # ---- measuring -------------------------------------------------------------------------------------------------
 
 def _time(fn, device, repeat: int) -> float:
-    """Median seconds of `repeat` calls after one warm-up call (CUDA events on a GPU)."""
-    fn()
-    synchronize(device)
-    times = []
-    for _ in range(repeat):
-        if torch.device(device).type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    """Median seconds of `repeat` calls after one warm-up call."""
+    return time_fn(fn, device, warmup=1, repeat=repeat)
 
 
 def _tokens(subject: Subject, batch: int, T: int, seed: int) -> torch.Tensor:
