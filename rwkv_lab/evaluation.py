@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import warnings
 from collections import defaultdict
@@ -101,6 +102,10 @@ class RWKVLM(TemplateLM):
             # lm_eval's command line passes device='cuda' by default; its hf backend falls back the same way
             warnings.warn(f"device {device!r} requested but CUDA is not available: evaluating on the CPU")
             device = "cpu"
+        self._init_distributed()
+        if self._world_size > 1 and str(device).startswith("cuda"):
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', self._rank))}"
+            torch.cuda.set_device(device)
         self._device = torch.device(device)
         if model is None:
             model = load_model(pretrained, dtype=dtype, device=self._device)
@@ -115,6 +120,41 @@ class RWKVLM(TemplateLM):
             identity = self.identity(pretrained)
             name = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
             self.cache = ResultCache(Path(cache_dir) / f"{name}.jsonl", identity)
+
+    # ---- data parallel: one process per device (accelerate launch / torchrun); lm-eval shards the documents ----
+
+    def _init_distributed(self) -> None:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            self._rank, self._world_size = dist.get_rank(), dist.get_world_size()
+
+    def all_gather(self, tensor):
+        if self._world_size == 1:
+            return tensor
+        import torch.distributed as dist
+
+        parts = [torch.zeros_like(tensor) for _ in range(self._world_size)]
+        dist.all_gather(parts, tensor)
+        return torch.stack(parts) if tensor.dim() == 0 else torch.cat(parts)
+
+    def gather_object(self, obj, dst=0):
+        if self._world_size == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out = [None] * self._world_size if self._rank == dst else None
+        dist.gather_object(obj, out, dst=dst)
+        return out
+
+    def barrier(self) -> None:
+        if self._world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
 
     def identity(self, pretrained: str) -> dict:
         """What makes two runs' results comparable: the weights' bytes, the compute dtype and the tokenizer."""

@@ -158,3 +158,21 @@ def test_the_lm_eval_command_line_knows_the_backend(tmp_path):
                           str(tmp_path / "tasks")], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "|piqa" in out.stdout and "acc" in out.stdout
+
+
+def test_data_parallel_processes_give_the_one_process_result(tmp_path):
+    """Two processes (torchrun, gloo on the CPU) each score their share of the documents; lm-eval gathers them."""
+    import os
+    import subprocess
+    import sys
+
+    task_manager(DATA, tmp_path / "tasks")
+    env = os.environ | {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    args = ["-m", "rwkv_lab.evaluation", "--model", "rwkv_lab", "--model_args", "pretrained=default", "--device",
+            "cpu", "--tasks", "piqa", "--limit", "6", "--include_path", str(tmp_path / "tasks")]
+    tables = []
+    for launcher in ([sys.executable], [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]):
+        out = subprocess.run(launcher + args, capture_output=True, text=True, env=env, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        tables.append([line for line in out.stdout.splitlines() if line.startswith("|")])
+    assert tables[0] and tables[0] == tables[1]
