@@ -11,8 +11,6 @@ largest difference between the two backends' log-likelihoods on the documents bo
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
 import tempfile
 import time
@@ -60,11 +58,7 @@ def main():
     rows, samples = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "hf"
-        save_model(model, folder, format="transformers")
-        shutil.copy(args.tokenizer, folder / "tokenizer.json")
-        (folder / "tokenizer_config.json").write_text(json.dumps(
-            {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>",
-             "bos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "model_max_length": 2048}))
+        save_model(model, folder, format="transformers", tokenizer_file=args.tokenizer)
         backends = {
             "rwkv_lab": (lambda: RWKVLM(model=model, tokenizer=args.tokenizer, device=args.device,
                                         batch_size=args.batch_size), args.limit),

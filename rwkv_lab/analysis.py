@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .model import ATT_X, mix, token_shift
+from .model import ATT_X
 from .wkv import attention_matrix, compute_dtype
 
 
@@ -21,9 +21,7 @@ def layer_wkv_inputs(model, tokens: torch.Tensor, layer: int):
         x = block.ln0(x)
     h = block.ln1(x)
     att = block.att
-    prev = token_shift(h, state[:, layer, ATT_X])
-    k = att.key(mix(h, prev, att.time_mix_k))
-    v = att.value(mix(h, prev, att.time_mix_v))
+    k, v, _ = att.keys_values(h, state[:, layer, ATT_X])
     w = torch.exp(att.time_decay.to(compute_dtype(att.time_decay)))
     return w, att.time_first, k, v
 

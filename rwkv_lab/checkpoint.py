@@ -306,12 +306,15 @@ def hf_config_dict(config: RWKVConfig, dtype: torch.dtype) -> dict:
     }
 
 
-def save_model(model: RWKV, path, format: str = "safetensors", dtype=None) -> Path:
-    """Write `model` as 'safetensors' (ours), 'pth' (BlinkDL) or 'transformers' (a folder)."""
+def save_model(model: RWKV, path, format: str = "safetensors", dtype=None, tokenizer_file=None) -> Path:
+    """Write `model` as 'safetensors' (ours), 'pth' (BlinkDL) or 'transformers' (a folder; with `tokenizer_file`,
+    a tokenizers JSON such as GPT-NeoX-20B's, the folder also loads with AutoTokenizer)."""
     from safetensors.torch import save_file
 
     if format not in FORMATS:
         raise ValueError(f"unknown checkpoint format {format!r}; expected one of {FORMATS}")
+    if tokenizer_file is not None and format != "transformers":
+        raise ValueError(f"tokenizer_file is written only into a 'transformers' folder, not a {format!r} file")
     dtype = resolve_dtype(dtype) if dtype is not None else model.dtype
     path = Path(path)
     sd = {k: v.detach().to(device="cpu", dtype=dtype).contiguous() for k, v in model.state_dict().items()}
@@ -326,6 +329,13 @@ def save_model(model: RWKV, path, format: str = "safetensors", dtype=None) -> Pa
         atomic_write(path / "model.safetensors", lambda tmp: save_file(hf_sd, str(tmp), metadata={"format": "pt"}))
         config_text = json.dumps(hf_config_dict(model.config, dtype), indent=2)
         atomic_write(path / "config.json", lambda tmp: tmp.write_text(config_text))
+        if tokenizer_file is not None:
+            tokenizer_text = Path(tokenizer_file).read_text()
+            atomic_write(path / "tokenizer.json", lambda tmp: tmp.write_text(tokenizer_text))
+            eot = "<|endoftext|>"  # token 0: document separator, BOS/EOS of the RWKV-4 Pile models
+            tok_config = json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eot,
+                                     "bos_token": eot, "unk_token": eot, "model_max_length": model.config.ctx_len})
+            atomic_write(path / "tokenizer_config.json", lambda tmp: tmp.write_text(tok_config))
     return path
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from .analysis import implicit_attention
-from .model import mix, official_time_decay, official_time_first, token_shift
+from .model import official_time_decay, official_time_first
 
 # ---- decay spectra ---------------------------------------------------------------------------------------------
 
@@ -92,9 +92,8 @@ def record_trajectory(model, tokens: torch.Tensor, state=None) -> Trajectory:
     for i, block in enumerate(model.blocks):
         x, last_x, wkv_state = seen[("att", i)][:3]  # (1, T, C), (1, C), (1, 3, C)
         att = block.att
-        prev = token_shift(x, last_x)
-        k = att.key(mix(x, prev, att.time_mix_k))[0].double().cpu()  # (T, C)
-        v = att.value(mix(x, prev, att.time_mix_v))[0].double().cpu()
+        k, v, _ = att.keys_values(x, last_x)
+        k, v = k[0].double().cpu(), v[0].double().cpu()  # (T, C)
         w = torch.exp(att.time_decay.double().cpu())
         a, b, p = wkv_state[0].double().cpu()
         rows_a, rows_b, rows_p = [], [], []

@@ -46,11 +46,14 @@ class TimeMix(nn.Module):
         self.receptance = nn.Linear(C, C, bias=False)
         self.output = nn.Linear(C, C, bias=False)
 
+    def keys_values(self, x, last_x):
+        """The WKV's keys and values for time-mix input x (B, T, C) after last_x (B, C), and the shifted x."""
+        prev = token_shift(x, last_x)
+        return self.key(mix(x, prev, self.time_mix_k)), self.value(mix(x, prev, self.time_mix_v)), prev
+
     def forward(self, x, last_x, wkv_state, backend, scale: int = 1):
         # x (B, T, C): LN1 output; last_x (B, C); wkv_state (B, 3, C); the output comes divided by `scale`
-        prev = token_shift(x, last_x)
-        k = self.key(mix(x, prev, self.time_mix_k))
-        v = self.value(mix(x, prev, self.time_mix_v))
+        k, v, prev = self.keys_values(x, last_x)
         r = self.receptance(mix(x, prev, self.time_mix_r))
         # exp in fp32 at least: a bf16 time_decay would lose the long half-lives
         w = torch.exp(self.time_decay.to(compute_dtype(self.time_decay)))

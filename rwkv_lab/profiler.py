@@ -213,18 +213,26 @@ def pythia_configs() -> dict[str, dict]:
         return {r["name"]: r for r in csv.DictReader(f)}
 
 
+def gpt_neox(n_layer: int, d_model: int, vocab: int, n_heads: int, max_positions: int = 2048, **overrides):
+    """A Pythia-style GPTNeoXForCausalLM config (rotary on a quarter of each head, parallel residual, untied
+    embeddings, SDPA attention); `overrides` replace fields."""
+    from transformers import GPTNeoXConfig
+
+    fields = dict(vocab_size=vocab, hidden_size=d_model, num_hidden_layers=n_layer,
+                  num_attention_heads=n_heads, intermediate_size=4 * d_model, rotary_pct=0.25,
+                  max_position_embeddings=max_positions, use_parallel_residual=True, tie_word_embeddings=False,
+                  attn_implementation="sdpa")
+    return GPTNeoXConfig(**(fields | overrides))
+
+
 def pythia_model(name: str, dtype=torch.bfloat16, device="cpu", max_positions: int = 2048, **overrides):
     """A Pythia-shaped GPTNeoXForCausalLM (reference/pythia_configs.csv) with random weights and SDPA attention.
     `overrides` replace config fields (tests shrink it); rotary positions extend past the trained 2048."""
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    from transformers import GPTNeoXForCausalLM
 
     row = pythia_configs()[name]
-    L, D = int(row["n_layer"]), int(row["d_model"])
-    fields = dict(vocab_size=int(row["vocab_size_padded"]), hidden_size=D, num_hidden_layers=L,
-                  num_attention_heads=int(row["n_heads"]), intermediate_size=4 * D, rotary_pct=0.25,
-                  max_position_embeddings=max_positions, use_parallel_residual=True, tie_word_embeddings=False,
-                  attn_implementation="sdpa")
-    config = GPTNeoXConfig(**(fields | overrides))
+    config = gpt_neox(int(row["n_layer"]), int(row["d_model"]), int(row["vocab_size_padded"]), int(row["n_heads"]),
+                      max_positions, **overrides)
     with torch.device(device):
         model = GPTNeoXForCausalLM(config).to(dtype)
     return model.eval()

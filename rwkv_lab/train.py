@@ -79,15 +79,12 @@ class TrainConfig:
 def build_transformer(config: RWKVConfig, context: int) -> nn.Module:
     """A Pythia-style GPT-NeoX (transformers, SDPA attention) of the RWKV config's width, depth and vocabulary:
     12 D^2 parameters per layer against RWKV's 13 D^2, so the two match within 10%."""
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    from transformers import GPTNeoXForCausalLM
+
+    from .profiler import gpt_neox
 
     D = config.n_embd
-    hf = GPTNeoXConfig(vocab_size=config.vocab_size, hidden_size=D, num_hidden_layers=config.n_layer,
-                       num_attention_heads=max(1, D // 64), intermediate_size=4 * D, rotary_pct=0.25,
-                       max_position_embeddings=max(2048, context), use_parallel_residual=True,
-                       tie_word_embeddings=False, attn_implementation="sdpa", hidden_dropout=0.0,
-                       attention_dropout=0.0)
-    return GPTNeoXForCausalLM(hf)
+    return GPTNeoXForCausalLM(gpt_neox(config.n_layer, D, config.vocab_size, max(1, D // 64), max(2048, context)))
 
 
 def build(cfg: TrainConfig) -> tuple[nn.Module, callable, float]:

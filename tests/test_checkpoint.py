@@ -224,3 +224,11 @@ def test_safetensors_without_our_metadata_infers_the_config(tmp_path, model):
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "plain.safetensors")
     sd, config = read_checkpoint(tmp_path / "plain.safetensors")
     assert (config.n_layer, config.n_embd, config.vocab_size) == (TINY.n_layer, TINY.n_embd, TINY.vocab_size)
+
+
+def test_a_tokenizer_goes_only_into_a_transformers_folder(tmp_path):
+    from helpers import NEOX_TOKENIZER
+
+    model = random_model(PRESETS["tiny"], dtype=torch.float32)
+    with pytest.raises(ValueError, match="tokenizer_file is written only into a 'transformers' folder"):
+        save_model(model, tmp_path / "m.pth", format="pth", tokenizer_file=NEOX_TOKENIZER)

@@ -1,7 +1,6 @@
 """The lm-eval backend: agreement with lm-eval's `hf` backend (transformers RwkvForCausalLM) on the same random
 weights and real task data, the context/continuation batching, rolling log-likelihood, the cache, bad input."""
 
-import json
 import shutil
 
 import pytest
@@ -22,11 +21,8 @@ pytestmark = pytest.mark.skipif(not NEOX_TOKENIZER.exists(), reason="needs ../sh
 def hf_folder(tmp_path_factory):
     """Random weights in transformers format, with the GPT-NeoX-20B tokenizer beside them."""
     folder = tmp_path_factory.mktemp("rwkv_hf")
-    save_model(random_model(CONFIG, seed=3, dtype=torch.float32), folder, format="transformers")
-    shutil.copy(NEOX_TOKENIZER, folder / "tokenizer.json")
-    (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>",
-         "unk_token": "<|endoftext|>", "model_max_length": 2048}))
+    save_model(random_model(CONFIG, seed=3, dtype=torch.float32), folder, format="transformers",
+               tokenizer_file=NEOX_TOKENIZER)
     return folder
 
 
