@@ -7,19 +7,15 @@ and writes results/dynamics/speed_cpu.json.
 """
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from rwkv_lab.default import default_model  # noqa: E402
-from rwkv_lab.dynamics import (attention_by_distance, channel_correlations, heldout_code, influence,  # noqa: E402
-                               record_trajectory, token_features)
-from rwkv_lab.tokenizer import ByteTokenizer  # noqa: E402
-from rwkv_lab.results import results_dir, write_json  # noqa: E402
+from rwkv_lab.analysis.dynamics import attention_by_distance, influence, record_trajectory
+from rwkv_lab.analysis.text_features import channel_correlations, heldout_code, token_features
+from rwkv_lab.loading.checkpoint import default_model
+from rwkv_lab.loading.tokenizer import ByteTokenizer
+from rwkv_lab.results import results_dir, write_json
 
 
 def main():

@@ -11,7 +11,6 @@ largest difference between the two backends' log-likelihoods on the documents bo
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,14 +18,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from rwkv_lab.checkpoint import save_model  # noqa: E402
-from rwkv_lab.config import NEOX_VOCAB, RWKVConfig, get_config  # noqa: E402
-from rwkv_lab.eval_tasks import task_manager  # noqa: E402
-from rwkv_lab.evaluation import RWKVLM  # noqa: E402
-from rwkv_lab.model import RWKV, init_weights  # noqa: E402
-from rwkv_lab.results import results_dir, write_table  # noqa: E402
+from rwkv_lab.config import NEOX_VOCAB, RWKVConfig, get_config
+from rwkv_lab.evaluation.backend import RWKVLM
+from rwkv_lab.evaluation.tasks import task_manager
+from rwkv_lab.loading.checkpoint import save_model
+from rwkv_lab.model import RWKV, init_weights
+from rwkv_lab.results import results_dir, write_table
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
 
@@ -60,25 +57,50 @@ def main():
         folder = Path(tmp) / "hf"
         save_model(model, folder, format="transformers", tokenizer_file=args.tokenizer)
         backends = {
-            "rwkv_lab": (lambda: RWKVLM(model=model, tokenizer=args.tokenizer, device=args.device,
-                                        batch_size=args.batch_size), args.limit),
+            "rwkv_lab": (
+                lambda: RWKVLM(model=model, tokenizer=args.tokenizer, device=args.device, batch_size=args.batch_size),
+                args.limit,
+            ),
             "hf": (lambda: "hf", args.hf_limit),
         }
         for name, (make, limit) in backends.items():
             for task in tasks:
-                kw = {} if name == "rwkv_lab" else {
-                    "model_args": f"pretrained={folder},dtype={args.dtype}", "device": args.device,
-                    "batch_size": args.batch_size}
+                kw = (
+                    {}
+                    if name == "rwkv_lab"
+                    else {
+                        "model_args": f"pretrained={folder},dtype={args.dtype}",
+                        "device": args.device,
+                        "batch_size": args.batch_size,
+                    }
+                )
                 t0 = time.perf_counter()
-                out = lm_eval.simple_evaluate(model=make(), tasks=[task], task_manager=manager, limit=limit,
-                                              log_samples=True, bootstrap_iters=0, **kw)
+                out = lm_eval.simple_evaluate(
+                    model=make(),
+                    tasks=[task],
+                    task_manager=manager,
+                    limit=limit,
+                    log_samples=True,
+                    bootstrap_iters=0,
+                    **kw,
+                )
                 seconds = time.perf_counter() - t0
                 docs = out["samples"][task]
                 n_req = sum(len(d["resps"]) for d in docs)
                 samples[(name, task)] = {d["doc_id"]: [r[0][0] for r in d["resps"]] for d in docs}
-                rows.append({"backend": name, "task": task, "docs": len(docs), "requests": n_req,
-                             "seconds": seconds, "docs_per_s": len(docs) / seconds, "requests_per_s": n_req / seconds,
-                             "params": model.num_params(), "dtype": args.dtype})
+                rows.append(
+                    {
+                        "backend": name,
+                        "task": task,
+                        "docs": len(docs),
+                        "requests": n_req,
+                        "seconds": seconds,
+                        "docs_per_s": len(docs) / seconds,
+                        "requests_per_s": n_req / seconds,
+                        "params": model.num_params(),
+                        "dtype": args.dtype,
+                    }
+                )
                 print(rows[-1], flush=True)
     for task in tasks:
         ours, ref = samples[("rwkv_lab", task)], samples[("hf", task)]

@@ -19,19 +19,31 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from rwkv_lab.checkpoint import save_model  # noqa: E402
-from rwkv_lab.eval_tasks import task_manager  # noqa: E402
-from rwkv_lab.profiler import real_rwkv  # noqa: E402
-from rwkv_lab.results import results_dir, write_table  # noqa: E402
+from rwkv_lab.evaluation.tasks import task_manager
+from rwkv_lab.loading.checkpoint import save_model
+from rwkv_lab.model import build_at_size
+from rwkv_lab.results import results_dir, write_table
 
 
 def run(launcher, args, checkpoint, tasks_dir, out):
-    cmd = launcher + ["-m", "rwkv_lab.evaluation", "--model", "rwkv_lab", "--model_args",
-                      f"pretrained={checkpoint},tokenizer={args.tokenizer},dtype={args.dtype}",
-                      "--device", args.device, "--batch_size", str(args.batch_size), "--tasks", args.tasks,
-                      "--include_path", str(tasks_dir), "--output_path", str(out)]
+    cmd = launcher + [
+        "-m",
+        "rwkv_lab.evaluation",
+        "--model",
+        "rwkv_lab",
+        "--model_args",
+        f"pretrained={checkpoint},tokenizer={args.tokenizer},dtype={args.dtype}",
+        "--device",
+        args.device,
+        "--batch_size",
+        str(args.batch_size),
+        "--tasks",
+        args.tasks,
+        "--include_path",
+        str(tasks_dir),
+        "--output_path",
+        str(out),
+    ]
     env = os.environ | {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -55,19 +67,29 @@ def main():
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        checkpoint = save_model(real_rwkv(args.preset, torch.float16, "cpu"), tmp / "model.safetensors")
+        checkpoint = save_model(build_at_size(args.preset, torch.float16, "cpu"), tmp / "model.safetensors")
         task_manager(args.data_dir, tmp / "tasks")
         one, r1 = run([sys.executable], args, checkpoint, tmp / "tasks", tmp / "one")
-        many, rn = run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}"], args,
-                       checkpoint, tmp / "tasks", tmp / "many")
-    same = all(abs(r1[t][k] - rn[t][k]) <= 1e-6 * max(1, abs(r1[t][k])) for t in r1 for k in r1[t]
-               if isinstance(r1[t][k], float) and "stderr" not in k)
+        many, rn = run(
+            [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}"],
+            args,
+            checkpoint,
+            tmp / "tasks",
+            tmp / "many",
+        )
+    same = all(
+        abs(r1[t][k] - rn[t][k]) <= 1e-6 * max(1, abs(r1[t][k]))
+        for t in r1
+        for k in r1[t]
+        if isinstance(r1[t][k], float) and "stderr" not in k
+    )
     frame = pd.DataFrame([{"processes": 1, "seconds": one}, {"processes": args.nproc, "seconds": many}])
     frame["speedup"] = one / frame["seconds"]
     frame["metrics_equal_one_process"] = [True, same]
     print(frame.to_string(), json.dumps(r1, indent=1)[:1500])
-    write_table(results_dir() / "lm_eval" / "data_parallel.csv", frame, vars(args) | {"metrics": r1},
-                device=args.device)
+    write_table(
+        results_dir() / "lm_eval" / "data_parallel.csv", frame, vars(args) | {"metrics": r1}, device=args.device
+    )
 
 
 if __name__ == "__main__":

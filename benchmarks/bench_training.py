@@ -11,22 +11,19 @@ measured. MFU = model FLOPs per second (rwkv_lab.cost: RWKV 3 x 2 (V D + 13 D^2 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from rwkv_lab import cost
+from rwkv_lab.baseline import PYTHIA_FOR, pythia_model
+from rwkv_lab.config import get_config
+from rwkv_lab.measure.timing import is_oom, time_fn
+from rwkv_lab.model import RWKV, init_weights
+from rwkv_lab.results import results_dir, write_table
 
-from rwkv_lab import cost  # noqa: E402
-from rwkv_lab.bench import is_oom, time_fn  # noqa: E402
-from rwkv_lab.config import get_config  # noqa: E402
-from rwkv_lab.model import RWKV, init_weights  # noqa: E402
-from rwkv_lab.profiler import PYTHIA_FOR, pythia_model  # noqa: E402
-from rwkv_lab.results import results_dir, write_table  # noqa: E402
 
 def matmul_peak(device, n: int = 8192) -> float:
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
@@ -45,8 +42,12 @@ def build_rwkv(size: str, device):
 def build_pythia(name: str, device, context: int):
     model = pythia_model(name, torch.float32, device, max_positions=max(2048, context))
     L, D, V = model.config.num_hidden_layers, model.config.hidden_size, model.config.vocab_size
-    return (model, V, lambda T: cost.training_flops_per_token(cost.transformer_forward_flops_per_token(L, D, V, T)),
-            lambda m, x: m(input_ids=x, use_cache=False).logits)
+    return (
+        model,
+        V,
+        lambda T: cost.training_flops_per_token(cost.transformer_forward_flops_per_token(L, D, V, T)),
+        lambda m, x: m(input_ids=x, use_cache=False).logits,
+    )
 
 
 def step_time(model, vocab, forward, batch, context, device) -> float:
@@ -77,27 +78,40 @@ def main():
     peak = matmul_peak(device)
     datasheet = cost.H200 if "H200" in torch.cuda.get_device_name(device) else cost.H100
     print(f"measured bf16 matmul peak {peak / 1e12:.0f} TFLOP/s; datasheet {datasheet.peak_flops / 1e12:.0f}")
-    params = vars(args) | {"measured_peak_flops": peak, "datasheet": datasheet.name,
-                           "datasheet_peak_flops": datasheet.peak_flops}
+    params = vars(args) | {
+        "measured_peak_flops": peak,
+        "datasheet": datasheet.name,
+        "datasheet_peak_flops": datasheet.peak_flops,
+    }
     rows = []
-    jobs = [(arch, size, int(T)) for size in args.sizes.split(",") for T in args.contexts.split(",")
-            for arch in ("RWKV-4", "Pythia")]
+    jobs = [
+        (arch, size, int(T))
+        for size in args.sizes.split(",")
+        for T in args.contexts.split(",")
+        for arch in ("RWKV-4", "Pythia")
+    ]
     for arch, size, T in tqdm(jobs, desc="training step"):
         batch = max(1, args.tokens_per_step // T)
         name = size if arch == "RWKV-4" else PYTHIA_FOR[size]
         row = {"arch": arch, "model": name, "context": T, "batch": batch}
         model = None
         try:
-            model, vocab, flops_per_token, forward = (build_rwkv(size, device) if arch == "RWKV-4"
-                                                       else build_pythia(name, device, T))
+            model, vocab, flops_per_token, forward = (
+                build_rwkv(size, device) if arch == "RWKV-4" else build_pythia(name, device, T)
+            )
             torch.cuda.reset_peak_memory_stats(device)
             seconds = step_time(model, vocab, forward, batch, T, device)
             tps = batch * T / seconds
-            row |= {"status": "ok", "params": sum(p.numel() for p in model.parameters()), "step_ms": seconds * 1e3,
-                    "tokens_per_s": tps, "train_flops_per_token": flops_per_token(T),
-                    "mfu_vs_measured_peak": cost.mfu(tps, flops_per_token(T), peak),
-                    "mfu_vs_datasheet": cost.mfu(tps, flops_per_token(T), datasheet.peak_flops),
-                    "peak_mem_GiB": torch.cuda.max_memory_allocated(device) / 2**30}
+            row |= {
+                "status": "ok",
+                "params": sum(p.numel() for p in model.parameters()),
+                "step_ms": seconds * 1e3,
+                "tokens_per_s": tps,
+                "train_flops_per_token": flops_per_token(T),
+                "mfu_vs_measured_peak": cost.mfu(tps, flops_per_token(T), peak),
+                "mfu_vs_datasheet": cost.mfu(tps, flops_per_token(T), datasheet.peak_flops),
+                "peak_mem_GiB": torch.cuda.max_memory_allocated(device) / 2**30,
+            }
         except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
             if not is_oom(err):
                 raise

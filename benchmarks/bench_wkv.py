@@ -14,21 +14,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import pandas as pd
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from rwkv_lab import wkv_triton  # noqa: E402
-from rwkv_lab.bench import copy_bandwidth, measure  # noqa: E402
-from rwkv_lab.equivalence import rel_error  # noqa: E402
-from rwkv_lab.numerics import study_inputs  # noqa: E402
-from rwkv_lab.results import results_dir, write_json, write_table  # noqa: E402
-from rwkv_lab.wkv import BACKENDS, P_EMPTY, wkv, wkv_chunked, wkv_recurrent  # noqa: E402
+from rwkv_lab.analysis.equivalence import rel_error
+from rwkv_lab.analysis.wkv_error import study_inputs
+from rwkv_lab.measure.timing import copy_bandwidth, measure
+from rwkv_lab.results import results_dir, write_json, write_table
+from rwkv_lab.wkv import BACKENDS, wkv, wkv_chunked, wkv_recurrent
+from rwkv_lab.wkv import triton_kernels as wkv_triton
 
 SHAPES = [(8, 1024, 768), (8, 1024, 2048), (16, 4096, 2048), (1, 4096, 2048), (1, 16384, 2048), (1, 65536, 4096)]
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -40,9 +37,14 @@ def official_inputs(B, T, C, dtype, device, seed=0, extreme=False, state=True):
     w, u, k, v = study_inputs(T, C, "extreme" if extreme else "official", batch=B, generator=gen)
     s = None
     if state:
-        s = torch.stack([torch.randn(B, C, generator=gen, dtype=torch.float64),
-                         torch.rand(B, C, generator=gen, dtype=torch.float64) + 0.5,
-                         3 * torch.randn(B, C, generator=gen, dtype=torch.float64)], dim=1).float()
+        s = torch.stack(
+            [
+                torch.randn(B, C, generator=gen, dtype=torch.float64),
+                torch.rand(B, C, generator=gen, dtype=torch.float64) + 0.5,
+                3 * torch.randn(B, C, generator=gen, dtype=torch.float64),
+            ],
+            dim=1,
+        ).float()
     to = lambda x, dt: x.to(device=device, dtype=dt)  # noqa: E731
     return to(w, torch.float32), to(u, torch.float32), to(k, dtype), to(v, dtype), None if s is None else s.to(device)
 
@@ -53,7 +55,7 @@ def check_kernel(device, quick: bool) -> list[dict]:
     if not quick:
         cases += [(1, 16384, 512), (1, 65537, 128), (1, 1 << 20, 64)]
     rows = []
-    for (B, T, C) in tqdm(cases, desc="kernel check"):
+    for B, T, C in tqdm(cases, desc="kernel check"):
         for extreme in (False, True):
             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
                 if (extreme or T > 100_000) and dtype != torch.float32:
@@ -68,9 +70,16 @@ def check_kernel(device, quick: bool) -> list[dict]:
                 ref = wkv_recurrent if T <= 4096 else wkv_chunked
                 y_ref, s_ref = ref(*ref_leaves)
                 ((y_ref * gy.double()).sum() + (s_ref * gs.double()).sum()).backward()
-                row = {"B": B, "T": T, "C": C, "dtype": name, "inputs": "extreme" if extreme else "official-init",
-                       "reference": ref.__name__ + " fp64", "rel_err_y": rel_error(y, y_ref),
-                       "rel_err_state": rel_error(s, s_ref)}
+                row = {
+                    "B": B,
+                    "T": T,
+                    "C": C,
+                    "dtype": name,
+                    "inputs": "extreme" if extreme else "official-init",
+                    "reference": ref.__name__ + " fp64",
+                    "rel_err_y": rel_error(y, y_ref),
+                    "rel_err_state": rel_error(s, s_ref),
+                }
                 for n, a, r in zip(["w", "u", "k", "v", "state"], leaves, ref_leaves):
                     row[f"rel_err_d{n}"] = rel_error(a.grad, r.grad)
                 row["finite"] = all(torch.isfinite(t).all().item() for t in [y, s] + [a.grad for a in leaves])
@@ -91,6 +100,7 @@ def peer_fla():
         state = s[:, :, None, :].contiguous()
         y, s_out = fused_recurrent_rwkv4(td, u, k, v, state)
         return y, s_out
+
     return run
 
 
@@ -109,6 +119,7 @@ def peer_rwkv_cuda():
         aa, bb, pp = (x.clone() for x in s[0])
         torch.ops.rwkv.wkv_forward(1, T, C, -w, u, k[0], v[0], y, aa, bb, pp)
         return y
+
     return run
 
 
@@ -127,7 +138,7 @@ def bench(device, quick: bool, backends: list[str]) -> list[dict]:
         for name in backends:
             if name == "recurrent" and T > 4096:
                 continue  # a Python loop of T GPU steps: minutes per call at these lengths
-            candidates[name] = (lambda n: (lambda *a: wkv(*a, backend=n)))(name)
+            candidates[name] = (lambda n: lambda *a: wkv(*a, backend=n))(name)
         if fla is not None:
             candidates["fla fused_recurrent_rwkv4"] = lambda w, u, k, v, s: fla(w, u, k, v, s, backward=k.requires_grad)
         for name, fn in candidates.items():
@@ -139,16 +150,27 @@ def bench(device, quick: bool, backends: list[str]) -> list[dict]:
             def fwd_bwd():
                 y, _ = fn(w, leaves[0], leaves[1], leaves[2], s)
                 y.backward(gy)
+
             fb = measure(fwd_bwd, device)
             rows.append(row(name, B, T, C, dname, fwd, fb, fwd_bytes, fb_bytes))
-            del leaves, gy
         if rwkv_cuda is not None and B == 1:
             w, u, k, v, s = inputs
             kk, vv = (k, v) if dtype == torch.float32 else (k.half(), v.half())
             fwd = measure(lambda: rwkv_cuda(w, u, kk, vv, s), device)
             name = "rwkv cuda_wkv" + (" (fp16)" if dtype != torch.float32 else "")
-            rows.append(row(name, B, T, C, dname, fwd, {"status": "n/a", "seconds": None, "peak_bytes": None},
-                            fwd_bytes, fb_bytes))
+            rows.append(
+                row(
+                    name,
+                    B,
+                    T,
+                    C,
+                    dname,
+                    fwd,
+                    {"status": "n/a", "seconds": None, "peak_bytes": None},
+                    fwd_bytes,
+                    fb_bytes,
+                )
+            )
         del inputs
         torch.cuda.empty_cache()
     return rows
@@ -174,8 +196,17 @@ def cpu_speed(out_dir: Path):
     with torch.no_grad():
         for name in ("recurrent", "chunked"):
             m = measure(lambda: BACKENDS[name](w, u, k, v, s), "cpu", warmup=1, repeat=7)
-            rows.append({"backend": name, "B": shape[0], "T": shape[1], "C": shape[2], "dtype": "fp32",
-                         "fwd_ms": m["seconds"] * 1e3, "threads": torch.get_num_threads()})
+            rows.append(
+                {
+                    "backend": name,
+                    "B": shape[0],
+                    "T": shape[1],
+                    "C": shape[2],
+                    "dtype": "fp32",
+                    "fwd_ms": m["seconds"] * 1e3,
+                    "threads": torch.get_num_threads(),
+                }
+            )
     rows.append({"backend": "speedup chunked/recurrent", "fwd_ms": rows[0]["fwd_ms"] / rows[1]["fwd_ms"]})
     path = write_table(out_dir / "wkv_cpu_speed.csv", pd.DataFrame(rows), {"shape": shape}, device="cpu")
     print(pd.DataFrame(rows).to_string(), "\n->", path)
@@ -194,14 +225,21 @@ def main():
     if args.device == "cpu":
         return cpu_speed(out_dir)
     device = torch.device(args.device)
-    params = {"quick": args.quick, "chunk": wkv_triton.CHUNK, "block_c": wkv_triton.BLOCK_C,
-              "scan_block": wkv_triton.SCAN_BLOCK}
+    params = {
+        "quick": args.quick,
+        "chunk": wkv_triton.CHUNK,
+        "block_c": wkv_triton.BLOCK_C,
+        "scan_block": wkv_triton.SCAN_BLOCK,
+    }
     if not args.skip_check:
         checks = check_kernel(device, args.quick)
         write_json(out_dir / "wkv_kernel_check.json", checks, params, device=device)
         worst = max(max(r[k] for k in r if k.startswith("rel_err")) for r in checks if r["dtype"] == "fp32")
-        print(pd.DataFrame(checks)[["B", "T", "C", "dtype", "inputs", "rel_err_y", "rel_err_state", "rel_err_dk",
-                                    "rel_err_dw", "finite"]].to_string())
+        print(
+            pd.DataFrame(checks)[
+                ["B", "T", "C", "dtype", "inputs", "rel_err_y", "rel_err_state", "rel_err_dk", "rel_err_dw", "finite"]
+            ].to_string()
+        )
         print(f"worst fp32 relative error: {worst:.2e}")
     if args.check_only:
         return

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,15 +22,21 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from rwkv_lab.bench import copy_bandwidth, is_oom  # noqa: E402
-from rwkv_lab.checkpoint import save_model  # noqa: E402
-from rwkv_lab.model import RWKV  # noqa: E402
-from rwkv_lab.profiler import (PYTHIA_FOR, _time, finish, free_memory, generation_series, measure_prefill,  # noqa: E402
-                               measure_training, pythia_model, real_rwkv, rwkv_subject, series,
-                               transformer_subject)
-from rwkv_lab.results import results_dir, write_table  # noqa: E402
+from rwkv_lab.baseline import PYTHIA_FOR, pythia_model
+from rwkv_lab.loading.checkpoint import save_model
+from rwkv_lab.measure.memory import free_memory
+from rwkv_lab.measure.profiler import (
+    finish,
+    generation_series,
+    measure_prefill,
+    measure_training,
+    rwkv_subject,
+    series,
+    transformer_subject,
+)
+from rwkv_lab.measure.timing import copy_bandwidth, is_oom, time_fn
+from rwkv_lab.model import RWKV, build_at_size
+from rwkv_lab.results import results_dir, write_table
 
 
 def doubling(lo: int, hi: int) -> list[int]:
@@ -54,14 +59,38 @@ def peer_rows(model: RWKV, size: str, args) -> list[dict]:
 
         pkg = PackageRWKV(model=str(pth)[:-4], strategy="cuda fp16")
         tokens = torch.randint(1, 50277, (args.peer_prefill,)).tolist()
-        s = _time(lambda: pkg.forward(tokens, None), "cuda", 3)
-        rows.append(base | {"model": f"rwkv package {size}", "arch": "rwkv-package", "kind": "prefill",
-                            "context": len(tokens), "status": "ok", "seconds": s, "tokens_per_s": len(tokens) / s})
+        s = time_fn(lambda: pkg.forward(tokens, None), "cuda", warmup=1, repeat=3)
+        rows.append(
+            base
+            | {
+                "model": f"rwkv package {size}",
+                "arch": "rwkv-package",
+                "kind": "prefill",
+                "context": len(tokens),
+                "status": "ok",
+                "seconds": s,
+                "tokens_per_s": len(tokens) / s,
+            }
+        )
         _, state = pkg.forward(tokens[:1024], None)
-        s = _time(lambda: [pkg.forward([t], [x.clone() for x in state]) for t in tokens[:16]], "cuda", 3) / 16
-        rows.append(base | {"model": f"rwkv package {size}", "arch": "rwkv-package", "kind": "generation",
-                            "context": 1024, "status": "ok", "seconds": s, "tokens_per_s": 1 / s})
-        del pkg
+        s = (
+            time_fn(
+                lambda: [pkg.forward([t], [x.clone() for x in state]) for t in tokens[:16]], "cuda", warmup=1, repeat=3
+            )
+            / 16
+        )
+        rows.append(
+            base
+            | {
+                "model": f"rwkv package {size}",
+                "arch": "rwkv-package",
+                "kind": "generation",
+                "context": 1024,
+                "status": "ok",
+                "seconds": s,
+                "tokens_per_s": 1 / s,
+            }
+        )
         free_memory("cuda")
         if args.hf_peer_prefill:
             from transformers import RwkvForCausalLM
@@ -74,19 +103,40 @@ def peer_rows(model: RWKV, size: str, args) -> list[dict]:
                 out = hf(x, use_cache=True)
                 torch.cuda.synchronize()
                 s = time.perf_counter() - t0
-                rows.append(base | {"model": f"transformers RWKV {size}", "arch": "rwkv-transformers",
-                                    "kind": "prefill", "context": x.shape[1], "status": "ok", "seconds": s,
-                                    "tokens_per_s": x.shape[1] / s})
+                rows.append(
+                    base
+                    | {
+                        "model": f"transformers RWKV {size}",
+                        "arch": "rwkv-transformers",
+                        "kind": "prefill",
+                        "context": x.shape[1],
+                        "status": "ok",
+                        "seconds": s,
+                        "tokens_per_s": x.shape[1] / s,
+                    }
+                )
                 st = out.state
                 tok = x[:, -1:]
-                s = _time(lambda: hf(tok, state=[t.clone() for t in st], use_cache=True), "cuda", 5)
-                rows.append(base | {"model": f"transformers RWKV {size}", "arch": "rwkv-transformers",
-                                    "kind": "generation", "context": x.shape[1], "status": "ok", "seconds": s,
-                                    "tokens_per_s": 1 / s})
+                s = time_fn(lambda: hf(tok, state=[t.clone() for t in st], use_cache=True), "cuda", warmup=1, repeat=5)
+                rows.append(
+                    base
+                    | {
+                        "model": f"transformers RWKV {size}",
+                        "arch": "rwkv-transformers",
+                        "kind": "generation",
+                        "context": x.shape[1],
+                        "status": "ok",
+                        "seconds": s,
+                        "tokens_per_s": 1 / s,
+                    }
+                )
             from transformers.models.rwkv import modeling_rwkv
 
-            rows[-1]["note"] = rows[-2]["note"] = ("CUDA kernel" if getattr(modeling_rwkv, "rwkv_cuda_kernel", None)
-                                                   is not None else "Python loop (no kernel)")
+            rows[-1]["note"] = rows[-2]["note"] = (
+                "CUDA kernel"
+                if getattr(modeling_rwkv, "rwkv_cuda_kernel", None) is not None
+                else "Python loop (no kernel)"
+            )
             del hf
             free_memory("cuda")
     return rows
@@ -112,7 +162,10 @@ def main():
     args = parser.parse_args()
     device, dtype = torch.device("cuda"), getattr(torch, args.dtype)
     bandwidth = copy_bandwidth(device)
-    params = vars(args) | {"copy_bandwidth_Bps": bandwidth, "gpu_total_bytes": torch.cuda.get_device_properties(0).total_memory}
+    params = vars(args) | {
+        "copy_bandwidth_Bps": bandwidth,
+        "gpu_total_bytes": torch.cuda.get_device_properties(0).total_memory,
+    }
     print(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s", flush=True)
     rows, out = [], results_dir() / "profile" / f"memory_profile{args.tag}.csv"
     for size in args.sizes.split(","):
@@ -121,16 +174,18 @@ def main():
                 continue
             free_memory(device)
             if arch == "rwkv":
-                model = real_rwkv(size, dtype, device)
-                subject = rwkv_subject(model, f"RWKV-4 {size}" + (" compiled" if args.compile else ""),
-                                       compile=args.compile)
+                model = build_at_size(size, dtype, device)
+                subject = rwkv_subject(
+                    model, f"RWKV-4 {size}" + (" compiled" if args.compile else ""), compile=args.compile
+                )
             else:
                 model = pythia_model(PYTHIA_FOR[size], dtype, device, max_positions=2**21)
                 subject = transformer_subject(model, PYTHIA_FOR[size])
             B = args.batch
             rows += series(measure_prefill, subject, B, doubling(512, args.prefill_max))
-            rows += generation_series(subject, B, doubling(1024, args.gen_max), args.decode_steps,
-                                      max_seconds=args.series_seconds)
+            rows += generation_series(
+                subject, B, doubling(1024, args.gen_max), args.decode_steps, max_seconds=args.series_seconds
+            )
             rows += series(measure_training, subject, B, doubling(512, args.train_max))
             if arch == "rwkv" and size in args.peers.split(","):
                 try:

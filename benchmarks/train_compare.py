@@ -1,4 +1,4 @@
-"""RWKV-4 vs a matched GPT-NeoX transformer, trained on the same tokens with the same recipe (rwkv_lab.train).
+"""RWKV-4 vs a matched GPT-NeoX transformer, trained on the same tokens with the same recipe (rwkv_lab.training).
 
     python benchmarks/train_compare.py --sizes byte-4x128,byte-6x256,byte-10x384 --contexts 512 --tokens 40M
 
@@ -12,20 +12,16 @@ Out-of-memory is a recorded outcome, and runs that would start after `--deadline
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from rwkv_lab.bench import is_oom  # noqa: E402
-from rwkv_lab.checkpoint import save_model  # noqa: E402
-from rwkv_lab.corpus import build_corpus, unigram_loss  # noqa: E402
-from rwkv_lab.results import results_dir, write_table  # noqa: E402
-from rwkv_lab.train import TrainConfig, Trainer, bits_per_byte, parse_count  # noqa: E402
+from rwkv_lab.loading.checkpoint import save_model
+from rwkv_lab.measure.timing import is_oom
+from rwkv_lab.results import results_dir, write_table
+from rwkv_lab.training.corpus import build_corpus, unigram_loss
+from rwkv_lab.training.trainer import TrainConfig, Trainer, bits_per_byte, parse_count
 
 
 def main():
@@ -43,18 +39,33 @@ def main():
     args = parser.parse_args()
     t_start = time.time()
     corpus = build_corpus()
-    base = {"corpus": corpus.summary(), "unigram_val_loss": unigram_loss(corpus),
-            "unigram_val_bpb": bits_per_byte(unigram_loss(corpus), corpus.val_bytes_per_token)}
+    base = {
+        "corpus": corpus.summary(),
+        "unigram_val_loss": unigram_loss(corpus),
+        "unigram_val_bpb": bits_per_byte(unigram_loss(corpus), corpus.val_bytes_per_token),
+    }
     print(base, flush=True)
     out = results_dir() / "training"
     curves, summary = [], []
     for context in map(int, args.contexts.split(",")):
         for size in args.sizes.split(","):
             for arch in ("rwkv", "transformer"):
-                cfg = TrainConfig(arch=arch, model=size, context=context, tokens=args.tokens, lr=args.lr,
-                                  batch_size=max(1, args.tokens_per_step // context), eval_every=args.eval_every)
-                row = {"arch": arch, "model": size, "context": context, "batch_size": cfg.batch_size,
-                       "tokens": args.tokens}
+                cfg = TrainConfig(
+                    arch=arch,
+                    model=size,
+                    context=context,
+                    tokens=args.tokens,
+                    lr=args.lr,
+                    batch_size=max(1, args.tokens_per_step // context),
+                    eval_every=args.eval_every,
+                )
+                row = {
+                    "arch": arch,
+                    "model": size,
+                    "context": context,
+                    "batch_size": cfg.batch_size,
+                    "tokens": args.tokens,
+                }
                 if args.deadline_min and time.time() - t_start > 60 * args.deadline_min:
                     summary.append(row | {"status": "skipped (deadline)"})
                     continue
@@ -64,13 +75,21 @@ def main():
                     frame = trainer.run()
                     final = frame.dropna(subset=["val_loss"]).iloc[-1]
                     steady = frame.iloc[len(frame) // 2 :]  # after compilation and warm-up
-                    row |= {"status": "ok", "params": trainer.n_params, "val_loss": final["val_loss"],
-                            "val_bpb": final["val_bpb"], "tokens_per_s": float(steady["tokens_per_s"].median()),
-                            "train_seconds": final["train_seconds"], "flops": final["flops"],
-                            "peak_memory_GiB": frame["peak_memory_bytes"].max() / 2**30}
+                    row |= {
+                        "status": "ok",
+                        "params": trainer.n_params,
+                        "val_loss": final["val_loss"],
+                        "val_bpb": final["val_bpb"],
+                        "tokens_per_s": float(steady["tokens_per_s"].median()),
+                        "train_seconds": final["train_seconds"],
+                        "flops": final["flops"],
+                        "peak_memory_GiB": frame["peak_memory_bytes"].max() / 2**30,
+                    }
                     curves.append(frame)
                     if arch == "rwkv" and size == args.export_size and context == args.export_context:
-                        save_model(trainer.model, out / f"{size}-T{context}{args.tag}.safetensors", dtype=torch.bfloat16)
+                        save_model(
+                            trainer.model, out / f"{size}-T{context}{args.tag}.safetensors", dtype=torch.bfloat16
+                        )
                 except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
                     if not is_oom(err):
                         raise

@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from rwkv_lab.numerics import plot_study, run_study  # noqa: E402
-from rwkv_lab.results import results_dir, save_figure, write_table  # noqa: E402
+from rwkv_lab.analysis.wkv_error import plot_study, run_study
+from rwkv_lab.results import results_dir, save_figure, write_table
 
 
 def main():
@@ -44,8 +40,11 @@ def main():
     check = pd.DataFrame(json.loads(check_path.read_text())["results"]) if check_path.exists() else None
     save_figure(plot_study(frame, check), out / "figures" / "wkv_numerics.png", params, device=args.device)
     ok = frame[frame["status"] == "ok"]
-    print(ok.pivot_table(index=["inputs", "T"], columns=["backend", "dtype"], values="rel_err_y").to_string(
-        float_format=lambda x: f"{x:.1e}"))
+    print(
+        ok.pivot_table(index=["inputs", "T"], columns=["backend", "dtype"], values="rel_err_y").to_string(
+            float_format=lambda x: f"{x:.1e}"
+        )
+    )
     print("non-finite values:", int(ok["nonfinite"].sum()))
 
 

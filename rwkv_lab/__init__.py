@@ -1,16 +1,41 @@
-"""rwkv-lab: RWKV-4 in its parallel (transformer) and recurrent (RNN) formulations, with the tools to compare them."""
+"""rwkv-lab: RWKV-4 in its parallel (transformer) and recurrent (RNN) formulations, with the tools to compare them.
 
-from .checkpoint import CheckpointError, convert, load_model, save_model
+The layers, each importing only from those above it in this list (ARCHITECTURE.md):
+    config, model, wkv/, baseline   the model core (and the transformer it is compared with)
+    results, cost                   results with provenance; the training-cost arithmetic
+    loading/                        checkpoints, hub, tokenizers, the embedded default model
+    inference/                      generation through the fast decoder, sampling on the device
+    training/                       trainer, corpus, loss
+    measure/                        timing, memory, the sweeps against a transformer
+    evaluation/                     the lm-eval backend, tasks, published tables
+    analysis/                       equivalence, numerics, implicit attention, state dynamics
+"""
+
+from .analysis.equivalence import compare_formulations, rel_error
 from .config import PRESETS, RWKVConfig, get_config
-from .default import default_model
-from .equivalence import compare_formulations, rel_error
-from .generation import generate, stream
+from .inference.generation import generate, stream
+from .loading.checkpoint import CheckpointError, convert, default_model, load_model, save_model
+from .loading.tokenizer import ByteTokenizer, load_tokenizer, tokenizer_for
 from .model import RWKV, build_model, init_weights
-from .tokenizer import ByteTokenizer, load_tokenizer, tokenizer_for
 
 __all__ = [
-    "ByteTokenizer", "CheckpointError", "PRESETS", "RWKV", "RWKVConfig", "build_model",
-    "compare_formulations", "convert", "default_model", "generate", "get_config", "init_weights", "load_model",
-    "load_tokenizer", "rel_error", "save_model", "stream", "tokenizer_for",
+    "ByteTokenizer",
+    "CheckpointError",
+    "PRESETS",
+    "RWKV",
+    "RWKVConfig",
+    "build_model",
+    "compare_formulations",
+    "convert",
+    "default_model",
+    "generate",
+    "get_config",
+    "init_weights",
+    "load_model",
+    "load_tokenizer",
+    "rel_error",
+    "save_model",
+    "stream",
+    "tokenizer_for",
 ]
 __version__ = "0.1.0"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .checkpoint import FORMATS, SUPPORTED_DTYPES, convert, load_model
-from .generation import stream
-from .tokenizer import tokenizer_for
+from .inference.generation import stream
+from .loading.checkpoint import FORMATS, SUPPORTED_DTYPES, convert, load_model
+from .loading.tokenizer import tokenizer_for
 
 
 def main(argv=None) -> int:
@@ -41,8 +41,16 @@ def main(argv=None) -> int:
     elif args.command == "generate":
         model = load_model(args.model, dtype=args.dtype, device=args.device)
         tokenizer = tokenizer_for(model, args.tokenizer)
-        for piece in stream(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
-                            temperature=args.temperature, top_p=args.top_p, seed=args.seed, stop=args.stop):
+        for piece in stream(
+            model,
+            tokenizer,
+            args.prompt,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+            stop=args.stop,
+        ):
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")

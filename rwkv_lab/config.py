@@ -48,7 +48,7 @@ class RWKVConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RWKVConfig":
+    def from_dict(cls, d: dict) -> RWKVConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:

@@ -37,6 +37,7 @@ A100_PRICE_AWS = 4.096  # $/GPU-hour, AWS p4d.24xlarge ($32.77/h) / 8, as quoted
 
 # ---- FLOPs -------------------------------------------------------------------------------------------------------
 
+
 def training_flops(params: float, tokens: float, flops_per_param_token: float = TRAIN_FLOPS_PER_PARAM_TOKEN) -> float:
     """The 6 N D rule."""
     return flops_per_param_token * params * tokens
@@ -61,6 +62,7 @@ def training_flops_per_token(forward_flops_per_token: float) -> float:
 
 # ---- time and money ----------------------------------------------------------------------------------------------
 
+
 def gpu_hours(flops: float, accelerator: Accelerator = A100, efficiency: float = 1.0) -> float:
     """GPU-hours to do `flops` at `efficiency` (MFU) of the accelerator's peak."""
     return flops / (accelerator.flops_per_hour * efficiency)
@@ -83,8 +85,13 @@ def cost(hours: float, price_per_hour: float) -> float:
     return hours * price_per_hour
 
 
-def training_cost(params: float, tokens: float, accelerator: Accelerator = A100, efficiency: float = 1.0,
-                  price_per_hour: float | None = None) -> float:
+def training_cost(
+    params: float,
+    tokens: float,
+    accelerator: Accelerator = A100,
+    efficiency: float = 1.0,
+    price_per_hour: float | None = None,
+) -> float:
     """Dollars to train `params` on `tokens` (6 N D FLOPs) at `efficiency` of the accelerator's peak."""
     price = price_per_hour if price_per_hour is not None else accelerator.price_per_hour
     if price is None:
@@ -92,14 +99,33 @@ def training_cost(params: float, tokens: float, accelerator: Accelerator = A100,
     return cost(gpu_hours(training_flops(params, tokens), accelerator, efficiency), price)
 
 
-def tokens_for_budget(dollars: float, params: float, accelerator: Accelerator = A100, efficiency: float = 1.0,
-                      price_per_hour: float | None = None) -> float:
+def run_estimate(
+    params_B: float, tokens_B: float, gpu: str = "H100 SXM", price: float = 2.0, efficiency: float = 0.3, gpus: int = 64
+) -> dict:
+    """A training run in the units a reader thinks in: GPU-hours, days on `gpus` GPUs and dollars at `price` per
+    GPU-hour, for `params_B` billion parameters on `tokens_B` billion tokens at `efficiency` (MFU)."""
+    hours = gpu_hours(training_flops(params_B * 1e9, tokens_B * 1e9), ACCELERATORS[gpu], efficiency)
+    return {"GPU-hours": hours, "days": wall_clock_days(hours, gpus), "$": cost(hours, price)}
+
+
+def tokens_for_budget(
+    dollars: float,
+    params: float,
+    accelerator: Accelerator = A100,
+    efficiency: float = 1.0,
+    price_per_hour: float | None = None,
+) -> float:
     """How many tokens a budget trains a model of `params` parameters on (the inverse of training_cost)."""
     return dollars / training_cost(params, 1.0, accelerator, efficiency, price_per_hour)
 
 
-def params_for_budget(dollars: float, tokens: float, accelerator: Accelerator = A100, efficiency: float = 1.0,
-                      price_per_hour: float | None = None) -> float:
+def params_for_budget(
+    dollars: float,
+    tokens: float,
+    accelerator: Accelerator = A100,
+    efficiency: float = 1.0,
+    price_per_hour: float | None = None,
+) -> float:
     """How large a model a budget trains on `tokens` tokens."""
     return dollars / training_cost(1.0, tokens, accelerator, efficiency, price_per_hour)
 
@@ -156,8 +182,9 @@ def seed_table():
     import pandas as pd
 
     ours = seed_estimate()
-    return pd.DataFrame([{"quantity": key, "post": SEED_POST_FIGURES[key], "computed": value}
-                         for key, value in ours.items()])
+    return pd.DataFrame(
+        [{"quantity": key, "post": SEED_POST_FIGURES[key], "computed": value} for key, value in ours.items()]
+    )
 
 
 def flops_vs_context(n_layer: int, d_model: int, vocab_size: int, contexts):
@@ -169,6 +196,12 @@ def flops_vs_context(n_layer: int, d_model: int, vocab_size: int, contexts):
     for T in contexts:
         tf = training_flops_per_token(transformer_forward_flops_per_token(n_layer, d_model, vocab_size, T))
         attention = training_flops_per_token(4 * n_layer * d_model * T)
-        rows.append({"context": T, "rwkv_flops_per_token": rwkv, "transformer_flops_per_token": tf,
-                     "transformer_attention_share": attention / tf})
+        rows.append(
+            {
+                "context": T,
+                "rwkv_flops_per_token": rwkv,
+                "transformer_flops_per_token": tf,
+                "transformer_attention_share": attention / tf,
+            }
+        )
     return pd.DataFrame(rows)

@@ -14,12 +14,13 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .config import RWKVConfig
+from .config import RWKVConfig, get_config
 from .wkv import P_EMPTY, compute_dtype, wkv
 
 ATT_X, ATT_A, ATT_B, ATT_P, FFN_X = range(5)
+# fp16: the residual stream is halved every RESCALE_EVERY layers (the rwkv package's and transformers' default)
+RESCALE_EVERY = 6
 STATE_SLOTS = ("att_x", "att_a", "att_b", "att_p", "ffn_x")
 
 
@@ -51,12 +52,17 @@ class TimeMix(nn.Module):
         prev = token_shift(x, last_x)
         return self.key(mix(x, prev, self.time_mix_k)), self.value(mix(x, prev, self.time_mix_v)), prev
 
-    def forward(self, x, last_x, wkv_state, backend, scale: int = 1):
+    def decay(self) -> torch.Tensor:
+        """w = exp(time_decay) (C,), in fp32 at least: a bf16 time_decay would lose the long half-lives."""
+        return torch.exp(self.time_decay.to(compute_dtype(self.time_decay)))
+
+    def forward(self, x, last_x, wkv_state, backend, scale: int = 1, trace: dict | None = None):
         # x (B, T, C): LN1 output; last_x (B, C); wkv_state (B, 3, C); the output comes divided by `scale`
         k, v, prev = self.keys_values(x, last_x)
         r = self.receptance(mix(x, prev, self.time_mix_r))
-        # exp in fp32 at least: a bf16 time_decay would lose the long half-lives
-        w = torch.exp(self.time_decay.to(compute_dtype(self.time_decay)))
+        w = self.decay()
+        if trace is not None:
+            trace.update(w=w, u=self.time_first, k=k, v=v, wkv_state=wkv_state)
         y, wkv_state = wkv(w, self.time_first, k, v, wkv_state, backend=backend, check=False)
         mixed = torch.sigmoid(r) * y
         return self.output(mixed / scale if scale != 1 else mixed), x[:, -1], wkv_state
@@ -83,23 +89,26 @@ class Block(nn.Module):
     def __init__(self, config: RWKVConfig, layer_id: int):
         super().__init__()
         C, eps = config.n_embd, config.layer_norm_eps
-        if layer_id == 0:
-            self.ln0 = nn.LayerNorm(C, eps=eps)
+        # the first block normalises the embeddings
+        self.ln0 = nn.LayerNorm(C, eps=eps) if layer_id == 0 else None
         self.ln1 = nn.LayerNorm(C, eps=eps)
         self.ln2 = nn.LayerNorm(C, eps=eps)
         self.att = TimeMix(config)
         self.ffn = ChannelMix(config)
 
-    def forward(self, x, state, backend, scale: int = 1):
+    def forward(self, x, state, backend, scale: int = 1, trace: dict | None = None):
         # state (B, 5, C) for this layer; returns the new one. x carries the residual divided by `scale`.
-        if hasattr(self, "ln0"):
+        # `trace`, a dict, receives what the layer computed (see RWKV.forward's `trace`).
+        if self.ln0 is not None:
             x = self.ln0(x)
         h = self.ln1(x)
-        att, att_x, wkv_state = self.att(h, state[:, ATT_X], state[:, ATT_A : ATT_P + 1], backend, scale)
+        att, att_x, wkv_state = self.att(h, state[:, ATT_X], state[:, ATT_A : ATT_P + 1], backend, scale, trace)
         x = x + att
-        h = self.ln2(x)
-        ffn, ffn_x = self.ffn(h, state[:, FFN_X], scale)
+        h2 = self.ln2(x)
+        ffn, ffn_x = self.ffn(h2, state[:, FFN_X], scale)
         x = x + ffn
+        if trace is not None:
+            trace.update(att_in=h, ffn_in=h2, out=x)
         sd = state.dtype
         new_state = torch.cat([att_x[:, None].to(sd), wkv_state.to(sd), ffn_x[:, None].to(sd)], dim=1)
         return x, new_state
@@ -118,7 +127,7 @@ class RWKV(nn.Module):
         # fp16 only: halve the residual stream every `rescale_every` layers (and divide the blocks' outputs to
         # match), as the rwkv package and transformers do; the released 3B-14B models' residuals outgrow fp16.
         # LayerNorm makes this exact up to its eps. 0 turns it off.
-        self.rescale_every = 6
+        self.rescale_every = RESCALE_EVERY
 
     @property
     def dtype(self) -> torch.dtype:
@@ -158,13 +167,17 @@ class RWKV(nn.Module):
         lo, hi = int(tokens.min()), int(tokens.max())
         if lo < 0 or hi >= self.config.vocab_size:
             bad = lo if lo < 0 else hi
-            raise ValueError(f"token id {bad} is out of range: this model's vocabulary is [0, {self.config.vocab_size})")
+            raise ValueError(
+                f"token id {bad} is out of range: this model's vocabulary is [0, {self.config.vocab_size})"
+            )
 
     def check_state(self, state: torch.Tensor, batch: int) -> None:
         cfg = self.config
         expected = (batch, cfg.n_layer, 5, cfg.n_embd)
         if not isinstance(state, torch.Tensor):
-            raise TypeError(f"state must be a tensor of shape {expected} (from model.init_state); got {type(state).__name__}")
+            raise TypeError(
+                f"state must be a tensor of shape {expected} (from model.init_state); got {type(state).__name__}"
+            )
         if tuple(state.shape) != expected:
             raise ValueError(f"state must have shape (B, L, 5, C) = {expected}; got {tuple(state.shape)}")
         if state.dtype != self.state_dtype:
@@ -182,16 +195,58 @@ class RWKV(nn.Module):
             self.check_state(state, tokens.shape[0])
         return state
 
-    def forward(self, tokens: torch.Tensor, state: torch.Tensor | None = None, *, backend: str | None = None,
-                check: bool = True):
-        """Parallel form: tokens (B, T) -> logits (B, T, V) and the state after the last token."""
-        state = self._checked_inputs(tokens, state, check)
-        x, new_state = self.run_blocks(self.emb(tokens), state, backend or self.wkv_backend)
-        logits = self.head(self.ln_out(x))  # (B, T, V)
-        return logits, torch.stack(new_state, dim=1)
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        state: torch.Tensor | None = None,
+        *,
+        backend: str | None = None,
+        check: bool = True,
+        trace: list | None = None,
+    ):
+        """Parallel form: tokens (B, T) -> logits (B, T, V) and the state after the last token.
 
-    def prefill(self, tokens: torch.Tensor, state: torch.Tensor | None = None, *, chunk: int | None = None,
-                backend: str | None = None, check: bool = True):
+        `trace`, a list, receives one dict per layer of what it computed, for analysis: `att_in` / `ffn_in` the
+        time-mix and channel-mix inputs (B, T, C) (LayerNorm outputs, whose last row is the next token-shift
+        state), `w`, `u`, `k`, `v`, `wkv_state` what its WKV was given, `out` the block's output (B, T, C).
+        """
+        hidden, state = self.hidden(tokens, state, backend=backend, check=check, trace=trace)
+        return self.head(hidden), state  # (B, T, V)
+
+    def hidden(
+        self,
+        tokens: torch.Tensor,
+        state: torch.Tensor | None = None,
+        *,
+        backend: str | None = None,
+        check: bool = True,
+        trace: list | None = None,
+    ):
+        """The last hidden states (B, T, C), after ln_out, and the new state: `forward` without the head, so a
+        caller can apply `head` to the positions it needs."""
+        state = self._checked_inputs(tokens, state, check)
+        x, new_state = self.run_blocks(self.emb(tokens), state, backend or self.wkv_backend, trace=trace)
+        return self.ln_out(x), torch.stack(new_state, dim=1)
+
+    @torch.no_grad()
+    def wkv_inputs(self, tokens: torch.Tensor, layer: int, state: torch.Tensor | None = None) -> dict:
+        """What layer `layer`'s WKV sees for tokens (B, T): {w, u, k, v, wkv_state} (see `forward`'s trace)."""
+        if not 0 <= layer < self.config.n_layer:
+            raise ValueError(f"layer must be in [0, {self.config.n_layer}); got {layer}")
+        state = self._checked_inputs(tokens, state, check=True)
+        trace: list = []
+        self.run_blocks(self.emb(tokens), state, self.wkv_backend, n_blocks=layer + 1, trace=trace)
+        return {key: trace[layer][key] for key in ("w", "u", "k", "v", "wkv_state")}
+
+    def prefill(
+        self,
+        tokens: torch.Tensor,
+        state: torch.Tensor | None = None,
+        *,
+        chunk: int | None = None,
+        backend: str | None = None,
+        check: bool = True,
+    ):
         """Parallel form for a prompt: tokens (B, T) -> logits of the last token (B, V) and the state.
 
         Only the last position goes through the head, and `chunk` bounds the memory: T is run in pieces of `chunk`
@@ -201,17 +256,22 @@ class RWKV(nn.Module):
         T = tokens.shape[1]
         chunk = chunk or T
         for start in range(0, T, chunk):
-            x, layer_states = self.run_blocks(self.emb(tokens[:, start : start + chunk]), state,
-                                              backend or self.wkv_backend)
+            x, layer_states = self.run_blocks(
+                self.emb(tokens[:, start : start + chunk]), state, backend or self.wkv_backend
+            )
             state = torch.stack(layer_states, dim=1)
         return self.head(self.ln_out(x[:, -1])), state
 
-    def run_blocks(self, x, state, backend, n_blocks: int | None = None):
-        """x (B, T, C) through the first `n_blocks` blocks; returns x (fp16: divided by the rescale) and their states."""
+    def run_blocks(self, x, state, backend, n_blocks: int | None = None, trace: list | None = None):
+        """x (B, T, C) through the first `n_blocks` blocks: x (fp16: divided by the rescale) and their states."""
         rescale = self.rescale_every if self.dtype == torch.float16 else 0
         new_state = []
         for i, block in enumerate(self.blocks[:n_blocks]):
-            x, layer_state = block(x, state[:, i], backend, 2 ** (i // rescale) if rescale else 1)
+            layer_trace = None
+            if trace is not None:
+                layer_trace = {}
+                trace.append(layer_trace)
+            x, layer_state = block(x, state[:, i], backend, 2 ** (i // rescale) if rescale else 1, layer_trace)
             new_state.append(layer_state)
             if rescale and (i + 1) % rescale == 0:
                 x = x / 2
@@ -271,7 +331,9 @@ def init_weights(model: RWKV, seed: int = 0, zero_projections: bool = True, orth
             if isinstance(m, nn.LayerNorm):
                 m.weight.fill_(1.0)
                 m.bias.zero_()
-        model.emb.weight.copy_((torch.rand(model.emb.weight.shape, generator=gen) * 2e-4 - 1e-4).to(model.emb.weight.device))
+        model.emb.weight.copy_(
+            (torch.rand(model.emb.weight.shape, generator=gen) * 2e-4 - 1e-4).to(model.emb.weight.device)
+        )
         orthogonal(model.head.weight, 0.5 * math.sqrt(max(1.0, cfg.vocab_size / C)))
         for i, block in enumerate(model.blocks):
             r0 = i / (L - 1) if L > 1 else 0.0
@@ -294,8 +356,18 @@ def init_weights(model: RWKV, seed: int = 0, zero_projections: bool = True, orth
     return model
 
 
-def build_model(config: RWKVConfig, seed: int = 0, zero_projections: bool = True, dtype=torch.float32,
-                device="cpu") -> RWKV:
+def build_model(
+    config: RWKVConfig, seed: int = 0, zero_projections: bool = True, dtype=torch.float32, device="cpu"
+) -> RWKV:
     """A freshly initialised RWKV-4 of this config (init on CPU in fp32 so results do not depend on device)."""
     model = init_weights(RWKV(config), seed=seed, zero_projections=zero_projections)
     return model.to(device=device, dtype=dtype)
+
+
+def build_at_size(size: str, dtype=torch.bfloat16, device="cuda") -> RWKV:
+    """A released size ('169M' ... '14B') with random weights of the official scale, built on the device (seconds
+    at 7B: no orthogonal draws): for benchmarks, where only shapes and scales matter."""
+    with torch.device(device):
+        model = RWKV(get_config(size))
+    init_weights(model, zero_projections=False, orthogonal_matrices=False)
+    return model.to(dtype).eval()

@@ -51,8 +51,9 @@ def provenance(params: dict | None = None, device=None) -> dict:
         # a copy of the tree (a lent GPU machine) is told its commit through the environment: its .git may be stale
         "git_commit": os.environ.get("RWKV_LAB_GIT_COMMIT") or _git("rev-parse", "HEAD"),
         # changes to the code, not to results/ (which the run itself is rewriting)
-        "git_dirty": None if os.environ.get("RWKV_LAB_GIT_COMMIT") else
-        bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results")),
+        "git_dirty": None
+        if os.environ.get("RWKV_LAB_GIT_COMMIT")
+        else bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results")),
         "device": device_name(device),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
@@ -99,8 +100,9 @@ def write_table(path, frame, params: dict | None = None, device=None) -> Path:
 def save_figure(fig, path, params: dict | None = None, device=None) -> Path:
     """A matplotlib figure as PNG, with its provenance beside it in <name>.meta.json."""
     path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120,
-                                                bbox_inches="tight"))
+    atomic_write(
+        path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120, bbox_inches="tight")
+    )
     meta = _dumps(provenance(params, device))
     atomic_write(path.with_suffix(".meta.json"), lambda tmp: tmp.write_text(meta))
     return path

@@ -10,22 +10,20 @@ validation split (the training run's evaluation windows), the unigram baseline, 
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from rwkv_lab.inference.generation import generate
+from rwkv_lab.loading.checkpoint import default_model
+from rwkv_lab.loading.default import DEFAULT_DIR, HELDOUT_TEXT
+from rwkv_lab.loading.tokenizer import ByteTokenizer
+from rwkv_lab.results import atomic_write, provenance
+from rwkv_lab.training.corpus import build_corpus, is_validation, list_files, stdlib_dir, unigram_loss
+from rwkv_lab.training.trainer import TrainConfig, Trainer, bits_per_byte
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from rwkv_lab.corpus import build_corpus, is_validation, list_files, stdlib_dir, unigram_loss  # noqa: E402
-from rwkv_lab.default import DEFAULT_DIR, HELDOUT_TEXT, default_model  # noqa: E402
-from rwkv_lab.generation import generate  # noqa: E402
-from rwkv_lab.results import atomic_write, provenance  # noqa: E402
-from rwkv_lab.tokenizer import ByteTokenizer  # noqa: E402
-from rwkv_lab.train import TrainConfig, Trainer, bits_per_byte  # noqa: E402
-
 HELDOUT_CHARS = 6000
 SAMPLE_PROMPT = "def "
 
@@ -53,38 +51,62 @@ def main():
     summary = pd.read_csv(ROOT / "results/training/summary.csv")
     meta = json.loads((ROOT / "results/training/summary.meta.json").read_text())
     params = meta["params"]
-    run = summary[(summary.arch == "rwkv") & (summary.model == params["export_size"])
-                  & (summary.context == params["export_context"])].iloc[0]
-    tf = summary[(summary.arch == "transformer") & (summary.model == run.model) & (summary.context == run.context)].iloc[0]
+    run = summary[
+        (summary.arch == "rwkv")
+        & (summary.model == params["export_size"])
+        & (summary.context == params["export_context"])
+    ].iloc[0]
+    tf = summary[
+        (summary.arch == "transformer") & (summary.model == run.model) & (summary.context == run.context)
+    ].iloc[0]
     model = default_model()
     rel, text = heldout_slice()
     atomic_write(HELDOUT_TEXT, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     corpus = build_corpus()
-    trainer = Trainer(TrainConfig(model=params["export_size"], context=int(run.context), device="cpu"), corpus,
-                      progress=False)
+    trainer = Trainer(
+        TrainConfig(model=params["export_size"], context=int(run.context), device="cpu"), corpus, progress=False
+    )
     trainer.model.load_state_dict(model.state_dict())
     local_val = trainer.evaluate()
     sample = generate(model, ByteTokenizer(), SAMPLE_PROMPT, max_new_tokens=400, temperature=0.7, seed=0)
     card = {
-        "model": params["export_size"], "params": int(run.params), "weights_dtype": "bfloat16",
+        "model": params["export_size"],
+        "params": int(run.params),
+        "weights_dtype": "bfloat16",
         "training": {
-            "command": (f"python benchmarks/train_compare.py --sizes {params['sizes']} --contexts {params['contexts']} "
-                        f"--tokens {params['tokens']}"),
-            "device": meta["device"], "git_commit": meta["git_commit"], "date_utc": meta["date_utc"],
-            "python": meta["python"], "corpus": params["corpus"], "tokens_seen": int(run.tokens),
-            "context": int(run.context), "batch_size": int(run.batch_size), "lr": params["lr"],
-            "train_seconds": float(run.train_seconds), "tokens_per_s": float(run.tokens_per_s),
-            "val_loss": float(run.val_loss), "val_bpb": float(run.val_bpb),
-            "unigram_val_loss": params["unigram_val_loss"], "unigram_val_bpb": params["unigram_val_bpb"],
-            "matched_transformer_val_bpb": float(tf.val_bpb), "matched_transformer_params": int(tf.params),
+            "command": (
+                f"python benchmarks/train_compare.py --sizes {params['sizes']} --contexts {params['contexts']} "
+                f"--tokens {params['tokens']}"
+            ),
+            "device": meta["device"],
+            "git_commit": meta["git_commit"],
+            "date_utc": meta["date_utc"],
+            "python": meta["python"],
+            "corpus": params["corpus"],
+            "tokens_seen": int(run.tokens),
+            "context": int(run.context),
+            "batch_size": int(run.batch_size),
+            "lr": params["lr"],
+            "train_seconds": float(run.train_seconds),
+            "tokens_per_s": float(run.tokens_per_s),
+            "val_loss": float(run.val_loss),
+            "val_bpb": float(run.val_bpb),
+            "unigram_val_loss": params["unigram_val_loss"],
+            "unigram_val_bpb": params["unigram_val_bpb"],
+            "matched_transformer_val_bpb": float(tf.val_bpb),
+            "matched_transformer_params": int(tf.params),
         },
         "checked_here": {
-            "provenance": provenance(device="cpu"), "dtype": "float32",
-            "corpus": corpus.summary(), "val_loss": local_val,
+            "provenance": provenance(device="cpu"),
+            "dtype": "float32",
+            "corpus": corpus.summary(),
+            "val_loss": local_val,
             "val_bpb": bits_per_byte(local_val, corpus.val_bytes_per_token),
             "unigram_val_loss": unigram_loss(corpus),
             "unigram_val_bpb": bits_per_byte(unigram_loss(corpus), corpus.val_bytes_per_token),
-            "heldout_file": rel, "heldout_chars": len(text), "heldout_loss": text_loss(model, text),
+            "heldout_file": rel,
+            "heldout_chars": len(text),
+            "heldout_loss": text_loss(model, text),
         },
         "sample": {"prompt": SAMPLE_PROMPT, "temperature": 0.7, "seed": 0, "text": sample},
     }
@@ -93,30 +115,30 @@ def main():
     t, c = card["training"], card["checked_here"]
     md = f"""# Model card: the rwkv-lab default model
 
-RWKV-4, {card['model']} ({card['params']:,} parameters), byte-level (256 bytes + end-of-text = token 0), weights
+RWKV-4, {card["model"]} ({card["params"]:,} parameters), byte-level (256 bytes + end-of-text = token 0), weights
 in bf16 (`model.safetensors`, BlinkDL key names, config in the metadata). Written by `scripts/make_model_card.py`;
 every number below is measured, in `card.json`.
 
 ## Training
-- Data: the Python standard library of Python {t['python']} (`{t['corpus']['source']}`), {t['corpus']['n_train_files']}
-  training files, {t['corpus']['n_val_files']} validation files (split by the SHA-1 of the relative path; file-list
-  SHA-256 `{t['corpus']['files_sha256']}`).
-- {t['tokens_seen']:,} tokens seen ({t['tokens_seen'] / t['corpus']['train_tokens']:.1f} epochs), context {t['context']},
-  batch {t['batch_size']}, AdamW lr {t['lr']} (warm-up, cosine), bf16 autocast, on an {t['device']} in
-  {t['train_seconds']:.0f} s ({t['tokens_per_s']:,.0f} tokens/s), commit {t['git_commit'][:10]}, {t['date_utc']}.
-- Reproduce: `{t['command']}` (the byte-6x256 RWKV run is exported).
+- Data: the Python standard library of Python {t["python"]} (`{t["corpus"]["source"]}`), {t["corpus"]["n_train_files"]}
+  training files, {t["corpus"]["n_val_files"]} validation files (split by the SHA-1 of the relative path; file-list
+  SHA-256 `{t["corpus"]["files_sha256"]}`).
+- {t["tokens_seen"]:,} tokens seen ({t["tokens_seen"] / t["corpus"]["train_tokens"]:.1f} epochs), context {t["context"]},
+  batch {t["batch_size"]}, AdamW lr {t["lr"]} (warm-up, cosine), bf16 autocast, on an {t["device"]} in
+  {t["train_seconds"]:.0f} s ({t["tokens_per_s"]:,.0f} tokens/s), commit {t["git_commit"][:10]}, {t["date_utc"]}.
+- Reproduce: `{t["command"]}` (the byte-6x256 RWKV run is exported).
 
-## Quality (validation split, context {t['context']})
+## Quality (validation split, context {t["context"]})
 | | nats/byte | bits/byte |
 |---|---|---|
-| this model (at training, bf16 autocast, GPU) | {t['val_loss']:.4f} | {t['val_bpb']:.4f} |
-| matched GPT-NeoX transformer ({t['matched_transformer_params']:,} parameters, same tokens) | | {t['matched_transformer_val_bpb']:.4f} |
-| unigram baseline (byte frequencies of the training split) | {t['unigram_val_loss']:.4f} | {t['unigram_val_bpb']:.4f} |
-| this model, fp32 on the CPU, Python {c['provenance']['python']}'s validation split | {c['val_loss']:.4f} | {c['val_bpb']:.4f} |
-| unigram baseline there | {c['unigram_val_loss']:.4f} | {c['unigram_val_bpb']:.4f} |
+| this model (at training, bf16 autocast, GPU) | {t["val_loss"]:.4f} | {t["val_bpb"]:.4f} |
+| matched GPT-NeoX transformer ({t["matched_transformer_params"]:,} parameters, same tokens) | | {t["matched_transformer_val_bpb"]:.4f} |
+| unigram baseline (byte frequencies of the training split) | {t["unigram_val_loss"]:.4f} | {t["unigram_val_bpb"]:.4f} |
+| this model, fp32 on the CPU, Python {c["provenance"]["python"]}'s validation split | {c["val_loss"]:.4f} | {c["val_bpb"]:.4f} |
+| unigram baseline there | {c["unigram_val_loss"]:.4f} | {c["unigram_val_bpb"]:.4f} |
 
-Held-out slice `heldout.txt` (first {c['heldout_chars']} characters of `{c['heldout_file']}`, a validation file):
-{c['heldout_loss']:.5f} nats/byte in fp32 on the CPU (the tests check this number).
+Held-out slice `heldout.txt` (first {c["heldout_chars"]} characters of `{c["heldout_file"]}`, a validation file):
+{c["heldout_loss"]:.5f} nats/byte in fp32 on the CPU (the tests check this number).
 
 ## Sample (prompt `{SAMPLE_PROMPT}`, temperature 0.7, seed 0)
 ```python

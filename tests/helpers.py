@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
+from rwkv_lab.analysis.equivalence import rel_error
 from rwkv_lab.config import RWKVConfig
-from rwkv_lab.equivalence import rel_error
 from rwkv_lab.model import build_model
 
 REPO = Path(__file__).resolve().parent.parent

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-
 from helpers import assert_rel_close, random_model
-from rwkv_lab.analysis import implicit_attention, layer_wkv_inputs
+
+from rwkv_lab.analysis.equivalence import time_formulations
+from rwkv_lab.analysis.implicit_attention import implicit_attention
+from rwkv_lab.analysis.wkv_error import plot_study, run_study
 from rwkv_lab.config import PRESETS
-from rwkv_lab.equivalence import time_formulations
-from rwkv_lab.numerics import plot_study, run_study
 from rwkv_lab.wkv import wkv_recurrent
 
 
@@ -16,10 +16,14 @@ def test_implicit_attention_reproduces_the_layers_wkv():
     tokens = torch.randint(0, 257, (1, 30), generator=torch.Generator().manual_seed(3))
     for layer in range(model.config.n_layer):
         weights = implicit_attention(model, tokens, layer)  # (T, T, C)
-        assert_rel_close(f"layer {layer} rows sum to 1", weights.sum(dim=1), torch.ones(30, 32, dtype=weights.dtype), 1e-12)
-        w, u, k, v = layer_wkv_inputs(model, tokens, layer)
-        y, _ = wkv_recurrent(w, u, k, v)
-        assert_rel_close(f"layer {layer} weights . v == wkv", torch.einsum("tic,ic->tc", weights, v[0]), y[0], 1e-12)
+        assert_rel_close(
+            f"layer {layer} rows sum to 1", weights.sum(dim=1), torch.ones(30, 32, dtype=weights.dtype), 1e-12
+        )
+        inputs = model.wkv_inputs(tokens, layer)
+        y, _ = wkv_recurrent(inputs["w"], inputs["u"], inputs["k"], inputs["v"], inputs["wkv_state"])
+        assert_rel_close(
+            f"layer {layer} weights . v == wkv", torch.einsum("tic,ic->tc", weights, inputs["v"][0]), y[0], 1e-12
+        )
     with pytest.raises(ValueError, match="layer must be in"):
         implicit_attention(model, tokens, 2)
     with pytest.raises(ValueError, match="one sequence"):

@@ -6,14 +6,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import random_model
 from safetensors.torch import load_file, save_file
 
-from helpers import random_model
 from rwkv_lab.__main__ import main as cli
-from rwkv_lab.checkpoint import (BLINKDL_FILES, CheckpointError, blinkdl_to_hf_key, convert, hf_to_blinkdl_key,
-                                 load_model, read_checkpoint, save_model)
 from rwkv_lab.config import PRESETS
-from rwkv_lab.hub import HubUnavailableError
+from rwkv_lab.loading.checkpoint import (
+    BLINKDL_FILES,
+    CheckpointError,
+    blinkdl_to_hf_key,
+    convert,
+    hf_to_blinkdl_key,
+    load_model,
+    read_checkpoint,
+    save_model,
+)
+from rwkv_lab.loading.hub import HubUnavailableError
 
 TINY = PRESETS["tiny"]
 
@@ -52,7 +60,10 @@ def test_sharded_transformers_folder(tmp_path, model):
     sd = load_file(folder / "model.safetensors")
     (folder / "model.safetensors").unlink()
     keys = sorted(sd)
-    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2], "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+    shards = {
+        "model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+        "model-00002-of-00002.safetensors": keys[len(keys) // 2 :],
+    }
     weight_map = {}
     for shard, names in shards.items():
         save_file({k: sd[k] for k in names}, folder / shard, metadata={"format": "pt"})
@@ -89,11 +100,15 @@ def test_convert_between_all_formats_and_cli(tmp_path, model):
     ours = convert(hf, tmp_path / "b.safetensors", format="safetensors", dtype="bfloat16")
     assert cli(["convert", str(ours), str(tmp_path / "c.pth"), "--to", "pth"]) == 0
     back = load_model(tmp_path / "c.pth")
-    assert back.dtype == torch.float32 and next(iter(torch.load(tmp_path / "c.pth", weights_only=True).values())).dtype == torch.bfloat16
+    assert (
+        back.dtype == torch.float32
+        and next(iter(torch.load(tmp_path / "c.pth", weights_only=True).values())).dtype == torch.bfloat16
+    )
     assert torch.equal(back.head.weight, model.head.weight.to(torch.bfloat16).float())
 
 
 # ---- the hub, offline: a cache laid out as huggingface_hub writes it -------------------------------------------
+
 
 def fill_hub_cache(cache: Path, repo_id: str, files: dict[str, Path]) -> None:
     repo_dir = cache / f"models--{repo_id.replace('/', '--')}"
@@ -119,8 +134,11 @@ def offline_hub(tmp_path, monkeypatch):
 
 def test_hub_ids_load_from_the_cache(tmp_path, model, offline_hub):
     hf = save_model(model, tmp_path / "hf", format="transformers")
-    fill_hub_cache(offline_hub, "RWKV/rwkv-4-tiny-pile", {"config.json": hf / "config.json",
-                                                           "model.safetensors": hf / "model.safetensors"})
+    fill_hub_cache(
+        offline_hub,
+        "RWKV/rwkv-4-tiny-pile",
+        {"config.json": hf / "config.json", "model.safetensors": hf / "model.safetensors"},
+    )
     assert same_weights(model, load_model("RWKV/rwkv-4-tiny-pile"))
     pth = save_model(model, tmp_path / "x.pth", format="pth")
     fill_hub_cache(offline_hub, "BlinkDL/rwkv-4-pile-169m", {BLINKDL_FILES["BlinkDL/rwkv-4-pile-169m"]: pth})
@@ -130,7 +148,9 @@ def test_hub_ids_load_from_the_cache(tmp_path, model, offline_hub):
 
 
 def test_hub_offline_without_cache_explains(offline_hub):
-    with pytest.raises(HubUnavailableError, match=r"could not get .* 'RWKV/rwkv-4-169m-pile' .* local cache.*local path"):
+    with pytest.raises(
+        HubUnavailableError, match=r"could not get .* 'RWKV/rwkv-4-169m-pile' .* local cache.*local path"
+    ):
         load_model("RWKV/rwkv-4-169m-pile")
 
 
@@ -141,12 +161,15 @@ def test_missing_local_path():
 
 # ---- bad files -------------------------------------------------------------------------------------------------
 
+
 def test_missing_and_unexpected_keys(tmp_path, model):
     sd = dict(model.state_dict())
     del sd["blocks.1.att.time_first"]
     sd["blocks.1.att.bonus"] = torch.zeros(TINY.n_embd)
     torch.save(sd, tmp_path / "bad.pth")
-    with pytest.raises(CheckpointError, match=r"missing \['blocks.1.att.time_first'\].*unexpected \['blocks.1.att.bonus'\]"):
+    with pytest.raises(
+        CheckpointError, match=r"missing \['blocks.1.att.time_first'\].*unexpected \['blocks.1.att.bonus'\]"
+    ):
         load_model(tmp_path / "bad.pth")
 
 

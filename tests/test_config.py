@@ -1,8 +1,8 @@
 import csv
 
 import pytest
-
 from helpers import REPO
+
 from rwkv_lab.config import PRESETS, RWKVConfig, get_config
 from rwkv_lab.model import RWKV
 
@@ -15,7 +15,11 @@ def reference_rows():
 @pytest.mark.parametrize("row", reference_rows(), ids=lambda r: r["name"])
 def test_presets_reproduce_published_parameter_counts(row):
     cfg = get_config(row["name"])
-    assert (cfg.n_layer, cfg.n_embd, cfg.vocab_size) == (int(row["n_layer"]), int(row["n_embd"]), int(row["vocab_size"]))
+    assert (cfg.n_layer, cfg.n_embd, cfg.vocab_size) == (
+        int(row["n_layer"]),
+        int(row["n_embd"]),
+        int(row["vocab_size"]),
+    )
     # the table prints 4 significant digits: ours must round to exactly that string
     assert float(f"{cfg.n_params:.4g}") == float(row["params"]), (cfg.n_params, row["params"])
 

@@ -3,8 +3,8 @@
 import csv
 
 import pytest
-
 from helpers import REPO
+
 from rwkv_lab import cost
 from rwkv_lab.config import get_config
 

@@ -5,14 +5,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from helpers import assert_rel_close, random_model, random_state
+
+from rwkv_lab.analysis.dynamics import Trajectory, attention_older_than, decay_spectra, influence, record_trajectory
+from rwkv_lab.analysis.render import coloured_html
+from rwkv_lab.analysis.text_features import (
+    best_channels,
+    channel_correlations,
+    code_features,
+    prose_features,
+    token_features,
+    token_pieces,
+)
 from rwkv_lab.config import get_config
-from rwkv_lab.default import untrained_model
-from rwkv_lab.dynamics import (Trajectory, attention_older_than, best_channels, channel_correlations, code_features,
-                               coloured_html, decay_spectra, influence, prose_features, record_trajectory,
-                               token_features, token_pieces)
-from rwkv_lab.equivalence import step_all
+from rwkv_lab.loading.default import untrained_model
 from rwkv_lab.model import ATT_A, ATT_B, ATT_X, FFN_X
 
 TINY = get_config("tiny")
@@ -103,7 +109,8 @@ def test_channel_ranking_finds_a_planted_channel():
 
 def test_token_features_line_up_with_tokens():
     from helpers import NEOX_TOKENIZER
-    from rwkv_lab.tokenizer import ByteTokenizer, load_tokenizer
+
+    from rwkv_lab.loading.tokenizer import ByteTokenizer, load_tokenizer
 
     text = 'x = "é(" # (\n'
     byte = ByteTokenizer()

@@ -5,12 +5,12 @@ import shutil
 
 import pytest
 import torch
-
 from helpers import NEOX_TOKENIZER, SHARED, random_model
-from rwkv_lab.checkpoint import save_model
+
 from rwkv_lab.config import RWKVConfig
-from rwkv_lab.eval_tasks import published, run_lm_eval, side_by_side, task_manager
-from rwkv_lab.evaluation import RWKVLM
+from rwkv_lab.evaluation.backend import RWKVLM
+from rwkv_lab.evaluation.tasks import published, run_lm_eval, side_by_side, task_manager
+from rwkv_lab.loading.checkpoint import save_model
 
 DATA = SHARED / "data" / "lm_eval"
 CONFIG = RWKVConfig(n_layer=2, n_embd=64, vocab_size=50277, name="neox-2x64")
@@ -21,8 +21,9 @@ pytestmark = pytest.mark.skipif(not NEOX_TOKENIZER.exists(), reason="needs ../sh
 def hf_folder(tmp_path_factory):
     """Random weights in transformers format, with the GPT-NeoX-20B tokenizer beside them."""
     folder = tmp_path_factory.mktemp("rwkv_hf")
-    save_model(random_model(CONFIG, seed=3, dtype=torch.float32), folder, format="transformers",
-               tokenizer_file=NEOX_TOKENIZER)
+    save_model(
+        random_model(CONFIG, seed=3, dtype=torch.float32), folder, format="transformers", tokenizer_file=NEOX_TOKENIZER
+    )
     return folder
 
 
@@ -37,8 +38,9 @@ def test_loglikelihoods_equal_lm_evals_hf_backend(hf_folder):
     _, manager = task_manager(DATA)
     kw = dict(tasks=tasks, task_manager=manager, limit=6, log_samples=True, bootstrap_iters=0)
     a = lm_eval.simple_evaluate(model=ours(hf_folder), **kw)
-    b = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={hf_folder},dtype=float32", device="cpu",
-                                batch_size=4, **kw)
+    b = lm_eval.simple_evaluate(
+        model="hf", model_args=f"pretrained={hf_folder},dtype=float32", device="cpu", batch_size=4, **kw
+    )
     worst, n = 0.0, 0
     for task in tasks:
         for sa, sb in zip(a["samples"][task], b["samples"][task], strict=True):
@@ -64,8 +66,14 @@ def naive(lm, ctx, cont):
 def test_shared_contexts_and_shared_continuations_batch_exactly(hf_folder):
     lm = ours(hf_folder)
     ctx_a, ctx_b, ctx_c = [5, 6, 7], [8, 9, 10], [11, 12]
-    reqs = [(("", ""), ctx_a, [20]), (("", ""), ctx_a, [21, 22, 23]), (("", ""), ctx_a, [24, 25]),  # one context
-            (("", ""), ctx_b, [30, 31]), (("", ""), ctx_c, [30, 31]), (("", ""), [0], [40, 41])]  # one continuation
+    reqs = [
+        (("", ""), ctx_a, [20]),
+        (("", ""), ctx_a, [21, 22, 23]),
+        (("", ""), ctx_a, [24, 25]),  # one context
+        (("", ""), ctx_b, [30, 31]),
+        (("", ""), ctx_c, [30, 31]),
+        (("", ""), [0], [40, 41]),
+    ]  # one continuation
     got = lm._loglikelihood_tokens(reqs, disable_tqdm=True)
     for (_, ctx, cont), (ll, greedy) in zip(reqs, got):
         ref_ll, ref_greedy = naive(lm, ctx, cont)
@@ -126,7 +134,7 @@ def test_empty_context_is_end_of_text(hf_folder):
     from lm_eval.api.instance import Instance
 
     lm = ours(hf_folder)
-    (ll, _), = lm.loglikelihood([Instance("loglikelihood", {}, ("", "Hello world"), 0)], disable_tqdm=True)
+    ((ll, _),) = lm.loglikelihood([Instance("loglikelihood", {}, ("", "Hello world"), 0)], disable_tqdm=True)
     ref, _ = naive(lm, [0], lm.tok_encode("Hello world"))
     assert abs(ll - ref) <= 1e-4 * abs(ref)
 
@@ -142,6 +150,7 @@ def test_side_by_side_uses_the_published_rows():
     assert table.loc[table["source"].str.startswith("RWKV"), "delta"].item() == pytest.approx(60 - 65.07)
 
 
+@pytest.mark.slow
 def test_the_lm_eval_command_line_knows_the_backend(tmp_path):
     import os
     import subprocess
@@ -149,13 +158,32 @@ def test_the_lm_eval_command_line_knows_the_backend(tmp_path):
 
     task_manager(DATA, tmp_path / "tasks")  # offline task YAMLs for --include_path
     env = os.environ | {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-m", "rwkv_lab.evaluation", "--model", "rwkv_lab", "--model_args",
-                          "pretrained=default", "--tasks", "piqa", "--limit", "2", "--include_path",
-                          str(tmp_path / "tasks")], capture_output=True, text=True, env=env, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rwkv_lab.evaluation",
+            "--model",
+            "rwkv_lab",
+            "--model_args",
+            "pretrained=default",
+            "--tasks",
+            "piqa",
+            "--limit",
+            "2",
+            "--include_path",
+            str(tmp_path / "tasks"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "|piqa" in out.stdout and "acc" in out.stdout
 
 
+@pytest.mark.slow
 def test_data_parallel_processes_give_the_one_process_result(tmp_path):
     """Two processes (torchrun, gloo on the CPU) each score their share of the documents; lm-eval gathers them."""
     import os
@@ -164,8 +192,22 @@ def test_data_parallel_processes_give_the_one_process_result(tmp_path):
 
     task_manager(DATA, tmp_path / "tasks")
     env = os.environ | {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
-    args = ["-m", "rwkv_lab.evaluation", "--model", "rwkv_lab", "--model_args", "pretrained=default", "--device",
-            "cpu", "--tasks", "piqa", "--limit", "6", "--include_path", str(tmp_path / "tasks")]
+    args = [
+        "-m",
+        "rwkv_lab.evaluation",
+        "--model",
+        "rwkv_lab",
+        "--model_args",
+        "pretrained=default",
+        "--device",
+        "cpu",
+        "--tasks",
+        "piqa",
+        "--limit",
+        "6",
+        "--include_path",
+        str(tmp_path / "tasks"),
+    ]
     tables = []
     for launcher in ([sys.executable], [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]):
         out = subprocess.run(launcher + args, capture_output=True, text=True, env=env, timeout=600)

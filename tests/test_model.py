@@ -4,10 +4,10 @@ import math
 
 import pytest
 import torch
-
 from helpers import assert_rel_close, random_model, random_state
+
+from rwkv_lab.analysis.equivalence import step_all
 from rwkv_lab.config import PRESETS, RWKVConfig
-from rwkv_lab.equivalence import step_all
 from rwkv_lab.model import build_model
 
 TINY = PRESETS["tiny"]
@@ -84,7 +84,7 @@ def test_gradients_of_parallel_form_equal_recurrent_form():
 def test_extreme_keys_and_decays_stay_finite():
     model = random_model(TINY, seed=4, dtype=torch.float32)
     with torch.no_grad():
-        for i, block in enumerate(model.blocks):
+        for _i, block in enumerate(model.blocks):
             C = model.config.n_embd
             # decays w = exp(time_decay) from 1e-4 to 1e3, and keys scaled so |k| reaches ~80
             block.att.time_decay.copy_(torch.linspace(math.log(1e-4), math.log(1e3), C))
@@ -99,7 +99,7 @@ def test_extreme_keys_and_decays_stay_finite():
 
 def test_official_initialisation():
     model = build_model(PRESETS["tiny"], seed=0)
-    C, L = model.config.n_embd, model.config.n_layer
+    _C, L = model.config.n_embd, model.config.n_layer
     td0 = model.blocks[0].att.time_decay
     assert td0[0].item() == pytest.approx(-5.0) and td0[-1].item() == pytest.approx(3.0)
     assert model.blocks[0].att.time_first[:3].tolist() == pytest.approx([math.log(0.3) + d for d in (0.0, 0.5, -0.5)])
@@ -108,7 +108,9 @@ def test_official_initialisation():
     assert model.blocks[0].att.key.weight.abs().max() == 0 and model.blocks[0].ffn.value.weight.abs().max() == 0
     drawn = build_model(PRESETS["tiny"], seed=0, zero_projections=False)
     assert drawn.blocks[0].att.key.weight.abs().max() > 0
-    assert torch.equal(build_model(PRESETS["tiny"], seed=5).head.weight, build_model(PRESETS["tiny"], seed=5).head.weight)
+    assert torch.equal(
+        build_model(PRESETS["tiny"], seed=5).head.weight, build_model(PRESETS["tiny"], seed=5).head.weight
+    )
     assert abs(model.emb.weight).max() <= 1e-4
 
 

@@ -4,11 +4,11 @@ import os
 
 import pytest
 import torch
-
 from helpers import assert_rel_close, random_model
-from rwkv_lab.checkpoint import load_model, save_model
+
+from rwkv_lab.analysis.equivalence import step_all
 from rwkv_lab.config import RWKVConfig
-from rwkv_lab.equivalence import step_all
+from rwkv_lab.loading.checkpoint import load_model, save_model
 
 CONFIG = RWKVConfig(n_layer=3, n_embd=48, vocab_size=301)
 
@@ -18,8 +18,14 @@ def hf_folder(tmp_path_factory):
     """Random weights in transformers' own model, written by its save_pretrained."""
     from transformers import RwkvConfig, RwkvForCausalLM
 
-    hf_config = RwkvConfig(vocab_size=CONFIG.vocab_size, hidden_size=CONFIG.n_embd, num_hidden_layers=CONFIG.n_layer,
-                           attention_hidden_size=CONFIG.n_embd, intermediate_size=4 * CONFIG.n_embd, context_length=512)
+    hf_config = RwkvConfig(
+        vocab_size=CONFIG.vocab_size,
+        hidden_size=CONFIG.n_embd,
+        num_hidden_layers=CONFIG.n_layer,
+        attention_hidden_size=CONFIG.n_embd,
+        intermediate_size=4 * CONFIG.n_embd,
+        context_length=512,
+    )
     torch.manual_seed(0)
     hf = RwkvForCausalLM(hf_config)
     C = CONFIG.n_embd
@@ -107,5 +113,7 @@ def test_matches_rwkv_package(tmp_path, rwkv_package):
             step_logits, state = ours.step(torch.tensor([token]), state)
             assert_rel_close(f"step {i} vs rwkv package", step_logits[0], peer_logits, 1e-4)
         # its state list is [att x, a, b, p, ffn x] per layer, like ours
-        peer_state = torch.stack([torch.stack([s.float() for s in peer_state[5 * i: 5 * i + 5]]) for i in range(CONFIG.n_layer)])
+        peer_state = torch.stack(
+            [torch.stack([s.float() for s in peer_state[5 * i : 5 * i + 5]]) for i in range(CONFIG.n_layer)]
+        )
         assert_rel_close("state vs rwkv package", state[0], peer_state, 1e-4)

@@ -4,20 +4,40 @@ CPU, out-of-memory as a data point, chunked prefill exactness, and the readers o
 import pandas as pd
 import pytest
 import torch
-
 from helpers import assert_rel_close, random_model, random_state
-from rwkv_lab import profiler
+
+from rwkv_lab.baseline import pythia_model
 from rwkv_lab.config import RWKVConfig, get_config
-from rwkv_lab.profiler import (analytic_memory, crossover, generation_series, measure_prefill, memory_ratio_table,
-                               oom_contexts, pythia_model, rwkv_subject, series, sweep, transformer_subject)
+from rwkv_lab.measure import memory
+from rwkv_lab.measure.memory import analytic_memory
+from rwkv_lab.measure.profiler import (
+    generation_series,
+    measure_prefill,
+    rwkv_subject,
+    series,
+    sweep,
+    transformer_subject,
+)
+from rwkv_lab.measure.report import crossover, memory_ratio_table, oom_contexts
 
 TINY = RWKVConfig(n_layer=2, n_embd=32, vocab_size=300, name="t")
 
 
 def tiny_pair():
     r = rwkv_subject(random_model(TINY, dtype=torch.float32), "rwkv")
-    t = transformer_subject(pythia_model("pythia-160m", torch.float32, "cpu", num_hidden_layers=2, hidden_size=32,
-                                         num_attention_heads=2, intermediate_size=128, vocab_size=300), "gpt")
+    t = transformer_subject(
+        pythia_model(
+            "pythia-160m",
+            torch.float32,
+            "cpu",
+            num_hidden_layers=2,
+            hidden_size=32,
+            num_attention_heads=2,
+            intermediate_size=128,
+            vocab_size=300,
+        ),
+        "gpt",
+    )
     return r, t
 
 
@@ -99,12 +119,36 @@ def test_transformer_extend_in_chunks_equals_one_call():
 
 def test_readers_of_a_sweep():
     rows = []
-    for T, r_mem, t_mem, t_status in ((1024, 3.0, 2.8, "ok"), (4096, 3.0, 3.4, "ok"), (16384, 3.0, 5.6, "ok"),
-                                      (65536, 3.0, None, "oom")):
-        rows.append({"model": "R", "arch": "rwkv", "kind": "generation", "batch": 1, "context": T, "status": "ok",
-                     "memory_GiB": r_mem, "seconds": 0.004})
-        rows.append({"model": "P", "arch": "transformer", "kind": "generation", "batch": 1, "context": T,
-                     "status": t_status, "memory_GiB": t_mem, "seconds": 0.003 * T / 1024})
+    for T, r_mem, t_mem, t_status in (
+        (1024, 3.0, 2.8, "ok"),
+        (4096, 3.0, 3.4, "ok"),
+        (16384, 3.0, 5.6, "ok"),
+        (65536, 3.0, None, "oom"),
+    ):
+        rows.append(
+            {
+                "model": "R",
+                "arch": "rwkv",
+                "kind": "generation",
+                "batch": 1,
+                "context": T,
+                "status": "ok",
+                "memory_GiB": r_mem,
+                "seconds": 0.004,
+            }
+        )
+        rows.append(
+            {
+                "model": "P",
+                "arch": "transformer",
+                "kind": "generation",
+                "batch": 1,
+                "context": T,
+                "status": t_status,
+                "memory_GiB": t_mem,
+                "seconds": 0.003 * T / 1024,
+            }
+        )
     frame = pd.DataFrame(rows)
     assert crossover(frame, "R", "P", "generation", "memory_GiB") == 4096
     assert crossover(frame, "R", "P", "generation", "seconds") == 4096
@@ -115,9 +159,9 @@ def test_readers_of_a_sweep():
 
 
 def test_process_memory_is_read_on_the_cpu():
-    before = profiler.memory_now("cpu")
+    before = memory.memory_now("cpu")
     block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
-    assert profiler.memory_now("cpu") - before > 32 * 2**20
-    profiler.reset_peak("cpu")
-    assert profiler.memory_peak("cpu") >= profiler.memory_now("cpu") - 4096
+    assert memory.memory_now("cpu") - before > 32 * 2**20
+    memory.reset_peak("cpu")
+    assert memory.memory_peak("cpu") >= memory.memory_now("cpu") - 4096
     del block

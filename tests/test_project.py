@@ -4,12 +4,12 @@ results are written atomically with provenance, and every notebook executes head
 import json
 import re
 import subprocess
-import tomllib
 
 import pytest
+import tomllib
 import yaml
-
 from helpers import REPO
+
 from rwkv_lab.results import provenance, write_json, write_table
 
 
@@ -18,7 +18,9 @@ def test_environment_yml_lists_the_same_dependencies_as_pyproject():
     declared = set(project["dependencies"]) | set(project["optional-dependencies"]["test"])
     env = yaml.safe_load((REPO / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
-    assert set(pip) == declared, f"only in environment.yml: {set(pip) - declared}; only in pyproject: {declared - set(pip)}"
+    assert set(pip) == declared, (
+        f"only in environment.yml: {set(pip) - declared}; only in pyproject: {declared - set(pip)}"
+    )
 
 
 def test_ci_runs_the_readme_test_command():
@@ -55,14 +57,15 @@ def test_provenance_names_the_commit():
     assert provenance()["git_commit"] == (git.stdout.strip() if git.returncode == 0 else None)
 
 
+@pytest.mark.slow
 def test_notebooks_execute_headless(tmp_path, monkeypatch):
-    from rwkv_lab.run_notebooks import NOTEBOOK_DIR, run_notebooks
+    from rwkv_lab.run_notebooks import notebook_sources, run_notebooks
 
     monkeypatch.setenv("RWKV_LAB_RESULTS", str(tmp_path))
-    notebooks = sorted(NOTEBOOK_DIR.glob("[0-9]*.ipynb"))
-    assert notebooks
+    notebooks = notebook_sources()
+    assert len(notebooks) == 6
     written = run_notebooks()
-    assert [p.name for p in written] == [n.name for n in notebooks]
+    assert [p.name for p in written] == [n.with_suffix(".ipynb").name for n in notebooks]
     report = json.loads((tmp_path / "01_equivalence.json").read_text())
     assert report["results"]["match"] is True
     assert "default" in report["provenance"]["params"]["model"]

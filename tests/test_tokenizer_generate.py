@@ -2,13 +2,14 @@
 
 import pytest
 import torch
-
 from helpers import NEOX_TOKENIZER, random_model
+
 from rwkv_lab.config import PRESETS, RWKVConfig
-from rwkv_lab.default import default_model
-from rwkv_lab.generation import generate, sample_token, stream
+from rwkv_lab.inference.generation import generate, stream
+from rwkv_lab.inference.sampling import check_sampling, sample
+from rwkv_lab.loading.checkpoint import default_model
+from rwkv_lab.loading.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer, tokenizer_for
 from rwkv_lab.model import build_model
-from rwkv_lab.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer, tokenizer_for
 
 
 def test_neox_tokenizer_from_path_and_env(monkeypatch):
@@ -23,7 +24,6 @@ def test_neox_tokenizer_from_path_and_env(monkeypatch):
 
 def test_neox_tokenizer_from_the_hub_cache(tmp_path, monkeypatch):
     from huggingface_hub import constants
-
     from test_checkpoint import fill_hub_cache
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
@@ -90,13 +90,16 @@ def test_sampling_is_reproducible_with_a_seed(model):
 
 
 def test_top_p_keeps_the_nucleus():
-    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
-    gen = torch.Generator().manual_seed(0)
-    draws = {sample_token(logits, 1.0, 0.7, gen) for _ in range(300)}
-    assert draws == {0, 1}  # 0.5 < 0.7 needs the second; 0.8 >= 0.7 stops there
-    assert {sample_token(logits, 1.0, 1e-9, gen) for _ in range(50)} == {0}
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05])).expand(300, 4)  # 300 sequences, one distribution
+    seeds, steps = torch.arange(300), torch.zeros(300, dtype=torch.int64)
+    draws = sample(logits, 1.0, 0.7, seeds, steps)
+    assert set(draws.tolist()) == {0, 1}  # 0.5 < 0.7 needs the second; 0.8 >= 0.7 stops there
+    share = float((draws == 0).double().mean())
+    print(f"share of token 0 within the nucleus {share:.3f} (expected 0.5 / 0.8 = 0.625)")
+    assert abs(share - 0.625) < 0.1
+    assert set(sample(logits, 1.0, 1e-9, seeds, steps).tolist()) == {0}
     with pytest.raises(ValueError, match="top_p"):
-        sample_token(logits, 1.0, 0.0)
+        check_sampling(1.0, 0.0)
 
 
 def test_stop_strings_and_streaming(model):
@@ -117,7 +120,12 @@ def test_streaming_multibyte_characters_arrive_whole(monkeypatch):
     with torch.no_grad():
         model.head.weight.zero_()
     sequence = iter([0xC3 + 1, 0xA9 + 1] * 10)
-    monkeypatch.setattr("rwkv_lab.generation.sample_token", lambda *a, **k: next(sequence))
+
+    def fake_sample(logits, *args):
+        return torch.tensor([next(sequence)] * logits.shape[0])
+
+    monkeypatch.setattr("rwkv_lab.inference.generation.sample", fake_sample)
+    monkeypatch.setattr("rwkv_lab.inference.decoder.sample", fake_sample)
     pieces = list(stream(model, ByteTokenizer(), "x", max_new_tokens=6))
     assert "".join(pieces) == "ééé" and all("\ufffd" not in p for p in pieces)
 

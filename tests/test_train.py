@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from rwkv_lab.corpus import build_corpus, is_validation, unigram_loss
-from rwkv_lab.default import default_card, default_model, heldout_text
-from rwkv_lab.train import TrainConfig, Trainer, build, main, parse_count
+from rwkv_lab.loading.checkpoint import default_model
+from rwkv_lab.loading.default import default_card, heldout_text
+from rwkv_lab.training.corpus import build_corpus, is_validation, unigram_loss
+from rwkv_lab.training.trainer import TrainConfig, Trainer, build, main, parse_count
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +27,18 @@ def text_dir(tmp_path_factory):
 
 
 def tiny(**kw) -> TrainConfig:
-    defaults = dict(model="byte-2x32", context=32, batch_size=4, tokens=4 * 32 * 12, warmup_steps=3,
-                    eval_every=6, log_every=3, eval_tokens=512, device="cpu", lr=3e-3)
+    defaults = dict(
+        model="byte-2x32",
+        context=32,
+        batch_size=4,
+        tokens=4 * 32 * 12,
+        warmup_steps=3,
+        eval_every=6,
+        log_every=3,
+        eval_tokens=512,
+        device="cpu",
+        lr=3e-3,
+    )
     return TrainConfig(**(defaults | kw))
 
 
@@ -37,9 +48,9 @@ def test_corpus_is_deterministic_and_split_by_file(text_dir):
     assert a.n_train_files + a.n_val_files == 40  # only *.py
     assert a.val_files == sorted(a.val_files) and all(is_validation(f, 0.2) for f in a.val_files)
     # a file's split does not depend on the other files
-    assert build_corpus(text_dir, val_fraction=0.2, max_files=20).val_files == [f for f in a.val_files
-                                                                                 if f < sorted(
-        p.relative_to(text_dir).as_posix() for p in text_dir.rglob("*.py"))[20]]
+    assert build_corpus(text_dir, val_fraction=0.2, max_files=20).val_files == [
+        f for f in a.val_files if f < sorted(p.relative_to(text_dir).as_posix() for p in text_dir.rglob("*.py"))[20]
+    ]
     assert int((a.train == 0).sum()) == a.n_train_files  # one end-of-text after every document
     assert a.train_bytes == int((a.train != 0).sum())  # bytes are tokens 1..256
     assert 0 < unigram_loss(a) < math.log(257)
@@ -113,8 +124,28 @@ def test_bad_training_input_is_refused(text_dir):
 
 def test_command_line_trains_and_exports(text_dir, tmp_path):
     out = tmp_path / "run"
-    args = ["--model", "byte-2x32", "--context", "32", "--batch-size", "4", "--tokens", "1k", "--eval-every", "4",
-            "--eval-tokens", "256", "--device", "cpu", "--data", str(text_dir), "--val-fraction", "0.2", "--out", str(out)]
+    args = [
+        "--model",
+        "byte-2x32",
+        "--context",
+        "32",
+        "--batch-size",
+        "4",
+        "--tokens",
+        "1k",
+        "--eval-every",
+        "4",
+        "--eval-tokens",
+        "256",
+        "--device",
+        "cpu",
+        "--data",
+        str(text_dir),
+        "--val-fraction",
+        "0.2",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     assert (out / "log.csv").exists() and (out / "log.meta.json").exists() and (out / "checkpoint.pt").exists()
     from rwkv_lab import load_model

@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-
 from helpers import assert_rel_close
+
 from rwkv_lab.wkv import BACKENDS, P_EMPTY, attention_matrix, init_wkv_state, wkv, wkv_chunked, wkv_recurrent
 
 LENGTHS = [1, 2, 15, 63, 1000]
@@ -82,8 +82,10 @@ def test_formulations_match_float64_reference(form, T, extreme):
     B, C = (1, 4) if T == 1000 else (2, 8)
     inputs = make_inputs(B, T, C, seed=T, extreme=extreme)
     gen = torch.Generator().manual_seed(99)
-    grads = (torch.randn(B, T, C, generator=gen, dtype=torch.float64),
-             torch.randn(B, 3, C, generator=gen, dtype=torch.float64))
+    grads = (
+        torch.randn(B, T, C, generator=gen, dtype=torch.float64),
+        torch.randn(B, 3, C, generator=gen, dtype=torch.float64),
+    )
     y_ref, s_ref, g_ref = _run(wkv_recurrent, inputs, grads)
     y, s, g = _run(FORMS[form], inputs, grads)
     assert_rel_close(f"{form} T={T} y", y, y_ref, 1e-10)
@@ -145,7 +147,9 @@ def test_implicit_attention_rows_sum_to_one_and_reproduce_wkv():
     y_from_weights = torch.einsum("btic,bic->btc", weights, v) + state_share * (a0 / b0)[:, None]
     assert_rel_close("attention weights . v", y_from_weights, y, 1e-12)
     no_state = attention_matrix(w, u, k)
-    assert_rel_close("rows sum to 1 without a state", no_state.sum(dim=2), torch.ones(2, 30, 8, dtype=torch.float64), 1e-12)
+    assert_rel_close(
+        "rows sum to 1 without a state", no_state.sum(dim=2), torch.ones(2, 30, 8, dtype=torch.float64), 1e-12
+    )
 
 
 def test_bad_inputs_get_clear_errors():

@@ -5,11 +5,11 @@ The full-size check on a GPU is benchmarks/bench_wkv.py; its output is results/w
 
 import pytest
 import torch
-
 from helpers import assert_rel_close
 from test_wkv import make_inputs
-from rwkv_lab import wkv_triton
+
 from rwkv_lab.wkv import resolve_backend, wkv, wkv_recurrent
+from rwkv_lab.wkv import triton_kernels as wkv_triton
 
 
 def run(fn, inputs, grads):
@@ -38,7 +38,10 @@ def test_kernel_matches_float64_reference(config, T, extreme):
     inputs64 = make_inputs(B, T, C, seed=T, extreme=extreme)
     inputs32 = [x.float() for x in inputs64]
     gen = torch.Generator().manual_seed(7)
-    grads = (torch.randn(B, T, C, generator=gen, dtype=torch.float64), torch.randn(B, 3, C, generator=gen, dtype=torch.float64))
+    grads = (
+        torch.randn(B, T, C, generator=gen, dtype=torch.float64),
+        torch.randn(B, 3, C, generator=gen, dtype=torch.float64),
+    )
     # the reference sees the same fp32 inputs, so the check measures the kernel's arithmetic alone
     y_ref, s_ref, g_ref = run(wkv_recurrent, [x.double() for x in inputs32], grads)
     y, s, g = run(lambda *a: wkv(*a, backend="triton"), inputs32, grads)

@@ -1,0 +1,273 @@
+"""Generation and prefill through the public API (`rwkv_lab.generate`, the decoder it uses, `model.prefill`) beside
+the `rwkv` package and transformers' `RwkvForCausalLM` on the same weights, in one run.
+
+    python benchmarks/bench_generation.py --device cuda --tokenizer 20B_tokenizer.json     # H100 / H200
+    python benchmarks/bench_generation.py --device cpu --sizes 169M --batches 1 --prompts 16 --new-tokens 32
+
+Writes results/inference/generation<tag>.csv (one row per path, size, batch and prompt length: tokens/s,
+first-token latency, warm-up, peak memory, the weight-bandwidth roofline on a GPU) and, on a GPU,
+results/inference/decoder_check<tag>.json: the captured (compiled) step against the eager `model.step` in fp32.
+Weights are random at the released shapes (sampling speed does not depend on them); fp16 on a GPU, fp32 on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from rwkv_lab.analysis.equivalence import rel_error
+from rwkv_lab.inference.decoder import decoder_for
+from rwkv_lab.inference.generation import generate
+from rwkv_lab.loading.checkpoint import save_model
+from rwkv_lab.loading.tokenizer import load_tokenizer
+from rwkv_lab.measure.memory import free_memory
+from rwkv_lab.measure.timing import copy_bandwidth, synchronize, time_fn
+from rwkv_lab.model import build_at_size
+from rwkv_lab.results import results_dir, write_json, write_table
+
+SAMPLING = {"temperature": 0.8, "top_p": 0.9}
+
+
+def prompts_of(tokenizer, batch: int, length: int, seed: int) -> list[str]:
+    """`batch` prompts of about `length` tokens (decoded random ids: what matters is the token count)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [tokenizer.decode(torch.randint(100, 20000, (length,), generator=gen).tolist()) for _ in range(batch)]
+
+
+def ours_generate(model, tokenizer, batch: int, prompt_len: int, new_tokens: int, device) -> dict:
+    """rwkv_lab.generate: the first call (capture, compilation) and a second, timed one."""
+    prompts = prompts_of(tokenizer, batch, prompt_len, seed=prompt_len)
+    first = {}
+    t0 = time.perf_counter()
+    generate(model, tokenizer, prompts, max_new_tokens=4, seed=0, stats=first, **SAMPLING)
+    first_call_s = time.perf_counter() - t0
+    free_memory(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    stats = {}
+    t0 = time.perf_counter()
+    texts = generate(model, tokenizer, prompts, max_new_tokens=new_tokens, seed=1, stats=stats, **SAMPLING)
+    total = time.perf_counter() - t0
+    decoded = stats["tokens"] - batch  # the first token of each sequence comes from the prefill's logits
+    return {
+        "path": "rwkv_lab.generate (top-p)",
+        "tokens_per_s": decoded / stats["decode_s"],
+        "end_to_end_tokens_per_s": stats["tokens"] / total,
+        "generated_tokens": stats["tokens"],
+        "first_token_s": stats["first_token_s"],
+        "prefill_s": stats["prefill_s"],
+        "warmup_s": first["warmup_s"],
+        "first_call_s": first_call_s,
+        "warmup_s_second_call": stats["warmup_s"],
+        "peak_GiB": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "chars": sum(len(t) for t in texts),
+    }
+
+
+def ours_step(model, batch: int, steps: int, device) -> dict:
+    """The decoder alone (what generate replays per token): token ids in, token ids out."""
+    decoder = decoder_for(model, batch)
+    tokens = torch.randint(1, 20000, (batch,), device=device)
+    state = model.init_state(batch)
+    seeds = torch.arange(batch, device=device)
+    step_t = torch.zeros(batch, dtype=torch.int64, device=device)
+
+    def run():
+        tok, st = tokens, state
+        for _ in range(steps):
+            tok, st = decoder.step(tok, st, SAMPLING["temperature"], SAMPLING["top_p"], seeds, step_t)
+
+    seconds = time_fn(run, device, warmup=1, repeat=3)
+    return {"path": "decoder.step (top-p)", "tokens_per_s": batch * steps / seconds}
+
+
+def ours_prefill(model, T: int, device) -> dict:
+    tokens = torch.randint(1, 20000, (1, T), device=device)
+    seconds = time_fn(lambda: model.prefill(tokens), device, warmup=1, repeat=3)
+    return {"path": "model.prefill", "kind": "prefill", "prompt": T, "tokens_per_s": T / seconds}
+
+
+def package_rows(model, size: str, prefill_T: int, steps: int, tmp: Path, device) -> list[dict]:
+    """The `rwkv` package (its CUDA kernel on a GPU), on the same weights: decode loop and prefill."""
+    os.environ.setdefault("RWKV_JIT_ON", "1")
+    os.environ.setdefault("RWKV_CUDA_ON", "1" if device.type == "cuda" else "0")
+    from rwkv.model import RWKV as PackageRWKV
+
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    pth = save_model(model, tmp / f"{size}.pth", format="pth", dtype=dtype)
+    strategy = "cuda fp16" if device.type == "cuda" else "cpu fp32"
+    pkg = PackageRWKV(model=str(pth)[:-4], strategy=strategy)
+    prompt = torch.randint(100, 20000, (prefill_T,)).tolist()
+    seconds = time_fn(lambda: pkg.forward(prompt, None), device, warmup=1, repeat=3)
+    rows = [
+        {
+            "path": "rwkv package forward(prompt)",
+            "kind": "prefill",
+            "prompt": prefill_T,
+            "tokens_per_s": prefill_T / seconds,
+        }
+    ]
+    logits, state = pkg.forward(prompt[:16], None)
+
+    def run():
+        out, st = logits, [x.clone() for x in state]
+        for _ in range(steps):
+            out, st = pkg.forward([int(out.argmax())], st)
+
+    seconds = time_fn(run, device, warmup=1, repeat=3)
+    rows.append(
+        {
+            "path": "rwkv package forward([token]) loop (greedy)",
+            "batch": 1,
+            "prompt": 16,
+            "tokens_per_s": steps / seconds,
+        }
+    )
+    pth.unlink()
+    free_memory(device)
+    return rows
+
+
+def transformers_rows(model, size: str, prefill_T: int, steps: int, tmp: Path, device) -> list[dict]:
+    """transformers' RwkvForCausalLM (its Python loop: the hub kernel is unreachable offline)."""
+    from transformers import RwkvForCausalLM
+
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    save_model(model, tmp / "hf", format="transformers", dtype=dtype)
+    hf = RwkvForCausalLM.from_pretrained(tmp / "hf", dtype=dtype).to(device).eval()
+    x = torch.randint(100, 20000, (1, prefill_T), device=device)
+    with torch.no_grad():
+        seconds = time_fn(lambda: hf(x, use_cache=True), device, warmup=1, repeat=2)
+        out = hf(x[:, :16], use_cache=True)
+
+        def run():
+            o = out
+            for _ in range(steps):
+                o = hf(o.logits[:, -1:].argmax(-1), state=[s.clone() for s in o.state], use_cache=True)
+
+        step_s = time_fn(run, device, warmup=1, repeat=2)
+    free_memory(device)
+    return [
+        {
+            "path": "transformers RwkvForCausalLM",
+            "kind": "prefill",
+            "prompt": prefill_T,
+            "tokens_per_s": prefill_T / seconds,
+        },
+        {
+            "path": "transformers RwkvForCausalLM loop (greedy)",
+            "batch": 1,
+            "prompt": 16,
+            "tokens_per_s": steps / step_s,
+        },
+    ]
+
+
+def decoder_check(size: str, device, tokenizer, new_tokens: int = 200) -> dict:
+    """fp32 on the device: the captured, compiled step equals eager model.step; greedy text is identical."""
+    model = build_at_size(size, torch.float32, device)
+    tokens = torch.randint(100, 20000, (4, 32), device=device)
+    _, state = model.prefill(tokens)
+    token = tokens[:, -1]
+    decoder = decoder_for(model, 4)
+    worst_logits = worst_state = 0.0
+    with torch.no_grad():
+        for _ in range(8):
+            ref_logits, ref_state = model.step(token, state)
+            nxt, new_state, logits = decoder.step(token, state, return_logits=True)
+            worst_logits = max(worst_logits, rel_error(logits, ref_logits))
+            worst_state = max(worst_state, rel_error(new_state, ref_state))
+            token, state = ref_logits.argmax(-1), ref_state
+    prompt = "The RWKV model"
+    fast = generate(model, tokenizer, prompt, max_new_tokens=new_tokens, temperature=0)
+    ids, (logits, st) = [], model.prefill(torch.tensor([tokenizer.encode(prompt)], device=device))
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            t = int(logits[0].argmax())
+            if t == tokenizer.eot_id:
+                break
+            ids.append(t)
+            logits, st = model.step(torch.tensor([t], device=device), st)
+    eager = tokenizer.decode(ids)
+    del model
+    free_memory(device)
+    return {
+        "size": size,
+        "dtype": "float32",
+        "rel_err_logits": worst_logits,
+        "rel_err_state": worst_state,
+        "greedy_tokens": len(ids),
+        "greedy_text_identical": fast == eager,
+        "compiled": decoder.compile,
+        "graphs": decoder.graphs,
+        "tolerance": 1e-6,
+        "ok": worst_logits <= 1e-6 and worst_state <= 1e-6 and fast == eager,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--sizes", default="169M,1.5B,7B")
+    parser.add_argument("--batches", default="1,8,32,128", help="batch sizes of the generate curve")
+    parser.add_argument("--batch-sizes-for", default="1.5B", help="sizes that get the whole batch curve")
+    parser.add_argument("--prompts", default="16,1024", help="prompt lengths (tokens) at batch 1")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--prefill", type=int, default=4096)
+    parser.add_argument("--peer-steps", type=int, default=64)
+    parser.add_argument("--transformers-sizes", default="169M", help="sizes measured with transformers' RWKV")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer.json (default: $RWKV_LAB_TOKENIZER)")
+    parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--tag", default="")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    tokenizer = load_tokenizer(args.tokenizer)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    bandwidth = copy_bandwidth(device) if device.type == "cuda" else None
+    params = vars(args) | {"sampling": SAMPLING, "dtype": str(dtype), "copy_bandwidth_Bps": bandwidth}
+    out = results_dir() / "inference"
+    rows = []
+    if device.type == "cuda":
+        check = decoder_check("169M", device, tokenizer)
+        print("decoder check:", check, flush=True)
+        write_json(out / f"decoder_check{args.tag}.json", check, params, device=device)
+    for size in args.sizes.split(","):
+        model = build_at_size(size, dtype, device)
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        base = {"size": size, "params": model.num_params(), "dtype": str(dtype).removeprefix("torch.")}
+        roofline = bandwidth / weights if bandwidth else None
+        jobs = [(1, p) for p in map(int, args.prompts.split(","))]
+        if size in args.batch_sizes_for.split(","):
+            jobs += [(b, 16) for b in map(int, args.batches.split(",")) if b != 1]
+        for batch, prompt_len in jobs:
+            row = base | {"kind": "generation", "batch": batch, "prompt": prompt_len}
+            rows.append(row | ours_generate(model, tokenizer, batch, prompt_len, args.new_tokens, device))
+            rows.append(row | ours_step(model, batch, args.new_tokens, device))
+            print(rows[-2], rows[-1], sep="\n", flush=True)
+        rows.append(base | {"batch": 1} | ours_prefill(model, args.prefill, device))
+        if not args.no_peers:
+            with tempfile.TemporaryDirectory() as tmp:
+                for r in package_rows(model, size, args.prefill, args.peer_steps, Path(tmp), device):
+                    rows.append(base | {"kind": "generation", "batch": 1} | r)
+                if size in args.transformers_sizes.split(","):
+                    for r in transformers_rows(model, size, min(args.prefill, 1024), 16, Path(tmp), device):
+                        rows.append(base | {"kind": "generation", "batch": 1} | r)
+        for r in rows:
+            if r["size"] == size and roofline and r.get("kind") == "generation":
+                r["roofline_tokens_per_s"] = roofline * r["batch"]
+        del model
+        free_memory(device)
+        synchronize(device)
+        frame = pd.DataFrame(rows)
+        write_table(out / f"generation{args.tag}.csv", frame, params, device=device)
+        print(frame.to_string(float_format=lambda v: f"{v:.4g}"), flush=True)
+
+
+if __name__ == "__main__":
+    main()

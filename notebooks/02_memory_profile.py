@@ -1,0 +1,175 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · Memory and speed against a transformer, across context lengths
+#
+# The seed's central claim: a transformer's attention grows with the context (quadratic compute, a KV cache that
+# grows with every token) while RWKV's state is constant, 5·C·L numbers per sequence. Measured here with
+# `rwkv_lab.measure.profiler` for RWKV-4 and the size-matched Pythia (transformers `GPTNeoXForCausalLM`, SDPA attention,
+# its KV cache: what a user would run), random weights at the real shapes:
+#
+# - **prefill**: one parallel forward over T tokens (no grad, last position's logits): time and peak memory;
+# - **generation** after a context of T tokens: memory held (weights + state or KV cache) and per-token latency;
+# - **training**: forward + backward under bf16 autocast: peak memory and tokens/s;
+#
+# each beside the analytic memory model (`analytic_memory`). On a GPU (`device = "cuda"`) this notebook runs the
+# sweep for `sizes`; on a CPU it runs a small live sweep (tiny configs, process memory) and plots the committed
+# H100 sweep (`python benchmarks/profile_memory.py`, results in `results/profile/`).
+
+# %% tags=["parameters"]
+device = "cpu"
+sizes = ["169M"]  # GPU mode: RWKV-4 sizes, each with its Pythia match (169M, 430M, 1.5B, 3B, 7B, 14B)
+dtype = "bfloat16"
+batch = 1
+prefill_contexts = [64, 256, 1024]  # CPU defaults; on a GPU e.g. [512, ..., 65536]
+generation_contexts = [64, 256, 1024, 4096]  # on a GPU e.g. [1024, ..., 2**20]
+training_contexts = [64, 256]
+compile_decode = None  # GPU: None = the library default (torch.compile + a CUDA graph); False = graph only
+
+# %%
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+from IPython.display import display
+
+from rwkv_lab.baseline import pythia_model
+from rwkv_lab.config import RWKVConfig
+from rwkv_lab.measure.profiler import pair_subjects, rwkv_subject, sweep, transformer_subject
+from rwkv_lab.measure.report import crossover, load_profiles, memory_ratio_table, oom_contexts, peer_summary, plot_kind
+from rwkv_lab.model import build_model
+from rwkv_lab.results import find_result, results_dir, save_figure, write_table
+
+if device == "cuda":
+    subjects = [s for size in sizes for s in pair_subjects(size, getattr(torch, dtype), device, compile_decode)]
+else:  # tiny stand-ins with the same structure: RWKV 4 x 128 and a GPT-NeoX of the same width and depth
+    tiny = RWKVConfig(n_layer=4, n_embd=128, vocab_size=2048, name="tiny-4x128")
+    subjects = [
+        rwkv_subject(build_model(tiny, zero_projections=False), "RWKV-4 tiny-4x128"),
+        transformer_subject(
+            pythia_model(
+                "pythia-160m",
+                torch.float32,
+                "cpu",
+                num_hidden_layers=4,
+                hidden_size=128,
+                num_attention_heads=2,
+                intermediate_size=512,
+                vocab_size=2048,
+            ),
+            "GPT-NeoX tiny-4x128",
+        ),
+    ]
+live = sweep(subjects, batch, prefill_contexts, generation_contexts, training_contexts)
+params = {"device": device, "sizes": sizes if device == "cuda" else "tiny-4x128", "dtype": dtype, "batch": batch}
+write_table(results_dir() / "profile" / f"02_live_{device}.csv", live, params, device=device)
+display(
+    live[
+        ["model", "kind", "context", "status", "seconds", "tokens_per_s", "memory_GiB", "measured_over_predicted"]
+    ].round(4)
+)
+
+# %%
+fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+plot_kind(live, axes[0], "generation", "memory_GiB", "memory held in generation (GiB)", batch)
+plot_kind(live, axes[1], "generation", "seconds", "ms per generated token", batch, scale=1e3)
+plot_kind(live, axes[2], "prefill", "seconds", "prefill seconds", batch)
+fig.suptitle(f"live sweep on {device} (CPU: resident-set memory of the process)", fontsize=9)
+plt.show()
+
+# %% [markdown]
+# ## The committed H100 sweep
+#
+# RWKV-4 169M / 1.5B / 7B against Pythia-160m / 1.4b / 6.9b in bf16, batch 1 (and batch 8 at 1.5B); generation
+# contexts 1k to 1M tokens for RWKV and until out of memory for Pythia; `rwkv_package` and transformers' RWKV
+# measured in the same runs. "compiled" rows: RWKV decoding through `torch.compile` + a CUDA graph.
+
+# %%
+files = [find_result(f"profile/memory_profile{tag}.csv") for tag in ("_b1_small", "_b1_7B", "_b1_compiled", "_b8")]
+gpu = load_profiles(files)
+gpu_name = gpu["device"].iloc[0]
+print("measured on:", sorted(set(gpu["device"])))
+ours = gpu[gpu["arch"].isin(["rwkv", "transformer"])]
+fig, axes = plt.subplots(2, 2, figsize=(14, 9))
+plot_kind(
+    ours[~ours["model"].str.contains("compiled")],
+    axes[0, 0],
+    "generation",
+    "memory_GiB",
+    "memory held after T tokens (GiB)",
+)
+axes[0, 0].axhline(80, color="gray", ls=":", lw=0.8)
+axes[0, 0].text(1100, 82, "80 GB card", fontsize=7)
+plot_kind(ours, axes[0, 1], "generation", "seconds", "ms per generated token", scale=1e3)
+plot_kind(ours[~ours["model"].str.contains("compiled")], axes[1, 0], "prefill", "seconds", "prefill seconds (one call)")
+plot_kind(
+    ours[~ours["model"].str.contains("compiled")],
+    axes[1, 1],
+    "training",
+    "tokens_per_s",
+    "training tokens/s (fwd + bwd, bf16)",
+)
+for ax in axes.flat:
+    ax.set_title(f"batch 1, {gpu_name}", fontsize=9)
+fig.tight_layout()
+save_figure(fig, results_dir() / "figures" / "02_memory_profile.png", {"files": [f.name for f in files]})
+plt.show()
+
+# %% [markdown]
+# ### Where the transformer runs out, and how much more memory it needs
+#
+# x marks the first context that ran out of memory on the 80 GB card. The ratio table compares the memory held
+# during generation at the same context (weights included).
+
+# %%
+display(oom_contexts(ours[ours["kind"] == "generation"]))
+pairs = [("RWKV-4 169M", "pythia-160m"), ("RWKV-4 1.5B", "pythia-1.4b"), ("RWKV-4 7B", "pythia-6.9b")]
+ratios = pd.concat([memory_ratio_table(ours, r, t).assign(pair=f"{r} / {t}") for r, t in pairs])
+display(ratios.pivot_table(index="context", columns="pair", values="transformer_over_rwkv").round(2))
+rows = []
+for r, t in pairs:
+    for kind, value in (("generation", "seconds"), ("prefill", "seconds"), ("generation", "memory_GiB")):
+        rows.append(
+            {
+                "pair": f"{r} / {t}",
+                "kind": kind,
+                "value": value,
+                "RWKV better from T =": crossover(ours, r, t, kind, value),
+            }
+        )
+    rows.append(
+        {
+            "pair": f"{r} compiled / {t}",
+            "kind": "generation",
+            "value": "seconds",
+            "RWKV better from T =": crossover(ours, r + " compiled", t, "generation", "seconds"),
+        }
+    )
+display(pd.DataFrame(rows))
+
+# %% [markdown]
+# ### RWKV against its peers, same weights, same run
+#
+# Prefill of 4096 tokens and per-token generation: ours (Triton WKV kernel; eager decoding through a CUDA graph,
+# and compiled), the `rwkv` package (fp16, its CUDA kernel) and transformers' `RwkvForCausalLM` (its Python loop:
+# its hub kernel is unreachable offline). The bandwidth roofline of generation is the measured copy bandwidth over
+# the weights' bytes per token.
+
+# %%
+import json
+
+bandwidth = json.loads(files[0].with_suffix(".meta.json").read_text())["params"]["copy_bandwidth_Bps"]
+peers = peer_summary(gpu, bandwidth, sizes=("169M", "1.5B", "7B"))
+write_table(results_dir() / "profile" / "02_peer_summary.csv", peers, {"files": [f.name for f in files]})
+display(peers.round(1))

@@ -1,0 +1,167 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · What does it cost to train?
+#
+# The seed blog post estimated the cost of training RWKV-4 14B: 6 FLOPs per parameter per token, 300B tokens,
+# A100s at 312 TFLOP/s, 64 GPUs for three months, "about 20%" efficiency (16.0% computed from its own inputs).
+# This notebook recomputes every line from its inputs (`rwkv_lab.cost`; each number is also a test), then replaces the assumed efficiency with the
+# model FLOPs utilisation (MFU) we measured for a real training step on an H100
+# (`benchmarks/bench_training.py` → `results/cost/training_mfu.csv`), for RWKV-4 and the size-matched Pythia.
+
+# %% tags=["parameters"]
+gpu = "H100 SXM"  # A100 SXM | H100 SXM | H200 SXM
+price_per_hour = 2.0  # $ per GPU-hour: a parameter to set to your quote, not a quote
+params_B = 14.2  # RWKV-4 14B
+tokens_B = 330
+n_gpus = 64
+interactive = True  # ipywidgets sliders (a static table is printed either way)
+
+# %%
+import matplotlib.pyplot as plt
+import pandas as pd
+from IPython.display import display
+
+from rwkv_lab import cost
+from rwkv_lab.results import REPO_ROOT, results_dir, save_figure
+
+table = cost.seed_table()
+display(table.style.format({"computed": "{:,.6g}"}))
+seed = cost.seed_estimate()
+print(
+    f"achieved efficiency of the seed's run, computed from its inputs: {seed['achieved_efficiency']:.1%} "
+    f"(the post rounds it to {cost.SEED_POST_FIGURES['achieved_efficiency']}); tests/test_cost.py checks every row"
+)
+
+# %% [markdown]
+# ## Measured efficiency
+#
+# One optimizer step (forward, backward, AdamW; bf16 autocast) timed on an H100, MFU against the measured bf16
+# matmul peak and against the datasheet. RWKV's FLOPs do not depend on the context; the transformer's grow with it.
+
+# %%
+mfu_csv = results_dir() / "cost" / "training_mfu.csv"
+if not mfu_csv.exists():
+    mfu_csv = REPO_ROOT / "results" / "cost" / "training_mfu.csv"
+mfu = pd.read_csv(mfu_csv)
+ok = mfu[mfu["status"] == "ok"]
+display(
+    ok[
+        [
+            "arch",
+            "model",
+            "context",
+            "batch",
+            "tokens_per_step",
+            "step_ms",
+            "tokens_per_s",
+            "mfu_vs_measured_peak",
+            "mfu_vs_datasheet",
+            "peak_mem_GiB",
+        ]
+    ].round(3)
+)
+if (mfu["status"] == "oom").any():
+    print("out of memory:", mfu[mfu["status"] == "oom"][["arch", "model", "context", "batch"]].to_dict("records"))
+largest = ok[ok["context"] == 1024].sort_values("params").groupby("arch").last()
+rwkv_mfu = float(largest.loc["RWKV-4", "mfu_vs_datasheet"])
+pythia_mfu = float(largest.loc["Pythia", "mfu_vs_datasheet"])
+print(
+    f"largest measured at T=1024: RWKV-4 {largest.loc['RWKV-4', 'model']} MFU {rwkv_mfu:.1%} of the datasheet peak, "
+    f"Pythia {largest.loc['Pythia', 'model']} {pythia_mfu:.1%}"
+)
+
+# %% [markdown]
+# ## What would it cost today?
+#
+# RWKV-4 14B on 330B tokens on the chosen GPU at our measured MFU (assumed to carry over from the largest size we
+# measured to 14B, which is the weakest link of this estimate), beside the seed's 50%.
+
+# %%
+accel = cost.ACCELERATORS[gpu]
+rows = []
+for label, eff in [("measured RWKV-4 MFU", rwkv_mfu), ("measured Pythia MFU", pythia_mfu), ("seed's 50%", 0.5)]:
+    rows.append(
+        {"efficiency": label, "MFU": eff} | cost.run_estimate(params_B, tokens_B, gpu, price_per_hour, eff, n_gpus)
+    )
+today = pd.DataFrame(rows)
+print(f"days on {n_gpus} GPUs, $ at {price_per_hour} per GPU-hour on {gpu}:")
+display(today.style.format({"MFU": "{:.1%}", "GPU-hours": "{:,.0f}", "days": "{:,.1f}", "$": "${:,.0f}"}))
+
+# %%
+from rwkv_lab.config import PRESETS
+
+sizes = ["169M", "430M", "1.5B", "3B", "7B", "14B"]
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+for arch, eff in (("RWKV-4", rwkv_mfu), ("Pythia", pythia_mfu)):
+    dollars = [
+        cost.cost(cost.gpu_hours(cost.training_flops(PRESETS[s].n_params, 300e9), accel, eff), price_per_hour)
+        for s in sizes
+    ]
+    ax1.loglog([PRESETS[s].n_params for s in sizes], dollars, "o-", label=f"{arch} at {eff:.0%} MFU")
+ax1.set_xlabel("parameters")
+ax1.set_ylabel(f"USD for 300B tokens on {gpu} at {price_per_hour} USD/h")
+ax1.legend()
+cfg = PRESETS["14B"]
+ctx = cost.flops_vs_context(cfg.n_layer, cfg.n_embd, cfg.vocab_size, [2**e for e in range(10, 21)])
+ax2.loglog(ctx["context"], ctx["rwkv_flops_per_token"], "o-", label="RWKV-4 (40 x 5120)")
+ax2.loglog(ctx["context"], ctx["transformer_flops_per_token"], "s-", label="transformer, same depth and width")
+half = ctx[ctx["transformer_attention_share"] >= 0.5]
+if len(half):
+    ax2.axvline(int(half["context"].min()), color="gray", ls=":", label="attention >= half of the FLOPs")
+ax2.set_xlabel("training context T")
+ax2.set_ylabel("training FLOPs per token")
+ax2.legend(fontsize=8)
+display(ctx.assign(transformer_attention_share=ctx["transformer_attention_share"].round(3)))
+save_figure(
+    fig,
+    results_dir() / "figures" / "04_cost.png",
+    {"gpu": gpu, "price_per_hour": price_per_hour, "rwkv_mfu": rwkv_mfu, "pythia_mfu": pythia_mfu},
+)
+plt.show()
+
+
+# %% [markdown]
+# ## Try it
+#
+# Sliders for parameters, tokens, GPU, price and efficiency (live in Jupyter). Executed headless, the table below
+# gives the same function at a few settings.
+
+# %%
+display(
+    pd.DataFrame(
+        [
+            {"params_B": p, "tokens_B": t, "gpu": g, "efficiency": e}
+            | cost.run_estimate(p, t, g, price_per_hour, e, n_gpus)
+            for p, t in ((1.5, 300), (14.2, 330))
+            for g in cost.ACCELERATORS
+            for e in (rwkv_mfu, 0.5)
+        ]
+    ).round({"GPU-hours": 0, "days": 1, "$": 0})
+)
+if interactive:
+    import ipywidgets as widgets
+
+    out = widgets.Output()
+    ui = widgets.interactive(
+        lambda **kw: print({k: round(v, 1) for k, v in cost.run_estimate(**kw).items()}),
+        params_B=widgets.FloatLogSlider(value=params_B, base=10, min=-1, max=2.5),
+        tokens_B=widgets.FloatLogSlider(value=tokens_B, base=10, min=0, max=4),
+        gpu=widgets.Dropdown(options=list(cost.ACCELERATORS), value=gpu),
+        price=widgets.FloatSlider(value=price_per_hour, min=0.1, max=10, step=0.05),
+        efficiency=widgets.FloatSlider(value=round(rwkv_mfu, 3), min=0.05, max=0.8, step=0.01),
+        gpus=widgets.IntSlider(value=n_gpus, min=1, max=4096),
+    )
+    display(ui)

@@ -1,0 +1,269 @@
+"""The paper's zero-shot tasks through lm-eval, online (lm-eval's task definitions and hub datasets) or offline
+(the same task definitions, read through `include:`, with local data files), and the published tables beside ours.
+
+    tasks, manager = task_manager(data_dir="../shared/data/lm_eval")   # offline: piqa, lambada_openai, arc_easy
+    frame, raw = run_lm_eval("default", ["piqa"], data_dir=..., limit=50)
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from ..results import REPO_ROOT
+
+# The RWKV paper's zero-shot tasks (lm-eval names); headqa, record and triviaqa where lm-eval has them.
+PAPER_TASKS = [
+    "lambada_openai",
+    "piqa",
+    "storycloze_2016",
+    "hellaswag",
+    "winogrande",
+    "arc_easy",
+    "arc_challenge",
+    "openbookqa",
+    "sciq",
+    "copa",
+    "headqa_en",
+    "record",
+    "triviaqa",
+]
+# lm-eval task -> (metric, column of reference/rwkv4_pile_zero_shot.csv, column of pythia_v1_zero_shot.csv)
+REFERENCE_COLUMNS = {
+    "lambada_openai": [
+        ("perplexity", "lambada_ppl", "lambada_openai_ppl"),
+        ("acc", "lambada_acc", "lambada_openai_acc"),
+    ],
+    "piqa": [("acc", "piqa_acc", "piqa_acc")],
+    "storycloze_2016": [("acc", "sc2016_acc", None)],
+    "hellaswag": [("acc_norm", "hellaswag_acc_norm", None)],
+    "winogrande": [("acc", "winogrande_acc", "winogrande_acc")],
+    "arc_challenge": [("acc_norm", "arc_c_acc_norm", "arc_challenge_acc_norm")],
+    "arc_easy": [("acc", "arc_e_acc", "arc_easy_acc")],
+    "headqa_en": [("acc_norm", "headqa_acc_norm", None)],
+    "openbookqa": [("acc_norm", "obqa_acc_norm", None)],
+    "sciq": [("acc", "sciq_acc", "sciq_acc")],
+    "triviaqa": [("exact_match", "triviaqa_acc", None)],
+    "record": [("em", "record_em", None)],
+    "copa": [("acc", "copa_acc", None)],
+}
+
+
+ENV_DATA = "RWKV_LAB_EVAL_DATA"  # an offline data directory to use by default
+
+
+def default_data_dir() -> Path | None:
+    """$RWKV_LAB_EVAL_DATA, else ../shared/data/lm_eval beside the repository if it exists, else None (online)."""
+    import os
+
+    env = os.environ.get(ENV_DATA)
+    if env:
+        return Path(env)
+    beside = REPO_ROOT.parent / "shared" / "data" / "lm_eval"
+    return beside if beside.is_dir() else None
+
+
+def _lm_eval_yaml(task: str) -> Path:
+    from lm_eval.tasks import TaskManager
+
+    entry = TaskManager().task_index.get(task)
+    path = entry.get("yaml_path") if isinstance(entry, dict) else getattr(entry, "yaml_path", None)
+    if not path:
+        raise ValueError(f"lm-eval has no task {task!r}")
+    return Path(path)
+
+
+def _jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        raise FileNotFoundError(f"offline data file {path} is missing (see ../shared/data/SOURCES.md for the layout)")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def prepare_offline(data_dir, out_dir) -> dict[str, dict]:
+    """Convert the local files of `data_dir` into the hub datasets' schemas: task -> {split: jsonl path}."""
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"offline data directory {data_dir} does not exist")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    if (data_dir / "piqa").exists():
+        rows = _read_jsonl(data_dir / "piqa" / "valid.jsonl")
+        labels_file = data_dir / "piqa" / "valid-labels.lst"
+        if not labels_file.exists():
+            raise FileNotFoundError(f"offline data file {labels_file} is missing")
+        labels = [int(x) for x in labels_file.read_text().split()]
+        if len(labels) != len(rows):
+            raise ValueError(f"{labels_file} has {len(labels)} labels for {len(rows)} PIQA rows")
+        labelled = [r | {"label": label} for r, label in zip(rows, labels)]
+        files["piqa"] = {"validation": _jsonl(out_dir / "piqa.jsonl", labelled)}
+    if (data_dir / "lambada_openai").exists():
+        path = data_dir / "lambada_openai" / "lambada_test.jsonl"
+        _read_jsonl(path)
+        files["lambada_openai"] = {"test": path.resolve()}
+    if (data_dir / "arc_easy").exists():
+        rows = _read_jsonl(data_dir / "arc_easy" / "arc_easy.jsonl")
+        letters = "ABCDEFGH"
+        converted = [
+            {
+                "question": r["query"].removeprefix("Question: "),
+                "choices": {"text": r["choices"], "label": list(letters[: len(r["choices"])])},
+                "answerKey": letters[r["gold"]],
+            }
+            for r in rows
+        ]
+        files["arc_easy"] = {"test": _jsonl(out_dir / "arc_easy.jsonl", converted)}
+    return files
+
+
+def task_manager(data_dir=None, work_dir=None):
+    """(names of the tasks available, an lm-eval TaskManager). Offline (`data_dir` given): each local task is
+    lm-eval's own YAML, included, with `dataset_path: json` and absolute `data_files`, under the same name."""
+    from lm_eval.tasks import TaskManager
+
+    if data_dir is None:
+        manager = TaskManager()
+        return sorted(manager.all_tasks), manager
+    work = Path(work_dir or tempfile.mkdtemp(prefix="rwkv_lab_tasks_"))
+    files = prepare_offline(data_dir, work / "data")
+    for task, splits in files.items():
+        yaml_lines = [
+            f"include: {_lm_eval_yaml(task)}",
+            f"task: {task}",
+            "tag: []",
+            "dataset_path: json",
+            "dataset_name: null",
+            "dataset_kwargs:",
+            "  data_files:",
+        ]
+        yaml_lines += [f"    {split}: {path}" for split, path in splits.items()]
+        for split in ("training_split", "validation_split", "test_split"):
+            name = split.removesuffix("_split").replace("training", "train")
+            yaml_lines.append(f"{split}: {name if name in splits else 'null'}")
+        (work / f"{task}.yaml").write_text("\n".join(yaml_lines) + "\n")
+    manager = TaskManager(include_path=str(work), include_defaults=False)
+    return sorted(files), manager
+
+
+def check_tasks(tasks, available) -> None:
+    unknown = [t for t in tasks if t not in available]
+    if unknown:
+        hint = f"; offline, the data directory provides {available}" if len(available) < 20 else ""
+        raise ValueError(f"unknown lm-eval task(s) {unknown}{hint}")
+
+
+def tidy(results: dict) -> pd.DataFrame:
+    """lm-eval's results dict -> one row per (task, metric) with value and stderr."""
+    rows = []
+    for task, metrics in results["results"].items():
+        for key, value in metrics.items():
+            if "," not in key or key.startswith("alias") or "_stderr" in key:
+                continue
+            metric, filt = key.split(",", 1)
+            stderr = metrics.get(f"{metric}_stderr,{filt}")
+            rows.append(
+                {
+                    "task": task,
+                    "metric": metric,
+                    "filter": filt,
+                    "value": value,
+                    "stderr": stderr if isinstance(stderr, (int, float)) else None,
+                    "n_samples": results.get("n-samples", {}).get(task, {}).get("effective"),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def run_lm_eval(
+    model="default",
+    tasks=("piqa",),
+    limit=None,
+    device="cpu",
+    dtype="float32",
+    data_dir=None,
+    batch_size: int = 16,
+    cache_dir=None,
+    model_args: dict | None = None,
+    log_samples: bool = False,
+):
+    """Evaluate with lm-eval's simple_evaluate: (tidy DataFrame, lm-eval's results dict). `model` is a source
+    for rwkv_lab.load_model or an RWKVLM instance."""
+    import lm_eval
+
+    from .backend import RWKVLM
+
+    available, manager = task_manager(data_dir)
+    check_tasks(list(tasks), available)
+    lm = (
+        model
+        if isinstance(model, RWKVLM)
+        else RWKVLM(
+            pretrained=model,
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size,
+            cache_dir=cache_dir,
+            **(model_args or {}),
+        )
+    )
+    raw = lm_eval.simple_evaluate(
+        model=lm, tasks=list(tasks), task_manager=manager, limit=limit, log_samples=log_samples, bootstrap_iters=1000
+    )
+    return tidy(raw), raw
+
+
+def percent(metric: str, value: float) -> float:
+    return value if metric == "perplexity" else 100 * value
+
+
+def published(size_B: float) -> pd.DataFrame:
+    """The published zero-shot rows of models of about this size (RWKV paper, Pythia paper), long format."""
+    rwkv = pd.read_csv(REPO_ROOT / "reference" / "rwkv4_pile_zero_shot.csv")
+    pythia = pd.read_csv(REPO_ROOT / "reference" / "pythia_v1_zero_shot.csv")
+    rwkv = rwkv[rwkv["model"].str.startswith("RWKV-4")]
+    near = rwkv[(rwkv["params_B"] - size_B).abs() == (rwkv["params_B"] - size_B).abs().min()]
+    rows = []
+    for task, cols in REFERENCE_COLUMNS.items():
+        for metric, rwkv_col, pythia_col in cols:
+            for _, r in near.iterrows():
+                rows.append(
+                    {
+                        "task": task,
+                        "metric": metric,
+                        "source": f"RWKV paper: {r['model']} {r['params_B']}B",
+                        "published": r[rwkv_col],
+                    }
+                )
+            pythia_name = {
+                0.17: "pythia-160m",
+                0.43: "pythia-410m",
+                1.5: "pythia-1.4b",
+                3.0: "pythia-2.8b",
+                7.4: "pythia-6.9b",
+                14.2: "pythia-12b",
+            }.get(float(near["params_B"].iloc[0]))
+            if pythia_col and pythia_name in set(pythia["model"]):
+                value = pythia.loc[pythia["model"] == pythia_name, pythia_col].iloc[0]
+                rows.append(
+                    {"task": task, "metric": metric, "source": f"Pythia paper: {pythia_name}", "published": value}
+                )
+    return pd.DataFrame(rows)
+
+
+def side_by_side(ours: pd.DataFrame, size_B: float) -> pd.DataFrame:
+    """Our measured rows beside the published ones of the matching size, with the delta in the table's units."""
+    ref = published(size_B)
+    ours = ours.assign(
+        ours=[percent(m, v) for m, v in zip(ours["metric"], ours["value"])],
+        ours_stderr=[None if s is None or s != s else percent(m, s) for m, s in zip(ours["metric"], ours["stderr"])],
+    )
+    merged = ours.merge(ref, on=["task", "metric"], how="inner")
+    merged["delta"] = merged["ours"] - merged["published"]
+    return merged[["task", "metric", "ours", "ours_stderr", "source", "published", "delta", "n_samples"]]

@@ -1,0 +1,139 @@
+"""The fast recurrent step that generation, lm-eval and the profiler share.
+
+    decoder = decoder_for(model, batch=8)                      # cached per (model, batch, dtype, device)
+    tokens, state = decoder.step(tokens, state, temperature, top_p, seeds, steps)   # (B,) -> (B,), next state
+
+On CUDA, one token of every sequence (the model's `step` and the choice of the next token) is captured once in a
+CUDA graph, its elementwise work fused by `torch.compile` where Triton is present, and replayed per token: one
+launch instead of hundreds, which is what bounds decoding at small batch. Only the chosen token ids leave the
+device. Elsewhere the same function runs eagerly. `model.step` stays the readable reference; tests check that
+the captured step equals it.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+import weakref
+
+import torch
+
+from .sampling import sample
+
+_DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _compile_available(device: torch.device) -> bool:
+    if device.type != "cuda":
+        return False
+    try:
+        import triton  # noqa: F401 - inductor's GPU code generator
+    except ImportError:
+        return False
+    return True
+
+
+class Decoder:
+    """One recurrent step plus sampling for a fixed batch size, captured on CUDA (see the module docstring)."""
+
+    def __init__(self, model, batch: int, compile: bool | None = None, graphs: bool | None = None):
+        self.model, self.batch = model, batch
+        self.device = model.device
+        self.graphs = self.device.type == "cuda" if graphs is None else graphs
+        self.compile = _compile_available(self.device) if compile is None else compile
+        self.warmup_seconds = 0.0  # capture and compilation, paid on the first call of each sampling setting
+        self._captured: dict = {}
+
+    def _logits(self, tokens, state):
+        return self.model.step(tokens, state, check=False)
+
+    def _eager(self, tokens, state, temperature, top_p, seeds, steps):
+        logits, new_state = self._step_fn(tokens, state)
+        return sample(logits, temperature, top_p, seeds, steps), logits, new_state
+
+    @property
+    def _step_fn(self):
+        if not hasattr(self, "_fn"):
+            self._fn = self._logits
+            if self.compile:
+                self._fn = torch.compile(self._logits, fullgraph=True, dynamic=False)
+        return self._fn
+
+    def _capture(self, key, tokens, state, temperature, top_p, seeds, steps):
+        t0 = time.perf_counter()
+        static = [tokens.clone(), state.clone(), seeds.clone(), steps.clone()]
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(3):  # warm-up outside the graph: allocator, first launches, compilation
+                self._eager(static[0], static[1], temperature, top_p, static[2], static[3])
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self._eager(static[0], static[1], temperature, top_p, static[2], static[3])
+        torch.cuda.synchronize(self.device)
+        self.warmup_seconds += time.perf_counter() - t0
+        self._captured[key] = (graph, static, out)
+
+    def step(
+        self,
+        tokens,
+        state,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seeds=None,
+        steps=None,
+        return_logits: bool = False,
+    ):
+        """tokens (B,), state (B, L, 5, C) -> next tokens (B,), the state after `tokens`[, logits (B, V)].
+
+        seeds, steps (B,) int64 pick the random numbers of each sequence (sampling.uniform_noise); with
+        temperature 0 they are unused. On CUDA the returned tensors are the graph's own buffers, valid until the
+        next call: copy what must outlive it (generation passes the state straight back in).
+        """
+        try:
+            return self._step(tokens, state, temperature, top_p, seeds, steps, return_logits)
+        except Exception as err:  # inductor raises many types; the fallback is exact, only slower
+            if not self.compile:
+                raise
+            warnings.warn(
+                f"torch.compile of the decode step failed ({type(err).__name__}: {err}); decoding "
+                "through an uncompiled CUDA graph instead",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self.compile = False
+            self._captured.clear()
+            self.__dict__.pop("_fn", None)
+            return self._step(tokens, state, temperature, top_p, seeds, steps, return_logits)
+
+    @torch.no_grad()
+    def _step(self, tokens, state, temperature, top_p, seeds, steps, return_logits):
+        if seeds is None:
+            seeds = torch.zeros(self.batch, dtype=torch.int64, device=self.device)
+        if steps is None:
+            steps = torch.zeros_like(seeds)
+        if not self.graphs:
+            out = self._eager(tokens, state, temperature, top_p, seeds, steps)
+        else:
+            key = (temperature, top_p)
+            if key not in self._captured:
+                self._capture(key, tokens, state, temperature, top_p, seeds, steps)
+            graph, static, out = self._captured[key]
+            for buffer, value in zip(static, (tokens, state, seeds, steps)):
+                if buffer.data_ptr() != value.data_ptr():
+                    buffer.copy_(value)
+            graph.replay()
+        next_tokens, logits, new_state = out
+        return (next_tokens, new_state, logits) if return_logits else (next_tokens, new_state)
+
+
+def decoder_for(model, batch: int, compile: bool | None = None) -> Decoder:
+    """The model's decoder for this batch size, built (and on CUDA captured) once and kept while the model lives.
+
+    The cache key includes the model's dtype and device, so moving the model gives a fresh decoder."""
+    per_model = _DECODERS.setdefault(model, {})
+    key = (batch, model.dtype, model.device, compile)
+    if key not in per_model:
+        per_model[key] = Decoder(model, batch, compile=compile)
+    return per_model[key]

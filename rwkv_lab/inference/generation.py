@@ -1,0 +1,244 @@
+"""Text generation through the recurrent form: each prompt prefilled in parallel to its own state, then all
+sequences decoded together, one token per step, through the fast decoder (decoder.py).
+
+    text = generate(model, tokenizer, "def main():", max_new_tokens=100, temperature=0.8, top_p=0.9, seed=0)
+    texts = generate(model, tokenizer, ["a", "much longer prompt b"], seed=[1, 2], stop=[["\\n"], ["."]])
+    for index, piece in stream(model, tokenizer, ["a", "b"]): ...      # a str prompt yields plain str pieces
+
+Sampling runs on the device with counter-based random numbers (sampling.py), so a sequence generates the same
+text alone or in a batch, given its seed. Only token ids cross to the host, for detokenisation and stop strings.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ..loading.tokenizer import check_tokenizer
+from .decoder import decoder_for
+from .sampling import MAX_SEED, check_sampling, check_seed, sample
+
+# prompt tokens run per parallel call: bounds prefill memory at any prompt length (exact: the state is carried)
+PREFILL_CHUNK = 4096
+
+
+@dataclass
+class _Sequence:
+    """One sequence being generated: its ids, what was emitted, its limits."""
+
+    index: int
+    max_new: int
+    stop: list[str]
+    ids: list[int] = field(default_factory=list)
+    emitted: int = 0
+    done: bool = False
+
+
+def _held_back(text: str, stop: Sequence[str]) -> int:
+    """Characters at the end of `text` that could be the start of a stop string, so not yet safe to emit."""
+    return max((n for s in stop for n in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:n])), default=0)
+
+
+def _stops(stop) -> list[str]:
+    """One stop string (str) or a sequence of them; the empty string would stop at once, so it is refused."""
+    stops = [stop] if isinstance(stop, str) else list(stop)
+    for s in stops:
+        if not isinstance(s, str):
+            raise TypeError(f"stop strings must be str; got {type(s).__name__} {s!r}")
+        if s == "":
+            raise ValueError("an empty stop string would end generation before its first token; remove it")
+    return stops
+
+
+def _per_sequence(value, n: int, name: str, is_one) -> list:
+    """`value` for each of n sequences: one value shared, or a list of n."""
+    if is_one(value):
+        return [value] * n
+    values = list(value)
+    if len(values) != n:
+        raise ValueError(f"{name} has {len(values)} entries for {n} prompts; give one value or one per prompt")
+    return values
+
+
+def _check_max_new(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"max_new_tokens must be an int >= 0; got {type(value).__name__} {value!r}")
+    if value < 0:
+        raise ValueError(f"max_new_tokens must be >= 0; got {value}")
+    return value
+
+
+def _prompts(prompt) -> list[str]:
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise TypeError(f"prompt must be a str or a non-empty list of str; got {type(prompt).__name__}")
+    for p in prompts:
+        if not isinstance(p, str):
+            raise TypeError(f"every prompt must be a str; got {type(p).__name__} {p!r}")
+    return list(prompts)
+
+
+@torch.no_grad()
+def prefill_prompts(model, tokenizer, prompts: list[str], state=None):
+    """Each prompt through the parallel form from its own state: (last logits (n, V), states (n, L, 5, C)).
+
+    An empty prompt starts a new document (end-of-text). Only the last position goes through the head."""
+    logits, states = [], []
+    for i, prompt in enumerate(prompts):
+        ids = tokenizer.encode(prompt) or [tokenizer.eot_id]
+        tokens = torch.tensor([ids], device=model.device)
+        start = None if state is None else state[i : i + 1]
+        last, st = model.prefill(tokens, start, chunk=PREFILL_CHUNK)
+        logits.append(last)
+        states.append(st)
+    return torch.cat(logits), torch.cat(states)
+
+
+@torch.no_grad()
+def stream(
+    model,
+    tokenizer,
+    prompt,
+    max_new_tokens=100,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed=None,
+    stop=(),
+    state=None,
+    compile: bool | None = None,
+    stats: dict | None = None,
+) -> Iterator:
+    """Yield the generated text piece by piece as tokens come.
+
+    `prompt` a str: yields str pieces. A list of str: yields (index, piece), the prompts decoded as one batch.
+    Each sequence ends at its `max_new_tokens`, end-of-text or a stop string (excluded from the text).
+    `seed`, `max_new_tokens` and `stop` take one value for all or one per prompt (for `stop`, a list of lists).
+    `state` (n, L, 5, C) starts each prompt from a given state. `stats`, a dict, receives the timings:
+    prefill_s, first_token_s, decode_s, warmup_s (capture and compilation in this call), generated tokens.
+    """
+    single = isinstance(prompt, str)
+    prompts = _prompts(prompt)
+    n = len(prompts)
+    temperature, top_p = check_sampling(temperature, top_p)
+    max_new = [
+        _check_max_new(m)
+        for m in _per_sequence(max_new_tokens, n, "max_new_tokens", lambda v: not isinstance(v, (list, tuple)))
+    ]
+    per_seq_stop = (
+        not single and isinstance(stop, (list, tuple)) and stop and all(isinstance(s, (list, tuple)) for s in stop)
+    )
+    stops = [_stops(s) for s in stop] if per_seq_stop else [_stops(stop)] * n
+    if len(stops) != n:
+        raise ValueError(f"stop has {len(stops)} lists for {n} prompts; give one list per prompt")
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, ()))  # from torch's global generator: torch.manual_seed decides
+    seeds = [check_seed(s) for s in _per_sequence(seed, n, "seed", lambda v: not isinstance(v, (list, tuple)))]
+    if isinstance(seed, int) and not single:
+        seeds = [(seed + i) % (MAX_SEED + 1) for i in range(n)]  # one seed for the batch: sequence i gets seed + i
+    check_tokenizer(tokenizer, model)
+    if state is not None:
+        model.check_state(state, n)
+
+    pieces = _generate(
+        model,
+        tokenizer,
+        prompts,
+        max_new,
+        stops,
+        seeds,
+        temperature,
+        top_p,
+        state,
+        compile,
+        stats if stats is not None else {},
+    )
+    for index, piece in pieces:
+        yield piece if single else (index, piece)
+
+
+def _generate(model, tokenizer, prompts, max_new, stops, seeds, temperature, top_p, state, compile, stats):
+    device = model.device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    t0 = time.perf_counter()
+    logits, states = prefill_prompts(model, tokenizer, prompts, state)
+    seqs = [_Sequence(i, m, s) for i, (m, s) in enumerate(zip(max_new, stops))]
+    seed_t = torch.tensor(seeds, dtype=torch.int64, device=device)
+    step_t = torch.zeros(len(seqs), dtype=torch.int64, device=device)
+    tokens = sample(logits, temperature, top_p, seed_t, step_t)
+    sync()
+    stats.update(prefill_s=time.perf_counter() - t0, warmup_s=0.0, tokens=0)
+    t_decode = time.perf_counter()
+    active = list(range(len(seqs)))  # rows of the decoded batch, each a sequence index (or -1: finished)
+    for seq in seqs:
+        if seq.max_new == 0:
+            seq.done = True
+    while True:
+        ids = tokens.tolist()
+        for row, i in enumerate(active):
+            if i < 0 or seqs[i].done:
+                continue
+            piece = _advance(seqs[i], ids[row], tokenizer)
+            stats["tokens"] += 1
+            if "first_token_s" not in stats:
+                stats["first_token_s"] = time.perf_counter() - t0
+            if piece:
+                yield i, piece
+        active = [i if i >= 0 and not seqs[i].done else -1 for i in active]
+        live = [row for row, i in enumerate(active) if i >= 0]
+        if not live:
+            break
+        if len(live) <= len(active) // 2:  # compact: finished sequences stop costing work
+            rows = torch.tensor(live, device=device)
+            tokens, states = tokens.index_select(0, rows), states.index_select(0, rows)
+            seed_t, step_t = seed_t.index_select(0, rows), step_t.index_select(0, rows)
+            active = [active[row] for row in live]
+        decoder = decoder_for(model, len(active), compile)
+        before = decoder.warmup_seconds
+        step_t = step_t + 1
+        tokens, states = decoder.step(tokens, states, temperature, top_p, seed_t, step_t)
+        stats["warmup_s"] += decoder.warmup_seconds - before
+    stats["decode_s"] = time.perf_counter() - t_decode
+
+
+def _advance(seq: _Sequence, token: int, tokenizer) -> str:
+    """Take one chosen token into `seq`; returns the text now safe to show (stops and split characters held)."""
+    if token == tokenizer.eot_id:
+        seq.done = True
+        return _flush(seq, tokenizer)
+    seq.ids.append(token)
+    text = tokenizer.decode(seq.ids)
+    hits = [h for h in (text.find(s, seq.emitted) for s in seq.stop) if h >= 0]
+    if hits:
+        seq.done = True
+        piece, seq.emitted = text[seq.emitted : min(hits)], len(text)
+        return piece
+    if len(seq.ids) >= seq.max_new:
+        seq.done = True
+        return _flush(seq, tokenizer, text)
+    # a multi-byte character split across tokens decodes to U+FFFD until its last token arrives
+    safe = len(text) - _held_back(text, seq.stop)
+    while safe > seq.emitted and text[safe - 1] == "\ufffd":
+        safe -= 1
+    piece = text[seq.emitted : safe] if safe > seq.emitted else ""
+    seq.emitted = max(seq.emitted, safe)
+    return piece
+
+
+def _flush(seq: _Sequence, tokenizer, text: str | None = None) -> str:
+    text = tokenizer.decode(seq.ids) if text is None else text
+    piece = text[seq.emitted :]
+    seq.emitted = len(text)
+    return piece
+
+
+def generate(model, tokenizer, prompt, **kwargs):
+    """The whole continuation of `prompt` (a str), or of each prompt of a list (list of str); arguments as `stream`."""
+    if isinstance(prompt, str):
+        return "".join(stream(model, tokenizer, prompt, **kwargs))
+    texts = [""] * len(_prompts(prompt))
+    for index, piece in stream(model, tokenizer, prompt, **kwargs):
+        texts[index] += piece
+    return texts

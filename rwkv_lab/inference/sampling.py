@@ -1,0 +1,73 @@
+"""Choosing the next token on the device: greedy, temperature and top-p, with a counter-based random number per
+(seed, step, vocabulary entry).
+
+The noise is a hash of (seed, step, token id), not a stateful generator, so that
+- a sequence samples the same tokens whether it is generated alone or in a batch (its seed and step decide);
+- the whole choice runs inside a captured CUDA graph (integer arithmetic only, no generator state to advance);
+- the CPU and the GPU draw the same numbers.
+A token is drawn from p by the exponential race: argmax_i p_i / E_i with E_i = -ln U_i exponential, which picks i
+with probability p_i (Gumbel-max in another form).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+MASK32 = 0xFFFFFFFF
+MAX_SEED = 2**63 - 1
+
+
+def check_sampling(temperature: float, top_p: float) -> tuple[float, float]:
+    """Validated (temperature, top_p): numbers, temperature >= 0 finite, 0 < top_p <= 1."""
+    for name, value in (("temperature", temperature), ("top_p", top_p)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number; got {type(value).__name__} {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite; got {value}")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1; got temperature={temperature}, top_p={top_p}")
+    return float(temperature), float(top_p)
+
+
+def check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int; got {type(seed).__name__} {seed!r}")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be in [0, 2**63 - 1]; got {seed}")
+    return seed
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (x of int64 holding values < 2**32); products stay below 2**63."""
+    x = (x ^ (x >> 16)) * 0x45D9F3B & MASK32
+    x = (x ^ (x >> 16)) * 0x45D9F3B & MASK32
+    return x ^ (x >> 16)
+
+
+def uniform_noise(seeds: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:
+    """U(0, 1) per (sequence, token id), (B, V) float32, from int64 seeds (B,) and steps (B,)."""
+    ids = torch.arange(vocab, device=seeds.device, dtype=torch.int64)  # (V,)
+    key = _mix32(_mix32(seeds & MASK32) ^ (seeds >> 32) & MASK32)
+    key = _mix32(key ^ _mix32(steps & MASK32))  # (B,)
+    bits = _mix32(key[:, None] ^ _mix32(ids[None, :] + 0x9E3779B9 & MASK32))  # (B, V)
+    return ((bits >> 8).to(torch.float32) + 0.5) / 2**24
+
+
+def sample(
+    logits: torch.Tensor, temperature: float, top_p: float, seeds: torch.Tensor, steps: torch.Tensor
+) -> torch.Tensor:
+    """Token ids (B,) from logits (B, V): argmax when temperature == 0, else nucleus sampling at `top_p`."""
+    logits = logits.float()
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1:
+        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+        # keep the smallest set whose mass reaches top_p: a token stays if the mass before it is < top_p
+        drop_sorted = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        probs = probs.masked_fill(drop, 0.0)
+    exponential = -torch.log(uniform_noise(seeds, steps, logits.shape[-1]))
+    return (probs / exponential).argmax(dim=-1)

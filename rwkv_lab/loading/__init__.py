@@ -1,0 +1,2 @@
+"""Loading: checkpoints in every format (BlinkDL .pth, transformers folders, safetensors, hub ids), tokenizers,
+and the embedded default model."""

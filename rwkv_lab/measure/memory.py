@@ -1,0 +1,73 @@
+"""Memory on either device (CUDA allocator, or the process's resident set on the CPU) and the analytic model
+of what RWKV and a transformer hold: weights, state or KV cache, prefill activations."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import torch
+
+
+def _proc_status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024  # kB
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def memory_now(device) -> int:
+    """Bytes held: the CUDA caching allocator's allocated bytes, or the process's resident set on the CPU."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    return _proc_status("VmRSS")
+
+
+def reset_peak(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        except OSError:
+            pass
+
+
+def memory_peak(device) -> int:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return _proc_status("VmHWM")
+
+
+def free_memory(device) -> None:
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def analytic_memory(
+    arch: str,
+    n_params: int,
+    n_layer: int,
+    d_model: int,
+    vocab: int,
+    batch: int,
+    context: int,
+    dtype_bytes: int,
+    state_bytes: int = 4,
+) -> dict:
+    """Bytes by the formulas: weights N·s; RWKV state 5·C·L per sequence (fp32); KV cache 2·L·T·d per sequence;
+    the prefill's transient activations, O(B·T·C), of which the largest live set is about the FFN's 4C hidden
+    plus a few C-wide tensors (12 C per token, in the compute dtype) and the last position's logits."""
+    weights = n_params * dtype_bytes
+    if arch == "rwkv":
+        cache = batch * 5 * d_model * n_layer * state_bytes
+    else:
+        cache = batch * 2 * n_layer * context * d_model * dtype_bytes
+    activations = batch * context * 12 * d_model * dtype_bytes + batch * vocab * 4
+    return {
+        "weights_bytes": weights,
+        "cache_bytes": cache,
+        "held_bytes": weights + cache,
+        "prefill_peak_bytes": weights + cache + activations,
+    }

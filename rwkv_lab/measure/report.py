@@ -1,0 +1,123 @@
+"""Reading a memory/speed sweep (notebook 02): profiles with their devices, where each model ran out of memory,
+crossovers, ratios and the log-log plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+
+def memory_ratio_table(frame: pd.DataFrame, rwkv: str, transformer: str, batch: int = 1) -> pd.DataFrame:
+    """At each context both reached: generation memory held by the transformer / by RWKV."""
+    gen = frame[(frame["kind"] == "generation") & (frame["status"] == "ok") & (frame["batch"] == batch)]
+    a = gen[gen["model"] == rwkv].set_index("context")["memory_GiB"]
+    b = gen[gen["model"] == transformer].set_index("context")["memory_GiB"]
+    both = pd.DataFrame({"rwkv_GiB": a, "transformer_GiB": b}).dropna()
+    both["transformer_over_rwkv"] = both["transformer_GiB"] / both["rwkv_GiB"]
+    return both.reset_index()
+
+
+def load_profiles(paths) -> pd.DataFrame:
+    """Concatenate profile CSVs, each row tagged with its file's device (from <name>.meta.json)."""
+    frames = []
+    for path in paths:
+        meta = pd.read_json(Path(path).with_suffix(".meta.json"), typ="series")
+        frames.append(pd.read_csv(path).assign(device=meta["device"], source=Path(path).name))
+    return pd.concat(frames, ignore_index=True)
+
+
+def oom_contexts(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per model, kind and batch: the longest context measured and the first that ran out of memory."""
+    rows = []
+    for (model, kind, batch), g in frame.groupby(["model", "kind", "batch"], sort=False):
+        ok, oom = g[g["status"] == "ok"], g[g["status"] == "oom"]
+        rows.append(
+            {
+                "model": model,
+                "kind": kind,
+                "batch": batch,
+                "longest_ok": int(ok["context"].max()) if len(ok) else None,
+                "first_oom": int(oom["context"].min()) if len(oom) else None,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def crossover(
+    frame: pd.DataFrame,
+    rwkv: str,
+    transformer: str,
+    kind: str,
+    value: str,
+    batch: int = 1,
+    lower_is_better: bool = True,
+):
+    """The shortest context from which RWKV is better on `value` than the transformer (None if never)."""
+    g = frame[(frame["kind"] == kind) & (frame["status"] == "ok") & (frame["batch"] == batch)]
+    a = g[g["model"] == rwkv].set_index("context")[value]
+    b = g[g["model"] == transformer].set_index("context")[value]
+    both = pd.DataFrame({"r": a, "t": b}).dropna().sort_index()
+    better = both["r"] < both["t"] if lower_is_better else both["r"] > both["t"]
+    # from this context on, RWKV stays better
+    for T in both.index:
+        if better.loc[T:].all():
+            return int(T)
+    return None
+
+
+def plot_kind(frame: pd.DataFrame, ax, kind: str, value: str, ylabel: str, batch: int = 1, scale: float = 1.0):
+    """One line per model: `value` (times `scale`) against context, log-log; OOM marked with an x."""
+    g = frame[(frame["kind"] == kind) & (frame["batch"] == batch)]
+    for model, m in g.groupby("model", sort=False):
+        ok = m[m["status"] == "ok"].sort_values("context")
+        style = "-" if m["arch"].iloc[0] == "rwkv" else "--"
+        (line,) = ax.loglog(ok["context"], ok[value] * scale, "o" + style, ms=3, label=model)
+        for T in m.loc[m["status"] == "oom", "context"]:
+            ax.plot([T], [ok[value].iloc[-1] * scale if len(ok) else 1], "x", color=line.get_color(), ms=9, mew=2)
+    ax.set_xlabel("context T (tokens)")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+
+
+def peer_summary(
+    frame: pd.DataFrame,
+    bandwidth: float,
+    sizes=("169M", "1.5B", "7B"),
+    prefill_context: int = 4096,
+    bytes_per_param: int = 2,
+) -> pd.DataFrame:
+    """Per RWKV size: batch-1 generation tokens/s of ours (default and compiled decode), the `rwkv` package and
+    transformers' RWKV at the shortest context measured, the weight-bandwidth roofline (copy bandwidth over the
+    weights' bytes per token), and prefill tokens/s. A prefill ratio is formed only between rows measured at the
+    same context; each prefill column names its context."""
+    gen = frame[(frame["kind"] == "generation") & (frame["status"] == "ok") & (frame["batch"] == 1)]
+    pre = frame[(frame["kind"] == "prefill") & (frame["status"] == "ok")]
+    labels = (
+        ("ours", "RWKV-4 {}"),
+        ("ours compiled", "RWKV-4 {} compiled"),
+        ("rwkv package", "rwkv package {}"),
+        ("transformers RWKV", "transformers RWKV {}"),
+    )
+    rows = []
+    for size in sizes:
+        row = {"size": size}
+        for label, pattern in labels:
+            g = gen[gen["model"] == pattern.format(size)]
+            row[f"{label} tok/s"] = (
+                g.loc[g["context"] == g["context"].min(), "tokens_per_s"].iloc[0] if len(g) else None
+            )
+        weights = frame.loc[frame["model"] == f"RWKV-4 {size}", "params"].iloc[0] * bytes_per_param
+        row["roofline tok/s"] = bandwidth / weights
+        best = max((row[f"{label} tok/s"] or 0) for label in ("ours", "ours compiled"))
+        row["ours % of roofline"] = 100 * best / row["roofline tok/s"]
+        ours = pre[(pre["model"] == f"RWKV-4 {size}") & (pre["context"] == prefill_context)]["tokens_per_s"]
+        row[f"prefill ours tok/s (T={prefill_context})"] = ours.iloc[0] if len(ours) else None
+        for label, pattern in labels[2:]:
+            p = pre[pre["model"] == pattern.format(size)]
+            row[f"prefill {label} tok/s"] = p["tokens_per_s"].iloc[0] if len(p) else None
+            row[f"prefill {label} T"] = int(p["context"].iloc[0]) if len(p) else None
+            same_t = len(p) and len(ours) and int(p["context"].iloc[0]) == prefill_context
+            row[f"prefill ours / {label}"] = ours.iloc[0] / p["tokens_per_s"].iloc[0] if same_t else None
+        rows.append(row)
+    return pd.DataFrame(rows)

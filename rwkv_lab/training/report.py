@@ -1,0 +1,45 @@
+"""Comparing training runs (notebook 06): both architectures side by side, and their validation curves."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+
+def side_by_side(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per (size, context): both architectures' bits-per-byte, tokens/s and memory, and their ratios."""
+    ok = summary[summary["status"] == "ok"]
+    wide = ok.pivot_table(
+        index=["model", "context"],
+        columns="arch",
+        values=["params", "val_bpb", "tokens_per_s", "peak_memory_GiB"],
+        sort=False,
+    )
+    wide.columns = [f"{value}_{arch}" for value, arch in wide.columns]
+    wide["bpb_ratio_rwkv_over_tf"] = wide["val_bpb_rwkv"] / wide["val_bpb_transformer"]
+    wide["speed_ratio_rwkv_over_tf"] = wide["tokens_per_s_rwkv"] / wide["tokens_per_s_transformer"]
+    wide["memory_ratio_rwkv_over_tf"] = wide["peak_memory_GiB_rwkv"] / wide["peak_memory_GiB_transformer"]
+    return wide.reset_index()
+
+
+def plot_curves(curves: pd.DataFrame, axes, unigram_bpb: float | None = None, title: str = ""):
+    """Validation bits-per-byte against tokens (axes[0]) and training FLOPs (axes[1]), one line per run."""
+    evals = curves.dropna(subset=["val_bpb"])
+    colours = dict(
+        zip(
+            sorted(evals["model"].unique(), key=lambda m: evals[evals.model == m]["params"].iloc[0]),
+            ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"),
+        )
+    )
+    for (model, arch, _context), g in evals.groupby(["model", "arch", "context"]):
+        style = "-" if arch == "rwkv" else "--"
+        label = f"{'RWKV-4' if arch == 'rwkv' else 'GPT-NeoX'} {model} ({g['params'].iloc[0] / 1e6:.1f}M)"
+        for ax, x in zip(axes, ("tokens", "flops")):
+            ax.plot(g[x], g["val_bpb"], style, color=colours.get(model), label=label)
+    for ax, x in zip(axes, ("tokens", "flops")):
+        if unigram_bpb is not None:
+            ax.axhline(unigram_bpb, color="gray", lw=0.8, ls=":", label="unigram baseline")
+        ax.set_xscale("log")
+        ax.set_xlabel("training tokens" if x == "tokens" else "training FLOPs")
+        ax.set_ylabel("validation bits per byte")
+        ax.set_title(title, fontsize=9)
+    axes[0].legend(fontsize=7)

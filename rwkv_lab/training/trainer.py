@@ -1,0 +1,329 @@
+"""Train RWKV-4 (the parallel form) or a matched GPT-NeoX transformer on a corpus, and compare them.
+
+    python -m rwkv_lab.training --arch rwkv --model byte-6x256 --context 512 --tokens 20M --out runs/rwkv
+    python -m rwkv_lab.training --arch transformer --model byte-6x256 ...   # same width and depth, SDPA attention
+
+    from rwkv_lab.training import TrainConfig, Trainer
+    trainer = Trainer(TrainConfig(model="byte-4x128", tokens=2_000_000), corpus)
+    log = trainer.run()                      # pandas DataFrame: loss, val bits-per-byte, tokens/s, FLOPs, memory
+
+Both architectures see the same batches (random windows drawn from the training tokens by a seeded generator),
+the same AdamW schedule (linear warm-up, cosine decay) and the same gradient clipping. On CUDA the forward runs
+under bf16 autocast; on the CPU in fp32, deterministic for a seed. A checkpoint holds weights, optimizer, step,
+the batch generator and the log, so a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from .. import cost
+from ..baseline import gpt_neox
+from ..config import RWKVConfig, get_config
+from ..loading.checkpoint import save_model
+from ..loading.tokenizer import load_tokenizer
+from ..model import RWKV, init_weights
+from ..results import atomic_write, write_table
+from .corpus import Corpus, build_corpus
+from .loss import lm_loss
+
+ARCHS = ("rwkv", "transformer")
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "rwkv"  # 'rwkv' | 'transformer' (GPT-NeoX/Pythia block, same width and depth)
+    model: str = "byte-6x256"  # a preset or 'byte-<layers>x<width>'
+    context: int = 512
+    batch_size: int = 32
+    tokens: int = 10_000_000  # training tokens (steps = tokens / (batch_size * context), rounded up)
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1  # matrices only, as nanoGPT and Pythia; not embeddings' decays, mixes, norms
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    eval_every: int = 250  # steps; also at the end
+    eval_tokens: int = 1 << 18  # validation tokens per evaluation (non-overlapping windows from the start)
+    log_every: int = 25
+    seed: int = 0
+    device: str = "auto"  # 'auto': cuda if available
+    wkv_backend: str = "auto"
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}; got {self.arch!r}")
+        for name in ("context", "batch_size", "tokens", "eval_every", "eval_tokens", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1; got {getattr(self, name)}")
+
+    @property
+    def steps(self) -> int:
+        return math.ceil(self.tokens / (self.batch_size * self.context))
+
+    @property
+    def model_config(self) -> RWKVConfig:
+        return get_config(self.model)
+
+
+def build_transformer(config: RWKVConfig, context: int) -> nn.Module:
+    """A Pythia-style GPT-NeoX (transformers, SDPA attention) of the RWKV config's width, depth and vocabulary:
+    12 D^2 parameters per layer against RWKV's 13 D^2, so the two match within 10%."""
+    from transformers import GPTNeoXForCausalLM
+
+    D = config.n_embd
+    return GPTNeoXForCausalLM(gpt_neox(config.n_layer, D, config.vocab_size, max(1, D // 64), max(2048, context)))
+
+
+def build(cfg: TrainConfig) -> tuple[nn.Module, float]:
+    """(model, training FLOPs per token)."""
+    mc = cfg.model_config
+    if cfg.arch == "rwkv":
+        model = init_weights(RWKV(mc), seed=cfg.seed)  # RWKV-LM's init: zeroed projections
+        model.wkv_backend = cfg.wkv_backend
+        return model, cost.training_flops_per_token(cost.rwkv_forward_flops_per_token(mc))
+    torch.manual_seed(cfg.seed)
+    model = build_transformer(mc, cfg.context)
+    flops = cost.transformer_forward_flops_per_token(mc.n_layer, mc.n_embd, mc.vocab_size, cfg.context)
+    return model, cost.training_flops_per_token(flops)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n.lower()]
+    keep = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "emb" not in n.lower())]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
+
+
+def bits_per_byte(loss: float, bytes_per_token: float) -> float:
+    return loss / math.log(2) / bytes_per_token
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, corpus: Corpus, progress: bool = True):
+        if corpus.vocab_size > cfg.model_config.vocab_size:
+            raise ValueError(
+                f"the corpus was tokenised with {corpus.vocab_size} token ids but model "
+                f"{cfg.model!r} has a vocabulary of {cfg.model_config.vocab_size}"
+            )
+        if len(corpus.train) <= cfg.context + 1 or len(corpus.val) <= cfg.context + 1:
+            raise ValueError(
+                f"context {cfg.context} is longer than the corpus' train ({len(corpus.train)}) or "
+                f"validation ({len(corpus.val)}) tokens"
+            )
+        self.cfg, self.corpus, self.progress = cfg, corpus, progress
+        self.device = torch.device(
+            cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        )
+        self.model, self.flops_per_token = build(cfg)
+        self.model.to(self.device)
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fused
+        )
+        self.train_tokens = corpus.train.to(self.device)
+        self.val_windows = self._val_windows()
+        self.generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        self.step = 0
+        self.log: list[dict] = []
+        self.train_seconds = 0.0
+
+    def _val_windows(self) -> torch.Tensor:
+        T = self.cfg.context
+        n = max(1, min(self.cfg.eval_tokens // T, len(self.corpus.val) // (T + 1)))
+        return self.corpus.val[: n * (T + 1)].view(n, T + 1).to(self.device)  # (n, T + 1)
+
+    def lr_at(self, step: int) -> float:
+        cfg = self.cfg
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        T, B = self.cfg.context, self.cfg.batch_size
+        start = torch.randint(0, len(self.train_tokens) - T - 1, (B,), generator=self.generator)
+        idx = start.to(self.device)[:, None] + torch.arange(T + 1, device=self.device)  # (B, T + 1)
+        window = self.train_tokens[idx].long()
+        return window[:, :-1], window[:, 1:]
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return lm_loss(self.model, x, y)
+
+    def train_step(self) -> torch.Tensor:
+        self.model.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        x, y = self.next_batch()
+        loss = self.loss(x, y)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return loss.detach()
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean validation loss (nats/token) over the fixed validation windows."""
+        self.model.eval()
+        total = torch.zeros((), device=self.device, dtype=torch.float64)
+        windows = self.val_windows
+        for i in range(0, len(windows), self.cfg.batch_size):
+            w = windows[i : i + self.cfg.batch_size].long()
+            total += self.loss(w[:, :-1], w[:, 1:]).double() * len(w)
+        return float(total) / len(windows)
+
+    def _peak_memory(self) -> int:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # process peak RSS (Linux: KiB)
+
+    def run(self, steps: int | None = None, checkpoint: str | Path | None = None) -> pd.DataFrame:
+        """Train until `steps` (default: the config's) and return the whole log; evaluates every `eval_every`."""
+        cfg, end = self.cfg, min(steps or self.cfg.steps, self.cfg.steps)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        bar = tqdm(
+            total=end,
+            initial=self.step,
+            desc=f"{cfg.arch} {cfg.model} T={cfg.context}",
+            disable=not self.progress,
+            mininterval=2,
+        )
+        losses, t0, tokens_since = [], time.perf_counter(), 0
+        while self.step < end:
+            losses.append(self.train_step())
+            tokens_since += cfg.batch_size * cfg.context
+            last = self.step == end
+            if self.step % cfg.log_every == 0 or self.step % cfg.eval_every == 0 or last:
+                train_loss = float(torch.stack(losses).float().mean())  # syncs the device once per log
+                seconds = time.perf_counter() - t0
+                self.train_seconds += seconds
+                row = {
+                    "step": self.step,
+                    "tokens": self.step * cfg.batch_size * cfg.context,
+                    "lr": self.lr_at(self.step - 1),
+                    "train_loss": train_loss,
+                    "tokens_per_s": tokens_since / seconds,
+                    "train_seconds": self.train_seconds,
+                    "flops": self.flops_per_token * self.step * cfg.batch_size * cfg.context,
+                    "peak_memory_bytes": self._peak_memory(),
+                    "val_loss": None,
+                    "val_bpb": None,
+                }
+                if self.step % cfg.eval_every == 0 or last:
+                    row["val_loss"] = self.evaluate()
+                    row["val_bpb"] = bits_per_byte(row["val_loss"], self.corpus.val_bytes_per_token)
+                self.log.append(row)
+                bar.set_postfix(
+                    loss=f"{train_loss:.3f}",
+                    tok_s=f"{row['tokens_per_s']:.3g}",
+                    **({"val_bpb": f"{row['val_bpb']:.3f}"} if row["val_bpb"] is not None else {}),
+                )
+                losses, t0, tokens_since = [], time.perf_counter(), 0
+            bar.update(1)
+        bar.close()
+        if checkpoint is not None:
+            self.save(checkpoint)
+        return self.frame()
+
+    def frame(self) -> pd.DataFrame:
+        frame = pd.DataFrame(self.log)
+        for key, value in {
+            "arch": self.cfg.arch,
+            "model": self.cfg.model,
+            "context": self.cfg.context,
+            "batch_size": self.cfg.batch_size,
+            "params": self.n_params,
+        }.items():
+            frame[key] = value
+        return frame
+
+    def save(self, path) -> Path:
+        """Everything a resumed run needs; loads with torch.load(weights_only=True)."""
+        blob = {
+            "config": dataclasses.asdict(self.cfg),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "generator": self.generator.get_state(),
+            "log": self.log,
+            "train_seconds": self.train_seconds,
+            "corpus_sha256": self.corpus.files_sha256,
+        }
+        return atomic_write(Path(path), lambda tmp: torch.save(blob, tmp))
+
+    def load(self, path) -> Trainer:
+        blob = torch.load(path, map_location=self.device, weights_only=True)
+        saved = TrainConfig(**blob["config"])
+        for name in ("arch", "model", "context", "batch_size", "seed"):
+            if getattr(saved, name) != getattr(self.cfg, name):
+                raise ValueError(
+                    f"checkpoint {path} was trained with {name}={getattr(saved, name)!r}, "
+                    f"this run has {getattr(self.cfg, name)!r}"
+                )
+        if blob["corpus_sha256"] != self.corpus.files_sha256:
+            raise ValueError(
+                f"checkpoint {path} was trained on corpus {blob['corpus_sha256'][:12]}, "
+                f"this run's corpus is {self.corpus.files_sha256[:12]}"
+            )
+        self.model.load_state_dict(blob["model"])
+        self.optimizer.load_state_dict(blob["optimizer"])
+        self.step, self.log, self.train_seconds = blob["step"], blob["log"], blob["train_seconds"]
+        self.generator.set_state(blob["generator"])
+        return self
+
+
+def parse_count(text: str) -> int:
+    """'20M' -> 20_000_000, '512k' -> 512_000, '1e6' -> 1_000_000."""
+    scale = {"k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}
+    return int(float(text[:-1]) * scale[text[-1]]) if text and text[-1] in scale else int(float(text))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m rwkv_lab.training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        kind = parse_count if f.name in ("tokens", "eval_tokens") else type(getattr(defaults, f.name))
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=getattr(defaults, f.name))
+    parser.add_argument(
+        "--data",
+        help="a directory (its *.py files, or --pattern) or a text file; default: this interpreter's standard library",
+    )
+    parser.add_argument("--pattern", default="*.py")
+    parser.add_argument("--val-fraction", type=float, default=0.05, help="share of files held out for validation")
+    parser.add_argument("--tokenizer", default="bytes", help="'bytes' or a tokenizer.json")
+    parser.add_argument("--out", required=True, help="folder for checkpoint.pt, log.csv and (RWKV) model.safetensors")
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    args = parser.parse_args(argv)
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    corpus = build_corpus(args.data, load_tokenizer(args.tokenizer), args.val_fraction, args.pattern)
+    print(corpus.summary(), file=sys.stderr)
+    trainer = Trainer(cfg, corpus)
+    out = Path(args.out)
+    if args.resume:
+        trainer.load(out / "checkpoint.pt")
+    while trainer.step < cfg.steps:  # a checkpoint at every evaluation: an interrupted run loses little
+        trainer.run(min(cfg.steps, trainer.step + cfg.eval_every), checkpoint=out / "checkpoint.pt")
+    write_table(out / "log.csv", trainer.frame(), dataclasses.asdict(cfg) | corpus.summary(), trainer.device)
+    if cfg.arch == "rwkv":
+        save_model(trainer.model, out / "model.safetensors")
+    print(trainer.frame().dropna(subset=["val_loss"]).to_string(index=False))
+    return 0

@@ -1,0 +1,628 @@
+"""WKV as Triton kernels: forward and backward, state in and out, parallel over chunks of time.
+
+The algorithm is `chunked.wkv_chunked`'s, so one long sequence (B = 1) fills the GPU:
+
+forward   A. per chunk (in parallel): the chunk's own contribution to the state, (a, b, p), from its keys alone;
+          B. per channel block: a scan over the chunks (tl.associative_scan within blocks of chunks) giving the
+             state entering every chunk, and the final state;
+          C. per chunk (in parallel): the stable recurrence from the entering state, writing y.
+backward  A'. per chunk: the chunk's own contribution to the adjoint of the entering state;
+          B'. a reverse scan over chunks: the adjoint leaving every chunk, and the initial state's gradient;
+          C'. per chunk: the recurrence again (its states kept in registers), then backwards through the chunk
+              writing dk and dv and partial sums of du and dw.
+Memory: besides inputs and outputs, only per-chunk states (3 C per chunk), no per-step trajectory.
+
+The adjoints are kept in the same stable form as the state: alpha = dL/dA (A = a e^p the true numerator) is
+stored as (alpha~, r) with alpha = alpha~ e^r, and every exponent in the backward pass is <= 0 (the derivation
+is in docs of `WKVFunction.backward`). Arithmetic is fp32 whatever the input dtype.
+Runs on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1 (the tests).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import P_EMPTY, init_wkv_state
+
+CHUNK = 64  # tokens per chunk (tuned on an H100: results/wkv/wkv_kernel_profile.csv)
+SCAN_BLOCK = 64  # chunks per associative scan
+BLOCK_C = 64  # channels per program of the per-chunk kernels
+SUB = 8  # the backward recomputes states in sub-blocks of SUB tokens (a multiple of 4, dividing CHUNK)
+SCAN_BLOCK_C = 16  # channels per program of the scans (few programs: keep them many)
+# one warp per 32 channels: the per-chunk kernels work on rows of BLOCK_C, so more warps would only replicate
+NUM_WARPS = None
+EMPTY = tl.constexpr(P_EMPTY)  # kernels see globals only as constexpr
+
+
+@triton.jit
+def _combine(a1, b1, p1, d1, i1, a2, b2, p2, d2, i2):
+    """Segment 1 then segment 2: segment 1's sums decay by d2 (= length2 * w), then add. Associative."""
+    q1 = p1 - d2
+    p = tl.maximum(q1, p2)
+    e1 = tl.exp(q1 - p)
+    e2 = tl.exp(p2 - p)
+    idx = tl.where(p2 >= q1, i2, i1)
+    return e1 * a1 + e2 * a2, e1 * b1 + e2 * b2, p, d1 + d2, idx
+
+
+@triton.jit
+def _row(tile, rows, i):
+    """Row i of a (R, BLOCK_C) register tile."""
+    return tl.sum(tl.where(rows[:, None] == i, tile, 0.0), axis=0)
+
+
+@triton.jit
+def _fwd_chunk_summary(k_ptr, v_ptr, w_ptr, sum_ptr, idx_ptr, T, C, N, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid_c, n, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    rows = tl.arange(0, CHUNK)
+    length = tl.minimum(CHUNK, T - n * CHUNK)
+    mask = (rows < length)[:, None] & cmask[None, :]
+    offs = ((b * T + n * CHUNK + rows).to(tl.int64) * C)[:, None] + cols[None, :]
+    k = tl.load(k_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=cmask, other=0.0)
+    # token j has decayed length-1-j times at the chunk's end
+    e = tl.where(mask, k - (length - 1 - rows).to(tl.float32)[:, None] * w[None, :], EMPTY)
+    p = tl.max(e, axis=0)
+    idx = tl.argmax(e, axis=0)
+    x = tl.exp(e - p[None, :])
+    base = (b * N + n).to(tl.int64) * 3 * C
+    tl.store(sum_ptr + base + cols, tl.sum(x * v, axis=0), mask=cmask)
+    tl.store(sum_ptr + base + C + cols, tl.sum(x, axis=0), mask=cmask)
+    tl.store(sum_ptr + base + 2 * C + cols, p, mask=cmask)
+    tl.store(idx_ptr + (b * N + n).to(tl.int64) * C + cols, (n * CHUNK + idx).to(tl.int32), mask=cmask)
+
+
+@triton.jit
+def _scan_chunks(
+    part_ptr,
+    idx_ptr,
+    w_ptr,
+    init_ptr,
+    out_ptr,
+    last_ptr,
+    argmax_ptr,
+    T,
+    C,
+    N,
+    CHUNK: tl.constexpr,
+    SCAN_BLOCK: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    REVERSE: tl.constexpr,
+):
+    """Join the chunks' own parts (a, b, p) in order, starting from `init`; a part decays by L w across a chunk.
+
+    Forward (REVERSE=False): parts are the chunks' states, out[n] the state entering chunk n, last the final
+    state, and the argmax of the final p is tracked. Backward (REVERSE=True): parts are the chunks' adjoints,
+    the scan runs from the last chunk back, out[n] is the adjoint leaving chunk n, last the initial state's.
+    """
+    pid_c, b = tl.program_id(0), tl.program_id(1)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    rows = tl.arange(0, SCAN_BLOCK)
+    w = tl.load(w_ptr + cols, mask=cmask, other=0.0)
+    s0 = b.to(tl.int64) * 3 * C
+    ca = tl.load(init_ptr + s0 + cols, mask=cmask, other=0.0)
+    cb = tl.load(init_ptr + s0 + C + cols, mask=cmask, other=0.0)
+    cp = tl.load(init_ptr + s0 + 2 * C + cols, mask=cmask, other=0.0)
+    ci = tl.full((BLOCK_C,), -1, tl.int32)
+    first = (b * N + (N - 1 if REVERSE else 0)).to(tl.int64) * 3 * C
+    tl.store(out_ptr + first + cols, ca, mask=cmask)
+    tl.store(out_ptr + first + C + cols, cb, mask=cmask)
+    tl.store(out_ptr + first + 2 * C + cols, cp, mask=cmask)
+    for m0 in range(0, N, SCAN_BLOCK):
+        if REVERSE:
+            n = N - 1 - (m0 + rows)  # row i is the i-th chunk from the end
+            nxt = n - 1
+        else:
+            n = m0 + rows
+            nxt = n + 1
+        mask = ((n >= 0) & (n < N))[:, None] & cmask[None, :]
+        offs = ((b * N + n).to(tl.int64) * 3 * C)[:, None] + cols[None, :]
+        # rows past the end are the identity: empty sums, no decay
+        sa = tl.load(part_ptr + offs, mask=mask, other=0.0)
+        sb = tl.load(part_ptr + offs + C, mask=mask, other=0.0)
+        sp = tl.load(part_ptr + offs + 2 * C, mask=mask, other=EMPTY)
+        if REVERSE:
+            si = tl.zeros((SCAN_BLOCK, BLOCK_C), tl.int32)
+        else:
+            si = tl.load(idx_ptr + ((b * N + n).to(tl.int64) * C)[:, None] + cols[None, :], mask=mask, other=-1)
+        length = tl.minimum(CHUNK, T - n * CHUNK).to(tl.float32)
+        sd = tl.where(mask, length[:, None] * w[None, :], 0.0)
+        sa, sb, sp, sd, si = tl.associative_scan((sa, sb, sp, sd, si), 0, _combine)
+        # through chunk n: the carried part, decayed across the block's chunks up to n, joined to the block's prefix
+        qa, qb, qp, _, qi = _combine(ca[None, :], cb[None, :], cp[None, :], 0.0, ci[None, :], sa, sb, sp, sd, si)
+        omask = ((nxt >= 0) & (nxt < N))[:, None] & cmask[None, :]
+        ooffs = ((b * N + nxt).to(tl.int64) * 3 * C)[:, None] + cols[None, :]
+        tl.store(out_ptr + ooffs, qa, mask=omask)
+        tl.store(out_ptr + ooffs + C, qb, mask=omask)
+        tl.store(out_ptr + ooffs + 2 * C, qp, mask=omask)
+        last = SCAN_BLOCK - 1
+        ca, cb, cp = _row(qa, rows, last), _row(qb, rows, last), _row(qp, rows, last)
+        ci = tl.sum(tl.where(rows[:, None] == last, qi, 0), axis=0)
+    tl.store(last_ptr + s0 + cols, ca, mask=cmask)
+    tl.store(last_ptr + s0 + C + cols, cb, mask=cmask)
+    tl.store(last_ptr + s0 + 2 * C + cols, cp, mask=cmask)
+    if not REVERSE:
+        tl.store(argmax_ptr + b.to(tl.int64) * C + cols, ci, mask=cmask)
+
+
+@triton.jit
+def _out_step(a, bb, p, kt, vt, w, u, valid):
+    """One token of the recurrence: y, and the state after it (unchanged where not valid)."""
+    ukt = u + kt
+    q = tl.maximum(p, ukt)
+    e1 = tl.exp(p - q)
+    e2 = tl.exp(ukt - q)
+    y = (e1 * a + e2 * vt) / (e1 * bb + e2)
+    q = tl.maximum(p - w, kt)
+    e1 = tl.exp(p - w - q)
+    e2 = tl.exp(kt - q)
+    a = tl.where(valid, e1 * a + e2 * vt, a)
+    bb = tl.where(valid, e1 * bb + e2, bb)
+    p = tl.where(valid, q, p)
+    return y, a, bb, p
+
+
+@triton.jit
+def _fwd_output(k_ptr, v_ptr, w_ptr, u_ptr, enter_ptr, y_ptr, T, C, N, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid_c, n, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    w = tl.load(w_ptr + cols, mask=cmask, other=0.0)
+    u = tl.load(u_ptr + cols, mask=cmask, other=0.0)
+    e0 = (b * N + n).to(tl.int64) * 3 * C
+    a = tl.load(enter_ptr + e0 + cols, mask=cmask, other=0.0)
+    bb = tl.load(enter_ptr + e0 + C + cols, mask=cmask, other=1.0)
+    p = tl.load(enter_ptr + e0 + 2 * C + cols, mask=cmask, other=0.0)
+    length = tl.minimum(CHUNK, T - n * CHUNK)
+    base = (b * T + n * CHUNK).to(tl.int64) * C + cols
+    # four tokens per iteration, their eight loads issued together: the recurrence waits on memory once, not 4x
+    for j in range(0, length, 4):
+        jv = tl.zeros_like(cols) + j
+        m0, m1, m2, m3 = (
+            cmask & (jv < length),
+            cmask & (jv + 1 < length),
+            cmask & (jv + 2 < length),
+            cmask & (jv + 3 < length),
+        )
+        o0, o1, o2, o3 = base + j * C, base + (j + 1) * C, base + (j + 2) * C, base + (j + 3) * C
+        k0 = tl.load(k_ptr + o0, mask=m0, other=0.0).to(tl.float32)
+        k1 = tl.load(k_ptr + o1, mask=m1, other=0.0).to(tl.float32)
+        k2 = tl.load(k_ptr + o2, mask=m2, other=0.0).to(tl.float32)
+        k3 = tl.load(k_ptr + o3, mask=m3, other=0.0).to(tl.float32)
+        v0 = tl.load(v_ptr + o0, mask=m0, other=0.0).to(tl.float32)
+        v1 = tl.load(v_ptr + o1, mask=m1, other=0.0).to(tl.float32)
+        v2 = tl.load(v_ptr + o2, mask=m2, other=0.0).to(tl.float32)
+        v3 = tl.load(v_ptr + o3, mask=m3, other=0.0).to(tl.float32)
+        y, a, bb, p = _out_step(a, bb, p, k0, v0, w, u, m0)
+        tl.store(y_ptr + o0, y, mask=m0)
+        y, a, bb, p = _out_step(a, bb, p, k1, v1, w, u, m1)
+        tl.store(y_ptr + o1, y, mask=m1)
+        y, a, bb, p = _out_step(a, bb, p, k2, v2, w, u, m2)
+        tl.store(y_ptr + o2, y, mask=m2)
+        y, a, bb, p = _out_step(a, bb, p, k3, v3, w, u, m3)
+        tl.store(y_ptr + o3, y, mask=m3)
+
+
+@triton.jit
+def _load4(ptr, base, j, C, cmask, length, cols):
+    """Rows j..j+3 of a (T, C) block (zeros past `length`), and their masks: four loads in flight at once."""
+    jv = tl.zeros_like(cols) + j
+    m0, m1, m2, m3 = (
+        cmask & (jv < length),
+        cmask & (jv + 1 < length),
+        cmask & (jv + 2 < length),
+        cmask & (jv + 3 < length),
+    )
+    x0 = tl.load(ptr + base + j * C, mask=m0, other=0.0).to(tl.float32)
+    x1 = tl.load(ptr + base + (j + 1) * C, mask=m1, other=0.0).to(tl.float32)
+    x2 = tl.load(ptr + base + (j + 2) * C, mask=m2, other=0.0).to(tl.float32)
+    x3 = tl.load(ptr + base + (j + 3) * C, mask=m3, other=0.0).to(tl.float32)
+    return x0, x1, x2, x3, m0, m1, m2, m3
+
+
+@triton.jit
+def _state_step(a, bb, p, kt, vt, w, valid):
+    """The state after one token (unchanged where not valid)."""
+    q = tl.maximum(p - w, kt)
+    e1 = tl.exp(p - w - q)
+    e2 = tl.exp(kt - q)
+    return tl.where(valid, e1 * a + e2 * vt, a), tl.where(valid, e1 * bb + e2, bb), tl.where(valid, q, p)
+
+
+@triton.jit
+def _adjoint_term(al, be, r, a, bb, p, kt, vt, gt, u, j, w, valid):
+    """Add token j's dy to the adjoint of the chunk's entering (A, B): (g/D_j) e^{-j w}, D_j = d e^q."""
+    ukt = u + kt
+    q = tl.maximum(p, ukt)
+    e1 = tl.exp(p - q)
+    e2 = tl.exp(ukt - q)
+    d = e1 * bb + e2
+    y = (e1 * a + e2 * vt) / d
+    x = -q - j * w
+    rn = tl.maximum(r, x)
+    f1 = tl.exp(r - rn)
+    f2 = tl.exp(x - rn)
+    al = tl.where(valid, f1 * al + f2 * (gt / d), al)
+    be = tl.where(valid, f1 * be - f2 * (gt * y / d), be)
+    r = tl.where(valid, rn, r)
+    return al, be, r
+
+
+@triton.jit
+def _bwd_chunk_summary(
+    k_ptr, v_ptr, gy_ptr, w_ptr, u_ptr, enter_ptr, adj_ptr, T, C, N, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr
+):
+    """The adjoint of the chunk's entering (A, B) from this chunk's dy alone: sum_j (g_j/D_j) e^{-j w}."""
+    pid_c, n, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    w = tl.load(w_ptr + cols, mask=cmask, other=0.0)
+    u = tl.load(u_ptr + cols, mask=cmask, other=0.0)
+    e0 = (b * N + n).to(tl.int64) * 3 * C
+    a = tl.load(enter_ptr + e0 + cols, mask=cmask, other=0.0)
+    bb = tl.load(enter_ptr + e0 + C + cols, mask=cmask, other=1.0)
+    p = tl.load(enter_ptr + e0 + 2 * C + cols, mask=cmask, other=0.0)
+    al = tl.zeros((BLOCK_C,), tl.float32)
+    be = tl.zeros((BLOCK_C,), tl.float32)
+    r = tl.full((BLOCK_C,), EMPTY, tl.float32)
+    length = tl.minimum(CHUNK, T - n * CHUNK)
+    base = (b * T + n * CHUNK).to(tl.int64) * C + cols
+    for j in range(0, length, 4):
+        k0, k1, k2, k3, m0, m1, m2, m3 = _load4(k_ptr, base, j, C, cmask, length, cols)
+        v0, v1, v2, v3, m0, m1, m2, m3 = _load4(v_ptr, base, j, C, cmask, length, cols)
+        g0, g1, g2, g3, m0, m1, m2, m3 = _load4(gy_ptr, base, j, C, cmask, length, cols)
+        al, be, r = _adjoint_term(al, be, r, a, bb, p, k0, v0, g0, u, j, w, m0)
+        a, bb, p = _state_step(a, bb, p, k0, v0, w, m0)
+        al, be, r = _adjoint_term(al, be, r, a, bb, p, k1, v1, g1, u, j + 1, w, m1)
+        a, bb, p = _state_step(a, bb, p, k1, v1, w, m1)
+        al, be, r = _adjoint_term(al, be, r, a, bb, p, k2, v2, g2, u, j + 2, w, m2)
+        a, bb, p = _state_step(a, bb, p, k2, v2, w, m2)
+        al, be, r = _adjoint_term(al, be, r, a, bb, p, k3, v3, g3, u, j + 3, w, m3)
+        a, bb, p = _state_step(a, bb, p, k3, v3, w, m3)
+    tl.store(adj_ptr + e0 + cols, al, mask=cmask)
+    tl.store(adj_ptr + e0 + C + cols, be, mask=cmask)
+    tl.store(adj_ptr + e0 + 2 * C + cols, r, mask=cmask)
+
+
+@triton.jit
+def _grad_step(al, be, r, a, bb, p, kt, vt, gt, w, u, valid, dk_ptr, dv_ptr, off, du, dw):
+    """Token j backwards: write dk_j, dv_j from alpha_{j+1} = (al, be) e^r; return alpha_j and du, dw summed."""
+    ukt = u + kt
+    q = tl.maximum(p, ukt)
+    e1 = tl.exp(p - q)
+    e2 = tl.exp(ukt - q)
+    d = e1 * bb + e2
+    y = (e1 * a + e2 * vt) / d
+    g_cur = gt * e2 / d  # dL/dy * e^{u+k} / D
+    ek = tl.exp(r + kt)  # e^{k_j} alpha_{j+1} / alpha~, <= 1
+    tl.store(dv_ptr + off, g_cur + al * ek, mask=valid)
+    tl.store(dk_ptr + off, g_cur * (vt - y) + ek * (al * vt + be), mask=valid)
+    du += tl.where(valid, g_cur * (vt - y), 0.0)
+    dw -= tl.where(valid, tl.exp(r - w + p) * (al * a + be * bb), 0.0)
+    # alpha_j = g_j / D_j + e^{-w} alpha_{j+1}
+    rn = tl.maximum(-q, r - w)
+    f1 = tl.exp(-q - rn)
+    f2 = tl.exp(r - w - rn)
+    al = tl.where(valid, f1 * (gt / d) + f2 * al, al)
+    be = tl.where(valid, f2 * be - f1 * (gt * y / d), be)
+    r = tl.where(valid, rn, r)
+    return al, be, r, du, dw
+
+
+@triton.jit
+def _bwd_chunk(
+    k_ptr,
+    v_ptr,
+    gy_ptr,
+    w_ptr,
+    u_ptr,
+    enter_ptr,
+    adj_end_ptr,
+    dk_ptr,
+    dv_ptr,
+    du_ptr,
+    dw_ptr,
+    T,
+    C,
+    N,
+    CHUNK: tl.constexpr,
+    SUB: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Backwards through one chunk. The states before every token are needed in reverse order: keep the state at
+    the start of every SUB tokens, then per sub-block (last first) recompute SUB states, then walk them back."""
+    pid_c, n, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    NS: tl.constexpr = CHUNK // SUB
+    srows = tl.arange(0, NS)
+    rows = tl.arange(0, SUB)
+    w = tl.load(w_ptr + cols, mask=cmask, other=0.0)
+    u = tl.load(u_ptr + cols, mask=cmask, other=0.0)
+    e0 = (b * N + n).to(tl.int64) * 3 * C
+    a = tl.load(enter_ptr + e0 + cols, mask=cmask, other=0.0)
+    bb = tl.load(enter_ptr + e0 + C + cols, mask=cmask, other=1.0)
+    p = tl.load(enter_ptr + e0 + 2 * C + cols, mask=cmask, other=0.0)
+    length = tl.minimum(CHUNK, T - n * CHUNK)
+    base = (b * T + n * CHUNK).to(tl.int64) * C + cols
+    ca = tl.zeros((NS, BLOCK_C), tl.float32)
+    cb = tl.zeros((NS, BLOCK_C), tl.float32)
+    cp = tl.zeros((NS, BLOCK_C), tl.float32)
+    for j in range(0, length, 4):
+        sel = (srows[:, None] == j // SUB) & (j % SUB == 0)
+        ca = tl.where(sel, a[None, :], ca)
+        cb = tl.where(sel, bb[None, :], cb)
+        cp = tl.where(sel, p[None, :], cp)
+        k0, k1, k2, k3, m0, m1, m2, m3 = _load4(k_ptr, base, j, C, cmask, length, cols)
+        v0, v1, v2, v3, m0, m1, m2, m3 = _load4(v_ptr, base, j, C, cmask, length, cols)
+        a, bb, p = _state_step(a, bb, p, k0, v0, w, m0)
+        a, bb, p = _state_step(a, bb, p, k1, v1, w, m1)
+        a, bb, p = _state_step(a, bb, p, k2, v2, w, m2)
+        a, bb, p = _state_step(a, bb, p, k3, v3, w, m3)
+    al = tl.load(adj_end_ptr + e0 + cols, mask=cmask, other=0.0)
+    be = tl.load(adj_end_ptr + e0 + C + cols, mask=cmask, other=0.0)
+    r = tl.load(adj_end_ptr + e0 + 2 * C + cols, mask=cmask, other=EMPTY)
+    du = tl.zeros((BLOCK_C,), tl.float32)
+    dw = tl.zeros((BLOCK_C,), tl.float32)
+    for si in range(0, NS):
+        s0 = (NS - 1 - si) * SUB
+        if s0 < length:
+            a, bb, p = _row(ca, srows, NS - 1 - si), _row(cb, srows, NS - 1 - si), _row(cp, srows, NS - 1 - si)
+            ta = tl.zeros((SUB, BLOCK_C), tl.float32)
+            tb = tl.zeros((SUB, BLOCK_C), tl.float32)
+            tp = tl.zeros((SUB, BLOCK_C), tl.float32)
+            for i in tl.static_range(0, SUB, 4):
+                k0, k1, k2, k3, m0, m1, m2, m3 = _load4(k_ptr, base, s0 + i, C, cmask, length, cols)
+                v0, v1, v2, v3, m0, m1, m2, m3 = _load4(v_ptr, base, s0 + i, C, cmask, length, cols)
+                ta = tl.where(rows[:, None] == i, a[None, :], ta)
+                tb = tl.where(rows[:, None] == i, bb[None, :], tb)
+                tp = tl.where(rows[:, None] == i, p[None, :], tp)
+                a, bb, p = _state_step(a, bb, p, k0, v0, w, m0)
+                ta = tl.where(rows[:, None] == i + 1, a[None, :], ta)
+                tb = tl.where(rows[:, None] == i + 1, bb[None, :], tb)
+                tp = tl.where(rows[:, None] == i + 1, p[None, :], tp)
+                a, bb, p = _state_step(a, bb, p, k1, v1, w, m1)
+                ta = tl.where(rows[:, None] == i + 2, a[None, :], ta)
+                tb = tl.where(rows[:, None] == i + 2, bb[None, :], tb)
+                tp = tl.where(rows[:, None] == i + 2, p[None, :], tp)
+                a, bb, p = _state_step(a, bb, p, k2, v2, w, m2)
+                ta = tl.where(rows[:, None] == i + 3, a[None, :], ta)
+                tb = tl.where(rows[:, None] == i + 3, bb[None, :], tb)
+                tp = tl.where(rows[:, None] == i + 3, p[None, :], tp)
+                a, bb, p = _state_step(a, bb, p, k3, v3, w, m3)
+            for ii in tl.static_range(0, SUB, 4):
+                i = SUB - 4 - ii
+                j = s0 + i
+                k0, k1, k2, k3, m0, m1, m2, m3 = _load4(k_ptr, base, j, C, cmask, length, cols)
+                v0, v1, v2, v3, m0, m1, m2, m3 = _load4(v_ptr, base, j, C, cmask, length, cols)
+                g0, g1, g2, g3, m0, m1, m2, m3 = _load4(gy_ptr, base, j, C, cmask, length, cols)
+                al, be, r, du, dw = _grad_step(
+                    al,
+                    be,
+                    r,
+                    _row(ta, rows, i + 3),
+                    _row(tb, rows, i + 3),
+                    _row(tp, rows, i + 3),
+                    k3,
+                    v3,
+                    g3,
+                    w,
+                    u,
+                    m3,
+                    dk_ptr,
+                    dv_ptr,
+                    base + (j + 3) * C,
+                    du,
+                    dw,
+                )
+                al, be, r, du, dw = _grad_step(
+                    al,
+                    be,
+                    r,
+                    _row(ta, rows, i + 2),
+                    _row(tb, rows, i + 2),
+                    _row(tp, rows, i + 2),
+                    k2,
+                    v2,
+                    g2,
+                    w,
+                    u,
+                    m2,
+                    dk_ptr,
+                    dv_ptr,
+                    base + (j + 2) * C,
+                    du,
+                    dw,
+                )
+                al, be, r, du, dw = _grad_step(
+                    al,
+                    be,
+                    r,
+                    _row(ta, rows, i + 1),
+                    _row(tb, rows, i + 1),
+                    _row(tp, rows, i + 1),
+                    k1,
+                    v1,
+                    g1,
+                    w,
+                    u,
+                    m1,
+                    dk_ptr,
+                    dv_ptr,
+                    base + (j + 1) * C,
+                    du,
+                    dw,
+                )
+                al, be, r, du, dw = _grad_step(
+                    al,
+                    be,
+                    r,
+                    _row(ta, rows, i),
+                    _row(tb, rows, i),
+                    _row(tp, rows, i),
+                    k0,
+                    v0,
+                    g0,
+                    w,
+                    u,
+                    m0,
+                    dk_ptr,
+                    dv_ptr,
+                    base + j * C,
+                    du,
+                    dw,
+                )
+    part = (b * N + n).to(tl.int64) * C + cols
+    tl.store(du_ptr + part, du, mask=cmask)
+    tl.store(dw_ptr + part, dw, mask=cmask)
+
+
+def _grid_chunks(B, N, C):
+    return (triton.cdiv(C, BLOCK_C), N, B)
+
+
+def _warps():
+    return NUM_WARPS or max(1, BLOCK_C // 32)
+
+
+class WKVFunction(torch.autograd.Function):
+    """(w, u, k, v, state) -> (y, new_state) with the Triton kernels; see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, w, u, k, v, state):
+        B, T, C = k.shape
+        N = triton.cdiv(T, CHUNK)
+        k, v = k.contiguous(), v.contiguous()
+        w32, u32 = w.float().contiguous(), u.float().contiguous()
+        s0 = state.float().contiguous()
+        dev = k.device
+        summary = torch.empty(B, N, 3, C, device=dev, dtype=torch.float32)
+        summary_idx = torch.empty(B, N, C, device=dev, dtype=torch.int32)
+        enter = torch.empty(B, N, 3, C, device=dev, dtype=torch.float32)
+        final = torch.empty(B, 3, C, device=dev, dtype=torch.float32)
+        argmax = torch.empty(B, C, device=dev, dtype=torch.int32)
+        y = torch.empty_like(v)
+        _fwd_chunk_summary[_grid_chunks(B, N, C)](
+            k, v, w32, summary, summary_idx, T, C, N, CHUNK=CHUNK, BLOCK_C=BLOCK_C, num_warps=_warps()
+        )
+        _scan_chunks[(triton.cdiv(C, SCAN_BLOCK_C), B)](
+            summary,
+            summary_idx,
+            w32,
+            s0,
+            enter,
+            final,
+            argmax,
+            T,
+            C,
+            N,
+            CHUNK=CHUNK,
+            SCAN_BLOCK=SCAN_BLOCK,
+            BLOCK_C=SCAN_BLOCK_C,
+            REVERSE=False,
+        )
+        _fwd_output[_grid_chunks(B, N, C)](
+            k, v, w32, u32, enter, y, T, C, N, CHUNK=CHUNK, BLOCK_C=BLOCK_C, num_warps=_warps()
+        )
+        ctx.save_for_backward(w32, u32, k, v, s0, enter, final, argmax)
+        ctx.dtypes = (w.dtype, u.dtype, state.dtype)
+        return y, final
+
+    @staticmethod
+    def backward(ctx, gy, gstate):
+        """With A, B the true sums (A = a e^p), alpha = dL/dA and beta = dL/dB obey, backwards in t,
+            alpha_t = g_t / D_t + e^{-w} alpha_{t+1},  beta_t = -g_t y_t / D_t + e^{-w} beta_{t+1},
+        with D_t the denominator of y_t; then dv_t, dk_t, du, dw follow term by term. The final state's own
+        gradient enters as alpha_T = ga e^{-p}, beta_T = gb e^{-p}; what is left, gp - ga a - gb b, belongs to
+        the exponent p, which is the max of its terms: it goes to the term that attained it (argmax).
+        """
+        w, u, k, v, s0, enter, final, argmax = ctx.saved_tensors
+        B, T, C = k.shape
+        N = enter.shape[1]
+        gy = torch.zeros_like(v) if gy is None else gy.contiguous()
+        gstate = torch.zeros_like(final) if gstate is None else gstate.float()
+        ga, gb, gp = gstate.unbind(1)
+        aT, bT, pT = final.unbind(1)
+        g_end = torch.stack([ga, gb, -pT], dim=1).contiguous()
+        adj_local = torch.empty(B, N, 3, C, device=k.device, dtype=torch.float32)
+        adj_end = torch.empty_like(adj_local)
+        adj0 = torch.empty(B, 3, C, device=k.device, dtype=torch.float32)
+        dk = torch.empty_like(k)
+        dv = torch.empty_like(v)
+        du_part = torch.empty(B, N, C, device=k.device, dtype=torch.float32)
+        dw_part = torch.empty_like(du_part)
+        _bwd_chunk_summary[_grid_chunks(B, N, C)](
+            k, v, gy, w, u, enter, adj_local, T, C, N, CHUNK=CHUNK, BLOCK_C=BLOCK_C, num_warps=_warps()
+        )
+        _scan_chunks[(triton.cdiv(C, SCAN_BLOCK_C), B)](
+            adj_local,
+            adj_local,
+            w,
+            g_end,
+            adj_end,
+            adj0,
+            adj0,
+            T,
+            C,
+            N,
+            CHUNK=CHUNK,
+            SCAN_BLOCK=SCAN_BLOCK,
+            BLOCK_C=SCAN_BLOCK_C,
+            REVERSE=True,
+        )
+        _bwd_chunk[_grid_chunks(B, N, C)](
+            k,
+            v,
+            gy,
+            w,
+            u,
+            enter,
+            adj_end,
+            dk,
+            dv,
+            du_part,
+            dw_part,
+            T,
+            C,
+            N,
+            CHUNK=CHUNK,
+            SUB=SUB,
+            BLOCK_C=BLOCK_C,
+            num_warps=_warps(),
+        )
+        du = du_part.sum(dim=(0, 1))
+        dw = dw_part.sum(dim=(0, 1))
+        # the initial state: A0 = a0 e^{p0}, so dL/da0 = alpha_0 e^{p0}, dL/dp0 = alpha_0 A0 + beta_0 B0
+        a0, b0, p0 = s0.unbind(1)
+        al0, be0, r0 = adj0.unbind(1)
+        scale = torch.exp(r0 + p0)
+        da0, db0 = al0 * scale, be0 * scale
+        dp0 = scale * (al0 * a0 + be0 * b0)
+        # the exponent's own gradient, routed to the term that attained the max
+        gp_rest = gp - ga * aT - gb * bT  # (B, C)
+        from_state = argmax < 0
+        dp0 = dp0 + torch.where(from_state, gp_rest, 0.0)
+        steps = torch.where(from_state, T, T - 1 - argmax.long()).to(gp_rest.dtype)
+        dw = dw - (steps * gp_rest).sum(dim=0)
+        # one token per (b, c) attained the max: B * C additions into dk, not a (B, T, C) pass
+        flat = (torch.arange(B, device=k.device)[:, None] * T + argmax.long().clamp_min(0)) * C + torch.arange(
+            C, device=k.device
+        )[None, :]
+        dk.view(-1).index_add_(0, flat.view(-1), torch.where(from_state, 0.0, gp_rest).to(dk.dtype).view(-1))
+        w_dtype, u_dtype, s_dtype = ctx.dtypes
+        dstate = torch.stack([da0, db0, dp0], dim=1).to(s_dtype)
+        # w here is exp(time_decay) as given: chain rule to time_decay is the caller's autograd
+        return dw.to(w_dtype), du.to(u_dtype), dk, dv, dstate
+
+
+def wkv_triton(w, u, k, v, state=None):
+    """The kernel backend: same signature and results as wkv.wkv_recurrent."""
+    if state is None:
+        state = init_wkv_state(k.shape[0], k.shape[2], torch.float32, k.device)
+    return WKVFunction.apply(w, u, k, v, state)
