@@ -169,6 +169,43 @@ def transformers_rows(model, size: str, prefill_T: int, steps: int, tmp: Path, d
     ]
 
 
+def kernel_profile(model, size: str, prefill_T: int, steps: int, device) -> list[dict]:
+    """Where the time goes: CUDA kernels of `steps` decode steps (batch 1, the captured step) and of one prefill
+    of `prefill_T` tokens, by total device time (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    decoder = decoder_for(model, 1)
+    tokens, state = torch.randint(1, 20000, (1,), device=device), model.init_state(1)
+    prompt = torch.randint(1, 20000, (1, prefill_T), device=device)
+    rows = []
+    for what, fn in (
+        ("decode step", lambda: [decoder.step(tokens, state, **SAMPLING) for _ in range(steps)]),
+        ("prefill", lambda: model.prefill(prompt)),
+    ):
+        fn()
+        synchronize(device)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            synchronize(device)
+        kernels = [e for e in prof.key_averages() if e.device_time_total > 0]
+        total = sum(e.device_time_total for e in kernels)
+        calls = steps if what == "decode step" else 1
+        for e in sorted(kernels, key=lambda e: -e.device_time_total)[:25]:
+            rows.append(
+                {
+                    "size": size,
+                    "what": what,
+                    "kernel": e.key[:90],
+                    "count_per_call": e.count / calls,
+                    "us_per_call": e.device_time_total / calls,
+                    "share": e.device_time_total / total,
+                    "kernels_per_call": sum(k.count for k in kernels) / calls,
+                    "device_us_per_call": total / calls,
+                }
+            )
+    return rows
+
+
 def decoder_check(size: str, device, tokenizer, new_tokens: int = 200) -> dict:
     """fp32 on the device: the captured, compiled step equals eager model.step; greedy text is identical."""
     model = build_at_size(size, torch.float32, device)
@@ -224,6 +261,7 @@ def main():
     parser.add_argument("--transformers-sizes", default="169M", help="sizes measured with transformers' RWKV")
     parser.add_argument("--tokenizer", default=None, help="tokenizer.json (default: $RWKV_LAB_TOKENIZER)")
     parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--profile-sizes", default="169M", help="sizes whose decode step and prefill are profiled")
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -251,6 +289,10 @@ def main():
             rows.append(row | ours_step(model, batch, args.new_tokens, device))
             print(rows[-2], rows[-1], sep="\n", flush=True)
         rows.append(base | {"batch": 1} | ours_prefill(model, args.prefill, device))
+        if device.type == "cuda" and size in args.profile_sizes.split(","):
+            profile = pd.DataFrame(kernel_profile(model, size, args.prefill, 20, device))
+            write_table(out / f"kernel_profile_{size}{args.tag}.csv", profile, params, device=device)
+            print(profile.head(12).to_string(), flush=True)
         if not args.no_peers:
             with tempfile.TemporaryDirectory() as tmp:
                 for r in package_rows(model, size, args.prefill, args.peer_steps, Path(tmp), device):

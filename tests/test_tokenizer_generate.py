@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import NEOX_TOKENIZER, random_model
+from helpers import NEOX_TOKENIZER, assert_rel_close, random_model
 
 from rwkv_lab.config import PRESETS, RWKVConfig
 from rwkv_lab.inference.generation import generate, stream
@@ -144,3 +144,119 @@ def test_default_model_is_deterministic_and_fast():
     la, _ = a(torch.tensor([[1, 2, 3]]))
     lb, _ = a(torch.tensor([[9, 2, 3]]))
     assert (la[0, -1] - lb[0, -1]).abs().max() > 1e-3
+
+
+# ---- the fast path and batched generation (inference/decoder.py, inference/generation.py) ----------------------
+
+
+def test_decoder_step_equals_the_eager_step(model):
+    """The decoder (eager on the CPU; captured on a GPU, checked by benchmarks/bench_generation.py) returns the
+    logits and state of model.step, and the token its sampler picks from them."""
+    from rwkv_lab.inference.decoder import Decoder
+
+    decoder = Decoder(model, batch=3)
+    gen = torch.Generator().manual_seed(5)
+    state = model.init_state(3)
+    state[:, :, 0] = torch.randn(3, model.config.n_layer, model.config.n_embd, generator=gen)
+    tokens = torch.randint(1, 257, (3,), generator=gen)
+    seeds, steps = torch.tensor([1, 2, 3]), torch.tensor([4, 4, 4])
+    for _ in range(5):
+        ref_logits, ref_state = model.step(tokens, state)
+        chosen, new_state, logits = decoder.step(tokens, state, 0.9, 0.8, seeds, steps, return_logits=True)
+        assert_rel_close("decoder logits vs model.step", logits, ref_logits, 1e-6)
+        assert_rel_close("decoder state vs model.step", new_state, ref_state, 1e-6)
+        assert torch.equal(chosen, sample(ref_logits, 0.9, 0.8, seeds, steps))
+        tokens, state, steps = chosen, new_state, steps + 1
+
+
+def test_greedy_text_equals_eager_stepping_over_200_tokens():
+    model, tok = default_model(), ByteTokenizer()
+    prompt = "def main():\n    "
+    logits, state = model(torch.tensor([tok.encode(prompt)]))
+    logits, ids = logits[0, -1], []
+    for _ in range(200):
+        token = int(logits.argmax())
+        if token == tok.eot_id:
+            break
+        ids.append(token)
+        logits, state = model.step(torch.tensor([token]), state)
+        logits = logits[0]
+    assert len(ids) == 200
+    assert generate(model, tok, prompt, max_new_tokens=200, temperature=0) == tok.decode(ids)
+
+
+def test_batched_generation_equals_each_prompt_alone():
+    model = random_model(PRESETS["tiny"], seed=4, dtype=torch.float64)
+    tok = ByteTokenizer()
+    prompts = ["", "a", "x" * 1000, "print('hello')"]  # empty, one token, 1000x longer, ordinary
+    kwargs = {"temperature": 0.9, "top_p": 0.95}
+    batched = generate(model, tok, prompts, max_new_tokens=[5, 40, 40, 12], seed=[1, 2, 3, 4], **kwargs)
+    alone = [
+        generate(model, tok, p, max_new_tokens=m, seed=s, **kwargs)
+        for p, m, s in zip(prompts, [5, 40, 40, 12], [1, 2, 3, 4])
+    ]
+    print([len(t) for t in batched])
+    assert batched == alone
+    assert len(batched[0]) <= 5 and len(batched[3]) <= 12
+
+
+def test_stream_yields_index_and_pieces_per_sequence(model):
+    tok = ByteTokenizer()
+    prompts = ["ab", "cde"]
+    pieces = list(stream(model, tok, prompts, max_new_tokens=20, temperature=0))
+    assert all(isinstance(i, int) and isinstance(p, str) for i, p in pieces)
+    texts = ["".join(p for i, p in pieces if i == k) for k in range(2)]
+    assert texts == generate(model, tok, prompts, max_new_tokens=20, temperature=0)
+    assert texts == [generate(model, tok, p, max_new_tokens=20, temperature=0) for p in prompts]
+
+
+def test_per_sequence_stops_end_of_text_and_limits(model):
+    tok = ByteTokenizer()
+    full = generate(model, tok, ["q", "r"], max_new_tokens=40, temperature=0)
+    assert all(len(t) > 10 for t in full)
+    stops = [[full[0][5:8]], [full[1][9:11]]]
+    cut = generate(model, tok, ["q", "r"], max_new_tokens=40, temperature=0, stop=stops)
+    assert cut == [full[0][: full[0].find(stops[0][0])], full[1][: full[1].find(stops[1][0])]]
+    # one str is one stop string, not a set of characters
+    assert generate(model, tok, "q", max_new_tokens=40, temperature=0, stop=full[0][5:8]) == cut[0]
+    three = generate(model, tok, "q", max_new_tokens=3, temperature=0)
+    assert full[0].startswith(three.rstrip("\ufffd")) and len(tok.encode(three)) <= 3 + 2
+    assert generate(model, tok, ["q", "r"], max_new_tokens=[3, 0], temperature=0) == [three, ""]
+    with pytest.raises(ValueError, match="empty stop string"):
+        generate(model, tok, "q", stop=[""])
+
+
+def test_end_of_text_ends_only_its_sequence(model, monkeypatch):
+    # a sampler that picks end-of-text (0) for the sequence of seed 1 from its third token, 'A' (66) otherwise
+    def fake_sample(logits, temperature, top_p, seeds, steps):
+        return torch.where((seeds == 1) & (steps >= 2), 0, 66)
+
+    monkeypatch.setattr("rwkv_lab.inference.generation.sample", fake_sample)
+    monkeypatch.setattr("rwkv_lab.inference.decoder.sample", fake_sample)
+    texts = generate(model, ByteTokenizer(), ["a", "b", "c"], max_new_tokens=6, seed=[0, 1, 2])
+    assert texts == ["AAAAAA", "AA", "AAAAAA"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"max_new_tokens": -5}, ValueError, "max_new_tokens must be >= 0"),
+        ({"max_new_tokens": 2.5}, TypeError, "max_new_tokens must be an int"),
+        ({"max_new_tokens": None}, TypeError, "max_new_tokens must be an int"),
+        ({"temperature": float("nan")}, ValueError, "temperature must be finite"),
+        ({"temperature": -1.0}, ValueError, "temperature >= 0"),
+        ({"seed": 2**70}, ValueError, "seed must be in"),
+        ({"seed": "1"}, TypeError, "seed must be an int"),
+        ({"stop": [3]}, TypeError, "stop strings must be str"),
+        ({"max_new_tokens": [1, 2]}, ValueError, "2 entries for 1 prompts"),
+    ],
+)
+def test_generation_arguments_are_checked(model, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        generate(model, ByteTokenizer(), "q", **kwargs)
+
+
+@pytest.mark.parametrize("prompt", [b"bytes", None, [], ["ok", 3]])
+def test_prompts_must_be_text(model, prompt):
+    with pytest.raises(TypeError, match="prompt"):
+        generate(model, ByteTokenizer(), prompt)

@@ -44,20 +44,16 @@ class Decoder:
         self.warmup_seconds = 0.0  # capture and compilation, paid on the first call of each sampling setting
         self._captured: dict = {}
 
-    def _logits(self, tokens, state):
-        return self.model.step(tokens, state, check=False)
-
-    def _eager(self, tokens, state, temperature, top_p, seeds, steps):
-        logits, new_state = self._step_fn(tokens, state)
+    def _step_and_sample(self, tokens, state, temperature, top_p, seeds, steps):
+        logits, new_state = self.model.step(tokens, state, check=False)
         return sample(logits, temperature, top_p, seeds, steps), logits, new_state
 
-    @property
-    def _step_fn(self):
-        if not hasattr(self, "_fn"):
-            self._fn = self._logits
-            if self.compile:
-                self._fn = torch.compile(self._logits, fullgraph=True, dynamic=False)
-        return self._fn
+    def _eager(self, tokens, state, temperature, top_p, seeds, steps):
+        # compiled as one function: the step's and the sampler's elementwise work fuse into few kernels
+        if self.compile and "_compiled" not in self.__dict__:
+            self._compiled = torch.compile(self._step_and_sample, fullgraph=True, dynamic=False)
+        fn = self._compiled if self.compile else self._step_and_sample
+        return fn(tokens, state, temperature, top_p, seeds, steps)
 
     def _capture(self, key, tokens, state, temperature, top_p, seeds, steps):
         t0 = time.perf_counter()
@@ -104,7 +100,7 @@ class Decoder:
             )
             self.compile = False
             self._captured.clear()
-            self.__dict__.pop("_fn", None)
+            self.__dict__.pop("_compiled", None)
             return self._step(tokens, state, temperature, top_p, seeds, steps, return_logits)
 
     @torch.no_grad()

@@ -27,14 +27,34 @@ PREFILL_CHUNK = 4096
 
 @dataclass
 class _Sequence:
-    """One sequence being generated: its ids, what was emitted, its limits."""
+    """One sequence being generated: its ids, its text so far, what of it was emitted, its limits.
+
+    The text grows by incremental detokenisation: only the ids since the last complete character are decoded
+    again, so each token costs the same whatever the length (a split multi-byte character shows as U+FFFD until
+    its last token arrives, and is held back until then)."""
 
     index: int
     max_new: int
     stop: list[str]
     ids: list[int] = field(default_factory=list)
+    text: str = ""
+    prefix: int = 0  # ids[prefix:read] decode to the tail of `text` already taken
+    read: int = 0
     emitted: int = 0
     done: bool = False
+
+    def append(self, token: int, tokenizer) -> None:
+        self.ids.append(token)
+        before = tokenizer.decode(self.ids[self.prefix : self.read])
+        now = tokenizer.decode(self.ids[self.prefix :])
+        if len(now) > len(before) and not now.endswith("\ufffd"):
+            self.text += now[len(before) :]
+            self.prefix, self.read = self.read, len(self.ids)
+
+    def pending_text(self, tokenizer) -> str:
+        """The text with any incomplete character at the end decoded as it stands (for the final piece)."""
+        before = tokenizer.decode(self.ids[self.prefix : self.read])
+        return self.text + tokenizer.decode(self.ids[self.prefix :])[len(before) :]
 
 
 def _held_back(text: str, stop: Sequence[str]) -> int:
@@ -161,45 +181,56 @@ def stream(
 
 def _generate(model, tokenizer, prompts, max_new, stops, seeds, temperature, top_p, state, compile, stats):
     device = model.device
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    # on a GPU the next step is launched before the host reads this step's tokens, so detokenisation and stop
+    # strings overlap the device's work (one step is wasted at the end); on the CPU that would only cost a step
+    run_ahead = device.type == "cuda"
     t0 = time.perf_counter()
     logits, states = prefill_prompts(model, tokenizer, prompts, state)
-    seqs = [_Sequence(i, m, s) for i, (m, s) in enumerate(zip(max_new, stops))]
+    seqs = [_Sequence(i, m, s, done=m == 0) for i, (m, s) in enumerate(zip(max_new, stops))]
     seed_t = torch.tensor(seeds, dtype=torch.int64, device=device)
     step_t = torch.zeros(len(seqs), dtype=torch.int64, device=device)
     tokens = sample(logits, temperature, top_p, seed_t, step_t)
-    sync()
     stats.update(prefill_s=time.perf_counter() - t0, warmup_s=0.0, tokens=0)
     t_decode = time.perf_counter()
-    active = list(range(len(seqs)))  # rows of the decoded batch, each a sequence index (or -1: finished)
-    for seq in seqs:
-        if seq.max_new == 0:
-            seq.done = True
+    rows = list(range(len(seqs)))  # the sequence each row of the decoded batch holds
+
+    def launch(tokens, states, step_t):
+        decoder = decoder_for(model, len(rows), compile)
+        before = decoder.warmup_seconds
+        out = decoder.step(tokens, states, temperature, top_p, seed_t, step_t)
+        stats["warmup_s"] += decoder.warmup_seconds - before
+        return out
+
     while True:
-        ids = tokens.tolist()
-        for row, i in enumerate(active):
-            if i < 0 or seqs[i].done:
+        host = tokens.to("cpu", non_blocking=run_ahead)
+        done_event = torch.cuda.Event() if run_ahead else None
+        if run_ahead:
+            done_event.record()
+            step_t = step_t + 1
+            ahead = launch(tokens, states, step_t)
+            done_event.synchronize()
+        for row, token in enumerate(host.tolist()):
+            seq = seqs[rows[row]]
+            if seq.done:
                 continue
-            piece = _advance(seqs[i], ids[row], tokenizer)
+            piece = _advance(seq, token, tokenizer)
             stats["tokens"] += 1
-            if "first_token_s" not in stats:
-                stats["first_token_s"] = time.perf_counter() - t0
+            stats.setdefault("first_token_s", time.perf_counter() - t0)
             if piece:
-                yield i, piece
-        active = [i if i >= 0 and not seqs[i].done else -1 for i in active]
-        live = [row for row, i in enumerate(active) if i >= 0]
+                yield seq.index, piece
+        live = [row for row, i in enumerate(rows) if not seqs[i].done]
         if not live:
             break
-        if len(live) <= len(active) // 2:  # compact: finished sequences stop costing work
-            rows = torch.tensor(live, device=device)
-            tokens, states = tokens.index_select(0, rows), states.index_select(0, rows)
-            seed_t, step_t = seed_t.index_select(0, rows), step_t.index_select(0, rows)
-            active = [active[row] for row in live]
-        decoder = decoder_for(model, len(active), compile)
-        before = decoder.warmup_seconds
-        step_t = step_t + 1
-        tokens, states = decoder.step(tokens, states, temperature, top_p, seed_t, step_t)
-        stats["warmup_s"] += decoder.warmup_seconds - before
+        if run_ahead:
+            tokens, states = ahead
+        if len(live) <= len(rows) // 2:  # compact: finished sequences stop costing work
+            keep = torch.tensor(live, device=device)
+            tokens, states = tokens.index_select(0, keep), states.index_select(0, keep)
+            seed_t, step_t = seed_t.index_select(0, keep), step_t.index_select(0, keep)
+            rows = [rows[row] for row in live]
+        if not run_ahead:
+            step_t = step_t + 1
+            tokens, states = launch(tokens, states, step_t)
     stats["decode_s"] = time.perf_counter() - t_decode
 
 
@@ -208,27 +239,25 @@ def _advance(seq: _Sequence, token: int, tokenizer) -> str:
     if token == tokenizer.eot_id:
         seq.done = True
         return _flush(seq, tokenizer)
-    seq.ids.append(token)
-    text = tokenizer.decode(seq.ids)
+    seq.append(token, tokenizer)
+    text = seq.text
     hits = [h for h in (text.find(s, seq.emitted) for s in seq.stop) if h >= 0]
     if hits:
         seq.done = True
-        piece, seq.emitted = text[seq.emitted : min(hits)], len(text)
+        cut = min(hits)
+        piece, seq.emitted = text[seq.emitted : cut], len(text)
         return piece
     if len(seq.ids) >= seq.max_new:
         seq.done = True
-        return _flush(seq, tokenizer, text)
-    # a multi-byte character split across tokens decodes to U+FFFD until its last token arrives
+        return _flush(seq, tokenizer)
     safe = len(text) - _held_back(text, seq.stop)
-    while safe > seq.emitted and text[safe - 1] == "\ufffd":
-        safe -= 1
     piece = text[seq.emitted : safe] if safe > seq.emitted else ""
     seq.emitted = max(seq.emitted, safe)
     return piece
 
 
-def _flush(seq: _Sequence, tokenizer, text: str | None = None) -> str:
-    text = tokenizer.decode(seq.ids) if text is None else text
+def _flush(seq: _Sequence, tokenizer) -> str:
+    text = seq.pending_text(tokenizer)
     piece = text[seq.emitted :]
     seq.emitted = len(text)
     return piece
