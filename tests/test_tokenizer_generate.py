@@ -228,7 +228,7 @@ def test_per_sequence_stops_end_of_text_and_limits(model):
 
 def test_end_of_text_ends_only_its_sequence(model, monkeypatch):
     # a sampler that picks end-of-text (0) for the sequence of seed 1 from its third token, 'A' (66) otherwise
-    def fake_sample(logits, temperature, top_p, seeds, steps):
+    def fake_sample(logits, temperature, top_p, seeds, steps, keys=None):
         return torch.where((seeds == 1) & (steps >= 2), 0, 66)
 
     monkeypatch.setattr("rwkv_lab.inference.generation.sample", fake_sample)

@@ -18,9 +18,11 @@ import weakref
 
 import torch
 
-from .sampling import sample
+from .sampling import sample, vocab_keys
 
 _DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# what torch.compile covers, tried in this order: the step with the sampler, the step alone, nothing
+COMPILE_LEVELS = ("step+sample", "step", False)
 
 
 def _compile_available(device: torch.device) -> bool:
@@ -40,20 +42,33 @@ class Decoder:
         self.model, self.batch = model, batch
         self.device = model.device
         self.graphs = self.device.type == "cuda" if graphs is None else graphs
-        self.compile = _compile_available(self.device) if compile is None else compile
+        if compile is None:
+            compile = _compile_available(self.device)
+        self.compile = COMPILE_LEVELS[0] if compile is True else compile
+        if self.compile not in COMPILE_LEVELS:
+            raise ValueError(f"compile must be None, a bool or one of {COMPILE_LEVELS}; got {compile!r}")
         self.warmup_seconds = 0.0  # capture and compilation, paid on the first call of each sampling setting
         self._captured: dict = {}
 
-    def _step_and_sample(self, tokens, state, temperature, top_p, seeds, steps):
-        logits, new_state = self.model.step(tokens, state, check=False)
-        return sample(logits, temperature, top_p, seeds, steps), logits, new_state
+    def _step_and_sample(self, tokens, state, temperature, top_p, seeds, steps, keys):
+        logits, new_state = self._step(tokens, state)
+        return sample(logits, temperature, top_p, seeds, steps, keys), logits, new_state
+
+    def _model_step(self, tokens, state):
+        return self.model.step(tokens, state, check=False)
 
     def _eager(self, tokens, state, temperature, top_p, seeds, steps):
-        # compiled as one function: the step's and the sampler's elementwise work fuse into few kernels
-        if self.compile and "_compiled" not in self.__dict__:
-            self._compiled = torch.compile(self._step_and_sample, fullgraph=True, dynamic=False)
-        fn = self._compiled if self.compile else self._step_and_sample
-        return fn(tokens, state, temperature, top_p, seeds, steps)
+        """One step: compiled as a whole where that works (the step's and the sampler's elementwise work fuse),
+        else the model's step alone (COMPILE_LEVELS)."""
+        if "_fn" not in self.__dict__:
+            self._step = self._model_step
+            self._fn = self._step_and_sample
+            if self.compile == "step":
+                self._step = torch.compile(self._model_step, fullgraph=True, dynamic=False)
+            elif self.compile:
+                self._fn = torch.compile(self._step_and_sample, fullgraph=True, dynamic=False)
+        keys = vocab_keys(self.model.config.vocab_size, self.device)
+        return self._fn(tokens, state, temperature, top_p, seeds, steps, keys)
 
     def _capture(self, key, tokens, state, temperature, top_p, seeds, steps):
         t0 = time.perf_counter()
@@ -87,24 +102,25 @@ class Decoder:
         temperature 0 they are unused. On CUDA the returned tensors are the graph's own buffers, valid until the
         next call: copy what must outlive it (generation passes the state straight back in).
         """
-        try:
-            return self._step(tokens, state, temperature, top_p, seeds, steps, return_logits)
-        except Exception as err:  # inductor raises many types; the fallback is exact, only slower
-            if not self.compile:
-                raise
-            warnings.warn(
-                f"torch.compile of the decode step failed ({type(err).__name__}: {err}); decoding "
-                "through an uncompiled CUDA graph instead",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            self.compile = False
-            self._captured.clear()
-            self.__dict__.pop("_compiled", None)
-            return self._step(tokens, state, temperature, top_p, seeds, steps, return_logits)
+        while True:
+            try:
+                return self._run(tokens, state, temperature, top_p, seeds, steps, return_logits)
+            except Exception as err:  # inductor raises many types; each fallback is exact, only slower
+                if not self.compile:
+                    raise
+                fallback = COMPILE_LEVELS[COMPILE_LEVELS.index(self.compile) + 1]
+                warnings.warn(
+                    f"torch.compile of the decode step (level {self.compile!r}) failed "
+                    f"({type(err).__name__}: {str(err)[:300]}); trying level {fallback!r}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self.compile = fallback
+                self._captured.clear()
+                self.__dict__.pop("_fn", None)
 
     @torch.no_grad()
-    def _step(self, tokens, state, temperature, top_p, seeds, steps, return_logits):
+    def _run(self, tokens, state, temperature, top_p, seeds, steps, return_logits):
         if seeds is None:
             seeds = torch.zeros(self.batch, dtype=torch.int64, device=self.device)
         if steps is None:

@@ -46,19 +46,37 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def uniform_noise(seeds: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:
-    """U(0, 1) per (sequence, token id), (B, V) float32, from int64 seeds (B,) and steps (B,)."""
-    ids = torch.arange(vocab, device=seeds.device, dtype=torch.int64)  # (V,)
+_VOCAB_KEYS: dict = {}
+
+
+def vocab_keys(vocab: int, device) -> torch.Tensor:
+    """The hash of every token id (V,) int64, computed once per vocabulary and device (kept as data, so that a
+    compiled sampler loads it rather than deriving it from an index in 32-bit arithmetic)."""
+    key = (vocab, str(device))
+    if key not in _VOCAB_KEYS:
+        ids = torch.arange(vocab, device=device, dtype=torch.int64)
+        _VOCAB_KEYS[key] = _mix32(_mix32(ids) ^ 0x5BD1E995)
+    return _VOCAB_KEYS[key]
+
+
+def uniform_noise(seeds: torch.Tensor, steps: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """U(0, 1) per (sequence, token id), (B, V) float32, from int64 seeds (B,), steps (B,) and vocab_keys (V,)."""
     key = _mix32(_mix32(seeds & MASK32) ^ (seeds >> 32) & MASK32)
     key = _mix32(key ^ _mix32(steps & MASK32))  # (B,)
-    bits = _mix32(key[:, None] ^ _mix32(ids[None, :] + 0x9E3779B9 & MASK32))  # (B, V)
+    bits = _mix32(key[:, None] ^ keys[None, :])  # (B, V)
     return ((bits >> 8).to(torch.float32) + 0.5) / 2**24
 
 
 def sample(
-    logits: torch.Tensor, temperature: float, top_p: float, seeds: torch.Tensor, steps: torch.Tensor
+    logits: torch.Tensor,
+    temperature: float,
+    top_p: float,
+    seeds: torch.Tensor,
+    steps: torch.Tensor,
+    keys: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Token ids (B,) from logits (B, V): argmax when temperature == 0, else nucleus sampling at `top_p`."""
+    """Token ids (B,) from logits (B, V): argmax when temperature == 0, else nucleus sampling at `top_p`.
+    `keys`: vocab_keys(V, device), computed here when absent."""
     logits = logits.float()
     if temperature == 0:
         return logits.argmax(dim=-1)
@@ -69,5 +87,7 @@ def sample(
         drop_sorted = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= top_p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         probs = probs.masked_fill(drop, 0.0)
-    exponential = -torch.log(uniform_noise(seeds, steps, logits.shape[-1]))
+    if keys is None:
+        keys = vocab_keys(logits.shape[-1], logits.device)
+    exponential = -torch.log(uniform_noise(seeds, steps, keys))
     return (probs / exponential).argmax(dim=-1)
