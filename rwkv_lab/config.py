@@ -19,22 +19,28 @@ class RWKVConfig:
     ctx_len: int = 1024  # training context of the released models; the recurrent form has no limit
     layer_norm_eps: float = 1e-5
     name: str = "custom"
+    ffn_dim: int | None = None  # the channel-mix width; None: 4 * n_embd, as every released Pile model
 
     def __post_init__(self):
         for field in ("n_layer", "n_embd", "vocab_size"):
             value = getattr(self, field)
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"RWKVConfig.{field} must be a positive int, got {value!r}")
+        if self.ffn_dim is not None and (
+            isinstance(self.ffn_dim, bool) or not isinstance(self.ffn_dim, int) or self.ffn_dim < 1
+        ):
+            raise ValueError(f"RWKVConfig.ffn_dim must be a positive int or None, got {self.ffn_dim!r}")
 
     @property
     def dim_ffn(self) -> int:
-        return 4 * self.n_embd
+        return self.ffn_dim or 4 * self.n_embd
 
     @property
     def n_params(self) -> int:
-        """Exact parameter count, 2VD + 13D^2 L + D(11L + 4) (RWKV paper, Table 2)."""
-        V, D, L = self.vocab_size, self.n_embd, self.n_layer
-        return 2 * V * D + 13 * D * D * L + D * (11 * L + 4)
+        """Exact parameter count, 2VD + (5D^2 + 2DF) L + D(11L + 4); with F = 4D, 2VD + 13D^2 L + D(11L + 4)
+        (RWKV paper, Table 2)."""
+        V, D, L, F = self.vocab_size, self.n_embd, self.n_layer, self.dim_ffn
+        return 2 * V * D + (5 * D * D + 2 * D * F) * L + D * (11 * L + 4)
 
     @property
     def state_numbers(self) -> int:

@@ -156,8 +156,8 @@ class RWKV(nn.Module):
         shape = "(B, T)" if ndim == 2 else "(B,)"
         if not isinstance(tokens, torch.Tensor):
             raise TypeError(f"tokens must be a torch.Tensor of shape {shape}; got {type(tokens).__name__}")
-        if tokens.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            raise TypeError(f"tokens must be an integer tensor; got {tokens.dtype}")
+        if tokens.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"tokens must be int64 or int32 (token ids: .long() converts); got {tokens.dtype}")
         if tokens.dim() != ndim:
             raise ValueError(f"tokens must have shape {shape}; got {tuple(tokens.shape)}")
         if tokens.numel() == 0:
@@ -184,6 +184,12 @@ class RWKV(nn.Module):
             raise TypeError(f"state must be {self.state_dtype} for a {self.dtype} model; got {state.dtype}")
         if state.device != self.device:
             raise ValueError(f"state is on {state.device} but the model is on {self.device}")
+        if not bool(torch.isfinite(state).all()):
+            bad = (~torch.isfinite(state)).nonzero()[0].tolist()
+            raise ValueError(
+                f"state holds NaN or infinite values (first at [batch, layer, slot, channel] = {bad}, slot "
+                f"{STATE_SLOTS[bad[2]]}); a state from init_state or from this model's outputs is always finite"
+            )
 
     def _checked_inputs(self, tokens: torch.Tensor, state: torch.Tensor | None, check: bool) -> torch.Tensor:
         """Validate tokens (B, T) and the state (when `check`); an absent state becomes the empty one."""
@@ -252,6 +258,8 @@ class RWKV(nn.Module):
         Only the last position goes through the head, and `chunk` bounds the memory: T is run in pieces of `chunk`
         tokens with the state carried between them, which gives the same result as one call.
         """
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+            raise ValueError(f"chunk must be a positive number of tokens or None (the whole prompt); got {chunk!r}")
         state = self._checked_inputs(tokens, state, check)
         T = tokens.shape[1]
         chunk = chunk or T

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import glob
+import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -63,14 +66,44 @@ def provenance(params: dict | None = None, device=None) -> dict:
     }
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _stale(tmp: Path) -> bool:
+    """A temporary of atomic_write whose writing process no longer exists (killed where nothing could clean up)."""
+    try:
+        pid = int(tmp.name.rsplit(".", 3)[-3])
+        os.kill(pid, 0)
+    except (ValueError, IndexError):
+        return False
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's live process
+        return False
+    return False
+
+
 def atomic_write(path: Path, write) -> Path:
-    """Call write(tmp) on a temporary file beside `path`, then rename it over `path`: readers never see half a file."""
+    """Call write(tmp) on a temporary file beside `path`, then rename it over `path`: readers never see half a file.
+
+    The temporary, `.name.<pid>.<random>.tmp`, is removed on any exception (KeyboardInterrupt included); one left
+    by a process killed outright (SIGKILL) is removed by the next write to the same path, once that process is
+    gone. The result gets the mode a new file gets under the umask, or that of the file it replaces.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    for old in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if _stale(old):
+            old.unlink(missing_ok=True)
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -78,34 +111,85 @@ def atomic_write(path: Path, write) -> Path:
     return path
 
 
+def _strict(obj):
+    """A JSON-ready copy: NaN and infinities become null; numpy and torch scalars, paths and dtypes become plain
+    values; anything else that JSON cannot hold is an error (never its repr)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (str, bool, int)):
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy scalars and arrays, torch tensors
+        return _strict(obj.tolist())
+    if isinstance(obj, (Path, torch.dtype, torch.device)):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} {obj!r:.80} as JSON; convert it to a number, string or list")
+
+
 def _dumps(obj) -> str:
-    return json.dumps(obj, indent=2, default=str) + "\n"
+    return json.dumps(_strict(obj), indent=2, allow_nan=False) + "\n"
 
 
 def write_json(path, results, params: dict | None = None, device=None) -> Path:
-    """{"provenance": ..., "results": results} as JSON."""
+    """{"provenance": ..., "results": results} as strict JSON (NaN written as null)."""
     text = _dumps({"provenance": provenance(params, device), "results": results})
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def write_table(path, frame, params: dict | None = None, device=None) -> Path:
-    """A pandas DataFrame as CSV, with its provenance beside it in <name>.meta.json."""
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _write_with_meta(path: Path, write, params, device) -> Path:
+    """A data file and its provenance <name>.meta.json as one unit: the provenance records the data's SHA-256, so
+    a reader (read_table) refuses a pair from two different runs, whatever stopped a write between the two."""
     path = Path(path)
-    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
-    meta = _dumps(provenance(params, device))
+    content_hash = {}
+
+    def write_and_hash(tmp):
+        write(tmp)
+        content_hash["sha256"] = _sha256(tmp)
+
+    atomic_write(path, write_and_hash)
+    meta = _dumps(provenance(params, device) | {"data_file": path.name, "data_sha256": content_hash["sha256"]})
     atomic_write(path.with_suffix(".meta.json"), lambda tmp: tmp.write_text(meta))
     return path
+
+
+def write_table(path, frame, params: dict | None = None, device=None) -> Path:
+    """A pandas DataFrame as CSV, with its provenance beside it in <name>.meta.json (one unit: see read_table)."""
+    return _write_with_meta(path, lambda tmp: frame.to_csv(tmp, index=False), params, device)
+
+
+def read_table(path):
+    """(DataFrame, provenance) of a table written by write_table; refuses a CSV whose provenance describes other
+    data (files written before the hash was recorded are read as they are)."""
+    import pandas as pd
+
+    path = Path(path)
+    meta_path = path.with_suffix(".meta.json")
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{path} has no provenance beside it ({meta_path.name} is missing)")
+    meta = json.loads(meta_path.read_text())
+    expected = meta.get("data_sha256")
+    if expected is not None and expected != _sha256(path):
+        raise ValueError(
+            f"{path} and {meta_path.name} do not belong together (the provenance records another file's hash): "
+            "a write was interrupted between the two; rerun what wrote them"
+        )
+    return pd.read_csv(path), meta
 
 
 def save_figure(fig, path, params: dict | None = None, device=None) -> Path:
     """A matplotlib figure as PNG, with its provenance beside it in <name>.meta.json."""
     path = Path(path)
-    atomic_write(
-        path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120, bbox_inches="tight")
+    fmt = path.suffix.lstrip(".") or "png"
+    return _write_with_meta(
+        path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=120, bbox_inches="tight"), params, device
     )
-    meta = _dumps(provenance(params, device))
-    atomic_write(path.with_suffix(".meta.json"), lambda tmp: tmp.write_text(meta))
-    return path
 
 
 def find_result(relative: str) -> Path:

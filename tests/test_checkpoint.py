@@ -155,7 +155,7 @@ def test_hub_offline_without_cache_explains(offline_hub):
 
 
 def test_missing_local_path():
-    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+    with pytest.raises(FileNotFoundError, match="no checkpoint file or folder at '/nonexistent/model.pth'"):
         load_model("/nonexistent/model.pth")
 
 
@@ -175,9 +175,9 @@ def test_missing_and_unexpected_keys(tmp_path, model):
 
 def test_shapes_that_contradict_the_config(tmp_path, model):
     sd = dict(model.state_dict())
-    sd["blocks.0.ffn.key.weight"] = torch.zeros(3 * TINY.n_embd, TINY.n_embd)
+    sd["blocks.1.ffn.key.weight"] = torch.zeros(3 * TINY.n_embd, TINY.n_embd)
     torch.save(sd, tmp_path / "bad.pth")
-    with pytest.raises(CheckpointError, match=r"blocks.0.ffn.key.weight: got \(96, 32\), expected \(128, 32\)"):
+    with pytest.raises(CheckpointError, match=r"blocks.1.ffn.key.weight: got \(96, 32\), expected \(128, 32\)"):
         load_model(tmp_path / "bad.pth")
 
 

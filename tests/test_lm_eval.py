@@ -166,7 +166,9 @@ def test_the_lm_eval_command_line_knows_the_backend(tmp_path):
             "--model",
             "rwkv_lab",
             "--model_args",
-            "pretrained=default",
+            "pretrained=default,device=cuda",  # as the README writes it: device in model_args and --device too
+            "--device",
+            "cpu",
             "--tasks",
             "piqa",
             "--limit",
@@ -181,6 +183,7 @@ def test_the_lm_eval_command_line_knows_the_backend(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "|piqa" in out.stdout and "acc" in out.stdout
+    assert "got multiple values" not in out.stderr
 
 
 @pytest.mark.slow

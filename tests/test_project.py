@@ -71,3 +71,76 @@ def test_notebooks_execute_headless(tmp_path, monkeypatch):
     assert "default" in report["provenance"]["params"]["model"]
     print({k: v for k, v in report["results"].items() if k.startswith("rel_err")})
     assert (tmp_path / "figures" / "01_equivalence.png").stat().st_size > 10_000
+
+
+# the layers of rwkv_lab, lowest first (ARCHITECTURE.md): a module imports from its own layer or lower ones only
+LAYERS = [
+    ["config", "wkv"],
+    ["model", "baseline"],
+    ["results", "cost"],
+    ["loading"],
+    ["inference"],
+    ["training"],
+    ["measure"],
+    ["evaluation"],
+    ["analysis"],
+    ["run_notebooks", "__main__", "__init__"],
+]
+
+
+def import_graph() -> dict[str, set[str]]:
+    """rwkv_lab module -> the rwkv_lab modules it imports (absolute or relative, at any depth of the file)."""
+    import ast
+
+    package = REPO / "rwkv_lab"
+    graph = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        here = parts[:-1]  # the package a relative import starts from
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(here[: len(here) - node.level + 1] + ((base,) if base else ()))
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            for t in targets:
+                where = package.parent / t.replace(".", "/")
+                if t.startswith("rwkv_lab") and (where.with_suffix(".py").exists() or (where / "__init__.py").exists()):
+                    deps.add(t)
+        graph[name] = deps - {name}
+    return graph
+
+
+def layer_of(module: str) -> int:
+    top = module.split(".")[1] if "." in module else "__init__"
+    return next(i for i, names in enumerate(LAYERS) if top in names)
+
+
+def test_layers_import_only_downwards_and_without_cycles():
+    graph = import_graph()
+    upward = [(m, d) for m, deps in graph.items() for d in deps if d != "rwkv_lab" and layer_of(d) > layer_of(m)]
+    assert not upward, f"modules importing from a higher layer: {upward}"
+    # a cycle through rwkv_lab modules (a package's __init__ importing its own modules is not one)
+    state: dict[str, int] = {}
+
+    def visit(m, path):
+        state[m] = 1
+        for d in graph.get(m, ()):
+            if d == "rwkv_lab" or m.startswith(d + "."):
+                continue
+            if state.get(d) == 1:
+                raise AssertionError(f"import cycle: {' -> '.join(path + [d])}")
+            if d not in state:
+                visit(d, path + [d])
+        state[m] = 2
+
+    for m in graph:
+        if m not in state:
+            visit(m, [m])
+    print(f"{len(graph)} modules, {sum(map(len, graph.values()))} internal imports, no cycle, none upward")

@@ -75,6 +75,8 @@ class RWKVLM(TemplateLM):
         if model is None:
             model = load_model(pretrained, dtype=dtype, device=self._device)
         self.model = model.eval()
+        if tokenizer is None and Path(str(pretrained), "tokenizer.json").is_file():
+            tokenizer = str(Path(str(pretrained), "tokenizer.json"))  # a transformers folder's own tokenizer
         self.tokenizer = tokenizer_for(self.model, tokenizer)
         check_tokenizer(self.tokenizer, self.model)
         self.batch_size = 16 if str(batch_size).startswith("auto") else int(batch_size)
@@ -85,6 +87,16 @@ class RWKVLM(TemplateLM):
             identity = self.identity(pretrained)
             name = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
             self.cache = ResultCache(Path(cache_dir) / f"{name}.jsonl", identity)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        """lm-eval's constructor from `--model_args`; what those name (device=cuda, batch_size=...) wins over the
+        command line's own --device / --batch_size, instead of being passed twice."""
+        from lm_eval import utils
+
+        args = utils.simple_parse_args_string(arg_string)
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in args}
+        return cls(**args, **extra)
 
     # ---- data parallel: one process per device (accelerate launch / torchrun); lm-eval shards the documents ----
 

@@ -3,8 +3,12 @@ model (the checkpoint's SHA-256, dtype, tokenizer), so two models never share re
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
+import tempfile
+import warnings
 from pathlib import Path
 
 
@@ -20,29 +24,66 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+class CacheError(ValueError):
+    """A result cache file that cannot be used as it is (its message names the file and what to do)."""
+
+
 class ResultCache:
-    """Results of one model, one JSON line per request, keyed by the request; the header names the model."""
+    """Results of one model, one JSON line per request, keyed by the request; the header names the model.
+
+    Safe for several processes sharing one file (data-parallel evaluation): the file is created with its header
+    in one step (linked into place, so no process sees it half-written or truncates another's entries), and each
+    entry is appended as one line under an exclusive lock. A damaged line (an interrupted write) is skipped with a
+    warning that names the file and line; a damaged header is an error that names the file.
+    """
 
     def __init__(self, path: Path, identity: dict):
         self.path, self.identity, self.entries = Path(path), identity, {}
-        if self.path.exists():
-            lines = self.path.read_text().splitlines()
-            header = json.loads(lines[0]) if lines else {}
-            if header.get("model_identity") != identity:
-                raise ValueError(
-                    f"cache {self.path} holds results of another model "
-                    f"({header.get('model_identity')}); this model is {identity}. "
-                    f"Use another cache_dir or delete the file."
-                )
-            for line in lines[1:]:
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:  # the last line of an interrupted write
-                    continue
+        self._create()
+        lines = self.path.read_text().split("\n")
+        try:
+            header = json.loads(lines[0])
+            if not isinstance(header, dict) or "model_identity" not in header:
+                raise ValueError("no model_identity")
+        except ValueError as err:
+            raise CacheError(
+                f"result cache {self.path}: its first line is not a cache header ({err}); "
+                "the file is damaged or not a cache: delete it or use another cache_dir"
+            ) from None
+        if header["model_identity"] != identity:
+            raise CacheError(
+                f"result cache {self.path} holds results of another model "
+                f"({header['model_identity']}); this model is {identity}. Use another cache_dir or delete the file."
+            )
+        for number, line in enumerate(lines[1:], start=2):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
                 self.entries[entry["key"]] = entry["value"]
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps({"model_identity": identity}) + "\n")
+            except (ValueError, TypeError, KeyError):
+                warnings.warn(
+                    f"result cache {self.path}, line {number}: not an entry (an interrupted write?); "
+                    "skipped, its request will be computed again",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+
+    def _create(self) -> None:
+        """The file with its header, created at once if absent (a fully written temporary linked into place)."""
+        if self.path.exists():
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps({"model_identity": self.identity}) + "\n")
+            try:
+                os.link(tmp, self.path)  # fails if another process created it first: theirs is as good
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(tmp)
 
     @staticmethod
     def key(kind: str, args) -> str:
@@ -54,5 +95,17 @@ class ResultCache:
     def put(self, kind: str, args, value) -> None:
         k = self.key(kind, args)
         self.entries[k] = value
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"key": k, "value": value}) + "\n")
+        line = json.dumps({"key": k, "value": value}) + "\n"
+        with open(self.path, "a+b") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                # a line cut short by an interrupted writer must not swallow this one
+                f.seek(0, os.SEEK_END)
+                if f.tell() > 0:
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":
+                        line = "\n" + line
+                f.write(line.encode())
+                f.flush()
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)

@@ -11,10 +11,14 @@ huggingface_hub's cache.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import pickle
 import re
+import shutil
+import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -37,7 +41,17 @@ SUPPORTED_DTYPES = {
     "fp64": torch.float64,
 }
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
-_LAYER_COUNT_KEY = re.compile(r"^blocks\.(\d+)\.ln1\.weight$")
+_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
+# keys of RWKV-4 training runs this implementation does not model: a clear error rather than a wrong model
+UNSUPPORTED_KEYS = {
+    "pos_emb": "learned position embeddings (pos_emb_x / pos_emb_y)",
+    "head_q": "the tiny-attention head (head_q / head_k / copy_mask)",
+    "head_k": "the tiny-attention head",
+    "copy_mask": "the tiny-attention head",
+    "tiny_": "tiny attention (tiny_ln / tiny_q / tiny_k / tiny_v)",
+}
+# file names that mark a local path even when no file exists there (a typo must not go to the hub)
+LOCAL_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".json", ".ckpt")
 
 # The released BlinkDL files (hub model cards BlinkDL/rwkv-4-pile-*; reference/rwkv4_pile_model_cards.csv).
 BLINKDL_FILES = {
@@ -158,15 +172,24 @@ def _read_hf_folder(folder: Path) -> tuple[dict, RWKVConfig]:
         hf_config = json.loads((folder / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{folder}/config.json is missing or not valid JSON ({err})") from err
-    config = config_from_hf(hf_config)
+    config = config_from_hf(hf_config, str(folder / "config.json"))
     shards: list[Path] = []
     for index_name, single in (
         ("model.safetensors.index.json", "model.safetensors"),
         ("pytorch_model.bin.index.json", "pytorch_model.bin"),
     ):
         if (folder / index_name).exists():
-            index = json.loads((folder / index_name).read_text())
-            shards = [folder / name for name in sorted(set(index["weight_map"].values()))]
+            try:
+                index = json.loads((folder / index_name).read_text())
+                shards = [folder / name for name in sorted(set(index["weight_map"].values()))]
+            except (ValueError, TypeError, KeyError, AttributeError) as err:
+                raise CheckpointError(
+                    f"{folder / index_name} is not a shard index (JSON with a 'weight_map' of tensor -> file): "
+                    f"{type(err).__name__}: {err}"
+                ) from None
+            missing = [s.name for s in shards if not s.exists()]
+            if missing:
+                raise CheckpointError(f"{folder / index_name} names shards that are not in the folder: {missing}")
             break
         if (folder / single).exists():
             shards = [folder / single]
@@ -187,7 +210,19 @@ def _read_hf_folder(folder: Path) -> tuple[dict, RWKVConfig]:
     return {hf_to_blinkdl_key(k): v for k, v in sd.items()}, config
 
 
-def config_from_hf(hf: dict) -> RWKVConfig:
+def config_from_hf(hf: dict, where: str = "config.json") -> RWKVConfig:
+    """The RWKVConfig of a transformers config.json (already parsed); `where` names the file in errors."""
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{where} holds a {type(hf).__name__}, not a JSON object with the model's settings")
+    try:
+        return _config_from_hf(hf)
+    except (TypeError, ValueError) as err:
+        if isinstance(err, CheckpointError):
+            raise CheckpointError(f"{where}: {err}") from None
+        raise CheckpointError(f"{where} has a setting of the wrong type or value ({err})") from None
+
+
+def _config_from_hf(hf: dict) -> RWKVConfig:
     if hf.get("model_type") not in (None, "rwkv"):
         raise CheckpointError(f"config.json has model_type {hf.get('model_type')!r}; expected 'rwkv' (RWKV-4)")
     try:
@@ -199,8 +234,7 @@ def config_from_hf(hf: dict) -> RWKVConfig:
             f"attention_hidden_size {hf['attention_hidden_size']} != hidden_size {C}: "
             "RWKV-4 Pile models use equal sizes, which is all this implementation supports"
         )
-    if (hf.get("intermediate_size") or 4 * C) != 4 * C:
-        raise CheckpointError(f"intermediate_size {hf['intermediate_size']} != 4 * hidden_size = {4 * C}")
+    F = int(hf.get("intermediate_size") or 4 * C)
     return RWKVConfig(
         n_layer=L,
         n_embd=C,
@@ -208,20 +242,45 @@ def config_from_hf(hf: dict) -> RWKVConfig:
         ctx_len=int(hf.get("context_length", 1024)),
         layer_norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
         name=hf.get("_name_or_path") or "custom",
+        ffn_dim=None if F == 4 * C else F,
     )
 
 
 def config_from_state_dict(sd: dict, name: str = "custom") -> RWKVConfig:
-    """n_layer, n_embd and the vocabulary from the BlinkDL keys, as the released files carry no config."""
+    """n_layer, n_embd, the FFN width and the vocabulary from the BlinkDL keys (the released files carry no
+    config); a gap in the block indices, or keys of training variants this implementation lacks, are errors."""
+    odd = sorted(
+        {
+            what
+            for k in sd
+            for part in k.split(".")
+            for prefix, what in UNSUPPORTED_KEYS.items()
+            if part.startswith(prefix)
+        }
+    )
+    if odd:
+        raise CheckpointError(
+            f"this checkpoint uses {'; '.join(odd)}, which rwkv_lab's RWKV-4 does not implement "
+            "(it loads the released Pile models' key set)"
+        )
     if "emb.weight" not in sd or sd["emb.weight"].dim() != 2:
         raise CheckpointError(
             f"cannot infer the model size: the checkpoint has no 2-D 'emb.weight' (found keys such as {sorted(sd)[:5]})"
         )
     V, C = sd["emb.weight"].shape
-    layers = [int(m.group(1)) for k in sd if (m := _LAYER_COUNT_KEY.match(k))]
-    if not layers:
-        raise CheckpointError("cannot infer the number of layers: no 'blocks.N.ln1.weight' keys in the checkpoint")
-    return RWKVConfig(n_layer=max(layers) + 1, n_embd=int(C), vocab_size=int(V), name=name)
+    blocks = {int(m.group(1)) for k in sd if (m := _BLOCK_KEY.match(k))}
+    if not blocks:
+        raise CheckpointError("cannot infer the number of layers: no 'blocks.N.*' keys in the checkpoint")
+    gaps = sorted(set(range(max(blocks) + 1)) - blocks)
+    if gaps:
+        raise CheckpointError(
+            f"the checkpoint has blocks up to {max(blocks)} but none of blocks {gaps[:8]}: a truncated or edited file"
+        )
+    ffn = sd.get("blocks.0.ffn.key.weight")
+    F = int(ffn.shape[0]) if ffn is not None and ffn.dim() == 2 else 4 * int(C)
+    return RWKVConfig(
+        n_layer=max(blocks) + 1, n_embd=int(C), vocab_size=int(V), name=name, ffn_dim=None if F == 4 * C else F
+    )
 
 
 def read_checkpoint(path) -> tuple[dict, RWKVConfig]:
@@ -235,10 +294,14 @@ def read_checkpoint(path) -> tuple[dict, RWKVConfig]:
         return _read_hf_folder(path)
     if path.suffix == ".safetensors":
         sd, metadata = _safetensors_load(path)
+        config = None
         if "rwkv_lab_config" in metadata:
-            config = RWKVConfig.from_dict(json.loads(metadata["rwkv_lab_config"]))
-        else:
-            config = None
+            try:
+                config = RWKVConfig.from_dict(json.loads(metadata["rwkv_lab_config"]))
+            except (ValueError, TypeError, AttributeError) as err:
+                raise CheckpointError(
+                    f"{path}: its metadata 'rwkv_lab_config' is not a valid RWKVConfig ({err})"
+                ) from None
     else:
         sd, config = _check_tensor_dict(_torch_load(path), path), None
     if is_hf_state_dict(sd):
@@ -246,10 +309,38 @@ def read_checkpoint(path) -> tuple[dict, RWKVConfig]:
     return sd, config or config_from_state_dict(sd, name=path.stem)
 
 
+def looks_like_path(source: str) -> bool:
+    """A string meant as a local file or folder: './x', '/x', '~/x', a bare file name with a checkpoint suffix,
+    or a path whose first directory exists here ('ck/tiny.pht'). Such a string is never sent to the hub, while
+    'owner/name' and 'owner/name/file.pth' (no local folder 'owner') are hub ids."""
+    if source.startswith((".", "/", "~")) or "\\" in source:
+        return True
+    if "/" not in source:  # a bare file name; with a checkpoint suffix it cannot be a hub id ('owner/name')
+        return source.lower().endswith(LOCAL_SUFFIXES)
+    return os.path.isdir(source.split("/")[0])
+
+
+def closest_existing(source: str) -> str:
+    """A hint naming the existing file or folder closest to a mistyped path (or where the path stops existing)."""
+    path = Path(os.path.expanduser(source))
+    missing = path
+    while not missing.parent.exists() and missing.parent != missing.parent.parent:
+        missing = missing.parent  # the first component that does not exist
+    parent = missing.parent
+    names = [p.name for p in parent.iterdir()] if parent.is_dir() else []
+    near = difflib.get_close_matches(missing.name, names, n=1, cutoff=0.6)
+    if not near:
+        return f" ({str(parent)!r} has nothing named like {missing.name!r})"
+    return f"; did you mean {str(parent / near[0]) + str(path)[len(str(missing)) :]!r}?"
+
+
 def resolve_source(source: str, revision: str | None = None) -> Path:
     """A local path as is; a hub id ('owner/name' or 'owner/name/file') downloaded into the hub cache."""
-    if os.path.exists(source) or not (is_repo_id(source) or is_repo_id("/".join(source.split("/")[:2]))):
-        return Path(source)
+    expanded = os.path.expanduser(source)
+    if os.path.exists(expanded):
+        return Path(expanded)
+    if looks_like_path(source) or not (is_repo_id(source) or is_repo_id("/".join(source.split("/")[:2]))):
+        raise FileNotFoundError(f"no checkpoint file or folder at {source!r}{closest_existing(source)}")
     parts = source.split("/")
     repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:]) or BLINKDL_FILES.get("/".join(parts[:2]))
     try:
@@ -262,10 +353,26 @@ def resolve_source(source: str, revision: str | None = None) -> Path:
             )
         return folder
     except (HubUnavailableError, FileNotFoundError) as err:
-        raise type(err)(f"{err} (no local file or folder {source!r} exists either)") from err
+        raise type(err)(f"no local file or folder {source!r} exists, so it was taken as a hub id: {err}") from err
 
 
 # ---- building a model ------------------------------------------------------------------------------------------
+
+
+def check_finite(sd: dict, where: str, strict: bool = False) -> None:
+    """Weights holding NaN or infinity: an error under `strict`, else a warning naming them (such a model's
+    logits are not finite, and greedy decoding silently picks token 0)."""
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if not bad:
+        return
+    message = f"{where}: {len(bad)} tensors hold NaN or infinite values: {bad[:8]}{' ...' if len(bad) > 8 else ''}"
+    if strict:
+        raise CheckpointError(message)
+    warnings.warn(
+        message + " (the model's outputs will not be finite; load with strict=True to refuse it)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def model_from_state_dict(sd: dict, config: RWKVConfig, dtype=torch.float32, device="cpu") -> RWKV:
@@ -297,10 +404,11 @@ def model_from_state_dict(sd: dict, config: RWKVConfig, dtype=torch.float32, dev
     return model.eval()
 
 
-def load_model(source, dtype="float32", device="cpu", revision: str | None = None) -> RWKV:
+def load_model(source, dtype="float32", device="cpu", revision: str | None = None, strict: bool = False) -> RWKV:
     """Load RWKV-4 from 'default', a local file or folder, or a hub id; compute dtype and device chosen here.
 
-    The model's `source` attribute records where it came from (notebooks print it).
+    The model's `source` attribute records where it came from (notebooks print it). Non-finite weights are
+    reported with their names: a warning, or an error with `strict=True`.
     """
     if str(source) == "default":
         sd, config = read_checkpoint(DEFAULT_WEIGHTS)
@@ -310,6 +418,7 @@ def load_model(source, dtype="float32", device="cpu", revision: str | None = Non
     resolve_dtype(dtype)  # fail before any download
     path = resolve_source(str(source), revision)
     sd, config = read_checkpoint(path)
+    check_finite(sd, str(source), strict)
     model = model_from_state_dict(sd, config, dtype=dtype, device=device)
     model.source = str(source)
     return model
@@ -343,17 +452,55 @@ def hf_config_dict(config: RWKVConfig, dtype: torch.dtype) -> dict:
     }
 
 
+FILE_SUFFIXES = {"safetensors": (".safetensors",), "pth": (".pth", ".pt")}
+
+
+def _replace_folder(path: Path, fill) -> None:
+    """Write a folder whole: fill(tmp) builds it beside `path`, then it takes the place of the old one, so no
+    file of an earlier checkpoint (a stale shard index, old shards) survives and a failure leaves the old one."""
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        fill(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        trash = path.parent / f".{path.name}.{os.getpid()}.old"
+        os.rename(path, trash)
+        os.rename(tmp, path)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.rename(tmp, path)
+
+
 def save_model(model: RWKV, path, format: str = "safetensors", dtype=None, tokenizer_file=None) -> Path:
     """Write `model` as 'safetensors' (ours), 'pth' (BlinkDL) or 'transformers' (a folder; with `tokenizer_file`,
-    a tokenizers JSON such as GPT-NeoX-20B's, the folder also loads with AutoTokenizer)."""
+    a tokenizers JSON such as GPT-NeoX-20B's, the folder also loads with AutoTokenizer).
+
+    A file is replaced atomically; a transformers folder is replaced whole, and only if it is empty or already a
+    checkpoint folder (it has config.json): any other existing folder is refused, never emptied."""
     from safetensors.torch import save_file
 
     if format not in FORMATS:
         raise ValueError(f"unknown checkpoint format {format!r}; expected one of {FORMATS}")
     if tokenizer_file is not None and format != "transformers":
         raise ValueError(f"tokenizer_file is written only into a 'transformers' folder, not a {format!r} file")
-    dtype = resolve_dtype(dtype) if dtype is not None else model.dtype
     path = Path(path)
+    if format in FILE_SUFFIXES and path.suffix.lower() not in FILE_SUFFIXES[format]:
+        raise ValueError(
+            f"a {format} checkpoint is a file named *{' or *'.join(FILE_SUFFIXES[format])}; got "
+            f"{str(path)!r} (the suffix is how loading tells the formats apart)"
+        )
+    if format in FILE_SUFFIXES and path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; a {format} checkpoint is a file")
+    if format == "transformers" and path.exists():
+        if not path.is_dir():
+            raise FileExistsError(f"{path} is a file; a transformers checkpoint is a folder")
+        if any(path.iterdir()) and not (path / "config.json").exists():
+            raise FileExistsError(
+                f"{path} is a folder that is not a checkpoint (no config.json): refusing to replace it"
+            )
+    dtype = resolve_dtype(dtype) if dtype is not None else model.dtype
     sd = {k: v.detach().to(device="cpu", dtype=dtype).contiguous() for k, v in model.state_dict().items()}
     if format == "safetensors":
         meta = {"format": "pt", "rwkv_lab_config": model.config.to_json()}
@@ -361,31 +508,46 @@ def save_model(model: RWKV, path, format: str = "safetensors", dtype=None, token
     elif format == "pth":
         atomic_write(path, lambda tmp: torch.save(sd, tmp))
     else:
-        path.mkdir(parents=True, exist_ok=True)
         hf_sd = {blinkdl_to_hf_key(k): v for k, v in sd.items()}
-        atomic_write(path / "model.safetensors", lambda tmp: save_file(hf_sd, str(tmp), metadata={"format": "pt"}))
         config_text = json.dumps(hf_config_dict(model.config, dtype), indent=2)
-        atomic_write(path / "config.json", lambda tmp: tmp.write_text(config_text))
-        if tokenizer_file is not None:
-            tokenizer_text = Path(tokenizer_file).read_text()
-            atomic_write(path / "tokenizer.json", lambda tmp: tmp.write_text(tokenizer_text))
-            eot = "<|endoftext|>"  # token 0: document separator, BOS/EOS of the RWKV-4 Pile models
-            tok_config = json.dumps(
-                {
+
+        def fill(folder: Path):
+            save_file(hf_sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
+            (folder / "config.json").write_text(config_text)
+            if tokenizer_file is not None:
+                (folder / "tokenizer.json").write_text(Path(tokenizer_file).read_text())
+                eot = "<|endoftext|>"  # token 0: document separator, BOS/EOS of the RWKV-4 Pile models
+                tok_config = {
                     "tokenizer_class": "PreTrainedTokenizerFast",
                     "eos_token": eot,
                     "bos_token": eot,
                     "unk_token": eot,
                     "model_max_length": model.config.ctx_len,
                 }
-            )
-            atomic_write(path / "tokenizer_config.json", lambda tmp: tmp.write_text(tok_config))
+                (folder / "tokenizer_config.json").write_text(json.dumps(tok_config))
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _replace_folder(path, fill)
     return path
 
 
-def convert(source, destination, format: str = "safetensors", dtype=None) -> Path:
-    """Read any supported checkpoint and write it in `format` (tensors unchanged unless `dtype` is given)."""
-    path = resolve_source(str(source))
+def convert(source, destination, format: str = "safetensors", dtype=None, force: bool = False) -> Path:
+    """Read any supported checkpoint and write it in `format` (tensors unchanged unless `dtype` is given).
+
+    An existing destination is refused unless `force` (then replaced whole: see save_model)."""
+    destination = Path(destination)
+    if destination.exists() and not force:
+        raise FileExistsError(f"{destination} exists; pass force=True (--force) to replace it")
+    if format in FILE_SUFFIXES and destination.suffix.lower() not in FILE_SUFFIXES[format]:
+        raise ValueError(
+            f"a {format} checkpoint is a file named *{' or *'.join(FILE_SUFFIXES[format])}; got {str(destination)!r}"
+        )
+    if force and destination.exists() and (destination.is_dir() != (format == "transformers")):
+        raise FileExistsError(
+            f"{destination} is a {'folder' if destination.is_dir() else 'file'}; a {format} "
+            "checkpoint is not: remove it first"
+        )
+    path = DEFAULT_WEIGHTS if str(source) == "default" else resolve_source(str(source))
     sd, config = read_checkpoint(path)
     source_dtype = next(iter(sd.values())).dtype
     model = model_from_state_dict(sd, config, dtype=dtype or source_dtype)

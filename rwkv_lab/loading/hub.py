@@ -18,7 +18,12 @@ def is_repo_id(source: str) -> bool:
     return bool(_REPO_ID.match(source)) and not os.path.exists(source)
 
 
-def _explain(repo_id: str, what: str, err: Exception) -> Exception:
+CHECKPOINT_HINT = (
+    "pass a local path instead (a BlinkDL .pth file, a transformers folder with config.json, or a .safetensors file)"
+)
+
+
+def _explain(repo_id: str, what: str, err: Exception, hint: str = CHECKPOINT_HINT) -> Exception:
     from huggingface_hub import constants
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
@@ -27,18 +32,17 @@ def _explain(repo_id: str, what: str, err: Exception) -> Exception:
     return HubUnavailableError(
         f"could not get {what} of {repo_id!r} from the Hugging Face hub, and the local cache "
         f"({constants.HF_HUB_CACHE}) does not hold it ({type(err).__name__}: {err}). "
-        "Connect once to fill the cache, or pass a local path instead (a BlinkDL .pth file, a transformers "
-        "folder with config.json, or a .safetensors file)."
+        f"Connect once to fill the cache, or {hint}."
     )
 
 
-def download_file(repo_id: str, filename: str, revision: str | None = None) -> Path:
+def download_file(repo_id: str, filename: str, revision: str | None = None, hint: str = CHECKPOINT_HINT) -> Path:
     from huggingface_hub import hf_hub_download
 
     try:
         return Path(hf_hub_download(repo_id, filename, revision=revision))
     except Exception as err:  # noqa: BLE001 - every hub failure becomes one explained error
-        raise _explain(repo_id, filename, err) from err
+        raise _explain(repo_id, filename, err, hint) from err
 
 
 def download_snapshot(repo_id: str, patterns: list[str], revision: str | None = None) -> Path:

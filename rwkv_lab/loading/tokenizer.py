@@ -11,6 +11,25 @@ from pathlib import Path
 from .hub import download_file, is_repo_id
 
 NEOX_HUB_REPO = "EleutherAI/gpt-neox-20b"
+TOKENIZER_HINT = (
+    "pass the tokenizer as a local tokenizer.json (tokenizer=... in Python, --tokenizer on the command "
+    "line, or $RWKV_LAB_TOKENIZER), or 'bytes' for a byte-level model"
+)
+
+
+def utf8(text) -> bytes:
+    """The text as UTF-8, or a clear error for what is not text (bytes, None) or not valid Unicode."""
+    if not isinstance(text, str):
+        raise TypeError(f"text to encode must be a str; got {type(text).__name__}")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(
+            f"the text holds a lone surrogate {text[err.start]!r} at index {err.start}, which is not "
+            "valid Unicode: it has no UTF-8 bytes to tokenize"
+        ) from None
+
+
 ENV_TOKENIZER = "RWKV_LAB_TOKENIZER"  # a tokenizer.json to use instead of the hub copy
 
 
@@ -22,7 +41,7 @@ class ByteTokenizer:
     name = "bytes"
 
     def encode(self, text: str) -> list[int]:
-        return [b + 1 for b in text.encode("utf-8")]
+        return [b + 1 for b in utf8(text)]
 
     def decode(self, ids) -> str:
         return bytes(i - 1 for i in ids if i != self.eot_id).decode("utf-8", errors="replace")
@@ -44,6 +63,7 @@ class BPETokenizer:
         self.name = str(path)
 
     def encode(self, text: str) -> list[int]:
+        utf8(text)
         return self._tok.encode(text).ids
 
     def decode(self, ids) -> str:
@@ -57,14 +77,21 @@ def load_tokenizer(source: str | None = None):
     if source == "bytes":
         return ByteTokenizer()
     if is_repo_id(source):
-        return BPETokenizer(download_file(source, "tokenizer.json"))
+        return BPETokenizer(download_file(source, "tokenizer.json", hint=TOKENIZER_HINT))
     if not os.path.exists(source):
         raise FileNotFoundError(f"no tokenizer file at {source!r}; expected 'bytes', a tokenizer.json or a hub repo id")
     return BPETokenizer(source)
 
 
 def check_tokenizer(tokenizer, model) -> None:
-    """Every id the tokenizer can produce must index the model's embedding."""
+    """Every id the tokenizer can produce must index the model's embedding, and a byte tokenizer fits only a
+    byte-level model (on a BPE model its ids would be read as unrelated BPE tokens)."""
+    if isinstance(tokenizer, ByteTokenizer) and model.config.vocab_size != ByteTokenizer.vocab_size:
+        own = NEOX_HUB_REPO if model.config.vocab_size >= 50000 else "its tokenizer.json"
+        raise ValueError(
+            f"the byte tokenizer (257 ids) does not fit this model's vocabulary of {model.config.vocab_size}: "
+            f"use the model's own tokenizer ({own})"
+        )
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(
             f"tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} tokens but the model's vocabulary has only "

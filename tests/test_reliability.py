@@ -1,0 +1,341 @@
+"""Nothing lost, nothing silent: safe writes, a race-free result cache, checked inputs, clear command-line errors."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import pytest
+import torch
+from helpers import NEOX_TOKENIZER, REPO, random_model
+
+from rwkv_lab.__main__ import main as cli
+from rwkv_lab.config import PRESETS, RWKVConfig
+from rwkv_lab.evaluation.cache import CacheError, ResultCache
+from rwkv_lab.inference.generation import generate
+from rwkv_lab.loading.checkpoint import CheckpointError, load_model, save_model
+from rwkv_lab.loading.tokenizer import BPETokenizer, ByteTokenizer, check_tokenizer
+from rwkv_lab.results import atomic_write, read_table, write_json, write_table
+
+TINY = PRESETS["tiny"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model(TINY, seed=0, dtype=torch.float32)
+
+
+# ---- writes that never lose data -------------------------------------------------------------------------------
+
+
+def test_convert_refuses_an_existing_destination_without_force(tmp_path, model, capsys):
+    src = save_model(model, tmp_path / "m.safetensors")
+    notes = tmp_path / "notes.pth"
+    notes.write_text("my notes")
+    notes.chmod(0o644)
+    assert cli(["convert", str(src), str(notes), "--to", "pth"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "exists; pass force=True (--force)" in err
+    assert notes.read_text() == "my notes" and notes.stat().st_mode & 0o777 == 0o644
+    assert cli(["convert", str(src), str(notes), "--to", "pth", "--force"]) == 0
+    assert torch.equal(load_model(notes).head.weight, model.head.weight)
+
+
+def test_convert_force_replaces_a_sharded_folder_whole(tmp_path, model):
+    old = random_model(TINY, seed=9, dtype=torch.float32)
+    folder = save_model(old, tmp_path / "hf", format="transformers")
+    # make it a sharded folder, as transformers writes large models
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    keys = sorted(sd)
+    save_file({k: sd[k] for k in keys[:5]}, str(folder / "model-00001-of-00002.safetensors"))
+    save_file({k: sd[k] for k in keys[5:]}, str(folder / "model-00002-of-00002.safetensors"))
+    weight_map = {k: f"model-0000{1 if i < 5 else 2}-of-00002.safetensors" for i, k in enumerate(keys)}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    assert torch.equal(load_model(folder).head.weight, old.head.weight)
+    src = save_model(model, tmp_path / "new.safetensors")
+    assert cli(["convert", str(src), str(folder), "--to", "transformers"]) == 1
+    assert cli(["convert", str(src), str(folder), "--to", "transformers", "--force"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert torch.equal(load_model(folder).head.weight, model.head.weight)
+
+
+def test_save_model_never_empties_a_folder_that_is_not_a_checkpoint(tmp_path, model):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "thesis.tex").write_text("years of work")
+    with pytest.raises(FileExistsError, match="not a checkpoint"):
+        save_model(model, tmp_path / "docs", format="transformers")
+    assert (tmp_path / "docs" / "thesis.tex").read_text() == "years of work"
+
+
+def test_file_checkpoints_need_their_suffix(tmp_path, model):
+    with pytest.raises(ValueError, match=r"a safetensors checkpoint is a file named \*\.safetensors"):
+        save_model(model, tmp_path / "noext")
+    assert cli(["convert", "default", str(tmp_path / "noext")]) == 1
+    assert not (tmp_path / "noext").exists()
+
+
+def test_atomic_writes_keep_the_umask_and_the_replaced_mode(tmp_path):
+    old = os.umask(0o027)
+    try:
+        path = write_json(tmp_path / "r.json", {"x": 1})
+        assert path.stat().st_mode & 0o777 == 0o640
+        path.chmod(0o604)
+        write_json(path, {"x": 2})
+        assert path.stat().st_mode & 0o777 == 0o604
+    finally:
+        os.umask(old)
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from rwkv_lab.results import atomic_write
+
+def slow(tmp):
+    with open(tmp, "wb") as f:
+        for _ in range(400):
+            f.write(b"x" * (1 << 20))
+            f.flush()
+            time.sleep(0.01)
+
+print("writing", flush=True)
+atomic_write(Path(sys.argv[1]), slow)
+"""
+
+
+def test_a_write_killed_outright_leaves_the_target_intact_and_its_temporary_is_swept(tmp_path):
+    target = tmp_path / "big.bin"
+    target.write_bytes(b"the old contents")
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], stdout=subprocess.PIPE, cwd=REPO)
+    assert proc.stdout.readline().strip() == b"writing"
+    deadline = time.time() + 30
+    while not list(tmp_path.glob(".big.bin.*.tmp")) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # some megabytes into the write
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert target.read_bytes() == b"the old contents"
+    left = list(tmp_path.glob(".big.bin.*.tmp"))
+    print(f"temporaries left by the killed writer: {[p.name for p in left]}")
+    atomic_write(target, lambda tmp: tmp.write_bytes(b"new"))  # the next write sweeps the dead writer's temporary
+    assert target.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.bin"]
+
+
+def test_a_table_and_its_provenance_are_one_unit(tmp_path):
+    import pandas as pd
+
+    path = write_table(tmp_path / "t.csv", pd.DataFrame({"a": [1, 2]}), {"run": 1})
+    frame, meta = read_table(path)
+    assert frame["a"].tolist() == [1, 2] and meta["params"] == {"run": 1}
+    path.write_text("a\n3\n")  # another run's table beside this run's provenance
+    with pytest.raises(ValueError, match="do not belong together"):
+        read_table(path)
+
+
+def test_json_is_strict(tmp_path):
+    path = write_json(tmp_path / "r.json", {"nan": math.nan, "inf": -math.inf, "n": torch.tensor(2.5)})
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text)["results"] == {"nan": None, "inf": None, "n": 2.5}
+    with pytest.raises(TypeError, match="cannot write object"):
+        write_json(tmp_path / "bad.json", {"x": object()})
+    assert not (tmp_path / "bad.json").exists()
+
+
+# ---- the lm-eval result cache ----------------------------------------------------------------------------------
+
+CACHE_WRITER = """
+import sys, time
+from pathlib import Path
+from rwkv_lab.evaluation.cache import ResultCache
+folder, me, start, trials = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+for trial in range(trials):
+    while time.time() < start + 0.25 * trial:  # the four processes open each fresh cache in the same millisecond
+        pass
+    cache = ResultCache(folder / f"cache{trial}.jsonl", {"model": "m"})
+    for i in range(20):
+        cache.put("loglikelihood", [me, i], [i, True])
+"""
+
+
+def test_four_processes_opening_a_fresh_cache_together_lose_nothing(tmp_path):
+    trials = 20
+    start = str(time.time() + 4.0)  # after every process has imported torch
+    procs = [
+        subprocess.Popen([sys.executable, "-c", CACHE_WRITER, str(tmp_path), str(p), start, str(trials)], cwd=REPO)
+        for p in range(4)
+    ]
+    assert [p.wait() for p in procs] == [0, 0, 0, 0]
+    counts = [len(ResultCache(tmp_path / f"cache{t}.jsonl", {"model": "m"}).entries) for t in range(trials)]
+    print(f"entries per cache (80 written each): {counts}")
+    assert counts == [80] * trials
+
+
+def test_a_damaged_cache_is_reported_with_its_file(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"model_ident')  # truncated header
+    with pytest.raises(CacheError, match=f"result cache {path}: its first line is not a cache header"):
+        ResultCache(path, {"model": "m"})
+    path.write_text("")
+    with pytest.raises(CacheError, match=str(path)):
+        ResultCache(path, {"model": "m"})
+    path.write_text('{"model_identity": {"model": "m"}}\n[1, 2]\n{"key": "k1", "value": 1}\n{"key": "k2", "val')
+    with pytest.warns(RuntimeWarning, match=f"{path}, line 2: not an entry") as record:
+        cache = ResultCache(path, {"model": "m"})
+    assert any("line 4" in str(w.message) for w in record)
+    assert cache.entries == {"k1": 1}
+    cache.put("x", [1], 2)  # after a truncated last line: a line of its own, not glued onto it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = ResultCache(path, {"model": "m"})
+    assert again.get("x", [1]) == 2 and again.entries["k1"] == 1
+
+
+# ---- checks at the boundary ------------------------------------------------------------------------------------
+
+
+def test_non_finite_weights_are_named(tmp_path, model):
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    sd["blocks.1.att.key.weight"][0, 0] = math.nan
+    sd["head.weight"][3, 1] = math.inf
+    torch.save(sd, tmp_path / "nan.pth")
+    with pytest.warns(RuntimeWarning, match=r"2 tensors hold NaN or infinite values: \['blocks.1.att.key.weight', "):
+        load_model(tmp_path / "nan.pth")
+    with pytest.raises(CheckpointError, match="head.weight"):
+        load_model(tmp_path / "nan.pth", strict=True)
+
+
+def test_non_finite_states_are_refused(model):
+    state = model.init_state(1)
+    state[0, 1, 1, 5] = math.nan
+    with pytest.raises(
+        ValueError, match=r"state holds NaN or infinite values \(first at .* = \[0, 1, 1, 5\], slot att_a"
+    ):
+        model(torch.tensor([[1, 2]]), state)
+    state = model.init_state(1)
+    state[0, 0, 3, 0] = math.inf
+    with pytest.raises(ValueError, match="slot att_p"):
+        model.step(torch.tensor([1]), state)
+
+
+def test_missing_layers_are_errors(tmp_path):
+    model = random_model(RWKVConfig(n_layer=4, n_embd=16, vocab_size=257), dtype=torch.float32)
+    sd = model.state_dict()
+    torch.save({k: v for k, v in sd.items() if not k.startswith("blocks.2.")}, tmp_path / "gap.pth")
+    with pytest.raises(CheckpointError, match=r"none of blocks \[2\]"):
+        load_model(tmp_path / "gap.pth")
+    torch.save({k: v for k, v in sd.items() if k != "blocks.3.ffn.value.weight"}, tmp_path / "part.pth")
+    with pytest.raises(CheckpointError, match=r"missing \['blocks.3.ffn.value.weight'\]"):
+        load_model(tmp_path / "part.pth")
+
+
+@pytest.mark.parametrize("fmt, name", [("safetensors", "m.safetensors"), ("pth", "m.pth"), ("transformers", "hf")])
+def test_an_ffn_width_other_than_4C_loads_in_every_format(tmp_path, fmt, name):
+    for ffn in (2 * 16, 3 * 16 + 5):
+        model = random_model(RWKVConfig(n_layer=2, n_embd=16, vocab_size=257, ffn_dim=ffn), dtype=torch.float32)
+        loaded = load_model(save_model(model, tmp_path / f"{ffn}" / name, format=fmt))
+        assert loaded.config.dim_ffn == ffn
+        tokens = torch.tensor([[1, 5, 9]])
+        assert torch.equal(loaded(tokens)[0], model(tokens)[0])
+
+
+def test_training_variant_keys_get_a_clear_error(tmp_path, model):
+    sd = dict(model.state_dict()) | {"head_q.weight": torch.zeros(4, 4), "head_k.weight": torch.zeros(4, 4)}
+    torch.save(sd, tmp_path / "variant.pth")
+    with pytest.raises(CheckpointError, match="tiny-attention"):
+        load_model(tmp_path / "variant.pth")
+
+
+def test_token_dtypes_and_prefill_chunk(model):
+    with pytest.raises(TypeError, match="int64 or int32"):
+        model(torch.tensor([[1, 2]], dtype=torch.uint8))
+    with pytest.raises(TypeError, match="int64 or int32"):
+        model.step(torch.tensor([1], dtype=torch.int16))
+    for chunk in (-1, 0, 2.5, True):
+        with pytest.raises(ValueError, match="chunk must be a positive number"):
+            model.prefill(torch.tensor([[1, 2, 3]]), chunk=chunk)
+
+
+def test_a_tokenizer_that_does_not_fit_the_model():
+    neox_model = random_model(RWKVConfig(n_layer=1, n_embd=8, vocab_size=50277), dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"byte tokenizer \(257 ids\) does not fit this model's vocabulary of 50277"):
+        check_tokenizer(ByteTokenizer(), neox_model)
+    with pytest.raises(ValueError, match="lone surrogate"):
+        BPETokenizer(NEOX_TOKENIZER).encode("ok \ud800")
+    with pytest.raises(ValueError, match="lone surrogate"):
+        ByteTokenizer().encode("\udfff")
+
+
+def test_a_mistyped_local_path_is_never_sent_to_the_hub(tmp_path, model, monkeypatch):
+    def no_hub(*args, **kwargs):
+        raise AssertionError("a local path went to the hub")
+
+    monkeypatch.setattr("rwkv_lab.loading.checkpoint.download_file", no_hub)
+    monkeypatch.setattr("rwkv_lab.loading.checkpoint.download_snapshot", no_hub)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ck").mkdir()
+    save_model(model, tmp_path / "ck" / "tiny.pth", format="pth")
+    with pytest.raises(
+        FileNotFoundError, match=r"no checkpoint file or folder at 'ck/tiny.pht'; did you mean 'ck/tiny.pth'"
+    ):
+        load_model("ck/tiny.pht")
+    with pytest.raises(FileNotFoundError, match="no checkpoint file or folder at 'model.safetensors'"):
+        load_model("model.safetensors")
+
+
+def test_generate_prefills_through_the_last_position_only(model, monkeypatch):
+    rows = []
+    head = model.head.forward
+    monkeypatch.setattr(model.head, "forward", lambda x: rows.append(tuple(x.shape)) or head(x))
+    generate(model, ByteTokenizer(), "x" * 300, max_new_tokens=3, temperature=0)
+    assert rows[0] == (1, TINY.n_embd), rows  # the prompt's 300 positions: one row through the head
+    assert all(math.prod(r[:-1]) == 1 for r in rows), rows  # then one token per step
+
+
+# ---- the command line ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["generate", "hi", "--model", "/nonexistent.pth", "--temperature", "-1"],
+        ["generate", "hi", "--model", "/nonexistent.pth", "--top-p", "0"],
+        ["generate", "hi", "--model", "/nonexistent.pth", "--stop", ""],
+        ["generate", "hi", "--model", "/nonexistent.pth", "--max-new-tokens", "-5"],
+        ["generate", "hi", "--model", "/nonexistent.pth", "--seed", "x"],
+        ["convert", "a"],
+    ],
+)
+def test_bad_usage_is_one_line_and_exit_2_before_any_model_loads(args, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli(args)
+    assert exit_.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "error:" in last and "Traceback" not in last and "nonexistent" not in last
+
+
+def test_a_failed_operation_is_one_line_and_exit_1_unless_debug(tmp_path, capsys):
+    missing = str(tmp_path / "zzz" / "model.pth")
+    assert cli(["info", missing]) == 1
+    err = capsys.readouterr().err
+    expected = f"no checkpoint file or folder at {missing!r} ({str(tmp_path)!r} has nothing named like 'zzz')"
+    assert err == f"rwkv-lab info: error: {expected}\n"
+    with pytest.raises(FileNotFoundError):
+        cli(["--debug", "info", missing])
+
+
+def test_the_readme_commands_run_as_written(tmp_path, capsys):
+    assert cli(["generate", "Hello", "--max-new-tokens", "5", "--seed", "0"]) == 0
+    assert cli(["info", "default"]) == 0
+    assert cli(["convert", "default", str(tmp_path / "out"), "--to", "transformers"]) == 0
+    assert cli(["info", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "byte-6x256" in out and "parameters" in out
