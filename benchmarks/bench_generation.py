@@ -40,23 +40,23 @@ def prompts_of(tokenizer, batch: int, length: int, seed: int) -> list[str]:
     return [tokenizer.decode(torch.randint(100, 20000, (length,), generator=gen).tolist()) for _ in range(batch)]
 
 
-def ours_generate(model, tokenizer, batch: int, prompt_len: int, new_tokens: int, device) -> dict:
+def ours_generate(model, tokenizer, batch: int, prompt_len: int, new_tokens: int, device, sampling=SAMPLING) -> dict:
     """rwkv_lab.generate: the first call (capture, compilation) and a second, timed one."""
     prompts = prompts_of(tokenizer, batch, prompt_len, seed=prompt_len)
     first = {}
     t0 = time.perf_counter()
-    generate(model, tokenizer, prompts, max_new_tokens=4, seed=0, stats=first, **SAMPLING)
+    generate(model, tokenizer, prompts, max_new_tokens=4, seed=0, stats=first, **sampling)
     first_call_s = time.perf_counter() - t0
     free_memory(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     stats = {}
     t0 = time.perf_counter()
-    texts = generate(model, tokenizer, prompts, max_new_tokens=new_tokens, seed=1, stats=stats, **SAMPLING)
+    texts = generate(model, tokenizer, prompts, max_new_tokens=new_tokens, seed=1, stats=stats, **sampling)
     total = time.perf_counter() - t0
     decoded = stats["tokens"] - batch  # the first token of each sequence comes from the prefill's logits
     return {
-        "path": "rwkv_lab.generate (top-p)",
+        "path": f"rwkv_lab.generate ({'greedy' if sampling['temperature'] == 0 else 'top-p'})",
         "tokens_per_s": decoded / stats["decode_s"],
         "end_to_end_tokens_per_s": stats["tokens"] / total,
         "generated_tokens": stats["tokens"],
@@ -114,21 +114,29 @@ def package_rows(model, size: str, prefill_T: int, steps: int, tmp: Path, device
         }
     ]
     logits, state = pkg.forward(prompt[:16], None)
+    from rwkv.utils import PIPELINE
 
-    def run():
-        out, st = logits, [x.clone() for x in state]
-        for _ in range(steps):
-            out, st = pkg.forward([int(out.argmax())], st)
+    choices = {
+        "greedy": lambda out: int(out.argmax()),
+        # the package's own sampler (what its PIPELINE.generate uses), at the same temperature and top-p as ours
+        "top-p": lambda out: PIPELINE.sample_logits(None, out, SAMPLING["temperature"], SAMPLING["top_p"]),
+    }
+    for label, choose in choices.items():
 
-    seconds = time_fn(run, device, warmup=1, repeat=3)
-    rows.append(
-        {
-            "path": "rwkv package forward([token]) loop (greedy)",
-            "batch": 1,
-            "prompt": 16,
-            "tokens_per_s": steps / seconds,
-        }
-    )
+        def run():
+            out, st = logits, [x.clone() for x in state]
+            for _ in range(steps):
+                out, st = pkg.forward([choose(out)], st)
+
+        seconds = time_fn(run, device, warmup=1, repeat=3)
+        rows.append(
+            {
+                "path": f"rwkv package forward([token]) loop ({label})",
+                "batch": 1,
+                "prompt": 16,
+                "tokens_per_s": steps / seconds,
+            }
+        )
     pth.unlink()
     free_memory(device)
     return rows
@@ -289,6 +297,9 @@ def main():
             rows.append(row | ours_generate(model, tokenizer, batch, prompt_len, args.new_tokens, device))
             rows.append(row | ours_step(model, batch, args.new_tokens, device))
             print(rows[-2], rows[-1], sep="\n", flush=True)
+            if device.type == "cpu":  # beside the package's greedy loop too
+                greedy = {"temperature": 0.0, "top_p": 1.0}
+                rows.append(row | ours_generate(model, tokenizer, batch, prompt_len, args.new_tokens, device, greedy))
         rows.append(base | {"batch": 1} | ours_prefill(model, args.prefill, device))
         if device.type == "cuda" and size in args.profile_sizes.split(","):
             profile = pd.DataFrame(kernel_profile(model, size, args.prefill, 20, device))

@@ -173,3 +173,35 @@ bandwidth = json.loads(files[0].with_suffix(".meta.json").read_text())["params"]
 peers = peer_summary(gpu, bandwidth, sizes=("169M", "1.5B", "7B"))
 write_table(results_dir() / "profile" / "02_peer_summary.csv", peers, {"files": [f.name for f in files]})
 display(peers.round(1))
+
+# %% [markdown]
+# ### Generation through the public API
+#
+# What a user gets from `rwkv_lab.generate` (top-p sampling, text streamed), and from the decoder it replays per
+# token, measured by `benchmarks/bench_generation.py` with the `rwkv` package on the same weights in the same run
+# (the profiler above decodes through the same decoder). Ratios are taken within one file: one device, one run.
+
+# %%
+from rwkv_lab.measure.report import generation_summary, plot_generation_batches
+from rwkv_lab.results import REPO_ROOT, read_table
+
+gen_files = sorted((REPO_ROOT / "results" / "inference").glob("generation_gpu_*.csv"))
+summaries = []
+for path in gen_files:
+    frame, meta = read_table(path)
+    summaries.append(generation_summary(frame).assign(device=meta["device"], file=path.name))
+user_path = pd.concat(summaries, ignore_index=True)
+display(user_path.round(2))
+batch_file = next(p for p in gen_files if "1.5B" in p.name)
+batches, batch_meta = read_table(batch_file)
+fig, ax = plt.subplots(figsize=(6, 4))
+plot_generation_batches(batches, ax, "1.5B")
+ax.set_title(f"RWKV-4 1.5B fp16, {batch_meta['device']}", fontsize=9)
+save_figure(fig, results_dir() / "figures" / "02_generation_batches.png", {"file": batch_file.name})
+plt.show()
+best = batches[(batches["path"] == "rwkv_lab.generate (top-p)") & (batches["prompt"] == 16)]
+best = best.loc[best["tokens_per_s"].idxmax()]
+print(
+    f"At 1.5B, generate reaches {best['tokens_per_s']:,.0f} tokens/s at batch {int(best['batch'])} "
+    f"({batch_meta['device']}); at batch 1, {user_path.loc[user_path['size'] == '1.5B', 'generate top-p tok/s'].iloc[0]:,.0f}."
+)

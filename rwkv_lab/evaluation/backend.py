@@ -89,14 +89,17 @@ class RWKVLM(TemplateLM):
             self.cache = ResultCache(Path(cache_dir) / f"{name}.jsonl", identity)
 
     @classmethod
-    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
-        """lm-eval's constructor from `--model_args`; what those name (device=cuda, batch_size=...) wins over the
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None):
+        """lm-eval's constructor from `--model_args`: what those name (device=cuda, batch_size=...) wins over the
         command line's own --device / --batch_size, instead of being passed twice."""
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        return cls(**arg_dict, **extra)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
         from lm_eval import utils
 
-        args = utils.simple_parse_args_string(arg_string)
-        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in args}
-        return cls(**args, **extra)
+        return cls.create_from_arg_obj(utils.simple_parse_args_string(arg_string), additional_config)
 
     # ---- data parallel: one process per device (accelerate launch / torchrun); lm-eval shards the documents ----
 

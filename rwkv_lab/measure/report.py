@@ -121,3 +121,63 @@ def peer_summary(
             row[f"prefill ours / {label}"] = ours.iloc[0] / p["tokens_per_s"].iloc[0] if same_t else None
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def generation_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per size, from one benchmarks/bench_generation.py table (one device, one run): batch-1 tokens/s through
+    `generate` (top-p, streamed text) and through the decoder alone, the `rwkv` package's loop on the same weights
+    and the ratio, the share of the weight-bandwidth roofline (GPU), the first call's warm-up, and prefill
+    tokens/s of ours and the package at the same prompt length."""
+    rows = []
+    for size, g in frame.groupby("size", sort=False):
+        gen = g[(g["kind"] == "generation") & (g["batch"] == 1)]
+
+        def pick(path_start, prompt=None, column="tokens_per_s", rows=gen):
+            r = rows[rows["path"].str.startswith(path_start)]
+            if prompt is not None:
+                r = r[r["prompt"] == prompt]
+            return float(r[column].iloc[0]) if len(r) else float("nan")
+
+        ours = pick("rwkv_lab.generate (top-p)", 16)
+        package = pick("rwkv package forward([token]) loop (greedy)")
+        pre = g[g["kind"] == "prefill"]
+        pre_ours = pre[pre["path"] == "model.prefill"]
+        pre_pkg = pre[pre["path"].str.startswith("rwkv package")]
+        same_t = len(pre_ours) and len(pre_pkg) and int(pre_ours["prompt"].iloc[0]) == int(pre_pkg["prompt"].iloc[0])
+        roofline = (
+            pick("rwkv_lab.generate (top-p)", 16, "roofline_tokens_per_s") if "roofline_tokens_per_s" in g else None
+        )
+        rows.append(
+            {
+                "size": size,
+                "generate top-p tok/s": ours,
+                "decoder.step tok/s": pick("decoder.step", 16),
+                "rwkv package greedy tok/s": package,
+                "generate / package": ours / package,
+                "% of roofline": 100 * ours / roofline if roofline else float("nan"),
+                "first-call warm-up s": pick("rwkv_lab.generate (top-p)", 16, "warmup_s"),
+                "later-call warm-up s": pick("rwkv_lab.generate (top-p)", 16, "warmup_s_second_call"),
+                "prefill T": int(pre_ours["prompt"].iloc[0]) if len(pre_ours) else None,
+                "prefill ours tok/s": float(pre_ours["tokens_per_s"].iloc[0]) if len(pre_ours) else float("nan"),
+                "prefill package tok/s": float(pre_pkg["tokens_per_s"].iloc[0]) if len(pre_pkg) else float("nan"),
+                "prefill ours / package": float(pre_ours["tokens_per_s"].iloc[0] / pre_pkg["tokens_per_s"].iloc[0])
+                if same_t
+                else float("nan"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def plot_generation_batches(frame: pd.DataFrame, ax, size: str):
+    """Generated tokens/s against batch size for one size: through `generate` and through the decoder alone,
+    with the weight-bandwidth roofline (batch x bandwidth / weight bytes) where measured."""
+    g = frame[(frame["size"] == size) & (frame["kind"] == "generation") & (frame["prompt"] == 16)]
+    for path, style in (("rwkv_lab.generate (top-p)", "o-"), ("decoder.step (top-p)", "s--")):
+        r = g[g["path"] == path].sort_values("batch")
+        ax.loglog(r["batch"], r["tokens_per_s"], style, label=path)
+    if "roofline_tokens_per_s" in g:
+        r = g[g["path"] == "rwkv_lab.generate (top-p)"].sort_values("batch")
+        ax.loglog(r["batch"], r["roofline_tokens_per_s"], ":", color="gray", label="weight-bandwidth roofline")
+    ax.set_xlabel("batch (sequences decoded together)")
+    ax.set_ylabel("generated tokens/s (all sequences)")
+    ax.legend(fontsize=7)

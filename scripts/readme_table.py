@@ -1,0 +1,245 @@
+"""Write the README's "Measured so far" table from the committed results: every number is read from a file under
+results/, the device from that file's provenance, and a ratio only from rows of one file (one device, one run).
+
+    python scripts/readme_table.py          # rewrite the table in README.md (between the two markers)
+    python scripts/readme_table.py --check  # exit 1 if README.md differs from what the results say (a test runs it)
+
+Each row below names its file, the columns and the filter it reads; change the results and rerun this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results"
+BEGIN, END = "<!-- measured:begin (scripts/readme_table.py writes this table) -->", "<!-- measured:end -->"
+
+
+def provenance(relative: str) -> dict:
+    path = RESULTS / relative
+    if path.suffix == ".json":
+        return json.loads(path.read_text())["provenance"]
+    return json.loads(path.with_suffix(".meta.json").read_text())
+
+
+def device(relative: str) -> str:
+    meta = provenance(relative)
+    # a file merged from several runs keeps each run's provenance: they must share one device
+    names = {r["device"] for r in meta["runs"]} if "runs" in meta else {meta["device"]}
+    if len(names) != 1:
+        raise ValueError(f"results/{relative} holds runs on several devices {sorted(names)}; split it")
+    name = names.pop()
+    return "CPU (2 cores)" if name.startswith("CPU") and "2 logical" in name else name.removeprefix("NVIDIA ")
+
+
+def table(relative: str) -> pd.DataFrame:
+    return pd.read_csv(RESULTS / relative)
+
+
+def fmt(x: float, digits: int = 3) -> str:
+    return f"{x:.{digits}g}" if abs(x) < 1e4 else f"{x:,.0f}"
+
+
+def k(x: float) -> str:
+    return f"{x / 1e3:.0f}k" if x >= 1e4 else f"{x:,.0f}"
+
+
+def row(what: str, relative: str, number: str, files: str | None = None) -> list[str]:
+    return [what, device(relative), number, f"`results/{files or relative}`"]
+
+
+def equivalence():
+    r = json.loads((RESULTS / "01_equivalence.json").read_text())["results"]
+    return row(f"parallel vs recurrent form, default model, fp32, {r['T']}-token prompt", "01_equivalence.json",
+               f"logits rel. error {r['rel_err_logits_parallel']:.2e}")
+
+
+def kernel_check():
+    f = "wkv/wkv_kernel_check.json"
+    c = pd.DataFrame(json.loads((RESULTS / f).read_text())["results"])
+    fp32 = c[c["dtype"] == "fp32"]
+    grads = ["rel_err_dw", "rel_err_du", "rel_err_dk", "rel_err_dv", "rel_err_dstate"]
+    parts = []
+    for inputs in ("official-init", "extreme"):
+        g = fp32[fp32["inputs"] == inputs]
+        parts.append(f"{inputs}: y ≤ {g['rel_err_y'].max():.1e}, every gradient ≤ {g[grads].max().max():.1e}")
+    return row(f"Triton WKV kernel vs the fp64 reference, fp32, T up to {fp32['T'].max():,}", f, "; ".join(parts))
+
+
+def wkv_forward():
+    f = "wkv/wkv_benchmark.csv"
+    b = table(f)
+    cells = []
+    for T, C, dtype in ((16384, 2048, "fp32"), (65536, 4096, "fp32"), (65536, 4096, "bf16")):
+        g = b[(b["B"] == 1) & (b["T"] == T) & (b["C"] == C) & (b["dtype"] == dtype)].set_index("backend")
+        ours = g.loc["triton", "fwd_ms"]
+        fla = g.loc["fla fused_recurrent_rwkv4", "fwd_ms"]
+        cells.append(f"(1, {T}, {C}) {dtype}: {ours:.3g} ms, {g.loc['triton', 'fwd_pct_copy_bw']:.0f}% of copy "
+                     f"bandwidth, fla {fla / ours:.1f}× slower")
+    return row("WKV forward, Triton kernel vs fla's `fused_recurrent_rwkv4` (same run)", f, "; ".join(cells))
+
+
+def wkv_cpu():
+    f = "wkv/wkv_cpu_speed.csv"
+    t = table(f).set_index("backend")
+    return row("chunked vs recurrent WKV, (1, 4096, 768) fp32", f,
+               f"{t.loc['chunked', 'fwd_ms']:.0f} ms vs {t.loc['recurrent', 'fwd_ms']:.0f} ms "
+               f"({t.loc['recurrent', 'fwd_ms'] / t.loc['chunked', 'fwd_ms']:.1f}×)")
+
+
+def training_mfu():
+    f = "cost/training_mfu.csv"
+    t = table(f)
+    t = t[(t["status"] == "ok") & (t["context"] == 1024)]
+    cells = []
+    for arch in ("RWKV-4", "Pythia"):
+        g = t[t["arch"] == arch].sort_values("params")
+        cells.append(f"{arch} " + ", ".join(f"{m} {100 * v:.1f}%" for m, v in zip(g["model"], g["mfu_vs_measured_peak"])))
+    return row("training-step MFU (of the measured bf16 matmul peak), T = 1024", f, "; ".join(cells))
+
+
+def train_compare():
+    f = "training/summary.csv"
+    t = table(f)
+    t = t[t["status"] == "ok"].sort_values("params")
+    rwkv, tf = t[t["arch"] == "rwkv"], t[t["arch"] == "transformer"]
+    sizes = " / ".join(f"{p / 1e6:.1f}M" for p in rwkv["params"])
+    tokens = int(rwkv["tokens"].iloc[0])
+    return row(f"RWKV-4 vs matched GPT-NeoX, validation bits/byte after {tokens / 1e6:.0f}M training tokens "
+               f"(several epochs of the stdlib corpus) at T = 512 ({sizes} params)", f,
+               " / ".join(f"{v:.3f}" for v in rwkv["val_bpb"]) + " vs "
+               + " / ".join(f"{v:.3f}" for v in tf["val_bpb"]))
+
+
+def train_speed():
+    cells, peak = [], ""
+    for f in ("training/summary.csv", "training/summary_T4096.csv"):
+        t = table(f)
+        t = t[t["status"] == "ok"]
+        big = t[t["params"] == t[t["arch"] == "rwkv"]["params"].max()]
+        big_tf = t[(t["arch"] == "transformer") & (t["model"] == big["model"].iloc[0])]
+        ctx = int(big["context"].iloc[0])
+        cells.append(f"T = {ctx}: {k(big['tokens_per_s'].iloc[0])} vs {k(big_tf['tokens_per_s'].iloc[0])} tokens/s")
+        if ctx == 512:
+            peak = (f"; peak memory {big['peak_memory_GiB'].iloc[0]:.1f} vs {big_tf['peak_memory_GiB'].iloc[0]:.1f} "
+                    "GiB")
+    return row(f"the same, training speed at the largest size ({big['model'].iloc[0]})", "training/summary.csv",
+               "; ".join(cells) + peak, "training/summary*.csv")
+
+
+def generation_gpu():
+    rows = []
+    for f in sorted((RESULTS / "inference").glob("generation_gpu_*.csv")):
+        rel = f"inference/{f.name}"
+        t = table(rel)
+        gen = t[(t["kind"] == "generation") & (t["batch"] == 1) & (t["prompt"] == 16)]
+        cells = []
+        for size, g in gen.groupby("size", sort=False):
+            ours = g[g["path"] == "rwkv_lab.generate (top-p)"].iloc[0]
+            pkg = g[g["path"].str.startswith("rwkv package forward([token]) loop (greedy)")]["tokens_per_s"].iloc[0]
+            cells.append(f"{size}: {ours['tokens_per_s']:,.0f} tok/s ({ours['tokens_per_s'] / pkg:.1f}× the `rwkv` "
+                         f"package's greedy loop, {100 * ours['tokens_per_s'] / ours['roofline_tokens_per_s']:.0f}% "
+                         f"of the weight-bandwidth roofline; first call's warm-up {ours['warmup_s']:.0f} s, later 0)")
+        rows.append(row("generation through `rwkv_lab.generate`, batch 1, top-p, streamed text, fp16", rel,
+                        "; ".join(cells)))
+        batched = t[(t["kind"] == "generation") & (t["batch"] > 1) & (t["path"] == "rwkv_lab.generate (top-p)")]
+        if len(batched):
+            cells = [f"B = {b}: {v:,.0f}" for b, v in zip(batched["batch"], batched["tokens_per_s"])]
+            rows.append(row(f"the same at {batched['size'].iloc[0]}, generated tokens/s in all", rel, ", ".join(cells)))
+        pre = t[t["kind"] == "prefill"]
+        cells = []
+        for size, g in pre.groupby("size", sort=False):
+            ours = g[g["path"] == "model.prefill"]
+            pkg = g[g["path"].str.startswith("rwkv package")]
+            if len(ours) and len(pkg) and ours["prompt"].iloc[0] == pkg["prompt"].iloc[0]:
+                o, p = ours["tokens_per_s"].iloc[0], pkg["tokens_per_s"].iloc[0]
+                cells.append(f"{size}: {k(o)} vs {k(p)} tokens/s ({o / p:.2f}×)")
+        if cells:
+            T = int(pre[pre["path"] == "model.prefill"]["prompt"].iloc[0])
+            rows.append(row(f"prefill at T = {T}, `model.prefill` vs the `rwkv` package, fp16", rel, "; ".join(cells)))
+    return rows
+
+
+def generation_cpu():
+    f = "inference/generation_cpu.csv"
+    if not (RESULTS / f).exists():
+        return []
+    t = table(f)
+    gen = t[(t["kind"] == "generation") & (t["prompt"] == 16)].set_index("path")["tokens_per_s"]
+    pre = t[t["kind"] == "prefill"].set_index("path")
+    cells = [
+        f"generate top-p {gen['rwkv_lab.generate (top-p)']:.1f} vs package top-p loop "
+        f"{gen['rwkv package forward([token]) loop (top-p)']:.1f} tok/s",
+        f"greedy {gen['rwkv_lab.generate (greedy)']:.1f} vs {gen['rwkv package forward([token]) loop (greedy)']:.1f}",
+        f"prefill T = {int(pre.loc['model.prefill', 'prompt'])}: {pre.loc['model.prefill', 'tokens_per_s']:.0f} vs "
+        f"{pre.loc['rwkv package forward(prompt)', 'tokens_per_s']:.0f} tokens/s",
+    ]
+    return [row("169M fp32 on the CPU through `generate` and `model.prefill`, the `rwkv` package in the same run", f,
+                "; ".join(cells))]
+
+
+def lm_eval():
+    f = "lm_eval/throughput_cpu.csv"
+    t = table(f).set_index("backend")
+    g = "lm_eval/throughput_h100_1.5B.csv"
+    h = table(g)
+    ours = h[h["backend"] == "rwkv_lab"].set_index("task")["docs_per_s"]
+    return [
+        row("lm-eval backend vs lm-eval's `hf` on the same weights, full PIQA", f,
+            f"worst relative difference of any log-likelihood {t.loc['rwkv_lab', 'max_rel_diff_vs_hf']:.2e}; "
+            f"{t.loc['rwkv_lab', 'docs_per_s']:.1f} vs {t.loc['hf', 'docs_per_s']:.1f} docs/s"),
+        row("lm-eval at 1.5B fp16, full PIQA / LAMBADA", g, f"{ours['piqa']:.1f} / {ours['lambada_openai']:.1f} docs/s"),
+    ]
+
+
+def dynamics():
+    f = "dynamics/05_channels.csv"
+    t = table(f)
+    best = t.assign(a=t["corr_heldout"].abs()).sort_values("a", ascending=False).drop_duplicates("feature")
+    cells = ", ".join(f"{feat.replace('_', ' ')} {v:.2f}" for feat, v in zip(best["feature"], best["corr_heldout"]))
+    s = "dynamics/speed_cpu.json"
+    speed = json.loads((RESULTS / s).read_text())
+    return [
+        row("state channels of the default model tracking held-out code (correlation on the held-out half)", f, cells),
+        row(f"state analysis of a {speed['provenance']['params']['tokens']}-token text, default model", s,
+            f"{speed['results']['total_s']:.1f} s"),
+    ]
+
+
+def build() -> str:
+    rows = [equivalence(), kernel_check(), wkv_forward(), wkv_cpu(), training_mfu(), train_compare(), train_speed()]
+    rows += generation_gpu() + generation_cpu() + lm_eval() + dynamics()
+    lines = ["| what | where measured | number | file |", "|---|---|---|---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 if README.md is out of date")
+    args = parser.parse_args(argv)
+    readme = (ROOT / "README.md").read_text()
+    if BEGIN not in readme or END not in readme:
+        print(f"README.md lacks the markers {BEGIN!r} ... {END!r}", file=sys.stderr)
+        return 1
+    head, rest = readme.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{BEGIN}\n{build()}\n{END}{tail}"
+    if args.check:
+        if new != readme:
+            print("README.md's measured table differs from results/: run python scripts/readme_table.py",
+                  file=sys.stderr)
+            return 1
+        return 0
+    (ROOT / "README.md").write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
