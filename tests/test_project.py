@@ -4,6 +4,7 @@ results are written atomically with provenance, and every notebook executes head
 import json
 import re
 import subprocess
+import sys
 
 import pytest
 import tomllib
@@ -144,3 +145,12 @@ def test_layers_import_only_downwards_and_without_cycles():
         if m not in state:
             visit(m, [m])
     print(f"{len(graph)} modules, {sum(map(len, graph.values()))} internal imports, no cycle, none upward")
+
+
+def test_readme_measured_table_is_what_the_results_hold():
+    """README.md's "Measured so far" is written by scripts/readme_table.py from results/; a hand edit or a new
+    result without the rerun fails here."""
+    out = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "readme_table.py"), "--check"], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr

@@ -166,3 +166,66 @@ def test_shipped_default_matches_its_card():
     assert abs(loss - expected) <= 1e-4 * expected
     assert card["training"]["val_loss"] < 0.5 * card["training"]["unigram_val_loss"]
     assert model.num_params() == card["params"]
+
+
+def test_gradient_accumulation_follows_the_same_curve(text_dir):
+    corpus = build_corpus(text_dir, val_fraction=0.2)
+    whole = Trainer(tiny(batch_size=8), corpus, progress=False)
+    split = Trainer(tiny(batch_size=8, grad_accum=4), corpus, progress=False)
+    a = [float(whole.train_step()) for _ in range(6)]
+    b = [float(split.train_step()) for _ in range(6)]
+    err = max(abs(x - y) / abs(x) for x, y in zip(a, b))
+    print(f"loss curve, 1 vs 4 micro-batches: worst relative difference {err:.2e}")
+    assert err < 1e-5
+    with pytest.raises(ValueError, match="must split evenly"):
+        Trainer(tiny(batch_size=6, grad_accum=4), corpus)
+
+
+@pytest.mark.slow
+def test_two_data_parallel_processes_follow_the_one_process_curve(text_dir, tmp_path):
+    """torchrun with two gloo processes on the CPU against one process, the same global batch of 8."""
+    import os
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    common = [
+        "--model",
+        "byte-2x32",
+        "--context",
+        "32",
+        "--batch-size",
+        "8",
+        "--tokens",
+        "2k",
+        "--eval-every",
+        "4",
+        "--log-every",
+        "1",
+        "--eval-tokens",
+        "256",
+        "--device",
+        "cpu",
+        "--data",
+        str(text_dir),
+        "--val-fraction",
+        "0.2",
+    ]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    logs = {}
+    for name, launcher in (
+        ("one", [sys.executable, "-m", "rwkv_lab.training"]),
+        ("two", [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "rwkv_lab.training"]),
+    ):
+        out = subprocess.run(
+            launcher + common + ["--out", str(tmp_path / name)], capture_output=True, text=True, env=env, timeout=600
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        logs[name] = pd.read_csv(tmp_path / name / "log.csv")
+    one, two = logs["one"], logs["two"]
+    assert len(one) == len(two) == 8
+    err = ((one["train_loss"] - two["train_loss"]).abs() / one["train_loss"]).max()
+    val = ((one["val_loss"] - two["val_loss"]).abs() / one["val_loss"]).max()
+    print(f"2 processes vs 1: train loss worst relative difference {err:.2e}, validation {val:.2e}")
+    assert err < 1e-5 and val < 1e-5

@@ -48,6 +48,8 @@ class Decoder:
         if self.compile not in COMPILE_LEVELS:
             raise ValueError(f"compile must be None, a bool or one of {COMPILE_LEVELS}; got {compile!r}")
         self.warmup_seconds = 0.0  # capture and compilation, paid on the first call of each sampling setting
+        if self.device.type == "cpu":
+            model.store_projections_transposed()  # the layout CPU BLAS reads fastest for a vector (see there)
         self._captured: dict = {}
 
     def _step_and_sample(self, tokens, state, temperature, top_p, seeds, steps, keys):

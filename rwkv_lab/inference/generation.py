@@ -184,6 +184,7 @@ def _generate(model, tokenizer, prompts, max_new, stops, seeds, temperature, top
     # on a GPU the next step is launched before the host reads this step's tokens, so detokenisation and stop
     # strings overlap the device's work (one step is wasted at the end); on the CPU that would only cost a step
     run_ahead = device.type == "cuda"
+    decoder_for(model, len(prompts), compile)  # built before the prefill: on the CPU it sets the weight layout
     t0 = time.perf_counter()
     logits, states = prefill_prompts(model, tokenizer, prompts, state)
     seqs = [_Sequence(i, m, s, done=m == 0) for i, (m, s) in enumerate(zip(max_new, stops))]

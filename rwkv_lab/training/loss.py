@@ -11,8 +11,9 @@ AUTOCAST_DTYPE = torch.bfloat16
 
 
 def logits_of(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Logits (B, T, V) of our RWKV or of a transformers causal LM for tokens x (B, T)."""
-    if isinstance(model, RWKV):
+    """Logits (B, T, V) of our RWKV or of a transformers causal LM for tokens x (B, T); either may be wrapped
+    (DistributedDataParallel), and is then called through the wrapper."""
+    if isinstance(getattr(model, "module", model), RWKV):
         return model(x, check=False)[0]
     return model(input_ids=x, use_cache=False).logits
 

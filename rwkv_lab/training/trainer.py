@@ -16,8 +16,10 @@ the batch generator and the log, so a resumed run continues exactly where it sto
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
+import os
 import resource
 import sys
 import time
@@ -47,7 +49,8 @@ class TrainConfig:
     arch: str = "rwkv"  # 'rwkv' | 'transformer' (GPT-NeoX/Pythia block, same width and depth)
     model: str = "byte-6x256"  # a preset or 'byte-<layers>x<width>'
     context: int = 512
-    batch_size: int = 32
+    batch_size: int = 32  # sequences per optimizer step, over all processes and accumulation steps
+    grad_accum: int = 1  # micro-batches per process and step (memory: batch_size / (processes * grad_accum))
     tokens: int = 10_000_000  # training tokens (steps = tokens / (batch_size * context), rounded up)
     lr: float = 1e-3
     min_lr: float = 1e-4
@@ -66,7 +69,7 @@ class TrainConfig:
     def __post_init__(self):
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}; got {self.arch!r}")
-        for name in ("context", "batch_size", "tokens", "eval_every", "eval_tokens", "log_every"):
+        for name in ("context", "batch_size", "grad_accum", "tokens", "eval_every", "eval_tokens", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1; got {getattr(self, name)}")
 
@@ -111,7 +114,24 @@ def bits_per_byte(loss: float, bytes_per_token: float) -> float:
     return loss / math.log(2) / bytes_per_token
 
 
+def distributed() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) unless torch.distributed is initialised (torchrun)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 class Trainer:
+    """Trains one model on one corpus; under torchrun, one process per device with DistributedDataParallel.
+
+    Every process draws the same global batch of `batch_size` windows from the seeded generator and trains on its
+    share, split into `grad_accum` micro-batches; DDP averages the gradients, so a run on N processes follows the
+    loss curve of one process with the same global batch (up to the order of float additions). Evaluation runs
+    the same windows everywhere; only rank 0 writes checkpoints and logs.
+    """
+
     def __init__(self, cfg: TrainConfig, corpus: Corpus, progress: bool = True):
         if corpus.vocab_size > cfg.model_config.vocab_size:
             raise ValueError(
@@ -123,12 +143,26 @@ class Trainer:
                 f"context {cfg.context} is longer than the corpus' train ({len(corpus.train)}) or "
                 f"validation ({len(corpus.val)}) tokens"
             )
-        self.cfg, self.corpus, self.progress = cfg, corpus, progress
-        self.device = torch.device(
-            cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        )
+        self.rank, self.world = distributed()
+        if cfg.batch_size % (self.world * cfg.grad_accum):
+            raise ValueError(
+                f"batch_size {cfg.batch_size} must split evenly over {self.world} processes x grad_accum "
+                f"{cfg.grad_accum} micro-batches"
+            )
+        self.cfg, self.corpus, self.progress = cfg, corpus, progress and self.rank == 0
+        device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        if device == "cuda" and self.world > 1:
+            device = f"cuda:{torch.cuda.current_device()}"  # torchrun: main() set this process's device
+        self.device = torch.device(device)
         self.model, self.flops_per_token = build(cfg)
         self.model.to(self.device)
+        self.forward_model = self.model  # what the loss calls: the DDP wrapper when data-parallel
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         self.n_params = sum(p.numel() for p in self.model.parameters())
         fused = {"fused": True} if self.device.type == "cuda" else {}
         self.optimizer = torch.optim.AdamW(
@@ -164,18 +198,34 @@ class Trainer:
         return lm_loss(self.model, x, y)
 
     def train_step(self) -> torch.Tensor:
+        """One optimizer step on the global batch; returns its mean loss (the same number on every process)."""
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
-        x, y = self.next_batch()
-        loss = self.loss(x, y)
-        loss.backward()
+        x, y = self.next_batch()  # (B, T): the global batch, identical on every process
+        share = self.cfg.batch_size // self.world
+        x, y = x[self.rank * share : (self.rank + 1) * share], y[self.rank * share : (self.rank + 1) * share]
+        total = torch.zeros((), device=self.device)
+        micro = share // self.cfg.grad_accum
+        for i in range(self.cfg.grad_accum):
+            last = i == self.cfg.grad_accum - 1
+            # DDP averages gradients over processes at the last micro-batch only
+            sync = contextlib.nullcontext() if last or self.world == 1 else self.forward_model.no_sync()
+            with sync:
+                loss = lm_loss(self.forward_model, x[i * micro : (i + 1) * micro], y[i * micro : (i + 1) * micro])
+                (loss / self.cfg.grad_accum).backward()
+            total += loss.detach() / self.cfg.grad_accum
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return loss.detach()
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(total)
+            total /= self.world
+        return total
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -254,8 +304,10 @@ class Trainer:
             frame[key] = value
         return frame
 
-    def save(self, path) -> Path:
-        """Everything a resumed run needs; loads with torch.load(weights_only=True)."""
+    def save(self, path) -> Path | None:
+        """Everything a resumed run needs; loads with torch.load(weights_only=True). Rank 0 writes it."""
+        if self.rank != 0:
+            return None
         blob = {
             "config": dataclasses.asdict(self.cfg),
             "model": self.model.state_dict(),
@@ -314,16 +366,30 @@ def main(argv=None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     args = parser.parse_args(argv)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: one process per device
+        import torch.distributed as dist
+
+        use_cuda = cfg.device in ("auto", "cuda") and torch.cuda.is_available()
+        if use_cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if use_cuda else "gloo")
     corpus = build_corpus(args.data, load_tokenizer(args.tokenizer), args.val_fraction, args.pattern)
-    print(corpus.summary(), file=sys.stderr)
     trainer = Trainer(cfg, corpus)
+    if trainer.rank == 0:
+        print(corpus.summary(), file=sys.stderr)
     out = Path(args.out)
     if args.resume:
         trainer.load(out / "checkpoint.pt")
     while trainer.step < cfg.steps:  # a checkpoint at every evaluation: an interrupted run loses little
         trainer.run(min(cfg.steps, trainer.step + cfg.eval_every), checkpoint=out / "checkpoint.pt")
-    write_table(out / "log.csv", trainer.frame(), dataclasses.asdict(cfg) | corpus.summary(), trainer.device)
-    if cfg.arch == "rwkv":
-        save_model(trainer.model, out / "model.safetensors")
-    print(trainer.frame().dropna(subset=["val_loss"]).to_string(index=False))
+    if trainer.rank == 0:
+        params = dataclasses.asdict(cfg) | corpus.summary() | {"processes": trainer.world}
+        write_table(out / "log.csv", trainer.frame(), params, trainer.device)
+        if cfg.arch == "rwkv":
+            save_model(trainer.model, out / "model.safetensors")
+        print(trainer.frame().dropna(subset=["val_loss"]).to_string(index=False))
+    if trainer.world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     return 0
