@@ -186,7 +186,7 @@ if bench_csv.exists():
     bench = pd.read_csv(bench_csv)
     meta = pd.read_json(bench_csv.with_suffix(".meta.json"), typ="series")
     print(f"measured on {meta['device']}, copy bandwidth {bench['copy_GBps'].iloc[0]:.0f} GB/s")
-    bench["shape"] = bench.apply(lambda r: f"({r.B},{r.T},{r.C})", axis=1)
+    bench["shape"] = bench.apply(lambda r: f"({r['B']},{r['T']},{r['C']})", axis=1)
     table = bench.pivot_table(index=["shape", "dtype"], columns="backend", values="fwd_ms", sort=False)
     display(table.round(3))
     one = bench[(bench["B"] == 1) & (bench["dtype"] == "fp32") & bench["fwd_ms"].notna()]
@@ -203,8 +203,8 @@ if bench_csv.exists():
 # %% [markdown]
 # ## Generation runs on the RNN form
 #
-# `rwkv_lab.stream` prefills the prompt in parallel, then samples one token at a time, carrying the state. The
-# untrained default model produces noise; a real checkpoint produces text.
+# `rwkv_lab.stream` prefills the prompt in parallel, then samples one token at a time, carrying the state (the
+# default model was trained on Python source, so it continues an English prompt in its own way).
 
 # %%
 for piece in rwkv_lab.stream(model, tokenizer, "The RWKV model", max_new_tokens=40, temperature=1.0, top_p=0.9, seed=0):

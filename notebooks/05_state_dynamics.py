@@ -72,8 +72,8 @@ params = {"model": model.source, "n_tokens": len(tokens)}
 # %% [markdown]
 # ## 1 · Decay spectra
 #
-# Training moves the half-lives away from the initialisation's smooth ramp: some channels become near-bigram
-# (half-life under a token), others keep memories for hundreds or thousands of tokens.
+# Each channel's half-life ln 2 / w after training (solid) against the official initialisation (dotted); the
+# sentence under the figure states how far training moved them, computed from the two.
 
 # %%
 spectra = decay_spectra(model)
@@ -107,7 +107,15 @@ axes[1].set_ylabel("time_first u (bonus of the current token)")
 fig.suptitle(model.source, fontsize=9)
 save_figure(fig, results_dir() / "figures" / "05_decay_spectra.png", params)
 plt.show()
-display(spectra.groupby("layer")[["half_life", "half_life_init", "u"]].median().round(3))
+by_layer = spectra.groupby("layer")[["half_life", "half_life_init", "u"]].median()
+display(by_layer.round(3))
+moved = (spectra["half_life"] / spectra["half_life_init"]).abs()
+print(
+    "median half-life per layer, trained vs initialisation: "
+    + ", ".join(f"{a:.2f} vs {b:.2f}" for a, b in zip(by_layer["half_life"], by_layer["half_life_init"]))
+    + f"; the longest is {spectra['half_life'].max():.0f} tokens (initialisation {spectra['half_life_init'].max():.0f});"
+    f" the median channel's half-life changed by a factor {moved.median():.3f}"
+)
 
 # %% [markdown]
 # ## 2 · State trajectories
@@ -129,7 +137,10 @@ axes[0].set_ylabel("||a / b||")
 axes[0].legend(fontsize=6, ncol=L)
 x = traj.wkv[span, attention_layer]
 top = np.argsort(-x.std(0))[:32]
-axes[1].imshow(x[:, top].T, aspect="auto", cmap="RdBu_r", interpolation="nearest")
+centre = x[:, top] - np.median(x[:, top], axis=0)  # each channel about its median, so 0 is white
+limit = np.abs(centre).max() or 1.0
+image = axes[1].imshow(centre.T, aspect="auto", cmap="RdBu_r", interpolation="nearest", vmin=-limit, vmax=limit)
+fig.colorbar(image, ax=axes[1], label="a / b minus the channel's median")
 axes[1].set_ylabel(f"layer {attention_layer}: top-32 channels")
 axes[1].set_xlabel("token position")
 save_figure(fig, results_dir() / "figures" / "05_state_trajectories.png", params)
@@ -138,8 +149,8 @@ plt.show()
 # %% [markdown]
 # ## 3 · Implicit attention and 4 · influence
 #
-# Left: the share of each WKV output that comes from tokens more than k steps back (mean over positions and
-# channels, first 256 tokens). Right: replace one token by a space and measure how much every later position's
+# Left: the share of each WKV output that comes from tokens more than k steps back (mean over channels and over
+# the positions that have tokens that far back, first 256 tokens). Right: replace one token by a space and measure how much every later position's
 # residual stream (per layer) and logits change, against the distance.
 
 # %%

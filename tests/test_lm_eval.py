@@ -139,15 +139,24 @@ def test_empty_context_is_end_of_text(hf_folder):
     assert abs(ll - ref) <= 1e-4 * abs(ref)
 
 
-def test_side_by_side_uses_the_published_rows():
+def test_published_comparisons_take_every_row_from_one_table():
     import pandas as pd
 
     ref = published(0.17)
-    assert set(ref["source"]) == {"RWKV paper: RWKV-4 0.17B", "Pythia paper: pythia-160m"}
-    assert ref.query("task == 'piqa' and source == 'RWKV paper: RWKV-4 0.17B'")["published"].item() == 65.07
+    assert ref["table"].nunique() == 1 and ref["table"].iloc[0].startswith("RWKV paper")
+    piqa = ref[ref["task"] == "piqa"].set_index("model")["published"]
+    assert piqa["RWKV-4 0.17B"] == 65.07 and piqa["Pythia 0.16B"] == 62.68  # both from the RWKV paper's table
+    ppl = ref[(ref["task"] == "lambada_openai") & (ref["metric"] == "perplexity")].set_index("model")["published"]
+    assert ppl["Pythia 0.16B"] < ppl["RWKV-4 0.17B"]  # 24.38 vs 29.33: the table's own order, not flipped
+    pythia = published(0.17, "pythia_paper")
+    assert pythia["table"].nunique() == 1 and set(pythia["model"]) == {"pythia-160m"}
+    for size in (0.17, 0.43, 1.5, 3.0, 7.4, 14.2):
+        for table in ("rwkv_paper", "pythia_paper"):
+            assert published(size, table)["table"].nunique() <= 1
     ours_rows = pd.DataFrame([{"task": "piqa", "metric": "acc", "value": 0.6, "stderr": 0.01, "n_samples": 10}])
-    table = side_by_side(ours_rows, 0.17)
-    assert table.loc[table["source"].str.startswith("RWKV"), "delta"].item() == pytest.approx(60 - 65.07)
+    merged = side_by_side(ours_rows, 0.17)
+    assert merged["table"].nunique() == 1
+    assert merged.loc[merged["model"] == "RWKV-4 0.17B", "delta"].item() == pytest.approx(60 - 65.07)
 
 
 @pytest.mark.slow

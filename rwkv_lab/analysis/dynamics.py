@@ -124,15 +124,14 @@ def attention_older_than(weights: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def attention_by_distance(model, tokens: torch.Tensor, layer: int, distances=(0, 1, 4, 16, 64, 256)) -> pd.DataFrame:
-    """Mean share (over positions and channels) of each output drawn from tokens older than k, for each k."""
+    """For each k: the mean share (over channels, and over the positions t > k, the only ones that have tokens more
+    than k steps back) of each output drawn from tokens older than k. A k of T - 1 or more has no such position
+    and is left out."""
     weights = implicit_attention(model, tokens.reshape(1, -1), layer).double().cpu()
-    return pd.DataFrame(
-        {
-            "layer": layer,
-            "k": list(distances),
-            "share_older": [float(attention_older_than(weights, k).mean()) for k in distances],
-        }
-    )
+    T = weights.shape[0]
+    ks = [k for k in distances if k < T - 1]
+    shares = [float(attention_older_than(weights, k)[k + 1 :].mean()) for k in ks]
+    return pd.DataFrame({"layer": layer, "k": ks, "positions": [T - 1 - k for k in ks], "share_older": shares})
 
 
 # ---- influence -------------------------------------------------------------------------------------------------

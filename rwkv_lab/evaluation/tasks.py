@@ -223,47 +223,62 @@ def percent(metric: str, value: float) -> float:
     return value if metric == "perplexity" else 100 * value
 
 
-def published(size_B: float) -> pd.DataFrame:
-    """The published zero-shot rows of models of about this size (RWKV paper, Pythia paper), long format."""
-    rwkv = pd.read_csv(REPO_ROOT / "reference" / "rwkv4_pile_zero_shot.csv")
-    pythia = pd.read_csv(REPO_ROOT / "reference" / "pythia_v1_zero_shot.csv")
-    rwkv = rwkv[rwkv["model"].str.startswith("RWKV-4")]
-    near = rwkv[(rwkv["params_B"] - size_B).abs() == (rwkv["params_B"] - size_B).abs().min()]
+# The published tables; a comparison takes all its rows from one of them (reference/SOURCES.md: the Pythia rows
+# inside the RWKV paper's table are the RWKV authors' runs, not the Pythia paper's numbers).
+PUBLISHED_TABLES = {
+    "rwkv_paper": ("rwkv4_pile_zero_shot.csv", "RWKV paper (arXiv 2305.13048), Appendix H Tables 3-4"),
+    "pythia_paper": ("pythia_v1_zero_shot.csv", "Pythia v1 evals (EleutherAI/pythia evals/pythia-v1, zero-shot)"),
+}
+PYTHIA_NEAR = {
+    0.17: "pythia-160m",
+    0.43: "pythia-410m",
+    1.5: "pythia-1.4b",
+    3.0: "pythia-2.8b",
+    7.4: "pythia-6.9b",
+    14.2: "pythia-12b",
+}
+
+
+def published(size_B: float, table: str = "rwkv_paper") -> pd.DataFrame:
+    """The published zero-shot rows of models of about this size from ONE table, long format; the `table` column
+    names it. 'rwkv_paper': RWKV-4 and the transformers of that table (Pythia, GPT-Neo, ... as its authors ran
+    them); 'pythia_paper': the Pythia model of the matching size, from the Pythia evals."""
+    if table not in PUBLISHED_TABLES:
+        raise ValueError(f"unknown published table {table!r}; expected one of {sorted(PUBLISHED_TABLES)}")
+    file, citation = PUBLISHED_TABLES[table]
+    ref = pd.read_csv(REPO_ROOT / "reference" / file)
+    column = 1 if table == "rwkv_paper" else 2  # which column of REFERENCE_COLUMNS names this table's field
+    rwkv_sizes = pd.read_csv(REPO_ROOT / "reference" / PUBLISHED_TABLES["rwkv_paper"][0])
+    rwkv_sizes = rwkv_sizes[rwkv_sizes["model"] == "RWKV-4"]["params_B"]
+    nearest = float(rwkv_sizes.iloc[(rwkv_sizes - size_B).abs().argmin()])
+    if table == "rwkv_paper":
+        # every model of the table at the size nearest to RWKV-4 `nearest` (one row per family)
+        near = ref.assign(gap=(ref["params_B"] - nearest).abs())
+        near = near.loc[near.groupby("model")["gap"].idxmin()]
+        near = near[near["gap"] <= 0.25 * nearest]
+        models = [(f"{r['model']} {r['params_B']}B", r) for _, r in near.iterrows()]
+    else:
+        name = PYTHIA_NEAR.get(nearest)
+        models = [(name, r) for _, r in ref[ref["model"] == name].iterrows()]
     rows = []
     for task, cols in REFERENCE_COLUMNS.items():
-        for metric, rwkv_col, pythia_col in cols:
-            for _, r in near.iterrows():
-                rows.append(
-                    {
-                        "task": task,
-                        "metric": metric,
-                        "source": f"RWKV paper: {r['model']} {r['params_B']}B",
-                        "published": r[rwkv_col],
-                    }
-                )
-            pythia_name = {
-                0.17: "pythia-160m",
-                0.43: "pythia-410m",
-                1.5: "pythia-1.4b",
-                3.0: "pythia-2.8b",
-                7.4: "pythia-6.9b",
-                14.2: "pythia-12b",
-            }.get(float(near["params_B"].iloc[0]))
-            if pythia_col and pythia_name in set(pythia["model"]):
-                value = pythia.loc[pythia["model"] == pythia_name, pythia_col].iloc[0]
-                rows.append(
-                    {"task": task, "metric": metric, "source": f"Pythia paper: {pythia_name}", "published": value}
-                )
+        for spec in cols:
+            metric, field = spec[0], spec[column]
+            if field is None:
+                continue
+            for label, r in models:
+                rows.append({"task": task, "metric": metric, "model": label, "published": r[field], "table": citation})
     return pd.DataFrame(rows)
 
 
-def side_by_side(ours: pd.DataFrame, size_B: float) -> pd.DataFrame:
-    """Our measured rows beside the published ones of the matching size, with the delta in the table's units."""
-    ref = published(size_B)
+def side_by_side(ours: pd.DataFrame, size_B: float, table: str = "rwkv_paper") -> pd.DataFrame:
+    """Our measured rows beside the published ones of the matching size from one table (named in the `table`
+    column), with the delta in the table's units."""
+    ref = published(size_B, table)
     ours = ours.assign(
         ours=[percent(m, v) for m, v in zip(ours["metric"], ours["value"])],
         ours_stderr=[None if s is None or s != s else percent(m, s) for m, s in zip(ours["metric"], ours["stderr"])],
     )
     merged = ours.merge(ref, on=["task", "metric"], how="inner")
     merged["delta"] = merged["ours"] - merged["published"]
-    return merged[["task", "metric", "ours", "ours_stderr", "source", "published", "delta", "n_samples"]]
+    return merged[["task", "metric", "ours", "ours_stderr", "model", "published", "delta", "n_samples", "table"]]
