@@ -14,15 +14,14 @@ import argparse
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from rwkv_lab import cost
 from rwkv_lab.baseline import PYTHIA_FOR, pythia_model
-from rwkv_lab.config import get_config
-from rwkv_lab.measure.timing import is_oom, time_fn
-from rwkv_lab.model import RWKV, init_weights
+from rwkv_lab.measure.timing import OOM, or_oom, time_fn
+from rwkv_lab.model import build_at_size
 from rwkv_lab.results import results_dir, write_table
+from rwkv_lab.training.loss import lm_loss
 
 
 def matmul_peak(device, n: int = 8192) -> float:
@@ -31,36 +30,25 @@ def matmul_peak(device, n: int = 8192) -> float:
     return 2 * n**3 / time_fn(lambda: a @ b, device, warmup=5, repeat=20)
 
 
-def build_rwkv(size: str, device):
-    with torch.device(device):
-        model = RWKV(get_config(size))
-    init_weights(model, zero_projections=False, orthogonal_matrices=False)
-    flops = cost.training_flops_per_token(cost.rwkv_forward_flops_per_token(model.config))
-    return model, model.config.vocab_size, lambda T: flops, lambda m, x: m(x, check=False)[0]
-
-
-def build_pythia(name: str, device, context: int):
-    model = pythia_model(name, torch.float32, device, max_positions=max(2048, context))
+def build(arch: str, name: str, device, context: int):
+    """(model, vocabulary, training FLOPs per token) of RWKV-4 `name` or Pythia `name`, fp32 weights on the device."""
+    if arch == "RWKV-4":
+        model = build_at_size(name, torch.float32, device).train()
+        flops = cost.training_flops_per_token(cost.rwkv_forward_flops_per_token(model.config))
+        return model, model.config.vocab_size, flops
+    model = pythia_model(name, torch.float32, device, max_positions=max(2048, context)).train()
     L, D, V = model.config.num_hidden_layers, model.config.hidden_size, model.config.vocab_size
-    return (
-        model,
-        V,
-        lambda T: cost.training_flops_per_token(cost.transformer_forward_flops_per_token(L, D, V, T)),
-        lambda m, x: m(input_ids=x, use_cache=False).logits,
-    )
+    return model, V, cost.training_flops_per_token(cost.transformer_forward_flops_per_token(L, D, V, context))
 
 
-def step_time(model, vocab, forward, batch, context, device) -> float:
+def step_time(model, vocab, batch, context, device) -> float:
+    """Median seconds of one optimizer step: the library's training loss (bf16 autocast), backward, fused AdamW."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, vocab, (batch, context + 1), generator=gen).to(device)
-    x, y = tokens[:, :-1], tokens[:, 1:]
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = forward(model, x)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
-        loss.backward()
+        lm_loss(model, tokens[:, :-1], tokens[:, 1:]).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -94,29 +82,25 @@ def main():
         batch = max(1, args.tokens_per_step // T)
         name = size if arch == "RWKV-4" else PYTHIA_FOR[size]
         row = {"arch": arch, "model": name, "context": T, "batch": batch}
-        model = None
-        try:
-            model, vocab, flops_per_token, forward = (
-                build_rwkv(size, device) if arch == "RWKV-4" else build_pythia(name, device, T)
-            )
+
+        def measure():
+            model, vocab, flops_per_token = build(arch, name, device, T)
             torch.cuda.reset_peak_memory_stats(device)
-            seconds = step_time(model, vocab, forward, batch, T, device)
+            seconds = step_time(model, vocab, batch, T, device)
             tps = batch * T / seconds
-            row |= {
+            return {
                 "status": "ok",
                 "params": sum(p.numel() for p in model.parameters()),
                 "step_ms": seconds * 1e3,
                 "tokens_per_s": tps,
-                "train_flops_per_token": flops_per_token(T),
-                "mfu_vs_measured_peak": cost.mfu(tps, flops_per_token(T), peak),
-                "mfu_vs_datasheet": cost.mfu(tps, flops_per_token(T), datasheet.peak_flops),
+                "train_flops_per_token": flops_per_token,
+                "mfu_vs_measured_peak": cost.mfu(tps, flops_per_token, peak),
+                "mfu_vs_datasheet": cost.mfu(tps, flops_per_token, datasheet.peak_flops),
                 "peak_mem_GiB": torch.cuda.max_memory_allocated(device) / 2**30,
             }
-        except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
-            if not is_oom(err):
-                raise
-            row |= {"status": "oom"}
-        del model
+
+        result = or_oom(measure, device)
+        row |= {"status": "oom"} if result is OOM else result
         torch.cuda.empty_cache()
         rows.append(row)
         print(row, flush=True)

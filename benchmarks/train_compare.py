@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from rwkv_lab.loading.checkpoint import save_model
-from rwkv_lab.measure.timing import is_oom
+from rwkv_lab.measure.timing import OOM, or_oom
 from rwkv_lab.results import results_dir, write_table
 from rwkv_lab.training.corpus import build_corpus, unigram_loss
 from rwkv_lab.training.trainer import TrainConfig, Trainer, bits_per_byte, parse_count
@@ -69,13 +69,18 @@ def main():
                 if args.deadline_min and time.time() - t_start > 60 * args.deadline_min:
                     summary.append(row | {"status": "skipped (deadline)"})
                     continue
-                trainer = None
-                try:
+
+                def train():
                     trainer = Trainer(cfg, corpus, progress=True)
                     frame = trainer.run()
                     final = frame.dropna(subset=["val_loss"]).iloc[-1]
                     steady = frame.iloc[len(frame) // 2 :]  # after compilation and warm-up
-                    row |= {
+                    curves.append(frame)
+                    if arch == "rwkv" and size == args.export_size and context == args.export_context:
+                        save_model(
+                            trainer.model, out / f"{size}-T{context}{args.tag}.safetensors", dtype=torch.bfloat16
+                        )
+                    return {
                         "status": "ok",
                         "params": trainer.n_params,
                         "val_loss": final["val_loss"],
@@ -85,17 +90,9 @@ def main():
                         "flops": final["flops"],
                         "peak_memory_GiB": frame["peak_memory_bytes"].max() / 2**30,
                     }
-                    curves.append(frame)
-                    if arch == "rwkv" and size == args.export_size and context == args.export_context:
-                        save_model(
-                            trainer.model, out / f"{size}-T{context}{args.tag}.safetensors", dtype=torch.bfloat16
-                        )
-                except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
-                    if not is_oom(err):
-                        raise
-                    row |= {"status": "oom"}
-                del trainer
-                torch.cuda.empty_cache()
+
+                result = or_oom(train, "cuda" if torch.cuda.is_available() else "cpu")
+                row |= {"status": "oom"} if result is OOM else result
                 summary.append(row)
                 print(row, flush=True)
                 params = vars(args) | base

@@ -56,8 +56,11 @@ def row(what: str, relative: str, number: str, files: str | None = None) -> list
 
 def equivalence():
     r = json.loads((RESULTS / "01_equivalence.json").read_text())["results"]
-    return row(f"parallel vs recurrent form, default model, fp32, {r['T']}-token prompt", "01_equivalence.json",
-               f"logits rel. error {r['rel_err_logits_parallel']:.2e}")
+    return row(
+        f"parallel vs recurrent form, default model, fp32, {r['T']}-token prompt",
+        "01_equivalence.json",
+        f"logits rel. error {r['rel_err_logits_parallel']:.2e}",
+    )
 
 
 def kernel_check():
@@ -80,17 +83,22 @@ def wkv_forward():
         g = b[(b["B"] == 1) & (b["T"] == T) & (b["C"] == C) & (b["dtype"] == dtype)].set_index("backend")
         ours = g.loc["triton", "fwd_ms"]
         fla = g.loc["fla fused_recurrent_rwkv4", "fwd_ms"]
-        cells.append(f"(1, {T}, {C}) {dtype}: {ours:.3g} ms, {g.loc['triton', 'fwd_pct_copy_bw']:.0f}% of copy "
-                     f"bandwidth, fla {fla / ours:.1f}× slower")
+        cells.append(
+            f"(1, {T}, {C}) {dtype}: {ours:.3g} ms, {g.loc['triton', 'fwd_pct_copy_bw']:.0f}% of copy "
+            f"bandwidth, fla {fla / ours:.1f}× slower"
+        )
     return row("WKV forward, Triton kernel vs fla's `fused_recurrent_rwkv4` (same run)", f, "; ".join(cells))
 
 
 def wkv_cpu():
     f = "wkv/wkv_cpu_speed.csv"
     t = table(f).set_index("backend")
-    return row("chunked vs recurrent WKV, (1, 4096, 768) fp32", f,
-               f"{t.loc['chunked', 'fwd_ms']:.0f} ms vs {t.loc['recurrent', 'fwd_ms']:.0f} ms "
-               f"({t.loc['recurrent', 'fwd_ms'] / t.loc['chunked', 'fwd_ms']:.1f}×)")
+    return row(
+        "chunked vs recurrent WKV, (1, 4096, 768) fp32",
+        f,
+        f"{t.loc['chunked', 'fwd_ms']:.0f} ms vs {t.loc['recurrent', 'fwd_ms']:.0f} ms "
+        f"({t.loc['recurrent', 'fwd_ms'] / t.loc['chunked', 'fwd_ms']:.1f}×)",
+    )
 
 
 def training_mfu():
@@ -99,9 +107,15 @@ def training_mfu():
     t = t[(t["status"] == "ok") & (t["context"] == 1024)]
     cells = []
     for arch in ("RWKV-4", "Pythia"):
-        g = t[t["arch"] == arch].sort_values("params")
-        cells.append(f"{arch} " + ", ".join(f"{m} {100 * v:.1f}%" for m, v in zip(g["model"], g["mfu_vs_measured_peak"])))
-    return row("training-step MFU (of the measured bf16 matmul peak), T = 1024", f, "; ".join(cells))
+        g = t[t["arch"] == arch].sort_values(["params", "tokens_per_step"], ascending=[True, False])
+        cells.append(
+            f"{arch} "
+            + ", ".join(
+                f"{m} {100 * v:.1f}% ({n // 1024}k)"
+                for m, v, n in zip(g["model"], g["mfu_vs_measured_peak"], g["tokens_per_step"])
+            )
+        )
+    return row("training-step MFU (of the measured bf16 matmul peak), T = 1024, (tokens per step)", f, "; ".join(cells))
 
 
 def train_compare():
@@ -111,10 +125,12 @@ def train_compare():
     rwkv, tf = t[t["arch"] == "rwkv"], t[t["arch"] == "transformer"]
     sizes = " / ".join(f"{p / 1e6:.1f}M" for p in rwkv["params"])
     tokens = int(rwkv["tokens"].iloc[0])
-    return row(f"RWKV-4 vs matched GPT-NeoX, validation bits/byte after {tokens / 1e6:.0f}M training tokens "
-               f"(several epochs of the stdlib corpus) at T = 512 ({sizes} params)", f,
-               " / ".join(f"{v:.3f}" for v in rwkv["val_bpb"]) + " vs "
-               + " / ".join(f"{v:.3f}" for v in tf["val_bpb"]))
+    return row(
+        f"RWKV-4 vs matched GPT-NeoX, validation bits/byte after {tokens / 1e6:.0f}M training tokens "
+        f"(several epochs of the stdlib corpus) at T = 512 ({sizes} params)",
+        f,
+        " / ".join(f"{v:.3f}" for v in rwkv["val_bpb"]) + " vs " + " / ".join(f"{v:.3f}" for v in tf["val_bpb"]),
+    )
 
 
 def train_speed():
@@ -127,10 +143,13 @@ def train_speed():
         ctx = int(big["context"].iloc[0])
         cells.append(f"T = {ctx}: {k(big['tokens_per_s'].iloc[0])} vs {k(big_tf['tokens_per_s'].iloc[0])} tokens/s")
         if ctx == 512:
-            peak = (f"; peak memory {big['peak_memory_GiB'].iloc[0]:.1f} vs {big_tf['peak_memory_GiB'].iloc[0]:.1f} "
-                    "GiB")
-    return row(f"the same, training speed at the largest size ({big['model'].iloc[0]})", "training/summary.csv",
-               "; ".join(cells) + peak, "training/summary*.csv")
+            peak = f"; peak memory {big['peak_memory_GiB'].iloc[0]:.1f} vs {big_tf['peak_memory_GiB'].iloc[0]:.1f} GiB"
+    return row(
+        f"the same, training speed at the largest size ({big['model'].iloc[0]})",
+        "training/summary.csv",
+        "; ".join(cells) + peak,
+        "training/summary*.csv",
+    )
 
 
 def generation_gpu():
@@ -143,11 +162,14 @@ def generation_gpu():
         for size, g in gen.groupby("size", sort=False):
             ours = g[g["path"] == "rwkv_lab.generate (top-p)"].iloc[0]
             pkg = g[g["path"].str.startswith("rwkv package forward([token]) loop (greedy)")]["tokens_per_s"].iloc[0]
-            cells.append(f"{size}: {ours['tokens_per_s']:,.0f} tok/s ({ours['tokens_per_s'] / pkg:.1f}× the `rwkv` "
-                         f"package's greedy loop, {100 * ours['tokens_per_s'] / ours['roofline_tokens_per_s']:.0f}% "
-                         f"of the weight-bandwidth roofline; first call's warm-up {ours['warmup_s']:.0f} s, later 0)")
-        rows.append(row("generation through `rwkv_lab.generate`, batch 1, top-p, streamed text, fp16", rel,
-                        "; ".join(cells)))
+            cells.append(
+                f"{size}: {ours['tokens_per_s']:,.0f} tok/s ({ours['tokens_per_s'] / pkg:.1f}× the `rwkv` "
+                f"package's greedy loop, {100 * ours['tokens_per_s'] / ours['roofline_tokens_per_s']:.0f}% "
+                f"of the weight-bandwidth roofline; first call's warm-up {ours['warmup_s']:.0f} s, later 0)"
+            )
+        rows.append(
+            row("generation through `rwkv_lab.generate`, batch 1, top-p, streamed text, fp16", rel, "; ".join(cells))
+        )
         batched = t[(t["kind"] == "generation") & (t["batch"] > 1) & (t["path"] == "rwkv_lab.generate (top-p)")]
         if len(batched):
             cells = [f"B = {b}: {v:,.0f}" for b, v in zip(batched["batch"], batched["tokens_per_s"])]
@@ -180,8 +202,13 @@ def generation_cpu():
         f"prefill T = {int(pre.loc['model.prefill', 'prompt'])}: {pre.loc['model.prefill', 'tokens_per_s']:.0f} vs "
         f"{pre.loc['rwkv package forward(prompt)', 'tokens_per_s']:.0f} tokens/s",
     ]
-    return [row("169M fp32 on the CPU through `generate` and `model.prefill`, the `rwkv` package in the same run", f,
-                "; ".join(cells))]
+    return [
+        row(
+            "169M fp32 on the CPU through `generate` and `model.prefill`, the `rwkv` package in the same run",
+            f,
+            "; ".join(cells),
+        )
+    ]
 
 
 def lm_eval():
@@ -191,10 +218,15 @@ def lm_eval():
     h = table(g)
     ours = h[h["backend"] == "rwkv_lab"].set_index("task")["docs_per_s"]
     return [
-        row("lm-eval backend vs lm-eval's `hf` on the same weights, full PIQA", f,
+        row(
+            "lm-eval backend vs lm-eval's `hf` on the same weights, full PIQA",
+            f,
             f"worst relative difference of any log-likelihood {t.loc['rwkv_lab', 'max_rel_diff_vs_hf']:.2e}; "
-            f"{t.loc['rwkv_lab', 'docs_per_s']:.1f} vs {t.loc['hf', 'docs_per_s']:.1f} docs/s"),
-        row("lm-eval at 1.5B fp16, full PIQA / LAMBADA", g, f"{ours['piqa']:.1f} / {ours['lambada_openai']:.1f} docs/s"),
+            f"{t.loc['rwkv_lab', 'docs_per_s']:.1f} vs {t.loc['hf', 'docs_per_s']:.1f} docs/s",
+        ),
+        row(
+            "lm-eval at 1.5B fp16, full PIQA / LAMBADA", g, f"{ours['piqa']:.1f} / {ours['lambada_openai']:.1f} docs/s"
+        ),
     ]
 
 
@@ -207,8 +239,11 @@ def dynamics():
     speed = json.loads((RESULTS / s).read_text())
     return [
         row("state channels of the default model tracking held-out code (correlation on the held-out half)", f, cells),
-        row(f"state analysis of a {speed['provenance']['params']['tokens']}-token text, default model", s,
-            f"{speed['results']['total_s']:.1f} s"),
+        row(
+            f"state analysis of a {speed['provenance']['params']['tokens']}-token text, default model",
+            s,
+            f"{speed['results']['total_s']:.1f} s",
+        ),
     ]
 
 
@@ -233,8 +268,9 @@ def main(argv=None) -> int:
     new = f"{head}{BEGIN}\n{build()}\n{END}{tail}"
     if args.check:
         if new != readme:
-            print("README.md's measured table differs from results/: run python scripts/readme_table.py",
-                  file=sys.stderr)
+            print(
+                "README.md's measured table differs from results/: run python scripts/readme_table.py", file=sys.stderr
+            )
             return 1
         return 0
     (ROOT / "README.md").write_text(new)

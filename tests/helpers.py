@@ -17,6 +17,20 @@ SHARED = Path(os.environ.get("RWKV_LAB_SHARED", REPO.parent / "shared"))
 NEOX_TOKENIZER = SHARED / "data" / "tokenizer" / "20B_tokenizer.json"
 
 
+# The tolerances of the relative-error checks, by what is compared: float error of the arithmetic with room for
+# its accumulation; a bug is orders of magnitude larger.
+TOL = {
+    "float64 algebra": 1e-12,  # two float64 formulas of the same quantity
+    "float64 model": 1e-10,  # the whole network, two formulations, float64
+    "float64 long sequence": 1e-9,  # float64 over 1000 steps
+    "float32 step": 1e-6,  # one fp32 step, or a fast path against the eager one
+    "float32": 1e-5,  # fp32 through the whole network or a long sequence
+    "float32 vs another implementation": 1e-4,  # fp32 against code written elsewhere (its own op order)
+    "bfloat16": 1e-2,
+    "bfloat16 long sequence": 5e-2,
+}
+
+
 def assert_rel_close(name: str, x: torch.Tensor, ref: torch.Tensor, tol: float) -> float:
     """||x - ref|| / ||ref|| <= tol, printed either way; NaN or inf never passes."""
     assert x.shape == ref.shape, f"{name}: shape {tuple(x.shape)} != reference {tuple(ref.shape)}"

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import assert_rel_close, random_model, random_state
+from helpers import TOL, assert_rel_close, random_model, random_state
 
 from rwkv_lab.analysis.dynamics import Trajectory, attention_older_than, decay_spectra, influence, record_trajectory
 from rwkv_lab.analysis.render import coloured_html
@@ -41,10 +41,18 @@ def test_trajectory_is_the_rnn_state_after_every_token(T):
     s = state
     for t in range(T):  # the RNN form, one token at a time
         _, s = model.step(tokens[:, t], s)
-        assert_rel_close(f"a/b after token {t}", torch.tensor(traj.wkv[t]), s[0, :, ATT_A] / s[0, :, ATT_B], 1e-10)
-        assert_rel_close(f"time-mix shift after token {t}", torch.tensor(traj.att_x[t]), s[0, :, ATT_X], 1e-12)
-        assert_rel_close(f"channel-mix shift after token {t}", torch.tensor(traj.ffn_x[t]), s[0, :, FFN_X], 1e-12)
-    assert_rel_close("final state", torch.tensor(traj.wkv[-1]), final[0, :, ATT_A] / final[0, :, ATT_B], 1e-10)
+        assert_rel_close(
+            f"a/b after token {t}", torch.tensor(traj.wkv[t]), s[0, :, ATT_A] / s[0, :, ATT_B], TOL["float64 model"]
+        )
+        assert_rel_close(
+            f"time-mix shift after token {t}", torch.tensor(traj.att_x[t]), s[0, :, ATT_X], TOL["float64 algebra"]
+        )
+        assert_rel_close(
+            f"channel-mix shift after token {t}", torch.tensor(traj.ffn_x[t]), s[0, :, FFN_X], TOL["float64 algebra"]
+        )
+    assert_rel_close(
+        "final state", torch.tensor(traj.wkv[-1]), final[0, :, ATT_A] / final[0, :, ATT_B], TOL["float64 model"]
+    )
 
 
 def test_code_features_on_hand_made_text():

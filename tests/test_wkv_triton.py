@@ -5,7 +5,7 @@ The full-size check on a GPU is benchmarks/bench_wkv.py; its output is results/w
 
 import pytest
 import torch
-from helpers import assert_rel_close
+from helpers import TOL, assert_rel_close
 from test_wkv import make_inputs
 
 from rwkv_lab.wkv import resolve_backend, wkv, wkv_recurrent
@@ -57,21 +57,21 @@ def test_kernel_long_sequence_and_half_inputs(config):
     inputs64 = make_inputs(1, 1000, 4, seed=11)
     y_ref, s_ref = wkv_recurrent(*inputs64)
     y, s = wkv(*[x.float() for x in inputs64], backend="triton")
-    assert_rel_close("triton T=1000 y", y, y_ref, 1e-5)
-    assert_rel_close("triton T=1000 state", s, s_ref, 1e-5)
+    assert_rel_close("triton T=1000 y", y, y_ref, TOL["float32"])
+    assert_rel_close("triton T=1000 state", s, s_ref, TOL["float32"])
     w, u, k, v, st = make_inputs(1, 70, 20, seed=12, dtype=torch.bfloat16)
     y16, s16 = wkv(w.float(), u.float(), k, v, st, backend="triton")
     y_ref, _ = wkv_recurrent(w.double(), u.double(), k.double(), v.double(), st.double())
     assert y16.dtype == torch.bfloat16 and s16.dtype == torch.float32
-    assert_rel_close("triton bf16 inputs y", y16, y_ref, 1e-2)
+    assert_rel_close("triton bf16 inputs y", y16, y_ref, TOL["bfloat16"])
 
 
 def test_kernel_without_initial_state():
     w, u, k, v, _ = make_inputs(2, 40, 8, seed=13, state=False)
     y_ref, s_ref = wkv_recurrent(w, u, k, v)
     y, s = wkv(w.float(), u.float(), k.float(), v.float(), None, backend="triton")
-    assert_rel_close("triton empty state y", y, y_ref, 1e-5)
-    assert_rel_close("triton empty state state", s[:, :2], s_ref[:, :2], 1e-5)
+    assert_rel_close("triton empty state y", y, y_ref, TOL["float32"])
+    assert_rel_close("triton empty state state", s[:, :2], s_ref[:, :2], TOL["float32"])
 
 
 def test_auto_picks_the_kernel_on_cuda_only():
