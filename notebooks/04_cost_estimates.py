@@ -30,6 +30,8 @@ n_gpus = 64
 interactive = True  # ipywidgets sliders (a static table is printed either way)
 
 # %%
+import json
+
 import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
@@ -56,6 +58,12 @@ mfu_csv = results_dir() / "cost" / "training_mfu.csv"
 if not mfu_csv.exists():
     mfu_csv = REPO_ROOT / "results" / "cost" / "training_mfu.csv"
 mfu = pd.read_csv(mfu_csv)
+mfu_meta = json.loads(mfu_csv.with_suffix(".meta.json").read_text())
+mfu_runs = mfu_meta.get("runs", [mfu_meta])
+print(
+    f"{mfu_csv.name}: measured on {sorted({r['device'] for r in mfu_runs})}, commit "
+    f"{sorted({r['git_commit'][:10] for r in mfu_runs})}, {sorted({r['date_utc'][:10] for r in mfu_runs})}"
+)
 ok = mfu[mfu["status"] == "ok"]
 display(
     ok[
@@ -86,8 +94,10 @@ print(
 # %% [markdown]
 # ## What would it cost today?
 #
-# RWKV-4 14B on 330B tokens on the chosen GPU at our measured MFU (assumed to carry over from the largest size we
-# measured to 14B, which is the weakest link of this estimate), beside the seed's 50%.
+# RWKV-4 14B on 330B tokens on the chosen GPU at our measured MFU, beside the seed's 50%. Two assumptions, both
+# stated because they are the weakest links: the MFU measured on the device printed above carries over to the
+# chosen GPU (an A100 choice applies an H100-measured utilisation to A100 peak and prices), and from the largest
+# size we measured to 14B.
 
 # %%
 accel = cost.ACCELERATORS[gpu]

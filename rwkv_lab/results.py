@@ -47,16 +47,32 @@ def device_name(device=None) -> str:
     return f"CPU: {cpu} ({os.cpu_count()} logical cores)"
 
 
+def code_state() -> dict:
+    """The code that runs: its commit and a SHA-256 of the uncommitted changes to it (results/ excluded, which the
+    run itself rewrites; None when there are none). A copy of the tree without .git (a lent GPU machine) is told
+    both through $RWKV_LAB_GIT_COMMIT and $RWKV_LAB_GIT_DIFF_SHA256, as `git_state_env()` prints them."""
+    if os.environ.get("RWKV_LAB_GIT_COMMIT"):
+        diff = os.environ.get("RWKV_LAB_GIT_DIFF_SHA256") or None
+        return {"git_commit": os.environ["RWKV_LAB_GIT_COMMIT"], "git_dirty": diff is not None, "git_diff_sha256": diff}
+    diff = _git("diff", "HEAD", "--", ".", ":!results")
+    return {
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(diff) if diff is not None else None,
+        "git_diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,
+    }
+
+
+def git_state_env() -> str:
+    """Shell assignments that tell a copy of this tree (without .git) its code state: `$(python -c ...)`."""
+    state = code_state()
+    return f"RWKV_LAB_GIT_COMMIT={state['git_commit']} RWKV_LAB_GIT_DIFF_SHA256={state['git_diff_sha256'] or ''}"
+
+
 def provenance(params: dict | None = None, device=None) -> dict:
-    """Who, where and what: device, versions, git commit, date and the run's parameters."""
+    """Who, where and what: device, versions, the code's commit and uncommitted diff, date, the run's parameters."""
     return {
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        # a copy of the tree (a lent GPU machine) is told its commit through the environment: its .git may be stale
-        "git_commit": os.environ.get("RWKV_LAB_GIT_COMMIT") or _git("rev-parse", "HEAD"),
-        # changes to the code, not to results/ (which the run itself is rewriting)
-        "git_dirty": None
-        if os.environ.get("RWKV_LAB_GIT_COMMIT")
-        else bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results")),
+        **code_state(),
         "device": device_name(device),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,

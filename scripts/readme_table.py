@@ -125,9 +125,10 @@ def train_compare():
     rwkv, tf = t[t["arch"] == "rwkv"], t[t["arch"] == "transformer"]
     sizes = " / ".join(f"{p / 1e6:.1f}M" for p in rwkv["params"])
     tokens = int(rwkv["tokens"].iloc[0])
+    corpus = provenance(f)["params"]["corpus"]["train_tokens"]
     return row(
         f"RWKV-4 vs matched GPT-NeoX, validation bits/byte after {tokens / 1e6:.0f}M training tokens "
-        f"(several epochs of the stdlib corpus) at T = 512 ({sizes} params)",
+        f"({tokens / corpus:.1f} epochs of the {corpus / 1e6:.1f}M-token stdlib corpus) at T = 512 ({sizes} params)",
         f,
         " / ".join(f"{v:.3f}" for v in rwkv["val_bpb"]) + " vs " + " / ".join(f"{v:.3f}" for v in tf["val_bpb"]),
     )

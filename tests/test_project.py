@@ -1,6 +1,7 @@
 """The project's own promises: one dependency list in two files, CI runs the README's test command,
 results are written atomically with provenance, and every notebook executes headless."""
 
+import hashlib
 import json
 import re
 import subprocess
@@ -56,6 +57,9 @@ def test_results_are_written_atomically_with_provenance(tmp_path):
 def test_provenance_names_the_commit():
     git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
     assert provenance()["git_commit"] == (git.stdout.strip() if git.returncode == 0 else None)
+    diff = subprocess.run(["git", "diff", "HEAD", "--", ".", ":!results"], cwd=REPO, capture_output=True, text=True)
+    expected = hashlib.sha256(diff.stdout.encode()).hexdigest() if diff.stdout else None
+    assert provenance()["git_diff_sha256"] == expected
 
 
 @pytest.mark.slow
