@@ -24,12 +24,14 @@ def results_dir() -> Path:
     return Path(env) if env else REPO_ROOT / "results"
 
 
-def _git(*args: str) -> str | None:
+def _git(*args: str, strip: bool = True) -> str | None:
     try:
         out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() if strip else out.stdout
 
 
 def device_name(device=None) -> str:
@@ -54,7 +56,7 @@ def code_state() -> dict:
     if os.environ.get("RWKV_LAB_GIT_COMMIT"):
         diff = os.environ.get("RWKV_LAB_GIT_DIFF_SHA256") or None
         return {"git_commit": os.environ["RWKV_LAB_GIT_COMMIT"], "git_dirty": diff is not None, "git_diff_sha256": diff}
-    diff = _git("diff", "HEAD", "--", ".", ":!results")
+    diff = _git("diff", "HEAD", "--", ".", ":!results", strip=False)
     return {
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": bool(diff) if diff is not None else None,
