@@ -339,3 +339,47 @@ def test_the_readme_commands_run_as_written(tmp_path, capsys):
     assert cli(["info", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "byte-6x256" in out and "parameters" in out
+
+
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        ("[1, 2]", "holds a list, not a JSON object"),
+        ("null", "holds a NoneType, not a JSON object"),
+        ('{"hidden_size": "abc", "num_hidden_layers": 2, "vocab_size": 257}', "wrong type or value"),
+        ('{"hidden_size": 32, "num_hidden_layers": 2', "not valid JSON"),
+    ],
+)
+def test_a_broken_config_json_is_named(tmp_path, model, config, match):
+    folder = save_model(model, tmp_path / "hf", format="transformers")
+    (folder / "config.json").write_text(config)
+    with pytest.raises(CheckpointError, match=match) as err:
+        load_model(folder)
+    assert "config.json" in str(err.value)
+
+
+def test_broken_safetensors_metadata_and_shard_index(tmp_path, model):
+    from safetensors.torch import load_file, save_file
+
+    path = save_model(model, tmp_path / "m.safetensors")
+    save_file(load_file(path), str(path), metadata={"rwkv_lab_config": '{"n_layer": "two"}'})
+    with pytest.raises(CheckpointError, match=r"m.safetensors: its metadata 'rwkv_lab_config' is not a valid"):
+        load_model(path)
+    folder = save_model(model, tmp_path / "hf", format="transformers")
+    (folder / "model.safetensors.index.json").write_text('{"weight_map": [1]}')
+    with pytest.raises(CheckpointError, match="is not a shard index"):
+        load_model(folder)
+    (folder / "model.safetensors.index.json").write_text('{"weight_map": {"head.weight": "gone.safetensors"}}')
+    with pytest.raises(CheckpointError, match=r"names shards that are not in the folder: \['gone.safetensors'\]"):
+        load_model(folder)
+
+
+def test_the_lm_eval_backend_uses_a_folders_own_tokenizer(tmp_path, monkeypatch):
+    from rwkv_lab.evaluation.backend import RWKVLM
+
+    neox = random_model(RWKVConfig(n_layer=1, n_embd=8, vocab_size=50277), dtype=torch.float32)
+    folder = save_model(neox, tmp_path / "hf", format="transformers", tokenizer_file=NEOX_TOKENIZER)
+    monkeypatch.delenv("RWKV_LAB_TOKENIZER", raising=False)
+    monkeypatch.setattr("rwkv_lab.loading.tokenizer.download_file", lambda *a, **k: pytest.fail("went to the hub"))
+    lm = RWKVLM(pretrained=str(folder))
+    assert lm.tokenizer.name == str(folder / "tokenizer.json")
