@@ -63,3 +63,22 @@ def random_state(model, batch: int, seed: int = 0) -> torch.Tensor:
     state[:, :, 3] = 3 * draw()
     state[:, :, 4] = draw()
     return state
+
+
+def torchrun(nproc: int) -> list[str]:
+    """The torchrun launcher for `nproc` local processes on a free port (never the default 29500, which another
+    job on the machine may hold)."""
+    import socket
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={port}",
+    ]

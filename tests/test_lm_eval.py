@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import torch
-from helpers import NEOX_TOKENIZER, SHARED, random_model
+from helpers import NEOX_TOKENIZER, SHARED, random_model, torchrun
 
 from rwkv_lab.config import RWKVConfig
 from rwkv_lab.evaluation.backend import RWKVLM
@@ -221,8 +221,8 @@ def test_data_parallel_processes_give_the_one_process_result(tmp_path):
         str(tmp_path / "tasks"),
     ]
     tables = []
-    for launcher in ([sys.executable], [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]):
+    for launcher in ([sys.executable], torchrun(2)):
         out = subprocess.run(launcher + args, capture_output=True, text=True, env=env, timeout=600)
-        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.returncode == 0, out.stderr[-8000:]
         tables.append([line for line in out.stdout.splitlines() if line.startswith("|")])
     assert tables[0] and tables[0] == tables[1]

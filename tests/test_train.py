@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers import torchrun
 
 from rwkv_lab.loading.checkpoint import default_model
 from rwkv_lab.loading.default import default_card, heldout_text
@@ -216,7 +217,7 @@ def test_two_data_parallel_processes_follow_the_one_process_curve(text_dir, tmp_
     logs = {}
     for name, launcher in (
         ("one", [sys.executable, "-m", "rwkv_lab.training"]),
-        ("two", [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "rwkv_lab.training"]),
+        ("two", torchrun(2) + ["-m", "rwkv_lab.training"]),
     ):
         out = subprocess.run(
             launcher + common + ["--out", str(tmp_path / name)], capture_output=True, text=True, env=env, timeout=600
