@@ -120,8 +120,9 @@ plot_kind(
     "tokens_per_s",
     "training tokens/s (fwd + bwd, bf16)",
 )
-for ax in axes.flat:
-    ax.set_title(f"batch 1, {gpu_name}", fontsize=9)
+titles = ["memory held while generating", "per-token latency of generation", "one prefill call", "training speed"]
+for ax, title in zip(axes.flat, titles):
+    ax.set_title(f"{title} (batch 1, {gpu_name})", fontsize=9)
 fig.tight_layout()
 save_figure(fig, results_dir() / "figures" / "02_memory_profile.png", {"files": [f.name for f in files]})
 plt.show()
@@ -129,7 +130,10 @@ plt.show()
 # %% [markdown]
 # ### Where the transformer runs out, and how much more memory it needs
 #
-# x marks the first context that ran out of memory on the 80 GB card. The ratio table compares the memory held
+# A dotted line marks the first context that ran out of memory on the 80 GB card. What bounds each curve: RWKV's
+# held memory is its weights and a constant state; the transformer's is its weights and a KV cache growing with T,
+# but where it stops here our harness's transient memory (prefill chunks, attention masks, full logits) is part
+# of what ran out, so its real KV-cache limit lies further right. The ratio table compares the memory held
 # during generation at the same context (weights included).
 
 # %%

@@ -87,8 +87,11 @@ summary = pd.concat([pd.read_csv(find_result(f"training/summary{tag}.csv")) for 
 curves = pd.concat([pd.read_csv(find_result(f"training/curves{tag}.csv")) for tag in ("", "_T4096")])
 meta = pd.read_json(find_result("training/summary.meta.json"), typ="series")
 gpu = meta["device"]
+corpus_meta = meta["params"]["corpus"]
 print(
-    f"measured on {gpu}; corpus: Python {meta['python']} standard library, {meta['params']['corpus']['files_sha256'][:12]}"
+    f"measured on {gpu}; corpus: Python {meta['python']} standard library, {corpus_meta['files_sha256'][:12]}, "
+    f"{corpus_meta['train_tokens']:,} training tokens: the runs' {meta['params']['tokens']:,} tokens are "
+    f"{meta['params']['tokens'] / corpus_meta['train_tokens']:.1f} epochs over it"
 )
 gpu_unigram = meta["params"]["unigram_val_bpb"]
 table = side_by_side(summary)
@@ -129,7 +132,8 @@ from rwkv_lab.loading.default import DEFAULT_CARD, untrained_model
 
 card = json.loads(DEFAULT_CARD.read_text())
 print(
-    f"default model: {card['model']}, {card['params']:,} parameters, {card['training']['tokens_seen']:,} tokens, "
+    f"default model: {card['model']}, {card['params']:,} parameters, {card['training']['tokens_seen']:,} tokens "
+    f"({card['training']['tokens_seen'] / card['training']['corpus']['train_tokens']:.1f} epochs), "
     f"validation {card['training']['val_bpb']:.3f} bits/byte (unigram {card['training']['unigram_val_bpb']:.3f})"
 )
 tokenizer = rwkv_lab.ByteTokenizer()

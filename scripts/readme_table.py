@@ -38,6 +38,13 @@ def device(relative: str) -> str:
     return "CPU (2 cores)" if name.startswith("CPU") and "2 logical" in name else name.removeprefix("NVIDIA ")
 
 
+def edited(relative: str) -> bool:
+    """Whether the file's provenance says it was completed after the run (a commit filled in, runs merged): such
+    files are marked in the table until they are re-measured."""
+    meta = provenance(relative)
+    return any(k.endswith("note") for k in meta)
+
+
 def table(relative: str) -> pd.DataFrame:
     return pd.read_csv(RESULTS / relative)
 
@@ -51,7 +58,8 @@ def k(x: float) -> str:
 
 
 def row(what: str, relative: str, number: str, files: str | None = None) -> list[str]:
-    return [what, device(relative), number, f"`results/{files or relative}`"]
+    where = device(relative) + (" (provenance completed by hand, see its file)" if edited(relative) else "")
+    return [what, where, number, f"`results/{files or relative}`"]
 
 
 def equivalence():

@@ -67,17 +67,18 @@ def crossover(
 
 
 def plot_kind(frame: pd.DataFrame, ax, kind: str, value: str, ylabel: str, batch: int = 1, scale: float = 1.0):
-    """One line per model: `value` (times `scale`) against context, log-log; OOM marked with an x."""
+    """One line per model: `value` (times `scale`) against context, log-log. Running out of memory is drawn where
+    it happened: a dotted vertical limit at the first context that did not fit, in the model's colour."""
     g = frame[(frame["kind"] == kind) & (frame["batch"] == batch)]
     for model, m in g.groupby("model", sort=False):
         ok = m[m["status"] == "ok"].sort_values("context")
         style = "-" if m["arch"].iloc[0] == "rwkv" else "--"
         (line,) = ax.loglog(ok["context"], ok[value] * scale, "o" + style, ms=3, label=model)
         for T in m.loc[m["status"] == "oom", "context"]:
-            ax.plot([T], [ok[value].iloc[-1] * scale if len(ok) else 1], "x", color=line.get_color(), ms=9, mew=2)
+            ax.axvline(T, color=line.get_color(), ls=":", lw=1.2, label=f"{model}: out of memory at T = {T:,}")
     ax.set_xlabel("context T (tokens)")
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6)
 
 
 def peer_summary(
