@@ -12,8 +12,11 @@ AUTOCAST_DTYPE = torch.bfloat16
 
 def logits_of(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Logits (B, T, V) of our RWKV or of a transformers causal LM for tokens x (B, T); either may be wrapped
-    (DistributedDataParallel), and is then called through the wrapper."""
-    if isinstance(getattr(model, "module", model), RWKV):
+    (DistributedDataParallel, torch.compile), and is then called through the wrapper."""
+    inner = model
+    while hasattr(inner, "module") or hasattr(inner, "_orig_mod"):  # DistributedDataParallel, torch.compile
+        inner = getattr(inner, "module", None) or inner._orig_mod
+    if isinstance(inner, RWKV):
         return model(x, check=False)[0]
     return model(input_ids=x, use_cache=False).logits
 
