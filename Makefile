@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 ARGS ?=
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test clean
+.PHONY: setup run test lab clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -26,6 +26,13 @@ test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q $(ARGS)
+
+# JupyterLab on the notebooks, with the project's kernel (rwkv-lab) registered in the venv; each notebook is
+# paired with its jupytext source, so an edit in JupyterLab updates the .py that is reviewed
+lab: setup
+	$(PY) -m ipykernel install --sys-prefix --name rwkv-lab --display-name "rwkv-lab (.venv)"
+	$(PY) -m rwkv_lab.run_notebooks --pair
+	$(VENV)/bin/jupyter lab notebooks
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
+import re
 import sys
 from pathlib import Path
 
@@ -30,12 +32,52 @@ def notebook_sources() -> list[Path]:
     return sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
 
 
-def to_notebook(source: Path, destination: Path) -> Path:
-    """The jupytext source as an .ipynb without outputs (what JupyterLab opens with jupytext installed)."""
+def to_notebook(source: Path, destination: Path, paired: bool = False) -> Path:
+    """The jupytext source as an .ipynb without outputs; `paired`: jupytext keeps the two in step when the
+    notebook is edited in JupyterLab (make lab)."""
     import jupytext
 
-    jupytext.write(jupytext.read(source), destination)
+    notebook = jupytext.read(source)
+    if paired:
+        notebook.metadata.setdefault("jupytext", {})["formats"] = "ipynb,py:percent"
+        # the kernel `make lab` registers: this venv's Python, named after the project
+        notebook.metadata["kernelspec"] = {"name": "rwkv-lab", "display_name": "rwkv-lab (.venv)", "language": "python"}
+    jupytext.write(notebook, destination)
     return destination
+
+
+_BAR = re.compile(r"^.*\d+%\|.*\|")  # a tqdm progress line
+
+
+def _as_a_terminal_shows(text: str) -> str:
+    """Each line as a terminal leaves it: what follows the last carriage return (progress bars redraw with \\r)."""
+    return "\n".join(line.rsplit("\r", 1)[-1] for line in text.split("\n"))
+
+
+def tidy_for_static_view(path: Path) -> Path:
+    """An executed notebook made to read well without a kernel (GitHub, nbviewer): progress-bar widgets, which
+    have no saved state and would show their first frame ("0%"), are dropped; progress printed as text keeps only
+    its last frame per line. Nothing else changes."""
+    nb = json.loads(path.read_text())
+    for cell in nb["cells"]:
+        outputs = []
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            plain = "".join(data.get("text/plain", ""))
+            if "application/vnd.jupyter.widget-view+json" in data and _BAR.match(plain):
+                continue
+            if out.get("output_type") == "stream":
+                text = "".join(out["text"])
+                previous = outputs[-1] if outputs else {}
+                if previous.get("output_type") == "stream" and previous.get("name") == out.get("name"):
+                    previous["text"] = _as_a_terminal_shows(previous["text"] + text)  # one stream, as printed
+                    continue
+                out["text"] = _as_a_terminal_shows(text)
+            outputs.append(out)
+        if "outputs" in cell:
+            cell["outputs"] = outputs
+    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    return path
 
 
 def run_notebooks(notebooks=None, parameters: dict | None = None, output_dir=None) -> list[Path]:
@@ -62,7 +104,7 @@ def run_notebooks(notebooks=None, parameters: dict | None = None, output_dir=Non
                 kernel_name="python3",
                 progress_bar=True,
             )
-        written.append(out)
+        written.append(tidy_for_static_view(out))
     return written
 
 
@@ -85,7 +127,18 @@ def main(argv=None) -> int:
         help="set a parameters-cell variable, e.g. -p device cuda -p model_source RWKV/rwkv-4-169m-pile",
     )
     parser.add_argument("--output-dir", help="where executed notebooks go (default: results/notebooks)")
+    parser.add_argument(
+        "--pair",
+        action="store_true",
+        help="only write notebooks/NN_name.ipynb paired with its source (for JupyterLab), run nothing",
+    )
     args = parser.parse_args(argv)
+    if args.pair:
+        for source in notebook_sources():
+            target = source.with_suffix(".ipynb")
+            if not target.exists():  # an existing one may hold the user's outputs; jupytext keeps it in step
+                print(to_notebook(source, target, paired=True))
+        return 0
     params = {name: parse_value(value) for name, value in args.parameter}
     run_notebooks(args.notebooks, params, args.output_dir)
     return 0

@@ -1,0 +1,219 @@
+"""The notebooks as a user meets them: JupyterLab in headless Chromium, every cell run through the UI.
+
+A JupyterLab server (127.0.0.1, a random port, a token) serves the notebooks, made from their jupytext sources
+into a temporary folder. Playwright drives Debian's Chromium: it runs every cell as the menu's Run > Run All
+Cells does and saves; the saved notebook must hold no error output and its figures as images, and the page must
+show them. The widgets of 04 and 05 are used as a user would (a dropdown changed) and must change what they show.
+A screenshot of each notebook after its run goes to results/ui/. What the notebooks write goes to the temporary
+folder, never over the committed results.
+
+Needs Chromium (/usr/bin/chromium or $RWKV_LAB_CHROMIUM) and Playwright; .ci/run installs both. Where they are
+missing the test fails and says so: it never skips.
+"""
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from helpers import REPO
+
+from rwkv_lab.run_notebooks import notebook_sources, to_notebook
+
+pytestmark = pytest.mark.slow
+NOTEBOOKS = [p.stem for p in notebook_sources()]
+SCREENSHOTS = REPO / "results" / "ui"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
+
+
+def chromium_path() -> str:
+    path = os.environ.get("RWKV_LAB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.path.exists(path):
+        pytest.fail(
+            f"no Chromium at {path}: install Debian's chromium (apt-get install chromium; .ci/run does) "
+            "or set RWKV_LAB_CHROMIUM",
+            pytrace=False,
+        )
+    return path
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    work = tmp_path_factory.mktemp("lab")
+    for source in notebook_sources():
+        to_notebook(source, work / source.with_suffix(".ipynb").name)
+    settings = work / ".settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false", "checkForUpdates": false}')
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    token = secrets.token_hex(16)
+    env = os.environ | {
+        "RWKV_LAB_RESULTS": str(work / "results"),
+        "JUPYTER_CONFIG_DIR": str(work / ".jupyter"),
+        "JUPYTERLAB_SETTINGS_DIR": str(work / ".settings"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(work / ".workspaces"),
+    }
+    log = open(work / "lab.log", "w")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={port}",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={work}",
+            "--allow-root",
+            # the page's own command registry, which the menus call: a test runs cells as the menu would
+            "--LabApp.expose_app_in_browser=True",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2)
+            break
+        except OSError:
+            if server.poll() is not None or time.time() > deadline:
+                server.kill()
+                pytest.fail(f"JupyterLab did not start: {(work / 'lab.log').read_text()[-2000:]}", pytrace=False)
+            time.sleep(0.5)
+    yield url, token, work
+    server.terminate()
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("Playwright is not installed: pip install playwright (.ci/run does)", pytrace=False)
+    with sync_playwright() as p:
+        try:
+            chromium = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
+        except Exception as err:  # noqa: BLE001 - whatever stops the browser, the message says what it was
+            pytest.fail(f"Chromium did not start: {err}", pytrace=False)
+        yield chromium
+        chromium.close()
+
+
+# the notebook panel of one file, found by its path (a restored layout may hold others)
+PANEL = """(path) => { const app = window.jupyterapp;
+    for (const w of app.shell.widgets('main')) { if (w.context && w.context.path === path) return w; } return null; }"""
+CELLS = f"""(path) => {{ const w = ({PANEL})(path);
+    const cells = w.content.widgets.filter(c => c.model.type === 'code');
+    return {{counts: cells.map(c => c.model.executionCount), status: w.sessionContext.session.kernel.status}}; }}"""
+
+
+def run_all(page, name: str, timeout_s: float = 900) -> None:
+    """Run > Run All Cells (the command the menu item calls), then wait until every code cell has an execution
+    count and the kernel is idle."""
+    path = f"{name}.ipynb"
+    page.evaluate(
+        f"""(path) => {{ const w = ({PANEL})(path); window.jupyterapp.shell.activateById(w.id);
+        return window.jupyterapp.commands.execute('notebook:run-all-cells'); }}""",
+        path,
+    )
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        state = page.evaluate(CELLS, path)
+        if all(c is not None for c in state["counts"]) and state["status"] == "idle":
+            return
+        time.sleep(1)
+    raise AssertionError(f"{name}: not finished after {timeout_s:.0f} s: {page.evaluate(CELLS, path)}")
+
+
+def saved(work, name: str) -> dict:
+    return json.loads((work / f"{name}.ipynb").read_text())
+
+
+def open_notebook(browser, lab, name):
+    url, token, work = lab
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{url}/lab/tree/{name}.ipynb?reset&token={token}")  # reset: no layout restored from earlier
+    path = f"{name}.ipynb"
+    page.wait_for_function(f"(path) => window.jupyterapp && ({PANEL})(path) !== null", arg=path, timeout=90_000)
+    page.evaluate(
+        f"async (path) => {{ const w = ({PANEL})(path); await w.context.ready; await w.sessionContext.ready; }}", path
+    )
+    return page
+
+
+def change_dropdown(page, output_selector: str) -> tuple[str, str]:
+    """Pick the dropdown's next option, as a user would; returns the output's HTML before and after."""
+    before = page.inner_html(output_selector)
+    select = page.locator(".widget-dropdown select").first
+    options = select.locator("option").all_inner_texts()
+    current = select.input_value()
+    select.select_option(next(o for o in options if o != current))
+    deadline = time.time() + 60
+    while time.time() < deadline and page.inner_html(output_selector) == before:
+        time.sleep(0.5)
+    return before, page.inner_html(output_selector)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_the_notebook_runs_in_jupyterlab(browser, lab, name):
+    url, token, work = lab
+    page = open_notebook(browser, lab, name)
+    started = time.time()
+    run_all(page, name)
+    seconds = time.time() - started
+    widget_check = ""
+    if name.startswith(("04", "05")):
+        page.locator(".widget-dropdown select").first.scroll_into_view_if_needed()
+        output = ".widget-interact .widget-output"
+        before, after = change_dropdown(page, output)
+        assert before != after, f"{name}: changing the dropdown changed nothing that is shown"
+        widget_check = "; the dropdown changed the output"
+    page.evaluate(f"(path) => ({PANEL})(path).context.save()", f"{name}.ipynb")
+    time.sleep(1)
+    nb = saved(work, name)
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    errors = [f"{o.get('ename')}: {o.get('evalue')}" for c in code for o in c["outputs"] if o["output_type"] == "error"]
+    assert not errors, f"{name}: {errors}"
+
+    def cells_with(mime):
+        return [i for i, c in enumerate(nb["cells"]) if any(mime in o.get("data", {}) for o in c.get("outputs", []))]
+
+    draws = "plt." in (REPO / "notebooks" / f"{name}.py").read_text()
+    with_figure = cells_with("image/png")
+    assert with_figure or not draws, f"{name}: draws figures but none is in the saved notebook"
+    shown = with_figure or cells_with("text/html")  # a notebook of tables: its first table
+    assert shown, f"{name}: no output to show"
+    # the page too: scroll to the first figure (or table), as a reader would, and find it drawn
+    page.evaluate(
+        f"async ([path, i]) => {{ await ({PANEL})(path).content.scrollToItem(i, 'end'); }}",
+        [f"{name}.ipynb", shown[0]],
+    )
+    page.wait_for_selector(".jp-RenderedImage img" if with_figure else ".jp-RenderedHTMLCommon table", timeout=30_000)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+    print(f"{name}: ran in the browser in {seconds:.0f} s, {len(with_figure)} cells with figures{widget_check}")
+    page.close()
