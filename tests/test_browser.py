@@ -212,7 +212,10 @@ def test_the_notebook_runs_in_jupyterlab(browser, lab, name):
         f"async ([path, i]) => {{ await ({PANEL})(path).content.scrollToItem(i, 'end'); }}",
         [f"{name}.ipynb", shown[0]],
     )
-    page.wait_for_selector(".jp-RenderedImage img" if with_figure else ".jp-RenderedHTMLCommon table", timeout=30_000)
+    drawn = ".jp-RenderedImage img" if with_figure else ".jp-RenderedHTMLCommon table"
+    page.wait_for_selector(drawn, timeout=30_000)
+    page.locator(drawn).first.evaluate("e => e.scrollIntoView({block: 'center'})")
+    time.sleep(0.5)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
     print(f"{name}: ran in the browser in {seconds:.0f} s, {len(with_figure)} cells with figures{widget_check}")
