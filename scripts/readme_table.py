@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from rwkv_lab.measure.report import generation_summary
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
 BEGIN, END = "<!-- measured:begin (scripts/readme_table.py writes this table) -->", "<!-- measured:end -->"
@@ -162,20 +164,18 @@ def train_speed():
 
 
 def generation_gpu():
+    """From each GPU generation table, through the same summary notebook 02 shows (measure.report)."""
     rows = []
     for f in sorted((RESULTS / "inference").glob("generation_gpu_*.csv")):
         rel = f"inference/{f.name}"
         t = table(rel)
-        gen = t[(t["kind"] == "generation") & (t["batch"] == 1) & (t["prompt"] == 16)]
-        cells = []
-        for size, g in gen.groupby("size", sort=False):
-            ours = g[g["path"] == "rwkv_lab.generate (top-p)"].iloc[0]
-            pkg = g[g["path"].str.startswith("rwkv package forward([token]) loop (greedy)")]["tokens_per_s"].iloc[0]
-            cells.append(
-                f"{size}: {ours['tokens_per_s']:,.0f} tok/s ({ours['tokens_per_s'] / pkg:.1f}× the `rwkv` "
-                f"package's greedy loop, {100 * ours['tokens_per_s'] / ours['roofline_tokens_per_s']:.0f}% "
-                f"of the weight-bandwidth roofline; first call's warm-up {ours['warmup_s']:.0f} s, later 0)"
-            )
+        summary = generation_summary(t)
+        cells = [
+            f"{r['size']}: {r['generate top-p tok/s']:,.0f} tok/s ({r['generate / package']:.1f}× the `rwkv` "
+            f"package's greedy loop, {r['% of roofline']:.0f}% of the weight-bandwidth roofline; first call's "
+            f"warm-up {r['first-call warm-up s']:.0f} s, later {r['later-call warm-up s']:.0f})"
+            for _, r in summary.iterrows()
+        ]
         rows.append(
             row("generation through `rwkv_lab.generate`, batch 1, top-p, streamed text, fp16", rel, "; ".join(cells))
         )
@@ -183,16 +183,14 @@ def generation_gpu():
         if len(batched):
             cells = [f"B = {b}: {v:,.0f}" for b, v in zip(batched["batch"], batched["tokens_per_s"])]
             rows.append(row(f"the same at {batched['size'].iloc[0]}, generated tokens/s in all", rel, ", ".join(cells)))
-        pre = t[t["kind"] == "prefill"]
-        cells = []
-        for size, g in pre.groupby("size", sort=False):
-            ours = g[g["path"] == "model.prefill"]
-            pkg = g[g["path"].str.startswith("rwkv package")]
-            if len(ours) and len(pkg) and ours["prompt"].iloc[0] == pkg["prompt"].iloc[0]:
-                o, p = ours["tokens_per_s"].iloc[0], pkg["tokens_per_s"].iloc[0]
-                cells.append(f"{size}: {k(o)} vs {k(p)} tokens/s ({o / p:.2f}×)")
+        same_t = summary.dropna(subset=["prefill ours / package"])  # a ratio only where both ran at one T
+        cells = [
+            f"{r['size']}: {k(r['prefill ours tok/s'])} vs {k(r['prefill package tok/s'])} tokens/s "
+            f"({r['prefill ours / package']:.2f}×)"
+            for _, r in same_t.iterrows()
+        ]
         if cells:
-            T = int(pre[pre["path"] == "model.prefill"]["prompt"].iloc[0])
+            T = int(same_t["prefill T"].iloc[0])
             rows.append(row(f"prefill at T = {T}, `model.prefill` vs the `rwkv` package, fp16", rel, "; ".join(cells)))
     return rows
 

@@ -27,6 +27,20 @@ def text_dir(tmp_path_factory):
     return root
 
 
+def tiny_cli(text_dir, **options) -> list[str]:
+    """`python -m rwkv_lab.training` arguments for a byte-2x32 run on the test corpus on the CPU."""
+    base = {
+        "model": "byte-2x32",
+        "context": 32,
+        "eval_every": 4,
+        "eval_tokens": 256,
+        "device": "cpu",
+        "data": text_dir,
+        "val_fraction": 0.2,
+    }
+    return [arg for key, value in (base | options).items() for arg in (f"--{key.replace('_', '-')}", str(value))]
+
+
 def tiny(**kw) -> TrainConfig:
     defaults = dict(
         model="byte-2x32",
@@ -125,28 +139,7 @@ def test_bad_training_input_is_refused(text_dir):
 
 def test_command_line_trains_and_exports(text_dir, tmp_path):
     out = tmp_path / "run"
-    args = [
-        "--model",
-        "byte-2x32",
-        "--context",
-        "32",
-        "--batch-size",
-        "4",
-        "--tokens",
-        "1k",
-        "--eval-every",
-        "4",
-        "--eval-tokens",
-        "256",
-        "--device",
-        "cpu",
-        "--data",
-        str(text_dir),
-        "--val-fraction",
-        "0.2",
-        "--out",
-        str(out),
-    ]
+    args = tiny_cli(text_dir, batch_size=4, tokens="1k", out=out)
     assert main(args) == 0
     assert (out / "log.csv").exists() and (out / "log.meta.json").exists() and (out / "checkpoint.pt").exists()
     from rwkv_lab import load_model
@@ -191,28 +184,7 @@ def test_two_data_parallel_processes_follow_the_one_process_curve(text_dir, tmp_
 
     import pandas as pd
 
-    common = [
-        "--model",
-        "byte-2x32",
-        "--context",
-        "32",
-        "--batch-size",
-        "8",
-        "--tokens",
-        "2k",
-        "--eval-every",
-        "4",
-        "--log-every",
-        "1",
-        "--eval-tokens",
-        "256",
-        "--device",
-        "cpu",
-        "--data",
-        str(text_dir),
-        "--val-fraction",
-        "0.2",
-    ]
+    common = tiny_cli(text_dir, batch_size=8, tokens="2k", log_every=1)
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     logs = {}
     for name, launcher in (

@@ -155,9 +155,10 @@ def stream(
         raise ValueError(f"stop has {len(stops)} lists for {n} prompts; give one list per prompt")
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()))  # from torch's global generator: torch.manual_seed decides
-    seeds = [check_seed(s) for s in _per_sequence(seed, n, "seed", lambda v: not isinstance(v, (list, tuple)))]
-    if isinstance(seed, int) and not single:
-        seeds = [(seed + i) % (MAX_SEED + 1) for i in range(n)]  # one seed for the batch: sequence i gets seed + i
+    if isinstance(seed, (list, tuple)):
+        seeds = [check_seed(s) for s in _per_sequence(seed, n, "seed", lambda v: False)]
+    else:  # one seed for the batch: sequence i gets seed + i (a single prompt: the seed itself)
+        seeds = [(check_seed(seed) + i) % (MAX_SEED + 1) for i in range(n)]
     check_tokenizer(tokenizer, model)
     if state is not None:
         model.check_state(state, n)

@@ -473,19 +473,12 @@ def _replace_folder(path: Path, fill) -> None:
         os.rename(tmp, path)
 
 
-def save_model(model: RWKV, path, format: str = "safetensors", dtype=None, tokenizer_file=None) -> Path:
-    """Write `model` as 'safetensors' (ours), 'pth' (BlinkDL) or 'transformers' (a folder; with `tokenizer_file`,
-    a tokenizers JSON such as GPT-NeoX-20B's, the folder also loads with AutoTokenizer).
-
-    A file is replaced atomically; a transformers folder is replaced whole, and only if it is empty or already a
-    checkpoint folder (it has config.json): any other existing folder is refused, never emptied."""
-    from safetensors.torch import save_file
-
+def check_destination(path: Path, format: str) -> None:
+    """Whether `path` can take a `format` checkpoint, before anything is read or written: a known format, a file
+    with the format's suffix (how loading tells the formats apart), no folder where a file goes and no file where
+    a folder goes, and never a folder that is not a checkpoint (it would be replaced whole)."""
     if format not in FORMATS:
         raise ValueError(f"unknown checkpoint format {format!r}; expected one of {FORMATS}")
-    if tokenizer_file is not None and format != "transformers":
-        raise ValueError(f"tokenizer_file is written only into a 'transformers' folder, not a {format!r} file")
-    path = Path(path)
     if format in FILE_SUFFIXES and path.suffix.lower() not in FILE_SUFFIXES[format]:
         raise ValueError(
             f"a {format} checkpoint is a file named *{' or *'.join(FILE_SUFFIXES[format])}; got "
@@ -500,6 +493,20 @@ def save_model(model: RWKV, path, format: str = "safetensors", dtype=None, token
             raise FileExistsError(
                 f"{path} is a folder that is not a checkpoint (no config.json): refusing to replace it"
             )
+
+
+def save_model(model: RWKV, path, format: str = "safetensors", dtype=None, tokenizer_file=None) -> Path:
+    """Write `model` as 'safetensors' (ours), 'pth' (BlinkDL) or 'transformers' (a folder; with `tokenizer_file`,
+    a tokenizers JSON such as GPT-NeoX-20B's, the folder also loads with AutoTokenizer).
+
+    A file is replaced atomically; a transformers folder is replaced whole, and only if it is empty or already a
+    checkpoint folder (it has config.json): any other existing folder is refused, never emptied."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    check_destination(path, format)
+    if tokenizer_file is not None and format != "transformers":
+        raise ValueError(f"tokenizer_file is written only into a 'transformers' folder, not a {format!r} file")
     dtype = resolve_dtype(dtype) if dtype is not None else model.dtype
     sd = {k: v.detach().to(device="cpu", dtype=dtype).contiguous() for k, v in model.state_dict().items()}
     if format == "safetensors":
@@ -538,15 +545,7 @@ def convert(source, destination, format: str = "safetensors", dtype=None, force:
     destination = Path(destination)
     if destination.exists() and not force:
         raise FileExistsError(f"{destination} exists; pass force=True (--force) to replace it")
-    if format in FILE_SUFFIXES and destination.suffix.lower() not in FILE_SUFFIXES[format]:
-        raise ValueError(
-            f"a {format} checkpoint is a file named *{' or *'.join(FILE_SUFFIXES[format])}; got {str(destination)!r}"
-        )
-    if force and destination.exists() and (destination.is_dir() != (format == "transformers")):
-        raise FileExistsError(
-            f"{destination} is a {'folder' if destination.is_dir() else 'file'}; a {format} "
-            "checkpoint is not: remove it first"
-        )
+    check_destination(destination, format)  # before the source is read, which can take minutes
     path = DEFAULT_WEIGHTS if str(source) == "default" else resolve_source(str(source))
     sd, config = read_checkpoint(path)
     source_dtype = next(iter(sd.values())).dtype
