@@ -217,7 +217,7 @@ def generation_series(
     stream = _tokens(subject, batch, max(contexts), seed=1)
     free_memory(subject.device)
     # held = weights + what building the context added (on the CPU the resident set also holds the interpreter)
-    base = memory_now(subject.device) - _weight_bytes(subject)
+    before = memory_now(subject.device)
     for T in tqdm(sorted(contexts), desc=f"generation {subject.name} B={batch}", disable=not progress):
         row = _row(subject, "generation", batch, T)
         if rows and max_seconds is not None and time.perf_counter() - t0 > max_seconds:
@@ -238,7 +238,9 @@ def generation_series(
 
             seconds = time_fn(run, subject.device, warmup=1, repeat=3) / decode_steps
             free_memory(subject.device)
-            held = memory_now(subject.device) - base  # after decoding: a CUDA graph's pool counts as held
+            # after decoding: a CUDA graph's pool counts as held. On the CPU the resident set can end below where
+            # it began (the allocator hands back pages freed by earlier work), so growth is floored at zero.
+            held = _weight_bytes(subject) + max(0, memory_now(subject.device) - before)
             return row | {
                 "status": "ok",
                 "seconds": seconds,
