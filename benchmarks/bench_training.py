@@ -1,16 +1,21 @@
 """Measured training cost: one optimizer step (forward + backward + AdamW, bf16 autocast) of RWKV-4 and of the
-size-matched Pythia transformer (transformers GPTNeoXForCausalLM, SDPA), on one GPU.
+size-matched Pythia transformer (transformers GPTNeoXForCausalLM, SDPA), on one GPU, the same tokens per step.
 
     python benchmarks/bench_training.py [--sizes 169M,430M,1.5B] [--contexts 1024,8192] [--tokens-per-step 16384]
 
-Writes results/cost/training_mfu.csv (+ .meta.json) after every configuration, so an interrupted run keeps what it
-measured. MFU = model FLOPs per second (rwkv_lab.cost: RWKV 3 x 2 (V D + 13 D^2 L) per token; the transformer
-3 x (2 (V D + 12 D^2 L) + 4 L D T)) over (a) the measured bf16 matmul peak and (b) the datasheet peak.
+Each model runs on the path a training run takes (rwkv_lab.training.trainer.fast_path): RWKV-4 with its fused
+blocks, Pythia through torch.compile; and, for the record, both eager (`--variants`). Writes
+results/cost/training_mfu.csv (+ .meta.json) after every configuration, so an interrupted run keeps what it
+measured, and results/cost/training_vs_pythia.csv: per size and context, RWKV-4 on its fast path against the
+faster of Pythia's two paths. MFU = model FLOPs per second (rwkv_lab.cost: RWKV 3 x 2 (V D + 13 D^2 L) per token;
+the transformer 3 x (2 (V D + 12 D^2 L) + 4 L D T)) over (a) the measured bf16 matmul peak and (b) the datasheet
+peak. The first steps (compilation) are warm-up, not timed.
 """
 
 from __future__ import annotations
 
 import argparse
+import traceback
 
 import pandas as pd
 import torch
@@ -22,6 +27,9 @@ from rwkv_lab.measure.timing import OOM, or_oom, time_fn
 from rwkv_lab.model import build_at_size
 from rwkv_lab.results import results_dir, write_table
 from rwkv_lab.training.loss import lm_loss
+from rwkv_lab.training.trainer import fast_path
+
+VARIANTS = ("RWKV-4", "RWKV-4 eager", "Pythia", "Pythia compiled")
 
 
 def matmul_peak(device, n: int = 8192) -> float:
@@ -30,38 +38,71 @@ def matmul_peak(device, n: int = 8192) -> float:
     return 2 * n**3 / time_fn(lambda: a @ b, device, warmup=5, repeat=20)
 
 
-def build(arch: str, name: str, device, context: int):
-    """(model, vocabulary, training FLOPs per token) of RWKV-4 `name` or Pythia `name`, fp32 weights on the device."""
-    if arch == "RWKV-4":
+def build(variant: str, name: str, device, context: int):
+    """(model, what the loss calls, vocabulary, training FLOPs per token) of a variant at size `name`, fp32
+    weights on the device."""
+    fast = not variant.endswith("eager") and variant != "Pythia"
+    if variant.startswith("RWKV-4"):
         model = build_at_size(name, torch.float32, device).train()
         flops = cost.training_flops_per_token(cost.rwkv_forward_flops_per_token(model.config))
-        return model, model.config.vocab_size, flops
+        return model, fast_path(model, fast), model.config.vocab_size, flops
     model = pythia_model(name, torch.float32, device, max_positions=max(2048, context)).train()
     L, D, V = model.config.num_hidden_layers, model.config.hidden_size, model.config.vocab_size
-    return model, V, cost.training_flops_per_token(cost.transformer_forward_flops_per_token(L, D, V, context))
+    flops = cost.training_flops_per_token(cost.transformer_forward_flops_per_token(L, D, V, context))
+    return model, fast_path(model, fast), V, flops
 
 
-def step_time(model, vocab, batch, context, device) -> float:
+def step_time(model, forward, vocab, batch, context, device) -> float:
     """Median seconds of one optimizer step: the library's training loss (bf16 autocast), backward, fused AdamW."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, vocab, (batch, context + 1), generator=gen).to(device)
 
     def step():
-        lm_loss(model, tokens[:, :-1], tokens[:, 1:]).backward()
+        lm_loss(forward, tokens[:, :-1], tokens[:, 1:]).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return time_fn(step, device, warmup=2, repeat=5)
+    return time_fn(step, device, warmup=3, repeat=5)
+
+
+def versus(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (size, context): RWKV-4 on its fast path against the faster of Pythia's paths, same tokens per step."""
+    ok = frame[frame["status"] == "ok"]
+    rows = []
+    for (size, T), group in frame.groupby(["size", "context"], sort=False):
+        rwkv = ok[(ok["size"] == size) & (ok["context"] == T) & (ok["variant"] == "RWKV-4")]
+        pythia = ok[(ok["size"] == size) & (ok["context"] == T) & ok["variant"].str.startswith("Pythia")]
+        row = {"size": size, "context": T, "tokens_per_step": int(group["tokens_per_step"].iloc[0])}
+        row["rwkv_status"] = "ok" if len(rwkv) else group[group["variant"] == "RWKV-4"]["status"].iloc[0]
+        if len(pythia):
+            best = pythia.sort_values("tokens_per_s").iloc[-1]
+            row |= {"pythia_model": best["model"], "pythia_variant": best["variant"]}
+            row |= {"pythia_tokens_per_s": best["tokens_per_s"], "pythia_peak_mem_GiB": best["peak_mem_GiB"]}
+            row["pythia_mfu_vs_measured_peak"] = best["mfu_vs_measured_peak"]
+        if len(rwkv):
+            r = rwkv.iloc[0]
+            row |= {"rwkv_tokens_per_s": r["tokens_per_s"], "rwkv_peak_mem_GiB": r["peak_mem_GiB"]}
+            row["rwkv_mfu_vs_measured_peak"] = r["mfu_vs_measured_peak"]
+            if len(pythia):
+                row["speed_ratio"] = r["tokens_per_s"] / row["pythia_tokens_per_s"]
+                row["memory_ratio"] = r["peak_mem_GiB"] / row["pythia_peak_mem_GiB"]
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="1.5B,169M,430M")
+    parser.add_argument("--sizes", default="169M,430M,1.5B")
     parser.add_argument("--contexts", default="1024,8192")
     parser.add_argument("--tokens-per-step", type=int, default=16384)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"any of {', '.join(VARIANTS)}")
+    parser.add_argument("--tag", default="", help="suffix of the output files (a run split over several devices)")
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
+    variants = args.variants.split(",")
+    if unknown := set(variants) - set(VARIANTS):
+        parser.error(f"unknown variants {sorted(unknown)}; expected some of {VARIANTS}")
     device = torch.device(args.device)
     peak = matmul_peak(device)
     datasheet = cost.H200 if "H200" in torch.cuda.get_device_name(device) else cost.H100
@@ -72,21 +113,18 @@ def main():
         "datasheet_peak_flops": datasheet.peak_flops,
     }
     rows = []
-    jobs = [
-        (arch, size, int(T))
-        for size in args.sizes.split(",")
-        for T in args.contexts.split(",")
-        for arch in ("RWKV-4", "Pythia")
-    ]
-    for arch, size, T in tqdm(jobs, desc="training step"):
+    jobs = [(v, size, int(T)) for size in args.sizes.split(",") for T in args.contexts.split(",") for v in variants]
+    out = results_dir() / "cost"
+    for variant, size, T in tqdm(jobs, desc="training step"):
         batch = max(1, args.tokens_per_step // T)
-        name = size if arch == "RWKV-4" else PYTHIA_FOR[size]
-        row = {"arch": arch, "model": name, "context": T, "batch": batch}
+        name = size if variant.startswith("RWKV-4") else PYTHIA_FOR[size]
+        row = {"variant": variant, "arch": variant.split()[0], "size": size, "model": name, "context": T}
+        row |= {"batch": batch, "tokens_per_step": batch * T}
 
         def measure():
-            model, vocab, flops_per_token = build(arch, name, device, T)
+            model, forward, vocab, flops_per_token = build(variant, name, device, T)
             torch.cuda.reset_peak_memory_stats(device)
-            seconds = step_time(model, vocab, batch, T, device)
+            seconds = step_time(model, forward, vocab, batch, T, device)
             tps = batch * T / seconds
             return {
                 "status": "ok",
@@ -99,14 +137,19 @@ def main():
                 "peak_mem_GiB": torch.cuda.max_memory_allocated(device) / 2**30,
             }
 
-        result = or_oom(measure, device)
-        row |= {"status": "oom"} if result is OOM else result
+        try:
+            result = or_oom(measure, device)
+            row |= {"status": "oom"} if result is OOM else result
+        except Exception as err:  # noqa: BLE001 - a failed configuration is a recorded outcome, the sweep goes on
+            traceback.print_exc()
+            row |= {"status": f"error: {type(err).__name__}: {str(err).splitlines()[0][:200]}"}
         torch.cuda.empty_cache()
         rows.append(row)
         print(row, flush=True)
-        write_table(results_dir() / "cost" / "training_mfu.csv", pd.DataFrame(rows), params, device=device)
-    frame = pd.DataFrame(rows)
-    print(frame.to_string(float_format=lambda v: f"{v:.3g}"))
+        frame = pd.DataFrame(rows)
+        write_table(out / f"training_mfu{args.tag}.csv", frame, params, device=device)
+        write_table(out / f"training_vs_pythia{args.tag}.csv", versus(frame), params, device=device)
+    print(versus(pd.DataFrame(rows)).to_string(float_format=lambda v: f"{v:.3g}"))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
 """RWKV-4 vs a matched GPT-NeoX transformer, trained on the same tokens with the same recipe (rwkv_lab.training).
 
-    python benchmarks/train_compare.py --sizes byte-4x128,byte-6x256,byte-10x384 --contexts 512 --tokens 40M
+    python benchmarks/train_compare.py --sizes byte-4x128,byte-6x256,byte-10x384 --contexts 512 --tokens 40M \
+        --lrs 1e-3,3e-3
 
-For every (size, context) both architectures train on the same batches; the validation curves, tokens/s and peak
-memory go to results/training/curves.csv and one row per run to results/training/summary.csv, rewritten after
-every run (an interrupted sweep keeps what finished). `--export-size` names the RWKV run whose weights become
+For every (size, context) both architectures train on the same batches, each on its fast path (RWKV's fused
+blocks, the transformer through torch.compile), once per learning rate of `--lrs` (or of `--arch-lrs`, per
+architecture); the run with the best final validation bits/byte per (architecture, size, context) is marked
+`chosen`, and comparisons read the chosen runs. The validation curves, tokens/s and peak memory go to
+results/training/curves.csv and one row per run to results/training/summary.csv, rewritten after every run (an
+interrupted sweep keeps what finished). `--export-size` names the RWKV size whose chosen run's weights become
 results/training/<size>-T<context>.safetensors (bf16), the candidate for the packaged default model.
 Out-of-memory is a recorded outcome, and runs that would start after `--deadline-min` are recorded as skipped.
 """
@@ -21,7 +25,35 @@ from rwkv_lab.loading.checkpoint import save_model
 from rwkv_lab.measure.timing import OOM, or_oom
 from rwkv_lab.results import results_dir, write_table
 from rwkv_lab.training.corpus import build_corpus, unigram_loss
-from rwkv_lab.training.trainer import TrainConfig, Trainer, bits_per_byte, parse_count
+from rwkv_lab.training.trainer import ARCHS, TrainConfig, Trainer, bits_per_byte, parse_count
+
+
+def train(cfg: TrainConfig, corpus, curves: list, keep_weights: bool) -> dict:
+    trainer = Trainer(cfg, corpus, progress=True)
+    frame = trainer.run()
+    final = frame.dropna(subset=["val_loss"]).iloc[-1]
+    steady = frame.iloc[len(frame) // 2 :]  # after compilation and warm-up
+    curves.append(frame.assign(lr=cfg.lr))
+    return {
+        "status": "ok",
+        "params": trainer.n_params,
+        "val_loss": final["val_loss"],
+        "val_bpb": final["val_bpb"],
+        "tokens_per_s": float(steady["tokens_per_s"].median()),
+        "train_seconds": final["train_seconds"],
+        "flops": final["flops"],
+        "peak_memory_GiB": frame["peak_memory_bytes"].max() / 2**30,
+    } | ({"weights": trainer.model.cpu()} if keep_weights else {})
+
+
+def mark_chosen(frame: pd.DataFrame) -> pd.DataFrame:
+    """`chosen`: the run with the lowest final validation bits/byte of its (architecture, size, context)."""
+    frame["chosen"] = False
+    ok = frame[frame["status"] == "ok"]
+    if len(ok):
+        best = ok.groupby(["arch", "model", "context"])["val_bpb"].idxmin()
+        frame.loc[best.values, "chosen"] = True
+    return frame
 
 
 def main():
@@ -30,7 +62,10 @@ def main():
     parser.add_argument("--contexts", default="512")
     parser.add_argument("--tokens", type=parse_count, default=parse_count("40M"))
     parser.add_argument("--tokens-per-step", type=int, default=32768)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lrs", default="1e-3", help="peak learning rates to sweep, comma-separated")
+    parser.add_argument(
+        "--arch-lrs", default="", help="per architecture instead, e.g. 'rwkv:3e-3,transformer:1e-3' (overrides --lrs)"
+    )
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--export-size", default="byte-6x256")
     parser.add_argument("--export-context", type=int, default=512)
@@ -45,60 +80,50 @@ def main():
         "unigram_val_bpb": bits_per_byte(unigram_loss(corpus), corpus.val_bytes_per_token),
     }
     print(base, flush=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     out = results_dir() / "training"
-    curves, summary = [], []
+    lrs = {arch: [float(x) for x in args.lrs.split(",")] for arch in ARCHS}
+    for item in filter(None, args.arch_lrs.split(",")):
+        arch, lr = item.split(":")
+        lrs[arch] = [float(lr)]
+    curves, summary, best_export = [], [], None
     for context in map(int, args.contexts.split(",")):
         for size in args.sizes.split(","):
-            for arch in ("rwkv", "transformer"):
-                cfg = TrainConfig(
-                    arch=arch,
-                    model=size,
-                    context=context,
-                    tokens=args.tokens,
-                    lr=args.lr,
-                    batch_size=max(1, args.tokens_per_step // context),
-                    eval_every=args.eval_every,
-                )
-                row = {
-                    "arch": arch,
-                    "model": size,
-                    "context": context,
-                    "batch_size": cfg.batch_size,
-                    "tokens": args.tokens,
-                }
-                if args.deadline_min and time.time() - t_start > 60 * args.deadline_min:
-                    summary.append(row | {"status": "skipped (deadline)"})
-                    continue
-
-                def train():
-                    trainer = Trainer(cfg, corpus, progress=True)
-                    frame = trainer.run()
-                    final = frame.dropna(subset=["val_loss"]).iloc[-1]
-                    steady = frame.iloc[len(frame) // 2 :]  # after compilation and warm-up
-                    curves.append(frame)
-                    if arch == "rwkv" and size == args.export_size and context == args.export_context:
-                        save_model(
-                            trainer.model, out / f"{size}-T{context}{args.tag}.safetensors", dtype=torch.bfloat16
-                        )
-                    return {
-                        "status": "ok",
-                        "params": trainer.n_params,
-                        "val_loss": final["val_loss"],
-                        "val_bpb": final["val_bpb"],
-                        "tokens_per_s": float(steady["tokens_per_s"].median()),
-                        "train_seconds": final["train_seconds"],
-                        "flops": final["flops"],
-                        "peak_memory_GiB": frame["peak_memory_bytes"].max() / 2**30,
-                    }
-
-                result = or_oom(train, "cuda" if torch.cuda.is_available() else "cpu")
-                row |= {"status": "oom"} if result is OOM else result
-                summary.append(row)
-                print(row, flush=True)
-                params = vars(args) | base
-                write_table(out / f"summary{args.tag}.csv", pd.DataFrame(summary), params)
-                if curves:
-                    write_table(out / f"curves{args.tag}.csv", pd.concat(curves, ignore_index=True), params)
+            for arch in ARCHS:
+                for lr in lrs[arch]:
+                    cfg = TrainConfig(
+                        arch=arch,
+                        model=size,
+                        context=context,
+                        tokens=args.tokens,
+                        lr=lr,
+                        min_lr=lr / 10,
+                        batch_size=max(1, args.tokens_per_step // context),
+                        eval_every=args.eval_every,
+                    )
+                    row = {"arch": arch, "model": size, "context": context, "lr": lr}
+                    row |= {"batch_size": cfg.batch_size, "tokens": args.tokens}
+                    if args.deadline_min and time.time() - t_start > 60 * args.deadline_min:
+                        summary.append(row | {"status": "skipped (deadline)"})
+                        continue
+                    export = arch == "rwkv" and size == args.export_size and context == args.export_context
+                    result = or_oom(lambda: train(cfg, corpus, curves, export), device)
+                    if export and result is not OOM:
+                        weights = result.pop("weights")
+                        if best_export is None or result["val_bpb"] < best_export[0]:
+                            best_export = (result["val_bpb"], weights)
+                    row |= {"status": "oom"} if result is OOM else result
+                    summary.append(row)
+                    print(row, flush=True)
+                    frame = mark_chosen(pd.DataFrame(summary))
+                    params = vars(args) | base
+                    write_table(out / f"summary{args.tag}.csv", frame, params)
+                    if curves:
+                        write_table(out / f"curves{args.tag}.csv", pd.concat(curves, ignore_index=True), params)
+    if best_export is not None:
+        path = out / f"{args.export_size}-T{args.export_context}{args.tag}.safetensors"
+        save_model(best_export[1], path, dtype=torch.bfloat16)
+        print(f"exported the chosen {args.export_size} run ({best_export[0]:.4f} bits/byte) to {path}")
     print(pd.DataFrame(summary).to_string(float_format=lambda v: f"{v:.4g}"))
 
 

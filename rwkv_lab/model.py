@@ -10,13 +10,15 @@ released BlinkDL checkpoints, so `model.state_dict()` is a BlinkDL state dict.
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 
 import torch
 import torch.nn as nn
 
 from .config import RWKVConfig, get_config
-from .wkv import P_EMPTY, compute_dtype, wkv
+from .wkv import P_EMPTY, compute_dtype, resolve_backend, wkv
 
 ATT_X, ATT_A, ATT_B, ATT_P, FFN_X = range(5)
 # fp16: the residual stream is halved every RESCALE_EVERY layers (the rwkv package's and transformers' default)
@@ -114,6 +116,18 @@ class Block(nn.Module):
         return x, new_state
 
 
+@functools.cache
+def fused_block_forward():
+    """`Block.forward` through torch.compile: the fast path of the parallel form on CUDA (training, prefill).
+
+    Inductor fuses the token shift, the mixes, the LayerNorms, the gates and the squared ReLU into a few kernels
+    around the matmuls and, in training, recomputes those cheap elementwise results in the backward instead of
+    storing them. The WKV stays the Triton kernel, a custom op the compiler treats as opaque. One function for
+    every block of every model: the block's parameters are graph inputs, so one compilation serves all layers of
+    a shape (the first block, with ln0, gets its own)."""
+    return torch.compile(Block.forward)
+
+
 class RWKV(nn.Module):
     def __init__(self, config: RWKVConfig):
         super().__init__()
@@ -128,6 +142,9 @@ class RWKV(nn.Module):
         # match), as the rwkv package and transformers do; the released 3B-14B models' residuals outgrow fp16.
         # LayerNorm makes this exact up to its eps. 0 turns it off.
         self.rescale_every = RESCALE_EVERY
+        # Whether the parallel form runs its blocks through `fused_block_forward` (torch.compile): 'auto' does on
+        # CUDA with the Triton WKV, True everywhere, False never (the eager Block, the reference).
+        self.fused_blocks: bool | str = "auto"
 
     @property
     def dtype(self) -> torch.dtype:
@@ -287,17 +304,37 @@ class RWKV(nn.Module):
     def run_blocks(self, x, state, backend, n_blocks: int | None = None, trace: list | None = None):
         """x (B, T, C) through the first `n_blocks` blocks: x (fp16: divided by the rescale) and their states."""
         rescale = self.rescale_every if self.dtype == torch.float16 else 0
+        fused = self.uses_fused_blocks(x, backend, trace)
         new_state = []
         for i, block in enumerate(self.blocks[:n_blocks]):
             layer_trace = None
             if trace is not None:
                 layer_trace = {}
                 trace.append(layer_trace)
-            x, layer_state = block(x, state[:, i], backend, 2 ** (i // rescale) if rescale else 1, layer_trace)
+            scale = 2 ** (i // rescale) if rescale else 1
+            if fused:
+                try:
+                    x, layer_state = fused_block_forward()(block, x, state[:, i], backend, scale)
+                except torch._dynamo.exc.TorchDynamoException as err:
+                    # a compiler failure costs speed, never the result: warn once, then run eager
+                    message = f"fused blocks unavailable, running the eager blocks ({type(err).__name__}: {err})"
+                    warnings.warn(message, stacklevel=2)
+                    self.fused_blocks = fused = False
+            if not fused:
+                x, layer_state = block(x, state[:, i], backend, scale, layer_trace)
             new_state.append(layer_state)
             if rescale and (i + 1) % rescale == 0:
                 x = x / 2
         return x, new_state
+
+    def uses_fused_blocks(self, x: torch.Tensor, backend: str, trace) -> bool:
+        """Whether `run_blocks` takes the compiled path: never with a trace (recorded in Python) or the token-by-
+        token recurrent WKV; with 'auto', on CUDA when the WKV is the Triton kernel."""
+        if self.fused_blocks is False or trace is not None or backend == "recurrent":
+            return False
+        if self.fused_blocks == "auto":
+            return x.is_cuda and resolve_backend(backend, x) == "triton"
+        return True
 
     def step(self, token: torch.Tensor, state: torch.Tensor | None = None, *, check: bool = True):
         """RNN form: one token per sequence, token (B,) -> logits (B, V), state (B, L, 5, C)."""

@@ -9,8 +9,13 @@
 
 Both architectures see the same batches (random windows drawn from the training tokens by a seeded generator),
 the same AdamW schedule (linear warm-up, cosine decay) and the same gradient clipping. On CUDA the forward runs
-under bf16 autocast; on the CPU in fp32, deterministic for a seed. A checkpoint holds weights, optimizer, step,
+under bf16 autocast, each architecture on its fast path (RWKV's fused blocks, the transformer through
+torch.compile); on the CPU in fp32, eager, deterministic for a seed. A checkpoint holds weights, optimizer, step,
 the batch generator and the log, so a resumed run continues exactly where it stopped.
+
+Under torchrun: `--parallel ddp` (DistributedDataParallel, a full copy per device) or `--parallel fsdp` (FSDP2's
+fully_shard per block: weights, gradients and AdamW state sharded across devices, for models whose AdamW state
+does not fit one).
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ from .corpus import Corpus, build_corpus
 from .loss import lm_loss
 
 ARCHS = ("rwkv", "transformer")
+PARALLEL = ("ddp", "fsdp")
+# RWKV-LM's RWKV-4 recipe (RWKV-v4neo, layerwise_lr): the decays learn at 2x the base rate, the bonus at 3x
+LR_SCALE = {"time_decay": 2.0, "time_first": 3.0}
 
 
 @dataclass
@@ -65,10 +73,14 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # 'auto': cuda if available
     wkv_backend: str = "auto"
+    compile: bool = True  # on CUDA: RWKV's fused blocks, torch.compile of the transformer; False: both eager
+    parallel: str = "ddp"  # under torchrun: 'ddp' or 'fsdp'
 
     def __post_init__(self):
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}; got {self.arch!r}")
+        if self.parallel not in PARALLEL:
+            raise ValueError(f"parallel must be one of {PARALLEL}; got {self.parallel!r}")
         for name in ("context", "batch_size", "grad_accum", "tokens", "eval_every", "eval_tokens", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1; got {getattr(self, name)}")
@@ -104,10 +116,29 @@ def build(cfg: TrainConfig) -> tuple[nn.Module, float]:
     return model, cost.training_flops_per_token(flops)
 
 
+def fast_path(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """What a training loss should call on CUDA: our RWKV with its fused blocks (`RWKV.fused_blocks`, 'auto'),
+    a transformer through torch.compile, as a practitioner would run it. Not enabled: both eager. Elsewhere (the
+    CPU) both stay eager. `model` may be a DDP wrapper."""
+    inner = getattr(model, "module", model)
+    if isinstance(inner, RWKV):
+        inner.fused_blocks = "auto" if enabled else False
+        return model
+    on_cuda = next(inner.parameters()).is_cuda
+    return torch.compile(model) if enabled and on_cuda else model
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n.lower()]
-    keep = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "emb" not in n.lower())]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
+    """AdamW groups, each with an `lr_scale` on the schedule's rate: weight decay on the projection matrices only
+    (not embeddings, norms, token-shift mixes or decays, as nanoGPT, Pythia and RWKV-LM do); RWKV's time_decay
+    and time_first at LR_SCALE times the rate."""
+    groups: dict[tuple, list] = {}
+    for name, p in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        is_matrix = p.dim() == 2 and "emb" not in name.lower()
+        key = (weight_decay if is_matrix else 0.0, LR_SCALE.get(leaf, 1.0))
+        groups.setdefault(key, []).append(p)
+    return [{"params": ps, "weight_decay": wd, "lr_scale": scale} for (wd, scale), ps in sorted(groups.items())]
 
 
 def bits_per_byte(loss: float, bytes_per_token: float) -> float:
@@ -156,15 +187,25 @@ class Trainer:
         self.device = torch.device(device)
         self.model, self.flops_per_token = build(cfg)
         self.model.to(self.device)
-        self.forward_model = self.model  # what the loss calls: the DDP wrapper when data-parallel
-        if self.world > 1:
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        self.sharded = self.world > 1 and cfg.parallel == "fsdp"
+        self.forward_model = self.model  # what the loss calls: a DDP or compiled wrapper, or the model itself
+        if self.sharded:
+            from torch.distributed.fsdp import fully_shard
+
+            for layer in _layers(self.model):
+                fully_shard(layer)
+            fully_shard(self.model)
+        elif self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             self.forward_model = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        self.n_params = sum(p.numel() for p in self.model.parameters())
-        fused = {"fused": True} if self.device.type == "cuda" else {}
+        # the fused blocks call Block.forward directly, past the module hooks FSDP gathers weights in
+        self.forward_model = fast_path(self.forward_model, cfg.compile and not (self.sharded and cfg.arch == "rwkv"))
+        # fused AdamW on CUDA; FSDP's sharded parameters take the multi-tensor one
+        fused = {"fused": True} if self.device.type == "cuda" and not self.sharded else {}
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fused
         )
@@ -195,13 +236,19 @@ class Trainer:
         return window[:, :-1], window[:, 1:]
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return lm_loss(self.model, x, y)
+        return lm_loss(self.forward_model, x, y)
+
+    def _no_sync(self):
+        """No gradient exchange for this micro-batch (all but the last of a step)."""
+        if self.sharded:
+            return _fsdp_sync_off(self.model)
+        return getattr(self.forward_model, "_orig_mod", self.forward_model).no_sync()
 
     def train_step(self) -> torch.Tensor:
         """One optimizer step on the global batch; returns its mean loss (the same number on every process)."""
         self.model.train()
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_at(self.step)
+            group["lr"] = self.lr_at(self.step) * group["lr_scale"]
         x, y = self.next_batch()  # (B, T): the global batch, identical on every process
         share = self.cfg.batch_size // self.world
         x, y = x[self.rank * share : (self.rank + 1) * share], y[self.rank * share : (self.rank + 1) * share]
@@ -210,9 +257,11 @@ class Trainer:
         for i in range(self.cfg.grad_accum):
             last = i == self.cfg.grad_accum - 1
             # DDP averages gradients over processes at the last micro-batch only
-            sync = contextlib.nullcontext() if last or self.world == 1 else self.forward_model.no_sync()
+            sync = contextlib.nullcontext()
+            if not last and self.world > 1:
+                sync = self._no_sync()
             with sync:
-                loss = lm_loss(self.forward_model, x[i * micro : (i + 1) * micro], y[i * micro : (i + 1) * micro])
+                loss = self.loss(x[i * micro : (i + 1) * micro], y[i * micro : (i + 1) * micro])
                 (loss / self.cfg.grad_accum).backward()
             total += loss.detach() / self.cfg.grad_accum
         if self.cfg.grad_clip > 0:
@@ -304,14 +353,44 @@ class Trainer:
             frame[key] = value
         return frame
 
+    def full_state(self) -> tuple[dict, dict]:
+        """The model's and the optimizer's whole state dicts; under FSDP gathered from every shard onto rank 0's
+        CPU (a collective: every process calls it; the others get empty dicts)."""
+        if not self.sharded:
+            return self.model.state_dict(), self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return (
+            get_model_state_dict(self.model, options=full),
+            get_optimizer_state_dict(self.model, self.optimizer, options=full),
+        )
+
+    def unsharded_model(self) -> nn.Module | None:
+        """The trained model as one ordinary module; under FSDP a CPU copy of the gathered weights, on rank 0 only
+        (a collective: every process calls it; the others get None)."""
+        if not self.sharded:
+            return self.model
+        weights, _ = self.full_state()
+        if self.rank != 0:
+            return None
+        copy, _ = build(self.cfg)
+        copy.load_state_dict(weights)
+        return copy
+
     def save(self, path) -> Path | None:
         """Everything a resumed run needs; loads with torch.load(weights_only=True). Rank 0 writes it."""
+        weights, optimizer = self.full_state()
         if self.rank != 0:
             return None
         blob = {
             "config": dataclasses.asdict(self.cfg),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": weights,
+            "optimizer": optimizer,
             "step": self.step,
             "generator": self.generator.get_state(),
             "log": self.log,
@@ -334,17 +413,50 @@ class Trainer:
                 f"checkpoint {path} was trained on corpus {blob['corpus_sha256'][:12]}, "
                 f"this run's corpus is {self.corpus.files_sha256[:12]}"
             )
-        self.model.load_state_dict(blob["model"])
-        self.optimizer.load_state_dict(blob["optimizer"])
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
+
+            full = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.model, blob["model"], options=full)
+            set_optimizer_state_dict(self.model, self.optimizer, blob["optimizer"], options=full)
+        else:
+            self.model.load_state_dict(blob["model"])
+            self.optimizer.load_state_dict(blob["optimizer"])
         self.step, self.log, self.train_seconds = blob["step"], blob["log"], blob["train_seconds"]
         self.generator.set_state(blob["generator"])
         return self
+
+
+def _layers(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks FSDP shards one by one: RWKV's blocks, or GPT-NeoX's layers."""
+    return list(model.blocks) if isinstance(model, RWKV) else list(model.gpt_neox.layers)
+
+
+@contextlib.contextmanager
+def _fsdp_sync_off(model: nn.Module):
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
 
 
 def parse_count(text: str) -> int:
     """'20M' -> 20_000_000, '512k' -> 512_000, '1e6' -> 1_000_000."""
     scale = {"k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}
     return int(float(text[:-1]) * scale[text[-1]]) if text and text[-1] in scale else int(float(text))
+
+
+def parse_switch(text: str) -> bool:
+    """'on' / 'off' (also true/false, yes/no, 1/0) for a boolean option."""
+    value = {"on": True, "true": True, "yes": True, "1": True, "off": False, "false": False, "no": False, "0": False}
+    if text.lower() not in value:
+        raise argparse.ArgumentTypeError(f"expected on or off; got {text!r}")
+    return value[text.lower()]
 
 
 def main(argv=None) -> int:
@@ -354,6 +466,7 @@ def main(argv=None) -> int:
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         kind = parse_count if f.name in ("tokens", "eval_tokens") else type(getattr(defaults, f.name))
+        kind = parse_switch if kind is bool else kind
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=getattr(defaults, f.name))
     parser.add_argument(
         "--data",
@@ -382,11 +495,12 @@ def main(argv=None) -> int:
         trainer.load(out / "checkpoint.pt")
     while trainer.step < cfg.steps:  # a checkpoint at every evaluation: an interrupted run loses little
         trainer.run(min(cfg.steps, trainer.step + cfg.eval_every), checkpoint=out / "checkpoint.pt")
+    model = trainer.unsharded_model()  # under FSDP a collective: every process takes part
     if trainer.rank == 0:
         params = dataclasses.asdict(cfg) | corpus.summary() | {"processes": trainer.world}
         write_table(out / "log.csv", trainer.frame(), params, trainer.device)
         if cfg.arch == "rwkv":
-            save_model(trainer.model, out / "model.safetensors")
+            save_model(model, out / "model.safetensors")
         print(trainer.frame().dropna(subset=["val_loss"]).to_string(index=False))
     if trainer.world > 1:
         import torch.distributed as dist
