@@ -67,6 +67,7 @@ def main():
         "--arch-lrs", default="", help="per architecture instead, e.g. 'rwkv:3e-3,transformer:1e-3' (overrides --lrs)"
     )
     parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--warmup-steps", type=int, default=100)
     parser.add_argument("--export-size", default="byte-6x256")
     parser.add_argument("--export-context", type=int, default=512)
     parser.add_argument("--deadline-min", type=float, default=None, help="start no run after this many minutes")
@@ -100,6 +101,7 @@ def main():
                         min_lr=lr / 10,
                         batch_size=max(1, args.tokens_per_step // context),
                         eval_every=args.eval_every,
+                        warmup_steps=args.warmup_steps,
                     )
                     row = {"arch": arch, "model": size, "context": context, "lr": lr}
                     row |= {"batch_size": cfg.batch_size, "tokens": args.tokens}

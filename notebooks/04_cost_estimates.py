@@ -38,6 +38,7 @@ from IPython.display import display
 
 from rwkv_lab import cost
 from rwkv_lab.results import REPO_ROOT, results_dir, save_figure
+from rwkv_lab.training.report import fastest_paths
 
 table = cost.seed_table()
 display(table.style.format({"computed": "{:,.6g}"}))
@@ -83,7 +84,8 @@ display(
 )
 if (mfu["status"] == "oom").any():
     print("out of memory:", mfu[mfu["status"] == "oom"][["arch", "model", "context", "batch"]].to_dict("records"))
-largest = ok[ok["context"] == 1024].sort_values("params").groupby("arch").last()
+fast = fastest_paths(mfu)  # each architecture on its faster path
+largest = fast[fast["context"] == 1024].sort_values("params").groupby("arch").last()
 rwkv_mfu = float(largest.loc["RWKV-4", "mfu_vs_datasheet"])
 pythia_mfu = float(largest.loc["Pythia", "mfu_vs_datasheet"])
 print(

@@ -40,7 +40,7 @@ from IPython.display import display
 from rwkv_lab.results import find_result, results_dir, save_figure, write_table
 from rwkv_lab.training import TrainConfig, Trainer, bits_per_byte
 from rwkv_lab.training.corpus import build_corpus, unigram_loss
-from rwkv_lab.training.report import plot_curves, side_by_side
+from rwkv_lab.training.report import chosen_curves, chosen_runs, plot_curves, side_by_side
 
 corpus = build_corpus()
 unigram_bpb = bits_per_byte(unigram_loss(corpus), corpus.val_bytes_per_token)
@@ -85,6 +85,7 @@ plt.show()
 # %%
 summary = pd.concat([pd.read_csv(find_result(f"training/summary{tag}.csv")) for tag in ("", "_T4096")])
 curves = pd.concat([pd.read_csv(find_result(f"training/curves{tag}.csv")) for tag in ("", "_T4096")])
+curves = chosen_curves(curves, summary)  # of a learning-rate sweep, the chosen run of each
 meta = pd.read_json(find_result("training/summary.meta.json"), typ="series")
 gpu = meta["device"]
 corpus_meta = meta["params"]["corpus"]
@@ -110,7 +111,7 @@ plt.show()
 
 # %%
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.8))
-ok = summary[summary["status"] == "ok"].copy()
+ok = chosen_runs(summary).copy()
 ok["label"] = ok["model"] + " T=" + ok["context"].astype(str)
 for ax, value, unit in ((ax1, "tokens_per_s", "training tokens / s"), (ax2, "peak_memory_GiB", "peak memory, GiB")):
     pivot = ok.pivot_table(index="label", columns="arch", values=value, sort=False)

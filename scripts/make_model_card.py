@@ -21,6 +21,7 @@ from rwkv_lab.loading.default import DEFAULT_DIR, HELDOUT_TEXT
 from rwkv_lab.loading.tokenizer import ByteTokenizer
 from rwkv_lab.results import atomic_write, provenance
 from rwkv_lab.training.corpus import build_corpus, is_validation, list_files, stdlib_dir, unigram_loss
+from rwkv_lab.training.report import chosen_runs
 from rwkv_lab.training.trainer import TrainConfig, Trainer, bits_per_byte
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +52,7 @@ def main():
     summary = pd.read_csv(ROOT / "results/training/summary.csv")
     meta = json.loads((ROOT / "results/training/summary.meta.json").read_text())
     params = meta["params"]
+    summary = chosen_runs(summary)  # of a learning-rate sweep, the chosen runs
     run = summary[
         (summary.arch == "rwkv")
         & (summary.model == params["export_size"])
@@ -86,7 +88,7 @@ def main():
             "tokens_seen": int(run.tokens),
             "context": int(run.context),
             "batch_size": int(run.batch_size),
-            "lr": params["lr"],
+            "lr": float(run["lr"]) if "lr" in run else params["lr"],
             "train_seconds": float(run.train_seconds),
             "tokens_per_s": float(run.tokens_per_s),
             "val_loss": float(run.val_loss),

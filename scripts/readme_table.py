@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from rwkv_lab.measure.report import generation_summary
+from rwkv_lab.training.report import chosen_runs, fastest_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
@@ -113,8 +114,8 @@ def wkv_cpu():
 
 def training_mfu():
     f = "cost/training_mfu.csv"
-    t = table(f)
-    t = t[(t["status"] == "ok") & (t["context"] == 1024)]
+    t = fastest_paths(table(f))
+    t = t[t["context"] == 1024]
     cells = []
     for arch in ("RWKV-4", "Pythia"):
         g = t[t["arch"] == arch].sort_values(["params", "tokens_per_step"], ascending=[True, False])
@@ -130,8 +131,7 @@ def training_mfu():
 
 def train_compare():
     f = "training/summary.csv"
-    t = table(f)
-    t = t[t["status"] == "ok"].sort_values("params")
+    t = chosen_runs(table(f)).sort_values("params")
     rwkv, tf = t[t["arch"] == "rwkv"], t[t["arch"] == "transformer"]
     sizes = " / ".join(f"{p / 1e6:.1f}M" for p in rwkv["params"])
     tokens = int(rwkv["tokens"].iloc[0])
@@ -147,8 +147,7 @@ def train_compare():
 def train_speed():
     cells, peak = [], ""
     for f in ("training/summary.csv", "training/summary_T4096.csv"):
-        t = table(f)
-        t = t[t["status"] == "ok"]
+        t = chosen_runs(table(f))
         big = t[t["params"] == t[t["arch"] == "rwkv"]["params"].max()]
         big_tf = t[(t["arch"] == "transformer") & (t["model"] == big["model"].iloc[0])]
         ctx = int(big["context"].iloc[0])

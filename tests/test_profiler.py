@@ -165,3 +165,20 @@ def test_process_memory_is_read_on_the_cpu():
     memory.reset_peak("cpu")
     assert memory.memory_peak("cpu") >= memory.memory_now("cpu") - 4096
     del block
+
+
+def test_transformer_prefill_chunks_shrink_to_fit_their_attention():
+    """The transformer is prefilled as a server would: each chunk's attention (heads x chunk x cached + chunk) fits
+    in a share of the free memory, so the KV cache, not the harness's transients, bounds its context."""
+    from rwkv_lab.measure.profiler import ATTENTION_SHARE, attention_chunk
+
+    free, heads = 8 * 2**30, 16
+    assert attention_chunk(16384, 0, heads, torch.bfloat16, "cuda", free_bytes=free) == 16384  # causal: flash
+    for cached in (4096, 262144, 1 << 20):
+        c = attention_chunk(16384, cached, heads, torch.bfloat16, "cuda", free_bytes=free)
+        used = heads * c * (cached + c) * 2
+        print(f"cached {cached}: chunk {c}, attention {used / 2**30:.2f} GiB of {ATTENTION_SHARE * free / 2**30:.1f}")
+        assert 16 <= c <= 16384
+        assert c == 16 or used <= ATTENTION_SHARE * free
+        assert c == 16384 or heads * (c + 1) * (cached + c + 1) * 2 > ATTENTION_SHARE * free  # the largest that fits
+    assert attention_chunk(512, 10**6, heads, torch.float32, "cpu") == 512  # the CPU: as asked

@@ -124,6 +124,26 @@ def test_matched_transformer_is_within_ten_percent():
         assert abs(n_t / n_r - 1) < 0.10
 
 
+def test_the_matched_transformer_is_causal_and_positioned_at_long_context():
+    """Rules out a masking bug behind the transformer's weaker T = 4096 runs: through the training loss' call, at
+    T = 4096 (past Pythia's 2048 trained positions) a token changes no logit before it and every logit from it on."""
+    from rwkv_lab.training.loss import logits_of
+
+    torch.manual_seed(0)
+    model, _ = build(TrainConfig(arch="transformer", model="byte-2x32", context=4096))
+    model.eval()
+    x = torch.randint(1, 257, (1, 4096), generator=torch.Generator().manual_seed(1))
+    y = x.clone()
+    y[0, 3000] = (x[0, 3000] % 256) + 1  # another byte at position 3000
+    with torch.no_grad():
+        a, b = logits_of(model, x)[0], logits_of(model, y)[0]
+    before = (a[:3000] - b[:3000]).abs().max().item()
+    after = (a[3000:] - b[3000:]).abs().amax(dim=-1)
+    changed = float((after > 0).float().mean())
+    print(f"max change before the edited token {before:.2e}; positions from it on that changed: {changed:.0%}")
+    assert before == 0.0 and bool((after > 0).all())
+
+
 def test_bad_training_input_is_refused(text_dir):
     corpus = build_corpus(text_dir, val_fraction=0.2)
     with pytest.raises(ValueError, match="arch must be one of"):
@@ -319,3 +339,43 @@ def test_the_fused_blocks_are_the_default_on_cuda_only():
     assert model.uses_fused_blocks(cpu, "chunked", None)
     assert not model.uses_fused_blocks(cpu, "chunked", trace=[])  # a trace records in Python: eager
     assert not model.uses_fused_blocks(cpu, "recurrent", None)
+
+
+def test_comparisons_read_the_chosen_runs_and_the_fastest_paths():
+    """A learning-rate sweep is compared through its best run per (arch, size, context); a training-step table
+    through each architecture's faster path (RWKV-4's fused blocks, the faster of Pythia's two)."""
+    import pandas as pd
+
+    from rwkv_lab.training.report import chosen_curves, chosen_runs, fastest_paths, side_by_side
+
+    runs = pd.DataFrame(
+        {
+            "arch": ["rwkv", "rwkv", "transformer", "transformer"],
+            "model": ["m"] * 4,
+            "context": [512] * 4,
+            "lr": [1e-3, 3e-3, 1e-3, 3e-3],
+            "status": ["ok"] * 4,
+            "val_bpb": [1.3, 1.2, 1.4, 1.5],
+            "params": [10, 10, 9, 9],
+            "tokens_per_s": [1.0, 1.0, 2.0, 2.0],
+            "peak_memory_GiB": [1.0] * 4,
+            "chosen": [False, True, True, False],
+        }
+    )
+    assert chosen_runs(runs)["lr"].tolist() == [3e-3, 1e-3]
+    table = side_by_side(runs)
+    assert table["val_bpb_rwkv"].item() == 1.2 and table["val_bpb_transformer"].item() == 1.4
+    curves = runs.drop(columns="chosen").assign(tokens=1)
+    assert chosen_curves(curves, runs)["lr"].tolist() == [3e-3, 1e-3]
+    assert len(chosen_runs(runs.drop(columns="chosen"))) == 4  # no sweep: every run
+    steps = pd.DataFrame(
+        {
+            "variant": ["RWKV-4", "RWKV-4 eager", "Pythia", "Pythia compiled"],
+            "arch": ["RWKV-4", "RWKV-4", "Pythia", "Pythia"],
+            "model": ["169M", "169M", "pythia-160m", "pythia-160m"],
+            "context": [1024] * 4,
+            "status": ["ok"] * 4,
+            "tokens_per_s": [3.0, 9.0, 2.0, 4.0],  # the eager RWKV row is never the choice, even when faster
+        }
+    )
+    assert fastest_paths(steps)["variant"].tolist() == ["RWKV-4", "Pythia compiled"]

@@ -74,16 +74,22 @@ class Subject:
         from transformers import DynamicCache
 
         cache = cache if cache is not None else DynamicCache()
-        chunk = chunk or tokens.shape[1]
-        for start in range(0, tokens.shape[1], chunk):
+        start, T = 0, tokens.shape[1]
+        while start < T:
+            # as a server would: the chunk shrinks as the cache grows, so that its attention (a mask and scores
+            # of chunk x cached positions per head) fits in a share of the memory left; the KV cache bounds the
+            # context, not the prefill's transients
+            step = attention_chunk(
+                chunk or T, cache.get_seq_length(), self.model.config.num_attention_heads, self.dtype, self.device
+            )
             out = _hf(
                 self.model,
-                input_ids=tokens[:, start : start + chunk],
+                input_ids=tokens[:, start : start + step],
                 past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
             )
-            cache = out.past_key_values
+            cache, start = out.past_key_values, start + step
         return out.logits[:, -1], cache
 
     @torch.no_grad()
@@ -103,6 +109,26 @@ class Subject:
 
     def training_loss(self, tokens: torch.Tensor) -> torch.Tensor:
         return lm_loss(self.model, tokens[:, :-1], tokens[:, 1:])
+
+
+ATTENTION_SHARE = 0.25  # of the free device memory, for one prefill chunk's attention transients
+
+
+def attention_chunk(requested: int, cached: int, heads: int, dtype, device, free_bytes: int | None = None) -> int:
+    """Tokens per transformer prefill chunk after `cached` positions: at most `requested`, and few enough that a
+    (heads, chunk, cached + chunk) attention tensor in `dtype` takes at most ATTENTION_SHARE of the free memory
+    (on CUDA; elsewhere `requested`, unless `free_bytes` is given). At least 16 tokens. A first chunk (nothing
+    cached) is not limited: SDPA runs it causally (flash attention), with neither mask nor scores in memory."""
+    if cached == 0:
+        return requested
+    if free_bytes is None:
+        if torch.device(device).type != "cuda":
+            return requested
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+    budget = ATTENTION_SHARE * free_bytes / (heads * torch.empty((), dtype=dtype).element_size())
+    # largest c with c * (cached + c) <= budget
+    c = int((-cached + math.sqrt(cached * cached + 4 * budget)) / 2)
+    return max(16, min(requested, c))
 
 
 def _hf(model, **kwargs):

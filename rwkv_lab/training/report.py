@@ -5,9 +5,36 @@ from __future__ import annotations
 import pandas as pd
 
 
-def side_by_side(summary: pd.DataFrame) -> pd.DataFrame:
-    """One row per (size, context): both architectures' bits-per-byte, tokens/s and memory, and their ratios."""
+def chosen_runs(summary: pd.DataFrame) -> pd.DataFrame:
+    """The runs a comparison reads: of a learning-rate sweep (benchmarks/train_compare.py --lrs), the one marked
+    `chosen` per (architecture, size, context); a summary without a sweep is its own choice."""
     ok = summary[summary["status"] == "ok"]
+    return ok[ok["chosen"].astype(bool)] if "chosen" in ok else ok
+
+
+def chosen_curves(curves: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """The validation curves of the chosen runs (curves carry their run's `lr` when they come from a sweep)."""
+    if "lr" not in curves or "lr" not in summary:
+        return curves
+    keys = chosen_runs(summary)[["arch", "model", "context", "lr"]]
+    return curves.merge(keys, on=["arch", "model", "context", "lr"])
+
+
+def fastest_paths(steps: pd.DataFrame) -> pd.DataFrame:
+    """Of benchmarks/bench_training.py's rows (results/cost/training_mfu.csv), the ones a comparison reads: per
+    (architecture, model, context), the faster path that ran (RWKV-4's fused blocks, Pythia eager or compiled);
+    the eager RWKV-4 rows are the before, not a choice. A file from before the variants is read as it is."""
+    ok = steps[steps["status"] == "ok"]
+    if "variant" not in ok:
+        return ok
+    ok = ok[ok["variant"] != "RWKV-4 eager"]
+    return ok.sort_values("tokens_per_s").groupby(["arch", "model", "context"]).tail(1).sort_index()
+
+
+def side_by_side(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per (size, context): both architectures' bits-per-byte, tokens/s and memory, and their ratios, from
+    the chosen run of each (see chosen_runs)."""
+    ok = chosen_runs(summary)
     wide = ok.pivot_table(
         index=["model", "context"],
         columns="arch",

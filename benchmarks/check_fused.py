@@ -1,0 +1,73 @@
+"""The fused blocks (RWKV.fused_blocks: torch.compile with the Triton WKV, the default on CUDA) against the eager
+blocks at released sizes on the GPU: the full-size counterpart of the CPU tests in tests/test_train.py.
+
+    python benchmarks/check_fused.py [--sizes 169M,1.5B] [--context 1024]
+
+For each size, from a random non-empty state: one training step's loss, final state and every parameter's
+gradient (fp32 weights; fp32 math, then bf16 autocast as training runs), and a prefill's last logits in fp16.
+Writes results/training/fused_check.json; prints each relative error.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from rwkv_lab.analysis.equivalence import rel_error
+from rwkv_lab.model import build_at_size
+from rwkv_lab.results import results_dir, write_json
+
+
+def training_step(model, x, state, fused: bool, autocast: bool):
+    model.fused_blocks = fused
+    model.zero_grad(set_to_none=True)
+    state = state.detach().clone().requires_grad_(True)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        logits, new_state = model(x[:, :-1], state)
+    loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())
+    (loss + 1e-3 * new_state[:, :, 1].sum()).backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()} | {"state": state.grad}
+    return loss.detach(), new_state.detach(), grads
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="169M,1.5B")
+    parser.add_argument("--context", type=int, default=1024)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--device", default="cuda", help="cpu: a smoke run (the chunked WKV instead of Triton)")
+    args = parser.parse_args()
+    rows = []
+    for size in args.sizes.split(","):
+        model = build_at_size(size, torch.float32, args.device).train()
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randint(0, model.config.vocab_size, (args.batch, args.context + 1), generator=gen).to(args.device)
+        with torch.no_grad():
+            model.fused_blocks = False
+            _, state = model(x[:, :37])  # a reachable, non-empty state
+        for autocast in (False, True):
+            eager = training_step(model, x, state, False, autocast)
+            fused = training_step(model, x, state, True, autocast)
+            row = {"size": size, "what": "training step", "autocast": "bf16" if autocast else "none"}
+            row |= {"rel_err_loss": rel_error(fused[0], eager[0]), "rel_err_state": rel_error(fused[1], eager[1])}
+            row["rel_err_worst_grad"], row["worst_grad"] = max(
+                (rel_error(fused[2][n], g), n) for n, g in eager[2].items()
+            )
+            rows.append(row)
+            print(row, flush=True)
+        model = model.half().eval()
+        with torch.no_grad():
+            model.fused_blocks = False
+            ref, _ = model.prefill(x, state.float())
+            model.fused_blocks = True
+            out, _ = model.prefill(x, state.float())
+        rows.append({"size": size, "what": "prefill logits, fp16", "rel_err_logits": rel_error(out, ref)})
+        print(rows[-1], flush=True)
+        del model
+        torch.cuda.empty_cache()
+    write_json(results_dir() / "training" / "fused_check.json", rows, vars(args), device=args.device)
+
+
+if __name__ == "__main__":
+    main()
