@@ -96,6 +96,28 @@ def test_gradients_when_the_final_state_is_not_used(config, with_state):
         assert_rel_close(f"triton y-only grad {name} (state={with_state})", gx, gr, 1e-3)
 
 
+def test_the_kernel_takes_inputs_of_any_strides():
+    """The operator given k, v as views with other strides (as a compiled graph may pass them) and a state sliced
+    out of the model's (B, L, 5, C) state: the same outputs and gradients as from contiguous copies."""
+    B, T, C = 2, 21, 20
+    w, u, k, v, st = [x.float() for x in make_inputs(B, T, C, seed=9)]
+    k_t, v_t = k.transpose(1, 2).contiguous().transpose(1, 2), torch.cat([v, v], dim=-1)[..., :C]
+    big = torch.zeros(B, 2, 5, C)
+    big[:, 1, 1:4] = st
+    state_view = big[:, 1, 1:4]
+    assert not (k_t.is_contiguous() or v_t.is_contiguous() or state_view.is_contiguous())
+    leaves = [x.clone().requires_grad_(True) for x in (k, v)]
+    y_ref, s_ref = wkv(w, u, *leaves, st, backend="triton")
+    y_ref.sum().backward()
+    strided = [k_t.detach().requires_grad_(True), v_t.detach().requires_grad_(True)]
+    y, s = wkv_triton.wkv_forward(w, u, *strided, state_view)[:2]  # the operator itself, as a compiled graph calls it
+    y.sum().backward()
+    assert_rel_close("strided inputs y", y, y_ref, TOL["float32 step"])
+    assert_rel_close("strided inputs state", s, s_ref, TOL["float32 step"])
+    for name, g, g_ref in zip(("k", "v"), strided, leaves):
+        assert_rel_close(f"strided inputs grad {name}", g.grad, g_ref.grad, TOL["float32 step"])
+
+
 def test_the_kernel_is_a_well_formed_torch_operator():
     """torch.library.opcheck: the fake (shape) functions match the kernels, the registered backward agrees with
     autograd's expectations, and torch.compile can place the op in a graph."""

@@ -575,7 +575,7 @@ def _warps():
 # ---- as PyTorch operators -------------------------------------------------------------------------------------
 # Custom operators (not an autograd.Function) so that torch.compile sees an opaque op with known output shapes and
 # its registered backward, compiles the model around it (fusing the block's elementwise work) and does not trace
-# into Triton's launcher. w, u and the state arrive as contiguous fp32 (the casts stay in autograd, outside).
+# into Triton's launcher. w, u and the state arrive as fp32 (the casts stay in autograd, outside).
 
 
 @torch.library.custom_op("rwkv_lab::wkv_forward", mutates_args=())
@@ -584,6 +584,9 @@ def wkv_forward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> y (B, T, C) in v's dtype, the final state (B, 3, C) fp32, and for the backward the state entering every
     chunk (B, N, 3, C) and which token attained the final p (B, C) int32, -1 for the initial state."""
+    # the kernels index rows of C: a caller or a compiled graph may hand over other strides (no copy otherwise)
+    w, u, k, v = w.contiguous(), u.contiguous(), k.contiguous(), v.contiguous()
+    state = None if state is None else state.contiguous()
     B, T, C = k.shape
     N = triton.cdiv(T, CHUNK)
     dev = k.device
@@ -648,6 +651,8 @@ def wkv_backward(
     with D_t the denominator of y_t; then dv_t, dk_t, du, dw follow term by term. The final state's own gradient
     enters as alpha_T = ga e^{-p}, beta_T = gb e^{-p}, the rest of gp in _bwd_finish.
     """
+    gy, w, u, k, v = gy.contiguous(), w.contiguous(), u.contiguous(), k.contiguous(), v.contiguous()
+    state = None if state is None else state.contiguous()
     B, T, C = k.shape
     N = enter.shape[1]
     dev = k.device
@@ -747,7 +752,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, gy, gstate, _genter, _gargmax):
     w, u, k, v, state, enter, final, argmax = ctx.saved_tensors
-    gy = torch.zeros_like(v) if gy is None else gy.contiguous()
+    gy = torch.zeros_like(v) if gy is None else gy
     gstate = None if gstate is None else gstate.contiguous()
     dw, du, dk, dv, dstate = wkv_backward(gy, gstate, w, u, k, v, state, enter, final, argmax)
     # w here is exp(time_decay) as given: the chain rule to time_decay is the caller's autograd
@@ -759,10 +764,4 @@ wkv_forward.register_autograd(_backward, setup_context=_setup_context)
 
 def wkv_triton(w, u, k, v, state=None):
     """The kernel backend: same signature and results as wkv.wkv_recurrent. y in v's dtype, the state fp32."""
-    return wkv_forward(
-        w.float().contiguous(),
-        u.float().contiguous(),
-        k.contiguous(),
-        v.contiguous(),
-        None if state is None else state.float().contiguous(),
-    )[:2]
+    return wkv_forward(w.float(), u.float(), k, v, None if state is None else state.float())[:2]
