@@ -166,7 +166,6 @@ display(
 if interactive:
     import ipywidgets as widgets
 
-    out = widgets.Output()
     ui = widgets.interactive(
         lambda **kw: print({k: round(v, 1) for k, v in cost.run_estimate(**kw).items()}),
         params_B=widgets.FloatLogSlider(value=params_B, base=10, min=-1, max=2.5),

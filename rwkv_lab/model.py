@@ -142,8 +142,8 @@ class RWKV(nn.Module):
         # match), as the rwkv package and transformers do; the released 3B-14B models' residuals outgrow fp16.
         # LayerNorm makes this exact up to its eps. 0 turns it off.
         self.rescale_every = RESCALE_EVERY
-        # Whether the parallel form runs its blocks through `fused_block_forward` (torch.compile): 'auto' does on
-        # CUDA with the Triton WKV, True everywhere, False never (the eager Block, the reference).
+        # Whether the parallel form runs its blocks through `fused_block_forward` (torch.compile): 'auto' does when
+        # training on CUDA with the Triton WKV, True everywhere, False never (the eager Block, the reference).
         self.fused_blocks: bool | str = "auto"
 
     @property
@@ -329,11 +329,14 @@ class RWKV(nn.Module):
 
     def uses_fused_blocks(self, x: torch.Tensor, backend: str, trace) -> bool:
         """Whether `run_blocks` takes the compiled path: never with a trace (recorded in Python) or the token-by-
-        token recurrent WKV; with 'auto', on CUDA when the WKV is the Triton kernel."""
+        token recurrent WKV; with 'auto', when training (autograd recording) on CUDA with the Triton WKV.
+        Inference (prefill, lm-eval) keeps the eager blocks around the Triton WKV under 'auto': that is the path
+        whose speed and first-call latency were measured on the GPU (results/inference/), and a compiled prefill
+        would pay a compilation for every new prompt length; set True to take the compiled path there too."""
         if self.fused_blocks is False or trace is not None or backend == "recurrent":
             return False
         if self.fused_blocks == "auto":
-            return x.is_cuda and resolve_backend(backend, x) == "triton"
+            return torch.is_grad_enabled() and x.is_cuda and resolve_backend(backend, x) == "triton"
         return True
 
     def step(self, token: torch.Tensor, state: torch.Tensor | None = None, *, check: bool = True):

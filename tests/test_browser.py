@@ -3,7 +3,8 @@
 A JupyterLab server (127.0.0.1, a random port, a token) serves the notebooks, made from their jupytext sources
 into a temporary folder. Playwright drives Debian's Chromium: it runs every cell as the menu's Run > Run All
 Cells does and saves; the saved notebook must hold no error output and its figures as images, and the page must
-show them. The widgets of 04 and 05 are used as a user would (a dropdown changed) and must change what they show.
+show them. The widgets of 04 and 05 are used as a user would (a dropdown changed, a slider moved with the keyboard) and
+each must change what they show.
 A screenshot of each notebook after its run goes to results/ui/. What the notebooks write goes to the temporary
 folder, never over the committed results.
 
@@ -165,17 +166,31 @@ def open_notebook(browser, lab, name):
     return page
 
 
-def change_dropdown(page, output_selector: str) -> tuple[str, str]:
-    """Pick the dropdown's next option, as a user would; returns the output's HTML before and after."""
+def changed_output(page, output_selector: str, act) -> tuple[str, str]:
+    """Does `act` (a user's action on a widget), then waits until the output shows something else; returns the
+    output's HTML before and after."""
     before = page.inner_html(output_selector)
-    select = page.locator(".widget-dropdown select").first
-    options = select.locator("option").all_inner_texts()
-    current = select.input_value()
-    select.select_option(next(o for o in options if o != current))
+    act()
     deadline = time.time() + 60
     while time.time() < deadline and page.inner_html(output_selector) == before:
         time.sleep(0.5)
     return before, page.inner_html(output_selector)
+
+
+def pick_next_option(page) -> None:
+    """Picks the first dropdown's next option, as a user would."""
+    select = page.locator(".widget-dropdown select").first
+    options = select.locator("option").all_inner_texts()
+    current = select.input_value()
+    select.select_option(next(o for o in options if o != current))
+
+
+def move_first_slider(page) -> None:
+    """Moves the first slider one step to the right with the keyboard, as a user would (its handle takes focus)."""
+    handle = page.locator(".widget-slider .noUi-handle").first
+    handle.scroll_into_view_if_needed()
+    handle.focus()
+    handle.press("ArrowRight")
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -187,11 +202,13 @@ def test_the_notebook_runs_in_jupyterlab(browser, lab, name):
     seconds = time.time() - started
     widget_check = ""
     if name.startswith(("04", "05")):
+        # 04: the first slider is the parameter count, the output the cost; 05: the first slider is the layer
         page.locator(".widget-dropdown select").first.scroll_into_view_if_needed()
         output = ".widget-interact .widget-output"
-        before, after = change_dropdown(page, output)
-        assert before != after, f"{name}: changing the dropdown changed nothing that is shown"
-        widget_check = "; the dropdown changed the output"
+        for what, act in (("the dropdown", pick_next_option), ("a slider", move_first_slider)):
+            before, after = changed_output(page, output, lambda: act(page))
+            assert before != after, f"{name}: changing {what} changed nothing that is shown"
+        widget_check = "; the dropdown and a slider each changed the output"
     page.evaluate(f"(path) => ({PANEL})(path).context.save()", f"{name}.ipynb")
     time.sleep(1)
     nb = saved(work, name)

@@ -3,6 +3,7 @@ default model against its card."""
 
 import dataclasses
 import math
+import types
 from pathlib import Path
 
 import pytest
@@ -339,6 +340,12 @@ def test_the_fused_blocks_are_the_default_on_cuda_only():
     assert model.uses_fused_blocks(cpu, "chunked", None)
     assert not model.uses_fused_blocks(cpu, "chunked", trace=[])  # a trace records in Python: eager
     assert not model.uses_fused_blocks(cpu, "recurrent", None)
+    model.fused_blocks = "auto"
+    cuda = types.SimpleNamespace(is_cuda=True)  # stands in for a CUDA tensor: only its device is asked
+    assert model.uses_fused_blocks(cuda, "triton", None)  # training on CUDA
+    with torch.no_grad():
+        assert not model.uses_fused_blocks(cuda, "triton", None)  # inference keeps the measured eager blocks
+    assert not model.uses_fused_blocks(cuda, "chunked", None)
 
 
 def test_comparisons_read_the_chosen_runs_and_the_fastest_paths():
