@@ -3,8 +3,8 @@
 A JupyterLab server (127.0.0.1, a random port, a token) serves the notebooks, made from their jupytext sources
 into a temporary folder. Playwright drives Debian's Chromium: it runs every cell as the menu's Run > Run All
 Cells does and saves; the saved notebook must hold no error output and its figures as images, and the page must
-show them. The widgets of 04 and 05 are used as a user would (a dropdown changed, a slider moved with the keyboard) and
-each must change what they show.
+show them. The widgets of 04 and 05 are used as a user would (a dropdown changed, a slider moved with the
+keyboard) and each must change what they show.
 A screenshot of each notebook after its run goes to results/ui/. What the notebooks write goes to the temporary
 folder, never over the committed results.
 
