@@ -145,6 +145,20 @@ def test_the_matched_transformer_is_causal_and_positioned_at_long_context():
     assert before == 0.0 and bool((after > 0).all())
 
 
+def test_a_span_draws_the_tokens_of_the_longer_context(text_dir):
+    """`span`: a step at context 16 cut from spans of 64 sees exactly the tokens of a step at context 64."""
+    corpus = build_corpus(text_dir, val_fraction=0.2)
+    long = Trainer(TrainConfig(model="byte-2x32", context=64, batch_size=2, tokens=1000), corpus, progress=False)
+    cut = Trainer(TrainConfig(model="byte-2x32", context=16, batch_size=8, span=64, tokens=1000), corpus, False)
+    plain = Trainer(TrainConfig(model="byte-2x32", context=16, batch_size=8, tokens=1000), corpus, progress=False)
+    for _ in range(3):
+        (x, y), (xc, yc), (xp, _) = long.next_batch(), cut.next_batch(), plain.next_batch()
+        assert torch.equal(xc.reshape(2, 64), x) and torch.equal(yc.reshape(2, 64), y)
+        assert not torch.equal(xp.reshape(2, 64), x)  # independent windows: other tokens
+    with pytest.raises(ValueError, match="span must be 0 or a multiple of context"):
+        TrainConfig(context=16, batch_size=8, span=24)
+
+
 def test_bad_training_input_is_refused(text_dir):
     corpus = build_corpus(text_dir, val_fraction=0.2)
     with pytest.raises(ValueError, match="arch must be one of"):

@@ -75,6 +75,9 @@ class TrainConfig:
     wkv_backend: str = "auto"
     compile: bool = True  # on CUDA: RWKV's fused blocks, torch.compile of the transformer; False: both eager
     parallel: str = "ddp"  # under torchrun: 'ddp' or 'fsdp'
+    # > 0: each step's windows are consecutive pieces of random spans this long, so a step sees the tokens a run at
+    # context `span` sees, cut into shorter windows (to tell a context's effect from that of fewer, longer draws)
+    span: int = 0
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -84,6 +87,11 @@ class TrainConfig:
         for name in ("context", "batch_size", "grad_accum", "tokens", "eval_every", "eval_tokens", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1; got {getattr(self, name)}")
+        if self.span and (self.span % self.context or (self.batch_size * self.context) % self.span):
+            raise ValueError(
+                f"TrainConfig.span must be 0 or a multiple of context ({self.context}) that divides the "
+                f"{self.batch_size * self.context} tokens of a step; got {self.span}"
+            )
 
     @property
     def steps(self) -> int:
@@ -230,7 +238,9 @@ class Trainer:
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         T, B = self.cfg.context, self.cfg.batch_size
-        start = torch.randint(0, len(self.train_tokens) - T - 1, (B,), generator=self.generator)
+        span = self.cfg.span or T
+        spans = torch.randint(0, len(self.train_tokens) - span - 1, (B * T // span,), generator=self.generator)
+        start = (spans[:, None] + torch.arange(0, span, T)).flatten()  # (B,): each span's pieces in order
         idx = start.to(self.device)[:, None] + torch.arange(T + 1, device=self.device)  # (B, T + 1)
         window = self.train_tokens[idx].long()
         return window[:, :-1], window[:, 1:]
