@@ -39,6 +39,8 @@ training_contexts = [64, 256]
 compile_decode = None  # GPU: None = the library default (torch.compile + a CUDA graph); False = graph only
 
 # %%
+import json
+
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
@@ -47,7 +49,15 @@ from IPython.display import display
 from rwkv_lab.baseline import pythia_model
 from rwkv_lab.config import RWKVConfig
 from rwkv_lab.measure.profiler import pair_subjects, rwkv_subject, sweep, transformer_subject
-from rwkv_lab.measure.report import crossover, load_profiles, memory_ratio_table, oom_contexts, peer_summary, plot_kind
+from rwkv_lab.measure.report import (
+    crossover,
+    kv_cache_limits,
+    load_profiles,
+    memory_ratio_table,
+    oom_contexts,
+    peer_summary,
+    plot_kind,
+)
 from rwkv_lab.model import build_model
 from rwkv_lab.results import find_result, results_dir, save_figure, write_table
 
@@ -99,6 +109,7 @@ plt.show()
 files = [find_result(f"profile/memory_profile{tag}.csv") for tag in ("_b1_small", "_b1_7B", "_b1_compiled", "_b8")]
 gpu = load_profiles(files)
 gpu_name = gpu["device"].iloc[0]
+profile_params = json.loads(files[0].with_suffix(".meta.json").read_text())["params"]  # the card, the copy rate
 print("measured on:", sorted(set(gpu["device"])))
 ours = gpu[gpu["arch"].isin(["rwkv", "transformer"])]
 fig, axes = plt.subplots(2, 2, figsize=(14, 9))
@@ -132,12 +143,23 @@ plt.show()
 #
 # A dotted line marks the first context that ran out of memory on the 80 GB card. What bounds each curve: RWKV's
 # held memory is its weights and a constant state; the transformer's is its weights and a KV cache growing with T,
-# but where it stops here our harness's transient memory (prefill chunks, attention masks, full logits) is part
-# of what ran out, so its real KV-cache limit lies further right. The ratio table compares the memory held
+# and where it stops here, either that cache or our harness's transient memory (prefill chunks, attention masks,
+# full logits) ran out. Which one follows from where the KV cache alone fills the card: the analytic model, which
+# the measured held memory matches at every context that ran (`kv_cache_limits`), says so per model below. The ratio table compares the memory held
 # during generation at the same context (weights included).
 
 # %%
 display(oom_contexts(ours[ours["kind"] == "generation"]))
+card_bytes = profile_params["gpu_total_bytes"]
+limits = kv_cache_limits(ours, card_bytes)
+display(limits.round(4))
+for _, r in limits.iterrows():
+    print(
+        f"{r['model']} (batch {r['batch']}): out of memory at {r['first_oom']:,} tokens in the sweep; weights and KV "
+        f"cache alone fill the {card_bytes / 2**30:.1f} GiB of the {gpu_name} at {r['kv_cache_fills_memory_at']:,} "
+        f"tokens, so what ran out at {r['first_oom']:,} was {r['oom_from']} (measured / analytic held memory at "
+        f"most {r['measured_over_predicted']:.3f} where both exist)"
+    )
 pairs = [("RWKV-4 169M", "pythia-160m"), ("RWKV-4 1.5B", "pythia-1.4b"), ("RWKV-4 7B", "pythia-6.9b")]
 ratios = pd.concat([memory_ratio_table(ours, r, t).assign(pair=f"{r} / {t}") for r, t in pairs])
 display(ratios.pivot_table(index="context", columns="pair", values="transformer_over_rwkv").round(2))
@@ -171,9 +193,7 @@ display(pd.DataFrame(rows))
 # the weights' bytes per token.
 
 # %%
-import json
-
-bandwidth = json.loads(files[0].with_suffix(".meta.json").read_text())["params"]["copy_bandwidth_Bps"]
+bandwidth = profile_params["copy_bandwidth_Bps"]
 peers = peer_summary(gpu, bandwidth, sizes=("169M", "1.5B", "7B"))
 write_table(results_dir() / "profile" / "02_peer_summary.csv", peers, {"files": [f.name for f in files]})
 display(peers.round(1))

@@ -182,3 +182,30 @@ def test_transformer_prefill_chunks_shrink_to_fit_their_attention():
         assert c == 16 or used <= ATTENTION_SHARE * free
         assert c == 16384 or heads * (c + 1) * (cached + c + 1) * 2 > ATTENTION_SHARE * free  # the largest that fits
     assert attention_chunk(512, 10**6, heads, torch.float32, "cpu") == 512  # the CPU: as asked
+
+
+def test_the_kv_cache_limit_is_where_weights_and_cache_fill_the_card():
+    """Held = weights + per-token cache x T (analytic), scaled by the worst measured/predicted ratio; the limit is
+    the context where that reaches the card, whatever context the sweep's harness stopped at."""
+    from rwkv_lab.measure.report import kv_cache_limits
+
+    weights, per_token, card = 1000, 10, 100_000
+    contexts = [64, 128, 256, 512]
+    frame = pd.DataFrame(
+        {
+            "model": "gpt",
+            "arch": "transformer",
+            "kind": "generation",
+            "batch": 1,
+            "context": contexts + [1024],
+            "status": ["ok"] * 4 + ["oom"],
+            "predicted_bytes": [weights + per_token * t for t in contexts] + [None],
+            "memory_bytes": [1.01 * (weights + per_token * t) for t in contexts] + [None],
+        }
+    )
+    limit = kv_cache_limits(frame, card).iloc[0]
+    print(limit.to_dict())
+    assert limit["kv_cache_fills_memory_at"] == int((card / 1.01 - weights) / per_token)  # 9801, far past 1024
+    assert limit["longest_ok"] == 512 and limit["first_oom"] == 1024 and limit["oom_from"] == "the harness"
+    small_card = kv_cache_limits(frame, 10_000).iloc[0]  # fills at 890 tokens: the 1024-token OOM is the cache's
+    assert small_card["kv_cache_fills_memory_at"] == 890 and small_card["oom_from"] == "the KV cache"

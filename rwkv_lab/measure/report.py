@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 
@@ -182,3 +183,33 @@ def plot_generation_batches(frame: pd.DataFrame, ax, size: str):
     ax.set_xlabel("batch (sequences decoded together)")
     ax.set_ylabel("generated tokens/s (all sequences)")
     ax.legend(fontsize=7)
+
+
+def kv_cache_limits(frame: pd.DataFrame, capacity_bytes: int) -> pd.DataFrame:
+    """Per transformer model and batch of a generation sweep: the context at which its weights and KV cache alone
+    fill `capacity_bytes` (where the transformer runs out, whatever a harness adds). The held memory is linear in
+    the context: the line through the analytic model's predictions (`predicted_bytes`), scaled by the largest
+    measured / predicted ratio of the contexts that ran. Beside it, the sweep's longest context and first OOM, and
+    what ran out there (`oom_from`): the KV cache when it could not fit at that context, else the harness."""
+    gen = frame[(frame["kind"] == "generation") & (frame["arch"] == "transformer")]
+    rows = []
+    for (model, batch), g in gen.groupby(["model", "batch"], sort=False):
+        predicted = g.dropna(subset=["predicted_bytes"])
+        slope, intercept = np.polyfit(predicted["context"], predicted["predicted_bytes"], 1)
+        ok = predicted[predicted["status"] == "ok"]
+        ratio = float((ok["memory_bytes"] / ok["predicted_bytes"]).max())
+        oom = g[g["status"] == "oom"]["context"]
+        limit = int((capacity_bytes / ratio - intercept) / slope)
+        first_oom = int(oom.min()) if len(oom) else None
+        rows.append(
+            {
+                "model": model,
+                "batch": batch,
+                "kv_cache_fills_memory_at": limit,
+                "measured_over_predicted": ratio,
+                "longest_ok": int(ok["context"].max()),
+                "first_oom": first_oom,
+                "oom_from": None if first_oom is None else "the KV cache" if limit < first_oom else "the harness",
+            }
+        )
+    return pd.DataFrame(rows)
