@@ -400,3 +400,22 @@ def test_comparisons_read_the_chosen_runs_and_the_fastest_paths():
         }
     )
     assert fastest_paths(steps)["variant"].tolist() == ["RWKV-4", "Pythia compiled"]
+
+
+def test_the_context_gap_is_split_into_the_batch_share():
+    import pandas as pd
+
+    from rwkv_lab.training.report import context_gap_shares
+
+    runs = pd.DataFrame(
+        {
+            "arch": ["rwkv"] * 3 + ["transformer"] * 3,
+            "context": [512, 4096, 512] * 2,
+            "span": [512, 4096, 4096] * 2,
+            "val_bpb_at_512": [2.0, 2.4, 2.3, 3.0, 4.0, 3.1],
+        }
+    )
+    shares = context_gap_shares(runs).set_index("arch")
+    assert shares.loc["rwkv", "gap"] == pytest.approx(0.4) and shares.loc["rwkv", "batch_share"] == pytest.approx(0.75)
+    assert shares.loc["transformer", "batch_share"] == pytest.approx(0.1)  # the context makes most of this gap
+    assert shares["cause"].tolist() == ["the batch's fewer draws", "the context"]

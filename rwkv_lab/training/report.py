@@ -70,3 +70,23 @@ def plot_curves(curves: pd.DataFrame, axes, unigram_bpb: float | None = None, ti
         ax.set_ylabel("validation bits per byte")
         ax.set_title(title, fontsize=9)
     axes[0].legend(fontsize=7)
+
+
+def context_gap_shares(runs: pd.DataFrame, score: str = "val_bpb_at_512") -> pd.DataFrame:
+    """Of benchmarks/context_effect.py's runs, per architecture: the `score` (bits/byte on the same short
+    validation windows) of the short-context run, the long-context run and the short-context run cut from the
+    long run's spans (the same tokens per step as the long run); the gap long - short; and `batch_share`, the part
+    of the gap the cut run already shows, (cut - short) / (long - short). Near 1: fewer, longer draws per step make
+    the gap; near 0: the long context itself does (`cause` names which, or both where neither has two thirds)."""
+    rows = []
+    for arch, g in runs.groupby("arch", sort=False):
+        plain = g[g["span"] == g["context"]]
+        short = plain.loc[plain["context"].idxmin()]
+        long = plain.loc[plain["context"].idxmax()]
+        cut = g[(g["span"] == long["context"]) & (g["context"] == short["context"])].iloc[0]
+        gap = long[score] - short[score]
+        share = (cut[score] - short[score]) / gap
+        cause = "both" if 1 / 3 < share < 2 / 3 else "the batch's fewer draws" if share >= 2 / 3 else "the context"
+        row = {"arch": arch, "short": short[score], "long": long[score], "cut": cut[score], "gap": gap}
+        rows.append(row | {"batch_share": share, "cause": cause})
+    return pd.DataFrame(rows)
