@@ -27,10 +27,9 @@ test: setup
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q $(ARGS)
 
-# JupyterLab on the notebooks, with the project's kernel (rwkv-lab) registered in the venv; each notebook is
-# paired with its jupytext source, so an edit in JupyterLab updates the .py that is reviewed
+# JupyterLab on the notebooks with the project's kernel, rwkv-lab, which run_notebooks --pair registers in the venv;
+# each notebook is paired with its jupytext source, so an edit in JupyterLab updates the .py that is reviewed
 lab: setup
-	$(PY) -m ipykernel install --sys-prefix --name rwkv-lab --display-name "rwkv-lab (.venv)"
 	$(PY) -m rwkv_lab.run_notebooks --pair
 	$(VENV)/bin/jupyter lab notebooks
 

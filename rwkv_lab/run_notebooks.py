@@ -18,6 +18,8 @@ from pathlib import Path
 from .results import REPO_ROOT, results_dir
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+# the kernel JupyterLab opens the notebooks with (make lab): this venv's Python, named after the project
+KERNEL = {"name": "rwkv-lab", "display_name": "rwkv-lab (.venv)", "language": "python"}
 
 
 def parse_value(text: str):
@@ -40,10 +42,17 @@ def to_notebook(source: Path, destination: Path, paired: bool = False) -> Path:
     notebook = jupytext.read(source)
     if paired:
         notebook.metadata.setdefault("jupytext", {})["formats"] = "ipynb,py:percent"
-        # the kernel `make lab` registers: this venv's Python, named after the project
-        notebook.metadata["kernelspec"] = {"name": "rwkv-lab", "display_name": "rwkv-lab (.venv)", "language": "python"}
+        notebook.metadata["kernelspec"] = dict(KERNEL)
     jupytext.write(notebook, destination)
     return destination
+
+
+def install_kernel(prefix: str | Path = sys.prefix) -> Path:
+    """Registers this interpreter as the Jupyter kernel KERNEL under `prefix` (by default the venv's own, where
+    the venv's JupyterLab finds it); returns the kernelspec's folder."""
+    from ipykernel.kernelspec import install
+
+    return Path(install(kernel_name=KERNEL["name"], display_name=KERNEL["display_name"], prefix=str(prefix)))
 
 
 _BAR = re.compile(r"^.*\d+%\|.*\|")  # a tqdm progress line
@@ -130,10 +139,12 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--pair",
         action="store_true",
-        help="only write notebooks/NN_name.ipynb paired with its source (for JupyterLab), run nothing",
+        help="only register the rwkv-lab kernel and write notebooks/NN_name.ipynb paired with its source (for "
+        "JupyterLab), run nothing",
     )
     args = parser.parse_args(argv)
     if args.pair:
+        print(f"kernel {KERNEL['name']!r} registered in {install_kernel()}")
         for source in notebook_sources():
             target = source.with_suffix(".ipynb")
             if not target.exists():  # an existing one may hold the user's outputs; jupytext keeps it in step

@@ -1,10 +1,11 @@
 """The notebooks as a user meets them: JupyterLab in headless Chromium, every cell run through the UI.
 
 A JupyterLab server (127.0.0.1, a random port, a token) serves the notebooks, made from their jupytext sources
-into a temporary folder. Playwright drives Debian's Chromium: it runs every cell as the menu's Run > Run All
-Cells does and saves; the saved notebook must hold no error output and its figures as images, and the page must
-show them. The widgets of 04 and 05 are used as a user would (a dropdown changed, a slider moved with the
-keyboard) and each must change what they show.
+into a temporary folder as make lab makes them: paired, with the rwkv-lab kernel registered, which they must open
+with. Playwright drives Debian's Chromium: it runs every cell as the menu's Run > Run All Cells does and saves; the
+saved notebook must hold no error output and its figures as images, and the page must show them. The widgets of
+04 and 05 are used as a user would (a dropdown changed, a slider moved with the keyboard) and each must change
+what they show.
 A screenshot of each notebook after its run goes to results/ui/. What the notebooks write goes to the temporary
 folder, never over the committed results.
 
@@ -25,7 +26,7 @@ import urllib.request
 import pytest
 from helpers import REPO
 
-from rwkv_lab.run_notebooks import notebook_sources, to_notebook
+from rwkv_lab.run_notebooks import KERNEL, install_kernel, notebook_sources, to_notebook
 
 pytestmark = pytest.mark.slow
 NOTEBOOKS = [p.stem for p in notebook_sources()]
@@ -55,8 +56,10 @@ def chromium_path() -> str:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     work = tmp_path_factory.mktemp("lab")
+    # as make lab sets them up: the rwkv-lab kernel registered (here in a folder of the test's), notebooks paired
+    install_kernel(work / "jupyter-data")
     for source in notebook_sources():
-        to_notebook(source, work / source.with_suffix(".ipynb").name)
+        to_notebook(source, work / source.with_suffix(".ipynb").name, paired=True)
     settings = work / ".settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
     (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false", "checkForUpdates": false}')
@@ -67,6 +70,7 @@ def lab(tmp_path_factory):
     env = os.environ | {
         "RWKV_LAB_RESULTS": str(work / "results"),
         "JUPYTER_CONFIG_DIR": str(work / ".jupyter"),
+        "JUPYTER_PATH": str(work / "jupyter-data" / "share" / "jupyter"),
         "JUPYTERLAB_SETTINGS_DIR": str(work / ".settings"),
         "JUPYTERLAB_WORKSPACES_DIR": str(work / ".workspaces"),
     }
@@ -130,6 +134,7 @@ PANEL = """(path) => { const app = window.jupyterapp;
 CELLS = f"""(path) => {{ const w = ({PANEL})(path);
     const cells = w.content.widgets.filter(c => c.model.type === 'code');
     return {{counts: cells.map(c => c.model.executionCount), status: w.sessionContext.session.kernel.status}}; }}"""
+KERNEL_NAME = f"(path) => ({PANEL})(path).sessionContext.session.kernel.name"
 
 
 def run_all(page, name: str, timeout_s: float = 900) -> None:
@@ -197,6 +202,8 @@ def move_first_slider(page) -> None:
 def test_the_notebook_runs_in_jupyterlab(browser, lab, name):
     url, token, work = lab
     page = open_notebook(browser, lab, name)
+    kernel = page.evaluate(KERNEL_NAME, f"{name}.ipynb")
+    assert kernel == KERNEL["name"], f"{name}: opened with the kernel {kernel!r}, not the project's {KERNEL['name']!r}"
     started = time.time()
     run_all(page, name)
     seconds = time.time() - started
