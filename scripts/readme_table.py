@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from rwkv_lab.measure.report import generation_summary
-from rwkv_lab.training.report import chosen_runs, fastest_paths
+from rwkv_lab.training.report import chosen_runs, context_gap_shares, fastest_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
@@ -162,6 +162,25 @@ def train_speed():
     )
 
 
+def context_effect():
+    f = "training/context_effect.csv"
+    t = table(f)
+    p = provenance(f)["params"]
+    shares = context_gap_shares(t)
+    cells = [
+        f"{'RWKV-4' if r['arch'] == 'rwkv' else 'transformer'} {r['short']:.3f} / {r['long']:.3f} / {r['cut']:.3f} "
+        f"({r['batch_share']:.0%} of the gap with the batch: {r['cause']})"
+        for _, r in shares.iterrows()
+    ]
+    return row(
+        f"why T = 4096 trains slower per token: bits/byte on the same 512-token validation windows after "
+        f"{p['tokens'] / 1e6:.0f}M tokens ({p['size']}), trained at T = 512 / T = 4096 / T = 512 on the T = 4096 "
+        "run's tokens",
+        f,
+        "; ".join(cells),
+    )
+
+
 def generation_gpu():
     """From each GPU generation table, through the same summary notebook 02 shows (measure.report)."""
     rows = []
@@ -255,6 +274,7 @@ def dynamics():
 
 def build() -> str:
     rows = [equivalence(), kernel_check(), wkv_forward(), wkv_cpu(), training_mfu(), train_compare(), train_speed()]
+    rows.append(context_effect())
     rows += generation_gpu() + generation_cpu() + lm_eval() + dynamics()
     lines = ["| what | where measured | number | file |", "|---|---|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
