@@ -66,7 +66,10 @@ write_json(
     device,
 )
 write_table(results_dir() / "lm_eval" / "03_lm_eval.csv", ours, params, device=device)
-display(ours)
+# each number in plain notation (a perplexity of 1e9 beside an accuracy of 0.5 would turn the column scientific)
+display(
+    ours.style.format(lambda v: f"{v:,.4f}" if abs(v) < 1e4 else f"{v:,.0f}", subset=["value", "stderr"], na_rep="")
+)
 
 # %% [markdown]
 # ## Beside the published rows
