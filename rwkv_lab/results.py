@@ -64,6 +64,11 @@ def code_state() -> dict:
     }
 
 
+# The code this process runs: its state when the package was imported (a few ms of git). A result records this,
+# not the tree at the time it is written, which a long run may outlive while the tree is edited.
+CODE_AT_START = code_state()
+
+
 def git_state_env() -> str:
     """Shell assignments that tell a copy of this tree (without .git) its code state: `$(python -c ...)`."""
     state = code_state()
@@ -71,10 +76,11 @@ def git_state_env() -> str:
 
 
 def provenance(params: dict | None = None, device=None) -> dict:
-    """Who, where and what: device, versions, the code's commit and uncommitted diff, date, the run's parameters."""
+    """Who, where and what: device, versions, the code's commit and uncommitted diff when this process started
+    (CODE_AT_START), date, the run's parameters."""
     return {
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        **code_state(),
+        **CODE_AT_START,
         "device": device_name(device),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,

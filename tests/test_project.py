@@ -3,6 +3,7 @@ results are written atomically with provenance, and every notebook executes head
 
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -60,6 +61,19 @@ def test_provenance_names_the_commit():
     diff = subprocess.run(["git", "diff", "HEAD", "--", ".", ":!results"], cwd=REPO, capture_output=True, text=True)
     expected = hashlib.sha256(diff.stdout.encode()).hexdigest() if diff.stdout else None
     assert provenance()["git_diff_sha256"] == expected
+
+
+def test_a_result_records_the_code_its_process_started_with(tmp_path):
+    """A long run outlives edits of the tree: what it writes names the code state it was started with."""
+    script = (
+        "import os; from rwkv_lab.results import write_json; "
+        "os.environ['RWKV_LAB_GIT_COMMIT'] = 'edited-meanwhile'; "  # the tree's state changes during the run
+        f"write_json({str(tmp_path / 'r.json')!r}, {{}})"
+    )
+    env = os.environ | {"RWKV_LAB_GIT_COMMIT": "at-start", "RWKV_LAB_GIT_DIFF_SHA256": "d" * 64}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True)
+    recorded = json.loads((tmp_path / "r.json").read_text())["provenance"]
+    assert recorded["git_commit"] == "at-start" and recorded["git_diff_sha256"] == "d" * 64
 
 
 @pytest.mark.slow
