@@ -40,7 +40,7 @@ from IPython.display import display
 from rwkv_lab.results import find_result, results_dir, save_figure, write_table
 from rwkv_lab.training import TrainConfig, Trainer, bits_per_byte
 from rwkv_lab.training.corpus import build_corpus, unigram_loss
-from rwkv_lab.training.report import chosen_curves, chosen_runs, plot_curves, side_by_side
+from rwkv_lab.training.report import chosen_curves, chosen_runs, context_gap_shares, plot_curves, side_by_side
 
 corpus = build_corpus()
 unigram_bpb = bits_per_byte(unigram_loss(corpus), corpus.val_bytes_per_token)
@@ -121,6 +121,30 @@ for ax, value, unit in ((ax1, "tokens_per_s", "training tokens / s"), (ax2, "pea
 fig.tight_layout()
 save_figure(fig, results_dir() / "figures" / "06_training_throughput.png", {"source": "results/training"})
 plt.show()
+
+# %% [markdown]
+# ## At T = 4096 both train slower per token: the context, or the batch?
+#
+# At the same tokens per step a step at T = 4096 draws 8x fewer independent windows than one at T = 512.
+# `benchmarks/context_effect.py` separates the two: a third run trains at T = 512 on exactly the T = 4096 run's
+# tokens, cut into 512-token windows (`TrainConfig.span`); all three are scored on the same 512-token validation
+# windows. (The transformer is causal at T = 4096, tested, so a masking bug is ruled out.)
+
+# %%
+effect = pd.read_csv(find_result("training/context_effect.csv"))
+effect_meta = pd.read_json(find_result("training/context_effect.meta.json"), typ="series")
+display(effect[["arch", "run", "batch_size", "val_bpb_own_context", "val_bpb_at_512", "tokens_per_s"]].round(3))
+shares = context_gap_shares(effect)
+display(shares.round(3))
+run_params = effect_meta["params"]
+for _, r in shares.iterrows():
+    print(
+        f"{'RWKV-4' if r['arch'] == 'rwkv' else 'the transformer'} ({run_params['size']}, "
+        f"{run_params['tokens']:,} tokens, {effect_meta['device']}): trained at T = 4096 it ends {r['gap']:.3f} "
+        f"bits/byte behind T = 512 on the same windows; trained at T = 512 on the T = 4096 run's tokens it is "
+        f"{r['cut'] - r['short']:.3f} behind, so {r['batch_share']:.0%} of the gap comes with the fewer draws per "
+        f"step and {1 - r['batch_share']:.0%} with the context: the cause is {r['cause']}"
+    )
 
 # %% [markdown]
 # ## Samples: the shipped default vs its untrained self
