@@ -331,8 +331,9 @@ class RWKV(nn.Module):
         """Whether `run_blocks` takes the compiled path: never with a trace (recorded in Python) or the token-by-
         token recurrent WKV; with 'auto', when training (autograd recording) on CUDA with the Triton WKV.
         Inference (prefill, lm-eval) keeps the eager blocks around the Triton WKV under 'auto': that is the path
-        whose speed and first-call latency were measured on the GPU (results/inference/), and a compiled prefill
-        would pay a compilation for every new prompt length; set True to take the compiled path there too."""
+        whose speed and first-call latency were measured on the GPU (results/inference/), where a compiled prefill
+        would add compilations to a first call and to new prompt lengths (until the compiler makes the length
+        dynamic), unmeasured so far; set True to take the compiled path there too."""
         if self.fused_blocks is False or trace is not None or backend == "recurrent":
             return False
         if self.fused_blocks == "auto":
