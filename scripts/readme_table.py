@@ -252,7 +252,22 @@ def lm_eval():
         row(
             "lm-eval at 1.5B fp16, full PIQA / LAMBADA", g, f"{ours['piqa']:.1f} / {ours['lambada_openai']:.1f} docs/s"
         ),
+        data_parallel_eval(),
     ]
+
+
+def data_parallel_eval():
+    f = "lm_eval/data_parallel.csv"
+    t = table(f).set_index("processes")
+    p = provenance(f)["params"]
+    n = p["nproc"]
+    tasks = p["tasks"].replace(",", " + ")
+    return row(
+        f"data-parallel lm-eval (torchrun, {n} GPUs), {p['preset']} {p['dtype']}, full {tasks}: wall time of the "
+        f"whole run, 1 vs {n} processes",
+        f,
+        f"{t.loc[1, 'seconds']:.1f} vs {t.loc[n, 'seconds']:.1f} s ({t.loc[n, 'speedup']:.2f}× speed-up)",
+    )
 
 
 def dynamics():
