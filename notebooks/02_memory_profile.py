@@ -26,7 +26,7 @@
 #
 # each beside the analytic memory model (`analytic_memory`). On a GPU (`device = "cuda"`) this notebook runs the
 # sweep for `sizes`; on a CPU it runs a small live sweep (tiny configs, process memory) and plots the committed
-# H100 sweep (`python benchmarks/profile_memory.py`, results in `results/profile/`).
+# GPU sweep (`python benchmarks/profile_memory.py`, results in `results/profile/`; its device is printed with it).
 
 # %% tags=["parameters"]
 device = "cpu"
@@ -99,7 +99,7 @@ fig.suptitle(f"live sweep on {device} (CPU: resident-set memory of the process)"
 plt.show()
 
 # %% [markdown]
-# ## The committed H100 sweep
+# ## The committed GPU sweep
 #
 # RWKV-4 169M / 1.5B / 7B against Pythia-160m / 1.4b / 6.9b in bf16, batch 1 (and batch 8 at 1.5B); generation
 # contexts 1k to 1M tokens for RWKV and until out of memory for Pythia; `rwkv_package` and transformers' RWKV

@@ -18,7 +18,7 @@
 # The seed blog post estimated the cost of training RWKV-4 14B: 6 FLOPs per parameter per token, 300B tokens,
 # A100s at 312 TFLOP/s, 64 GPUs for three months, "about 20%" efficiency (16.0% computed from its own inputs).
 # This notebook recomputes every line from its inputs (`rwkv_lab.cost`; each number is also a test), then replaces the assumed efficiency with the
-# model FLOPs utilisation (MFU) we measured for a real training step on an H100
+# model FLOPs utilisation (MFU) we measured for a real training step on a GPU (its device is printed with it)
 # (`benchmarks/bench_training.py` → `results/cost/training_mfu.csv`), for RWKV-4 and the size-matched Pythia.
 
 # %% tags=["parameters"]
@@ -51,7 +51,7 @@ print(
 # %% [markdown]
 # ## Measured efficiency
 #
-# One optimizer step (forward, backward, AdamW; bf16 autocast) timed on an H100, MFU against the measured bf16
+# One optimizer step (forward, backward, AdamW; bf16 autocast) timed on a GPU, MFU against the measured bf16
 # matmul peak and against the datasheet. RWKV's FLOPs do not depend on the context; the transformer's grow with it.
 
 # %%
@@ -98,8 +98,8 @@ print(
 #
 # RWKV-4 14B on 330B tokens on the chosen GPU at our measured MFU, beside the seed's 50%. Two assumptions, both
 # stated because they are the weakest links: the MFU measured on the device printed above carries over to the
-# chosen GPU (an A100 choice applies an H100-measured utilisation to A100 peak and prices), and from the largest
-# size we measured to 14B.
+# chosen GPU (an A100 choice applies a utilisation measured on another GPU to A100 peak and prices), and from the
+# largest size we measured to 14B.
 
 # %%
 accel = cost.ACCELERATORS[gpu]

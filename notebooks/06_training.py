@@ -19,7 +19,7 @@
 # way on the same bytes (the Python standard library, split by file), with `rwkv_lab.training.trainer`: RWKV-4 and a GPT-NeoX
 # (Pythia-style, transformers with SDPA attention) of the same width and depth, parameters within 10%.
 #
-# On a CPU the notebook trains a tiny pair live for a minute; it then plots the committed H100 runs
+# On a CPU the notebook trains a tiny pair live for a minute; it then plots the committed GPU runs
 # (`python benchmarks/train_compare.py`, three sizes, contexts 512 and 4096) and samples from the model those runs
 # produced, which ships as the suite's default (`rwkv_lab/default_model/MODEL_CARD.md`).
 
@@ -76,10 +76,10 @@ plot_curves(live, axes, unigram_bpb, f"live, {device}")
 plt.show()
 
 # %% [markdown]
-# ## The H100 runs
+# ## The GPU runs
 #
-# Same recipe for both architectures (AdamW, lr 1e-3 with warm-up and cosine decay, 32k tokens per step, bf16
-# autocast), the same batches. Validation bits per byte against tokens and against training FLOPs (6N per token for
+# Same recipe for both architectures (AdamW with warm-up and cosine decay, bf16 autocast; the tokens, tokens per
+# step and learning rate of each context are printed below), the same batches. Validation bits per byte against tokens and against training FLOPs (6N per token for
 # RWKV, plus attention's 4·L·D·T for the transformer).
 
 # %%
@@ -90,10 +90,17 @@ meta = pd.read_json(find_result("training/summary.meta.json"), typ="series")
 gpu = meta["device"]
 corpus_meta = meta["params"]["corpus"]
 print(
-    f"measured on {gpu}; corpus: Python {meta['python']} standard library, {corpus_meta['files_sha256'][:12]}, "
-    f"{corpus_meta['train_tokens']:,} training tokens: the runs' {meta['params']['tokens']:,} tokens are "
-    f"{meta['params']['tokens'] / corpus_meta['train_tokens']:.1f} epochs over it"
+    f"corpus: Python {meta['python']} standard library, {corpus_meta['files_sha256'][:12]}, "
+    f"{corpus_meta['train_tokens']:,} training tokens"
 )
+for tag in ("", "_T4096"):
+    run = pd.read_json(find_result(f"training/summary{tag}.meta.json"), typ="series")
+    p = run["params"]
+    print(
+        f"T = {p['contexts']}: measured on {run['device']}, {p['tokens']:,} tokens "
+        f"({p['tokens'] / corpus_meta['train_tokens']:.1f} epochs), {p['tokens_per_step']:,} tokens per step, "
+        f"peak learning rate {p.get('lrs', p.get('lr'))}"
+    )
 gpu_unigram = meta["params"]["unigram_val_bpb"]
 table = side_by_side(summary)
 display(table.round(3))
