@@ -79,22 +79,22 @@ plt.show()
 # ## The GPU runs
 #
 # Same recipe for both architectures (AdamW with warm-up and cosine decay, bf16 autocast; the tokens, tokens per
-# step and learning rate of each context are printed below), the same batches. Validation bits per byte against tokens and against training FLOPs (6N per token for
-# RWKV, plus attention's 4·L·D·T for the transformer).
+# step and learning rate of each context are printed below), the same batches. Validation bits per byte against
+# tokens and against training FLOPs (6N per token for RWKV, plus attention's 4·L·D·T for the transformer).
 
 # %%
 summary = pd.concat([pd.read_csv(find_result(f"training/summary{tag}.csv")) for tag in ("", "_T4096")])
 curves = pd.concat([pd.read_csv(find_result(f"training/curves{tag}.csv")) for tag in ("", "_T4096")])
 curves = chosen_curves(curves, summary)  # of a learning-rate sweep, the chosen run of each
-meta = pd.read_json(find_result("training/summary.meta.json"), typ="series")
+metas = {tag: pd.read_json(find_result(f"training/summary{tag}.meta.json"), typ="series") for tag in ("", "_T4096")}
+meta = metas[""]
 gpu = meta["device"]
 corpus_meta = meta["params"]["corpus"]
 print(
     f"corpus: Python {meta['python']} standard library, {corpus_meta['files_sha256'][:12]}, "
     f"{corpus_meta['train_tokens']:,} training tokens"
 )
-for tag in ("", "_T4096"):
-    run = pd.read_json(find_result(f"training/summary{tag}.meta.json"), typ="series")
+for run in metas.values():
     p = run["params"]
     print(
         f"T = {p['contexts']}: measured on {run['device']}, {p['tokens']:,} tokens "
