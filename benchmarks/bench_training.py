@@ -2,6 +2,7 @@
 size-matched Pythia transformer (transformers GPTNeoXForCausalLM, SDPA), on one GPU, the same tokens per step.
 
     python benchmarks/bench_training.py [--sizes 169M,430M,1.5B] [--contexts 1024,8192] [--tokens-per-step 16384]
+    python benchmarks/bench_training.py --configs 169M:1024,430M:1024,1.5B:1024,1.5B:8192   # chosen pairs only
 
 Each model runs on the path a training run takes (rwkv_lab.training.trainer.fast_path): RWKV-4 with its fused
 blocks, Pythia through torch.compile; and, for the record, both eager (`--variants`). Writes
@@ -9,7 +10,8 @@ results/cost/training_mfu.csv (+ .meta.json) after every configuration, so an in
 measured, and results/cost/training_vs_pythia.csv: per size and context, RWKV-4 on its fast path against the
 faster of Pythia's two paths. MFU = model FLOPs per second (rwkv_lab.cost: RWKV 3 x 2 (V D + 13 D^2 L) per token;
 the transformer 3 x (2 (V D + 12 D^2 L) + 4 L D T)) over (a) the measured bf16 matmul peak and (b) the datasheet
-peak. The first steps (compilation) are warm-up, not timed.
+peak. The first steps (compilation) are warm-up, not timed. `--profile` adds results/cost/training_kernels.csv:
+each step's CUDA kernels by device time, grouped by kind (matmul, WKV, attention, fused elementwise, ...).
 """
 
 from __future__ import annotations
@@ -52,8 +54,9 @@ def build(variant: str, name: str, device, context: int):
     return model, fast_path(model, fast), V, flops
 
 
-def step_time(model, forward, vocab, batch, context, device) -> float:
-    """Median seconds of one optimizer step: the library's training loss (bf16 autocast), backward, fused AdamW."""
+def step_time(model, forward, vocab, batch, context, device, profile: list | None = None) -> float:
+    """Median seconds of one optimizer step: the library's training loss (bf16 autocast), backward, fused AdamW.
+    `profile`, a list, receives the step's kernels (step_profile)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, vocab, (batch, context + 1), generator=gen).to(device)
@@ -63,7 +66,46 @@ def step_time(model, forward, vocab, batch, context, device) -> float:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return time_fn(step, device, warmup=3, repeat=5)
+    seconds = time_fn(step, device, warmup=3, repeat=5)
+    if profile is not None:
+        profile.extend(step_profile(step, device))
+    return seconds
+
+
+# kernel name -> what it does, for the breakdown of a training step (first match wins)
+KERNEL_KINDS = (
+    ("WKV (Triton)", ("_fwd_chunk_summary", "_scan_chunks", "_fwd_output", "_bwd_chunk", "_bwd_finish")),
+    ("attention", ("flash", "fmha", "attention", "sdpa")),
+    ("matmul", ("gemm", "nvjet", "cutlass", "sm90_xmma", "cublas")),
+    ("optimizer", ("adam", "multi_tensor")),
+    ("fused elementwise (inductor)", ("triton_",)),
+)
+
+
+def kernel_kind(name: str) -> str:
+    lower = name.lower()
+    for kind, keys in KERNEL_KINDS:
+        if any(key in lower for key in keys):
+            return kind
+    return "other (eager elementwise, loss, copies)"
+
+
+def step_profile(step, device) -> list[dict]:
+    """Where one optimizer step's GPU time goes: its CUDA kernels by total device time (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize(device)
+    kernels = [e for e in prof.key_averages() if e.device_time_total > 0]
+    total = sum(e.device_time_total for e in kernels)
+    return [
+        {"kernel": e.key[:100], "kind": kernel_kind(e.key), "calls": e.count, "ms": e.device_time_total / 1e3}
+        | {"share": e.device_time_total / total, "device_ms": total / 1e3}
+        for e in sorted(kernels, key=lambda e: -e.device_time_total)
+    ]
 
 
 def versus(frame: pd.DataFrame) -> pd.DataFrame:
@@ -95,10 +137,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="169M,430M,1.5B")
     parser.add_argument("--contexts", default="1024,8192")
+    parser.add_argument("--configs", default="", help="size:context pairs, instead of every size x context")
     parser.add_argument("--tokens-per-step", type=int, default=16384)
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"any of {', '.join(VARIANTS)}")
     parser.add_argument("--tag", default="", help="suffix of the output files (a run split over several devices)")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--profile", action="store_true", help="also break each step down by kernel")
     args = parser.parse_args()
     variants = args.variants.split(",")
     if unknown := set(variants) - set(VARIANTS):
@@ -112,8 +156,11 @@ def main():
         "datasheet": datasheet.name,
         "datasheet_peak_flops": datasheet.peak_flops,
     }
-    rows = []
-    jobs = [(v, size, int(T)) for size in args.sizes.split(",") for T in args.contexts.split(",") for v in variants]
+    rows, kernels = [], []
+    pairs = [pair.split(":") for pair in args.configs.split(",")] if args.configs else None
+    if pairs is None:
+        pairs = [(size, T) for size in args.sizes.split(",") for T in args.contexts.split(",")]
+    jobs = [(v, size, int(T)) for size, T in pairs for v in variants]
     out = results_dir() / "cost"
     for variant, size, T in tqdm(jobs, desc="training step"):
         batch = max(1, args.tokens_per_step // T)
@@ -124,10 +171,16 @@ def main():
         def measure():
             model, forward, vocab, flops_per_token = build(variant, name, device, T)
             torch.cuda.reset_peak_memory_stats(device)
-            seconds = step_time(model, forward, vocab, batch, T, device)
+            profile = [] if args.profile else None
+            seconds = step_time(model, forward, vocab, batch, T, device, profile)
+            for k in profile or []:
+                kernels.append({"variant": variant, "size": size, "context": T} | k)
             tps = batch * T / seconds
+            # the fused blocks fall back to the eager ones (with a warning) if the compiler fails: say which ran
+            blocks = getattr(model, "fused_blocks", None)
             return {
                 "status": "ok",
+                "rwkv_blocks": None if blocks is None else ("eager" if blocks is False else "fused"),
                 "params": sum(p.numel() for p in model.parameters()),
                 "step_ms": seconds * 1e3,
                 "tokens_per_s": tps,
@@ -149,6 +202,8 @@ def main():
         frame = pd.DataFrame(rows)
         write_table(out / f"training_mfu{args.tag}.csv", frame, params, device=device)
         write_table(out / f"training_vs_pythia{args.tag}.csv", versus(frame), params, device=device)
+        if kernels:
+            write_table(out / f"training_kernels{args.tag}.csv", pd.DataFrame(kernels), params, device=device)
     print(versus(pd.DataFrame(rows)).to_string(float_format=lambda v: f"{v:.3g}"))
 
 
