@@ -4,7 +4,8 @@ blocks at released sizes on the GPU: the full-size counterpart of the CPU tests 
     python benchmarks/check_fused.py [--sizes 169M,1.5B] [--context 1024]
 
 For each size, from a random non-empty state: one training step's loss, final state and every parameter's
-gradient (fp32 weights; fp32 math, then bf16 autocast as training runs), and a prefill's last logits in fp16.
+gradient (fp32 weights; fp32 math, then bf16 autocast as training runs, where both paths are also set against the
+fp32 step), and a prefill's last logits in fp16.
 Writes results/training/fused_check.json; prints each relative error.
 """
 
@@ -31,6 +32,11 @@ def training_step(model, x, state, fused: bool, autocast: bool):
     return loss.detach(), new_state.detach(), grads
 
 
+def worst_grad(run, reference) -> tuple[float, str]:
+    """The largest relative error over every gradient of a training step, and whose it is."""
+    return max((rel_error(run[2][n], g), n) for n, g in reference[2].items())
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="169M,1.5B")
@@ -46,14 +52,22 @@ def main():
         with torch.no_grad():
             model.fused_blocks = False
             _, state = model(x[:, :37])  # a reachable, non-empty state
+        runs = {
+            (fused, autocast): training_step(model, x, state, fused, autocast)
+            for autocast in (False, True)
+            for fused in (False, True)
+        }
+        reference = runs[False, False]  # eager, fp32 math
         for autocast in (False, True):
-            eager = training_step(model, x, state, False, autocast)
-            fused = training_step(model, x, state, True, autocast)
+            eager, fused = runs[False, autocast], runs[True, autocast]
             row = {"size": size, "what": "training step", "autocast": "bf16" if autocast else "none"}
             row |= {"rel_err_loss": rel_error(fused[0], eager[0]), "rel_err_state": rel_error(fused[1], eager[1])}
-            row["rel_err_worst_grad"], row["worst_grad"] = max(
-                (rel_error(fused[2][n], g), n) for n, g in eager[2].items()
-            )
+            row["rel_err_worst_grad"], row["worst_grad"] = worst_grad(fused, eager)
+            if autocast:
+                # bf16 rounds differently in the two paths: each against the fp32 step tells whether the fused
+                # path loses more than the eager one does
+                row["fused_vs_fp32_worst_grad"], row["fused_vs_fp32_which"] = worst_grad(fused, reference)
+                row["eager_vs_fp32_worst_grad"], row["eager_vs_fp32_which"] = worst_grad(eager, reference)
             rows.append(row)
             print(row, flush=True)
         model = model.half().eval()

@@ -124,8 +124,17 @@ def fused_block_forward():
     around the matmuls and, in training, recomputes those cheap elementwise results in the backward instead of
     storing them. The WKV stays the Triton kernel, a custom op the compiler treats as opaque. One function for
     every block of every model: the block's parameters are graph inputs, so one compilation serves all layers of
-    a shape (the first block, with ln0, gets its own)."""
-    return torch.compile(Block.forward)
+    a shape (the first block, with ln0, gets its own).
+
+    Inductor's "mix-order reduction" (torch 2.10-2.11, CUDA) returns the (1, 1, C) mix parameters' gradients as
+    (C,), which autograd refuses ("CompiledFunctionBackward returned an invalid gradient ... got [C] but expected
+    shape compatible with [1, 1, C]", pytorch/pytorch#178080): that one fusion is turned off here."""
+    import torch._inductor.config  # noqa: PLC0415 - loaded with the compiler, not with the model
+
+    options = {}
+    if hasattr(torch._inductor.config.triton, "mix_order_reduction"):
+        options["triton.mix_order_reduction"] = False
+    return torch.compile(Block.forward, options=options)
 
 
 class RWKV(nn.Module):
