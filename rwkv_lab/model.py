@@ -116,6 +116,23 @@ class Block(nn.Module):
         return x, new_state
 
 
+HEAD_PAD = 64
+
+
+def padded_head(hidden: torch.Tensor, weight: torch.Tensor, multiple: int = HEAD_PAD) -> torch.Tensor:
+    """hidden (..., C) @ weight (V, C)^T with the vocabulary padded to a multiple of `multiple`: the same logits
+    (..., V), a view whose rows are `multiple`-aligned. The released RWKV-4 vocabulary, 50277, is odd: logits with
+    rows of 50277 elements leave cuBLAS only unaligned kernels (on the H200 an sm75 'align1' GEMM, 40% of a 169M
+    training step and a quarter at 1.5B, in the head's three matmuls alone). Pythia pads its vocabulary to 50304
+    in the checkpoint; RWKV-4's checkpoints keep 50277 rows, so the padding is made here, per step (a copy of the
+    head, small beside the logits). Training on CUDA uses it (RWKV.forward with autograd on)."""
+    V = weight.shape[0]
+    pad = -V % multiple
+    if pad == 0:
+        return nn.functional.linear(hidden, weight)
+    return nn.functional.linear(hidden, nn.functional.pad(weight, (0, 0, 0, pad)))[..., :V]
+
+
 @functools.cache
 def fused_block_forward():
     """`Block.forward` through torch.compile: the fast path of the parallel form on CUDA (training, prefill).
@@ -131,6 +148,9 @@ def fused_block_forward():
     shape compatible with [1, 1, C]", pytorch/pytorch#178080): that one fusion is turned off here."""
     import torch._inductor.config  # noqa: PLC0415 - loaded with the compiler, not with the model
 
+    # Each model width, the first block (ln0) and each new sequence shape add a compilation; past dynamo's default
+    # limit of 8 it silently runs the function eager, which a benchmark of several sizes reaches.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     options = {}
     if hasattr(torch._inductor.config.triton, "mix_order_reduction"):
         options["triton.mix_order_reduction"] = False
@@ -243,6 +263,8 @@ class RWKV(nn.Module):
         state), `w`, `u`, `k`, `v`, `wkv_state` what its WKV was given, `out` the block's output (B, T, C).
         """
         hidden, state = self.hidden(tokens, state, backend=backend, check=check, trace=trace)
+        if hidden.is_cuda and torch.is_grad_enabled():
+            return padded_head(hidden, self.head.weight), state  # (B, T, V)
         return self.head(hidden), state  # (B, T, V)
 
     def hidden(

@@ -203,3 +203,23 @@ def test_fp16_rescaling_keeps_a_growing_residual_finite():
     assert_rel_close("fp16 with rescaling vs fp32", logits, ref_logits, TOL["bfloat16"])
     half.rescale_every = 0
     assert not torch.isfinite(half(tokens)[0]).all(), "without rescaling the fp16 residual should overflow here"
+
+
+def test_the_padded_head_gives_the_heads_logits_and_gradients():
+    """Training on CUDA pads the odd RWKV-4 vocabulary (50277) to aligned rows: same logits, same gradients."""
+    from rwkv_lab.model import HEAD_PAD, padded_head
+
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 7, 24, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50277 % 1000, 24, generator=gen, dtype=torch.float64, requires_grad=True)  # V = 277
+    padded = padded_head(hidden, weight)
+    plain = torch.nn.functional.linear(hidden, weight)
+    assert padded.shape == plain.shape and padded.stride(-2) % HEAD_PAD == 0
+    assert_rel_close("padded head logits", padded, plain, TOL["float64 model"])
+    g = torch.randn(plain.shape, generator=gen, dtype=torch.float64)
+    for name, a, b in zip(
+        ("hidden", "weight"),
+        torch.autograd.grad((padded * g).sum(), (hidden, weight)),
+        torch.autograd.grad((plain * g).sum(), (hidden, weight)),
+    ):
+        assert_rel_close(f"padded head grad {name}", a, b, TOL["float64 model"])
