@@ -101,6 +101,36 @@ def wkv_forward():
     return row("WKV forward, Triton kernel vs fla's `fused_recurrent_rwkv4` (same run)", f, "; ".join(cells))
 
 
+def wkv_fwd_bwd():
+    f = "wkv/wkv_benchmark.csv"
+    b = table(f)
+    cells = []
+    for B, T, C in ((8, 1024, 768), (8, 1024, 2048), (16, 4096, 2048)):
+        g = b[(b["B"] == B) & (b["T"] == T) & (b["C"] == C) & (b["dtype"] == "bf16")].set_index("backend")
+        ours, fla = g.loc["triton", "fwd_bwd_ms"], g.loc["fla fused_recurrent_rwkv4", "fwd_bwd_ms"]
+        cells.append(f"({B}, {T}, {C}): {ours:.2f} vs {fla:.2f} ms ({fla / ours:.2f}× fla's speed)")
+    return row(
+        "WKV forward+backward, bf16, Triton kernel vs fla's `fused_recurrent_rwkv4` (same run)", f, "; ".join(cells)
+    )
+
+
+def training_vs_pythia():
+    f = "cost/training_vs_pythia.csv"
+    t = table(f)
+    tokens = int(t["tokens_per_step"].iloc[0])
+    cells = [
+        f"{r['size']} T = {r['context']}: {k(r['rwkv_tokens_per_s'])} vs {k(r['pythia_tokens_per_s'])} tokens/s "
+        f"({r['speed_ratio']:.2f}×), peak {r['rwkv_peak_mem_GiB']:.1f} vs {r['pythia_peak_mem_GiB']:.1f} GiB"
+        for _, r in t.iterrows()
+    ]
+    return row(
+        f"training step (forward + backward + AdamW, bf16 autocast, {tokens // 1024}k tokens per step): RWKV-4 "
+        "(fused blocks) vs Pythia (torch.compile), same run",
+        f,
+        "; ".join(cells),
+    )
+
+
 def wkv_cpu():
     f = "wkv/wkv_cpu_speed.csv"
     t = table(f).set_index("backend")
@@ -288,7 +318,16 @@ def dynamics():
 
 
 def build() -> str:
-    rows = [equivalence(), kernel_check(), wkv_forward(), wkv_cpu(), training_mfu(), train_compare(), train_speed()]
+    rows = [
+        equivalence(),
+        kernel_check(),
+        wkv_forward(),
+        wkv_fwd_bwd(),
+        wkv_cpu(),
+        training_vs_pythia(),
+        training_mfu(),
+    ]
+    rows += [train_compare(), train_speed()]
     rows.append(context_effect())
     rows += generation_gpu() + generation_cpu() + lm_eval() + dynamics()
     lines = ["| what | where measured | number | file |", "|---|---|---|---|"]

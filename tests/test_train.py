@@ -6,6 +6,7 @@ import math
 import types
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from helpers import TOL, assert_rel_close, torchrun
@@ -420,3 +421,21 @@ def test_the_context_gap_is_split_into_the_batch_share():
     assert shares.loc["rwkv", "gap"] == pytest.approx(0.4) and shares.loc["rwkv", "batch_share"] == pytest.approx(0.75)
     assert shares.loc["transformer", "batch_share"] == pytest.approx(0.1)  # the context makes most of this gap
     assert shares["cause"].tolist() == ["the batch's fewer draws", "the context"]
+
+
+def test_kernel_time_by_kind_sums_each_steps_kernels():
+    from rwkv_lab.training.report import kernel_time_by_kind
+
+    kernels = pd.DataFrame(
+        {
+            "variant": ["RWKV-4"] * 3 + ["Pythia compiled"] * 2,
+            "size": ["169M"] * 5,
+            "context": [1024] * 5,
+            "kernel": ["gemm_a", "gemm_b", "_bwd_chunk", "gemm_a", "flash_fwd"],
+            "kind": ["matmul", "matmul", "WKV (Triton)", "matmul", "attention"],
+            "ms": [1.0, 2.0, 0.5, 4.0, 3.0],
+        }
+    )
+    wide = kernel_time_by_kind(kernels).set_index("variant")
+    assert wide.loc["RWKV-4", "matmul"] == 3.0 and wide.loc["RWKV-4", "attention"] == 0.0
+    assert wide.loc["RWKV-4", "device_ms"] == 3.5 and wide.loc["Pythia compiled", "device_ms"] == 7.0

@@ -90,3 +90,28 @@ def context_gap_shares(runs: pd.DataFrame, score: str = "val_bpb_at_512") -> pd.
         row = {"arch": arch, "short": short[score], "long": long[score], "cut": cut[score], "gap": gap}
         rows.append(row | {"batch_share": share, "cause": cause})
     return pd.DataFrame(rows)
+
+
+def kernel_time_by_kind(kernels: pd.DataFrame) -> pd.DataFrame:
+    """Of benchmarks/bench_training.py --profile's kernels (results/cost/training_kernels.csv): milliseconds of GPU
+    time per step, one row per (variant, size, context), one column per kernel kind, and `device_ms` their total
+    (the step's wall time, in training_mfu.csv, is longer by what the host adds: launches, Python, guards)."""
+    keys = ["variant", "size", "context"]
+    wide = kernels.pivot_table(index=keys, columns="kind", values="ms", aggfunc="sum", fill_value=0.0, sort=False)
+    wide.columns.name = None
+    wide["device_ms"] = wide.sum(axis=1)
+    return wide.reset_index()
+
+
+def plot_kernel_time(by_kind: pd.DataFrame, ax, title: str = ""):
+    """Stacked bars: each step's GPU time by kernel kind (kernel_time_by_kind), RWKV-4 beside Pythia per size."""
+    kinds = [c for c in by_kind.columns if c not in ("variant", "size", "context", "device_ms")]
+    labels = by_kind["size"] + " T=" + by_kind["context"].astype(str) + "\n" + by_kind["variant"]
+    bottom = pd.Series(0.0, index=by_kind.index)
+    for kind in kinds:
+        ax.bar(labels, by_kind[kind], bottom=bottom, label=kind)
+        bottom += by_kind[kind]
+    ax.set_ylabel("GPU time per step, ms")
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
