@@ -122,8 +122,8 @@ HEAD_PAD = 64
 def padded_head(hidden: torch.Tensor, weight: torch.Tensor, multiple: int = HEAD_PAD) -> torch.Tensor:
     """hidden (..., C) @ weight (V, C)^T with the vocabulary padded to a multiple of `multiple`: the same logits
     (..., V), a view whose rows are `multiple`-aligned. The released RWKV-4 vocabulary, 50277, is odd: logits with
-    rows of 50277 elements leave cuBLAS only unaligned kernels (on the H200 an sm75 'align1' GEMM, 40% of a 169M
-    training step and a quarter at 1.5B, in the head's three matmuls alone). Pythia pads its vocabulary to 50304
+    rows of 50277 elements leave cuBLAS only unaligned kernels (on the H200 an sm75 'align1' GEMM in the head's
+    three matmuls, the largest kernels of a training step: results/cost/before_head_pad/). Pythia pads to 50304
     in the checkpoint; RWKV-4's checkpoints keep 50277 rows, so the padding is made here, per step (a copy of the
     head, small beside the logits). Training on CUDA uses it (RWKV.forward with autograd on)."""
     V = weight.shape[0]
