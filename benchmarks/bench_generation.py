@@ -27,7 +27,7 @@ from rwkv_lab.inference.generation import generate
 from rwkv_lab.loading.checkpoint import save_model
 from rwkv_lab.loading.tokenizer import load_tokenizer
 from rwkv_lab.measure.memory import free_memory
-from rwkv_lab.measure.timing import copy_bandwidth, synchronize, time_fn
+from rwkv_lab.measure.timing import copy_bandwidth, cuda_kernels, synchronize, time_fn
 from rwkv_lab.model import build_at_size
 from rwkv_lab.results import results_dir, write_json, write_table
 
@@ -180,8 +180,6 @@ def transformers_rows(model, size: str, prefill_T: int, steps: int, tmp: Path, d
 def kernel_profile(model, size: str, prefill_T: int, steps: int, device) -> list[dict]:
     """Where the time goes: CUDA kernels of `steps` decode steps (batch 1, the captured step) and of one prefill
     of `prefill_T` tokens, by total device time (torch.profiler)."""
-    from torch.profiler import ProfilerActivity, profile
-
     decoder = decoder_for(model, 1)
     tokens, state = torch.randint(1, 20000, (1,), device=device), model.init_state(1)
     prompt = torch.randint(1, 20000, (1, prefill_T), device=device)
@@ -190,15 +188,10 @@ def kernel_profile(model, size: str, prefill_T: int, steps: int, device) -> list
         ("decode step", lambda: [decoder.step(tokens, state, **SAMPLING) for _ in range(steps)]),
         ("prefill", lambda: model.prefill(prompt)),
     ):
-        fn()
-        synchronize(device)
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            fn()
-            synchronize(device)
-        kernels = [e for e in prof.key_averages() if e.device_time_total > 0]
+        kernels = cuda_kernels(fn, device)
         total = sum(e.device_time_total for e in kernels)
         calls = steps if what == "decode step" else 1
-        for e in sorted(kernels, key=lambda e: -e.device_time_total)[:25]:
+        for e in kernels[:25]:
             rows.append(
                 {
                     "size": size,

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from rwkv_lab import cost
 from rwkv_lab.baseline import PYTHIA_FOR, pythia_model
-from rwkv_lab.measure.timing import OOM, or_oom, time_fn
+from rwkv_lab.measure.timing import OOM, cuda_kernels, or_oom, time_fn
 from rwkv_lab.model import build_at_size
 from rwkv_lab.results import results_dir, write_table
 from rwkv_lab.training.loss import lm_loss
@@ -92,19 +92,12 @@ def kernel_kind(name: str) -> str:
 
 def step_profile(step, device) -> list[dict]:
     """Where one optimizer step's GPU time goes: its CUDA kernels by total device time (torch.profiler)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    step()
-    torch.cuda.synchronize(device)
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        step()
-        torch.cuda.synchronize(device)
-    kernels = [e for e in prof.key_averages() if e.device_time_total > 0]
+    kernels = cuda_kernels(step, device)
     total = sum(e.device_time_total for e in kernels)
     return [
         {"kernel": e.key[:100], "kind": kernel_kind(e.key), "calls": e.count, "ms": e.device_time_total / 1e3}
         | {"share": e.device_time_total / total, "device_ms": total / 1e3}
-        for e in sorted(kernels, key=lambda e: -e.device_time_total)
+        for e in kernels
     ]
 
 

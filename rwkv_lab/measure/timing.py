@@ -15,6 +15,20 @@ def synchronize(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def cuda_kernels(fn: Callable[[], object], device="cuda") -> list:
+    """The CUDA kernels of one call of `fn` (after one untimed call), by total device time, largest first:
+    torch.profiler's averaged events, each with `key`, `count` and `device_time_total` (microseconds)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    synchronize(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        synchronize(device)
+    kernels = [e for e in prof.key_averages() if e.device_time_total > 0]
+    return sorted(kernels, key=lambda e: -e.device_time_total)
+
+
 def time_fn(
     fn: Callable[[], object], device="cuda", warmup: int = 3, repeat: int = 10, min_seconds: float = 0.0
 ) -> float:
