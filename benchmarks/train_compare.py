@@ -64,7 +64,10 @@ def main():
     parser.add_argument("--tokens-per-step", type=int, default=32768)
     parser.add_argument("--lrs", default="1e-3", help="peak learning rates to sweep, comma-separated")
     parser.add_argument(
-        "--arch-lrs", default="", help="per architecture instead, e.g. 'rwkv:3e-3,transformer:1e-3' (overrides --lrs)"
+        "--arch-lrs",
+        default="",
+        help="per architecture instead, e.g. 'rwkv:3e-3,rwkv:6e-3,transformer:3e-3' (an architecture named here "
+        "sweeps only its rates listed here)",
     )
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--warmup-steps", type=int, default=100)
@@ -73,6 +76,13 @@ def main():
     parser.add_argument("--deadline-min", type=float, default=None, help="start no run after this many minutes")
     parser.add_argument("--tag", default="", help="suffix of the output files (runs split over several calls)")
     args = parser.parse_args()
+    lrs = {arch: [float(x) for x in args.lrs.split(",")] for arch in ARCHS}
+    named = [item.split(":") for item in filter(None, args.arch_lrs.split(","))]
+    unknown = {arch for arch, *_ in named} - set(ARCHS)
+    if unknown or any(len(item) != 2 for item in named):
+        parser.error(f"--arch-lrs {args.arch_lrs!r}: expected arch:rate items with arch in {', '.join(ARCHS)}")
+    for arch in {arch for arch, _ in named}:
+        lrs[arch] = [float(lr) for a, lr in named if a == arch]
     t_start = time.time()
     corpus = build_corpus()
     base = {
@@ -83,10 +93,6 @@ def main():
     print(base, flush=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     out = results_dir() / "training"
-    lrs = {arch: [float(x) for x in args.lrs.split(",")] for arch in ARCHS}
-    for item in filter(None, args.arch_lrs.split(",")):
-        arch, lr = item.split(":")
-        lrs[arch] = [float(lr)]
     curves, summary, best_export = [], [], None
     for context in map(int, args.contexts.split(",")):
         for size in args.sizes.split(","):

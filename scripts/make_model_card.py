@@ -1,13 +1,14 @@
 """Write the default model's card (rwkv_lab/default_model/card.json and MODEL_CARD.md) from measurements.
 
-    python scripts/make_model_card.py
+    python scripts/make_model_card.py [--tag _default]
 
-Reads the GPU training run (results/training/summary.csv and its provenance), then measures here, on the CPU in
+Reads the GPU training run (results/training/summary<tag>.csv and its provenance, written by train_compare.py), then measures here, on the CPU in
 fp32 with the shipped bf16 weights: the loss on the held-out slice (default_model/heldout.txt, written here from a
 validation-split file of this interpreter's standard library), validation bits-per-byte on this interpreter's
 validation split (the training run's evaluation windows), the unigram baseline, and a sample.
 """
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -22,7 +23,7 @@ from rwkv_lab.loading.tokenizer import ByteTokenizer
 from rwkv_lab.results import atomic_write, provenance
 from rwkv_lab.training.corpus import build_corpus, is_validation, list_files, stdlib_dir, unigram_loss
 from rwkv_lab.training.report import chosen_runs
-from rwkv_lab.training.trainer import TrainConfig, Trainer, bits_per_byte
+from rwkv_lab.training.trainer import LR_SCALE, TrainConfig, Trainer, bits_per_byte
 
 ROOT = Path(__file__).resolve().parent.parent
 HELDOUT_CHARS = 6000
@@ -48,9 +49,22 @@ def heldout_slice() -> tuple[str, str]:
     raise RuntimeError("no suitable validation file")
 
 
+def training_command(params: dict) -> str:
+    """The train_compare.py command line that wrote the run, from its recorded parameters."""
+    rates = f"--arch-lrs {params['arch_lrs']}" if params.get("arch_lrs") else f"--lrs {params['lrs']}"
+    return (
+        f"python benchmarks/train_compare.py --sizes {params['sizes']} --contexts {params['contexts']} "
+        f"--tokens {params['tokens']} {rates} --export-size {params['export_size']} "
+        f"--export-context {params['export_context']}" + (f" --tag {params['tag']}" if params.get("tag") else "")
+    )
+
+
 def main():
-    summary = pd.read_csv(ROOT / "results/training/summary.csv")
-    meta = json.loads((ROOT / "results/training/summary.meta.json").read_text())
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tag", default="_default", help="the train_compare run: results/training/summary<tag>.csv")
+    args = parser.parse_args()
+    summary = pd.read_csv(ROOT / f"results/training/summary{args.tag}.csv")
+    meta = json.loads((ROOT / f"results/training/summary{args.tag}.meta.json").read_text())
     params = meta["params"]
     summary = chosen_runs(summary)  # of a learning-rate sweep, the chosen runs
     run = summary[
@@ -76,10 +90,7 @@ def main():
         "params": int(run.params),
         "weights_dtype": "bfloat16",
         "training": {
-            "command": (
-                f"python benchmarks/train_compare.py --sizes {params['sizes']} --contexts {params['contexts']} "
-                f"--tokens {params['tokens']}"
-            ),
+            "command": training_command(params),
             "device": meta["device"],
             "git_commit": meta["git_commit"],
             "date_utc": meta["date_utc"],
@@ -88,7 +99,9 @@ def main():
             "tokens_seen": int(run.tokens),
             "context": int(run.context),
             "batch_size": int(run.batch_size),
-            "lr": float(run["lr"]) if "lr" in run else params["lr"],
+            "lr": float(run["lr"]),
+            "lr_scale": LR_SCALE,
+            "weight_decay_matrices": TrainConfig.weight_decay,
             "train_seconds": float(run.train_seconds),
             "tokens_per_s": float(run.tokens_per_s),
             "val_loss": float(run.val_loss),
@@ -115,6 +128,7 @@ def main():
     card["checked_here"]["heldout_bpb"] = card["checked_here"]["heldout_loss"] / math.log(2)
     atomic_write(DEFAULT_DIR / "card.json", lambda tmp: tmp.write_text(json.dumps(card, indent=2) + "\n"))
     t, c = card["training"], card["checked_here"]
+    scales = ", ".join(f"`{name}` at {scale:g}x" for name, scale in t["lr_scale"].items())
     md = f"""# Model card: the rwkv-lab default model
 
 RWKV-4, {card["model"]} ({card["params"]:,} parameters), byte-level (256 bytes + end-of-text = token 0), weights
@@ -126,7 +140,8 @@ every number below is measured, in `card.json`.
   training files, {t["corpus"]["n_val_files"]} validation files (split by the SHA-1 of the relative path; file-list
   SHA-256 `{t["corpus"]["files_sha256"]}`).
 - {t["tokens_seen"]:,} tokens seen ({t["tokens_seen"] / t["corpus"]["train_tokens"]:.1f} epochs), context {t["context"]},
-  batch {t["batch_size"]}, AdamW lr {t["lr"]} (warm-up, cosine), bf16 autocast, on an {t["device"]} in
+  batch {t["batch_size"]}, AdamW lr {t["lr"]} (warm-up, cosine; RWKV-LM's layerwise rates: {scales}; weight decay
+  {t["weight_decay_matrices"]} on the matrices only), bf16 autocast, on an {t["device"]} in
   {t["train_seconds"]:.0f} s ({t["tokens_per_s"]:,.0f} tokens/s), commit {t["git_commit"][:10]}, {t["date_utc"]}.
 - Reproduce: `{t["command"]}` (the byte-6x256 RWKV run is exported).
 
