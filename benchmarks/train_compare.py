@@ -9,7 +9,8 @@ architecture); the run with the best final validation bits/byte per (architectur
 `chosen`, and comparisons read the chosen runs. The validation curves, tokens/s and peak memory go to
 results/training/curves.csv and one row per run to results/training/summary.csv, rewritten after every run (an
 interrupted sweep keeps what finished). `--export-size` names the RWKV size whose chosen run's weights become
-results/training/<size>-T<context>.safetensors (bf16), the candidate for the packaged default model.
+results/training/<size>-T<context><tag>.safetensors (bf16), the candidate for the packaged default model, written
+(atomically) as soon as a run of that size beats the earlier ones, so that a sweep cut short keeps it.
 Out-of-memory is a recorded outcome, and runs that would start after `--deadline-min` are recorded as skipped.
 """
 
@@ -75,6 +76,8 @@ def main():
     parser.add_argument("--export-context", type=int, default=512)
     parser.add_argument("--deadline-min", type=float, default=None, help="start no run after this many minutes")
     parser.add_argument("--tag", default="", help="suffix of the output files (runs split over several calls)")
+    parser.add_argument("--corpus", default=None, help="a directory of .py files or a text file (default: stdlib)")
+    parser.add_argument("--val-fraction", type=float, default=0.05, help="of the corpus's files, held out")
     args = parser.parse_args()
     lrs = {arch: [float(x) for x in args.lrs.split(",")] for arch in ARCHS}
     named = [item.split(":") for item in filter(None, args.arch_lrs.split(","))]
@@ -84,7 +87,7 @@ def main():
     for arch in {arch for arch, _ in named}:
         lrs[arch] = [float(lr) for a, lr in named if a == arch]
     t_start = time.time()
-    corpus = build_corpus()
+    corpus = build_corpus(args.corpus, val_fraction=args.val_fraction)
     base = {
         "corpus": corpus.summary(),
         "unigram_val_loss": unigram_loss(corpus),
@@ -93,7 +96,16 @@ def main():
     print(base, flush=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     out = results_dir() / "training"
-    curves, summary, best_export = [], [], None
+
+    def write(summary: list, curves: list):
+        """Rewrite both tables: after every run and every skipped one, so an interrupted sweep keeps each."""
+        params = vars(args) | base
+        write_table(out / f"summary{args.tag}.csv", mark_chosen(pd.DataFrame(summary)), params)
+        if curves:
+            write_table(out / f"curves{args.tag}.csv", pd.concat(curves, ignore_index=True), params)
+
+    curves, summary, best_export = [], [], None  # best_export: the exported run's validation bits/byte
+    export_path = out / f"{args.export_size}-T{args.export_context}{args.tag}.safetensors"
     for context in map(int, args.contexts.split(",")):
         for size in args.sizes.split(","):
             for arch in ARCHS:
@@ -113,25 +125,20 @@ def main():
                     row |= {"batch_size": cfg.batch_size, "tokens": args.tokens}
                     if args.deadline_min and time.time() - t_start > 60 * args.deadline_min:
                         summary.append(row | {"status": "skipped (deadline)"})
+                        write(summary, curves)
                         continue
                     export = arch == "rwkv" and size == args.export_size and context == args.export_context
                     result = or_oom(lambda: train(cfg, corpus, curves, export), device)
                     if export and result is not OOM:
                         weights = result.pop("weights")
-                        if best_export is None or result["val_bpb"] < best_export[0]:
-                            best_export = (result["val_bpb"], weights)
+                        if best_export is None or result["val_bpb"] < best_export:
+                            best_export = result["val_bpb"]
+                            save_model(weights, export_path, dtype=torch.bfloat16)
+                            print(f"exported {size} at lr {lr} ({best_export:.4f} bits/byte) to {export_path}")
                     row |= {"status": "oom"} if result is OOM else result
                     summary.append(row)
                     print(row, flush=True)
-                    frame = mark_chosen(pd.DataFrame(summary))
-                    params = vars(args) | base
-                    write_table(out / f"summary{args.tag}.csv", frame, params)
-                    if curves:
-                        write_table(out / f"curves{args.tag}.csv", pd.concat(curves, ignore_index=True), params)
-    if best_export is not None:
-        path = out / f"{args.export_size}-T{args.export_context}{args.tag}.safetensors"
-        save_model(best_export[1], path, dtype=torch.bfloat16)
-        print(f"exported the chosen {args.export_size} run ({best_export[0]:.4f} bits/byte) to {path}")
+                    write(summary, curves)
     print(pd.DataFrame(summary).to_string(float_format=lambda v: f"{v:.4g}"))
 
 

@@ -1,6 +1,6 @@
 """Write the default model's card (rwkv_lab/default_model/card.json and MODEL_CARD.md) from measurements.
 
-    python scripts/make_model_card.py [--tag _default]
+    python scripts/make_model_card.py --tag _default_50M
 
 Reads the GPU training run (results/training/summary<tag>.csv and its provenance, written by train_compare.py), then measures here, on the CPU in
 fp32 with the shipped bf16 weights: the loss on the held-out slice (default_model/heldout.txt, written here from a
@@ -61,7 +61,11 @@ def training_command(params: dict) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tag", default="_default", help="the train_compare run: results/training/summary<tag>.csv")
+    parser.add_argument(
+        "--tag",
+        required=True,
+        help="the train_compare run that exported the weights: results/training/summary<tag>.csv",
+    )
     args = parser.parse_args()
     summary = pd.read_csv(ROOT / f"results/training/summary{args.tag}.csv")
     meta = json.loads((ROOT / f"results/training/summary{args.tag}.meta.json").read_text())

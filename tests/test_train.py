@@ -3,6 +3,7 @@ default model against its card."""
 
 import dataclasses
 import math
+import os
 import types
 from pathlib import Path
 
@@ -182,6 +183,30 @@ def test_command_line_trains_and_exports(text_dir, tmp_path):
     from rwkv_lab import load_model
 
     assert load_model(out / "model.safetensors").config.n_layer == 2
+
+
+def test_train_compare_exports_the_best_run_and_records_skipped_ones(text_dir, tmp_path):
+    """benchmarks/train_compare.py: the export is written as soon as a run is the best (a sweep cut short keeps
+    it), and runs past the deadline are rows of the summary."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "train_compare.py"
+    env = dict(os.environ, RWKV_LAB_RESULTS=str(tmp_path))
+    common = ["--sizes", "byte-2x32", "--contexts", "32", "--tokens", "512", "--tokens-per-step", "128"]
+    common += ["--eval-every", "2", "--warmup-steps", "1", "--corpus", str(text_dir), "--val-fraction", "0.2"]
+    run = [sys.executable, str(script), *common, "--arch-lrs", "rwkv:1e-3,rwkv:1e-2,transformer:1e-3"]
+    export = ["--export-size", "byte-2x32", "--export-context", "32"]
+    out = subprocess.run([*run, *export], check=True, env=env, capture_output=True, text=True).stdout
+    assert out.index("exported byte-2x32 at lr 0.001") < out.index("'arch': 'transformer'")  # before the sweep ends
+    summary = pd.read_csv(tmp_path / "training" / "summary.csv")
+    assert len(summary) == 3 and summary["chosen"].sum() == 2
+    from rwkv_lab import load_model
+
+    assert load_model(tmp_path / "training" / "byte-2x32-T32.safetensors").config.n_embd == 32
+    subprocess.run([*run, "--deadline-min", "1e-9", "--tag", "_late"], check=True, env=env)
+    late = pd.read_csv(tmp_path / "training" / "summary_late.csv")
+    assert late["status"].tolist() == ["skipped (deadline)"] * 3
 
 
 def test_shipped_default_matches_its_card():
@@ -402,6 +427,23 @@ def test_comparisons_read_the_chosen_runs_and_the_fastest_paths():
         }
     )
     assert fastest_paths(steps)["variant"].tolist() == ["RWKV-4", "Pythia compiled"]
+
+
+def test_best_and_final_finds_where_validation_bottoms_out():
+    from rwkv_lab.training.report import best_and_final
+
+    curves = pd.DataFrame(
+        {
+            "arch": ["rwkv"] * 4 + ["transformer"] * 2,
+            "lr": [1e-3] * 4 + [3e-3] * 2,
+            "tokens": [10, 20, 30, 40, 10, 20],
+            "val_bpb": [2.0, 1.5, 1.7, 1.9, 3.0, 2.5],
+        }
+    )
+    runs = best_and_final(curves, train_tokens=10).set_index("arch")
+    assert runs.loc["rwkv", "best_val_bpb"] == 1.5 and runs.loc["rwkv", "best_at_epochs"] == 2.0
+    assert runs.loc["rwkv", "final_val_bpb"] == 1.9 and runs.loc["rwkv", "final_epochs"] == 4.0
+    assert runs.loc["transformer", "best_val_bpb"] == runs.loc["transformer", "final_val_bpb"] == 2.5
 
 
 def test_the_context_gap_is_split_into_the_batch_share():

@@ -20,6 +20,29 @@ def chosen_curves(curves: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
     return curves.merge(keys, on=["arch", "model", "context", "lr"])
 
 
+def best_and_final(curves: pd.DataFrame, train_tokens: int) -> pd.DataFrame:
+    """Per run (architecture, size, context, learning rate) of validation curves: where validation bits/byte was
+    lowest (its tokens and epochs over a corpus of `train_tokens`) and where the run ended. A final value above the
+    best says the run trained past the point where more epochs stopped helping (overfitting)."""
+    keys = [k for k in ("arch", "model", "context", "lr") if k in curves]
+    val = curves.dropna(subset=["val_bpb"])
+    rows = []
+    for key, run in val.groupby(keys, sort=False):
+        best, last = run.loc[run["val_bpb"].idxmin()], run.loc[run["tokens"].idxmax()]
+        rows.append(
+            dict(zip(keys, key))
+            | {
+                "best_val_bpb": best["val_bpb"],
+                "best_at_tokens": int(best["tokens"]),
+                "best_at_epochs": best["tokens"] / train_tokens,
+                "final_val_bpb": last["val_bpb"],
+                "final_tokens": int(last["tokens"]),
+                "final_epochs": last["tokens"] / train_tokens,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def fastest_paths(steps: pd.DataFrame) -> pd.DataFrame:
     """Of benchmarks/bench_training.py's rows (results/cost/training_mfu.csv), the ones a comparison reads: per
     (architecture, model, context), the faster path that ran (RWKV-4's fused blocks, Pythia eager or compiled);
