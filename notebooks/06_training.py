@@ -240,7 +240,8 @@ for tag in ("_default", "_default_50M"):
     retrain.append(best_and_final(runs, train_tokens).assign(run=tag, device=run_meta["device"]))
     runs = runs.dropna(subset=["val_bpb"])
     for key, run in runs.groupby(["arch", "lr"]):
-        plt.plot(run["tokens"] / train_tokens, run["val_bpb"], label=f"{key[0]} lr {key[1]:g} ({tag[1:]})")
+        length = f"{run_meta['params']['tokens'] / 1e6:.0f}M-token run"
+        plt.plot(run["tokens"] / train_tokens, run["val_bpb"], label=f"{key[0]} lr {key[1]:g} ({length})")
 retrain = pd.concat(retrain, ignore_index=True)
 plt.xlabel("epochs over the training split")
 plt.ylabel("validation bits / byte")
