@@ -134,7 +134,7 @@ def padded_head(hidden: torch.Tensor, weight: torch.Tensor, multiple: int = HEAD
 
 
 @functools.cache
-def fused_block_forward():
+def fused_block_forward(memory_budget: float = 1.0):
     """`Block.forward` through torch.compile: the fast path of the parallel form on CUDA (training, prefill).
 
     Inductor fuses the token shift, the mixes, the LayerNorms, the gates and the squared ReLU into a few kernels
@@ -145,8 +145,16 @@ def fused_block_forward():
 
     Inductor's "mix-order reduction" (torch 2.10-2.11, CUDA) returns the (1, 1, C) mix parameters' gradients as
     (C,), which autograd refuses ("CompiledFunctionBackward returned an invalid gradient ... got [C] but expected
-    shape compatible with [1, 1, C]", pytorch/pytorch#178080): that one fusion is turned off here."""
-    import torch._inductor.config  # noqa: PLC0415 - loaded with the compiler, not with the model
+    shape compatible with [1, 1, C]", pytorch/pytorch#178080): that one fusion is turned off here.
+
+    `memory_budget` (RWKV.activation_memory_budget) is torch._functorch's activation_memory_budget for these
+    graphs: below 1 the partitioner keeps at most that share of the activations its default keeps and recomputes
+    the rest in the backward. Counted on the CPU (benchmarks/saved_activations.py, results/training/
+    saved_activations.csv): at 1 a fused block keeps more activations per token than the matched GPT-NeoX layer,
+    which is where RWKV's larger training peak memory comes from; what recomputing costs in speed is measured on
+    the GPU (benchmarks/bench_training.py --memory-budget)."""
+    import torch._functorch.config  # noqa: PLC0415 - loaded with the compiler, not with the model
+    import torch._inductor.config  # noqa: PLC0415
 
     # Each model width, the first block (ln0) and each new sequence shape add a compilation; past dynamo's default
     # limit of 8 it silently runs the function eager, which a benchmark of several sizes reaches.
@@ -154,7 +162,20 @@ def fused_block_forward():
     options = {}
     if hasattr(torch._inductor.config.triton, "mix_order_reduction"):
         options["triton.mix_order_reduction"] = False
-    return torch.compile(Block.forward, options=options)
+    if memory_budget == 1.0:
+        return torch.compile(Block.forward, options=options)
+    if not 0.0 <= memory_budget < 1.0:
+        raise ValueError(f"memory_budget must be in [0, 1] (1: the partitioner's default); got {memory_budget}")
+    from torch._inductor.compile_fx import compile_fx  # noqa: PLC0415
+
+    def inductor_within_budget(graph, example_inputs):
+        # the partitioner reads the budget while this compiles the graph. A backend of its own, not a patch
+        # around the call: dynamo reuses a compiled graph for any backend equal to its own, and torch.compile's
+        # inductor backends with equal options are equal, whatever the budget was
+        with torch._functorch.config.patch(activation_memory_budget=memory_budget):
+            return compile_fx(graph, example_inputs, config_patches=options)
+
+    return torch.compile(Block.forward, backend=inductor_within_budget)
 
 
 class RWKV(nn.Module):
@@ -174,6 +195,9 @@ class RWKV(nn.Module):
         # Whether the parallel form runs its blocks through `fused_block_forward` (torch.compile): 'auto' does when
         # training on CUDA with the Triton WKV, True everywhere, False never (the eager Block, the reference).
         self.fused_blocks: bool | str = "auto"
+        # Of the activations the fused blocks' compiled graphs keep for the backward, the share allowed (1: all the
+        # partitioner chooses; lower recomputes more in the backward: less memory, more work). See fused_block_forward.
+        self.activation_memory_budget = 1.0
 
     @property
     def dtype(self) -> torch.dtype:
@@ -345,7 +369,9 @@ class RWKV(nn.Module):
             scale = 2 ** (i // rescale) if rescale else 1
             if fused:
                 try:
-                    x, layer_state = fused_block_forward()(block, x, state[:, i], backend, scale)
+                    x, layer_state = fused_block_forward(self.activation_memory_budget)(
+                        block, x, state[:, i], backend, scale
+                    )
                 except torch._dynamo.exc.TorchDynamoException as err:
                     # a compiler failure costs speed, never the result: warn once, then run eager
                     message = f"fused blocks unavailable, running the eager blocks ({type(err).__name__}: {err})"

@@ -369,6 +369,41 @@ def test_the_fused_blocks_train_like_the_eager_ones(backend, dtype, tol):
         assert_rel_close(f"fused {backend} grad {name}", g, eager_grads[name], tol)
 
 
+@pytest.mark.slow
+def test_a_memory_budget_keeps_less_and_changes_nothing_else():
+    """RWKV.activation_memory_budget: the fused blocks under a budget of 0.5 keep fewer bytes for the backward
+    than at 1 (counted by saved-tensor hooks, in one process: each budget compiles its own graphs) and still give
+    the eager blocks' loss and gradients."""
+    from rwkv_lab.config import RWKVConfig
+    from rwkv_lab.measure.memory import saved_for_backward
+    from rwkv_lab.model import build_model
+
+    model = build_model(RWKVConfig(n_layer=2, n_embd=21, vocab_size=257), seed=1, zero_projections=False)
+    model.wkv_backend = "chunked"
+    x = torch.randint(0, 257, (2, 18), generator=torch.Generator().manual_seed(0))
+
+    def step(fused: bool, budget: float):
+        model.fused_blocks, model.activation_memory_budget = fused, budget
+        model.zero_grad()
+
+        def forward():
+            logits, _ = model(x[:, :-1])
+            return torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
+
+        kept = sum(r["bytes"] for r in saved_for_backward(forward, model))
+        return kept, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    kept_eager, eager = step(False, 1.0)
+    kept_full, _ = step(True, 1.0)
+    kept_half, grads = step(True, 0.5)
+    print(f"bytes kept for the backward: eager {kept_eager}, fused {kept_full}, fused at budget 0.5 {kept_half}")
+    assert kept_half < kept_full
+    for name, g in grads.items():
+        assert_rel_close(f"fused at budget 0.5, grad {name}", g, eager[name], TOL["float32"])
+    with pytest.raises(ValueError, match="activation_memory_budget"):
+        tiny(activation_memory_budget=1.5)
+
+
 def test_the_fused_blocks_are_the_default_on_cuda_only():
     from rwkv_lab.config import RWKVConfig
     from rwkv_lab.model import build_model

@@ -1,5 +1,6 @@
-"""Memory on either device (CUDA allocator, or the process's resident set on the CPU) and the analytic model
-of what RWKV and a transformer hold: weights, state or KV cache, prefill activations."""
+"""Memory on either device (CUDA allocator, or the process's resident set on the CPU), what a training step
+keeps for its backward, and the analytic model of what RWKV and a transformer hold: weights, state or KV cache,
+prefill activations."""
 
 from __future__ import annotations
 
@@ -43,6 +44,29 @@ def free_memory(device) -> None:
     gc.collect()
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
+
+
+def saved_for_backward(forward, model: torch.nn.Module) -> list[dict]:
+    """Every distinct storage autograd keeps while `forward()` runs (it returns the loss, then backpropagated so
+    that what was kept was used): shape, dtype and bytes, the model's parameters excluded. Counted through
+    saved-tensor hooks, so it sees what compiled graphs (torch.compile's partitioner) and custom operators keep,
+    on any device."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen, rows = set(), []
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params and storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            rows.append(
+                {"shape": tuple(t.shape), "dtype": str(t.dtype).removeprefix("torch."), "bytes": storage.nbytes()}
+            )
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = forward()
+    loss.backward()
+    return rows
 
 
 def analytic_memory(

@@ -74,6 +74,8 @@ class TrainConfig:
     device: str = "auto"  # 'auto': cuda if available
     wkv_backend: str = "auto"
     compile: bool = True  # on CUDA: RWKV's fused blocks, torch.compile of the transformer; False: both eager
+    # RWKV's fused blocks: the share of their activations kept for the backward (RWKV.activation_memory_budget)
+    activation_memory_budget: float = 1.0
     parallel: str = "ddp"  # under torchrun: 'ddp' or 'fsdp'
     # > 0: each step's windows are consecutive pieces of random spans this long, so a step sees the tokens a run at
     # context `span` sees, cut into shorter windows (to tell a context's effect from that of fewer, longer draws)
@@ -87,6 +89,10 @@ class TrainConfig:
         for name in ("context", "batch_size", "grad_accum", "tokens", "eval_every", "eval_tokens", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1; got {getattr(self, name)}")
+        if not 0.0 <= self.activation_memory_budget <= 1.0:
+            raise ValueError(
+                f"TrainConfig.activation_memory_budget must be in [0, 1]; got {self.activation_memory_budget}"
+            )
         if self.span and (self.span % self.context or (self.batch_size * self.context) % self.span):
             raise ValueError(
                 f"TrainConfig.span must be 0 or a multiple of context ({self.context}) that divides the "
@@ -117,6 +123,7 @@ def build(cfg: TrainConfig) -> tuple[nn.Module, float]:
     if cfg.arch == "rwkv":
         model = init_weights(RWKV(mc), seed=cfg.seed)  # RWKV-LM's init: zeroed projections
         model.wkv_backend = cfg.wkv_backend
+        model.activation_memory_budget = cfg.activation_memory_budget
         return model, cost.training_flops_per_token(cost.rwkv_forward_flops_per_token(mc))
     torch.manual_seed(cfg.seed)
     model = build_transformer(mc, cfg.context)
