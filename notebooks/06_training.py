@@ -38,6 +38,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
+from rwkv_lab.config import get_config
 from rwkv_lab.results import find_result, results_dir, save_figure, write_table
 from rwkv_lab.training import TrainConfig, Trainer, bits_per_byte
 from rwkv_lab.training.corpus import build_corpus, unigram_loss
@@ -47,6 +48,7 @@ from rwkv_lab.training.report import (
     chosen_runs,
     context_gap_shares,
     kernel_time_by_kind,
+    per_token_activations,
     plot_curves,
     plot_kernel_time,
     side_by_side,
@@ -199,6 +201,46 @@ plot_kernel_time(by_kind, ax, f"one training step by kernel kind, {speed_meta['d
 fig.tight_layout()
 save_figure(fig, results_dir() / "figures" / "06_training_kernels.png", {"source": "results/cost/training_kernels.csv"})
 plt.show()
+
+# %% [markdown]
+# ### Where RWKV's extra training memory goes
+#
+# `benchmarks/saved_activations.py` counts, with autograd's saved-tensor hooks, what one training step keeps for
+# its backward per layer and token (on the CPU: the compiler's partitioner, which decides what a compiled graph
+# keeps, is the same on both devices), for RWKV-4's blocks (eager, and fused at several
+# `activation_memory_budget`s) and for the matched GPT-NeoX layer. Scaled to the GPU run's 1.5B shape, that
+# count is set beside the measured peak-memory difference.
+
+# %%
+kept = pd.read_csv(find_result("training/saved_activations.csv"))
+kept_meta = pd.read_json(find_result("training/saved_activations.meta.json"), typ="series")
+kinds = pd.read_csv(find_result("training/saved_activations_by_kind.csv"))
+print(
+    f"counted on {kept_meta['device']} (torch {kept_meta['torch']}; the GPU run: {speed_meta['torch']}), "
+    f"commit {kept_meta['git_commit'][:10]}, width {kept['width'].iloc[0]}"
+)
+display(kinds)
+grows = per_token_activations(kinds, int(kept["width"].iloc[0]))
+display(grows.round(2))
+big = speed[(speed["size"] == "1.5B") & (speed["context"] == 1024)].iloc[0]
+layers, width = get_config("1.5B").n_layer, get_config("1.5B").n_embd  # Pythia-1.4b has the same two
+per_tensor_gib = 2 * width * layers * big["tokens_per_step"] / 2**30  # one bf16 (tokens, C) tensor in every layer
+tf = grows[(grows["arch"] == "transformer") & (grows["path"] == "compiled")].iloc[0]["bf16_BTC_tensors_per_layer"]
+for _, r in grows[grows["path"] == "fused"].iterrows():
+    n = r["bf16_BTC_tensors_per_layer"]
+    print(
+        f"fused RWKV-4 at activation_memory_budget {r['activation_memory_budget']:g}: {n:.1f} bf16 (tokens, C) "
+        f"tensors per layer against the compiled GPT-NeoX layer's {tf:.1f}; at 1.5B ({layers} layers, C = {width}, "
+        f"{int(big['tokens_per_step']):,} tokens per step) {(n - tf) * per_tensor_gib:+.1f} GiB"
+    )
+print(
+    f"measured at 1.5B on {speed_meta['device']} (budget 1): RWKV-4's peak is "
+    f"{big['rwkv_peak_mem_GiB'] - big['pythia_peak_mem_GiB']:+.1f} GiB against Pythia's"
+)
+
+# %% [markdown]
+# What a budget below 1 costs in speed (the recomputation in the backward) is a GPU measurement
+# (`benchmarks/bench_training.py --memory-budget`), not yet made; until it is, training keeps the default of 1.
 
 # %% [markdown]
 # ## At T = 4096 both train slower per token: the context, or the batch?

@@ -481,6 +481,22 @@ def test_best_and_final_finds_where_validation_bottoms_out():
     assert runs.loc["transformer", "best_val_bpb"] == runs.loc["transformer", "final_val_bpb"] == 2.5
 
 
+def test_per_token_activations_count_what_grows_with_the_tokens():
+    from rwkv_lab.training.report import per_token_activations
+
+    kinds = pd.DataFrame(
+        {
+            "arch": ["rwkv"] * 3 + ["transformer"],
+            "path": ["fused"] * 3 + ["compiled"],
+            "activation_memory_budget": [1.0] * 3 + [None],
+            "kind": ["bfloat16 x 1C", "float32 x 1C", "bfloat16 other", "bfloat16 x 4C"],
+            "bytes_per_token_layer": [3 * 2 * 8, 4 * 8, 1000.0, 2 * 2 * 4 * 8],  # width 8
+        }
+    )
+    out = per_token_activations(kinds, width=8).set_index("arch")["bf16_BTC_tensors_per_layer"]
+    assert out["rwkv"] == 5.0 and out["transformer"] == 8.0  # 3 bf16 + one fp32 (= 2); the weights' copy left out
+
+
 def test_the_context_gap_is_split_into_the_batch_share():
     import pandas as pd
 

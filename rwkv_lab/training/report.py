@@ -43,6 +43,18 @@ def best_and_final(curves: pd.DataFrame, train_tokens: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def per_token_activations(by_kind: pd.DataFrame, width: int) -> pd.DataFrame:
+    """Of benchmarks/saved_activations.py's kinds (results/training/saved_activations_by_kind.csv), per (arch,
+    path, budget): what grows with the tokens, in bf16 (tokens, C) tensors per layer (2 C bytes per token). The
+    kinds that do not grow with the tokens (bf16 copies of the weights, LayerNorm statistics) are left out: they
+    do not scale to another batch or width the same way."""
+    grows = by_kind[~by_kind["kind"].str.endswith(" other")]
+    keys = ["arch", "path", "activation_memory_budget"]
+    out = grows.groupby(keys, dropna=False, sort=False)["bytes_per_token_layer"].sum().reset_index()
+    out["bf16_BTC_tensors_per_layer"] = out.pop("bytes_per_token_layer") / (2 * width)
+    return out
+
+
 def fastest_paths(steps: pd.DataFrame) -> pd.DataFrame:
     """Of benchmarks/bench_training.py's rows (results/cost/training_mfu.csv), the ones a comparison reads: per
     (architecture, model, context), the faster path that ran (RWKV-4's fused blocks, Pythia eager or compiled);
