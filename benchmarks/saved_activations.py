@@ -55,7 +55,7 @@ def build(arch: str, path: str, layers: int, width: int, context: int, budget: f
 
 
 def kind(row: dict, tokens: int, width: int) -> str:
-    """'bf16 x 4C' for a (B, T, 4C) bf16 tensor; 'other' for what does not grow with the tokens."""
+    """'bfloat16 x 4C' for a (B, T, 4C) bf16 tensor; '<dtype> other' for what does not grow with the tokens."""
     numel = row["bytes"] // torch.empty(0, dtype=getattr(torch, row["dtype"])).element_size()
     if numel % (tokens * width):
         return f"{row['dtype']} other"
