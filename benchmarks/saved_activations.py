@@ -21,11 +21,10 @@ import os
 import pandas as pd
 import torch
 
-from rwkv_lab.config import RWKVConfig
 from rwkv_lab.measure.memory import saved_for_backward
-from rwkv_lab.model import RWKV, init_weights
 from rwkv_lab.results import results_dir, write_table
-from rwkv_lab.training.trainer import build_transformer
+from rwkv_lab.training.trainer import TrainConfig
+from rwkv_lab.training.trainer import build as build_for_training
 
 
 def saved(model, tokens: torch.Tensor) -> list[dict]:
@@ -42,15 +41,18 @@ def saved(model, tokens: torch.Tensor) -> list[dict]:
 
 
 def build(arch: str, path: str, layers: int, width: int, context: int, budget: float = 1.0):
-    cfg = RWKVConfig(n_layer=layers, n_embd=width, vocab_size=257, name=f"byte-{layers}x{width}")
+    """The model a training run builds (trainer.build), on the path being counted."""
+    cfg = TrainConfig(
+        arch=arch,
+        model=f"byte-{layers}x{width}",
+        context=context,
+        wkv_backend="triton",
+        activation_memory_budget=budget,
+    )
+    model, _ = build_for_training(cfg)
     if arch == "rwkv":
-        model = init_weights(RWKV(cfg), seed=0)
-        model.wkv_backend = "triton"
         model.fused_blocks = path == "fused"  # True: the fused blocks on any device (on CUDA, 'auto' does)
-        model.activation_memory_budget = budget
         return model
-    torch.manual_seed(0)
-    model = build_transformer(cfg, context)
     return torch.compile(model) if path == "compiled" else model
 
 
