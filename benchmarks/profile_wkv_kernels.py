@@ -3,7 +3,8 @@
     python benchmarks/profile_wkv_kernels.py [--out DIR]
 
 Prints one table: configuration x shape x kernel -> microseconds per call (torch.profiler, median over calls),
-and writes it as CSV with provenance.
+and writes it as CSV with provenance after every configuration (each one compiles the kernels anew, so a run cut
+by a time limit keeps the configurations it measured).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def main():
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     rows = []
-    for chunk, block_c, scan_c, sub in CONFIGS:
+    for n, (chunk, block_c, scan_c, sub) in enumerate(CONFIGS, 1):
         wkv_triton.CHUNK, wkv_triton.BLOCK_C, wkv_triton.SCAN_BLOCK_C, wkv_triton.SUB = chunk, block_c, scan_c, sub
         for shape, dtype, backward in CASES:
             w, u, k, v, s = official_inputs(*shape, dtype, "cuda")
@@ -82,8 +83,10 @@ def main():
                         }
                     )
             torch.cuda.empty_cache()
-    frame = pd.DataFrame(rows)
-    write_table((args.out or results_dir()) / "wkv_kernel_profile.csv", frame, {"configs": CONFIGS}, device="cuda")
+        frame = pd.DataFrame(rows)
+        params = {"configs": CONFIGS, "configs_measured": n}
+        write_table((args.out or results_dir()) / "wkv_kernel_profile.csv", frame, params, device="cuda")
+        print(f"configuration {n}/{len(CONFIGS)} (CHUNK={chunk}, BLOCK_C={block_c}, SUB={sub}) written", flush=True)
     with pd.option_context("display.width", 200, "display.max_rows", 500):
         print(
             frame.pivot_table(
