@@ -47,6 +47,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--seed", type=non_negative_int)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable, not empty)")
+    p.add_argument("--new-document", action="store_true", help="read the prompt as a document's start")
 
     p = sub.add_parser("info", help="print a checkpoint's configuration")
     p.add_argument("model")
@@ -68,6 +69,7 @@ def run(args) -> int:
             top_p=args.top_p,
             seed=args.seed,
             stop=args.stop,
+            new_document=args.new_document,
         ):
             sys.stdout.write(piece)
             sys.stdout.flush()

@@ -28,6 +28,8 @@ from rwkv_lab.training.trainer import LR_SCALE, TrainConfig, Trainer, bits_per_b
 ROOT = Path(__file__).resolve().parent.parent
 HELDOUT_CHARS = 6000
 SAMPLE_PROMPT = "def "
+GREEDY_PROMPTS = ("def main():\n", "import os\n")
+GREEDY_TOKENS = 80
 
 
 def text_loss(model, text: str) -> float:
@@ -88,7 +90,13 @@ def main():
     )
     trainer.model.load_state_dict(model.state_dict())
     local_val = trainer.evaluate()
-    sample = generate(model, ByteTokenizer(), SAMPLE_PROMPT, max_new_tokens=400, temperature=0.7, seed=0)
+    # every prompt is read as the start of a file (after end-of-text), as the model saw files in training
+    tok = ByteTokenizer()
+    sample = generate(model, tok, SAMPLE_PROMPT, max_new_tokens=400, temperature=0.7, seed=0, new_document=True)
+    greedy = {
+        p: generate(model, tok, p, max_new_tokens=GREEDY_TOKENS, temperature=0, new_document=True)
+        for p in GREEDY_PROMPTS
+    }
     card = {
         "model": params["export_size"],
         "params": int(run.params),
@@ -127,7 +135,8 @@ def main():
             "heldout_chars": len(text),
             "heldout_loss": text_loss(model, text),
         },
-        "sample": {"prompt": SAMPLE_PROMPT, "temperature": 0.7, "seed": 0, "text": sample},
+        "sample": {"prompt": SAMPLE_PROMPT, "temperature": 0.7, "seed": 0, "new_document": True, "text": sample},
+        "greedy": {"max_new_tokens": GREEDY_TOKENS, "new_document": True, "continuations": greedy},
     }
     card["checked_here"]["heldout_bpb"] = card["checked_here"]["heldout_loss"] / math.log(2)
     atomic_write(DEFAULT_DIR / "card.json", lambda tmp: tmp.write_text(json.dumps(card, indent=2) + "\n"))
@@ -161,11 +170,13 @@ every number below is measured, in `card.json`.
 Held-out slice `heldout.txt` (first {c["heldout_chars"]} characters of `{c["heldout_file"]}`, a validation file):
 {c["heldout_loss"]:.5f} nats/byte in fp32 on the CPU (the tests check this number).
 
-## Sample (prompt `{SAMPLE_PROMPT}`, temperature 0.7, seed 0)
+## Sample (prompt `{SAMPLE_PROMPT}` at a file's start, temperature 0.7, seed 0)
 ```python
 {SAMPLE_PROMPT}{sample}
 ```
-"""
+
+## Greedy continuations ({GREEDY_TOKENS} tokens, each prompt at a file's start: `new_document=True`)
+""" + "".join(f"\n`{p!r}` continues as `{text!r}`\n" for p, text in greedy.items())
     atomic_write(DEFAULT_DIR / "MODEL_CARD.md", lambda tmp: tmp.write_text(md))
     print(md)
 

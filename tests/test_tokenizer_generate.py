@@ -185,6 +185,24 @@ def test_greedy_text_equals_eager_stepping_over_200_tokens():
     assert generate(model, tok, prompt, max_new_tokens=200, temperature=0) == tok.decode(ids)
 
 
+def test_new_document_reads_the_prompt_after_end_of_text():
+    model, tok = default_model(), ByteTokenizer()
+    prompt = "def main():\n"
+    logits, state = model(torch.tensor([[tok.eot_id] + tok.encode(prompt)]))
+    logits, ids = logits[0, -1], []
+    for _ in range(40):
+        ids.append(int(logits.argmax()))
+        logits, state = model.step(torch.tensor([ids[-1]]), state)
+        logits = logits[0]
+    as_document = generate(model, tok, prompt, max_new_tokens=40, temperature=0, new_document=True)
+    mid_file = generate(model, tok, prompt, max_new_tokens=40, temperature=0)
+    print(f"as a document's start: {as_document!r}; from the middle of a file: {mid_file!r}")
+    assert as_document == tok.decode(ids)
+    assert as_document != mid_file
+    batched = generate(model, tok, [prompt, ""], max_new_tokens=40, temperature=0, new_document=True)
+    assert batched == [as_document, generate(model, tok, "", max_new_tokens=40, temperature=0)]
+
+
 def test_batched_generation_equals_each_prompt_alone():
     model = random_model(PRESETS["tiny"], seed=4, dtype=torch.float64)
     tok = ByteTokenizer()
@@ -260,3 +278,12 @@ def test_generation_arguments_are_checked(model, kwargs, error, match):
 def test_prompts_must_be_text(model, prompt):
     with pytest.raises(TypeError, match="prompt"):
         generate(model, ByteTokenizer(), prompt)
+
+
+def test_cli_generates_what_the_library_does(capsys):
+    from rwkv_lab.__main__ import main
+
+    prompt = "def main():\n"
+    assert main(["generate", prompt, "--new-document", "--temperature", "0", "--max-new-tokens", "30"]) == 0
+    expected = generate(default_model(), ByteTokenizer(), prompt, max_new_tokens=30, temperature=0, new_document=True)
+    assert capsys.readouterr().out == expected + "\n"

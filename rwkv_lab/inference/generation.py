@@ -102,13 +102,16 @@ def _prompts(prompt) -> list[str]:
 
 
 @torch.no_grad()
-def prefill_prompts(model, tokenizer, prompts: list[str], state=None):
+def prefill_prompts(model, tokenizer, prompts: list[str], state=None, new_document: bool = False):
     """Each prompt through the parallel form from its own state: (last logits (n, V), states (n, L, 5, C)).
 
-    An empty prompt starts a new document (end-of-text). Only the last position goes through the head."""
+    An empty prompt starts a new document (end-of-text); so does every prompt with `new_document`. Only the last
+    position goes through the head."""
     logits, states = [], []
     for i, prompt in enumerate(prompts):
-        ids = tokenizer.encode(prompt) or [tokenizer.eot_id]
+        ids = tokenizer.encode(prompt)
+        if new_document or not ids:
+            ids = [tokenizer.eot_id] + ids
         tokens = torch.tensor([ids], device=model.device)
         start = None if state is None else state[i : i + 1]
         last, st = model.prefill(tokens, start, chunk=PREFILL_CHUNK)
@@ -130,13 +133,16 @@ def stream(
     state=None,
     compile: bool | None = None,
     stats: dict | None = None,
+    new_document: bool = False,
 ) -> Iterator:
     """Yield the generated text piece by piece as tokens come.
 
     `prompt` a str: yields str pieces. A list of str: yields (index, piece), the prompts decoded as one batch.
     Each sequence ends at its `max_new_tokens`, end-of-text or a stop string (excluded from the text).
     `seed`, `max_new_tokens` and `stop` take one value for all or one per prompt (for `stop`, a list of lists).
-    `state` (n, L, 5, C) starts each prompt from a given state. `stats`, a dict, receives the timings:
+    `state` (n, L, 5, C) starts each prompt from a given state. `new_document` reads each prompt as the start of a
+    document: after end-of-text, as training saw every file's first bytes (without it, "def main():\n" reads as
+    a piece from the middle of a file, whose next line is often indented deeper). `stats`, a dict, receives the timings:
     prefill_s, first_token_s, decode_s, warmup_s (capture and compilation in this call), generated tokens.
     """
     single = isinstance(prompt, str)
@@ -175,19 +181,22 @@ def stream(
         state,
         compile,
         stats if stats is not None else {},
+        new_document,
     )
     for index, piece in pieces:
         yield piece if single else (index, piece)
 
 
-def _generate(model, tokenizer, prompts, max_new, stops, seeds, temperature, top_p, state, compile, stats):
+def _generate(
+    model, tokenizer, prompts, max_new, stops, seeds, temperature, top_p, state, compile, stats, new_document
+):
     device = model.device
     # on a GPU the next step is launched before the host reads this step's tokens, so detokenisation and stop
     # strings overlap the device's work (one step is wasted at the end); on the CPU that would only cost a step
     run_ahead = device.type == "cuda"
     decoder_for(model, len(prompts), compile)  # built before the prefill: on the CPU it sets the weight layout
     t0 = time.perf_counter()
-    logits, states = prefill_prompts(model, tokenizer, prompts, state)
+    logits, states = prefill_prompts(model, tokenizer, prompts, state, new_document)
     seqs = [_Sequence(i, m, s, done=m == 0) for i, (m, s) in enumerate(zip(max_new, stops))]
     seed_t = torch.tensor(seeds, dtype=torch.int64, device=device)
     step_t = torch.zeros(len(seqs), dtype=torch.int64, device=device)
