@@ -103,37 +103,32 @@ plt.show()
 #
 # RWKV-4 169M / 1.5B / 7B against Pythia-160m / 1.4b / 6.9b in bf16, batch 1 (and batch 8 at 1.5B); generation
 # contexts 1k to 1M tokens for RWKV and until out of memory for Pythia; `rwkv_package` and transformers' RWKV
-# measured in the same runs. "compiled" rows: RWKV decoding through `torch.compile` + a CUDA graph.
+# measured in the same runs. "compiled" rows: RWKV decoding through `torch.compile` + a CUDA graph. The four files
+# come from more than one card (each file's device is printed below): a panel labels each curve with its card when
+# it holds several, and every ratio or crossover takes both models from one card.
 
 # %%
 files = [find_result(f"profile/memory_profile{tag}.csv") for tag in ("_b1_small", "_b1_7B", "_b1_compiled", "_b8")]
 gpu = load_profiles(files)
-gpu_name = gpu["device"].iloc[0]
-profile_params = json.loads(files[0].with_suffix(".meta.json").read_text())["params"]  # the card, the copy rate
-print("measured on:", sorted(set(gpu["device"])))
+for f in files:
+    meta = json.loads(f.with_suffix(".meta.json").read_text())
+    print(f"{f.name}: {meta['device']}, commit {meta['git_commit'][:10]}, {meta['date_utc'][:10]}")
 ours = gpu[gpu["arch"].isin(["rwkv", "transformer"])]
+eager = ours[~ours["model"].str.contains("compiled")]
+panels = [
+    (eager, "generation", "memory_GiB", "memory held after T tokens (GiB)", 1, "memory held while generating"),
+    (ours, "generation", "seconds", "ms per generated token", 1e3, "per-token latency of generation"),
+    (eager, "prefill", "seconds", "prefill seconds (one call)", 1, "one prefill call"),
+    (eager, "training", "tokens_per_s", "training tokens/s (fwd + bwd, bf16)", 1, "training speed"),
+]
 fig, axes = plt.subplots(2, 2, figsize=(14, 9))
-plot_kind(
-    ours[~ours["model"].str.contains("compiled")],
-    axes[0, 0],
-    "generation",
-    "memory_GiB",
-    "memory held after T tokens (GiB)",
-)
-axes[0, 0].axhline(80, color="gray", ls=":", lw=0.8)
-axes[0, 0].text(1100, 82, "80 GB card", fontsize=7)
-plot_kind(ours, axes[0, 1], "generation", "seconds", "ms per generated token", scale=1e3)
-plot_kind(ours[~ours["model"].str.contains("compiled")], axes[1, 0], "prefill", "seconds", "prefill seconds (one call)")
-plot_kind(
-    ours[~ours["model"].str.contains("compiled")],
-    axes[1, 1],
-    "training",
-    "tokens_per_s",
-    "training tokens/s (fwd + bwd, bf16)",
-)
-titles = ["memory held while generating", "per-token latency of generation", "one prefill call", "training speed"]
-for ax, title in zip(axes.flat, titles):
-    ax.set_title(f"{title} (batch 1, {gpu_name})", fontsize=9)
+for ax, (rows, kind, value, ylabel, scale, title) in zip(axes.flat, panels):
+    plot_kind(rows, ax, kind, value, ylabel, scale=scale)
+    shown = rows[(rows["kind"] == kind) & (rows["batch"] == 1)]
+    ax.set_title(f"{title} (batch 1; {', '.join(sorted(set(shown['device'])))})", fontsize=9)
+for device, capacity in eager.groupby("device")["gpu_total_bytes"].first().items():
+    axes[0, 0].axhline(capacity / 2**30, color="gray", ls=":", lw=0.8)
+    axes[0, 0].text(1100, capacity / 2**30 * 1.03, f"{device}: {capacity / 2**30:.0f} GiB", fontsize=7)
 fig.tight_layout()
 save_figure(fig, results_dir() / "figures" / "02_memory_profile.png", {"files": [f.name for f in files]})
 plt.show()
@@ -141,60 +136,68 @@ plt.show()
 # %% [markdown]
 # ### Where the transformer runs out, and how much more memory it needs
 #
-# A dotted line marks the first context that ran out of memory on the 80 GB card. What bounds each curve: RWKV's
-# held memory is its weights and a constant state; the transformer's is its weights and a KV cache growing with T,
-# and where it stops here, either that cache or our harness's transient memory (prefill chunks, attention masks,
-# full logits) ran out. Which one follows from where the KV cache alone fills the card: the analytic model, which
-# the measured held memory matches at every context that ran (`kv_cache_limits`), says so per model below. The ratio table compares the memory held
-# during generation at the same context (weights included).
+# A dotted line marks the first context that ran out of memory on its card. What bounds each curve: RWKV's held
+# memory is its weights and a constant state; the transformer's is its weights and a KV cache growing with T, and
+# where it stops here, either that cache or our harness's transient memory (prefill chunks, attention masks, full
+# logits) ran out. Which one follows from where the KV cache alone fills the card: the analytic model, which the
+# measured held memory matches at every context that ran (`kv_cache_limits`), says so per model and card below.
+# A sweep can also stop at its time limit (`skipped (time)`), which bounds nothing about memory. The ratio table
+# compares the memory held during generation at the same context (weights included); every comparison takes both
+# models from one device (`one_device`).
 
 # %%
 display(oom_contexts(ours[ours["kind"] == "generation"]))
-card_bytes = profile_params["gpu_total_bytes"]
-limits = kv_cache_limits(ours, card_bytes)
+limits = kv_cache_limits(ours)
 display(limits.round(4))
 for _, r in limits.iterrows():
+    stop = (
+        f"out of memory at {int(r['first_oom']):,} tokens in the sweep"
+        if r["first_oom"] is not None and r["first_oom"] == r["first_oom"]
+        else f"no context ran out of memory in the sweep (longest measured {r['longest_ok']:,})"
+    )
     print(
-        f"{r['model']} (batch {r['batch']}): out of memory at {r['first_oom']:,} tokens in the sweep; weights and KV "
-        f"cache alone fill the {card_bytes / 2**30:.1f} GiB of the {gpu_name} at {r['kv_cache_fills_memory_at']:,} "
-        f"tokens, so what ran out at {r['first_oom']:,} was {r['oom_from']} (measured / analytic held memory at "
-        f"most {r['measured_over_predicted']:.3f} where both exist)"
+        f"{r['model']} (batch {r['batch']}, {r['device']}): {stop}; weights and KV cache alone fill the card's "
+        f"{r['capacity_GiB']:.1f} GiB at {r['kv_cache_fills_memory_at']:,} tokens"
+        + (f", so what ran out was {r['oom_from']}" if isinstance(r["oom_from"], str) else "")
+        + f" (measured / analytic held memory at most {r['measured_over_predicted']:.3f} where both exist)"
     )
 pairs = [("RWKV-4 169M", "pythia-160m"), ("RWKV-4 1.5B", "pythia-1.4b"), ("RWKV-4 7B", "pythia-6.9b")]
 ratios = pd.concat([memory_ratio_table(ours, r, t).assign(pair=f"{r} / {t}") for r, t in pairs])
 display(ratios.pivot_table(index="context", columns="pair", values="transformer_over_rwkv").round(2))
 rows = []
 for r, t in pairs:
-    for kind, value in (("generation", "seconds"), ("prefill", "seconds"), ("generation", "memory_GiB")):
-        rows.append(
-            {
-                "pair": f"{r} / {t}",
-                "kind": kind,
-                "value": value,
-                "RWKV better from T =": crossover(ours, r, t, kind, value),
-            }
-        )
-    rows.append(
-        {
-            "pair": f"{r} compiled / {t}",
-            "kind": "generation",
-            "value": "seconds",
-            "RWKV better from T =": crossover(ours, r + " compiled", t, "generation", "seconds"),
-        }
-    )
-display(pd.DataFrame(rows))
+    for rwkv in (r, r + " compiled"):
+        for batch in sorted(set(ours.loc[ours["model"] == rwkv, "batch"]) & set(ours.loc[ours["model"] == t, "batch"])):
+            checks = [("generation", "seconds")] + (
+                [("prefill", "seconds"), ("generation", "memory_GiB")] if rwkv == r else []
+            )
+            for kind, value in checks:
+                try:
+                    better = crossover(ours, rwkv, t, kind, value, batch=batch)
+                except ValueError as err:  # measured on different cards: no comparison
+                    better = f"not compared: {err}"
+                rows.append(
+                    {
+                        "pair": f"{rwkv} / {t}",
+                        "batch": batch,
+                        "kind": kind,
+                        "value": value,
+                        "RWKV better from T =": better,
+                    }
+                )
+with pd.option_context("display.max_colwidth", 200):
+    display(pd.DataFrame(rows))
 
 # %% [markdown]
 # ### RWKV against its peers, same weights, same run
 #
 # Prefill of 4096 tokens and per-token generation: ours (Triton WKV kernel; eager decoding through a CUDA graph,
 # and compiled), the `rwkv` package (fp16, its CUDA kernel) and transformers' `RwkvForCausalLM` (its Python loop:
-# its hub kernel is unreachable offline). The bandwidth roofline of generation is the measured copy bandwidth over
-# the weights' bytes per token.
+# its hub kernel is unreachable offline), one row per card and size. The bandwidth roofline of generation is that
+# card's measured copy bandwidth over the weights' bytes per token.
 
 # %%
-bandwidth = profile_params["copy_bandwidth_Bps"]
-peers = peer_summary(gpu, bandwidth, sizes=("169M", "1.5B", "7B"))
+peers = peer_summary(gpu, sizes=("169M", "1.5B", "7B"))
 write_table(results_dir() / "profile" / "02_peer_summary.csv", peers, {"files": [f.name for f in files]})
 display(peers.round(1))
 

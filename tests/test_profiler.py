@@ -227,3 +227,54 @@ def test_the_kv_cache_limit_is_where_weights_and_cache_fill_the_card():
     assert limit["longest_ok"] == 512 and limit["first_oom"] == 1024 and limit["oom_from"] == "the harness"
     small_card = kv_cache_limits(frame, 10_000).iloc[0]  # fills at 890 tokens: the 1024-token OOM is the cache's
     assert small_card["kv_cache_fills_memory_at"] == 890 and small_card["oom_from"] == "the KV cache"
+
+
+def test_comparisons_take_both_models_from_one_device():
+    """A sweep joins files from several cards: a crossover or ratio between two models uses the card both ran on,
+    refuses when they share none, and each card's limit and roofline use that card's memory and bandwidth."""
+    from rwkv_lab.measure.report import kv_cache_limits, peer_summary
+
+    def rows(model, arch, device, seconds, memory, params=10**9):
+        return [
+            {
+                "model": model,
+                "arch": arch,
+                "kind": "generation",
+                "batch": 1,
+                "context": T,
+                "status": "ok",
+                "seconds": seconds(T),
+                "memory_GiB": memory(T),
+                "memory_bytes": memory(T) * 2**30,
+                "predicted_bytes": memory(T) * 2**30,
+                "tokens_per_s": 1 / seconds(T),
+                "params": params,
+                "device": device,
+                "gpu_total_bytes": {"A": 80 * 2**30, "B": 140 * 2**30}[device],
+                "copy_bandwidth_Bps": {"A": 2e12, "B": 4e12}[device],
+            }
+            for T in (1024, 4096, 16384)
+        ]
+
+    rwkv_a = rows("RWKV-4 1.5B", "rwkv", "A", lambda T: 0.002, lambda T: 3.0)
+    pythia_b = rows("pythia-1.4b", "transformer", "B", lambda T: 0.001, lambda T: 3 + T / 4096)
+    apart = pd.DataFrame(rwkv_a + pythia_b)
+    with pytest.raises(ValueError, match="share no device"):
+        crossover(apart, "RWKV-4 1.5B", "pythia-1.4b", "generation", "seconds")
+    with pytest.raises(ValueError, match=r"on \['A'\].*on \['B'\]"):
+        memory_ratio_table(apart, "RWKV-4 1.5B", "pythia-1.4b")
+    # Pythia on card A too, slower there from 4096 on: the crossover is card A's, whatever card B says
+    pythia_a = rows("pythia-1.4b", "transformer", "A", lambda T: 0.001 * T / 1024, lambda T: 3 + T / 2048)
+    both = pd.DataFrame(rwkv_a + pythia_b + pythia_a)
+    assert crossover(both, "RWKV-4 1.5B", "pythia-1.4b", "generation", "seconds") == 4096
+    ratio = memory_ratio_table(both, "RWKV-4 1.5B", "pythia-1.4b").set_index("context")["transformer_over_rwkv"]
+    assert ratio[16384] == pytest.approx((3 + 8) / 3)
+    limits = kv_cache_limits(both).set_index("device")
+    print(limits[["capacity_GiB", "kv_cache_fills_memory_at"]])
+    assert limits.loc["A", "capacity_GiB"] == 80 and limits.loc["B", "capacity_GiB"] == 140
+    assert limits.loc["A", "kv_cache_fills_memory_at"] == pytest.approx(2048 * 77, abs=1)  # int() of the fit
+    assert limits.loc["B", "kv_cache_fills_memory_at"] == pytest.approx(4096 * 137, abs=1)
+    peers = peer_summary(both, sizes=("1.5B",)).set_index("device")
+    assert list(peers.index) == ["A"]  # card B has no RWKV row: no row of its own
+    assert peers.loc["A", "roofline tok/s"] == pytest.approx(2e12 / 2e9)
+    assert peers.loc["A", "ours tok/s"] == pytest.approx(500)

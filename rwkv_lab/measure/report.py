@@ -1,5 +1,9 @@
 """Reading a memory/speed sweep (notebook 02): profiles with their devices, where each model ran out of memory,
-crossovers, ratios and the log-log plot."""
+crossovers, ratios and the log-log plot.
+
+A sweep can join files measured on different cards (load_profiles tags each row with its file's device, card
+memory and copy bandwidth); every comparison between two models takes both from one device, and refuses when
+they share none."""
 
 from __future__ import annotations
 
@@ -9,8 +13,25 @@ import numpy as np
 import pandas as pd
 
 
+def one_device(frame: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """The rows of models `a` and `b` from the one device both were measured on (a frame without a device column
+    is one device); a ValueError names the devices when they share none."""
+    if "device" not in frame:
+        return frame
+    on = {m: set(frame.loc[frame["model"] == m, "device"]) for m in (a, b)}
+    shared = on[a] & on[b]
+    if len(shared) != 1:
+        raise ValueError(
+            f"{a} (on {sorted(on[a])}) and {b} (on {sorted(on[b])}) share "
+            + ("no device" if not shared else f"several devices {sorted(shared)}")
+            + ": a comparison takes both from one device"
+        )
+    return frame[frame["device"] == shared.pop()]
+
+
 def memory_ratio_table(frame: pd.DataFrame, rwkv: str, transformer: str, batch: int = 1) -> pd.DataFrame:
-    """At each context both reached: generation memory held by the transformer / by RWKV."""
+    """At each context both reached on one device: generation memory held by the transformer / by RWKV."""
+    frame = one_device(frame, rwkv, transformer)
     gen = frame[(frame["kind"] == "generation") & (frame["status"] == "ok") & (frame["batch"] == batch)]
     a = gen[gen["model"] == rwkv].set_index("context")["memory_GiB"]
     b = gen[gen["model"] == transformer].set_index("context")["memory_GiB"]
@@ -20,11 +41,20 @@ def memory_ratio_table(frame: pd.DataFrame, rwkv: str, transformer: str, batch: 
 
 
 def load_profiles(paths) -> pd.DataFrame:
-    """Concatenate profile CSVs, each row tagged with its file's device (from <name>.meta.json)."""
+    """Concatenate profile CSVs, each row tagged with its file's device, that card's memory and measured copy
+    bandwidth (from <name>.meta.json)."""
     frames = []
     for path in paths:
         meta = pd.read_json(Path(path).with_suffix(".meta.json"), typ="series")
-        frames.append(pd.read_csv(path).assign(device=meta["device"], source=Path(path).name))
+        params = meta["params"]
+        frames.append(
+            pd.read_csv(path).assign(
+                device=meta["device"],
+                source=Path(path).name,
+                gpu_total_bytes=params.get("gpu_total_bytes"),
+                copy_bandwidth_Bps=params.get("copy_bandwidth_Bps"),
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -54,7 +84,9 @@ def crossover(
     batch: int = 1,
     lower_is_better: bool = True,
 ):
-    """The shortest context from which RWKV is better on `value` than the transformer (None if never)."""
+    """The shortest context from which RWKV is better on `value` than the transformer (None if never), both
+    measured on one device."""
+    frame = one_device(frame, rwkv, transformer)
     g = frame[(frame["kind"] == kind) & (frame["status"] == "ok") & (frame["batch"] == batch)]
     a = g[g["model"] == rwkv].set_index("context")[value]
     b = g[g["model"] == transformer].set_index("context")[value]
@@ -69,9 +101,12 @@ def crossover(
 
 def plot_kind(frame: pd.DataFrame, ax, kind: str, value: str, ylabel: str, batch: int = 1, scale: float = 1.0):
     """One line per model: `value` (times `scale`) against context, log-log. Running out of memory is drawn where
-    it happened: a dotted vertical limit at the first context that did not fit, in the model's colour."""
+    it happened: a dotted vertical limit at the first context that did not fit, in the model's colour. Where the
+    panel holds rows of several devices, each label names its device."""
     g = frame[(frame["kind"] == kind) & (frame["batch"] == batch)]
-    for model, m in g.groupby("model", sort=False):
+    keys = ["model", "device"] if "device" in g and g["device"].nunique() > 1 else ["model"]
+    for key, m in g.groupby(keys, sort=False):
+        model = key[0] if len(keys) == 1 else f"{key[0]} ({key[1]})"
         ok = m[m["status"] == "ok"].sort_values("context")
         style = "-" if m["arch"].iloc[0] == "rwkv" else "--"
         (line,) = ax.loglog(ok["context"], ok[value] * scale, "o" + style, ms=3, label=model)
@@ -84,17 +119,15 @@ def plot_kind(frame: pd.DataFrame, ax, kind: str, value: str, ylabel: str, batch
 
 def peer_summary(
     frame: pd.DataFrame,
-    bandwidth: float,
     sizes=("169M", "1.5B", "7B"),
     prefill_context: int = 4096,
     bytes_per_param: int = 2,
 ) -> pd.DataFrame:
-    """Per RWKV size: batch-1 generation tokens/s of ours (default and compiled decode), the `rwkv` package and
-    transformers' RWKV at the shortest context measured, the weight-bandwidth roofline (copy bandwidth over the
-    weights' bytes per token), and prefill tokens/s. A prefill ratio is formed only between rows measured at the
-    same context; each prefill column names its context."""
-    gen = frame[(frame["kind"] == "generation") & (frame["status"] == "ok") & (frame["batch"] == 1)]
-    pre = frame[(frame["kind"] == "prefill") & (frame["status"] == "ok")]
+    """Per device and RWKV size (from load_profiles): batch-1 generation tokens/s of ours (default and compiled
+    decode), the `rwkv` package and transformers' RWKV at the shortest context measured, the weight-bandwidth
+    roofline (that device's measured copy bandwidth over the weights' bytes per token), and prefill tokens/s.
+    Every column of a row comes from one device; a prefill ratio is formed only between rows measured at the same
+    context; each prefill column names its context."""
     labels = (
         ("ours", "RWKV-4 {}"),
         ("ours compiled", "RWKV-4 {} compiled"),
@@ -102,26 +135,32 @@ def peer_summary(
         ("transformers RWKV", "transformers RWKV {}"),
     )
     rows = []
-    for size in sizes:
-        row = {"size": size}
-        for label, pattern in labels:
-            g = gen[gen["model"] == pattern.format(size)]
-            row[f"{label} tok/s"] = (
-                g.loc[g["context"] == g["context"].min(), "tokens_per_s"].iloc[0] if len(g) else None
-            )
-        weights = frame.loc[frame["model"] == f"RWKV-4 {size}", "params"].iloc[0] * bytes_per_param
-        row["roofline tok/s"] = bandwidth / weights
-        best = max((row[f"{label} tok/s"] or 0) for label in ("ours", "ours compiled"))
-        row["ours % of roofline"] = 100 * best / row["roofline tok/s"]
-        ours = pre[(pre["model"] == f"RWKV-4 {size}") & (pre["context"] == prefill_context)]["tokens_per_s"]
-        row[f"prefill ours tok/s (T={prefill_context})"] = ours.iloc[0] if len(ours) else None
-        for label, pattern in labels[2:]:
-            p = pre[pre["model"] == pattern.format(size)]
-            row[f"prefill {label} tok/s"] = p["tokens_per_s"].iloc[0] if len(p) else None
-            row[f"prefill {label} T"] = int(p["context"].iloc[0]) if len(p) else None
-            same_t = len(p) and len(ours) and int(p["context"].iloc[0]) == prefill_context
-            row[f"prefill ours / {label}"] = ours.iloc[0] / p["tokens_per_s"].iloc[0] if same_t else None
-        rows.append(row)
+    for device, on in frame.groupby("device", sort=False):
+        gen = on[(on["kind"] == "generation") & (on["status"] == "ok") & (on["batch"] == 1)]
+        pre = on[(on["kind"] == "prefill") & (on["status"] == "ok")]
+        for size in sizes:
+            ours_rows = on[on["model"].isin([labels[0][1].format(size), labels[1][1].format(size)])]
+            if not len(ours_rows):
+                continue
+            row = {"device": device, "size": size}
+            for label, pattern in labels:
+                g = gen[gen["model"] == pattern.format(size)]
+                row[f"{label} tok/s"] = (
+                    g.loc[g["context"] == g["context"].min(), "tokens_per_s"].iloc[0] if len(g) else None
+                )
+            weights = ours_rows["params"].iloc[0] * bytes_per_param
+            row["roofline tok/s"] = on["copy_bandwidth_Bps"].iloc[0] / weights
+            best = max((row[f"{label} tok/s"] or 0) for label in ("ours", "ours compiled"))
+            row["ours % of roofline"] = 100 * best / row["roofline tok/s"]
+            ours = pre[(pre["model"] == f"RWKV-4 {size}") & (pre["context"] == prefill_context)]["tokens_per_s"]
+            row[f"prefill ours tok/s (T={prefill_context})"] = ours.iloc[0] if len(ours) else None
+            for label, pattern in labels[2:]:
+                p = pre[pre["model"] == pattern.format(size)]
+                row[f"prefill {label} tok/s"] = p["tokens_per_s"].iloc[0] if len(p) else None
+                row[f"prefill {label} T"] = int(p["context"].iloc[0]) if len(p) else None
+                same_t = len(p) and len(ours) and int(p["context"].iloc[0]) == prefill_context
+                row[f"prefill ours / {label}"] = ours.iloc[0] / p["tokens_per_s"].iloc[0] if same_t else None
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -185,26 +224,32 @@ def plot_generation_batches(frame: pd.DataFrame, ax, size: str):
     ax.legend(fontsize=7)
 
 
-def kv_cache_limits(frame: pd.DataFrame, capacity_bytes: int) -> pd.DataFrame:
+def kv_cache_limits(frame: pd.DataFrame, capacity_bytes: int | None = None) -> pd.DataFrame:
     """Per transformer model and batch of a generation sweep: the context at which its weights and KV cache alone
     fill `capacity_bytes` (where the transformer runs out, whatever a harness adds). The held memory is linear in
     the context: the line through the analytic model's predictions (`predicted_bytes`), scaled by the largest
     measured / predicted ratio of the contexts that ran. Beside it, the sweep's longest context and first OOM, and
-    what ran out there (`oom_from`): the KV cache when it could not fit at that context, else the harness."""
+    what ran out there (`oom_from`): the KV cache when it could not fit at that context, else the harness.
+    `capacity_bytes` None: each device's own card (load_profiles' gpu_total_bytes), one row per device."""
     gen = frame[(frame["kind"] == "generation") & (frame["arch"] == "transformer")]
+    if "device" not in gen:
+        gen = gen.assign(device=None)
     rows = []
-    for (model, batch), g in gen.groupby(["model", "batch"], sort=False):
+    for (device, model, batch), g in gen.groupby(["device", "model", "batch"], sort=False, dropna=False):
+        capacity = capacity_bytes if capacity_bytes is not None else float(g["gpu_total_bytes"].iloc[0])
         predicted = g.dropna(subset=["predicted_bytes"])
         slope, intercept = np.polyfit(predicted["context"], predicted["predicted_bytes"], 1)
         ok = predicted[predicted["status"] == "ok"]
         ratio = float((ok["memory_bytes"] / ok["predicted_bytes"]).max())
         oom = g[g["status"] == "oom"]["context"]
-        limit = int((capacity_bytes / ratio - intercept) / slope)
+        limit = int((capacity / ratio - intercept) / slope)
         first_oom = int(oom.min()) if len(oom) else None
         rows.append(
             {
+                "device": device,
                 "model": model,
                 "batch": batch,
+                "capacity_GiB": capacity / 2**30,
                 "kv_cache_fills_memory_at": limit,
                 "measured_over_predicted": ratio,
                 "longest_ok": int(ok["context"].max()),
