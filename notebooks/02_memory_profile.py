@@ -155,6 +155,15 @@ for _, r in limits.iterrows():
         if r["first_oom"] is not None and r["first_oom"] == r["first_oom"]
         else f"no context ran out of memory in the sweep (longest measured {r['longest_ok']:,})"
     )
+    skipped = ours[
+        (ours["model"] == r["model"])
+        & (ours["batch"] == r["batch"])
+        & (ours["device"] == r["device"])
+        & (ours["kind"] == "generation")
+        & ours["status"].str.startswith("skipped")
+    ]["context"]
+    if len(skipped):
+        stop += f", then stopped by the series' time limit before {int(skipped.min()):,}"
     print(
         f"{r['model']} (batch {r['batch']}, {r['device']}): {stop}; weights and KV cache alone fill the card's "
         f"{r['capacity_GiB']:.1f} GiB at {r['kv_cache_fills_memory_at']:,} tokens"

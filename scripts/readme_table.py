@@ -131,6 +131,47 @@ def training_vs_pythia():
     )
 
 
+def training_memory_budget():
+    """One row per run at a lower activation_memory_budget, each ratio within its run (Pythia measured again)."""
+    rows = []
+    for f in ("cost/training_vs_pythia_budget0.5.csv", "cost/training_vs_pythia_budget0.5_430M.csv"):
+        t = table(f)
+        budget = provenance(f.replace("training_vs_pythia", "training_mfu"))["params"]["memory_budget"]
+        cells = [
+            f"{r['size']} T = {r['context']}: {k(r['rwkv_tokens_per_s'])} vs {k(r['pythia_tokens_per_s'])} tokens/s "
+            f"({r['speed_ratio']:.2f}×), peak {r['rwkv_peak_mem_GiB']:.1f} vs {r['pythia_peak_mem_GiB']:.1f} GiB "
+            f"({r['memory_ratio']:.2f}×)"
+            for _, r in t.iterrows()
+        ]
+        rows.append(
+            row(
+                f"the same with `activation_memory_budget` {budget:g} (the fused blocks recompute part of what they "
+                "keep for the backward), same run",
+                f,
+                "; ".join(cells),
+            )
+        )
+    return rows
+
+
+def default_model():
+    """The shipped default's validation bits/byte, from the run that trained it (its card names the run)."""
+    card = json.loads((ROOT / "rwkv_lab" / "loading" / "default_model" / "card.json").read_text())
+    tag = card["training"]["command"].rsplit("--tag ", 1)[1]
+    f = f"training/summary{tag}.csv"
+    t = table(f)
+    shipped = t[(t["arch"] == "rwkv") & (t["lr"] == card["training"]["lr"])].iloc[0]
+    matched = t[(t["arch"] == "transformer") & (t["status"] == "ok")]
+    best_tf = matched.loc[matched["val_bpb"].idxmin()]
+    return row(
+        f"the shipped default (byte-6x256, {int(shipped['tokens']) / 1e6:.0f}M tokens, "
+        f"{card['training']['tokens_seen'] / card['training']['corpus']['train_tokens']:.1f} epochs), validation "
+        "bits/byte, beside the matched GPT-NeoX's best rate in the same run",
+        f,
+        f"{shipped['val_bpb']:.3f} at lr {shipped['lr']:g} vs {best_tf['val_bpb']:.3f} at lr {best_tf['lr']:g}",
+    )
+
+
 def wkv_cpu():
     f = "wkv/wkv_cpu_speed.csv"
     t = table(f).set_index("backend")
@@ -325,9 +366,10 @@ def build() -> str:
         wkv_fwd_bwd(),
         wkv_cpu(),
         training_vs_pythia(),
+        *training_memory_budget(),
         training_mfu(),
     ]
-    rows += [train_compare(), train_speed()]
+    rows += [train_compare(), train_speed(), default_model()]
     rows.append(context_effect())
     rows += generation_gpu() + generation_cpu() + lm_eval() + dynamics()
     lines = ["| what | where measured | number | file |", "|---|---|---|---|"]
