@@ -126,9 +126,12 @@ for ax, (rows, kind, value, ylabel, scale, title) in zip(axes.flat, panels):
     plot_kind(rows, ax, kind, value, ylabel, scale=scale)
     shown = rows[(rows["kind"] == kind) & (rows["batch"] == 1)]
     ax.set_title(f"{title} (batch 1; {', '.join(sorted(set(shown['device'])))})", fontsize=9)
-for device, capacity in eager.groupby("device")["gpu_total_bytes"].first().items():
+held = eager[(eager["kind"] == "generation") & (eager["batch"] == 1)]  # what the first panel draws
+for device, capacity in held.groupby("device")["gpu_total_bytes"].first().items():
     axes[0, 0].axhline(capacity / 2**30, color="gray", ls=":", lw=0.8)
-    axes[0, 0].text(1100, capacity / 2**30 * 1.03, f"{device}: {capacity / 2**30:.0f} GiB", fontsize=7)
+    axes[0, 0].text(
+        held["context"].max(), capacity / 2**30 * 1.05, f"{device}: {capacity / 2**30:.0f} GiB", fontsize=7, ha="right"
+    )
 fig.tight_layout()
 save_figure(fig, results_dir() / "figures" / "02_memory_profile.png", {"files": [f.name for f in files]})
 plt.show()
