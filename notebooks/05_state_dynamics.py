@@ -47,7 +47,13 @@ import torch
 from IPython.display import HTML, display
 
 import rwkv_lab
-from rwkv_lab.analysis.dynamics import attention_by_distance, decay_spectra, influence, record_trajectory
+from rwkv_lab.analysis.dynamics import (
+    attention_by_distance,
+    decay_shift,
+    decay_spectra,
+    influence,
+    record_trajectory,
+)
 from rwkv_lab.analysis.render import coloured_html, plot_coloured_text
 from rwkv_lab.analysis.text_features import (
     best_channels,
@@ -107,14 +113,13 @@ axes[1].set_ylabel("time_first u (bonus of the current token)")
 fig.suptitle(model.source, fontsize=9)
 save_figure(fig, results_dir() / "figures" / "05_decay_spectra.png", params)
 plt.show()
-by_layer = spectra.groupby("layer")[["half_life", "half_life_init", "u"]].median()
+by_layer, shift = decay_shift(spectra)
 display(by_layer.round(3))
-moved = (spectra["half_life"] / spectra["half_life_init"]).abs()
 print(
     "median half-life per layer, trained vs initialisation: "
     + ", ".join(f"{a:.2f} vs {b:.2f}" for a, b in zip(by_layer["half_life"], by_layer["half_life_init"]))
-    + f"; the longest is {spectra['half_life'].max():.0f} tokens (initialisation {spectra['half_life_init'].max():.0f});"
-    f" the median channel's half-life changed by a factor {moved.median():.3f}"
+    + f"; the longest is {shift['longest']:.0f} tokens (initialisation {shift['longest_init']:.0f});"
+    f" the median channel's half-life changed by a factor {shift['median_factor']:.3f}"
 )
 
 # %% [markdown]

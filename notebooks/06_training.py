@@ -365,15 +365,13 @@ for prompt in ("def main():\n", "import os\n"):
 # the initialisation it started from.
 
 # %%
-from rwkv_lab.analysis.dynamics import decay_spectra
+from rwkv_lab.analysis.dynamics import decay_shift, decay_spectra
 
-spectra = decay_spectra(rwkv_lab.default_model())
-by_layer = spectra.groupby("layer")[["half_life", "half_life_init"]].median()
-by_layer["trained / init"] = by_layer["half_life"] / by_layer["half_life_init"]
+by_layer, shift = decay_shift(decay_spectra(rwkv_lab.default_model()))
 display(by_layer.round(3))
-factor = spectra["half_life"] / spectra["half_life_init"]
 print(
-    f"{(factor.sub(1).abs() > 0.1).mean():.0%} of the {len(spectra)} channels moved their half-life by more than 10%; "
-    f"median factor {factor.median():.2f} (channels from {factor.min():.2f}x to {factor.max():.2f}x); the longest "
-    f"half-life is {spectra['half_life'].max():.0f} tokens (initialisation {spectra['half_life_init'].max():.0f})"
+    f"{shift['moved_over_10pct']:.0%} of the {shift['channels']} channels moved their half-life by more than 10%; "
+    f"median factor {shift['median_factor']:.2f} (channels from {shift['min_factor']:.2f}x to "
+    f"{shift['max_factor']:.2f}x); the longest half-life is {shift['longest']:.0f} tokens (initialisation "
+    f"{shift['longest_init']:.0f})"
 )

@@ -7,7 +7,14 @@ import pytest
 import torch
 from helpers import TOL, assert_rel_close, random_model, random_state
 
-from rwkv_lab.analysis.dynamics import Trajectory, attention_older_than, decay_spectra, influence, record_trajectory
+from rwkv_lab.analysis.dynamics import (
+    Trajectory,
+    attention_older_than,
+    decay_shift,
+    decay_spectra,
+    influence,
+    record_trajectory,
+)
 from rwkv_lab.analysis.render import coloured_html
 from rwkv_lab.analysis.text_features import (
     best_channels,
@@ -96,6 +103,21 @@ def test_decay_spectra_of_an_untrained_model_are_the_initialisation():
     assert np.allclose(spectra["w"], spectra["w_init"], rtol=1e-6)
     assert np.allclose(spectra["half_life"], np.log(2) / spectra["w"])
     assert np.allclose(spectra["u"], spectra["u_init"], rtol=1e-6)
+    by_layer, overall = decay_shift(spectra)
+    assert overall["moved_over_10pct"] == 0 and np.allclose(by_layer["trained / init"], 1, rtol=1e-6)
+    assert overall["longest"] == pytest.approx(overall["longest_init"], rel=1e-6)
+
+
+def test_decay_shift_measures_a_planted_move():
+    spectra = decay_spectra(untrained_model())
+    moved = spectra.assign(half_life=spectra["half_life"] * np.where(spectra["layer"] == 0, 3.0, 1.0))
+    by_layer, overall = decay_shift(moved)
+    print(by_layer["trained / init"].round(3).tolist(), overall)
+    share = (spectra["layer"] == 0).mean()
+    assert overall["moved_over_10pct"] == pytest.approx(share)
+    assert overall["max_factor"] == pytest.approx(3.0) and overall["min_factor"] == pytest.approx(1.0)
+    assert by_layer["trained / init"].iloc[0] == pytest.approx(3.0)
+    assert np.allclose(by_layer["trained / init"].iloc[1:], 1.0)
 
 
 def test_channel_ranking_finds_a_planted_channel():

@@ -47,6 +47,25 @@ def decay_spectra(model) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True)
 
 
+def decay_shift(spectra: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """How far training moved the decays (of decay_spectra): per layer the median half-life trained and at the
+    initialisation, their ratio and the median bonus u; over all channels the share whose half-life moved by more
+    than 10%, the median and extreme trained / initial factors, and the longest half-life of each."""
+    by_layer = spectra.groupby("layer")[["half_life", "half_life_init", "u"]].median()
+    by_layer.insert(2, "trained / init", by_layer["half_life"] / by_layer["half_life_init"])
+    factor = spectra["half_life"] / spectra["half_life_init"]
+    overall = {
+        "channels": len(spectra),
+        "moved_over_10pct": float((factor.sub(1).abs() > 0.1).mean()),
+        "median_factor": float(factor.median()),
+        "min_factor": float(factor.min()),
+        "max_factor": float(factor.max()),
+        "longest": float(spectra["half_life"].max()),
+        "longest_init": float(spectra["half_life_init"].max()),
+    }
+    return by_layer, overall
+
+
 # ---- trajectories ----------------------------------------------------------------------------------------------
 
 
