@@ -1,7 +1,7 @@
 """The memory/speed profiler: the analytic model against hand-computed numbers, a live sweep on tiny configs on the
 CPU, out-of-memory as a data point, chunked prefill exactness, and the readers of a sweep."""
 
-import time
+import types
 
 import pandas as pd
 import pytest
@@ -96,19 +96,25 @@ def test_generation_series_respects_its_time_budget():
 
 
 def test_generation_series_clock_starts_after_the_first_context(monkeypatch):
-    """The first context carries compilation and capture: a slow first call does not use up the series' budget."""
-    r, _ = tiny_pair()
-    extend, calls = r.extend, []
+    """The first context carries compilation and capture: a slow first call does not use up the series' budget.
+    The series reads a fake clock (a loaded CI machine must not decide the outcome): the first extend costs 100 s,
+    each later one 0.1 s, against a 1 s budget; counted from the start, the budget would be gone at once."""
+    from rwkv_lab.measure import profiler
 
-    def slow_first(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            time.sleep(0.5)  # the first call's compilation
+    r, _ = tiny_pair()
+    extend, clock = r.extend, {"now": 1000.0, "calls": 0}
+
+    def timed_extend(*args, **kwargs):
+        clock["calls"] += 1
+        clock["now"] += 100.0 if clock["calls"] == 1 else 0.1  # the first call's compilation
         return extend(*args, **kwargs)
 
-    monkeypatch.setattr(r, "extend", slow_first)
-    rows = generation_series(r, 1, [8, 16, 32], decode_steps=1, progress=False, max_seconds=0.4)
-    assert [row["status"] for row in rows] == ["ok", "ok", "ok"]
+    monkeypatch.setattr(r, "extend", timed_extend)
+    monkeypatch.setattr(profiler, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    rows = generation_series(r, 1, [8, 16, 32, 64], decode_steps=1, progress=False, max_seconds=1.0)
+    assert [row["status"] for row in rows] == ["ok", "ok", "ok", "ok"]
+    rows = generation_series(r, 1, [8, 16, 32, 64], decode_steps=1, progress=False, max_seconds=0.15)
+    assert [row["status"] for row in rows] == ["ok", "ok", "ok", "skipped (time)"]  # 0.1, then 0.2 > 0.15
 
 
 def test_chunked_prefill_equals_one_call():
