@@ -1,11 +1,12 @@
-"""Write the default model's card (rwkv_lab/default_model/card.json and MODEL_CARD.md) from measurements.
+"""Write the default model's card (rwkv_lab/loading/default_model/card.json and MODEL_CARD.md) from measurements.
 
-    python scripts/make_model_card.py --tag _default_50M
+    python scripts/make_model_card.py --tag _default_40M
 
-Reads the GPU training run (results/training/summary<tag>.csv and its provenance, written by train_compare.py), then measures here, on the CPU in
-fp32 with the shipped bf16 weights: the loss on the held-out slice (default_model/heldout.txt, written here from a
-validation-split file of this interpreter's standard library), validation bits-per-byte on this interpreter's
-validation split (the training run's evaluation windows), the unigram baseline, and a sample.
+Reads the GPU training run (results/training/summary<tag>.csv and its provenance, written by train_compare.py),
+then measures here, on the CPU in fp32 with the shipped bf16 weights: the loss on the held-out slice
+(default_model/heldout.txt, written here from a validation-split file of this interpreter's standard library),
+validation bits-per-byte on this interpreter's validation split (the training run's evaluation windows), the
+unigram baseline, a sample and greedy continuations.
 """
 
 import argparse
@@ -103,6 +104,7 @@ def main():
         "weights_dtype": "bfloat16",
         "training": {
             "command": training_command(params),
+            "results_tag": args.tag,  # the run's files: results/training/summary<tag>.csv
             "device": meta["device"],
             "git_commit": meta["git_commit"],
             "date_utc": meta["date_utc"],

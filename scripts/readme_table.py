@@ -157,8 +157,7 @@ def training_memory_budget():
 def default_model():
     """The shipped default's validation bits/byte, from the run that trained it (its card names the run)."""
     card = json.loads((ROOT / "rwkv_lab" / "loading" / "default_model" / "card.json").read_text())
-    tag = card["training"]["command"].rsplit("--tag ", 1)[1]
-    f = f"training/summary{tag}.csv"
+    f = f"training/summary{card['training']['results_tag']}.csv"
     t = table(f)
     shipped = t[(t["arch"] == "rwkv") & (t["lr"] == card["training"]["lr"])].iloc[0]
     matched = t[(t["arch"] == "transformer") & (t["status"] == "ok")]
