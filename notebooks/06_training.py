@@ -343,7 +343,8 @@ print(
     f"lr {card['training']['lr']:g}, trained on {card['training']['device']} by `{card['training']['command']}`"
 )
 tokenizer = rwkv_lab.ByteTokenizer()
-for name, model in (("trained default", rwkv_lab.default_model()), ("untrained", untrained_model())):
+default = rwkv_lab.default_model()
+for name, model in (("trained default", default), ("untrained", untrained_model())):
     text = rwkv_lab.generate(
         model, tokenizer, sample_prompt, max_new_tokens=sample_tokens, temperature=0.7, seed=0, new_document=True
     )
@@ -351,9 +352,7 @@ for name, model in (("trained default", rwkv_lab.default_model()), ("untrained",
     print(sample_prompt + text)
 for prompt in ("def main():\n", "import os\n"):
     # new_document: the prompt is a file's start (after end-of-text), as training saw every file's first bytes
-    greedy = rwkv_lab.generate(
-        rwkv_lab.default_model(), tokenizer, prompt, max_new_tokens=60, temperature=0, new_document=True
-    )
+    greedy = rwkv_lab.generate(default, tokenizer, prompt, max_new_tokens=60, temperature=0, new_document=True)
     print(f"---- greedy continuation of {prompt!r} by the default, at a file's start ----\n{greedy!r}")
 
 # %% [markdown]
@@ -367,7 +366,7 @@ for prompt in ("def main():\n", "import os\n"):
 # %%
 from rwkv_lab.analysis.dynamics import decay_shift, decay_spectra
 
-by_layer, shift = decay_shift(decay_spectra(rwkv_lab.default_model()))
+by_layer, shift = decay_shift(decay_spectra(default))
 display(by_layer.round(3))
 print(
     f"{shift['moved_over_10pct']:.0%} of the {shift['channels']} channels moved their half-life by more than 10%; "
