@@ -13,7 +13,9 @@ the transformer 3 x (2 (V D + 12 D^2 L) + 4 L D T)) over (a) the measured bf16 m
 peak. The first steps (compilation) are warm-up, not timed. `--profile` adds results/cost/training_kernels.csv:
 each step's CUDA kernels by device time, grouped by kind (matmul, WKV, attention, fused elementwise, ...).
 `--memory-budget` sets RWKV.activation_memory_budget (what the fused blocks keep for the backward; 1: all the
-compiler's partitioner chooses), e.g. `--memory-budget 0.5 --tag _budget0.5` beside a run at 1.
+compiler's partitioner chooses), e.g. `--memory-budget 0.5 --tag _budget0.5` beside a run at 1. Each step replays
+a CUDA graph of the whole step, as the trainer's does (rwkv_lab.training.cuda_graph; the `cuda_graph` column says
+whether the capture held); `--cuda-graph off --tag _ungraphed` launches it kernel by kernel instead.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ from rwkv_lab.baseline import PYTHIA_FOR, pythia_model
 from rwkv_lab.measure.timing import OOM, cuda_kernels, or_oom, time_fn
 from rwkv_lab.model import build_at_size
 from rwkv_lab.results import results_dir, write_table
+from rwkv_lab.training.cuda_graph import WARMUP as GRAPH_WARMUP
+from rwkv_lab.training.cuda_graph import GraphedStep, device_lrs
 from rwkv_lab.training.loss import lm_loss
-from rwkv_lab.training.trainer import fast_path
+from rwkv_lab.training.trainer import TrainConfig, fast_path, parse_switch
 
 VARIANTS = ("RWKV-4", "RWKV-4 eager", "Pythia", "Pythia compiled")
 
@@ -57,22 +61,38 @@ def build(variant: str, name: str, device, context: int, memory_budget: float = 
     return model, fast_path(model, fast), V, flops
 
 
-def step_time(model, forward, vocab, batch, context, device, profile: list | None = None) -> float:
-    """Median seconds of one optimizer step: the library's training loss (bf16 autocast), backward, fused AdamW.
-    `profile`, a list, receives the step's kernels (step_profile)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+def step_time(model, forward, vocab, batch, context, device, graph: bool, profile: list | None = None):
+    """(median seconds of one optimizer step, whether it replayed a CUDA graph): the library's training loss (bf16
+    autocast), backward, clipping and fused AdamW, as the trainer's step (rwkv_lab.training: one process, one
+    micro-batch, `cuda_graph` on or off). `profile`, a list, receives the step's kernels (step_profile)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True, capturable=graph)
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, vocab, (batch, context + 1), generator=gen).to(device)
 
-    def step():
-        lm_loss(forward, tokens[:, :-1], tokens[:, 1:]).backward()
+    def update(x, y):
+        loss = lm_loss(forward, x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), TrainConfig.grad_clip)
         opt.step()
-        opt.zero_grad(set_to_none=True)
+        return loss.detach()
 
-    seconds = time_fn(step, device, warmup=3, repeat=5)
+    if graph:
+        device_lrs(opt, device)
+        graphed = GraphedStep(update, opt)
+        step = lambda: graphed(tokens[:, :-1], tokens[:, 1:])  # noqa: E731
+    else:
+        graphed = None
+
+        def step():
+            update(tokens[:, :-1], tokens[:, 1:])
+            opt.zero_grad(set_to_none=True)
+
+    for _ in range(GRAPH_WARMUP + 1):  # compile, warm up and (graph) capture before the timed steps
+        step()
+    seconds = time_fn(step, device, warmup=1, repeat=5)
     if profile is not None:
         profile.extend(step_profile(step, device))
-    return seconds
+    return seconds, graphed is not None and graphed.captured
 
 
 # kernel name -> what it does, for the breakdown of a training step (first match wins)
@@ -140,6 +160,12 @@ def main():
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--profile", action="store_true", help="also break each step down by kernel")
     parser.add_argument("--memory-budget", type=float, default=1.0, help="RWKV.activation_memory_budget, 0 to 1")
+    parser.add_argument(
+        "--cuda-graph",
+        type=parse_switch,
+        default=True,
+        help="on (the trainer's default): every variant's step replays a CUDA graph; off: launched kernel by kernel",
+    )
     args = parser.parse_args()
     variants = args.variants.split(",")
     if not 0.0 <= args.memory_budget <= 1.0:
@@ -171,7 +197,7 @@ def main():
             model, forward, vocab, flops_per_token = build(variant, name, device, T, args.memory_budget)
             torch.cuda.reset_peak_memory_stats(device)
             profile = [] if args.profile else None
-            seconds = step_time(model, forward, vocab, batch, T, device, profile)
+            seconds, captured = step_time(model, forward, vocab, batch, T, device, args.cuda_graph, profile)
             for k in profile or []:
                 kernels.append({"variant": variant, "size": size, "context": T} | k)
             tps = batch * T / seconds
@@ -181,6 +207,7 @@ def main():
                 "status": "ok",
                 "rwkv_blocks": None if blocks is None else ("eager" if blocks is False else "fused"),
                 "activation_memory_budget": getattr(model, "activation_memory_budget", None),
+                "cuda_graph": captured,  # False also where a capture failed (warned): the step ran eagerly
                 "params": sum(p.numel() for p in model.parameters()),
                 "step_ms": seconds * 1e3,
                 "tokens_per_s": tps,

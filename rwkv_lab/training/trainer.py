@@ -44,6 +44,7 @@ from ..loading.tokenizer import load_tokenizer
 from ..model import RWKV, init_weights
 from ..results import atomic_write, write_table
 from .corpus import Corpus, build_corpus
+from .cuda_graph import GraphedStep, device_lrs, set_lr
 from .loss import lm_loss
 
 ARCHS = ("rwkv", "transformer")
@@ -77,6 +78,9 @@ class TrainConfig:
     # RWKV's fused blocks: the share of their activations kept for the backward (RWKV.activation_memory_budget)
     activation_memory_budget: float = 1.0
     parallel: str = "ddp"  # under torchrun: 'ddp' or 'fsdp'
+    # on CUDA, one process, grad_accum 1: each step replays a CUDA graph of forward, backward, clipping and AdamW
+    # (rwkv_lab.training.cuda_graph), either architecture; the first steps run eagerly to compile and warm up
+    cuda_graph: bool = True
     # > 0: each step's windows are consecutive pieces of random spans this long, so a step sees the tokens a run at
     # context `span` sees, cut into shorter windows (to tell a context's effect from that of fewer, longer draws)
     span: int = 0
@@ -221,9 +225,18 @@ class Trainer:
         self.forward_model = fast_path(self.forward_model, cfg.compile and not (self.sharded and cfg.arch == "rwkv"))
         # fused AdamW on CUDA; FSDP's sharded parameters take the multi-tensor one
         fused = {"fused": True} if self.device.type == "cuda" and not self.sharded else {}
+        graphed = cfg.cuda_graph and self.device.type == "cuda" and self.world == 1 and cfg.grad_accum == 1
         self.optimizer = torch.optim.AdamW(
-            param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fused
+            param_groups(self.model, cfg.weight_decay),
+            lr=cfg.lr,
+            betas=(cfg.beta1, cfg.beta2),
+            capturable=graphed,
+            **fused,
         )
+        # the step as a CUDA graph (cfg.cuda_graph), None where it runs eagerly
+        self.graphed_step = GraphedStep(self._update, self.optimizer) if graphed else None
+        if graphed:
+            device_lrs(self.optimizer, self.device)
         self.train_tokens = corpus.train.to(self.device)
         self.val_windows = self._val_windows()
         self.generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
@@ -265,12 +278,28 @@ class Trainer:
         """One optimizer step on the global batch; returns its mean loss (the same number on every process)."""
         self.model.train()
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_at(self.step) * group["lr_scale"]
+            set_lr(group, self.lr_at(self.step) * group["lr_scale"])
         x, y = self.next_batch()  # (B, T): the global batch, identical on every process
         share = self.cfg.batch_size // self.world
         x, y = x[self.rank * share : (self.rank + 1) * share], y[self.rank * share : (self.rank + 1) * share]
+        if self.graphed_step is not None:
+            total = self.graphed_step(x, y)
+        else:
+            total = self._update(x, y)
+            self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(total)
+            total /= self.world
+        return total
+
+    def _update(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Forward and backward of this process's share (B, T) in micro-batches, clipping and the AdamW step; the
+        gradients stay in place (a captured step keeps them). Returns the share's mean loss."""
         total = torch.zeros((), device=self.device)
-        micro = share // self.cfg.grad_accum
+        micro = len(x) // self.cfg.grad_accum
         for i in range(self.cfg.grad_accum):
             last = i == self.cfg.grad_accum - 1
             # DDP averages gradients over processes at the last micro-batch only
@@ -284,13 +313,6 @@ class Trainer:
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(total)
-            total /= self.world
         return total
 
     @torch.no_grad()
@@ -374,7 +396,10 @@ class Trainer:
         """The model's and the optimizer's whole state dicts; under FSDP gathered from every shard onto rank 0's
         CPU (a collective: every process calls it; the others get empty dicts)."""
         if not self.sharded:
-            return self.model.state_dict(), self.optimizer.state_dict()
+            optimizer = self.optimizer.state_dict()
+            for group in optimizer["param_groups"]:  # a captured step's device rates saved as numbers
+                group["lr"] = float(group["lr"])
+            return self.model.state_dict(), optimizer
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             get_model_state_dict,
@@ -443,6 +468,9 @@ class Trainer:
         else:
             self.model.load_state_dict(blob["model"])
             self.optimizer.load_state_dict(blob["optimizer"])
+            if self.graphed_step is not None:  # new optimizer state and rates: capture again, read rates on device
+                device_lrs(self.optimizer, self.device)
+                self.graphed_step.reset()
         self.step, self.log, self.train_seconds = blob["step"], blob["log"], blob["train_seconds"]
         self.generator.set_state(blob["generator"])
         return self
