@@ -472,7 +472,7 @@ class Trainer:
                 device_lrs(self.optimizer, self.device)
                 self.graphed_step.reset()
         self.step, self.log, self.train_seconds = blob["step"], blob["log"], blob["train_seconds"]
-        self.generator.set_state(blob["generator"])
+        self.generator.set_state(blob["generator"].cpu())  # a CPU generator; map_location moved its state
         return self
 
 
