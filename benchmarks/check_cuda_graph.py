@@ -47,11 +47,12 @@ def main():
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--archs", default="rwkv,transformer")
     args = parser.parse_args()
     corpus = build_corpus(None)  # the standard library, bytes: the 169M's vocabulary holds them
     rows = []
     for size in args.sizes.split(","):
-        for arch in ("rwkv", "transformer"):
+        for arch in args.archs.split(","):
             base = dict(arch=arch, model=size, context=args.context, batch_size=args.batch, lr=1e-3)
             base |= dict(tokens=args.steps * args.batch * args.context, warmup_steps=2)
             eager = TrainConfig(**base, cuda_graph=False)

@@ -89,7 +89,11 @@ class GraphedStep:
     def _capture(self, x, y) -> bool:
         """Capture one step (recording, not running it); False if that failed."""
         self.optimizer.zero_grad(set_to_none=True)  # the captured backward allocates the gradients it then keeps
-        static = (x.clone(), y.clone())
+        # buffers with the inputs' strides: a compiled model guards on strides, and one that saw a view of the
+        # batch while warming up would recompile, inside the capture, for a contiguous copy
+        static = tuple(torch.empty_strided(t.size(), t.stride(), dtype=t.dtype, device=t.device) for t in (x, y))
+        static[0].copy_(x)
+        static[1].copy_(y)
         graph = torch.cuda.CUDAGraph()
         torch.cuda.synchronize()
         try:
