@@ -26,7 +26,7 @@ from rwkv_lab.loading.checkpoint import save_model
 from rwkv_lab.measure.timing import OOM, or_oom
 from rwkv_lab.results import results_dir, write_table
 from rwkv_lab.training.corpus import build_corpus, unigram_loss
-from rwkv_lab.training.trainer import ARCHS, TrainConfig, Trainer, bits_per_byte, parse_count
+from rwkv_lab.training.trainer import ARCHS, TrainConfig, Trainer, bits_per_byte, parse_count, parse_switch
 
 
 def train(cfg: TrainConfig, corpus, curves: list, keep_weights: bool) -> dict:
@@ -78,6 +78,12 @@ def main():
     parser.add_argument("--tag", default="", help="suffix of the output files (runs split over several calls)")
     parser.add_argument("--corpus", default=None, help="a directory of .py files or a text file (default: stdlib)")
     parser.add_argument("--val-fraction", type=float, default=0.05, help="of the corpus's files, held out")
+    parser.add_argument(
+        "--cuda-graph",
+        type=parse_switch,
+        default=True,
+        help="TrainConfig.cuda_graph for every run (on: each step replays a CUDA graph; off: kernel by kernel)",
+    )
     args = parser.parse_args()
     lrs = {arch: [float(x) for x in args.lrs.split(",")] for arch in ARCHS}
     named = [item.split(":") for item in filter(None, args.arch_lrs.split(","))]
@@ -120,6 +126,7 @@ def main():
                         batch_size=max(1, args.tokens_per_step // context),
                         eval_every=args.eval_every,
                         warmup_steps=args.warmup_steps,
+                        cuda_graph=args.cuda_graph,
                     )
                     row = {"arch": arch, "model": size, "context": context, "lr": lr}
                     row |= {"batch_size": cfg.batch_size, "tokens": args.tokens}
