@@ -5,7 +5,8 @@ blocks at released sizes on the GPU: the full-size counterpart of the CPU tests 
 
 For each size, from a random non-empty state: one training step's loss, final state and every parameter's
 gradient (fp32 weights; fp32 math, then bf16 autocast as training runs, where both paths are also set against the
-fp32 step), and a prefill's last logits in fp16.
+fp32 step); the training loss (lm_loss, compiled cross-entropy) against the eager one; and a prefill's last
+logits in fp16.
 Writes results/training/fused_check.json; prints each relative error.
 """
 
@@ -18,6 +19,7 @@ import torch
 from rwkv_lab.analysis.equivalence import rel_error
 from rwkv_lab.model import build_at_size
 from rwkv_lab.results import results_dir, write_json
+from rwkv_lab.training.loss import lm_loss
 
 
 def training_step(model, x, state, fused: bool, autocast: bool):
@@ -30,6 +32,28 @@ def training_step(model, x, state, fused: bool, autocast: bool):
     (loss + 1e-3 * new_state[:, :, 1].sum()).backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()} | {"state": state.grad}
     return loss.detach(), new_state.detach(), grads
+
+
+def loss_check(model, x, size: str) -> dict:
+    """The training loss as the trainer computes it (lm_loss: the padded head kept, the compiled cross-entropy
+    over its first V columns) against the eager cross-entropy of the sliced logits, bf16 autocast, fused blocks
+    in both: loss and every parameter's gradient."""
+    model.fused_blocks = "auto"
+    runs = []
+    for fused_loss in (True, False):
+        model.zero_grad(set_to_none=True)
+        if fused_loss:
+            loss = lm_loss(model, x[:, :-1], x[:, 1:])
+        else:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits, _ = model(x[:, :-1], check=False)
+            loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())
+        loss.backward()
+        runs.append((loss.detach(), None, {n: p.grad.detach().clone() for n, p in model.named_parameters()}))
+    row = {"size": size, "what": "lm_loss (compiled cross-entropy, padded head) vs eager", "autocast": "bf16"}
+    row["rel_err_loss"] = rel_error(runs[0][0], runs[1][0])
+    row["rel_err_worst_grad"], row["worst_grad"] = worst_grad(runs[0], runs[1])
+    return row
 
 
 def worst_grad(run, reference) -> tuple[float, str]:
@@ -70,6 +94,8 @@ def main():
                 row["eager_vs_fp32_worst_grad"], row["eager_vs_fp32_which"] = worst_grad(eager, reference)
             rows.append(row)
             print(row, flush=True)
+        rows.append(loss_check(model, x, size))
+        print(rows[-1], flush=True)
         model = model.half().eval()
         with torch.no_grad():
             model.fused_blocks = False

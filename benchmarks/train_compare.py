@@ -44,6 +44,7 @@ def train(cfg: TrainConfig, corpus, curves: list, keep_weights: bool) -> dict:
         "train_seconds": final["train_seconds"],
         "flops": final["flops"],
         "peak_memory_GiB": frame["peak_memory_bytes"].max() / 2**30,
+        "cuda_graph": bool(frame["cuda_graph"].iloc[-1]),
     } | ({"weights": trainer.model.cpu()} if keep_weights else {})
 
 

@@ -119,18 +119,25 @@ class Block(nn.Module):
 HEAD_PAD = 64
 
 
-def padded_head(hidden: torch.Tensor, weight: torch.Tensor, multiple: int = HEAD_PAD) -> torch.Tensor:
+def padded_head(
+    hidden: torch.Tensor, weight: torch.Tensor, multiple: int = HEAD_PAD, keep_padding: bool = False
+) -> torch.Tensor:
     """hidden (..., C) @ weight (V, C)^T with the vocabulary padded to a multiple of `multiple`: the same logits
-    (..., V), a view whose rows are `multiple`-aligned. The released RWKV-4 vocabulary, 50277, is odd: logits with
-    rows of 50277 elements leave cuBLAS only unaligned kernels (on the H200 an sm75 'align1' GEMM in the head's
-    three matmuls, the largest kernels of a training step: results/cost/before_head_pad/). Pythia pads to 50304
-    in the checkpoint; RWKV-4's checkpoints keep 50277 rows, so the padding is made here, per step (a copy of the
-    head, small beside the logits). Training on CUDA uses it (RWKV.forward with autograd on)."""
+    (..., V), a view whose rows are `multiple`-aligned; `keep_padding`: the whole padded logits (..., V_pad), whose
+    columns past V are zeros (a loss that reads the first V of them, as lm_loss's compiled cross-entropy does, then
+    gives its gradient at full width, without the copy that a view's backward makes).
+
+    The released RWKV-4 vocabulary, 50277, is odd: logits with rows of 50277 elements leave cuBLAS only unaligned
+    kernels (on the H200 an sm75 'align1' GEMM in the head's three matmuls, the largest kernels of a training step:
+    results/cost/before_head_pad/). Pythia pads to 50304 in the checkpoint; RWKV-4's checkpoints keep 50277 rows,
+    so the padding is made here, per step (a copy of the head, small beside the logits). Training on CUDA uses it
+    (RWKV.forward with autograd on)."""
     V = weight.shape[0]
     pad = -V % multiple
     if pad == 0:
         return nn.functional.linear(hidden, weight)
-    return nn.functional.linear(hidden, nn.functional.pad(weight, (0, 0, 0, pad)))[..., :V]
+    logits = nn.functional.linear(hidden, nn.functional.pad(weight, (0, 0, 0, pad)))  # (..., V_pad)
+    return logits if keep_padding else logits[..., :V]
 
 
 @functools.cache
@@ -279,8 +286,12 @@ class RWKV(nn.Module):
         backend: str | None = None,
         check: bool = True,
         trace: list | None = None,
+        padded_vocab: bool = False,
     ):
         """Parallel form: tokens (B, T) -> logits (B, T, V) and the state after the last token.
+
+        `padded_vocab`: where the head is padded (training on CUDA, see padded_head) the logits keep the padding,
+        (B, T, V_pad) with zeros past V, for a loss that reads the first V columns (training.loss.lm_loss).
 
         `trace`, a list, receives one dict per layer of what it computed, for analysis: `att_in` / `ffn_in` the
         time-mix and channel-mix inputs (B, T, C) (LayerNorm outputs, whose last row is the next token-shift
@@ -288,7 +299,7 @@ class RWKV(nn.Module):
         """
         hidden, state = self.hidden(tokens, state, backend=backend, check=check, trace=trace)
         if hidden.is_cuda and torch.is_grad_enabled():
-            return padded_head(hidden, self.head.weight), state  # (B, T, V)
+            return padded_head(hidden, self.head.weight, keep_padding=padded_vocab), state  # (B, T, V[_pad])
         return self.head(hidden), state  # (B, T, V)
 
     def hidden(

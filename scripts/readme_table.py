@@ -114,41 +114,68 @@ def wkv_fwd_bwd():
     )
 
 
-def training_vs_pythia():
-    f = "cost/training_vs_pythia.csv"
-    t = table(f)
-    tokens = int(t["tokens_per_step"].iloc[0])
-    cells = [
+def graph_note(relative: str) -> str:
+    """How a bench_training run launched its steps, from its training_mfu file's `cuda_graph` column (absent in
+    runs before the CUDA graph), naming any step whose capture failed."""
+    t = table(relative.replace("training_vs_pythia", "training_mfu"))
+    if "cuda_graph" not in t:
+        return "each step launched kernel by kernel"
+    if not t["cuda_graph"].any():
+        return "each step launched kernel by kernel (`--cuda-graph off`)"
+    failed = t[~t["cuda_graph"].astype(bool)]
+    note = "each step replayed from a CUDA graph"
+    if len(failed):
+        note += " (not captured, so launched kernel by kernel: " + ", ".join(
+            f"{r['model']} T = {r['context']}" for _, r in failed.iterrows()
+        )
+        note += ")"
+    return note
+
+
+def versus_cells(t: pd.DataFrame, memory_ratio: bool = False) -> str:
+    return "; ".join(
         f"{r['size']} T = {r['context']}: {k(r['rwkv_tokens_per_s'])} vs {k(r['pythia_tokens_per_s'])} tokens/s "
         f"({r['speed_ratio']:.2f}×), peak {r['rwkv_peak_mem_GiB']:.1f} vs {r['pythia_peak_mem_GiB']:.1f} GiB"
+        + (f" ({r['memory_ratio']:.2f}×)" if memory_ratio else "")
         for _, r in t.iterrows()
-    ]
-    return row(
-        f"training step (forward + backward + AdamW, bf16 autocast, {tokens // 1024}k tokens per step): RWKV-4 "
-        "(fused blocks) vs Pythia (torch.compile), same run",
-        f,
-        "; ".join(cells),
     )
+
+
+def training_vs_pythia():
+    rows = []
+    for f, what in (
+        ("cost/training_vs_pythia.csv", ""),
+        ("cost/training_vs_pythia_ungraphed.csv", "the same, "),
+    ):
+        t = table(f)
+        tokens = int(t["tokens_per_step"].iloc[0])
+        rows.append(
+            row(
+                f"{what}training step (forward + backward + AdamW, bf16 autocast, {tokens // 1024}k tokens per step): "
+                f"RWKV-4 (fused blocks) vs Pythia (torch.compile), {graph_note(f)}, same run",
+                f,
+                versus_cells(t),
+            )
+        )
+    return rows
 
 
 def training_memory_budget():
     """One row per run at a lower activation_memory_budget, each ratio within its run (Pythia measured again)."""
     rows = []
-    for f in ("cost/training_vs_pythia_budget0.5.csv", "cost/training_vs_pythia_budget0.5_430M.csv"):
-        t = table(f)
+    files = (
+        "cost/training_vs_pythia_budget0.8.csv",
+        "cost/training_vs_pythia_budget0.5.csv",
+        "cost/training_vs_pythia_budget0.5_430M.csv",
+    )
+    for f in files:
         budget = provenance(f.replace("training_vs_pythia", "training_mfu"))["params"]["memory_budget"]
-        cells = [
-            f"{r['size']} T = {r['context']}: {k(r['rwkv_tokens_per_s'])} vs {k(r['pythia_tokens_per_s'])} tokens/s "
-            f"({r['speed_ratio']:.2f}×), peak {r['rwkv_peak_mem_GiB']:.1f} vs {r['pythia_peak_mem_GiB']:.1f} GiB "
-            f"({r['memory_ratio']:.2f}×)"
-            for _, r in t.iterrows()
-        ]
         rows.append(
             row(
                 f"the same with `activation_memory_budget` {budget:g} (the fused blocks recompute part of what they "
-                "keep for the backward), same run",
+                f"keep for the backward), {graph_note(f)}, same run",
                 f,
-                "; ".join(cells),
+                versus_cells(table(f), memory_ratio=True),
             )
         )
     return rows
@@ -230,6 +257,26 @@ def train_speed():
         "; ".join(cells) + peak,
         "training/summary*.csv",
     )
+
+
+def train_speed_graphed():
+    """RWKV-4 vs the transformer's tokens/s at T = 4096 at every width, with the step replayed from a CUDA graph
+    and without: each ratio within one run."""
+    rows = []
+    for f in ("training/summary_T4096_graphed.csv", "training/summary_T4096_ungraphed.csv"):
+        t = table(f).sort_values("params")
+        rwkv, tf = t[t["arch"] == "rwkv"], t[t["arch"] == "transformer"].set_index("model")
+        graphed = provenance(f)["params"].get("cuda_graph", True)  # before the option: the trainer's default, on
+        cells = [
+            f"{r['model']}: {k(r['tokens_per_s'])} vs {k(tf.loc[r['model'], 'tokens_per_s'])} tokens/s "
+            f"({r['tokens_per_s'] / tf.loc[r['model'], 'tokens_per_s']:.2f}×)"
+            for _, r in rwkv.iterrows()
+        ]
+        how = "each step replayed from a CUDA graph" if graphed else "launched kernel by kernel (`--cuda-graph off`)"
+        rows.append(
+            row(f"RWKV-4 vs matched GPT-NeoX, training speed at T = 4096, {how}, same run", f, "; ".join(cells))
+        )
+    return rows
 
 
 def context_effect():
@@ -364,11 +411,11 @@ def build() -> str:
         wkv_forward(),
         wkv_fwd_bwd(),
         wkv_cpu(),
-        training_vs_pythia(),
+        *training_vs_pythia(),
         *training_memory_budget(),
         training_mfu(),
     ]
-    rows += [train_compare(), train_speed(), default_model()]
+    rows += [train_compare(), train_speed(), *train_speed_graphed(), default_model()]
     rows.append(context_effect())
     rows += generation_gpu() + generation_cpu() + lm_eval() + dynamics()
     lines = ["| what | where measured | number | file |", "|---|---|---|---|"]

@@ -223,3 +223,6 @@ def test_the_padded_head_gives_the_heads_logits_and_gradients():
         torch.autograd.grad((plain * g).sum(), (hidden, weight)),
     ):
         assert_rel_close(f"padded head grad {name}", a, b, TOL["float64 model"])
+    whole = padded_head(hidden, weight, keep_padding=True)  # what lm_loss reads: the padding kept, zeros past V
+    assert whole.shape[-1] % HEAD_PAD == 0 and whole.shape[-1] > plain.shape[-1]
+    assert torch.equal(whole[..., : plain.shape[-1]], padded) and not whole[..., plain.shape[-1] :].any()

@@ -15,6 +15,7 @@ from helpers import TOL, assert_rel_close, torchrun
 from rwkv_lab.loading.checkpoint import default_model
 from rwkv_lab.loading.default import default_card, heldout_text
 from rwkv_lab.training.corpus import build_corpus, is_validation, unigram_loss
+from rwkv_lab.training.cuda_graph import device_lrs
 from rwkv_lab.training.trainer import TrainConfig, Trainer, build, main, parse_count
 
 
@@ -116,6 +117,55 @@ def test_training_is_deterministic_and_resume_is_exact(text_dir, tmp_path):
     assert resumed.log == first.log
     with pytest.raises(ValueError, match="context=32"):
         Trainer(tiny(context=16), corpus, progress=False).load(tmp_path / "ckpt.pt")
+
+
+def test_rates_read_from_tensors_train_alike_and_save_as_numbers(text_dir, tmp_path):
+    """A CUDA-graph step reads each group's rate from its own tensor, which the schedule fills in place
+    (device_lrs, set_lr): the same steps as Python floats; the checkpoint stores numbers. The capture itself needs
+    a GPU: benchmarks/check_cuda_graph.py records it against the eager step (results/training/)."""
+    corpus = build_corpus(text_dir, val_fraction=0.2)
+    plain = Trainer(tiny(), corpus, progress=False)
+    plain.run(5)
+    assert plain.graphed_step is None and not plain.frame()["cuda_graph"].any()  # the CPU: never captured
+    tensors = Trainer(tiny(), corpus, progress=False)
+    device_lrs(tensors.optimizer, tensors.device)
+    tensors.run(5, checkpoint=tmp_path / "ckpt.pt")
+    rates = [g["lr"] for g in tensors.optimizer.param_groups]
+    assert all(isinstance(r, torch.Tensor) for r in rates)
+    assert len({float(r) for r in rates}) > 1  # one tensor per group: the decays' scaled rates stay their own
+    # the rate as a float32 tensor instead of a float64 number: equal up to rounding
+    losses = [torch.tensor([r["train_loss"] for r in run.log]) for run in (tensors, plain)]
+    assert_rel_close("train losses, tensor rates vs numbers", *losses, TOL["float32 step"])
+    for (name, a), b in zip(plain.model.named_parameters(), tensors.model.parameters()):
+        assert_rel_close(f"{name} after 5 steps, tensor rates vs numbers", b, a, TOL["float32"])
+    saved = torch.load(tmp_path / "ckpt.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert all(type(g["lr"]) is float for g in saved)
+    resumed = Trainer(tiny(), corpus, progress=False).load(tmp_path / "ckpt.pt")
+    assert_rel_close("next loss, resumed vs uninterrupted", resumed.train_step(), plain.train_step(), TOL["float32"])
+
+
+@pytest.mark.slow
+def test_the_compiled_cross_entropy_reads_the_first_vocab_columns():
+    """lm_loss on CUDA: the cross-entropy through torch.compile (compiled here for the CPU) over the first V
+    columns of padded logits, against the eager one over the sliced logits: loss and the logits' gradient, which
+    is zero in the padding; float64, an odd vocabulary and row count."""
+    from rwkv_lab.training.loss import cross_entropy, fused_cross_entropy
+
+    gen = torch.Generator().manual_seed(0)
+    V, V_pad, N = 277, 320, 37
+    logits = torch.randn(N, V_pad, generator=gen, dtype=torch.float64) * 4
+    logits[:, V:] = 0  # the padded head's zero rows
+    logits.requires_grad_(True)
+    targets = torch.randint(0, V, (N,), generator=gen)
+    ref_logits = logits.detach()[:, :V].clone().requires_grad_(True)
+    ref = torch.nn.functional.cross_entropy(ref_logits, targets)
+    (ref_grad,) = torch.autograd.grad(ref, ref_logits)
+    for name, loss_fn in (("eager", cross_entropy), ("compiled", fused_cross_entropy())):
+        loss = loss_fn(logits, targets, V)
+        (grad,) = torch.autograd.grad(loss, logits)
+        assert_rel_close(f"{name} cross-entropy over the first V columns", loss, ref, TOL["float64 algebra"])
+        assert_rel_close(f"{name} cross-entropy gradient", grad[:, :V], ref_grad, TOL["float64 algebra"])
+        assert not grad[:, V:].any(), f"{name}: the padding got a gradient"
 
 
 def test_matched_transformer_is_within_ten_percent():

@@ -11,7 +11,9 @@ Both architectures see the same batches (random windows drawn from the training 
 the same AdamW schedule (linear warm-up, cosine decay) and the same gradient clipping. On CUDA the forward runs
 under bf16 autocast, each architecture on its fast path (RWKV's fused blocks, the transformer through
 torch.compile); on the CPU in fp32, eager, deterministic for a seed. A checkpoint holds weights, optimizer, step,
-the batch generator and the log, so a resumed run continues exactly where it stopped.
+the batch generator and the log, so a resumed run continues exactly where it stopped. On one GPU each step
+(forward, backward, clipping, AdamW) replays a CUDA graph after a few eager ones (`TrainConfig.cuda_graph`, see
+cuda_graph.py): at small widths the host's launches, not the GPU, bounded a step.
 
 Under torchrun: `--parallel ddp` (DistributedDataParallel, a full copy per device) or `--parallel fsdp` (FSDP2's
 fully_shard per block: weights, gradients and AdamW state sharded across devices, for models whose AdamW state
@@ -388,6 +390,8 @@ class Trainer:
             "context": self.cfg.context,
             "batch_size": self.cfg.batch_size,
             "params": self.n_params,
+            # whether the steps replayed a CUDA graph (False where it was off or its capture failed, with a warning)
+            "cuda_graph": self.graphed_step is not None and self.graphed_step.captured,
         }.items():
             frame[key] = value
         return frame
