@@ -146,9 +146,9 @@ plt.show()
 
 # %% [markdown]
 # Throughput and memory at the two contexts: the transformer's attention grows with T, RWKV's cost per token
-# does not. At these widths (128 to 384) a step is a few milliseconds of GPU work spread over many small kernels,
-# so the host's launches bound RWKV's tokens/s more than the GPU does; the next section measures the released
-# sizes, where the GPU work decides.
+# does not. These runs launched each step kernel by kernel; at these widths (128 to 384) a step is a few
+# milliseconds of GPU work spread over many small kernels, and what the host's launches cost is measured further
+# down, where the same widths train with each step replayed from a CUDA graph.
 
 # %%
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.8))
@@ -169,8 +169,10 @@ plt.show()
 # `benchmarks/bench_training.py`: one optimizer step (forward, backward, fused AdamW, bf16 autocast) of RWKV-4 at
 # 169M, 430M and 1.5B with random weights of the official scale, on its training path (blocks through
 # torch.compile around the Triton WKV, the head's vocabulary padded to aligned rows), beside the size-matched
-# Pythia through torch.compile (SDPA attention), the same tokens per step, in one run. The profile of each step
-# (`--profile`) says where the GPU time goes; the step's wall time exceeds it by what the host adds.
+# Pythia through torch.compile (SDPA attention), the same tokens per step, in one run, each step replayed from a
+# CUDA graph as the trainer's are (the `cuda_graph` column says where a capture failed and the step ran kernel by
+# kernel). The profile of each step (`--profile`) says where the GPU time goes; the step's wall time exceeds it by
+# what the host adds.
 
 # %%
 speed = pd.read_csv(find_result("cost/training_vs_pythia.csv"))
@@ -181,6 +183,7 @@ print(
     f"measured on {speed_meta['device']}, commit {speed_meta['git_commit'][:10]}, {speed_meta['date_utc'][:10]}, "
     f"{int(speed['tokens_per_step'].iloc[0]):,} tokens per step"
 )
+display(steps[["variant", "size", "context", "cuda_graph", "step_ms", "tokens_per_s"]].round(1))
 display(
     speed[["size", "context", "rwkv_tokens_per_s", "pythia_tokens_per_s", "speed_ratio"]]
     .join(speed[["rwkv_peak_mem_GiB", "pythia_peak_mem_GiB", "memory_ratio", "rwkv_mfu_vs_measured_peak"]])
@@ -200,6 +203,76 @@ fig, ax = plt.subplots(figsize=(12, 4))
 plot_kernel_time(by_kind, ax, f"one training step by kernel kind, {speed_meta['device']}")
 fig.tight_layout()
 save_figure(fig, results_dir() / "figures" / "06_training_kernels.png", {"source": "results/cost/training_kernels.csv"})
+plt.show()
+
+# %% [markdown]
+# ### What bounded the step: the host's launches, then the loss
+#
+# Launched kernel by kernel from Python (the compiled blocks' guards, autograd, the optimizer), a step of hundreds
+# of small kernels can cost the host more than the GPU. `TrainConfig.cuda_graph` (on by default on one GPU,
+# `rwkv_lab/training/cuda_graph.py`) captures the whole step, forward, backward, clipping and AdamW, once and
+# replays it, for both architectures; the trainer's loss (`lm_loss`) then compiles the cross-entropy, which no
+# longer copies the 50k-wide logits to fp32 nor their gradient out of the padded head. Three runs of
+# `bench_training.py` at T = 1024 on one card, each ratio within its run: `--cuda-graph off`, the graph (the run
+# above), the graph with the compiled loss; and `train_compare.py` at T = 4096 at the three small widths, with and
+# without the graph (92 steps each: a speed measurement, too few tokens for the bits/byte to mean anything).
+
+# %%
+paths = {"kernel by kernel": "_ungraphed", "CUDA graph": "", "CUDA graph + compiled loss": "_fused_loss"}
+runs = []
+for label, tag in paths.items():
+    run = pd.read_csv(find_result(f"cost/training_vs_pythia{tag}.csv"))
+    meta = pd.read_json(find_result(f"cost/training_mfu{tag}.meta.json"), typ="series")
+    print(f"{label}: {meta['device']}, commit {meta['git_commit'][:10]}, {meta['date_utc'][:10]}")
+    runs.append(run[run["context"] == 1024].assign(path=label, device=meta["device"]))
+runs = pd.concat(runs, ignore_index=True)
+display(
+    runs.pivot_table(
+        index="size", columns="path", values=["rwkv_tokens_per_s", "speed_ratio", "memory_ratio"], sort=False
+    ).round(3)
+)
+before, after = (runs[runs["path"] == p].set_index("size") for p in ("kernel by kernel", "CUDA graph + compiled loss"))
+for size, r in after.iterrows():
+    b = before.loc[size]
+    print(
+        f"{size} at T = 1024 ({r['device']}): RWKV-4 at {b['speed_ratio']:.2f}x Pythia's tokens/s launched kernel "
+        f"by kernel, {r['speed_ratio']:.2f}x replayed with the compiled loss ({b['rwkv_tokens_per_s'] / 1e3:.0f}k -> "
+        f"{r['rwkv_tokens_per_s'] / 1e3:.0f}k tokens/s, {r['rwkv_tokens_per_s'] / b['rwkv_tokens_per_s'] - 1:+.0%}); "
+        f"peak memory {r['rwkv_peak_mem_GiB']:.1f} GiB, {r['memory_ratio']:.2f}x Pythia's"
+    )
+fused_steps = pd.read_csv(find_result("cost/training_mfu_fused_loss.csv"))
+fused_kinds = kernel_time_by_kind(pd.read_csv(find_result("cost/training_kernels_fused_loss.csv")))
+host = fused_kinds.merge(fused_steps[["variant", "size", "context", "step_ms"]], on=["variant", "size", "context"])
+for _, r in host.iterrows():
+    print(
+        f"{r['variant']} {r['size']}: a replayed step takes {r['step_ms']:.1f} ms of wall time for {r['device_ms']:.1f} "
+        f"ms of GPU kernels (profiled): the GPU, not the host, bounds it"
+    )
+widths = []
+for label, tag in (("kernel by kernel", "_T4096_ungraphed"), ("CUDA graph", "_T4096_graphed")):
+    t = pd.read_csv(find_result(f"training/summary{tag}.csv"))
+    meta = pd.read_json(find_result(f"training/summary{tag}.meta.json"), typ="series")
+    wide = t.pivot_table(index="model", columns="arch", values="tokens_per_s", sort=False)
+    widths.append(wide.assign(ratio=wide["rwkv"] / wide["transformer"], path=label, device=meta["device"]))
+widths = pd.concat(widths).reset_index()
+display(widths.round(2))
+for model, g in widths.groupby("model", sort=False):
+    off, on = g.set_index("path").loc["kernel by kernel"], g.set_index("path").loc["CUDA graph"]
+    print(
+        f"{model} at T = 4096 ({on['device']}): RWKV-4 at {off['ratio']:.2f}x the transformer's tokens/s kernel by "
+        f"kernel, {on['ratio']:.2f}x with the graph (RWKV-4 {on['rwkv'] / off['rwkv']:.1f}x faster, the "
+        f"transformer {on['transformer'] / off['transformer']:.1f}x)"
+    )
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.6))
+runs.pivot_table(index="size", columns="path", values="speed_ratio", sort=False).plot.bar(ax=ax1, rot=0)
+widths.pivot_table(index="model", columns="path", values="ratio", sort=False).plot.bar(ax=ax2, rot=0)
+for ax, what in ((ax1, "released sizes, T = 1024, vs Pythia"), (ax2, "train_compare widths, T = 4096, vs GPT-NeoX")):
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.set_ylabel("RWKV-4 tokens/s ratio")
+    ax.set_title(f"{what}, {runs['device'].iloc[0]}", fontsize=9)
+    ax.legend(fontsize=7)
+fig.tight_layout()
+save_figure(fig, results_dir() / "figures" / "06_step_paths.png", {"source": "results/cost, results/training"})
 plt.show()
 
 # %% [markdown]
@@ -240,19 +313,26 @@ print(
 
 # %% [markdown]
 # What a budget below 1 costs in speed (the recomputation in the backward): `benchmarks/bench_training.py
-# --memory-budget 0.5`, RWKV-4 again beside Pythia in the same run (two runs: `_budget0.5` at 169M and 1.5B,
-# `_budget0.5_430M`), set beside the budget-1 run above. Each ratio is within one run.
+# --memory-budget`, RWKV-4 again beside Pythia in the same run, each run set beside a budget-1 run whose steps
+# were launched the same way: 0.8 with the CUDA graph (beside the run above, same commit), 0.5 from before the
+# graph (`_budget0.5` at 169M and 1.5B, `_budget0.5_430M`, beside the `--cuda-graph off` run). Each ratio is within
+# one run; RWKV-4's own change in tokens/s is across two runs on one card.
 
 # %%
 budget = []
-for tag in ("_budget0.5", "_budget0.5_430M"):
+for tag, base in (("_budget0.8", ""), ("_budget0.5", "_ungraphed"), ("_budget0.5_430M", "_ungraphed")):
     run = pd.read_csv(find_result(f"cost/training_vs_pythia{tag}.csv"))
     run_meta = pd.read_json(find_result(f"cost/training_mfu{tag}.meta.json"), typ="series")
     print(f"{tag}: {run_meta['device']}, commit {run_meta['git_commit'][:10]}, {run_meta['date_utc'][:10]}")
-    budget.append(run.assign(budget=run_meta["params"]["memory_budget"]))
-budget = pd.concat(budget, ignore_index=True)
-both = speed.merge(budget, on=["size", "context", "tokens_per_step"], suffixes=("_1", "_low"))
-display(both[["size", "context", "speed_ratio_1", "speed_ratio_low", "memory_ratio_1", "memory_ratio_low"]].round(3))
+    ref = pd.read_csv(find_result(f"cost/training_vs_pythia{base}.csv"))
+    pair = ref.merge(run, on=["size", "context", "tokens_per_step"], suffixes=("_1", "_low"))
+    budget.append(pair.assign(budget=run_meta["params"]["memory_budget"]))
+both = pd.concat(budget, ignore_index=True)
+display(
+    both[["budget", "size", "context", "speed_ratio_1", "speed_ratio_low", "memory_ratio_1", "memory_ratio_low"]].round(
+        3
+    )
+)
 for _, r in both.iterrows():
     print(
         f"{r['size']} at T = {r['context']}, activation_memory_budget {r['budget']:g}: RWKV-4 peak "
@@ -260,12 +340,16 @@ for _, r in both.iterrows():
         f"{r['memory_ratio_1']:.2f}x), at {r['speed_ratio_low']:.2f}x Pythia's tokens/s (budget 1: "
         f"{r['speed_ratio_1']:.2f}x); RWKV-4's own tokens/s {r['rwkv_tokens_per_s_low'] / r['rwkv_tokens_per_s_1'] - 1:+.1%}"
     )
-fits = (both["memory_ratio_low"] <= 1).all()
+for b, g in both.groupby("budget", sort=False):
+    fits = (g["memory_ratio_low"] <= 1).all()
+    print(
+        f"at budget {b:g} RWKV-4's peak is "
+        + ("at or below Pythia's at every size measured" if fits else "still above Pythia's at some size")
+        + f", at {g['speed_ratio_low'].min():.2f}-{g['speed_ratio_low'].max():.2f}x Pythia's tokens/s"
+    )
 print(
-    f"at budget {both['budget'].iloc[0]:g} RWKV-4's peak is "
-    + ("at or below Pythia's at every size measured" if fits else "still above Pythia's at some size")
-    + f"; the default stays {TrainConfig.activation_memory_budget:g} (speed first): pass "
-    "TrainConfig(activation_memory_budget=0.5) to trade the tokens/s above for the memory"
+    f"the default stays {TrainConfig.activation_memory_budget:g} (speed first): "
+    "TrainConfig(activation_memory_budget=...) trades the tokens/s above for the memory"
 )
 
 # %% [markdown]

@@ -143,16 +143,17 @@ def versus_cells(t: pd.DataFrame, memory_ratio: bool = False) -> str:
 
 def training_vs_pythia():
     rows = []
-    for f, what in (
-        ("cost/training_vs_pythia.csv", ""),
-        ("cost/training_vs_pythia_ungraphed.csv", "the same, "),
+    for f, what, loss in (
+        ("cost/training_vs_pythia.csv", "", ""),
+        ("cost/training_vs_pythia_ungraphed.csv", "the same, ", ""),
+        ("cost/training_vs_pythia_fused_loss.csv", "the same, ", ", the cross-entropy compiled (`lm_loss` today)"),
     ):
         t = table(f)
         tokens = int(t["tokens_per_step"].iloc[0])
         rows.append(
             row(
                 f"{what}training step (forward + backward + AdamW, bf16 autocast, {tokens // 1024}k tokens per step): "
-                f"RWKV-4 (fused blocks) vs Pythia (torch.compile), {graph_note(f)}, same run",
+                f"RWKV-4 (fused blocks) vs Pythia (torch.compile), {graph_note(f)}{loss}, same run",
                 f,
                 versus_cells(t),
             )
