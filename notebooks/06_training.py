@@ -272,7 +272,7 @@ for ax, what in ((ax1, "released sizes, T = 1024, vs Pythia"), (ax2, "train_comp
     ax.axhline(1.0, color="gray", lw=0.8)
     ax.set_ylabel("RWKV-4 tokens/s ratio")
     ax.set_title(f"{what}, {runs['device'].iloc[0]}", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower right")
 fig.tight_layout()
 save_figure(fig, results_dir() / "figures" / "06_step_paths.png", {"source": "results/cost, results/training"})
 plt.show()
