@@ -2,8 +2,8 @@
 
 The sources are jupytext percent-format scripts, notebooks/NN_name.py (reviewed and linted like code); each is
 turned into a notebook and executed by papermill. Parameters go to every notebook's `parameters` cell; with
-none, each runs on the embedded default model on the CPU. Executed copies are written to
-<results>/notebooks/NN_name.ipynb.
+none, each runs on the embedded default model on the CPU, its widgets off (HEADLESS). Executed copies are written
+to <results>/notebooks/NN_name.ipynb.
 """
 
 from __future__ import annotations
@@ -20,6 +20,12 @@ from .results import REPO_ROOT, results_dir
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 # the kernel JupyterLab opens the notebooks with (make lab): this venv's Python, named after the project
 KERNEL = {"name": "rwkv-lab", "display_name": "rwkv-lab (.venv)", "language": "python"}
+# Headless there is no frontend to draw widgets, and nbclient can block for good on a cell that displays one
+# (jupyter/nbclient#312; our CI's run hung on notebook 04's slider cell): a notebook whose parameters cell declares
+# one of these runs with this value unless a parameter passed in says otherwise.
+HEADLESS = {"interactive": False}
+# a cell running longer than this fails the run with papermill's timeout error rather than hang it
+CELL_TIMEOUT_S = 1800
 
 
 def parse_value(text: str):
@@ -105,13 +111,16 @@ def run_notebooks(notebooks=None, parameters: dict | None = None, output_dir=Non
         print(f"executing {nb.name} -> {out}", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             source = to_notebook(nb, Path(tmp) / out.name) if nb.suffix == ".py" else nb
+            declared = papermill.inspect_notebook(str(source))
+            headless = {name: value for name, value in HEADLESS.items() if name in declared}
             papermill.execute_notebook(
                 str(source),
                 str(out),
-                parameters=parameters or {},
+                parameters=headless | (parameters or {}),
                 cwd=str(nb.parent),
                 kernel_name="python3",
                 progress_bar=True,
+                execution_timeout=CELL_TIMEOUT_S,
             )
         written.append(tidy_for_static_view(out))
     return written

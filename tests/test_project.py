@@ -90,6 +90,11 @@ def test_notebooks_execute_headless(tmp_path, monkeypatch):
     assert "default" in report["provenance"]["params"]["model"]
     print({k: v for k, v in report["results"].items() if k.startswith("rel_err")})
     assert (tmp_path / "figures" / "01_equivalence.png").stat().st_size > 10_000
+    # headless, the widget cells are off (nbclient can block on them): each notebook that declares the switch
+    switched = [(n, p) for n, p in zip(notebooks, written) if re.search(r"^interactive = ", n.read_text(), re.M)]
+    assert len(switched) >= 2  # 04's sliders, 05's explorer
+    for source, path in switched:
+        assert json.loads(path.read_text())["metadata"]["papermill"]["parameters"]["interactive"] is False, source
 
 
 # the layers of rwkv_lab, lowest first (ARCHITECTURE.md): a module imports from its own layer or lower ones only
