@@ -43,6 +43,7 @@ from rwkv_lab.results import find_result, results_dir, save_figure, write_table
 from rwkv_lab.training import TrainConfig, Trainer, bits_per_byte
 from rwkv_lab.training.corpus import build_corpus, unigram_loss
 from rwkv_lab.training.report import (
+    bench_training_run,
     best_and_final,
     chosen_curves,
     chosen_runs,
@@ -175,8 +176,7 @@ plt.show()
 # what the host adds.
 
 # %%
-speed = pd.read_csv(find_result("cost/training_vs_pythia.csv"))
-speed_meta = pd.read_json(find_result("cost/training_vs_pythia.meta.json"), typ="series")
+speed, speed_meta = bench_training_run()
 steps = pd.read_csv(find_result("cost/training_mfu.csv"))
 by_kind = kernel_time_by_kind(pd.read_csv(find_result("cost/training_kernels.csv")))
 print(
@@ -221,8 +221,7 @@ plt.show()
 paths = {"kernel by kernel": "_ungraphed", "CUDA graph": "", "CUDA graph + compiled loss": "_fused_loss"}
 runs = []
 for label, tag in paths.items():
-    run = pd.read_csv(find_result(f"cost/training_vs_pythia{tag}.csv"))
-    meta = pd.read_json(find_result(f"cost/training_mfu{tag}.meta.json"), typ="series")
+    run, meta = bench_training_run(tag)
     print(f"{label}: {meta['device']}, commit {meta['git_commit'][:10]}, {meta['date_utc'][:10]}")
     runs.append(run[run["context"] == 1024].assign(path=label, device=meta["device"]))
 runs = pd.concat(runs, ignore_index=True)
@@ -323,10 +322,9 @@ print(
 # %%
 budget = []
 for tag, base in (("_budget0.8", ""), ("_budget0.5", "_ungraphed"), ("_budget0.5_430M", "_ungraphed")):
-    run = pd.read_csv(find_result(f"cost/training_vs_pythia{tag}.csv"))
-    run_meta = pd.read_json(find_result(f"cost/training_mfu{tag}.meta.json"), typ="series")
+    run, run_meta = bench_training_run(tag)
     print(f"{tag}: {run_meta['device']}, commit {run_meta['git_commit'][:10]}, {run_meta['date_utc'][:10]}")
-    ref = pd.read_csv(find_result(f"cost/training_vs_pythia{base}.csv"))
+    ref, _ = bench_training_run(base)
     pair = ref.merge(run, on=["size", "context", "tokens_per_step"], suffixes=("_1", "_low"))
     budget.append(pair.assign(budget=run_meta["params"]["memory_budget"]))
 both = pd.concat(budget, ignore_index=True)

@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..results import find_result
+
+
+def bench_training_run(tag: str = "") -> tuple[pd.DataFrame, pd.Series]:
+    """One run of benchmarks/bench_training.py (`--tag`): its RWKV-4-vs-Pythia table per size and context
+    (results/cost/training_vs_pythia<tag>.csv) and the run's provenance."""
+    table = pd.read_csv(find_result(f"cost/training_vs_pythia{tag}.csv"))
+    return table, pd.read_json(find_result(f"cost/training_vs_pythia{tag}.meta.json"), typ="series")
+
 
 def chosen_runs(summary: pd.DataFrame) -> pd.DataFrame:
     """The runs a comparison reads: of a learning-rate sweep (benchmarks/train_compare.py --lrs), the one marked
