@@ -12,8 +12,10 @@ faster of Pythia's two paths. MFU = model FLOPs per second (rwkv_lab.cost: RWKV 
 the transformer 3 x (2 (V D + 12 D^2 L) + 4 L D T)) over (a) the measured bf16 matmul peak and (b) the datasheet
 peak. The first steps (compilation) are warm-up, not timed. `--profile` adds results/cost/training_kernels.csv:
 each step's CUDA kernels by device time, grouped by kind (matmul, WKV, attention, fused elementwise, ...).
-`--memory-budget` sets RWKV.activation_memory_budget (what the fused blocks keep for the backward; 1: all the
-compiler's partitioner chooses), e.g. `--memory-budget 0.5 --tag _budget0.5` beside a run at 1. Each step replays
+`--saved-activations` sets what RWKV's fused blocks keep for the backward (RWKV.saved_activations: 'matmuls', the
+default, or 'partitioner', the compiler's choice) and `--memory-budget` the share of it the partitioner may keep
+(RWKV.activation_memory_budget), e.g. `--saved-activations partitioner --memory-budget 0.5 --tag _budget0.5`
+beside a default run. Each step replays
 a CUDA graph of the whole step, as the trainer's does (rwkv_lab.training.cuda_graph; the `cuda_graph` column says
 whether the capture held); `--cuda-graph off --tag _ungraphed` launches it kernel by kernel instead.
 """
@@ -30,7 +32,7 @@ from tqdm import tqdm
 from rwkv_lab import cost
 from rwkv_lab.baseline import PYTHIA_FOR, pythia_model
 from rwkv_lab.measure.timing import OOM, cuda_kernels, or_oom, time_fn
-from rwkv_lab.model import build_at_size
+from rwkv_lab.model import SAVED_ACTIVATIONS, build_at_size
 from rwkv_lab.results import results_dir, write_table
 from rwkv_lab.training.cuda_graph import WARMUP as GRAPH_WARMUP
 from rwkv_lab.training.cuda_graph import GraphedStep, device_lrs
@@ -46,13 +48,13 @@ def matmul_peak(device, n: int = 8192) -> float:
     return 2 * n**3 / time_fn(lambda: a @ b, device, warmup=5, repeat=20)
 
 
-def build(variant: str, name: str, device, context: int, memory_budget: float = 1.0):
+def build(variant: str, name: str, device, context: int, saved: str = "matmuls", memory_budget: float = 1.0):
     """(model, what the loss calls, vocabulary, training FLOPs per token) of a variant at size `name`, fp32
     weights on the device."""
     fast = not variant.endswith("eager") and variant != "Pythia"
     if variant.startswith("RWKV-4"):
         model = build_at_size(name, torch.float32, device).train()
-        model.activation_memory_budget = memory_budget
+        model.saved_activations, model.activation_memory_budget = saved, memory_budget
         flops = cost.training_flops_per_token(cost.rwkv_forward_flops_per_token(model.config))
         return model, fast_path(model, fast), model.config.vocab_size, flops
     model = pythia_model(name, torch.float32, device, max_positions=max(2048, context)).train()
@@ -159,6 +161,7 @@ def main():
     parser.add_argument("--tag", default="", help="suffix of the output files (a run split over several devices)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--profile", action="store_true", help="also break each step down by kernel")
+    parser.add_argument("--saved-activations", default="matmuls", choices=SAVED_ACTIVATIONS)
     parser.add_argument("--memory-budget", type=float, default=1.0, help="RWKV.activation_memory_budget, 0 to 1")
     parser.add_argument(
         "--cuda-graph",
@@ -170,6 +173,8 @@ def main():
     variants = args.variants.split(",")
     if not 0.0 <= args.memory_budget <= 1.0:
         parser.error(f"--memory-budget must be in [0, 1]; got {args.memory_budget}")
+    if args.memory_budget != 1.0 and args.saved_activations != "partitioner":
+        parser.error("--memory-budget below 1 needs --saved-activations partitioner")
     if unknown := set(variants) - set(VARIANTS):
         parser.error(f"unknown variants {sorted(unknown)}; expected some of {VARIANTS}")
     device = torch.device(args.device)
@@ -194,7 +199,9 @@ def main():
         row |= {"batch": batch, "tokens_per_step": batch * T}
 
         def measure():
-            model, forward, vocab, flops_per_token = build(variant, name, device, T, args.memory_budget)
+            model, forward, vocab, flops_per_token = build(
+                variant, name, device, T, args.saved_activations, args.memory_budget
+            )
             torch.cuda.reset_peak_memory_stats(device)
             profile = [] if args.profile else None
             seconds, captured = step_time(model, forward, vocab, batch, T, device, args.cuda_graph, profile)
@@ -206,6 +213,7 @@ def main():
             return {
                 "status": "ok",
                 "rwkv_blocks": None if blocks is None else ("eager" if blocks is False else "fused"),
+                "saved_activations": getattr(model, "saved_activations", None),
                 "activation_memory_budget": getattr(model, "activation_memory_budget", None),
                 "cuda_graph": captured,  # False also where a capture failed (warned): the step ran eagerly
                 "params": sum(p.numel() for p in model.parameters()),

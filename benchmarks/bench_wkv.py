@@ -8,6 +8,12 @@ Peers, measured in the same run when importable: fla-core's `fused_recurrent_rwk
 `rwkv` package's CUDA `wkv_forward` (forward, B = 1; compiled at import with RWKV_CUDA_ON=1; fp16/fp32 only, so its
 bf16 rows run fp16). Bandwidth counts the fewest bytes the operation must move: forward reads k, v and writes y;
 forward+backward also reads k, v, dy and writes dk, dv.
+
+Each call is timed three ways: as a program calls it, kernel by kernel (`*_ms`: CUDA events around the call, so the
+larger of the host's launches and the device's work); the host's part alone (`*_host_ms`: issuing the call with the
+device idle); and the device's part alone (`*_graphed_ms`: the call captured in a CUDA graph and replayed, as a
+training step replays it, rwkv_lab.training.cuda_graph). The backward is `torch.autograd.grad` (no accumulation
+into .grad) for every candidate.
 """
 
 from __future__ import annotations
@@ -22,13 +28,14 @@ from tqdm import tqdm
 
 from rwkv_lab.analysis.equivalence import rel_error
 from rwkv_lab.analysis.wkv_error import study_inputs
-from rwkv_lab.measure.timing import copy_bandwidth, measure
+from rwkv_lab.measure.timing import copy_bandwidth, graphed_seconds, host_seconds, measure
 from rwkv_lab.results import results_dir, write_json, write_table
 from rwkv_lab.wkv import BACKENDS, wkv, wkv_chunked, wkv_recurrent
 from rwkv_lab.wkv import triton_kernels as wkv_triton
 
 SHAPES = [(8, 1024, 768), (8, 1024, 2048), (16, 4096, 2048), (1, 4096, 2048), (1, 16384, 2048), (1, 65536, 4096)]
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+FLA = "fla fused_recurrent_rwkv4"
 
 
 def official_inputs(B, T, C, dtype, device, seed=0, extreme=False, state=True):
@@ -140,23 +147,24 @@ def bench(device, quick: bool, backends: list[str]) -> list[dict]:
                 continue  # a Python loop of T GPU steps: minutes per call at these lengths
             candidates[name] = (lambda n: lambda *a: wkv(*a, backend=n))(name)
         if fla is not None:
-            candidates["fla fused_recurrent_rwkv4"] = lambda w, u, k, v, s: fla(w, u, k, v, s, backward=k.requires_grad)
+            candidates[FLA] = lambda w, u, k, v, s: fla(w, u, k, v, s, backward=k.requires_grad)
         for name, fn in candidates.items():
             w, u, k, v, s = inputs
-            fwd = measure(lambda: fn(w, u, k, v, s), device)
+            parts = name in ("triton", FLA)  # the comparison of the issue; the others are slow to repeat
+            fwd = timed(lambda: fn(w, u, k, v, s), device, parts)
             leaves = [x.detach().clone().requires_grad_(True) for x in (u, k, v)]
             gy = torch.randn_like(v)
 
             def fwd_bwd():
                 y, _ = fn(w, leaves[0], leaves[1], leaves[2], s)
-                y.backward(gy)
+                return torch.autograd.grad(y, leaves, gy)
 
-            fb = measure(fwd_bwd, device)
+            fb = timed(fwd_bwd, device, parts)
             rows.append(row(name, B, T, C, dname, fwd, fb, fwd_bytes, fb_bytes))
         if rwkv_cuda is not None and B == 1:
             w, u, k, v, s = inputs
             kk, vv = (k, v) if dtype == torch.float32 else (k.half(), v.half())
-            fwd = measure(lambda: rwkv_cuda(w, u, kk, vv, s), device)
+            fwd = timed(lambda: rwkv_cuda(w, u, kk, vv, s), device)
             name = "rwkv cuda_wkv" + (" (fp16)" if dtype != torch.float32 else "")
             rows.append(
                 row(
@@ -176,6 +184,16 @@ def bench(device, quick: bool, backends: list[str]) -> list[dict]:
     return rows
 
 
+def timed(fn, device, parts: bool = True) -> dict:
+    """measure()'s {'status', 'seconds', 'peak_bytes'} of a call kernel by kernel, and with `parts` the host's part
+    and the device's part (a CUDA graph's replay) beside it."""
+    m = measure(fn, device)
+    if parts and m["status"] == "ok":
+        m["host_seconds"] = host_seconds(fn, device)
+        m["graphed_seconds"] = graphed_seconds(fn, device)
+    return m
+
+
 def row(name, B, T, C, dname, fwd, fb, fwd_bytes, fb_bytes):
     out = {"backend": name, "B": B, "T": T, "C": C, "dtype": dname}
     for tag, m, nbytes in (("fwd", fwd, fwd_bytes), ("fwd_bwd", fb, fb_bytes)):
@@ -185,6 +203,8 @@ def row(name, B, T, C, dname, fwd, fb, fwd_bytes, fb_bytes):
         out[f"{tag}_tokens_per_s"] = B * T / m["seconds"] if ok else None
         out[f"{tag}_GBps"] = nbytes / m["seconds"] / 1e9 if ok else None
         out[f"{tag}_peak_MiB"] = m["peak_bytes"] / 2**20 if ok and m["peak_bytes"] is not None else None
+        out[f"{tag}_host_ms"] = m["host_seconds"] * 1e3 if ok and "host_seconds" in m else None
+        out[f"{tag}_graphed_ms"] = m["graphed_seconds"] * 1e3 if ok and "host_seconds" in m else None
     return out
 
 
@@ -249,7 +269,7 @@ def main():
     frame["copy_GBps"] = bandwidth / 1e9
     frame["fwd_pct_copy_bw"] = 100 * frame["fwd_GBps"] / (bandwidth / 1e9)
     path = write_table(out_dir / "wkv_benchmark.csv", frame, params | {"copy_GBps": bandwidth / 1e9}, device=device)
-    cols = ["backend", "B", "T", "C", "dtype", "fwd_ms", "fwd_bwd_ms", "fwd_pct_copy_bw", "fwd_bwd_peak_MiB"]
+    cols = ["backend", "B", "T", "C", "dtype", "fwd_ms", "fwd_bwd_ms", "fwd_bwd_host_ms", "fwd_bwd_graphed_ms"]
     print(frame[cols].to_string(float_format=lambda x: f"{x:.3g}"))
     print(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s -> {path}")
 

@@ -140,39 +140,72 @@ def padded_head(
     return logits if keep_padding else logits[..., :V]
 
 
+# What the fused blocks keep for the backward (RWKV.saved_activations)
+SAVED_ACTIVATIONS = ("matmuls", "partitioner")
+# the ops whose outputs "matmuls" keeps: each costs a GEMM (or the WKV's scan) to recompute
+KEPT_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "rwkv_lab::wkv_forward"})
+
+
+def _keep_matmul_outputs(ctx, op, *args, **kwargs):
+    from torch.utils.checkpoint import CheckpointPolicy  # noqa: PLC0415
+
+    name = op.name() if hasattr(op, "name") else str(op)
+    return CheckpointPolicy.MUST_SAVE if name in KEPT_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def block_keeping_matmul_outputs(block, x, state, backend, scale: int = 1):
+    """`Block.forward` under selective activation checkpointing: the backward gets the block's input, the
+    outputs of its six matmuls and of the WKV, and recomputes everything elementwise from them (LayerNorms, token
+    shifts, mixes, gates, squared ReLU, the residual between the two halves). Counted on the CPU
+    (benchmarks/saved_activations.py): 7 bf16 (tokens, C) tensors, the 4C key of the channel-mix and the fp32
+    input per layer, against the 15 + 2 + 3 that the partitioner's default keeps; no matmul is run twice."""
+    from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts  # noqa: PLC0415
+
+    contexts = functools.partial(create_selective_checkpoint_contexts, _keep_matmul_outputs)
+    return checkpoint(Block.forward, block, x, state, backend, scale, use_reentrant=False, context_fn=contexts)
+
+
 @functools.cache
-def fused_block_forward(memory_budget: float = 1.0):
+def fused_block_forward(saved_activations: str = "matmuls", memory_budget: float = 1.0):
     """`Block.forward` through torch.compile: the fast path of the parallel form on CUDA (training, prefill).
 
     Inductor fuses the token shift, the mixes, the LayerNorms, the gates and the squared ReLU into a few kernels
-    around the matmuls and, in training, recomputes those cheap elementwise results in the backward instead of
-    storing them. The WKV stays the Triton kernel, a custom op the compiler treats as opaque. One function for
-    every block of every model: the block's parameters are graph inputs, so one compilation serves all layers of
-    a shape (the first block, with ln0, gets its own).
+    around the matmuls. The WKV stays the Triton kernel, a custom op the compiler treats as opaque. One function
+    for every block of every model: the block's parameters are graph inputs, so one compilation serves all layers
+    of a shape (the first block, with ln0, gets its own).
+
+    What the backward gets (RWKV.saved_activations): "matmuls" (the default) keeps the outputs of the matmuls and
+    of the WKV and recomputes every elementwise result in the backward (`block_keeping_matmul_outputs`);
+    "partitioner" leaves the choice to torch._functorch's min-cut partitioner, which at `memory_budget` 1 keeps
+    more per token than the matched GPT-NeoX layer (results/training/saved_activations.csv) and below 1 keeps at
+    most that share of it, recomputing the rest, matmuls included (`activation_memory_budget`). What each costs
+    in speed is measured on the GPU (benchmarks/bench_training.py --saved-activations, --memory-budget).
 
     Inductor's "mix-order reduction" (torch 2.10-2.11, CUDA) returns the (1, 1, C) mix parameters' gradients as
     (C,), which autograd refuses ("CompiledFunctionBackward returned an invalid gradient ... got [C] but expected
-    shape compatible with [1, 1, C]", pytorch/pytorch#178080): that one fusion is turned off here.
-
-    `memory_budget` (RWKV.activation_memory_budget) is torch._functorch's activation_memory_budget for these
-    graphs: below 1 the partitioner keeps at most that share of the activations its default keeps and recomputes
-    the rest in the backward. Counted on the CPU (benchmarks/saved_activations.py, results/training/
-    saved_activations.csv): at 1 a fused block keeps more activations per token than the matched GPT-NeoX layer,
-    which is where RWKV's larger training peak memory comes from; what recomputing costs in speed is measured on
-    the GPU (benchmarks/bench_training.py --memory-budget)."""
+    shape compatible with [1, 1, C]", pytorch/pytorch#178080): that one fusion is turned off here."""
     import torch._functorch.config  # noqa: PLC0415 - loaded with the compiler, not with the model
     import torch._inductor.config  # noqa: PLC0415
 
+    if saved_activations not in SAVED_ACTIVATIONS:
+        raise ValueError(f"saved_activations must be one of {SAVED_ACTIVATIONS}; got {saved_activations!r}")
+    if not 0.0 <= memory_budget <= 1.0:
+        raise ValueError(f"memory_budget must be in [0, 1] (1: the partitioner's default); got {memory_budget}")
+    if saved_activations == "matmuls" and memory_budget != 1.0:
+        raise ValueError(
+            f"memory_budget {memory_budget} applies to saved_activations='partitioner' only; 'matmuls' decides "
+            "what is kept by itself"
+        )
     # Each model width, the first block (ln0) and each new sequence shape add a compilation; past dynamo's default
     # limit of 8 it silently runs the function eager, which a benchmark of several sizes reaches.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     options = {}
     if hasattr(torch._inductor.config.triton, "mix_order_reduction"):
         options["triton.mix_order_reduction"] = False
+    if saved_activations == "matmuls":
+        return torch.compile(block_keeping_matmul_outputs, options=options)
     if memory_budget == 1.0:
         return torch.compile(Block.forward, options=options)
-    if not 0.0 <= memory_budget < 1.0:
-        raise ValueError(f"memory_budget must be in [0, 1] (1: the partitioner's default); got {memory_budget}")
     from torch._inductor.compile_fx import compile_fx  # noqa: PLC0415
 
     def inductor_within_budget(graph, example_inputs):
@@ -202,8 +235,10 @@ class RWKV(nn.Module):
         # Whether the parallel form runs its blocks through `fused_block_forward` (torch.compile): 'auto' does when
         # training on CUDA with the Triton WKV, True everywhere, False never (the eager Block, the reference).
         self.fused_blocks: bool | str = "auto"
-        # Of the activations the fused blocks' compiled graphs keep for the backward, the share allowed (1: all the
-        # partitioner chooses; lower recomputes more in the backward: less memory, more work). See fused_block_forward.
+        # What the fused blocks keep for the backward: "matmuls" (the matmuls' and the WKV's outputs, the rest
+        # recomputed) or "partitioner" (the compiler's choice, of which `activation_memory_budget` allows a share:
+        # 1 all it chooses, lower recomputes more). See fused_block_forward.
+        self.saved_activations = "matmuls"
         self.activation_memory_budget = 1.0
 
     @property
@@ -380,7 +415,7 @@ class RWKV(nn.Module):
             scale = 2 ** (i // rescale) if rescale else 1
             if fused:
                 try:
-                    x, layer_state = fused_block_forward(self.activation_memory_budget)(
+                    x, layer_state = fused_block_forward(self.saved_activations, self.activation_memory_budget)(
                         block, x, state[:, i], backend, scale
                     )
                 except torch._dynamo.exc.TorchDynamoException as err:

@@ -420,10 +420,11 @@ def test_the_fused_blocks_train_like_the_eager_ones(backend, dtype, tol):
 
 
 @pytest.mark.slow
-def test_a_memory_budget_keeps_less_and_changes_nothing_else():
-    """RWKV.activation_memory_budget: the fused blocks under a budget of 0.5 keep fewer bytes for the backward
-    than at 1 (counted by saved-tensor hooks, in one process: each budget compiles its own graphs) and still give
-    the eager blocks' loss and gradients."""
+def test_what_the_fused_blocks_keep_changes_memory_and_nothing_else():
+    """RWKV.saved_activations: 'matmuls' (the default: the matmuls' and the WKV's outputs kept, the elementwise work
+    recomputed) and the partitioner under a budget of 0.5 each keep fewer bytes for the backward than the
+    partitioner's default (counted by saved-tensor hooks, in one process: each setting compiles its own graphs),
+    and both give the eager blocks' loss and gradients."""
     from rwkv_lab.config import RWKVConfig
     from rwkv_lab.measure.memory import saved_for_backward
     from rwkv_lab.model import build_model
@@ -432,8 +433,8 @@ def test_a_memory_budget_keeps_less_and_changes_nothing_else():
     model.wkv_backend = "chunked"
     x = torch.randint(0, 257, (2, 18), generator=torch.Generator().manual_seed(0))
 
-    def step(fused: bool, budget: float):
-        model.fused_blocks, model.activation_memory_budget = fused, budget
+    def step(fused: bool, saved: str = "matmuls", budget: float = 1.0):
+        model.fused_blocks, model.saved_activations, model.activation_memory_budget = fused, saved, budget
         model.zero_grad()
 
         def forward():
@@ -443,15 +444,25 @@ def test_a_memory_budget_keeps_less_and_changes_nothing_else():
         kept = sum(r["bytes"] for r in saved_for_backward(forward, model))
         return kept, {n: p.grad.clone() for n, p in model.named_parameters()}
 
-    kept_eager, eager = step(False, 1.0)
-    kept_full, _ = step(True, 1.0)
-    kept_half, grads = step(True, 0.5)
-    print(f"bytes kept for the backward: eager {kept_eager}, fused {kept_full}, fused at budget 0.5 {kept_half}")
-    assert kept_half < kept_full
-    for name, g in grads.items():
-        assert_rel_close(f"fused at budget 0.5, grad {name}", g, eager[name], TOL["float32"])
+    kept_eager, eager = step(False)
+    kept_partitioner, _ = step(True, "partitioner")
+    kept_half, grads_half = step(True, "partitioner", 0.5)
+    kept_matmuls, grads_matmuls = step(True, "matmuls")
+    print(
+        f"bytes kept for the backward: eager {kept_eager}, partitioner {kept_partitioner}, partitioner at budget "
+        f"0.5 {kept_half}, matmuls {kept_matmuls}"
+    )
+    assert kept_half < kept_partitioner and kept_matmuls < kept_partitioner
+    for label, grads in (("partitioner at budget 0.5", grads_half), ("matmuls", grads_matmuls)):
+        for name, g in grads.items():
+            assert_rel_close(f"fused, {label}, grad {name}", g, eager[name], TOL["float32"])
     with pytest.raises(ValueError, match="activation_memory_budget"):
         tiny(activation_memory_budget=1.5)
+    with pytest.raises(ValueError, match="needs saved_activations='partitioner'"):
+        tiny(activation_memory_budget=0.5)
+    with pytest.raises(ValueError, match="saved_activations must be one of"):
+        tiny(saved_activations="all")
+    assert tiny(saved_activations="partitioner", activation_memory_budget=0.5).activation_memory_budget == 0.5
 
 
 def test_the_fused_blocks_are_the_default_on_cuda_only():

@@ -102,6 +102,38 @@ def measure(fn: Callable[[], object], device="cuda", warmup: int = 3, repeat: in
     return {"status": "ok", "seconds": result[0], "peak_bytes": result[1]}
 
 
+def host_seconds(fn: Callable[[], object], device="cuda", warmup: int = 3, repeat: int = 20) -> float:
+    """Median seconds the host takes to issue one call (CUDA: the device idle before each, so no launch waits on
+    it): the part of a call that a CUDA graph's replay removes."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    synchronize(device)
+    return statistics.median(times)
+
+
+def graphed_seconds(fn: Callable[[], object], device="cuda", warmup: int = 3, repeat: int = 10) -> float:
+    """Median seconds of one replay of `fn` captured in a CUDA graph: its device work alone, without the host's
+    launches (fn must be capturable: no host synchronisation). Warm-up runs on a side stream, as capture needs."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    seconds = time_fn(graph.replay, device, warmup=1, repeat=repeat)
+    del graph
+    return seconds
+
+
 def copy_bandwidth(device="cuda", nbytes: int = 1 << 30) -> float:
     """Bytes per second of a device-to-device copy, counting bytes read plus bytes written."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()

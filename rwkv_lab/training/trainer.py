@@ -43,7 +43,7 @@ from ..baseline import gpt_neox
 from ..config import RWKVConfig, get_config
 from ..loading.checkpoint import save_model
 from ..loading.tokenizer import load_tokenizer
-from ..model import RWKV, init_weights
+from ..model import RWKV, SAVED_ACTIVATIONS, init_weights
 from ..results import atomic_write, write_table
 from .corpus import Corpus, build_corpus
 from .cuda_graph import GraphedStep, device_lrs, set_lr
@@ -77,7 +77,9 @@ class TrainConfig:
     device: str = "auto"  # 'auto': cuda if available
     wkv_backend: str = "auto"
     compile: bool = True  # on CUDA: RWKV's fused blocks, torch.compile of the transformer; False: both eager
-    # RWKV's fused blocks: the share of their activations kept for the backward (RWKV.activation_memory_budget)
+    # RWKV's fused blocks: what they keep for the backward (RWKV.saved_activations): 'matmuls', or 'partitioner'
+    # with the share of its choice kept (RWKV.activation_memory_budget, below 1 with 'partitioner' only)
+    saved_activations: str = "matmuls"
     activation_memory_budget: float = 1.0
     parallel: str = "ddp"  # under torchrun: 'ddp' or 'fsdp'
     # on CUDA, one process, grad_accum 1: each step replays a CUDA graph of forward, backward, clipping and AdamW
@@ -95,9 +97,18 @@ class TrainConfig:
         for name in ("context", "batch_size", "grad_accum", "tokens", "eval_every", "eval_tokens", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1; got {getattr(self, name)}")
+        if self.saved_activations not in SAVED_ACTIVATIONS:
+            raise ValueError(
+                f"TrainConfig.saved_activations must be one of {SAVED_ACTIVATIONS}; got {self.saved_activations!r}"
+            )
         if not 0.0 <= self.activation_memory_budget <= 1.0:
             raise ValueError(
                 f"TrainConfig.activation_memory_budget must be in [0, 1]; got {self.activation_memory_budget}"
+            )
+        if self.activation_memory_budget != 1.0 and self.saved_activations != "partitioner":
+            raise ValueError(
+                f"TrainConfig.activation_memory_budget {self.activation_memory_budget} needs "
+                f"saved_activations='partitioner' (got {self.saved_activations!r}, which decides what is kept itself)"
             )
         if self.span and (self.span % self.context or (self.batch_size * self.context) % self.span):
             raise ValueError(
@@ -129,6 +140,7 @@ def build(cfg: TrainConfig) -> tuple[nn.Module, float]:
     if cfg.arch == "rwkv":
         model = init_weights(RWKV(mc), seed=cfg.seed)  # RWKV-LM's init: zeroed projections
         model.wkv_backend = cfg.wkv_backend
+        model.saved_activations = cfg.saved_activations
         model.activation_memory_budget = cfg.activation_memory_budget
         return model, cost.training_flops_per_token(cost.rwkv_forward_flops_per_token(mc))
     torch.manual_seed(cfg.seed)
