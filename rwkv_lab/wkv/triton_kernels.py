@@ -573,13 +573,17 @@ def _warps():
 
 
 # ---- as PyTorch operators -------------------------------------------------------------------------------------
-# Custom operators (not an autograd.Function) so that torch.compile sees an opaque op with known output shapes and
-# its registered backward, compiles the model around it (fusing the block's elementwise work) and does not trace
-# into Triton's launcher. w, u and the state arrive as fp32 (the casts stay in autograd, outside).
+# The launches are plain functions (`_forward`, `_backward`), reached two ways with the same autograd:
+# - under torch.compile, as the custom operators rwkv_lab::wkv_forward / wkv_backward with fake shapes and a
+#   registered backward: the compiler sees an opaque op, compiles the block around it (fusing its elementwise
+#   work), keeps its outputs for the backward (model.KEPT_OPS), and does not trace into Triton's launcher;
+# - eagerly, through `EagerWKV`, an autograd.Function that calls them directly: the custom operators' Python
+#   dispatch and autograd wrapper cost about 1 ms of host time per forward + backward on the H200's host
+#   (results/wkv/wkv_host_profile.log), several times the kernels' own time at (8, 1024, 768).
+# w, u and the state arrive as fp32 (the casts stay in autograd, outside).
 
 
-@torch.library.custom_op("rwkv_lab::wkv_forward", mutates_args=())
-def wkv_forward(
+def _forward(
     w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> y (B, T, C) in v's dtype, the final state (B, 3, C) fp32, and for the backward the state entering every
@@ -619,6 +623,9 @@ def wkv_forward(
     return y, final, enter, argmax
 
 
+wkv_forward = torch.library.custom_op("rwkv_lab::wkv_forward", _forward, mutates_args=())
+
+
 @wkv_forward.register_fake
 def _(w, u, k, v, state):
     B, T, C = k.shape
@@ -631,8 +638,7 @@ def _(w, u, k, v, state):
     )
 
 
-@torch.library.custom_op("rwkv_lab::wkv_backward", mutates_args=())
-def wkv_backward(
+def _backward(
     gy: torch.Tensor,
     gstate: torch.Tensor | None,
     w: torch.Tensor,
@@ -731,6 +737,9 @@ def wkv_backward(
     return dw, du, dk, dv, dstate
 
 
+wkv_backward = torch.library.custom_op("rwkv_lab::wkv_backward", _backward, mutates_args=())
+
+
 @wkv_backward.register_fake
 def _(gy, gstate, w, u, k, v, state, enter, final, argmax):
     B, T, C = k.shape
@@ -748,20 +757,45 @@ def _setup_context(ctx, inputs, output):
     _, final, enter, argmax = output
     ctx.has_state = state is not None
     ctx.save_for_backward(w, u, k, v, state, enter, final, argmax)
+    # an output without a gradient stays None: the backward then skips its adjoint (no zeros made and scanned)
+    ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, gy, gstate, _genter, _gargmax):
+def _gradients(backward, ctx, gy, gstate):
+    """(dw, du, dk, dv, dstate) from the outputs' gradients (None: not used), through `backward`."""
     w, u, k, v, state, enter, final, argmax = ctx.saved_tensors
     gy = torch.zeros_like(v) if gy is None else gy
     gstate = None if gstate is None else gstate.contiguous()
-    dw, du, dk, dv, dstate = wkv_backward(gy, gstate, w, u, k, v, state, enter, final, argmax)
+    dw, du, dk, dv, dstate = backward(gy, gstate, w, u, k, v, state, enter, final, argmax)
     # w here is exp(time_decay) as given: the chain rule to time_decay is the caller's autograd
     return dw, du, dk, dv, dstate if ctx.has_state else None
 
 
-wkv_forward.register_autograd(_backward, setup_context=_setup_context)
+def _op_backward(ctx, gy, gstate, _genter, _gargmax):
+    return _gradients(wkv_backward, ctx, gy, gstate)
+
+
+wkv_forward.register_autograd(_op_backward, setup_context=_setup_context)
+
+
+class EagerWKV(torch.autograd.Function):
+    """The operator outside torch.compile: the same launches and gradients as wkv_forward's registered backward,
+    without the custom operator's dispatch."""
+
+    @staticmethod
+    def forward(ctx, w, u, k, v, state):
+        y, final, enter, argmax = _forward(w, u, k, v, state)
+        _setup_context(ctx, (w, u, k, v, state), (y, final, enter, argmax))
+        return y, final
+
+    @staticmethod
+    def backward(ctx, gy, gstate):
+        return _gradients(_backward, ctx, gy, gstate)
 
 
 def wkv_triton(w, u, k, v, state=None):
     """The kernel backend: same signature and results as wkv.wkv_recurrent. y in v's dtype, the state fp32."""
-    return wkv_forward(w.float(), u.float(), k, v, None if state is None else state.float())[:2]
+    w, u, state = w.float(), u.float(), None if state is None else state.float()
+    if torch.compiler.is_compiling():
+        return wkv_forward(w, u, k, v, state)[:2]
+    return EagerWKV.apply(w, u, k, v, state)
