@@ -2,6 +2,8 @@
 
     python benchmarks/bench_wkv.py                 # GPU: check + full benchmark -> results/wkv_*.{json,csv}
     python benchmarks/bench_wkv.py --quick         # a few cases, to try a change
+    python benchmarks/bench_wkv.py --skip-check --backends triton --shapes 8x1024x768,8x1024x2048,16x4096x2048 \
+        --tag _targets                             # the shapes, ours and fla's -> wkv_benchmark_targets.csv
     python benchmarks/bench_wkv.py --device cpu    # CPU: chunked vs recurrent at (1, 4096, 768) fp32
 
 Peers, measured in the same run when importable: fla-core's `fused_recurrent_rwkv4` (forward and backward) and the
@@ -130,8 +132,7 @@ def peer_rwkv_cuda():
     return run
 
 
-def bench(device, quick: bool, backends: list[str]) -> list[dict]:
-    shapes = SHAPES[:2] + SHAPES[4:5] if quick else SHAPES
+def bench(device, shapes: list[tuple[int, int, int]], backends: list[str]) -> list[dict]:
     fla = peer_fla()
     rwkv_cuda = peer_rwkv_cuda()
     rows = []
@@ -236,11 +237,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--shapes", default="", help="BxTxC,... instead of the default shapes")
+    parser.add_argument("--tag", default="", help="suffix of the benchmark's output file")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default: results/)")
     parser.add_argument("--backends", default="triton,chunked,recurrent,attention")
     parser.add_argument("--skip-check", action="store_true")
     parser.add_argument("--check-only", action="store_true")
     args = parser.parse_args()
+    shapes = SHAPES[:2] + SHAPES[4:5] if args.quick else SHAPES
+    if args.shapes:
+        try:
+            shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes.split(",")]
+        except ValueError:
+            parser.error(f"--shapes takes BxTxC,... (e.g. 8x1024x768); got {args.shapes!r}")
+        if any(len(shape) != 3 or min(shape) < 1 for shape in shapes):
+            parser.error(f"--shapes takes BxTxC,... with three positive sizes each; got {args.shapes!r}")
     out_dir = args.out or results_dir()
     if args.device == "cpu":
         return cpu_speed(out_dir)
@@ -264,11 +275,12 @@ def main():
     if args.check_only:
         return
     bandwidth = copy_bandwidth(device)
-    rows = bench(device, args.quick, args.backends.split(","))
+    rows = bench(device, shapes, args.backends.split(","))
     frame = pd.DataFrame(rows)
     frame["copy_GBps"] = bandwidth / 1e9
     frame["fwd_pct_copy_bw"] = 100 * frame["fwd_GBps"] / (bandwidth / 1e9)
-    path = write_table(out_dir / "wkv_benchmark.csv", frame, params | {"copy_GBps": bandwidth / 1e9}, device=device)
+    params |= {"shapes": shapes, "backends": args.backends, "copy_GBps": bandwidth / 1e9}
+    path = write_table(out_dir / f"wkv_benchmark{args.tag}.csv", frame, params, device=device)
     cols = ["backend", "B", "T", "C", "dtype", "fwd_ms", "fwd_bwd_ms", "fwd_bwd_host_ms", "fwd_bwd_graphed_ms"]
     print(frame[cols].to_string(float_format=lambda x: f"{x:.3g}"))
     print(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s -> {path}")
