@@ -6,7 +6,7 @@ graphs call, and fla's `fused_recurrent_rwkv4`, at the benchmark's small shapes 
 Per path and shape: the host's part of a call (issued with the device idle), the device's part (the call
 replayed from a CUDA graph) and the call as a program sees it (CUDA events, kernel by kernel), for the forward
 alone and for forward + backward (`torch.autograd.grad`). Writes results/wkv/wkv_host_profile.csv with its
-provenance, and prints torch.profiler's host-side table of each path (the log beside it).
+provenance, and prints torch.profiler's host-side table of each path.
 """
 
 from __future__ import annotations

@@ -5,12 +5,13 @@ with autograd's saved-tensor hooks.
     TRITON_INTERPRET=1 python benchmarks/saved_activations.py [--width 64] [--batch 2] [--context 128]
 
 Runs on the CPU (the Triton WKV under its interpreter, inductor's C++ backend for the compiled parts): the
-partitioner that decides what a compiled graph saves and what it recomputes is the same on both devices, so this
-is the part of the GPU's peak memory that comes from activations, counted without a GPU. Each model is built at
-two depths; per-layer numbers are the difference divided by the layers added, so the embedding, head and loss
-cancel. Bytes are given per token and layer, and in units of "one (tokens, C) tensor in bf16" (2 C bytes per
-token). Writes results/training/saved_activations.csv (per model and path) and saved_activations_by_kind.csv
-(per layer: how many (tokens, k·C) tensors of each dtype are kept).
+partitioner that decides what a compiled graph saves and what it recomputes is the same on both devices, so this is
+the part of the GPU's peak memory that comes from activations, counted without a GPU. Each model is built at two
+depths; per-layer numbers are the difference divided by the layers added, so the embedding, head and loss cancel.
+RWKV-4's fused path is counted keeping the matmuls' outputs (RWKV.saved_activations 'matmuls', the default) and as
+the partitioner chooses at several budgets. Bytes are given per token and layer, and in units of "one (tokens, C)
+tensor in bf16" (2 C bytes per token). Writes results/training/saved_activations.csv (per model and path) and
+saved_activations_by_kind.csv (per layer: how many (tokens, k·C) tensors of each dtype are kept).
 """
 
 from __future__ import annotations
@@ -40,13 +41,14 @@ def saved(model, tokens: torch.Tensor) -> list[dict]:
     return saved_for_backward(forward, model)
 
 
-def build(arch: str, path: str, layers: int, width: int, context: int, budget: float = 1.0):
+def build(arch: str, path: str, layers: int, width: int, context: int, keeps: str = "matmuls", budget: float = 1.0):
     """The model a training run builds (trainer.build), on the path being counted."""
     cfg = TrainConfig(
         arch=arch,
         model=f"byte-{layers}x{width}",
         context=context,
         wkv_backend="triton",
+        saved_activations=keeps,
         activation_memory_budget=budget,
     )
     model, _ = build_for_training(cfg)
@@ -70,7 +72,9 @@ def main():
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--context", type=int, default=128)
     parser.add_argument("--layers", default="2,4", help="the two depths whose difference is counted")
-    parser.add_argument("--budgets", default="1,0.5,0.2", help="RWKV.activation_memory_budget values (fused path)")
+    parser.add_argument(
+        "--budgets", default="1,0.8,0.5,0.2", help="RWKV.activation_memory_budget values (the partitioner's fused path)"
+    )
     args = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET") != "1":
         parser.error("run with TRITON_INTERPRET=1: the Triton WKV runs on the CPU under its interpreter")
@@ -79,15 +83,17 @@ def main():
     tokens = torch.randint(0, 257, (B, T + 1), generator=torch.Generator().manual_seed(0))
     summary, kinds = [], []
     budgets = [float(b) for b in args.budgets.split(",")]
-    runs = [("rwkv", "eager", 1.0)] + [("rwkv", "fused", b) for b in budgets]
-    runs += [("transformer", "eager", 1.0), ("transformer", "compiled", 1.0)]
-    for arch, path, budget in runs:
+    runs = [("rwkv", "eager", None, 1.0), ("rwkv", "fused", "matmuls", 1.0)]
+    runs += [("rwkv", "fused", "partitioner", b) for b in budgets]
+    runs += [("transformer", "eager", None, 1.0), ("transformer", "compiled", None, 1.0)]
+    for arch, path, keeps, budget in runs:
         counted = {}
         for layers in (lo, hi):
-            model = build(arch, path, layers, C, T, budget)
+            model = build(arch, path, layers, C, T, keeps or "matmuls", budget)
             counted[layers] = pd.DataFrame(saved(model, tokens))
         per_layer = (counted[hi]["bytes"].sum() - counted[lo]["bytes"].sum()) / (hi - lo)
-        row = {"arch": arch, "path": path, "activation_memory_budget": budget if path == "fused" else None}
+        row = {"arch": arch, "path": path, "saved_activations": keeps}
+        row["activation_memory_budget"] = budget if keeps == "partitioner" else None
         row |= {"width": C, "batch": B, "context": T}
         row |= {"bytes_per_token_layer": per_layer / (B * T)}
         row["bf16_BTC_tensors_per_layer"] = per_layer / (B * T * C * 2)
@@ -102,7 +108,7 @@ def main():
         for name, d in delta.iterrows():
             if d["count"]:
                 kinds.append(
-                    {"arch": arch, "path": path, "activation_memory_budget": row["activation_memory_budget"]}
+                    {k: row[k] for k in ("arch", "path", "saved_activations", "activation_memory_budget")}
                     | {"kind": name, "tensors_per_layer": d["count"]}
                     | {"bytes_per_token_layer": d["sum"] / (B * T)}
                 )

@@ -54,11 +54,11 @@ def best_and_final(curves: pd.DataFrame, train_tokens: int) -> pd.DataFrame:
 
 def per_token_activations(by_kind: pd.DataFrame, width: int) -> pd.DataFrame:
     """Of benchmarks/saved_activations.py's kinds (results/training/saved_activations_by_kind.csv), per (arch,
-    path, budget): what grows with the tokens, in bf16 (tokens, C) tensors per layer (2 C bytes per token). The
-    kinds that do not grow with the tokens (bf16 copies of the weights, LayerNorm statistics) are left out: they
-    do not scale to another batch or width the same way."""
+    path, what it keeps, budget): what grows with the tokens, in bf16 (tokens, C) tensors per layer (2 C bytes per
+    token). The kinds that do not grow with the tokens (bf16 copies of the weights, LayerNorm statistics) are left
+    out: they do not scale to another batch or width the same way."""
     grows = by_kind[~by_kind["kind"].str.endswith(" other")]
-    keys = ["arch", "path", "activation_memory_budget"]
+    keys = [k for k in ("arch", "path", "saved_activations", "activation_memory_budget") if k in grows]
     out = grows.groupby(keys, dropna=False, sort=False)["bytes_per_token_layer"].sum().reset_index()
     out["bf16_BTC_tensors_per_layer"] = out.pop("bytes_per_token_layer") / (2 * width)
     return out

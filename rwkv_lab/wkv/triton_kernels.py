@@ -579,7 +579,7 @@ def _warps():
 #   work), keeps its outputs for the backward (model.KEPT_OPS), and does not trace into Triton's launcher;
 # - eagerly, through `EagerWKV`, an autograd.Function that calls them directly: the custom operators' Python
 #   dispatch and autograd wrapper cost about 1 ms of host time per forward + backward on the H200's host
-#   (results/wkv/wkv_host_profile.log), several times the kernels' own time at (8, 1024, 768).
+#   (results/wkv/wkv_host_profile.csv), several times the kernels' own time at (8, 1024, 768).
 # w, u and the state arrive as fp32 (the casts stay in autograd, outside).
 
 
