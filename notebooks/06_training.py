@@ -213,12 +213,18 @@ plt.show()
 # `rwkv_lab/training/cuda_graph.py`) captures the whole step, forward, backward, clipping and AdamW, once and
 # replays it, for both architectures; the trainer's loss (`lm_loss`) then compiles the cross-entropy, which no
 # longer copies the 50k-wide logits to fp32 nor their gradient out of the padded head. Three runs of
-# `bench_training.py` at T = 1024 on one card, each ratio within its run: `--cuda-graph off`, the graph (the run
-# above), the graph with the compiled loss; and `train_compare.py` at T = 4096 at the three small widths, with and
+# `bench_training.py` at T = 1024 on one card, each ratio within its run: `--cuda-graph off`, the graph, the graph
+# with the compiled loss, and then the fused blocks keeping only their matmuls' and WKV's outputs for the backward
+# (`RWKV.saved_activations = "matmuls"`, the default: the run above); and `train_compare.py` at T = 4096 at the three small widths, with and
 # without the graph (92 steps each: a speed measurement, too few tokens for the bits/byte to mean anything).
 
 # %%
-paths = {"kernel by kernel": "_ungraphed", "CUDA graph": "", "CUDA graph + compiled loss": "_fused_loss"}
+paths = {
+    "kernel by kernel": "_ungraphed",
+    "CUDA graph": "_graphed",
+    "CUDA graph + compiled loss": "_fused_loss",
+    "+ matmuls' outputs kept": "",
+}
 runs = []
 for label, tag in paths.items():
     run, meta = bench_training_run(tag)
@@ -230,14 +236,19 @@ display(
         index="size", columns="path", values=["rwkv_tokens_per_s", "speed_ratio", "memory_ratio"], sort=False
     ).round(3)
 )
-before, after = (runs[runs["path"] == p].set_index("size") for p in ("kernel by kernel", "CUDA graph + compiled loss"))
+before, loss, after = (
+    runs[runs["path"] == p].set_index("size")
+    for p in ("kernel by kernel", "CUDA graph + compiled loss", "+ matmuls' outputs kept")
+)
 for size, r in after.iterrows():
-    b = before.loc[size]
+    b, m = before.loc[size], loss.loc[size]
     print(
         f"{size} at T = 1024 ({r['device']}): RWKV-4 at {b['speed_ratio']:.2f}x Pythia's tokens/s launched kernel "
-        f"by kernel, {r['speed_ratio']:.2f}x replayed with the compiled loss ({b['rwkv_tokens_per_s'] / 1e3:.0f}k -> "
-        f"{r['rwkv_tokens_per_s'] / 1e3:.0f}k tokens/s, {r['rwkv_tokens_per_s'] / b['rwkv_tokens_per_s'] - 1:+.0%}); "
-        f"peak memory {r['rwkv_peak_mem_GiB']:.1f} GiB, {r['memory_ratio']:.2f}x Pythia's"
+        f"by kernel, {m['speed_ratio']:.2f}x replayed with the compiled loss ({b['rwkv_tokens_per_s'] / 1e3:.0f}k -> "
+        f"{m['rwkv_tokens_per_s'] / 1e3:.0f}k tokens/s, {m['rwkv_tokens_per_s'] / b['rwkv_tokens_per_s'] - 1:+.0%}) "
+        f"with {m['memory_ratio']:.2f}x Pythia's peak memory; keeping only the matmuls' outputs "
+        f"{r['speed_ratio']:.2f}x its tokens/s with {r['memory_ratio']:.2f}x its peak memory "
+        f"({r['rwkv_peak_mem_GiB']:.1f} GiB)"
     )
 fused_steps = pd.read_csv(find_result("cost/training_mfu_fused_loss.csv"))
 fused_kinds = kernel_time_by_kind(pd.read_csv(find_result("cost/training_kernels_fused_loss.csv")))
@@ -277,13 +288,14 @@ save_figure(fig, results_dir() / "figures" / "06_step_paths.png", {"source": "re
 plt.show()
 
 # %% [markdown]
-# ### Where RWKV's extra training memory goes
+# ### What a training step keeps for the backward
 #
 # `benchmarks/saved_activations.py` counts, with autograd's saved-tensor hooks, what one training step keeps for
 # its backward per layer and token (on the CPU: the compiler's partitioner, which decides what a compiled graph
-# keeps, is the same on both devices), for RWKV-4's blocks (eager, and fused at several
-# `activation_memory_budget`s) and for the matched GPT-NeoX layer. Scaled to the GPU run's 1.5B shape, that
-# count is set beside the measured peak-memory difference.
+# keeps, is the same on both devices), for RWKV-4's blocks (eager; fused keeping only the outputs of the matmuls
+# and of the WKV, the default `saved_activations = "matmuls"`; fused as the partitioner chooses at several
+# `activation_memory_budget`s) and for the matched GPT-NeoX layer. Scaled to the GPU run's 1.5B shape, that count
+# is set beside the measured peak-memory difference.
 
 # %%
 kept = pd.read_csv(find_result("training/saved_activations.csv"))
@@ -302,26 +314,32 @@ per_tensor_gib = 2 * width * layers * big["tokens_per_step"] / 2**30  # one bf16
 tf = grows[(grows["arch"] == "transformer") & (grows["path"] == "compiled")].iloc[0]["bf16_BTC_tensors_per_layer"]
 for _, r in grows[grows["path"] == "fused"].iterrows():
     n = r["bf16_BTC_tensors_per_layer"]
+    how = (
+        "keeping the matmuls' outputs"
+        if r["saved_activations"] == "matmuls"
+        else f"as the partitioner chooses at activation_memory_budget {r['activation_memory_budget']:g}"
+    )
     print(
-        f"fused RWKV-4 at activation_memory_budget {r['activation_memory_budget']:g}: {n:.1f} bf16 (tokens, C) "
+        f"fused RWKV-4 {how}: {n:.1f} bf16 (tokens, C) "
         f"tensors per layer against the compiled GPT-NeoX layer's {tf:.1f}; at 1.5B ({layers} layers, C = {width}, "
         f"{int(big['tokens_per_step']):,} tokens per step) {(n - tf) * per_tensor_gib:+.1f} GiB"
     )
 print(
-    f"measured at 1.5B on {speed_meta['device']} (budget 1): RWKV-4's peak is "
+    f"measured at 1.5B on {speed_meta['device']} (saved_activations {TrainConfig.saved_activations!r}): RWKV-4's peak is "
     f"{big['rwkv_peak_mem_GiB'] - big['pythia_peak_mem_GiB']:+.1f} GiB against Pythia's"
 )
 
 # %% [markdown]
-# What a budget below 1 costs in speed (the recomputation in the backward): `benchmarks/bench_training.py
-# --memory-budget`, RWKV-4 again beside Pythia in the same run, each run set beside a budget-1 run whose steps
-# were launched the same way: 0.8 with the CUDA graph (beside the run above, same commit), 0.5 from before the
-# graph (`_budget0.5` at 169M and 1.5B, `_budget0.5_430M`, beside the `--cuda-graph off` run). Each ratio is within
-# one run; RWKV-4's own change in tokens/s is across two runs on one card.
+# Before `saved_activations`, the lever was the partitioner's budget: `benchmarks/bench_training.py
+# --memory-budget` (today with `--saved-activations partitioner`), RWKV-4 again beside Pythia in the same run, each
+# run set beside a budget-1 run whose steps were launched the same way: 0.8 with the CUDA graph (beside `_graphed`,
+# same commit), 0.5 from before the graph (`_budget0.5` at 169M and 1.5B, `_budget0.5_430M`, beside the
+# `--cuda-graph off` run). Below 1 it recomputes matmuls too. Each ratio is within one run; RWKV-4's own change in
+# tokens/s is across two runs on one card.
 
 # %%
 budget = []
-for tag, base in (("_budget0.8", ""), ("_budget0.5", "_ungraphed"), ("_budget0.5_430M", "_ungraphed")):
+for tag, base in (("_budget0.8", "_graphed"), ("_budget0.5", "_ungraphed"), ("_budget0.5_430M", "_ungraphed")):
     run, run_meta = bench_training_run(tag)
     print(f"{tag}: {run_meta['device']}, commit {run_meta['git_commit'][:10]}, {run_meta['date_utc'][:10]}")
     ref, _ = bench_training_run(base)
@@ -347,9 +365,11 @@ for b, g in both.groupby("budget", sort=False):
         + ("at or below Pythia's at every size measured" if fits else "still above Pythia's at some size")
         + f", at {g['speed_ratio_low'].min():.2f}-{g['speed_ratio_low'].max():.2f}x Pythia's tokens/s"
     )
+default = speed[speed["context"] == 1024]
 print(
-    f"the default stays {TrainConfig.activation_memory_budget:g} (speed first): "
-    "TrainConfig(activation_memory_budget=...) trades the tokens/s above for the memory"
+    f"the default keeps the matmuls' outputs (TrainConfig.saved_activations = {TrainConfig.saved_activations!r}): "
+    f"peak memory {default['memory_ratio'].min():.2f}-{default['memory_ratio'].max():.2f}x Pythia's at "
+    f"{default['speed_ratio'].min():.2f}-{default['speed_ratio'].max():.2f}x its tokens/s at T = 1024"
 )
 
 # %% [markdown]

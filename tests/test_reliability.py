@@ -383,3 +383,22 @@ def test_the_lm_eval_backend_uses_a_folders_own_tokenizer(tmp_path, monkeypatch)
     monkeypatch.setattr("rwkv_lab.loading.tokenizer.download_file", lambda *a, **k: pytest.fail("went to the hub"))
     lm = RWKVLM(pretrained=str(folder))
     assert lm.tokenizer.name == str(folder / "tokenizer.json")
+
+
+@pytest.mark.parametrize(
+    "script, args, match",
+    [
+        ("bench_wkv.py", ["--shapes", "8x1024"], "--shapes takes BxTxC"),
+        ("bench_wkv.py", ["--shapes", "8xmanyx768"], "--shapes takes BxTxC"),
+        ("bench_training.py", ["--memory-budget", "0.5"], "needs --saved-activations partitioner"),
+        ("bench_training.py", ["--saved-activations", "all"], "invalid choice"),
+    ],
+)
+def test_benchmark_arguments_are_checked_before_any_device_is_touched(script, args, match):
+    """A mistyped benchmark option is a usage error (exit 2, what was expected) at once, on any machine: the GPU
+    benchmarks check their arguments before they look for the device."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args], capture_output=True, text=True, cwd=REPO
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert match in proc.stderr, proc.stderr
