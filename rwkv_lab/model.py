@@ -146,6 +146,19 @@ SAVED_ACTIVATIONS = ("matmuls", "partitioner")
 KEPT_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "rwkv_lab::wkv_forward"})
 
 
+def check_saved_activations(saved: str, budget: float, owner: str = "RWKV") -> None:
+    """What the fused blocks keep (`saved`) and the partitioner's share (`budget`), checked where they are set."""
+    if saved not in SAVED_ACTIVATIONS:
+        raise ValueError(f"{owner}.saved_activations must be one of {SAVED_ACTIVATIONS}; got {saved!r}")
+    if not 0.0 <= budget <= 1.0:
+        raise ValueError(f"{owner}.activation_memory_budget must be in [0, 1] (1: all it chooses); got {budget}")
+    if budget != 1.0 and saved != "partitioner":
+        raise ValueError(
+            f"{owner}.activation_memory_budget {budget} needs saved_activations='partitioner' (got {saved!r}, "
+            "which decides what is kept itself)"
+        )
+
+
 def _keep_matmul_outputs(ctx, op, *args, **kwargs):
     from torch.utils.checkpoint import CheckpointPolicy  # noqa: PLC0415
 
@@ -187,15 +200,7 @@ def fused_block_forward(saved_activations: str = "matmuls", memory_budget: float
     import torch._functorch.config  # noqa: PLC0415 - loaded with the compiler, not with the model
     import torch._inductor.config  # noqa: PLC0415
 
-    if saved_activations not in SAVED_ACTIVATIONS:
-        raise ValueError(f"saved_activations must be one of {SAVED_ACTIVATIONS}; got {saved_activations!r}")
-    if not 0.0 <= memory_budget <= 1.0:
-        raise ValueError(f"memory_budget must be in [0, 1] (1: the partitioner's default); got {memory_budget}")
-    if saved_activations == "matmuls" and memory_budget != 1.0:
-        raise ValueError(
-            f"memory_budget {memory_budget} applies to saved_activations='partitioner' only; 'matmuls' decides "
-            "what is kept by itself"
-        )
+    check_saved_activations(saved_activations, memory_budget)
     # Each model width, the first block (ln0) and each new sequence shape add a compilation; past dynamo's default
     # limit of 8 it silently runs the function eager, which a benchmark of several sizes reaches.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)

@@ -43,7 +43,7 @@ from ..baseline import gpt_neox
 from ..config import RWKVConfig, get_config
 from ..loading.checkpoint import save_model
 from ..loading.tokenizer import load_tokenizer
-from ..model import RWKV, SAVED_ACTIVATIONS, init_weights
+from ..model import RWKV, check_saved_activations, init_weights
 from ..results import atomic_write, write_table
 from .corpus import Corpus, build_corpus
 from .cuda_graph import GraphedStep, device_lrs, set_lr
@@ -97,19 +97,7 @@ class TrainConfig:
         for name in ("context", "batch_size", "grad_accum", "tokens", "eval_every", "eval_tokens", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1; got {getattr(self, name)}")
-        if self.saved_activations not in SAVED_ACTIVATIONS:
-            raise ValueError(
-                f"TrainConfig.saved_activations must be one of {SAVED_ACTIVATIONS}; got {self.saved_activations!r}"
-            )
-        if not 0.0 <= self.activation_memory_budget <= 1.0:
-            raise ValueError(
-                f"TrainConfig.activation_memory_budget must be in [0, 1]; got {self.activation_memory_budget}"
-            )
-        if self.activation_memory_budget != 1.0 and self.saved_activations != "partitioner":
-            raise ValueError(
-                f"TrainConfig.activation_memory_budget {self.activation_memory_budget} needs "
-                f"saved_activations='partitioner' (got {self.saved_activations!r}, which decides what is kept itself)"
-            )
+        check_saved_activations(self.saved_activations, self.activation_memory_budget, owner="TrainConfig")
         if self.span and (self.span % self.context or (self.batch_size * self.context) % self.span):
             raise ValueError(
                 f"TrainConfig.span must be 0 or a multiple of context ({self.context}) that divides the "

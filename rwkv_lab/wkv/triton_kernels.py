@@ -578,8 +578,8 @@ def _warps():
 #   registered backward: the compiler sees an opaque op, compiles the block around it (fusing its elementwise
 #   work), keeps its outputs for the backward (model.KEPT_OPS), and does not trace into Triton's launcher;
 # - eagerly, through `EagerWKV`, an autograd.Function that calls them directly: the custom operators' Python
-#   dispatch and autograd wrapper cost about 1 ms of host time per forward + backward on the H200's host
-#   (results/wkv/wkv_host_profile.csv), several times the kernels' own time at (8, 1024, 768).
+#   dispatch and autograd wrapper add more host time per forward + backward than the kernels take at the small
+#   shapes (results/wkv/wkv_host_profile.csv).
 # w, u and the state arrive as fp32 (the casts stay in autograd, outside).
 
 
