@@ -168,7 +168,7 @@ def _keep_matmul_outputs(ctx, op, *args, **kwargs):
 
 def block_keeping_matmul_outputs(block, x, state, backend, scale: int = 1):
     """`Block.forward` under selective activation checkpointing: the backward gets the block's input, the
-    outputs of its six matmuls and of the WKV, and recomputes everything elementwise from them (LayerNorms, token
+    outputs of its seven matmuls and of the WKV, and recomputes everything elementwise from them (LayerNorms, token
     shifts, mixes, gates, squared ReLU, the residual between the two halves). Counted on the CPU
     (benchmarks/saved_activations.py): 7 bf16 (tokens, C) tensors, the 4C key of the channel-mix and the fp32
     input per layer, against the 15 + 2 + 3 that the partitioner's default keeps; no matmul is run twice."""

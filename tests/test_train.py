@@ -465,6 +465,36 @@ def test_what_the_fused_blocks_keep_changes_memory_and_nothing_else():
     assert tiny(saved_activations="partitioner", activation_memory_budget=0.5).activation_memory_budget == 0.5
 
 
+@pytest.mark.slow
+def test_the_matmuls_path_keeps_the_block_input_and_the_matmul_and_wkv_outputs():
+    """saved_activations='matmuls' keeps, per layer, exactly one (tokens, 4C) tensor (the channel-mix key) and eight
+    (tokens, C) ones: the block's input, the time-mix's k, v, r and output, the WKV's y, the channel-mix's receptance
+    and value; everything elementwise is recomputed. Counted as the difference of two depths (fp32, the Triton WKV
+    interpreted, whose per-chunk states are the only other growth), so a policy that stopped matching the ops'
+    names (and recomputed the matmuls) or kept more would fail here."""
+    from rwkv_lab.config import RWKVConfig
+    from rwkv_lab.measure.memory import saved_for_backward
+    from rwkv_lab.model import build_model
+
+    B, T, C = 2, 32, 16
+    x = torch.randint(0, 257, (B, T + 1), generator=torch.Generator().manual_seed(0))
+    per_depth = {}
+    for layers in (1, 3):
+        model = build_model(RWKVConfig(n_layer=layers, n_embd=C, vocab_size=257), seed=1, zero_projections=False)
+        model.wkv_backend, model.fused_blocks = "triton", True
+
+        def forward(model=model):
+            logits, _ = model(x[:, :-1])
+            return torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
+
+        rows = saved_for_backward(forward, model)
+        numels = [math.prod(r["shape"]) for r in rows]  # a matmul's output is kept as (B * T, C): count sizes
+        per_depth[layers] = {width: numels.count(B * T * width) for width in (C, 4 * C)}
+    per_layer = {width: (per_depth[3][width] - per_depth[1][width]) / 2 for width in (C, 4 * C)}
+    print(f"(tokens, C) and (tokens, 4C) tensors kept per layer: {per_layer}")
+    assert per_layer == {C: 8, 4 * C: 1}
+
+
 def test_the_fused_blocks_are_the_default_on_cuda_only():
     from rwkv_lab.config import RWKVConfig
     from rwkv_lab.model import build_model
