@@ -225,6 +225,27 @@ def test_bad_training_input_is_refused(text_dir):
     assert parse_count("20M") == 20_000_000 and parse_count("512k") == 512_000 and parse_count("1e3") == 1000
 
 
+def test_the_training_command_line_reports_a_bad_setting_or_a_failed_run_in_one_line(text_dir, tmp_path, capsys):
+    """A setting TrainConfig refuses is bad usage (one line, exit 2); a run that cannot start (a context longer than
+    the corpus) fails in one line with exit 1, and `--debug` shows its traceback instead."""
+    for options, message in (
+        ({"arch": "lstm"}, "arch must be one of"),
+        ({"activation_memory_budget": 0.5}, "needs saved_activations='partitioner'"),
+        ({"saved_activations": "all"}, "saved_activations must be one of"),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            main(tiny_cli(text_dir, out=tmp_path / "run", **options))
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and message in err.splitlines()[-1], err
+    args = tiny_cli(text_dir, context=10**6, out=tmp_path / "run")
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [err.strip()] and "longer than the corpus" in err, err
+    with pytest.raises(ValueError, match="longer than the corpus"):
+        main(args + ["--debug"])
+    assert not (tmp_path / "run").exists()
+
+
 def test_command_line_trains_and_exports(text_dir, tmp_path):
     out = tmp_path / "run"
     args = tiny_cli(text_dir, batch_size=4, tokens="1k", out=out)

@@ -526,8 +526,23 @@ def main(argv=None) -> int:
     parser.add_argument("--tokenizer", default="bytes", help="'bytes' or a tokenizer.json")
     parser.add_argument("--out", required=True, help="folder for checkpoint.pt, log.csv and (RWKV) model.safetensors")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     args = parser.parse_args(argv)
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    try:  # a setting TrainConfig refuses is bad usage: one line, exit 2
+        cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    except ValueError as err:
+        parser.error(str(err))
+    try:
+        return train(cfg, args)
+    except (OSError, ValueError, TypeError, RuntimeError) as err:  # a failed run: one line, exit 1
+        if args.debug:
+            raise
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 1
+
+
+def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
+    """The command line's run: corpus, trainer, checkpoints at every evaluation, then the log and the export."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: one process per device
         import torch.distributed as dist
 
