@@ -205,7 +205,7 @@ def row(name, B, T, C, dname, fwd, fb, fwd_bytes, fb_bytes):
         out[f"{tag}_GBps"] = nbytes / m["seconds"] / 1e9 if ok else None
         out[f"{tag}_peak_MiB"] = m["peak_bytes"] / 2**20 if ok and m["peak_bytes"] is not None else None
         out[f"{tag}_host_ms"] = m["host_seconds"] * 1e3 if ok and "host_seconds" in m else None
-        out[f"{tag}_graphed_ms"] = m["graphed_seconds"] * 1e3 if ok and "host_seconds" in m else None
+        out[f"{tag}_graphed_ms"] = m["graphed_seconds"] * 1e3 if ok and "graphed_seconds" in m else None
     return out
 
 
