@@ -11,7 +11,9 @@ measured, and results/cost/training_vs_pythia.csv: per size and context, RWKV-4 
 faster of Pythia's two paths. MFU = model FLOPs per second (rwkv_lab.cost: RWKV 3 x 2 (V D + 13 D^2 L) per token;
 the transformer 3 x (2 (V D + 12 D^2 L) + 4 L D T)) over (a) the measured bf16 matmul peak and (b) the datasheet
 peak. The first steps (compilation) are warm-up, not timed. `--profile` adds results/cost/training_kernels.csv:
-each step's CUDA kernels by device time, grouped by kind (matmul, WKV, attention, fused elementwise, ...).
+each step's CUDA kernels by device time, grouped by kind (matmul, WKV, LayerNorm + mixes, attention, fused
+elementwise, ...).
+`--norm-mix-kernels off` leaves RWKV's LayerNorms and mixes to inductor instead of rwkv_lab.norm_mix's kernels.
 `--saved-activations` sets what RWKV's fused blocks keep for the backward (RWKV.saved_activations: 'matmuls', the
 default, or 'partitioner', the compiler's choice) and `--memory-budget` the share of it the partitioner may keep
 (RWKV.activation_memory_budget), e.g. `--saved-activations partitioner --memory-budget 0.5 --tag _budget0.5`
@@ -48,13 +50,22 @@ def matmul_peak(device, n: int = 8192) -> float:
     return 2 * n**3 / time_fn(lambda: a @ b, device, warmup=5, repeat=20)
 
 
-def build(variant: str, name: str, device, context: int, saved: str = "matmuls", memory_budget: float = 1.0):
+def build(
+    variant: str,
+    name: str,
+    device,
+    context: int,
+    saved: str = "matmuls",
+    memory_budget: float = 1.0,
+    norm_mix_kernels: bool = True,
+):
     """(model, what the loss calls, vocabulary, training FLOPs per token) of a variant at size `name`, fp32
     weights on the device."""
     fast = not variant.endswith("eager") and variant != "Pythia"
     if variant.startswith("RWKV-4"):
         model = build_at_size(name, torch.float32, device).train()
         model.saved_activations, model.activation_memory_budget = saved, memory_budget
+        model.norm_mix_kernels = norm_mix_kernels
         flops = cost.training_flops_per_token(cost.rwkv_forward_flops_per_token(model.config))
         return model, fast_path(model, fast), model.config.vocab_size, flops
     model = pythia_model(name, torch.float32, device, max_positions=max(2048, context)).train()
@@ -100,6 +111,7 @@ def step_time(model, forward, vocab, batch, context, device, graph: bool, profil
 # kernel name -> what it does, for the breakdown of a training step (first match wins)
 KERNEL_KINDS = (
     ("WKV (Triton)", ("_fwd_chunk_summary", "_scan_chunks", "_fwd_output", "_bwd_chunk", "_bwd_finish")),
+    ("LayerNorm + mixes (Triton)", ("_norm_mix_",)),
     ("attention", ("flash", "fmha", "attention", "sdpa")),
     ("matmul", ("gemm", "nvjet", "cutlass", "sm90_xmma", "cublas")),
     ("optimizer", ("adam", "multi_tensor")),
@@ -164,6 +176,13 @@ def main():
     parser.add_argument("--saved-activations", default="matmuls", choices=SAVED_ACTIVATIONS)
     parser.add_argument("--memory-budget", type=float, default=1.0, help="RWKV.activation_memory_budget, 0 to 1")
     parser.add_argument(
+        "--norm-mix-kernels",
+        type=parse_switch,
+        default=True,
+        help="on (the default): RWKV's fused blocks run the LayerNorms and mixes in rwkv_lab.norm_mix's kernels; "
+        "off: inductor fuses them (RWKV.norm_mix_kernels)",
+    )
+    parser.add_argument(
         "--cuda-graph",
         type=parse_switch,
         default=True,
@@ -200,7 +219,7 @@ def main():
 
         def measure():
             model, forward, vocab, flops_per_token = build(
-                variant, name, device, T, args.saved_activations, args.memory_budget
+                variant, name, device, T, args.saved_activations, args.memory_budget, args.norm_mix_kernels
             )
             torch.cuda.reset_peak_memory_stats(device)
             profile = [] if args.profile else None
@@ -215,6 +234,7 @@ def main():
                 "rwkv_blocks": None if blocks is None else ("eager" if blocks is False else "fused"),
                 "saved_activations": getattr(model, "saved_activations", None),
                 "activation_memory_budget": getattr(model, "activation_memory_budget", None),
+                "norm_mix_kernels": getattr(model, "norm_mix_kernels", None),
                 "cuda_graph": captured,  # False also where a capture failed (warned): the step ran eagerly
                 "params": sum(p.numel() for p in model.parameters()),
                 "step_ms": seconds * 1e3,

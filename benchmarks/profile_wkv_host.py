@@ -6,12 +6,14 @@ graphs call, and fla's `fused_recurrent_rwkv4`, at the benchmark's small shapes 
 Per path and shape: the host's part of a call (issued with the device idle), the device's part (the call
 replayed from a CUDA graph) and the call as a program sees it (CUDA events, kernel by kernel), for the forward
 alone and for forward + backward (`torch.autograd.grad`). Writes results/wkv/wkv_host_profile.csv with its
-provenance, and prints torch.profiler's host-side table of each path.
+provenance, and prints torch.profiler's host-side table and a Python profile (cProfile) of each path.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import sys
 from pathlib import Path
 
@@ -77,6 +79,15 @@ def main():
                 torch.cuda.synchronize(device)
             print(f"--- host-side profile, 5 forward+backward calls: {name} {shape}")
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60))
+            # the Python side (Triton's launcher, autograd's Function, the allocations' callers), per function
+            python = cProfile.Profile()
+            python.enable()
+            for _ in range(50):
+                forward_backward()
+            python.disable()
+            torch.cuda.synchronize(device)
+            print(f"--- Python profile, 50 forward+backward calls: {name} {shape}")
+            pstats.Stats(python).sort_stats("tottime").print_stats(20)
     frame = pd.DataFrame(rows)
     path = write_table(results_dir() / "wkv" / "wkv_host_profile.csv", frame, {"shapes": SHAPES}, device=device)
     print(frame.to_string(float_format=lambda x: f"{x:.3f}"), "\n->", path)

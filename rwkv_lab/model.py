@@ -18,21 +18,13 @@ import torch
 import torch.nn as nn
 
 from .config import RWKVConfig, get_config
+from .norm_mix import mix, norm_shift_mix, norm_shift_mix_eager, token_shift
 from .wkv import P_EMPTY, compute_dtype, resolve_backend, wkv
 
 ATT_X, ATT_A, ATT_B, ATT_P, FFN_X = range(5)
 # fp16: the residual stream is halved every RESCALE_EVERY layers (the rwkv package's and transformers' default)
 RESCALE_EVERY = 6
 STATE_SLOTS = ("att_x", "att_a", "att_b", "att_p", "ffn_x")
-
-
-def token_shift(x: torch.Tensor, last_x: torch.Tensor) -> torch.Tensor:
-    """x_{t-1} for every t: the carried last_x (B, C) before the first token, then x shifted by one."""
-    return torch.cat([last_x[:, None].to(x.dtype), x[:, :-1]], dim=1)  # (B, T, C)
-
-
-def mix(x, prev, mu):
-    return x * mu + prev * (1 - mu)
 
 
 class TimeMix(nn.Module):
@@ -49,10 +41,8 @@ class TimeMix(nn.Module):
         self.receptance = nn.Linear(C, C, bias=False)
         self.output = nn.Linear(C, C, bias=False)
 
-    def keys_values(self, x, last_x):
-        """The WKV's keys and values for time-mix input x (B, T, C) after last_x (B, C), and the shifted x."""
-        prev = token_shift(x, last_x)
-        return self.key(mix(x, prev, self.time_mix_k)), self.value(mix(x, prev, self.time_mix_v)), prev
+    def mixes(self) -> tuple[nn.Parameter, ...]:
+        return self.time_mix_k, self.time_mix_v, self.time_mix_r
 
     def decay(self) -> torch.Tensor:
         """w = exp(time_decay) (C,), in fp32 at least: a bf16 time_decay would lose the long half-lives."""
@@ -60,14 +50,20 @@ class TimeMix(nn.Module):
 
     def forward(self, x, last_x, wkv_state, backend, scale: int = 1, trace: dict | None = None):
         # x (B, T, C): LN1 output; last_x (B, C); wkv_state (B, 3, C); the output comes divided by `scale`
-        k, v, prev = self.keys_values(x, last_x)
-        r = self.receptance(mix(x, prev, self.time_mix_r))
+        prev = token_shift(x, last_x)
+        xk, xv, xr = (mix(x, prev, mu) for mu in self.mixes())
+        out, wkv_state = self.from_mixed(xk, xv, xr, wkv_state, backend, scale, trace)
+        return out, x[:, -1], wkv_state
+
+    def from_mixed(self, xk, xv, xr, wkv_state, backend, scale: int = 1, trace: dict | None = None):
+        """The half after its mixes: projections, the WKV, the sigmoid(r) gate, the output projection."""
+        k, v, r = self.key(xk), self.value(xv), self.receptance(xr)
         w = self.decay()
         if trace is not None:
             trace.update(w=w, u=self.time_first, k=k, v=v, wkv_state=wkv_state)
         y, wkv_state = wkv(w, self.time_first, k, v, wkv_state, backend=backend, check=False)
         mixed = torch.sigmoid(r) * y
-        return self.output(mixed / scale if scale != 1 else mixed), x[:, -1], wkv_state
+        return self.output(mixed / scale if scale != 1 else mixed), wkv_state
 
 
 class ChannelMix(nn.Module):
@@ -80,11 +76,18 @@ class ChannelMix(nn.Module):
         self.receptance = nn.Linear(C, C, bias=False)
         self.value = nn.Linear(config.dim_ffn, C, bias=False)
 
+    def mixes(self) -> tuple[nn.Parameter, ...]:
+        return self.time_mix_k, self.time_mix_r
+
     def forward(self, x, last_x, scale: int = 1):
         prev = token_shift(x, last_x)
-        k = torch.square(torch.relu(self.key(mix(x, prev, self.time_mix_k))))  # (B, T, 4C)
-        r = torch.sigmoid(self.receptance(mix(x, prev, self.time_mix_r)))
-        return r * self.value(k / scale if scale != 1 else k), x[:, -1]
+        xk, xr = (mix(x, prev, mu) for mu in self.mixes())
+        return self.from_mixed(xk, xr, scale), x[:, -1]
+
+    def from_mixed(self, xk, xr, scale: int = 1):
+        k = torch.square(torch.relu(self.key(xk)))  # (B, T, 4C)
+        r = torch.sigmoid(self.receptance(xr))
+        return r * self.value(k / scale if scale != 1 else k)
 
 
 class Block(nn.Module):
@@ -111,9 +114,28 @@ class Block(nn.Module):
         x = x + ffn
         if trace is not None:
             trace.update(att_in=h, ffn_in=h2, out=x)
-        sd = state.dtype
-        new_state = torch.cat([att_x[:, None].to(sd), wkv_state.to(sd), ffn_x[:, None].to(sd)], dim=1)
-        return x, new_state
+        return x, new_layer_state(att_x, wkv_state, ffn_x, state.dtype)
+
+
+def new_layer_state(att_x, wkv_state, ffn_x, dtype) -> torch.Tensor:
+    """The layer's state (B, 5, C) after the block: [att x, a, b, p, ffn x]."""
+    return torch.cat([att_x[:, None].to(dtype), wkv_state.to(dtype), ffn_x[:, None].to(dtype)], dim=1)
+
+
+def block_with_fused_mixes(block: Block, x, state, backend, scale: int = 1):
+    """`Block.forward` with each half's LayerNorm, token shift and mixes as one op (`norm_mix.norm_shift_mix`:
+    Triton kernels, one launch forward and one backward, beside the WKV's), the rest of the halves as the eager
+    block runs them. The fused blocks' default on CUDA (RWKV.norm_mix_kernels); with another WKV backend than
+    the Triton kernel the op is the eager LayerNorm and mixes (float64 on the CPU)."""
+    norm_mix = norm_shift_mix if resolve_backend(backend, x) == "triton" else norm_shift_mix_eager
+    if block.ln0 is not None:
+        x = block.ln0(x)
+    (xk, xv, xr), att_x = norm_mix(x, block.ln1, state[:, ATT_X], block.att.mixes())
+    att, wkv_state = block.att.from_mixed(xk, xv, xr, state[:, ATT_A : ATT_P + 1], backend, scale)
+    x = x + att
+    (xk, xr), ffn_x = norm_mix(x, block.ln2, state[:, FFN_X], block.ffn.mixes())
+    x = x + block.ffn.from_mixed(xk, xr, scale)
+    return x, new_layer_state(att_x, wkv_state, ffn_x, state.dtype)
 
 
 HEAD_PAD = 64
@@ -166,33 +188,37 @@ def _keep_matmul_outputs(ctx, op, *args, **kwargs):
     return CheckpointPolicy.MUST_SAVE if name in KEPT_OPS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
-def block_keeping_matmul_outputs(block, x, state, backend, scale: int = 1):
-    """`Block.forward` under selective activation checkpointing: the backward gets the block's input, the
-    outputs of its seven matmuls and of the WKV, and recomputes everything elementwise from them (LayerNorms, token
-    shifts, mixes, gates, squared ReLU, the residual between the two halves). Counted on the CPU
-    (benchmarks/saved_activations.py): 7 bf16 (tokens, C) tensors, the 4C key of the channel-mix and the fp32
-    input per layer, against the 15 + 2 + 3 that the partitioner's default keeps; no matmul is run twice."""
+def keeping_matmul_outputs(forward, block, x, state, backend, scale: int = 1):
+    """A block's `forward` (Block.forward or block_with_fused_mixes) under selective activation checkpointing: the
+    backward gets the block's input, the outputs of its seven matmuls and of the WKV, and recomputes everything
+    elementwise from them (LayerNorms, token shifts, mixes, gates, squared ReLU, the residual between the two
+    halves). Counted on the CPU (benchmarks/saved_activations.py): 7 bf16 (tokens, C) tensors, the 4C key of the
+    channel-mix and the fp32 input per layer, against the 15 + 2 + 3 that the partitioner's default keeps; no
+    matmul is run twice."""
     from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts  # noqa: PLC0415
 
     contexts = functools.partial(create_selective_checkpoint_contexts, _keep_matmul_outputs)
-    return checkpoint(Block.forward, block, x, state, backend, scale, use_reentrant=False, context_fn=contexts)
+    return checkpoint(forward, block, x, state, backend, scale, use_reentrant=False, context_fn=contexts)
 
 
 @functools.cache
-def fused_block_forward(saved_activations: str = "matmuls", memory_budget: float = 1.0):
-    """`Block.forward` through torch.compile: the fast path of the parallel form on CUDA (training, prefill).
+def fused_block_forward(saved_activations: str = "matmuls", memory_budget: float = 1.0, norm_mix_kernels=True):
+    """A block's forward through torch.compile: the fast path of the parallel form on CUDA (training, prefill).
 
-    Inductor fuses the token shift, the mixes, the LayerNorms, the gates and the squared ReLU into a few kernels
-    around the matmuls. The WKV stays the Triton kernel, a custom op the compiler treats as opaque. One function
-    for every block of every model: the block's parameters are graph inputs, so one compilation serves all layers
-    of a shape (the first block, with ln0, gets its own).
+    `norm_mix_kernels` (RWKV.norm_mix_kernels, the default): the block is `block_with_fused_mixes`, each half's
+    LayerNorm, token shift and mixes in the Triton kernels of `norm_mix`; otherwise `Block.forward`, whose
+    LayerNorms and mixes inductor fuses itself. Around them inductor fuses the gates, the squared ReLU and the
+    residual adds into a few kernels between the matmuls. The WKV stays the Triton kernel. Both are custom ops
+    the compiler treats as opaque. One function for every block of every model: the block's parameters are graph
+    inputs, so one compilation serves all layers of a shape (the first block, with ln0, gets its own).
 
     What the backward gets (RWKV.saved_activations): "matmuls" (the default) keeps the outputs of the matmuls and
-    of the WKV and recomputes every elementwise result in the backward (`block_keeping_matmul_outputs`);
+    of the WKV and recomputes every elementwise result in the backward (`keeping_matmul_outputs`);
     "partitioner" leaves the choice to torch._functorch's min-cut partitioner, which at `memory_budget` 1 keeps
     more per token than the matched GPT-NeoX layer (results/training/saved_activations.csv) and below 1 keeps at
     most that share of it, recomputing the rest, matmuls included (`activation_memory_budget`). What each costs
-    in speed is measured on the GPU (benchmarks/bench_training.py --saved-activations, --memory-budget).
+    in speed is measured on the GPU (benchmarks/bench_training.py --saved-activations, --memory-budget,
+    --norm-mix-kernels).
 
     Inductor's "mix-order reduction" (torch 2.10-2.11, CUDA) returns the (1, 1, C) mix parameters' gradients as
     (C,), which autograd refuses ("CompiledFunctionBackward returned an invalid gradient ... got [C] but expected
@@ -207,10 +233,15 @@ def fused_block_forward(saved_activations: str = "matmuls", memory_budget: float
     options = {}
     if hasattr(torch._inductor.config.triton, "mix_order_reduction"):
         options["triton.mix_order_reduction"] = False
+    forward = block_with_fused_mixes if norm_mix_kernels else Block.forward
     if saved_activations == "matmuls":
-        return torch.compile(block_keeping_matmul_outputs, options=options)
+
+        def checkpointed(block, x, state, backend, scale: int = 1):
+            return keeping_matmul_outputs(forward, block, x, state, backend, scale)
+
+        return torch.compile(checkpointed, options=options)
     if memory_budget == 1.0:
-        return torch.compile(Block.forward, options=options)
+        return torch.compile(forward, options=options)
     from torch._inductor.compile_fx import compile_fx  # noqa: PLC0415
 
     def inductor_within_budget(graph, example_inputs):
@@ -220,7 +251,7 @@ def fused_block_forward(saved_activations: str = "matmuls", memory_budget: float
         with torch._functorch.config.patch(activation_memory_budget=memory_budget):
             return compile_fx(graph, example_inputs, config_patches=options)
 
-    return torch.compile(Block.forward, backend=inductor_within_budget)
+    return torch.compile(forward, backend=inductor_within_budget)
 
 
 class RWKV(nn.Module):
@@ -245,6 +276,9 @@ class RWKV(nn.Module):
         # 1 all it chooses, lower recomputes more). See fused_block_forward.
         self.saved_activations = "matmuls"
         self.activation_memory_budget = 1.0
+        # Whether the fused blocks run each half's LayerNorm, token shift and mixes in norm_mix's Triton kernels
+        # (block_with_fused_mixes) or leave them to inductor (Block.forward).
+        self.norm_mix_kernels = True
 
     @property
     def dtype(self) -> torch.dtype:
@@ -420,9 +454,9 @@ class RWKV(nn.Module):
             scale = 2 ** (i // rescale) if rescale else 1
             if fused:
                 try:
-                    x, layer_state = fused_block_forward(self.saved_activations, self.activation_memory_budget)(
-                        block, x, state[:, i], backend, scale
-                    )
+                    x, layer_state = fused_block_forward(
+                        self.saved_activations, self.activation_memory_budget, self.norm_mix_kernels
+                    )(block, x, state[:, i], backend, scale)
                 except torch._dynamo.exc.TorchDynamoException as err:
                     # a compiler failure costs speed, never the result: warn once, then run eager
                     message = f"fused blocks unavailable, running the eager blocks ({type(err).__name__}: {err})"
