@@ -2,16 +2,16 @@
 
 Compiled by inductor, the same work took several kernels in the backward of a training step (the LayerNorm's
 backward as a looped reduction that reads its rows more than once, the mixes' parameter gradients as separate
-column reductions; results/cost/training_kernels.csv). Here a program walks ROWS consecutive tokens of one
-sequence, each row of x (and, backwards, of the mixes' gradients) read from memory once:
+column reductions; results/cost/training_kernels_norm_mix_off.csv). Here each row of x is read from memory once
+per kernel (a neighbour's row again from the cache):
 
-forward   per token t: h_t = LayerNorm(x_t), carried to t + 1 as its shifted input; mixed_m = h_t mu_m +
-          h_{t-1} (1 - mu_m). The block's first row recomputes h_{t0-1} (or takes last_x at t = 0).
-backward  walking t downwards, with g_m the gradient of mixed_m:
+forward   one token t per program: h_t = LayerNorm(x_t), h_{t-1} from x_{t-1} (or last_x at t = 0), and
+          mixed_m = h_t mu_m + h_{t-1} (1 - mu_m) for the M mixes (M = 3 for the time-mix, 2 for the channel-mix).
+backward  BWD_ROWS tokens of a sequence per program, with g_m the gradient of mixed_m:
               dh_t   = sum_m g_m,t mu_m + g_m,t+1 (1 - mu_m)          (+ the gradient of h_last at t = T - 1)
               dmu_m += h_t (g_m,t - g_m,t+1)                          (- g_m,0 last_x at t = 0)
           (sum_t g_m,t (h_t - h_{t-1}) regrouped by h_t, so no row needs its neighbour's LayerNorm), then the
-          LayerNorm's backward from the row's recomputed statistics, and per program partial sums of dmu, the
+          LayerNorm's backward from the row's recomputed statistics; per program partial sums of dmu and of the
           LayerNorm weight's and bias's gradients, added up by one torch.sum.
 Arithmetic is fp32 whatever the dtypes. Runs on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1.
 """
@@ -22,7 +22,6 @@ import torch
 import triton
 import triton.language as tl
 
-FWD_ROWS = 8  # tokens per forward program: one extra LayerNorm (of the row before) per ROWS rows
 BWD_ROWS = 32  # tokens per backward program: (B T / ROWS, M + 2, C) fp32 partial sums
 
 
@@ -34,6 +33,11 @@ def _normalise(x_ptr, row, C, eps, cols, cmask):
     d = tl.where(cmask, x - mean, 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=0) / C + eps)
     return d * rstd, rstd
+
+
+@triton.jit
+def _mu(mu_ptr, m, C, cols, cmask):
+    return tl.load(mu_ptr + m * C + cols, mask=cmask, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -50,39 +54,43 @@ def _norm_mix_fwd(
     out_stride,
     eps,
     M: tl.constexpr,
-    M_POW2: tl.constexpr,
     HAS_LAST: tl.constexpr,
-    ROWS: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    blk, b = tl.program_id(0), tl.program_id(1)
+    """One token per program: its row and the row before it (normalised again, from the cache: its neighbour
+    program read it) or last_x."""
+    row = tl.program_id(0).to(tl.int64)  # b T + t
+    t = row % T
     cols = tl.arange(0, BLOCK_C)
     cmask = cols < C
-    ms = tl.arange(0, M_POW2)
-    mmask = (ms < M)[:, None] & cmask[None, :]
     gamma = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
     beta = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-    mu = tl.load(mu_ptr + ms[:, None] * C + cols[None, :], mask=mmask, other=0.0).to(tl.float32)  # (M_POW2, C)
-    t0 = blk * ROWS
-    if HAS_LAST:
-        prev = tl.load(last_ptr + b * C + cols, mask=cmask, other=0.0).to(tl.float32)
+    xh, _ = _normalise(x_ptr, row, C, eps, cols, cmask)
+    h = xh * gamma + beta
+    if t > 0:
+        xp, _ = _normalise(x_ptr, row - 1, C, eps, cols, cmask)
+        prev = xp * gamma + beta
     else:
-        prev = tl.zeros((BLOCK_C,), tl.float32)
-    if t0 > 0:  # the row before the block, normalised again
-        xh, _ = _normalise(x_ptr, (b * T + t0 - 1).to(tl.int64), C, eps, cols, cmask)
-        prev = xh * gamma + beta
-    for i in range(0, ROWS):
-        t = t0 + i
-        if t < T:
-            row = (b * T + t).to(tl.int64)
-            xh, _ = _normalise(x_ptr, row, C, eps, cols, cmask)
-            h = xh * gamma + beta
-            mixed = h[None, :] * mu + prev[None, :] * (1 - mu)
-            offs = ms[:, None].to(tl.int64) * out_stride + row * C + cols[None, :]
-            tl.store(out_ptr + offs, mixed.to(out_ptr.dtype.element_ty), mask=mmask)
-            if t == T - 1:
-                tl.store(h_last_ptr + b * C + cols, h, mask=cmask)
-            prev = h
+        if HAS_LAST:
+            prev = tl.load(last_ptr + (row // T) * C + cols, mask=cmask, other=0.0).to(tl.float32)
+        else:
+            prev = tl.zeros((BLOCK_C,), tl.float32)
+    for m in tl.static_range(M):
+        mu = _mu(mu_ptr, m, C, cols, cmask)
+        mixed = h * mu + prev * (1 - mu)
+        tl.store(out_ptr + m * out_stride + row * C + cols, mixed.to(out_ptr.dtype.element_ty), mask=cmask)
+    if t == T - 1:
+        tl.store(h_last_ptr + (row // T) * C + cols, h, mask=cmask)
+
+
+@triton.jit
+def _mix_grad(g_ptr, mu_ptr, m, g_stride, row, next_mask, C, cols, cmask):
+    """Mix m at a token: its gradient g, the next token's g_next, and their share of dh."""
+    mu = _mu(mu_ptr, m, C, cols, cmask)
+    off = m * g_stride + row * C + cols
+    g = tl.load(g_ptr + off, mask=cmask, other=0.0).to(tl.float32)
+    g_next = tl.load(g_ptr + off + C, mask=next_mask, other=0.0).to(tl.float32)
+    return g, g_next, g * mu + g_next * (1 - mu)
 
 
 @triton.jit
@@ -102,65 +110,77 @@ def _norm_mix_bwd(
     g_stride,
     eps,
     M: tl.constexpr,
-    M_POW2: tl.constexpr,
     HAS_LAST: tl.constexpr,
     HAS_G_LAST: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
+    """ROWS tokens of one sequence per program, the partial sums of the parameters' gradients in registers: one
+    vector per mix (M is 2 or 3), so that several programs fit an SM. The next token's g is read again (from the
+    cache) rather than carried."""
     blk, b = tl.program_id(0), tl.program_id(1)
     cols = tl.arange(0, BLOCK_C)
     cmask = cols < C
-    ms = tl.arange(0, M_POW2)
-    mmask = (ms < M)[:, None] & cmask[None, :]
     gamma = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
     beta = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-    mu = tl.load(mu_ptr + ms[:, None] * C + cols[None, :], mask=mmask, other=0.0).to(tl.float32)
-    g_offs = ms[:, None].to(tl.int64) * g_stride + cols[None, :]
-    t0 = blk * ROWS
-    t_end = tl.minimum(t0 + ROWS, T)
-    # g at the token after the block (zero past the end)
-    next_mask = mmask & ((ms * 0 + t_end) < T)[:, None]
-    g_next = tl.load(g_ptr + g_offs + (b * T + t_end).to(tl.int64) * C, mask=next_mask, other=0.0)
-    g_next = g_next.to(tl.float32)
-    dmu = tl.zeros((M_POW2, BLOCK_C), tl.float32)
+    dmu0 = tl.zeros((BLOCK_C,), tl.float32)
+    dmu1 = tl.zeros((BLOCK_C,), tl.float32)
+    dmu2 = tl.zeros((BLOCK_C,), tl.float32)
     dgamma = tl.zeros((BLOCK_C,), tl.float32)
     dbeta = tl.zeros((BLOCK_C,), tl.float32)
     for i in range(0, ROWS):
-        t = t0 + ROWS - 1 - i
+        t = blk * ROWS + i
         if t < T:
             row = (b * T + t).to(tl.int64)
-            g = tl.load(g_ptr + g_offs + row * C, mask=mmask, other=0.0).to(tl.float32)  # (M_POW2, C)
+            next_mask = cmask & ((cols * 0 + t) < T - 1)  # no token after the last
             xh, rstd = _normalise(x_ptr, row, C, eps, cols, cmask)
             h = xh * gamma + beta
-            dh = tl.sum(g * mu + g_next * (1 - mu), axis=0)
+            g, g_next, dh = _mix_grad(g_ptr, mu_ptr, 0, g_stride, row, next_mask, C, cols, cmask)
+            dmu0 += h * (g - g_next)
+            g, g_next, dh1 = _mix_grad(g_ptr, mu_ptr, 1, g_stride, row, next_mask, C, cols, cmask)
+            dmu1 += h * (g - g_next)
+            dh += dh1
+            if M == 3:
+                g, g_next, dh2 = _mix_grad(g_ptr, mu_ptr, 2, g_stride, row, next_mask, C, cols, cmask)
+                dmu2 += h * (g - g_next)
+                dh += dh2
             if HAS_G_LAST:
                 if t == T - 1:
                     dh += tl.load(g_last_ptr + b * C + cols, mask=cmask, other=0.0).to(tl.float32)
-            dmu += h[None, :] * (g - g_next)
             dgamma += dh * xh
             dbeta += dh
             dxh = dh * gamma
             c1 = tl.sum(dxh * xh, axis=0) / C
             c2 = tl.sum(dxh, axis=0) / C
-            dx = (dxh - xh * c1 - c2) * rstd
-            tl.store(dx_ptr + row * C + cols, dx.to(dx_ptr.dtype.element_ty), mask=cmask)
-            g_next = g
-    if t0 == 0:
-        # token 0's shifted input is last_x: its share of dmu, and last_x's gradient (g_next is g_0 here)
-        if HAS_LAST:
+            tl.store(dx_ptr + row * C + cols, ((dxh - xh * c1 - c2) * rstd).to(dx_ptr.dtype.element_ty), mask=cmask)
+    if HAS_LAST:
+        if blk == 0:
+            # token 0's shifted input is last_x: its share of dmu, and last_x's gradient
             last = tl.load(last_ptr + b * C + cols, mask=cmask, other=0.0).to(tl.float32)
-            dmu -= g_next * last[None, :]
-            tl.store(dlast_ptr + b * C + cols, tl.sum(g_next * (1 - mu), axis=0), mask=cmask)
-    part = (b * tl.num_programs(0) + blk).to(tl.int64) * (M + 2) * C
-    tl.store(part_ptr + part + ms[:, None] * C + cols[None, :], dmu, mask=mmask)
-    tl.store(part_ptr + part + M * C + cols, dgamma, mask=cmask)
-    tl.store(part_ptr + part + (M + 1) * C + cols, dbeta, mask=cmask)
+            row0 = (b * T).to(tl.int64) * C + cols
+            g = tl.load(g_ptr + row0, mask=cmask, other=0.0).to(tl.float32)
+            dlast = g * (1 - _mu(mu_ptr, 0, C, cols, cmask))
+            dmu0 -= g * last
+            g = tl.load(g_ptr + g_stride + row0, mask=cmask, other=0.0).to(tl.float32)
+            dlast += g * (1 - _mu(mu_ptr, 1, C, cols, cmask))
+            dmu1 -= g * last
+            if M == 3:
+                g = tl.load(g_ptr + 2 * g_stride + row0, mask=cmask, other=0.0).to(tl.float32)
+                dlast += g * (1 - _mu(mu_ptr, 2, C, cols, cmask))
+                dmu2 -= g * last
+            tl.store(dlast_ptr + b * C + cols, dlast, mask=cmask)
+    part = (b * tl.num_programs(0) + blk).to(tl.int64) * (M + 2) * C + cols
+    tl.store(part_ptr + part, dmu0, mask=cmask)
+    tl.store(part_ptr + part + C, dmu1, mask=cmask)
+    if M == 3:
+        tl.store(part_ptr + part + 2 * C, dmu2, mask=cmask)
+    tl.store(part_ptr + part + M * C, dgamma, mask=cmask)
+    tl.store(part_ptr + part + (M + 1) * C, dbeta, mask=cmask)
 
 
 def _launch_config(C: int) -> tuple[int, int]:
     block_c = triton.next_power_of_2(C)
-    return block_c, min(16, max(4, block_c // 256))  # rows of up to 8192 channels in registers
+    return block_c, min(16, max(4, block_c // 256))  # up to 16 channels per thread
 
 
 def _forward(
@@ -177,10 +197,12 @@ def _forward(
     x, mu, last = x.contiguous(), mu.contiguous(), None if last is None else last.contiguous()
     B, T, C = x.shape
     M = mu.shape[0]
+    if M not in (2, 3):
+        raise ValueError(f"norm_shift_mix takes 2 mixes (the channel-mix) or 3 (the time-mix); got {M}")
     mixed = torch.empty(M, B, T, C, device=x.device, dtype=out_dtype)
     h_last = torch.empty(B, C, device=x.device, dtype=torch.float32)
     block_c, warps = _launch_config(C)
-    _norm_mix_fwd[(triton.cdiv(T, FWD_ROWS), B)](
+    _norm_mix_fwd[(B * T,)](
         x,
         weight,
         bias,
@@ -193,9 +215,7 @@ def _forward(
         B * T * C,
         eps,
         M=M,
-        M_POW2=triton.next_power_of_2(M),
         HAS_LAST=last is not None,
-        ROWS=FWD_ROWS,
         BLOCK_C=block_c,
         num_warps=warps,
     )
@@ -237,7 +257,6 @@ def _backward(
         B * T * C,
         eps,
         M=M,
-        M_POW2=triton.next_power_of_2(M),
         HAS_LAST=last is not None,
         HAS_G_LAST=g_last is not None,
         ROWS=BWD_ROWS,
