@@ -7,7 +7,8 @@ Per shape (B x T x C) and half (time-mix: 3 mixes, channel-mix: 2): the kernels'
 against the eager ops in float64 (from a random carried last_x, with the last token's gradient), and the forward +
 backward time, as training calls it (fp32 x, bf16 autocast), of the kernels and of the eager ops compiled by
 torch.compile (inductor's fusion, the fused blocks' path before the kernels): the device time of their kernels in
-one call (torch.profiler), the part a training step's CUDA graph replays. Writes results/training/norm_mix_check.csv with its provenance.
+one call (torch.profiler), the part a training step's CUDA graph replays. Writes results/training/norm_mix_check.csv
+with its provenance.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def main():
         if device.type != "cuda":
             return time_fn(step, device) * 1e3  # a smoke run (TRITON_INTERPRET=1)
         return sum(e.device_time_total for e in cuda_kernels(step, device)) / 1e3
+
     rows = []
     for shape in args.shapes.split(","):
         B, T, C = (int(n) for n in shape.split("x"))

@@ -52,5 +52,4 @@ def norm_shift_mix(x, ln: nn.LayerNorm, last_x, mus) -> tuple[list[torch.Tensor]
 
     out_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
     mu = torch.cat([m.reshape(1, -1) for m in mus])  # (M, C)
-    mixed, h_last = norm_shift_mix_triton(x, ln.weight, ln.bias, last_x, mu, ln.eps, out_dtype)
-    return list(mixed.unbind(0)), h_last
+    return norm_shift_mix_triton(x, ln.weight, ln.bias, last_x, mu, ln.eps, out_dtype)

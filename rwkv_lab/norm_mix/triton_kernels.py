@@ -41,17 +41,24 @@ def _mu(mu_ptr, m, C, cols, cmask):
 
 
 @triton.jit
+def _store_mix(out_ptr, mu_ptr, m, h, prev, row, C, cols, cmask):
+    mu = _mu(mu_ptr, m, C, cols, cmask)
+    tl.store(out_ptr + row * C + cols, (h * mu + prev * (1 - mu)).to(out_ptr.dtype.element_ty), mask=cmask)
+
+
+@triton.jit
 def _norm_mix_fwd(
     x_ptr,
     w_ptr,
     b_ptr,
     last_ptr,
     mu_ptr,
-    out_ptr,
+    out0_ptr,
+    out1_ptr,
+    out2_ptr,
     h_last_ptr,
     T,
     C,
-    out_stride,
     eps,
     M: tl.constexpr,
     HAS_LAST: tl.constexpr,
@@ -75,19 +82,19 @@ def _norm_mix_fwd(
             prev = tl.load(last_ptr + (row // T) * C + cols, mask=cmask, other=0.0).to(tl.float32)
         else:
             prev = tl.zeros((BLOCK_C,), tl.float32)
-    for m in tl.static_range(M):
-        mu = _mu(mu_ptr, m, C, cols, cmask)
-        mixed = h * mu + prev * (1 - mu)
-        tl.store(out_ptr + m * out_stride + row * C + cols, mixed.to(out_ptr.dtype.element_ty), mask=cmask)
+    _store_mix(out0_ptr, mu_ptr, 0, h, prev, row, C, cols, cmask)
+    _store_mix(out1_ptr, mu_ptr, 1, h, prev, row, C, cols, cmask)
+    if M == 3:
+        _store_mix(out2_ptr, mu_ptr, 2, h, prev, row, C, cols, cmask)
     if t == T - 1:
         tl.store(h_last_ptr + (row // T) * C + cols, h, mask=cmask)
 
 
 @triton.jit
-def _mix_grad(g_ptr, mu_ptr, m, g_stride, row, next_mask, C, cols, cmask):
+def _mix_grad(g_ptr, mu_ptr, m, row, next_mask, C, cols, cmask):
     """Mix m at a token: its gradient g, the next token's g_next, and their share of dh."""
     mu = _mu(mu_ptr, m, C, cols, cmask)
-    off = m * g_stride + row * C + cols
+    off = row * C + cols
     g = tl.load(g_ptr + off, mask=cmask, other=0.0).to(tl.float32)
     g_next = tl.load(g_ptr + off + C, mask=next_mask, other=0.0).to(tl.float32)
     return g, g_next, g * mu + g_next * (1 - mu)
@@ -100,14 +107,15 @@ def _norm_mix_bwd(
     b_ptr,
     last_ptr,
     mu_ptr,
-    g_ptr,
+    g0_ptr,
+    g1_ptr,
+    g2_ptr,
     g_last_ptr,
     dx_ptr,
     dlast_ptr,
     part_ptr,
     T,
     C,
-    g_stride,
     eps,
     M: tl.constexpr,
     HAS_LAST: tl.constexpr,
@@ -135,13 +143,13 @@ def _norm_mix_bwd(
             next_mask = cmask & ((cols * 0 + t) < T - 1)  # no token after the last
             xh, rstd = _normalise(x_ptr, row, C, eps, cols, cmask)
             h = xh * gamma + beta
-            g, g_next, dh = _mix_grad(g_ptr, mu_ptr, 0, g_stride, row, next_mask, C, cols, cmask)
+            g, g_next, dh = _mix_grad(g0_ptr, mu_ptr, 0, row, next_mask, C, cols, cmask)
             dmu0 += h * (g - g_next)
-            g, g_next, dh1 = _mix_grad(g_ptr, mu_ptr, 1, g_stride, row, next_mask, C, cols, cmask)
+            g, g_next, dh1 = _mix_grad(g1_ptr, mu_ptr, 1, row, next_mask, C, cols, cmask)
             dmu1 += h * (g - g_next)
             dh += dh1
             if M == 3:
-                g, g_next, dh2 = _mix_grad(g_ptr, mu_ptr, 2, g_stride, row, next_mask, C, cols, cmask)
+                g, g_next, dh2 = _mix_grad(g2_ptr, mu_ptr, 2, row, next_mask, C, cols, cmask)
                 dmu2 += h * (g - g_next)
                 dh += dh2
             if HAS_G_LAST:
@@ -158,14 +166,14 @@ def _norm_mix_bwd(
             # token 0's shifted input is last_x: its share of dmu, and last_x's gradient
             last = tl.load(last_ptr + b * C + cols, mask=cmask, other=0.0).to(tl.float32)
             row0 = (b * T).to(tl.int64) * C + cols
-            g = tl.load(g_ptr + row0, mask=cmask, other=0.0).to(tl.float32)
+            g = tl.load(g0_ptr + row0, mask=cmask, other=0.0).to(tl.float32)
             dlast = g * (1 - _mu(mu_ptr, 0, C, cols, cmask))
             dmu0 -= g * last
-            g = tl.load(g_ptr + g_stride + row0, mask=cmask, other=0.0).to(tl.float32)
+            g = tl.load(g1_ptr + row0, mask=cmask, other=0.0).to(tl.float32)
             dlast += g * (1 - _mu(mu_ptr, 1, C, cols, cmask))
             dmu1 -= g * last
             if M == 3:
-                g = tl.load(g_ptr + 2 * g_stride + row0, mask=cmask, other=0.0).to(tl.float32)
+                g = tl.load(g2_ptr + row0, mask=cmask, other=0.0).to(tl.float32)
                 dlast += g * (1 - _mu(mu_ptr, 2, C, cols, cmask))
                 dmu2 -= g * last
             tl.store(dlast_ptr + b * C + cols, dlast, mask=cmask)
@@ -191,15 +199,16 @@ def _forward(
     mu: torch.Tensor,
     eps: float,
     out_dtype: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> mixed (M, B, T, C) in out_dtype, h_last (B, C) fp32."""
+) -> list[torch.Tensor]:
+    """-> the M mixed (B, T, C) in out_dtype, then h_last (B, C) fp32: separate tensors, so that their gradients
+    reach the backward as the matmuls give them (a stacked output's would be copied into one)."""
     # the kernels index rows of C: last_x comes as a slice of the state, a compiled graph may hand other strides
     x, mu, last = x.contiguous(), mu.contiguous(), None if last is None else last.contiguous()
     B, T, C = x.shape
     M = mu.shape[0]
     if M not in (2, 3):
         raise ValueError(f"norm_shift_mix takes 2 mixes (the channel-mix) or 3 (the time-mix); got {M}")
-    mixed = torch.empty(M, B, T, C, device=x.device, dtype=out_dtype)
+    mixed = [torch.empty(B, T, C, device=x.device, dtype=out_dtype) for _ in range(M)]
     h_last = torch.empty(B, C, device=x.device, dtype=torch.float32)
     block_c, warps = _launch_config(C)
     _norm_mix_fwd[(B * T,)](
@@ -208,22 +217,22 @@ def _forward(
         bias,
         last,
         mu,
-        mixed,
+        *mixed,
+        *mixed[M - 1 :] * (3 - M),  # M = 2: out2 unused
         h_last,
         T,
         C,
-        B * T * C,
         eps,
         M=M,
         HAS_LAST=last is not None,
         BLOCK_C=block_c,
         num_warps=warps,
     )
-    return mixed, h_last
+    return [*mixed, h_last]
 
 
 def _backward(
-    g: torch.Tensor,
+    g: list[torch.Tensor],
     g_last: torch.Tensor | None,
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -232,10 +241,11 @@ def _backward(
     mu: torch.Tensor,
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> dx (x's dtype), dlast (B, C) fp32 ((0,) without last), and (M + 2, C) fp32: dmu, dweight, dbias."""
-    g, x, mu = g.contiguous(), x.contiguous(), mu.contiguous()
+    """g: the M mixed outputs' gradients -> dx (x's dtype), dlast (B, C) fp32 ((0,) without last), and
+    (M + 2, C) fp32: dmu, dweight, dbias."""
+    g, x, mu = [t.contiguous() for t in g], x.contiguous(), mu.contiguous()
     g_last, last = (None if t is None else t.contiguous() for t in (g_last, last))
-    M, B, T, C = g.shape
+    M, (B, T, C) = len(g), x.shape
     blocks = triton.cdiv(T, BWD_ROWS)
     dx = torch.empty_like(x)
     dlast = torch.empty((B, C) if last is not None else (0,), device=x.device, dtype=torch.float32)
@@ -247,14 +257,14 @@ def _backward(
         bias,
         last,
         mu,
-        g,
+        *g,
+        *g[M - 1 :] * (3 - M),  # M = 2: g2 unused
         g_last,
         dx,
         dlast,
         part,
         T,
         C,
-        B * T * C,
         eps,
         M=M,
         HAS_LAST=last is not None,
@@ -274,12 +284,14 @@ _norm_mix_backward = torch.library.custom_op("rwkv_lab::norm_mix_backward", _bac
 @_norm_mix_forward.register_fake
 def _(x, weight, bias, last, mu, eps, out_dtype):
     B, T, C = x.shape
-    return x.new_empty(mu.shape[0], B, T, C, dtype=out_dtype), x.new_empty(B, C, dtype=torch.float32)
+    return [x.new_empty(B, T, C, dtype=out_dtype) for _ in range(mu.shape[0])] + [
+        x.new_empty(B, C, dtype=torch.float32)
+    ]
 
 
 @_norm_mix_backward.register_fake
 def _(g, g_last, x, weight, bias, last, mu, eps):
-    M, B, T, C = g.shape
+    M, (B, _, C) = len(g), x.shape
     dlast = x.new_empty((B, C) if last is not None else (0,), dtype=torch.float32)
     return torch.empty_like(x), dlast, x.new_empty(M + 2, C, dtype=torch.float32)
 
@@ -291,10 +303,11 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def _op_backward(ctx, g, g_last):
+def _op_backward(ctx, grads):
     x, weight, bias, last, mu = ctx.saved_tensors
-    g = torch.zeros(mu.shape[0], *x.shape, device=x.device, dtype=x.dtype) if g is None else g
     M = mu.shape[0]
+    *g, g_last = grads
+    g = [torch.zeros_like(x) if gm is None else gm for gm in g]  # a mix not used downstream
     dx, dlast, sums = _norm_mix_backward(g, g_last, x, weight, bias, last, mu, ctx.eps)
     dlast = dlast.to(last.dtype) if ctx.has_last else None
     # in the parameters' dtypes (a bf16 model's are bf16)
@@ -305,6 +318,7 @@ _norm_mix_forward.register_autograd(_op_backward, setup_context=_setup_context)
 
 
 def norm_shift_mix_triton(x, weight, bias, last, mu, eps: float, out_dtype: torch.dtype):
-    """x (B, T, C), LayerNorm weight and bias (C,), last (B, C) or None, mu (M, C) -> mixed (M, B, T, C) in
+    """x (B, T, C), LayerNorm weight and bias (C,), last (B, C) or None, mu (M, C) -> the M mixed (B, T, C) in
     out_dtype, h_last (B, C) fp32: norm_shift_mix's kernels (see the package)."""
-    return _norm_mix_forward(x, weight, bias, last, mu, eps, out_dtype)
+    *mixed, h_last = _norm_mix_forward(x, weight, bias, last, mu, eps, out_dtype)
+    return mixed, h_last
