@@ -159,10 +159,21 @@ def saved_note(relative: str) -> str:
     return "keeping what the compiler's partitioner chooses for the backward"
 
 
+def mixes_note(relative: str) -> str:
+    """Who ran RWKV-4's LayerNorms and mixes in a bench_training run, from its training_mfu file's
+    `norm_mix_kernels` column (absent in runs before RWKV.norm_mix_kernels: inductor)."""
+    t = table(relative.replace("training_vs_pythia", "training_mfu"))
+    kernels = t[t["variant"] == "RWKV-4"]["norm_mix_kernels"] if "norm_mix_kernels" in t else pd.Series([])
+    if len(kernels) and kernels.astype(bool).all():
+        return "its LayerNorms and mixes in rwkv_lab.norm_mix's Triton kernels"
+    return "its LayerNorms and mixes fused by inductor"
+
+
 def training_vs_pythia():
     rows = []
     for f, what, loss in (
         ("cost/training_vs_pythia.csv", "", ", the cross-entropy compiled"),
+        ("cost/training_vs_pythia_inductor_mixes.csv", "the same, ", ", the cross-entropy compiled"),
         ("cost/training_vs_pythia_fused_loss.csv", "the same, ", ", the cross-entropy compiled"),
         ("cost/training_vs_pythia_graphed.csv", "the same, ", ", the cross-entropy eager"),
         ("cost/training_vs_pythia_ungraphed.csv", "the same, ", ", the cross-entropy eager"),
@@ -172,7 +183,8 @@ def training_vs_pythia():
         rows.append(
             row(
                 f"{what}training step (forward + backward + AdamW, bf16 autocast, {tokens // 1024}k tokens per step): "
-                f"RWKV-4 (fused blocks {saved_note(f)}) vs Pythia (torch.compile), {graph_note(f)}{loss}, same run",
+                f"RWKV-4 (fused blocks {saved_note(f)}, {mixes_note(f)}) vs Pythia (torch.compile), {graph_note(f)}"
+                f"{loss}, same run",
                 f,
                 versus_cells(t, memory_ratio=True),
             )
