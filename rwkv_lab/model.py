@@ -164,8 +164,9 @@ def padded_head(
 
 # What the fused blocks keep for the backward (RWKV.saved_activations)
 SAVED_ACTIVATIONS = ("matmuls", "partitioner")
-# the ops whose outputs "matmuls" keeps: each costs a GEMM (or the WKV's scan) to recompute
-KEPT_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "rwkv_lab::wkv_forward"})
+# the ops whose outputs "matmuls" keeps: each costs a GEMM (or the WKV's scan) to recompute, or, for the LayerNorm
+# and mix kernels, is the matmuls' input (kept, their backward needs no second forward launch)
+KEPT_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "rwkv_lab::wkv_forward", "rwkv_lab::norm_mix_forward"})
 
 
 def check_saved_activations(saved: str, budget: float, owner: str = "RWKV") -> None:
@@ -190,11 +191,13 @@ def _keep_matmul_outputs(ctx, op, *args, **kwargs):
 
 def keeping_matmul_outputs(forward, block, x, state, backend, scale: int = 1):
     """A block's `forward` (Block.forward or block_with_fused_mixes) under selective activation checkpointing: the
-    backward gets the block's input, the outputs of its seven matmuls and of the WKV, and recomputes everything
-    elementwise from them (LayerNorms, token shifts, mixes, gates, squared ReLU, the residual between the two
-    halves). Counted on the CPU (benchmarks/saved_activations.py): 7 bf16 (tokens, C) tensors, the 4C key of the
-    channel-mix and the fp32 input per layer, against the 15 + 2 + 3 that the partitioner's default keeps; no
-    matmul is run twice."""
+    backward gets the block's input, the outputs of its seven matmuls and of the WKV, with block_with_fused_mixes
+    also the five mixes the LayerNorm and mix kernels write (the matmuls' inputs: their backward then needs no
+    second forward launch), and recomputes everything else elementwise (with Block.forward the LayerNorms, token
+    shifts and mixes too; the gates, squared ReLU, the residual between the two halves). Counted on the CPU
+    (benchmarks/saved_activations.py): with Block.forward 7 bf16 (tokens, C) tensors, the 4C key of the channel-mix
+    and the fp32 input per layer, against the 15 + 2 + 3 that the partitioner's default keeps; no matmul is run
+    twice."""
     from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts  # noqa: PLC0415
 
     contexts = functools.partial(create_selective_checkpoint_contexts, _keep_matmul_outputs)
@@ -213,7 +216,8 @@ def fused_block_forward(saved_activations: str = "matmuls", memory_budget: float
     inputs, so one compilation serves all layers of a shape (the first block, with ln0, gets its own).
 
     What the backward gets (RWKV.saved_activations): "matmuls" (the default) keeps the outputs of the matmuls and
-    of the WKV and recomputes every elementwise result in the backward (`keeping_matmul_outputs`);
+    of the WKV (and the LayerNorm and mix kernels' mixes, the matmuls' inputs) and recomputes the other
+    elementwise results in the backward (`keeping_matmul_outputs`);
     "partitioner" leaves the choice to torch._functorch's min-cut partitioner, which at `memory_budget` 1 keeps
     more per token than the matched GPT-NeoX layer (results/training/saved_activations.csv) and below 1 keeps at
     most that share of it, recomputing the rest, matmuls included (`activation_memory_budget`). What each costs

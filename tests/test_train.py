@@ -147,9 +147,10 @@ def test_rates_read_from_tensors_train_alike_and_save_as_numbers(text_dir, tmp_p
 @pytest.mark.slow
 def test_the_compiled_cross_entropy_reads_the_first_vocab_columns():
     """lm_loss on CUDA: the cross-entropy through torch.compile (compiled here for the CPU) over the first V
-    columns of padded logits, against the eager one over the sliced logits: loss and the logits' gradient, which
-    is zero in the padding; float64, an odd vocabulary and row count."""
-    from rwkv_lab.training.loss import cross_entropy, fused_cross_entropy
+    columns of padded logits (the rest masked), and the masked one eager, against the eager one over the sliced
+    logits: loss and the logits' gradient, which is zero in the padding; float64, an odd vocabulary and row
+    count."""
+    from rwkv_lab.training.loss import cross_entropy, fused_cross_entropy, masked_cross_entropy
 
     gen = torch.Generator().manual_seed(0)
     V, V_pad, N = 277, 320, 37
@@ -160,7 +161,8 @@ def test_the_compiled_cross_entropy_reads_the_first_vocab_columns():
     ref_logits = logits.detach()[:, :V].clone().requires_grad_(True)
     ref = torch.nn.functional.cross_entropy(ref_logits, targets)
     (ref_grad,) = torch.autograd.grad(ref, ref_logits)
-    for name, loss_fn in (("eager", cross_entropy), ("compiled", fused_cross_entropy())):
+    losses = (("eager", cross_entropy), ("masked", masked_cross_entropy), ("compiled", fused_cross_entropy()))
+    for name, loss_fn in losses:
         loss = loss_fn(logits, targets, V)
         (grad,) = torch.autograd.grad(loss, logits)
         assert_rel_close(f"{name} cross-entropy over the first V columns", loss, ref, TOL["float64 algebra"])
@@ -488,9 +490,10 @@ def test_what_the_fused_blocks_keep_changes_memory_and_nothing_else():
 
 @pytest.mark.slow
 def test_the_matmuls_path_keeps_the_block_input_and_the_matmul_and_wkv_outputs():
-    """saved_activations='matmuls' keeps, per layer, exactly one (tokens, 4C) tensor (the channel-mix key) and eight
-    (tokens, C) ones: the block's input, the time-mix's k, v, r and output, the WKV's y, the channel-mix's receptance
-    and value; everything elementwise is recomputed. Counted as the difference of two depths (fp32, the Triton WKV
+    """saved_activations='matmuls' keeps, per layer, exactly one (tokens, 4C) tensor (the channel-mix key) and
+    thirteen (tokens, C) ones: the block's input, the five mixes (the LayerNorm and mix kernels' outputs, the
+    matmuls' inputs), the time-mix's k, v, r and output, the WKV's y, the channel-mix's receptance and value;
+    everything else elementwise is recomputed. Counted as the difference of two depths (fp32, the Triton WKV
     interpreted, whose per-chunk states are the only other growth), so a policy that stopped matching the ops'
     names (and recomputed the matmuls) or kept more would fail here."""
     from rwkv_lab.config import RWKVConfig
@@ -513,7 +516,7 @@ def test_the_matmuls_path_keeps_the_block_input_and_the_matmul_and_wkv_outputs()
         per_depth[layers] = {width: numels.count(B * T * width) for width in (C, 4 * C)}
     per_layer = {width: (per_depth[3][width] - per_depth[1][width]) / 2 for width in (C, 4 * C)}
     print(f"(tokens, C) and (tokens, 4C) tensors kept per layer: {per_layer}")
-    assert per_layer == {C: 8, 4 * C: 1}
+    assert per_layer == {C: 13, 4 * C: 1}
 
 
 def test_the_fused_blocks_are_the_default_on_cuda_only():
