@@ -34,7 +34,7 @@ from tqdm import tqdm
 from rwkv_lab import cost
 from rwkv_lab.baseline import PYTHIA_FOR, pythia_model
 from rwkv_lab.measure.timing import OOM, cuda_kernels, or_oom, time_fn
-from rwkv_lab.model import SAVED_ACTIVATIONS, build_at_size
+from rwkv_lab.model import KEPT_OPS, SAVED_ACTIVATIONS, build_at_size
 from rwkv_lab.results import results_dir, write_table
 from rwkv_lab.training.cuda_graph import WARMUP as GRAPH_WARMUP
 from rwkv_lab.training.cuda_graph import GraphedStep, device_lrs
@@ -229,12 +229,15 @@ def main():
             tps = batch * T / seconds
             # the fused blocks fall back to the eager ones (with a warning) if the compiler fails: say which ran
             blocks = getattr(model, "fused_blocks", None)
+            policy = getattr(model, "saved_activations", None)
             return {
                 "status": "ok",
                 "rwkv_blocks": None if blocks is None else ("eager" if blocks is False else "fused"),
                 "saved_activations": getattr(model, "saved_activations", None),
                 "activation_memory_budget": getattr(model, "activation_memory_budget", None),
                 "norm_mix_kernels": getattr(model, "norm_mix_kernels", None),
+                # the ops whose outputs the "matmuls" policy keeps (model.KEPT_OPS), recorded with the run
+                "kept_ops": " ".join(sorted(KEPT_OPS)) if policy == "matmuls" else None,
                 "cuda_graph": captured,  # False also where a capture failed (warned): the step ran eagerly
                 "params": sum(p.numel() for p in model.parameters()),
                 "step_ms": seconds * 1e3,

@@ -215,8 +215,9 @@ plt.show()
 # longer copies the 50k-wide logits to fp32 nor their gradient out of the padded head. Three runs of
 # `bench_training.py` at T = 1024 on one card, each ratio within its run: `--cuda-graph off`, the graph, the graph
 # with the compiled loss, then the fused blocks keeping only their matmuls' and WKV's outputs for the backward
-# (`RWKV.saved_activations = "matmuls"`), and then each half's LayerNorm, token shift and mixes in
-# `rwkv_lab.norm_mix`'s Triton kernels (`RWKV.norm_mix_kernels`; both the default: the run above); and
+# (`RWKV.saved_activations = "matmuls"`), then each half's LayerNorm, token shift and mixes in
+# `rwkv_lab.norm_mix`'s Triton kernels (`RWKV.norm_mix_kernels`: the run above), and then those kernels' mixes
+# kept for the backward with the loss over the padded head's masked columns (the default; no profile); and
 # `train_compare.py` at T = 4096 at the three small widths, with and
 # without the graph (92 steps each: a speed measurement, too few tokens for the bits/byte to mean anything).
 
@@ -227,6 +228,7 @@ paths = {
     "CUDA graph + compiled loss": "_fused_loss",
     "+ matmuls' outputs kept": "_inductor_mixes",
     "+ LayerNorm and mix kernels": "",
+    "+ mixes kept, masked loss": "_kept_mixes",
 }
 runs = []
 for label, tag in paths.items():
@@ -239,25 +241,27 @@ display(
         index="size", columns="path", values=["rwkv_tokens_per_s", "speed_ratio", "memory_ratio"], sort=False
     ).round(3)
 )
-before, loss, kept, after = (
+before, loss, kept, kernels, after = (
     runs[runs["path"] == p].set_index("size")
     for p in (
         "kernel by kernel",
         "CUDA graph + compiled loss",
         "+ matmuls' outputs kept",
         "+ LayerNorm and mix kernels",
+        "+ mixes kept, masked loss",
     )
 )
 for size, r in after.iterrows():
-    b, m, k = before.loc[size], loss.loc[size], kept.loc[size]
+    b, m, k, n = before.loc[size], loss.loc[size], kept.loc[size], kernels.loc[size]
     print(
         f"{size} at T = 1024 ({r['device']}): RWKV-4 at {b['speed_ratio']:.2f}x Pythia's tokens/s launched kernel "
         f"by kernel, {m['speed_ratio']:.2f}x replayed with the compiled loss ({b['rwkv_tokens_per_s'] / 1e3:.0f}k -> "
         f"{m['rwkv_tokens_per_s'] / 1e3:.0f}k tokens/s, {m['rwkv_tokens_per_s'] / b['rwkv_tokens_per_s'] - 1:+.0%}) "
         f"with {m['memory_ratio']:.2f}x Pythia's peak memory; keeping only the matmuls' outputs "
         f"{k['speed_ratio']:.2f}x its tokens/s with {k['memory_ratio']:.2f}x its peak memory "
-        f"({k['rwkv_peak_mem_GiB']:.1f} GiB); with the LayerNorm and mix kernels {r['speed_ratio']:.2f}x its tokens/s "
-        f"with {r['memory_ratio']:.2f}x its peak memory"
+        f"({k['rwkv_peak_mem_GiB']:.1f} GiB); with the LayerNorm and mix kernels {n['speed_ratio']:.2f}x; keeping "
+        f"their mixes, with the masked loss, {r['speed_ratio']:.2f}x its tokens/s with {r['memory_ratio']:.2f}x its "
+        f"peak memory ({r['rwkv_peak_mem_GiB']:.1f} GiB)"
     )
 fused_steps = pd.read_csv(find_result("cost/training_mfu_fused_loss.csv"))
 fused_kinds = kernel_time_by_kind(pd.read_csv(find_result("cost/training_kernels_fused_loss.csv")))
