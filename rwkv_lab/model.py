@@ -194,10 +194,9 @@ def keeping_matmul_outputs(forward, block, x, state, backend, scale: int = 1):
     backward gets the block's input, the outputs of its seven matmuls and of the WKV, with block_with_fused_mixes
     also the five mixes the LayerNorm and mix kernels write (the matmuls' inputs: their backward then needs no
     second forward launch), and recomputes everything else elementwise (with Block.forward the LayerNorms, token
-    shifts and mixes too; the gates, squared ReLU, the residual between the two halves). Counted on the CPU
-    (benchmarks/saved_activations.py): with Block.forward 7 bf16 (tokens, C) tensors, the 4C key of the channel-mix
-    and the fp32 input per layer, against the 15 + 2 + 3 that the partitioner's default keeps; no matmul is run
-    twice."""
+    shifts and mixes too; the gates, squared ReLU, the residual between the two halves). No matmul runs twice.
+    What that is per layer and token, beside the partitioner's choice and the GPT-NeoX layer, is counted on the CPU
+    by benchmarks/saved_activations.py (results/training/saved_activations_by_kind.csv)."""
     from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts  # noqa: PLC0415
 
     contexts = functools.partial(create_selective_checkpoint_contexts, _keep_matmul_outputs)
