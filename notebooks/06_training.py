@@ -306,7 +306,8 @@ plt.show()
 # `benchmarks/saved_activations.py` counts, with autograd's saved-tensor hooks, what one training step keeps for
 # its backward per layer and token (on the CPU: the compiler's partitioner, which decides what a compiled graph
 # keeps, is the same on both devices), for RWKV-4's blocks (eager; fused keeping only the outputs of the matmuls
-# and of the WKV, the default `saved_activations = "matmuls"`; fused as the partitioner chooses at several
+# and of the WKV and the LayerNorm and mix kernels' mixes, the matmuls' inputs, the default
+# `saved_activations = "matmuls"`; fused as the partitioner chooses at several
 # `activation_memory_budget`s) and for the matched GPT-NeoX layer. Scaled to the GPU run's 1.5B shape, that count
 # is set beside the measured peak-memory difference.
 
