@@ -48,7 +48,7 @@ def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, vocab: int
     """`cross_entropy` over the whole rows of padded logits (N, V_pad), the columns past `vocab` masked to -inf:
     the same loss and gradient (zero in the padding). Compiled, a kernel then walks aligned rows of V_pad; over
     the slice's rows of 50277 the loss's kernels took longer than Pythia's over its 50304-wide logits
-    (results/cost/training_kernels.csv, the log_softmax kernels).""" 
+    (results/cost/training_kernels.csv, the log_softmax kernels)."""
     if logits.shape[1] > vocab:
         padding = torch.arange(logits.shape[1], device=logits.device) >= vocab  # (V_pad,)
         logits = logits.masked_fill(padding, float("-inf"))
