@@ -1,7 +1,7 @@
 """The LayerNorm + token shift + mixes kernels (interpreted on the CPU in CI) against the float64 eager ops:
 outputs, the last token's normalised x, and every gradient, the carried last_x's included.
 
-The full-size check on a GPU is benchmarks/check_norm_mix.py; its output is results/training/norm_mix_check.json.
+The full-size check on a GPU is benchmarks/check_norm_mix.py; its output is results/training/norm_mix_check.csv.
 """
 
 import pytest

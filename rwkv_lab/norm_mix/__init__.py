@@ -16,6 +16,8 @@ elsewhere; the fused training blocks (model.block_with_fused_mixes) call it.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn as nn
 
@@ -38,8 +40,6 @@ def norm_shift_mix_eager(x, ln: nn.LayerNorm, last_x, mus) -> tuple[list[torch.T
 def kernels_run_on(x: torch.Tensor) -> bool:
     """Whether the Triton kernels take x: CUDA float tensors, or CPU ones under TRITON_INTERPRET=1 (the tests);
     never float64, which they would compute in fp32."""
-    import os  # noqa: PLC0415
-
     if x.dtype == torch.float64:
         return False
     return x.is_cuda or (x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
