@@ -126,7 +126,8 @@ def block_with_fused_mixes(block: Block, x, state, backend, scale: int = 1):
     """`Block.forward` with each half's LayerNorm, token shift and mixes as one op (`norm_mix.norm_shift_mix`:
     Triton kernels, one launch forward and one backward, beside the WKV's), the rest of the halves as the eager
     block runs them. The fused blocks' default on CUDA (RWKV.norm_mix_kernels); with another WKV backend than
-    the Triton kernel the op is the eager LayerNorm and mixes (float64 on the CPU)."""
+    the Triton kernel the op is the eager LayerNorm and mixes (float64 on the CPU; and the CPU tests of the
+    chunked path, which would otherwise run the kernels in Triton's interpreter, minutes of CI)."""
     norm_mix = norm_shift_mix if resolve_backend(backend, x) == "triton" else norm_shift_mix_eager
     if block.ln0 is not None:
         x = block.ln0(x)
