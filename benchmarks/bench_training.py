@@ -233,7 +233,7 @@ def main():
             return {
                 "status": "ok",
                 "rwkv_blocks": None if blocks is None else ("eager" if blocks is False else "fused"),
-                "saved_activations": getattr(model, "saved_activations", None),
+                "saved_activations": policy,
                 "activation_memory_budget": getattr(model, "activation_memory_budget", None),
                 "norm_mix_kernels": getattr(model, "norm_mix_kernels", None),
                 # the ops whose outputs the "matmuls" policy keeps (model.KEPT_OPS), recorded with the run
