@@ -3,6 +3,9 @@ graphs call, and fla's `fused_recurrent_rwkv4`, at the benchmark's small shapes 
 
     python benchmarks/profile_wkv_host.py
 
+Our kernels launch through `triton_launch.CachedLauncher`; each of our paths is also measured with every launch
+through Triton's own launcher (", Triton's launcher"), and one launch of one kernel both ways.
+
 Per path and shape: the host's part of a call (issued with the device idle), the device's part (the call
 replayed from a CUDA graph) and the call as a program sees it (CUDA events, kernel by kernel), for the forward
 alone and for forward + backward (`torch.autograd.grad`). Writes results/wkv/wkv_host_profile.csv with its
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+import triton
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -27,23 +31,77 @@ from bench_wkv import FLA, official_inputs, peer_fla  # noqa: E402 - a sibling s
 
 from rwkv_lab.measure.timing import graphed_seconds, host_seconds, time_fn
 from rwkv_lab.results import results_dir, write_table
+from rwkv_lab.triton_launch import CachedLauncher
 from rwkv_lab.wkv import triton_kernels as wkv_triton
 
 SHAPES = [(8, 1024, 768), (8, 1024, 2048)]
 
 
+def through_tritons_launcher(fn):
+    """fn with every kernel launched by Triton's own launcher (the cache of compiled kernels bypassed)."""
+
+    def run(*args, **kwargs):
+        CachedLauncher.enabled = False
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            CachedLauncher.enabled = True
+
+    return run
+
+
 def paths() -> dict:
     """name -> fn(w, u, k, v, state) -> (y, state), each path a program can take."""
-    out = {
+    ours = {
         "triton, eager (EagerWKV)": wkv_triton.wkv_triton,
         "triton, custom operator (as compiled graphs call it)": lambda w, u, k, v, s: wkv_triton.wkv_forward(
             w, u, k, v, s
         )[:2],
     }
+    out = dict(ours)
+    for name, fn in ours.items():
+        out[name + ", Triton's launcher"] = through_tritons_launcher(fn)
     fla = peer_fla()
     if fla is not None:
         out[FLA] = lambda w, u, k, v, s: fla(w, u, k, v, s, backward=k.requires_grad)
     return out
+
+
+def one_launch(shape, w, u, k, v, device) -> list[dict]:
+    """One launch of the forward's output kernel, through CachedLauncher and through Triton's launcher."""
+    B, T, C = shape
+    N = triton.cdiv(T, wkv_triton.CHUNK)
+    enter, y = torch.zeros(B, N, 3, C, device=device), torch.empty_like(v)
+    grid = wkv_triton._grid_chunks(B, N, C)
+
+    def launch():
+        wkv_triton._fwd_output[grid](
+            k,
+            v,
+            w,
+            u,
+            enter,
+            y,
+            T,
+            C,
+            N,
+            CHUNK=wkv_triton.CHUNK,
+            BLOCK_C=wkv_triton.BLOCK_C,
+            num_warps=wkv_triton._warps(),
+        )
+
+    rows = []
+    for name, call in (
+        ("one launch (_fwd_output)", launch),
+        ("one launch (_fwd_output), Triton's launcher", through_tritons_launcher(launch)),
+    ):
+        row = {"path": name, "B": B, "T": T, "C": C, "dtype": "bf16", "call": "launch"}
+        row["host_ms"] = host_seconds(call, device) * 1e3
+        row["graphed_ms"] = graphed_seconds(call, device) * 1e3
+        row["eager_ms"] = time_fn(call, device) * 1e3
+        rows.append(row)
+        print(row, flush=True)
+    return rows
 
 
 def main():
@@ -54,6 +112,7 @@ def main():
     rows = []
     for shape in SHAPES:
         w, u, k, v, s = official_inputs(*shape, torch.bfloat16, device)
+        rows += one_launch(shape, w, u, k, v, device)
         leaves = [x.detach().clone().requires_grad_(True) for x in (u, k, v)]
         gy = torch.randn_like(v)
         for name, fn in paths().items():

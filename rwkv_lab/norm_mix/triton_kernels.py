@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..triton_launch import CachedLauncher
+
 BWD_ROWS = 32  # tokens per backward program: (B T / ROWS, M + 2, C) fp32 partial sums
 
 
@@ -46,6 +48,7 @@ def _store_mix(out_ptr, mu_ptr, m, h, prev, row, C, cols, cmask):
     tl.store(out_ptr + row * C + cols, (h * mu + prev * (1 - mu)).to(out_ptr.dtype.element_ty), mask=cmask)
 
 
+@CachedLauncher
 @triton.jit
 def _norm_mix_fwd(
     x_ptr,
@@ -100,6 +103,7 @@ def _mix_grad(g_ptr, mu_ptr, m, row, next_mask, C, cols, cmask):
     return g, g_next, g * mu + g_next * (1 - mu)
 
 
+@CachedLauncher
 @triton.jit
 def _norm_mix_bwd(
     x_ptr,

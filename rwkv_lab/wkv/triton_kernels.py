@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..triton_launch import CachedLauncher
 from .common import P_EMPTY
 
 CHUNK = 64  # tokens per chunk (tuned on an H100: results/wkv/wkv_kernel_profile.csv)
@@ -55,6 +56,7 @@ def _row(tile, rows, i):
     return tl.sum(tl.where(rows[:, None] == i, tile, 0.0), axis=0)
 
 
+@CachedLauncher
 @triton.jit
 def _fwd_chunk_summary(k_ptr, v_ptr, w_ptr, sum_ptr, idx_ptr, T, C, N, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
     pid_c, n, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -79,6 +81,7 @@ def _fwd_chunk_summary(k_ptr, v_ptr, w_ptr, sum_ptr, idx_ptr, T, C, N, CHUNK: tl
     tl.store(idx_ptr + (b * N + n).to(tl.int64) * C + cols, (n * CHUNK + idx).to(tl.int32), mask=cmask)
 
 
+@CachedLauncher
 @triton.jit
 def _scan_chunks(
     part_ptr,
@@ -177,6 +180,7 @@ def _out_step(a, bb, p, kt, vt, w, u, valid):
     return y, a, bb, p
 
 
+@CachedLauncher
 @triton.jit
 def _fwd_output(k_ptr, v_ptr, w_ptr, u_ptr, enter_ptr, y_ptr, T, C, N, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
     pid_c, n, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -263,6 +267,7 @@ def _adjoint_term(al, be, r, a, bb, p, kt, vt, gt, u, j, w, valid):
     return al, be, r
 
 
+@CachedLauncher
 @triton.jit
 def _bwd_chunk_summary(
     k_ptr, v_ptr, gy_ptr, w_ptr, u_ptr, enter_ptr, adj_ptr, T, C, N, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr
@@ -324,6 +329,7 @@ def _grad_step(al, be, r, a, bb, p, kt, vt, gt, w, u, valid, dk_ptr, dv_ptr, off
     return al, be, r, du, dw
 
 
+@CachedLauncher
 @triton.jit
 def _bwd_chunk(
     k_ptr,
@@ -492,6 +498,7 @@ def _bwd_chunk(
     tl.store(dw_ptr + part, dw, mask=cmask)
 
 
+@CachedLauncher
 @triton.jit
 def _bwd_finish(
     du_part_ptr,

@@ -1,0 +1,85 @@
+"""CachedLauncher: its key tells apart every call Triton would compile differently, and it calls Triton's
+launcher once per key, then the compiled kernel with every parameter in order."""
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+from rwkv_lab.triton_launch import CachedLauncher, specialization_key
+
+
+def key(*args, grid=(4, 1), **constexprs):
+    return specialization_key(grid, args, constexprs, device=0)
+
+
+def test_the_key_separates_what_triton_specializes_on():
+    x = torch.zeros(64)
+    same = key(x, 32, None, BLOCK=16)
+    assert key(torch.ones(64), 48, None, BLOCK=16) == same  # aligned fp32, both multiples of 16, not 1
+    assert key(x[1:], 32, None, BLOCK=16) != same  # an address 4 bytes past 16-byte alignment
+    assert key(x.half(), 32, None, BLOCK=16) != same
+    assert key(x, 33, None, BLOCK=16) != same  # 16 no longer divides it
+    assert key(x, 1, None, BLOCK=16) != key(x, 3, None, BLOCK=16)  # 1 is specialized as a constant
+    assert key(x, 2**31 + 16, None, BLOCK=16) != same  # no longer an int32
+    assert key(x, 32, x, BLOCK=16) != same  # None is a constant
+    assert key(x, 32, None, BLOCK=32) != same
+    assert key(x, 32, None, BLOCK=16, num_warps=4) != same
+    assert key(x, 32, None, BLOCK=16, grid=(8, 1)) != same
+    with pytest.raises(TypeError, match="unsupported kernel argument of type str"):
+        key(x, "32")
+
+
+class StubCompiled:
+    """What Triton's launch returns: the compiled kernel, whose [grid] is a runner (here recording its calls)."""
+
+    def __init__(self, runs):
+        self.runs = runs
+
+    def __getitem__(self, grid):
+        return lambda *args: self.runs.append((grid, args))
+
+
+class StubKernel:
+    """Stands in for a JITFunction: kernel[grid](...) is Triton's launch, recorded."""
+
+    def __init__(self):
+        self.launches, self.runs = [], []
+
+    def __getitem__(self, grid):
+        def launch(*args, **constexprs):
+            self.launches.append((grid, args, constexprs))
+            return StubCompiled(self.runs)
+
+        return launch
+
+
+def kernel(x_ptr, n, BLOCK: tl.constexpr, FLAG: tl.constexpr):
+    pass
+
+
+def test_triton_launches_once_per_key_then_the_compiled_kernel_is_called(monkeypatch):
+    launcher = CachedLauncher(triton.runtime.JITFunction(kernel))
+    assert launcher.compiled and launcher.constexpr_names == ["BLOCK", "FLAG"]
+    stub = launcher.kernel = StubKernel()
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    x = torch.zeros(64)
+    launcher[(4,)](x, 32, BLOCK=16, FLAG=True, num_warps=2)
+    assert len(stub.launches) == 1 and not stub.runs
+    launcher[(4,)](torch.ones(64), 48, BLOCK=16, FLAG=True, num_warps=2)
+    assert len(stub.launches) == 1
+    ((grid, args),) = stub.runs
+    # every parameter in the kernel's order, the constexprs after the runtime arguments; no options
+    assert grid == (4,) and args[1:] == (48, 16, True)
+    launcher[(4,)](x[1:], 32, BLOCK=16, FLAG=True, num_warps=2)  # a new key: Triton's launcher again
+    assert len(stub.launches) == 2 and len(stub.runs) == 1
+    with pytest.raises(TypeError, match="takes 2 runtime arguments; got 1"):
+        launcher[(2,)](x, BLOCK=16, FLAG=True)
+
+
+def test_the_constexprs_must_come_last():
+    def kernel(x_ptr, BLOCK: tl.constexpr, n):
+        pass
+
+    with pytest.raises(ValueError, match="constexprs must be its last parameters"):
+        CachedLauncher(triton.runtime.JITFunction(kernel))
