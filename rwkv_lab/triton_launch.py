@@ -71,7 +71,8 @@ class CachedLauncher:
             if len(args) != self.n_runtime:
                 raise TypeError(f"{self.__name__} takes {self.n_runtime} runtime arguments; got {len(args)}")
             compiled = self.kernel[grid](*args, **constexprs)  # Triton's launch: compiles on a miss
-            self.runners[key] = compiled[grid]
+            # the compiled kernel's runner reads three grid dimensions (Triton's launcher pads them with 1)
+            self.runners[key] = compiled[tuple(grid) + (1,) * (3 - len(grid))]
             return
         # the compiled kernel takes every parameter in order, the constexprs too (its launcher skips them)
         runner(*args, *[constexprs[n] for n in self.constexpr_names])

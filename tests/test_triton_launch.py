@@ -69,8 +69,8 @@ def test_triton_launches_once_per_key_then_the_compiled_kernel_is_called(monkeyp
     launcher[(4,)](torch.ones(64), 48, BLOCK=16, FLAG=True, num_warps=2)
     assert len(stub.launches) == 1
     ((grid, args),) = stub.runs
-    # every parameter in the kernel's order, the constexprs after the runtime arguments; no options
-    assert grid == (4,) and args[1:] == (48, 16, True)
+    # a grid of three dimensions; every parameter in the kernel's order, the constexprs last; no options
+    assert grid == (4, 1, 1) and args[1:] == (48, 16, True)
     launcher[(4,)](x[1:], 32, BLOCK=16, FLAG=True, num_warps=2)  # a new key: Triton's launcher again
     assert len(stub.launches) == 2 and len(stub.runs) == 1
     with pytest.raises(TypeError, match="takes 2 runtime arguments; got 1"):
