@@ -94,9 +94,8 @@ def _norm_mix_fwd(
 
 
 @triton.jit
-def _mix_grad(g_ptr, mu_ptr, m, row, next_mask, C, cols, cmask):
-    """Mix m at a token: its gradient g, the next token's g_next, and their share of dh."""
-    mu = _mu(mu_ptr, m, C, cols, cmask)
+def _mix_grad(g_ptr, mu, row, next_mask, C, cols, cmask):
+    """A mix (its mu) at a token: its gradient g, the next token's g_next, and their share of dh."""
     off = row * C + cols
     g = tl.load(g_ptr + off, mask=cmask, other=0.0).to(tl.float32)
     g_next = tl.load(g_ptr + off + C, mask=next_mask, other=0.0).to(tl.float32)
@@ -135,6 +134,12 @@ def _norm_mix_bwd(
     cmask = cols < C
     gamma = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
     beta = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    # the mixes read once, not once per token (the loop's loads are its latency)
+    mu0 = _mu(mu_ptr, 0, C, cols, cmask)
+    mu1 = _mu(mu_ptr, 1, C, cols, cmask)
+    mu2 = mu1
+    if M == 3:
+        mu2 = _mu(mu_ptr, 2, C, cols, cmask)
     dmu0 = tl.zeros((BLOCK_C,), tl.float32)
     dmu1 = tl.zeros((BLOCK_C,), tl.float32)
     dmu2 = tl.zeros((BLOCK_C,), tl.float32)
@@ -147,13 +152,13 @@ def _norm_mix_bwd(
             next_mask = cmask & ((cols * 0 + t) < T - 1)  # no token after the last
             xh, rstd = _normalise(x_ptr, row, C, eps, cols, cmask)
             h = xh * gamma + beta
-            g, g_next, dh = _mix_grad(g0_ptr, mu_ptr, 0, row, next_mask, C, cols, cmask)
+            g, g_next, dh = _mix_grad(g0_ptr, mu0, row, next_mask, C, cols, cmask)
             dmu0 += h * (g - g_next)
-            g, g_next, dh1 = _mix_grad(g1_ptr, mu_ptr, 1, row, next_mask, C, cols, cmask)
+            g, g_next, dh1 = _mix_grad(g1_ptr, mu1, row, next_mask, C, cols, cmask)
             dmu1 += h * (g - g_next)
             dh += dh1
             if M == 3:
-                g, g_next, dh2 = _mix_grad(g2_ptr, mu_ptr, 2, row, next_mask, C, cols, cmask)
+                g, g_next, dh2 = _mix_grad(g2_ptr, mu2, row, next_mask, C, cols, cmask)
                 dmu2 += h * (g - g_next)
                 dh += dh2
             if HAS_G_LAST:
@@ -171,14 +176,14 @@ def _norm_mix_bwd(
             last = tl.load(last_ptr + b * C + cols, mask=cmask, other=0.0).to(tl.float32)
             row0 = (b * T).to(tl.int64) * C + cols
             g = tl.load(g0_ptr + row0, mask=cmask, other=0.0).to(tl.float32)
-            dlast = g * (1 - _mu(mu_ptr, 0, C, cols, cmask))
+            dlast = g * (1 - mu0)
             dmu0 -= g * last
             g = tl.load(g1_ptr + row0, mask=cmask, other=0.0).to(tl.float32)
-            dlast += g * (1 - _mu(mu_ptr, 1, C, cols, cmask))
+            dlast += g * (1 - mu1)
             dmu1 -= g * last
             if M == 3:
                 g = tl.load(g2_ptr + row0, mask=cmask, other=0.0).to(tl.float32)
-                dlast += g * (1 - _mu(mu_ptr, 2, C, cols, cmask))
+                dlast += g * (1 - mu2)
                 dmu2 -= g * last
             tl.store(dlast_ptr + b * C + cols, dlast, mask=cmask)
     part = (b * tl.num_programs(0) + blk).to(tl.int64) * (M + 2) * C + cols
