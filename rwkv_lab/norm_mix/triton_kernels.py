@@ -3,7 +3,7 @@
 Compiled by inductor, the same work took several kernels in the backward of a training step (the LayerNorm's
 backward as a looped reduction that reads its rows more than once, the mixes' parameter gradients as separate
 column reductions; results/cost/training_kernels_norm_mix_off.csv). Here each row of x is read from memory once
-per kernel (a neighbour's row again from the cache):
+per kernel (the forward reads its neighbour's row again from the cache; the backward carries it to the next step):
 
 forward   one token t per program: h_t = LayerNorm(x_t), h_{t-1} from x_{t-1} (or last_x at t = 0), and
           mixed_m = h_t mu_m + h_{t-1} (1 - mu_m) for the M mixes (M = 3 for the time-mix, 2 for the channel-mix).
@@ -30,7 +30,12 @@ BWD_ROWS = 32  # tokens per backward program: (B T / ROWS, M + 2, C) fp32 partia
 @triton.jit
 def _normalise(x_ptr, row, C, eps, cols, cmask):
     """x_hat and 1 / std of one row of C."""
-    x = tl.load(x_ptr + row * C + cols, mask=cmask, other=0.0).to(tl.float32)
+    return _normalised(tl.load(x_ptr + row * C + cols, mask=cmask, other=0.0).to(tl.float32), C, eps, cmask)
+
+
+@triton.jit
+def _normalised(x, C, eps, cmask):
+    """x_hat and 1 / std of a loaded row x (fp32, zero outside cmask)."""
     mean = tl.sum(x, axis=0) / C
     d = tl.where(cmask, x - mean, 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=0) / C + eps)
@@ -94,12 +99,8 @@ def _norm_mix_fwd(
 
 
 @triton.jit
-def _mix_grad(g_ptr, mu, row, next_mask, C, cols, cmask):
-    """A mix (its mu) at a token: its gradient g, the next token's g_next, and their share of dh."""
-    off = row * C + cols
-    g = tl.load(g_ptr + off, mask=cmask, other=0.0).to(tl.float32)
-    g_next = tl.load(g_ptr + off + C, mask=next_mask, other=0.0).to(tl.float32)
-    return g, g_next, g * mu + g_next * (1 - mu)
+def _load_row(ptr, row, mask, C, cols):
+    return tl.load(ptr + row * C + cols, mask=mask, other=0.0).to(tl.float32)
 
 
 @CachedLauncher
@@ -127,14 +128,15 @@ def _norm_mix_bwd(
     BLOCK_C: tl.constexpr,
 ):
     """ROWS tokens of one sequence per program, the partial sums of the parameters' gradients in registers: one
-    vector per mix (M is 2 or 3), so that several programs fit an SM. The next token's g is read again (from the
-    cache) rather than carried."""
+    vector per mix (M is 2 or 3), so that several programs fit an SM. Each step loads the next token's x and g
+    before working on its own token: the loads of one token overlap the arithmetic of the one before, and the
+    next token's g, which this token needs too, is loaded once. Tokens past T load as zeros and add nothing."""
     blk, b = tl.program_id(0), tl.program_id(1)
     cols = tl.arange(0, BLOCK_C)
     cmask = cols < C
     gamma = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
     beta = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-    # the mixes read once, not once per token (the loop's loads are its latency)
+    # the mixes read once, not once per token
     mu0 = _mu(mu_ptr, 0, C, cols, cmask)
     mu1 = _mu(mu_ptr, 1, C, cols, cmask)
     mu2 = mu1
@@ -145,31 +147,44 @@ def _norm_mix_bwd(
     dmu2 = tl.zeros((BLOCK_C,), tl.float32)
     dgamma = tl.zeros((BLOCK_C,), tl.float32)
     dbeta = tl.zeros((BLOCK_C,), tl.float32)
-    for i in range(0, ROWS):
-        t = blk * ROWS + i
-        if t < T:
-            row = (b * T + t).to(tl.int64)
-            next_mask = cmask & ((cols * 0 + t) < T - 1)  # no token after the last
-            xh, rstd = _normalise(x_ptr, row, C, eps, cols, cmask)
-            h = xh * gamma + beta
-            g, g_next, dh = _mix_grad(g0_ptr, mu0, row, next_mask, C, cols, cmask)
-            dmu0 += h * (g - g_next)
-            g, g_next, dh1 = _mix_grad(g1_ptr, mu1, row, next_mask, C, cols, cmask)
-            dmu1 += h * (g - g_next)
-            dh += dh1
-            if M == 3:
-                g, g_next, dh2 = _mix_grad(g2_ptr, mu2, row, next_mask, C, cols, cmask)
-                dmu2 += h * (g - g_next)
-                dh += dh2
-            if HAS_G_LAST:
-                if t == T - 1:
-                    dh += tl.load(g_last_ptr + b * C + cols, mask=cmask, other=0.0).to(tl.float32)
-            dgamma += dh * xh
-            dbeta += dh
-            dxh = dh * gamma
-            c1 = tl.sum(dxh * xh, axis=0) / C
-            c2 = tl.sum(dxh, axis=0) / C
-            tl.store(dx_ptr + row * C + cols, ((dxh - xh * c1 - c2) * rstd).to(dx_ptr.dtype.element_ty), mask=cmask)
+    t = blk * ROWS
+    row = (b * T + t).to(tl.int64)
+    x = _load_row(x_ptr, row, cmask, C, cols)
+    g0 = _load_row(g0_ptr, row, cmask, C, cols)
+    g1 = _load_row(g1_ptr, row, cmask, C, cols)
+    g2 = g1
+    if M == 3:
+        g2 = _load_row(g2_ptr, row, cmask, C, cols)
+    for _ in range(0, ROWS):
+        # the next token of this sequence (zeros past its end)
+        next_mask = cmask & ((cols * 0 + t) < T - 1)
+        x_next = _load_row(x_ptr, row + 1, next_mask, C, cols)
+        g0_next = _load_row(g0_ptr, row + 1, next_mask, C, cols)
+        g1_next = _load_row(g1_ptr, row + 1, next_mask, C, cols)
+        g2_next = g1_next
+        if M == 3:
+            g2_next = _load_row(g2_ptr, row + 1, next_mask, C, cols)
+        xh, rstd = _normalised(x, C, eps, cmask)
+        h = xh * gamma + beta
+        dmu0 += h * (g0 - g0_next)
+        dmu1 += h * (g1 - g1_next)
+        dh = g0 * mu0 + g0_next * (1 - mu0) + g1 * mu1 + g1_next * (1 - mu1)
+        if M == 3:
+            dmu2 += h * (g2 - g2_next)
+            dh += g2 * mu2 + g2_next * (1 - mu2)
+        if HAS_G_LAST:
+            if t == T - 1:
+                dh += tl.load(g_last_ptr + b * C + cols, mask=cmask, other=0.0).to(tl.float32)
+        dgamma += dh * xh
+        dbeta += dh
+        dxh = dh * gamma
+        c1 = tl.sum(dxh * xh, axis=0) / C
+        c2 = tl.sum(dxh, axis=0) / C
+        valid = cmask & ((cols * 0 + t) < T)
+        tl.store(dx_ptr + row * C + cols, ((dxh - xh * c1 - c2) * rstd).to(dx_ptr.dtype.element_ty), mask=valid)
+        x, g0, g1, g2 = x_next, g0_next, g1_next, g2_next
+        t += 1
+        row += 1
     if HAS_LAST:
         if blk == 0:
             # token 0's shifted input is last_x: its share of dmu, and last_x's gradient
