@@ -216,10 +216,11 @@ plt.show()
 # `bench_training.py` at T = 1024 on one card, each ratio within its run: `--cuda-graph off`, the graph, the graph
 # with the compiled loss, then the fused blocks keeping only their matmuls' and WKV's outputs for the backward
 # (`RWKV.saved_activations = "matmuls"`), then each half's LayerNorm, token shift and mixes in
-# `rwkv_lab.norm_mix`'s Triton kernels (`RWKV.norm_mix_kernels`: the run above), and then those kernels' mixes
-# kept for the backward with the loss over the padded head's masked columns (the default; no profile); and
-# `train_compare.py` at T = 4096 at the three small widths, with and
-# without the graph (92 steps each: a speed measurement, too few tokens for the bits/byte to mean anything).
+# `rwkv_lab.norm_mix`'s Triton kernels (`RWKV.norm_mix_kernels`), then those kernels' mixes kept for the backward
+# with the loss over the padded head's masked columns (no profile), and then their backward loading each next
+# token ahead of its arithmetic (the default: the run above); and `train_compare.py` at T = 4096 at the three small
+# widths, without the graph, with it, and with it on the current blocks (92 steps each: a speed measurement, too
+# few tokens for the bits/byte to mean anything).
 
 # %%
 paths = {
@@ -227,8 +228,9 @@ paths = {
     "CUDA graph": "_graphed",
     "CUDA graph + compiled loss": "_fused_loss",
     "+ matmuls' outputs kept": "_inductor_mixes",
-    "+ LayerNorm and mix kernels": "",
+    "+ LayerNorm and mix kernels": "_mixes_recomputed",
     "+ mixes kept, masked loss": "_kept_mixes",
+    "+ mix backward loads ahead": "",
 }
 runs = []
 for label, tag in paths.items():
@@ -241,7 +243,7 @@ display(
         index="size", columns="path", values=["rwkv_tokens_per_s", "speed_ratio", "memory_ratio"], sort=False
     ).round(3)
 )
-before, loss, kept, kernels, after = (
+before, loss, kept, kernels, mixes, after = (
     runs[runs["path"] == p].set_index("size")
     for p in (
         "kernel by kernel",
@@ -249,10 +251,11 @@ before, loss, kept, kernels, after = (
         "+ matmuls' outputs kept",
         "+ LayerNorm and mix kernels",
         "+ mixes kept, masked loss",
+        "+ mix backward loads ahead",
     )
 )
 for size, r in after.iterrows():
-    b, m, k, n = before.loc[size], loss.loc[size], kept.loc[size], kernels.loc[size]
+    b, m, k, n, x = before.loc[size], loss.loc[size], kept.loc[size], kernels.loc[size], mixes.loc[size]
     print(
         f"{size} at T = 1024 ({r['device']}): RWKV-4 at {b['speed_ratio']:.2f}x Pythia's tokens/s launched kernel "
         f"by kernel, {m['speed_ratio']:.2f}x replayed with the compiled loss ({b['rwkv_tokens_per_s'] / 1e3:.0f}k -> "
@@ -260,8 +263,9 @@ for size, r in after.iterrows():
         f"with {m['memory_ratio']:.2f}x Pythia's peak memory; keeping only the matmuls' outputs "
         f"{k['speed_ratio']:.2f}x its tokens/s with {k['memory_ratio']:.2f}x its peak memory "
         f"({k['rwkv_peak_mem_GiB']:.1f} GiB); with the LayerNorm and mix kernels {n['speed_ratio']:.2f}x; keeping "
-        f"their mixes, with the masked loss, {r['speed_ratio']:.2f}x its tokens/s with {r['memory_ratio']:.2f}x its "
-        f"peak memory ({r['rwkv_peak_mem_GiB']:.1f} GiB)"
+        f"their mixes, with the masked loss, {x['speed_ratio']:.2f}x; their backward loading ahead (the default) "
+        f"{r['speed_ratio']:.2f}x its tokens/s with {r['memory_ratio']:.2f}x its peak memory "
+        f"({r['rwkv_peak_mem_GiB']:.1f} GiB)"
     )
 fused_steps = pd.read_csv(find_result("cost/training_mfu_fused_loss.csv"))
 fused_kinds = kernel_time_by_kind(pd.read_csv(find_result("cost/training_kernels_fused_loss.csv")))
@@ -274,7 +278,11 @@ for _, r in host.iterrows():
         f"ms of GPU kernels (profiled): {bound}"
     )
 widths = []
-for label, tag in (("kernel by kernel", "_T4096_ungraphed"), ("CUDA graph", "_T4096_graphed")):
+for label, tag in (
+    ("kernel by kernel", "_T4096_ungraphed"),
+    ("CUDA graph", "_T4096_graphed"),
+    ("CUDA graph, current blocks", "_T4096_norm_mix"),
+):
     t = pd.read_csv(find_result(f"training/summary{tag}.csv"))
     meta = pd.read_json(find_result(f"training/summary{tag}.meta.json"), typ="series")
     wide = t.pivot_table(index="model", columns="arch", values="tokens_per_s", sort=False)
@@ -282,11 +290,12 @@ for label, tag in (("kernel by kernel", "_T4096_ungraphed"), ("CUDA graph", "_T4
 widths = pd.concat(widths).reset_index()
 display(widths.round(2))
 for model, g in widths.groupby("model", sort=False):
-    off, on = g.set_index("path").loc["kernel by kernel"], g.set_index("path").loc["CUDA graph"]
+    by_path = g.set_index("path")
+    off, on, now = by_path.loc["kernel by kernel"], by_path.loc["CUDA graph"], by_path.loc["CUDA graph, current blocks"]
     print(
         f"{model} at T = 4096 ({on['device']}): RWKV-4 at {off['ratio']:.2f}x the transformer's tokens/s kernel by "
         f"kernel, {on['ratio']:.2f}x with the graph (RWKV-4 {on['rwkv'] / off['rwkv']:.1f}x faster, the "
-        f"transformer {on['transformer'] / off['transformer']:.1f}x)"
+        f"transformer {on['transformer'] / off['transformer']:.1f}x); {now['ratio']:.2f}x on the current blocks"
     )
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.6))
 runs.pivot_table(index="size", columns="path", values="speed_ratio", sort=False).plot.bar(ax=ax1, rot=0)
@@ -323,7 +332,7 @@ display(kinds)
 grows = per_token_activations(kinds, int(kept["width"].iloc[0]))
 display(grows.round(2))
 # the run of the default as counted here (the LayerNorm and mix kernels' mixes kept)
-default_run, default_meta = bench_training_run("_kept_mixes")
+default_run, default_meta = bench_training_run()
 big = default_run[(default_run["size"] == "1.5B") & (default_run["context"] == 1024)].iloc[0]
 layers, width = get_config("1.5B").n_layer, get_config("1.5B").n_embd  # Pythia-1.4b has the same two
 per_tensor_gib = 2 * width * layers * big["tokens_per_step"] / 2**30  # one bf16 (tokens, C) tensor in every layer

@@ -106,8 +106,7 @@ def wkv_forward():
     return row("WKV forward, Triton kernel vs fla's `fused_recurrent_rwkv4` (same run)", f, "; ".join(cells))
 
 
-def wkv_fwd_bwd():
-    f = "wkv/wkv_benchmark_targets.csv"
+def wkv_fwd_bwd(f: str = "wkv/wkv_benchmark_targets.csv", what: str = ""):
     b = table(f)
     cells = []
     for B, T, C in ((8, 1024, 768), (8, 1024, 2048), (16, 4096, 2048)):
@@ -120,8 +119,8 @@ def wkv_fwd_bwd():
             f"({fla['fwd_bwd_graphed_ms'] / ours['fwd_bwd_graphed_ms']:.2f}×)"
         )
     return row(
-        "WKV forward+backward, bf16, Triton kernel vs fla's `fused_recurrent_rwkv4`, each call kernel by kernel and "
-        "replayed from a CUDA graph (the device's work alone), same run",
+        what + "WKV forward+backward, bf16, Triton kernel vs fla's `fused_recurrent_rwkv4`, each call kernel by kernel "
+        "and replayed from a CUDA graph (the device's work alone), same run",
         f,
         "; ".join(cells),
     )
@@ -158,9 +157,12 @@ def saved_note(relative: str) -> str:
     """What a bench_training run's fused blocks kept for the backward, from its training_mfu file's
     `saved_activations` column (absent in runs before RWKV.saved_activations: the partitioner's choice)."""
     t = table(relative.replace("training_vs_pythia", "training_mfu"))
-    kept = t[t["variant"] == "RWKV-4"]["saved_activations"] if "saved_activations" in t else pd.Series([])
+    rwkv = t[t["variant"] == "RWKV-4"]
+    kept = rwkv["saved_activations"] if "saved_activations" in t else pd.Series([])
     if len(kept) and (kept == "matmuls").all():
-        if relative in MIXES_KEPT:
+        # the ops kept are recorded from commit 7cbf459 on; the run before it is named in MIXES_KEPT
+        mixes = rwkv["kept_ops"].str.contains("norm_mix_forward").all() if "kept_ops" in t else relative in MIXES_KEPT
+        if mixes:
             return "keeping the matmuls' inputs (the mixes) and outputs and the WKV's outputs for the backward"
         return "keeping the matmuls' and the WKV's outputs for the backward"
     return "keeping what the compiler's partitioner chooses for the backward"
@@ -179,8 +181,17 @@ def mixes_note(relative: str) -> str:
 def training_vs_pythia():
     rows = []
     for f, what, loss in (
-        ("cost/training_vs_pythia_kept_mixes.csv", "", ", the cross-entropy compiled over masked padding"),
-        ("cost/training_vs_pythia.csv", "the same, ", ", the cross-entropy compiled over the sliced padding"),
+        ("cost/training_vs_pythia.csv", "", ", the cross-entropy compiled over masked padding"),
+        (
+            "cost/training_vs_pythia_kept_mixes.csv",
+            "the same before the LayerNorm + mix backward loaded each next token ahead, ",
+            ", the cross-entropy compiled over masked padding",
+        ),
+        (
+            "cost/training_vs_pythia_mixes_recomputed.csv",
+            "the same, ",
+            ", the cross-entropy compiled over the sliced padding",
+        ),
         ("cost/training_vs_pythia_inductor_mixes.csv", "the same, ", ", the cross-entropy compiled"),
         ("cost/training_vs_pythia_fused_loss.csv", "the same, ", ", the cross-entropy compiled"),
         ("cost/training_vs_pythia_graphed.csv", "the same, ", ", the cross-entropy eager"),
@@ -303,7 +314,11 @@ def train_speed_graphed():
     """RWKV-4 vs the transformer's tokens/s at T = 4096 at every width, with the step replayed from a CUDA graph
     and without: each ratio within one run."""
     rows = []
-    for f in ("training/summary_T4096_graphed.csv", "training/summary_T4096_ungraphed.csv"):
+    for f, blocks in (
+        ("training/summary_T4096_norm_mix.csv", ", the blocks' LayerNorms and mixes in Triton kernels"),
+        ("training/summary_T4096_graphed.csv", ", before those kernels"),
+        ("training/summary_T4096_ungraphed.csv", ", before those kernels"),
+    ):
         t = table(f).sort_values("params")
         rwkv, tf = t[t["arch"] == "rwkv"], t[t["arch"] == "transformer"].set_index("model")
         graphed = provenance(f)["params"].get("cuda_graph", True)  # before the option: the trainer's default, on
@@ -314,7 +329,7 @@ def train_speed_graphed():
         ]
         how = "each step replayed from a CUDA graph" if graphed else "launched kernel by kernel (`--cuda-graph off`)"
         rows.append(
-            row(f"RWKV-4 vs matched GPT-NeoX, training speed at T = 4096, {how}, same run", f, "; ".join(cells))
+            row(f"RWKV-4 vs matched GPT-NeoX, training speed at T = 4096, {how}{blocks}, same run", f, "; ".join(cells))
         )
     return rows
 
@@ -450,6 +465,7 @@ def build() -> str:
         kernel_check(),
         wkv_forward(),
         wkv_fwd_bwd(),
+        wkv_fwd_bwd("wkv/wkv_benchmark_targets_cached_launcher_run1.csv", "the same WKV code's previous run: "),
         wkv_cpu(),
         *training_vs_pythia(),
         *training_memory_budget(),
