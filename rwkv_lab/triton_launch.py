@@ -1,10 +1,9 @@
 """Launching our Triton kernels with less host time than Triton's JIT launcher.
 
 On every call, `kernel[grid](...)` binds the arguments, specializes each one, hashes the specialization and the
-options into a cache key, looks the compiled kernel up and checks the globals it read: on the H200's host, about
-30 us per launch against 13 us for calling the compiled kernel itself (`results/wkv/wkv_host_profile.csv`). A WKV
-forward + backward is seven launches, and at the benchmark's small shapes the host's time, not the device's,
-bounds the call.
+options into a cache key, looks the compiled kernel up and checks the globals it read, before the launch itself.
+A WKV forward + backward is seven launches, and at the benchmark's small shapes its host part takes longer than
+its kernels (`results/wkv/wkv_host_profile.csv` has both, and one launch each way).
 
 `@CachedLauncher` over `@triton.jit` keeps what Triton compiled for each specialization and calls it directly;
 call sites keep the `kernel[grid](...)` form. Its key is finer than Triton's specialization for NVIDIA targets:
@@ -23,7 +22,7 @@ import triton
 
 
 def _spec(arg):
-    """What Triton's specialization can read from one runtime argument (or more)."""
+    """All that Triton's specialization can read from one runtime argument, and a little more."""
     if isinstance(arg, torch.Tensor):
         return arg.dtype, arg.data_ptr() % 16 == 0
     if arg is None or isinstance(arg, bool):

@@ -78,12 +78,15 @@ def test_a_result_records_the_code_its_process_started_with(tmp_path):
 
 @pytest.mark.slow
 def test_notebooks_execute_headless(tmp_path, monkeypatch):
+    """make run's path (papermill, the parameters injected) on two notebooks: 01, whose report it checks, and 04,
+    whose widgets it switches off. Every notebook runs in full in tests/test_browser.py, through JupyterLab;
+    running all six here too took two minutes of a suite near its 15-minute mark."""
     from rwkv_lab.run_notebooks import notebook_sources, run_notebooks
 
     monkeypatch.setenv("RWKV_LAB_RESULTS", str(tmp_path))
-    notebooks = notebook_sources()
-    assert len(notebooks) == 6
-    written = run_notebooks()
+    assert len(notebook_sources()) == 6
+    notebooks = [n for n in notebook_sources() if n.name.startswith(("01_", "04_"))]
+    written = run_notebooks(notebooks)
     assert [p.name for p in written] == [n.with_suffix(".ipynb").name for n in notebooks]
     report = json.loads((tmp_path / "01_equivalence.json").read_text())
     assert report["results"]["match"] is True
@@ -92,7 +95,7 @@ def test_notebooks_execute_headless(tmp_path, monkeypatch):
     assert (tmp_path / "figures" / "01_equivalence.png").stat().st_size > 10_000
     # headless, the widget cells are off (nbclient can block on them): each notebook that declares the switch
     switched = [(n, p) for n, p in zip(notebooks, written) if re.search(r"^interactive = ", n.read_text(), re.M)]
-    assert len(switched) >= 2  # 04's sliders, 05's explorer
+    assert len(switched) == 1  # 04's sliders
     for source, path in switched:
         assert json.loads(path.read_text())["metadata"]["papermill"]["parameters"]["interactive"] is False, source
 
