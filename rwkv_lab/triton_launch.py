@@ -5,12 +5,14 @@ options into a cache key, looks the compiled kernel up and checks the globals it
 A WKV forward + backward is seven launches, and at the benchmark's small shapes its host part takes longer than
 its kernels (`results/wkv/wkv_host_profile.csv` has both, and one launch each way).
 
-`@CachedLauncher` over `@triton.jit` keeps what Triton compiled for each specialization and calls it directly;
-call sites keep the `kernel[grid](...)` form. Its key is finer than Triton's specialization for NVIDIA targets:
-each tensor's dtype and whether its address is 16-byte aligned, each integer's width, whether it is 1 and whether
-16 divides it, None as None, every constexpr and option by value, and the grid. Two calls with one key would be
-given the same compiled kernel; a new key goes through Triton's launcher once (compiling or finding the kernel
-there). Under the interpreter (TRITON_INTERPRET=1, CPU tensors) nothing is compiled, and every call is Triton's.
+`@CachedLauncher` over `@triton.jit` keeps what Triton compiled for each specialization and calls its launch
+directly: the body of the compiled kernel's runner, with the device, the grid and the constexprs bound once per
+key instead of looked up on every call. Call sites keep the `kernel[grid](...)` form. Its key is finer than
+Triton's specialization for NVIDIA targets: each tensor's dtype and whether its address is 16-byte aligned, each
+integer's width, whether it is 1 and whether 16 divides it, None as None, every constexpr and option by value, and
+the grid. Two calls with one key would be given the same compiled kernel; a new key goes through Triton's launcher
+once (compiling or finding the kernel there). Under the interpreter (TRITON_INTERPRET=1, CPU tensors) nothing is
+compiled, and every call is Triton's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import functools
 
 import torch
 import triton
+from triton import knobs
 
 
 def _spec(arg):
@@ -35,7 +38,33 @@ def _spec(arg):
 
 
 def specialization_key(grid: tuple, args: tuple, constexprs: dict, device: int) -> tuple:
-    return device, grid, tuple(_spec(a) for a in args), tuple(constexprs.items())
+    return device, grid, tuple(map(_spec, args)), tuple(constexprs.items())
+
+
+def current_stream(device: int) -> int:
+    """The raw CUDA stream kernels launch on: torch's current stream, as Triton's driver reads it."""
+    return torch._C._cuda_getCurrentRawStream(device)
+
+
+def bound_launch(compiled, grid: tuple, device: int, constexpr_values: tuple):
+    """fn(*runtime_args): what the compiled kernel's runner (`compiled[grid](*args)`) does, with its per-call
+    lookups of the device and the launch's fixed arguments done once. The stream and Triton's launch hooks are
+    still read per call (a profiler may set the hooks at any time)."""
+    grid = tuple(grid) + (1,) * (3 - len(grid))  # the launch reads three grid dimensions
+    compiled[grid]  # loads the module and the function handle on first use (the runner's own first step)
+    gx, gy, gz = grid
+    run, function, packed = compiled.run, compiled.function, compiled.packed_metadata
+    hooks = knobs.runtime
+
+    def launch(*args):
+        stream = current_stream(device)
+        enter, leave = hooks.launch_enter_hook, hooks.launch_exit_hook
+        # the compiled kernel takes every parameter in order, the constexprs too (its launcher skips them)
+        args = args + constexpr_values
+        meta = None if enter is None else compiled.launch_metadata(grid, stream, *args)
+        run(gx, gy, gz, stream, function, packed, meta, enter, leave, *args)
+
+    return launch
 
 
 class CachedLauncher:
@@ -56,7 +85,7 @@ class CachedLauncher:
                 raise ValueError(f"CachedLauncher: {self.__name__}'s constexprs must be its last parameters")
             self.n_runtime = len(names) - len(constexprs)
             self.constexpr_names = [names[i] for i in constexprs]
-        self.runners = {}  # specialization key -> the compiled kernel's runner for its grid
+        self.launches = {}  # specialization key -> bound_launch of its compiled kernel
 
     def __getitem__(self, grid: tuple):
         return functools.partial(self.launch, grid)
@@ -64,14 +93,14 @@ class CachedLauncher:
     def launch(self, grid: tuple, *args, **constexprs):
         if not (self.enabled and self.compiled):
             return self.kernel[grid](*args, **constexprs)
-        key = specialization_key(grid, args, constexprs, torch.cuda.current_device())
-        runner = self.runners.get(key)
-        if runner is None:
+        device = torch.cuda.current_device()
+        key = specialization_key(grid, args, constexprs, device)
+        launch = self.launches.get(key)
+        if launch is None:
             if len(args) != self.n_runtime:
                 raise TypeError(f"{self.__name__} takes {self.n_runtime} runtime arguments; got {len(args)}")
             compiled = self.kernel[grid](*args, **constexprs)  # Triton's launch: compiles on a miss
-            # the compiled kernel's runner reads three grid dimensions (Triton's launcher pads them with 1)
-            self.runners[key] = compiled[tuple(grid) + (1,) * (3 - len(grid))]
+            values = tuple(constexprs[n] for n in self.constexpr_names)
+            self.launches[key] = bound_launch(compiled, grid, device, values)
             return
-        # the compiled kernel takes every parameter in order, the constexprs too (its launcher skips them)
-        runner(*args, *[constexprs[n] for n in self.constexpr_names])
+        launch(*args)

@@ -1,11 +1,13 @@
 """CachedLauncher: its key tells apart every call Triton would compile differently, and it calls Triton's
-launcher once per key, then the compiled kernel with every parameter in order."""
+launcher once per key, then the compiled kernel's launch with every parameter in order."""
 
 import pytest
 import torch
 import triton
 import triton.language as tl
+from triton import knobs
 
+from rwkv_lab import triton_launch
 from rwkv_lab.triton_launch import CachedLauncher, specialization_key
 
 
@@ -31,13 +33,21 @@ def test_the_key_separates_what_triton_specializes_on():
 
 
 class StubCompiled:
-    """What Triton's launch returns: the compiled kernel, whose [grid] is a runner (here recording its calls)."""
+    """What Triton's launch returns: the compiled kernel. Its launch (`run`) is recorded; `[grid]` (its runner,
+    whose first step loads the function handle) and `launch_metadata` are what a launch may use besides."""
 
     def __init__(self, runs):
-        self.runs = runs
+        self.runs, self.function, self.packed_metadata = runs, None, "packed"
 
     def __getitem__(self, grid):
-        return lambda *args: self.runs.append((grid, args))
+        self.function = "function"
+        return None
+
+    def launch_metadata(self, grid, stream, *args):
+        return ("metadata", grid, stream, args)
+
+    def run(self, *args):
+        self.runs.append(args)
 
 
 class StubKernel:
@@ -63,18 +73,41 @@ def test_triton_launches_once_per_key_then_the_compiled_kernel_is_called(monkeyp
     assert launcher.compiled and launcher.constexpr_names == ["BLOCK", "FLAG"]
     stub = launcher.kernel = StubKernel()
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(triton_launch, "current_stream", lambda device: 1000 + device)
+    monkeypatch.setattr(knobs.runtime, "launch_enter_hook", None)
+    monkeypatch.setattr(knobs.runtime, "launch_exit_hook", None)
     x = torch.zeros(64)
     launcher[(4,)](x, 32, BLOCK=16, FLAG=True, num_warps=2)
     assert len(stub.launches) == 1 and not stub.runs
     launcher[(4,)](torch.ones(64), 48, BLOCK=16, FLAG=True, num_warps=2)
     assert len(stub.launches) == 1
-    ((grid, args),) = stub.runs
-    # a grid of three dimensions; every parameter in the kernel's order, the constexprs last; no options
-    assert grid == (4, 1, 1) and args[1:] == (48, 16, True)
+    # the runner's launch: a grid of three dimensions, the stream, the handle and packed metadata, no launch
+    # metadata or hooks; then every parameter in the kernel's order, the constexprs last; no options
+    ((*head, x_arg, n_arg, block, flag),) = stub.runs
+    assert head == [4, 1, 1, 1000, "function", "packed", None, None, None] and (n_arg, block, flag) == (48, 16, True)
     launcher[(4,)](x[1:], 32, BLOCK=16, FLAG=True, num_warps=2)  # a new key: Triton's launcher again
     assert len(stub.launches) == 2 and len(stub.runs) == 1
     with pytest.raises(TypeError, match="takes 2 runtime arguments; got 1"):
         launcher[(2,)](x, BLOCK=16, FLAG=True)
+
+
+def test_launch_hooks_set_later_are_called_as_tritons_runner_calls_them(monkeypatch):
+    """A profiler (proton) may set Triton's launch hooks after the kernel was first launched: the bound launch reads
+    them on every call and then passes the launch metadata, as the compiled kernel's runner does."""
+    launcher = CachedLauncher(triton.runtime.JITFunction(kernel))
+    stub = launcher.kernel = StubKernel()
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(triton_launch, "current_stream", lambda device: 1000 + device)
+    monkeypatch.setattr(knobs.runtime, "launch_enter_hook", None)
+    monkeypatch.setattr(knobs.runtime, "launch_exit_hook", None)
+    x = torch.zeros(64)
+    launcher[(2, 3)](x, 32, BLOCK=16, FLAG=False)
+    monkeypatch.setattr(knobs.runtime, "launch_enter_hook", "enter")
+    monkeypatch.setattr(knobs.runtime, "launch_exit_hook", "exit")
+    launcher[(2, 3)](x, 32, BLOCK=16, FLAG=False)
+    ((*head, meta, enter, leave, _, n_arg, block, flag),) = stub.runs
+    assert head == [2, 3, 1, 1001, "function", "packed"] and (enter, leave) == ("enter", "exit")
+    assert meta == ("metadata", (2, 3, 1), 1001, (x, 32, 16, False)) and (n_arg, block, flag) == (32, 16, False)
 
 
 def test_the_constexprs_must_come_last():

@@ -20,13 +20,19 @@ def run(fn, inputs, grads):
     return y.detach(), state.detach(), [x.grad for x in leaves]
 
 
-@pytest.fixture(params=[(16, 16, 4), (64, 64, 8)], ids=["chunk16-block16-sub4", "chunk64-block64-sub8"])
+@pytest.fixture(
+    params=[(16, 16, 4, 0), (64, 64, 8, 16)],
+    ids=["chunk16-block16-sub4-scan-kernel", "chunk64-block64-sub8-scan-in-program"],
+)
 def config(request, monkeypatch):
-    chunk, block_c, sub = request.param
+    """Two tilings, and the two ways chunks learn their entering state: the scan kernel (several scan blocks even
+    at small T) and, with few chunks, each chunk's program scanning the chunks before it (up to 16 chunks)."""
+    chunk, block_c, sub, prefix_max = request.param
     monkeypatch.setattr(wkv_triton, "CHUNK", chunk)
     monkeypatch.setattr(wkv_triton, "BLOCK_C", block_c)
     monkeypatch.setattr(wkv_triton, "SUB", sub)
-    monkeypatch.setattr(wkv_triton, "SCAN_BLOCK", 4)  # several scan blocks even at small T
+    monkeypatch.setattr(wkv_triton, "SCAN_BLOCK", 4)
+    monkeypatch.setattr(wkv_triton, "PREFIX_MAX_CHUNKS", prefix_max)
     return request.param
 
 

@@ -9,7 +9,11 @@ forward   A. per chunk (in parallel): the chunk's own contribution to the state,
 backward  A'. per chunk: the chunk's own contribution to the adjoint of the entering state;
           B'. a reverse scan over chunks: the adjoint leaving every chunk, and the initial state's gradient;
           C'. per chunk: the recurrence again (its states kept in registers), then backwards through the chunk
-              writing dk and dv and partial sums of du and dw.
+              writing dk and dv and partial sums of du and dw;
+          D'. du and dw summed, the initial and final states' own terms.
+With few chunks (N <= PREFIX_MAX_CHUNKS: T <= 1024) there is no scan kernel: each chunk's program of C (C')
+scans the parts of the chunks before (after) it itself, one launch fewer each way; at the small shapes the host's
+launches take longer than the kernels (results/wkv/wkv_host_profile.csv).
 Memory: besides inputs and outputs, only per-chunk states (3 C per chunk), no per-step trajectory.
 
 The adjoints are kept in the same stable form as the state: alpha = dL/dA (A = a e^p the true numerator) is
@@ -32,6 +36,9 @@ SCAN_BLOCK = 64  # chunks per associative scan
 BLOCK_C = 64  # channels per program of the per-chunk kernels
 SUB = 8  # the backward recomputes states in sub-blocks of SUB tokens (a multiple of 4, dividing CHUNK)
 SCAN_BLOCK_C = 16  # channels per program of the scans (few programs: keep them many)
+# up to this many chunks the per-chunk kernels scan the chunks' parts themselves (a (PREFIX_MAX_CHUNKS, BLOCK_C)
+# scan per program: cheap at 16 chunks, growing with N^2 in all, so longer sequences keep the scan kernel)
+PREFIX_MAX_CHUNKS = 16
 FINISH_BLOCK_C = 32  # channels per program of the backward's last kernel
 FINISH_ROWS = 32  # (batch, chunk) partial sums it adds per step
 # one warp per 32 channels: the per-chunk kernels work on rows of BLOCK_C, so more warps would only replicate
@@ -54,6 +61,85 @@ def _combine(a1, b1, p1, d1, i1, a2, b2, p2, d2, i2):
 def _row(tile, rows, i):
     """Row i of a (R, BLOCK_C) register tile."""
     return tl.sum(tl.where(rows[:, None] == i, tile, 0.0), axis=0)
+
+
+@triton.jit
+def _load_parts(part_ptr, idx_ptr, w, b, n, valid, T, C, N, cols, cmask, CHUNK: tl.constexpr, TRACK_IDX: tl.constexpr):
+    """The parts (a, b, p) of chunks n (a vector of chunk indices; rows not `valid` are the identity: empty sums,
+    no decay), the decay across each chunk (its length * w) and, with TRACK_IDX, which token attained each p."""
+    mask = valid[:, None] & cmask[None, :]
+    offs = ((b * N + n).to(tl.int64) * 3 * C)[:, None] + cols[None, :]
+    sa = tl.load(part_ptr + offs, mask=mask, other=0.0)
+    sb = tl.load(part_ptr + offs + C, mask=mask, other=0.0)
+    sp = tl.load(part_ptr + offs + 2 * C, mask=mask, other=EMPTY)
+    if TRACK_IDX:
+        si = tl.load(idx_ptr + ((b * N + n).to(tl.int64) * C)[:, None] + cols[None, :], mask=mask, other=-1)
+    else:
+        si = tl.zeros(sa.shape, tl.int32)
+    length = tl.minimum(CHUNK, T - n * CHUNK).to(tl.float32)
+    sd = tl.where(mask, length[:, None] * w[None, :], 0.0)
+    return sa, sb, sp, sd, si
+
+
+@triton.jit
+def _scan_start(init_ptr, b, C, cols, cmask, HAS_INIT: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Where a scan starts: the part at init_ptr (B, 3, C) (a state, or the final state's adjoint) or, without
+    HAS_INIT, the empty part (0, 0, EMPTY); no token attained its p (-1)."""
+    s0 = b.to(tl.int64) * 3 * C
+    if HAS_INIT:
+        ca = tl.load(init_ptr + s0 + cols, mask=cmask, other=0.0)
+        cb = tl.load(init_ptr + s0 + C + cols, mask=cmask, other=0.0)
+        cp = tl.load(init_ptr + s0 + 2 * C + cols, mask=cmask, other=0.0)
+    else:
+        ca = tl.zeros((BLOCK_C,), tl.float32)
+        cb = tl.zeros((BLOCK_C,), tl.float32)
+        cp = tl.full((BLOCK_C,), EMPTY, tl.float32)
+    return ca, cb, cp, tl.full((BLOCK_C,), -1, tl.int32)
+
+
+@triton.jit
+def _prefix(
+    part_ptr,
+    idx_ptr,
+    w,
+    init_ptr,
+    b,
+    n,
+    T,
+    C,
+    N,
+    cols,
+    cmask,
+    CHUNK: tl.constexpr,
+    PREFIX: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    REVERSE: tl.constexpr,
+    HAS_INIT: tl.constexpr,
+    TRACK_IDX: tl.constexpr,
+):
+    """What _scan_chunks gives chunk n, computed in chunk n's own program (N <= PREFIX): the scan's start joined
+    with the parts of the chunks before n (REVERSE: after n, from the last back), and the same with n's own part
+    joined too. Returns both as (a, b, p, argmax): the state entering and leaving chunk n (the adjoint leaving and
+    entering it)."""
+    rows = tl.arange(0, PREFIX)  # row i: the i-th chunk from the start (REVERSE: from the end)
+    if REVERSE:
+        chunk = N - 1 - rows
+        at = N - 1 - n
+    else:
+        chunk = rows
+        at = n
+    sa, sb, sp, sd, si = _load_parts(part_ptr, idx_ptr, w, b, chunk, rows <= at, T, C, N, cols, cmask, CHUNK, TRACK_IDX)
+    sa, sb, sp, sd, si = tl.associative_scan((sa, sb, sp, sd, si), 0, _combine)
+    ca, cb, cp, ci = _scan_start(init_ptr, b, C, cols, cmask, HAS_INIT, BLOCK_C)
+    qa, qb, qp, _, qi = _combine(ca[None, :], cb[None, :], cp[None, :], 0.0, ci[None, :], sa, sb, sp, sd, si)
+    # through chunk n: row `at`; through the chunk before it: row at - 1, or the start itself for the first chunk
+    first = at == 0
+    ea = tl.where(first, ca, _row(qa, rows, at - 1))
+    eb = tl.where(first, cb, _row(qb, rows, at - 1))
+    ep = tl.where(first, cp, _row(qp, rows, at - 1))
+    ei = tl.where(first, ci, tl.sum(tl.where(rows[:, None] == at - 1, qi, 0), axis=0))
+    ii = tl.sum(tl.where(rows[:, None] == at, qi, 0), axis=0)
+    return ea, eb, ep, ei, _row(qa, rows, at), _row(qb, rows, at), _row(qp, rows, at), ii
 
 
 @CachedLauncher
@@ -113,15 +199,7 @@ def _scan_chunks(
     rows = tl.arange(0, SCAN_BLOCK)
     w = tl.load(w_ptr + cols, mask=cmask, other=0.0)
     s0 = b.to(tl.int64) * 3 * C
-    if HAS_INIT:
-        ca = tl.load(init_ptr + s0 + cols, mask=cmask, other=0.0)
-        cb = tl.load(init_ptr + s0 + C + cols, mask=cmask, other=0.0)
-        cp = tl.load(init_ptr + s0 + 2 * C + cols, mask=cmask, other=0.0)
-    else:
-        ca = tl.zeros((BLOCK_C,), tl.float32)
-        cb = tl.zeros((BLOCK_C,), tl.float32)
-        cp = tl.full((BLOCK_C,), EMPTY, tl.float32)
-    ci = tl.full((BLOCK_C,), -1, tl.int32)
+    ca, cb, cp, ci = _scan_start(init_ptr, b, C, cols, cmask, HAS_INIT, BLOCK_C)
     first = (b * N + (N - 1 if REVERSE else 0)).to(tl.int64) * 3 * C
     tl.store(out_ptr + first + cols, ca, mask=cmask)
     tl.store(out_ptr + first + C + cols, cb, mask=cmask)
@@ -133,18 +211,9 @@ def _scan_chunks(
         else:
             n = m0 + rows
             nxt = n + 1
-        mask = ((n >= 0) & (n < N))[:, None] & cmask[None, :]
-        offs = ((b * N + n).to(tl.int64) * 3 * C)[:, None] + cols[None, :]
-        # rows past the end are the identity: empty sums, no decay
-        sa = tl.load(part_ptr + offs, mask=mask, other=0.0)
-        sb = tl.load(part_ptr + offs + C, mask=mask, other=0.0)
-        sp = tl.load(part_ptr + offs + 2 * C, mask=mask, other=EMPTY)
-        if REVERSE:
-            si = tl.zeros((SCAN_BLOCK, BLOCK_C), tl.int32)
-        else:
-            si = tl.load(idx_ptr + ((b * N + n).to(tl.int64) * C)[:, None] + cols[None, :], mask=mask, other=-1)
-        length = tl.minimum(CHUNK, T - n * CHUNK).to(tl.float32)
-        sd = tl.where(mask, length[:, None] * w[None, :], 0.0)
+        sa, sb, sp, sd, si = _load_parts(
+            part_ptr, idx_ptr, w, b, n, (n >= 0) & (n < N), T, C, N, cols, cmask, CHUNK, not REVERSE
+        )
         sa, sb, sp, sd, si = tl.associative_scan((sa, sb, sp, sd, si), 0, _combine)
         # through chunk n: the carried part, decayed across the block's chunks up to n, joined to the block's prefix
         qa, qb, qp, _, qi = _combine(ca[None, :], cb[None, :], cp[None, :], 0.0, ci[None, :], sa, sb, sp, sd, si)
@@ -182,16 +251,53 @@ def _out_step(a, bb, p, kt, vt, w, u, valid):
 
 @CachedLauncher
 @triton.jit
-def _fwd_output(k_ptr, v_ptr, w_ptr, u_ptr, enter_ptr, y_ptr, T, C, N, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
+def _fwd_output(
+    k_ptr,
+    v_ptr,
+    w_ptr,
+    u_ptr,
+    sum_ptr,
+    idx_ptr,
+    state_ptr,
+    enter_ptr,
+    final_ptr,
+    argmax_ptr,
+    y_ptr,
+    T,
+    C,
+    N,
+    CHUNK: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    PREFIX: tl.constexpr,
+    HAS_INIT: tl.constexpr,
+):
+    """y through one chunk from the state entering it: read from `enter` (written by _scan_chunks) or, with
+    PREFIX, scanned here from the chunks' summaries and written to `enter` for the backward (the last chunk's
+    program writes the final state and its argmax too)."""
     pid_c, n, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
     w = tl.load(w_ptr + cols, mask=cmask, other=0.0)
     u = tl.load(u_ptr + cols, mask=cmask, other=0.0)
     e0 = (b * N + n).to(tl.int64) * 3 * C
-    a = tl.load(enter_ptr + e0 + cols, mask=cmask, other=0.0)
-    bb = tl.load(enter_ptr + e0 + C + cols, mask=cmask, other=1.0)
-    p = tl.load(enter_ptr + e0 + 2 * C + cols, mask=cmask, other=0.0)
+    if PREFIX > 0:
+        a, bb, p, _, fa, fb, fp, fi = _prefix(
+            sum_ptr, idx_ptr, w, state_ptr, b, n, T, C, N, cols, cmask, CHUNK, PREFIX, BLOCK_C, False, HAS_INIT, True
+        )
+        tl.store(enter_ptr + e0 + cols, a, mask=cmask)
+        tl.store(enter_ptr + e0 + C + cols, bb, mask=cmask)
+        tl.store(enter_ptr + e0 + 2 * C + cols, p, mask=cmask)
+        if n == N - 1:
+            s0 = b.to(tl.int64) * 3 * C
+            tl.store(final_ptr + s0 + cols, fa, mask=cmask)
+            tl.store(final_ptr + s0 + C + cols, fb, mask=cmask)
+            tl.store(final_ptr + s0 + 2 * C + cols, fp, mask=cmask)
+            tl.store(argmax_ptr + b.to(tl.int64) * C + cols, fi, mask=cmask)
+        bb = tl.where(cmask, bb, 1.0)  # channels past C: no 0/0
+    else:
+        a = tl.load(enter_ptr + e0 + cols, mask=cmask, other=0.0)
+        bb = tl.load(enter_ptr + e0 + C + cols, mask=cmask, other=1.0)
+        p = tl.load(enter_ptr + e0 + 2 * C + cols, mask=cmask, other=0.0)
     length = tl.minimum(CHUNK, T - n * CHUNK)
     base = (b * T + n * CHUNK).to(tl.int64) * C + cols
     # four tokens per iteration, their eight loads issued together: the recurrence waits on memory once, not 4x
@@ -338,20 +444,27 @@ def _bwd_chunk(
     w_ptr,
     u_ptr,
     enter_ptr,
+    adj_ptr,
+    gend_ptr,
     adj_end_ptr,
+    adj0_ptr,
     dk_ptr,
     dv_ptr,
-    du_ptr,
-    dw_ptr,
+    duw_ptr,
     T,
     C,
     N,
     CHUNK: tl.constexpr,
     SUB: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    PREFIX: tl.constexpr,
+    HAS_INIT: tl.constexpr,
 ):
     """Backwards through one chunk. The states before every token are needed in reverse order: keep the state at
-    the start of every SUB tokens, then per sub-block (last first) recompute SUB states, then walk them back."""
+    the start of every SUB tokens, then per sub-block (last first) recompute SUB states, then walk them back.
+    The adjoint leaving the chunk is read from adj_end (written by _scan_chunks) or, with PREFIX, scanned here from
+    the chunks' own adjoints (adj) starting at gend; then the first chunk's program writes the initial state's
+    adjoint (adj0). du and dw: partial sums per (b, chunk), (B, N, 2, C)."""
     pid_c, n, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
@@ -380,9 +493,19 @@ def _bwd_chunk(
         a, bb, p = _state_step(a, bb, p, k1, v1, w, m1)
         a, bb, p = _state_step(a, bb, p, k2, v2, w, m2)
         a, bb, p = _state_step(a, bb, p, k3, v3, w, m3)
-    al = tl.load(adj_end_ptr + e0 + cols, mask=cmask, other=0.0)
-    be = tl.load(adj_end_ptr + e0 + C + cols, mask=cmask, other=0.0)
-    r = tl.load(adj_end_ptr + e0 + 2 * C + cols, mask=cmask, other=EMPTY)
+    if PREFIX > 0:
+        al, be, r, _, a0, b0, r0, _ = _prefix(
+            adj_ptr, adj_ptr, w, gend_ptr, b, n, T, C, N, cols, cmask, CHUNK, PREFIX, BLOCK_C, True, HAS_INIT, False
+        )
+        if n == 0:
+            s0 = b.to(tl.int64) * 3 * C
+            tl.store(adj0_ptr + s0 + cols, a0, mask=cmask)
+            tl.store(adj0_ptr + s0 + C + cols, b0, mask=cmask)
+            tl.store(adj0_ptr + s0 + 2 * C + cols, r0, mask=cmask)
+    else:
+        al = tl.load(adj_end_ptr + e0 + cols, mask=cmask, other=0.0)
+        be = tl.load(adj_end_ptr + e0 + C + cols, mask=cmask, other=0.0)
+        r = tl.load(adj_end_ptr + e0 + 2 * C + cols, mask=cmask, other=EMPTY)
     du = tl.zeros((BLOCK_C,), tl.float32)
     dw = tl.zeros((BLOCK_C,), tl.float32)
     for si in range(0, NS):
@@ -493,16 +616,15 @@ def _bwd_chunk(
                     du,
                     dw,
                 )
-    part = (b * N + n).to(tl.int64) * C + cols
-    tl.store(du_ptr + part, du, mask=cmask)
-    tl.store(dw_ptr + part, dw, mask=cmask)
+    part = (b * N + n).to(tl.int64) * 2 * C + cols
+    tl.store(duw_ptr + part, du, mask=cmask)
+    tl.store(duw_ptr + part + C, dw, mask=cmask)
 
 
 @CachedLauncher
 @triton.jit
 def _bwd_finish(
-    du_part_ptr,
-    dw_part_ptr,
+    duw_part_ptr,
     adj0_ptr,
     s0_ptr,
     gstate_ptr,
@@ -532,9 +654,9 @@ def _bwd_finish(
     dw = tl.zeros((BLOCK_C,), tl.float32)
     for m in range(0, B * N, ROWS):
         mask = ((m + rows) < B * N)[:, None] & cmask[None, :]
-        offs = ((m + rows).to(tl.int64) * C)[:, None] + cols[None, :]
-        du += tl.sum(tl.load(du_part_ptr + offs, mask=mask, other=0.0), axis=0)
-        dw += tl.sum(tl.load(dw_part_ptr + offs, mask=mask, other=0.0), axis=0)
+        offs = ((m + rows).to(tl.int64) * 2 * C)[:, None] + cols[None, :]
+        du += tl.sum(tl.load(duw_part_ptr + offs, mask=mask, other=0.0), axis=0)
+        dw += tl.sum(tl.load(duw_part_ptr + offs + C, mask=mask, other=0.0), axis=0)
     for b in range(0, B):
         s = b * 3 * C + cols  # (B, 3, C) offsets: small
         if HAS_STATE:
@@ -575,6 +697,12 @@ def _grid_chunks(B, N, C):
     return (triton.cdiv(C, BLOCK_C), N, B)
 
 
+def _prefix_rows(N):
+    """PREFIX for the per-chunk kernels: they scan the chunks' parts themselves (no scan kernel) up to
+    PREFIX_MAX_CHUNKS chunks; 0: _scan_chunks runs."""
+    return PREFIX_MAX_CHUNKS if N <= PREFIX_MAX_CHUNKS else 0
+
+
 def _warps():
     return NUM_WARPS or max(1, BLOCK_C // 32)
 
@@ -608,25 +736,47 @@ def _forward(
     argmax = torch.empty(B, C, device=dev, dtype=torch.int32)
     y = torch.empty_like(v)
     grid = _grid_chunks(B, N, C)
+    prefix = _prefix_rows(N)
     _fwd_chunk_summary[grid](k, v, w, summary, summary_idx, T, C, N, CHUNK=CHUNK, BLOCK_C=BLOCK_C, num_warps=_warps())
-    _scan_chunks[(triton.cdiv(C, SCAN_BLOCK_C), B)](
+    if not prefix:
+        _scan_chunks[(triton.cdiv(C, SCAN_BLOCK_C), B)](
+            summary,
+            summary_idx,
+            w,
+            state,
+            enter,
+            final,
+            argmax,
+            T,
+            C,
+            N,
+            CHUNK=CHUNK,
+            SCAN_BLOCK=SCAN_BLOCK,
+            BLOCK_C=SCAN_BLOCK_C,
+            REVERSE=False,
+            HAS_INIT=state is not None,
+        )
+    _fwd_output[grid](
+        k,
+        v,
+        w,
+        u,
         summary,
         summary_idx,
-        w,
         state,
         enter,
         final,
         argmax,
+        y,
         T,
         C,
         N,
         CHUNK=CHUNK,
-        SCAN_BLOCK=SCAN_BLOCK,
-        BLOCK_C=SCAN_BLOCK_C,
-        REVERSE=False,
+        BLOCK_C=BLOCK_C,
+        PREFIX=prefix,
         HAS_INIT=state is not None,
+        num_warps=_warps(),
     )
-    _fwd_output[grid](k, v, w, u, enter, y, T, C, N, CHUNK=CHUNK, BLOCK_C=BLOCK_C, num_warps=_warps())
     return y, final, enter, argmax
 
 
@@ -671,32 +821,34 @@ def _backward(
     dev = k.device
     g_end = None if gstate is None else torch.stack([gstate[:, 0], gstate[:, 1], -final[:, 2]], dim=1)
     adj_local = torch.empty(B, N, 3, C, device=dev, dtype=torch.float32)
-    adj_end = torch.empty_like(adj_local)
     adj0 = torch.empty(B, 3, C, device=dev, dtype=torch.float32)
     dk, dv = torch.empty_like(k), torch.empty_like(v)
-    du_part = torch.empty(B, N, C, device=dev, dtype=torch.float32)
-    dw_part = torch.empty_like(du_part)
+    duw_part = torch.empty(B, N, 2, C, device=dev, dtype=torch.float32)
     grid = _grid_chunks(B, N, C)
+    prefix = _prefix_rows(N)
     _bwd_chunk_summary[grid](
         k, v, gy, w, u, enter, adj_local, T, C, N, CHUNK=CHUNK, BLOCK_C=BLOCK_C, num_warps=_warps()
     )
-    _scan_chunks[(triton.cdiv(C, SCAN_BLOCK_C), B)](
-        adj_local,
-        adj_local,
-        w,
-        g_end,
-        adj_end,
-        adj0,
-        adj0,
-        T,
-        C,
-        N,
-        CHUNK=CHUNK,
-        SCAN_BLOCK=SCAN_BLOCK,
-        BLOCK_C=SCAN_BLOCK_C,
-        REVERSE=True,
-        HAS_INIT=g_end is not None,
-    )
+    adj_end = None
+    if not prefix:
+        adj_end = torch.empty_like(adj_local)
+        _scan_chunks[(triton.cdiv(C, SCAN_BLOCK_C), B)](
+            adj_local,
+            adj_local,
+            w,
+            g_end,
+            adj_end,
+            adj0,
+            adj0,
+            T,
+            C,
+            N,
+            CHUNK=CHUNK,
+            SCAN_BLOCK=SCAN_BLOCK,
+            BLOCK_C=SCAN_BLOCK_C,
+            REVERSE=True,
+            HAS_INIT=g_end is not None,
+        )
     _bwd_chunk[grid](
         k,
         v,
@@ -704,25 +856,28 @@ def _backward(
         w,
         u,
         enter,
+        adj_local,
+        g_end,
         adj_end,
+        adj0,
         dk,
         dv,
-        du_part,
-        dw_part,
+        duw_part,
         T,
         C,
         N,
         CHUNK=CHUNK,
         SUB=SUB,
         BLOCK_C=BLOCK_C,
+        PREFIX=prefix,
+        HAS_INIT=g_end is not None,
         num_warps=_warps(),
     )
     du = torch.empty(C, device=dev, dtype=torch.float32)
     dw = torch.empty_like(du)
     dstate = torch.empty((B, 3, C) if state is not None else (0,), device=dev, dtype=torch.float32)
     _bwd_finish[(triton.cdiv(C, FINISH_BLOCK_C),)](
-        du_part,
-        dw_part,
+        duw_part,
         adj0,
         state,
         gstate,
