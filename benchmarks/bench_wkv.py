@@ -269,7 +269,7 @@ def main():
         "chunk": wkv_triton.CHUNK,
         "block_c": wkv_triton.BLOCK_C,
         "scan_block": wkv_triton.SCAN_BLOCK,
-        "prefix_max_chunks": wkv_triton.PREFIX_MAX_CHUNKS,
+        "scan_here_max_chunks": wkv_triton.SCAN_HERE_MAX_CHUNKS,
     }
     if not args.skip_check:
         checks = check_kernel(device, args.quick)

@@ -4,7 +4,8 @@ graphs call, and fla's `fused_recurrent_rwkv4`, at the benchmark's small shapes 
     python benchmarks/profile_wkv_host.py
 
 Our kernels launch through `triton_launch.CachedLauncher`; each of our paths is also measured with every launch
-through Triton's own launcher (", Triton's launcher"), and one launch of one kernel both ways.
+through Triton's own launcher (", Triton's launcher"), with the scans as kernels of their own (", scan kernels":
+seven launches, as beyond 16 chunks, instead of five), and one launch of one kernel both ways.
 
 Per path and shape: the host's part of a call (issued with the device idle), the device's part (the call
 replayed from a CUDA graph) and the call as a program sees it (CUDA events, kernel by kernel), for the forward
@@ -50,6 +51,20 @@ def through_tritons_launcher(fn):
     return run
 
 
+def through_the_scan_kernels(fn):
+    """fn with the scans as kernels of their own at every length (seven launches), as beyond 16 chunks."""
+
+    def run(*args, **kwargs):
+        kept = wkv_triton.SCAN_HERE_MAX_CHUNKS
+        wkv_triton.SCAN_HERE_MAX_CHUNKS = 0
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            wkv_triton.SCAN_HERE_MAX_CHUNKS = kept
+
+    return run
+
+
 def paths() -> dict:
     """name -> fn(w, u, k, v, state) -> (y, state), each path a program can take."""
     ours = {
@@ -61,6 +76,7 @@ def paths() -> dict:
     out = dict(ours)
     for name, fn in ours.items():
         out[name + ", Triton's launcher"] = through_tritons_launcher(fn)
+        out[name + ", scan kernels"] = through_the_scan_kernels(fn)
     fla = peer_fla()
     if fla is not None:
         out[FLA] = lambda w, u, k, v, s: fla(w, u, k, v, s, backward=k.requires_grad)
@@ -75,18 +91,26 @@ def one_launch(shape, w, u, k, v, device) -> list[dict]:
     grid = wkv_triton._grid_chunks(B, N, C)
 
     def launch():
+        # the entering states read from `enter` (as after the scan kernel): no summaries, no initial state
         wkv_triton._fwd_output[grid](
             k,
             v,
             w,
             u,
+            None,
+            None,
+            None,
             enter,
+            None,
+            None,
             y,
             T,
             C,
             N,
             CHUNK=wkv_triton.CHUNK,
             BLOCK_C=wkv_triton.BLOCK_C,
+            SCAN_HERE=False,
+            HAS_INIT=False,
             num_warps=wkv_triton._warps(),
         )
 

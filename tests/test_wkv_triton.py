@@ -27,12 +27,12 @@ def run(fn, inputs, grads):
 def config(request, monkeypatch):
     """Two tilings, and the two ways chunks learn their entering state: the scan kernel (several scan blocks even
     at small T) and, with few chunks, each chunk's program scanning the chunks before it (up to 16 chunks)."""
-    chunk, block_c, sub, prefix_max = request.param
+    chunk, block_c, sub, scan_here_max = request.param
     monkeypatch.setattr(wkv_triton, "CHUNK", chunk)
     monkeypatch.setattr(wkv_triton, "BLOCK_C", block_c)
     monkeypatch.setattr(wkv_triton, "SUB", sub)
     monkeypatch.setattr(wkv_triton, "SCAN_BLOCK", 4)
-    monkeypatch.setattr(wkv_triton, "PREFIX_MAX_CHUNKS", prefix_max)
+    monkeypatch.setattr(wkv_triton, "SCAN_HERE_MAX_CHUNKS", scan_here_max)
     return request.param
 
 

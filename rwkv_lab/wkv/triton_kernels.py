@@ -11,7 +11,7 @@ backward  A'. per chunk: the chunk's own contribution to the adjoint of the ente
           C'. per chunk: the recurrence again (its states kept in registers), then backwards through the chunk
               writing dk and dv and partial sums of du and dw;
           D'. du and dw summed, the initial and final states' own terms.
-With few chunks (N <= PREFIX_MAX_CHUNKS: T <= 1024) there is no scan kernel: each chunk's program of C (C')
+With few chunks (N <= SCAN_HERE_MAX_CHUNKS: T <= 1024) there is no scan kernel: each chunk's program of C (C')
 scans the parts of the chunks before (after) it itself, one launch fewer each way; at the small shapes the host's
 launches take longer than the kernels (results/wkv/wkv_host_profile.csv).
 Memory: besides inputs and outputs, only per-chunk states (3 C per chunk), no per-step trajectory.
@@ -36,9 +36,9 @@ SCAN_BLOCK = 64  # chunks per associative scan
 BLOCK_C = 64  # channels per program of the per-chunk kernels
 SUB = 8  # the backward recomputes states in sub-blocks of SUB tokens (a multiple of 4, dividing CHUNK)
 SCAN_BLOCK_C = 16  # channels per program of the scans (few programs: keep them many)
-# up to this many chunks the per-chunk kernels scan the chunks' parts themselves (a (PREFIX_MAX_CHUNKS, BLOCK_C)
-# scan per program: cheap at 16 chunks, growing with N^2 in all, so longer sequences keep the scan kernel)
-PREFIX_MAX_CHUNKS = 16
+# up to this many chunks the per-chunk kernels join the chunks' parts themselves (chunk n's program reads n parts:
+# cheap at 16 chunks, N^2 / 2 reads in all, so longer sequences keep the scan kernel)
+SCAN_HERE_MAX_CHUNKS = 16
 FINISH_BLOCK_C = 32  # channels per program of the backward's last kernel
 FINISH_ROWS = 32  # (batch, chunk) partial sums it adds per step
 # one warp per 32 channels: the per-chunk kernels work on rows of BLOCK_C, so more warps would only replicate
@@ -98,6 +98,20 @@ def _scan_start(init_ptr, b, C, cols, cmask, HAS_INIT: tl.constexpr, BLOCK_C: tl
 
 
 @triton.jit
+def _load_part(part_ptr, idx_ptr, w, b, m, T, C, N, cols, cmask, CHUNK: tl.constexpr, TRACK_IDX: tl.constexpr):
+    """Chunk m's part (a, b, p), its decay (length * w) and, with TRACK_IDX, which token attained its p."""
+    off = (b * N + m).to(tl.int64) * 3 * C + cols
+    sa = tl.load(part_ptr + off, mask=cmask, other=0.0)
+    sb = tl.load(part_ptr + off + C, mask=cmask, other=0.0)
+    sp = tl.load(part_ptr + off + 2 * C, mask=cmask, other=EMPTY)
+    if TRACK_IDX:
+        si = tl.load(idx_ptr + (b * N + m).to(tl.int64) * C + cols, mask=cmask, other=-1)
+    else:
+        si = tl.zeros(cols.shape, tl.int32)
+    return sa, sb, sp, tl.minimum(CHUNK, T - m * CHUNK).to(tl.float32) * w, si
+
+
+@triton.jit
 def _prefix(
     part_ptr,
     idx_ptr,
@@ -111,35 +125,32 @@ def _prefix(
     cols,
     cmask,
     CHUNK: tl.constexpr,
-    PREFIX: tl.constexpr,
     BLOCK_C: tl.constexpr,
     REVERSE: tl.constexpr,
     HAS_INIT: tl.constexpr,
     TRACK_IDX: tl.constexpr,
 ):
-    """What _scan_chunks gives chunk n, computed in chunk n's own program (N <= PREFIX): the scan's start joined
-    with the parts of the chunks before n (REVERSE: after n, from the last back), and the same with n's own part
-    joined too. Returns both as (a, b, p, argmax): the state entering and leaving chunk n (the adjoint leaving and
-    entering it)."""
-    rows = tl.arange(0, PREFIX)  # row i: the i-th chunk from the start (REVERSE: from the end)
-    if REVERSE:
-        chunk = N - 1 - rows
-        at = N - 1 - n
-    else:
-        chunk = rows
-        at = n
-    sa, sb, sp, sd, si = _load_parts(part_ptr, idx_ptr, w, b, chunk, rows <= at, T, C, N, cols, cmask, CHUNK, TRACK_IDX)
-    sa, sb, sp, sd, si = tl.associative_scan((sa, sb, sp, sd, si), 0, _combine)
+    """What _scan_chunks gives chunk n, computed in chunk n's own program: the scan's start joined with the parts
+    of the chunks before n, in order (REVERSE: of the chunks after n, from the last back), and the same with n's
+    own part joined too. Returns both as (a, b, p, argmax): the state entering and leaving chunk n (the adjoint
+    leaving and entering it). A loop over vectors, not a scan over a tile: it leaves the registers to the kernels it
+    runs in (a tile's scan here made the forward + backward's device time at (8, 1024, 2048) longer than with
+    the scan kernels, in the GPU run at commit 23cf782)."""
     ca, cb, cp, ci = _scan_start(init_ptr, b, C, cols, cmask, HAS_INIT, BLOCK_C)
-    qa, qb, qp, _, qi = _combine(ca[None, :], cb[None, :], cp[None, :], 0.0, ci[None, :], sa, sb, sp, sd, si)
-    # through chunk n: row `at`; through the chunk before it: row at - 1, or the start itself for the first chunk
-    first = at == 0
-    ea = tl.where(first, ca, _row(qa, rows, at - 1))
-    eb = tl.where(first, cb, _row(qb, rows, at - 1))
-    ep = tl.where(first, cp, _row(qp, rows, at - 1))
-    ei = tl.where(first, ci, tl.sum(tl.where(rows[:, None] == at - 1, qi, 0), axis=0))
-    ii = tl.sum(tl.where(rows[:, None] == at, qi, 0), axis=0)
-    return ea, eb, ep, ei, _row(qa, rows, at), _row(qb, rows, at), _row(qp, rows, at), ii
+    if REVERSE:
+        steps = N - 1 - n
+    else:
+        steps = n
+    for i in range(0, steps):
+        if REVERSE:
+            m = N - 1 - i
+        else:
+            m = i
+        sa, sb, sp, sd, si = _load_part(part_ptr, idx_ptr, w, b, m, T, C, N, cols, cmask, CHUNK, TRACK_IDX)
+        ca, cb, cp, _, ci = _combine(ca, cb, cp, 0.0, ci, sa, sb, sp, sd, si)
+    sa, sb, sp, sd, si = _load_part(part_ptr, idx_ptr, w, b, n, T, C, N, cols, cmask, CHUNK, TRACK_IDX)
+    fa, fb, fp, _, fi = _combine(ca, cb, cp, 0.0, ci, sa, sb, sp, sd, si)
+    return ca, cb, cp, ci, fa, fb, fp, fi
 
 
 @CachedLauncher
@@ -268,11 +279,11 @@ def _fwd_output(
     N,
     CHUNK: tl.constexpr,
     BLOCK_C: tl.constexpr,
-    PREFIX: tl.constexpr,
+    SCAN_HERE: tl.constexpr,
     HAS_INIT: tl.constexpr,
 ):
     """y through one chunk from the state entering it: read from `enter` (written by _scan_chunks) or, with
-    PREFIX, scanned here from the chunks' summaries and written to `enter` for the backward (the last chunk's
+    SCAN_HERE, scanned here from the chunks' summaries and written to `enter` for the backward (the last chunk's
     program writes the final state and its argmax too)."""
     pid_c, n, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -280,9 +291,9 @@ def _fwd_output(
     w = tl.load(w_ptr + cols, mask=cmask, other=0.0)
     u = tl.load(u_ptr + cols, mask=cmask, other=0.0)
     e0 = (b * N + n).to(tl.int64) * 3 * C
-    if PREFIX > 0:
+    if SCAN_HERE:
         a, bb, p, _, fa, fb, fp, fi = _prefix(
-            sum_ptr, idx_ptr, w, state_ptr, b, n, T, C, N, cols, cmask, CHUNK, PREFIX, BLOCK_C, False, HAS_INIT, True
+            sum_ptr, idx_ptr, w, state_ptr, b, n, T, C, N, cols, cmask, CHUNK, BLOCK_C, False, HAS_INIT, True
         )
         tl.store(enter_ptr + e0 + cols, a, mask=cmask)
         tl.store(enter_ptr + e0 + C + cols, bb, mask=cmask)
@@ -457,12 +468,12 @@ def _bwd_chunk(
     CHUNK: tl.constexpr,
     SUB: tl.constexpr,
     BLOCK_C: tl.constexpr,
-    PREFIX: tl.constexpr,
+    SCAN_HERE: tl.constexpr,
     HAS_INIT: tl.constexpr,
 ):
     """Backwards through one chunk. The states before every token are needed in reverse order: keep the state at
     the start of every SUB tokens, then per sub-block (last first) recompute SUB states, then walk them back.
-    The adjoint leaving the chunk is read from adj_end (written by _scan_chunks) or, with PREFIX, scanned here from
+    The adjoint leaving the chunk is read from adj_end (written by _scan_chunks) or, with SCAN_HERE, scanned here from
     the chunks' own adjoints (adj) starting at gend; then the first chunk's program writes the initial state's
     adjoint (adj0). du and dw: partial sums per (b, chunk), (B, N, 2, C)."""
     pid_c, n, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -493,9 +504,9 @@ def _bwd_chunk(
         a, bb, p = _state_step(a, bb, p, k1, v1, w, m1)
         a, bb, p = _state_step(a, bb, p, k2, v2, w, m2)
         a, bb, p = _state_step(a, bb, p, k3, v3, w, m3)
-    if PREFIX > 0:
+    if SCAN_HERE:
         al, be, r, _, a0, b0, r0, _ = _prefix(
-            adj_ptr, adj_ptr, w, gend_ptr, b, n, T, C, N, cols, cmask, CHUNK, PREFIX, BLOCK_C, True, HAS_INIT, False
+            adj_ptr, adj_ptr, w, gend_ptr, b, n, T, C, N, cols, cmask, CHUNK, BLOCK_C, True, HAS_INIT, False
         )
         if n == 0:
             s0 = b.to(tl.int64) * 3 * C
@@ -697,10 +708,9 @@ def _grid_chunks(B, N, C):
     return (triton.cdiv(C, BLOCK_C), N, B)
 
 
-def _prefix_rows(N):
-    """PREFIX for the per-chunk kernels: they scan the chunks' parts themselves (no scan kernel) up to
-    PREFIX_MAX_CHUNKS chunks; 0: _scan_chunks runs."""
-    return PREFIX_MAX_CHUNKS if N <= PREFIX_MAX_CHUNKS else 0
+def _scan_here(N) -> bool:
+    """Whether the per-chunk kernels join the chunks' parts themselves (no scan kernel): up to SCAN_HERE_MAX_CHUNKS."""
+    return N <= SCAN_HERE_MAX_CHUNKS
 
 
 def _warps():
@@ -736,9 +746,9 @@ def _forward(
     argmax = torch.empty(B, C, device=dev, dtype=torch.int32)
     y = torch.empty_like(v)
     grid = _grid_chunks(B, N, C)
-    prefix = _prefix_rows(N)
+    scan_here = _scan_here(N)
     _fwd_chunk_summary[grid](k, v, w, summary, summary_idx, T, C, N, CHUNK=CHUNK, BLOCK_C=BLOCK_C, num_warps=_warps())
-    if not prefix:
+    if not scan_here:
         _scan_chunks[(triton.cdiv(C, SCAN_BLOCK_C), B)](
             summary,
             summary_idx,
@@ -773,7 +783,7 @@ def _forward(
         N,
         CHUNK=CHUNK,
         BLOCK_C=BLOCK_C,
-        PREFIX=prefix,
+        SCAN_HERE=scan_here,
         HAS_INIT=state is not None,
         num_warps=_warps(),
     )
@@ -825,12 +835,12 @@ def _backward(
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     duw_part = torch.empty(B, N, 2, C, device=dev, dtype=torch.float32)
     grid = _grid_chunks(B, N, C)
-    prefix = _prefix_rows(N)
+    scan_here = _scan_here(N)
     _bwd_chunk_summary[grid](
         k, v, gy, w, u, enter, adj_local, T, C, N, CHUNK=CHUNK, BLOCK_C=BLOCK_C, num_warps=_warps()
     )
     adj_end = None
-    if not prefix:
+    if not scan_here:
         adj_end = torch.empty_like(adj_local)
         _scan_chunks[(triton.cdiv(C, SCAN_BLOCK_C), B)](
             adj_local,
@@ -869,7 +879,7 @@ def _backward(
         CHUNK=CHUNK,
         SUB=SUB,
         BLOCK_C=BLOCK_C,
-        PREFIX=prefix,
+        SCAN_HERE=scan_here,
         HAS_INIT=g_end is not None,
         num_warps=_warps(),
     )
