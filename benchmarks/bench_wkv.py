@@ -12,16 +12,18 @@ bf16 rows run fp16). Bandwidth counts the fewest bytes the operation must move: 
 forward+backward also reads k, v, dy and writes dk, dv.
 
 Each call is timed three ways: as a program calls it, kernel by kernel (`*_ms`: CUDA events around the call, so the
-larger of the host's launches and the device's work); the host's part alone (`*_host_ms`: issuing the call with the
-device idle); and the device's part alone (`*_graphed_ms`: the call captured in a CUDA graph and replayed, as a
-training step replays it, rwkv_lab.training.cuda_graph). The backward is `torch.autograd.grad` (no accumulation
-into .grad) for every candidate.
+larger of the host's launches and the device's work; for ours and fla's, the median of ROUNDS rounds taking turns,
+`alternate`); the host's part alone (`*_host_ms`: issuing the call with the device idle); and the device's part
+alone (`*_graphed_ms`: the call captured in a CUDA graph and replayed, as a training step replays it,
+rwkv_lab.training.cuda_graph). The backward is `torch.autograd.grad` (no accumulation into .grad) for every
+candidate.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 from pathlib import Path
 
 import pandas as pd
@@ -30,7 +32,7 @@ from tqdm import tqdm
 
 from rwkv_lab.analysis.equivalence import rel_error
 from rwkv_lab.analysis.wkv_error import study_inputs
-from rwkv_lab.measure.timing import copy_bandwidth, graphed_seconds, host_seconds, measure
+from rwkv_lab.measure.timing import copy_bandwidth, graphed_seconds, host_seconds, measure, time_fn
 from rwkv_lab.results import results_dir, write_json, write_table
 from rwkv_lab.wkv import BACKENDS, wkv, wkv_chunked, wkv_recurrent
 from rwkv_lab.wkv import triton_kernels as wkv_triton
@@ -38,6 +40,7 @@ from rwkv_lab.wkv import triton_kernels as wkv_triton
 SHAPES = [(8, 1024, 768), (8, 1024, 2048), (16, 4096, 2048), (1, 4096, 2048), (1, 16384, 2048), (1, 65536, 4096)]
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 FLA = "fla fused_recurrent_rwkv4"
+ROUNDS = 5  # rounds of the compared calls' kernel-by-kernel timing (alternate)
 
 
 def official_inputs(B, T, C, dtype, device, seed=0, extreme=False, state=True):
@@ -157,18 +160,28 @@ def bench(device, shapes: list[tuple[int, int, int]], backends: list[str]) -> li
             candidates[name] = (lambda n: lambda *a: wkv(*a, backend=n))(name)
         if fla is not None:
             candidates[FLA] = lambda w, u, k, v, s: fla(w, u, k, v, s, backward=k.requires_grad)
+        measured, compared = {}, {}
         for name, fn in candidates.items():
             w, u, k, v, s = inputs
             parts = name in ("triton", FLA)  # the comparison of the issue; the others are slow to repeat
-            fwd = timed(lambda: fn(w, u, k, v, s), device, parts)
+            forward = (lambda f: lambda: f(w, u, k, v, s))(fn)
+            fwd = timed(forward, device, parts)
             leaves = [x.detach().clone().requires_grad_(True) for x in (u, k, v)]
             gy = torch.randn_like(v)
 
-            def fwd_bwd():
+            def fwd_bwd(fn=fn, leaves=leaves, gy=gy):
                 y, _ = fn(w, leaves[0], leaves[1], leaves[2], s)
                 return torch.autograd.grad(y, leaves, gy)
 
             fb = timed(fwd_bwd, device, parts)
+            measured[name] = (fwd, fb)
+            if parts:
+                compared |= {(name, "fwd"): (forward, fwd), (name, "fwd_bwd"): (fwd_bwd, fb)}
+        # the compared calls' kernel-by-kernel times: the median of ROUNDS rounds that take turns (see alternate)
+        ok = {key: fn for key, (fn, m) in compared.items() if m["status"] == "ok"}
+        for key, seconds in alternate(ok, device, ROUNDS).items():
+            compared[key][1]["seconds"] = seconds
+        for name, (fwd, fb) in measured.items():
             rows.append(row(name, B, T, C, dname, fwd, fb, fwd_bytes, fb_bytes))
         if rwkv_cuda is not None and B == 1:
             w, u, k, v, s = inputs
@@ -191,6 +204,17 @@ def bench(device, shapes: list[tuple[int, int, int]], backends: list[str]) -> li
         del inputs
         torch.cuda.empty_cache()
     return rows
+
+
+def alternate(calls: dict, device, rounds: int) -> dict:
+    """key -> the median over `rounds` rounds of time_fn's seconds, every call timed once per round, in turn. A
+    host-bound call's time moves with the state of the machine (other processes, clocks): taking turns exposes the
+    candidates to it alike, and the median of the rounds sets a passing disturbance aside."""
+    times = {key: [] for key in calls}
+    for _ in range(rounds):
+        for key, fn in calls.items():
+            times[key].append(time_fn(fn, device))
+    return {key: statistics.median(t) for key, t in times.items()}
 
 
 def timed(fn, device, parts: bool = True) -> dict:
@@ -269,6 +293,7 @@ def main():
         "chunk": wkv_triton.CHUNK,
         "block_c": wkv_triton.BLOCK_C,
         "scan_block": wkv_triton.SCAN_BLOCK,
+        "rounds": ROUNDS,
         "scan_here_max_chunks": wkv_triton.SCAN_HERE_MAX_CHUNKS,
     }
     if not args.skip_check:
