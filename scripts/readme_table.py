@@ -79,8 +79,7 @@ def equivalence():
     )
 
 
-def kernel_check():
-    f = "wkv/wkv_kernel_check.json"
+def kernel_check(f: str = "wkv/wkv_kernel_check.json", what: str = ""):
     c = pd.DataFrame(json.loads((RESULTS / f).read_text())["results"])
     fp32 = c[c["dtype"] == "fp32"]
     grads = ["rel_err_dw", "rel_err_du", "rel_err_dk", "rel_err_dv", "rel_err_dstate"]
@@ -88,7 +87,7 @@ def kernel_check():
     for inputs in ("official-init", "extreme"):
         g = fp32[fp32["inputs"] == inputs]
         parts.append(f"{inputs}: y ≤ {g['rel_err_y'].max():.1e}, every gradient ≤ {g[grads].max().max():.1e}")
-    return row(f"Triton WKV kernel vs the fp64 reference, fp32, T up to {fp32['T'].max():,}", f, "; ".join(parts))
+    return row(f"{what}Triton WKV kernel vs the fp64 reference, fp32, T up to {fp32['T'].max():,}", f, "; ".join(parts))
 
 
 def wkv_forward():
@@ -118,9 +117,11 @@ def wkv_fwd_bwd(f: str = "wkv/wkv_benchmark_targets.csv", what: str = ""):
             f"{ours['fwd_bwd_graphed_ms']:.2f} vs {fla['fwd_bwd_graphed_ms']:.2f} ms "
             f"({fla['fwd_bwd_graphed_ms'] / ours['fwd_bwd_graphed_ms']:.2f}×)"
         )
+    rounds = provenance(f)["params"].get("rounds")  # runs before `alternate` timed one round
+    turns = f" (the median of {rounds} rounds taking turns)" if rounds else ""
     return row(
-        what + "WKV forward+backward, bf16, Triton kernel vs fla's `fused_recurrent_rwkv4`, each call kernel by kernel "
-        "and replayed from a CUDA graph (the device's work alone), same run",
+        what + "WKV forward+backward, bf16, Triton kernel vs fla's `fused_recurrent_rwkv4`, each call kernel by kernel"
+        f"{turns} and replayed from a CUDA graph (the device's work alone), same run",
         f,
         "; ".join(cells),
     )
@@ -183,8 +184,13 @@ def training_vs_pythia():
     for f, what, loss in (
         ("cost/training_vs_pythia.csv", "", ", the cross-entropy compiled over masked padding"),
         (
+            "cost/training_vs_pythia_scan_kernels.csv",
+            "the same with the WKV's scans as kernels of their own at every length, ",
+            ", the cross-entropy compiled over masked padding",
+        ),
+        (
             "cost/training_vs_pythia_kept_mixes.csv",
-            "the same before the LayerNorm + mix backward loaded each next token ahead, ",
+            "the same, before the LayerNorm + mix backward loaded each next token ahead, ",
             ", the cross-entropy compiled over masked padding",
         ),
         (
@@ -463,9 +469,13 @@ def build() -> str:
     rows = [
         equivalence(),
         kernel_check(),
+        kernel_check("wkv/wkv_kernel_check_quick.json", "the same check's short cases on the current WKV code: "),
         wkv_forward(),
         wkv_fwd_bwd(),
-        wkv_fwd_bwd("wkv/wkv_benchmark_targets_cached_launcher_run1.csv", "the same WKV code's previous run: "),
+        wkv_fwd_bwd("wkv/wkv_benchmark_targets_one_round.csv", "the same WKV code timed in one round: "),
+        wkv_fwd_bwd(
+            "wkv/wkv_benchmark_targets_scan_kernels.csv", "with the scans as kernels of their own at every length: "
+        ),
         wkv_cpu(),
         *training_vs_pythia(),
         *training_memory_budget(),
