@@ -2,8 +2,8 @@
 
 On every call, `kernel[grid](...)` binds the arguments, specializes each one, hashes the specialization and the
 options into a cache key, looks the compiled kernel up and checks the globals it read, before the launch itself.
-A WKV forward + backward is seven launches, and at the benchmark's small shapes its host part takes longer than
-its kernels (`results/wkv/wkv_host_profile.csv` has both, and one launch each way).
+A WKV forward + backward is five launches (seven beyond 16 chunks), and at the benchmark's small shapes its host
+part takes longer than its kernels (`results/wkv/wkv_host_profile.csv` has both, and one launch each way).
 
 `@CachedLauncher` over `@triton.jit` keeps what Triton compiled for each specialization and calls its launch
 directly: the body of the compiled kernel's runner, with the device, the grid and the constexprs bound once per
