@@ -68,14 +68,21 @@ def kernel(x_ptr, n, BLOCK: tl.constexpr, FLAG: tl.constexpr):
     pass
 
 
-def test_triton_launches_once_per_key_then_the_compiled_kernel_is_called(monkeypatch):
+def stubbed_launcher(monkeypatch, device: int):
+    """A CachedLauncher over `kernel` with Triton's launch stubbed, on `device` with stream 1000 + device, and no
+    launch hooks set (None: some Triton versions keep empty hook chains instead)."""
     launcher = CachedLauncher(triton.runtime.JITFunction(kernel))
-    assert launcher.compiled and launcher.constexpr_names == ["BLOCK", "FLAG"]
     stub = launcher.kernel = StubKernel()
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: device)
     monkeypatch.setattr(triton_launch, "current_stream", lambda device: 1000 + device)
     monkeypatch.setattr(knobs.runtime, "launch_enter_hook", None)
     monkeypatch.setattr(knobs.runtime, "launch_exit_hook", None)
+    return launcher, stub
+
+
+def test_triton_launches_once_per_key_then_the_compiled_kernel_is_called(monkeypatch):
+    launcher, stub = stubbed_launcher(monkeypatch, device=0)
+    assert launcher.compiled and launcher.constexpr_names == ["BLOCK", "FLAG"]
     x = torch.zeros(64)
     launcher[(4,)](x, 32, BLOCK=16, FLAG=True, num_warps=2)
     assert len(stub.launches) == 1 and not stub.runs
@@ -94,12 +101,7 @@ def test_triton_launches_once_per_key_then_the_compiled_kernel_is_called(monkeyp
 def test_launch_hooks_set_later_are_called_as_tritons_runner_calls_them(monkeypatch):
     """A profiler (proton) may set Triton's launch hooks after the kernel was first launched: the bound launch reads
     them on every call and then passes the launch metadata, as the compiled kernel's runner does."""
-    launcher = CachedLauncher(triton.runtime.JITFunction(kernel))
-    stub = launcher.kernel = StubKernel()
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
-    monkeypatch.setattr(triton_launch, "current_stream", lambda device: 1000 + device)
-    monkeypatch.setattr(knobs.runtime, "launch_enter_hook", None)
-    monkeypatch.setattr(knobs.runtime, "launch_exit_hook", None)
+    launcher, stub = stubbed_launcher(monkeypatch, device=1)
     x = torch.zeros(64)
     launcher[(2, 3)](x, 32, BLOCK=16, FLAG=False)
     monkeypatch.setattr(knobs.runtime, "launch_enter_hook", "enter")
