@@ -38,31 +38,27 @@ from rwkv_lab.wkv import triton_kernels as wkv_triton
 SHAPES = [(8, 1024, 768), (8, 1024, 2048)]
 
 
-def through_tritons_launcher(fn):
-    """fn with every kernel launched by Triton's own launcher (the cache of compiled kernels bypassed)."""
+def with_setting(owner, name: str, value):
+    """fn -> fn run with owner.name set to value (restored after the call)."""
 
-    def run(*args, **kwargs):
-        CachedLauncher.enabled = False
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            CachedLauncher.enabled = True
+    def wrap(fn):
+        def run(*args, **kwargs):
+            kept = getattr(owner, name)
+            setattr(owner, name, value)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                setattr(owner, name, kept)
 
-    return run
+        return run
+
+    return wrap
 
 
-def through_the_scan_kernels(fn):
-    """fn with the scans as kernels of their own at every length (seven launches), as beyond 16 chunks."""
-
-    def run(*args, **kwargs):
-        kept = wkv_triton.SCAN_HERE_MAX_CHUNKS
-        wkv_triton.SCAN_HERE_MAX_CHUNKS = 0
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            wkv_triton.SCAN_HERE_MAX_CHUNKS = kept
-
-    return run
+# every kernel launched by Triton's own launcher (the cache of compiled kernels bypassed)
+through_tritons_launcher = with_setting(CachedLauncher, "enabled", False)
+# the scans as kernels of their own at every length (seven launches), as beyond 16 chunks
+through_the_scan_kernels = with_setting(wkv_triton, "SCAN_HERE_MAX_CHUNKS", 0)
 
 
 def paths() -> dict:
