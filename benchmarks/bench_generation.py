@@ -28,7 +28,7 @@ from rwkv_lab.loading.checkpoint import save_model
 from rwkv_lab.loading.tokenizer import load_tokenizer
 from rwkv_lab.measure.memory import free_memory
 from rwkv_lab.measure.timing import copy_bandwidth, cuda_kernels, synchronize, time_fn
-from rwkv_lab.model import build_at_size
+from rwkv_lab.models.rwkv4.model import build_at_size
 from rwkv_lab.results import results_dir, write_json, write_table
 
 SAMPLING = {"temperature": 0.8, "top_p": 0.9}

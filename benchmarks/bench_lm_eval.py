@@ -18,11 +18,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from rwkv_lab.config import NEOX_VOCAB, RWKVConfig, get_config
 from rwkv_lab.evaluation.backend import RWKVLM
 from rwkv_lab.evaluation.tasks import task_manager
 from rwkv_lab.loading.checkpoint import save_model
-from rwkv_lab.model import RWKV, init_weights
+from rwkv_lab.models.rwkv4.config import NEOX_VOCAB, RWKVConfig, get_config
+from rwkv_lab.models.rwkv4.model import RWKV, init_weights
 from rwkv_lab.results import results_dir, write_table
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared"

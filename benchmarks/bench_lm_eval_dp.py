@@ -21,7 +21,7 @@ import torch
 
 from rwkv_lab.evaluation.tasks import task_manager
 from rwkv_lab.loading.checkpoint import save_model
-from rwkv_lab.model import build_at_size
+from rwkv_lab.models.rwkv4.model import build_at_size
 from rwkv_lab.results import results_dir, write_table
 
 

@@ -13,7 +13,7 @@ the transformer 3 x (2 (V D + 12 D^2 L) + 4 L D T)) over (a) the measured bf16 m
 peak. The first steps (compilation) are warm-up, not timed. `--profile` adds results/cost/training_kernels.csv:
 each step's CUDA kernels by device time, grouped by kind (matmul, WKV, LayerNorm + mixes, attention, fused
 elementwise, ...).
-`--norm-mix-kernels off` leaves RWKV's LayerNorms and mixes to inductor instead of rwkv_lab.norm_mix's kernels.
+`--norm-mix-kernels off` leaves RWKV's LayerNorms and mixes to inductor instead of rwkv_lab.ops.norm_mix's kernels.
 `--saved-activations` sets what RWKV's fused blocks keep for the backward (RWKV.saved_activations: 'matmuls', the
 default, or 'partitioner', the compiler's choice) and `--memory-budget` the share of it the partitioner may keep
 (RWKV.activation_memory_budget), e.g. `--saved-activations partitioner --memory-budget 0.5 --tag _budget0.5`
@@ -32,9 +32,9 @@ import torch
 from tqdm import tqdm
 
 from rwkv_lab import cost
-from rwkv_lab.baseline import PYTHIA_FOR, pythia_model
 from rwkv_lab.measure.timing import OOM, cuda_kernels, or_oom, time_fn
-from rwkv_lab.model import KEPT_OPS, SAVED_ACTIVATIONS, build_at_size
+from rwkv_lab.models.rwkv4.model import KEPT_OPS, SAVED_ACTIVATIONS, build_at_size
+from rwkv_lab.models.transformer.model import PYTHIA_FOR, pythia_model
 from rwkv_lab.results import results_dir, write_table
 from rwkv_lab.training.cuda_graph import WARMUP as GRAPH_WARMUP
 from rwkv_lab.training.cuda_graph import GraphedStep, device_lrs
@@ -179,7 +179,7 @@ def main():
         "--norm-mix-kernels",
         type=parse_switch,
         default=True,
-        help="on (the default): RWKV's fused blocks run the LayerNorms and mixes in rwkv_lab.norm_mix's kernels; "
+        help="on (the default): RWKV's fused blocks run the LayerNorms and mixes in rwkv_lab.ops.norm_mix's kernels; "
         "off: inductor fuses them (RWKV.norm_mix_kernels)",
     )
     parser.add_argument(

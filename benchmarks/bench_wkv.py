@@ -33,9 +33,9 @@ from tqdm import tqdm
 from rwkv_lab.analysis.equivalence import rel_error
 from rwkv_lab.analysis.wkv_error import study_inputs
 from rwkv_lab.measure.timing import copy_bandwidth, graphed_seconds, host_seconds, measure, time_fn
+from rwkv_lab.ops.rwkv4 import BACKENDS, wkv, wkv_chunked, wkv_recurrent
+from rwkv_lab.ops.rwkv4 import triton_kernels as wkv_triton
 from rwkv_lab.results import results_dir, write_json, write_table
-from rwkv_lab.wkv import BACKENDS, wkv, wkv_chunked, wkv_recurrent
-from rwkv_lab.wkv import triton_kernels as wkv_triton
 
 SHAPES = [(8, 1024, 768), (8, 1024, 2048), (16, 4096, 2048), (1, 4096, 2048), (1, 16384, 2048), (1, 65536, 4096)]
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}

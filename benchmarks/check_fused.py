@@ -17,7 +17,7 @@ import argparse
 import torch
 
 from rwkv_lab.analysis.equivalence import rel_error
-from rwkv_lab.model import build_at_size
+from rwkv_lab.models.rwkv4.model import build_at_size
 from rwkv_lab.results import results_dir, write_json
 from rwkv_lab.training.loss import lm_loss
 

@@ -1,4 +1,4 @@
-"""The LayerNorm + token shift + mixes kernels (rwkv_lab.norm_mix) at training shapes on the GPU: the full-size
+"""The LayerNorm + token shift + mixes kernels (rwkv_lab.ops.norm_mix) at training shapes on the GPU: the full-size
 counterpart of tests/test_norm_mix.py, and their time against what they replace.
 
     python benchmarks/check_norm_mix.py [--shapes 16x1024x768,16x1024x2048,2x8192x2048] [--bwd-rows 8,16,32]
@@ -23,8 +23,8 @@ import torch
 
 from rwkv_lab.analysis.equivalence import rel_error
 from rwkv_lab.measure.timing import copy_bandwidth, cuda_kernels, time_fn
-from rwkv_lab.norm_mix import norm_shift_mix, norm_shift_mix_eager
-from rwkv_lab.norm_mix import triton_kernels as kernels
+from rwkv_lab.ops.norm_mix import norm_shift_mix, norm_shift_mix_eager
+from rwkv_lab.ops.norm_mix import triton_kernels as kernels
 from rwkv_lab.results import results_dir, write_table
 
 HALVES = {"time-mix": 3, "channel-mix": 2}

@@ -22,7 +22,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from rwkv_lab.baseline import PYTHIA_FOR, pythia_model
 from rwkv_lab.loading.checkpoint import save_model
 from rwkv_lab.measure.memory import free_memory
 from rwkv_lab.measure.profiler import (
@@ -35,7 +34,8 @@ from rwkv_lab.measure.profiler import (
     transformer_subject,
 )
 from rwkv_lab.measure.timing import copy_bandwidth, is_oom, time_fn
-from rwkv_lab.model import RWKV, build_at_size
+from rwkv_lab.models.rwkv4.model import RWKV, build_at_size
+from rwkv_lab.models.transformer.model import PYTHIA_FOR, pythia_model
 from rwkv_lab.results import results_dir, write_table
 
 

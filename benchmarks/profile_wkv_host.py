@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_wkv import FLA, official_inputs, peer_fla  # noqa: E402 - a sibling script
 
 from rwkv_lab.measure.timing import graphed_seconds, host_seconds, time_fn
+from rwkv_lab.ops.rwkv4 import triton_kernels as wkv_triton
 from rwkv_lab.results import results_dir, write_table
 from rwkv_lab.triton_launch import CachedLauncher
-from rwkv_lab.wkv import triton_kernels as wkv_triton
 
 SHAPES = [(8, 1024, 768), (8, 1024, 2048)]
 

@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_wkv import official_inputs  # noqa: E402 - a sibling script
 
 from rwkv_lab.measure.timing import time_fn
+from rwkv_lab.ops.rwkv4 import triton_kernels as wkv_triton
+from rwkv_lab.ops.rwkv4 import wkv
 from rwkv_lab.results import results_dir, write_table
-from rwkv_lab.wkv import triton_kernels as wkv_triton
-from rwkv_lab.wkv import wkv
 
 CONFIGS = [  # (CHUNK, BLOCK_C, SCAN_BLOCK_C, SUB)
     (32, 64, 16, 8),

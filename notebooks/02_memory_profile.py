@@ -46,8 +46,6 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from rwkv_lab.baseline import pythia_model
-from rwkv_lab.config import RWKVConfig
 from rwkv_lab.measure.profiler import pair_subjects, rwkv_subject, sweep, transformer_subject
 from rwkv_lab.measure.report import (
     crossover,
@@ -58,7 +56,9 @@ from rwkv_lab.measure.report import (
     peer_summary,
     plot_kind,
 )
-from rwkv_lab.model import build_model
+from rwkv_lab.models.rwkv4.config import RWKVConfig
+from rwkv_lab.models.rwkv4.model import build_model
+from rwkv_lab.models.transformer.model import pythia_model
 from rwkv_lab.results import find_result, results_dir, save_figure, write_table
 
 if device == "cuda":

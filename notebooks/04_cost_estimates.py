@@ -113,7 +113,7 @@ print(f"days on {n_gpus} GPUs, $ at {price_per_hour} per GPU-hour on {gpu}:")
 display(today.style.format({"MFU": "{:.1%}", "GPU-hours": "{:,.0f}", "days": "{:,.1f}", "$": "${:,.0f}"}))
 
 # %%
-from rwkv_lab.config import PRESETS
+from rwkv_lab.models.rwkv4.config import PRESETS
 
 sizes = ["169M", "430M", "1.5B", "3B", "7B", "14B"]
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))

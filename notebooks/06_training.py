@@ -38,7 +38,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from rwkv_lab.config import get_config
+from rwkv_lab.models.rwkv4.config import get_config
 from rwkv_lab.results import find_result, results_dir, save_figure, write_table
 from rwkv_lab.training import TrainConfig, Trainer, bits_per_byte
 from rwkv_lab.training.corpus import build_corpus, unigram_loss
@@ -216,7 +216,7 @@ plt.show()
 # `bench_training.py` at T = 1024 on one card, each ratio within its run: `--cuda-graph off`, the graph, the graph
 # with the compiled loss, then the fused blocks keeping only their matmuls' and WKV's outputs for the backward
 # (`RWKV.saved_activations = "matmuls"`), then each half's LayerNorm, token shift and mixes in
-# `rwkv_lab.norm_mix`'s Triton kernels (`RWKV.norm_mix_kernels`), then those kernels' mixes kept for the backward
+# `rwkv_lab.ops.norm_mix`'s Triton kernels (`RWKV.norm_mix_kernels`), then those kernels' mixes kept for the backward
 # with the loss over the padded head's masked columns (no profile), and then their backward loading each next
 # token ahead of its arithmetic (the default: the run above); and `train_compare.py` at T = 4096 at the three small
 # widths, without the graph, with it, and with it on the current blocks (92 steps each: a speed measurement, too

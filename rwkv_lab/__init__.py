@@ -12,11 +12,11 @@ The layers, each importing only from those above it in this list (ARCHITECTURE.m
 """
 
 from .analysis.equivalence import compare_formulations, rel_error
-from .config import PRESETS, RWKVConfig, get_config
 from .inference.generation import generate, stream
 from .loading.checkpoint import CheckpointError, convert, default_model, load_model, save_model
 from .loading.tokenizer import ByteTokenizer, load_tokenizer, tokenizer_for
-from .model import RWKV, build_model, init_weights
+from .models.rwkv4.config import PRESETS, RWKVConfig, get_config
+from .models.rwkv4.model import RWKV, build_model, init_weights
 
 __all__ = [
     "ByteTokenizer",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import RWKVConfig
+from .models.rwkv4.config import RWKVConfig
 
 TRAIN_FLOPS_PER_PARAM_TOKEN = 6  # forward 2 (a multiply and an add per weight) + backward 4
 HOURS_PER_DAY = 24

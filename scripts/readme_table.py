@@ -175,7 +175,7 @@ def mixes_note(relative: str) -> str:
     t = table(relative.replace("training_vs_pythia", "training_mfu"))
     kernels = t[t["variant"] == "RWKV-4"]["norm_mix_kernels"] if "norm_mix_kernels" in t else pd.Series([])
     if len(kernels) and kernels.astype(bool).all():
-        return "its LayerNorms and mixes in rwkv_lab.norm_mix's Triton kernels"
+        return "its LayerNorms and mixes in rwkv_lab.ops.norm_mix's Triton kernels"
     return "its LayerNorms and mixes fused by inductor"
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from rwkv_lab.analysis.equivalence import rel_error
-from rwkv_lab.config import RWKVConfig
-from rwkv_lab.model import build_model
+from rwkv_lab.models.rwkv4.config import RWKVConfig
+from rwkv_lab.models.rwkv4.model import build_model
 
 REPO = Path(__file__).resolve().parent.parent
 # real data every developer and CI run has beside the project (never committed); RWKV_LAB_SHARED overrides

@@ -7,8 +7,8 @@ from helpers import TOL, assert_rel_close, random_model
 from rwkv_lab.analysis.equivalence import time_formulations
 from rwkv_lab.analysis.implicit_attention import implicit_attention
 from rwkv_lab.analysis.wkv_error import plot_study, run_study
-from rwkv_lab.config import PRESETS
-from rwkv_lab.wkv import wkv_recurrent
+from rwkv_lab.models.rwkv4.config import PRESETS
+from rwkv_lab.ops.rwkv4 import wkv_recurrent
 
 
 def test_implicit_attention_reproduces_the_layers_wkv():

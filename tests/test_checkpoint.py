@@ -10,7 +10,6 @@ from helpers import random_model
 from safetensors.torch import load_file, save_file
 
 from rwkv_lab.__main__ import main as cli
-from rwkv_lab.config import PRESETS
 from rwkv_lab.loading.checkpoint import (
     BLINKDL_FILES,
     CheckpointError,
@@ -22,6 +21,7 @@ from rwkv_lab.loading.checkpoint import (
     save_model,
 )
 from rwkv_lab.loading.hub import HubUnavailableError
+from rwkv_lab.models.rwkv4.config import PRESETS
 
 TINY = PRESETS["tiny"]
 

@@ -3,8 +3,8 @@ import csv
 import pytest
 from helpers import REPO
 
-from rwkv_lab.config import PRESETS, RWKVConfig, get_config
-from rwkv_lab.model import RWKV
+from rwkv_lab.models.rwkv4.config import PRESETS, RWKVConfig, get_config
+from rwkv_lab.models.rwkv4.model import RWKV
 
 
 def reference_rows():

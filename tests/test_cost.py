@@ -6,7 +6,7 @@ import pytest
 from helpers import REPO
 
 from rwkv_lab import cost
-from rwkv_lab.config import get_config
+from rwkv_lab.models.rwkv4.config import get_config
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,9 @@ from rwkv_lab.analysis.text_features import (
     token_features,
     token_pieces,
 )
-from rwkv_lab.config import get_config
 from rwkv_lab.loading.default import untrained_model
-from rwkv_lab.model import ATT_A, ATT_B, ATT_X, FFN_X
+from rwkv_lab.models.rwkv4.config import get_config
+from rwkv_lab.models.rwkv4.model import ATT_A, ATT_B, ATT_X, FFN_X
 
 TINY = get_config("tiny")
 

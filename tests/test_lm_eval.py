@@ -7,10 +7,10 @@ import pytest
 import torch
 from helpers import NEOX_TOKENIZER, SHARED, random_model, torchrun
 
-from rwkv_lab.config import RWKVConfig
 from rwkv_lab.evaluation.backend import RWKVLM
 from rwkv_lab.evaluation.tasks import published, run_lm_eval, side_by_side, task_manager
 from rwkv_lab.loading.checkpoint import save_model
+from rwkv_lab.models.rwkv4.config import RWKVConfig
 
 DATA = SHARED / "data" / "lm_eval"
 CONFIG = RWKVConfig(n_layer=2, n_embd=64, vocab_size=50277, name="neox-2x64")

@@ -7,8 +7,8 @@ import torch
 from helpers import TOL, assert_rel_close, random_model, random_state
 
 from rwkv_lab.analysis.equivalence import step_all
-from rwkv_lab.config import PRESETS, RWKVConfig
-from rwkv_lab.model import build_model
+from rwkv_lab.models.rwkv4.config import PRESETS, RWKVConfig
+from rwkv_lab.models.rwkv4.model import build_model
 
 TINY = PRESETS["tiny"]
 
@@ -207,7 +207,7 @@ def test_fp16_rescaling_keeps_a_growing_residual_finite():
 
 def test_the_padded_head_gives_the_heads_logits_and_gradients():
     """Training on CUDA pads the odd RWKV-4 vocabulary (50277) to aligned rows: same logits, same gradients."""
-    from rwkv_lab.model import HEAD_PAD, padded_head
+    from rwkv_lab.models.rwkv4.model import HEAD_PAD, padded_head
 
     gen = torch.Generator().manual_seed(0)
     hidden = torch.randn(2, 7, 24, generator=gen, dtype=torch.float64, requires_grad=True)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from helpers import TOL, assert_rel_close
 
-from rwkv_lab.norm_mix import norm_shift_mix, norm_shift_mix_eager
-from rwkv_lab.norm_mix import triton_kernels as kernels
+from rwkv_lab.ops.norm_mix import norm_shift_mix, norm_shift_mix_eager
+from rwkv_lab.ops.norm_mix import triton_kernels as kernels
 
 
 def make_case(B, T, C, M, seed, extreme=False):

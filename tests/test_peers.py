@@ -7,8 +7,8 @@ import torch
 from helpers import TOL, assert_rel_close, random_model
 
 from rwkv_lab.analysis.equivalence import step_all
-from rwkv_lab.config import RWKVConfig
 from rwkv_lab.loading.checkpoint import load_model, save_model
+from rwkv_lab.models.rwkv4.config import RWKVConfig
 
 CONFIG = RWKVConfig(n_layer=3, n_embd=48, vocab_size=301)
 

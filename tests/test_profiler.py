@@ -8,8 +8,6 @@ import pytest
 import torch
 from helpers import TOL, assert_rel_close, random_model, random_state
 
-from rwkv_lab.baseline import pythia_model
-from rwkv_lab.config import RWKVConfig, get_config
 from rwkv_lab.measure import memory
 from rwkv_lab.measure.memory import analytic_memory
 from rwkv_lab.measure.profiler import (
@@ -21,6 +19,8 @@ from rwkv_lab.measure.profiler import (
     transformer_subject,
 )
 from rwkv_lab.measure.report import crossover, memory_ratio_table, oom_contexts
+from rwkv_lab.models.rwkv4.config import RWKVConfig, get_config
+from rwkv_lab.models.transformer.model import pythia_model
 
 TINY = RWKVConfig(n_layer=2, n_embd=32, vocab_size=300, name="t")
 

@@ -103,8 +103,8 @@ def test_notebooks_execute_headless(tmp_path, monkeypatch):
 # the layers of rwkv_lab, lowest first (ARCHITECTURE.md): a module imports from its own layer or lower ones only
 LAYERS = [
     ["triton_launch"],
-    ["config", "wkv", "norm_mix"],
-    ["model", "baseline"],
+    ["ops"],
+    ["models"],
     ["results", "cost"],
     ["loading"],
     ["inference"],

@@ -14,11 +14,11 @@ import torch
 from helpers import NEOX_TOKENIZER, REPO, random_model
 
 from rwkv_lab.__main__ import main as cli
-from rwkv_lab.config import PRESETS, RWKVConfig
 from rwkv_lab.evaluation.cache import CacheError, ResultCache
 from rwkv_lab.inference.generation import generate
 from rwkv_lab.loading.checkpoint import CheckpointError, load_model, save_model
 from rwkv_lab.loading.tokenizer import BPETokenizer, ByteTokenizer, check_tokenizer
+from rwkv_lab.models.rwkv4.config import PRESETS, RWKVConfig
 from rwkv_lab.results import atomic_write, read_table, write_json, write_table
 
 TINY = PRESETS["tiny"]

@@ -4,12 +4,12 @@ import pytest
 import torch
 from helpers import NEOX_TOKENIZER, TOL, assert_rel_close, random_model
 
-from rwkv_lab.config import PRESETS, RWKVConfig
 from rwkv_lab.inference.generation import generate, stream
 from rwkv_lab.inference.sampling import check_sampling, sample
 from rwkv_lab.loading.checkpoint import default_model
 from rwkv_lab.loading.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer, tokenizer_for
-from rwkv_lab.model import build_model
+from rwkv_lab.models.rwkv4.config import PRESETS, RWKVConfig
+from rwkv_lab.models.rwkv4.model import build_model
 
 
 def test_neox_tokenizer_from_path_and_env(monkeypatch):
@@ -55,7 +55,7 @@ def test_tokenizer_errors(tmp_path):
 def test_tokenizer_for_picks_the_models_own():
     assert isinstance(tokenizer_for(build_model(PRESETS["tiny"])), ByteTokenizer)
     with torch.device("meta"):
-        from rwkv_lab.model import RWKV
+        from rwkv_lab.models.rwkv4.model import RWKV
 
         neox = RWKV(RWKVConfig(n_layer=1, n_embd=8))
     assert tokenizer_for(neox, str(NEOX_TOKENIZER)).vocab_size == 50277

@@ -413,8 +413,8 @@ def test_the_fused_blocks_train_like_the_eager_ones(backend, dtype, tol):
     """The fast path of the parallel form (blocks through torch.compile; the default on CUDA), forced on here,
     against the eager blocks: loss, final state and every gradient, the incoming state's included, from a random
     non-zero state at an odd length. Float64 with the chunked WKV; fp32 with the Triton kernel (interpreted)."""
-    from rwkv_lab.config import RWKVConfig
-    from rwkv_lab.model import build_model
+    from rwkv_lab.models.rwkv4.config import RWKVConfig
+    from rwkv_lab.models.rwkv4.model import build_model
 
     # odd T (17) and C (21): partial chunks and channel blocks
     model = build_model(RWKVConfig(n_layer=2, n_embd=21, vocab_size=257), seed=1, zero_projections=False)
@@ -448,9 +448,9 @@ def test_what_the_fused_blocks_keep_changes_memory_and_nothing_else():
     recomputed) and the partitioner under a budget of 0.5 each keep fewer bytes for the backward than the
     partitioner's default (counted by saved-tensor hooks, in one process: each setting compiles its own graphs),
     and both give the eager blocks' loss and gradients."""
-    from rwkv_lab.config import RWKVConfig
     from rwkv_lab.measure.memory import saved_for_backward
-    from rwkv_lab.model import build_model
+    from rwkv_lab.models.rwkv4.config import RWKVConfig
+    from rwkv_lab.models.rwkv4.model import build_model
 
     model = build_model(RWKVConfig(n_layer=2, n_embd=21, vocab_size=257), seed=1, zero_projections=False)
     model.wkv_backend = "chunked"
@@ -496,9 +496,9 @@ def test_the_matmuls_path_keeps_the_block_input_and_the_matmul_and_wkv_outputs()
     everything else elementwise is recomputed. Counted as the difference of two depths (fp32, the Triton WKV
     interpreted, whose per-chunk states are the only other growth), so a policy that stopped matching the ops'
     names (and recomputed the matmuls) or kept more would fail here."""
-    from rwkv_lab.config import RWKVConfig
     from rwkv_lab.measure.memory import saved_for_backward
-    from rwkv_lab.model import build_model
+    from rwkv_lab.models.rwkv4.config import RWKVConfig
+    from rwkv_lab.models.rwkv4.model import build_model
 
     B, T, C = 2, 32, 16
     x = torch.randint(0, 257, (B, T + 1), generator=torch.Generator().manual_seed(0))
@@ -520,8 +520,8 @@ def test_the_matmuls_path_keeps_the_block_input_and_the_matmul_and_wkv_outputs()
 
 
 def test_the_fused_blocks_are_the_default_on_cuda_only():
-    from rwkv_lab.config import RWKVConfig
-    from rwkv_lab.model import build_model
+    from rwkv_lab.models.rwkv4.config import RWKVConfig
+    from rwkv_lab.models.rwkv4.model import build_model
 
     model = build_model(RWKVConfig(n_layer=1, n_embd=8, vocab_size=16))
     cpu, meta = torch.zeros(1, 1, 8), torch.zeros(1, 1, 8, device="meta")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import TOL, assert_rel_close
 
-from rwkv_lab.wkv import BACKENDS, P_EMPTY, attention_matrix, init_wkv_state, wkv, wkv_chunked, wkv_recurrent
+from rwkv_lab.ops.rwkv4 import BACKENDS, P_EMPTY, attention_matrix, init_wkv_state, wkv, wkv_chunked, wkv_recurrent
 
 LENGTHS = [1, 2, 15, 63, 1000]
 

@@ -8,8 +8,8 @@ import torch
 from helpers import TOL, assert_rel_close
 from test_wkv import make_inputs
 
-from rwkv_lab.wkv import resolve_backend, wkv, wkv_recurrent
-from rwkv_lab.wkv import triton_kernels as wkv_triton
+from rwkv_lab.ops.rwkv4 import resolve_backend, wkv, wkv_recurrent
+from rwkv_lab.ops.rwkv4 import triton_kernels as wkv_triton
 
 
 def run(fn, inputs, grads):

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..model import official_time_decay, official_time_first
-from ..wkv import wkv_states
+from ..models.rwkv4.model import official_time_decay, official_time_first
+from ..ops.rwkv4 import wkv_states
 from .implicit_attention import implicit_attention
 
 # ---- decay spectra ---------------------------------------------------------------------------------------------

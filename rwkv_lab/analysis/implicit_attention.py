@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..wkv import attention_matrix
+from ..ops.rwkv4 import attention_matrix
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..wkv import BACKENDS, wkv_recurrent
+from ..ops.rwkv4 import BACKENDS, wkv_recurrent
 from .equivalence import rel_error
 
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from ..config import RWKVConfig
-from ..model import RESCALE_EVERY, RWKV
+from ..models.rwkv4.config import RWKVConfig
+from ..models.rwkv4.model import RESCALE_EVERY, RWKV
 from ..results import atomic_write
 from .default import DEFAULT_DESCRIPTION, DEFAULT_WEIGHTS
 from .hub import HubUnavailableError, download_file, download_snapshot, is_repo_id

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ..config import PRESETS
-from ..model import RWKV, build_model
+from ..models.rwkv4.config import PRESETS
+from ..models.rwkv4.model import RWKV, build_model
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "default_model"
 DEFAULT_WEIGHTS = DEFAULT_DIR / "model.safetensors"

@@ -27,9 +27,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..baseline import PYTHIA_FOR, pythia_model
 from ..inference.decoder import decoder_for
-from ..model import RWKV, build_at_size
+from ..models.rwkv4.model import RWKV, build_at_size
+from ..models.transformer.model import PYTHIA_FOR, pythia_model
 from ..training.loss import lm_loss
 from .memory import analytic_memory, free_memory, memory_now, memory_peak, reset_peak
 from .timing import OOM, or_oom, time_fn

@@ -15,7 +15,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from ..model import RWKV
+from ..models.rwkv4.model import RWKV
 
 AUTOCAST_DTYPE = torch.bfloat16
 

@@ -39,11 +39,11 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .. import cost
-from ..baseline import gpt_neox
-from ..config import RWKVConfig, get_config
 from ..loading.checkpoint import save_model
 from ..loading.tokenizer import load_tokenizer
-from ..model import RWKV, check_saved_activations, init_weights
+from ..models.rwkv4.config import RWKVConfig, get_config
+from ..models.rwkv4.model import RWKV, check_saved_activations, init_weights
+from ..models.transformer.model import gpt_neox
 from ..results import atomic_write, write_table
 from .corpus import Corpus, build_corpus
 from .cuda_graph import GraphedStep, device_lrs, set_lr

@@ -17,9 +17,9 @@ import warnings
 import torch
 import torch.nn as nn
 
+from ...ops.norm_mix import mix, norm_shift_mix, norm_shift_mix_eager, token_shift
+from ...ops.rwkv4 import P_EMPTY, compute_dtype, resolve_backend, wkv
 from .config import RWKVConfig, get_config
-from .norm_mix import mix, norm_shift_mix, norm_shift_mix_eager, token_shift
-from .wkv import P_EMPTY, compute_dtype, resolve_backend, wkv
 
 ATT_X, ATT_A, ATT_B, ATT_P, FFN_X = range(5)
 # fp16: the residual stream is halved every RESCALE_EVERY layers (the rwkv package's and transformers' default)

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_launch import CachedLauncher
+from ...triton_launch import CachedLauncher
 
 BWD_ROWS = 64  # tokens per backward program (the fastest of 8-64 on an H200: results/training/norm_mix_check.csv)
 

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_launch import CachedLauncher
+from ...triton_launch import CachedLauncher
 from .common import P_EMPTY
 
 CHUNK = 64  # tokens per chunk (tuned on an H100: results/wkv/wkv_kernel_profile.csv)
