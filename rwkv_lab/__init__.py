@@ -15,7 +15,7 @@ from .analysis.equivalence import compare_formulations, rel_error
 from .config import PRESETS, RWKVConfig, get_config
 from .inference.generation import generate, stream
 from .loading.checkpoint import CheckpointError, convert, default_model, load_model, save_model
-from .loading.tokenizer import ByteTokenizer, load_tokenizer, tokenizer_for
+from .loading.tokenizer import ByteTokenizer, load_tokenizer, tokenizer_for, world_tokenizer
 from .model import RWKV, build_model, init_weights
 
 __all__ = [
@@ -37,5 +37,6 @@ __all__ = [
     "save_model",
     "stream",
     "tokenizer_for",
+    "world_tokenizer",
 ]
 __version__ = "0.1.0"
