@@ -14,7 +14,7 @@ The layers, each importing only from those above it in this list (ARCHITECTURE.m
 from .analysis.equivalence import compare_formulations, rel_error
 from .inference.generation import generate, stream
 from .loading.checkpoint import CheckpointError, convert, default_model, load_model, save_model
-from .loading.tokenizer import ByteTokenizer, load_tokenizer, tokenizer_for
+from .loading.tokenizer import ByteTokenizer, load_tokenizer, tokenizer_for, world_tokenizer
 from .models.rwkv4.config import PRESETS, RWKVConfig, get_config
 from .models.rwkv4.model import RWKV, build_model, init_weights
 
@@ -37,5 +37,6 @@ __all__ = [
     "save_model",
     "stream",
     "tokenizer_for",
+    "world_tokenizer",
 ]
 __version__ = "0.1.0"

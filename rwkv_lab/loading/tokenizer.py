@@ -1,10 +1,14 @@
-"""Tokenizers: GPT-NeoX-20B BPE (every RWKV-4 Pile model) and bytes (the embedded default model).
+"""Tokenizers: GPT-NeoX-20B BPE (every RWKV-4 Pile model), RWKV World (the RWKV World / G1 models) and bytes
+(the embedded default model).
 
-Both have token 0 = end-of-text, the document separator and the evaluation prefix (the models have no BOS).
+All have token 0 = end-of-text, the document separator and the evaluation prefix (the models have no BOS).
 """
 
 from __future__ import annotations
 
+import ast
+import functools
+import importlib.util
 import os
 from pathlib import Path
 
@@ -13,7 +17,7 @@ from .hub import download_file, is_repo_id
 NEOX_HUB_REPO = "EleutherAI/gpt-neox-20b"
 TOKENIZER_HINT = (
     "pass the tokenizer as a local tokenizer.json (tokenizer=... in Python, --tokenizer on the command "
-    "line, or $RWKV_LAB_TOKENIZER), or 'bytes' for a byte-level model"
+    "line, or $RWKV_LAB_TOKENIZER), 'world' for an RWKV World model, or 'bytes' for a byte-level model"
 )
 
 
@@ -70,16 +74,145 @@ class BPETokenizer:
         return self._tok.decode(list(ids), skip_special_tokens=False)
 
 
+WORLD_VOCAB_FILE = "rwkv_vocab_v20230424.txt"  # shipped in the `rwkv` package beside its reference TRIE_TOKENIZER
+WORLD_PACKAGE_HINT = "pip install 'rwkv>=0.8.26'"
+
+
+class WorldTokenizer:
+    """The RWKV World tokenizer: greedy longest match over the UTF-8 bytes against a vocabulary of 65,529 byte
+    strings (ids 1..65529; every single byte among them, so any text encodes), end-of-text 0.
+
+    Ids are those of the `rwkv` package's TRIE_TOKENIZER (tests/test_world_tokenizer.py compares them). The trie is
+    nested dicts keyed by byte value, a node's token id under the key 256: a dict lookup per byte is what makes
+    the walk faster than the package's 256-slot lists of objects."""
+
+    vocab_size = 65536  # the World models' embedding rows; ids 65530..65535 are padding no text encodes to
+    eot_id = 0
+
+    def __init__(self, path: str | Path, name: str | None = None):
+        self.name = name or str(path)
+        self._trie, self._bytes = _parse_world_vocab(str(path))
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_bytes(utf8(text))
+
+    def encode_bytes(self, data: bytes) -> list[int]:
+        """Greedy longest match: at each position the longest vocabulary entry that starts there."""
+        root, ids, start, n = self._trie, [], 0, len(data)
+        while start < n:
+            node, end = root, start
+            while end < n:
+                node = node.get(data[end])
+                if node is None:
+                    break
+                end += 1
+                if 256 in node:  # a token ends here: the longest so far
+                    token, stop = node[256], end
+            ids.append(token)
+            start = stop
+        return ids
+
+    def decode_bytes(self, ids) -> bytes:
+        """The tokens' bytes joined; end-of-text adds none."""
+        ids = list(ids)
+        try:
+            return b"".join(map(self._bytes.__getitem__, ids))
+        except (KeyError, TypeError):
+            for i in ids:  # name the first id the join could not look up
+                try:
+                    self._bytes[i]
+                except (KeyError, TypeError):
+                    raise ValueError(
+                        f"token id {i!r} is not an int in 0..{len(self._bytes) - 1}, the RWKV World vocabulary"
+                    ) from None
+            raise
+
+    def decode(self, ids) -> str:
+        """Text, with a character split between tokens (or bytes that are no UTF-8) shown as U+FFFD, as the other
+        tokenizers do; incremental decoding (inference/generation.py) holds such a tail back until it completes."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+
+def _literal_text(line: str) -> str:
+    """What lies between a vocabulary line's first and last space: the token as a Python str or bytes literal."""
+    return line[line.index(" ") + 1 : line.rindex(" ")]
+
+
+def _literal(line: str):
+    """A vocabulary line's token literal, or None."""
+    try:
+        return ast.literal_eval(_literal_text(line))
+    except (ValueError, SyntaxError):
+        return None
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_world_vocab(path: str) -> tuple[dict, dict[int, bytes]]:
+    """(trie, id -> bytes) from a vocabulary file of lines `<id> <Python str or bytes literal> <byte length>`,
+    ids 1, 2, ... in order. Parsed once per process (about 0.3 s)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read the RWKV World vocabulary {path} ({err})") from None
+    try:  # every literal in one parse: 4x faster than line by line
+        literals = ast.literal_eval("(" + ",".join(map(_literal_text, lines)) + ",)")
+    except (ValueError, SyntaxError):
+        literals = ()
+    if len(literals) != len(lines):  # a line is not one literal: line by line, to name it
+        literals = [_literal(line) for line in lines]
+    trie: dict = {}
+    id_bytes = {0: b""}
+    for number, (line, token) in enumerate(zip(lines, literals), 1):
+        try:
+            token = token.encode("utf-8") if isinstance(token, str) else token
+        except UnicodeEncodeError:  # a lone surrogate
+            token = None
+        first, last = line.split(" ", 1)[0], line.rsplit(" ", 1)[-1]
+        if not (isinstance(token, bytes) and token and first == str(number) and last == str(len(token))):
+            raise ValueError(
+                f"{path} line {number} is not '{number} <str or bytes literal> <its byte length>': {line[:80]!r}"
+            )
+        node = trie
+        for byte in token:
+            node = node.setdefault(byte, {})
+        node[256] = number
+        id_bytes[number] = token
+    missing = [b for b in range(256) if 256 not in trie.get(b, {})]
+    if missing:
+        raise ValueError(f"{path} lacks the single byte {missing[0]:#04x}, so not every text could be encoded")
+    return trie, id_bytes
+
+
+def world_tokenizer(path: str | Path | None = None) -> WorldTokenizer:
+    """The RWKV World tokenizer (vocabulary 65,536) from the `rwkv` package's vocabulary file, or from `path`."""
+    if path is not None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no RWKV World vocabulary file at {str(path)!r}")
+        return WorldTokenizer(path)
+    spec = importlib.util.find_spec("rwkv")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"the RWKV World vocabulary ships in the `rwkv` package: {WORLD_PACKAGE_HINT}")
+    file = Path(next(iter(spec.submodule_search_locations)), WORLD_VOCAB_FILE)
+    if not file.is_file():
+        raise FileNotFoundError(f"the installed `rwkv` package has no {WORLD_VOCAB_FILE}: {WORLD_PACKAGE_HINT}")
+    return WorldTokenizer(file, name=Path(WORLD_VOCAB_FILE).stem)
+
+
 def load_tokenizer(source: str | None = None):
-    """'bytes', a tokenizer.json path, a hub repo id, or None: $RWKV_LAB_TOKENIZER, else GPT-NeoX-20B from the hub."""
+    """'bytes', 'world' (RWKV World, from the `rwkv` package), a tokenizer.json path, a hub repo id, or None:
+    $RWKV_LAB_TOKENIZER, else GPT-NeoX-20B from the hub."""
     if source is None:
         source = os.environ.get(ENV_TOKENIZER) or NEOX_HUB_REPO
     if source == "bytes":
         return ByteTokenizer()
+    if source == "world":
+        return world_tokenizer()
     if is_repo_id(source):
         return BPETokenizer(download_file(source, "tokenizer.json", hint=TOKENIZER_HINT))
     if not os.path.exists(source):
-        raise FileNotFoundError(f"no tokenizer file at {source!r}; expected 'bytes', a tokenizer.json or a hub repo id")
+        raise FileNotFoundError(
+            f"no tokenizer file at {source!r}; expected 'bytes', 'world', a tokenizer.json or a hub repo id"
+        )
     return BPETokenizer(source)
 
 
