@@ -33,8 +33,11 @@ from tqdm import tqdm
 
 from rwkv_lab import cost
 from rwkv_lab.measure.timing import OOM, cuda_kernels, or_oom, time_fn
-from rwkv_lab.models.rwkv4.model import KEPT_OPS, SAVED_ACTIVATIONS, build_at_size
+from rwkv_lab.models.run_config import SAVED_ACTIVATIONS
+from rwkv_lab.models.rwkv4.fast_path import KEPT_OPS
+from rwkv_lab.models.rwkv4.model import build_at_size
 from rwkv_lab.models.transformer.model import PYTHIA_FOR, pythia_model
+from rwkv_lab.models.transformer.model import forward_flops_per_token as transformer_flops
 from rwkv_lab.results import results_dir, write_table
 from rwkv_lab.training.cuda_graph import WARMUP as GRAPH_WARMUP
 from rwkv_lab.training.cuda_graph import GraphedStep, device_lrs
@@ -64,13 +67,13 @@ def build(
     fast = not variant.endswith("eager") and variant != "Pythia"
     if variant.startswith("RWKV-4"):
         model = build_at_size(name, torch.float32, device).train()
-        model.saved_activations, model.activation_memory_budget = saved, memory_budget
-        model.norm_mix_kernels = norm_mix_kernels
-        flops = cost.training_flops_per_token(cost.rwkv_forward_flops_per_token(model.config))
+        model.configure(saved_activations=saved, activation_memory_budget=memory_budget)
+        model.configure(norm_mix_kernels=norm_mix_kernels)
+        flops = cost.training_flops_per_token(model.config.forward_flops_per_token)
         return model, fast_path(model, fast), model.config.vocab_size, flops
     model = pythia_model(name, torch.float32, device, max_positions=max(2048, context)).train()
     L, D, V = model.config.num_hidden_layers, model.config.hidden_size, model.config.vocab_size
-    flops = cost.training_flops_per_token(cost.transformer_forward_flops_per_token(L, D, V, context))
+    flops = cost.training_flops_per_token(transformer_flops(L, D, V, context))
     return model, fast_path(model, fast), V, flops
 
 
@@ -236,7 +239,7 @@ def main():
                 "saved_activations": policy,
                 "activation_memory_budget": getattr(model, "activation_memory_budget", None),
                 "norm_mix_kernels": getattr(model, "norm_mix_kernels", None),
-                # the ops whose outputs the "matmuls" policy keeps (model.KEPT_OPS), recorded with the run
+                # the ops whose outputs the "matmuls" policy keeps (fast_path.KEPT_OPS), recorded with the run
                 "kept_ops": " ".join(sorted(KEPT_OPS)) if policy == "matmuls" else None,
                 "cuda_graph": captured,  # False also where a capture failed (warned): the step ran eagerly
                 "params": sum(p.numel() for p in model.parameters()),

@@ -23,7 +23,7 @@ from rwkv_lab.training.loss import lm_loss
 
 
 def training_step(model, x, state, fused: bool, autocast: bool):
-    model.fused_blocks = fused
+    model.configure(fused_blocks=fused)
     model.zero_grad(set_to_none=True)
     state = state.detach().clone().requires_grad_(True)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
@@ -38,7 +38,7 @@ def loss_check(model, x, size: str) -> dict:
     """The training loss as the trainer computes it (lm_loss: the padded head kept, the compiled cross-entropy
     over its first V columns) against the eager cross-entropy of the sliced logits, bf16 autocast, fused blocks
     in both: loss and every parameter's gradient."""
-    model.fused_blocks = "auto"
+    model.configure(fused_blocks="auto")
     runs = []
     for fused_loss in (True, False):
         model.zero_grad(set_to_none=True)
@@ -74,7 +74,7 @@ def main():
         gen = torch.Generator().manual_seed(0)
         x = torch.randint(0, model.config.vocab_size, (args.batch, args.context + 1), generator=gen).to(args.device)
         with torch.no_grad():
-            model.fused_blocks = False
+            model.configure(fused_blocks=False)
             _, state = model(x[:, :37])  # a reachable, non-empty state
         runs = {
             (fused, autocast): training_step(model, x, state, fused, autocast)
@@ -98,9 +98,9 @@ def main():
         print(rows[-1], flush=True)
         model = model.half().eval()
         with torch.no_grad():
-            model.fused_blocks = False
+            model.configure(fused_blocks=False)
             ref, _ = model.prefill(x, state.float())
-            model.fused_blocks = True
+            model.configure(fused_blocks=True)
             out, _ = model.prefill(x, state.float())
         rows.append({"size": size, "what": "prefill logits, fp16", "rel_err_logits": rel_error(out, ref)})
         print(rows[-1], flush=True)

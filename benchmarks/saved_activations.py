@@ -53,7 +53,7 @@ def build(arch: str, path: str, layers: int, width: int, context: int, keeps: st
     )
     model, _ = build_for_training(cfg)
     if arch == "rwkv":
-        model.fused_blocks = path == "fused"  # True: the fused blocks on any device (on CUDA, 'auto' does)
+        model.configure(fused_blocks=path == "fused")  # True: the fused blocks on any device (on CUDA, 'auto' does)
         return model
     return torch.compile(model) if path == "compiled" else model
 

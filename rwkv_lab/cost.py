@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .models.rwkv4.config import RWKVConfig
+from .models.transformer.model import forward_flops_per_token as transformer_flops
 
 TRAIN_FLOPS_PER_PARAM_TOKEN = 6  # forward 2 (a multiply and an add per weight) + backward 4
 HOURS_PER_DAY = 24
@@ -41,18 +42,6 @@ A100_PRICE_AWS = 4.096  # $/GPU-hour, AWS p4d.24xlarge ($32.77/h) / 8, as quoted
 def training_flops(params: float, tokens: float, flops_per_param_token: float = TRAIN_FLOPS_PER_PARAM_TOKEN) -> float:
     """The 6 N D rule."""
     return flops_per_param_token * params * tokens
-
-
-def rwkv_forward_flops_per_token(config: RWKVConfig) -> int:
-    """RWKV-4's exact matrix FLOPs per token, 2 (V D + 13 D^2 L) (RWKV paper, Table 2): independent of context."""
-    V, D, L = config.vocab_size, config.n_embd, config.n_layer
-    return 2 * (V * D + 13 * D * D * L)
-
-
-def transformer_forward_flops_per_token(n_layer: int, d_model: int, vocab_size: int, context: int) -> int:
-    """A GPT-NeoX/Pythia block's matrices (12 D^2 per layer) and the unembedding, plus attention over the
-    context: 4 L D T (scores and weighted values over T positions, PaLM's convention; causal kernels do half)."""
-    return 2 * (vocab_size * d_model + 12 * d_model * d_model * n_layer) + 4 * n_layer * d_model * context
 
 
 def training_flops_per_token(forward_flops_per_token: float) -> float:
@@ -191,10 +180,10 @@ def flops_vs_context(n_layer: int, d_model: int, vocab_size: int, contexts):
     """Training FLOPs per token of RWKV-4 and of a transformer of the same depth and width, as the context grows."""
     import pandas as pd
 
-    rwkv = training_flops_per_token(rwkv_forward_flops_per_token(RWKVConfig(n_layer, d_model, vocab_size)))
+    rwkv = training_flops_per_token(RWKVConfig(n_layer, d_model, vocab_size).forward_flops_per_token)
     rows = []
     for T in contexts:
-        tf = training_flops_per_token(transformer_forward_flops_per_token(n_layer, d_model, vocab_size, T))
+        tf = training_flops_per_token(transformer_flops(n_layer, d_model, vocab_size, T))
         attention = training_flops_per_token(4 * n_layer * d_model * T)
         rows.append(
             {

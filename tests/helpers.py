@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from rwkv_lab.analysis.equivalence import rel_error
+from rwkv_lab.models import RecurrentState
 from rwkv_lab.models.rwkv4.config import RWKVConfig
 from rwkv_lab.models.rwkv4.model import build_model
 
@@ -31,8 +32,12 @@ TOL = {
 }
 
 
-def assert_rel_close(name: str, x: torch.Tensor, ref: torch.Tensor, tol: float) -> float:
-    """||x - ref|| / ||ref|| <= tol, printed either way; NaN or inf never passes."""
+def assert_rel_close(name: str, x, ref, tol: float) -> float:
+    """||x - ref|| / ||ref|| <= tol, printed either way; NaN or inf never passes. Tensors, or two states of the
+    same generation (their tensors compared as one)."""
+    if isinstance(x, RecurrentState) or isinstance(ref, RecurrentState):
+        assert type(x) is type(ref), f"{name}: a {type(x).__name__} against a {type(ref).__name__}"
+        x, ref = (torch.cat([t.flatten().double() for t in s.tensors()]) for s in (x, ref))
     assert x.shape == ref.shape, f"{name}: shape {tuple(x.shape)} != reference {tuple(ref.shape)}"
     assert torch.isfinite(x).all(), f"{name}: non-finite values"
     err = rel_error(x, ref)
@@ -51,10 +56,11 @@ def random_model(config: RWKVConfig, seed: int = 0, dtype=torch.float64, noise: 
     return model
 
 
-def random_state(model, batch: int, seed: int = 0) -> torch.Tensor:
-    """A valid non-empty state: any shifts, any numerators, positive denominators, any exponents."""
+def random_state(model, batch: int, seed: int = 0):
+    """A valid non-empty RWKV-4 state: any shifts, any numerators, positive denominators, any exponents."""
     gen = torch.Generator().manual_seed(seed)
-    state = model.init_state(batch)
+    full = model.init_state(batch)
+    state = full.packed
     shape = state[:, :, 0].shape
     draw = lambda: torch.randn(shape, generator=gen, dtype=torch.float64).to(state.dtype)  # noqa: E731
     state[:, :, 0] = draw()
@@ -62,7 +68,7 @@ def random_state(model, batch: int, seed: int = 0) -> torch.Tensor:
     state[:, :, 2] = draw().abs() + 0.5
     state[:, :, 3] = 3 * draw()
     state[:, :, 4] = draw()
-    return state
+    return full
 
 
 def torchrun(nproc: int) -> list[str]:

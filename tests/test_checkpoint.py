@@ -13,14 +13,13 @@ from rwkv_lab.__main__ import main as cli
 from rwkv_lab.loading.checkpoint import (
     BLINKDL_FILES,
     CheckpointError,
-    blinkdl_to_hf_key,
     convert,
-    hf_to_blinkdl_key,
     load_model,
     read_checkpoint,
     save_model,
 )
 from rwkv_lab.loading.hub import HubUnavailableError
+from rwkv_lab.models.rwkv4.checkpoint import blinkdl_key, hf_key
 from rwkv_lab.models.rwkv4.config import PRESETS
 
 TINY = PRESETS["tiny"]
@@ -84,14 +83,14 @@ def test_half_precision_files_and_compute_dtype(tmp_path, model, disk_dtype, com
 
 
 def test_key_names_follow_the_spec():
-    assert blinkdl_to_hf_key("emb.weight") == "rwkv.embeddings.weight"
-    assert blinkdl_to_hf_key("blocks.0.ln0.bias") == "rwkv.blocks.0.pre_ln.bias"
-    assert blinkdl_to_hf_key("blocks.3.att.time_mix_k") == "rwkv.blocks.3.attention.time_mix_key"
-    assert blinkdl_to_hf_key("blocks.3.ffn.time_mix_r") == "rwkv.blocks.3.feed_forward.time_mix_receptance"
-    assert blinkdl_to_hf_key("blocks.1.att.time_decay") == "rwkv.blocks.1.attention.time_decay"
-    assert blinkdl_to_hf_key("head.weight") == "head.weight"
+    assert hf_key("emb.weight") == "rwkv.embeddings.weight"
+    assert hf_key("blocks.0.ln0.bias") == "rwkv.blocks.0.pre_ln.bias"
+    assert hf_key("blocks.3.att.time_mix_k") == "rwkv.blocks.3.attention.time_mix_key"
+    assert hf_key("blocks.3.ffn.time_mix_r") == "rwkv.blocks.3.feed_forward.time_mix_receptance"
+    assert hf_key("blocks.1.att.time_decay") == "rwkv.blocks.1.attention.time_decay"
+    assert hf_key("head.weight") == "head.weight"
     for key in random_model(TINY).state_dict():
-        assert hf_to_blinkdl_key(blinkdl_to_hf_key(key)) == key
+        assert blinkdl_key(hf_key(key)) == key
 
 
 def test_convert_between_all_formats_and_cli(tmp_path, model):

@@ -7,6 +7,7 @@ from helpers import REPO
 
 from rwkv_lab import cost
 from rwkv_lab.models.rwkv4.config import get_config
+from rwkv_lab.models.transformer.model import forward_flops_per_token as transformer_flops
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +33,14 @@ def test_seed_table_to_the_digit_shown(seed):
 def test_rwkv_forward_flops_reproduce_the_paper_table():
     with open(REPO / "reference" / "rwkv4_configs.csv") as f:
         for row in csv.DictReader(f):
-            flops = cost.rwkv_forward_flops_per_token(get_config(row["name"]))
+            flops = get_config(row["name"]).forward_flops_per_token
             assert float(f"{flops:.4g}") == float(row["fwd_flops_per_token"]), row["name"]
 
 
 def test_transformer_attention_grows_with_context_and_rwkv_does_not():
     pythia = dict(n_layer=24, d_model=2048, vocab_size=50304)
-    short = cost.transformer_forward_flops_per_token(**pythia, context=1024)
-    long = cost.transformer_forward_flops_per_token(**pythia, context=8192)
+    short = transformer_flops(**pythia, context=1024)
+    long = transformer_flops(**pythia, context=8192)
     assert long - short == 4 * 24 * 2048 * (8192 - 1024)
     assert cost.training_flops_per_token(short) == 3 * short
 

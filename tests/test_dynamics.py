@@ -26,7 +26,7 @@ from rwkv_lab.analysis.text_features import (
 )
 from rwkv_lab.loading.default import untrained_model
 from rwkv_lab.models.rwkv4.config import get_config
-from rwkv_lab.models.rwkv4.model import ATT_A, ATT_B, ATT_X, FFN_X
+from rwkv_lab.models.rwkv4.layers import ATT_A, ATT_B, ATT_X, FFN_X
 
 TINY = get_config("tiny")
 
@@ -49,16 +49,28 @@ def test_trajectory_is_the_rnn_state_after_every_token(T):
     for t in range(T):  # the RNN form, one token at a time
         _, s = model.step(tokens[:, t], s)
         assert_rel_close(
-            f"a/b after token {t}", torch.tensor(traj.wkv[t]), s[0, :, ATT_A] / s[0, :, ATT_B], TOL["float64 model"]
+            f"a/b after token {t}",
+            torch.tensor(traj.wkv[t]),
+            s.packed[0, :, ATT_A] / s.packed[0, :, ATT_B],
+            TOL["float64 model"],
         )
         assert_rel_close(
-            f"time-mix shift after token {t}", torch.tensor(traj.att_x[t]), s[0, :, ATT_X], TOL["float64 algebra"]
+            f"time-mix shift after token {t}",
+            torch.tensor(traj.att_x[t]),
+            s.packed[0, :, ATT_X],
+            TOL["float64 algebra"],
         )
         assert_rel_close(
-            f"channel-mix shift after token {t}", torch.tensor(traj.ffn_x[t]), s[0, :, FFN_X], TOL["float64 algebra"]
+            f"channel-mix shift after token {t}",
+            torch.tensor(traj.ffn_x[t]),
+            s.packed[0, :, FFN_X],
+            TOL["float64 algebra"],
         )
     assert_rel_close(
-        "final state", torch.tensor(traj.wkv[-1]), final[0, :, ATT_A] / final[0, :, ATT_B], TOL["float64 model"]
+        "final state",
+        torch.tensor(traj.wkv[-1]),
+        final.packed[0, :, ATT_A] / final.packed[0, :, ATT_B],
+        TOL["float64 model"],
     )
 
 

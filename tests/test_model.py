@@ -8,7 +8,7 @@ from helpers import TOL, assert_rel_close, random_model, random_state
 
 from rwkv_lab.analysis.equivalence import step_all
 from rwkv_lab.models.rwkv4.config import PRESETS, RWKVConfig
-from rwkv_lab.models.rwkv4.model import build_model
+from rwkv_lab.models.rwkv4.model import RWKV4State, build_model
 
 TINY = PRESETS["tiny"]
 
@@ -63,9 +63,9 @@ def test_gradients_of_parallel_form_equal_recurrent_form():
         model.zero_grad()
         s0 = state0.clone().requires_grad_(True)
         logits, state = run(s0)
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten()) + state.square().mean()
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten()) + state.packed.square().mean()
         loss.backward()
-        return {n: p.grad.clone() for n, p in model.named_parameters()} | {"initial state": s0.grad.clone()}
+        return {n: p.grad.clone() for n, p in model.named_parameters()} | {"initial state": s0.packed.grad.clone()}
 
     def recurrent(s0):
         logits, state = [], s0
@@ -93,7 +93,7 @@ def test_extreme_keys_and_decays_stay_finite():
     outputs = {b: model(tokens, backend=b) for b in ("recurrent", "attention", "chunked")}
     ref_logits, ref_state = outputs["recurrent"]
     for backend, (logits, state) in outputs.items():
-        assert torch.isfinite(logits).all() and torch.isfinite(state).all(), backend
+        assert torch.isfinite(logits).all() and state.is_finite(), backend
         assert_rel_close(f"extreme {backend} logits", logits, ref_logits, TOL["float32 vs another implementation"])
 
 
@@ -121,7 +121,7 @@ def test_half_precision_models_run_and_track_float32():
     for dtype in (torch.bfloat16, torch.float16):
         model = random_model(TINY, seed=6, dtype=torch.float32).to(dtype)
         logits, state = model(tokens)
-        assert logits.dtype == dtype and state.dtype == torch.float32
+        assert logits.dtype == dtype and state.packed.dtype == torch.float32
         assert_rel_close(f"{dtype} logits vs fp32", logits, ref_logits, TOL["bfloat16 long sequence"])
 
 
@@ -129,7 +129,7 @@ def test_state_size_is_constant():
     model = random_model(TINY, seed=7, dtype=torch.float32)
     for T in (1, 10, 100):
         _, state = model(tokens_for(model, 1, T))
-        assert state.numel() == model.config.state_numbers
+        assert sum(t.numel() for t in state.tensors()) == model.config.state_numbers
 
 
 class TestBadInput:
@@ -157,11 +157,13 @@ class TestBadInput:
         tokens = torch.tensor([[1, 2]])
         good = self.model.init_state(1)
         with pytest.raises(ValueError, match=r"state must have shape \(B, L, 5, C\) = \(1, 2, 5, 32\)"):
-            self.model(tokens, good[:, :1])
+            self.model(tokens, RWKV4State(good.packed[:, :1]))
         with pytest.raises(ValueError, match="state must have shape"):
             self.model(tokens, self.model.init_state(2))
         with pytest.raises(TypeError, match="state must be torch.float32"):
-            self.model(tokens, good.double())
+            self.model(tokens, RWKV4State(good.packed.double()))
+        with pytest.raises(TypeError, match="state must be an RWKV4State"):
+            self.model(tokens, good.packed)  # the state is the model's object, not a bare tensor
         with pytest.raises(ValueError, match="state is on meta"):
             self.model(tokens, good.to("meta"))
 
@@ -169,13 +171,13 @@ class TestBadInput:
         state = random_state(self.model, 1, seed=1)
         before = state.clone()
         self.model(torch.tensor([[5, 6, 7]]), state)
-        assert torch.equal(state, before)
+        assert all(torch.equal(a, b) for a, b in zip(state.tensors(), before.tensors()))
 
 
 def test_config_with_one_layer_builds():
     model = build_model(RWKVConfig(n_layer=1, n_embd=8, vocab_size=11), seed=0, zero_projections=False)
     logits, state = model(torch.tensor([[1, 2, 3]]))
-    assert logits.shape == (1, 3, 11) and state.shape == (1, 1, 5, 8)
+    assert logits.shape == (1, 3, 11) and state.packed.shape == (1, 1, 5, 8)
 
 
 def test_fp16_rescaling_keeps_a_growing_residual_finite():
@@ -201,13 +203,13 @@ def test_fp16_rescaling_keeps_a_growing_residual_finite():
     half = half.half()
     logits, _ = half(tokens)
     assert_rel_close("fp16 with rescaling vs fp32", logits, ref_logits, TOL["bfloat16"])
-    half.rescale_every = 0
+    half.configure(rescale_every=0)
     assert not torch.isfinite(half(tokens)[0]).all(), "without rescaling the fp16 residual should overflow here"
 
 
 def test_the_padded_head_gives_the_heads_logits_and_gradients():
     """Training on CUDA pads the odd RWKV-4 vocabulary (50277) to aligned rows: same logits, same gradients."""
-    from rwkv_lab.models.rwkv4.model import HEAD_PAD, padded_head
+    from rwkv_lab.models.rwkv4.fast_path import HEAD_PAD, padded_head
 
     gen = torch.Generator().manual_seed(0)
     hidden = torch.randn(2, 7, 24, generator=gen, dtype=torch.float64, requires_grad=True)

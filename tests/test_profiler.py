@@ -46,10 +46,12 @@ def tiny_pair():
 def test_analytic_memory_matches_hand_computed_numbers():
     cfg = get_config("169M")
     n = cfg.n_params  # 169,342,464
-    rwkv = analytic_memory("rwkv", n, cfg.n_layer, cfg.n_embd, cfg.vocab_size, batch=2, context=10**6, dtype_bytes=2)
+    rwkv = analytic_memory(
+        cfg.state_numbers, n, cfg.n_layer, cfg.n_embd, cfg.vocab_size, batch=2, context=10**6, dtype_bytes=2
+    )
     assert rwkv["weights_bytes"] == 338_684_928
     assert rwkv["cache_bytes"] == 2 * 5 * 768 * 12 * 4 == 368_640  # independent of the context
-    gpt = analytic_memory("transformer", 162_322_944, 12, 768, 50304, batch=1, context=1000, dtype_bytes=2)
+    gpt = analytic_memory(None, 162_322_944, 12, 768, 50304, batch=1, context=1000, dtype_bytes=2)
     assert gpt["cache_bytes"] == 2 * 12 * 1000 * 768 * 2 == 36_864_000
     assert gpt["held_bytes"] == 2 * 162_322_944 + 36_864_000
     assert gpt["prefill_peak_bytes"] == gpt["held_bytes"] + 1000 * 12 * 768 * 2 + 50304 * 4

@@ -215,13 +215,13 @@ def test_non_finite_weights_are_named(tmp_path, model):
 
 def test_non_finite_states_are_refused(model):
     state = model.init_state(1)
-    state[0, 1, 1, 5] = math.nan
+    state.packed[0, 1, 1, 5] = math.nan
     with pytest.raises(
         ValueError, match=r"state holds NaN or infinite values \(first at .* = \[0, 1, 1, 5\], slot att_a"
     ):
         model(torch.tensor([[1, 2]]), state)
     state = model.init_state(1)
-    state[0, 0, 3, 0] = math.inf
+    state.packed[0, 0, 3, 0] = math.inf
     with pytest.raises(ValueError, match="slot att_p"):
         model.step(torch.tensor([1]), state)
 

@@ -157,7 +157,7 @@ def test_decoder_step_equals_the_eager_step(model):
     decoder = Decoder(model, batch=3)
     gen = torch.Generator().manual_seed(5)
     state = model.init_state(3)
-    state[:, :, 0] = torch.randn(3, model.config.n_layer, model.config.n_embd, generator=gen)
+    state.packed[:, :, 0] = torch.randn(3, model.config.n_layer, model.config.n_embd, generator=gen)
     tokens = torch.randint(1, 257, (3,), generator=gen)
     seeds, steps = torch.tensor([1, 2, 3]), torch.tensor([4, 4, 4])
     for _ in range(5):

@@ -419,19 +419,19 @@ def test_the_fused_blocks_train_like_the_eager_ones(backend, dtype, tol):
     # odd T (17) and C (21): partial chunks and channel blocks
     model = build_model(RWKVConfig(n_layer=2, n_embd=21, vocab_size=257), seed=1, zero_projections=False)
     model = model.to(dtype)
-    model.wkv_backend = backend
+    model.configure(backend=backend)
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, 257, (2, 18), generator=gen)
     _, state0 = model(torch.randint(0, 257, (2, 5), generator=gen))  # a reachable, non-empty state
 
     def run(fused: bool):
-        model.fused_blocks = fused
+        model.configure(fused_blocks=fused)
         model.zero_grad()
         state = state0.detach().clone().requires_grad_(True)
         logits, state_out = model(x[:, :-1], state)
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
-        (loss + state_out[:, :, 1].sum() * 1e-3).backward()  # the final state carries a gradient too
-        grads = {n: p.grad.clone() for n, p in model.named_parameters()} | {"state": state.grad}
+        (loss + state_out.packed[:, :, 1].sum() * 1e-3).backward()  # the final state carries a gradient too
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()} | {"state": state.packed.grad}
         return loss.detach(), state_out.detach(), grads
 
     eager_loss, eager_state, eager_grads = run(False)
@@ -453,11 +453,11 @@ def test_what_the_fused_blocks_keep_changes_memory_and_nothing_else():
     from rwkv_lab.models.rwkv4.model import build_model
 
     model = build_model(RWKVConfig(n_layer=2, n_embd=21, vocab_size=257), seed=1, zero_projections=False)
-    model.wkv_backend = "chunked"
+    model.configure(backend="chunked")
     x = torch.randint(0, 257, (2, 18), generator=torch.Generator().manual_seed(0))
 
     def step(fused: bool, saved: str = "matmuls", budget: float = 1.0):
-        model.fused_blocks, model.saved_activations, model.activation_memory_budget = fused, saved, budget
+        model.configure(fused_blocks=fused, saved_activations=saved, activation_memory_budget=budget)
         model.zero_grad()
 
         def forward():
@@ -505,7 +505,7 @@ def test_the_matmuls_path_keeps_the_block_input_and_the_matmul_and_wkv_outputs()
     per_depth = {}
     for layers in (1, 3):
         model = build_model(RWKVConfig(n_layer=layers, n_embd=C, vocab_size=257), seed=1, zero_projections=False)
-        model.wkv_backend, model.fused_blocks = "triton", True
+        model.configure(backend="triton", fused_blocks=True)
 
         def forward(model=model):
             logits, _ = model(x[:, :-1])
@@ -525,13 +525,13 @@ def test_the_fused_blocks_are_the_default_on_cuda_only():
 
     model = build_model(RWKVConfig(n_layer=1, n_embd=8, vocab_size=16))
     cpu, meta = torch.zeros(1, 1, 8), torch.zeros(1, 1, 8, device="meta")
-    assert model.fused_blocks == "auto" and not model.uses_fused_blocks(cpu, "auto", None)
+    assert model.run.fused_blocks == "auto" and not model.uses_fused_blocks(cpu, "auto", None)
     assert not model.uses_fused_blocks(meta, "chunked", None)
-    model.fused_blocks = True
+    model.configure(fused_blocks=True)
     assert model.uses_fused_blocks(cpu, "chunked", None)
     assert not model.uses_fused_blocks(cpu, "chunked", trace=[])  # a trace records in Python: eager
     assert not model.uses_fused_blocks(cpu, "recurrent", None)
-    model.fused_blocks = "auto"
+    model.configure(fused_blocks="auto")
     cuda = types.SimpleNamespace(is_cuda=True)  # stands in for a CUDA tensor: only its device is asked
     assert model.uses_fused_blocks(cuda, "triton", None)  # training on CUDA
     with torch.no_grad():

@@ -11,10 +11,10 @@ from types import SimpleNamespace
 import pytest
 from helpers import REPO, SHARED
 
-from rwkv_lab.config import RWKVConfig
 from rwkv_lab.inference.generation import _Sequence
 from rwkv_lab.loading import tokenizer as tokenizer_module
 from rwkv_lab.loading.tokenizer import WORLD_VOCAB_FILE, check_tokenizer, load_tokenizer, world_tokenizer
+from rwkv_lab.models.rwkv4.config import RWKVConfig
 
 LM_EVAL = SHARED / "data" / "lm_eval"
 needs_data = pytest.mark.skipif(not LM_EVAL.exists(), reason="needs ../shared/data")

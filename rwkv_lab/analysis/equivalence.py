@@ -6,11 +6,19 @@ import pandas as pd
 import torch
 
 from ..measure.timing import time_fn
+from ..models import RecurrentState
 
 
-def rel_error(x: torch.Tensor, ref: torch.Tensor) -> float:
-    """||x - ref|| / ||ref|| in float64: the one error measure every check in this project reports."""
-    x, ref = x.detach().double(), ref.detach().double()
+def _flat(value) -> torch.Tensor:
+    if isinstance(value, RecurrentState):
+        return torch.cat([t.flatten().double() for t in value.tensors()])
+    return value
+
+
+def rel_error(x, ref) -> float:
+    """||x - ref|| / ||ref|| in float64: the one error measure every check in this project reports. Tensors, or
+    two states of one generation (all their tensors as one vector)."""
+    x, ref = (_flat(v).detach().double() for v in (x, ref))
     return float(torch.linalg.vector_norm(x - ref) / torch.linalg.vector_norm(ref).clamp_min(1e-300))
 
 

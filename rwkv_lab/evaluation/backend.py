@@ -216,7 +216,7 @@ class RWKVLM(TemplateLM):
                     jobs.append((row, i, requests[i][2]))
             states.append(st)
             offset += len(group)
-        state = torch.cat(states)  # (contexts in block, L, 5, C)
+        state = type(states[0]).cat(states)  # the contexts of the block, in order
         jobs.sort(key=lambda j: -len(j[2]))
         out = {}
         for start in range(0, len(jobs), self.batch_size):
@@ -231,7 +231,7 @@ class RWKVLM(TemplateLM):
                 real = torch.tensor(
                     [[t < len(c) - 1 for t in range(longest - 1)] for _, _, c in batch], device=self.device
                 )  # (b, longest - 1)
-                hidden, _ = self.model.hidden(inputs, state.index_select(0, rows), check=False)  # (b, T, C)
+                hidden, _ = self.model.hidden(inputs, state[rows], check=False)  # (b, T, C)
                 # the head only at real positions: it dominates the cost at 50k tokens
                 logits = self.model.head(hidden[real]).float()  # (n_real, V)
                 target = targets[real]

@@ -98,7 +98,7 @@ class Decoder:
         steps=None,
         return_logits: bool = False,
     ):
-        """tokens (B,), state (B, L, 5, C) -> next tokens (B,), the state after `tokens`[, logits (B, V)].
+        """tokens (B,), the model's state of B sequences -> next tokens (B,), the state after `tokens`[, logits (B, V)].
 
         seeds, steps (B,) int64 pick the random numbers of each sequence (sampling.uniform_noise); with
         temperature 0 they are unused. On CUDA the returned tensors are the graph's own buffers, valid until the
@@ -135,8 +135,8 @@ class Decoder:
                 self._capture(key, tokens, state, temperature, top_p, seeds, steps)
             graph, static, out = self._captured[key]
             for buffer, value in zip(static, (tokens, state, seeds, steps)):
-                if buffer.data_ptr() != value.data_ptr():
-                    buffer.copy_(value)
+                if buffer is not value:
+                    buffer.copy_(value)  # a state copies tensor by tensor, skipping those already in place
             graph.replay()
         next_tokens, logits, new_state = out
         return (next_tokens, new_state, logits) if return_logits else (next_tokens, new_state)

@@ -103,7 +103,7 @@ def _prompts(prompt) -> list[str]:
 
 @torch.no_grad()
 def prefill_prompts(model, tokenizer, prompts: list[str], state=None, new_document: bool = False):
-    """Each prompt through the parallel form from its own state: (last logits (n, V), states (n, L, 5, C)).
+    """Each prompt through the parallel form from its own state: (last logits (n, V), the n states as one batch).
 
     An empty prompt starts a new document (end-of-text); so does every prompt with `new_document`. Only the last
     position goes through the head."""
@@ -117,7 +117,7 @@ def prefill_prompts(model, tokenizer, prompts: list[str], state=None, new_docume
         last, st = model.prefill(tokens, start, chunk=PREFILL_CHUNK)
         logits.append(last)
         states.append(st)
-    return torch.cat(logits), torch.cat(states)
+    return torch.cat(logits), type(states[0]).cat(states)
 
 
 @torch.no_grad()
@@ -140,9 +140,10 @@ def stream(
     `prompt` a str: yields str pieces. A list of str: yields (index, piece), the prompts decoded as one batch.
     Each sequence ends at its `max_new_tokens`, end-of-text or a stop string (excluded from the text).
     `seed`, `max_new_tokens` and `stop` take one value for all or one per prompt (for `stop`, a list of lists).
-    `state` (n, L, 5, C) starts each prompt from a given state. `new_document` reads each prompt as the start of a
-    document: after end-of-text, as training saw every file's first bytes (without it, "def main():\n" reads as
-    a piece from the middle of a file, whose next line is often indented deeper). `stats`, a dict, receives the timings:
+    `state` (the model's state of a batch of n) starts each prompt from a given state. `new_document` reads each
+    prompt as the start of a document: after end-of-text, as training saw every file's first bytes (without it,
+    "def main():\n" reads as a piece from the middle of a file, whose next line is often indented deeper).
+    `stats`, a dict, receives the timings:
     prefill_s, first_token_s, decode_s, warmup_s (capture and compilation in this call), generated tokens.
     """
     single = isinstance(prompt, str)
@@ -236,7 +237,7 @@ def _generate(
             tokens, states = ahead
         if len(live) <= len(rows) // 2:  # compact: finished sequences stop costing work
             keep = torch.tensor(live, device=device)
-            tokens, states = tokens.index_select(0, keep), states.index_select(0, keep)
+            tokens, states = tokens.index_select(0, keep), states[keep]
             seed_t, step_t = seed_t.index_select(0, keep), step_t.index_select(0, keep)
             rows = [rows[row] for row in live]
         if not run_ahead:

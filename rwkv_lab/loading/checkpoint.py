@@ -1,10 +1,13 @@
-"""Load and save RWKV-4 weights in every format they are released in.
+"""Load and save the weights of every model generation (rwkv_lab.models) in every format they are released in.
 
 Formats (spec: "Checkpoint formats and key names"):
-- ``pth``: BlinkDL's released files, a plain state dict, loaded with ``torch.load(weights_only=True)``.
-- ``transformers``: a folder with config.json and model.safetensors / pytorch_model.bin (sharded or not),
-  the keys renamed (``rwkv.`` prefix, ``attention``, ``feed_forward``, ...).
-- ``safetensors``: this project's own file, BlinkDL key names plus the config in the metadata.
+- ``pth``: BlinkDL's released files, a plain state dict, loaded with ``torch.load(weights_only=True)``; which
+  generation it is, and every size, is read from its keys and shapes (each generation's `checkpoint.matches` and
+  `config_from_state_dict`).
+- ``transformers``: a folder with config.json and model.safetensors / pytorch_model.bin (sharded or not), the
+  hub layout of the generation config.json's model_type names (RWKV-4: transformers' ``rwkv``; RWKV-7: fla's
+  ``rwkv7``), the keys renamed by that generation's key map.
+- ``safetensors``: this project's own file, BlinkDL key names plus the architecture and config in the metadata.
 Hub repo ids ('RWKV/rwkv-4-169m-pile', 'BlinkDL/rwkv-4-pile-169m', 'owner/name/file.pth') download through
 huggingface_hub's cache.
 """
@@ -15,7 +18,6 @@ import difflib
 import json
 import os
 import pickle
-import re
 import shutil
 import tempfile
 import warnings
@@ -23,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from ..models.rwkv4.config import RWKVConfig
-from ..models.rwkv4.model import RESCALE_EVERY, RWKV
+from ..models import Architecture, architecture, architecture_of, checkpoint_architecture, hub_architecture
+from ..models.checks import CheckpointError
 from ..results import atomic_write
 from .default import DEFAULT_DESCRIPTION, DEFAULT_WEIGHTS
 from .hub import HubUnavailableError, download_file, download_snapshot, is_repo_id
@@ -40,16 +42,6 @@ SUPPORTED_DTYPES = {
     "float64": torch.float64,
     "fp64": torch.float64,
 }
-_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
-_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
-# keys of RWKV-4 training runs this implementation does not model: a clear error rather than a wrong model
-UNSUPPORTED_KEYS = {
-    "pos_emb": "learned position embeddings (pos_emb_x / pos_emb_y)",
-    "head_q": "the tiny-attention head (head_q / head_k / copy_mask)",
-    "head_k": "the tiny-attention head",
-    "copy_mask": "the tiny-attention head",
-    "tiny_": "tiny attention (tiny_ln / tiny_q / tiny_k / tiny_v)",
-}
 # file names that mark a local path even when no file exists there (a typo must not go to the hub)
 LOCAL_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".json", ".ckpt")
 
@@ -64,57 +56,12 @@ BLINKDL_FILES = {
 }
 
 
-class CheckpointError(ValueError):
-    """A file or folder that is not a usable RWKV-4 checkpoint; the message says what was expected."""
-
-
 def resolve_dtype(dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype) and dtype in SUPPORTED_DTYPES.values():
         return dtype
     if isinstance(dtype, str) and dtype in SUPPORTED_DTYPES:
         return SUPPORTED_DTYPES[dtype]
     raise ValueError(f"unsupported dtype {dtype!r}; expected one of {sorted(SUPPORTED_DTYPES)}")
-
-
-# ---- key names -------------------------------------------------------------------------------------------------
-
-_HF_RENAMES = [  # (BlinkDL, transformers), inside the key; the embedding is renamed as a prefix
-    (".ln0.", ".pre_ln."),
-    (".att.", ".attention."),
-    (".ffn.", ".feed_forward."),
-    ("time_mix_k", "time_mix_key"),
-    ("time_mix_v", "time_mix_value"),
-    ("time_mix_r", "time_mix_receptance"),
-]
-
-
-def blinkdl_to_hf_key(key: str) -> str:
-    if key == "head.weight":
-        return key
-    if key.startswith("emb."):
-        key = "embeddings." + key[len("emb.") :]
-    for ours, theirs in _HF_RENAMES:
-        key = key.replace(ours, theirs)
-    return "rwkv." + key
-
-
-def hf_to_blinkdl_key(key: str) -> str:
-    if key == "head.weight":
-        return key
-    if not key.startswith("rwkv."):
-        raise CheckpointError(
-            f"unexpected key {key!r} in a transformers RWKV checkpoint (expected 'rwkv.*' or 'head.weight')"
-        )
-    key = key[len("rwkv.") :]
-    if key.startswith("embeddings."):
-        key = "emb." + key[len("embeddings.") :]
-    for ours, theirs in reversed(_HF_RENAMES):
-        key = key.replace(theirs, ours)
-    return key
-
-
-def is_hf_state_dict(sd: dict) -> bool:
-    return any(k.startswith("rwkv.") for k in sd)
 
 
 # ---- reading files ---------------------------------------------------------------------------------------------
@@ -167,12 +114,17 @@ def _check_tensor_dict(sd, path) -> dict:
     return sd
 
 
-def _read_hf_folder(folder: Path) -> tuple[dict, RWKVConfig]:
+def _read_hf_folder(folder: Path) -> tuple[dict, object]:
     try:
         hf_config = json.loads((folder / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{folder}/config.json is missing or not valid JSON ({err})") from err
-    config = config_from_hf(hf_config, str(folder / "config.json"))
+    model_type = hf_config.get("model_type") if isinstance(hf_config, dict) else None
+    arch = hub_architecture(model_type)
+    if arch is None:
+        known = " or ".join(f"{a.checkpoint.HF_MODEL_TYPE!r} ({a.description.split(':')[0]})" for a in _recurrent())
+        raise CheckpointError(f"{folder}/config.json has model_type {model_type!r}; expected {known}")
+    config = arch.checkpoint.config_from_hf(hf_config, str(folder / "config.json"))
     shards: list[Path] = []
     for index_name, single in (
         ("model.safetensors.index.json", "model.safetensors"),
@@ -207,83 +159,30 @@ def _read_hf_folder(folder: Path) -> tuple[dict, RWKVConfig]:
             else _check_tensor_dict(_torch_load(shard), shard)
         )
         sd.update(part)
-    return {hf_to_blinkdl_key(k): v for k, v in sd.items()}, config
+    return {arch.checkpoint.blinkdl_key(k): v for k, v in sd.items()}, config
 
 
-def config_from_hf(hf: dict, where: str = "config.json") -> RWKVConfig:
-    """The RWKVConfig of a transformers config.json (already parsed); `where` names the file in errors."""
-    if not isinstance(hf, dict):
-        raise CheckpointError(f"{where} holds a {type(hf).__name__}, not a JSON object with the model's settings")
-    try:
-        return _config_from_hf(hf)
-    except (TypeError, ValueError) as err:
-        if isinstance(err, CheckpointError):
-            raise CheckpointError(f"{where}: {err}") from None
-        raise CheckpointError(f"{where} has a setting of the wrong type or value ({err})") from None
+def _recurrent() -> list[Architecture]:
+    from ..models import ARCHITECTURES  # noqa: PLC0415 - read when needed: generations may be registered later
+
+    return [a for a in ARCHITECTURES.values() if a.checkpoint is not None]
 
 
-def _config_from_hf(hf: dict) -> RWKVConfig:
-    if hf.get("model_type") not in (None, "rwkv"):
-        raise CheckpointError(f"config.json has model_type {hf.get('model_type')!r}; expected 'rwkv' (RWKV-4)")
-    try:
-        C, L, V = int(hf["hidden_size"]), int(hf["num_hidden_layers"]), int(hf["vocab_size"])
-    except KeyError as err:
-        raise CheckpointError(f"config.json lacks {err}; expected hidden_size, num_hidden_layers, vocab_size") from err
-    if (hf.get("attention_hidden_size") or C) != C:
-        raise CheckpointError(
-            f"attention_hidden_size {hf['attention_hidden_size']} != hidden_size {C}: "
-            "RWKV-4 Pile models use equal sizes, which is all this implementation supports"
-        )
-    F = int(hf.get("intermediate_size") or 4 * C)
-    return RWKVConfig(
-        n_layer=L,
-        n_embd=C,
-        vocab_size=V,
-        ctx_len=int(hf.get("context_length", 1024)),
-        layer_norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
-        name=hf.get("_name_or_path") or "custom",
-        ffn_dim=None if F == 4 * C else F,
-    )
+def config_from_state_dict(sd: dict, name: str = "custom"):
+    """(BlinkDL-named state dict, config): the generation and every size read from the keys and shapes (the
+    released files carry no config). A state dict in a hub layout's key names, saved as one file, is renamed.
+    What no generation recognises is read as RWKV-4, the first, whose errors say what its files hold."""
+    arch = checkpoint_architecture(sd)
+    if arch is None:
+        hub = next((a for a in _recurrent() if a.checkpoint.is_hf_state_dict(sd)), None)
+        if hub is not None:
+            sd = {hub.checkpoint.blinkdl_key(k): v for k, v in sd.items()}
+            arch = checkpoint_architecture(sd)
+    arch = arch or architecture("rwkv4")
+    return sd, arch.checkpoint.config_from_state_dict(sd, name=name)
 
 
-def config_from_state_dict(sd: dict, name: str = "custom") -> RWKVConfig:
-    """n_layer, n_embd, the FFN width and the vocabulary from the BlinkDL keys (the released files carry no
-    config); a gap in the block indices, or keys of training variants this implementation lacks, are errors."""
-    odd = sorted(
-        {
-            what
-            for k in sd
-            for part in k.split(".")
-            for prefix, what in UNSUPPORTED_KEYS.items()
-            if part.startswith(prefix)
-        }
-    )
-    if odd:
-        raise CheckpointError(
-            f"this checkpoint uses {'; '.join(odd)}, which rwkv_lab's RWKV-4 does not implement "
-            "(it loads the released Pile models' key set)"
-        )
-    if "emb.weight" not in sd or sd["emb.weight"].dim() != 2:
-        raise CheckpointError(
-            f"cannot infer the model size: the checkpoint has no 2-D 'emb.weight' (found keys such as {sorted(sd)[:5]})"
-        )
-    V, C = sd["emb.weight"].shape
-    blocks = {int(m.group(1)) for k in sd if (m := _BLOCK_KEY.match(k))}
-    if not blocks:
-        raise CheckpointError("cannot infer the number of layers: no 'blocks.N.*' keys in the checkpoint")
-    gaps = sorted(set(range(max(blocks) + 1)) - blocks)
-    if gaps:
-        raise CheckpointError(
-            f"the checkpoint has blocks up to {max(blocks)} but none of blocks {gaps[:8]}: a truncated or edited file"
-        )
-    ffn = sd.get("blocks.0.ffn.key.weight")
-    F = int(ffn.shape[0]) if ffn is not None and ffn.dim() == 2 else 4 * int(C)
-    return RWKVConfig(
-        n_layer=max(blocks) + 1, n_embd=int(C), vocab_size=int(V), name=name, ffn_dim=None if F == 4 * C else F
-    )
-
-
-def read_checkpoint(path) -> tuple[dict, RWKVConfig]:
+def read_checkpoint(path) -> tuple[dict, object]:
     """A local file or folder -> (BlinkDL-named state dict, config)."""
     path = Path(path)
     if not path.exists():
@@ -296,17 +195,19 @@ def read_checkpoint(path) -> tuple[dict, RWKVConfig]:
         sd, metadata = _safetensors_load(path)
         config = None
         if "rwkv_lab_config" in metadata:
-            try:
-                config = RWKVConfig.from_dict(json.loads(metadata["rwkv_lab_config"]))
+            try:  # files written before the second generation carry no architecture: RWKV-4's
+                config_class = architecture(metadata.get("rwkv_lab_arch", "rwkv4")).config_class
+                config = config_class.from_dict(json.loads(metadata["rwkv_lab_config"]))
             except (ValueError, TypeError, AttributeError) as err:
                 raise CheckpointError(
-                    f"{path}: its metadata 'rwkv_lab_config' is not a valid RWKVConfig ({err})"
+                    f"{path}: its metadata 'rwkv_lab_config' is not a valid config of its architecture "
+                    f"{metadata.get('rwkv_lab_arch', 'rwkv4')!r} ({err})"
                 ) from None
     else:
         sd, config = _check_tensor_dict(_torch_load(path), path), None
-    if is_hf_state_dict(sd):
-        sd = {hf_to_blinkdl_key(k): v for k, v in sd.items()}
-    return sd, config or config_from_state_dict(sd, name=path.stem)
+    if config is not None:
+        return sd, config
+    return config_from_state_dict(sd, name=path.stem)
 
 
 def looks_like_path(source: str) -> bool:
@@ -375,17 +276,18 @@ def check_finite(sd: dict, where: str, strict: bool = False) -> None:
     )
 
 
-def model_from_state_dict(sd: dict, config: RWKVConfig, dtype=torch.float32, device="cpu") -> RWKV:
+def model_from_state_dict(sd: dict, config, dtype=torch.float32, device="cpu"):
     """Check every key and shape against the config, then place the weights (no fp32 copy of the whole model)."""
     dtype = resolve_dtype(dtype)
+    arch = architecture_of(config)
     with torch.device("meta"):
-        model = RWKV(config)
+        model = arch.model_class(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
     if missing or unexpected:
         raise CheckpointError(
-            f"checkpoint keys do not match an RWKV-4 with {config.n_layer} layers of width {config.n_embd}: "
+            f"checkpoint keys do not match an {arch.name} with {config.n_layer} layers of width {config.n_embd}: "
             f"missing {missing[:8]}{' ...' if len(missing) > 8 else ''} ({len(missing)} in all), "
             f"unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''} ({len(unexpected)} in all)"
         )
@@ -404,8 +306,9 @@ def model_from_state_dict(sd: dict, config: RWKVConfig, dtype=torch.float32, dev
     return model.eval()
 
 
-def load_model(source, dtype="float32", device="cpu", revision: str | None = None, strict: bool = False) -> RWKV:
-    """Load RWKV-4 from 'default', a local file or folder, or a hub id; compute dtype and device chosen here.
+def load_model(source, dtype="float32", device="cpu", revision: str | None = None, strict: bool = False):
+    """Load a model of any generation from 'default', a local file or folder, or a hub id; compute dtype and device
+    chosen here.
 
     The model's `source` attribute records where it came from (notebooks print it). Non-finite weights are
     reported with their names: a warning, or an error with `strict=True`.
@@ -424,32 +327,12 @@ def load_model(source, dtype="float32", device="cpu", revision: str | None = Non
     return model
 
 
-def default_model(dtype=torch.float32, device="cpu") -> RWKV:
+def default_model(dtype=torch.float32, device="cpu"):
     """The embedded default model (default.py): no download, any dtype and device."""
     return load_model("default", dtype=dtype, device=device)
 
 
 # ---- writing ---------------------------------------------------------------------------------------------------
-
-
-def hf_config_dict(config: RWKVConfig, dtype: torch.dtype) -> dict:
-    return {
-        "architectures": ["RwkvForCausalLM"],
-        "model_type": "rwkv",
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.n_embd,
-        "num_hidden_layers": config.n_layer,
-        "attention_hidden_size": config.n_embd,
-        "intermediate_size": config.dim_ffn,
-        "context_length": config.ctx_len,
-        "layer_norm_epsilon": config.layer_norm_eps,
-        "rescale_every": RESCALE_EVERY,
-        "bos_token_id": 0,
-        "eos_token_id": 0,
-        "tie_word_embeddings": False,
-        "use_cache": True,
-        "torch_dtype": str(dtype).removeprefix("torch."),
-    }
 
 
 FILE_SUFFIXES = {"safetensors": (".safetensors",), "pth": (".pth", ".pt")}
@@ -495,7 +378,7 @@ def check_destination(path: Path, format: str) -> None:
             )
 
 
-def save_model(model: RWKV, path, format: str = "safetensors", dtype=None, tokenizer_file=None) -> Path:
+def save_model(model, path, format: str = "safetensors", dtype=None, tokenizer_file=None) -> Path:
     """Write `model` as 'safetensors' (ours), 'pth' (BlinkDL) or 'transformers' (a folder; with `tokenizer_file`,
     a tokenizers JSON such as GPT-NeoX-20B's, the folder also loads with AutoTokenizer).
 
@@ -510,13 +393,14 @@ def save_model(model: RWKV, path, format: str = "safetensors", dtype=None, token
     dtype = resolve_dtype(dtype) if dtype is not None else model.dtype
     sd = {k: v.detach().to(device="cpu", dtype=dtype).contiguous() for k, v in model.state_dict().items()}
     if format == "safetensors":
-        meta = {"format": "pt", "rwkv_lab_config": model.config.to_json()}
+        meta = {"format": "pt", "rwkv_lab_arch": model.config.arch, "rwkv_lab_config": model.config.to_json()}
         atomic_write(path, lambda tmp: save_file(sd, str(tmp), metadata=meta))
     elif format == "pth":
         atomic_write(path, lambda tmp: torch.save(sd, tmp))
     else:
-        hf_sd = {blinkdl_to_hf_key(k): v for k, v in sd.items()}
-        config_text = json.dumps(hf_config_dict(model.config, dtype), indent=2)
+        keys = architecture_of(model).checkpoint
+        hf_sd = {keys.hf_key(k): v for k, v in sd.items()}
+        config_text = json.dumps(keys.hf_config_dict(model.config, dtype), indent=2)
 
         def fill(folder: Path):
             save_file(hf_sd, str(folder / "model.safetensors"), metadata={"format": "pt"})

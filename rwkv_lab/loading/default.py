@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..models.rwkv4.config import PRESETS
-from ..models.rwkv4.model import RWKV, build_model
+from ..models.rwkv4.model import build_model
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "default_model"
 DEFAULT_WEIGHTS = DEFAULT_DIR / "model.safetensors"
@@ -33,7 +33,7 @@ def heldout_text() -> str:
     return HELDOUT_TEXT.read_text(encoding="utf-8")
 
 
-def untrained_model(seed: int = 0, dtype=torch.float32, device="cpu") -> RWKV:
+def untrained_model(seed: int = 0, dtype=torch.float32, device="cpu"):
     """The default's architecture at the official initialisation, its projections drawn rather than zeroed so the
     output still depends on the context (see model.init_weights): the 'before' of the trained default."""
     model = build_model(PRESETS[DEFAULT_PRESET], seed=seed, zero_projections=False, dtype=dtype, device=device)

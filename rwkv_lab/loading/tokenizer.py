@@ -12,6 +12,7 @@ import importlib.util
 import os
 from pathlib import Path
 
+from ..models.vocab import BYTE_VOCAB, WORLD_VOCAB
 from .hub import download_file, is_repo_id
 
 NEOX_HUB_REPO = "EleutherAI/gpt-neox-20b"
@@ -233,10 +234,14 @@ def check_tokenizer(tokenizer, model) -> None:
         )
 
 
+BY_VOCAB = {BYTE_VOCAB: "bytes", WORLD_VOCAB: "world"}  # any other vocabulary: GPT-NeoX-20B
+
+
 def tokenizer_for(model, source: str | None = None):
-    """The tokenizer that fits the model: bytes for a 257-token vocabulary, else GPT-NeoX-20B (or `source`)."""
-    if source is None and model.config.vocab_size == ByteTokenizer.vocab_size:
-        source = "bytes"
+    """The tokenizer that fits the model, chosen by its vocabulary (or `source`): bytes for 257 tokens, the RWKV
+    World tokenizer for 65,536 (RWKV-7 World / G1), else GPT-NeoX-20B (the Pile models of both generations)."""
+    if source is None:
+        source = BY_VOCAB.get(model.config.vocab_size)
     tokenizer = load_tokenizer(source)
     check_tokenizer(tokenizer, model)
     return tokenizer

@@ -70,7 +70,7 @@ def saved_for_backward(forward, model: torch.nn.Module) -> list[dict]:
 
 
 def analytic_memory(
-    arch: str,
+    state_numbers: int | None,
     n_params: int,
     n_layer: int,
     d_model: int,
@@ -80,12 +80,13 @@ def analytic_memory(
     dtype_bytes: int,
     state_bytes: int = 4,
 ) -> dict:
-    """Bytes by the formulas: weights N·s; RWKV state 5·C·L per sequence (fp32); KV cache 2·L·T·d per sequence;
+    """Bytes by the formulas: weights N·s; a recurrent model's state, `state_numbers` per sequence (fp32: RWKV-4's
+    5·C·L, RWKV-7's 2·C·L + H·N²·L), or, with `state_numbers` None, a transformer's KV cache 2·L·T·d per sequence;
     the prefill's transient activations, O(B·T·C), of which the largest live set is about the FFN's 4C hidden
     plus a few C-wide tensors (12 C per token, in the compute dtype) and the last position's logits."""
     weights = n_params * dtype_bytes
-    if arch == "rwkv":
-        cache = batch * 5 * d_model * n_layer * state_bytes
+    if state_numbers is not None:
+        cache = batch * state_numbers * state_bytes
     else:
         cache = batch * 2 * n_layer * context * d_model * dtype_bytes
     activations = batch * context * 12 * d_model * dtype_bytes + batch * vocab * 4

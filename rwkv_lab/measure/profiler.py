@@ -28,7 +28,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..inference.decoder import decoder_for
-from ..models.rwkv4.model import RWKV, build_at_size
+from ..models import architecture_of
+from ..models.rwkv4.model import build_at_size
 from ..models.transformer.model import PYTHIA_FOR, pythia_model
 from ..training.loss import lm_loss
 from .memory import analytic_memory, free_memory, memory_now, memory_peak, reset_peak
@@ -42,12 +43,17 @@ class Subject:
     """A model with prefill / extend / decode over its own cache (RWKV state or transformers KV cache)."""
 
     name: str
-    arch: str  # 'rwkv' | 'transformer'
+    arch: str  # the generation (rwkv_lab.models): 'rwkv4', 'rwkv7' or 'transformer'
     model: torch.nn.Module
     n_layer: int
     d_model: int
     vocab: int
     compile: bool | None = None  # RWKV decoding: the library's decoder (None: its default, compiled on CUDA)
+    state_numbers: int | None = None  # a recurrent model's state per sequence; None: a transformer's KV cache
+
+    @property
+    def recurrent(self) -> bool:
+        return self.state_numbers is not None
 
     @property
     def device(self) -> torch.device:
@@ -63,13 +69,20 @@ class Subject:
 
     def predicted(self, batch: int, context: int) -> dict:
         return analytic_memory(
-            self.arch, self.n_params, self.n_layer, self.d_model, self.vocab, batch, context, self.dtype.itemsize
+            self.state_numbers,
+            self.n_params,
+            self.n_layer,
+            self.d_model,
+            self.vocab,
+            batch,
+            context,
+            self.dtype.itemsize,
         )
 
     @torch.no_grad()
     def extend(self, tokens: torch.Tensor, cache=None, chunk: int | None = None):
         """Run a context (B, T) from `cache` (None: empty); returns (last logits (B, V), cache)."""
-        if self.arch == "rwkv":
+        if self.recurrent:
             return self.model.prefill(tokens, cache, chunk=chunk, check=False)
         from transformers import DynamicCache
 
@@ -96,14 +109,14 @@ class Subject:
     def decode(self, token: torch.Tensor, cache):
         """One greedily generated token per sequence, token (B,) -> (next token (B,), cache): RWKV through the
         library's decoder (what `generate` uses), the transformer through its KV cache."""
-        if self.arch == "rwkv":
+        if self.recurrent:
             return decoder_for(self.model, token.shape[0], self.compile).step(token, cache)
         out = _hf(self.model, input_ids=token[:, None], past_key_values=cache, use_cache=True)
         return out.logits[:, -1].argmax(-1), out.past_key_values
 
     def crop(self, cache, context: int):
         """The cache as it was after `context` tokens (transformer; an RWKV state is returned as is)."""
-        if self.arch == "transformer" and cache.get_seq_length() > context:
+        if not self.recurrent and cache.get_seq_length() > context:
             cache.crop(context - cache.get_seq_length())  # negative: remove that many (transformers 4.x and 5.x)
         return cache
 
@@ -138,10 +151,20 @@ def _hf(model, **kwargs):
         return model(**kwargs)
 
 
-def rwkv_subject(model: RWKV, name: str | None = None, compile: bool | None = None) -> Subject:
+def rwkv_subject(model, name: str | None = None, compile: bool | None = None) -> Subject:
+    """A recurrent model of any generation (its name: the generation and the config's, e.g. 'RWKV-4 169M')."""
     cfg = model.config
+    arch = architecture_of(model)
+    label = f"RWKV-{arch.name.removeprefix('rwkv')} {cfg.name}"
     return Subject(
-        name or f"RWKV-4 {cfg.name}", "rwkv", model.eval(), cfg.n_layer, cfg.n_embd, cfg.vocab_size, compile=compile
+        name or label,
+        arch.name,
+        model.eval(),
+        cfg.n_layer,
+        cfg.n_embd,
+        cfg.vocab_size,
+        compile=compile,
+        state_numbers=cfg.state_numbers,
     )
 
 

@@ -108,7 +108,7 @@ def plot_kind(frame: pd.DataFrame, ax, kind: str, value: str, ylabel: str, batch
     for key, m in g.groupby(keys, sort=False):
         model = key[0] if len(keys) == 1 else f"{key[0]} ({key[1]})"
         ok = m[m["status"] == "ok"].sort_values("context")
-        style = "-" if m["arch"].iloc[0] == "rwkv" else "--"
+        style = "--" if m["arch"].iloc[0] == "transformer" else "-"
         (line,) = ax.loglog(ok["context"], ok[value] * scale, "o" + style, ms=3, label=model)
         for T in m.loc[m["status"] == "oom", "context"]:
             ax.axvline(T, color=line.get_color(), ls=":", lw=1.2, label=f"{model}: out of memory at T = {T:,}")

@@ -48,30 +48,41 @@ class RecurrentLM(Protocol):
 class Architecture:
     """One model generation as the suite sees it.
 
-    name: the registry key ("rwkv4", "rwkv7", "transformer"), also `config.arch` and the trainer's `--arch`.
-    config_class / model_class: its config dataclass and network (`model_class(config)` builds it uninitialised).
+    name: the registry key ("rwkv4", "rwkv7", "transformer"), the trainer's `--arch` and a saved file's metadata.
     presets: name -> config (the released sizes and small ones); `get_config(name)` also parses the generation's
-        own spelled sizes (e.g. byte-6x256).
-    init: `init(model, seed=0, **options)`: the official initialisation, in place, returning the model.
-    recurrent: whether it is a recurrent LM (the protocol above), with a constant-size state.
+        spelled sizes (e.g. byte-6x256).
+    model_class: the network (`model_class(config)` builds it uninitialised); None where an outside library
+        builds it (the transformer).
+    build: `build(config, seed=0, context=1024, **options)`: a freshly initialised model, officially
+        initialised (RWKV-LM's recipe for each RWKV generation), in fp32 on the CPU.
+    forward_flops_per_token: `(config, context) -> int`, the matrix FLOPs of one token's forward pass (attention
+        grows with the context; an RNN's does not).
+    recurrent: a recurrent LM (the protocol above), with a constant-size state.
     lr_scale: parameter-name suffix -> learning-rate multiplier (RWKV-LM's layerwise recipe); others get 1.
-    checkpoint: the generation's checkpoint module: `matches(state_dict)`, `config_from_state_dict(sd, name)` and
-        the hub layout's key map (see rwkv_lab/models/rwkv4/checkpoint.py for the functions it provides).
+    checkpoint: the generation's checkpoint module (matches, config_from_state_dict, the hub layout's key map and
+        config.json both ways: see rwkv_lab/models/rwkv4/checkpoint.py), None where there is none.
+    foreign_model_types: the `config.model_type` of another library's classes that stand for this generation
+        (transformers' GPT-NeoX for the transformer baseline).
     """
 
     name: str
     description: str
     config_class: type
-    model_class: type
     presets: dict
     get_config: Callable[[str], Any]
-    init: Callable[..., Any]
+    model_class: type | None
+    build: Callable[..., Any]
+    forward_flops_per_token: Callable[[Any, int], int]
     recurrent: bool = True
     lr_scale: dict = field(default_factory=dict)
     checkpoint: Any = None
+    foreign_model_types: tuple = ()
 
-    def build(self, config, seed: int = 0, dtype=torch.float32, device="cpu", **init_options):
-        """A freshly initialised model of `config` (initialised on the CPU in fp32, so results do not depend on the
-        device), then moved."""
-        model = self.init(self.model_class(config), seed=seed, **init_options)
-        return model.to(device=device, dtype=dtype)
+    def owns(self, model) -> bool:
+        """Whether `model` (possibly wrapped by DDP or torch.compile) is one of this generation's networks."""
+        inner = getattr(model, "_orig_mod", model)
+        inner = getattr(inner, "module", inner)
+        config = getattr(inner, "config", None)
+        return getattr(config, "arch", None) == self.name or getattr(config, "model_type", None) in (
+            self.foreign_model_types
+        )

@@ -72,6 +72,12 @@ class RecurrentState:
     def detach(self) -> RecurrentState:
         return self._map(torch.Tensor.detach)
 
+    def requires_grad_(self, requires_grad: bool = True) -> RecurrentState:
+        """Record operations on every tensor (gradients with respect to an initial state), in place."""
+        for t in self.tensors():
+            t.requires_grad_(requires_grad)
+        return self
+
     def to(self, device=None) -> RecurrentState:
         """The state on another device (its dtypes are the model's choice, so they stay)."""
         return self._map(lambda t: t.to(device))

@@ -15,7 +15,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from ..models.rwkv4.model import RWKV
+from ..models import architecture_of
 
 AUTOCAST_DTYPE = torch.bfloat16
 
@@ -32,7 +32,7 @@ def logits_of(model: torch.nn.Module, x: torch.Tensor, padded_vocab: bool = Fals
     """Logits (B, T, V) of our RWKV or of a transformers causal LM for tokens x (B, T); either may be wrapped
     (DistributedDataParallel, torch.compile), and is then called through the wrapper. `padded_vocab`: RWKV's may
     keep its head's padding, (B, T, V_pad) (RWKV.forward)."""
-    if isinstance(unwrapped(model), RWKV):
+    if architecture_of(unwrapped(model)).recurrent:
         return model(x, check=False, padded_vocab=padded_vocab)[0]
     return model(input_ids=x, use_cache=False).logits
 

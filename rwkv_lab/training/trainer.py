@@ -41,23 +41,21 @@ from tqdm.auto import tqdm
 from .. import cost
 from ..loading.checkpoint import save_model
 from ..loading.tokenizer import load_tokenizer
-from ..models.rwkv4.config import RWKVConfig, get_config
-from ..models.rwkv4.model import RWKV, check_saved_activations, init_weights
-from ..models.transformer.model import gpt_neox
+from ..models import ARCHITECTURES, architecture, architecture_of
+from ..models.run_config import check_saved_activations
 from ..results import atomic_write, write_table
 from .corpus import Corpus, build_corpus
 from .cuda_graph import GraphedStep, device_lrs, set_lr
 from .loss import lm_loss
 
-ARCHS = ("rwkv", "transformer")
+ARCHS = tuple(ARCHITECTURES)  # rwkv_lab.models' generations
+ALIASES = {"rwkv": "rwkv4"}  # the name of runs (and their checkpoints) from before the second generation
 PARALLEL = ("ddp", "fsdp")
-# RWKV-LM's RWKV-4 recipe (RWKV-v4neo, layerwise_lr): the decays learn at 2x the base rate, the bonus at 3x
-LR_SCALE = {"time_decay": 2.0, "time_first": 3.0}
 
 
 @dataclass
 class TrainConfig:
-    arch: str = "rwkv"  # 'rwkv' | 'transformer' (GPT-NeoX/Pythia block, same width and depth)
+    arch: str = "rwkv4"  # 'rwkv4' ('rwkv') | 'rwkv7' | 'transformer' (GPT-NeoX/Pythia block, same width and depth)
     model: str = "byte-6x256"  # a preset or 'byte-<layers>x<width>'
     context: int = 512
     batch_size: int = 32  # sequences per optimizer step, over all processes and accumulation steps
@@ -90,6 +88,7 @@ class TrainConfig:
     span: int = 0
 
     def __post_init__(self):
+        self.arch = ALIASES.get(self.arch, self.arch)
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}; got {self.arch!r}")
         if self.parallel not in PARALLEL:
@@ -109,41 +108,32 @@ class TrainConfig:
         return math.ceil(self.tokens / (self.batch_size * self.context))
 
     @property
-    def model_config(self) -> RWKVConfig:
-        return get_config(self.model)
-
-
-def build_transformer(config: RWKVConfig, context: int) -> nn.Module:
-    """A Pythia-style GPT-NeoX (transformers, SDPA attention) of the RWKV config's width, depth and vocabulary:
-    12 D^2 parameters per layer against RWKV's 13 D^2, so the two match within 10%."""
-    from transformers import GPTNeoXForCausalLM
-
-    D = config.n_embd
-    return GPTNeoXForCausalLM(gpt_neox(config.n_layer, D, config.vocab_size, max(1, D // 64), max(2048, context)))
+    def model_config(self):
+        return architecture(self.arch).get_config(self.model)
 
 
 def build(cfg: TrainConfig) -> tuple[nn.Module, float]:
-    """(model, training FLOPs per token)."""
+    """(model, training FLOPs per token): the generation's official initialisation (RWKV-LM's for RWKV: zeroed
+    projections), its fast-path settings from the run's."""
+    arch = architecture(cfg.arch)
     mc = cfg.model_config
-    if cfg.arch == "rwkv":
-        model = init_weights(RWKV(mc), seed=cfg.seed)  # RWKV-LM's init: zeroed projections
-        model.wkv_backend = cfg.wkv_backend
-        model.saved_activations = cfg.saved_activations
-        model.activation_memory_budget = cfg.activation_memory_budget
-        return model, cost.training_flops_per_token(cost.rwkv_forward_flops_per_token(mc))
-    torch.manual_seed(cfg.seed)
-    model = build_transformer(mc, cfg.context)
-    flops = cost.transformer_forward_flops_per_token(mc.n_layer, mc.n_embd, mc.vocab_size, cfg.context)
-    return model, cost.training_flops_per_token(flops)
+    model = arch.build(mc, seed=cfg.seed, context=cfg.context)
+    if arch.recurrent:
+        model.configure(
+            backend=cfg.wkv_backend,
+            saved_activations=cfg.saved_activations,
+            activation_memory_budget=cfg.activation_memory_budget,
+        )
+    return model, cost.training_flops_per_token(arch.forward_flops_per_token(mc, cfg.context))
 
 
 def fast_path(model: nn.Module, enabled: bool = True) -> nn.Module:
-    """What a training loss should call on CUDA: our RWKV with its fused blocks (`RWKV.fused_blocks`, 'auto'),
-    a transformer through torch.compile, as a practitioner would run it. Not enabled: both eager. Elsewhere (the
-    CPU) both stay eager. `model` may be a DDP wrapper."""
+    """What a training loss should call on CUDA: a recurrent LM on its own fast path (RunConfig.fused_blocks,
+    'auto'), a transformer through torch.compile, as a practitioner would run it. Not enabled: both eager.
+    Elsewhere (the CPU) both stay eager. `model` may be a DDP wrapper."""
     inner = getattr(model, "module", model)
-    if isinstance(inner, RWKV):
-        inner.fused_blocks = "auto" if enabled else False
+    if architecture_of(inner).recurrent:
+        inner.configure(fused_blocks="auto" if enabled else False)
         return model
     on_cuda = next(inner.parameters()).is_cuda
     return torch.compile(model) if enabled and on_cuda else model
@@ -151,13 +141,14 @@ def fast_path(model: nn.Module, enabled: bool = True) -> nn.Module:
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups, each with an `lr_scale` on the schedule's rate: weight decay on the projection matrices only
-    (not embeddings, norms, token-shift mixes or decays, as nanoGPT, Pythia and RWKV-LM do); RWKV's time_decay
-    and time_first at LR_SCALE times the rate."""
+    (not embeddings, norms, token-shift mixes or decays, as nanoGPT, Pythia and RWKV-LM do); the generation's
+    `lr_scale` parameters (RWKV-LM's layerwise recipe, e.g. RWKV-4's time_decay and time_first) at their scale."""
+    lr_scale = architecture_of(model).lr_scale
     groups: dict[tuple, list] = {}
     for name, p in model.named_parameters():
         leaf = name.rsplit(".", 1)[-1]
         is_matrix = p.dim() == 2 and "emb" not in name.lower()
-        key = (weight_decay if is_matrix else 0.0, LR_SCALE.get(leaf, 1.0))
+        key = (weight_decay if is_matrix else 0.0, lr_scale.get(leaf, 1.0))
         groups.setdefault(key, []).append(p)
     return [{"params": ps, "weight_decay": wd, "lr_scale": scale} for (wd, scale), ps in sorted(groups.items())]
 
@@ -224,7 +215,8 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         # the fused blocks call Block.forward directly, past the module hooks FSDP gathers weights in
-        self.forward_model = fast_path(self.forward_model, cfg.compile and not (self.sharded and cfg.arch == "rwkv"))
+        recurrent = architecture(cfg.arch).recurrent
+        self.forward_model = fast_path(self.forward_model, cfg.compile and not (self.sharded and recurrent))
         # fused AdamW on CUDA; FSDP's sharded parameters take the multi-tensor one
         fused = {"fused": True} if self.device.type == "cuda" and not self.sharded else {}
         graphed = cfg.cuda_graph and self.device.type == "cuda" and self.world == 1 and cfg.grad_accum == 1
@@ -447,7 +439,7 @@ class Trainer:
 
     def load(self, path) -> Trainer:
         blob = torch.load(path, map_location=self.device, weights_only=True)
-        saved = TrainConfig(**blob["config"])
+        saved = TrainConfig(**blob["config"])  # an old run's arch 'rwkv' reads as 'rwkv4'
         for name in ("arch", "model", "context", "batch_size", "seed"):
             if getattr(saved, name) != getattr(self.cfg, name):
                 raise ValueError(
@@ -482,7 +474,7 @@ class Trainer:
 
 def _layers(model: nn.Module) -> list[nn.Module]:
     """The repeated blocks FSDP shards one by one: RWKV's blocks, or GPT-NeoX's layers."""
-    return list(model.blocks) if isinstance(model, RWKV) else list(model.gpt_neox.layers)
+    return list(model.blocks) if architecture_of(model).recurrent else list(model.gpt_neox.layers)
 
 
 @contextlib.contextmanager
@@ -563,7 +555,7 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
     if trainer.rank == 0:
         params = dataclasses.asdict(cfg) | corpus.summary() | {"processes": trainer.world}
         write_table(out / "log.csv", trainer.frame(), params, trainer.device)
-        if cfg.arch == "rwkv":
+        if architecture(cfg.arch).recurrent:
             save_model(model, out / "model.safetensors")
         print(trainer.frame().dropna(subset=["val_loss"]).to_string(index=False))
     if trainer.world > 1:

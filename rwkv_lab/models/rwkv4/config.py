@@ -6,13 +6,15 @@ import dataclasses
 import json
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
-NEOX_VOCAB = 50277  # GPT-NeoX-20B tokenizer, used by every RWKV-4 Pile model
-BYTE_VOCAB = 257  # 256 bytes + end-of-text (id 0), see tokenizer.ByteTokenizer
+from ..vocab import BYTE_VOCAB, NEOX_VOCAB
 
 
 @dataclass(frozen=True)
 class RWKVConfig:
+    arch: ClassVar[str] = "rwkv4"  # the registry's key (rwkv_lab.models)
+
     n_layer: int
     n_embd: int
     vocab_size: int = NEOX_VOCAB
@@ -41,6 +43,13 @@ class RWKVConfig:
         (RWKV paper, Table 2)."""
         V, D, L, F = self.vocab_size, self.n_embd, self.n_layer, self.dim_ffn
         return 2 * V * D + (5 * D * D + 2 * D * F) * L + D * (11 * L + 4)
+
+    @property
+    def forward_flops_per_token(self) -> int:
+        """RWKV-4's exact matrix FLOPs per token, 2 (V D + 13 D^2 L) with F = 4D (RWKV paper, Table 2; the
+        channel mix's 2DF in general): independent of the context."""
+        V, D, L, F = self.vocab_size, self.n_embd, self.n_layer, self.dim_ffn
+        return 2 * (V * D + (5 * D * D + 2 * D * F) * L)
 
     @property
     def state_numbers(self) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-REFERENCE_DIR = Path(__file__).resolve().parent.parent / "reference"
+REFERENCE_DIR = Path(__file__).resolve().parents[3] / "reference"
 # the Pythia model the RWKV-4 paper sets beside each RWKV-4 Pile size
 PYTHIA_FOR = {
     "169M": "pythia-160m",
@@ -62,3 +62,20 @@ def pythia_model(name: str, dtype=torch.bfloat16, device="cpu", max_positions: i
     with torch.device(device):
         model = GPTNeoXForCausalLM(config).to(dtype)
     return model.eval()
+
+
+def forward_flops_per_token(n_layer: int, d_model: int, vocab_size: int, context: int) -> int:
+    """A GPT-NeoX/Pythia block's matrices (12 D^2 per layer) and the unembedding, plus attention over the
+    context: 4 L D T (scores and weighted values over T positions, PaLM's convention; causal kernels do half)."""
+    return 2 * (vocab_size * d_model + 12 * d_model * d_model * n_layer) + 4 * n_layer * d_model * context
+
+
+def matched_transformer(config, context: int, seed: int = 0):
+    """A Pythia-style GPT-NeoX (transformers, SDPA attention) of an RWKV config's width, depth and vocabulary:
+    12 D^2 parameters per layer against RWKV-4's 13 D^2, so the two match within 10%. transformers' own
+    initialisation, from `seed`."""
+    from transformers import GPTNeoXForCausalLM
+
+    D = config.n_embd
+    torch.manual_seed(seed)
+    return GPTNeoXForCausalLM(gpt_neox(config.n_layer, D, config.vocab_size, max(1, D // 64), max(2048, context)))

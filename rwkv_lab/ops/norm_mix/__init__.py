@@ -11,7 +11,7 @@
 
 `norm_shift_mix_eager` is the reference, the eager block's own ops. `norm_shift_mix` runs the Triton kernels
 (triton_kernels.py: one launch forward, one backward, each row of x read once) where they run, and the reference
-elsewhere; the fused training blocks (model.block_with_fused_mixes) call it.
+elsewhere; the fused training blocks (models/rwkv4/fast_path.py: block_with_fused_mixes) call it.
 """
 
 from __future__ import annotations

@@ -721,7 +721,7 @@ def _warps():
 # The launches are plain functions (`_forward`, `_backward`), reached two ways with the same autograd:
 # - under torch.compile, as the custom operators rwkv_lab::wkv_forward / wkv_backward with fake shapes and a
 #   registered backward: the compiler sees an opaque op, compiles the block around it (fusing its elementwise
-#   work), keeps its outputs for the backward (model.KEPT_OPS), and does not trace into Triton's launcher;
+#   work), keeps its outputs for the backward (fast_path.KEPT_OPS), and does not trace into Triton's launcher;
 # - eagerly, through `EagerWKV`, an autograd.Function that calls them directly: the custom operators' Python
 #   dispatch and autograd wrapper add more host time per forward + backward than the kernels take at the small
 #   shapes (results/wkv/wkv_host_profile.csv).

@@ -1,0 +1,74 @@
+"""How a network runs, never what it computes: the fast-path policy a model carries as `model.run`.
+
+    model.configure(fused_blocks=False)     # the eager blocks, the reference
+    model.configure(backend="recurrent")    # the operator's backend for the parallel form
+
+Every choice here gives the same numbers up to float rounding (tests compare each against the eager reference);
+what differs is speed and memory. A generation reads the fields that apply to it (RWKV-7 has no fused blocks yet
+and ignores them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+# What the fused blocks keep for the backward: the matmuls' and the operator's outputs ("matmuls"), or what the
+# compiler's min-cut partitioner chooses ("partitioner"), of which `activation_memory_budget` keeps a share
+SAVED_ACTIVATIONS = ("matmuls", "partitioner")
+FUSED_BLOCKS = (True, False, "auto")
+PADDED_HEAD = (True, False, "auto")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """backend: the operator's backend for the parallel form ("auto": the fastest exact one on the device).
+    fused_blocks: the parallel form's blocks through torch.compile ("auto": when training on CUDA with the Triton
+    operator; True everywhere; False never: the eager blocks, the reference).
+    saved_activations, activation_memory_budget: what the fused blocks keep for the backward (above).
+    norm_mix_kernels: the fused blocks' LayerNorm, token shift and mixes in norm_mix's Triton kernels (else inductor).
+    padded_head: the head's matmul over a vocabulary padded to aligned rows ("auto": when training on CUDA; the
+    logits are the same, the padding sliced off unless the loss asks for it).
+    rescale_every: fp16 only: halve the residual stream every this many layers (0: never); the rwkv package's and
+    transformers' default for RWKV-4, whose larger models' residuals outgrow fp16 (exact up to LayerNorm's eps)."""
+
+    backend: str = "auto"
+    fused_blocks: bool | str = "auto"
+    saved_activations: str = "matmuls"
+    activation_memory_budget: float = 1.0
+    norm_mix_kernels: bool = True
+    padded_head: bool | str = "auto"
+    rescale_every: int = 6
+
+    def __post_init__(self):
+        if self.fused_blocks not in FUSED_BLOCKS or not isinstance(self.fused_blocks, (bool, str)):
+            raise ValueError(f"RunConfig.fused_blocks must be one of {FUSED_BLOCKS}; got {self.fused_blocks!r}")
+        if self.padded_head not in PADDED_HEAD or not isinstance(self.padded_head, (bool, str)):
+            raise ValueError(f"RunConfig.padded_head must be one of {PADDED_HEAD}; got {self.padded_head!r}")
+        if not isinstance(self.norm_mix_kernels, bool):
+            raise ValueError(f"RunConfig.norm_mix_kernels must be a bool; got {self.norm_mix_kernels!r}")
+        if isinstance(self.rescale_every, bool) or not isinstance(self.rescale_every, int) or self.rescale_every < 0:
+            raise ValueError(f"RunConfig.rescale_every must be an int >= 0 (0: never); got {self.rescale_every!r}")
+        if not isinstance(self.backend, str):
+            raise ValueError(f"RunConfig.backend must be a backend's name; got {self.backend!r}")
+        check_saved_activations(self.saved_activations, self.activation_memory_budget, owner="RunConfig")
+
+    def replace(self, **changes) -> RunConfig:
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            known = [f.name for f in dataclasses.fields(self)]
+            raise ValueError(f"unknown run settings {sorted(unknown)}; expected some of {known}")
+        return dataclasses.replace(self, **changes)
+
+
+def check_saved_activations(saved: str, budget: float, owner: str = "RunConfig") -> None:
+    """What the fused blocks keep (`saved`) and the partitioner's share (`budget`), checked where they are set."""
+    if saved not in SAVED_ACTIVATIONS:
+        raise ValueError(f"{owner}.saved_activations must be one of {SAVED_ACTIVATIONS}; got {saved!r}")
+    if not 0.0 <= budget <= 1.0:
+        raise ValueError(f"{owner}.activation_memory_budget must be in [0, 1] (1: all it chooses); got {budget}")
+    if budget != 1.0 and saved != "partitioner":
+        raise ValueError(
+            f"{owner}.activation_memory_budget {budget} needs saved_activations='partitioner' (got {saved!r}, "
+            "which decides what is kept itself)"
+        )

@@ -1,0 +1,109 @@
+"""RWKV-4's layers: the time mix (token shift, mixes, k/v/r projections, the WKV, the sigmoid(r) gate) and the
+channel mix (squared ReLU, sigmoid(r) gate), each half after its LayerNorm, in a residual block."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ...ops.norm_mix import mix, token_shift
+from ...ops.rwkv4 import compute_dtype, wkv
+from .config import RWKVConfig
+
+ATT_X, ATT_A, ATT_B, ATT_P, FFN_X = range(5)
+STATE_SLOTS = ("att_x", "att_a", "att_b", "att_p", "ffn_x")
+
+
+class TimeMix(nn.Module):
+    def __init__(self, config: RWKVConfig):
+        super().__init__()
+        C = config.n_embd
+        self.time_decay = nn.Parameter(torch.empty(C))
+        self.time_first = nn.Parameter(torch.empty(C))
+        self.time_mix_k = nn.Parameter(torch.empty(1, 1, C))
+        self.time_mix_v = nn.Parameter(torch.empty(1, 1, C))
+        self.time_mix_r = nn.Parameter(torch.empty(1, 1, C))
+        self.key = nn.Linear(C, C, bias=False)
+        self.value = nn.Linear(C, C, bias=False)
+        self.receptance = nn.Linear(C, C, bias=False)
+        self.output = nn.Linear(C, C, bias=False)
+
+    def mixes(self) -> tuple[nn.Parameter, ...]:
+        return self.time_mix_k, self.time_mix_v, self.time_mix_r
+
+    def decay(self) -> torch.Tensor:
+        """w = exp(time_decay) (C,), in fp32 at least: a bf16 time_decay would lose the long half-lives."""
+        return torch.exp(self.time_decay.to(compute_dtype(self.time_decay)))
+
+    def forward(self, x, last_x, wkv_state, backend, scale: int = 1, trace: dict | None = None):
+        # x (B, T, C): LN1 output; last_x (B, C); wkv_state (B, 3, C); the output comes divided by `scale`
+        prev = token_shift(x, last_x)
+        xk, xv, xr = (mix(x, prev, mu) for mu in self.mixes())
+        out, wkv_state = self.from_mixed(xk, xv, xr, wkv_state, backend, scale, trace)
+        return out, x[:, -1], wkv_state
+
+    def from_mixed(self, xk, xv, xr, wkv_state, backend, scale: int = 1, trace: dict | None = None):
+        """The half after its mixes: projections, the WKV, the sigmoid(r) gate, the output projection."""
+        k, v, r = self.key(xk), self.value(xv), self.receptance(xr)
+        w = self.decay()
+        if trace is not None:
+            trace.update(w=w, u=self.time_first, k=k, v=v, wkv_state=wkv_state)
+        y, wkv_state = wkv(w, self.time_first, k, v, wkv_state, backend=backend, check=False)
+        mixed = torch.sigmoid(r) * y
+        return self.output(mixed / scale if scale != 1 else mixed), wkv_state
+
+
+class ChannelMix(nn.Module):
+    def __init__(self, config: RWKVConfig):
+        super().__init__()
+        C = config.n_embd
+        self.time_mix_k = nn.Parameter(torch.empty(1, 1, C))
+        self.time_mix_r = nn.Parameter(torch.empty(1, 1, C))
+        self.key = nn.Linear(C, config.dim_ffn, bias=False)
+        self.receptance = nn.Linear(C, C, bias=False)
+        self.value = nn.Linear(config.dim_ffn, C, bias=False)
+
+    def mixes(self) -> tuple[nn.Parameter, ...]:
+        return self.time_mix_k, self.time_mix_r
+
+    def forward(self, x, last_x, scale: int = 1):
+        prev = token_shift(x, last_x)
+        xk, xr = (mix(x, prev, mu) for mu in self.mixes())
+        return self.from_mixed(xk, xr, scale), x[:, -1]
+
+    def from_mixed(self, xk, xr, scale: int = 1):
+        k = torch.square(torch.relu(self.key(xk)))  # (B, T, 4C)
+        r = torch.sigmoid(self.receptance(xr))
+        return r * self.value(k / scale if scale != 1 else k)
+
+
+class Block(nn.Module):
+    def __init__(self, config: RWKVConfig, layer_id: int):
+        super().__init__()
+        C, eps = config.n_embd, config.layer_norm_eps
+        # the first block normalises the embeddings
+        self.ln0 = nn.LayerNorm(C, eps=eps) if layer_id == 0 else None
+        self.ln1 = nn.LayerNorm(C, eps=eps)
+        self.ln2 = nn.LayerNorm(C, eps=eps)
+        self.att = TimeMix(config)
+        self.ffn = ChannelMix(config)
+
+    def forward(self, x, state, backend, scale: int = 1, trace: dict | None = None):
+        # state (B, 5, C) for this layer; returns the new one. x carries the residual divided by `scale`.
+        # `trace`, a dict, receives what the layer computed (see RWKV.forward's `trace`).
+        if self.ln0 is not None:
+            x = self.ln0(x)
+        h = self.ln1(x)
+        att, att_x, wkv_state = self.att(h, state[:, ATT_X], state[:, ATT_A : ATT_P + 1], backend, scale, trace)
+        x = x + att
+        h2 = self.ln2(x)
+        ffn, ffn_x = self.ffn(h2, state[:, FFN_X], scale)
+        x = x + ffn
+        if trace is not None:
+            trace.update(att_in=h, ffn_in=h2, out=x)
+        return x, new_layer_state(att_x, wkv_state, ffn_x, state.dtype)
+
+
+def new_layer_state(att_x, wkv_state, ffn_x, dtype) -> torch.Tensor:
+    """The layer's state (B, 5, C) after the block: [att x, a, b, p, ffn x]."""
+    return torch.cat([att_x[:, None].to(dtype), wkv_state.to(dtype), ffn_x[:, None].to(dtype)], dim=1)
