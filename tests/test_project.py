@@ -103,7 +103,7 @@ def test_notebooks_execute_headless(tmp_path, monkeypatch):
 # the layers of rwkv_lab, lowest first (ARCHITECTURE.md): a module imports from its own layer or lower ones only
 LAYERS = [
     ["triton_launch"],
-    ["config", "wkv", "norm_mix"],
+    ["config", "wkv", "ops", "norm_mix"],
     ["model", "baseline"],
     ["results", "cost"],
     ["loading"],
