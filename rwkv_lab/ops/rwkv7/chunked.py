@@ -9,14 +9,15 @@ S_t = S_{t-1} (diag(w_t) + a_t b_t^T) + v_t k_t^T gives
     S_C = S_0 diag(e^{g_C}) + sum_i [ u_i (b_i e^{g_C-g_i})^T + v_i (k_i e^{g_C-g_i})^T ]
 
 The first line is a unit lower-triangular system for the u_t (the generalised delta rule's WY/UT form, as fla's
-`chunk_dplr_delta_rule`): its solution is U = W S_0^T + U_0, with W and U_0 independent of S_0. So every chunk's
-map S_0 -> S_C is S_0 P + Q, computed for all chunks at once; a scan over chunks (T/C steps of one N x N matmul)
-gives each chunk's S_0, and then all outputs at once.
+`chunk_dplr_delta_rule`): its solution is U = W S_0^T + U_0, with W and U_0 independent of S_0, and so is
+y = R S_0^T + Y_0. Everything but S_0 is computed for all chunks at once; then a loop over chunks (T/C steps of
+three small matmuls) passes S from chunk to chunk and adds its part to y.
 
-Every decay factor is e^{(a sum of log_w)} over a stretch of tokens, computed as exp of that sum (never as a ratio
-of two cumulative products), so each factor is in (0, 1] at any log_w <= 0: nothing overflows and the differences
-are not cancellations of large cumulative sums. The C x C scores between tokens t > i use a midpoint m between
-them, e^{g_t-g_i} = e^{g_t-g_m} e^{g_m-g_i} (both factors <= 1), recursively over halves: matmuls, log2(C) levels.
+Every decay factor is e^{(a sum of log_w)} over a stretch of tokens, computed as a product of the w = e^{log_w}
+in that stretch (never as a ratio of two cumulative products or as a difference of two cumulative sums), so each
+factor is in (0, 1] at any log_w <= 0: nothing overflows and nothing cancels. The C x C scores between tokens
+t > i use a midpoint m between them, e^{g_t-g_i} = e^{g_t-g_m} e^{g_m-g_i} (both factors <= 1), recursively over
+halves: matmuls, log2(C) levels.
 """
 
 from __future__ import annotations
@@ -34,24 +35,26 @@ DEFAULT_CHUNK = 32  # the fastest on the CPU at (1, 4096, 768), N = 64 (benchmar
 @functools.lru_cache(maxsize=32)
 def _score_positions(C: int, device: torch.device) -> list[torch.Tensor]:
     """Where each level's scores go in the flat (2, C, 2, C) [query kind, query, key kind, key] score array: the
-    diagonal (C, 2) first, then per level h = 1, 2, .., C/2 the blocks (C/2h, 2, h, 2, h) of `_decays_and_scores`."""
+    diagonal (C, 2) first, then per level h = 1, 2, .., C/2 the blocks (C/2h, h, 2, h, 2) of `_decays_and_scores`."""
     ar = lambda n: torch.arange(n, device=device)  # noqa: E731
     at = lambda qk, t, kk, i: ((qk * C + t) * 2 + kk) * C + i  # noqa: E731
     positions = [at(0, ar(C)[:, None], ar(2)[None, :], ar(C)[:, None]).flatten()]
     h = 1
     while h < C:
         block = ar(C // (2 * h))[:, None, None, None, None] * 2 * h
-        qk, t, kk, i = ar(2)[:, None, None, None], ar(h)[:, None, None], ar(2)[:, None], ar(h)
+        t, qk, i, kk = ar(h)[:, None, None, None], ar(2)[:, None, None], ar(h)[:, None], ar(2)
         positions.append(at(qk, block + h + t, kk, block + i).flatten())
         h *= 2
     return positions
 
 
-def _decays_and_scores(r, a, k, b, w):
-    """Per chunk (..., C, N) inputs, w = exp(log_w) -> the chunk's decays and its tokens' decayed dot products.
+def _decays_and_scores(ra, kb, w):
+    """Per chunk: ra = (r, a) and kb = (k, b) stacked (..., C, 2, N), w = exp(log_w) (..., C, N) -> the chunk's
+    decays and its tokens' decayed dot products.
 
-    Decays (..., C, N), in (0, 1]: `to` e^{g_t} (the chunk's tokens up to t), `before` e^{g_{t-1}}, `after`
-    e^{g_C - g_t}; `total` e^{g_C} (..., N). Scores (..., 2, C, 2, C) [query kind (r, a), t, key kind (k, b), i]:
+    Decays in (0, 1]: (e^{g_t}, e^{g_{t-1}}) stacked (..., C, 2, N) (the chunk's tokens up to t, before t);
+    e^{g_C - g_t} (..., C, N) (the tokens after t); e^{g_C} (..., N).
+    Scores (..., 2, C, 2, C) [query kind (r, a), t, key kind (k, b), i]:
 
     rk[t, i] = sum_j r_t[j] k_i[j] e^{g_t[j] - g_i[j]}, t >= i;   rb likewise with b_i;
     ak[t, i] = sum_j a_t[j] k_i[j] e^{g_{t-1}[j] - g_i[j]}, t > i;  ab likewise with b_i;  zero elsewhere.
@@ -60,32 +63,29 @@ def _decays_and_scores(r, a, k, b, w):
     half's queries against its first half's keys through the block's midpoint m (the first half's last token),
     e^{g_t - g_i} = e^{g_t - g_m} e^{g_m - g_i}; the prefix and suffix products within blocks double alongside.
     """
-    *lead, C, N = r.shape
-    positions = _score_positions(C, r.device)
-    diag = torch.stack([(r * k).sum(-1), (r * b).sum(-1)], -1)  # (..., C, 2): a token's own rk and rb
-    scores = r.new_zeros(*lead, 4 * C * C).index_copy_(-1, positions[0], diag.flatten(-2))
-    # within blocks of h tokens: the product of w up to t (to), before t (before), after t (after), all (total)
-    to, before, after, total = w, torch.ones_like(w), torch.ones_like(w), w
+    *lead, C, _, N = ra.shape
+    positions = _score_positions(C, ra.device)
+    diag = (ra[..., 0:1, :] * kb).sum(-1)  # (..., C, 2): a token's own rk and rb
+    scores = ra.new_zeros(*lead, 4 * C * C).index_copy_(-1, positions[0], diag.flatten(-2))
+    # within blocks of h tokens: the products of w up to and before t (upto), after t (after), over all (total)
+    upto, after, total = torch.stack([w, torch.ones_like(w)], -2), torch.ones_like(w), w
     h = 1
     while h < C:
         nb = C // (2 * h)
-        pairs = lambda x: x.reshape(*lead, nb, 2, h, N)  # noqa: E731 - blocks of h -> (first, second) of 2h
-        to, before, after = pairs(to), pairs(before), pairs(after)
-        r2, a2, k1, b1 = pairs(r)[..., 1, :, :], pairs(a)[..., 1, :, :], pairs(k)[..., 0, :, :], pairs(b)[..., 0, :, :]
-        queries = torch.stack([r2 * to[..., 1, :, :], a2 * before[..., 1, :, :]], -3)  # (..., nb, 2, h, N)
-        keys = torch.stack([k1, b1], -3) * after[..., 0, None, :, :]
+        pairs = lambda x: x.view(*lead, nb, 2, h, *x.shape[len(lead) + 1 :])  # noqa: E731 - (first, second) half
+        upto, after = pairs(upto), pairs(after)
+        queries = pairs(ra)[..., 1, :, :, :] * upto[..., 1, :, :, :]  # (..., nb, h, 2, N): rows (t, r or a)
+        keys = pairs(kb)[..., 0, :, :, :] * after[..., 0, :, None, :]  # rows (i, k or b)
         cross = queries.flatten(-3, -2) @ keys.flatten(-3, -2).transpose(-1, -2)  # (..., nb, 2h, 2h)
         scores.index_copy_(-1, positions[h.bit_length()], cross.flatten(-3))
         # the products within blocks of 2h from those within blocks of h
-        total = total.reshape(*lead, nb, 2, N)
-        first, second = total[..., 0:1, :], total[..., 1:2, :]  # (..., nb, 1, N)
-        to = (to * torch.cat([torch.ones_like(first), first], -2)[..., None, :]).flatten(-3, -2)
-        before = (before * torch.cat([torch.ones_like(first), first], -2)[..., None, :]).flatten(-3, -2)
-        after = (after * torch.cat([second, torch.ones_like(second)], -2)[..., None, :]).flatten(-3, -2)
-        total = first[..., 0, :] * second[..., 0, :]
+        total = total.view(*lead, nb, 2, 1, N)
+        first, second = total[..., 0:1, :, :], total[..., 1:2, :, :]  # (..., nb, 1, 1, N)
+        upto = (upto * torch.cat([torch.ones_like(first), first], -3)[..., None, :]).view(*lead, C, 2, N)
+        after = (after * torch.cat([second, torch.ones_like(second)], -3)).view(*lead, C, N)
+        total = (first * second).view(*lead, nb, N)
         h *= 2
-    to, before, after = (x.reshape(*lead, C, N) for x in (to, before, after))
-    return (to, before, after, total[..., 0, :]), scores.view(*lead, 2, C, 2, C)
+    return upto, after, total.view(*lead, N), scores.view(*lead, 2, C, 2, C)
 
 
 def chunk_size_for(T: int, chunk_size: int = DEFAULT_CHUNK) -> int:
@@ -102,31 +102,37 @@ def wkv7_chunked(r, log_w, k, v, a, b, state=None, chunk_size: int = DEFAULT_CHU
     C = chunk_size_for(T, chunk_size)
     n = -(-T // C)
 
-    def chunks(x):  # (B, T, H, N) -> (B, H, n, C, N); padded tokens (log_w = 0, all else 0) leave S as it is
-        x = F.pad(x, (0, 0, 0, 0, 0, n * C - T))
-        return x.view(B, n, C, H, N).permute(0, 3, 1, 2, 4).contiguous()
+    def chunks(x):  # (B, T, H, N) -> (B, H, n, C, N) view; padded tokens (log_w = 0, all else 0) keep S as it is
+        x = F.pad(x, (0, 0, 0, 0, 0, n * C - T)) if n * C > T else x
+        return x.view(B, n, C, H, N).permute(0, 3, 1, 2, 4)
 
-    r, log_w, k, v, a, b = map(chunks, (r, log_w, k, v, a, b))
-    w = torch.exp(log_w)  # the one exp: every decay below is a product of these
-    (decay_to, decay_before, decay_after, decay_all), scores = _decays_and_scores(r, a, k, b, w)
-    ak, ab = scores[..., 1, :, 0, :], scores[..., 1, :, 1, :]  # (B, H, n, C, C)
+    ra = torch.stack([chunks(r), chunks(a)], -2)  # (B, H, n, C, 2, N)
+    kb = torch.stack([chunks(k), chunks(b)], -2)
+    v = chunks(v).contiguous()
+    w = torch.exp(chunks(log_w)).contiguous()  # the one exp: every decay below is a product of these
+    upto, after, decay_all, scores = _decays_and_scores(ra, kb, w)
+    r, a = ra.unbind(-2)
+    decay_to, decay_before = upto.unbind(-2)  # (B, H, n, C, N): e^{g_t}, e^{g_{t-1}}
+    rk, rb, ak, ab = (scores[..., q, :, kk, :] for q in (0, 1) for kk in (0, 1))  # (B, H, n, C, C) each
 
-    # U = W S_0^T + U_0: solve (I - ab) [W U_0] = [a e^{g_{t-1}}, ak v] (the diagonal 1 is implied, not read)
-    rhs = torch.cat([a * decay_before, ak @ v], -1)  # (B, H, n, C, 2N)
-    W, U0 = torch.linalg.solve_triangular(-ab, rhs, upper=False, unitriangular=True).split(N, -1)
+    # u_t = S_{t-1} a_t as U = W S_0^T + U_0: solve (I - ab) [W, U_0] = [a e^{g_{t-1}}, ak v] (the diagonal 1 is
+    # implied, not read)
+    WU0 = torch.linalg.solve_triangular(-ab, torch.cat([a * decay_before, ak @ v], -1), upper=False, unitriangular=True)
+    W, U0 = WU0.split(N, -1)  # (B, H, n, C, N) each
 
-    # every chunk's map S_0 -> S_C = S_0 P + Q
-    b_out, k_out = b * decay_after, k * decay_after  # (B, H, n, C, N)
-    P = torch.diag_embed(decay_all) + W.transpose(-1, -2) @ b_out  # (B, H, n, N, N) [key, key]
-    Q = torch.cat([U0, v], -2).transpose(-1, -2) @ torch.cat([b_out, k_out], -2)  # (B, H, n, N, N) [value, key]
+    # y = r e^{g_t} S_0^T + rk v + rb U = R S_0^T + Y0 with U = W S_0^T + U_0: everything but S_0 in parallel
+    rb_WU0 = rb @ WU0  # (B, H, n, C, 2N)
+    R = r * decay_to + rb_WU0[..., :N]  # (B, H, n, C, N)
+    Y0 = rb_WU0[..., N:] + rk @ v
+    k_out, b_out = (kb * after[..., None, :]).unbind(-2)  # (k, b) e^{g_C - g_t}
+    KV = v.transpose(-1, -2) @ k_out  # (B, H, n, N, N): the chunk's own writes, as seen at its end
 
-    entering = []
-    for c in range(n):  # the scan: the state entering each chunk
-        entering.append(S)
-        S = S @ P[:, :, c] + Q[:, :, c]
-    S0t = torch.stack(entering, 2).transpose(-1, -2)  # (B, H, n, N, N): S_0^T [key, value]
-
-    U = W @ S0t + U0  # (B, H, n, C, N): u_t = S_{t-1} a_t
-    y = (r * decay_to) @ S0t + scores[..., 0, :, :, :].flatten(-2) @ torch.cat([v, U], -2)  # (B, H, n, C, N)
+    ys = []
+    for c in range(n):  # chunk by chunk: S_C = S_0 e^{g_C} + U^T (b e^{g_C - g_t}) + v^T (k e^{g_C - g_t})
+        St = S.transpose(-1, -2)
+        ys.append(R[:, :, c] @ St + Y0[:, :, c])
+        U = W[:, :, c] @ St + U0[:, :, c]  # (B, H, C, N): u_t = S_{t-1} a_t
+        S = S * decay_all[:, :, c, None, :] + U.transpose(-1, -2) @ b_out[:, :, c] + KV[:, :, c]
+    y = torch.stack(ys, 2)  # (B, H, n, C, N)
     y = y.permute(0, 2, 3, 1, 4).reshape(B, n * C, H, N)[:, :T]
     return y, S
