@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import time
 
@@ -98,12 +99,18 @@ def main():
     for chunk in map(int, args.chunks.split(",")):
         forms[f"chunked-{chunk}"] = lambda *x, chunk=chunk: wkv7_chunked(*x, chunk_size=chunk)
 
+    load_before = os.getloadavg()
     rows = []
     for threads in map(int, args.threads.split(",")):
         torch.set_num_threads(threads)
         rows += time_forms(forms, inputs, args.repeats)
     table = pd.DataFrame(rows)
-    params = vars(args) | {"inputs": "RWKV-7-like: log_w = -e^-0.5 sigmoid(randn), unit-norm kappa, iclr ~ U(0, 1)"}
+    params = vars(args) | {
+        "inputs": "RWKV-7-like: log_w = -e^-0.5 sigmoid(randn), unit-norm kappa, iclr ~ U(0, 1)",
+        # other work on the machine (1, 5, 15 min), which slows the many small ops of the recurrence most
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+    }
     path = write_table(results_dir() / "wkv7" / "wkv7_cpu_speed.csv", table, params)
     print(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     for row in rows:

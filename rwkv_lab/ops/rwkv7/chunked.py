@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from .common import prepare
 
-DEFAULT_CHUNK = 32  # the fastest on the CPU at (1, 4096, 768), N = 64 (benchmarks/bench_wkv7_cpu.py)
+DEFAULT_CHUNK = 32  # benchmarks/bench_wkv7_cpu.py times 16, 32 and 64 (on 2 CPU cores none is far from the best)
 
 
 @functools.lru_cache(maxsize=32)
