@@ -1,0 +1,105 @@
+"""The RWKV-7 state update ("wkv7") in several forms behind one signature.
+
+    y, new_state = wkv7(r, log_w, k, v, a, b, state=None, *, backend="auto")
+
+    r, log_w, k, v, a, b  (B, T, H, N)  any float dtype; computed in float32 at least (float64 stays float64)
+    log_w                 <= 0, the log of the per-channel decay w = exp(log_w) in (0, 1]
+    state                 (B, H, N, N)  S[i, j]: i the value index, j the key index; None = zeros
+    y                     (B, T, H, N)  in the dtype of v
+    new_state             (B, H, N, N)  the state after the last token, float32 (float64 for float64 inputs)
+
+per head and token:
+
+    S_t = S_{t-1} (diag(exp(log_w_t)) + a_t b_t^T) + v_t k_t^T        y_t = S_t r_t
+
+RWKV-7's model passes log_w = -exp(-0.5) sigmoid(z), a = -kappa and b = kappa * iclr (kappa the unit-norm removal
+key, iclr the in-context learning rate): a diagonal-plus-rank-one transition, then a rank-one write. This is fla's
+`chunk_rwkv7(r, w, k, v, a, b)` with w the log decay.
+
+`wkv7_recurrent` (reference.py) is the reference: one token at a time. `wkv7_chunked` (chunked.py) runs chunks of
+tokens in parallel through the WY/UT form of the generalised delta rule, joined by passing S: O(T C N) per head,
+exact at any T and any log_w <= 0, the default. `wkv7_attention` (attention.py) is the explicit T x T form, with
+`attention_matrix` RWKV-7's implicit attention alpha (B, H, T, T), for analysis of short texts.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .attention import attention_matrix, wkv7_attention
+from .chunked import DEFAULT_CHUNK, chunk_size_for, wkv7_chunked
+from .common import compute_dtype
+from .reference import wkv7_recurrent, wkv7_step
+
+BACKENDS = {
+    "recurrent": wkv7_recurrent,
+    "chunked": wkv7_chunked,
+    "attention": wkv7_attention,
+}
+
+NAMES = ("r", "log_w", "k", "v", "a", "b")
+
+
+def resolve_backend(backend: str) -> str:
+    """'auto' is the chunked form (on every device, until a GPU kernel exists)."""
+    if backend == "auto":
+        return "chunked"
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown wkv7 backend {backend!r}; expected 'auto' or one of {sorted(BACKENDS)}")
+    return backend
+
+
+def check_inputs(r, log_w, k, v, a, b, state):
+    """One-line errors for inputs no form can use: shapes, dtypes, devices, the state, decays above 1."""
+    inputs = dict(zip(NAMES, (r, log_w, k, v, a, b)))
+    for name, x in inputs.items():
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"wkv7: {name} must be a tensor (B, T, H, N); got {type(x).__name__}")
+    if k.dim() != 4:
+        raise ValueError(f"wkv7: k must be (B, T, H, N); got shape {tuple(k.shape)}")
+    for name, x in inputs.items():
+        if x.shape != k.shape:
+            raise ValueError(
+                f"wkv7: {name} has shape {tuple(x.shape)}; every input must be (B, T, H, N) = {tuple(k.shape)}"
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"wkv7: {name} must be a floating-point tensor; got {x.dtype}")
+        if x.device != k.device:
+            raise ValueError(f"wkv7: {name} is on {x.device} but k is on {k.device}")
+    B, T, H, N = k.shape
+    if T == 0:
+        raise ValueError("wkv7 needs at least one token (T >= 1); got T = 0")
+    if log_w.device.type != "meta" and bool((log_w > 0).any()):
+        raise ValueError(f"wkv7: log_w must be <= 0 (a decay in (0, 1]); its largest value is {log_w.max().item():.3g}")
+    if state is not None:
+        if not isinstance(state, torch.Tensor) or state.shape != (B, H, N, N):
+            got = tuple(state.shape) if isinstance(state, torch.Tensor) else type(state).__name__
+            raise ValueError(f"wkv7: state must be (B, H, N, N) = ({B}, {H}, {N}, {N}); got {got}")
+        if state.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"wkv7: state must be float32 or float64 (it accumulates); got {state.dtype}")
+        if state.device != k.device:
+            raise ValueError(f"wkv7: state is on {state.device} but the inputs are on {k.device}")
+
+
+def wkv7(r, log_w, k, v, a, b, state=None, *, backend: str = "auto", check: bool = True):
+    """Dispatch to one form; all share (r, log_w, k, v, a, b, state) -> (y in v's dtype, final state)."""
+    if check:
+        check_inputs(r, log_w, k, v, a, b, state)
+    y, new_state = BACKENDS[resolve_backend(backend)](r, log_w, k, v, a, b, state)
+    return y.to(v.dtype), new_state
+
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_CHUNK",
+    "attention_matrix",
+    "check_inputs",
+    "chunk_size_for",
+    "compute_dtype",
+    "resolve_backend",
+    "wkv7",
+    "wkv7_attention",
+    "wkv7_chunked",
+    "wkv7_recurrent",
+    "wkv7_step",
+]

@@ -1,0 +1,31 @@
+"""The reference RWKV-7 state update: the recurrence one token at a time (float64-capable, differentiable).
+
+Every other form is tested against `wkv7_recurrent`; `wkv7_step` is the one home of the per-token update.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .common import prepare
+
+
+def wkv7_step(S, r, w, k, v, a, b):
+    """One token for every head: S (B, H, N, N) [value index, key index]; r, w, k, v, a, b (B, H, N), w = exp(log_w).
+
+    S' = S (diag(w) + a b^T) + v k^T ;  y = S' r.  Returns (y (B, H, N), S').
+    """
+    removed = S @ a[..., None]  # (B, H, N, 1): S a, what the transition takes out before writing b
+    S = S * w[:, :, None, :] + removed * b[:, :, None, :] + v[..., None] * k[:, :, None, :]
+    return (S @ r[..., None])[..., 0], S
+
+
+def wkv7_recurrent(r, log_w, k, v, a, b, state=None):
+    """The reference: `wkv7_step` over T. Inputs (B, T, H, N); returns y (B, T, H, N) and the final state."""
+    cd, (r, log_w, k, v, a, b), S = prepare(r, log_w, k, v, a, b, state)
+    w = torch.exp(log_w)
+    ys = []
+    for t in range(k.shape[1]):
+        y, S = wkv7_step(S, r[:, t], w[:, t], k[:, t], v[:, t], a[:, t], b[:, t])
+        ys.append(y)
+    return torch.stack(ys, dim=1), S
