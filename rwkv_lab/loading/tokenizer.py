@@ -101,7 +101,12 @@ def check_tokenizer(tokenizer, model) -> None:
 
 
 def tokenizer_for(model, source: str | None = None):
-    """The tokenizer that fits the model: bytes for a 257-token vocabulary, else GPT-NeoX-20B (or `source`)."""
+    """The tokenizer that fits the model: `source` if given; else the tokenizer.json of the folder the model was
+    loaded from (`model.source_path`, set by load_model: a transformers folder carries its own); else bytes for a
+    257-token vocabulary, GPT-NeoX-20B for any other."""
+    folder = getattr(model, "source_path", None)
+    if source is None and folder is not None and Path(folder, "tokenizer.json").is_file():
+        source = str(Path(folder, "tokenizer.json"))
     if source is None and model.config.vocab_size == ByteTokenizer.vocab_size:
         source = "bytes"
     tokenizer = load_tokenizer(source)
