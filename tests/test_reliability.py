@@ -611,3 +611,157 @@ def test_generate_with_nan_weights_exits_non_zero(tmp_path, model, capsys):
     torch.save(sd, tmp_path / "nan.pth")
     assert cli(["generate", "hi", "--model", str(tmp_path / "nan.pth"), "--max-new-tokens", "2"]) == 1
     one_line_error(capsys.readouterr().err, "1 tensors hold NaN or infinite values: ['head.weight']")
+
+
+# ---- the training command line's run folder -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    for i in range(12):
+        (root / f"mod_{i:02d}.py").write_text("".join(f"def f{j}(x):\n    return x * {j} + {i}\n\n" for j in range(30)))
+    return root
+
+
+def train_args(corpus_dir, out, *extra) -> list[str]:
+    """A byte-2x32 run of 8 steps on the CPU, seconds long."""
+    base = ["--model", "byte-2x32", "--context", "32", "--batch-size", "4", "--tokens", "1k", "--eval-every", "4"]
+    base += ["--eval-tokens", "256", "--device", "cpu", "--data", str(corpus_dir), "--val-fraction", "0.3"]
+    return base + ["--out", str(out), *extra]
+
+
+def train_cli(args, env=None) -> subprocess.Popen:
+    """`python -m rwkv_lab.training` in a process of its own, started (several run at once)."""
+    cmd = [sys.executable, "-m", "rwkv_lab.training", *map(str, args)]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=300)
+    return proc.returncode, out, err
+
+
+def test_training_refuses_an_earlier_run_and_a_second_process(corpus_dir, tmp_path, capsys):
+    from rwkv_lab.training.trainer import main as train_main
+
+    out = tmp_path / "run"
+    assert train_main(train_args(corpus_dir, out)) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert train_main(train_args(corpus_dir, out, "--lr", "3e-3")) == 1
+    one_line_error(capsys.readouterr().err, "holds an earlier run (checkpoint.pt, log.csv", "--resume", "--overwrite")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    # a second process training into the same folder fails at once, in one line; once the first is gone (killed
+    # outright, its lock file left behind) the folder is free again
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(out)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    rc, _, err = finish(train_cli(train_args(corpus_dir, out, "--overwrite")))
+    assert rc == 1
+    one_line_error(err, f"another training (pid {holder.pid}) is writing to {out}")
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    assert train_main(train_args(corpus_dir, out, "--overwrite", "--lr", "3e-3")) == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["config"]["lr"] == 3e-3
+
+
+LOCK_HOLDER = """
+import sys, time
+from pathlib import Path
+from rwkv_lab.training.trainer import lock_run
+lock = lock_run(Path(sys.argv[1]))
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_training_command_line_errors_are_one_line(corpus_dir, tmp_path):
+    """Each refused before any corpus is read or step taken (--data is missing: that error would come first)."""
+    (tmp_path / "a_file").write_text("x")
+    damaged = {"random": tmp_path / "random", "truncated": tmp_path / "truncated", "weights": tmp_path / "weights"}
+    for folder in damaged.values():
+        folder.mkdir()
+    (damaged["random"] / "checkpoint.pt").write_bytes(os.urandom(3000))
+    torch.save({"config": {}, "model": {"w": torch.zeros(1000)}}, tmp_path / "whole.pt")
+    (damaged["truncated"] / "checkpoint.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:2000])
+    torch.save({"w": torch.zeros(3)}, damaged["weights"] / "checkpoint.pt")
+    no_data = ["--data", str(tmp_path / "no_such_corpus")]
+    cases = [  # (arguments, exit status, what the one line says)
+        (["--device", "cuda"], 1, "device 'cuda' is not available"),
+        (["--model", "nope"], 2, "unknown preset 'nope'; expected one of ['1.5B', '14B', '169M'"),
+        (["--out", tmp_path / "a_file"], 1, f"--out {tmp_path / 'a_file'} is a file; expected a folder"),
+        (["--out", tmp_path / "a_file" / "run"], 1, "a_file is a file, so no folder can be made there"),
+        (["--out", damaged["random"], "--resume"], 1, f"{damaged['random'] / 'checkpoint.pt'} is not a checkpoint"),
+        (["--out", damaged["truncated"], "--resume"], 1, f"could not read {damaged['truncated'] / 'checkpoint.pt'}"),
+        (["--out", damaged["weights"], "--resume"], 1, "is not a training checkpoint (python -m rwkv_lab.training"),
+        (["--out", tmp_path / "new", "--resume"], 1, "no training checkpoint at"),
+        (["--resume", "--overwrite"], 2, "give one of them"),
+    ]
+    env = os.environ | {"CUDA_VISIBLE_DEVICES": ""}  # a machine without a GPU, wherever the test runs
+    procs = [train_cli(train_args(corpus_dir, tmp_path / "run", *no_data, *args), env) for args, _, _ in cases]
+    for (args, status, message), proc in zip(cases, procs):
+        rc, _, err = finish(proc)
+        assert rc == status, (args, err)
+        one_line_error(err, message)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "new").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into any folder: only the checks that do not depend on it")
+def test_training_refuses_an_unwritable_out_before_the_first_step(corpus_dir, tmp_path, capsys):
+    from rwkv_lab.training.trainer import main as train_main
+
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    assert train_main(train_args(corpus_dir, locked / "run", "--data", str(tmp_path / "none"))) == 1
+    one_line_error(capsys.readouterr().err, "is not writable; expected a folder you can write")
+
+
+def test_resume_takes_the_saved_settings_prints_overrides_and_knows_a_finished_run(corpus_dir, tmp_path, capsys):
+    from rwkv_lab.training.trainer import main as train_main
+
+    out = tmp_path / "run"
+    assert train_main(train_args(corpus_dir, out, "--lr", "3e-3", "--tokens", "512")) == 0
+    capsys.readouterr()
+    # not given: the saved run's (lr 3e-3, not the default); given and different: printed, then in force
+    assert train_main(train_args(corpus_dir, out, "--resume", "--tokens", "1k", "--min-lr", "2e-4")) == 0
+    err = capsys.readouterr().err
+    assert "overriding the saved run's settings: tokens 512 -> 1000, min_lr 0.0001 -> 0.0002" in err, err
+    config = torch.load(out / "checkpoint.pt", weights_only=True)["config"]
+    assert (config["lr"], config["tokens"], config["min_lr"]) == (3e-3, 1000, 2e-4)
+    # a finished run: says so, exit 0, writes nothing
+    before = (out / "checkpoint.pt").stat().st_mtime_ns
+    assert train_main(train_args(corpus_dir, out, "--resume", "--tokens", "1k")) == 0
+    captured = capsys.readouterr()
+    one_line_error(captured.err, f"the run in {out} is finished (8 of 8 steps): nothing to do")
+    assert captured.out == "" and (out / "checkpoint.pt").stat().st_mtime_ns == before
+
+
+def test_training_help_describes_every_option_with_its_default():
+    from rwkv_lab.training.trainer import HELP, TrainConfig
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "rwkv_lab.training", "--help"], capture_output=True, text=True, cwd=REPO
+    )
+    assert proc.returncode == 0
+    options = re.findall(r"^  (--[\w-]+)", proc.stdout, re.M)
+    assert len(options) > 30 and "--lr" in options and "--overwrite" in options
+    text = " ".join(proc.stdout.split())  # as one line: argparse wraps the descriptions
+    for name, help in HELP.items():
+        option = "--" + name.replace("_", "-")
+        assert f"{option} {name.upper()} {help} (default: {getattr(TrainConfig(), name)})" in text, name
+    assert "--lr LR peak learning rate (default: 0.001)" in text
+
+
+def test_a_short_run_leaves_its_warm_up():
+    from types import SimpleNamespace
+
+    from rwkv_lab.training.trainer import TrainConfig, Trainer
+
+    short = TrainConfig(tokens=200_000)  # 13 steps of 32 x 512 tokens
+    rates = [Trainer.lr_at(SimpleNamespace(cfg=short), step) for step in range(short.steps)]
+    print(f"{short.steps} steps, warm-up {short.warmup}: rates {[f'{r:.2e}' for r in rates]}")
+    assert short.steps == 13 and short.warmup == 2
+    assert max(rates) == short.lr and rates[-1] < 0.15 * short.lr  # at the end near min_lr (0.1 lr)
+    assert TrainConfig(tokens=100_000_000).warmup == 100  # a long run: the 100 steps it always had
