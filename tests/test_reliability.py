@@ -765,3 +765,34 @@ def test_a_short_run_leaves_its_warm_up():
     assert short.steps == 13 and short.warmup == 2
     assert max(rates) == short.lr and rates[-1] < 0.15 * short.lr  # at the end near min_lr (0.1 lr)
     assert TrainConfig(tokens=100_000_000).warmup == 100  # a long run: the 100 steps it always had
+
+
+def test_notebook_parameters_are_checked_before_any_notebook_runs(tmp_path):
+    """Each mistake one line, all of them at once, exit 2, nothing executed: a typo, a value of the wrong type,
+    one outside the choices the cell lists, a negative count. Good values pass the same check."""
+    from rwkv_lab.run_notebooks import check_parameters, notebook_sources
+
+    mistakes = [
+        (
+            ["-p", "devcie", "cuda"],
+            "-p devcie cuda: no notebook to run has a parameter 'devcie'; did you mean 'device'?",
+        ),
+        (["-p", "n_gpus", "abc"], "-p n_gpus abc: 04_cost_estimates.py's n_gpus is an int (default 64); got 'abc'"),
+        (["-p", "gpu", "B200"], "gpu is one of 'A100 SXM', 'H100 SXM', 'H200 SXM'; got 'B200'"),
+        (["-p", "n_gpus", "-5"], "n_gpus is never negative (default 64); got -5"),
+        (["-p", "sizes", "169M"], "sizes is a list (default ['169M']); got '169M'"),
+    ]
+    args = [a for given, _ in mistakes for a in given]
+    proc = subprocess.run(
+        [sys.executable, "-m", "rwkv_lab.run_notebooks", *args, "--output-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == len(mistakes), proc.stderr
+    for line, (_, expected) in zip(lines, mistakes):
+        assert line.startswith("python -m rwkv_lab.run_notebooks: error: ") and expected in line, line
+    assert list(tmp_path.iterdir()) == []  # no notebook ran
+    good = [("device", "cuda"), ("gpu", "H200 SXM"), ("n_gpus", "8"), ("price_per_hour", "3"), ("limit", "None")]
+    assert check_parameters(good + [("sizes", "['169M', '430M']"), ("dtype", "bfloat16")], notebook_sources()) == []
