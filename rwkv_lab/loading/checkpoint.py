@@ -172,8 +172,8 @@ def _refused_pickle(path: Path) -> CheckpointError:
     code = sorted({n for n in names or () if not n.startswith("torch.") and n not in _DATA_GLOBALS})
     if code:
         return CheckpointError(
-            f"refused {path}: it holds code, not only tensors (its pickle imports {', '.join(code[:5])}); "
-            "a checkpoint is a state dict of tensors"
+            f"refused to load {path}: it holds code (its pickle imports {', '.join(code[:5])}, which could run code "
+            "when unpickled); a checkpoint holds only tensors"
         )
     return CheckpointError(f"{path} is not a checkpoint: expected a PyTorch state dict of tensors (torch.save)")
 
@@ -720,7 +720,9 @@ def save_model(
     recover_interrupted(path)
     check_destination(path, format)
     if (tokenizer_file is not None or tokenizer_folder is not None) and format != "transformers":
-        raise ValueError(f"a tokenizer is written only into a 'transformers' folder, not a {format!r} file")
+        raise ValueError(
+            f"tokenizer_file is written only into a 'transformers' folder, not a {format!r} file (tokenizer_folder too)"
+        )
     dtype = resolve_dtype(dtype) if dtype is not None else model.dtype
     sd = {k: v.detach().to(device="cpu", dtype=dtype).contiguous() for k, v in model.state_dict().items()}
     if format == "safetensors":
