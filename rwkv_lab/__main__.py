@@ -27,16 +27,19 @@ def parser() -> argparse.ArgumentParser:
         prog="rwkv-lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    # --debug after the subcommand too; SUPPRESS: a subcommand without it keeps what was given before it
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="as before the subcommand")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("convert", help="rewrite a checkpoint in another format")
+    p = sub.add_parser("convert", parents=[debug], help="rewrite a checkpoint in another format")
     p.add_argument("source", help="BlinkDL .pth, transformers folder, .safetensors, or hub id")
     p.add_argument("destination", help="a .safetensors or .pth file, or a folder for --to transformers")
     p.add_argument("--to", choices=FORMATS, default="safetensors", help="output format (default: safetensors)")
     p.add_argument("--dtype", choices=sorted(SUPPORTED_DTYPES), help="convert the weights (default: keep)")
     p.add_argument("--force", action="store_true", help="replace an existing destination (a folder whole)")
 
-    p = sub.add_parser("generate", help="continue a prompt with the recurrent form")
+    p = sub.add_parser("generate", parents=[debug], help="continue a prompt with the recurrent form")
     p.add_argument("prompt")
     p.add_argument("--model", default="default", help="'default', a checkpoint path or a hub id")
     p.add_argument("--tokenizer", help="tokenizer.json, hub id or 'bytes' (default: the model's own)")
@@ -49,7 +52,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable, not empty)")
     p.add_argument("--new-document", action="store_true", help="read the prompt as a document's start")
 
-    p = sub.add_parser("info", help="print a checkpoint's configuration")
+    p = sub.add_parser("info", parents=[debug], help="print a checkpoint's configuration")
     p.add_argument("model")
     return parser
 
@@ -58,7 +61,8 @@ def run(args) -> int:
     if args.command == "convert":
         print(convert(args.source, args.destination, format=args.to, dtype=args.dtype, force=args.force))
     elif args.command == "generate":
-        model = load_model(args.model, dtype=args.dtype, device=args.device)
+        # strict: weights holding NaN give no text worth printing, so the command fails (after naming them)
+        model = load_model(args.model, dtype=args.dtype, device=args.device, strict=True)
         tokenizer = tokenizer_for(model, args.tokenizer)
         for piece in stream(
             model,

@@ -1,18 +1,21 @@
 """Execute the notebooks headless from a clean kernel: `python -m rwkv_lab.run_notebooks [-p NAME VALUE] ...`.
 
 The sources are jupytext percent-format scripts, notebooks/NN_name.py (reviewed and linted like code); each is
-turned into a notebook and executed by papermill. Parameters go to every notebook's `parameters` cell; with
-none, each runs on the embedded default model on the CPU, its widgets off (HEADLESS). Executed copies are written
-to <results>/notebooks/NN_name.ipynb.
+turned into a notebook and executed by papermill. Parameters go to every notebook's `parameters` cell, checked
+against those cells first (names, the types of their defaults, choices written 'a | b', no negative number where
+the default is not negative): one line per mistake and nothing runs. With none, each runs on the embedded default
+model on the CPU, its widgets off (HEADLESS). Executed copies are written to <results>/notebooks/NN_name.ipynb.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import json
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from .results import REPO_ROOT, results_dir
@@ -34,6 +37,99 @@ def parse_value(text: str):
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
+
+
+@dataclass
+class Parameter:
+    """A variable of a notebook's `parameters` cell: its default (which gives its type) and the comment beside it
+    (choices written 'a | b | c'; 'None' where None is accepted)."""
+
+    name: str
+    default: object
+    comment: str
+
+    def mistake(self, value) -> str | None:
+        """What is wrong with `value` for this parameter, or None."""
+        default, expected = self.default, type(self.default).__name__
+        expected = f"{'an' if expected[0] in 'aeiou' else 'a'} {expected}"
+        if value is None:
+            ok = default is None or "None" in self.comment
+            return None if ok else f"is {expected} (default {default!r}); None is not one of its values"
+        if default is None:
+            return None  # the cell's comment says what it takes; nothing to infer a type from
+        if isinstance(default, bool) or isinstance(value, bool):
+            ok = isinstance(value, bool) and isinstance(default, bool)
+        elif isinstance(default, (int, float)):
+            ok = isinstance(value, (int, float)) and (isinstance(default, float) or isinstance(value, int))
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            return f"is {expected} (default {default!r}); got {value!r}"
+        if isinstance(default, list) and default and not isinstance(default[0], bool):
+            kind = (int, float) if isinstance(default[0], (int, float)) else type(default[0])
+            odd = [v for v in value if not isinstance(v, kind) or isinstance(v, bool)]
+            if odd:
+                return f"is a list of {type(default[0]).__name__} (default {default!r}); got {odd[0]!r} in it"
+        numbers = value if isinstance(value, list) else [value]
+        if all(not isinstance(d, bool) and isinstance(d, (int, float)) and d >= 0 for d in numbers_of(default)):
+            negative = [v for v in numbers if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0]
+            if negative:  # counts, sizes, prices, indices: a cell whose default is not negative takes none
+                return f"is never negative (default {default!r}); got {negative[0]!r}"
+        choices = [c.strip() for c in self.comment.split("|")] if "|" in self.comment else []
+        if choices and isinstance(value, str) and value not in choices:
+            return f"is one of {', '.join(map(repr, choices))}; got {value!r}"
+        return None
+
+
+def numbers_of(default) -> list:
+    return [d for d in (default if isinstance(default, list) else [default]) if isinstance(d, (int, float))]
+
+
+def declared_parameters(notebook: Path) -> dict[str, Parameter]:
+    """The variables of the notebook's cell tagged `parameters` (a .py source or an .ipynb), each with its default
+    and comment, read with ast (nothing runs)."""
+    import jupytext
+
+    for cell in jupytext.read(notebook).cells:
+        if "parameters" not in cell.get("metadata", {}).get("tags", []):
+            continue
+        source = cell.source if isinstance(cell.source, str) else "".join(cell.source)
+        lines, found = source.splitlines(), {}
+        for node in ast.parse(source).body:
+            if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+                continue
+            try:
+                default = ast.literal_eval(node.value)
+            except ValueError:
+                continue  # an expression, not a literal: nothing to check a value against
+            rest = lines[node.end_lineno - 1][node.end_col_offset :]
+            comment = rest.split("#", 1)[1].strip() if "#" in rest else ""
+            found[node.targets[0].id] = Parameter(node.targets[0].id, default, comment)
+        return found
+    return {}
+
+
+def check_parameters(parameters: list[tuple[str, str]], notebooks: list[Path]) -> list[str]:
+    """Each -p NAME VALUE against the parameters cells of the notebooks to run, before any runs: one line per
+    mistake (a name none of them declares, a value of the wrong type, not among the stated choices, negative
+    where the default is not)."""
+    declared = {nb.name: declared_parameters(nb) for nb in notebooks}
+    known = sorted({name for params in declared.values() for name in params})
+    mistakes = []
+    for name, text in parameters:
+        value = parse_value(text)
+        owners = [nb for nb, params in declared.items() if name in params]
+        if not owners:
+            near = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {near[0]!r}?" if near else f"the parameters are {', '.join(known)}"
+            mistakes.append(f"-p {name} {text}: no notebook to run has a parameter {name!r}; {hint}")
+            continue
+        for nb in owners:
+            wrong = declared[nb][name].mistake(value)
+            if wrong:
+                mistakes.append(f"-p {name} {text}: {nb}'s {name} {wrong}")
+                break
+    return mistakes
 
 
 def notebook_sources() -> list[Path]:
@@ -159,8 +255,17 @@ def main(argv=None) -> int:
             if not target.exists():  # an existing one may hold the user's outputs; jupytext keeps it in step
                 print(to_notebook(source, target, paired=True))
         return 0
+    notebooks = [Path(n) for n in args.notebooks] or notebook_sources()
+    missing = [str(n) for n in notebooks if not n.is_file()]
+    if missing:
+        parser.error(f"no notebook at {', '.join(missing)}; expected .py sources or .ipynb files")
+    mistakes = check_parameters(args.parameter, notebooks)
+    for mistake in mistakes:  # all of them at once, before any notebook runs
+        print(f"{parser.prog}: error: {mistake}", file=sys.stderr)
+    if mistakes:
+        return 2
     params = {name: parse_value(value) for name, value in args.parameter}
-    run_notebooks(args.notebooks, params, args.output_dir)
+    run_notebooks(notebooks, params, args.output_dir)
     return 0
 
 

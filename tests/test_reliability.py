@@ -3,11 +3,13 @@
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -402,3 +404,397 @@ def test_benchmark_arguments_are_checked_before_any_device_is_touched(script, ar
     )
     assert proc.returncode == 2, proc.stderr
     assert match in proc.stderr, proc.stderr
+
+
+# ---- round two (issue 29): folders, temporaries, one-line errors ---------------------------------------------
+
+
+def dead_pid() -> int:
+    """The id of a process that has exited (a writer killed outright)."""
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(proc.stdout)
+
+
+def one_line_error(err: str, *fragments: str) -> str:
+    """`err` (stderr) is one line holding every fragment; returns it."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def test_convert_force_onto_a_folder_replaces_only_the_checkpoint(tmp_path, model, capsys):
+    neox = random_model(RWKVConfig(n_layer=1, n_embd=8, vocab_size=50277), dtype=torch.float32)
+    folder = save_model(neox, tmp_path / "hf", format="transformers", tokenizer_file=NEOX_TOKENIZER)
+    (folder / "NOTES.md").write_text("my notes")
+    (folder / "logs").mkdir()
+    (folder / "logs" / "run.txt").write_text("a log")
+    tokenizer_files = {n: (folder / n).read_text() for n in ("tokenizer.json", "tokenizer_config.json")}
+    assert cli(["convert", str(folder), str(folder), "--to", "transformers", "--force", "--dtype", "bfloat16"]) == 0
+    assert load_model(folder, dtype="float32").head.weight.dtype == torch.float32
+    assert torch.equal(load_model(folder).head.weight, neox.head.weight.bfloat16().float())
+    assert (folder / "NOTES.md").read_text() == "my notes" and (folder / "logs" / "run.txt").read_text() == "a log"
+    assert {n: (folder / n).read_text() for n in tokenizer_files} == tokenizer_files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no temporary left beside it
+    # converting a folder writes its tokenizer too
+    assert cli(["convert", str(folder), str(tmp_path / "copy"), "--to", "transformers"]) == 0
+    assert (tmp_path / "copy" / "tokenizer.json").read_text() == tokenizer_files["tokenizer.json"]
+    assert not (tmp_path / "copy" / "NOTES.md").exists()
+
+
+def test_written_checkpoints_get_the_umasks_modes(tmp_path, model):
+    old = os.umask(0o022)
+    try:
+        folder = save_model(model, tmp_path / "hf", format="transformers")
+        single = save_model(model, tmp_path / "m.safetensors")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (folder, *folder.iterdir(), single)}
+    assert modes == {"hf": 0o755, "model.safetensors": 0o644, "config.json": 0o644, "m.safetensors": 0o644}
+
+
+def test_safetensors_own_temporaries_are_the_projects(tmp_path, model, monkeypatch):
+    """safetensors writes `.tmpXXXXXX` beside the file it is given: it is given one in a staging folder named for
+    the checkpoint and the writer, which the next write sweeps once the writer is dead."""
+    import safetensors.torch
+
+    folders = []
+    real = safetensors.torch.save_file
+    monkeypatch.setattr(
+        safetensors.torch,
+        "save_file",
+        lambda sd, name, **kw: folders.append(Path(name).parent.name) or real(sd, name, **kw),
+    )
+    save_model(model, tmp_path / "m.safetensors")
+    save_model(model, tmp_path / "hf", format="transformers")
+    assert re.fullmatch(rf"\.m\.safetensors\.{os.getpid()}\.\w+\.st", folders[0]), folders
+    assert re.fullmatch(rf"\.hf\.{os.getpid()}\.\w+\.st", folders[1]), folders
+    # what a writer killed outright leaves: safetensors' temporary in its staging folder, a half-built folder
+    pid = dead_pid()
+    for left in (f".m.safetensors.{pid}.x1.st", f".hf.{pid}.x2.tmp", f".hf.{pid}.x3.st"):
+        (tmp_path / left).mkdir()
+        (tmp_path / left / ".tmpAbC123").write_bytes(b"x" * 1000)
+    (tmp_path / f".hf.{os.getpid()}.x4.tmp").mkdir()  # a live writer's: not touched
+    save_model(model, tmp_path / "m.safetensors")
+    save_model(model, tmp_path / "hf", format="transformers")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".hf.{os.getpid()}.x4.tmp", "hf", "m.safetensors"]
+
+
+def test_a_folder_replace_killed_between_its_renames_is_recovered(tmp_path, model):
+    old = random_model(TINY, seed=5, dtype=torch.float32)
+    folder = save_model(old, tmp_path / "hf", format="transformers")
+    (folder / "NOTES.md").write_text("my notes")
+    # the state a kill between the two renames leaves: the old folder moved aside, the new one still a temporary
+    pid = dead_pid()
+    os.rename(folder, tmp_path / f".hf.{pid}.old")
+    save_model(model, tmp_path / f"new{pid}", format="transformers").rename(tmp_path / f".hf.{pid}.abc.tmp")
+    loaded = load_model(folder)  # the next load puts the old folder back and sweeps the temporary
+    assert torch.equal(loaded.head.weight, old.head.weight)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"] and (folder / "NOTES.md").exists()
+    # and the next write does the same before it replaces the checkpoint (refused without --force)
+    os.rename(folder, tmp_path / f".hf.{pid}.old")
+    src = save_model(model, tmp_path / "src.safetensors")
+    assert cli(["convert", str(src), str(folder), "--to", "transformers"]) == 1
+    assert torch.equal(load_model(folder).head.weight, old.head.weight)
+
+
+class RunsCode:
+    """A pickle that runs a command when loaded unsafely."""
+
+    def __init__(self, sentinel):
+        self.sentinel = sentinel
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.sentinel}",))
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("random.pth", "is not a checkpoint"),
+        ("random.bin", "is not a checkpoint"),
+        ("evil.pth", "it holds code (its pickle imports posix.system, which could run code"),
+        ("evil_raw.bin", "it holds code (its pickle imports posix.system, which could run code"),
+        ("truncated.pth", "the file is truncated or not a checkpoint"),
+    ],
+)
+def test_a_file_that_is_not_a_checkpoint_is_one_line_saying_which(tmp_path, model, capsys, name, expected):
+    """Random bytes, a pickle that would run code (a torch.save and a plain pickle of one), a truncated file: one
+    line naming the file and which it is, never torch's advice to load it unsafely; the code never runs."""
+    import pickle
+
+    path, sentinel = tmp_path / name, tmp_path / "ran"
+    if name.startswith("random"):
+        path.write_bytes(torch.randint(0, 256, (5000,), generator=torch.Generator().manual_seed(1)).byte().numpy())
+    elif name == "evil.pth":
+        torch.save({"head.weight": torch.zeros(2), "x": RunsCode(sentinel)}, path)
+    elif name == "evil_raw.bin":
+        path.write_bytes(pickle.dumps({"x": RunsCode(sentinel)}, protocol=4))
+    else:
+        torch.save(model.state_dict(), tmp_path / "whole.pth")
+        path.write_bytes((tmp_path / "whole.pth").read_bytes()[:3000])
+    assert cli(["info", str(path)]) == 1
+    line = one_line_error(capsys.readouterr().err, str(path), expected)
+    assert "weights_only" not in line
+    assert not sentinel.exists()
+
+
+def test_float8_weights_are_widened_on_load_and_named_on_convert(tmp_path, model, capsys):
+    sd = {k: v.to(torch.float8_e4m3fn) for k, v in model.state_dict().items()}
+    torch.save(sd, tmp_path / "f8.pth")
+    loaded = load_model(tmp_path / "f8.pth")
+    assert torch.equal(loaded.head.weight, sd["head.weight"].float())
+    assert cli(["convert", str(tmp_path / "f8.pth"), str(tmp_path / "out.safetensors")]) == 1
+    one_line_error(capsys.readouterr().err, "float8_e4m3fn weights", "pass dtype= (--dtype) one of")
+    assert cli(["convert", str(tmp_path / "f8.pth"), str(tmp_path / "out.safetensors"), "--dtype", "fp16"]) == 0
+
+
+def test_stop_none_means_no_stop_strings(model):
+    tokens = dict(max_new_tokens=4, temperature=0)
+    assert generate(model, ByteTokenizer(), "ab", stop=None, **tokens) == generate(
+        model, ByteTokenizer(), "ab", **tokens
+    )
+
+
+def test_debug_is_taken_after_the_subcommand_too(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError):
+        cli(["info", str(tmp_path / "none.pth"), "--debug"])
+    assert cli(["info", str(tmp_path / "none.pth")]) == 1
+
+
+def test_generate_on_a_device_this_torch_lacks_is_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli(["generate", "hi", "--device", "cuda"]) == 1
+    one_line_error(capsys.readouterr().err, "device 'cuda' is not available", "use 'cpu'")
+
+
+def test_generate_uses_a_folders_own_tokenizer_and_fails_fast_offline(tmp_path, monkeypatch, capsys):
+    neox = random_model(RWKVConfig(n_layer=1, n_embd=8, vocab_size=50277), dtype=torch.float32)
+    folder = save_model(neox, tmp_path / "hf", format="transformers", tokenizer_file=NEOX_TOKENIZER)
+    monkeypatch.delenv("RWKV_LAB_TOKENIZER", raising=False)
+    monkeypatch.setattr("rwkv_lab.loading.tokenizer.download_file", lambda *a, **k: pytest.fail("went to the hub"))
+    assert cli(["generate", "hi", "--model", str(folder), "--max-new-tokens", "3", "--seed", "0"]) == 0
+    monkeypatch.undo()
+    # without a tokenizer of its own, offline: one line at once
+    single = save_model(neox, tmp_path / "neox.safetensors")
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
+    env.pop("RWKV_LAB_TOKENIZER", None)
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "rwkv_lab", "generate", "hi", "--model", str(single)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
+    print(f"offline failure after {time.perf_counter() - start:.1f} s")
+    assert proc.returncode == 1
+    one_line_error(proc.stderr, "could not get tokenizer.json of 'EleutherAI/gpt-neox-20b'", "--tokenizer")
+
+
+def test_a_pth_missing_its_last_layers_is_warned_about(tmp_path):
+    full = random_model(RWKVConfig(n_layer=6, n_embd=256, vocab_size=257), dtype=torch.float32)
+    sd = {k: v for k, v in full.state_dict().items() if not k.startswith("blocks.5.")}
+    torch.save(sd, tmp_path / "cut.pth")
+    with pytest.warns(RuntimeWarning, match="5 layers of width 256, but the known models of that width have 6"):
+        assert load_model(tmp_path / "cut.pth").config.n_layer == 5
+    torch.save(full.state_dict(), tmp_path / "whole.pth")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_model(tmp_path / "whole.pth")
+
+
+def test_generate_with_nan_weights_exits_non_zero(tmp_path, model, capsys):
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    sd["head.weight"][0, 0] = math.nan
+    torch.save(sd, tmp_path / "nan.pth")
+    assert cli(["generate", "hi", "--model", str(tmp_path / "nan.pth"), "--max-new-tokens", "2"]) == 1
+    one_line_error(capsys.readouterr().err, "1 tensors hold NaN or infinite values: ['head.weight']")
+
+
+# ---- the training command line's run folder -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    for i in range(12):
+        (root / f"mod_{i:02d}.py").write_text("".join(f"def f{j}(x):\n    return x * {j} + {i}\n\n" for j in range(30)))
+    return root
+
+
+def train_args(corpus_dir, out, *extra) -> list[str]:
+    """A byte-2x32 run of 8 steps on the CPU, seconds long."""
+    base = ["--model", "byte-2x32", "--context", "32", "--batch-size", "4", "--tokens", "1k", "--eval-every", "4"]
+    base += ["--eval-tokens", "256", "--device", "cpu", "--data", str(corpus_dir), "--val-fraction", "0.3"]
+    return base + ["--out", str(out), *extra]
+
+
+def train_cli(args, env=None) -> subprocess.Popen:
+    """`python -m rwkv_lab.training` in a process of its own, started (several run at once)."""
+    cmd = [sys.executable, "-m", "rwkv_lab.training", *map(str, args)]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=300)
+    return proc.returncode, out, err
+
+
+@pytest.mark.slow
+def test_training_refuses_an_earlier_run_and_a_second_process(corpus_dir, tmp_path, capsys):
+    from rwkv_lab.training.trainer import main as train_main
+
+    out = tmp_path / "run"
+    assert train_main(train_args(corpus_dir, out)) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert train_main(train_args(corpus_dir, out, "--lr", "3e-3")) == 1
+    one_line_error(capsys.readouterr().err, "holds an earlier run (checkpoint.pt, log.csv", "--resume", "--overwrite")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    # a second process training into the same folder fails at once, in one line; once the first is gone (killed
+    # outright, its lock file left behind) the folder is free again
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(out)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    rc, _, err = finish(train_cli(train_args(corpus_dir, out, "--overwrite")))
+    assert rc == 1
+    one_line_error(err, f"another training (pid {holder.pid}) is writing to {out}")
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    assert train_main(train_args(corpus_dir, out, "--overwrite", "--lr", "3e-3")) == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["config"]["lr"] == 3e-3
+
+
+LOCK_HOLDER = """
+import sys, time
+from pathlib import Path
+from rwkv_lab.training.trainer import lock_run
+lock = lock_run(Path(sys.argv[1]))
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_training_command_line_errors_are_one_line(corpus_dir, tmp_path):
+    """Each refused before any corpus is read or step taken (--data is missing: that error would come first)."""
+    (tmp_path / "a_file").write_text("x")
+    damaged = {"random": tmp_path / "random", "truncated": tmp_path / "truncated", "weights": tmp_path / "weights"}
+    for folder in damaged.values():
+        folder.mkdir()
+    (damaged["random"] / "checkpoint.pt").write_bytes(os.urandom(3000))
+    torch.save({"config": {}, "model": {"w": torch.zeros(1000)}}, tmp_path / "whole.pt")
+    (damaged["truncated"] / "checkpoint.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:2000])
+    torch.save({"w": torch.zeros(3)}, damaged["weights"] / "checkpoint.pt")
+    no_data = ["--data", str(tmp_path / "no_such_corpus")]
+    cases = [  # (arguments, exit status, what the one line says)
+        (["--device", "cuda"], 1, "device 'cuda' is not available"),
+        (["--model", "nope"], 2, "unknown preset 'nope'; expected one of ['1.5B', '14B', '169M'"),
+        (["--out", tmp_path / "a_file"], 1, f"--out {tmp_path / 'a_file'} is a file; expected a folder"),
+        (["--out", tmp_path / "a_file" / "run"], 1, "a_file is a file, so no folder can be made there"),
+        (["--out", damaged["random"], "--resume"], 1, f"{damaged['random'] / 'checkpoint.pt'} is not a checkpoint"),
+        (["--out", damaged["truncated"], "--resume"], 1, f"could not read {damaged['truncated'] / 'checkpoint.pt'}"),
+        (["--out", damaged["weights"], "--resume"], 1, "is not a training checkpoint (python -m rwkv_lab.training"),
+        (["--out", tmp_path / "new", "--resume"], 1, "no training checkpoint at"),
+        (["--resume", "--overwrite"], 2, "give one of them"),
+    ]
+    env = os.environ | {"CUDA_VISIBLE_DEVICES": ""}  # a machine without a GPU, wherever the test runs
+    procs = [train_cli(train_args(corpus_dir, tmp_path / "run", *no_data, *args), env) for args, _, _ in cases]
+    for (args, status, message), proc in zip(cases, procs):
+        rc, _, err = finish(proc)
+        assert rc == status, (args, err)
+        one_line_error(err, message)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "new").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into any folder: only the checks that do not depend on it")
+def test_training_refuses_an_unwritable_out_before_the_first_step(corpus_dir, tmp_path, capsys):
+    from rwkv_lab.training.trainer import main as train_main
+
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    assert train_main(train_args(corpus_dir, locked / "run", "--data", str(tmp_path / "none"))) == 1
+    one_line_error(capsys.readouterr().err, "is not writable; expected a folder you can write")
+
+
+def test_resume_takes_the_saved_settings_prints_overrides_and_knows_a_finished_run(corpus_dir, tmp_path, capsys):
+    from rwkv_lab.training.trainer import main as train_main
+
+    out = tmp_path / "run"
+    assert train_main(train_args(corpus_dir, out, "--lr", "3e-3", "--tokens", "512")) == 0
+    capsys.readouterr()
+    # not given: the saved run's (lr 3e-3, not the default); given and different: printed, then in force
+    assert train_main(train_args(corpus_dir, out, "--resume", "--tokens", "1k", "--min-lr", "2e-4")) == 0
+    err = capsys.readouterr().err
+    assert "overriding the saved run's settings: tokens 512 -> 1000, min_lr 0.0001 -> 0.0002" in err, err
+    config = torch.load(out / "checkpoint.pt", weights_only=True)["config"]
+    assert (config["lr"], config["tokens"], config["min_lr"]) == (3e-3, 1000, 2e-4)
+    # a finished run: says so, exit 0, writes nothing
+    before = (out / "checkpoint.pt").stat().st_mtime_ns
+    assert train_main(train_args(corpus_dir, out, "--resume", "--tokens", "1k")) == 0
+    captured = capsys.readouterr()
+    one_line_error(captured.err, f"the run in {out} is finished (8 of 8 steps): nothing to do")
+    assert captured.out == "" and (out / "checkpoint.pt").stat().st_mtime_ns == before
+
+
+def test_training_help_describes_every_option_with_its_default():
+    from rwkv_lab.training.trainer import HELP, TrainConfig
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "rwkv_lab.training", "--help"], capture_output=True, text=True, cwd=REPO
+    )
+    assert proc.returncode == 0
+    options = re.findall(r"^  (--[\w-]+)", proc.stdout, re.M)
+    assert len(options) > 30 and "--lr" in options and "--overwrite" in options
+    text = " ".join(proc.stdout.split())  # as one line: argparse wraps the descriptions
+    for name, help in HELP.items():
+        option = "--" + name.replace("_", "-")
+        assert f"{option} {name.upper()} {help} (default: {getattr(TrainConfig(), name)})" in text, name
+    assert "--lr LR peak learning rate (default: 0.001)" in text
+
+
+def test_a_short_run_leaves_its_warm_up():
+    from types import SimpleNamespace
+
+    from rwkv_lab.training.trainer import TrainConfig, Trainer
+
+    short = TrainConfig(tokens=200_000)  # 13 steps of 32 x 512 tokens
+    rates = [Trainer.lr_at(SimpleNamespace(cfg=short), step) for step in range(short.steps)]
+    print(f"{short.steps} steps, warm-up {short.warmup}: rates {[f'{r:.2e}' for r in rates]}")
+    assert short.steps == 13 and short.warmup == 2
+    assert max(rates) == short.lr and rates[-1] < 0.15 * short.lr  # at the end near min_lr (0.1 lr)
+    assert TrainConfig(tokens=100_000_000).warmup == 100  # a long run: the 100 steps it always had
+
+
+def test_notebook_parameters_are_checked_before_any_notebook_runs(tmp_path):
+    """Each mistake one line, all of them at once, exit 2, nothing executed: a typo, a value of the wrong type,
+    one outside the choices the cell lists, a negative count. Good values pass the same check."""
+    from rwkv_lab.run_notebooks import check_parameters, notebook_sources
+
+    mistakes = [
+        (
+            ["-p", "devcie", "cuda"],
+            "-p devcie cuda: no notebook to run has a parameter 'devcie'; did you mean 'device'?",
+        ),
+        (["-p", "n_gpus", "abc"], "-p n_gpus abc: 04_cost_estimates.py's n_gpus is an int (default 64); got 'abc'"),
+        (["-p", "gpu", "B200"], "gpu is one of 'A100 SXM', 'H100 SXM', 'H200 SXM'; got 'B200'"),
+        (["-p", "n_gpus", "-5"], "n_gpus is never negative (default 64); got -5"),
+        (["-p", "sizes", "169M"], "sizes is a list (default ['169M']); got '169M'"),
+    ]
+    args = [a for given, _ in mistakes for a in given]
+    proc = subprocess.run(
+        [sys.executable, "-m", "rwkv_lab.run_notebooks", *args, "--output-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == len(mistakes), proc.stderr
+    for line, (_, expected) in zip(lines, mistakes):
+        assert line.startswith("python -m rwkv_lab.run_notebooks: error: ") and expected in line, line
+    assert list(tmp_path.iterdir()) == []  # no notebook ran
+    good = [("device", "cuda"), ("gpu", "H200 SXM"), ("n_gpus", "8"), ("price_per_hour", "3"), ("limit", "None")]
+    assert check_parameters(good + [("sizes", "['169M', '430M']"), ("dtype", "bfloat16")], notebook_sources()) == []

@@ -63,7 +63,10 @@ def _held_back(text: str, stop: Sequence[str]) -> int:
 
 
 def _stops(stop) -> list[str]:
-    """One stop string (str) or a sequence of them; the empty string would stop at once, so it is refused."""
+    """One stop string (str), a sequence of them, or None (no stop strings); the empty string would stop at once,
+    so it is refused."""
+    if stop is None:
+        return []
     stops = [stop] if isinstance(stop, str) else list(stop)
     for s in stops:
         if not isinstance(s, str):
@@ -139,12 +142,12 @@ def stream(
 
     `prompt` a str: yields str pieces. A list of str: yields (index, piece), the prompts decoded as one batch.
     Each sequence ends at its `max_new_tokens`, end-of-text or a stop string (excluded from the text).
-    `seed`, `max_new_tokens` and `stop` take one value for all or one per prompt (for `stop`, a list of lists).
-    `state` (the model's state of a batch of n) starts each prompt from a given state. `new_document` reads each
-    prompt as the start of a document: after end-of-text, as training saw every file's first bytes (without it,
-    "def main():\n" reads as a piece from the middle of a file, whose next line is often indented deeper).
-    `stats`, a dict, receives the timings:
-    prefill_s, first_token_s, decode_s, warmup_s (capture and compilation in this call), generated tokens.
+    `seed`, `max_new_tokens` and `stop` take one value for all or one per prompt (for `stop`, a list of lists;
+    None: no stop strings). `state` (the model's state of a batch of n) starts each prompt from a given state.
+    `new_document` reads each prompt as the start of a document: after end-of-text, as training saw every file's
+    first bytes (without it, "def main():\n" reads as a piece from the middle of a file, whose next line is often
+    indented deeper). `stats`, a dict, receives the timings: prefill_s, first_token_s, decode_s, warmup_s (capture
+    and compilation in this call), generated tokens.
     """
     single = isinstance(prompt, str)
     prompts = _prompts(prompt)

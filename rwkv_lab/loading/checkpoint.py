@@ -18,6 +18,7 @@ import difflib
 import json
 import os
 import pickle
+import re
 import shutil
 import tempfile
 import warnings
@@ -67,23 +68,93 @@ def resolve_dtype(dtype) -> torch.dtype:
 # ---- reading files ---------------------------------------------------------------------------------------------
 
 
-def _torch_load(path: Path) -> dict:
+# globals a plain state dict's pickle names (torch's weights_only allowlist: tensors, storages, dtypes, OrderedDict)
+_DATA_GLOBALS = {
+    "collections.OrderedDict",
+    "collections.Counter",
+    "_codecs.encode",
+    "builtins.bytearray",
+    "builtins.set",
+}
+
+
+def _pickle_globals(data: bytes) -> list[str] | None:
+    """The module.name of every global the pickles at the start of `data` import (torch's legacy files are several
+    pickles in a row), or None where `data` does not start with a well-formed pickle (random bytes, a truncated or
+    foreign file). Read with pickletools: nothing is unpickled."""
+    import io
+    import pickletools
+
+    stream, names, complete = io.BytesIO(data), [], False
+    while stream.tell() < len(data):
+        strings: list[str] = []
+        try:
+            for op, arg, _ in pickletools.genops(stream):
+                if op.name == "GLOBAL" or op.name == "INST":
+                    names.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+        except Exception:  # noqa: BLE001 - pickletools fails in many ways on bytes that are not a pickle
+            break
+        complete = True
+    return names if complete else None
+
+
+def _refused_pickle(path: Path) -> CheckpointError:
+    """Why torch's weights-only unpickler refused `path`, in one line: a pickle that imports code (what it names),
+    or no checkpoint at all. Never the advice to load it unsafely."""
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                pickles = [n for n in archive.namelist() if n.endswith(".pkl")]
+                data = archive.read(pickles[0]) if pickles else b""
+        else:
+            data = path.read_bytes()
+    except (OSError, zipfile.BadZipFile, RuntimeError):
+        data = b""
+    names = _pickle_globals(data)
+    code = sorted({n for n in names or () if not n.startswith("torch.") and n not in _DATA_GLOBALS})
+    if code:
+        return CheckpointError(
+            f"refused to load {path}: it holds code (its pickle imports {', '.join(code[:5])}, which could run code "
+            "when unpickled); a checkpoint holds only tensors"
+        )
+    return CheckpointError(f"{path} is not a checkpoint: expected a PyTorch state dict of tensors (torch.save)")
+
+
+def _first_line(err: Exception) -> str:
+    """The first sentence of an error's message (torch's run to paragraphs of advice)."""
+    return str(err).strip().split("\n")[0].split(". ")[0]
+
+
+def torch_load(path, map_location="cpu"):
+    """torch.load(weights_only=True) of `path`, its failures as one-line CheckpointErrors that name the file: not a
+    checkpoint, truncated, or refused because its pickle holds code (which never runs)."""
+    path = Path(path)
     try:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            with warnings.catch_warnings():  # torch's note on a pickle protocol it may not support: refused below
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                obj = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
         except RuntimeError as err:
             # Files written with the legacy (non-zip) serialisation cannot be memory-mapped.
             if "mmap" not in str(err):
                 raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"refused to load {path}: it holds pickled objects other than tensors, which could run code when "
-            f"unpickled. Only plain state dicts of tensors are accepted (torch.load weights_only=True). ({err})"
-        ) from err
+        raise _refused_pickle(path) from err
+    except OSError:
+        raise
     except Exception as err:  # noqa: BLE001 - a damaged pickle fails in arbitrary ways (IndexError, EOFError, ...)
         raise CheckpointError(
-            f"could not read {path} as a PyTorch checkpoint: the file is truncated or not a checkpoint ({err})"
+            f"could not read {path} as a PyTorch checkpoint: the file is truncated or not a checkpoint "
+            f"({type(err).__name__}: {_first_line(err)})"
         ) from err
     return obj
 
@@ -156,7 +227,7 @@ def _read_hf_folder(folder: Path) -> tuple[dict, object]:
         part = (
             _safetensors_load(shard)[0]
             if shard.suffix == ".safetensors"
-            else _check_tensor_dict(_torch_load(shard), shard)
+            else _check_tensor_dict(torch_load(shard), shard)
         )
         sd.update(part)
     return {arch.checkpoint.blinkdl_key(k): v for k, v in sd.items()}, config
@@ -204,7 +275,7 @@ def read_checkpoint(path) -> tuple[dict, object]:
                     f"{metadata.get('rwkv_lab_arch', 'rwkv4')!r} ({err})"
                 ) from None
     else:
-        sd, config = _check_tensor_dict(_torch_load(path), path), None
+        sd, config = _check_tensor_dict(torch_load(path), path), None
     if config is not None:
         return sd, config
     return config_from_state_dict(sd, name=path.stem)
@@ -238,6 +309,7 @@ def closest_existing(source: str) -> str:
 def resolve_source(source: str, revision: str | None = None) -> Path:
     """A local path as is; a hub id ('owner/name' or 'owner/name/file') downloaded into the hub cache."""
     expanded = os.path.expanduser(source)
+    recover_interrupted(expanded)
     if os.path.exists(expanded):
         return Path(expanded)
     if looks_like_path(source) or not (is_repo_id(source) or is_repo_id("/".join(source.split("/")[:2]))):
@@ -260,10 +332,31 @@ def resolve_source(source: str, revision: str | None = None) -> Path:
 # ---- building a model ------------------------------------------------------------------------------------------
 
 
+def _checkable(v: torch.Tensor) -> torch.Tensor:
+    """`v` in a dtype torch.isfinite takes: float8 weights (not implemented for them) widened to float32."""
+    return v if v.dtype in SUPPORTED_DTYPES.values() else v.float()
+
+
+def check_device(device) -> torch.device:
+    """`device` as a torch.device, or a one-line error where this machine has none such (checked before any work:
+    torch's own error is an assertion deep inside the first copy to it)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; expected 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch was built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+            raise ValueError(f"device {str(device)!r} is not available: {why} (torch {torch.__version__}); use 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r} does not exist: {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
 def check_finite(sd: dict, where: str, strict: bool = False) -> None:
     """Weights holding NaN or infinity: an error under `strict`, else a warning naming them (such a model's
     logits are not finite, and greedy decoding silently picks token 0)."""
-    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(_checkable(v)).all())]
     if not bad:
         return
     message = f"{where}: {len(bad)} tensors hold NaN or infinite values: {bad[:8]}{' ...' if len(bad) > 8 else ''}"
@@ -310,9 +403,11 @@ def load_model(source, dtype="float32", device="cpu", revision: str | None = Non
     """Load a model of any generation from 'default', a local file or folder, or a hub id; compute dtype and device
     chosen here.
 
-    The model's `source` attribute records where it came from (notebooks print it). Non-finite weights are
+    The model's `source` attribute records where it came from (notebooks print it), `source_path` the local file or
+    folder it was read from. Non-finite weights are
     reported with their names: a warning, or an error with `strict=True`.
     """
+    check_device(device)
     if str(source) == "default":
         sd, config = read_checkpoint(DEFAULT_WEIGHTS)
         model = model_from_state_dict(sd, config, dtype=dtype, device=device)
@@ -324,6 +419,7 @@ def load_model(source, dtype="float32", device="cpu", revision: str | None = Non
     check_finite(sd, str(source), strict)
     model = model_from_state_dict(sd, config, dtype=dtype, device=device)
     model.source = str(source)
+    model.source_path = path  # the local file or folder (a hub id's cache): tokenizer_for looks for its tokenizer
     return model
 
 
@@ -338,12 +434,111 @@ def default_model(dtype=torch.float32, device="cpu"):
 FILE_SUFFIXES = {"safetensors": (".safetensors",), "pth": (".pth", ".pt")}
 
 
+# The files a transformers checkpoint consists of: what replacing one replaces. Everything else in its folder (the
+# tokenizer's files, a user's notes, logs) is carried into the new folder.
+_CHECKPOINT_FILE = re.compile(
+    r"^(config\.json|generation_config\.json|(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)"
+    r"|(model\.safetensors|pytorch_model\.bin)\.index\.json)$"
+)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
+
+
+def _writer_dead(entry: Path, prefix: str) -> bool:
+    """Whether the process that made `entry`, named `prefix` + '<pid>.<...>', no longer exists."""
+    try:
+        pid = int(entry.name[len(prefix) :].split(".")[0])
+        os.kill(pid, 0)
+    except ValueError:
+        return False
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's live process
+        return False
+    return False
+
+
+def recover_interrupted(path) -> None:
+    """Undo what a writer of `path` killed outright (SIGKILL, power loss) left beside it: its temporary folders
+    (`.NAME.<pid>.*.tmp/`, safetensors' staging `.NAME.<pid>.*.st/`) are removed; a folder it had moved aside to
+    replace (`.NAME.<pid>.old`) goes back to NAME when nothing took its place, else it is removed. Only entries of
+    dead processes are touched: a live writer's are its own. Called by every write and load of `path`."""
+    path = Path(path)
+    prefix = f".{path.name}."
+    try:
+        entries = sorted(e for e in path.parent.iterdir() if e.name.startswith(prefix))
+    except OSError:  # no such folder, or not ours to list
+        return
+    for entry in entries:
+        if not entry.name.endswith((".tmp", ".st", ".old")) or not entry.is_dir() or not _writer_dead(entry, prefix):
+            continue  # a file temporary is atomic_write's to sweep
+        try:
+            if entry.name.endswith(".old") and not path.exists():
+                os.rename(entry, path)  # killed between the two renames of _replace_folder: the old folder returns
+            else:
+                shutil.rmtree(entry)
+        except OSError:  # a read-only folder: a load goes on, a write fails on its own
+            pass
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _temporary_dir(path: Path, kind: str) -> Path:
+    """A folder beside `path` named '.NAME.<pid>.<random>.<kind>', which recover_interrupted removes once this
+    process is gone."""
+    return Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=f".{kind}"))
+
+
+def _save_safetensors(sd: dict, file: Path, metadata: dict, owner: Path) -> None:
+    """safetensors' save_file at `file`. It writes its own temporary (`.tmpXXXXXX`, mode 0600) beside the file it
+    is given, which nothing would remove after a kill: it is given a file in a staging folder of `owner`'s
+    (recover_interrupted sweeps it), and the result gets the umask's mode."""
+    from safetensors.torch import save_file
+
+    staging = _temporary_dir(owner, "st")
+    try:
+        save_file_at = staging / "model.safetensors"
+        save_file(sd, str(save_file_at), metadata=metadata)
+        os.chmod(save_file_at, 0o666 & ~_umask())  # a new file's mode
+        os.replace(save_file_at, file)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _carry(source: Path, destination: Path) -> None:
+    """`source` (a file, link or folder) at `destination` without copying data: files hard-linked (copied where
+    the file system has no hard links), folders rebuilt around them, links as links."""
+
+    def link(src, dst):
+        try:
+            os.link(src, dst, follow_symlinks=False)
+        except OSError:
+            shutil.copy2(src, dst, follow_symlinks=False)
+
+    if source.is_dir() and not source.is_symlink():
+        shutil.copytree(source, destination, symlinks=True, copy_function=link)
+        shutil.copystat(source, destination)
+    else:
+        link(source, destination)
+
+
 def _replace_folder(path: Path, fill) -> None:
-    """Write a folder whole: fill(tmp) builds it beside `path`, then it takes the place of the old one, so no
-    file of an earlier checkpoint (a stale shard index, old shards) survives and a failure leaves the old one."""
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    """Write a transformers folder: fill(tmp) writes the checkpoint's files into a new folder beside `path`; what
+    the old folder holds besides an earlier checkpoint's files (_CHECKPOINT_FILE: old shards, a stale index) is
+    carried over unless fill wrote it (tokenizer files, a user's notes and logs); then the new folder takes the
+    old one's place by two renames. A failure or a kill before them leaves the old folder; a kill between them
+    leaves it at `.NAME.<pid>.old`, which the next write or load (recover_interrupted) moves back."""
+    tmp = _temporary_dir(path, "tmp")
     try:
         fill(tmp)
+        if path.exists():
+            for entry in path.iterdir():
+                if not _CHECKPOINT_FILE.match(entry.name) and not (tmp / entry.name).exists():
+                    _carry(entry, tmp / entry.name)
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o777 & ~_umask())  # mkdtemp's is 0700
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -378,23 +573,29 @@ def check_destination(path: Path, format: str) -> None:
             )
 
 
-def save_model(model, path, format: str = "safetensors", dtype=None, tokenizer_file=None) -> Path:
+def save_model(
+    model, path, format: str = "safetensors", dtype=None, tokenizer_file=None, tokenizer_folder=None
+) -> Path:
     """Write `model` as 'safetensors' (ours), 'pth' (BlinkDL) or 'transformers' (a folder; with `tokenizer_file`,
-    a tokenizers JSON such as GPT-NeoX-20B's, the folder also loads with AutoTokenizer).
+    a tokenizers JSON such as GPT-NeoX-20B's, the folder also loads with AutoTokenizer; with `tokenizer_folder`,
+    the tokenizer files (TOKENIZER_FILES) found there are copied in).
 
-    A file is replaced atomically; a transformers folder is replaced whole, and only if it is empty or already a
-    checkpoint folder (it has config.json): any other existing folder is refused, never emptied."""
-    from safetensors.torch import save_file
-
+    A file is replaced atomically. A transformers folder must be empty or already a checkpoint folder (it has
+    config.json): any other existing folder is refused, never emptied. In a checkpoint folder only the files a
+    checkpoint consists of are replaced; everything else in it stays (see _replace_folder). Files and folders get
+    the umask's modes (or those of what they replace)."""
     path = Path(path)
+    recover_interrupted(path)
     check_destination(path, format)
-    if tokenizer_file is not None and format != "transformers":
-        raise ValueError(f"tokenizer_file is written only into a 'transformers' folder, not a {format!r} file")
+    if (tokenizer_file is not None or tokenizer_folder is not None) and format != "transformers":
+        raise ValueError(
+            f"tokenizer_file is written only into a 'transformers' folder, not a {format!r} file (tokenizer_folder too)"
+        )
     dtype = resolve_dtype(dtype) if dtype is not None else model.dtype
     sd = {k: v.detach().to(device="cpu", dtype=dtype).contiguous() for k, v in model.state_dict().items()}
     if format == "safetensors":
         meta = {"format": "pt", "rwkv_lab_arch": model.config.arch, "rwkv_lab_config": model.config.to_json()}
-        atomic_write(path, lambda tmp: save_file(sd, str(tmp), metadata=meta))
+        atomic_write(path, lambda tmp: _save_safetensors(sd, tmp, meta, owner=path))
     elif format == "pth":
         atomic_write(path, lambda tmp: torch.save(sd, tmp))
     else:
@@ -403,8 +604,12 @@ def save_model(model, path, format: str = "safetensors", dtype=None, tokenizer_f
         config_text = json.dumps(keys.hf_config_dict(model.config, dtype), indent=2)
 
         def fill(folder: Path):
-            save_file(hf_sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
+            _save_safetensors(hf_sd, folder / "model.safetensors", {"format": "pt"}, owner=path)
             (folder / "config.json").write_text(config_text)
+            if tokenizer_folder is not None:
+                for name in TOKENIZER_FILES:
+                    if Path(tokenizer_folder, name).is_file():
+                        shutil.copyfile(Path(tokenizer_folder, name), folder / name)
             if tokenizer_file is not None:
                 (folder / "tokenizer.json").write_text(Path(tokenizer_file).read_text())
                 eot = "<|endoftext|>"  # token 0: document separator, BOS/EOS of the RWKV-4 Pile models
@@ -425,13 +630,22 @@ def save_model(model, path, format: str = "safetensors", dtype=None, tokenizer_f
 def convert(source, destination, format: str = "safetensors", dtype=None, force: bool = False) -> Path:
     """Read any supported checkpoint and write it in `format` (tensors unchanged unless `dtype` is given).
 
-    An existing destination is refused unless `force` (then replaced whole: see save_model)."""
+    An existing destination is refused unless `force`: then a file is replaced, and of a transformers folder the
+    checkpoint's files only (see save_model)."""
     destination = Path(destination)
+    recover_interrupted(destination)
     if destination.exists() and not force:
         raise FileExistsError(f"{destination} exists; pass force=True (--force) to replace it")
     check_destination(destination, format)  # before the source is read, which can take minutes
     path = DEFAULT_WEIGHTS if str(source) == "default" else resolve_source(str(source))
     sd, config = read_checkpoint(path)
     source_dtype = next(iter(sd.values())).dtype
+    if dtype is None and source_dtype not in SUPPORTED_DTYPES.values():
+        raise CheckpointError(
+            f"{source} holds {str(source_dtype).removeprefix('torch.')} weights, which rwkv_lab reads (widened) but "
+            f"does not write: pass dtype= (--dtype) one of {sorted(SUPPORTED_DTYPES)}"
+        )
     model = model_from_state_dict(sd, config, dtype=dtype or source_dtype)
-    return save_model(model, destination, format=format)
+    # a transformers folder's tokenizer goes with its weights
+    tokenizer_folder = path if format == "transformers" and path.is_dir() else None
+    return save_model(model, destination, format=format, tokenizer_folder=tokenizer_folder)

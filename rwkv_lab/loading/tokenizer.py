@@ -238,8 +238,13 @@ BY_VOCAB = {BYTE_VOCAB: "bytes", WORLD_VOCAB: "world"}  # any other vocabulary: 
 
 
 def tokenizer_for(model, source: str | None = None):
-    """The tokenizer that fits the model, chosen by its vocabulary (or `source`): bytes for 257 tokens, the RWKV
-    World tokenizer for 65,536 (RWKV-7 World / G1), else GPT-NeoX-20B (the Pile models of both generations)."""
+    """The tokenizer that fits the model: `source` if given; else the tokenizer.json of the folder the model was
+    loaded from (`model.source_path`, set by load_model: a transformers folder carries its own); else chosen by
+    the vocabulary: bytes for 257 tokens, the RWKV World tokenizer for 65,536 (RWKV-7 World / G1), GPT-NeoX-20B
+    for any other (the Pile models of both generations)."""
+    folder = getattr(model, "source_path", None)
+    if source is None and folder is not None and Path(folder, "tokenizer.json").is_file():
+        source = str(Path(folder, "tokenizer.json"))
     if source is None:
         source = BY_VOCAB.get(model.config.vocab_size)
     tokenizer = load_tokenizer(source)

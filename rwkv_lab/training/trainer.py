@@ -15,6 +15,10 @@ the batch generator and the log, so a resumed run continues exactly where it sto
 (forward, backward, clipping, AdamW) replays a CUDA graph after a few eager ones (`TrainConfig.cuda_graph`, see
 cuda_graph.py): at small widths the host's launches, not the GPU, bounded a step.
 
+The command line writes a run into `--out`, which it checks before the first step and locks while it trains (a
+second process training there fails at once); an earlier run there is continued with `--resume` (settings not
+given are the saved run's; given ones that differ are printed) or replaced with `--overwrite`, never silently.
+
 Under torchrun: `--parallel ddp` (DistributedDataParallel, a full copy per device) or `--parallel fsdp` (FSDP2's
 fully_shard per block: weights, gradients and AdamW state sharded across devices, for models whose AdamW state
 does not fit one).
@@ -39,7 +43,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .. import cost
-from ..loading.checkpoint import save_model
+from ..loading.checkpoint import CheckpointError, check_device, save_model, torch_load
 from ..loading.tokenizer import load_tokenizer
 from ..models import ARCHITECTURES, architecture, architecture_of
 from ..models.run_config import check_saved_activations
@@ -63,6 +67,8 @@ class TrainConfig:
     tokens: int = 10_000_000  # training tokens (steps = tokens / (batch_size * context), rounded up)
     lr: float = 1e-3
     min_lr: float = 1e-4
+    # linear warm-up over this share of the steps, at most warmup_steps (a short run leaves it: see `warmup`)
+    warmup_fraction: float = 0.1
     warmup_steps: int = 100
     weight_decay: float = 0.1  # matrices only, as nanoGPT and Pythia; not embeddings' decays, mixes, norms
     beta1: float = 0.9
@@ -96,6 +102,15 @@ class TrainConfig:
         for name in ("context", "batch_size", "grad_accum", "tokens", "eval_every", "eval_tokens", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1; got {getattr(self, name)}")
+        if self.warmup_steps < 0 or not 0 <= self.warmup_fraction <= 1:
+            raise ValueError(
+                f"TrainConfig.warmup_steps must be >= 0 and warmup_fraction in [0, 1]; got {self.warmup_steps} "
+                f"and {self.warmup_fraction}"
+            )
+        try:
+            architecture(self.arch).get_config(self.model)
+        except KeyError as err:  # an unknown size: the valid names, as a setting refused like the others
+            raise ValueError(f"TrainConfig.model: {err.args[0]}") from None
         check_saved_activations(self.saved_activations, self.activation_memory_budget, owner="TrainConfig")
         if self.span and (self.span % self.context or (self.batch_size * self.context) % self.span):
             raise ValueError(
@@ -106,6 +121,12 @@ class TrainConfig:
     @property
     def steps(self) -> int:
         return math.ceil(self.tokens / (self.batch_size * self.context))
+
+    @property
+    def warmup(self) -> int:
+        """Warm-up steps: warmup_fraction of the run, at most warmup_steps (a 13-step run warms up over 2 steps,
+        not 100 it would never leave; from 1000 steps on, warmup_steps)."""
+        return min(self.warmup_steps, math.ceil(self.warmup_fraction * self.steps))
 
     @property
     def model_config(self):
@@ -244,10 +265,11 @@ class Trainer:
         return self.corpus.val[: n * (T + 1)].view(n, T + 1).to(self.device)  # (n, T + 1)
 
     def lr_at(self, step: int) -> float:
+        """The schedule's rate at `step`: linear warm-up over cfg.warmup steps, then cosine decay to min_lr."""
         cfg = self.cfg
-        if step < cfg.warmup_steps:
-            return cfg.lr * (step + 1) / cfg.warmup_steps
-        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        if step < cfg.warmup:
+            return cfg.lr * (step + 1) / cfg.warmup
+        progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
         return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -437,8 +459,9 @@ class Trainer:
         }
         return atomic_write(Path(path), lambda tmp: torch.save(blob, tmp))
 
-    def load(self, path) -> Trainer:
-        blob = torch.load(path, map_location=self.device, weights_only=True)
+    def load(self, path, blob: dict | None = None) -> Trainer:
+        """Continue the run saved at `path` (`blob`: its contents, where read_run has read them already)."""
+        blob = blob if blob is not None else read_run(path)
         saved = TrainConfig(**blob["config"])  # an old run's arch 'rwkv' reads as 'rwkv4'
         for name in ("arch", "model", "context", "batch_size", "seed"):
             if getattr(saved, name) != getattr(self.cfg, name):
@@ -468,8 +491,30 @@ class Trainer:
                 device_lrs(self.optimizer, self.device)
                 self.graphed_step.reset()
         self.step, self.log, self.train_seconds = blob["step"], blob["log"], blob["train_seconds"]
-        self.generator.set_state(blob["generator"].cpu())  # a CPU generator; map_location moved its state
+        self.generator.set_state(blob["generator"].cpu())
         return self
+
+
+RUN_KEYS = ("config", "model", "optimizer", "step", "generator", "log", "train_seconds", "corpus_sha256")
+
+
+def read_run(path) -> dict:
+    """A training checkpoint (Trainer.save) on the CPU, or a one-line error naming the file: missing, not a
+    checkpoint, truncated, holding code, or a checkpoint of something else (a model's weights alone)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no training checkpoint at {path}; expected the checkpoint.pt of an earlier run")
+    blob = torch_load(path)
+    missing = [key for key in RUN_KEYS if key not in blob] if isinstance(blob, dict) else list(RUN_KEYS)
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a training checkpoint (python -m rwkv_lab.training writes one): it lacks {missing}"
+        )
+    try:
+        TrainConfig(**blob["config"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its saved settings are not a TrainConfig ({err})") from None
+    return blob
 
 
 def _layers(model: nn.Module) -> list[nn.Module]:
@@ -500,32 +545,87 @@ def parse_switch(text: str) -> bool:
     return value[text.lower()]
 
 
+# what each TrainConfig setting does, for --help (the defaults are added from TrainConfig)
+HELP = {
+    "arch": f"architecture: one of {ARCHS} (the transformer: a GPT-NeoX/Pythia block of the same width and depth)",
+    "model": "size: a preset or 'byte-<layers>x<width>'",
+    "context": "tokens per training window",
+    "batch_size": "sequences per optimizer step, over all processes and accumulation steps",
+    "grad_accum": "micro-batches per process and step",
+    "tokens": "training tokens (20M, 512k, 1e6); steps = tokens / (batch size x context), rounded up",
+    "lr": "peak learning rate",
+    "min_lr": "learning rate at the end of the cosine decay",
+    "warmup_fraction": "share of the steps the learning rate rises over, linearly (at most --warmup-steps)",
+    "warmup_steps": "the most warm-up steps, however long the run",
+    "weight_decay": "AdamW weight decay of the projection matrices (not embeddings, norms, mixes, decays)",
+    "beta1": "AdamW beta1",
+    "beta2": "AdamW beta2",
+    "grad_clip": "clip the gradients' global norm to this (0: no clipping)",
+    "eval_every": "steps between evaluations and checkpoints (also at the end)",
+    "eval_tokens": "validation tokens per evaluation",
+    "log_every": "steps between log rows",
+    "seed": "seed of the initial weights and of the batch draws",
+    "device": "'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N'",
+    "wkv_backend": "RWKV's WKV implementation ('auto': Triton on CUDA, chunked on the CPU)",
+    "compile": "on CUDA: RWKV's fused blocks and torch.compile of the transformer (off: both eager)",
+    "saved_activations": "what RWKV's fused blocks keep for the backward: 'matmuls' or 'partitioner'",
+    "activation_memory_budget": "with --saved-activations partitioner: the share of activations it keeps",
+    "parallel": f"under torchrun: one of {PARALLEL}",
+    "cuda_graph": "on CUDA, one process, grad-accum 1: replay each step from a CUDA graph",
+    "span": "> 0: a step's windows are consecutive pieces of random spans this long (a multiple of context)",
+}
+RUN_FILES = ("checkpoint.pt", "log.csv", "log.meta.json", "model.safetensors")  # what a run writes into --out
+LOCK_FILE = ".training.lock"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module's docstring as written, each option's default after its description."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """Bad usage in one line, exit 2 (argparse would print the 25-line usage before it; --help shows it)."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m rwkv_lab.training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = Parser(
+        prog="python -m rwkv_lab.training", description=__doc__, formatter_class=HelpFormatter, allow_abbrev=False
     )
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         kind = parse_count if f.name in ("tokens", "eval_tokens") else type(getattr(defaults, f.name))
         kind = parse_switch if kind is bool else kind
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=getattr(defaults, f.name))
+        parser.add_argument(
+            f"--{f.name.replace('_', '-')}", type=kind, default=getattr(defaults, f.name), help=HELP[f.name]
+        )
     parser.add_argument(
         "--data",
         help="a directory (its *.py files, or --pattern) or a text file; default: this interpreter's standard library",
     )
-    parser.add_argument("--pattern", default="*.py")
+    parser.add_argument("--pattern", default="*.py", help="which files of a --data directory")
     parser.add_argument("--val-fraction", type=float, default=0.05, help="share of files held out for validation")
     parser.add_argument("--tokenizer", default="bytes", help="'bytes' or a tokenizer.json")
     parser.add_argument("--out", required=True, help="folder for checkpoint.pt, log.csv and (RWKV) model.safetensors")
-    parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its checkpoint.pt; settings not given take the saved run's",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parser.parse_args(argv)
+    if args.resume and args.overwrite:
+        parser.error("--resume continues the run in --out and --overwrite replaces it: give one of them")
+    # the settings given on the command line (no abbreviations: allow_abbrev=False), the others are defaults
+    given = {a.dest for a in parser._actions for o in a.option_strings for t in argv if t == o or t.startswith(o + "=")}
     try:  # a setting TrainConfig refuses is bad usage: one line, exit 2
         cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     except ValueError as err:
         parser.error(str(err))
     try:
-        return train(cfg, args)
+        return train(cfg, args, given)
     except (OSError, ValueError, TypeError, RuntimeError) as err:  # a failed run: one line, exit 1
         if args.debug:
             raise
@@ -533,8 +633,84 @@ def main(argv=None) -> int:
         return 1
 
 
-def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
+def check_out(out: Path) -> None:
+    """--out must be a folder this process can write, or a path where one can be made: checked before the corpus
+    and the first step (the first checkpoint comes an evaluation later), without creating anything."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file; expected a folder for the run's files")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"--out {out}: {existing} is a file, so no folder can be made there")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out {out}: {existing} is not writable; expected a folder you can write")
+
+
+def lock_run(out: Path):
+    """An exclusive lock on the run folder `out` (made if missing), held while the returned file stays open: the
+    operating system releases it when this process exits, however it ends, so a lock is never stale. A second
+    process fails at once, naming the holder."""
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    lock = open(out / LOCK_FILE, "a+")  # noqa: SIM115 - held open for the process's life
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        raise BlockingIOError(
+            f"another training (pid {holder}) is writing to {out}: wait for it to end, or choose another --out"
+        ) from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+def earlier_run(out: Path) -> list[str]:
+    return [name for name in RUN_FILES if (out / name).exists()]
+
+
+def resumed_config(cfg: TrainConfig, blob: dict, given: set[str], where: Path) -> TrainConfig:
+    """The settings of a resumed run: the saved run's, except those given on the command line; a given setting
+    that differs from the saved one is printed (it overrides the saved run's from here on)."""
+    saved = blob["config"]
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    changed = [n for n in names if n in given and n in saved and getattr(cfg, n) != saved[n]]
+    if changed:
+        overrides = ", ".join(f"{n} {saved[n]!r} -> {getattr(cfg, n)!r}" for n in changed)
+        print(f"resuming {where}: overriding the saved run's settings: {overrides}", file=sys.stderr)
+    kept = {n: saved[n] for n in names if n not in given and n in saved}
+    return dataclasses.replace(cfg, **kept)
+
+
+def train(cfg: TrainConfig, args: argparse.Namespace, given: set[str] = frozenset()) -> int:
     """The command line's run: corpus, trainer, checkpoints at every evaluation, then the log and the export."""
+    out = Path(args.out)
+    rank = int(os.environ.get("RANK", "0"))
+    if cfg.device != "auto":
+        check_device(cfg.device)
+    check_out(out)
+    lock = lock_run(out) if out.is_dir() and rank == 0 else None  # a run writing there now: fail at once
+    blob = None
+    if args.resume:
+        blob = read_run(out / "checkpoint.pt")
+        cfg = resumed_config(cfg, blob, given, out)
+        if blob["step"] >= cfg.steps:
+            print(
+                f"the run in {out} is finished ({blob['step']} of {cfg.steps} steps): nothing to do; give a larger "
+                "--tokens to train on, or --overwrite to start again",
+                file=sys.stderr,
+            )
+            return 0
+    elif earlier_run(out) and not args.overwrite:
+        raise FileExistsError(
+            f"--out {out} holds an earlier run ({', '.join(earlier_run(out))}): pass --resume to continue it or "
+            "--overwrite to replace it"
+        )
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: one process per device
         import torch.distributed as dist
 
@@ -546,9 +722,12 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
     trainer = Trainer(cfg, corpus)
     if trainer.rank == 0:
         print(corpus.summary(), file=sys.stderr)
-    out = Path(args.out)
-    if args.resume:
-        trainer.load(out / "checkpoint.pt")
+        lock = lock or lock_run(out)  # --out made only now, when nothing can fail before the first step
+        if args.overwrite:
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+    if blob is not None:
+        trainer.load(out / "checkpoint.pt", blob)
     while trainer.step < cfg.steps:  # a checkpoint at every evaluation: an interrupted run loses little
         trainer.run(min(cfg.steps, trainer.step + cfg.eval_every), checkpoint=out / "checkpoint.pt")
     model = trainer.unsharded_model()  # under FSDP a collective: every process takes part
@@ -562,4 +741,6 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> int:
         import torch.distributed as dist
 
         dist.destroy_process_group()
+    if lock is not None:
+        lock.close()
     return 0

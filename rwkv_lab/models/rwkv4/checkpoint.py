@@ -4,12 +4,13 @@ from the weights, and the hub layout of transformers' `RwkvForCausalLM` (keys an
 from __future__ import annotations
 
 import re
+import warnings
 
 import torch
 
 from ..checks import CheckpointError
 from ..run_config import RunConfig
-from .config import RWKVConfig
+from .config import PRESETS, RWKVConfig
 
 HF_MODEL_TYPE = "rwkv"  # config.json's model_type of transformers' RWKV-4
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
@@ -138,6 +139,7 @@ def config_from_state_dict(sd: dict, name: str = "custom") -> RWKVConfig:
         )
     ffn = sd.get("blocks.0.ffn.key.weight")
     F = int(ffn.shape[0]) if ffn is not None and ffn.dim() == 2 else 4 * int(C)
+    check_known_depth(max(blocks) + 1, int(C), int(V), name)
     return RWKVConfig(
         n_layer=max(blocks) + 1, n_embd=int(C), vocab_size=int(V), name=name, ffn_dim=None if F == 4 * C else F
     )
@@ -161,3 +163,18 @@ def hf_config_dict(config: RWKVConfig, dtype: torch.dtype) -> dict:
         "use_cache": True,
         "torch_dtype": str(dtype).removeprefix("torch."),
     }
+
+
+def check_known_depth(n_layer: int, n_embd: int, vocab_size: int, where: str) -> None:
+    """A warning when a file without a config (the .pth format) has the width and vocabulary of known sizes
+    (config.PRESETS) but none of their depths: the layers were counted from the keys, so a file that lost its
+    last blocks would otherwise load, without a word, as a smaller model."""
+    depths = sorted({p.n_layer for p in PRESETS.values() if (p.n_embd, p.vocab_size) == (n_embd, vocab_size)})
+    if depths and n_layer not in depths:
+        warnings.warn(
+            f"{where}: {n_layer} layers of width {n_embd}, but the known models of that width have "
+            f"{' or '.join(map(str, depths))}: a truncated file? (the format carries no config; the layers were "
+            "counted from its keys)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
