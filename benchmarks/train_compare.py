@@ -26,7 +26,7 @@ from rwkv_lab.loading.checkpoint import save_model
 from rwkv_lab.measure.timing import OOM, or_oom
 from rwkv_lab.results import results_dir, write_table
 from rwkv_lab.training.corpus import build_corpus, unigram_loss
-from rwkv_lab.training.trainer import ARCHS, TrainConfig, Trainer, bits_per_byte, parse_count, parse_switch
+from rwkv_lab.training.trainer import ALIASES, ARCHS, TrainConfig, Trainer, bits_per_byte, parse_count, parse_switch
 
 
 def train(cfg: TrainConfig, corpus, curves: list, keep_weights: bool) -> dict:
@@ -64,6 +64,12 @@ def main():
     parser.add_argument("--contexts", default="512")
     parser.add_argument("--tokens", type=parse_count, default=parse_count("40M"))
     parser.add_argument("--tokens-per-step", type=int, default=32768)
+    parser.add_argument(
+        "--archs",
+        default="rwkv,transformer",
+        help=f"the architectures to train, each as its rows name it: {', '.join(ARCHS + tuple(ALIASES))} ('rwkv' is "
+        "RWKV-4, the name of the runs before the second generation)",
+    )
     parser.add_argument("--lrs", default="1e-3", help="peak learning rates to sweep, comma-separated")
     parser.add_argument(
         "--arch-lrs",
@@ -86,11 +92,14 @@ def main():
         help="TrainConfig.cuda_graph for every run (on: each step replays a CUDA graph; off: kernel by kernel)",
     )
     args = parser.parse_args()
-    lrs = {arch: [float(x) for x in args.lrs.split(",")] for arch in ARCHS}
+    archs = args.archs.split(",")
+    if set(archs) - set(ARCHS) - set(ALIASES):
+        parser.error(f"--archs {args.archs!r}: expected names from {', '.join(ARCHS + tuple(ALIASES))}")
+    lrs = {arch: [float(x) for x in args.lrs.split(",")] for arch in archs}
     named = [item.split(":") for item in filter(None, args.arch_lrs.split(","))]
-    unknown = {arch for arch, *_ in named} - set(ARCHS)
+    unknown = {arch for arch, *_ in named} - set(archs)
     if unknown or any(len(item) != 2 for item in named):
-        parser.error(f"--arch-lrs {args.arch_lrs!r}: expected arch:rate items with arch in {', '.join(ARCHS)}")
+        parser.error(f"--arch-lrs {args.arch_lrs!r}: expected arch:rate items with arch in {', '.join(archs)}")
     for arch in {arch for arch, _ in named}:
         lrs[arch] = [float(lr) for a, lr in named if a == arch]
     t_start = time.time()
@@ -115,7 +124,7 @@ def main():
     export_path = out / f"{args.export_size}-T{args.export_context}{args.tag}.safetensors"
     for context in map(int, args.contexts.split(",")):
         for size in args.sizes.split(","):
-            for arch in ARCHS:
+            for arch in archs:
                 for lr in lrs[arch]:
                     cfg = TrainConfig(
                         arch=arch,
@@ -135,7 +144,7 @@ def main():
                         summary.append(row | {"status": "skipped (deadline)"})
                         write(summary, curves)
                         continue
-                    export = arch == "rwkv" and size == args.export_size and context == args.export_context
+                    export = cfg.arch == "rwkv4" and size == args.export_size and context == args.export_context
                     result = or_oom(lambda: train(cfg, corpus, curves, export), device)
                     if export and result is not OOM:
                         weights = result.pop("weights")

@@ -386,7 +386,10 @@ dist.destroy_process_group()
 
 def test_the_optimizer_follows_rwkv_lms_recipe(text_dir):
     """Weight decay on the projection matrices only; time_decay at 2x and time_first at 3x the rate."""
-    from rwkv_lab.training.trainer import LR_SCALE, param_groups
+    from rwkv_lab.models import architecture
+    from rwkv_lab.training.trainer import param_groups
+
+    LR_SCALE = architecture("rwkv4").lr_scale
 
     trainer = Trainer(tiny(), build_corpus(text_dir, val_fraction=0.2), progress=False)
     named = {id(p): n for n, p in trainer.model.named_parameters()}
