@@ -210,7 +210,7 @@ def main():
     if pairs is None:
         pairs = [(size, T) for size in args.sizes.split(",") for T in args.contexts.split(",")]
     jobs = [(v, size, int(T)) for size, T in pairs for v in variants]
-    out = results_dir() / "cost"
+    out = results_dir() / "training_speed"
     for variant, size, T in tqdm(jobs, desc="training step"):
         batch = max(1, args.tokens_per_step // T)
         name = size if variant.startswith("RWKV-4") else PYTHIA_FOR[size]
