@@ -37,7 +37,7 @@ dtype = "float32"
 data_dir = "auto"  # 'auto': ../shared/data/lm_eval if present; None: online (hub datasets)
 batch_size = 16
 
-# %%
+# %% tags=["timings"]
 
 import pandas as pd
 from IPython.display import display

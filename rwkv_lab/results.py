@@ -204,16 +204,27 @@ def write_json(path, results, params: dict | None = None, device=None, volatile=
     """{"provenance": ..., "results": results} as strict JSON (NaN written as null). Left as it is when it already
     holds the same results and parameters (the keys in `volatile`, timings, not compared)."""
     path = Path(path)
+    kept = {}
     if path.exists():
         try:
             old = json.loads(path.read_text())
             same = _strict(_drop(old["results"], volatile)) == _strict(_drop(results, volatile))
             if same and old["provenance"].get("params") == _strict(params or {}):
                 return path
-        except (ValueError, KeyError, TypeError):
+            kept = _carried(old["provenance"])
+        except (ValueError, KeyError, TypeError, AttributeError):
             pass  # unreadable or another format: rewritten
-    text = _dumps({"provenance": provenance(params, device), "results": results})
+    text = _dumps({"provenance": provenance(params, device) | kept, "results": results})
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+# what a file's provenance says about the file rather than about one run of it: kept when a run rewrites the file
+# (scripts/results_index.py lists each file with its description)
+CARRIED = ("description",)
+
+
+def _carried(old: dict) -> dict:
+    return {k: old[k] for k in CARRIED if k in old}
 
 
 def _sha256(path: Path) -> str:
@@ -259,17 +270,19 @@ def _write_with_meta(path: Path, write, params, device, content=None) -> Path:
 
     meta_file = meta_path(path)
     params = _strict(params or {})
-    if path.exists() and meta_file.exists():
+    old = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    if path.exists() and old:
         with tempfile.TemporaryDirectory() as scratch:
             tmp = Path(scratch) / path.name
             write(tmp)
             new = content or _sha256(tmp)
-        old = json.loads(meta_file.read_text())
         recorded = old.get("content_sha256") or old.get("data_sha256")
         if recorded == new and old.get("params") == params and old.get("data_sha256") == _sha256(path):
             return path
     atomic_write(path, write_and_hash)
-    record = provenance(params, device) | {"data_file": path.name, "data_sha256": content_hash["sha256"]}
+    record = (
+        provenance(params, device) | _carried(old) | {"data_file": path.name, "data_sha256": content_hash["sha256"]}
+    )
     if content:
         record["content_sha256"] = content
     atomic_write(meta_file, lambda tmp: tmp.write_text(_dumps(record)))
@@ -295,9 +308,10 @@ def record_file(path, params: dict | None = None, device=None, **fields) -> Path
     path = Path(path)
     meta_file = meta_path(path)
     digest = _sha256(path)
-    if meta_file.exists() and json.loads(meta_file.read_text()).get("data_sha256") == digest:
+    old = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    if old.get("data_sha256") == digest:
         return meta_file
-    record = provenance(params, device) | {k: v for k, v in fields.items() if v is not None}
+    record = provenance(params, device) | _carried(old) | {k: v for k, v in fields.items() if v is not None}
     record |= {"data_file": path.name, "data_sha256": digest}
     return atomic_write(meta_file, lambda tmp: tmp.write_text(_dumps(record)))
 
@@ -340,3 +354,89 @@ def find_result(relative: str) -> Path:
     """A results file: this run's (results_dir()) if it exists, else the committed one in the repository."""
     here = results_dir() / relative
     return here if here.exists() else REPO_ROOT / "results" / relative
+
+
+# The index of results/ (results/README.md), generated from the provenance of every file in it.
+INDEX_HEAD = """# results/
+
+Written by `scripts/results_index.py` from the provenance of each file (do not edit: rerun it). Every file here
+was written by code in this repository; its provenance is inside it (a JSON file's `provenance`) or beside it
+(`<stem>.meta.json` beside a table or figure, `<name>.meta.json` beside any other file): device, versions, git
+commit and uncommitted diff, date, command, parameters. Files committed before provenance was recorded for them
+carry a `reconstructed` record from git history instead (the commit that last changed them; no device or date is
+invented).
+
+**Current** results are everything outside `history/`: one file per question, the one the README's table and
+the notebooks read. **Superseded** runs lie under `history/<the path they had>`, kept with their provenance; no
+headline reads them.
+"""
+
+
+def data_files(root=None) -> list[Path]:
+    """Every file under results/ but the provenance files themselves (and atomic_write's temporaries)."""
+    root = Path(root) if root else REPO_ROOT / "results"
+    return sorted(
+        p for p in root.rglob("*") if p.is_file() and not p.name.endswith(".meta.json") and not p.name.startswith(".")
+    )
+
+
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _where(meta: dict) -> str:
+    """Device and code, as recorded: a reconstructed record names only the commit that last changed the file."""
+    if "reconstructed" in meta and "device" not in meta:
+        return f"not recorded; committed in {meta['committed_in'][:7]}"
+    commit = (meta.get("git_commit") or "no commit")[:7]
+    dirty = meta.get("git_dirty")
+    state = {True: " + uncommitted changes", False: ""}.get(dirty, " (uncommitted changes unknown)")
+    device = meta.get("device", "device not recorded")
+    device = "CPU (2 cores)" if device.startswith("CPU") and "(2 logical" in device else device.removeprefix("NVIDIA ")
+    return f"{device}, {commit}{state}, {str(meta.get('date_utc', ''))[:10]}".rstrip(", ")
+
+
+def _command(meta: dict) -> str:
+    if meta.get("command"):
+        return f"`{meta['command']}`"
+    return meta.get("command_described") or "not recorded"
+
+
+def index_text() -> str:
+    """results/README.md as the provenance of every file under the repository's results/ says it (scripts/
+    results_index.py writes it; a test checks the committed one)."""
+    root = REPO_ROOT / "results"
+    groups: dict[tuple[bool, str, str, str], list[str]] = {}
+    for path in data_files(root):
+        if path == root / "README.md":
+            continue
+        relative = path.relative_to(root).as_posix()
+        meta = provenance_of(path)
+        if meta is None:
+            raise ValueError(f"results/{relative} has no provenance; write it with rwkv_lab.results (record_file)")
+        key = (
+            relative.startswith("history/"),
+            meta.get("description", "(no description in its provenance)"),
+            _command(meta),
+            _where(meta),
+        )
+        groups.setdefault(key, []).append(relative)
+    lines = [INDEX_HEAD]
+    for superseded, title in ((False, "## Current"), (True, "## History (superseded runs)")):
+        lines += [title, "", "| files | what | written by | where, code, date |", "|---|---|---|---|"]
+        for (old, what, cmd, at), files in sorted(groups.items(), key=lambda kv: kv[1][0]):
+            if old == superseded:
+                names = ", ".join(f"`{f}`" for f in files)
+                lines.append(f"| {names} | {_cell(what)} | {_cell(cmd)} | {_cell(at)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_index() -> Path:
+    """Rewrite results/README.md (and its provenance) from the provenance of every file, when it changed."""
+    index = REPO_ROOT / "results" / "README.md"
+    text = index_text()
+    if not index.exists() or index.read_text() != text:
+        atomic_write(index, lambda tmp: tmp.write_text(text))
+    record_file(index, description="this index of results/, generated from the provenance of every file")
+    return index
