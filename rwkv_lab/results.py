@@ -219,12 +219,16 @@ def write_json(path, results, params: dict | None = None, device=None, volatile=
 
 
 # what a file's provenance says about the file rather than about one run of it: kept when a run rewrites the file
-# (scripts/results_index.py lists each file with its description)
+# (scripts/results_index.py lists each file with its description); `command_described`, how the file is made
+# (from the hand-written index), only where the process cannot record its own command (a notebook's kernel)
 CARRIED = ("description",)
 
 
 def _carried(old: dict) -> dict:
-    return {k: old[k] for k in CARRIED if k in old}
+    kept = {k: old[k] for k in CARRIED if k in old}
+    if command_line() is None and "command_described" in old:
+        kept["command_described"] = old["command_described"]
+    return kept
 
 
 def _sha256(path: Path) -> str:

@@ -149,6 +149,7 @@ def main() -> int:
         record = dict(meta)
         if found and "description" not in record:
             record["description"] = found[1]
+        if found and not record.get("command"):
             record.setdefault("command_described", found[0])
         if record.get("git_dirty", False) is None:
             record["git_dirty"] = DIRTY_UNKNOWN
