@@ -6,13 +6,13 @@ size-matched Pythia transformer (transformers GPTNeoXForCausalLM, SDPA), on one 
 
 Each model runs on the path a training run takes (rwkv_lab.training.trainer.fast_path): RWKV-4 with its fused
 blocks, Pythia through torch.compile; and, for the record, both eager (`--variants`). Writes
-results/cost/training_mfu.csv (+ .meta.json) after every configuration, so an interrupted run keeps what it
-measured, and results/cost/training_vs_pythia.csv: per size and context, RWKV-4 on its fast path against the
-faster of Pythia's two paths. MFU = model FLOPs per second (rwkv_lab.cost: RWKV 3 x 2 (V D + 13 D^2 L) per token;
-the transformer 3 x (2 (V D + 12 D^2 L) + 4 L D T)) over (a) the measured bf16 matmul peak and (b) the datasheet
-peak. The first steps (compilation) are warm-up, not timed. `--profile` adds results/cost/training_kernels.csv:
-each step's CUDA kernels by device time, grouped by kind (matmul, WKV, LayerNorm + mixes, attention, fused
-elementwise, ...).
+results/training_speed/training_mfu.csv (+ .meta.json) after every configuration, so an interrupted run keeps
+what it measured, and results/training_speed/training_vs_pythia.csv: per size and context, RWKV-4 on its fast path
+against the faster of Pythia's two paths. MFU = model FLOPs per second (rwkv_lab.cost: RWKV 3 x 2 (V D + 13 D^2 L)
+per token; the transformer 3 x (2 (V D + 12 D^2 L) + 4 L D T)) over (a) the measured bf16 matmul peak and (b) the
+datasheet peak. The first steps (compilation) are warm-up, not timed. `--profile` adds
+results/training_speed/training_kernels.csv: each step's CUDA kernels by device time, grouped by kind (matmul,
+WKV, LayerNorm + mixes, attention, fused elementwise, ...).
 `--norm-mix-kernels off` leaves RWKV's LayerNorms and mixes to inductor instead of rwkv_lab.ops.norm_mix's kernels.
 `--saved-activations` sets what RWKV's fused blocks keep for the backward (RWKV.saved_activations: 'matmuls', the
 default, or 'partitioner', the compiler's choice) and `--memory-budget` the share of it the partitioner may keep
@@ -213,7 +213,7 @@ def main():
     if pairs is None:
         pairs = [(size, T) for size in args.sizes.split(",") for T in args.contexts.split(",")]
     jobs = [(v, size, int(T)) for size, T in pairs for v in variants]
-    out = results_dir() / "cost"
+    out = results_dir() / "training_speed"
     for variant, size, T in tqdm(jobs, desc="training step"):
         batch = max(1, args.tokens_per_step // T)
         name = size if variant.startswith("RWKV-4") else PYTHIA_FOR[size]

@@ -38,7 +38,10 @@ attention_layer = 2  # whose implicit attention matrix to draw
 speed_lengths = [1, 4, 16, 64, 256]  # live timing of the two forms
 
 # %%
+import json
+
 import matplotlib.pyplot as plt
+import pandas as pd
 import torch
 
 import rwkv_lab
@@ -89,28 +92,29 @@ plt.show()
 # ## Error vs sequence length and dtype
 #
 # Every WKV formulation against the float64 recurrence, on inputs with the official initialisation's decays and
-# on extreme ones (|k| up to 80, decays 1e-4 to 1e3). Live here at small sizes; the committed study below runs
-# to 1M tokens (`python benchmarks/wkv_numerics.py`, figure `results/figures/wkv_numerics.png`), with the GPU
-# kernel's own check (`results/wkv/wkv_kernel_check.json`) drawn as squares. bf16 and fp16 rows include the
-# rounding of the inputs themselves.
+# on extreme ones (`|k| <= 80`, decays `1e-4` to `1e3`). Live here at small sizes; below, the committed CPU study
+# (`python benchmarks/wkv_numerics.py`, `results/numerics/wkv_numerics.csv`) drawn with the current GPU kernel
+# check (`results/wkv/wkv_kernel_check.json`) as squares, each file's run printed with it. bf16 and fp16 rows
+# include the rounding of the inputs themselves.
 
 # %%
 from pathlib import Path
 
-from IPython.display import Image, display
+from IPython.display import display
 
 from rwkv_lab.analysis.wkv_error import plot_study, run_study
+from rwkv_lab.results import find_result, read_table
 
 live = run_study(study_lengths, channels=16)
 print("non-finite values in any formulation:", int(live["nonfinite"].sum()))
 plot_study(live)
 plt.show()
-committed = results_dir() / "figures" / "wkv_numerics.png"
-if not committed.exists():
-    committed = Path("../results/figures/wkv_numerics.png")
-if committed.exists():
-    print("committed study:", committed)
-    display(Image(filename=str(committed)))
+study, study_meta = read_table(find_result("numerics/wkv_numerics.csv"))
+check_file = json.loads(find_result("wkv/wkv_kernel_check.json").read_text())
+for what, meta in (("CPU study", study_meta), ("GPU kernel check", check_file["provenance"])):
+    print(f"{what}: {meta['device']}, commit {meta['git_commit'][:10]}, {meta['date_utc'][:10]}")
+plot_study(study, pd.DataFrame(check_file["results"]))
+plt.show()
 
 # %% [markdown]
 # ## The implicit attention matrix
@@ -154,11 +158,10 @@ plt.show()
 # ## Speed: parallel vs recurrent
 #
 # Processing T tokens in one parallel call vs T recurrent steps (live, on this machine), then the GPU
-# benchmark of the WKV operator alone from `results/wkv/wkv_benchmark.csv` (`python benchmarks/bench_wkv.py`;
-# the peers `fla` and the `rwkv` package's CUDA kernel measured in the same run).
+# benchmark of the WKV operator alone from `results/wkv/wkv_benchmark.csv` (`python benchmarks/bench_wkv.py`),
+# beside the peers measured in the same run (its `backend` column, printed below).
 
-# %%
-import pandas as pd
+# %% tags=["timings"]
 
 from rwkv_lab.analysis.equivalence import time_formulations
 
@@ -173,8 +176,13 @@ ax.set_xlabel("tokens T")
 ax.set_ylabel("tokens / s")
 ax.set_title(f"{model.source}, {device}", fontsize=8)
 ax.legend()
+# a figure of live timings: rewritten only when what it shows besides the times changes (the lengths, the model)
 save_figure(
-    fig, results_dir() / "figures" / "01_speed_crossover.png", params | {"lengths": speed_lengths}, device=device
+    fig,
+    results_dir() / "figures" / "01_speed_crossover.png",
+    params | {"lengths": speed_lengths},
+    device=device,
+    drawn_from=speed[["T"]],
 )
 plt.show()
 
@@ -186,6 +194,7 @@ if bench_csv.exists():
     bench = pd.read_csv(bench_csv)
     meta = pd.read_json(bench_csv.with_suffix(".meta.json"), typ="series")
     print(f"measured on {meta['device']}, copy bandwidth {bench['copy_GBps'].iloc[0]:.0f} GB/s")
+    print("backends in this run:", ", ".join(bench["backend"].unique()))
     bench["shape"] = bench.apply(lambda r: f"({r['B']},{r['T']},{r['C']})", axis=1)
     table = bench.pivot_table(index=["shape", "dtype"], columns="backend", values="fwd_ms", sort=False)
     display(table.round(3))

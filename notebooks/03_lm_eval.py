@@ -37,14 +37,16 @@ dtype = "float32"
 data_dir = "auto"  # 'auto': ../shared/data/lm_eval if present; None: online (hub datasets)
 batch_size = 16
 
-# %%
+# %% tags=["timings"]
+
+import os
 
 import pandas as pd
 from IPython.display import display
 
 from rwkv_lab.evaluation.backend import RWKVLM
 from rwkv_lab.evaluation.tasks import default_data_dir, run_lm_eval, side_by_side
-from rwkv_lab.results import find_result, results_dir, write_json, write_table
+from rwkv_lab.results import REPO_ROOT, find_result, results_dir, write_json, write_table
 
 data = default_data_dir() if data_dir == "auto" else data_dir
 lm = RWKVLM(pretrained=model_source, device=device, dtype=dtype, batch_size=batch_size)
@@ -57,7 +59,8 @@ params = {
     "limit": limit,
     "device": device,
     "dtype": dtype,
-    "data_dir": str(data) if data else "online",
+    # relative to the repository: the same data found from another checkout is the same parameter
+    "data_dir": os.path.relpath(data, REPO_ROOT) if data else "online",
 }
 write_json(
     results_dir() / "lm_eval" / "03_lm_eval.json",

@@ -19,7 +19,7 @@
 # A100s at 312 TFLOP/s, 64 GPUs for three months, "about 20%" efficiency (16.0% computed from its own inputs).
 # This notebook recomputes every line from its inputs (`rwkv_lab.cost`; each number is also a test), then replaces the assumed efficiency with the
 # model FLOPs utilisation (MFU) we measured for a real training step on a GPU (its device is printed with it)
-# (`benchmarks/bench_training.py` → `results/cost/training_mfu.csv`), for RWKV-4 and the size-matched Pythia.
+# (`benchmarks/bench_training.py` → `results/training_speed/training_mfu.csv`), for RWKV-4 and the size-matched Pythia.
 
 # %% tags=["parameters"]
 gpu = "H100 SXM"  # A100 SXM | H100 SXM | H200 SXM
@@ -55,9 +55,9 @@ print(
 # matmul peak and against the datasheet. RWKV's FLOPs do not depend on the context; the transformer's grow with it.
 
 # %%
-mfu_csv = results_dir() / "cost" / "training_mfu.csv"
+mfu_csv = results_dir() / "training_speed" / "training_mfu.csv"
 if not mfu_csv.exists():
-    mfu_csv = REPO_ROOT / "results" / "cost" / "training_mfu.csv"
+    mfu_csv = REPO_ROOT / "results" / "training_speed" / "training_mfu.csv"
 mfu = pd.read_csv(mfu_csv)
 mfu_meta = json.loads(mfu_csv.with_suffix(".meta.json").read_text())
 mfu_runs = mfu_meta.get("runs", [mfu_meta])

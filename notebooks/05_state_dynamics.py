@@ -126,8 +126,8 @@ print(
 # ## 2 · State trajectories
 #
 # One parallel pass with read-only hooks, then the RNN form's state update over the recorded keys and values:
-# a/b per layer and channel after every token. Below, the norm of each layer's a/b vector and the 32 most variable
-# channels of one layer over the first 600 tokens.
+# a/b per layer and channel after every token. Below, the norm of each layer's a/b vector and the `32` most
+# variable channels of one layer over the first `600` tokens.
 
 # %%
 traj = record_trajectory(model, tokens)

@@ -22,7 +22,7 @@
 # On a CPU the notebook trains a tiny pair live for a minute; it then plots the committed GPU runs
 # (`python benchmarks/train_compare.py`, three sizes, contexts 512 and 4096, each architecture at two learning rates),
 # the released sizes' training speed, the attempts at retraining the default model, and samples from the shipped
-# default (`rwkv_lab/default_model/MODEL_CARD.md`).
+# default (`rwkv_lab/loading/default_model/MODEL_CARD.md`).
 
 # %% tags=["parameters"]
 device = "cpu"
@@ -53,6 +53,7 @@ from rwkv_lab.training.report import (
     plot_curves,
     plot_kernel_time,
     side_by_side,
+    unfinished_runs,
 )
 
 corpus = build_corpus()
@@ -63,7 +64,7 @@ print(f"unigram baseline: {unigram_bpb:.3f} bits per byte")
 # %% [markdown]
 # ## Live: a tiny pair on this machine
 
-# %%
+# %% tags=["timings"]
 live = []
 for arch in ("rwkv", "transformer"):
     cfg = TrainConfig(
@@ -82,7 +83,15 @@ for arch in ("rwkv", "transformer"):
     live.append(trainer.run())
 live = pd.concat(live, ignore_index=True)
 params = {"model": live_model, "context": live_context, "batch": live_batch, "tokens": live_tokens, "device": device}
-write_table(results_dir() / "training" / "06_live_curves.csv", live, params, device=device)
+# live times and memory move from run to run: not compared, so a rerun that trained the same curves leaves the
+# committed file as it is
+write_table(
+    results_dir() / "training" / "06_live_curves.csv",
+    live,
+    params,
+    device=device,
+    volatile=("tokens_per_s", "train_seconds", "peak_memory_bytes"),
+)
 display(live.dropna(subset=["val_bpb"])[["arch", "step", "tokens", "val_bpb", "tokens_per_s"]])
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
 plot_curves(live, axes, unigram_bpb, f"live, {device}")
@@ -95,7 +104,8 @@ plt.show()
 # step and learning rates of each context are printed below), the same batches, RWKV-4 on its fused blocks and the
 # transformer through torch.compile. Each (architecture, size, context) ran at every rate of a small sweep; the
 # comparisons read the run with the lower final validation bits/byte (`chosen`). Validation bits per byte against
-# tokens and against training FLOPs (6N per token for RWKV, plus attention's 4·L·D·T for the transformer).
+# tokens and against training FLOPs per token as `rwkv_lab.cost` counts them: 3·2(VD + 13D²L) for RWKV-4 (V the
+# vocabulary, D the width, L the layers) and 3·(2(VD + 12D²L) + 4LDT) for the transformer.
 
 # %%
 summary = pd.concat([pd.read_csv(find_result(f"training/summary{tag}.csv")) for tag in ("", "_T4096")])
@@ -125,10 +135,15 @@ run_keys = ["arch", "model", "context"]
 ran = summary[summary["status"] == "ok"]
 top = ran.groupby(run_keys, as_index=False)["lr"].max().rename(columns={"lr": "top_lr"})
 edge = chosen_runs(summary).merge(top, on=run_keys)
+# the runs each command planned (its sizes x architectures x rates) that have no finished row
+skipped = pd.concat([unfinished_runs(summary, run["params"]) for run in metas.values()], ignore_index=True)
 print(
-    f"{int((edge['lr'] == edge['top_lr']).sum())} of the {len(edge)} chosen runs are at the highest rate that ran "
-    f"({len(summary) - len(ran)} run(s) not run: {', '.join(sorted(set(summary['status']) - {'ok'})) or 'none'}): "
-    "a wider sweep could move them further"
+    f"{int((edge['lr'] == edge['top_lr']).sum())} of the {len(edge)} chosen runs are at the highest rate that ran; "
+    f"{len(skipped)} planned run(s) did not finish"
+    + "".join(
+        f"\n  {r['arch']} {r['model']} T = {r['context']} lr {r['lr']:g}: {r['status']}" for _, r in skipped.iterrows()
+    )
+    + "\na wider sweep could move the chosen runs further"
 )
 table = side_by_side(summary)
 display(table.round(3))
@@ -172,13 +187,13 @@ plt.show()
 # torch.compile around the Triton WKV, the head's vocabulary padded to aligned rows), beside the size-matched
 # Pythia through torch.compile (SDPA attention), the same tokens per step, in one run, each step replayed from a
 # CUDA graph as the trainer's are (the `cuda_graph` column says where a capture failed and the step ran kernel by
-# kernel). The profile of each step (`--profile`) says where the GPU time goes; the step's wall time exceeds it by
-# what the host adds.
+# kernel). The profile of each step (`--profile`) says where the GPU time goes; set beside the step's wall time
+# (below), the difference is what the host adds, or, where the wall time is the shorter, the profiler's own cost.
 
 # %%
 speed, speed_meta = bench_training_run()
-steps = pd.read_csv(find_result("cost/training_mfu.csv"))
-by_kind = kernel_time_by_kind(pd.read_csv(find_result("cost/training_kernels.csv")))
+steps = pd.read_csv(find_result("training_speed/training_mfu.csv"))
+by_kind = kernel_time_by_kind(pd.read_csv(find_result("training_speed/training_kernels.csv")))
 print(
     f"measured on {speed_meta['device']}, commit {speed_meta['git_commit'][:10]}, {speed_meta['date_utc'][:10]}, "
     f"{int(speed['tokens_per_step'].iloc[0]):,} tokens per step"
@@ -193,121 +208,43 @@ timed = by_kind.merge(steps[["variant", "size", "context", "step_ms"]], on=["var
 for _, r in speed.iterrows():
     ours = timed[(timed["variant"] == "RWKV-4") & (timed["size"] == r["size"]) & (timed["context"] == r["context"])]
     ours = ours.iloc[0]
+    longer = "longer" if ours["step_ms"] > ours["device_ms"] else "shorter"
     print(
         f"{r['size']} at T = {r['context']}: RWKV-4 trains at {r['speed_ratio']:.2f}x Pythia's tokens/s with "
         f"{r['memory_ratio']:.2f}x its peak memory; its step is {ours['step_ms']:.1f} ms of wall time for "
-        f"{ours['device_ms']:.1f} ms of GPU work ({ours['matmul'] / ours['device_ms']:.0%} matmuls, "
-        f"{ours['WKV (Triton)'] / ours['device_ms']:.0%} the WKV)"
+        f"{ours['device_ms']:.1f} ms of profiled GPU work (the wall time {longer}; "
+        f"{ours['matmul'] / ours['device_ms']:.0%} matmuls, {ours['WKV (Triton)'] / ours['device_ms']:.0%} the WKV)"
     )
 fig, ax = plt.subplots(figsize=(12, 4))
 plot_kernel_time(by_kind, ax, f"one training step by kernel kind, {speed_meta['device']}")
 fig.tight_layout()
-save_figure(fig, results_dir() / "figures" / "06_training_kernels.png", {"source": "results/cost/training_kernels.csv"})
+save_figure(
+    fig,
+    results_dir() / "figures" / "06_training_kernels.png",
+    {"source": "results/training_speed/training_kernels.csv"},
+)
 plt.show()
 
 # %% [markdown]
-# ### What bounded the step: the host's launches, then the loss
+# ### How the step got here
 #
-# Launched kernel by kernel from Python (the compiled blocks' guards, autograd, the optimizer), a step of hundreds
-# of small kernels can cost the host more than the GPU. `TrainConfig.cuda_graph` (on by default on one GPU,
-# `rwkv_lab/training/cuda_graph.py`) captures the whole step, forward, backward, clipping and AdamW, once and
-# replays it, for both architectures; the trainer's loss (`lm_loss`) then compiles the cross-entropy, which no
-# longer copies the 50k-wide logits to fp32 nor their gradient out of the padded head. Three runs of
-# `bench_training.py` at T = 1024 on one card, each ratio within its run: `--cuda-graph off`, the graph, the graph
-# with the compiled loss, then the fused blocks keeping only their matmuls' and WKV's outputs for the backward
-# (`RWKV.saved_activations = "matmuls"`), then each half's LayerNorm, token shift and mixes in
-# `rwkv_lab.ops.norm_mix`'s Triton kernels (`RWKV.norm_mix_kernels`), then those kernels' mixes kept for the backward
-# with the loss over the padded head's masked columns (no profile), and then their backward loading each next
-# token ahead of its arithmetic (the default: the run above); and `train_compare.py` at T = 4096 at the three small
-# widths, without the graph, with it, and with it on the current blocks (92 steps each: a speed measurement, too
-# few tokens for the bits/byte to mean anything).
+# The runs that measured each change on the way to this path (the step launched kernel by kernel, then replayed
+# from a CUDA graph, the compiled loss, the kept matmul outputs, the LayerNorm and mix kernels, the partitioner's
+# memory budgets) are superseded by the run above: they are kept, with their provenance, under
+# `results/history/training_speed/` and `results/history/training/` (`results/README.md` lists them), and no
+# figure here reads them. The current T = 4096 comparison at the three small widths, on the current blocks:
 
 # %%
-paths = {
-    "kernel by kernel": "_ungraphed",
-    "CUDA graph": "_graphed",
-    "CUDA graph + compiled loss": "_fused_loss",
-    "+ matmuls' outputs kept": "_inductor_mixes",
-    "+ LayerNorm and mix kernels": "_mixes_recomputed",
-    "+ mixes kept, masked loss": "_kept_mixes",
-    "+ mix backward loads ahead": "",
-}
-runs = []
-for label, tag in paths.items():
-    run, meta = bench_training_run(tag)
-    print(f"{label}: {meta['device']}, commit {meta['git_commit'][:10]}, {meta['date_utc'][:10]}")
-    runs.append(run[run["context"] == 1024].assign(path=label, device=meta["device"]))
-runs = pd.concat(runs, ignore_index=True)
-display(
-    runs.pivot_table(
-        index="size", columns="path", values=["rwkv_tokens_per_s", "speed_ratio", "memory_ratio"], sort=False
-    ).round(3)
-)
-before, loss, kept, kernels, mixes, after = (
-    runs[runs["path"] == p].set_index("size")
-    for p in (
-        "kernel by kernel",
-        "CUDA graph + compiled loss",
-        "+ matmuls' outputs kept",
-        "+ LayerNorm and mix kernels",
-        "+ mixes kept, masked loss",
-        "+ mix backward loads ahead",
-    )
-)
-for size, r in after.iterrows():
-    b, m, k, n, x = before.loc[size], loss.loc[size], kept.loc[size], kernels.loc[size], mixes.loc[size]
+widths = pd.read_csv(find_result("training/summary_T4096_norm_mix.csv"))
+widths_meta = pd.read_json(find_result("training/summary_T4096_norm_mix.meta.json"), typ="series")
+wide = widths.pivot_table(index="model", columns="arch", values="tokens_per_s", sort=False)
+wide = wide.assign(ratio=wide["rwkv"] / wide["transformer"])
+display(wide.round(2))
+for model, r in wide.iterrows():
     print(
-        f"{size} at T = 1024 ({r['device']}): RWKV-4 at {b['speed_ratio']:.2f}x Pythia's tokens/s launched kernel "
-        f"by kernel, {m['speed_ratio']:.2f}x replayed with the compiled loss ({b['rwkv_tokens_per_s'] / 1e3:.0f}k -> "
-        f"{m['rwkv_tokens_per_s'] / 1e3:.0f}k tokens/s, {m['rwkv_tokens_per_s'] / b['rwkv_tokens_per_s'] - 1:+.0%}) "
-        f"with {m['memory_ratio']:.2f}x Pythia's peak memory; keeping only the matmuls' outputs "
-        f"{k['speed_ratio']:.2f}x its tokens/s with {k['memory_ratio']:.2f}x its peak memory "
-        f"({k['rwkv_peak_mem_GiB']:.1f} GiB); with the LayerNorm and mix kernels {n['speed_ratio']:.2f}x; keeping "
-        f"their mixes, with the masked loss, {x['speed_ratio']:.2f}x; their backward loading ahead (the default) "
-        f"{r['speed_ratio']:.2f}x its tokens/s with {r['memory_ratio']:.2f}x its peak memory "
-        f"({r['rwkv_peak_mem_GiB']:.1f} GiB)"
+        f"{model} at T = 4096 ({widths_meta['device']}, commit {widths_meta['git_commit'][:10]}): RWKV-4 at "
+        f"{r['ratio']:.2f}x the transformer's tokens/s, one run each"
     )
-fused_steps = pd.read_csv(find_result("cost/training_mfu_fused_loss.csv"))
-fused_kinds = kernel_time_by_kind(pd.read_csv(find_result("cost/training_kernels_fused_loss.csv")))
-host = fused_kinds.merge(fused_steps[["variant", "size", "context", "step_ms"]], on=["variant", "size", "context"])
-for _, r in host.iterrows():
-    extra = r["step_ms"] / r["device_ms"] - 1  # what the host adds beyond the GPU's work (negative: none)
-    bound = "the GPU bounds it" if extra < 0.05 else f"the host adds {extra:.0%}"
-    print(
-        f"{r['variant']} {r['size']}: a replayed step takes {r['step_ms']:.1f} ms of wall time for {r['device_ms']:.1f} "
-        f"ms of GPU kernels (profiled): {bound}"
-    )
-widths = []
-for label, tag in (
-    ("kernel by kernel", "_T4096_ungraphed"),
-    ("CUDA graph", "_T4096_graphed"),
-    ("CUDA graph, current blocks", "_T4096_norm_mix"),
-):
-    t = pd.read_csv(find_result(f"training/summary{tag}.csv"))
-    meta = pd.read_json(find_result(f"training/summary{tag}.meta.json"), typ="series")
-    wide = t.pivot_table(index="model", columns="arch", values="tokens_per_s", sort=False)
-    widths.append(wide.assign(ratio=wide["rwkv"] / wide["transformer"], path=label, device=meta["device"]))
-widths = pd.concat(widths).reset_index()
-display(widths.round(2))
-for model, g in widths.groupby("model", sort=False):
-    by_path = g.set_index("path")
-    off, on, now = by_path.loc["kernel by kernel"], by_path.loc["CUDA graph"], by_path.loc["CUDA graph, current blocks"]
-    print(
-        f"{model} at T = 4096 ({on['device']}): RWKV-4 at {off['ratio']:.2f}x the transformer's tokens/s kernel by "
-        f"kernel, {on['ratio']:.2f}x with the graph (RWKV-4 {on['rwkv'] / off['rwkv']:.1f}x faster, the "
-        f"transformer {on['transformer'] / off['transformer']:.1f}x); {now['ratio']:.2f}x on the current blocks"
-    )
-fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.6))
-runs.pivot_table(index="size", columns="path", values="speed_ratio", sort=False).plot.bar(ax=ax1, rot=0)
-widths.pivot_table(index="model", columns="path", values="ratio", sort=False).plot.bar(ax=ax2, rot=0)
-for ax, what in ((ax1, "released sizes, T = 1024, vs Pythia"), (ax2, "train_compare widths, T = 4096, vs GPT-NeoX")):
-    ax.axhline(1.0, color="gray", lw=0.8)
-    ax.set_ylabel("RWKV-4 tokens/s ratio")
-    ax.set_title(f"{what}, {runs['device'].iloc[0]}", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
-fig.tight_layout()
-save_figure(fig, results_dir() / "figures" / "06_step_paths.png", {"source": "results/cost, results/training"})
-plt.show()
 
 # %% [markdown]
 # ### What a training step keeps for the backward
@@ -355,42 +292,7 @@ print(
     "GiB against Pythia's"
 )
 
-# %% [markdown]
-# Before `saved_activations`, the lever was the partitioner's budget: `benchmarks/bench_training.py
-# --memory-budget` (today with `--saved-activations partitioner`), RWKV-4 again beside Pythia in the same run, each
-# run set beside a budget-1 run whose steps were launched the same way: 0.8 with the CUDA graph (beside `_graphed`,
-# same commit), 0.5 from before the graph (`_budget0.5` at 169M and 1.5B, `_budget0.5_430M`, beside the
-# `--cuda-graph off` run). Below 1 it recomputes matmuls too. Each ratio is within one run; RWKV-4's own change in
-# tokens/s is across two runs on one card.
-
 # %%
-budget = []
-for tag, base in (("_budget0.8", "_graphed"), ("_budget0.5", "_ungraphed"), ("_budget0.5_430M", "_ungraphed")):
-    run, run_meta = bench_training_run(tag)
-    print(f"{tag}: {run_meta['device']}, commit {run_meta['git_commit'][:10]}, {run_meta['date_utc'][:10]}")
-    ref, _ = bench_training_run(base)
-    pair = ref.merge(run, on=["size", "context", "tokens_per_step"], suffixes=("_1", "_low"))
-    budget.append(pair.assign(budget=run_meta["params"]["memory_budget"]))
-both = pd.concat(budget, ignore_index=True)
-display(
-    both[["budget", "size", "context", "speed_ratio_1", "speed_ratio_low", "memory_ratio_1", "memory_ratio_low"]].round(
-        3
-    )
-)
-for _, r in both.iterrows():
-    print(
-        f"{r['size']} at T = {r['context']}, activation_memory_budget {r['budget']:g}: RWKV-4 peak "
-        f"{r['rwkv_peak_mem_GiB_low']:.1f} GiB, {r['memory_ratio_low']:.2f}x Pythia's (budget 1: "
-        f"{r['memory_ratio_1']:.2f}x), at {r['speed_ratio_low']:.2f}x Pythia's tokens/s (budget 1: "
-        f"{r['speed_ratio_1']:.2f}x); RWKV-4's own tokens/s {r['rwkv_tokens_per_s_low'] / r['rwkv_tokens_per_s_1'] - 1:+.1%}"
-    )
-for b, g in both.groupby("budget", sort=False):
-    fits = (g["memory_ratio_low"] <= 1).all()
-    print(
-        f"at budget {b:g} RWKV-4's peak is "
-        + ("at or below Pythia's at every size measured" if fits else "still above Pythia's at some size")
-        + f", at {g['speed_ratio_low'].min():.2f}-{g['speed_ratio_low'].max():.2f}x Pythia's tokens/s"
-    )
 default = speed[speed["context"] == 1024]
 print(
     f"the default keeps the matmuls' outputs (TrainConfig.saved_activations = {TrainConfig.saved_activations!r}): "

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .results import REPO_ROOT, results_dir
+from .results import REPO_ROOT, atomic_write, record_file, results_dir, write_index
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 # the kernel JupyterLab opens the notebooks with (make lab): this venv's Python, named after the project
@@ -191,6 +191,40 @@ def tidy_for_static_view(path: Path) -> Path:
     return path
 
 
+# A cell tagged `timings` prints or draws wall-clock timings of the machine it runs on, which move by a few percent
+# from run to run: its outputs are not compared when deciding whether a rerun changed the executed notebook (a
+# rerun that changed nothing else leaves the committed copy untouched, its timings those of the run that last
+# changed something). The run's own timings (papermill's start, end and durations, execution counts) never are.
+VOLATILE_TAG = "timings"
+
+
+def comparable(nb: dict) -> dict:
+    """What a rerun must reproduce of an executed notebook: sources, and the outputs of every cell not tagged
+    `timings`, without the execution's metadata (times, durations, counts)."""
+    cells = []
+    for cell in nb.get("cells", []):
+        tags = cell.get("metadata", {}).get("tags", [])
+        outputs = [] if VOLATILE_TAG in tags else cell.get("outputs", [])
+        outputs = [{k: v for k, v in out.items() if k != "execution_count"} for out in outputs]
+        cells.append({"source": cell.get("source"), "outputs": outputs})
+    return {"cells": cells, "parameters": nb.get("metadata", {}).get("papermill", {}).get("parameters")}
+
+
+def keep_if_unchanged(new: Path, old: Path) -> bool:
+    """Move the executed notebook `new` over `old` unless they are comparable()-equal; True if `old` changed."""
+    if old.exists():
+        try:
+            same = comparable(json.loads(new.read_text())) == comparable(json.loads(old.read_text()))
+        except ValueError:
+            same = False
+        if same:
+            new.unlink()
+            return False
+    atomic_write(old, lambda tmp: tmp.write_bytes(new.read_bytes()))
+    new.unlink()
+    return True
+
+
 def run_notebooks(notebooks=None, parameters: dict | None = None, output_dir=None) -> list[Path]:
     import tempfile
 
@@ -208,17 +242,27 @@ def run_notebooks(notebooks=None, parameters: dict | None = None, output_dir=Non
         with tempfile.TemporaryDirectory() as tmp:
             source = to_notebook(nb, Path(tmp) / out.name) if nb.suffix == ".py" else nb
             declared = papermill.inspect_notebook(str(source))
-            headless = {name: value for name, value in HEADLESS.items() if name in declared}
+            given = {name: value for name, value in HEADLESS.items() if name in declared} | (parameters or {})
+            executed = Path(tmp) / f"executed_{out.name}"
             papermill.execute_notebook(
                 str(source),
-                str(out),
-                parameters=headless | (parameters or {}),
+                str(executed),
+                parameters=given,
                 cwd=str(nb.parent),
                 kernel_name="python3",
                 progress_bar=True,
                 execution_timeout=CELL_TIMEOUT_S,
             )
-        written.append(tidy_for_static_view(out))
+            keep_if_unchanged(tidy_for_static_view(executed), out)
+        record_file(
+            out,
+            given,
+            command=f"python -m rwkv_lab.run_notebooks {nb.name}",
+            description=f"notebooks/{nb.name} executed headless (papermill) with these parameters",
+        )
+        written.append(out)
+    if output_dir.resolve() == (REPO_ROOT / "results" / "notebooks").resolve():
+        write_index()  # the index lists the notebooks' results with their provenance
     return written
 
 

@@ -5,6 +5,7 @@ results/, the device from that file's provenance, and a ratio only from rows of 
     python scripts/readme_table.py --check  # exit 1 if README.md differs from what the results say (a test runs it)
 
 Each row below names its file, the columns and the filter it reads; change the results and rerun this script.
+It reads only current results: a file under results/history/ (a superseded run) is refused.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ RESULTS = ROOT / "results"
 BEGIN, END = "<!-- measured:begin (scripts/readme_table.py writes this table) -->", "<!-- measured:end -->"
 
 
-# runs whose "matmuls" policy also kept the LayerNorm and mix kernels' outputs (from commit 27799a7 on; the files
-# carry no column saying so)
-MIXES_KEPT = {"cost/training_vs_pythia_kept_mixes.csv"}
+def current(relative: str) -> Path:
+    """results/<relative>, refused if it is a superseded run (results/history/): the table shows current results."""
+    if relative.startswith("history/"):
+        raise ValueError(f"results/{relative} is a superseded run (results/history/); the table reads current files")
+    return RESULTS / relative
 
 
 def provenance(relative: str) -> dict:
-    path = RESULTS / relative
+    path = current(relative)
     if path.suffix == ".json":
         return json.loads(path.read_text())["provenance"]
     return json.loads(path.with_suffix(".meta.json").read_text())
@@ -54,7 +57,7 @@ def edited(relative: str) -> bool:
 
 
 def table(relative: str) -> pd.DataFrame:
-    return pd.read_csv(RESULTS / relative)
+    return pd.read_csv(current(relative))
 
 
 def fmt(x: float, digits: int = 3) -> str:
@@ -71,7 +74,7 @@ def row(what: str, relative: str, number: str, files: str | None = None) -> list
 
 
 def equivalence():
-    r = json.loads((RESULTS / "01_equivalence.json").read_text())["results"]
+    r = json.loads(current("01_equivalence.json").read_text())["results"]
     return row(
         f"parallel vs recurrent form, default model, fp32, {r['T']}-token prompt",
         "01_equivalence.json",
@@ -80,7 +83,7 @@ def equivalence():
 
 
 def kernel_check(f: str = "wkv/wkv_kernel_check.json", what: str = ""):
-    c = pd.DataFrame(json.loads((RESULTS / f).read_text())["results"])
+    c = pd.DataFrame(json.loads(current(f).read_text())["results"])
     fp32 = c[c["dtype"] == "fp32"]
     grads = ["rel_err_dw", "rel_err_du", "rel_err_dk", "rel_err_dv", "rel_err_dstate"]
     parts = []
@@ -161,8 +164,8 @@ def saved_note(relative: str) -> str:
     rwkv = t[t["variant"] == "RWKV-4"]
     kept = rwkv["saved_activations"] if "saved_activations" in t else pd.Series([])
     if len(kept) and (kept == "matmuls").all():
-        # the ops kept are recorded from commit 7cbf459 on; the run before it is named in MIXES_KEPT
-        mixes = rwkv["kept_ops"].str.contains("norm_mix_forward").all() if "kept_ops" in t else relative in MIXES_KEPT
+        # the ops kept are recorded from commit 7cbf459 on
+        mixes = rwkv["kept_ops"].str.contains("norm_mix_forward").all() if "kept_ops" in t else False
         if mixes:
             return "keeping the matmuls' inputs (the mixes) and outputs and the WKV's outputs for the backward"
         return "keeping the matmuls' and the WKV's outputs for the backward"
@@ -180,79 +183,64 @@ def mixes_note(relative: str) -> str:
 
 
 def training_vs_pythia():
-    rows = []
-    for f, what, loss in (
-        ("cost/training_vs_pythia.csv", "", ", the cross-entropy compiled over masked padding"),
-        (
-            "cost/training_vs_pythia_scan_kernels.csv",
-            "the same with the WKV's scans as kernels of their own at every length, ",
-            ", the cross-entropy compiled over masked padding",
-        ),
-        (
-            "cost/training_vs_pythia_kept_mixes.csv",
-            "the same, before the LayerNorm + mix backward loaded each next token ahead, ",
-            ", the cross-entropy compiled over masked padding",
-        ),
-        (
-            "cost/training_vs_pythia_mixes_recomputed.csv",
-            "the same, ",
-            ", the cross-entropy compiled over the sliced padding",
-        ),
-        ("cost/training_vs_pythia_inductor_mixes.csv", "the same, ", ", the cross-entropy compiled"),
-        ("cost/training_vs_pythia_fused_loss.csv", "the same, ", ", the cross-entropy compiled"),
-        ("cost/training_vs_pythia_graphed.csv", "the same, ", ", the cross-entropy eager"),
-        ("cost/training_vs_pythia_ungraphed.csv", "the same, ", ", the cross-entropy eager"),
-    ):
-        t = table(f)
-        tokens = int(t["tokens_per_step"].iloc[0])
-        rows.append(
-            row(
-                f"{what}training step (forward + backward + AdamW, bf16 autocast, {tokens // 1024}k tokens per step): "
-                f"RWKV-4 (fused blocks {saved_note(f)}, {mixes_note(f)}) vs Pythia (torch.compile), {graph_note(f)}"
-                f"{loss}, same run",
-                f,
-                versus_cells(t, memory_ratio=True),
-            )
-        )
-    return rows
-
-
-def training_memory_budget():
-    """One row per run at a lower activation_memory_budget, each ratio within its run (Pythia measured again)."""
-    rows = []
-    files = (
-        "cost/training_vs_pythia_budget0.8.csv",
-        "cost/training_vs_pythia_budget0.5.csv",
-        "cost/training_vs_pythia_budget0.5_430M.csv",
+    f = "training_speed/training_vs_pythia.csv"
+    t = table(f)
+    tokens = int(t["tokens_per_step"].iloc[0])
+    won = t[t["speed_ratio"] < 1]
+    other = (
+        "Pythia faster: "
+        + ", ".join(f"{r['size']} T = {r['context']} ({r['speed_ratio']:.2f}×)" for _, r in won.iterrows())
+        if len(won)
+        else f"Pythia faster in none of the {len(t)} configurations"
     )
-    for f in files:
-        budget = provenance(f.replace("training_vs_pythia", "training_mfu"))["params"]["memory_budget"]
-        rows.append(
-            row(
-                f"the same with the partitioner under `activation_memory_budget` {budget:g} (it recomputes part of "
-                f"what it keeps), {graph_note(f)}, same run",
-                f,
-                versus_cells(table(f), memory_ratio=True),
-            )
-        )
-    return rows
+    return row(
+        f"training step (forward + backward + AdamW, bf16 autocast, {tokens // 1024}k tokens per step): RWKV-4 (fused "
+        f"blocks {saved_note(f)}, {mixes_note(f)}) vs Pythia (torch.compile), {graph_note(f)}, the cross-entropy "
+        "compiled over masked padding, same run, one step timing per configuration (no spread measured)",
+        f,
+        versus_cells(t, memory_ratio=True) + f"; {other}",
+    )
 
 
 def default_model():
-    """The shipped default's validation bits/byte, from the run that trained it (its card names the run)."""
+    """The shipped default's validation bits/byte, from the run that trained it (its card names the run), beside
+    every other attempt at the same size where the transformer did better."""
     card = json.loads((ROOT / "rwkv_lab" / "loading" / "default_model" / "card.json").read_text())
     f = f"training/summary{card['training']['results_tag']}.csv"
     t = table(f)
     shipped = t[(t["arch"] == "rwkv") & (t["lr"] == card["training"]["lr"])].iloc[0]
     matched = t[(t["arch"] == "transformer") & (t["status"] == "ok")]
     best_tf = matched.loc[matched["val_bpb"].idxmin()]
-    return row(
-        f"the shipped default (byte-6x256, {int(shipped['tokens']) / 1e6:.0f}M tokens, "
-        f"{card['training']['tokens_seen'] / card['training']['corpus']['train_tokens']:.1f} epochs), validation "
-        "bits/byte, beside the matched GPT-NeoX's best rate in the same run",
-        f,
-        f"{shipped['val_bpb']:.3f} at lr {shipped['lr']:g} vs {best_tf['val_bpb']:.3f} at lr {best_tf['lr']:g}",
-    )
+    rows = [
+        row(
+            f"the shipped default (byte-6x256, {int(shipped['tokens']) / 1e6:.0f}M tokens, "
+            f"{card['training']['tokens_seen'] / card['training']['corpus']['train_tokens']:.1f} epochs), validation "
+            "bits/byte, beside the matched GPT-NeoX's best rate in the same run",
+            f,
+            f"{shipped['val_bpb']:.3f} at lr {shipped['lr']:g} vs {best_tf['val_bpb']:.3f} at lr {best_tf['lr']:g}",
+        )
+    ]
+    for other in sorted((RESULTS / "training").glob("summary_default*.csv")):
+        rel = f"training/{other.name}"
+        if rel == f:
+            continue
+        o = table(rel)
+        ok = o[o["status"] == "ok"]
+        rwkv, tf = ok[ok["arch"] == "rwkv"], ok[ok["arch"] == "transformer"]
+        if not len(rwkv) or not len(tf):
+            continue
+        best_r, best_t = rwkv.loc[rwkv["val_bpb"].idxmin()], tf.loc[tf["val_bpb"].idxmin()]
+        winner = "the transformer lower" if best_t["val_bpb"] < best_r["val_bpb"] else "RWKV-4 lower"
+        rows.append(
+            row(
+                f"another attempt at the default (byte-6x256, {int(best_r['tokens']) / 1e6:.0f}M tokens), best "
+                f"validation bits/byte of each architecture in the same run ({winner})",
+                rel,
+                f"RWKV-4 {best_r['val_bpb']:.3f} at lr {best_r['lr']:g} vs the transformer {best_t['val_bpb']:.3f} "
+                f"at lr {best_t['lr']:g}",
+            )
+        )
+    return rows
 
 
 def wkv_cpu():
@@ -267,7 +255,7 @@ def wkv_cpu():
 
 
 def training_mfu():
-    f = "cost/training_mfu.csv"
+    f = "training_speed/training_mfu.csv"
     t = fastest_paths(table(f))
     t = t[t["context"] == 1024]
     cells = []
@@ -290,26 +278,59 @@ def train_compare():
     sizes = " / ".join(f"{p / 1e6:.1f}M" for p in rwkv["params"])
     tokens = int(rwkv["tokens"].iloc[0])
     corpus = provenance(f)["params"]["corpus"]["train_tokens"]
+    runs = table(f)
+    ok = runs[runs["status"] == "ok"]
+    pairs = ok[ok["arch"] == "rwkv"].merge(ok[ok["arch"] == "transformer"], on=["model", "context", "lr"])
+    won = pairs[pairs["val_bpb_y"] < pairs["val_bpb_x"]]
+    other = (
+        "; the transformer lower at the same rate: "
+        + ", ".join(
+            f"{r['model']} lr {r['lr']:g} ({r['val_bpb_y']:.3f} vs {r['val_bpb_x']:.3f})" for _, r in won.iterrows()
+        )
+        if len(won)
+        else f"; the transformer lower in none of the {len(pairs)} same-rate pairs"
+    )
     return row(
         f"RWKV-4 vs matched GPT-NeoX, validation bits/byte after {tokens / 1e6:.0f}M training tokens "
         f"({tokens / corpus:.1f} epochs of the {corpus / 1e6:.1f}M-token stdlib corpus) at T = 512 ({sizes} params)",
         f,
-        " / ".join(f"{v:.3f}" for v in rwkv["val_bpb"]) + " vs " + " / ".join(f"{v:.3f}" for v in tf["val_bpb"]),
+        " / ".join(f"{v:.3f}" for v in rwkv["val_bpb"])
+        + " vs "
+        + " / ".join(f"{v:.3f}" for v in tf["val_bpb"])
+        + other,
     )
 
 
+def spread(values) -> str:
+    """The median of runs of one configuration with their range: `k(median) (min-max, n runs)`."""
+    v = pd.Series(values)
+    return f"{k(v.median())} ({k(v.min())}-{k(v.max())}, {len(v)} run{'s' if len(v) > 1 else ''})"
+
+
 def train_speed():
+    """Tokens/s at the largest size: the median over the learning-rate sweep's runs (the rate does not change
+    the work of a step, so they are repeats of one configuration) with their range."""
     cells, peak = [], ""
     for f in ("training/summary.csv", "training/summary_T4096.csv"):
-        t = chosen_runs(table(f))
+        t = table(f)
+        t = t[t["status"] == "ok"]
         big = t[t["params"] == t[t["arch"] == "rwkv"]["params"].max()]
         big_tf = t[(t["arch"] == "transformer") & (t["model"] == big["model"].iloc[0])]
         ctx = int(big["context"].iloc[0])
-        cells.append(f"T = {ctx}: {k(big['tokens_per_s'].iloc[0])} vs {k(big_tf['tokens_per_s'].iloc[0])} tokens/s")
+        faster = int(big_tf["tokens_per_s"].min() > big["tokens_per_s"].max()) - int(
+            big["tokens_per_s"].min() > big_tf["tokens_per_s"].max()
+        )
+        who = {1: "the transformer faster in every run", -1: "RWKV-4 faster in every run", 0: "the ranges overlap"}
+        cells.append(
+            f"T = {ctx}: {spread(big['tokens_per_s'])} vs {spread(big_tf['tokens_per_s'])} tokens/s ({who[faster]})"
+        )
         if ctx == 512:
-            peak = f"; peak memory {big['peak_memory_GiB'].iloc[0]:.1f} vs {big_tf['peak_memory_GiB'].iloc[0]:.1f} GiB"
+            chosen = chosen_runs(t)
+            b = chosen[chosen["model"] == big["model"].iloc[0]].set_index("arch")["peak_memory_GiB"]
+            peak = f"; peak memory {b['rwkv']:.1f} vs {b['transformer']:.1f} GiB"
     return row(
-        f"the same, training speed at the largest size ({big['model'].iloc[0]})",
+        f"the same, training speed at the largest size ({big['model'].iloc[0]}), the median of the learning-rate "
+        "sweep's runs (min-max)",
         "training/summary.csv",
         "; ".join(cells) + peak,
         "training/summary*.csv",
@@ -317,14 +338,10 @@ def train_speed():
 
 
 def train_speed_graphed():
-    """RWKV-4 vs the transformer's tokens/s at T = 4096 at every width, with the step replayed from a CUDA graph
-    and without: each ratio within one run."""
+    """RWKV-4 vs the transformer's tokens/s at T = 4096 at every width, the step replayed from a CUDA graph: each
+    ratio within one run."""
     rows = []
-    for f, blocks in (
-        ("training/summary_T4096_norm_mix.csv", ", the blocks' LayerNorms and mixes in Triton kernels"),
-        ("training/summary_T4096_graphed.csv", ", before those kernels"),
-        ("training/summary_T4096_ungraphed.csv", ", before those kernels"),
-    ):
+    for f, blocks in (("training/summary_T4096_norm_mix.csv", ", the blocks' LayerNorms and mixes in Triton kernels"),):
         t = table(f).sort_values("params")
         rwkv, tf = t[t["arch"] == "rwkv"], t[t["arch"] == "transformer"].set_index("model")
         graphed = provenance(f)["params"].get("cuda_graph", True)  # before the option: the trainer's default, on
@@ -334,8 +351,15 @@ def train_speed_graphed():
             for _, r in rwkv.iterrows()
         ]
         how = "each step replayed from a CUDA graph" if graphed else "launched kernel by kernel (`--cuda-graph off`)"
+        slower = [r["model"] for _, r in rwkv.iterrows() if r["tokens_per_s"] < tf.loc[r["model"], "tokens_per_s"]]
+        cells.append("the transformer faster at " + (", ".join(slower) if slower else "none of these widths"))
         rows.append(
-            row(f"RWKV-4 vs matched GPT-NeoX, training speed at T = 4096, {how}{blocks}, same run", f, "; ".join(cells))
+            row(
+                f"RWKV-4 vs matched GPT-NeoX, training speed at T = 4096, {how}{blocks}, same run, one run per "
+                "width (no spread measured)",
+                f,
+                "; ".join(cells),
+            )
         )
     return rows
 
@@ -377,12 +401,24 @@ def generation_gpu():
         )
         batched = t[(t["kind"] == "generation") & (t["batch"] > 1) & (t["path"] == "rwkv_lab.generate (top-p)")]
         if len(batched):
-            cells = [f"B = {b}: {v:,.0f}" for b, v in zip(batched["batch"], batched["tokens_per_s"])]
-            rows.append(row(f"the same at {batched['size'].iloc[0]}, generated tokens/s in all", rel, ", ".join(cells)))
+            # end to end: the call as a user makes it, its prompts prefilled one after another before decoding
+            cells = [
+                f"B = {r['batch']}: {r['end_to_end_tokens_per_s']:,.0f} end to end ({r['tokens_per_s']:,.0f} decoding "
+                "alone)"
+                for _, r in batched.iterrows()
+            ]
+            rows.append(
+                row(
+                    f"the same at {batched['size'].iloc[0]}, generated tokens/s in all, end to end (prompts prefilled "
+                    "one after another, then decoded together) beside the decoding steps alone",
+                    rel,
+                    ", ".join(cells),
+                )
+            )
         same_t = summary.dropna(subset=["prefill ours / package"])  # a ratio only where both ran at one T
         cells = [
             f"{r['size']}: {k(r['prefill ours tok/s'])} vs {k(r['prefill package tok/s'])} tokens/s "
-            f"({r['prefill ours / package']:.2f}×)"
+            f"({r['prefill ours / package']:.2f}×{', the package faster' if r['prefill ours / package'] < 1 else ''})"
             for _, r in same_t.iterrows()
         ]
         if cells:
@@ -454,7 +490,7 @@ def dynamics():
     best = t.assign(a=t["corr_heldout"].abs()).sort_values("a", ascending=False).drop_duplicates("feature")
     cells = ", ".join(f"{feat.replace('_', ' ')} {v:.2f}" for feat, v in zip(best["feature"], best["corr_heldout"]))
     s = "dynamics/speed_cpu.json"
-    speed = json.loads((RESULTS / s).read_text())
+    speed = json.loads(current(s).read_text())
     return [
         row("state channels of the default model tracking held-out code (correlation on the held-out half)", f, cells),
         row(
@@ -472,16 +508,11 @@ def build() -> str:
         kernel_check("wkv/wkv_kernel_check_quick.json", "the same check's short cases on the current WKV code: "),
         wkv_forward(),
         wkv_fwd_bwd(),
-        wkv_fwd_bwd("wkv/wkv_benchmark_targets_one_round.csv", "the same WKV code timed in one round: "),
-        wkv_fwd_bwd(
-            "wkv/wkv_benchmark_targets_scan_kernels.csv", "with the scans as kernels of their own at every length: "
-        ),
         wkv_cpu(),
-        *training_vs_pythia(),
-        *training_memory_budget(),
+        training_vs_pythia(),
         training_mfu(),
     ]
-    rows += [train_compare(), train_speed(), *train_speed_graphed(), default_model()]
+    rows += [train_compare(), train_speed(), *train_speed_graphed(), *default_model()]
     rows.append(context_effect())
     rows += generation_gpu() + generation_cpu() + lm_eval() + dynamics()
     lines = ["| what | where measured | number | file |", "|---|---|---|---|"]

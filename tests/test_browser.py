@@ -26,6 +26,7 @@ import urllib.request
 import pytest
 from helpers import REPO
 
+from rwkv_lab.results import record_file
 from rwkv_lab.run_notebooks import KERNEL, install_kernel, notebook_sources, to_notebook
 
 pytestmark = pytest.mark.slow
@@ -242,5 +243,10 @@ def test_the_notebook_runs_in_jupyterlab(browser, lab, name):
     time.sleep(0.5)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+    record_file(
+        SCREENSHOTS / f"{name}.png",
+        command="python -m pytest tests/test_browser.py",
+        description=f"notebooks/{name}.py in JupyterLab in headless Chromium after all its cells ran",
+    )
     print(f"{name}: ran in the browser in {seconds:.0f} s, {len(with_figure)} cells with figures{widget_check}")
     page.close()

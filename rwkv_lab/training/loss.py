@@ -4,7 +4,7 @@ On CUDA the cross-entropy is compiled (`fused_cross_entropy`): it reads the bf16
 vocabulary included, and keeps only each row's log-sum-exp for the backward, which writes the logits' gradient
 once. The eager `cross_entropy` (the reference, and the CPU path) first copies the logits to fp32, and for
 RWKV-4's padded head its slice's backward copies the gradient again: at 16k tokens and a 50k vocabulary those
-copies and the eager softmax kernels are several milliseconds of a step (results/cost/training_kernels.csv).
+copies and the eager softmax kernels are several milliseconds of a step (results/training_speed/training_kernels.csv).
 Both architectures take the same loss.
 """
 
@@ -48,7 +48,7 @@ def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, vocab: int
     """`cross_entropy` over the whole rows of padded logits (N, V_pad), the columns past `vocab` masked to -inf:
     the same loss and gradient (zero in the padding). Compiled, a kernel then walks aligned rows of V_pad; over
     the slice's rows of 50277 the loss's kernels took longer than Pythia's over its 50304-wide logits
-    (results/cost/training_kernels.csv, the log_softmax kernels)."""
+    (results/training_speed/training_kernels.csv, the log_softmax kernels)."""
     if logits.shape[1] > vocab:
         padding = torch.arange(logits.shape[1], device=logits.device) >= vocab  # (V_pad,)
         logits = logits.masked_fill(padding, float("-inf"))

@@ -9,9 +9,9 @@ from ..results import find_result
 
 def bench_training_run(tag: str = "") -> tuple[pd.DataFrame, pd.Series]:
     """One run of benchmarks/bench_training.py (`--tag`): its RWKV-4-vs-Pythia table per size and context
-    (results/cost/training_vs_pythia<tag>.csv) and the run's provenance."""
-    table = pd.read_csv(find_result(f"cost/training_vs_pythia{tag}.csv"))
-    return table, pd.read_json(find_result(f"cost/training_vs_pythia{tag}.meta.json"), typ="series")
+    (results/training_speed/training_vs_pythia<tag>.csv) and the run's provenance."""
+    table = pd.read_csv(find_result(f"training_speed/training_vs_pythia{tag}.csv"))
+    return table, pd.read_json(find_result(f"training_speed/training_vs_pythia{tag}.meta.json"), typ="series")
 
 
 def chosen_runs(summary: pd.DataFrame) -> pd.DataFrame:
@@ -27,6 +27,30 @@ def chosen_curves(curves: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
         return curves
     keys = chosen_runs(summary)[["arch", "model", "context", "lr"]]
     return curves.merge(keys, on=["arch", "model", "context", "lr"])
+
+
+def unfinished_runs(summary: pd.DataFrame, params: dict) -> pd.DataFrame:
+    """The runs a benchmarks/train_compare.py command planned (its `params`: every size x context x architecture at
+    each rate of `lrs`, or the `arch_lrs` pairs) that have no finished row in `summary`: (arch, model, context,
+    lr, status), status the row's own or "not run" (no row: the run was skipped, e.g. by the deadline)."""
+    if params.get("arch_lrs"):
+        pairs = [(a, float(lr)) for a, lr in (p.split(":") for p in params["arch_lrs"].split(","))]
+    else:
+        pairs = [(a, float(lr)) for a in ("rwkv", "transformer") for lr in str(params["lrs"]).split(",")]
+    rows = []
+    for model in params["sizes"].split(","):
+        for context in (int(c) for c in str(params["contexts"]).split(",")):
+            for arch, lr in pairs:
+                row = summary[
+                    (summary["arch"] == arch)
+                    & (summary["model"] == model)
+                    & (summary["context"] == context)
+                    & ((summary["lr"] - lr).abs() <= 1e-12 * lr)
+                ]
+                status = row["status"].iloc[0] if len(row) else "not run"
+                if status != "ok":
+                    rows.append({"arch": arch, "model": model, "context": context, "lr": lr, "status": status})
+    return pd.DataFrame(rows, columns=["arch", "model", "context", "lr", "status"])
 
 
 def best_and_final(curves: pd.DataFrame, train_tokens: int) -> pd.DataFrame:
@@ -65,7 +89,8 @@ def per_token_activations(by_kind: pd.DataFrame, width: int) -> pd.DataFrame:
 
 
 def fastest_paths(steps: pd.DataFrame) -> pd.DataFrame:
-    """Of benchmarks/bench_training.py's rows (results/cost/training_mfu.csv), the ones a comparison reads: per
+    """Of benchmarks/bench_training.py's rows (results/training_speed/training_mfu.csv), the ones a comparison
+    reads: per
     (architecture, model, context), the faster path that ran (RWKV-4's fused blocks, Pythia eager or compiled);
     the eager RWKV-4 rows are the before, not a choice. A file from before the variants is read as it is."""
     ok = steps[steps["status"] == "ok"]
@@ -137,7 +162,8 @@ def context_gap_shares(runs: pd.DataFrame, score: str = "val_bpb_at_512") -> pd.
 
 
 def kernel_time_by_kind(kernels: pd.DataFrame) -> pd.DataFrame:
-    """Of benchmarks/bench_training.py --profile's kernels (results/cost/training_kernels.csv): milliseconds of GPU
+    """Of benchmarks/bench_training.py --profile's kernels (results/training_speed/training_kernels.csv):
+    milliseconds of GPU
     time per step, one row per (variant, size, context), one column per kernel kind, and `device_ms` their total
     (the step's wall time, in training_mfu.csv, is longer by what the host adds: launches, Python, guards)."""
     keys = ["variant", "size", "context"]

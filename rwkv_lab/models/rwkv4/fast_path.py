@@ -46,9 +46,9 @@ def padded_head(
 
     The released RWKV-4 vocabulary, 50277, is odd: logits with rows of 50277 elements leave cuBLAS only unaligned
     kernels (on the H200 an sm75 'align1' GEMM in the head's three matmuls, the largest kernels of a training step:
-    results/cost/before_head_pad/). Pythia pads to 50304 in the checkpoint; RWKV-4's checkpoints keep 50277 rows,
-    so the padding is made here, per step (a copy of the head, small beside the logits). Training on CUDA uses it
-    (RWKV.forward with autograd on)."""
+    results/history/training_speed/before_head_pad/). Pythia pads to 50304 in the checkpoint; RWKV-4's
+    checkpoints keep 50277 rows, so the padding is made here, per step (a copy of the head, small beside the
+    logits). Training on CUDA uses it (RunConfig.padded_head 'auto')."""
     V = weight.shape[0]
     pad = -V % multiple
     if pad == 0:

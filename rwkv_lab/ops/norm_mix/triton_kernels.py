@@ -2,7 +2,8 @@
 
 Compiled by inductor, the same work took several kernels in the backward of a training step (the LayerNorm's
 backward as a looped reduction that reads its rows more than once, the mixes' parameter gradients as separate
-column reductions; results/cost/training_kernels_norm_mix_off.csv). Here each row of x is read from memory once
+column reductions; results/history/training_speed/training_kernels_norm_mix_off.csv). Here each row of x is read
+from memory once
 per kernel (the forward reads its neighbour's row again from the cache; the backward carries it to the next step):
 
 forward   one token t per program: h_t = LayerNorm(x_t), h_{t-1} from x_{t-1} (or last_x at t = 0), and
