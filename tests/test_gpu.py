@@ -6,7 +6,7 @@ the CPU tests (helpers.TOL). Without a GPU they are skipped (tests/conftest.py s
     benchmarks/check_fused.py         fused blocks vs eager blocks: a training step, the loss, a prefill
     benchmarks/check_norm_mix.py      LayerNorm + shift + mix kernels vs float64
     benchmarks/check_cuda_graph.py    the trainer's graphed step vs its eager step, and resumed
-    benchmarks/bench_wkv.py --check-only --quick    the Triton WKV vs float64
+    benchmarks/bench_wkv.py's kernel check (--check-only), short cases    the Triton WKV vs float64
     benchmarks/bench_generation.py's decoder_check  the captured, compiled decode step vs model.step
 
 The summaries of benchmarks/bench_training.py's repeated runs are checked on the CPU at the end.
@@ -94,13 +94,16 @@ def test_norm_mix_kernels_match_float64(monkeypatch, out):
     frame = pd.read_csv(out / "training" / "norm_mix_check.csv")
     assert len(frame) == 4  # two shapes x two halves
     for _, r in frame.iterrows():
-        for key in [k for k in frame.columns if k.startswith("rel_err")]:
+        for key in [
+            k for k in frame.columns if k.startswith("rel_err") and not (k == "rel_err_grad_mu2" and r["mixes"] < 3)
+        ]:
             within(f"norm_mix {r['B']}x{r['T']}x{r['C']} {r['half']} {key}", r[key], TOL["float32 step"])
 
 
 @pytest.mark.gpu
 def test_cuda_graph_step_matches_eager_step(monkeypatch, out):
-    args = ("--sizes", "byte-6x256", "--context", "256", "--batch", "4", "--steps", "6")
+    # 10 steps: the resumed run (saved after 6) still takes the graph's eager warm-up steps and then captures
+    args = ("--sizes", "byte-6x256", "--context", "256", "--batch", "4", "--steps", "10")
     run_main(monkeypatch, script("check_cuda_graph"), *args)
     rows = results_of(out / "training" / "cuda_graph_check.json")
     for arch in ("rwkv", "transformer"):
@@ -115,9 +118,18 @@ def test_cuda_graph_step_matches_eager_step(monkeypatch, out):
 
 
 @pytest.mark.gpu
-def test_wkv_triton_kernel_matches_float64(monkeypatch, out):
-    run_main(monkeypatch, script("bench_wkv"), "--check-only", "--quick")
-    rows = results_of(out / "wkv_kernel_check.json")
+def test_wkv_triton_kernel_matches_float64(out):
+    import torch
+
+    from rwkv_lab.results import write_json
+
+    module = script("bench_wkv")
+    # bench_wkv --check-only --quick's cases up to T = 63 (one chunk) and T = 300 (several chunks and the scan
+    # between them); its T = 1000 and 4096 cases (and the scan kernels past T = 1024) take two minutes of float64
+    # reference loops: the full check is `python benchmarks/bench_wkv.py --check-only`
+    cases = [case for case in module.CHECK_CASES if case[1] < 1000] + [(2, 300, 64)]
+    rows = module.check_kernel(torch.device("cuda"), quick=True, cases=cases)
+    write_json(out / "wkv" / "wkv_kernel_check.json", rows, {"cases": cases, "chunk": module.wkv_triton.CHUNK})
     for r in rows:
         label = f"wkv {r['B']}x{r['T']}x{r['C']} {r['dtype']} {r['inputs']}"
         assert r["finite"], f"{label}: non-finite output or gradient"
