@@ -112,7 +112,8 @@ class Subject:
         return cache
 
     def training_loss(self, tokens: torch.Tensor) -> torch.Tensor:
-        return lm_loss(self.train_forward or self.model, tokens[:, :-1], tokens[:, 1:])
+        forward = self.model if self.train_forward is None else self.train_forward  # a compiled module has no bool()
+        return lm_loss(forward, tokens[:, :-1], tokens[:, 1:])
 
 
 ATTENTION_SHARE = 0.25  # of the free device memory, for one prefill chunk's attention transients
