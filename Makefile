@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 ARGS ?=
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test lab clean
+.PHONY: setup run test test-gpu lab clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -26,6 +26,12 @@ test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q $(ARGS)
+
+# The GPU correctness checks (the gpu-marked tests, tests/test_gpu.py) on a CUDA machine; each writes its results
+# file under results/gpu_checks/. Without a GPU they are skipped, with one line saying so.
+test-gpu: setup
+	$(PY) -m pytest -q -m gpu $(ARGS); status=$$?; \
+	echo "gpu checks' results: $${RWKV_LAB_RESULTS:-results}/gpu_checks/"; exit $$status
 
 # JupyterLab on the notebooks with the project's kernel, rwkv-lab, which run_notebooks --pair registers in the venv;
 # each notebook is paired with its jupytext source, so an edit in JupyterLab updates the .py that is reviewed

@@ -5,14 +5,17 @@ size-matched Pythia transformer (transformers GPTNeoXForCausalLM, SDPA), on one 
     python benchmarks/bench_training.py --configs 169M:1024,430M:1024,1.5B:1024,1.5B:8192   # chosen pairs only
 
 Each model runs on the path a training run takes (rwkv_lab.training.trainer.fast_path): RWKV-4 with its fused
-blocks, Pythia through torch.compile; and, for the record, both eager (`--variants`). Writes
-results/training_speed/training_mfu.csv (+ .meta.json) after every configuration, so an interrupted run keeps
-what it measured, and results/training_speed/training_vs_pythia.csv: per size and context, RWKV-4 on its fast path
-against the faster of Pythia's two paths. MFU = model FLOPs per second (rwkv_lab.cost: RWKV 3 x 2 (V D + 13 D^2 L)
-per token; the transformer 3 x (2 (V D + 12 D^2 L) + 4 L D T)) over (a) the measured bf16 matmul peak and (b) the
-datasheet peak. The first steps (compilation) are warm-up, not timed. `--profile` adds
-results/training_speed/training_kernels.csv: each step's CUDA kernels by device time, grouped by kind (matmul,
-WKV, LayerNorm + mixes, attention, fused elementwise, ...).
+blocks, Pythia through torch.compile; and, for the record, both eager (`--variants`). Every configuration is
+measured `--repeats` times (default 3), in rounds: each round builds, compiles and times every configuration once,
+so a drift of the machine reaches all of them alike. Writes, after every measurement (an interrupted run keeps what
+it measured), results/training_speed/training_mfu_runs.csv (+ .meta.json): every run; training_mfu.csv: per
+configuration the median run's tokens/s with the min and max over the runs; training_vs_pythia.csv: per size and
+context, RWKV-4 on its fast path against the faster of Pythia's two paths (medians), with the rounds each side
+won. MFU = model FLOPs per second (rwkv_lab.cost: RWKV 3 x 2 (V D + 13 D^2 L) per token; the transformer
+3 x (2 (V D + 12 D^2 L) + 4 L D T)) over (a) the measured bf16 matmul peak and (b) the datasheet peak. The first
+steps (compilation) are warm-up, not timed. `--profile` adds results/training_speed/training_kernels.csv (first
+round): each step's CUDA kernels by device time, grouped by kind (matmul, WKV, LayerNorm + mixes, attention, fused
+elementwise, ...).
 `--norm-mix-kernels off` leaves RWKV's LayerNorms and mixes to inductor instead of rwkv_lab.ops.norm_mix's kernels.
 `--saved-activations` sets what RWKV's fused blocks keep for the backward (RWKV.saved_activations: 'matmuls', the
 default, or 'partitioner', the compiler's choice) and `--memory-budget` the share of it the partitioner may keep
@@ -141,11 +144,33 @@ def step_profile(step, device) -> list[dict]:
     ]
 
 
-def versus(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per (size, context): RWKV-4 on its fast path against the faster of Pythia's paths, same tokens per step."""
-    ok = frame[frame["status"] == "ok"]
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration (variant, size, context) from its runs: the median run's tokens/s, step time and
+    MFU, the min and max tokens/s over the runs that ran (`runs_ok` of `runs`), the largest peak memory; a
+    configuration none of whose runs ran keeps its first run's status."""
     rows = []
-    for (size, T), group in frame.groupby(["size", "context"], sort=False):
+    for _, group in runs.groupby(["variant", "size", "context"], sort=False):
+        ok = group[group["status"] == "ok"]
+        if not len(ok):
+            rows.append(group.iloc[0].drop("run").to_dict() | {"runs": len(group), "runs_ok": 0})
+            continue
+        # the median run: for an even count, the slower of the two middle ones
+        median = ok.sort_values("tokens_per_s").iloc[(len(ok) - 1) // 2]
+        row = median.drop("run").to_dict() | {"runs": len(group), "runs_ok": len(ok)}
+        row |= {"tokens_per_s_min": ok["tokens_per_s"].min(), "tokens_per_s_max": ok["tokens_per_s"].max()}
+        row["tokens_per_s_spread"] = (row["tokens_per_s_max"] - row["tokens_per_s_min"]) / row["tokens_per_s"]
+        row["peak_mem_GiB"] = ok["peak_mem_GiB"].max()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def versus(summary: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (size, context): RWKV-4 on its fast path against the faster of Pythia's paths (by median), same tokens
+    per step, from `summarize`'s medians; `rwkv_won_rounds` / `rounds_compared`: the rounds (one run of each side,
+    measured one after the other) in which RWKV-4 was the faster, so a ratio near 1 shows how often each side won."""
+    ok = summary[summary["status"] == "ok"]
+    rows = []
+    for (size, T), group in summary.groupby(["size", "context"], sort=False):
         rwkv = ok[(ok["size"] == size) & (ok["context"] == T) & (ok["variant"] == "RWKV-4")]
         pythia = ok[(ok["size"] == size) & (ok["context"] == T) & ok["variant"].str.startswith("Pythia")]
         row = {"size": size, "context": T, "tokens_per_step": int(group["tokens_per_step"].iloc[0])}
@@ -154,14 +179,22 @@ def versus(frame: pd.DataFrame) -> pd.DataFrame:
             best = pythia.sort_values("tokens_per_s").iloc[-1]
             row |= {"pythia_model": best["model"], "pythia_variant": best["variant"]}
             row |= {"pythia_tokens_per_s": best["tokens_per_s"], "pythia_peak_mem_GiB": best["peak_mem_GiB"]}
+            row |= {"pythia_tokens_per_s_min": best["tokens_per_s_min"]}
+            row |= {"pythia_tokens_per_s_max": best["tokens_per_s_max"]}
             row["pythia_mfu_vs_measured_peak"] = best["mfu_vs_measured_peak"]
         if len(rwkv):
             r = rwkv.iloc[0]
             row |= {"rwkv_tokens_per_s": r["tokens_per_s"], "rwkv_peak_mem_GiB": r["peak_mem_GiB"]}
+            row |= {"rwkv_tokens_per_s_min": r["tokens_per_s_min"], "rwkv_tokens_per_s_max": r["tokens_per_s_max"]}
             row["rwkv_mfu_vs_measured_peak"] = r["mfu_vs_measured_peak"]
             if len(pythia):
                 row["speed_ratio"] = r["tokens_per_s"] / row["pythia_tokens_per_s"]
                 row["memory_ratio"] = r["peak_mem_GiB"] / row["pythia_peak_mem_GiB"]
+                mine = runs[(runs["size"] == size) & (runs["context"] == T) & (runs["status"] == "ok")]
+                a = mine[mine["variant"] == "RWKV-4"].set_index("run")["tokens_per_s"]
+                b = mine[mine["variant"] == best["variant"]].set_index("run")["tokens_per_s"]
+                both = pd.DataFrame({"rwkv": a, "pythia": b}).dropna()
+                row |= {"rounds_compared": len(both), "rwkv_won_rounds": int((both["rwkv"] > both["pythia"]).sum())}
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -172,6 +205,7 @@ def main():
     parser.add_argument("--contexts", default="1024,8192")
     parser.add_argument("--configs", default="", help="size:context pairs, instead of every size x context")
     parser.add_argument("--tokens-per-step", type=int, default=16384)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of every configuration (rounds), at least 1")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"any of {', '.join(VARIANTS)}")
     parser.add_argument("--tag", default="", help="suffix of the output files (a run split over several devices)")
     parser.add_argument("--device", default="cuda")
@@ -197,6 +231,8 @@ def main():
         parser.error(f"--memory-budget must be in [0, 1]; got {args.memory_budget}")
     if args.memory_budget != 1.0 and args.saved_activations != "partitioner":
         parser.error("--memory-budget below 1 needs --saved-activations partitioner")
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1; got {args.repeats}")
     if unknown := set(variants) - set(VARIANTS):
         parser.error(f"unknown variants {sorted(unknown)}; expected some of {VARIANTS}")
     device = torch.device(args.device)
@@ -214,18 +250,22 @@ def main():
         pairs = [(size, T) for size in args.sizes.split(",") for T in args.contexts.split(",")]
     jobs = [(v, size, int(T)) for size, T in pairs for v in variants]
     out = results_dir() / "training_speed"
-    for variant, size, T in tqdm(jobs, desc="training step"):
+    failed = set()  # configurations that did not run (out of memory, an error): not tried again in later rounds
+    rounds = [(r, job) for r in range(1, args.repeats + 1) for job in jobs]
+    for run, (variant, size, T) in tqdm(rounds, desc="training step"):
         batch = max(1, args.tokens_per_step // T)
         name = size if variant.startswith("RWKV-4") else PYTHIA_FOR[size]
-        row = {"variant": variant, "arch": variant.split()[0], "size": size, "model": name, "context": T}
+        row = {"run": run, "variant": variant, "arch": variant.split()[0], "size": size, "model": name, "context": T}
         row |= {"batch": batch, "tokens_per_step": batch * T}
+        if (variant, size, T) in failed:
+            continue
 
         def measure():
             model, forward, vocab, flops_per_token = build(
                 variant, name, device, T, args.saved_activations, args.memory_budget, args.norm_mix_kernels
             )
             torch.cuda.reset_peak_memory_stats(device)
-            profile = [] if args.profile else None
+            profile = [] if args.profile and run == 1 else None
             seconds, captured = step_time(model, forward, vocab, batch, T, device, args.cuda_graph, profile)
             for k in profile or []:
                 kernels.append({"variant": variant, "size": size, "context": T} | k)
@@ -257,15 +297,20 @@ def main():
         except Exception as err:  # noqa: BLE001 - a failed configuration is a recorded outcome, the sweep goes on
             traceback.print_exc()
             row |= {"status": f"error: {type(err).__name__}: {str(err).splitlines()[0][:200]}"}
+        if row["status"] != "ok":
+            failed.add((variant, size, T))
         torch.cuda.empty_cache()
         rows.append(row)
         print(row, flush=True)
-        frame = pd.DataFrame(rows)
-        write_table(out / f"training_mfu{args.tag}.csv", frame, params, device=device)
-        write_table(out / f"training_vs_pythia{args.tag}.csv", versus(frame), params, device=device)
+        runs = pd.DataFrame(rows)
+        summary = summarize(runs)
+        write_table(out / f"training_mfu_runs{args.tag}.csv", runs, params, device=device)
+        write_table(out / f"training_mfu{args.tag}.csv", summary, params, device=device)
+        write_table(out / f"training_vs_pythia{args.tag}.csv", versus(summary, runs), params, device=device)
         if kernels:
             write_table(out / f"training_kernels{args.tag}.csv", pd.DataFrame(kernels), params, device=device)
-    print(versus(pd.DataFrame(rows)).to_string(float_format=lambda v: f"{v:.3g}"))
+    runs = pd.DataFrame(rows)
+    print(versus(summarize(runs), runs).to_string(float_format=lambda v: f"{v:.3g}"))
 
 
 if __name__ == "__main__":

@@ -61,11 +61,14 @@ def official_inputs(B, T, C, dtype, device, seed=0, extreme=False, state=True):
     return to(w, torch.float32), to(u, torch.float32), to(k, dtype), to(v, dtype), None if s is None else s.to(device)
 
 
-def check_kernel(device, quick: bool) -> list[dict]:
-    """Triton vs the float64 reference (recurrent up to T = 4096, chunked beyond: tested equal in CI)."""
-    cases = [(2, 1, 64), (2, 2, 64), (2, 15, 96), (2, 63, 200), (1, 1000, 64), (4, 4096, 256)]
-    if not quick:
-        cases += [(1, 16384, 512), (1, 65537, 128), (1, 1 << 20, 64)]
+CHECK_CASES = [(2, 1, 64), (2, 2, 64), (2, 15, 96), (2, 63, 200), (1, 1000, 64), (4, 4096, 256)]  # (B, T, C)
+CHECK_CASES_LONG = [(1, 16384, 512), (1, 65537, 128), (1, 1 << 20, 64)]  # beyond --quick
+
+
+def check_kernel(device, quick: bool, cases: list[tuple[int, int, int]] | None = None) -> list[dict]:
+    """Triton vs the float64 reference (recurrent up to T = 4096, chunked beyond: tested equal in CI), at `cases`
+    (default: CHECK_CASES, and CHECK_CASES_LONG unless `quick`)."""
+    cases = cases or CHECK_CASES + ([] if quick else CHECK_CASES_LONG)
     rows = []
     for B, T, C in tqdm(cases, desc="kernel check"):
         for extreme in (False, True):

@@ -1,14 +1,20 @@
-"""GPU memory and speed of RWKV-4 vs the size-matched Pythia (transformers GPTNeoX, SDPA, KV cache) across contexts.
+"""GPU memory and speed of RWKV-4 vs the size-matched Pythia (transformers GPTNeoX) across contexts, each on the
+path a user takes today.
 
-    python benchmarks/profile_memory.py --sizes 169M,1.5B,7B --batch 1 --tag _b1
+    python benchmarks/profile_memory.py --sizes 169M,430M,1.5B --batch 1 --tag _b1
     python benchmarks/profile_memory.py --sizes 1.5B --batch 8 --gen-max 65536 --tag _b8
 
-Random weights at the real shapes (speed and memory do not depend on the values). RWKV: prefill contexts 512 to
---prefill-max in one parallel call, generation contexts 1k to --gen-max (1M) built up in 16k-token chunks, decoding
-through a CUDA graph. Pythia: the same, generation until out of memory. Training: forward + backward, bf16
-autocast, 512 to --train-max. `--peers` also measures, on the same weights and in the same run, the `rwkv` package
-(fp16, its CUDA kernel) and transformers' RwkvForCausalLM (its Python loop when its hub kernel is unreachable).
-Writes results/profile/memory_profile<tag>.csv (+ .meta.json, with the measured copy bandwidth) after every model.
+Random weights at the real shapes (speed and memory do not depend on the values), bf16 for inference. RWKV:
+prefill contexts 512 to --prefill-max in one parallel call (`model.prefill`: its default blocks around the Triton
+WKV), generation contexts 1k to --gen-max (1M) built up in 16k-token chunks, decoding through the library's decoder
+as `generate` does (compiled step in a CUDA graph; `--decode-graph-only`: the graph without the compiler).
+Pythia: SDPA attention (flash on a first chunk) and its KV cache, generation until out of memory. End-to-end
+generation: a prompt of 1k to --e2e-max tokens prefilled, then --e2e-new-tokens decoded, timed together, beside
+the decode-only rows. Training: forward + backward, bf16 autocast, fp32 weights, 512 to --train-max, through the
+trainer's fast path (`fast_path`: RWKV's fused blocks, Pythia through torch.compile). Out of memory is a row
+(status 'oom'). `--peers` also measures, on the same weights and in the same run, the `rwkv` package (fp16, its
+CUDA kernel) and transformers' RwkvForCausalLM (its Python loop when its hub kernel is unreachable).
+Writes results/profile/memory_profile<tag>.csv (+ .meta.json, with the measured copy bandwidth) after every series.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from rwkv_lab.measure.memory import free_memory
 from rwkv_lab.measure.profiler import (
     finish,
     generation_series,
+    measure_end_to_end,
     measure_prefill,
     measure_training,
     rwkv_subject,
@@ -37,6 +44,7 @@ from rwkv_lab.measure.timing import copy_bandwidth, is_oom, time_fn
 from rwkv_lab.models.rwkv4.model import RWKV, build_at_size
 from rwkv_lab.models.transformer.model import PYTHIA_FOR, pythia_model
 from rwkv_lab.results import results_dir, write_table
+from rwkv_lab.training.trainer import fast_path
 
 
 def doubling(lo: int, hi: int) -> list[int]:
@@ -156,18 +164,32 @@ def main():
     parser.add_argument("--hf-peer-prefill", type=int, default=1024, help="0: skip transformers' RWKV")
     parser.add_argument("--skip", default="", help="'transformer' or 'rwkv': measure only the other")
     parser.add_argument("--series-seconds", type=float, default=120, help="time limit of one generation series")
-    parser.add_argument("--compile", action="store_true", help="RWKV decodes through torch.compile + CUDA graph")
+    parser.add_argument("--e2e-max", type=int, default=16384, help="longest prompt of the end-to-end generation")
+    parser.add_argument("--e2e-new-tokens", type=int, default=64, help="tokens generated per end-to-end call")
+    parser.add_argument(
+        "--decode-graph-only",
+        action="store_true",
+        help="RWKV decodes through a CUDA graph of the eager step (not `generate`'s default, the compiled step)",
+    )
     parser.add_argument("--tmp", default=None)
+    parser.add_argument("--device", default="cuda", help="cpu: a smoke run (small sizes and contexts)")
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
-    device, dtype = torch.device("cuda"), getattr(torch, args.dtype)
-    bandwidth = copy_bandwidth(device)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    cuda = device.type == "cuda"
+    bandwidth = copy_bandwidth(device) if cuda else None
     params = vars(args) | {
         "copy_bandwidth_Bps": bandwidth,
-        "gpu_total_bytes": torch.cuda.get_device_properties(0).total_memory,
+        "gpu_total_bytes": torch.cuda.get_device_properties(device).total_memory if cuda else None,
     }
-    print(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s", flush=True)
+    if cuda:
+        print(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s", flush=True)
     rows, out = [], results_dir() / "profile" / f"memory_profile{args.tag}.csv"
+    compile_decode = False if args.decode_graph_only else None  # None: the decoder's default, as generate's
+
+    def save():
+        write_table(out, finish(pd.DataFrame(rows)), params, device=device)
+
     for size in args.sizes.split(","):
         for arch in ("rwkv", "transformer"):
             if arch == args.skip:
@@ -175,18 +197,20 @@ def main():
             free_memory(device)
             if arch == "rwkv":
                 model = build_at_size(size, dtype, device)
-                subject = rwkv_subject(
-                    model, f"RWKV-4 {size}" + (" compiled" if args.compile else ""), compile=args.compile
-                )
+                name = f"RWKV-4 {size}" + (" graph-only decode" if args.decode_graph_only else "")
+                subject = rwkv_subject(model, name, compile=compile_decode)
             else:
                 model = pythia_model(PYTHIA_FOR[size], dtype, device, max_positions=2**21)
                 subject = transformer_subject(model, PYTHIA_FOR[size])
             B = args.batch
             rows += series(measure_prefill, subject, B, doubling(512, args.prefill_max))
+            save()
             rows += generation_series(
                 subject, B, doubling(1024, args.gen_max), args.decode_steps, max_seconds=args.series_seconds
             )
-            rows += series(measure_training, subject, B, doubling(512, args.train_max))
+            save()
+            rows += series(measure_end_to_end, subject, B, doubling(1024, args.e2e_max), new_tokens=args.e2e_new_tokens)
+            save()
             if arch == "rwkv" and size in args.peers.split(","):
                 try:
                     rows += peer_rows(model, size, args)
@@ -194,8 +218,13 @@ def main():
                     rows.append({"model": f"peers {size}", "kind": "peer", "status": f"error: {err}"[:300]})
                     if is_oom(err):
                         free_memory(device)
+                save()
+            # training as the trainer runs it: fp32 weights under bf16 autocast, through its fast path
+            model.float()
+            subject.train_forward = fast_path(model)
+            rows += series(measure_training, subject, B, doubling(512, args.train_max))
             del model, subject
-            write_table(out, finish(pd.DataFrame(rows)), params, device=device)
+            save()
             print(pd.DataFrame(rows).tail(12).to_string(), flush=True)
 
 

@@ -123,25 +123,33 @@ for f in files:
     print(f"{f.name}: {meta['device']}, commit {meta['git_commit'][:10]}, {meta['date_utc'][:10]}")
 ours = gpu[gpu["arch"].isin(["rwkv", "transformer"])]
 eager = ours[~ours["model"].str.contains("compiled")]
+# The figure: the current sweep alone (benchmarks/profile_memory.py --tag _b1), one card, every path as a user
+# takes it (RWKV decoding through generate's decoder, training through the trainer's fast path with fp32 weights,
+# Pythia's training through torch.compile); each panel names that card
+sweep_file = find_result("profile/memory_profile_b1.csv")
+current = load_profiles([sweep_file])
+card = current["device"].iloc[0]
+sweep_meta = json.loads(sweep_file.with_suffix(".meta.json").read_text())
+print(f"{sweep_file.name}: {card}, commit {sweep_meta['git_commit'][:10]}, {sweep_meta['date_utc'][:10]}")
 panels = [
-    (eager, "generation", "memory_GiB", "memory held after T tokens (GiB)", 1, "memory held while generating"),
-    (ours, "generation", "seconds", "ms per generated token", 1e3, "per-token latency of generation"),
-    (eager, "prefill", "seconds", "prefill seconds (one call)", 1, "one prefill call"),
-    (eager, "training", "tokens_per_s", "training tokens/s (fwd + bwd, bf16)", 1, "training speed"),
+    ("generation", "memory_GiB", "memory held after T tokens (GiB)", 1, "memory held while generating"),
+    ("generation", "seconds", "ms per generated token", 1e3, "decode-only latency per token"),
+    ("generation end-to-end", "tokens_per_s", "generated tokens/s", 1, "end to end: prefill T, then decode"),
+    ("prefill", "seconds", "prefill seconds (one call)", 1, "one prefill call"),
+    ("training", "tokens_per_s", "training tokens/s (fwd + bwd, bf16 autocast)", 1, "training speed"),
+    ("training", "memory_GiB", "training peak memory (GiB)", 1, "training memory"),
 ]
-fig, axes = plt.subplots(2, 2, figsize=(14, 9))
-for ax, (rows, kind, value, ylabel, scale, title) in zip(axes.flat, panels):
-    plot_kind(rows, ax, kind, value, ylabel, scale=scale)
-    shown = rows[(rows["kind"] == kind) & (rows["batch"] == 1)]
-    ax.set_title(f"{title} (batch 1; {', '.join(sorted(set(shown['device'])))})", fontsize=9)
-held = eager[(eager["kind"] == "generation") & (eager["batch"] == 1)]  # what the first panel draws
-for device, capacity in held.groupby("device")["gpu_total_bytes"].first().items():
-    axes[0, 0].axhline(capacity / 2**30, color="gray", ls=":", lw=0.8)
-    axes[0, 0].text(
-        held["context"].max(), capacity / 2**30 * 1.05, f"{device}: {capacity / 2**30:.0f} GiB", fontsize=7, ha="right"
-    )
+fig, axes = plt.subplots(2, 3, figsize=(18, 9))
+for ax, (kind, value, ylabel, scale, title) in zip(axes.flat, panels):
+    plot_kind(current, ax, kind, value, ylabel, scale=scale)
+    ax.set_title(f"{title} (batch 1; {card})", fontsize=9)
+capacity = current["gpu_total_bytes"].iloc[0]
+axes[0, 0].axhline(capacity / 2**30, color="gray", ls=":", lw=0.8)
+axes[0, 0].text(
+    current["context"].max(), capacity / 2**30 * 1.05, f"{card}: {capacity / 2**30:.0f} GiB", fontsize=7, ha="right"
+)
 fig.tight_layout()
-save_figure(fig, results_dir() / "figures" / "02_memory_profile.png", {"files": [f.name for f in files]})
+save_figure(fig, results_dir() / "figures" / "02_memory_profile.png", {"files": [sweep_file.name]})
 plt.show()
 
 # %% [markdown]

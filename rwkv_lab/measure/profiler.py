@@ -10,7 +10,10 @@ Three measurements per context T (rows of a tidy DataFrame, `kind` = prefill | g
 - generation after a context of T tokens: the memory held (weights + RWKV state, or weights + KV cache) and the
   per-token latency of decoding from there. The context is built incrementally, in chunks, so a 1M-token sweep
   costs one pass over 1M tokens;
-- training: forward + backward under bf16 autocast (fp32 on the CPU): peak memory and tokens/s.
+- training: forward + backward under bf16 autocast (fp32 on the CPU): peak memory and tokens/s, through
+  `Subject.train_forward` where set (the trainer's fast path: `rwkv_lab.training.trainer.fast_path`);
+- end-to-end generation (`measure_end_to_end`): a prompt of T tokens prefilled from an empty cache, then new
+  tokens decoded, timed together, as one call of a generator: its tokens/s beside decode-only's.
 Each row carries `predicted_bytes` from `analytic_memory` and `measured/predicted`. Out-of-memory is a row
 (status 'oom'); a series stops at its first OOM, since longer contexts only need more. On the CPU, memory is the
 process's resident set (peak: VmHWM, reset through /proc/self/clear_refs).
@@ -54,6 +57,8 @@ class Subject:
     @property
     def recurrent(self) -> bool:
         return self.state_numbers is not None
+
+    train_forward: torch.nn.Module | None = None  # what the training loss calls (None: the model itself)
 
     @property
     def device(self) -> torch.device:
@@ -121,7 +126,8 @@ class Subject:
         return cache
 
     def training_loss(self, tokens: torch.Tensor) -> torch.Tensor:
-        return lm_loss(self.model, tokens[:, :-1], tokens[:, 1:])
+        forward = self.model if self.train_forward is None else self.train_forward  # a compiled module has no bool()
+        return lm_loss(forward, tokens[:, :-1], tokens[:, 1:])
 
 
 ATTENTION_SHARE = 0.25  # of the free device memory, for one prefill chunk's attention transients
@@ -248,6 +254,24 @@ def measure_training(subject: Subject, batch: int, T: int, repeat: int = 3) -> d
     finally:
         subject.model.eval()
     return row | {"status": "ok", "seconds": seconds, "tokens_per_s": batch * T / seconds, "memory_bytes": peak}
+
+
+def measure_end_to_end(subject: Subject, batch: int, T: int, new_tokens: int = 64, repeat: int = 3) -> dict:
+    """One generator call from a prompt of T tokens: the prefill from an empty cache (first token from its
+    logits), then `new_tokens - 1` greedy decode steps, timed together: tokens/s = batch x new_tokens / seconds,
+    the rate a caller sees, beside the decode-only rate of `generation_series` at the same context."""
+    row = _row(subject, "generation end-to-end", batch, T)
+    prompt = _tokens(subject, batch, T, seed=T + 1)
+
+    def run():
+        logits, cache = subject.extend(prompt)
+        token = logits.argmax(-1)
+        for _ in range(new_tokens - 1):
+            token, cache = subject.decode(token, cache)
+
+    free_memory(subject.device)
+    seconds = time_fn(run, subject.device, warmup=1, repeat=repeat)
+    return row | {"status": "ok", "seconds": seconds, "tokens_per_s": batch * new_tokens / seconds}
 
 
 def generation_series(

@@ -1,0 +1,190 @@
+"""The GPU correctness checks as tests (`make test-gpu`, `pytest -m gpu`): each runs a benchmark's check at a size
+that fits a few minutes in all, writes its results file (rwkv_lab.results, under results/gpu_checks/ so the
+full-size files under results/ stay as they are) and asserts the named relative errors against the tolerances of
+the CPU tests (helpers.TOL). Without a GPU they are skipped (tests/conftest.py says so in one line).
+
+    benchmarks/check_fused.py         fused blocks vs eager blocks: a training step, the loss, a prefill
+    benchmarks/check_norm_mix.py      LayerNorm + shift + mix kernels vs float64
+    benchmarks/check_cuda_graph.py    the trainer's graphed step vs its eager step, and resumed
+    benchmarks/bench_wkv.py's kernel check (--check-only), short cases    the Triton WKV vs float64
+    benchmarks/bench_generation.py's decoder_check  the captured, compiled decode step vs model.step
+
+The summaries of benchmarks/bench_training.py's repeated runs are checked on the CPU at the end.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+
+import pandas as pd
+import pytest
+from helpers import NEOX_TOKENIZER, REPO, TOL
+
+GPU_CHECKS = "gpu_checks"  # the folder under results/ these tests write to
+
+
+def script(name: str):
+    """A benchmark script (benchmarks/ is no package) as a module."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def out(monkeypatch):
+    """results/gpu_checks/ (under $RWKV_LAB_RESULTS when set), made the results folder of the check."""
+    from rwkv_lab.results import results_dir
+
+    folder = results_dir() / GPU_CHECKS
+    monkeypatch.setenv("RWKV_LAB_RESULTS", str(folder))
+    return folder
+
+
+def run_main(monkeypatch, module, *args: str) -> None:
+    monkeypatch.setattr(sys, "argv", [module.__file__, *args])
+    module.main()
+
+
+def within(name: str, err: float, tol: float) -> None:
+    """The named relative-error check on a recorded error: printed either way; NaN (None in JSON) never passes."""
+    print(f"{name}: rel err {err:.3e} (tol {tol:.0e})")
+    assert err is not None and err == err, f"{name}: no finite error recorded ({err})"
+    assert err <= tol, f"{name}: relative error {err:.3e} > {tol:.0e}"
+
+
+def results_of(path) -> list[dict]:
+    return json.loads(path.read_text())["results"]
+
+
+@pytest.mark.gpu
+def test_fused_blocks_match_eager_blocks_at_169M(monkeypatch, out):
+    run_main(monkeypatch, script("check_fused"), "--sizes", "169M", "--context", "512", "--batch", "2")
+    rows = results_of(out / "training" / "fused_check.json")
+    for r in rows:
+        label = f"169M {r['what']}, autocast {r.get('autocast', 'fp16 weights')}"
+        if r["what"] == "training step" and r["autocast"] == "none":
+            for key in ("rel_err_loss", "rel_err_state", "rel_err_worst_grad"):
+                within(f"{label} {key}", r[key], TOL["float32"])
+        elif r["what"] == "training step":
+            within(f"{label} rel_err_loss", r["rel_err_loss"], TOL["bfloat16"])
+            # bf16 rounds differently in the two paths: the fused one may lose no more than twice what eager loses
+            within(
+                f"{label} fused vs fp32 worst grad", r["fused_vs_fp32_worst_grad"], 2 * r["eager_vs_fp32_worst_grad"]
+            )
+        elif r["what"].startswith("lm_loss"):
+            within(f"{label} rel_err_loss", r["rel_err_loss"], TOL["float32 step"])
+            within(f"{label} rel_err_worst_grad", r["rel_err_worst_grad"], TOL["bfloat16"])
+        else:
+            within(f"{label} rel_err_logits", r["rel_err_logits"], TOL["bfloat16"])
+    assert {r["what"] for r in rows} == {
+        "training step",
+        "lm_loss (compiled cross-entropy, padded head) vs eager",
+        "prefill logits, fp16",
+    }
+
+
+@pytest.mark.gpu
+def test_norm_mix_kernels_match_float64(monkeypatch, out):
+    module = script("check_norm_mix")
+    run_main(monkeypatch, module, "--shapes", "4x512x768,2x300x2048", "--bwd-rows", str(module.kernels.BWD_ROWS))
+    frame = pd.read_csv(out / "training" / "norm_mix_check.csv")
+    assert len(frame) == 4  # two shapes x two halves
+    for _, r in frame.iterrows():
+        for key in [
+            k for k in frame.columns if k.startswith("rel_err") and not (k == "rel_err_grad_mu2" and r["mixes"] < 3)
+        ]:
+            within(f"norm_mix {r['B']}x{r['T']}x{r['C']} {r['half']} {key}", r[key], TOL["float32 step"])
+
+
+@pytest.mark.gpu
+def test_cuda_graph_step_matches_eager_step(monkeypatch, out):
+    # 10 steps: the resumed run (saved after 6) still takes the graph's eager warm-up steps and then captures
+    args = ("--sizes", "byte-6x256", "--context", "256", "--batch", "4", "--steps", "10")
+    run_main(monkeypatch, script("check_cuda_graph"), *args)
+    rows = results_of(out / "training" / "cuda_graph_check.json")
+    for arch in ("rwkv", "transformer"):
+        runs = {r["run"]: r for r in rows if r["arch"] == arch}
+        assert runs["graphed"]["captured"] and runs["graphed, resumed"]["captured"], f"{arch}: step not captured"
+        for run in ("graphed", "graphed, resumed"):
+            for key in ("rel_err_loss", "rel_err_worst_weight"):
+                # RWKV's eager step is deterministic, and the graph replays it exactly; the transformer's eager runs
+                # differ from each other (atomics in its reductions): the graph may differ as much, with room
+                tol = max(TOL["float32 step"], 3 * runs["eager again"][key])
+                within(f"{arch} {run} {key}", runs[run][key], tol)
+
+
+@pytest.mark.gpu
+def test_wkv_triton_kernel_matches_float64(out):
+    import torch
+
+    from rwkv_lab.results import write_json
+
+    module = script("bench_wkv")
+    # bench_wkv --check-only --quick's cases up to T = 63 (one chunk) and T = 300 (several chunks and the scan
+    # between them); its T = 1000 and 4096 cases (and the scan kernels past T = 1024) take two minutes of float64
+    # reference loops: the full check is `python benchmarks/bench_wkv.py --check-only`
+    cases = [case for case in module.CHECK_CASES if case[1] < 1000] + [(2, 300, 64)]
+    rows = module.check_kernel(torch.device("cuda"), quick=True, cases=cases)
+    write_json(out / "wkv" / "wkv_kernel_check.json", rows, {"cases": cases, "chunk": module.wkv_triton.CHUNK})
+    for r in rows:
+        label = f"wkv {r['B']}x{r['T']}x{r['C']} {r['dtype']} {r['inputs']}"
+        assert r["finite"], f"{label}: non-finite output or gradient"
+        for key in [k for k in r if k.startswith("rel_err")]:
+            if r["dtype"] != "fp32":
+                tol = TOL["bfloat16"]
+            elif r["inputs"] == "extreme":  # |k| up to 80: as tests/test_wkv_triton.py, 1e-4 outputs, 1e-3 grads
+                tol = 1e-3 if key.startswith("rel_err_d") else TOL["float32 vs another implementation"]
+            else:
+                tol = TOL["float32"]
+            within(f"{label} {key}", r[key], tol)
+
+
+@pytest.mark.gpu
+def test_decoder_step_matches_model_step(out):
+    import torch
+
+    from rwkv_lab.loading.tokenizer import ENV_TOKENIZER, load_tokenizer
+    from rwkv_lab.results import write_json
+
+    source = os.environ.get(ENV_TOKENIZER) or NEOX_TOKENIZER
+    if not os.path.exists(source):
+        pytest.skip(f"no GPT-NeoX tokenizer at {source} (set ${ENV_TOKENIZER} to a 20B_tokenizer.json)")
+    module = script("bench_generation")
+    check = module.decoder_check("169M", torch.device("cuda"), load_tokenizer(str(source)), new_tokens=64)
+    write_json(out / "inference" / "decoder_check.json", check, {"size": "169M", "new_tokens": 64}, device="cuda")
+    within("decoder step vs model.step, logits (fp32)", check["rel_err_logits"], check["tolerance"])
+    within("decoder step vs model.step, state (fp32)", check["rel_err_state"], check["tolerance"])
+    assert check["greedy_text_identical"], "greedy text through generate differs from model.step's"
+    assert check["ok"]
+
+
+def test_training_speed_summary_takes_the_median_run_and_counts_the_rounds_each_side_won():
+    """bench_training's --repeats: per configuration the median run with min and max; per size and context the
+    rounds each side won; a configuration that never ran keeps its status. On the CPU, from made-up runs."""
+    module = script("bench_training")
+    base = {"arch": "x", "size": "169M", "context": 1024, "batch": 16, "tokens_per_step": 16384, "step_ms": 1.0}
+    base |= {"mfu_vs_measured_peak": 0.4, "peak_mem_GiB": 10.0}
+    rwkv, pythia = {"variant": "RWKV-4", "model": "169M"}, {"variant": "Pythia compiled", "model": "pythia-160m"}
+    runs = [
+        base | rwkv | {"run": 1, "status": "ok", "tokens_per_s": 100.0},
+        base | pythia | {"run": 1, "status": "ok", "tokens_per_s": 90.0},
+        base | rwkv | {"run": 2, "status": "ok", "tokens_per_s": 80.0, "peak_mem_GiB": 11.0},
+        base | pythia | {"run": 2, "status": "ok", "tokens_per_s": 95.0},
+        base | rwkv | {"run": 3, "status": "ok", "tokens_per_s": 120.0},
+        base | pythia | {"run": 3, "status": "ok", "tokens_per_s": 85.0},
+        base | rwkv | {"run": 1, "status": "oom", "tokens_per_s": None, "context": 8192},
+    ]
+    frame = pd.DataFrame(runs)
+    summary = module.summarize(frame)
+    first = summary[(summary["variant"] == "RWKV-4") & (summary["context"] == 1024)].iloc[0]
+    assert (first["tokens_per_s"], first["tokens_per_s_min"], first["tokens_per_s_max"]) == (100.0, 80.0, 120.0)
+    assert (first["runs"], first["runs_ok"], first["peak_mem_GiB"]) == (3, 3, 11.0)
+    assert summary[summary["context"] == 8192].iloc[0]["status"] == "oom"
+    versus = module.versus(summary, frame).set_index("context")
+    assert versus.loc[1024, "speed_ratio"] == pytest.approx(100.0 / 90.0)
+    assert (versus.loc[1024, "rwkv_won_rounds"], versus.loc[1024, "rounds_compared"]) == (2, 3)
+    assert versus.loc[8192, "rwkv_status"] == "oom"
