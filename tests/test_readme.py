@@ -232,7 +232,7 @@ def test_every_readme_command_has_a_rule():
         rule_for(cmd)
 
 
-@pytest.mark.slow  # 15 s alone, 50 s on two busy cores: the default model checked and generating five times
+@pytest.mark.slow  # 47 s on two shared cores: the default model checked and generating five times
 def test_readme_python_block_runs_as_written(tmp_path):
     blocks = [text for language, text in readme_blocks()[0] if language == "python"]
     assert blocks, "the README has no ```python block"
