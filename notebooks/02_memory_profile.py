@@ -36,7 +36,7 @@ batch = 1
 prefill_contexts = [64, 256, 1024]  # CPU defaults; on a GPU e.g. [512, ..., 65536]
 generation_contexts = [64, 256, 1024, 4096]  # on a GPU e.g. [1024, ..., 2**20]
 training_contexts = [64, 256]
-compile_decode = None  # GPU: None = the library default (torch.compile + a CUDA graph); False = graph only
+compile_decode = None  # GPU: None for the library default (torch.compile + a CUDA graph), False for the graph only
 
 # %% tags=["timings"]
 import json

@@ -22,7 +22,7 @@
 # - **Offline** (`data_dir` set, or `"auto"` finding `../shared/data/lm_eval`): lm-eval's own task definitions for
 #   `piqa`, `lambada_openai` and `arc_easy`, their data read from local files.
 # - **Online** (`data_dir = None`, on a connected machine): any lm-eval task, e.g. the paper's
-#   `rwkv_lab.eval_tasks.PAPER_TASKS`, with `model_source = "RWKV/rwkv-4-169m-pile"` to reproduce the 169M row.
+#   `rwkv_lab.evaluation.tasks.PAPER_TASKS`, with `model_source = "RWKV/rwkv-4-169m-pile"` to reproduce the 169M row.
 #
 # With the embedded default model (5M parameters, trained on Python source code, byte-level) the English tasks sit
 # near chance: that run checks the pipeline, not the model. The command line equivalent:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 # Without a GPU the Triton kernels run in Triton's interpreter (numpy on the CPU). It must be set before the
-# kernels are defined, so before anything imports rwkv_lab.wkv_triton.
+# kernels are defined, so before anything imports rwkv_lab.ops.rwkv4.triton_kernels.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

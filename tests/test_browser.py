@@ -6,11 +6,12 @@ with. Playwright drives Debian's Chromium: it runs every cell as the menu's Run 
 saved notebook must hold no error output and its figures as images, and the page must show them. The widgets of
 04 and 05 are used as a user would (a dropdown changed, a slider moved with the keyboard) and each must change
 what they show.
-A screenshot of each notebook after its run goes to results/ui/. What the notebooks write goes to the temporary
-folder, never over the committed results.
+A screenshot of each notebook after its run goes to the temporary folder, or to results/ui/ with
+RWKV_LAB_SCREENSHOTS=1 (the committed pictures are refreshed on purpose, so a test run leaves the checkout as it
+was). What the notebooks write goes to the temporary folder, never over the committed results.
 
-Needs Chromium (/usr/bin/chromium or $RWKV_LAB_CHROMIUM) and Playwright; .ci/run installs both. Where they are
-missing the test fails and says so: it never skips.
+Needs Chromium (/usr/bin/chromium or $RWKV_LAB_CHROMIUM; make test installs Debian's when it is missing) and
+Playwright (the test extra). Where they are missing the test fails and says so: it never skips.
 """
 
 import json
@@ -31,7 +32,7 @@ from rwkv_lab.run_notebooks import KERNEL, install_kernel, notebook_sources, to_
 
 pytestmark = pytest.mark.slow
 NOTEBOOKS = [p.stem for p in notebook_sources()]
-SCREENSHOTS = REPO / "results" / "ui"
+COMMITTED_SCREENSHOTS = REPO / "results" / "ui"
 CHROMIUM_FLAGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -47,7 +48,7 @@ def chromium_path() -> str:
     path = os.environ.get("RWKV_LAB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
     if not os.path.exists(path):
         pytest.fail(
-            f"no Chromium at {path}: install Debian's chromium (apt-get install chromium; .ci/run does) "
+            f"no Chromium at {path}: install Debian's chromium (apt-get install chromium; make test does) "
             "or set RWKV_LAB_CHROMIUM",
             pytrace=False,
         )
@@ -119,7 +120,7 @@ def browser():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.fail("Playwright is not installed: pip install playwright (.ci/run does)", pytrace=False)
+        pytest.fail("Playwright is not installed: pip install -e '.[test]' (make test does)", pytrace=False)
     with sync_playwright() as p:
         try:
             chromium = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
@@ -241,12 +242,17 @@ def test_the_notebook_runs_in_jupyterlab(browser, lab, name):
     page.wait_for_selector(drawn, timeout=30_000)
     page.locator(drawn).first.evaluate("e => e.scrollIntoView({block: 'center'})")
     time.sleep(0.5)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
-    record_file(
-        SCREENSHOTS / f"{name}.png",
-        command="python -m pytest tests/test_browser.py",
-        description=f"notebooks/{name}.py in JupyterLab in headless Chromium after all its cells ran",
+    shots = COMMITTED_SCREENSHOTS if os.environ.get("RWKV_LAB_SCREENSHOTS") == "1" else work / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shots / f"{name}.png"))
+    if shots == COMMITTED_SCREENSHOTS:
+        record_file(
+            shots / f"{name}.png",
+            command="RWKV_LAB_SCREENSHOTS=1 python -m pytest tests/test_browser.py",
+            description=f"notebooks/{name}.py in JupyterLab in headless Chromium after all its cells ran",
+        )
+    print(
+        f"{name}: ran in the browser in {seconds:.0f} s, {len(with_figure)} cells with figures{widget_check}; "
+        f"screenshot {shots / f'{name}.png'}"
     )
-    print(f"{name}: ran in the browser in {seconds:.0f} s, {len(with_figure)} cells with figures{widget_check}")
     page.close()

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import tempfile
 from pathlib import Path
@@ -66,19 +68,24 @@ def default_data_dir() -> Path | None:
     return beside if beside.is_dir() else None
 
 
-def _lm_eval_yaml(task: str) -> Path:
+@functools.cache
+def _lm_eval_index() -> dict:
+    """lm-eval's own tasks: name -> entry with its YAML's path (indexing them takes seconds, so once a process)."""
     from lm_eval.tasks import TaskManager
 
-    entry = TaskManager().task_index.get(task)
+    return TaskManager().task_index
+
+
+def _lm_eval_yaml(task: str) -> Path:
+    entry = _lm_eval_index().get(task)
     path = entry.get("yaml_path") if isinstance(entry, dict) else getattr(entry, "yaml_path", None)
     if not path:
         raise ValueError(f"lm-eval has no task {task!r}")
     return Path(path)
 
 
-def _jsonl(path: Path, rows) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+def _jsonl(rows) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -87,12 +94,12 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def prepare_offline(data_dir, out_dir) -> dict[str, dict]:
-    """Convert the local files of `data_dir` into the hub datasets' schemas: task -> {split: jsonl path}."""
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
+def offline_data(data_dir) -> dict[str, dict[str, str | Path]]:
+    """The local files of `data_dir` in the hub datasets' schemas: task -> {split: the converted file's text, or the
+    absolute path of a local file already in that schema}."""
+    data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"offline data directory {data_dir} does not exist")
-    out_dir.mkdir(parents=True, exist_ok=True)
     files = {}
     if (data_dir / "piqa").exists():
         rows = _read_jsonl(data_dir / "piqa" / "valid.jsonl")
@@ -102,8 +109,7 @@ def prepare_offline(data_dir, out_dir) -> dict[str, dict]:
         labels = [int(x) for x in labels_file.read_text().split()]
         if len(labels) != len(rows):
             raise ValueError(f"{labels_file} has {len(labels)} labels for {len(rows)} PIQA rows")
-        labelled = [r | {"label": label} for r, label in zip(rows, labels)]
-        files["piqa"] = {"validation": _jsonl(out_dir / "piqa.jsonl", labelled)}
+        files["piqa"] = {"validation": _jsonl(r | {"label": label} for r, label in zip(rows, labels))}
     if (data_dir / "lambada_openai").exists():
         path = data_dir / "lambada_openai" / "lambada_test.jsonl"
         _read_jsonl(path)
@@ -119,21 +125,23 @@ def prepare_offline(data_dir, out_dir) -> dict[str, dict]:
             }
             for r in rows
         ]
-        files["arc_easy"] = {"test": _jsonl(out_dir / "arc_easy.jsonl", converted)}
+        files["arc_easy"] = {"test": _jsonl(converted)}
     return files
 
 
-def task_manager(data_dir=None, work_dir=None):
-    """(names of the tasks available, an lm-eval TaskManager). Offline (`data_dir` given): each local task is
-    lm-eval's own YAML, included, with `dataset_path: json` and absolute `data_files`, under the same name."""
-    from lm_eval.tasks import TaskManager
-
-    if data_dir is None:
-        manager = TaskManager()
-        return sorted(manager.all_tasks), manager
-    work = Path(work_dir or tempfile.mkdtemp(prefix="rwkv_lab_tasks_"))
-    files = prepare_offline(data_dir, work / "data")
+def _task_files(files: dict[str, dict[str, str | Path]], folder: Path) -> dict[Path, str]:
+    """The task YAMLs and converted data files to write in `folder` (an absolute path, which the YAMLs name):
+    path -> text. Each YAML is lm-eval's own, included, with `dataset_path: json` and the data files' absolute
+    paths, so lm-eval reads them from whatever folder it runs in."""
+    out = {}
     for task, splits in files.items():
+        paths = {}
+        for split, data in splits.items():
+            if isinstance(data, Path):
+                paths[split] = data
+            else:
+                paths[split] = folder / "data" / f"{task}.jsonl"
+                out[paths[split]] = data
         yaml_lines = [
             f"include: {_lm_eval_yaml(task)}",
             f"task: {task}",
@@ -143,11 +151,67 @@ def task_manager(data_dir=None, work_dir=None):
             "dataset_kwargs:",
             "  data_files:",
         ]
-        yaml_lines += [f"    {split}: {path}" for split, path in splits.items()]
+        yaml_lines += [f"    {split}: {path}" for split, path in paths.items()]
         for split in ("training_split", "validation_split", "test_split"):
             name = split.removesuffix("_split").replace("training", "train")
             yaml_lines.append(f"{split}: {name if name in splits else 'null'}")
-        (work / f"{task}.yaml").write_text("\n".join(yaml_lines) + "\n")
+        out[folder / f"{task}.yaml"] = "\n".join(yaml_lines) + "\n"
+    return out
+
+
+def _write(texts: dict[Path, str]) -> None:
+    for path, text in texts.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def tasks_cache_dir() -> Path:
+    """Where task_manager keeps the task folders it writes itself: $XDG_CACHE_HOME (else ~/.cache)/rwkv_lab."""
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rwkv_lab" / "lm_eval_tasks"
+
+
+def _cached_task_folder(files: dict[str, dict[str, str | Path]]) -> Path:
+    """One folder per content (the data and the YAMLs, lm-eval's included paths among them), written once and
+    reused: a folder per call would pile up, and a folder removed after the call would be gone before lm-eval reads
+    its data. Written aside and renamed into place, so processes starting together (torchrun) never see half."""
+    import hashlib
+    import shutil
+
+    root = tasks_cache_dir()
+    placeholder = _task_files(files, Path("/FOLDER"))
+    key = hashlib.sha256(json.dumps({str(p): t for p, t in placeholder.items()}, sort_keys=True).encode())
+    folder = root / key.hexdigest()[:16]
+    if not folder.is_dir():
+        root.mkdir(parents=True, exist_ok=True)
+        aside = Path(tempfile.mkdtemp(dir=root, prefix=f".{folder.name}.", suffix=".tmp"))
+        try:
+            _write({aside / p.relative_to(folder): t for p, t in _task_files(files, folder).items()})
+            aside.rename(folder)
+        except OSError:
+            if not folder.is_dir():  # not another process's rename that won the race
+                raise
+        finally:
+            shutil.rmtree(aside, ignore_errors=True)
+    return folder
+
+
+def task_manager(data_dir=None, work_dir=None):
+    """(names of the tasks available, an lm-eval TaskManager). Offline (`data_dir` given): each local task is
+    lm-eval's own YAML, included, with `dataset_path: json` and absolute `data_files`, under the same name, written
+    to `work_dir` (for lm-eval's `--include_path`) or else to one cached folder per content (tasks_cache_dir())."""
+    from lm_eval.tasks import TaskManager
+
+    if data_dir is None:
+        manager = TaskManager()
+        return sorted(manager.all_tasks), manager
+    files = offline_data(data_dir)
+    if work_dir is None:
+        work = _cached_task_folder(files)
+    else:
+        work = Path(work_dir).resolve()
+        _write(_task_files(files, work))
     manager = TaskManager(include_path=str(work), include_defaults=False)
     return sorted(files), manager
 
@@ -213,10 +277,31 @@ def run_lm_eval(
             **(model_args or {}),
         )
     )
-    raw = lm_eval.simple_evaluate(
-        model=lm, tasks=list(tasks), task_manager=manager, limit=limit, log_samples=log_samples, bootstrap_iters=1000
-    )
+    with quiet_datasets() if data_dir is not None else contextlib.nullcontext():
+        raw = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=list(tasks),
+            task_manager=manager,
+            limit=limit,
+            log_samples=log_samples,
+            bootstrap_iters=1000,
+        )
     return tidy(raw), raw
+
+
+@contextlib.contextmanager
+def quiet_datasets():
+    """datasets' progress bars off for the block: offline, they only report local files being split ("Generating
+    validation split: 0 examples"), and in a notebook each stays behind as a widget."""
+    import datasets
+
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
 
 
 def percent(metric: str, value: float) -> float:

@@ -21,9 +21,9 @@ process's resident set (peak: VmHWM, reset through /proc/self/clear_refs).
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
-import warnings
 from dataclasses import dataclass
 
 import pandas as pd
@@ -100,14 +100,10 @@ class Subject:
             step = attention_chunk(
                 chunk or T, cache.get_seq_length(), self.model.config.num_attention_heads, self.dtype, self.device
             )
-            out = _hf(
-                self.model,
-                input_ids=tokens[:, start : start + step],
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
+            out, cache = _hf(
+                self.model, cache, input_ids=tokens[:, start : start + step], use_cache=True, logits_to_keep=1
             )
-            cache, start = out.past_key_values, start + step
+            start += step
         return out.logits[:, -1], cache
 
     @torch.no_grad()
@@ -116,8 +112,8 @@ class Subject:
         library's decoder (what `generate` uses), the transformer through its KV cache."""
         if self.recurrent:
             return decoder_for(self.model, token.shape[0], self.compile).step(token, cache)
-        out = _hf(self.model, input_ids=token[:, None], past_key_values=cache, use_cache=True)
-        return out.logits[:, -1].argmax(-1), out.past_key_values
+        out, cache = _hf(self.model, cache, input_ids=token[:, None], use_cache=True)
+        return out.logits[:, -1].argmax(-1), cache
 
     def crop(self, cache, context: int):
         """The cache as it was after `context` tokens (transformer; an RWKV state is returned as is)."""
@@ -150,11 +146,14 @@ def attention_chunk(requested: int, cached: int, heads: int, dtype, device, free
     return max(16, min(requested, c))
 
 
-def _hf(model, **kwargs):
-    # transformers 5.2x renames past_key_values to cache; the old name works in every version we meet
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*past_key_values.*")
-        return model(**kwargs)
+def _hf(model, cache, **kwargs):
+    """The transformer's forward from its KV cache: (output, the cache after it). transformers 5.2x renamed
+    past_key_values to cache, and the old name, in the call or read from the output, logs a deprecation warning
+    into what a notebook saves; so each version gets the name it has."""
+    forward = getattr(model, "_orig_mod", model).forward  # a compiled module: the forward it compiled
+    name = "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+    out = model(**kwargs, **{name: cache})
+    return out, getattr(out, name)
 
 
 def rwkv_subject(model, name: str | None = None, compile: bool | None = None) -> Subject:
