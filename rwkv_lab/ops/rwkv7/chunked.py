@@ -164,9 +164,9 @@ def wkv7_chunked(r, log_w, k, v, a, b, state=None, chunk_size: int = DEFAULT_CHU
     C = chunk_size_for(T, chunk_size)
     n = -(-T // C)
 
-    def chunks(x):  # (B, T, H, N) -> (B, H, n, C, N) view; padded tokens (log_w = 0, all else 0) keep S as it is
-        x = F.pad(x, (0, 0, 0, 0, 0, n * C - T)) if n * C > T else x
-        return x.view(B, n, C, H, N).permute(0, 3, 1, 2, 4)
+    def chunks(x):  # (B, T, H, N) -> (n, B, H, C, N) view (chunk first: the loop's slices are contiguous); padded
+        x = F.pad(x, (0, 0, 0, 0, 0, n * C - T)) if n * C > T else x  # tokens (log_w = 0, all else 0) keep S as it is
+        return x.view(B, n, C, H, N).permute(1, 0, 3, 2, 4)
 
     v = chunks(v).contiguous()
     if bool(log_w.min() >= fast_path_bound(C, cd)):
@@ -176,31 +176,30 @@ def wkv7_chunked(r, log_w, k, v, a, b, state=None, chunk_size: int = DEFAULT_CHU
         rk, rb = r_scores.split(C, -1)
         ak, ab = a_scores.split(C, -1)
     else:
-        ra = torch.stack([chunks(r), chunks(a)], -2)  # (B, H, n, C, 2, N)
+        ra = torch.stack([chunks(r), chunks(a)], -2)  # (n, B, H, C, 2, N)
         kb = torch.stack([chunks(k), chunks(b)], -2)
         w = torch.exp(chunks(log_w)).contiguous()  # the one exp: every decay below is a product of these
         upto, after, decay_all, scores = _decays_and_scores(ra, kb, w)
-        r_dec, a_dec = (ra * upto).unbind(-2)  # (B, H, n, C, N): r e^{g_t}, a e^{g_{t-1}}
+        r_dec, a_dec = (ra * upto).unbind(-2)  # (n, B, H, C, N): r e^{g_t}, a e^{g_{t-1}}
         k_out, b_out = (kb * after[..., None, :]).unbind(-2)  # (k, b) e^{g_C - g_t}
-        rk, rb, ak, ab = (scores[..., q, :, kk, :] for q in (0, 1) for kk in (0, 1))  # (B, H, n, C, C) each
+        rk, rb, ak, ab = (scores[..., q, :, kk, :] for q in (0, 1) for kk in (0, 1))  # (n, B, H, C, C) each
 
     # u_t = S_{t-1} a_t as U = W S_0^T + U_0: solve (I - ab) [W, U_0] = [a e^{g_{t-1}}, ak v] (the diagonal 1 is
     # implied, not read)
     WU0 = torch.linalg.solve_triangular(-ab, torch.cat([a_dec, ak @ v], -1), upper=False, unitriangular=True)
-    W, U0 = WU0.split(N, -1)  # (B, H, n, C, N) each
+    W, U0 = WU0.split(N, -1)  # (n, B, H, C, N) each
 
     # y = r e^{g_t} S_0^T + rk v + rb U = R S_0^T + Y0 with U = W S_0^T + U_0: everything but S_0 in parallel
-    rb_WU0 = rb @ WU0  # (B, H, n, C, 2N)
-    R = r_dec + rb_WU0[..., :N]  # (B, H, n, C, N)
+    rb_WU0 = rb @ WU0  # (n, B, H, C, 2N)
+    R = r_dec + rb_WU0[..., :N]  # (n, B, H, C, N)
     Y0 = rb_WU0[..., N:] + rk @ v
-    KV = v.transpose(-1, -2) @ k_out  # (B, H, n, N, N): the chunk's own writes, as seen at its end
+    KV = v.transpose(-1, -2) @ k_out  # (n, B, H, N, N): the chunk's own writes, as seen at its end
 
-    ys = []
-    for c in range(n):  # chunk by chunk: S_C = S_0 e^{g_C} + U^T (b e^{g_C - g_t}) + v^T (k e^{g_C - g_t})
-        St = S.transpose(-1, -2)
-        ys.append(R[:, :, c] @ St + Y0[:, :, c])
-        U = W[:, :, c] @ St + U0[:, :, c]  # (B, H, C, N): u_t = S_{t-1} a_t
-        S = S * decay_all[:, :, c, None, :] + U.transpose(-1, -2) @ b_out[:, :, c] + KV[:, :, c]
-    y = torch.stack(ys, 2)  # (B, H, n, C, N)
-    y = y.permute(0, 2, 3, 1, 4).reshape(B, n * C, H, N)[:, :T]
+    starts = []  # S at the start of each chunk: only the (N x N) state passes from chunk to chunk
+    for c in range(n):  # S_C = S_0 e^{g_C} + U^T (b e^{g_C - g_t}) + v^T (k e^{g_C - g_t})
+        starts.append(S)
+        U = W[c] @ S.transpose(-1, -2) + U0[c]  # (B, H, C, N): u_t = S_{t-1} a_t
+        S = S * decay_all[c, :, :, None, :] + U.transpose(-1, -2) @ b_out[c] + KV[c]
+    y = R @ torch.stack(starts).transpose(-1, -2) + Y0  # (n, B, H, C, N)
+    y = y.permute(1, 0, 3, 2, 4).reshape(B, n * C, H, N)[:, :T]
     return y, S
