@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from helpers import TOL, assert_rel_close
 
-from rwkv_lab.ops.rwkv7 import BACKENDS, attention_matrix, wkv7, wkv7_chunked, wkv7_recurrent
+from rwkv_lab.ops.rwkv7 import BACKENDS, attention_matrix, chunked, wkv7, wkv7_chunked, wkv7_recurrent
 
 # What the inputs stress: RWKV-7's own decay range; decays at both ends (near 1, near e^-20, and the two mixed per
 # channel and token, so a chunk holds long stretches of both); in-context learning rates near 0 and 1; large keys.
@@ -102,6 +102,29 @@ def test_float32_at_rwkv7_shape():
         inputs = make_inputs(1, 256, 1, 64, case=case, seed=5, dtype=torch.float32)
         ref = run(wkv7_recurrent, [x.double() for x in inputs])
         check_against_reference(f"chunked fp32 N=64 {case}", run(wkv7_chunked, inputs), ref, TOL["float32"])
+
+
+@pytest.mark.parametrize("side", ["above", "at", "below"])
+@pytest.mark.parametrize("chunk", [4, 32])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fast_path_at_its_bound(dtype, chunk, side, monkeypatch):
+    """Decays whose minimum is just above, exactly at and just below `fast_path_bound` (the chunked form takes the
+    fast path for the first two, the stable one for the third) against the float64 recurrence: both sides exact."""
+    bound = chunked.fast_path_bound(chunk, dtype)
+    r, log_w, k, v, a, b, s = make_inputs(1, 100, 2, 16, seed=7, dtype=dtype)
+    u = torch.rand(log_w.shape, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    u.view(-1)[13] = 1.0  # the minimum, exactly `bound` * scale
+    log_w = (bound * {"above": 0.99, "at": 1.0, "below": 1.01}[side] * u).to(dtype)
+    assert (log_w.min() == torch.tensor(bound, dtype=dtype)) == (side == "at")
+    calls = []
+    fast = chunked._fast_decays_and_scores
+    monkeypatch.setattr(chunked, "_fast_decays_and_scores", lambda *x: calls.append(1) or fast(*x))
+    inputs = [r, log_w, k, v, a, b, s]
+    got = run(functools.partial(wkv7_chunked, chunk_size=chunk), inputs)
+    assert bool(calls) == (side != "below"), f"fast path taken: {bool(calls)}"
+    ref = run(wkv7_recurrent, [x.double() for x in inputs])
+    tol = TOL["float64 model"] if dtype == torch.float64 else TOL["float32"]
+    check_against_reference(f"chunked-{chunk} {dtype} log_w {side} the bound {bound:.3g}", got, ref, tol)
 
 
 def test_chunked_in_pieces_equals_one_call():
