@@ -188,3 +188,48 @@ def test_training_speed_summary_takes_the_median_run_and_counts_the_rounds_each_
     assert versus.loc[1024, "speed_ratio"] == pytest.approx(100.0 / 90.0)
     assert (versus.loc[1024, "rwkv_won_rounds"], versus.loc[1024, "rounds_compared"]) == (2, 3)
     assert versus.loc[8192, "rwkv_status"] == "oom"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["rwkv4", "rwkv7"])
+def test_each_generation_runs_on_cuda_as_on_the_cpu(name, out):
+    """Either generation on CUDA: the parallel form equals the CPU's in fp32, and the decoder (one captured CUDA
+    graph of the compiled step and the sampler, the state object in its static buffers) gives the eager step's
+    tokens and state over 16 steps. Writes results/gpu_checks/generations_<name>.json."""
+    import torch
+    from helpers import assert_rel_close
+
+    from rwkv_lab.inference.decoder import Decoder
+    from rwkv_lab.models import architecture
+    from rwkv_lab.results import write_json
+
+    arch = architecture(name)
+    config = arch.get_config("byte-4x128")
+    cpu = arch.build(config, seed=3, zero_projections=False).eval()
+    gpu = arch.build(config, seed=3, zero_projections=False).to("cuda").eval()
+    tokens = torch.randint(0, config.vocab_size, (4, 300), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref_logits, ref_state = cpu(tokens)
+        logits, state = gpu(tokens.cuda())
+    errors = {
+        "parallel logits, cuda vs cpu": assert_rel_close(
+            "logits cuda vs cpu", logits.cpu(), ref_logits, TOL["float32"]
+        ),
+        "parallel state, cuda vs cpu": assert_rel_close(
+            "state cuda vs cpu", state.to("cpu"), ref_state, TOL["float32"]
+        ),
+    }
+    decoder = Decoder(gpu, batch=4)
+    token, eager_token = tokens[:, -1].cuda(), tokens[:, -1].cuda()
+    graph_state, eager_state = state.clone(), state.clone()
+    with torch.no_grad():
+        for _ in range(16):
+            token, graph_state = decoder.step(token, graph_state)
+            graph_state = graph_state.clone()  # the graph's buffers are rewritten by the next replay
+            eager_logits, eager_state = gpu.step(eager_token, eager_state)
+            eager_token = eager_logits.argmax(-1)
+            assert torch.equal(token, eager_token)
+    errors["decoder state vs eager, 16 steps"] = assert_rel_close(
+        "decoder state vs eager", graph_state, eager_state, TOL["float32 step"] * 10
+    )
+    write_json(out / f"generations_{name}.json", errors, {"arch": name, "config": config.name, "batch": 4, "T": 300})
