@@ -29,8 +29,9 @@ def lora_width(n_embd: int, factor: float, power: float = 0.5) -> int:
 
 @dataclass(frozen=True)
 class RWKV7Config:
-    """One RWKV-7 shape. The LoRA widths default to RWKV-LM's formulas of n_embd (`lora_width`) and are stored
-    resolved, so two configs of one shape are equal; checkpoints that differ set them (config_from_state_dict)."""
+    """One RWKV-7 shape. The LoRA widths default to RWKV-LM's formulas of n_embd (`lora_width`), the channel mix to
+    4C; both are stored resolved, so two configs of one shape are equal; checkpoints that differ set them
+    (config_from_state_dict)."""
 
     arch: ClassVar[str] = "rwkv7"
 
@@ -65,6 +66,7 @@ class RWKV7Config:
             "iclr_lora": lora_width(self.n_embd, 1.8),
             "value_lora": lora_width(self.n_embd, 1.3),
             "gate_lora": lora_width(self.n_embd, 0.6, 0.8),
+            "ffn_dim": 4 * self.n_embd,
         }
         for field, value in defaults.items():
             if getattr(self, field) is None:
@@ -76,7 +78,7 @@ class RWKV7Config:
 
     @property
     def dim_ffn(self) -> int:
-        return self.ffn_dim or 4 * self.n_embd
+        return self.ffn_dim
 
     @property
     def lora_sum(self) -> int:
