@@ -2,9 +2,7 @@
 states, every gradient), checkpoints (BlinkDL shapes, fla's hub layout), the state's operations, bad inputs."""
 
 import dataclasses
-import importlib.util
 import math
-import os
 
 import pytest
 import torch
@@ -12,6 +10,7 @@ from helpers import TOL, assert_rel_close
 
 from rwkv_lab.analysis.equivalence import step_all
 from rwkv_lab.models.rwkv7 import ARCH, PRESETS, RWKV7, RWKV7Config, RWKV7State, build_model, checkpoint, get_config
+from rwkv_lab.models.rwkv7.peer import rwkv_package_x070
 
 TINY = get_config("tiny")
 BACKENDS = ["auto", "chunked", "attention"]
@@ -44,21 +43,7 @@ def tokens_for(config, B, T, seed=0):
 
 @pytest.fixture(scope="module")
 def rwkv_x070():
-    """The package's RWKV_x070, from its own copy of rwkv/model.py: the module picks RWKV-4 or RWKV-7 from
-    RWKV_V7_ON when imported, and tests/test_peers.py imports the RWKV-4 one in the same process."""
-    spec = importlib.util.find_spec("rwkv.model")
-    saved = {key: os.environ.get(key) for key in ("RWKV_V7_ON", "RWKV_JIT_ON", "RWKV_CUDA_ON")}
-    os.environ.update(RWKV_V7_ON="1", RWKV_JIT_ON="1", RWKV_CUDA_ON="0")
-    try:
-        module = importlib.util.module_from_spec(importlib.util.spec_from_file_location("rwkv_x070", spec.origin))
-        module.__spec__.loader.exec_module(module)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    return module.RWKV_x070
+    return rwkv_package_x070()
 
 
 def test_matches_rwkv_package(tmp_path, rwkv_x070):
