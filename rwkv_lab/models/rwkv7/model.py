@@ -34,6 +34,12 @@ LN_X_EPS = 64e-5
 ATT, FFN = 0, 1  # the token shifts in RWKV7State.shift
 
 
+def token_shift(x: torch.Tensor, last_x: torch.Tensor) -> torch.Tensor:
+    """The previous token's x for each position: x (B, T, C), last_x (B, C) the one before the first -> (B, T, C)."""
+    last = last_x[:, None].to(x.dtype)
+    return last if x.shape[1] == 1 else torch.cat([last, x[:, :-1]], dim=1)
+
+
 @dataclass
 class RWKV7State(RecurrentState):
     """shift (B, L, 2, C): [att x, ffn x] of the last token per layer; wkv (B, L, H, N, N): S per layer and head.
@@ -74,9 +80,9 @@ class TimeMix7(nn.Module):
         (B, H, N, N). Returns the output (B, T, C), v_first and the new S."""
         B, T, C = x.shape
         H, N = self.n_head, self.head_size
-        prev = torch.cat([last_x[:, None].to(x.dtype), x[:, :-1]], dim=1)  # token shift (B, T, C)
-        delta = prev - x
-        xr, xw, xk, xv, xa, xg = (torch.addcmul(x, delta, mu) for mu in self.mixes())
+        delta = token_shift(x, last_x) - x
+        # the six mixes as one op: (6, B, T, C)
+        xr, xw, xk, xv, xa, xg = torch.addcmul(x, delta, torch.stack(self.mixes())).unbind(0)
 
         r = self.receptance(xr)
         k = self.key(xk)
@@ -112,8 +118,7 @@ class ChannelMix7(nn.Module):
         self.value = nn.Linear(config.dim_ffn, C, bias=False)
 
     def forward(self, x, last_x):
-        prev = torch.cat([last_x[:, None].to(x.dtype), x[:, :-1]], dim=1)
-        k = torch.square(torch.relu(self.key(torch.addcmul(x, prev - x, self.x_k))))  # (B, T, F)
+        k = torch.square(torch.relu(self.key(torch.addcmul(x, token_shift(x, last_x) - x, self.x_k))))  # (B, T, F)
         return self.value(k)
 
 
@@ -303,11 +308,26 @@ class RWKV7(nn.Module):
         return self.head(self.ln_out(x[:, -1])), state
 
     def step(self, token: torch.Tensor, state: RWKV7State | None = None, *, check: bool = True):
-        """RNN form: one token per sequence, token (B,) -> logits (B, V) and the state."""
+        """RNN form: one token per sequence, token (B,) -> logits (B, V) and the state.
+
+        The fast path of decoding: the blocks' equations for one token on (B, C) vectors, functional, without the
+        parallel form's token shifts and reshapes (`forward` is its reference: tests/test_rwkv7_model.py compares
+        them in float64, gradients included)."""
         if check:
             self.check_tokens(token, ndim=1)
-        logits, state = self.forward(token[:, None], state, backend="recurrent", check=check)
-        return logits[:, 0], state
+        if state is None:
+            state = self.init_state(token.shape[0])
+        elif check:
+            self.check_state(state, token.shape[0])
+        x = self.emb(token)  # (B, C)
+        v_first = None
+        shifts, wkvs = [], []
+        for i, block in enumerate(self.blocks):
+            x, v_first, shift, wkv_state = _block_one(block, x, v_first, state.shift[:, i], state.wkv[:, i])
+            shifts.append(shift)
+            wkvs.append(wkv_state)
+        x = F.layer_norm(x, x.shape[-1:], self.ln_out.weight, self.ln_out.bias, self.ln_out.eps)
+        return self.head(x), RWKV7State(shift=torch.stack(shifts, dim=1), wkv=torch.stack(wkvs, dim=1))
 
     @torch.no_grad()
     def store_projections_transposed(self) -> RWKV7:
@@ -321,3 +341,49 @@ class RWKV7(nn.Module):
             if isinstance(module, nn.Linear) and module.weight.is_contiguous():
                 module.weight.data = module.weight.data.t().contiguous().t()
         return self
+
+
+def _layer_norm(ln: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x, x.shape[-1:], ln.weight, ln.bias, ln.eps)
+
+
+def _block_one(block: Block7, x, v_first, shift, wkv_state):
+    """`Block7.forward` for one token: x (B, C), shift (B, 2, C), wkv_state (B, H, N, N)."""
+    if block.ln0 is not None:
+        x = _layer_norm(block.ln0, x)
+    h = _layer_norm(block.ln1, x)
+    att, v_first, wkv_state = _time_mix_one(block.att, h, shift[:, ATT].to(h.dtype), v_first, wkv_state)
+    x = x + att
+    h2 = _layer_norm(block.ln2, x)
+    ffn = block.ffn
+    hidden = torch.square(
+        torch.relu(F.linear(torch.addcmul(h2, shift[:, FFN].to(h2.dtype) - h2, ffn.x_k[0]), ffn.key.weight))
+    )
+    x = x + F.linear(hidden, ffn.value.weight)
+    return x, v_first, torch.stack([h, h2], dim=1).to(shift.dtype), wkv_state
+
+
+def _time_mix_one(att: TimeMix7, x, last_x, v_first, wkv_state):
+    """`TimeMix7.forward` for one token: x, last_x (B, C); the LoRAs' biases folded into addmm."""
+    B, C = x.shape
+    H, N = att.n_head, att.head_size
+    xr, xw, xk, xv, xa, xg = torch.addcmul(x, last_x - x, torch.stack(att.mixes())[:, 0]).unbind(0)  # (B, C) each
+    r = F.linear(xr, att.receptance.weight)
+    k = F.linear(xk, att.key.weight)
+    v = F.linear(xv, att.value.weight)
+    z = torch.addmm(att.w0[0], torch.tanh(xw @ att.w1), att.w2)
+    log_w = torch.sigmoid(z.to(wkv_state.dtype)) * -DECAY_SCALE
+    iclr = torch.sigmoid(torch.addmm(att.a0[0], xa @ att.a1, att.a2))
+    g = torch.sigmoid(xg @ att.g1) @ att.g2
+    if att.layer_id == 0:
+        v_first = v
+    else:
+        v = torch.lerp(v, v_first, torch.sigmoid(torch.addmm(att.v0[0], xv @ att.v1, att.v2)))
+    kappa = F.normalize((k * att.k_k[0]).view(B, H, N), dim=-1)
+    k = k * (1 + (iclr - 1) * att.k_a[0])
+    r, log_w, k, v, iclr = (t.view(B, 1, H, N) for t in (r, log_w, k, v, iclr))
+    kappa = kappa.view(B, 1, H, N)
+    y, wkv_state = wkv7(r, log_w, k, v, -kappa, kappa * iclr, wkv_state, backend="recurrent")  # (B, 1, H, N)
+    y = F.group_norm(y.view(B, C), H, att.ln_x.weight, att.ln_x.bias, att.ln_x.eps).view(B, H, N)
+    y = y + (r[:, 0] * k[:, 0] * att.r_k).sum(dim=-1, keepdim=True) * v[:, 0]
+    return F.linear(y.view(B, C) * g, att.output.weight), v_first, wkv_state
