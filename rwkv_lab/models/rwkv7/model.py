@@ -102,7 +102,7 @@ class TimeMix7(nn.Module):
         a, b = -kappa, kappa * iclr
         if trace is not None:
             trace.update(r=r, log_w=log_w, k=k, v=v, kappa=kappa, iclr=iclr, a=a, b=b, wkv_state=wkv_state)
-        y, wkv_state = wkv7(r, log_w, k, v, a, b, wkv_state, backend=backend)  # (B, T, H, N)
+        y, wkv_state = wkv7(r, log_w, k, v, a, b, wkv_state, backend=backend, check=False)  # (B, T, H, N)
         y = self.ln_x(y.reshape(B * T, C)).view(B, T, H, N)
         # the current token's own value, weighted per head by r . (k * r_k): RWKV-7's "bonus"
         y = y + (r * k * self.r_k).sum(dim=-1, keepdim=True) * v
@@ -322,12 +322,14 @@ class RWKV7(nn.Module):
         x = self.emb(token)  # (B, C)
         v_first = None
         shifts, wkvs = [], []
+        last = state.shift.to(x.dtype)  # the token shifts in the model's dtype (a no-op but for bf16 / fp16)
         for i, block in enumerate(self.blocks):
-            x, v_first, shift, wkv_state = _block_one(block, x, v_first, state.shift[:, i], state.wkv[:, i])
+            x, v_first, shift, wkv_state = _block_one(block, x, v_first, last[:, i], state.wkv[:, i])
             shifts.append(shift)
             wkvs.append(wkv_state)
         x = F.layer_norm(x, x.shape[-1:], self.ln_out.weight, self.ln_out.bias, self.ln_out.eps)
-        return self.head(x), RWKV7State(shift=torch.stack(shifts, dim=1), wkv=torch.stack(wkvs, dim=1))
+        new_state = RWKV7State(shift=torch.stack(shifts, dim=1).to(self.state_dtype), wkv=torch.stack(wkvs, dim=1))
+        return self.head(x), new_state
 
     @torch.no_grad()
     def store_projections_transposed(self) -> RWKV7:
@@ -352,15 +354,13 @@ def _block_one(block: Block7, x, v_first, shift, wkv_state):
     if block.ln0 is not None:
         x = _layer_norm(block.ln0, x)
     h = _layer_norm(block.ln1, x)
-    att, v_first, wkv_state = _time_mix_one(block.att, h, shift[:, ATT].to(h.dtype), v_first, wkv_state)
+    att, v_first, wkv_state = _time_mix_one(block.att, h, shift[:, ATT], v_first, wkv_state)
     x = x + att
     h2 = _layer_norm(block.ln2, x)
     ffn = block.ffn
-    hidden = torch.square(
-        torch.relu(F.linear(torch.addcmul(h2, shift[:, FFN].to(h2.dtype) - h2, ffn.x_k[0]), ffn.key.weight))
-    )
+    hidden = torch.square(torch.relu(F.linear(torch.addcmul(h2, shift[:, FFN] - h2, ffn.x_k[0]), ffn.key.weight)))
     x = x + F.linear(hidden, ffn.value.weight)
-    return x, v_first, torch.stack([h, h2], dim=1).to(shift.dtype), wkv_state
+    return x, v_first, torch.stack([h, h2], dim=1), wkv_state
 
 
 def _time_mix_one(att: TimeMix7, x, last_x, v_first, wkv_state):
@@ -383,7 +383,8 @@ def _time_mix_one(att: TimeMix7, x, last_x, v_first, wkv_state):
     k = k * (1 + (iclr - 1) * att.k_a[0])
     r, log_w, k, v, iclr = (t.view(B, 1, H, N) for t in (r, log_w, k, v, iclr))
     kappa = kappa.view(B, 1, H, N)
-    y, wkv_state = wkv7(r, log_w, k, v, -kappa, kappa * iclr, wkv_state, backend="recurrent")  # (B, 1, H, N)
+    # check=False: log_w < 0 and the shapes hold by construction
+    y, wkv_state = wkv7(r, log_w, k, v, -kappa, kappa * iclr, wkv_state, backend="recurrent", check=False)
     y = F.group_norm(y.view(B, C), H, att.ln_x.weight, att.ln_x.bias, att.ln_x.eps).view(B, H, N)
     y = y + (r[:, 0] * k[:, 0] * att.r_k).sum(dim=-1, keepdim=True) * v[:, 0]
     return F.linear(y.view(B, C) * g, att.output.weight), v_first, wkv_state
