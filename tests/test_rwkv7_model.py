@@ -143,6 +143,20 @@ def test_gradients_parallel_equal_recurrent(T):
         assert_rel_close(f"T={T} grad {name}", parallel[name], recurrent[name], TOL["float64 model"])
 
 
+def test_bfloat16_model_keeps_a_float32_state():
+    """bf16 weights and activations, the state in float32: both forms near the float64 model's logits."""
+    reference = random_model(TINY, seed=6)
+    model = random_model(TINY, seed=6, dtype=torch.bfloat16)
+    tokens = tokens_for(TINY, 2, 20, seed=6)
+    with torch.no_grad():
+        expected, _ = reference(tokens)
+        logits, state = model(tokens)
+        stepped, step_state = step_all(model, tokens)
+    assert state.wkv.dtype == step_state.shift.dtype == model.state_dtype == torch.float32
+    assert_rel_close("bf16 parallel vs float64", logits, expected, TOL["bfloat16 long sequence"])
+    assert_rel_close("bf16 recurrent vs float64", stepped, expected, TOL["bfloat16 long sequence"])
+
+
 def test_trace_holds_what_the_wkv_was_given():
     model = random_model(TINY, seed=1)
     tokens = tokens_for(TINY, 2, 5)
