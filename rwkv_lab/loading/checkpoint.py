@@ -230,7 +230,7 @@ def _read_hf_folder(folder: Path) -> tuple[dict, object]:
             else _check_tensor_dict(torch_load(shard), shard)
         )
         sd.update(part)
-    return {arch.checkpoint.blinkdl_key(k): v for k, v in sd.items()}, config
+    return arch.checkpoint.from_hf_state_dict(sd, config), config
 
 
 def _recurrent() -> list[Architecture]:
@@ -247,7 +247,7 @@ def config_from_state_dict(sd: dict, name: str = "custom"):
     if arch is None:
         hub = next((a for a in _recurrent() if a.checkpoint.is_hf_state_dict(sd)), None)
         if hub is not None:
-            sd = {hub.checkpoint.blinkdl_key(k): v for k, v in sd.items()}
+            sd = hub.checkpoint.from_hf_state_dict(sd, None)
             arch = checkpoint_architecture(sd)
     arch = arch or architecture("rwkv4")
     return sd, arch.checkpoint.config_from_state_dict(sd, name=name)
@@ -600,7 +600,7 @@ def save_model(
         atomic_write(path, lambda tmp: torch.save(sd, tmp))
     else:
         keys = architecture_of(model).checkpoint
-        hf_sd = {keys.hf_key(k): v for k, v in sd.items()}
+        hf_sd = keys.to_hf_state_dict(sd)
         config_text = json.dumps(keys.hf_config_dict(model.config, dtype), indent=2)
 
         def fill(folder: Path):

@@ -9,11 +9,11 @@ instead of branching on names (protocol.py says what a generation provides; stat
 
 from __future__ import annotations
 
-from . import rwkv4, transformer
+from . import rwkv4, rwkv7, transformer
 from .protocol import Architecture, RecurrentLM
 from .state import RecurrentState
 
-ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (rwkv4.ARCH, transformer.ARCH)}
+ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (rwkv4.ARCH, rwkv7.ARCH, transformer.ARCH)}
 
 
 def architecture(name: str) -> Architecture:

@@ -44,6 +44,11 @@ class RecurrentLM(Protocol):
     def init_state(self, batch: int = 1) -> RecurrentState: ...
 
 
+def matrices_but_embeddings(name: str, param: torch.Tensor) -> bool:
+    """The usual weight-decay rule (nanoGPT, Pythia, RWKV-LM's RWKV-4): 2-D parameters except the embedding."""
+    return param.dim() == 2 and "emb" not in name.lower()
+
+
 @dataclass(frozen=True)
 class Architecture:
     """One model generation as the suite sees it.
@@ -63,6 +68,8 @@ class Architecture:
         config.json both ways: see rwkv_lab/models/rwkv4/checkpoint.py), None where there is none.
     foreign_model_types: the `config.model_type` of another library's classes that stand for this generation
         (transformers' GPT-NeoX for the transformer baseline).
+    takes_weight_decay: `(parameter name, parameter) -> bool`, which parameters AdamW decays (default: the
+        projection matrices, not embeddings, norms, mixes or decays, as nanoGPT and Pythia do).
     """
 
     name: str
@@ -77,6 +84,11 @@ class Architecture:
     lr_scale: dict = field(default_factory=dict)
     checkpoint: Any = None
     foreign_model_types: tuple = ()
+    takes_weight_decay: Callable[[str, torch.Tensor], bool] = field(default=None)
+
+    def __post_init__(self):
+        if self.takes_weight_decay is None:
+            object.__setattr__(self, "takes_weight_decay", matrices_but_embeddings)
 
     def owns(self, model) -> bool:
         """Whether `model` (possibly wrapped by DDP or torch.compile) is one of this generation's networks."""

@@ -161,15 +161,16 @@ def fast_path(model: nn.Module, enabled: bool = True) -> nn.Module:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups, each with an `lr_scale` on the schedule's rate: weight decay on the projection matrices only
-    (not embeddings, norms, token-shift mixes or decays, as nanoGPT, Pythia and RWKV-LM do); the generation's
-    `lr_scale` parameters (RWKV-LM's layerwise recipe, e.g. RWKV-4's time_decay and time_first) at their scale."""
-    lr_scale = architecture_of(model).lr_scale
+    """AdamW groups, each with an `lr_scale` on the schedule's rate: weight decay where the generation's
+    `takes_weight_decay` says (the projection matrices, not embeddings, norms, token-shift mixes or decays, as
+    nanoGPT, Pythia and RWKV-LM do; RWKV-7 also spares its LoRAs, as RWKV-LM x070 does); the generation's
+    `lr_scale` parameters (RWKV-LM's layerwise recipe: RWKV-4's time_decay and time_first, RWKV-7's att.w0) at
+    their scale."""
+    arch = architecture_of(model)
     groups: dict[tuple, list] = {}
     for name, p in model.named_parameters():
-        leaf = name.rsplit(".", 1)[-1]
-        is_matrix = p.dim() == 2 and "emb" not in name.lower()
-        key = (weight_decay if is_matrix else 0.0, lr_scale.get(leaf, 1.0))
+        scale = next((s for suffix, s in arch.lr_scale.items() if name.endswith(suffix)), 1.0)
+        key = (weight_decay if arch.takes_weight_decay(name, p) else 0.0, scale)
         groups.setdefault(key, []).append(p)
     return [{"params": ps, "weight_decay": wd, "lr_scale": scale} for (wd, scale), ps in sorted(groups.items())]
 

@@ -62,6 +62,16 @@ def blinkdl_key(key: str) -> str:
     return key
 
 
+def to_hf_state_dict(sd: dict) -> dict:
+    """A BlinkDL state dict in transformers' RwkvForCausalLM names (the tensors unchanged)."""
+    return {hf_key(k): v for k, v in sd.items()}
+
+
+def from_hf_state_dict(hf_sd: dict, config=None) -> dict:
+    """transformers' RwkvForCausalLM state dict in BlinkDL names (the tensors unchanged)."""
+    return {blinkdl_key(k): v for k, v in hf_sd.items()}
+
+
 def is_hf_state_dict(sd: dict) -> bool:
     return any(k.startswith("rwkv.") for k in sd)
 

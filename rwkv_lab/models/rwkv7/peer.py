@@ -1,0 +1,29 @@
+"""The `rwkv` package's RWKV-7 (RWKV_x070): the independent implementation the tests and benchmarks compare with."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+
+def rwkv_package_x070():
+    """The package's RWKV_x070 class, from a copy of rwkv/model.py of its own.
+
+    rwkv/model.py chooses RWKV-4 or RWKV-7 from RWKV_V7_ON when imported, so a process that also compares with
+    its RWKV-4 (tests/test_peers.py) needs the two as separate modules. JIT on (as the package runs by default),
+    its CUDA kernels off. Load a model with `RWKV_x070(model=path_without_.pth, strategy="cpu fp32")`."""
+    spec = importlib.util.find_spec("rwkv.model")
+    if spec is None:
+        raise ImportError("the `rwkv` package is not installed (pip install rwkv): it is the RWKV-7 reference")
+    saved = {key: os.environ.get(key) for key in ("RWKV_V7_ON", "RWKV_JIT_ON", "RWKV_CUDA_ON")}
+    os.environ.update(RWKV_V7_ON="1", RWKV_JIT_ON="1", RWKV_CUDA_ON="0")
+    try:
+        module = importlib.util.module_from_spec(importlib.util.spec_from_file_location("rwkv_x070", spec.origin))
+        module.__spec__.loader.exec_module(module)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return module.RWKV_x070

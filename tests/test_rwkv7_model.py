@@ -1,0 +1,386 @@
+"""RWKV-7: against the `rwkv` package's RWKV_x070 on the same weights, parallel vs recurrent vs prefill (outputs,
+states, every gradient), checkpoints (BlinkDL shapes, fla's hub layout), the state's operations, bad inputs."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from helpers import TOL, assert_rel_close
+
+from rwkv_lab.analysis.equivalence import step_all
+from rwkv_lab.models.checks import CheckpointError
+from rwkv_lab.models.rwkv7 import ARCH, PRESETS, RWKV7, RWKV7Config, RWKV7State, build_model, checkpoint, get_config
+from rwkv_lab.models.rwkv7.peer import rwkv_package_x070
+
+TINY = get_config("tiny")
+BACKENDS = ["auto", "chunked", "attention"]
+
+
+def random_model(config: RWKV7Config, seed: int = 0, dtype=torch.float64, noise: float = 0.3) -> RWKV7:
+    """Official init with drawn projections and LoRAs, then every parameter perturbed, so no structure hides a bug."""
+    model = build_model(config, seed=seed, zero_projections=False, dtype=dtype)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(noise * torch.randn(p.shape, generator=gen, dtype=torch.float64).to(dtype) * p.std().clamp_min(0.1))
+    return model
+
+
+def random_state(model: RWKV7, batch: int, seed: int = 0) -> RWKV7State:
+    """A non-empty state: any token shifts, any S of the scale a sequence leaves."""
+    gen = torch.Generator().manual_seed(seed)
+    state = model.init_state(batch)
+    draw = lambda t: torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype)  # noqa: E731
+    return RWKV7State(shift=draw(state.shift), wkv=0.5 * draw(state.wkv))
+
+
+def tokens_for(config, B, T, seed=0):
+    return torch.randint(0, config.vocab_size, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+# --- against the rwkv package -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rwkv_x070():
+    return rwkv_package_x070()
+
+
+def test_matches_rwkv_package(tmp_path, rwkv_x070):
+    config = RWKV7Config(n_layer=2, n_embd=128, vocab_size=257)  # the package's head size, 64
+    ours = random_model(config, seed=3, dtype=torch.float32)
+    torch.save(ours.state_dict(), tmp_path / "x070.pth")
+    peer = rwkv_x070(model=str(tmp_path / "x070"), strategy="cpu fp32")  # the path without ".pth"
+    prompt = tokens_for(config, 1, 23, seed=3)[0].tolist()
+    tol = TOL["float32"]
+    with torch.no_grad():
+        peer_logits, peer_state = peer.forward(prompt, None)
+        logits, state = ours(torch.tensor([prompt]))
+        assert_rel_close("prompt of 23 vs rwkv package", logits[0, -1], peer_logits, tol)
+        for i, token in enumerate([5, 17, 256, 0, 42]):
+            peer_logits, peer_state = peer.forward([token], peer_state)
+            step_logits, state = ours.step(torch.tensor([token]), state)
+            assert_rel_close(f"step {i} vs rwkv package", step_logits[0], peer_logits, tol)
+    # its state list is [att x, S, ffn x] per layer
+    for i in range(config.n_layer):
+        att_x, wkv, ffn_x = peer_state[3 * i : 3 * i + 3]
+        assert_rel_close(f"layer {i} S vs rwkv package", state.wkv[0, i], wkv, tol)
+        assert_rel_close(f"layer {i} shifts vs rwkv package", state.shift[0, i], torch.stack([att_x, ffn_x]), tol)
+
+
+# --- parallel == recurrent == prefill + steps ----------------------------------------------------------------
+
+
+# every backend in float64; float32 through the default one
+FORMS = [(backend, torch.float64) for backend in BACKENDS] + [("auto", torch.float32)]
+
+
+@pytest.mark.parametrize("backend,dtype", FORMS)
+@pytest.mark.parametrize("T", [1, 2, 63, 65])
+def test_parallel_equals_recurrent_and_prefill(backend, dtype, T):
+    name = "float64 model" if dtype == torch.float64 else "float32"
+    model = random_model(TINY, seed=T, dtype=dtype)
+    tokens = tokens_for(TINY, 2, T, seed=T)
+    state = random_state(model, 2, seed=T)
+    with torch.no_grad():
+        rec_logits, rec_state = step_all(model, tokens, state.clone())
+        par_logits, par_state = model(tokens, state.clone(), backend=backend)
+        split = (T + 1) // 2
+        last, tail_state = model.prefill(tokens[:, :split], state.clone(), chunk=7, backend=backend)
+        tail_logits = [last]
+        for t in range(split, T):
+            logits, tail_state = model.step(tokens[:, t], tail_state)
+            tail_logits.append(logits)
+    tag = f"{backend} T={T} {dtype}"
+    assert_rel_close(f"{tag} parallel logits vs recurrent", par_logits, rec_logits, TOL[name])
+    tail = torch.stack(tail_logits, dim=1)
+    assert_rel_close(f"{tag} prefill+steps logits vs recurrent", tail, rec_logits[:, split - 1 :], TOL[name])
+    for field in ("shift", "wkv"):
+        ref = getattr(rec_state, field)
+        assert_rel_close(f"{tag} parallel {field} vs recurrent", getattr(par_state, field), ref, TOL[name])
+        assert_rel_close(f"{tag} prefill+steps {field} vs recurrent", getattr(tail_state, field), ref, TOL[name])
+
+
+@pytest.mark.parametrize("T", [2, 65])
+def test_gradients_parallel_equal_recurrent(T):
+    """Every parameter's gradient and the initial state's, float64, through logits and the final state."""
+    gen = torch.Generator().manual_seed(T)
+    results = []
+    for form in ("parallel", "recurrent"):
+        model = random_model(TINY, seed=7, dtype=torch.float64)
+        state = random_state(model, 2, seed=7)
+        state.shift.requires_grad_(True)
+        state.wkv.requires_grad_(True)
+        tokens = tokens_for(TINY, 2, T, seed=7)
+        if form == "parallel":
+            logits, final = model(tokens, state)
+        else:  # step_all runs without autograd
+            final, outs = state, []
+            for t in range(T):
+                out, final = model.step(tokens[:, t], final)
+                outs.append(out)
+            logits = torch.stack(outs, dim=1)
+        gen.manual_seed(T)
+        weights = [torch.randn(t.shape, generator=gen, dtype=torch.float64) for t in (logits, final.shift, final.wkv)]
+        loss = sum((w * t).sum() for w, t in zip(weights, (logits, final.shift, final.wkv)))
+        loss.backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        grads.update(state_shift=state.shift.grad, state_wkv=state.wkv.grad)
+        results.append(grads)
+    parallel, recurrent = results
+    # layer 0's value-residual LoRA is unused (the package ignores it too): no gradient in either form
+    unused = {"blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2"}
+    assert (
+        set(parallel)
+        == set(recurrent)
+        == {n for n, _ in RWKV7(TINY).named_parameters()} - unused
+        | {
+            "state_shift",
+            "state_wkv",
+        }
+    )
+    for name in sorted(parallel):
+        assert_rel_close(f"T={T} grad {name}", parallel[name], recurrent[name], TOL["float64 model"])
+
+
+def test_bfloat16_model_keeps_a_float32_state():
+    """bf16 weights and activations, the state in float32: both forms near the float64 model's logits."""
+    reference = random_model(TINY, seed=6)
+    model = random_model(TINY, seed=6, dtype=torch.bfloat16)
+    tokens = tokens_for(TINY, 2, 20, seed=6)
+    with torch.no_grad():
+        expected, _ = reference(tokens)
+        logits, state = model(tokens)
+        stepped, step_state = step_all(model, tokens)
+    assert state.wkv.dtype == step_state.shift.dtype == model.state_dtype == torch.float32
+    assert_rel_close("bf16 parallel vs float64", logits, expected, TOL["bfloat16 long sequence"])
+    assert_rel_close("bf16 recurrent vs float64", stepped, expected, TOL["bfloat16 long sequence"])
+
+
+def test_trace_holds_what_the_wkv_was_given():
+    model = random_model(TINY, seed=1)
+    tokens = tokens_for(TINY, 2, 5)
+    state = random_state(model, 2)
+    trace = []
+    model(tokens, state, trace=trace)
+    assert len(trace) == TINY.n_layer
+    B, T, H, N = 2, 5, TINY.n_head, TINY.head_size
+    for i, layer in enumerate(trace):
+        for key in ("r", "log_w", "k", "v", "kappa", "iclr", "a", "b"):
+            assert layer[key].shape == (B, T, H, N), key
+        for key in ("att_in", "ffn_in", "out"):
+            assert layer[key].shape == (B, T, TINY.n_embd), key
+        assert torch.equal(layer["wkv_state"], state.wkv[:, i])
+        assert torch.equal(layer["a"], -layer["kappa"]) and torch.equal(layer["b"], layer["kappa"] * layer["iclr"])
+        assert_rel_close(f"layer {i} |kappa| per head", layer["kappa"].norm(dim=-1), torch.ones(B, T, H), 1e-12)
+        # every decay in (exp(-e^-1/2), 1)
+        assert bool((layer["log_w"] < 0).all()) and bool((layer["log_w"] > -math.exp(-0.5)).all())
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------------
+
+
+def meta_state_dict(config):
+    with torch.device("meta"):
+        return RWKV7(config).state_dict()
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_config_from_state_dict_reads_every_preset(name):
+    config = PRESETS[name]
+    sd = meta_state_dict(config)
+    assert checkpoint.matches(sd)
+    assert sum(t.numel() for t in sd.values()) == config.n_params
+    read = checkpoint.config_from_state_dict(sd, name=name)
+    assert read == dataclasses.replace(config, ctx_len=read.ctx_len)  # the context is not in the weights
+    # fla's config.json both ways
+    assert checkpoint.config_from_hf(checkpoint.hf_config_dict(config), name=name) == config
+
+
+def test_released_lora_widths():
+    """The widths of the released checkpoints (fla-hub's config.json of each): the x070 formulas give them."""
+    widths = lambda c: (c.decay_lora, c.iclr_lora, c.value_lora, c.gate_lora)  # noqa: E731
+    assert widths(PRESETS["pile-168M"]) == (64, 64, 32, 128)
+    assert widths(PRESETS["world-1.5B"]) == (96, 96, 64, 256)
+    assert widths(PRESETS["world-2.9B"]) == (96, 96, 64, 320)
+
+
+def test_deep_embed_is_refused():
+    sd = meta_state_dict(TINY)
+    sd["blocks.0.ffn.s_emb.weight"] = torch.empty(0)
+    with pytest.raises(ValueError, match="DeepEmbed") as err:
+        checkpoint.config_from_state_dict(sd)
+    assert "\n" not in str(err.value)
+
+
+def test_state_dict_errors_are_one_line():
+    sd = meta_state_dict(TINY)
+    del sd["blocks.0.att.r_k"]
+    assert not checkpoint.matches(sd)
+    with pytest.raises(CheckpointError, match="r_k"):
+        checkpoint.config_from_state_dict(sd)
+    sd = meta_state_dict(TINY)
+    sd["head.weight"] = torch.empty(3, TINY.n_embd, device="meta")
+    with pytest.raises(ValueError, match="head.weight") as err:
+        checkpoint.config_from_state_dict(sd)
+    assert "\n" not in str(err.value)
+
+
+def test_fla_layout_round_trip():
+    model = random_model(TINY, seed=2)
+    sd = model.state_dict()
+    C, H, N = TINY.n_embd, TINY.n_head, TINY.head_size
+    fla = checkpoint.to_fla_state_dict(sd)
+    # fla's names and shapes (fla/layers/rwkv7.py, fla/models/rwkv7/modeling_rwkv7.py)
+    expected = {
+        "model.embeddings.weight": (TINY.vocab_size, C),
+        "model.layers.0.pre_norm.weight": (C,),
+        "model.layers.1.attn_norm.bias": (C,),
+        "model.layers.1.attn.x_r": (1, 1, C),
+        "model.layers.1.attn.k_k": (C,),
+        "model.layers.1.attn.r_k": (H, N),
+        "model.layers.1.attn.w_lora.lora.0.weight": (TINY.decay_lora, C),
+        "model.layers.1.attn.w_lora.lora.2.weight": (C, TINY.decay_lora),
+        "model.layers.1.attn.w_lora.lora.2.bias": (C,),
+        "model.layers.1.attn.v_lora.lora.2.bias": (C,),
+        "model.layers.1.attn.g_lora.lora.0.weight": (TINY.gate_lora, C),
+        "model.layers.1.attn.r_proj.weight": (C, C),
+        "model.layers.1.attn.g_norm.weight": (C,),
+        "model.layers.1.ffn.x_k": (C,),
+        "model.layers.1.ffn.key.weight": (TINY.dim_ffn, C),
+        "model.norm.weight": (C,),
+        "lm_head.weight": (TINY.vocab_size, C),
+    }
+    for key, shape in expected.items():
+        assert tuple(fla[key].shape) == shape, key
+    assert not any(k.startswith("model.layers.0.attn.v_lora") for k in fla)  # layer 0 has no value residual
+    assert not any(k.startswith("model.layers.1.attn.g_lora.lora.2.bias") for k in fla)
+    for key in sd:
+        name = checkpoint.fla_key(key)
+        assert name is None or checkpoint.blinkdl_key(name) == key
+    back = checkpoint.from_fla_state_dict(fla, TINY)
+    assert set(back) == set(sd)
+    for key, value in sd.items():
+        if key in ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2"):
+            assert back[key].shape == value.shape and not back[key].any()
+        else:
+            assert torch.equal(back[key], value), key
+    # the restored (zeroed) unused LoRA changes nothing
+    reloaded = RWKV7(TINY).double()
+    reloaded.load_state_dict(back)
+    tokens = tokens_for(TINY, 1, 9)
+    with torch.no_grad():
+        assert torch.equal(reloaded(tokens)[0], model(tokens)[0])
+
+
+def test_hf_config_refuses_variants():
+    d = checkpoint.hf_config_dict(TINY)
+    for change in (
+        {"attn": {"layers": [0]}},
+        {"tie_word_embeddings": True},
+        {"model_type": "rwkv6"},
+        {"a_low_rank_dim": None},
+    ):
+        with pytest.raises(ValueError) as err:
+            checkpoint.config_from_hf({**d, **change})
+        assert "\n" not in str(err.value)
+
+
+def test_key_maps_refuse_foreign_keys():
+    with pytest.raises(KeyError, match="BlinkDL"):
+        checkpoint.fla_key("blocks.0.mlp.weight")
+    with pytest.raises(KeyError, match="fla"):
+        checkpoint.blinkdl_key("transformer.h.0.attn.weight")
+
+
+# --- the state, the config, the architecture record, bad inputs ---------------------------------------------
+
+
+def test_state_select_cat_clone():
+    model = random_model(TINY, seed=4)
+    state = random_state(model, 3, seed=4)
+    tokens = tokens_for(TINY, 3, 4, seed=4)
+    with torch.no_grad():
+        logits, after = model(tokens, state)
+        one_logits, one_after = model(tokens[1:2], state[1])
+    assert_rel_close("row 1 alone vs in the batch", one_logits, logits[1:2], TOL["float64 algebra"])
+    assert after[1].allclose(one_after, rtol=1e-12, atol=1e-14)
+    joined = RWKV7State.cat([state[0], state[1:]])
+    assert joined.allclose(state, rtol=0, atol=0) and len(joined) == 3
+    copy = state.clone()
+    copy.wkv.add_(1)
+    assert not copy.allclose(state)
+    with pytest.raises(TypeError):
+        RWKV7State.cat([state, torch.zeros(1)])
+
+
+def test_config_properties():
+    c = PRESETS["pile-168M"]
+    assert c.n_head == 12 and c.dim_ffn == 3072 and c.arch == "rwkv7"
+    assert c.state_numbers == 12 * (2 * 768 + 12 * 64 * 64)
+    assert RWKV7Config.from_dict(c.to_dict()) == c
+    assert get_config("byte-4x128") == RWKV7Config(n_layer=4, n_embd=128, vocab_size=257, name="byte-4x128")
+    assert get_config("byte-2x32").head_size == 32
+    # one-token FLOPs by hand at the tiny shape: every matmul, the head and 5 N^2 per head for S
+    C, F, V, N = 32, 128, 257, 8
+    matmuls = 2 * (4 * C * C + 2 * C * F + 2 * C * (8 + 8 + 4 + 16)) - 2 * C * 4
+    assert TINY.forward_flops_per_token == 2 * (matmuls + V * C + 2 * 5 * C * N)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"n_layer": 0, "n_embd": 64},
+        {"n_layer": 2, "n_embd": 96},  # not a multiple of 64
+        {"n_layer": 2, "n_embd": 64, "gate_lora": 0},
+        {"n_layer": 2, "n_embd": 64, "ffn_dim": True},
+        {"n_layer": 2, "n_embd": 64, "layer_norm_eps": 0.0},
+    ],
+)
+def test_bad_configs_one_line(kwargs):
+    with pytest.raises(ValueError) as err:
+        RWKV7Config(**kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_config_names_and_fields():
+    with pytest.raises(KeyError, match="byte-"):
+        get_config("huge")
+    with pytest.raises(ValueError, match="unknown RWKV7Config fields"):
+        RWKV7Config.from_dict({"n_layer": 1, "n_embd": 64, "n_heads": 1})
+
+
+def test_architecture_record_builds_the_model():
+    model = ARCH.build(TINY, seed=0)
+    assert isinstance(model, RWKV7) and ARCH.name == TINY.arch == "rwkv7"
+    assert ARCH.get_config("tiny") == TINY and ARCH.lr_scale == {"att.w0": 2.0}
+    # the official init: untrained blocks add nothing (output and ffn.value zero), so logits ignore the context
+    with torch.no_grad():
+        a, _ = model(torch.tensor([[1, 2, 3]]))
+        b, _ = model(torch.tensor([[9, 8, 3]]))
+    assert torch.equal(a[0, -1], b[0, -1])
+    assert model.blocks[0].att.ln_x.eps == 64e-5
+
+
+def test_bad_inputs_one_line():
+    model = random_model(TINY, seed=5)
+    good = model.init_state(2)
+    bad_state = random_state(model, 2)
+    bad_state.wkv[1, 0, 0, 0, 0] = float("nan")
+    cases = [
+        (TypeError, lambda: model(torch.zeros(2, 3))),  # float tokens
+        (ValueError, lambda: model(torch.zeros(2, 3, 1, dtype=torch.long))),
+        (ValueError, lambda: model(torch.full((2, 3), TINY.vocab_size))),
+        (ValueError, lambda: model(torch.zeros(2, 0, dtype=torch.long))),
+        (ValueError, lambda: model.step(torch.zeros(2, 1, dtype=torch.long), good)),
+        (TypeError, lambda: model(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 2, 5, 32))),
+        (ValueError, lambda: model(torch.zeros(3, 3, dtype=torch.long), good)),
+        (TypeError, lambda: model(torch.zeros(2, 3, dtype=torch.long), RWKV7State(good.shift.float(), good.wkv))),
+        (ValueError, lambda: model(torch.zeros(2, 3, dtype=torch.long), bad_state)),
+        (ValueError, lambda: model.prefill(torch.zeros(2, 3, dtype=torch.long), chunk=0)),
+    ]
+    for error, call in cases:
+        with pytest.raises(error) as err:
+            call()
+        assert "\n" not in str(err.value), str(err.value)
