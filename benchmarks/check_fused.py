@@ -29,8 +29,8 @@ def training_step(model, x, state, fused: bool, autocast: bool):
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
         logits, new_state = model(x[:, :-1], state)
     loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())
-    (loss + 1e-3 * new_state[:, :, 1].sum()).backward()
-    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()} | {"state": state.grad}
+    (loss + 1e-3 * new_state.packed[:, :, 1].sum()).backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()} | {"state": state.packed.grad}
     return loss.detach(), new_state.detach(), grads
 
 
@@ -99,9 +99,9 @@ def main():
         model = model.half().eval()
         with torch.no_grad():
             model.configure(fused_blocks=False)
-            ref, _ = model.prefill(x, state.float())
+            ref, _ = model.prefill(x, state)
             model.configure(fused_blocks=True)
-            out, _ = model.prefill(x, state.float())
+            out, _ = model.prefill(x, state)
         rows.append({"size": size, "what": "prefill logits, fp16", "rel_err_logits": rel_error(out, ref)})
         print(rows[-1], flush=True)
         del model
