@@ -186,6 +186,13 @@ def lm_eval_command(cmd, tmp, commands):
     assert "|piqa" in out.stdout, out.stdout[-2000:]
 
 
+def regenerating_script(cmd, tmp, commands):
+    """A script that regenerates a committed file: run as `--check` (the committed file is what it would write),
+    which leaves the checkout as it is."""
+    print("  + --check (the committed output is what the script writes; nothing is rewritten)")
+    run([sys.executable, *shlex.split(cmd)[1:], "--check"], REPO)
+
+
 RULES = [  # (pattern, rule, slow)
     (r"make (run|test|lab|setup)\b.*", dry_run_make, False),
     (r"conda env create -f environment\.yml", conda_environment, False),
@@ -193,6 +200,7 @@ RULES = [  # (pattern, rule, slow)
     (r"rwkv-lab --debug \.\.\.", skip("a placeholder: --debug before any of the commands above"), False),
     (r"rwkv-lab (generate|convert|info) .*", rwkv_lab_command, False),
     (r"python -m rwkv_lab\.\w+", module_named, False),
+    (r"python scripts/(results_index|readme_table)\.py", regenerating_script, False),
     (r'python -c "from rwkv_lab\.evaluation\.tasks import task_manager; .*"', task_yamls_command, False),
     (r"python -m rwkv_lab\.training .*", training_command, True),
     (r"python -m rwkv_lab\.evaluation .*", lm_eval_command, True),
