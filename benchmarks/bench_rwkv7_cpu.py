@@ -5,7 +5,9 @@
 Weights are random at the official scales (speed does not depend on them). Decode: `--new-tokens` one-token calls
 after three warm-up calls, our `model.step(token, state)` (projections stored transposed, as the package stores
 them) and the package's `forward([token], state)` alternating token by token; prefill: `--prompt` tokens in one
-call, our `model.prefill` and the package's `forward(tokens, None)` alternating, `--repeats` times. Alternating
+call, our `model.prefill` and the package's `forward(tokens, None)` alternating, `--repeats` times; generate:
+`rwkv_lab.generate` (greedy, its decode phase per token: the decoder, sampling and detokenising) against the
+package's loop of `forward([token], state)` and argmax over as many tokens, taking turns. Alternating
 makes a shared machine's changing load hit both alike; the table holds the medians per call and the speedups
 (the package's time over ours), the provenance the load average. Writes results/rwkv7/rwkv7_cpu_speed.csv.
 """
@@ -22,11 +24,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from rwkv_lab.inference.generation import generate
+from rwkv_lab.loading.tokenizer import load_tokenizer
 from rwkv_lab.models.rwkv7 import RWKV7, RWKV7Config, init_weights
 from rwkv_lab.models.rwkv7.peer import rwkv_package_x070
 from rwkv_lab.ops import rwkv7 as ops_rwkv7
 from rwkv_lab.results import results_dir, write_table
 
+NEOX_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "data" / "tokenizer" / "20B_tokenizer.json"
 WARMUP = 3  # calls before timing, for both (TorchScript profiles the package's first calls, then optimises)
 
 
@@ -53,10 +58,28 @@ def decode_times(model, peer, tokens: list[int]) -> tuple[list[float], list[floa
     return ours, theirs
 
 
-def measure(model, peer, decode_tokens: list[int], prompt: list[int], repeats: int, threads: int) -> list[dict]:
+def generate_times(model, peer, tokenizer, new_tokens: int, repeats: int) -> tuple[list[float], list[float]]:
+    """Seconds per generated token: `rwkv_lab.generate` (greedy, a short prompt: its decode phase, through the
+    decoder, with sampling and detokenising as a user gets them) and the package's forward loop over as many
+    tokens, taking turns `repeats` times."""
+    ours, theirs = [], []
+    for _ in range(repeats):
+        stats: dict = {}
+        generate(model, tokenizer, "The", max_new_tokens=new_tokens, temperature=0, stats=stats)
+        ours.append(stats["decode_s"] / max(1, stats["tokens"] - 1))  # the first token comes from the prefill
+        state, token, start = None, 0, time.perf_counter()
+        for _ in range(new_tokens):
+            logits, state = peer.forward([token], state)
+            token = int(logits.argmax())
+        theirs.append((time.perf_counter() - start) / new_tokens)
+    return ours, theirs
+
+
+def measure(model, peer, tokenizer, decode_tokens, prompt, repeats: int, threads: int) -> list[dict]:
     """One row per phase: medians per call, ours and the package's, and the speedup."""
     with torch.inference_mode():
         decode_ours, decode_package = decode_times(model, peer, decode_tokens)
+        generate_ours, generate_package = generate_times(model, peer, tokenizer, len(decode_tokens), repeats)
         prefill = {
             "ours": lambda: model.prefill(torch.tensor([prompt]), check=False),
             "package": lambda: peer.forward(prompt, None),
@@ -71,6 +94,7 @@ def measure(model, peer, decode_tokens: list[int], prompt: list[int], repeats: i
     rows = []
     measured = {
         "decode": (1, decode_ours, decode_package),
+        "generate (decode phase)": (1, generate_ours, generate_package),
         "prefill": (len(prompt), prefill_times["ours"], prefill_times["package"]),
     }
     for phase, (tokens, ours_times, package_times) in measured.items():
@@ -102,6 +126,7 @@ def main(argv=None):
     parser.add_argument("--prompt", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=results_dir() / "rwkv7" / "rwkv7_cpu_speed.csv")
+    parser.add_argument("--tokenizer", type=Path, default=NEOX_TOKENIZER, help="GPT-NeoX-20B's tokenizer.json")
     args = parser.parse_args(argv)
     config = RWKV7Config(n_layer=args.layers, n_embd=args.width, vocab_size=args.vocab, name="0.1B-shape")
     model = init_weights(RWKV7(config), seed=0, zero_projections=False, orthogonal_matrices=False).eval()
@@ -109,6 +134,7 @@ def main(argv=None):
         torch.save(model.state_dict(), Path(tmp) / "x070.pth")
         peer = rwkv_package_x070()(model=str(Path(tmp) / "x070"), strategy="cpu fp32")
     model.store_projections_transposed()
+    tokenizer = load_tokenizer(str(args.tokenizer))
     gen = torch.Generator().manual_seed(0)
     decode_tokens = torch.randint(0, args.vocab, (args.new_tokens + WARMUP,), generator=gen).tolist()
     prompt = torch.randint(0, args.vocab, (args.prompt,), generator=gen).tolist()
@@ -116,14 +142,13 @@ def main(argv=None):
     rows, loads = [], []
     for threads in args.threads:
         torch.set_num_threads(threads)
-        rows += measure(model, peer, decode_tokens, prompt, args.repeats, threads)
+        rows += measure(model, peer, tokenizer, decode_tokens, prompt, args.repeats, threads)
         loads.append(os.getloadavg()[0])
     frame = pd.DataFrame(rows)
     params = {**vars(args), "out": str(args.out), "config": config.to_dict(), "dtype": "float32"}
     params["load_average_1min"] = dict(zip(args.threads, loads))
     # which WKV-7 forms were installed (prefill runs 'auto'; the step 'recurrent')
     params["wkv7_module"] = {"file": Path(ops_rwkv7.__file__).name, "backends": sorted(ops_rwkv7.BACKENDS)}
-    params["generate_path"] = "not measured: rwkv_lab.generate does not run RWKV-7 models yet"
     write_table(args.out, frame, params)
 
 
