@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import re
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ..base import ModelConfig
 from ..vocab import BYTE_VOCAB, NEOX_VOCAB
 
 
 @dataclass(frozen=True)
-class RWKVConfig:
+class RWKVConfig(ModelConfig):
     arch: ClassVar[str] = "rwkv4"  # the registry's key (rwkv_lab.models)
 
     n_layer: int
@@ -55,20 +54,6 @@ class RWKVConfig:
     def state_numbers(self) -> int:
         """Numbers in the recurrent state of one sequence: 5 vectors of C per layer, independent of T."""
         return 5 * self.n_embd * self.n_layer
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> RWKVConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown RWKVConfig fields {sorted(unknown)}; expected a subset of {sorted(known)}")
-        return cls(**d)
 
 
 PRESETS: dict[str, RWKVConfig] = {

@@ -19,8 +19,7 @@ import torch
 import torch.nn as nn
 
 from ...ops.rwkv4 import P_EMPTY, compute_dtype, resolve_backend
-from ..checks import check_tokens
-from ..run_config import RunConfig
+from ..base import RecurrentLMBase
 from ..state import RecurrentState
 from .config import RWKVConfig, get_config
 from .fast_path import fused_block_forward, padded_head
@@ -35,36 +34,19 @@ class RWKV4State(RecurrentState):
     packed: torch.Tensor
 
 
-class RWKV(nn.Module):
+class RWKV(RecurrentLMBase):
     def __init__(self, config: RWKVConfig):
-        super().__init__()
+        super().__init__()  # RecurrentLMBase: device, dtype, run configuration, checks, CPU decoding layout
         self.config = config
         self.emb = nn.Embedding(config.vocab_size, config.n_embd)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_out = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.run = RunConfig()  # how the parallel form runs (fast_path.py); never what it computes
-
-    def configure(self, **changes) -> RWKV:
-        """Change how the model runs (RunConfig's fields, checked), e.g. `model.configure(fused_blocks=False)`."""
-        self.run = self.run.replace(**changes)
-        return self
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.emb.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.emb.weight.device
 
     @property
     def state_dtype(self) -> torch.dtype:
         """The state accumulates sums: float32, or float64 for a float64 model."""
         return compute_dtype(self.emb.weight)
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     def init_state(self, batch: int = 1) -> RWKV4State:
         """The empty state: zero token shifts and sums, p = P_EMPTY."""
@@ -72,9 +54,6 @@ class RWKV(nn.Module):
         packed = torch.zeros(batch, cfg.n_layer, 5, cfg.n_embd, dtype=self.state_dtype, device=self.device)
         packed[:, :, ATT_P] = P_EMPTY
         return RWKV4State(packed)
-
-    def check_tokens(self, tokens: torch.Tensor, ndim: int) -> None:
-        check_tokens(tokens, ndim, self.config.vocab_size, self.device)
 
     def check_state(self, state: RWKV4State, batch: int) -> None:
         cfg = self.config
@@ -94,17 +73,6 @@ class RWKV(nn.Module):
                 f"state holds NaN or infinite values (first at [batch, layer, slot, channel] = {bad}, slot "
                 f"{STATE_SLOTS[bad[2]]}); a state from init_state or from this model's outputs is always finite"
             )
-
-    def _checked_inputs(self, tokens: torch.Tensor, state: RWKV4State | None, check: bool) -> torch.Tensor:
-        """Validate tokens (B, T) and the state (when `check`); the packed state (B, L, 5, C), an absent state the
-        empty one."""
-        if check:
-            self.check_tokens(tokens, ndim=2)
-        if state is None:
-            return self.init_state(tokens.shape[0]).packed
-        if check:
-            self.check_state(state, tokens.shape[0])
-        return state.packed
 
     def forward(
         self,
@@ -137,70 +105,20 @@ class RWKV(nn.Module):
             return hidden.is_cuda and torch.is_grad_enabled()
         return self.run.padded_head
 
-    def hidden(
-        self,
-        tokens: torch.Tensor,
-        state: RWKV4State | None = None,
-        *,
-        backend: str | None = None,
-        check: bool = True,
-        trace: list | None = None,
-    ):
-        """The last hidden states (B, T, C), after ln_out, and the new state: `forward` without the head, so a
-        caller can apply `head` to the positions it needs."""
-        packed = self._checked_inputs(tokens, state, check)
-        x, new_state = self.run_blocks(self.emb(tokens), packed, backend or self.run.backend, trace=trace)
-        return self.ln_out(x), RWKV4State(torch.stack(new_state, dim=1))
-
-    @torch.no_grad()
-    def store_projections_transposed(self) -> RWKV:
-        """Keep every projection matrix transposed in memory (same values, same shape, column-major strides).
-
-        A one-token step multiplies a vector by each matrix; on the CPU, BLAS streams a column-major matrix from
-        memory markedly faster for that (169M fp32 on 2 cores: +10% decode tokens/s, +4% prefill; the `rwkv`
-        package stores its weights this way too). Results are equal up to the order of float additions.
-        Idempotent; the CPU decoder calls it.
-        """
-        for module in self.modules():
-            if isinstance(module, nn.Linear) and module.weight.is_contiguous():
-                module.weight.data = module.weight.data.t().contiguous().t()
-        return self
-
     @torch.no_grad()
     def wkv_inputs(self, tokens: torch.Tensor, layer: int, state: RWKV4State | None = None) -> dict:
         """What layer `layer`'s WKV sees for tokens (B, T): {w, u, k, v, wkv_state} (see `forward`'s trace)."""
         if not 0 <= layer < self.config.n_layer:
             raise ValueError(f"layer must be in [0, {self.config.n_layer}); got {layer}")
-        packed = self._checked_inputs(tokens, state, check=True)
+        packed = self.checked_state(tokens, state, check=True).packed
         trace: list = []
         self.run_blocks(self.emb(tokens), packed, self.run.backend, n_blocks=layer + 1, trace=trace)
         return {key: trace[layer][key] for key in ("w", "u", "k", "v", "wkv_state")}
 
-    def prefill(
-        self,
-        tokens: torch.Tensor,
-        state: RWKV4State | None = None,
-        *,
-        chunk: int | None = None,
-        backend: str | None = None,
-        check: bool = True,
-    ):
-        """Parallel form for a prompt: tokens (B, T) -> logits of the last token (B, V) and the state.
-
-        Only the last position goes through the head, and `chunk` bounds the memory: T is run in pieces of `chunk`
-        tokens with the state carried between them, which gives the same result as one call.
-        """
-        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
-            raise ValueError(f"chunk must be a positive number of tokens or None (the whole prompt); got {chunk!r}")
-        packed = self._checked_inputs(tokens, state, check)
-        T = tokens.shape[1]
-        chunk = chunk or T
-        for start in range(0, T, chunk):
-            x, layer_states = self.run_blocks(
-                self.emb(tokens[:, start : start + chunk]), packed, backend or self.run.backend
-            )
-            packed = torch.stack(layer_states, dim=1)
-        return self.head(self.ln_out(x[:, -1])), RWKV4State(packed)
+    def blocks_with_state(self, x, state: RWKV4State, backend: str, trace: list | None = None):
+        """x (B, T, C) embeddings through every block from `state`: the last block's output and the new state."""
+        x, layer_states = self.run_blocks(x, state.packed, backend, trace=trace)
+        return x, RWKV4State(torch.stack(layer_states, dim=1))
 
     def run_blocks(self, x, state, backend, n_blocks: int | None = None, trace: list | None = None):
         """x (B, T, C) and the packed state (B, L, 5, C) through the first `n_blocks` blocks: x (fp16: divided by

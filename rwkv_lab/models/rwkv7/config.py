@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import re
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ..base import ModelConfig
 from ..vocab import BYTE_VOCAB, WORLD_VOCAB
 
 # The RWKV-7 Pile models' vocabulary: the GPT-NeoX-20B tokenizer's 50277 ids padded to 50304 rows (RWKV-LM
@@ -27,7 +26,7 @@ def lora_width(n_embd: int, factor: float, power: float = 0.5) -> int:
 
 
 @dataclass(frozen=True)
-class RWKV7Config:
+class RWKV7Config(ModelConfig):
     """One RWKV-7 shape. The LoRA widths default to RWKV-LM's formulas of n_embd (`lora_width`), the channel mix to
     4C; both are stored resolved, so two configs of one shape are equal; checkpoints that differ set them
     (config_from_state_dict)."""
@@ -107,20 +106,6 @@ class RWKV7Config:
         matmuls = L * (4 * C * C + 2 * C * F + 2 * C * self.lora_sum) - 2 * C * self.value_lora
         wkv = L * 5 * C * N
         return 2 * (matmuls + self.vocab_size * C + wkv)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> RWKV7Config:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown RWKV7Config fields {sorted(unknown)}; expected a subset of {sorted(known)}")
-        return cls(**d)
 
 
 def _check_positive_int(field: str, value, alternative: str = "") -> None:

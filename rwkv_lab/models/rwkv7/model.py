@@ -20,8 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...ops.rwkv7 import wkv7
-from ..checks import check_tokens
-from ..run_config import RunConfig
+from ..base import RecurrentLMBase
 from ..state import RecurrentState
 from .config import RWKV7Config
 
@@ -148,7 +147,7 @@ class Block7(nn.Module):
         return x, v_first, torch.stack([h[:, -1], h2[:, -1]], dim=1).to(shift.dtype), wkv_state
 
 
-class RWKV7(nn.Module):
+class RWKV7(RecurrentLMBase):
     def __init__(self, config: RWKV7Config):
         super().__init__()
         self.config = config
@@ -156,30 +155,13 @@ class RWKV7(nn.Module):
         self.blocks = nn.ModuleList(Block7(config, i) for i in range(config.n_layer))
         self.ln_out = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # how the parallel form runs (its `backend`: rwkv_lab.ops.rwkv7's; 'auto' picks the fastest exact one). The
-        # fused-block settings are RWKV-4's: RWKV-7 has no fused blocks yet, so they change nothing here
-        self.run = RunConfig()
-
-    def configure(self, **changes) -> RWKV7:
-        """Change how the model runs (RunConfig's fields, checked), e.g. `model.configure(backend="recurrent")`."""
-        self.run = self.run.replace(**changes)
-        return self
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.emb.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.emb.weight.device
+        # how the parallel form runs is `self.run` (RecurrentLMBase): its `backend` is rwkv_lab.ops.rwkv7's ('auto'
+        # picks the fastest exact one); the fused-block settings are RWKV-4's, so they change nothing here yet
 
     @property
     def state_dtype(self) -> torch.dtype:
         """S accumulates over the whole sequence: float32, or float64 for a float64 model."""
         return torch.float64 if self.dtype == torch.float64 else torch.float32
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     def init_state(self, batch: int = 1) -> RWKV7State:
         """The empty state: zero token shifts and zero S."""
@@ -189,9 +171,6 @@ class RWKV7(nn.Module):
             shift=torch.zeros(batch, cfg.n_layer, 2, cfg.n_embd, **kwargs),
             wkv=torch.zeros(batch, cfg.n_layer, cfg.n_head, cfg.head_size, cfg.head_size, **kwargs),
         )
-
-    def check_tokens(self, tokens: torch.Tensor, ndim: int) -> None:
-        check_tokens(tokens, ndim, self.config.vocab_size, self.device)
 
     def check_state(self, state: RWKV7State, batch: int) -> None:
         cfg = self.config
@@ -217,17 +196,7 @@ class RWKV7(nn.Module):
                     "this model's outputs is always finite"
                 )
 
-    def _checked_inputs(self, tokens: torch.Tensor, state: RWKV7State | None, check: bool) -> RWKV7State:
-        """Validate tokens (B, T) and the state (when `check`); an absent state becomes the empty one."""
-        if check:
-            self.check_tokens(tokens, ndim=2)
-        if state is None:
-            return self.init_state(tokens.shape[0])
-        if check:
-            self.check_state(state, tokens.shape[0])
-        return state
-
-    def run_blocks(self, x, state: RWKV7State, backend: str, trace: list | None = None):
+    def blocks_with_state(self, x, state: RWKV7State, backend: str, trace: list | None = None):
         """x (B, T, C) embeddings through every block: the last block's output and the new state."""
         v_first = None
         shifts, wkvs = [], []
@@ -264,43 +233,6 @@ class RWKV7(nn.Module):
         hidden, state = self.hidden(tokens, state, backend=backend, check=check, trace=trace)
         return self.head(hidden), state  # (B, T, V)
 
-    def hidden(
-        self,
-        tokens: torch.Tensor,
-        state: RWKV7State | None = None,
-        *,
-        backend: str | None = None,
-        check: bool = True,
-        trace: list | None = None,
-    ):
-        """The last hidden states (B, T, C), after ln_out, and the new state: `forward` without the head."""
-        state = self._checked_inputs(tokens, state, check)
-        x, state = self.run_blocks(self.emb(tokens), state, backend or self.run.backend, trace=trace)
-        return self.ln_out(x), state
-
-    def prefill(
-        self,
-        tokens: torch.Tensor,
-        state: RWKV7State | None = None,
-        *,
-        chunk: int | None = None,
-        backend: str | None = None,
-        check: bool = True,
-    ):
-        """Parallel form for a prompt: tokens (B, T) -> logits of the last token (B, V) and the state.
-
-        Only the last position goes through the head, and `chunk` bounds the memory: T is run in pieces of `chunk`
-        tokens with the state carried between them, which gives the same result as one call.
-        """
-        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
-            raise ValueError(f"chunk must be a positive number of tokens or None (the whole prompt); got {chunk!r}")
-        state = self._checked_inputs(tokens, state, check)
-        T = tokens.shape[1]
-        chunk = chunk or T
-        for start in range(0, T, chunk):
-            x, state = self.run_blocks(self.emb(tokens[:, start : start + chunk]), state, backend or self.run.backend)
-        return self.head(self.ln_out(x[:, -1])), state
-
     def step(self, token: torch.Tensor, state: RWKV7State | None = None, *, check: bool = True):
         """RNN form: one token per sequence, token (B,) -> logits (B, V) and the state.
 
@@ -324,19 +256,6 @@ class RWKV7(nn.Module):
         x = F.layer_norm(x, x.shape[-1:], self.ln_out.weight, self.ln_out.bias, self.ln_out.eps)
         new_state = RWKV7State(shift=torch.stack(shifts, dim=1).to(self.state_dtype), wkv=torch.stack(wkvs, dim=1))
         return self.head(x), new_state
-
-    @torch.no_grad()
-    def store_projections_transposed(self) -> RWKV7:
-        """Keep every projection matrix transposed in memory (same values, same shape, column-major strides).
-
-        A one-token step multiplies a vector by each matrix; on the CPU, BLAS streams a column-major matrix from
-        memory faster for that (the `rwkv` package stores its weights this way too). Results are equal up to the
-        order of float additions. Idempotent.
-        """
-        for module in self.modules():
-            if isinstance(module, nn.Linear) and module.weight.is_contiguous():
-                module.weight.data = module.weight.data.t().contiguous().t()
-        return self
 
 
 def _layer_norm(ln: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
