@@ -226,3 +226,14 @@ def test_data_parallel_processes_give_the_one_process_result(tmp_path):
         assert out.returncode == 0, out.stderr[-8000:]
         tables.append([line for line in out.stdout.splitlines() if line.startswith("|")])
     assert tables[0] and tables[0] == tables[1]
+
+
+def test_offline_results_record_no_machine_paths(hf_folder, tmp_path, monkeypatch):
+    """The task folder is a per-machine cache: the saved configs name it as '<tasks>', so the same evaluation on
+    another machine (or another user) writes the same results file."""
+    import json
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _, raw = run_lm_eval(ours(hf_folder), ["piqa"], limit=2, data_dir=DATA)
+    text = json.dumps(raw["configs"])
+    assert str(tmp_path) not in text and "<tasks>/" in text, text[:500]

@@ -286,7 +286,28 @@ def run_lm_eval(
             log_samples=log_samples,
             bootstrap_iters=1000,
         )
-    return tidy(raw), raw
+    return tidy(raw), portable(raw, manager.include_path)
+
+
+def portable(raw: dict, task_folder) -> dict:
+    """lm-eval's results with the offline task folder's paths (a per-machine cache folder) written as
+    '<tasks>/...': the same evaluation on another machine records the same configs."""
+    if not task_folder:
+        return raw
+    folders = [str(Path(f)) for f in (task_folder if isinstance(task_folder, (list, tuple)) else [task_folder])]
+
+    def rewrite(value):
+        if isinstance(value, dict):
+            return {k: rewrite(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [rewrite(v) for v in value]
+        if isinstance(value, str):
+            for folder in folders:
+                if value.startswith(folder):
+                    return "<tasks>" + value[len(folder) :]
+        return value
+
+    return {k: rewrite(v) if k == "configs" else v for k, v in raw.items()}
 
 
 @contextlib.contextmanager
