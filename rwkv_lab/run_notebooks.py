@@ -196,16 +196,31 @@ def tidy_for_static_view(path: Path) -> Path:
 # rerun that changed nothing else leaves the committed copy untouched, its timings those of the run that last
 # changed something). The run's own timings (papermill's start, end and durations, execution counts) never are.
 VOLATILE_TAG = "timings"
+# Two more things differ between identical runs: progress bars on stderr (tqdm prints its rate, it/s) and the
+# random id pandas gives each styled table (<table id="T_5b789">); neither is compared.
+STYLER_ID = re.compile(r"\bT_[0-9a-f]{5}(?=[_\"\s])")
+
+
+def _comparable_output(out: dict):
+    if out.get("output_type") == "stream" and out.get("name") == "stderr":
+        return None
+    out = {k: v for k, v in out.items() if k != "execution_count"}
+    html = out.get("data", {}).get("text/html")
+    if html is not None:
+        text = "".join(html) if isinstance(html, list) else html
+        out = out | {"data": out["data"] | {"text/html": STYLER_ID.sub("T_", text)}}
+    return out
 
 
 def comparable(nb: dict) -> dict:
     """What a rerun must reproduce of an executed notebook: sources, and the outputs of every cell not tagged
-    `timings`, without the execution's metadata (times, durations, counts)."""
+    `timings` (stderr's progress bars and styled tables' random ids aside), without the execution's metadata
+    (times, durations, counts)."""
     cells = []
     for cell in nb.get("cells", []):
         tags = cell.get("metadata", {}).get("tags", [])
         outputs = [] if VOLATILE_TAG in tags else cell.get("outputs", [])
-        outputs = [{k: v for k, v in out.items() if k != "execution_count"} for out in outputs]
+        outputs = [o for o in map(_comparable_output, outputs) if o is not None]
         cells.append({"source": cell.get("source"), "outputs": outputs})
     return {"cells": cells, "parameters": nb.get("metadata", {}).get("papermill", {}).get("parameters")}
 

@@ -244,3 +244,21 @@ def test_every_number_in_a_notebooks_prose_is_one_it_printed(path):
                 if n not in printed and n.replace(",", "") not in printed
             ]
     assert not unbacked, f"numbers in {path.name}'s prose that no output shows: {unbacked}"
+
+
+def test_progress_bars_and_styled_table_ids_do_not_count_as_a_change(tmp_path):
+    """Two identical runs differ in tqdm's rates on stderr and in the random id of each pandas-styled table."""
+
+    def notebook(rate: str, table_id: str, value: str) -> dict:
+        outputs = [
+            {"output_type": "stream", "name": "stderr", "text": f"100%|##| 40/40 [00:00<00:00, {rate}it/s]\n"},
+            {"output_type": "display_data", "data": {"text/html": f'<table id="T_{table_id}">\n<td>{value}</td>'}},
+        ]
+        return {"cells": [{"cell_type": "code", "metadata": {}, "source": "show()", "outputs": outputs}]}
+
+    old, new = tmp_path / "nb.ipynb", tmp_path / "new.ipynb"
+    old.write_text(json.dumps(notebook("1315.41", "5b789", "0.5")))
+    new.write_text(json.dumps(notebook("1315.66", "0440d", "0.5")))
+    assert keep_if_unchanged(new, old) is False and "5b789" in old.read_text()
+    new.write_text(json.dumps(notebook("1315.66", "0440d", "0.6")))
+    assert keep_if_unchanged(new, old) is True and "0.6" in old.read_text()
