@@ -196,20 +196,23 @@ def tidy_for_static_view(path: Path) -> Path:
 # rerun that changed nothing else leaves the committed copy untouched, its timings those of the run that last
 # changed something). The run's own timings (papermill's start, end and durations, execution counts) never are.
 VOLATILE_TAG = "timings"
-# Two more things differ between identical runs: progress bars on stderr (tqdm prints its rate, it/s) and the
-# random id pandas gives each styled table (<table id="T_5b789">); neither is compared.
+# More differs between identical runs: progress bars on stderr (tqdm prints its rate, it/s), the random id pandas
+# gives each styled table (<table id="T_5b789">) and an object's address in its plain-text fallback
+# (<pandas.io.formats.style.Styler at 0x7fd3c62c3bd0>); none of it is compared.
 STYLER_ID = re.compile(r"\bT_[0-9a-f]{5}(?=[_\"\s])")
+ADDRESS = re.compile(r" at 0x[0-9a-f]+>")
 
 
 def _comparable_output(out: dict):
     if out.get("output_type") == "stream" and out.get("name") == "stderr":
         return None
     out = {k: v for k, v in out.items() if k != "execution_count"}
-    html = out.get("data", {}).get("text/html")
-    if html is not None:
-        text = "".join(html) if isinstance(html, list) else html
-        out = out | {"data": out["data"] | {"text/html": STYLER_ID.sub("T_", text)}}
-    return out
+    data = dict(out.get("data", {}))
+    for kind, pattern, fixed in (("text/html", STYLER_ID, "T_"), ("text/plain", ADDRESS, " at 0x>")):
+        if kind in data:
+            text = "".join(data[kind]) if isinstance(data[kind], list) else data[kind]
+            data[kind] = pattern.sub(fixed, text)
+    return out | {"data": data} if data else out
 
 
 def comparable(nb: dict) -> dict:

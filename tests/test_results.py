@@ -247,12 +247,19 @@ def test_every_number_in_a_notebooks_prose_is_one_it_printed(path):
 
 
 def test_progress_bars_and_styled_table_ids_do_not_count_as_a_change(tmp_path):
-    """Two identical runs differ in tqdm's rates on stderr and in the random id of each pandas-styled table."""
+    """Two identical runs differ in tqdm's rates on stderr, in the random id of each pandas-styled table and in its
+    plain-text fallback's address."""
 
     def notebook(rate: str, table_id: str, value: str) -> dict:
         outputs = [
             {"output_type": "stream", "name": "stderr", "text": f"100%|##| 40/40 [00:00<00:00, {rate}it/s]\n"},
-            {"output_type": "display_data", "data": {"text/html": f'<table id="T_{table_id}">\n<td>{value}</td>'}},
+            {
+                "output_type": "display_data",
+                "data": {
+                    "text/html": f'<table id="T_{table_id}">\n<td>{value}</td>',
+                    "text/plain": f"<pandas.io.formats.style.Styler at 0x7fd3{table_id}>",
+                },
+            },
         ]
         return {"cells": [{"cell_type": "code", "metadata": {}, "source": "show()", "outputs": outputs}]}
 
