@@ -59,7 +59,7 @@ from rwkv_lab.measure.report import (
 from rwkv_lab.models.rwkv4.config import RWKVConfig
 from rwkv_lab.models.rwkv4.model import build_model
 from rwkv_lab.models.transformer.model import pythia_model
-from rwkv_lab.results import find_result, results_dir, save_figure, write_table
+from rwkv_lab.results import find_result, read_table, results_dir, save_figure, write_table
 
 if device == "cuda":
     subjects = [s for size in sizes for s in pair_subjects(size, getattr(torch, dtype), device, compile_decode)]
@@ -151,6 +151,26 @@ axes[0, 0].text(
 fig.tight_layout()
 save_figure(fig, results_dir() / "figures" / "02_memory_profile.png", {"files": [sweep_file.name]})
 plt.show()
+
+# %% [markdown]
+# What bounds the training panels: one sequence per step (batch 1), forward and backward only, each launched kernel
+# by kernel. At that size RWKV's step is bound by its launches (hundreds of small kernels per layer), not by the
+# card; the trainer replays its whole step from a CUDA graph and trains on thousands of tokens per step. The
+# training-speed comparison at that size is `benchmarks/bench_training.py`'s (results/training_speed/), printed
+# beside this sweep's below, both from the files.
+
+# %%
+train = current[current["kind"] == "training"].pivot_table(index="context", columns="arch", values="tokens_per_s")
+T_max = train.index.max()
+step_ratio = train.loc[T_max].drop("transformer").iloc[0] / train.loc[T_max, "transformer"]
+speed, speed_meta = read_table(find_result("training_speed/training_vs_pythia.csv"))
+small = speed[speed["size"] == "169M"].iloc[0]
+print(
+    f"this sweep, batch 1 at T = {T_max}, kernel by kernel: RWKV-4 169M trains at {step_ratio:.2f}x pythia-160m's "
+    f"tokens/s ({card}); bench_training, {int(small['tokens_per_step']):,} tokens per step at T = "
+    f"{int(small['context'])}, each step replayed from a CUDA graph: {small['speed_ratio']:.2f}x, the median of "
+    f"{int(small['rounds_compared'])} rounds, RWKV faster in {int(small['rwkv_won_rounds'])} ({speed_meta['device']})"
+)
 
 # %% [markdown]
 # ### Where the transformer runs out, and how much more memory it needs
@@ -252,7 +272,7 @@ for _, r in peers.dropna(subset=["prefill ours / rwkv package"]).iterrows():
 
 # %%
 from rwkv_lab.measure.report import generation_summary, plot_generation_batches
-from rwkv_lab.results import REPO_ROOT, read_table
+from rwkv_lab.results import REPO_ROOT
 
 gen_files = sorted((REPO_ROOT / "results" / "inference").glob("generation_gpu_*.csv"))
 summaries = []
