@@ -591,6 +591,23 @@ def test_generate_uses_a_folders_own_tokenizer_and_fails_fast_offline(tmp_path, 
     print(f"offline failure after {time.perf_counter() - start:.1f} s")
     assert proc.returncode == 1
     one_line_error(proc.stderr, "could not get tokenizer.json of 'EleutherAI/gpt-neox-20b'", "--tokenizer")
+    # no network, without HF_HUB_OFFLINE (the hub's host refuses or does not answer): the same line, without
+    # huggingface_hub's half a minute of retries
+    env = os.environ | {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf_home")}
+    env.pop("RWKV_LAB_TOKENIZER", None)
+    env.pop("HF_HUB_OFFLINE", None)
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "rwkv_lab", "generate", "hi", "--model", str(single)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
+    seconds = time.perf_counter() - start
+    print(f"unreachable hub: failure after {seconds:.1f} s")
+    assert proc.returncode == 1 and seconds < 20, (proc.returncode, seconds)
+    one_line_error(proc.stderr, "the Hugging Face hub (http://127.0.0.1:9): it is offline or did not", "--tokenizer")
 
 
 def test_a_pth_missing_its_last_layers_is_warned_about(tmp_path):
