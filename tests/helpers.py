@@ -8,9 +8,7 @@ from pathlib import Path
 import torch
 
 from rwkv_lab.analysis.equivalence import rel_error
-from rwkv_lab.models import RecurrentState
-from rwkv_lab.models.rwkv4.config import RWKVConfig
-from rwkv_lab.models.rwkv4.model import build_model
+from rwkv_lab.models import RecurrentState, architecture_of
 
 REPO = Path(__file__).resolve().parent.parent
 # real data every developer and CI run has beside the project (never committed); RWKV_LAB_SHARED overrides
@@ -46,9 +44,10 @@ def assert_rel_close(name: str, x, ref, tol: float) -> float:
     return err
 
 
-def random_model(config: RWKVConfig, seed: int = 0, dtype=torch.float64, noise: float = 0.3):
-    """Official init with drawn projections, then every parameter perturbed, so no structure hides a bug."""
-    model = build_model(config, seed=seed, zero_projections=False, dtype=dtype)
+def random_model(config, seed: int = 0, dtype=torch.float64, noise: float = 0.3):
+    """Official init (of the config's generation) with drawn projections, then every parameter perturbed, so no
+    structure hides a bug."""
+    model = architecture_of(config).build(config, seed=seed, zero_projections=False).to(dtype)
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for p in model.parameters():

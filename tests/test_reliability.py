@@ -576,38 +576,31 @@ def test_generate_uses_a_folders_own_tokenizer_and_fails_fast_offline(tmp_path, 
     monkeypatch.setattr("rwkv_lab.loading.tokenizer.download_file", lambda *a, **k: pytest.fail("went to the hub"))
     assert cli(["generate", "hi", "--model", str(folder), "--max-new-tokens", "3", "--seed", "0"]) == 0
     monkeypatch.undo()
-    # without a tokenizer of its own, offline: one line at once
+    # without a tokenizer of its own, offline (HF_HUB_OFFLINE), then with no network (the hub's host refuses or does
+    # not answer, no HF_HUB_OFFLINE): one line at once each, without huggingface_hub's half a minute of retries
     single = save_model(neox, tmp_path / "neox.safetensors")
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
-    env.pop("RWKV_LAB_TOKENIZER", None)
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "rwkv_lab", "generate", "hi", "--model", str(single)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-    )
-    print(f"offline failure after {time.perf_counter() - start:.1f} s")
-    assert proc.returncode == 1
-    one_line_error(proc.stderr, "could not get tokenizer.json of 'EleutherAI/gpt-neox-20b'", "--tokenizer")
-    # no network, without HF_HUB_OFFLINE (the hub's host refuses or does not answer): the same line, without
-    # huggingface_hub's half a minute of retries
-    env = os.environ | {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf_home")}
-    env.pop("RWKV_LAB_TOKENIZER", None)
-    env.pop("HF_HUB_OFFLINE", None)
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "rwkv_lab", "generate", "hi", "--model", str(single)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-    )
-    seconds = time.perf_counter() - start
-    print(f"unreachable hub: failure after {seconds:.1f} s")
-    assert proc.returncode == 1 and seconds < 20, (proc.returncode, seconds)
-    one_line_error(proc.stderr, "the Hugging Face hub (http://127.0.0.1:9): it is offline or did not", "--tokenizer")
+    for label, hub_env, says in (
+        ("offline", {"HF_HUB_OFFLINE": "1"}, "could not get tokenizer.json of 'EleutherAI/gpt-neox-20b'"),
+        (
+            "unreachable hub",
+            {"HF_ENDPOINT": "http://127.0.0.1:9"},
+            "hub (http://127.0.0.1:9): it is offline or did not",
+        ),
+    ):
+        env = {k: v for k, v in os.environ.items() if k not in ("RWKV_LAB_TOKENIZER", "HF_HUB_OFFLINE")}
+        env |= hub_env | {"HF_HOME": str(tmp_path / "hf_home")}
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", "rwkv_lab", "generate", "hi", "--model", str(single)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=env,
+        )
+        seconds = time.perf_counter() - start
+        print(f"{label}: failure after {seconds:.1f} s")
+        assert proc.returncode == 1 and seconds < 20, (label, proc.returncode, seconds)
+        one_line_error(proc.stderr, says, "--tokenizer")
 
 
 def test_a_pth_missing_its_last_layers_is_warned_about(tmp_path):

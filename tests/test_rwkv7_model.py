@@ -6,25 +6,15 @@ import math
 
 import pytest
 import torch
-from helpers import TOL, assert_rel_close
+from helpers import TOL, assert_rel_close, random_model
 
 from rwkv_lab.analysis.equivalence import step_all
 from rwkv_lab.models.checks import CheckpointError
-from rwkv_lab.models.rwkv7 import ARCH, PRESETS, RWKV7, RWKV7Config, RWKV7State, build_model, checkpoint, get_config
+from rwkv_lab.models.rwkv7 import ARCH, PRESETS, RWKV7, RWKV7Config, RWKV7State, checkpoint, get_config
 from rwkv_lab.models.rwkv7.peer import rwkv_package_x070
 
 TINY = get_config("tiny")
 BACKENDS = ["auto", "chunked", "attention"]
-
-
-def random_model(config: RWKV7Config, seed: int = 0, dtype=torch.float64, noise: float = 0.3) -> RWKV7:
-    """Official init with drawn projections and LoRAs, then every parameter perturbed, so no structure hides a bug."""
-    model = build_model(config, seed=seed, zero_projections=False, dtype=dtype)
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(noise * torch.randn(p.shape, generator=gen, dtype=torch.float64).to(dtype) * p.std().clamp_min(0.1))
-    return model
 
 
 def random_state(model: RWKV7, batch: int, seed: int = 0) -> RWKV7State:
