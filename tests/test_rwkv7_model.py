@@ -374,3 +374,25 @@ def test_bad_inputs_one_line():
         with pytest.raises(error) as err:
             call()
         assert "\n" not in str(err.value), str(err.value)
+
+
+def test_implicit_attention_reproduces_each_layers_state_update():
+    """implicit_attention (the analysis API, either generation) for RWKV-7: per head, causal, signed, and
+    y_t = sum_i alpha[t, i] v_i is the layer's state update from the empty state."""
+    from rwkv_lab.analysis.implicit_attention import implicit_attention
+    from rwkv_lab.ops.rwkv7 import wkv7
+
+    model = random_model(TINY, seed=5)
+    tokens = torch.randint(0, TINY.vocab_size, (1, 24), generator=torch.Generator().manual_seed(5))
+    trace: list = []
+    model(tokens, trace=trace)
+    for layer, t in enumerate(trace):
+        alpha = implicit_attention(model, tokens, layer)  # (T, T, H)
+        assert alpha.shape == (24, 24, TINY.n_head)
+        assert float(torch.triu(alpha.permute(2, 0, 1), 1).abs().max()) == 0.0, "attends to a later token"
+        assert bool((alpha < 0).any()), "RWKV-7's implicit attention is signed"
+        y, _ = wkv7(t["r"], t["log_w"], t["k"], t["v"], t["a"], t["b"], None, backend="recurrent")
+        weighted = torch.einsum("tih,ihn->thn", alpha, t["v"][0])
+        assert_rel_close(f"layer {layer}: alpha . v == the state update's y", weighted, y[0], TOL["float64 model"])
+    with pytest.raises(ValueError, match="layer must be in"):
+        implicit_attention(model, tokens, TINY.n_layer)

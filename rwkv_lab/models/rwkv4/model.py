@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ...ops.rwkv4 import P_EMPTY, compute_dtype, resolve_backend
+from ...ops.rwkv4 import P_EMPTY, attention_matrix, compute_dtype, resolve_backend
 from ..base import RecurrentLMBase
 from ..state import RecurrentState
 from .config import RWKVConfig, get_config
@@ -114,6 +114,14 @@ class RWKV(RecurrentLMBase):
         trace: list = []
         self.run_blocks(self.emb(tokens), packed, self.run.backend, n_blocks=layer + 1, trace=trace)
         return {key: trace[layer][key] for key in ("w", "u", "k", "v", "wkv_state")}
+
+    @torch.no_grad()
+    def implicit_attention(self, tokens: torch.Tensor, layer: int) -> torch.Tensor:
+        """Layer `layer`'s WKV as attention, tokens (1, T) from the empty state: (T, T, C), row t, column i: how much
+        of channel c's wkv_t is v_i (a causal softmax whose scores depend on the attended token's key and the
+        distance only; rows sum to 1)."""
+        inputs = self.wkv_inputs(tokens, layer)
+        return attention_matrix(inputs["w"], inputs["u"], inputs["k"])[0]
 
     def blocks_with_state(self, x, state: RWKV4State, backend: str, trace: list | None = None):
         """x (B, T, C) embeddings through every block from `state`: the last block's output and the new state."""

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...ops.rwkv7 import wkv7
+from ...ops.rwkv7 import attention_matrix, wkv7
 from ..base import RecurrentLMBase
 from ..state import RecurrentState
 from .config import RWKV7Config
@@ -232,6 +232,18 @@ class RWKV7(RecurrentLMBase):
         """
         hidden, state = self.hidden(tokens, state, backend=backend, check=check, trace=trace)
         return self.head(hidden), state  # (B, T, V)
+
+    @torch.no_grad()
+    def implicit_attention(self, tokens: torch.Tensor, layer: int) -> torch.Tensor:
+        """Layer `layer`'s state update as attention, tokens (1, T) from the empty state: (T, T, H), row t, column
+        i: alpha with head h's y_t = sum_i alpha[t, i, h] v_i (RWKV-7's implicit attention: the key of token i
+        carried through the transitions of i+1..t and read by r_t; unnormalised and signed)."""
+        if not 0 <= layer < self.config.n_layer:
+            raise ValueError(f"layer must be in [0, {self.config.n_layer}); got {layer}")
+        trace: list = []
+        self.hidden(tokens, trace=trace)
+        t = trace[layer]
+        return attention_matrix(t["r"], t["log_w"], t["k"], t["a"], t["b"])[0].permute(1, 2, 0)  # (T, T, H)
 
     def step(self, token: torch.Tensor, state: RWKV7State | None = None, *, check: bool = True):
         """RNN form: one token per sequence, token (B,) -> logits (B, V) and the state.
