@@ -123,18 +123,25 @@ def _umask() -> int:
     return mask
 
 
-def _stale(tmp: Path) -> bool:
-    """A temporary of atomic_write whose writing process no longer exists (killed where nothing could clean up)."""
+def process_gone(pid: str) -> bool:
+    """Whether the process `pid` (as written in a temporary's name) no longer exists: its temporaries are stale.
+    Not a number, or another user's live process: False (never another's to remove)."""
     try:
-        pid = int(tmp.name.rsplit(".", 3)[-3])
-        os.kill(pid, 0)
-    except (ValueError, IndexError):
+        os.kill(int(pid), 0)
+    except ValueError:
         return False
     except ProcessLookupError:
         return True
     except PermissionError:  # another user's live process
         return False
     return False
+
+
+def _stale(tmp: Path) -> bool:
+    """A temporary of atomic_write, `.name.<pid>.<random>.tmp`, whose writing process no longer exists (killed where
+    nothing could clean up)."""
+    parts = tmp.name.rsplit(".", 3)
+    return len(parts) == 4 and process_gone(parts[-3])
 
 
 def atomic_write(path: Path, write) -> Path:

@@ -28,7 +28,7 @@ import torch
 
 from ..models import Architecture, architecture, architecture_of, checkpoint_architecture, hub_architecture
 from ..models.checks import CheckpointError
-from ..results import atomic_write
+from ..results import atomic_write, process_gone
 from .default import DEFAULT_DESCRIPTION, DEFAULT_WEIGHTS
 from .hub import HubUnavailableError, download_file, download_snapshot, is_repo_id
 
@@ -445,16 +445,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 def _writer_dead(entry: Path, prefix: str) -> bool:
     """Whether the process that made `entry`, named `prefix` + '<pid>.<...>', no longer exists."""
-    try:
-        pid = int(entry.name[len(prefix) :].split(".")[0])
-        os.kill(pid, 0)
-    except ValueError:
-        return False
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # another user's live process
-        return False
-    return False
+    return process_gone(entry.name[len(prefix) :].split(".")[0])
 
 
 def recover_interrupted(path) -> None:
