@@ -8,9 +8,10 @@ blocks, the transformer through torch.compile), once per learning rate of `--lrs
 architecture); the run with the best final validation bits/byte per (architecture, size, context) is marked
 `chosen`, and comparisons read the chosen runs. The validation curves, tokens/s and peak memory go to
 results/training/curves.csv and one row per run to results/training/summary.csv, rewritten after every run (an
-interrupted sweep keeps what finished). `--export-size` names the RWKV size whose chosen run's weights become
-results/training/<size>-T<context><tag>.safetensors (bf16), the candidate for the packaged default model, written
-(atomically) as soon as a run of that size beats the earlier ones, so that a sweep cut short keeps it.
+interrupted sweep keeps what finished). `--export-size` names the RWKV size whose chosen run's weights become, for each
+recurrent architecture trained, results/training/<arch>-<size>-T<context><tag>.safetensors (bf16), the candidate
+for that generation's packaged default model, written (atomically) as soon as a run of that size beats the earlier
+ones, so that a sweep cut short keeps it.
 Out-of-memory is a recorded outcome, and runs that would start after `--deadline-min` are recorded as skipped.
 """
 
@@ -24,6 +25,7 @@ import torch
 
 from rwkv_lab.loading.checkpoint import save_model
 from rwkv_lab.measure.timing import OOM, or_oom
+from rwkv_lab.models import architecture
 from rwkv_lab.results import results_dir, write_table
 from rwkv_lab.training.corpus import build_corpus, unigram_loss
 from rwkv_lab.training.trainer import ALIASES, ARCHS, TrainConfig, Trainer, bits_per_byte, parse_count, parse_switch
@@ -120,8 +122,7 @@ def main():
         if curves:
             write_table(out / f"curves{args.tag}.csv", pd.concat(curves, ignore_index=True), params)
 
-    curves, summary, best_export = [], [], None  # best_export: the exported run's validation bits/byte
-    export_path = out / f"{args.export_size}-T{args.export_context}{args.tag}.safetensors"
+    curves, summary, best_export = [], [], {}  # per architecture, the exported run's validation bits/byte
     for context in map(int, args.contexts.split(",")):
         for size in args.sizes.split(","):
             for arch in archs:
@@ -144,14 +145,19 @@ def main():
                         summary.append(row | {"status": "skipped (deadline)"})
                         write(summary, curves)
                         continue
-                    export = cfg.arch == "rwkv4" and size == args.export_size and context == args.export_context
+                    name = architecture(cfg.arch).name
+                    export = architecture(cfg.arch).recurrent and (size, context) == (
+                        args.export_size,
+                        args.export_context,
+                    )
                     result = or_oom(lambda: train(cfg, corpus, curves, export), device)
                     if export and result is not OOM:
                         weights = result.pop("weights")
-                        if best_export is None or result["val_bpb"] < best_export:
-                            best_export = result["val_bpb"]
-                            save_model(weights, export_path, dtype=torch.bfloat16)
-                            print(f"exported {size} at lr {lr} ({best_export:.4f} bits/byte) to {export_path}")
+                        if name not in best_export or result["val_bpb"] < best_export[name]:
+                            best_export[name] = result["val_bpb"]
+                            path = out / f"{name}-{size}-T{context}{args.tag}.safetensors"
+                            save_model(weights, path, dtype=torch.bfloat16)
+                            print(f"exported {name} {size} at lr {lr} ({result['val_bpb']:.4f} bits/byte) to {path}")
                     row |= {"status": "oom"} if result is OOM else result
                     summary.append(row)
                     print(row, flush=True)
