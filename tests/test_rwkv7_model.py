@@ -10,7 +10,17 @@ from helpers import TOL, assert_rel_close, random_model
 
 from rwkv_lab.analysis.equivalence import step_all
 from rwkv_lab.models.checks import CheckpointError
-from rwkv_lab.models.rwkv7 import ARCH, PRESETS, RWKV7, RWKV7Config, RWKV7State, checkpoint, get_config
+from rwkv_lab.models.rwkv7 import (
+    ARCH,
+    PILE_VOCAB,
+    PRESETS,
+    RWKV7,
+    WORLD_VOCAB,
+    RWKV7Config,
+    RWKV7State,
+    checkpoint,
+    get_config,
+)
 from rwkv_lab.models.rwkv7.peer import rwkv_package_x070
 
 TINY = get_config("tiny")
@@ -186,14 +196,6 @@ def test_config_from_state_dict_reads_every_preset(name):
     assert read == dataclasses.replace(config, ctx_len=read.ctx_len)  # the context is not in the weights
     # fla's config.json both ways
     assert checkpoint.config_from_hf(checkpoint.hf_config_dict(config), name=name) == config
-
-
-def test_released_lora_widths():
-    """The widths of the released checkpoints (fla-hub's config.json of each): the x070 formulas give them."""
-    widths = lambda c: (c.decay_lora, c.iclr_lora, c.value_lora, c.gate_lora)  # noqa: E731
-    assert widths(PRESETS["pile-168M"]) == (64, 64, 32, 128)
-    assert widths(PRESETS["world-1.5B"]) == (96, 96, 64, 256)
-    assert widths(PRESETS["world-2.9B"]) == (96, 96, 64, 320)
 
 
 def test_deep_embed_is_refused():
@@ -396,3 +398,73 @@ def test_implicit_attention_reproduces_each_layers_state_update():
         assert_rel_close(f"layer {layer}: alpha . v == the state update's y", weighted, y[0], TOL["float64 model"])
     with pytest.raises(ValueError, match="layer must be in"):
         implicit_attention(model, tokens, TINY.n_layer)
+
+
+# Every released x070 shape: (layers, width, vocabulary, LoRA widths w, a, v, g); heads of 64, channel mix 4C.
+# Layers and widths: reference/rwkv7_configs.csv (hub cards). LoRA widths as read from the checkpoints (aierwiki/
+# rwkvtune rwkvtune/configs/models/rwkv7-{0.4b,2.9b,7.2b}.json and its README, measured on the G1 files; the G1 and
+# World models of one size share their shapes); the Pile 421M's gate width is the one its name's parameter count
+# needs (160: 421.2M; 128 would be 419.6M), the World 0.4B's the one its card's 0.450B needs (128; 160: 452.3M).
+RELEASED_SHAPES = {
+    "pile-168M": (12, 768, PILE_VOCAB, (64, 64, 32, 128)),
+    "pile-421M": (24, 1024, PILE_VOCAB, (64, 64, 32, 160)),
+    "pile-1.47B": (24, 2048, PILE_VOCAB, (96, 96, 64, 256)),
+    "world-0.1B": (12, 768, WORLD_VOCAB, (64, 64, 32, 128)),
+    "world-0.4B": (24, 1024, WORLD_VOCAB, (64, 64, 32, 128)),
+    "world-1.5B": (24, 2048, WORLD_VOCAB, (96, 96, 64, 256)),
+    "world-2.9B": (32, 2560, WORLD_VOCAB, (96, 96, 64, 320)),
+    "g0-7.2B": (32, 4096, WORLD_VOCAB, (128, 128, 96, 480)),
+}
+
+
+def spec_state_dict(L, C, V, loras, N=64):
+    """A BlinkDL x070 state dict of meta tensors, key by key from the spec's checkpoint section (not from our model)."""
+    empty = lambda *shape: torch.empty(shape, device="meta")  # noqa: E731
+    sd = {"emb.weight": empty(V, C), "ln_out.weight": empty(C), "ln_out.bias": empty(C), "head.weight": empty(V, C)}
+    sd |= {"blocks.0.ln0.weight": empty(C), "blocks.0.ln0.bias": empty(C)}
+    for i in range(L):
+        p = f"blocks.{i}."
+        sd |= {p + f"{ln}.{w}": empty(C) for ln in ("ln1", "ln2") for w in ("weight", "bias")}
+        sd |= {p + f"att.x_{m}": empty(1, 1, C) for m in "rwkvag"}
+        sd |= {p + f"att.{m}0": empty(1, 1, C) for m in "wav"}
+        for m, D in zip("wavg", loras):
+            sd |= {p + f"att.{m}1": empty(C, D), p + f"att.{m}2": empty(D, C)}
+        sd |= {p + "att.k_k": empty(1, 1, C), p + "att.k_a": empty(1, 1, C), p + "att.r_k": empty(C // N, N)}
+        sd |= {p + f"att.{m}.weight": empty(C, C) for m in ("receptance", "key", "value", "output")}
+        sd |= {p + "att.ln_x.weight": empty(C), p + "att.ln_x.bias": empty(C), p + "ffn.x_k": empty(1, 1, C)}
+        sd |= {p + "ffn.key.weight": empty(4 * C, C), p + "ffn.value.weight": empty(C, 4 * C)}
+    return sd
+
+
+@pytest.mark.parametrize("name", RELEASED_SHAPES)
+def test_loader_reads_every_released_shape(name):
+    """The config read from the weights (heads from r_k, each LoRA width from its matrix) in BlinkDL's names and in
+    fla's hub names, and our network built from it has exactly the checkpoint's keys and shapes (a strict load)."""
+    L, C, V, loras = RELEASED_SHAPES[name]
+    sd = spec_state_dict(L, C, V, loras)
+    for layout, read in [
+        ("BlinkDL", checkpoint.config_from_state_dict(sd)),
+        (
+            "fla",
+            checkpoint.config_from_state_dict(checkpoint.from_fla_state_dict(checkpoint.to_fla_state_dict(sd), None)),
+        ),
+    ]:
+        got = (
+            read.n_layer,
+            read.n_embd,
+            read.vocab_size,
+            (read.decay_lora, read.iclr_lora, read.value_lora, read.gate_lora),
+        )
+        assert got == (L, C, V, loras), (layout, got)
+        assert (read.n_head, read.head_size, read.dim_ffn) == (C // 64, 64, 4 * C), layout
+    built = meta_state_dict(read)
+    assert {k: tuple(v.shape) for k, v in built.items()} == {k: tuple(v.shape) for k, v in sd.items()}
+    if name in PRESETS:
+        assert PRESETS[name] == dataclasses.replace(read, name=name, ctx_len=PRESETS[name].ctx_len), name
+
+
+def test_the_1024_wide_gate_widths_give_the_published_parameter_counts():
+    """The evidence for the two 0.4B gates above: only these widths give the counts their sources print."""
+    count = lambda V, gate: RWKV7Config(n_layer=24, n_embd=1024, vocab_size=V, gate_lora=gate).n_params  # noqa: E731
+    assert (round(count(PILE_VOCAB, 160) / 1e6), round(count(PILE_VOCAB, 128) / 1e6)) == (421, 420)  # "421M"
+    assert (count(WORLD_VOCAB, 128) // 10**6, count(WORLD_VOCAB, 160) // 10**6) == (450, 452)  # "0.450B"

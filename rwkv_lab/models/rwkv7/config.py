@@ -20,8 +20,9 @@ LORAS = ("decay_lora", "iclr_lora", "value_lora", "gate_lora")
 def lora_width(n_embd: int, factor: float, power: float = 0.5) -> int:
     """RWKV-LM's suggested LoRA width, max(32, round(factor C^power / 32) * 32): the x070 training code the
     released models were trained with uses factor 1.8 (decay w and in-context learning rate a), 1.3 (value
-    residual v) at power 0.5 and 0.6 at power 0.8 (gate g); they give every released shape (e.g. 64/64/32/128
-    at C=768, 96/96/64/256 at C=2048). RWKV-LM's current train_temp suggests other factors for new models."""
+    residual v) at power 0.5 and 0.6 at power 0.8 (gate g); they give the released shapes (e.g. 64/64/32/128
+    at C=768, 96/96/64/256 at C=2048) except the World / G1 0.4B's gate (128, not 160). RWKV-LM's current
+    train_temp suggests other factors for new models."""
     return max(32, int(round(factor * n_embd**power / 32) * 32))
 
 
@@ -115,8 +116,8 @@ def _check_positive_int(field: str, value, alternative: str = "") -> None:
         )
 
 
-def _released(name: str, n_layer: int, n_embd: int, vocab_size: int) -> RWKV7Config:
-    return RWKV7Config(n_layer=n_layer, n_embd=n_embd, vocab_size=vocab_size, name=name)
+def _released(name: str, n_layer: int, n_embd: int, vocab_size: int, **widths) -> RWKV7Config:
+    return RWKV7Config(n_layer=n_layer, n_embd=n_embd, vocab_size=vocab_size, name=name, **widths)
 
 
 PRESETS: dict[str, RWKV7Config] = {
@@ -127,7 +128,9 @@ PRESETS: dict[str, RWKV7Config] = {
     "pile-1.47B": _released("pile-1.47B", 24, 2048, PILE_VOCAB),
     # The World models (World tokenizer): the paper's four, 0.19B to 2.9B parameters.
     "world-0.1B": _released("world-0.1B", 12, 768, WORLD_VOCAB),
-    "world-0.4B": _released("world-0.4B", 24, 1024, WORLD_VOCAB),
+    # its gate LoRA is 128 wide (the G1 0.4B checkpoint's g1; the card's 0.450B parameters), not the formula's 160,
+    # which the Pile 421M has (its 421M parameters): tests/test_rwkv7_model.py RELEASED_SHAPES
+    "world-0.4B": _released("world-0.4B", 24, 1024, WORLD_VOCAB, gate_lora=128),
     "world-1.5B": _released("world-1.5B", 24, 2048, WORLD_VOCAB),
     "world-2.9B": _released("world-2.9B", 32, 2560, WORLD_VOCAB),
     # Tests: four heads of 8, narrow LoRAs (float64 gradients through a Python loop stay fast).
