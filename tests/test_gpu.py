@@ -7,6 +7,7 @@ the CPU tests (helpers.TOL). Without a GPU they are skipped (tests/conftest.py s
     benchmarks/check_norm_mix.py      LayerNorm + shift + mix kernels vs float64
     benchmarks/check_cuda_graph.py    the trainer's graphed step vs its eager step, and resumed
     benchmarks/bench_wkv.py's kernel check (--check-only), short cases    the Triton WKV vs float64
+    benchmarks/bench_wkv7.py's kernel check (--check-only --quick)        RWKV-7's Triton kernel vs float64
     benchmarks/bench_generation.py's decoder_check  the captured, compiled decode step vs model.step
 
 The summaries of benchmarks/bench_training.py's repeated runs are checked on the CPU at the end.
@@ -138,6 +139,35 @@ def test_wkv_triton_kernel_matches_float64(out):
                 tol = TOL["bfloat16"]
             elif r["inputs"] == "extreme":  # |k| up to 80: as tests/test_wkv_triton.py, 1e-4 outputs, 1e-3 grads
                 tol = 1e-3 if key.startswith("rel_err_d") else TOL["float32 vs another implementation"]
+            else:
+                tol = TOL["float32"]
+            within(f"{label} {key}", r[key], tol)
+
+
+@pytest.mark.gpu
+def test_wkv7_triton_kernel_matches_float64(out):
+    """RWKV-7's kernel vs float64 forms on the GPU (bench_wkv7's quick cases): outputs, state and every gradient up
+    to T = 1000 (RWKV-7-like decays, every decay at the bound, bf16 inputs), the forward alone at T = 2^20 against
+    the float64 chunked form; the tolerances of tests/test_wkv7_triton.py."""
+    import torch
+
+    from rwkv_lab.results import write_json
+
+    module = script("bench_wkv7")
+    rows = module.check_kernel(torch.device("cuda"), module.QUICK_CASES)
+    write_json(
+        out / "wkv7" / "wkv7_kernel_check.json", rows, {"cases": [list(map(str, c)) for c in module.QUICK_CASES]}
+    )
+    for r in rows:
+        label = f"wkv7 {r['B']}x{r['T']}x{r['H']}x{r['N']} {r['dtype']} {r['case']}"
+        assert r["finite"], f"{label}: non-finite output or gradient"
+        for key in [k for k in r if k.startswith("rel_err")]:
+            if r["dtype"] != "float32":
+                tol = TOL["bfloat16"]
+            elif r["case"] == "decay_at_bound" and key in ("rel_err_grad_r", "rel_err_grad_log_w", "rel_err_grad_a"):
+                tol = 1e-3  # stepping back through a stretch at the strongest decay (as the CPU test)
+            elif r["T"] > 100_000:
+                tol = TOL["float32 vs another implementation"]  # a million fp32 steps
             else:
                 tol = TOL["float32"]
             within(f"{label} {key}", r[key], tol)

@@ -19,7 +19,10 @@ key, iclr the in-context learning rate): a diagonal-plus-rank-one transition, th
 `wkv7_recurrent` (reference.py) is the reference: one token at a time. `wkv7_chunked` (chunked.py) runs chunks of
 tokens in parallel through the WY/UT form of the generalised delta rule, joined by passing S: O(T C N) per head,
 exact at any T and any log_w <= 0, the default. `wkv7_attention` (attention.py) is the explicit T x T form, with
-`attention_matrix` RWKV-7's implicit attention alpha (B, H, T, T), for analysis of short texts.
+`attention_matrix` RWKV-7's implicit attention alpha (B, H, T, T), for analysis of short texts. `wkv7_triton`
+(triton_kernels.py) is the GPU kernel, forward and backward (RWKV-LM's x070 CUDA kernel's design: the recurrence
+with the state in registers, stepped back in the backward), for RWKV-7's decays (log_w >= -e^-0.5); `auto` picks
+it on CUDA, the chunked form elsewhere.
 """
 
 from __future__ import annotations
@@ -31,26 +34,45 @@ from .chunked import DEFAULT_CHUNK, chunk_size_for, wkv7_chunked
 from .common import compute_dtype
 from .reference import wkv7_recurrent, wkv7_step
 
+
+def wkv7_triton(r, log_w, k, v, a, b, state=None):
+    """The GPU kernel (triton_kernels.py): CUDA tensors, or CPU tensors under TRITON_INTERPRET=1."""
+    # imported on first use: Triton is optional on a CPU machine
+    from .triton_kernels import wkv7_triton as kernel
+
+    return kernel(r, log_w, k, v, a, b, state)
+
+
 BACKENDS = {
     "recurrent": wkv7_recurrent,
     "chunked": wkv7_chunked,
     "attention": wkv7_attention,
+    "triton": wkv7_triton,
 }
 
 NAMES = ("r", "log_w", "k", "v", "a", "b")
 
 
-def resolve_backend(backend: str) -> str:
-    """'auto' is the chunked form (on every device, until a GPU kernel exists)."""
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401 - only whether it imports
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str, k: torch.Tensor) -> str:
+    """'auto': the Triton kernel on CUDA tensors, the chunked form elsewhere."""
     if backend == "auto":
-        return "chunked"
+        return "triton" if isinstance(k, torch.Tensor) and k.is_cuda and triton_available() else "chunked"
     if backend not in BACKENDS:
         raise ValueError(f"unknown wkv7 backend {backend!r}; expected 'auto' or one of {sorted(BACKENDS)}")
     return backend
 
 
-def check_inputs(r, log_w, k, v, a, b, state):
-    """One-line errors for inputs no form can use: shapes, dtypes, devices, the state, decays above 1."""
+def check_inputs(r, log_w, k, v, a, b, state, backend: str = "chunked"):
+    """One-line errors for inputs no form can use: shapes, dtypes, devices, the state, decays above 1; and for the
+    Triton kernel (`backend` as resolved) a head size that is not a power of two, decays below its bound."""
     inputs = dict(zip(NAMES, (r, log_w, k, v, a, b)))
     for name, x in inputs.items():
         if not isinstance(x, torch.Tensor):
@@ -79,13 +101,20 @@ def check_inputs(r, log_w, k, v, a, b, state):
             raise TypeError(f"wkv7: state must be float32 or float64 (it accumulates); got {state.dtype}")
         if state.device != k.device:
             raise ValueError(f"wkv7: state is on {state.device} but the inputs are on {k.device}")
+    if backend == "triton":
+        from .triton_kernels import check_head_size, log_w_bound_error
+
+        check_head_size(N)
+        if log_w.device.type != "meta" and (error := log_w_bound_error(log_w)) is not None:
+            raise ValueError(error)
 
 
 def wkv7(r, log_w, k, v, a, b, state=None, *, backend: str = "auto", check: bool = True):
     """Dispatch to one form; all share (r, log_w, k, v, a, b, state) -> (y in v's dtype, final state)."""
+    backend = resolve_backend(backend, k)
     if check:
-        check_inputs(r, log_w, k, v, a, b, state)
-    y, new_state = BACKENDS[resolve_backend(backend)](r, log_w, k, v, a, b, state)
+        check_inputs(r, log_w, k, v, a, b, state, backend)
+    y, new_state = BACKENDS[backend](r, log_w, k, v, a, b, state)
     return y.to(v.dtype), new_state
 
 
@@ -97,9 +126,11 @@ __all__ = [
     "chunk_size_for",
     "compute_dtype",
     "resolve_backend",
+    "triton_available",
     "wkv7",
     "wkv7_attention",
     "wkv7_chunked",
     "wkv7_recurrent",
     "wkv7_step",
+    "wkv7_triton",
 ]

@@ -1,0 +1,436 @@
+"""The RWKV-7 state update as Triton kernels: forward and backward, state in and out.
+
+The design is RWKV-LM's x070 CUDA kernel (RWKV-v7/cuda/wkv7_cuda.cu, "wind_backstepping"): the recurrence itself,
+one token at a time, with each program holding a slice of a head's N x N state in registers.
+
+forward   one program per (block of BV value rows, head, batch): S[rows, :] (BV, N) in registers; per token
+          sa = S a, S <- S diag(w) + sa b^T + v k^T, y = S r. Value rows never interact (the transition acts on
+          the key side), so the BV-row slices of one head run in parallel: B H N/BV programs. For the backward it
+          keeps sa (B, T, H, N) and the state at the end of every stretch of STRETCH tokens (and at the last token).
+backward  one program per (block of BV_BWD value rows, head, batch), from the last token back: G = dL/dS_t
+          (BV, N) in registers, and S_t, reloaded at the end of each stretch and stepped back within it,
+          S_{t-1} = (S_t - v k^T - sa b^T) diag(1/w). Per token, with G += dy r^T:
+              dr = S_t^T dy     dv = G k     dk = G^T v     dsa = G b     db = G^T sa
+              dlog_w = w * (sum over rows of G * S_{t-1})     da = S_{t-1}^T dsa
+              G <- G diag(w) + dsa a^T
+          dv and dsa are sums over keys, within a program; dr, dk, db, dlog_w, da are sums over value rows: with
+          BV_BWD = N one program owns them (stored directly), with fewer rows the programs add their parts
+          (atomics into fp32 buffers). What is left in G at t = 0 is the initial state's gradient.
+
+Stepping back divides by w: within a stretch the rounding of S_t grows by at most e^{(STRETCH-1) |log_w|}. RWKV-7's
+decays are bounded, log_w >= -e^{-0.5} (the model's w = exp(-e^{-0.5} sigmoid(.))), so the growth is bounded too
+(LOG_W_MIN, the bound this backend accepts; `wkv7` refuses smaller log_w for it when asked to check). The forms in
+chunked.py and reference.py take any log_w <= 0.
+
+Arithmetic is fp32 for fp32 / bf16 / fp16 inputs (the state fp32) and fp64 for fp64 inputs (a check of the
+algorithm itself: stepping back then costs ~1e-12). Runs on CUDA tensors, and on CPU tensors under
+TRITON_INTERPRET=1 (the tests).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ...triton_launch import CachedLauncher
+from .common import compute_dtype
+
+STRETCH = 16  # tokens between the states the forward keeps (the backward steps back at most STRETCH - 1 tokens)
+BV = 16  # value rows per program in the forward
+BV_BWD = 64  # value rows per program in the backward (>= N: one program per head, no atomics)
+NUM_WARPS = 4  # per program, forward
+NUM_WARPS_BWD = 4
+# the smallest log_w the backend takes: RWKV-7's bound -e^{-0.5} = -0.6065, with room for a bf16 rounding of it
+LOG_W_MIN = -0.62
+
+
+@triton.jit
+def _within(idx, t, T):
+    """A mask the shape of `idx`: whether token t is one of 0..T-1 (elementwise: the interpreter takes no scalar
+    masks)."""
+    at = idx * 0 + t
+    return (at >= 0) & (at < T)
+
+
+@triton.jit
+def _load_token(r_ptr, w_ptr, k_ptr, a_ptr, b_ptr, v_ptr, base, cols, rows, t, T, DT: tl.constexpr):
+    """Token t's (r, log_w, k, a, b) (N,) and this program's rows of v (BV,), at `base` = (b, t, h, 0); zeros
+    past either end."""
+    cm, rm = _within(cols, t, T), _within(rows, t, T)
+    r = tl.load(r_ptr + base + cols, mask=cm, other=0.0).to(DT)
+    log_w = tl.load(w_ptr + base + cols, mask=cm, other=0.0).to(DT)
+    k = tl.load(k_ptr + base + cols, mask=cm, other=0.0).to(DT)
+    a = tl.load(a_ptr + base + cols, mask=cm, other=0.0).to(DT)
+    b = tl.load(b_ptr + base + cols, mask=cm, other=0.0).to(DT)
+    v = tl.load(v_ptr + base + rows, mask=rm, other=0.0).to(DT)
+    return r, log_w, k, a, b, v
+
+
+@CachedLauncher
+@triton.jit
+def _wkv7_fwd(
+    r_ptr,
+    w_ptr,
+    k_ptr,
+    v_ptr,
+    a_ptr,
+    b_ptr,
+    s0_ptr,
+    y_ptr,
+    sa_ptr,
+    keep_ptr,
+    final_ptr,
+    T,
+    H,
+    N: tl.constexpr,
+    BV: tl.constexpr,
+    STRETCH: tl.constexpr,
+    HAS_STATE: tl.constexpr,
+    SAVE: tl.constexpr,
+    DT: tl.constexpr,
+):
+    iv, h, bb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    rows = iv * BV + tl.arange(0, BV)  # value indices of this program's slice
+    cols = tl.arange(0, N)  # key indices
+    head = (bb * H + h).to(tl.int64)
+    tile = rows[:, None] * N + cols[None, :]  # (BV, N) offsets within one head's N x N state
+    if HAS_STATE:
+        S = tl.load(s0_ptr + head * N * N + tile).to(DT)
+    else:
+        S = tl.zeros((BV, N), DT)
+    n_keep = tl.cdiv(T, STRETCH)
+    step = H * N  # from one token to the next in (B, T, H, N)
+    base = (bb * T * H + h).to(tl.int64) * N  # (b, 0, h, 0)
+    r, w, k, a, b, v = _load_token(r_ptr, w_ptr, k_ptr, a_ptr, b_ptr, v_ptr, base, cols, rows, 0, T, DT)
+    for t in range(0, T):
+        # the next token's inputs, loaded before this token's arithmetic: the loop waits on the state, not on memory
+        r1, w1, k1, a1, b1, v1 = _load_token(
+            r_ptr, w_ptr, k_ptr, a_ptr, b_ptr, v_ptr, base + step, cols, rows, t + 1, T, DT
+        )
+        w = tl.exp(w)
+        sa = tl.sum(S * a[None, :], axis=1)  # (BV,): S_{t-1} a, what the transition removes
+        S = S * w[None, :] + sa[:, None] * b[None, :] + v[:, None] * k[None, :]
+        y = tl.sum(S * r[None, :], axis=1)
+        tl.store(y_ptr + base + rows, y.to(y_ptr.dtype.element_ty))
+        if SAVE:
+            tl.store(sa_ptr + base + rows, sa)
+            if ((t + 1) % STRETCH == 0) | (t == T - 1):
+                tl.store(keep_ptr + (head * n_keep + t // STRETCH) * N * N + tile, S)
+        r, w, k, a, b, v = r1, w1, k1, a1, b1, v1
+        base += step
+    tl.store(final_ptr + head * N * N + tile, S)
+
+
+@triton.jit
+def _key_gradient(ptr, base, cols, x, ATOMIC: tl.constexpr):
+    """A gradient over the key index: this program's rows' part added (ATOMIC) or the whole stored."""
+    if ATOMIC:
+        tl.atomic_add(ptr + base + cols, x)
+    else:
+        tl.store(ptr + base + cols, x.to(ptr.dtype.element_ty))
+
+
+@CachedLauncher
+@triton.jit
+def _wkv7_bwd(
+    r_ptr,
+    w_ptr,
+    k_ptr,
+    v_ptr,
+    a_ptr,
+    b_ptr,
+    gy_ptr,
+    sa_ptr,
+    keep_ptr,
+    gstate_ptr,
+    dr_ptr,
+    dw_ptr,
+    dk_ptr,
+    dv_ptr,
+    da_ptr,
+    db_ptr,
+    dstate_ptr,
+    T,
+    H,
+    N: tl.constexpr,
+    BV: tl.constexpr,
+    STRETCH: tl.constexpr,
+    HAS_GSTATE: tl.constexpr,
+    ATOMIC: tl.constexpr,
+    DT: tl.constexpr,
+):
+    iv, h, bb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    rows = iv * BV + tl.arange(0, BV)
+    cols = tl.arange(0, N)
+    head = (bb * H + h).to(tl.int64)
+    tile = rows[:, None] * N + cols[None, :]
+    if HAS_GSTATE:
+        G = tl.load(gstate_ptr + head * N * N + tile).to(DT)  # dL/dS_T, the final state's gradient
+    else:
+        G = tl.zeros((BV, N), DT)
+    S = tl.zeros((BV, N), DT)
+    n_keep = tl.cdiv(T, STRETCH)
+    step = H * N
+    base = ((bb * T + T - 1) * H + h).to(tl.int64) * N  # (b, T - 1, h, 0)
+    r, log_w, k, a, b, v = _load_token(r_ptr, w_ptr, k_ptr, a_ptr, b_ptr, v_ptr, base, cols, rows, T - 1, T, DT)
+    gy = tl.load(gy_ptr + base + rows).to(DT)
+    sa = tl.load(sa_ptr + base + rows)
+    for i in range(0, T):
+        t = T - 1 - i
+        # the previous token's inputs, loaded before this token's arithmetic (as in the forward)
+        r1, log_w1, k1, a1, b1, v1 = _load_token(
+            r_ptr, w_ptr, k_ptr, a_ptr, b_ptr, v_ptr, base - step, cols, rows, t - 1, T, DT
+        )
+        gy1 = tl.load(gy_ptr + base - step + rows, mask=_within(rows, t - 1, T), other=0.0).to(DT)
+        sa1 = tl.load(sa_ptr + base - step + rows, mask=_within(rows, t - 1, T), other=0.0)
+        if ((t + 1) % STRETCH == 0) | (t == T - 1):  # the end of a stretch: S_t as the forward kept it
+            S = tl.load(keep_ptr + (head * n_keep + t // STRETCH) * N * N + tile)
+        w = tl.exp(log_w)
+        G += gy[:, None] * r[None, :]  # y_t = S_t r_t
+        dr = tl.sum(S * gy[:, None], axis=0)
+        dv = tl.sum(G * k[None, :], axis=1)
+        dk = tl.sum(G * v[:, None], axis=0)
+        dsa = tl.sum(G * b[None, :], axis=1)
+        db = tl.sum(G * sa[:, None], axis=0)
+        S = (S - v[:, None] * k[None, :] - sa[:, None] * b[None, :]) * tl.exp(-log_w)[None, :]  # S_{t-1}
+        dw = tl.sum(G * S, axis=0) * w  # d/dlog_w of S_{t-1} diag(e^{log_w})
+        da = tl.sum(S * dsa[:, None], axis=0)  # sa = S_{t-1} a
+        G = G * w[None, :] + dsa[:, None] * a[None, :]  # dL/dS_{t-1}
+        tl.store(dv_ptr + base + rows, dv.to(dv_ptr.dtype.element_ty))
+        _key_gradient(dr_ptr, base, cols, dr, ATOMIC)
+        _key_gradient(dw_ptr, base, cols, dw, ATOMIC)
+        _key_gradient(dk_ptr, base, cols, dk, ATOMIC)
+        _key_gradient(da_ptr, base, cols, da, ATOMIC)
+        _key_gradient(db_ptr, base, cols, db, ATOMIC)
+        r, log_w, k, a, b, v, gy, sa = r1, log_w1, k1, a1, b1, v1, gy1, sa1
+        base -= step
+    tl.store(dstate_ptr + head * N * N + tile, G)
+
+
+def _tl_dtype(cd: torch.dtype):
+    return tl.float64 if cd == torch.float64 else tl.float32
+
+
+def check_head_size(N: int) -> None:
+    if N < 2 or N & (N - 1):
+        raise ValueError(f"wkv7 backend 'triton' needs a head size N that is a power of two >= 2; got N = {N}")
+
+
+def log_w_bound_error(log_w: torch.Tensor) -> str | None:
+    """The one-line refusal for decays below LOG_W_MIN (None when they are all within it): a host sync."""
+    lowest = log_w.min().item()
+    if lowest >= LOG_W_MIN:
+        return None
+    return (
+        f"wkv7 backend 'triton' takes log_w >= {LOG_W_MIN} (RWKV-7's decays, log_w >= -e^-0.5; its backward steps "
+        f"back through 1/w); the smallest is {lowest:.3g}: use backend='chunked' for stronger decays"
+    )
+
+
+# ---- as PyTorch operators -------------------------------------------------------------------------------------
+# As RWKV-4's WKV (ops/rwkv4/triton_kernels.py): the launches are plain functions (`_forward`, `_backward`),
+# reached under torch.compile as the custom operators rwkv_lab::wkv7_forward / wkv7_backward (fake shapes, a
+# registered backward: the compiler sees an opaque op), and eagerly through `EagerWKV7`, an autograd.Function
+# calling them without the custom operators' dispatch. The state arrives in the compute dtype.
+
+
+def _forward(
+    r: torch.Tensor,
+    log_w: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    state: torch.Tensor | None,
+    save: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> y (B, T, H, N) in v's dtype, the final state (B, H, N, N), and for the backward sa (B, T, H, N) and the
+    states kept at the end of each stretch (B, H, ceil(T / STRETCH), N, N), all in the compute dtype (empty
+    without `save`)."""
+    r, log_w, k, v, a, b = (x.contiguous() for x in (r, log_w, k, v, a, b))
+    state = None if state is None else state.contiguous()
+    B, T, H, N = k.shape
+    check_head_size(N)
+    cd = compute_dtype(r, log_w, k, v, a, b, state)
+    dev = k.device
+    y = torch.empty_like(v)
+    final = torch.empty(B, H, N, N, device=dev, dtype=cd)
+    n_keep = triton.cdiv(T, STRETCH)
+    sa = torch.empty((B, T, H, N) if save else (0,), device=dev, dtype=cd)
+    kept = torch.empty((B, H, n_keep, N, N) if save else (0,), device=dev, dtype=cd)
+    bv = min(BV, N)
+    _wkv7_fwd[(N // bv, H, B)](
+        r,
+        log_w,
+        k,
+        v,
+        a,
+        b,
+        state,
+        y,
+        sa,
+        kept,
+        final,
+        T,
+        H,
+        N=N,
+        BV=bv,
+        STRETCH=STRETCH,
+        HAS_STATE=state is not None,
+        SAVE=save,
+        DT=_tl_dtype(cd),
+        num_warps=NUM_WARPS,
+    )
+    return y, final, sa, kept
+
+
+def _forward_for_grad(
+    r: torch.Tensor,
+    log_w: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    state: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """_forward keeping what the backward needs (the custom operator's outputs have fixed shapes)."""
+    return _forward(r, log_w, k, v, a, b, state)
+
+
+wkv7_forward = torch.library.custom_op("rwkv_lab::wkv7_forward", _forward_for_grad, mutates_args=())
+
+
+@wkv7_forward.register_fake
+def _(r, log_w, k, v, a, b, state):
+    B, T, H, N = k.shape
+    cd = compute_dtype(r, log_w, k, v, a, b, state)
+    return (
+        torch.empty_like(v),
+        k.new_empty(B, H, N, N, dtype=cd),
+        k.new_empty(B, T, H, N, dtype=cd),
+        k.new_empty(B, H, triton.cdiv(T, STRETCH), N, N, dtype=cd),
+    )
+
+
+def _backward(
+    gy: torch.Tensor,
+    gstate: torch.Tensor | None,
+    r: torch.Tensor,
+    log_w: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    state: torch.Tensor | None,
+    sa: torch.Tensor,
+    kept: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> dr, dlog_w, dk, dv, da, db (B, T, H, N) in their inputs' dtypes and the initial state's gradient
+    (B, H, N, N) in the compute dtype ((0,) without an initial state)."""
+    gy, r, log_w, k, v, a, b = (x.contiguous() for x in (gy, r, log_w, k, v, a, b))
+    gstate = None if gstate is None else gstate.contiguous()
+    B, T, H, N = k.shape
+    cd = sa.dtype
+    bv = min(BV_BWD, N)
+    atomic = bv < N
+    # with several programs per head the key-side gradients are sums of their parts: fp32 (fp64) zeros to add to
+    inputs = (r, log_w, k, a, b)
+    key_grads = [torch.zeros(x.shape, device=x.device, dtype=cd) if atomic else torch.empty_like(x) for x in inputs]
+    dr, dw, dk, da, db = key_grads
+    dv = torch.empty_like(v)
+    dstate = torch.empty(B, H, N, N, device=k.device, dtype=cd)
+    _wkv7_bwd[(N // bv, H, B)](
+        r,
+        log_w,
+        k,
+        v,
+        a,
+        b,
+        gy,
+        sa,
+        kept,
+        gstate,
+        dr,
+        dw,
+        dk,
+        dv,
+        da,
+        db,
+        dstate,
+        T,
+        H,
+        N=N,
+        BV=bv,
+        STRETCH=STRETCH,
+        HAS_GSTATE=gstate is not None,
+        ATOMIC=atomic,
+        DT=_tl_dtype(cd),
+        num_warps=NUM_WARPS_BWD,
+    )
+    if atomic:
+        dr, dw, dk, da, db = (g.to(x.dtype) for g, x in zip(key_grads, inputs))
+    return dr, dw, dk, dv, da, db, dstate if state is not None else dstate.new_empty(0)
+
+
+wkv7_backward = torch.library.custom_op("rwkv_lab::wkv7_backward", _backward, mutates_args=())
+
+
+@wkv7_backward.register_fake
+def _(gy, gstate, r, log_w, k, v, a, b, state, sa, kept):
+    B, _, H, N = k.shape
+    return (
+        *(torch.empty_like(x) for x in (r, log_w, k, v, a, b)),
+        sa.new_empty((B, H, N, N) if state is not None else (0,)),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    r, log_w, k, v, a, b, state = inputs
+    _, _, sa, kept = output
+    ctx.has_state = state is not None
+    ctx.save_for_backward(r, log_w, k, v, a, b, state, sa, kept)
+    # an output without a gradient stays None: the backward then starts from no final-state gradient
+    ctx.set_materialize_grads(False)
+
+
+def _gradients(backward, ctx, gy, gstate):
+    r, log_w, k, v, a, b, state, sa, kept = ctx.saved_tensors
+    gy = torch.zeros_like(v) if gy is None else gy
+    grads = backward(gy, gstate, r, log_w, k, v, a, b, state, sa, kept)
+    return (*grads[:6], grads[6] if ctx.has_state else None)
+
+
+def _op_backward(ctx, gy, gstate, _gsa, _gkept):
+    return _gradients(wkv7_backward, ctx, gy, gstate)
+
+
+wkv7_forward.register_autograd(_op_backward, setup_context=_setup_context)
+
+
+class EagerWKV7(torch.autograd.Function):
+    """The operator outside torch.compile: the same launches and gradients as wkv7_forward's registered backward,
+    without the custom operator's dispatch."""
+
+    @staticmethod
+    def forward(ctx, r, log_w, k, v, a, b, state):
+        y, final, sa, kept = _forward(r, log_w, k, v, a, b, state)
+        _setup_context(ctx, (r, log_w, k, v, a, b, state), (y, final, sa, kept))
+        return y, final
+
+    @staticmethod
+    def backward(ctx, gy, gstate):
+        return _gradients(_backward, ctx, gy, gstate)
+
+
+def wkv7_triton(r, log_w, k, v, a, b, state=None):
+    """The kernel backend: same signature and results as wkv7_recurrent (y in v's dtype, the state fp32, or fp64
+    for fp64 inputs). Without a gradient to take it keeps nothing for a backward."""
+    cd = compute_dtype(r, log_w, k, v, a, b, state)
+    state = None if state is None else state.to(cd)
+    inputs = (r, log_w, k, v, a, b, state)
+    if torch.compiler.is_compiling():
+        return wkv7_forward(*inputs)[:2]
+    if not (torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs)):
+        return _forward(*inputs, save=False)[:2]
+    return EagerWKV7.apply(*inputs)
