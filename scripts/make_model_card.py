@@ -1,6 +1,8 @@
-"""Write the default model's card (rwkv_lab/loading/default_model/card.json and MODEL_CARD.md) from measurements.
+"""Write a default model's card (card.json and MODEL_CARD.md in its folder, rwkv_lab/loading/default.py) from
+measurements.
 
-    python scripts/make_model_card.py --tag _default_40M
+    python scripts/make_model_card.py --tag _default_40M                   # RWKV-4's, default_model/
+    python scripts/make_model_card.py --arch rwkv7 --tag _default_rwkv7_40M  # RWKV-7's, default_model_rwkv7/
 
 Reads the GPU training run (results/training/summary<tag>.csv and its provenance, written by train_compare.py),
 then measures here, on the CPU in fp32 with the shipped bf16 weights: the loss on the held-out slice
@@ -19,12 +21,13 @@ import torch
 
 from rwkv_lab.inference.generation import generate
 from rwkv_lab.loading.checkpoint import default_model
-from rwkv_lab.loading.default import DEFAULT_DIR, HELDOUT_TEXT
+from rwkv_lab.loading.default import DEFAULTS, HELDOUT_TEXT
 from rwkv_lab.loading.tokenizer import ByteTokenizer
+from rwkv_lab.models import architecture
 from rwkv_lab.results import atomic_write, provenance
 from rwkv_lab.training.corpus import build_corpus, is_validation, list_files, stdlib_dir, unigram_loss
 from rwkv_lab.training.report import chosen_runs
-from rwkv_lab.training.trainer import LR_SCALE, TrainConfig, Trainer, bits_per_byte
+from rwkv_lab.training.trainer import ALIASES, TrainConfig, Trainer, bits_per_byte
 
 ROOT = Path(__file__).resolve().parent.parent
 HELDOUT_CHARS = 6000
@@ -54,10 +57,11 @@ def heldout_slice() -> tuple[str, str]:
 
 def training_command(params: dict) -> str:
     """The train_compare.py command line that wrote the run, from its recorded parameters."""
+    archs = f"--archs {params['archs']} " if params.get("archs", "rwkv,transformer") != "rwkv,transformer" else ""
     rates = f"--arch-lrs {params['arch_lrs']}" if params.get("arch_lrs") else f"--lrs {params['lrs']}"
     return (
         f"python benchmarks/train_compare.py --sizes {params['sizes']} --contexts {params['contexts']} "
-        f"--tokens {params['tokens']} {rates} --export-size {params['export_size']} "
+        f"--tokens {params['tokens']} {archs}{rates} --export-size {params['export_size']} "
         f"--export-context {params['export_context']}" + (f" --tag {params['tag']}" if params.get("tag") else "")
     )
 
@@ -69,25 +73,29 @@ def main():
         required=True,
         help="the train_compare run that exported the weights: results/training/summary<tag>.csv",
     )
+    parser.add_argument("--arch", default="rwkv4", choices=sorted(DEFAULTS), help="whose default model")
     args = parser.parse_args()
+    default = DEFAULTS[args.arch]
     summary = pd.read_csv(ROOT / f"results/training/summary{args.tag}.csv")
     meta = json.loads((ROOT / f"results/training/summary{args.tag}.meta.json").read_text())
     params = meta["params"]
     summary = chosen_runs(summary)  # of a learning-rate sweep, the chosen runs
     run = summary[
-        (summary.arch == "rwkv")
+        (summary.arch.map(lambda name: ALIASES.get(name, name)) == args.arch)
         & (summary.model == params["export_size"])
         & (summary.context == params["export_context"])
     ].iloc[0]
     tf = summary[
         (summary.arch == "transformer") & (summary.model == run.model) & (summary.context == run.context)
     ].iloc[0]
-    model = default_model()
+    model = default_model(arch=args.arch)
     rel, text = heldout_slice()
     atomic_write(HELDOUT_TEXT, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     corpus = build_corpus()
     trainer = Trainer(
-        TrainConfig(model=params["export_size"], context=int(run.context), device="cpu"), corpus, progress=False
+        TrainConfig(arch=args.arch, model=params["export_size"], context=int(run.context), device="cpu"),
+        corpus,
+        progress=False,
     )
     trainer.model.load_state_dict(model.state_dict())
     local_val = trainer.evaluate()
@@ -114,7 +122,7 @@ def main():
             "context": int(run.context),
             "batch_size": int(run.batch_size),
             "lr": float(run["lr"]),
-            "lr_scale": LR_SCALE,
+            "lr_scale": architecture(args.arch).lr_scale,
             "weight_decay_matrices": TrainConfig.weight_decay,
             "train_seconds": float(run.train_seconds),
             "tokens_per_s": float(run.tokens_per_s),
@@ -141,12 +149,12 @@ def main():
         "greedy": {"max_new_tokens": GREEDY_TOKENS, "new_document": True, "continuations": greedy},
     }
     card["checked_here"]["heldout_bpb"] = card["checked_here"]["heldout_loss"] / math.log(2)
-    atomic_write(DEFAULT_DIR / "card.json", lambda tmp: tmp.write_text(json.dumps(card, indent=2) + "\n"))
+    atomic_write(default.card_path, lambda tmp: tmp.write_text(json.dumps(card, indent=2) + "\n"))
     t, c = card["training"], card["checked_here"]
     scales = ", ".join(f"`{name}` at {scale:g}x" for name, scale in t["lr_scale"].items())
-    md = f"""# Model card: the rwkv-lab default model
+    md = f"""# Model card: the rwkv-lab default {default.label} model (`load_model("{default.source}")`)
 
-RWKV-4, {card["model"]} ({card["params"]:,} parameters), byte-level (256 bytes + end-of-text = token 0), weights
+{default.label}, {card["model"]} ({card["params"]:,} parameters), byte-level (256 bytes + end-of-text = token 0), weights
 in bf16 (`model.safetensors`, BlinkDL key names, config in the metadata). Written by `scripts/make_model_card.py`;
 every number below is measured, in `card.json`.
 
@@ -158,7 +166,8 @@ every number below is measured, in `card.json`.
   batch {t["batch_size"]}, AdamW lr {t["lr"]} (warm-up, cosine; RWKV-LM's layerwise rates: {scales}; weight decay
   {t["weight_decay_matrices"]} on the matrices only), bf16 autocast, on an {t["device"]} in
   {t["train_seconds"]:.0f} s ({t["tokens_per_s"]:,.0f} tokens/s), commit {t["git_commit"][:10]}, {t["date_utc"]}.
-- Reproduce: `{t["command"]}` (the byte-6x256 RWKV run is exported).
+- Reproduce: `{t["command"]}` (the chosen {card["model"]} {default.label} run is exported to
+  `results/training/{args.arch}-{card["model"]}-T{t["context"]}{args.tag}.safetensors`).
 
 ## Quality (validation split, context {t["context"]})
 | | nats/byte | bits/byte |
@@ -179,7 +188,7 @@ Held-out slice `heldout.txt` (first {c["heldout_chars"]} characters of `{c["held
 
 ## Greedy continuations ({GREEDY_TOKENS} tokens, each prompt at a file's start: `new_document=True`)
 """ + "".join(f"\n`{p!r}` continues as `{text!r}`\n" for p, text in greedy.items())
-    atomic_write(DEFAULT_DIR / "MODEL_CARD.md", lambda tmp: tmp.write_text(md))
+    atomic_write(default.directory / "MODEL_CARD.md", lambda tmp: tmp.write_text(md))
     print(md)
 
 

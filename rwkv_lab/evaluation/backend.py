@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from ..inference.generation import generate
 from ..loading.checkpoint import load_model, resolve_source
+from ..loading.default import default_named
 from ..loading.tokenizer import check_tokenizer, tokenizer_for
 from .cache import ResultCache, file_digest
 
@@ -138,12 +139,8 @@ class RWKVLM(TemplateLM):
 
     def identity(self, pretrained: str) -> dict:
         """What makes two runs' results comparable: the weights' bytes, the compute dtype and the tokenizer."""
-        if pretrained == "default":
-            from ..loading.default import DEFAULT_WEIGHTS
-
-            weights = file_digest(DEFAULT_WEIGHTS)
-        else:
-            weights = file_digest(resolve_source(str(pretrained)))
+        default = default_named(pretrained)
+        weights = file_digest(default.weights if default else resolve_source(str(pretrained)))
         return {"weights_sha256": weights, "dtype": str(self.model.dtype), "tokenizer": self.tokenizer.name}
 
     @property

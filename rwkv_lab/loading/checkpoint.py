@@ -29,7 +29,7 @@ import torch
 from ..models import Architecture, architecture, architecture_of, checkpoint_architecture, hub_architecture
 from ..models.checks import CheckpointError
 from ..results import atomic_write, process_gone
-from .default import DEFAULT_DESCRIPTION, DEFAULT_WEIGHTS
+from .default import DEFAULTS, default_named
 from .hub import HubUnavailableError, download_file, download_snapshot, is_repo_id
 
 FORMATS = ("safetensors", "pth", "transformers")
@@ -408,10 +408,10 @@ def load_model(source, dtype="float32", device="cpu", revision: str | None = Non
     reported with their names: a warning, or an error with `strict=True`.
     """
     check_device(device)
-    if str(source) == "default":
-        sd, config = read_checkpoint(DEFAULT_WEIGHTS)
+    if default := default_named(source):
+        sd, config = read_checkpoint(default.weights)
         model = model_from_state_dict(sd, config, dtype=dtype, device=device)
-        model.source = DEFAULT_DESCRIPTION
+        model.source = default.description
         return model
     resolve_dtype(dtype)  # fail before any download
     path = resolve_source(str(source), revision)
@@ -423,9 +423,9 @@ def load_model(source, dtype="float32", device="cpu", revision: str | None = Non
     return model
 
 
-def default_model(dtype=torch.float32, device="cpu"):
-    """The embedded default model (default.py): no download, any dtype and device."""
-    return load_model("default", dtype=dtype, device=device)
+def default_model(dtype=torch.float32, device="cpu", arch: str = "rwkv4"):
+    """A generation's embedded default model (default.py): no download, any dtype and device."""
+    return load_model(DEFAULTS[architecture(arch).name].source, dtype=dtype, device=device)
 
 
 # ---- writing ---------------------------------------------------------------------------------------------------
@@ -628,7 +628,7 @@ def convert(source, destination, format: str = "safetensors", dtype=None, force:
     if destination.exists() and not force:
         raise FileExistsError(f"{destination} exists; pass force=True (--force) to replace it")
     check_destination(destination, format)  # before the source is read, which can take minutes
-    path = DEFAULT_WEIGHTS if str(source) == "default" else resolve_source(str(source))
+    path = default.weights if (default := default_named(source)) else resolve_source(str(source))
     sd, config = read_checkpoint(path)
     source_dtype = next(iter(sd.values())).dtype
     if dtype is None and source_dtype not in SUPPORTED_DTYPES.values():
