@@ -93,6 +93,7 @@ def main():
         default=True,
         help="TrainConfig.cuda_graph for every run (on: each step replays a CUDA graph; off: kernel by kernel)",
     )
+    parser.add_argument("--wkv-backend", default="auto", help="TrainConfig.wkv_backend: the recurrent operators' form")
     args = parser.parse_args()
     archs = args.archs.split(",")
     if set(archs) - set(ARCHS) - set(ALIASES):
@@ -138,6 +139,7 @@ def main():
                         eval_every=args.eval_every,
                         warmup_steps=args.warmup_steps,
                         cuda_graph=args.cuda_graph,
+                        wkv_backend=args.wkv_backend,
                     )
                     row = {"arch": arch, "model": size, "context": context, "lr": lr}
                     row |= {"batch_size": cfg.batch_size, "tokens": args.tokens}

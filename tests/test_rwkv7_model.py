@@ -9,6 +9,7 @@ import torch
 from helpers import TOL, assert_rel_close, random_model
 
 from rwkv_lab.analysis.equivalence import step_all
+from rwkv_lab.loading.default import untrained_model
 from rwkv_lab.models.checks import CheckpointError
 from rwkv_lab.models.rwkv7 import (
     ARCH,
@@ -468,3 +469,15 @@ def test_the_1024_wide_gate_widths_give_the_published_parameter_counts():
     count = lambda V, gate: RWKV7Config(n_layer=24, n_embd=1024, vocab_size=V, gate_lora=gate).n_params  # noqa: E731
     assert (round(count(PILE_VOCAB, 160) / 1e6), round(count(PILE_VOCAB, 128) / 1e6)) == (421, 420)  # "421M"
     assert (count(WORLD_VOCAB, 128) // 10**6, count(WORLD_VOCAB, 160) // 10**6) == (450, 452)  # "0.450B"
+
+
+def test_trains_under_bf16_autocast():
+    """The trainer's GPU recipe (bf16 autocast) on the CPU: the value-residual gate is fp32 (an fp32 bias plus a bf16
+    LoRA) while the value is bf16; torch.lerp refused the mix until the gate took the value's dtype."""
+    model = untrained_model(arch="rwkv7").train()
+    tokens = torch.randint(0, 256, (2, 37))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, _ = model(tokens)
+    logits.float().logsumexp(-1).mean().backward()
+    assert logits.dtype == torch.bfloat16
+    assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in model.parameters())

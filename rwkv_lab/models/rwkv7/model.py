@@ -94,7 +94,9 @@ class TimeMix7(nn.Module):
         if self.layer_id == 0:
             v_first = v
         else:  # value residual: mix towards layer 0's value
-            v = torch.lerp(v, v_first, torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2))
+            v = torch.lerp(
+                v, v_first, torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2).to(v.dtype)
+            )  # autocast: bf16 v
         kappa = F.normalize((k * self.k_k).view(B, T, H, N), dim=-1)  # removal key, unit norm per head
         k = k * (1 + (iclr - 1) * self.k_a)  # replacement key
         heads = lambda t: t.view(B, T, H, N)  # noqa: E731
