@@ -105,7 +105,7 @@ def test_float32_at_rwkv7_shape():
 
 
 @pytest.mark.parametrize("side", ["above", "at", "below"])
-@pytest.mark.parametrize("chunk", [4, 32])
+@pytest.mark.parametrize("chunk", [4, 32, 64])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_fast_path_at_its_bound(dtype, chunk, side, monkeypatch):
     """Decays whose minimum is just above, exactly at and just below `fast_path_bound` (the chunked form takes the

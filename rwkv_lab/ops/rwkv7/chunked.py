@@ -9,15 +9,19 @@ S_t = S_{t-1} (diag(w_t) + a_t b_t^T) + v_t k_t^T gives
     S_C = S_0 diag(e^{g_C}) + sum_i [ u_i (b_i e^{g_C-g_i})^T + v_i (k_i e^{g_C-g_i})^T ]
 
 The first line is a unit lower-triangular system for the u_t (the generalised delta rule's WY/UT form, as fla's
-`chunk_dplr_delta_rule`): its solution is U = W S_0^T + U_0, with W and U_0 independent of S_0, and so is
-y = R S_0^T + Y_0. Everything but S_0 is computed for all chunks at once; then a loop over chunks (T/C steps of
-three small matmuls) passes S from chunk to chunk and adds its part to y.
+`chunk_dplr_delta_rule`): its solution is U = W S_0^T + U_0, with W and U_0 independent of S_0, and so are
+y = R S_0^T + Y_0 and S_C = S_0 M + E (M = diag(e^{g_C}) + W^T (b e^{g_C-g})). Everything but S_0 is computed for
+all chunks at once, chunks and heads as one batch; then a loop over chunks (T/C steps of one N x N matmul-add)
+passes S from chunk to chunk, and y comes from the chunks' starting states in one batched matmul.
 
-Every decay factor is e^{(a sum of log_w)} over a stretch of tokens, computed as a product of the w = e^{log_w}
-in that stretch (never as a ratio of two cumulative products or as a difference of two cumulative sums), so each
-factor is in (0, 1] at any log_w <= 0: nothing overflows and nothing cancels. The C x C scores between tokens
-t > i use a midpoint m between them, e^{g_t-g_i} = e^{g_t-g_m} e^{g_m-g_i} (both factors <= 1), recursively over
-halves: matmuls, log2(C) levels.
+Two ways to the decays. The fast path, taken when every log_w is above `fast_path_bound` (RWKV-7's decays always
+are, in fp32 up to C = 64): every decay factor is taken relative to one token m per chunk (its first half's last),
+e^{g_t-g_i} = e^{g_t-g_m} e^{g_m-g_i}, so the C x C scores are plain matmuls of decay-scaled queries against
+decay-scaled keys. The stable path, for the rest: every decay factor is e^{(a sum of log_w)} over a stretch of
+tokens, computed as a product of the w = e^{log_w} in that stretch (never as a ratio of two cumulative products
+or as a difference of two cumulative sums), so each factor is in (0, 1] at any log_w <= 0: nothing overflows and
+nothing cancels; the scores between tokens t > i use a midpoint m between them (both factors <= 1), recursively
+over halves: matmuls, log2(C) levels.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import torch.nn.functional as F
 
 from .common import prepare
 
-DEFAULT_CHUNK = 32  # benchmarks/bench_wkv7_cpu.py times 16, 32 and 64 (on 2 CPU cores none is far from the best)
+DEFAULT_CHUNK = 64  # the fastest of 16, 32, 64 in benchmarks/bench_wkv7_cpu.py (2 CPU cores); fp32 fast path limit
 
 
 @functools.lru_cache(maxsize=32)
