@@ -127,6 +127,18 @@ def test_fast_path_at_its_bound(dtype, chunk, side, monkeypatch):
     check_against_reference(f"chunked-{chunk} {dtype} log_w {side} the bound {bound:.3g}", got, ref, tol)
 
 
+def test_chunked_in_spans(monkeypatch):
+    """Spans of two chunks (the last shorter than one chunk), S passed between them, against the float64 recurrence:
+    outputs, state and every gradient, on the fast path (rwkv) and the stable one (decay_mixed)."""
+    B, H, N, C = 2, 3, 8, 4
+    monkeypatch.setattr(chunked, "SPAN_ELEMENTS", 2 * B * C * H * N)
+    for case in ("rwkv", "decay_mixed"):
+        inputs = make_inputs(B, 37, H, N, case=case, seed=9)
+        got = run(functools.partial(wkv7_chunked, chunk_size=C), inputs)
+        ref = run(wkv7_recurrent, inputs)
+        check_against_reference(f"chunked-4 spans of 8 tokens {case}", got, ref, TOL["float64 model"])
+
+
 def test_chunked_in_pieces_equals_one_call():
     r, log_w, k, v, a, b, s = make_inputs(2, 100, 2, 8, case="decay_mixed", seed=3)
     y_all, s_all = wkv7(r, log_w, k, v, a, b, s)
