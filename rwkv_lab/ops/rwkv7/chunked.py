@@ -229,7 +229,7 @@ def _wkv7_span(r, log_w, k, v, a, b, S, C: int, fast: bool):
     WU0_b = WU0.mT @ b_dn  # (G, 2N, N): W'^T b_dn over U_0^T b_dn
     WU0_b[:, :N].diagonal(0, -2, -1).add_(diag)
     M = WU0_b[:, :N].mul_(scale).view(n, B * H, N, N)
-    E = WU0_b[:, N:].baddbmm_(v.mT, k_dn).mul_(scale).view(n, B * H, N, N)
+    E = torch.baddbmm(WU0_b[:, N:], v.mT, k_dn).mul_(scale).view(n, B * H, N, N)
 
     P = S.reshape(B * H, N, N) * to_ref[0]
     starts = []  # P at each chunk's start: only the (N x N) state passes from chunk to chunk
