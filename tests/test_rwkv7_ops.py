@@ -105,7 +105,7 @@ def test_float32_at_rwkv7_shape():
 
 
 @pytest.mark.parametrize("side", ["above", "at", "below"])
-@pytest.mark.parametrize("chunk", [4, 32])
+@pytest.mark.parametrize("chunk", [4, 32, 64])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_fast_path_at_its_bound(dtype, chunk, side, monkeypatch):
     """Decays whose minimum is just above, exactly at and just below `fast_path_bound` (the chunked form takes the
@@ -125,6 +125,18 @@ def test_fast_path_at_its_bound(dtype, chunk, side, monkeypatch):
     ref = run(wkv7_recurrent, [x.double() for x in inputs])
     tol = TOL["float64 model"] if dtype == torch.float64 else TOL["float32"]
     check_against_reference(f"chunked-{chunk} {dtype} log_w {side} the bound {bound:.3g}", got, ref, tol)
+
+
+def test_chunked_in_spans(monkeypatch):
+    """Spans of two chunks (the last shorter than one chunk), S passed between them, against the float64 recurrence:
+    outputs, state and every gradient, on the fast path (rwkv) and the stable one (decay_mixed)."""
+    B, H, N, C = 2, 3, 8, 4
+    monkeypatch.setattr(chunked, "SPAN_ELEMENTS", 2 * B * C * H * N)
+    for case in ("rwkv", "decay_mixed"):
+        inputs = make_inputs(B, 37, H, N, case=case, seed=9)
+        got = run(functools.partial(wkv7_chunked, chunk_size=C), inputs)
+        ref = run(wkv7_recurrent, inputs)
+        check_against_reference(f"chunked-4 spans of 8 tokens {case}", got, ref, TOL["float64 model"])
 
 
 def test_chunked_in_pieces_equals_one_call():

@@ -9,15 +9,19 @@ S_t = S_{t-1} (diag(w_t) + a_t b_t^T) + v_t k_t^T gives
     S_C = S_0 diag(e^{g_C}) + sum_i [ u_i (b_i e^{g_C-g_i})^T + v_i (k_i e^{g_C-g_i})^T ]
 
 The first line is a unit lower-triangular system for the u_t (the generalised delta rule's WY/UT form, as fla's
-`chunk_dplr_delta_rule`): its solution is U = W S_0^T + U_0, with W and U_0 independent of S_0, and so is
-y = R S_0^T + Y_0. Everything but S_0 is computed for all chunks at once; then a loop over chunks (T/C steps of
-three small matmuls) passes S from chunk to chunk and adds its part to y.
+`chunk_dplr_delta_rule`): its solution is U = W S_0^T + U_0, with W and U_0 independent of S_0, and so are
+y = R S_0^T + Y_0 and S_C = S_0 M + E (M = diag(e^{g_C}) + W^T (b e^{g_C-g})). Everything but S_0 is computed for
+all chunks at once, chunks and heads as one batch; then a loop over chunks (T/C steps of one N x N matmul-add)
+passes S from chunk to chunk, and y comes from the chunks' starting states in one batched matmul.
 
-Every decay factor is e^{(a sum of log_w)} over a stretch of tokens, computed as a product of the w = e^{log_w}
-in that stretch (never as a ratio of two cumulative products or as a difference of two cumulative sums), so each
-factor is in (0, 1] at any log_w <= 0: nothing overflows and nothing cancels. The C x C scores between tokens
-t > i use a midpoint m between them, e^{g_t-g_i} = e^{g_t-g_m} e^{g_m-g_i} (both factors <= 1), recursively over
-halves: matmuls, log2(C) levels.
+Two ways to the decays. The fast path, taken when every log_w is above `fast_path_bound` (RWKV-7's decays always
+are, in fp32 up to C = 64): every decay factor is taken relative to one token m per chunk (its first half's last),
+e^{g_t-g_i} = e^{g_t-g_m} e^{g_m-g_i}, so the C x C scores are plain matmuls of decay-scaled queries against
+decay-scaled keys. The stable path, for the rest: every decay factor is e^{(a sum of log_w)} over a stretch of
+tokens, computed as a product of the w = e^{log_w} in that stretch (never as a ratio of two cumulative products
+or as a difference of two cumulative sums), so each factor is in (0, 1] at any log_w <= 0: nothing overflows and
+nothing cancels; the scores between tokens t > i use a midpoint m between them (both factors <= 1), recursively
+over halves: matmuls, log2(C) levels.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ import torch.nn.functional as F
 
 from .common import prepare
 
-DEFAULT_CHUNK = 32  # benchmarks/bench_wkv7_cpu.py times 16, 32 and 64 (on 2 CPU cores none is far from the best)
+SPAN_ELEMENTS = 1 << 18  # elements per (span of tokens, H, N) tensor: 1 MB in fp32 (`wkv7_chunked`)
+DEFAULT_CHUNK = 64  # the fastest of 16, 32, 64 in benchmarks/bench_wkv7_cpu.py (2 CPU cores); fp32 fast path limit
 
 
 @functools.lru_cache(maxsize=32)
@@ -90,48 +95,65 @@ def _decays_and_scores(ra, kb, w):
 
 
 def _fast_decays_and_scores(r, a, k, b, log_w):
-    """The fast path's (r e^{g_t}, a e^{g_{t-1}}, k e^{g_C-g_t}, b e^{g_C-g_t}, e^{g_C}, scores) for decays bounded
-    below by `fast_path_bound`; inputs (..., C, N) (any strides), outputs contiguous.
-
-    Per chunk, every decay is taken relative to one reference token m (the first half's last):
-    e^{g_t - g_i} = e^{g_t - g_m} e^{g_m - g_i}, so the scores are matmuls of decay-scaled (r, a) against
-    decay-scaled (k, b): ([rk rb], [ak ab]) (..., C, 2C), causal (rk, rb: t >= i; ak: t > i; ab's upper triangle and
-    diagonal are left as they are: the triangular solve never reads them).
-    """
+    """`_chunk_factors` for decays bounded below by `fast_path_bound`, the reference token m the first half's last:
+    e^{g_t - g_i} = e^{g_t - g_m} e^{g_m - g_i}, so every score is a matmul of a decay-scaled query against a
+    decay-scaled key, and e^{g_m}, e^{g_C - g_m} stay per channel. (The contiguous operand comes first in each
+    product: an elementwise result takes the first operand's layout, so the permuted inputs are read once.)"""
     *lead, C, N = r.shape
     half = C // 2
-    g = log_w.contiguous().cumsum(-2)  # (..., C, N): g_t, the chunk's tokens up to t; |g| <= C |log_w|
-    g_ref = g[..., half - 1 : half, :] if half else torch.zeros_like(g[..., :1, :])  # (..., 1, N)
-    up = torch.exp(g - g_ref)  # e^{g_t - g_m}
-    down = 1 / up  # e^{g_m - g_t}
-    to_ref = torch.exp(g_ref)  # e^{g_m}
-    ref_to_end = torch.exp(g[..., -1:, :] - g_ref)  # e^{g_C - g_m}
-    up_before = torch.cat([1 / to_ref, up[..., :-1, :]], -2)  # e^{g_{t-1} - g_m}
-    r_up, a_up = up * r, up_before * a  # (..., C, N), contiguous like `up`
-    keys = torch.cat([down * k, down * b], -2)  # (..., 2C, N): k e^{g_m - g_i}, b e^{g_m - g_i}
-    mask_r, mask_a = _causal_masks(C, r.dtype, r.device)
-    r_scores = (r_up @ keys.transpose(-1, -2)) * mask_r  # (..., C, 2C): [rk rb]
-    a_scores = a_up @ keys.transpose(-1, -2)  # [ak ab]
-    a_scores = torch.cat([a_scores[..., :C] * mask_a, a_scores[..., C:]], -1)
-    kb_out = keys * ref_to_end  # (k, b) e^{g_C - g_i}
-    return (
-        r_up * to_ref,
-        a_up * to_ref,
-        kb_out[..., :C, :],
-        kb_out[..., C:, :],
-        (to_ref * ref_to_end)[..., 0, :],
-        (
-            r_scores,
-            a_scores,
-        ),
-    )
+    g = log_w.cumsum(-2).view(-1, C, N)  # (G, C, N) contiguous: g_t, the chunk's tokens up to t; |g| <= C |log_w|
+    g_ref = g[:, half - 1 : half, :].clone() if half else torch.zeros_like(g[:, :1, :])  # (G, 1, N)
+    g = g.sub_(g_ref)  # g_t - g_m
+    up = torch.exp(g)  # e^{g_t - g_m}
+    r_up = (up.view(*lead, C, N) * r).view(g.shape)
+    up_before = torch.cat([torch.exp(-g_ref), up[:, :-1]], 1).view(*lead, C, N)  # e^{g_{t-1} - g_m}
+    a_up = (up_before * a).view(g.shape)
+    down = torch.neg(g).exp_().view(*lead, C, N)  # e^{g_m - g_t}
+    k_dn, b_dn = (down * k).view(g.shape), (down * b).view(g.shape)
+    sees, sees_before = _causal_masks(C, r.dtype, r.device)
+    rk = (r_up @ k_dn.mT).mul_(sees)  # (G, C, C)
+    rb = (r_up @ b_dn.mT).mul_(sees)
+    ak = (a_up @ k_dn.mT).mul_(sees_before)
+    neg_ab = torch.baddbmm(rk.new_zeros(1, 1, 1), a_up, b_dn.mT, beta=0, alpha=-1)
+    ones = torch.ones_like(g_ref[:, 0, :])
+    return r_up, a_up, k_dn, b_dn, torch.exp(g_ref), torch.exp(g[:, -1:, :]), ones, (rk, rb, ak, neg_ab)
+
+
+def _stable_decays_and_scores(r, a, k, b, log_w):
+    """`_chunk_factors` at any log_w <= 0, the reference token the chunk's start (e^{g_m} = 1; k and b decayed to the
+    chunk's end): every decay a product of w over a stretch of tokens (`_decays_and_scores`)."""
+    *lead, C, N = r.shape
+    ra, kb = torch.stack([r, a], -2), torch.stack([k, b], -2)  # (..., C, 2, N)
+    w = torch.exp(log_w).contiguous()  # the one exp: every decay below is a product of these
+    upto, after, decay_all, scores = _decays_and_scores(ra, kb, w)
+    r_up, a_up = (x.reshape(-1, C, N) for x in (ra * upto).unbind(-2))  # r e^{g_t}, a e^{g_{t-1}}
+    k_dn, b_dn = (x.reshape(-1, C, N) for x in (kb * after[..., None, :]).unbind(-2))  # (k, b) e^{g_C - g_t}
+    scores = scores.reshape(-1, 2, C, 2, C)
+    rk, rb, ak, ab = (scores[:, q, :, kk, :] for q in (0, 1) for kk in (0, 1))  # (G, C, C) each
+    ones = torch.ones_like(r_up[:, :1, :])
+    return r_up, a_up, k_dn, b_dn, ones, ones, decay_all.reshape(-1, N), (rk, rb, ak, -ab)
+
+
+def _chunk_factors(r, a, k, b, log_w, fast: bool):
+    """Per chunk, inputs (..., C, N) -> what its state update needs, with the chunks and heads as one batch G,
+    relative to a reference token m of the chunk:
+
+    r_up, a_up (G, C, N): r_t e^{g_t - g_m}, a_t e^{g_{t-1} - g_m};  k_dn, b_dn (G, C, N): (k_i, b_i) e^{g_m - g_i};
+    to_ref e^{g_m} and to_end e^{g_C - g_m} (G, 1, N);  diag (G, N): e^{g_C} / (to_ref to_end);
+    the scores (G, C, C): rk[t, i] = r_t . k_i e^{g_t - g_i} and rb likewise (t >= i), ak[t, i] = a_t . k_i
+    e^{g_{t-1} - g_i} (t > i) and -ab likewise (its diagonal and upper triangle left as they are: the triangular
+    solve never reads them).
+    The fast path's m is the chunk's midpoint (diag = 1); the stable path's is its start for r and a (to_ref = 1) and
+    its end for k and b (to_end = 1, diag = e^{g_C}).
+    """
+    return (_fast_decays_and_scores if fast else _stable_decays_and_scores)(r, a, k, b, log_w)
 
 
 @functools.lru_cache(maxsize=32)
 def _causal_masks(C: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """1 where r_t sees token i (t >= i), (C, 2C) for [rk rb]; 1 where a_t does (t > i), (C, C)."""
+    """(C, C): 1 where r_t sees token i (t >= i); 1 where a_t does (t > i)."""
     t, i = torch.arange(C, device=device)[:, None], torch.arange(C, device=device)
-    return (t >= i).repeat(1, 2).to(dtype), (t > i).to(dtype)
+    return (t >= i).to(dtype), (t > i).to(dtype)
 
 
 def fast_path_bound(C: int, dtype: torch.dtype) -> float:
@@ -158,48 +180,62 @@ def chunk_size_for(T: int, chunk_size: int = DEFAULT_CHUNK) -> int:
 
 
 def wkv7_chunked(r, log_w, k, v, a, b, state=None, chunk_size: int = DEFAULT_CHUNK):
-    """The chunked form: inputs (B, T, H, N), state (B, H, N, N) or None; returns y (B, T, H, N) and the final state."""
+    """The chunked form: inputs (B, T, H, N), state (B, H, N, N) or None; returns y (B, T, H, N) and the final state.
+
+    The tokens go in spans of whole chunks, about SPAN_ELEMENTS per (span, H, N) tensor, one after the other with S
+    passed between them, so that each span's dozen intermediates stay in the CPU's caches (at (1, 4096, 768), spans of
+    320 tokens took 0.8x the time of one span of 4096 on 2 cores, 0.7x on 1; 2^17 to 2^19 elements within 6%)."""
     cd, (r, log_w, k, v, a, b), S = prepare(r, log_w, k, v, a, b, state)
     B, T, H, N = k.shape
     C = chunk_size_for(T, chunk_size)
+    fast = bool(log_w.min() >= fast_path_bound(C, cd))
+    span = C * max(1, SPAN_ELEMENTS // (B * C * H * N))
+    ys = []
+    for lo in range(0, T, span):
+        y, S = _wkv7_span(*(x[:, lo : lo + span] for x in (r, log_w, k, v, a, b)), S, C, fast)
+        ys.append(y)
+    return (torch.cat(ys, 1) if len(ys) > 1 else ys[0]), S
+
+
+def _wkv7_span(r, log_w, k, v, a, b, S, C: int, fast: bool):
+    """`wkv7_chunked` over one span of tokens, in chunks of C: inputs (B, T, H, N), S (B, H, N, N) in the compute
+    dtype; the fast path or not decided by the caller for the whole sequence."""
+    B, T, H, N = k.shape
     n = -(-T // C)
 
     def chunks(x):  # (B, T, H, N) -> (n, B, H, C, N) view (chunk first: the loop's slices are contiguous); padded
         x = F.pad(x, (0, 0, 0, 0, 0, n * C - T)) if n * C > T else x  # tokens (log_w = 0, all else 0) keep S as it is
         return x.view(B, n, C, H, N).permute(1, 0, 3, 2, 4)
 
-    v = chunks(v).contiguous()
-    if bool(log_w.min() >= fast_path_bound(C, cd)):
-        r_dec, a_dec, k_out, b_out, decay_all, (r_scores, a_scores) = _fast_decays_and_scores(
-            *(chunks(x) for x in (r, a, k, b, log_w))
-        )
-        rk, rb = r_scores.split(C, -1)
-        ak, ab = a_scores.split(C, -1)
-    else:
-        ra = torch.stack([chunks(r), chunks(a)], -2)  # (n, B, H, C, 2, N)
-        kb = torch.stack([chunks(k), chunks(b)], -2)
-        w = torch.exp(chunks(log_w)).contiguous()  # the one exp: every decay below is a product of these
-        upto, after, decay_all, scores = _decays_and_scores(ra, kb, w)
-        r_dec, a_dec = (ra * upto).unbind(-2)  # (n, B, H, C, N): r e^{g_t}, a e^{g_{t-1}}
-        k_out, b_out = (kb * after[..., None, :]).unbind(-2)  # (k, b) e^{g_C - g_t}
-        rk, rb, ak, ab = (scores[..., q, :, kk, :] for q in (0, 1) for kk in (0, 1))  # (n, B, H, C, C) each
+    factors = _chunk_factors(*(chunks(x) for x in (r, a, k, b, log_w)), fast)
+    r_up, a_up, k_dn, b_dn, to_ref, to_end, diag, (rk, rb, ak, neg_ab) = factors  # (G, ...): G = n B H
+    v = chunks(v).reshape(-1, C, N)
 
-    # u_t = S_{t-1} a_t as U = W S_0^T + U_0: solve (I - ab) [W, U_0] = [a e^{g_{t-1}}, ak v] (the diagonal 1 is
-    # implied, not read)
-    WU0 = torch.linalg.solve_triangular(-ab, torch.cat([a_dec, ak @ v], -1), upper=False, unitriangular=True)
-    W, U0 = WU0.split(N, -1)  # (n, B, H, C, N) each
+    # u_t = S_{t-1} a_t as U = W S_0^T + U_0: solve (I - ab) [W', U_0] = [a e^{g_{t-1} - g_m}, ak v] (the diagonal 1
+    # implied, not read); W = W' diag(e^{g_m}), as a column scaling commutes with the solve. Solved as the transposed
+    # system (X^T (I - ab)^T = ...), which takes both operands as they are laid out (half the time).
+    rhs = torch.cat([a_up, ak @ v], -1)  # (G, C, 2N)
+    WU0 = torch.linalg.solve_triangular(neg_ab.mT, rhs.mT, upper=True, left=False, unitriangular=True).mT
+    W_ref, U0 = WU0[..., :N], WU0[..., N:]  # (G, C, N) each
 
-    # y = r e^{g_t} S_0^T + rk v + rb U = R S_0^T + Y0 with U = W S_0^T + U_0: everything but S_0 in parallel
-    rb_WU0 = rb @ WU0  # (n, B, H, C, 2N)
-    R = r_dec + rb_WU0[..., :N]  # (n, B, H, C, N)
-    Y0 = rb_WU0[..., N:] + rk @ v
-    KV = v.transpose(-1, -2) @ k_out  # (n, B, H, N, N): the chunk's own writes, as seen at its end
+    # y = R S_0^T + Y0, R = (r e^{g_t - g_m} + rb W') diag(e^{g_m}), Y0 = rk v + rb U_0: all but S_0 in parallel
+    R_ref = torch.baddbmm(r_up, rb, W_ref)  # (G, C, N)
+    Y0 = (rk @ v).baddbmm_(rb, U0)  # in place: baddbmm's backward does not need the tensor it adds to
+    # The loop carries P = S_0 diag(e^{g_m}), S_0 the state at the chunk's start: P' = P M + E with
+    # M = (diag + W'^T b_dn) diag(e^{g_C - g_m} e^{g_m'}) (the next chunk's m'; 1 after the last) and
+    # E = (U_0^T b_dn + v^T k_dn) diag(e^{g_C - g_m} e^{g_m'}): the chunk's own writes, as seen at its end
+    to_ref = to_ref.view(n, B * H, 1, N)
+    scale = to_end * torch.cat([to_ref[1:], torch.ones_like(to_ref[:1])]).view(-1, 1, N)  # (G, 1, N)
+    WU0_b = WU0.mT @ b_dn  # (G, 2N, N): W'^T b_dn over U_0^T b_dn
+    WU0_b[:, :N].diagonal(0, -2, -1).add_(diag)
+    M = WU0_b[:, :N].mul_(scale).view(n, B * H, N, N)
+    E = torch.baddbmm(WU0_b[:, N:], v.mT, k_dn).mul_(scale).view(n, B * H, N, N)
 
-    starts = []  # S at the start of each chunk: only the (N x N) state passes from chunk to chunk
-    for c in range(n):  # S_C = S_0 e^{g_C} + U^T (b e^{g_C - g_t}) + v^T (k e^{g_C - g_t})
-        starts.append(S)
-        U = W[c] @ S.transpose(-1, -2) + U0[c]  # (B, H, C, N): u_t = S_{t-1} a_t
-        S = S * decay_all[c, :, :, None, :] + U.transpose(-1, -2) @ b_out[c] + KV[c]
-    y = R @ torch.stack(starts).transpose(-1, -2) + Y0  # (n, B, H, C, N)
-    y = y.permute(1, 0, 3, 2, 4).reshape(B, n * C, H, N)[:, :T]
-    return y, S
+    P = S.reshape(B * H, N, N) * to_ref[0]
+    starts = []  # P at each chunk's start: only the (N x N) state passes from chunk to chunk
+    for c in range(n):
+        starts.append(P)
+        P = torch.baddbmm(E[c], P, M[c])
+    y = Y0.baddbmm_(R_ref, torch.stack(starts).view(-1, N, N).mT)  # (G, C, N)
+    y = y.view(n, B, H, C, N).permute(1, 0, 3, 2, 4).reshape(B, n * C, H, N)[:, :T]
+    return y, P.view(B, H, N, N)
