@@ -269,7 +269,7 @@ class RWKV7(RecurrentLMBase):
         """RNN form: one token per sequence, token (B,) -> logits (B, V) and the state.
 
         The fast path of decoding: the blocks' equations for one token on (B, C) vectors, functional, without the
-        parallel form's token shifts and reshapes, each block one TorchScript call (`_block_one`); `forward` is
+        parallel form's token shifts and reshapes, all blocks one TorchScript call (`_blocks_one`); `forward` is
         its reference (tests/test_rwkv7_model.py compares them in float64, gradients included). Without autograd
         each layer writes its S straight into the new state."""
         if check:
@@ -280,38 +280,27 @@ class RWKV7(RecurrentLMBase):
             self.check_state(state, token.shape[0])
         x = _layer_norm(self.blocks[0].ln0, self.emb(token))  # (B, C)
         B, C = x.shape
-        block_one = _block_one_scripted()
         # out= ops take no autograd: with it on, each layer returns a fresh S and they are stacked
         wkv = None if torch.is_grad_enabled() else torch.empty_like(state.wkv)  # (B, L, H, N, N)
         last = state.shift.to(x.dtype)  # the token shifts in the model's dtype (a no-op but for bf16 / fp16)
-        # each layer's views, taken in one op each
-        last_att, last_ffn, wkv_in = last[:, :, ATT].unbind(1), last[:, :, FFN].unbind(1), state.wkv.unbind(1)
-        wkv_out = [None] * len(self.blocks) if wkv is None else wkv.unbind(1)
-        v_first = x  # a placeholder: layer 0 sets it
-        shifts, wkvs = [], []
-        for i, block in enumerate(self.blocks):
-            x, v_first, h, h2, S = block_one(
-                i == 0,
-                x,
-                v_first,
-                last_att[i],
-                last_ffn[i],
-                wkv_in[i],
-                wkv_out[i],
-                block.step_tensors(),
-                self.config.layer_norm_eps,
-                LN_X_EPS,
-                DECAY_SCALE,
-            )
-            shifts += [h, h2]
-            wkvs.append(S)
+        x, shifts, wkvs = _blocks_one_scripted()(
+            x,
+            list(last[:, :, ATT].unbind(1)),
+            list(last[:, :, FFN].unbind(1)),
+            list(state.wkv.unbind(1)),
+            [None] * len(self.blocks) if wkv is None else list(wkv.unbind(1)),
+            [block.step_tensors() for block in self.blocks],
+            self.config.layer_norm_eps,
+            LN_X_EPS,
+            DECAY_SCALE,
+        )
         x = _layer_norm(self.ln_out, x)
         shift = torch.stack(shifts, dim=1).view(B, -1, 2, C).to(self.state_dtype)
         return self.head(x), RWKV7State(shift=shift, wkv=torch.stack(wkvs, dim=1) if wkv is None else wkv)
 
 
-def _layer_norm(ln: nn.LayerNorm | None, x: torch.Tensor) -> torch.Tensor:
-    return x if ln is None else F.layer_norm(x, x.shape[-1:], ln.weight, ln.bias, ln.eps)
+def _layer_norm(ln: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x, x.shape[-1:], ln.weight, ln.bias, ln.eps)
 
 
 def _block_one(
@@ -327,7 +316,7 @@ def _block_one(
     ln_x_eps: float,
     decay_scale: float,
 ):
-    """`Block7.forward` for one token after ln0, TorchScript-compiled by the step (`_block_one_scripted`): x,
+    """`Block7.forward` for one token after ln0 (TorchScript compiles it within `_blocks_one`): x,
     v_first, last_att, last_ffn (B, C); S (B, H, N, N) and S_out (B, H, N, N) or None, where S' goes; p the block's
     `step_tensors()`. Returns x, v_first, the two new token shifts (B, C) each, S'. The LoRAs' biases fold into
     addmm; the projections are F.linear of the weights as stored (transposed on the CPU: see
@@ -364,11 +353,48 @@ def _block_one(
     return x + F.linear(hidden, ffn_W_v), v_first, h, h2, S
 
 
+def _blocks_one(
+    x: Tensor,
+    last_att: list[Tensor],
+    last_ffn: list[Tensor],
+    wkv_in: list[Tensor],
+    wkv_out: list[Tensor | None],
+    params: list[list[Tensor]],
+    ln_eps: float,
+    ln_x_eps: float,
+    decay_scale: float,
+):
+    """Every block for one token (`_block_one` per layer), x (B, C) after ln0; per layer its token shifts, S and
+    where S' goes (or None), and its `step_tensors()`. Returns x, the new token shifts [att, ffn] per layer (2L of
+    (B, C)) and the L new S."""
+    v_first = x  # a placeholder: layer 0 sets it
+    shifts: list[Tensor] = []
+    wkvs: list[Tensor] = []
+    for i in range(len(params)):
+        x, v_first, h, h2, S = _block_one(
+            i == 0,
+            x,
+            v_first,
+            last_att[i],
+            last_ffn[i],
+            wkv_in[i],
+            wkv_out[i],
+            params[i],
+            ln_eps,
+            ln_x_eps,
+            decay_scale,
+        )
+        shifts += [h, h2]
+        wkvs.append(S)
+    return x, shifts, wkvs
+
+
 @functools.cache
-def _block_one_scripted():
-    """`_block_one` through TorchScript, compiled on the first step: per token it runs some 60 small ops a layer,
-    whose Python dispatch cost about 1.5 ms a token at the 0.1B shape on 2 CPU cores (the `rwkv` package scripts
-    its step for the same reason). torch deprecates TorchScript but still ships it; its warning is silenced here."""
+def _blocks_one_scripted():
+    """`_blocks_one` through TorchScript, compiled on the first step: per token it runs some 60 small ops a layer,
+    whose Python dispatch costs about as much again as the rest of a token's non-matrix work (at the 0.1B shape
+    on 2 CPU cores: 2.8 ms a token of overhead eager, 1.4 ms the `rwkv` package's, which scripts its step for the
+    same reason). torch deprecates TorchScript but still ships it; its warning is silenced here."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        return torch.jit.script(_block_one)
+        return torch.jit.script(_blocks_one)
