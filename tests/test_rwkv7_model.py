@@ -145,6 +145,22 @@ def test_gradients_parallel_equal_recurrent(T):
         assert_rel_close(f"T={T} grad {name}", parallel[name], recurrent[name], TOL["float64 model"])
 
 
+def test_step_without_autograd_writes_a_new_state():
+    """Without autograd the step writes each layer's S straight into a fresh state (out=); with it, it stacks
+    them: the two agree, float64, and neither touches the state it was given."""
+    model = random_model(TINY, seed=5, dtype=torch.float64)
+    state = random_state(model, 3, seed=5)
+    before = state.clone()
+    token = tokens_for(TINY, 3, 1, seed=5)[:, 0]
+    logits, stacked = model.step(token, state)  # autograd on: the stacking path
+    with torch.no_grad():
+        fast_logits, written = model.step(token, state)
+    assert_rel_close("no-autograd step logits vs autograd step", fast_logits, logits.detach(), TOL["float64 model"])
+    assert_rel_close("no-autograd step state vs autograd step", written, stacked.detach(), TOL["float64 model"])
+    assert_rel_close("the given state after both steps", state, before, 0.0)
+    assert written.wkv.data_ptr() != state.wkv.data_ptr()
+
+
 def test_bfloat16_model_keeps_a_float32_state():
     """bf16 weights and activations, the state in float32: both forms near the float64 model's logits."""
     reference = random_model(TINY, seed=6)

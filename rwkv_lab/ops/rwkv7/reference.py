@@ -10,13 +10,17 @@ import torch
 from .common import prepare
 
 
-def wkv7_step(S, r, w, k, v, a, b):
+def wkv7_step(S, r, w, k, v, a, b, out: torch.Tensor | None = None):
     """One token for every head: S (B, H, N, N) [value index, key index]; r, w, k, v, a, b (B, H, N), w = exp(log_w).
 
-    S' = S (diag(w) + a b^T) + v k^T ;  y = S' r.  Returns (y (B, H, N), S').
+    S' = S (diag(w) + a b^T) + v k^T ;  y = S' r.  Returns (y (B, H, N), S'). `out` (B, H, N, N), when given,
+    receives S' (the one-token step passes its next state's slice, saving a copy; no autograd through it).
+    TorchScript compiles this function too (the model's one-token step calls it).
     """
     removed = S @ a[..., None]  # (B, H, N, 1): S a, what the transition takes out before writing b
-    S = S * w[:, :, None, :] + removed * b[:, :, None, :] + v[..., None] * k[:, :, None, :]
+    decayed = S * w[:, :, None, :] if out is None else torch.mul(S, w[:, :, None, :], out=out)
+    # the two rank-one terms added in place: no (B, H, N, N) temporaries beyond S' itself
+    S = decayed.addcmul_(removed, b[:, :, None, :]).addcmul_(v[..., None], k[:, :, None, :])
     return (S @ r[..., None])[..., 0], S
 
 
