@@ -19,4 +19,17 @@ def check_lengths(lengths, batch: int, T: int, device) -> None:
         raise ValueError(f"lengths are on {lengths.device} but the inputs are on {device}")
     lo, hi = int(lengths.min()), int(lengths.max())
     if lo < 1 or hi > T:
-        raise ValueError(f"every length must be in [1, T] = [1, {T}] (T the padded length); got {lo if lo < 1 else hi}")
+        raise ValueError(f"lengths must each be in [1, T] = [1, {T}] (T the padded length); got {lo if lo < 1 else hi}")
+
+
+def last_positions(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """Each sequence's row at its own last real position: x (B, T, ...) -> (B, ...); without lengths, x[:, -1]."""
+    if lengths is None:
+        return x[:, -1]
+    index = (lengths - 1).view(-1, 1, *([1] * (x.dim() - 2))).expand(-1, 1, *x.shape[2:])
+    return x.gather(1, index)[:, 0]
+
+
+def padding_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
+    """(B, T) bool: True at the positions past each sequence's length (right padding)."""
+    return torch.arange(T, device=lengths.device)[None, :] >= lengths[:, None]
