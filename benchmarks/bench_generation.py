@@ -5,9 +5,10 @@ the `rwkv` package and transformers' `RwkvForCausalLM` on the same weights, in o
     python benchmarks/bench_generation.py --device cuda --arch rwkv7 --tokenizer 20B_tokenizer.json
     python benchmarks/bench_generation.py --device cpu --sizes 169M --batches 1 --prompts 16 --new-tokens 32
 
-Writes results/inference/generation<_arch><tag>.csv (no <_arch> for rwkv4) (one row per path, size, batch and prompt length: tokens/s,
-first-token latency, warm-up, peak memory, the weight-bandwidth roofline on a GPU) and, on a GPU,
-results/inference/decoder_check<tag>.json: the captured (compiled) step against the eager `model.step` in fp32.
+Writes results/inference/generation<arch><tag>.csv (<arch>: '' for rwkv4, _rwkv7) (one row per path, size,
+batch and prompt length: tokens/s, first-token latency, warm-up, peak memory, the weight-bandwidth roofline on a
+GPU) and, on a GPU, results/inference/decoder_check<arch><tag>.json: the captured (compiled) step against the
+eager `model.step` in fp32.
 The `mixed` rows are the batched end to end case: `--mixed-batches` prompts (32 and 128) of lengths drawn from
 `--mixed-lengths` (16 to 1,024 tokens), `--new-tokens` each, one generate call (one prefill pass for the batch,
 then the decoder), beside the decoder alone at that batch, and the warm-up a new batch size then costs.
