@@ -100,6 +100,7 @@ def one_launch(shape, w, u, k, v, device) -> list[dict]:
             None,
             None,
             y,
+            None,
             T,
             C,
             N,
@@ -107,6 +108,7 @@ def one_launch(shape, w, u, k, v, device) -> list[dict]:
             BLOCK_C=wkv_triton.BLOCK_C,
             SCAN_HERE=False,
             HAS_INIT=False,
+            HAS_LENGTHS=False,
             num_warps=wkv_triton._warps(),
         )
 

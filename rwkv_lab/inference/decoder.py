@@ -8,6 +8,12 @@ CUDA graph, its elementwise work fused by `torch.compile` where Triton is presen
 launch instead of hundreds, which is what bounds decoding at small batch. Only the chosen token ids leave the
 device. Elsewhere the same function runs eagerly. `model.step` stays the readable reference; tests check that
 the captured step equals it.
+
+A batch size is rounded up to a bucket (`bucket_for`: the next power of two) where the step is captured or
+compiled: a decoder serves every batch up to its bucket, the rows past the real ones padded (copies of the last
+real row, every op of the step being per row) and dropped, so a new batch size costs nothing within a bucket
+already seen. The compiled function is one per model, with the batch dimension marked dynamic
+(`DYNAMIC_BATCH`), so a new bucket costs a capture, not a compilation.
 """
 
 from __future__ import annotations
@@ -21,8 +27,46 @@ import torch
 from .sampling import sample, vocab_keys
 
 _DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {compile level: compiled function}
 # what torch.compile covers, tried in this order: the step with the sampler, the step alone, nothing
 COMPILE_LEVELS = ("step+sample", "step", False)
+# the compiled step's batch dimension is symbolic (batches >= 2): every bucket but 1 reuses one compilation
+DYNAMIC_BATCH = True
+
+
+def bucket_for(batch: int) -> int:
+    """The batch a captured / compiled decoder runs for `batch` sequences: the next power of two (1, 2, 4, 8, ...),
+    so that log2 of the largest batch bounds the captures, and at most half of a bucket's rows are padding."""
+    if isinstance(batch, bool) or not isinstance(batch, int):
+        raise TypeError(f"batch must be an int >= 1; got {type(batch).__name__} {batch!r}")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1; got {batch}")
+    return 1 << (batch - 1).bit_length()
+
+
+def _model_step(model, tokens, state):
+    return model.step(tokens, state, check=False)
+
+
+def _step_and_sample(model, step, tokens, state, temperature, top_p, seeds, steps, keys):
+    logits, new_state = step(model, tokens, state)
+    return sample(logits, temperature, top_p, seeds, steps, keys), logits, new_state
+
+
+def _compiled(model, level):
+    """The model's compiled step (level "step") or step with sampler ("step+sample"): one per model and level,
+    shared by its decoders of every bucket."""
+    per_model = _COMPILED.setdefault(model, {})
+    if level not in per_model:
+        fn = _model_step if level == "step" else _step_and_sample
+        per_model[level] = torch.compile(fn, fullgraph=True, dynamic=None if DYNAMIC_BATCH else False)
+    return per_model[level]
+
+
+def _mark_batch_dynamic(*tensors) -> None:
+    for t in tensors:
+        if t.shape[0] >= 2:
+            torch._dynamo.mark_dynamic(t, 0, min=2)
 
 
 def _compile_available(device: torch.device) -> bool:
@@ -36,10 +80,14 @@ def _compile_available(device: torch.device) -> bool:
 
 
 class Decoder:
-    """One recurrent step plus sampling for a fixed batch size, captured on CUDA (see the module docstring)."""
+    """One recurrent step plus sampling for batches up to `batch` sequences, captured on CUDA (see the module
+    docstring). `buckets` (default: where the step is captured or compiled) rounds `batch` up to its bucket and
+    pads smaller batches to it; without, the decoder runs the batches it is given as they are (the CPU)."""
 
-    def __init__(self, model, batch: int, compile: bool | None = None, graphs: bool | None = None):
-        self.model, self.batch = model, batch
+    def __init__(
+        self, model, batch: int, compile: bool | None = None, graphs: bool | None = None, buckets: bool | None = None
+    ):
+        self.model = model
         self.device = model.device
         self.graphs = self.device.type == "cuda" if graphs is None else graphs
         if compile is None:
@@ -47,43 +95,38 @@ class Decoder:
         self.compile = COMPILE_LEVELS[0] if compile is True else compile
         if self.compile not in COMPILE_LEVELS:
             raise ValueError(f"compile must be None, a bool or one of {COMPILE_LEVELS}; got {compile!r}")
+        self.buckets = bool(self.graphs or self.compile) if buckets is None else buckets
+        self.batch = bucket_for(batch) if self.buckets else batch
         self.warmup_seconds = 0.0  # capture and compilation, paid on the first call of each sampling setting
         if self.device.type == "cpu":
             model.store_projections_transposed()  # the layout CPU BLAS reads fastest for a vector (see there)
         self._captured: dict = {}
 
-    def _step_and_sample(self, tokens, state, temperature, top_p, seeds, steps, keys):
-        logits, new_state = self._step(tokens, state)
-        return sample(logits, temperature, top_p, seeds, steps, keys), logits, new_state
-
-    def _model_step(self, tokens, state):
-        return self.model.step(tokens, state, check=False)
-
-    def _eager(self, tokens, state, temperature, top_p, seeds, steps):
+    def _eager(self, tokens, state, seeds, steps, temperature, top_p):
         """One step: compiled as a whole where that works (the step's and the sampler's elementwise work fuse),
         else the model's step alone (COMPILE_LEVELS)."""
-        if "_fn" not in self.__dict__:
-            self._step = self._model_step
-            self._fn = self._step_and_sample
-            if self.compile == "step":
-                self._step = torch.compile(self._model_step, fullgraph=True, dynamic=False)
-            elif self.compile:
-                self._fn = torch.compile(self._step_and_sample, fullgraph=True, dynamic=False)
+        step, fn = _model_step, _step_and_sample
+        if self.compile == "step":
+            step = _compiled(self.model, "step")
+        elif self.compile:
+            fn = _compiled(self.model, "step+sample")
+        if self.compile and DYNAMIC_BATCH:
+            _mark_batch_dynamic(tokens, *state.tensors(), seeds, steps)
         keys = vocab_keys(self.model.config.vocab_size, self.device)
-        return self._fn(tokens, state, temperature, top_p, seeds, steps, keys)
+        return fn(self.model, step, tokens, state, temperature, top_p, seeds, steps, keys)
 
-    def _capture(self, key, tokens, state, temperature, top_p, seeds, steps):
+    def _capture(self, key, tokens, state, seeds, steps, temperature, top_p):
         t0 = time.perf_counter()
         static = [tokens.clone(), state.clone(), seeds.clone(), steps.clone()]
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(3):  # warm-up outside the graph: allocator, first launches, compilation
-                self._eager(static[0], static[1], temperature, top_p, static[2], static[3])
+                self._eager(*static, temperature, top_p)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out = self._eager(static[0], static[1], temperature, top_p, static[2], static[3])
+            out = self._eager(*static, temperature, top_p)
         torch.cuda.synchronize(self.device)
         self.warmup_seconds += time.perf_counter() - t0
         self._captured[key] = (graph, static, out)
@@ -119,35 +162,57 @@ class Decoder:
                 )
                 self.compile = fallback
                 self._captured.clear()
-                self.__dict__.pop("_fn", None)
 
     @torch.no_grad()
     def _run(self, tokens, state, temperature, top_p, seeds, steps, return_logits):
+        B = tokens.shape[0]
+        if B > self.batch or (B != self.batch and not self.buckets):
+            most = f"at most {self.batch}" if self.buckets else f"exactly {self.batch}"
+            raise ValueError(f"this decoder runs {most} sequences; got {B} (decoder_for(model, {B}) gives one)")
         if seeds is None:
-            seeds = torch.zeros(self.batch, dtype=torch.int64, device=self.device)
+            seeds = torch.zeros(B, dtype=torch.int64, device=self.device)
         if steps is None:
             steps = torch.zeros_like(seeds)
+        inputs = (tokens, state, seeds, steps)
         if not self.graphs:
-            out = self._eager(tokens, state, temperature, top_p, seeds, steps)
+            out = self._eager(*_padded(inputs, self.batch), temperature, top_p)
         else:
             key = (temperature, top_p)
             if key not in self._captured:
-                self._capture(key, tokens, state, temperature, top_p, seeds, steps)
+                self._capture(key, *_padded(inputs, self.batch), temperature, top_p)
             graph, static, out = self._captured[key]
-            for buffer, value in zip(static, (tokens, state, seeds, steps)):
+            for buffer, value in zip(static, inputs):
+                # the real rows only: the padding rows keep what the capture put there (copies of a real row)
+                buffer = buffer[:B] if B < self.batch else buffer
                 if buffer is not value:
                     buffer.copy_(value)  # a state copies tensor by tensor, skipping those already in place
             graph.replay()
         next_tokens, logits, new_state = out
+        if B < self.batch:
+            next_tokens, logits, new_state = next_tokens[:B], logits[:B], new_state[:B]
         return (next_tokens, new_state, logits) if return_logits else (next_tokens, new_state)
 
 
+def _padded(inputs, batch: int):
+    """tokens, state, seeds, steps of B <= batch sequences padded to `batch` rows: copies of the last row (a valid
+    state, whatever the model), dropped after the step."""
+    B = inputs[0].shape[0]
+    if B == batch:
+        return inputs
+    rows = torch.cat([torch.arange(B), torch.full((batch - B,), B - 1)]).to(inputs[0].device)
+    return tuple(x[rows] for x in inputs)
+
+
 def decoder_for(model, batch: int, compile: bool | None = None) -> Decoder:
-    """The model's decoder for this batch size, built (and on CUDA captured) once and kept while the model lives.
+    """The model's decoder for this batch size, built (and on CUDA captured) once and kept while the model lives:
+    where it captures or compiles, the one of the batch's bucket (`bucket_for`), which takes any smaller batch.
 
     The cache key includes the model's dtype and device, so moving the model gives a fresh decoder."""
     per_model = _DECODERS.setdefault(model, {})
-    key = (batch, model.dtype, model.device, compile)
+    device = model.device
+    # Decoder's defaults: graphs on CUDA, compile where available; buckets where either
+    bucketed = device.type == "cuda" or bool(_compile_available(device) if compile is None else compile)
+    key = (bucket_for(batch) if bucketed else batch, model.dtype, device, compile)
     if key not in per_model:
-        per_model[key] = Decoder(model, batch, compile=compile)
+        per_model[key] = Decoder(model, key[0], compile=compile)
     return per_model[key]

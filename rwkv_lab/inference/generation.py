@@ -1,5 +1,6 @@
-"""Text generation through the recurrent form: each prompt prefilled in parallel to its own state, then all
-sequences decoded together, one token per step, through the fast decoder (decoder.py).
+"""Text generation through the recurrent form: the prompts prefilled together in one parallel pass (right-padded,
+each to its own length and state: `model.prefill(..., lengths=)`), then all sequences decoded together, one token
+per step, through the fast decoder (decoder.py).
 
     text = generate(model, tokenizer, "def main():", max_new_tokens=100, temperature=0.8, top_p=0.9, seed=0)
     texts = generate(model, tokenizer, ["a", "much longer prompt b"], seed=[1, 2], stop=[["\\n"], ["."]])
@@ -21,8 +22,10 @@ from ..loading.tokenizer import check_tokenizer
 from .decoder import decoder_for
 from .sampling import MAX_SEED, check_sampling, check_seed, sample
 
-# prompt tokens run per parallel call: bounds prefill memory at any prompt length (exact: the state is carried)
+# prompt tokens run per parallel call, per sequence and (PREFILL_TOKENS) over the batch: bound prefill memory at
+# any prompt length and batch (exact: the state is carried between the pieces)
 PREFILL_CHUNK = 4096
+PREFILL_TOKENS = 32768
 
 
 @dataclass
@@ -106,21 +109,22 @@ def _prompts(prompt) -> list[str]:
 
 @torch.no_grad()
 def prefill_prompts(model, tokenizer, prompts: list[str], state=None, new_document: bool = False):
-    """Each prompt through the parallel form from its own state: (last logits (n, V), the n states as one batch).
+    """The prompts through the parallel form, each from its own state: (last logits (n, V), the n states as one
+    batch). One pass for the batch: the prompts right-padded to the longest, each taken at its own length
+    (`model.prefill(..., lengths=)`), in pieces of at most PREFILL_CHUNK tokens and PREFILL_TOKENS over the batch.
 
     An empty prompt starts a new document (end-of-text); so does every prompt with `new_document`. Only the last
     position goes through the head."""
-    logits, states = [], []
-    for i, prompt in enumerate(prompts):
-        ids = tokenizer.encode(prompt)
-        if new_document or not ids:
-            ids = [tokenizer.eot_id] + ids
-        tokens = torch.tensor([ids], device=model.device)
-        start = None if state is None else state[i : i + 1]
-        last, st = model.prefill(tokens, start, chunk=PREFILL_CHUNK)
-        logits.append(last)
-        states.append(st)
-    return torch.cat(logits), type(states[0]).cat(states)
+    ids = []
+    for prompt in prompts:
+        encoded = tokenizer.encode(prompt)
+        ids.append([tokenizer.eot_id] + encoded if new_document or not encoded else encoded)
+    lengths = [len(x) for x in ids]
+    T = max(lengths)
+    tokens = torch.tensor([x + [tokenizer.eot_id] * (T - len(x)) for x in ids], device=model.device)  # (n, T)
+    chunk = max(64, min(PREFILL_CHUNK, PREFILL_TOKENS // len(prompts)))
+    lengths = None if min(lengths) == T else torch.tensor(lengths, device=model.device)
+    return model.prefill(tokens, state, chunk=chunk, lengths=lengths)
 
 
 @torch.no_grad()

@@ -10,6 +10,7 @@ import json
 import torch
 import torch.nn as nn
 
+from ..ops.lengths import check_lengths, last_positions
 from .checks import check_tokens
 from .run_config import RunConfig
 
@@ -77,22 +78,53 @@ class RecurrentLMBase(nn.Module):
         x, state = self.blocks_with_state(self.emb(tokens), state, backend or self.run.backend, trace=trace)
         return self.ln_out(x), state
 
-    def prefill(self, tokens: torch.Tensor, state=None, *, chunk: int | None = None, backend=None, check: bool = True):
+    def prefill(
+        self,
+        tokens: torch.Tensor,
+        state=None,
+        *,
+        chunk: int | None = None,
+        backend=None,
+        check: bool = True,
+        lengths: torch.Tensor | None = None,
+    ):
         """Parallel form for a prompt: tokens (B, T) -> logits of the last token (B, V) and the state.
 
         Only the last position goes through the head, and `chunk` bounds the memory: T is run in pieces of `chunk`
         tokens with the state carried between them, which gives the same result as one call.
+
+        `lengths` (B,) ints in [1, T]: prompts of different lengths in one pass (as cu_seqlens in fla and
+        flash-attention), right-padded to T (any ids after a prompt's end). Sequence b's logits are those of its
+        token lengths[b] - 1 and its state the one after it: what prefilling tokens[b, :lengths[b]] alone gives.
+        A piece of `chunk` tokens runs the sequences that reach into it only.
         """
         if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
             raise ValueError(f"chunk must be a positive number of tokens or None (the whole prompt); got {chunk!r}")
         state = self.checked_state(tokens, state, check)
-        T = tokens.shape[1]
+        B, T = tokens.shape
+        if lengths is not None:
+            if check:
+                check_lengths(lengths, B, T, tokens.device)
+            if bool((lengths == T).all()):
+                lengths = None  # no padding: the plain pass
         chunk = chunk or T
-        for start in range(0, T, chunk):
-            x, state = self.blocks_with_state(
-                self.emb(tokens[:, start : start + chunk]), state, backend or self.run.backend
-            )
-        return self.head(self.ln_out(x[:, -1])), state
+        backend = backend or self.run.backend
+        if lengths is None:
+            for start in range(0, T, chunk):
+                x, state = self.blocks_with_state(self.emb(tokens[:, start : start + chunk]), state, backend)
+            return self.head(self.ln_out(x[:, -1])), state
+        last = None  # (B, C): each sequence's hidden state at its last token, filled by the piece it ends in
+        for start in range(0, int(lengths.max()), chunk):
+            rows = (lengths > start).nonzero()[:, 0]  # the sequences reaching into this piece
+            piece = tokens[rows, start : start + chunk]
+            ends = (lengths[rows] - start).clamp(max=piece.shape[1])  # (R,): their real tokens in the piece
+            partial = None if bool((ends == piece.shape[1]).all()) else ends
+            x, new = self.blocks_with_state(self.emb(piece), state[rows], backend, lengths=partial)
+            state = type(state)(*(t.index_copy(0, rows, n) for t, n in zip(state.tensors(), new.tensors())))
+            x = last_positions(x, ends)  # (R, C)
+            last = x.new_zeros(B, x.shape[-1]) if last is None else last
+            last = last.index_copy(0, rows, x)  # rows ending in a later piece are overwritten there
+        return self.head(self.ln_out(last)), state
 
     @torch.no_grad()
     def store_projections_transposed(self):

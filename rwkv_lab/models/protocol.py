@@ -10,6 +10,8 @@ A recurrent LM (RWKV-4, RWKV-7) has, with tokens (B, T) of int64 ids and `state`
     logits, state = model(tokens, state=None)            # parallel form: (B, T, V) and the state after the last token
     hidden, state = model.hidden(tokens, state=None)     # the same without the head: (B, T, C) after ln_out
     last, state = model.prefill(tokens, state=None, chunk=None)  # logits of the last position only (B, V)
+    last, state = model.prefill(tokens, state, lengths=lengths)  # right-padded prompts, lengths (B,): each
+                                                        # sequence's logits and state at its own last token
     logits, state = model.step(token, state)             # recurrent form: token (B,) -> (B, V)
     state = model.init_state(batch)                      # the empty state
     model(tokens, state, trace=[])                       # per layer, a dict of what the layer computed

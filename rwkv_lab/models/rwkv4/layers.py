@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ...ops.lengths import last_positions
 from ...ops.norm_mix import mix, token_shift
 from ...ops.rwkv4 import compute_dtype, wkv
 from .config import RWKVConfig
@@ -35,20 +36,21 @@ class TimeMix(nn.Module):
         """w = exp(time_decay) (C,), in fp32 at least: a bf16 time_decay would lose the long half-lives."""
         return torch.exp(self.time_decay.to(compute_dtype(self.time_decay)))
 
-    def forward(self, x, last_x, wkv_state, backend, scale: int = 1, trace: dict | None = None):
-        # x (B, T, C): LN1 output; last_x (B, C); wkv_state (B, 3, C); the output comes divided by `scale`
+    def forward(self, x, last_x, wkv_state, backend, scale: int = 1, trace: dict | None = None, lengths=None):
+        # x (B, T, C): LN1 output; last_x (B, C); wkv_state (B, 3, C); the output comes divided by `scale`;
+        # lengths (B,) or None: right-padded sequences, whose states are taken at their own last tokens
         prev = token_shift(x, last_x)
         xk, xv, xr = (mix(x, prev, mu) for mu in self.mixes())
-        out, wkv_state = self.from_mixed(xk, xv, xr, wkv_state, backend, scale, trace)
-        return out, x[:, -1], wkv_state
+        out, wkv_state = self.from_mixed(xk, xv, xr, wkv_state, backend, scale, trace, lengths)
+        return out, last_positions(x, lengths), wkv_state
 
-    def from_mixed(self, xk, xv, xr, wkv_state, backend, scale: int = 1, trace: dict | None = None):
+    def from_mixed(self, xk, xv, xr, wkv_state, backend, scale: int = 1, trace: dict | None = None, lengths=None):
         """The half after its mixes: projections, the WKV, the sigmoid(r) gate, the output projection."""
         k, v, r = self.key(xk), self.value(xv), self.receptance(xr)
         w = self.decay()
         if trace is not None:
             trace.update(w=w, u=self.time_first, k=k, v=v, wkv_state=wkv_state)
-        y, wkv_state = wkv(w, self.time_first, k, v, wkv_state, backend=backend, check=False)
+        y, wkv_state = wkv(w, self.time_first, k, v, wkv_state, backend=backend, check=False, lengths=lengths)
         mixed = torch.sigmoid(r) * y
         return self.output(mixed / scale if scale != 1 else mixed), wkv_state
 
@@ -66,10 +68,10 @@ class ChannelMix(nn.Module):
     def mixes(self) -> tuple[nn.Parameter, ...]:
         return self.time_mix_k, self.time_mix_r
 
-    def forward(self, x, last_x, scale: int = 1):
+    def forward(self, x, last_x, scale: int = 1, lengths=None):
         prev = token_shift(x, last_x)
         xk, xr = (mix(x, prev, mu) for mu in self.mixes())
-        return self.from_mixed(xk, xr, scale), x[:, -1]
+        return self.from_mixed(xk, xr, scale), last_positions(x, lengths)
 
     def from_mixed(self, xk, xr, scale: int = 1):
         k = torch.square(torch.relu(self.key(xk)))  # (B, T, 4C)
@@ -88,16 +90,19 @@ class Block(nn.Module):
         self.att = TimeMix(config)
         self.ffn = ChannelMix(config)
 
-    def forward(self, x, state, backend, scale: int = 1, trace: dict | None = None):
+    def forward(self, x, state, backend, scale: int = 1, trace: dict | None = None, lengths=None):
         # state (B, 5, C) for this layer; returns the new one. x carries the residual divided by `scale`.
-        # `trace`, a dict, receives what the layer computed (see RWKV.forward's `trace`).
+        # `trace`, a dict, receives what the layer computed (see RWKV.forward's `trace`). `lengths` (B,): a
+        # right-padded batch, each state taken after its own last token (padding only ever follows real tokens)
         if self.ln0 is not None:
             x = self.ln0(x)
         h = self.ln1(x)
-        att, att_x, wkv_state = self.att(h, state[:, ATT_X], state[:, ATT_A : ATT_P + 1], backend, scale, trace)
+        att, att_x, wkv_state = self.att(
+            h, state[:, ATT_X], state[:, ATT_A : ATT_P + 1], backend, scale, trace, lengths
+        )
         x = x + att
         h2 = self.ln2(x)
-        ffn, ffn_x = self.ffn(h2, state[:, FFN_X], scale)
+        ffn, ffn_x = self.ffn(h2, state[:, FFN_X], scale, lengths)
         x = x + ffn
         if trace is not None:
             trace.update(att_in=h, ffn_in=h2, out=x)

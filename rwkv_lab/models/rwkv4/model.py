@@ -123,16 +123,18 @@ class RWKV(RecurrentLMBase):
         inputs = self.wkv_inputs(tokens, layer)
         return attention_matrix(inputs["w"], inputs["u"], inputs["k"])[0]
 
-    def blocks_with_state(self, x, state: RWKV4State, backend: str, trace: list | None = None):
-        """x (B, T, C) embeddings through every block from `state`: the last block's output and the new state."""
-        x, layer_states = self.run_blocks(x, state.packed, backend, trace=trace)
+    def blocks_with_state(self, x, state: RWKV4State, backend: str, trace: list | None = None, lengths=None):
+        """x (B, T, C) embeddings through every block from `state`: the last block's output and the new state
+        (with `lengths` (B,), a right-padded batch: each sequence's state after its own last token)."""
+        x, layer_states = self.run_blocks(x, state.packed, backend, trace=trace, lengths=lengths)
         return x, RWKV4State(torch.stack(layer_states, dim=1))
 
-    def run_blocks(self, x, state, backend, n_blocks: int | None = None, trace: list | None = None):
+    def run_blocks(self, x, state, backend, n_blocks: int | None = None, trace: list | None = None, lengths=None):
         """x (B, T, C) and the packed state (B, L, 5, C) through the first `n_blocks` blocks: x (fp16: divided by
-        the rescale) and their states."""
+        the rescale) and their states. `lengths` (B,): the WKV stops each sequence's state at its own length and
+        the token shifts are its last real token (the eager blocks: the fused ones take no lengths)."""
         rescale = self.run.rescale_every if self.dtype == torch.float16 else 0
-        fused = self.uses_fused_blocks(x, backend, trace)
+        fused = lengths is None and self.uses_fused_blocks(x, backend, trace)
         new_state = []
         for i, block in enumerate(self.blocks[:n_blocks]):
             layer_trace = None
@@ -153,7 +155,7 @@ class RWKV(RecurrentLMBase):
                     self.configure(fused_blocks=False)
                     fused = False
             if not fused:
-                x, layer_state = block(x, state[:, i], backend, scale, layer_trace)
+                x, layer_state = block(x, state[:, i], backend, scale, layer_trace, lengths)
             new_state.append(layer_state)
             if rescale and (i + 1) % rescale == 0:
                 x = x / 2

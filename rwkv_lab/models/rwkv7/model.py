@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...ops.lengths import last_positions, padding_mask
 from ...ops.rwkv7 import attention_matrix, wkv7, wkv7_step
 from ..base import RecurrentLMBase
 from ..state import RecurrentState
@@ -82,9 +83,10 @@ class TimeMix7(nn.Module):
     def mixes(self) -> tuple[nn.Parameter, ...]:
         return self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g
 
-    def forward(self, x, last_x, v_first, wkv_state, backend: str, trace: dict | None = None):
+    def forward(self, x, last_x, v_first, wkv_state, backend: str, trace: dict | None = None, lengths=None):
         """x (B, T, C): ln1's output; last_x (B, C); v_first (B, T, C) from layer 0 (None in layer 0); wkv_state
-        (B, H, N, N). Returns the output (B, T, C), v_first and the new S."""
+        (B, H, N, N); lengths (B,) or None: a right-padded batch. Returns the output (B, T, C), v_first and the
+        new S (with lengths, each sequence's S after its own last token)."""
         B, T, C = x.shape
         H, N = self.n_head, self.head_size
         delta = token_shift(x, last_x) - x
@@ -111,7 +113,14 @@ class TimeMix7(nn.Module):
         a, b = -kappa, kappa * iclr
         if trace is not None:
             trace.update(r=r, log_w=log_w, k=k, v=v, kappa=kappa, iclr=iclr, a=a, b=b, wkv_state=wkv_state)
-        y, wkv_state = wkv7(r, log_w, k, v, a, b, wkv_state, backend=backend, check=False)  # (B, T, H, N)
+        if lengths is None:
+            y, wkv_state = wkv7(r, log_w, k, v, a, b, wkv_state, backend=backend, check=False)  # (B, T, H, N)
+        else:
+            # S_t = S_{t-1} (diag(w_t) + a_t b_t^T) + v_t k_t^T is S_{t-1} exactly where w = 1 (log_w = 0), a = 0
+            # and k = 0: padded positions leave each sequence's S as its last real token left it
+            pad = padding_mask(lengths, T)[:, :, None, None]  # (B, T, 1, 1)
+            held = [torch.where(pad, 0.0, t) for t in (log_w, k, a)]
+            y, wkv_state = wkv7(r, held[0], held[1], v, held[2], b, wkv_state, backend=backend, check=False)
         y = self.ln_x(y.reshape(B * T, C)).view(B, T, H, N)
         # the current token's own value, weighted per head by r . (k * r_k): RWKV-7's "bonus"
         y = y + (r * k * self.r_k).sum(dim=-1, keepdim=True) * v
@@ -155,18 +164,20 @@ class Block7(nn.Module):
         channel = [self.ffn._parameters["x_k"], ffn["key"]._parameters["weight"], ffn["value"]._parameters["weight"]]
         return norms + mixes + projections + [ln_x["weight"], ln_x["bias"]] + channel
 
-    def forward(self, x, v_first, shift, wkv_state, backend: str, trace: dict | None = None):
-        # shift (B, 2, C), wkv_state (B, H, N, N) of this layer; returns x, v_first and the new ones
+    def forward(self, x, v_first, shift, wkv_state, backend: str, trace: dict | None = None, lengths=None):
+        # shift (B, 2, C), wkv_state (B, H, N, N) of this layer; returns x, v_first and the new ones; `lengths`
+        # (B,): a right-padded batch, each state taken after its own last token
         if self.ln0 is not None:
             x = self.ln0(x)
         h = self.ln1(x)
-        att, v_first, wkv_state = self.att(h, shift[:, ATT], v_first, wkv_state, backend, trace)
+        att, v_first, wkv_state = self.att(h, shift[:, ATT], v_first, wkv_state, backend, trace, lengths)
         x = x + att
         h2 = self.ln2(x)
         x = x + self.ffn(h2, shift[:, FFN])
         if trace is not None:
             trace.update(att_in=h, ffn_in=h2, out=x)
-        return x, v_first, torch.stack([h[:, -1], h2[:, -1]], dim=1).to(shift.dtype), wkv_state
+        shifts = torch.stack([last_positions(h, lengths), last_positions(h2, lengths)], dim=1)
+        return x, v_first, shifts.to(shift.dtype), wkv_state
 
 
 class RWKV7(RecurrentLMBase):
@@ -218,8 +229,9 @@ class RWKV7(RecurrentLMBase):
                     "this model's outputs is always finite"
                 )
 
-    def blocks_with_state(self, x, state: RWKV7State, backend: str, trace: list | None = None):
-        """x (B, T, C) embeddings through every block: the last block's output and the new state."""
+    def blocks_with_state(self, x, state: RWKV7State, backend: str, trace: list | None = None, lengths=None):
+        """x (B, T, C) embeddings through every block: the last block's output and the new state (with `lengths`
+        (B,), a right-padded batch: each sequence's state after its own last token)."""
         v_first = None
         shifts, wkvs = [], []
         for i, block in enumerate(self.blocks):
@@ -227,7 +239,9 @@ class RWKV7(RecurrentLMBase):
             if trace is not None:
                 layer_trace = {}
                 trace.append(layer_trace)
-            x, v_first, shift, wkv_state = block(x, v_first, state.shift[:, i], state.wkv[:, i], backend, layer_trace)
+            x, v_first, shift, wkv_state = block(
+                x, v_first, state.shift[:, i], state.wkv[:, i], backend, layer_trace, lengths
+            )
             shifts.append(shift)
             wkvs.append(wkv_state)
         return x, RWKV7State(shift=torch.stack(shifts, dim=1), wkv=torch.stack(wkvs, dim=1))

@@ -8,6 +8,10 @@
     state  (B, 3, C)  (a, b, p) or None: the true running sums are a*e^p and b*e^p
     y      (B, T, C)  in the dtype of v
     new_state (B, 3, C) float32 (float64 when the inputs are float64)
+    lengths (B,)      optional, integers in [1, T]: sequence b is right-padded after lengths[b] tokens, and its
+                      state stops updating there (new_state is the state after its own last token; y past it is
+                      read from that state, to be ignored). The decay is fixed per channel, so padding the inputs
+                      could not stop it: the operator takes the lengths ('recurrent', 'chunked', 'triton').
 
     wkv_t = (sum_{i<t} e^{k_i-(t-1-i)w} v_i + e^{u+k_t} v_t + a e^{p-tw})
           / (sum_{i<t} e^{k_i-(t-1-i)w}     + e^{u+k_t}     + b e^{p-tw})
@@ -22,18 +26,19 @@ from __future__ import annotations
 
 import torch
 
+from ..lengths import check_lengths
 from .attention import attention_matrix, wkv_attention
 from .chunked import chunk_size_for, wkv_chunked
 from .common import P_EMPTY, compute_dtype, init_wkv_state
 from .reference import wkv_recurrent, wkv_states
 
 
-def wkv_triton(w, u, k, v, state=None):
+def wkv_triton(w, u, k, v, state=None, lengths=None):
     """The GPU kernel (triton_kernels.py): CUDA tensors, or CPU tensors under TRITON_INTERPRET=1."""
     # imported on first use: Triton is optional on a CPU machine
     from .triton_kernels import wkv_triton as kernel
 
-    return kernel(w, u, k, v, state)
+    return kernel(w, u, k, v, state, lengths)
 
 
 BACKENDS = {
@@ -42,6 +47,8 @@ BACKENDS = {
     "chunked": wkv_chunked,
     "triton": wkv_triton,
 }
+# the formulations that stop each sequence's state at its own length (a batch of prompts of different lengths)
+TAKES_LENGTHS = ("recurrent", "chunked", "triton")
 
 
 def triton_available() -> bool:
@@ -61,7 +68,7 @@ def resolve_backend(backend: str, k: torch.Tensor) -> str:
     return backend
 
 
-def check_inputs(w, u, k, v, state):
+def check_inputs(w, u, k, v, state, lengths=None):
     if k.dim() != 3 or v.shape != k.shape:
         raise ValueError(f"k and v must both be (B, T, C); got k {tuple(k.shape)} and v {tuple(v.shape)}")
     B, T, C = k.shape
@@ -80,21 +87,32 @@ def check_inputs(w, u, k, v, state):
             raise TypeError(f"WKV state must be float32 or float64 (it accumulates sums); got {state.dtype}")
         if state.device != k.device:
             raise ValueError(f"WKV state is on {state.device} but the inputs are on {k.device}")
+    if lengths is not None:
+        check_lengths(lengths, B, T, k.device)
 
 
-def wkv(w, u, k, v, state=None, backend: str = "auto", check: bool = True):
-    """Dispatch to one formulation; all share the signature (w, u, k, v, state) -> (y, new_state)."""
+def wkv(w, u, k, v, state=None, backend: str = "auto", check: bool = True, lengths=None):
+    """Dispatch to one formulation; all share the signature (w, u, k, v, state) -> (y, new_state); those in
+    TAKES_LENGTHS also take `lengths=`."""
     if check:
-        check_inputs(w, u, k, v, state)
-    y, new_state = BACKENDS[resolve_backend(backend, k)](w, u, k, v, state)
+        check_inputs(w, u, k, v, state, lengths)
+    name = resolve_backend(backend, k)
+    if lengths is None:
+        y, new_state = BACKENDS[name](w, u, k, v, state)
+    elif name in TAKES_LENGTHS:
+        y, new_state = BACKENDS[name](w, u, k, v, state, lengths=lengths)
+    else:
+        raise ValueError(f"WKV backend {name!r} takes no lengths; use one of {sorted(TAKES_LENGTHS)}")
     return y.to(v.dtype), new_state
 
 
 __all__ = [
     "BACKENDS",
     "P_EMPTY",
+    "TAKES_LENGTHS",
     "attention_matrix",
     "check_inputs",
+    "check_lengths",
     "chunk_size_for",
     "compute_dtype",
     "init_wkv_state",

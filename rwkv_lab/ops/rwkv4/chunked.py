@@ -33,32 +33,35 @@ def chunk_size_for(T: int) -> int:
     return math.isqrt(T - 1) + 1 if T > 1 else 1
 
 
-def wkv_chunked(w, u, k, v, state=None, chunk_size: int | None = None):
+def wkv_chunked(w, u, k, v, state=None, chunk_size: int | None = None, lengths=None):
     """Chunks of c tokens, parallel over chunks; the same three phases as the GPU kernel.
 
     A. every chunk's own contribution to the state, in closed form (all chunks at once);
     B. a scan over chunks: the state entering each chunk (T/c sequential steps on (B, C));
     C. the recurrence inside every chunk from its entering state (c sequential steps on (B * T/c, C)).
-    O(T C) work and memory, exact at any T, differentiable; c defaults to sqrt(T).
+    O(T C) work and memory, exact at any T, differentiable; c defaults to sqrt(T). `lengths` (B,): as in
+    `wkv_recurrent`, sequence b's tokens from lengths[b] on leave its state as it is (a chunk past them is empty).
     """
     cd, w, u, k, v, state = prepare(w, u, k, v, state)
     B, T, C = k.shape
     c = chunk_size or chunk_size_for(T)
     N = -(-T // c)
     pad = N * c - T
-    if pad:
-        # padded tokens have weight e^{P_EMPTY} = 0 and are dropped from the output
-        k = torch.cat([k, k.new_full((B, pad, C), P_EMPTY)], dim=1)
+    if pad:  # the padded tokens lie past every length below: no weight, dropped from the output
+        k = torch.cat([k, k.new_zeros(B, pad, C)], dim=1)
         v = torch.cat([v, v.new_zeros(B, pad, C)], dim=1)
     kc, vc = k.view(B, N, c, C), v.view(B, N, c, C)
-    lengths = torch.full((N,), c, dtype=cd, device=k.device)
-    lengths[-1] = c - pad
+    ends = torch.full((B,), T, device=k.device) if lengths is None else lengths.to(k.device)
+    starts = torch.arange(N, device=k.device) * c
+    chunk_len = (ends[:, None] - starts[None, :]).clamp(0, c).to(cd)  # (B, N): the real tokens of each chunk
     j = torch.arange(c, dtype=cd, device=k.device)
+    real = j[None, None, :] < chunk_len[:, :, None]  # (B, N, c)
 
-    # A: token j of a chunk of length L has decayed L-1-j times by the chunk's end
-    exps = kc - (lengths[:, None] - 1 - j)[None, :, :, None] * w  # (B, N, c, C)
+    # A: token j of a chunk of L real tokens has decayed L-1-j times by the chunk's end
+    exps = kc - (chunk_len[:, :, None] - 1 - j)[..., None] * w  # (B, N, c, C)
+    exps = torch.where(real[..., None], exps, P_EMPTY)
     p_chunk = exps.amax(dim=2)  # (B, N, C)
-    weights = _exp_normal(exps - p_chunk[:, :, None])
+    weights = torch.where(real[..., None], _exp_normal(exps - p_chunk[:, :, None]), 0.0)
     a_chunk, b_chunk = (weights * vc).sum(dim=2), weights.sum(dim=2)
 
     # B: entering state of each chunk; the carried state decays L times across a chunk
@@ -66,16 +69,21 @@ def wkv_chunked(w, u, k, v, state=None, chunk_size: int | None = None):
     entering = []
     for n in range(N):
         entering.append(torch.stack([a, b, p], dim=1))
-        a, b, p = _merge((a, b, p - lengths[n] * w), (a_chunk[:, n], b_chunk[:, n], p_chunk[:, n]))
+        decayed = p - chunk_len[:, n, None] * w
+        a, b, p = _merge((a, b, decayed), (a_chunk[:, n], b_chunk[:, n], p_chunk[:, n]))
     final_state = torch.stack([a, b, p], dim=1)
 
     # C: the stable recurrence inside all chunks at once
     a, b, p = torch.stack(entering, dim=1).flatten(0, 1).unbind(1)  # (B * N, C) each
     kf, vf = kc.flatten(0, 1), vc.flatten(0, 1)  # (B * N, c, C)
+    realf = real.flatten(0, 1)[..., None]  # (B * N, c, 1)
     ys = []
     for t in range(c):
         ys.append(output_step(a, b, p, u, kf[:, t], vf[:, t], exp=_exp_normal))
         if t + 1 < c:
-            a, b, p = state_step(a, b, p, w, kf[:, t], vf[:, t], exp=_exp_normal)
+            stepped = state_step(a, b, p, w, kf[:, t], vf[:, t], exp=_exp_normal)
+            a, b, p = (
+                stepped if lengths is None else (torch.where(realf[:, t], x, y) for x, y in zip(stepped, (a, b, p)))
+            )
     y = torch.stack(ys, dim=1).view(B, N * c, C)[:, :T]
     return y, final_state

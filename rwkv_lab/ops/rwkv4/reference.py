@@ -25,14 +25,20 @@ def state_step(a, b, p, w, kt, vt, exp=torch.exp):
     return e1 * a + e2 * vt, e1 * b + e2, q
 
 
-def wkv_recurrent(w, u, k, v, state=None):
-    """The reference: the stable recurrence of the RNN form, sequential over T."""
+def wkv_recurrent(w, u, k, v, state=None, lengths=None):
+    """The reference: the stable recurrence of the RNN form, sequential over T. `lengths` (B,): sequence b's state
+    stops updating after its lengths[b] tokens (right padding); its outputs there are read from that state."""
     cd, w, u, k, v, state = prepare(w, u, k, v, state)
     a, b, p = state.unbind(1)  # (B, C) each
     ys = []
     for t in range(k.shape[1]):
         ys.append(output_step(a, b, p, u, k[:, t], v[:, t]))
-        a, b, p = state_step(a, b, p, w, k[:, t], v[:, t])
+        stepped = state_step(a, b, p, w, k[:, t], v[:, t])
+        if lengths is None:
+            a, b, p = stepped
+        else:
+            real = (t < lengths)[:, None]  # (B, 1)
+            a, b, p = (torch.where(real, new, old) for new, old in zip(stepped, (a, b, p)))
     y = torch.stack(ys, dim=1)  # (B, T, C)
     return y, torch.stack([a, b, p], dim=1)
 

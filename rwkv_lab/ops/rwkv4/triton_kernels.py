@@ -58,6 +58,15 @@ def _combine(a1, b1, p1, d1, i1, a2, b2, p2, d2, i2):
 
 
 @triton.jit
+def _seq_len(len_ptr, b, T, HAS_LENGTHS: tl.constexpr):
+    """Sequence b's length: lengths[b] (the state stops updating after it), or T."""
+    if HAS_LENGTHS:
+        return tl.load(len_ptr + b).to(tl.int32)
+    else:
+        return T
+
+
+@triton.jit
 def _row(tile, rows, i):
     """Row i of a (R, BLOCK_C) register tile."""
     return tl.sum(tl.where(rows[:, None] == i, tile, 0.0), axis=0)
@@ -76,7 +85,7 @@ def _load_parts(part_ptr, idx_ptr, w, b, n, valid, T, C, N, cols, cmask, CHUNK: 
         si = tl.load(idx_ptr + ((b * N + n).to(tl.int64) * C)[:, None] + cols[None, :], mask=mask, other=-1)
     else:
         si = tl.zeros(sa.shape, tl.int32)
-    length = tl.minimum(CHUNK, T - n * CHUNK).to(tl.float32)
+    length = tl.maximum(tl.minimum(CHUNK, T - n * CHUNK), 0).to(tl.float32)
     sd = tl.where(mask, length[:, None] * w[None, :], 0.0)
     return sa, sb, sp, sd, si
 
@@ -108,7 +117,7 @@ def _load_part(part_ptr, idx_ptr, w, b, m, T, C, N, cols, cmask, CHUNK: tl.const
         si = tl.load(idx_ptr + (b * N + m).to(tl.int64) * C + cols, mask=cmask, other=-1)
     else:
         si = tl.zeros(cols.shape, tl.int32)
-    return sa, sb, sp, tl.minimum(CHUNK, T - m * CHUNK).to(tl.float32) * w, si
+    return sa, sb, sp, tl.maximum(tl.minimum(CHUNK, T - m * CHUNK), 0).to(tl.float32) * w, si
 
 
 @triton.jit
@@ -155,12 +164,26 @@ def _prefix(
 
 @CachedLauncher
 @triton.jit
-def _fwd_chunk_summary(k_ptr, v_ptr, w_ptr, sum_ptr, idx_ptr, T, C, N, CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
+def _fwd_chunk_summary(
+    k_ptr,
+    v_ptr,
+    w_ptr,
+    len_ptr,
+    sum_ptr,
+    idx_ptr,
+    T,
+    C,
+    N,
+    CHUNK: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+):
     pid_c, n, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
     rows = tl.arange(0, CHUNK)
-    length = tl.minimum(CHUNK, T - n * CHUNK)
+    # the chunk's real tokens: a chunk past the sequence's length (HAS_LENGTHS) has none, an empty part
+    length = tl.maximum(tl.minimum(CHUNK, _seq_len(len_ptr, b, T, HAS_LENGTHS) - n * CHUNK), 0)
     mask = (rows < length)[:, None] & cmask[None, :]
     offs = ((b * T + n * CHUNK + rows).to(tl.int64) * C)[:, None] + cols[None, :]
     k = tl.load(k_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -170,7 +193,7 @@ def _fwd_chunk_summary(k_ptr, v_ptr, w_ptr, sum_ptr, idx_ptr, T, C, N, CHUNK: tl
     e = tl.where(mask, k - (length - 1 - rows).to(tl.float32)[:, None] * w[None, :], EMPTY)
     p = tl.max(e, axis=0)
     idx = tl.argmax(e, axis=0)
-    x = tl.exp(e - p[None, :])
+    x = tl.where(mask, tl.exp(e - p[None, :]), 0.0)
     base = (b * N + n).to(tl.int64) * 3 * C
     tl.store(sum_ptr + base + cols, tl.sum(x * v, axis=0), mask=cmask)
     tl.store(sum_ptr + base + C + cols, tl.sum(x, axis=0), mask=cmask)
@@ -185,6 +208,7 @@ def _scan_chunks(
     idx_ptr,
     w_ptr,
     init_ptr,
+    len_ptr,
     out_ptr,
     last_ptr,
     argmax_ptr,
@@ -196,6 +220,7 @@ def _scan_chunks(
     BLOCK_C: tl.constexpr,
     REVERSE: tl.constexpr,
     HAS_INIT: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
 ):
     """Join the chunks' own parts (a, b, p) in order, starting from `init`; a part decays by L w across a chunk.
 
@@ -203,8 +228,10 @@ def _scan_chunks(
     state, and the argmax of the final p is tracked. Backward (REVERSE=True): parts are the chunks' adjoints,
     the scan runs from the last chunk back, out[n] is the adjoint leaving chunk n, last the initial state's.
     Without HAS_INIT the scan starts empty (0, 0, EMPTY): no tensor is built for an absent state or gradient.
+    With HAS_LENGTHS (forward only) sequence b's chunks end at lengths[b]: those past it are empty, without decay.
     """
     pid_c, b = tl.program_id(0), tl.program_id(1)
+    Tb = _seq_len(len_ptr, b, T, HAS_LENGTHS)
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
     rows = tl.arange(0, SCAN_BLOCK)
@@ -223,7 +250,7 @@ def _scan_chunks(
             n = m0 + rows
             nxt = n + 1
         sa, sb, sp, sd, si = _load_parts(
-            part_ptr, idx_ptr, w, b, n, (n >= 0) & (n < N), T, C, N, cols, cmask, CHUNK, not REVERSE
+            part_ptr, idx_ptr, w, b, n, (n >= 0) & (n < N), Tb, C, N, cols, cmask, CHUNK, not REVERSE
         )
         sa, sb, sp, sd, si = tl.associative_scan((sa, sb, sp, sd, si), 0, _combine)
         # through chunk n: the carried part, decayed across the block's chunks up to n, joined to the block's prefix
@@ -274,6 +301,7 @@ def _fwd_output(
     final_ptr,
     argmax_ptr,
     y_ptr,
+    len_ptr,
     T,
     C,
     N,
@@ -281,11 +309,14 @@ def _fwd_output(
     BLOCK_C: tl.constexpr,
     SCAN_HERE: tl.constexpr,
     HAS_INIT: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
 ):
     """y through one chunk from the state entering it: read from `enter` (written by _scan_chunks) or, with
     SCAN_HERE, scanned here from the chunks' summaries and written to `enter` for the backward (the last chunk's
-    program writes the final state and its argmax too)."""
+    program writes the final state and its argmax too). With HAS_LENGTHS the state stops updating at sequence b's
+    length; y is still written at every position (past the length, read from the state there)."""
     pid_c, n, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    Tb = _seq_len(len_ptr, b, T, HAS_LENGTHS)
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
     w = tl.load(w_ptr + cols, mask=cmask, other=0.0)
@@ -293,7 +324,7 @@ def _fwd_output(
     e0 = (b * N + n).to(tl.int64) * 3 * C
     if SCAN_HERE:
         a, bb, p, _, fa, fb, fp, fi = _prefix(
-            sum_ptr, idx_ptr, w, state_ptr, b, n, T, C, N, cols, cmask, CHUNK, BLOCK_C, False, HAS_INIT, True
+            sum_ptr, idx_ptr, w, state_ptr, b, n, Tb, C, N, cols, cmask, CHUNK, BLOCK_C, False, HAS_INIT, True
         )
         tl.store(enter_ptr + e0 + cols, a, mask=cmask)
         tl.store(enter_ptr + e0 + C + cols, bb, mask=cmask)
@@ -310,6 +341,7 @@ def _fwd_output(
         bb = tl.load(enter_ptr + e0 + C + cols, mask=cmask, other=1.0)
         p = tl.load(enter_ptr + e0 + 2 * C + cols, mask=cmask, other=0.0)
     length = tl.minimum(CHUNK, T - n * CHUNK)
+    real = Tb - n * CHUNK  # tokens of this chunk that update the state (all of them without lengths)
     base = (b * T + n * CHUNK).to(tl.int64) * C + cols
     # four tokens per iteration, their eight loads issued together: the recurrence waits on memory once, not 4x
     for j in range(0, length, 4):
@@ -329,13 +361,13 @@ def _fwd_output(
         v1 = tl.load(v_ptr + o1, mask=m1, other=0.0).to(tl.float32)
         v2 = tl.load(v_ptr + o2, mask=m2, other=0.0).to(tl.float32)
         v3 = tl.load(v_ptr + o3, mask=m3, other=0.0).to(tl.float32)
-        y, a, bb, p = _out_step(a, bb, p, k0, v0, w, u, m0)
+        y, a, bb, p = _out_step(a, bb, p, k0, v0, w, u, m0 & (jv < real))
         tl.store(y_ptr + o0, y, mask=m0)
-        y, a, bb, p = _out_step(a, bb, p, k1, v1, w, u, m1)
+        y, a, bb, p = _out_step(a, bb, p, k1, v1, w, u, m1 & (jv + 1 < real))
         tl.store(y_ptr + o1, y, mask=m1)
-        y, a, bb, p = _out_step(a, bb, p, k2, v2, w, u, m2)
+        y, a, bb, p = _out_step(a, bb, p, k2, v2, w, u, m2 & (jv + 2 < real))
         tl.store(y_ptr + o2, y, mask=m2)
-        y, a, bb, p = _out_step(a, bb, p, k3, v3, w, u, m3)
+        y, a, bb, p = _out_step(a, bb, p, k3, v3, w, u, m3 & (jv + 3 < real))
         tl.store(y_ptr + o3, y, mask=m3)
 
 
@@ -733,9 +765,16 @@ def _forward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> y (B, T, C) in v's dtype, the final state (B, 3, C) fp32, and for the backward the state entering every
     chunk (B, N, 3, C) and which token attained the final p (B, C) int32, -1 for the initial state."""
+    return _launch_forward(w, u, k, v, state, None)
+
+
+def _launch_forward(w, u, k, v, state, lengths):
+    """`_forward`, and with `lengths` (B,) each sequence's state stopping after its own length (inference: the
+    backward takes no lengths)."""
     # the kernels index rows of C: a caller or a compiled graph may hand over other strides (no copy otherwise)
     w, u, k, v = w.contiguous(), u.contiguous(), k.contiguous(), v.contiguous()
     state = None if state is None else state.contiguous()
+    lengths = None if lengths is None else lengths.to(torch.int32).contiguous()
     B, T, C = k.shape
     N = triton.cdiv(T, CHUNK)
     dev = k.device
@@ -747,13 +786,28 @@ def _forward(
     y = torch.empty_like(v)
     grid = _grid_chunks(B, N, C)
     scan_here = _scan_here(N)
-    _fwd_chunk_summary[grid](k, v, w, summary, summary_idx, T, C, N, CHUNK=CHUNK, BLOCK_C=BLOCK_C, num_warps=_warps())
+    _fwd_chunk_summary[grid](
+        k,
+        v,
+        w,
+        lengths,
+        summary,
+        summary_idx,
+        T,
+        C,
+        N,
+        CHUNK=CHUNK,
+        BLOCK_C=BLOCK_C,
+        HAS_LENGTHS=lengths is not None,
+        num_warps=_warps(),
+    )
     if not scan_here:
         _scan_chunks[(triton.cdiv(C, SCAN_BLOCK_C), B)](
             summary,
             summary_idx,
             w,
             state,
+            lengths,
             enter,
             final,
             argmax,
@@ -765,6 +819,7 @@ def _forward(
             BLOCK_C=SCAN_BLOCK_C,
             REVERSE=False,
             HAS_INIT=state is not None,
+            HAS_LENGTHS=lengths is not None,
         )
     _fwd_output[grid](
         k,
@@ -778,6 +833,7 @@ def _forward(
         final,
         argmax,
         y,
+        lengths,
         T,
         C,
         N,
@@ -785,6 +841,7 @@ def _forward(
         BLOCK_C=BLOCK_C,
         SCAN_HERE=scan_here,
         HAS_INIT=state is not None,
+        HAS_LENGTHS=lengths is not None,
         num_warps=_warps(),
     )
     return y, final, enter, argmax
@@ -847,6 +904,7 @@ def _backward(
             adj_local,
             w,
             g_end,
+            None,
             adj_end,
             adj0,
             adj0,
@@ -858,6 +916,7 @@ def _backward(
             BLOCK_C=SCAN_BLOCK_C,
             REVERSE=True,
             HAS_INIT=g_end is not None,
+            HAS_LENGTHS=False,
         )
     _bwd_chunk[grid](
         k,
@@ -965,9 +1024,20 @@ class EagerWKV(torch.autograd.Function):
         return _gradients(_backward, ctx, gy, gstate)
 
 
-def wkv_triton(w, u, k, v, state=None):
-    """The kernel backend: same signature and results as wkv.wkv_recurrent. y in v's dtype, the state fp32."""
+def wkv_triton(w, u, k, v, state=None, lengths=None):
+    """The kernel backend: same signature and results as wkv.wkv_recurrent. y in v's dtype, the state fp32.
+
+    `lengths` (B,): each sequence's state stops after its own length (a batch of right-padded prompts in one
+    prefill). Inference only: the backward has no lengths, so a call that autograd would record is refused."""
     w, u, state = w.float(), u.float(), None if state is None else state.float()
+    if lengths is not None:
+        recorded = [x for x in (w, u, k, v, state) if x is not None and x.requires_grad]
+        if torch.is_grad_enabled() and recorded:
+            raise NotImplementedError(
+                "the Triton WKV takes lengths in inference only (no backward): call it under torch.no_grad(), "
+                "or use backend='chunked' for gradients"
+            )
+        return _launch_forward(w, u, k, v, state, lengths)[:2]
     if torch.compiler.is_compiling():
         return wkv_forward(w, u, k, v, state)[:2]
     return EagerWKV.apply(w, u, k, v, state)
