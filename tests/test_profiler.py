@@ -401,3 +401,46 @@ def test_comparisons_take_both_models_from_one_device():
     assert list(peers.index) == ["A"]  # card B has no RWKV row: no row of its own
     assert peers.loc["A", "roofline tok/s"] == pytest.approx(2e12 / 2e9)
     assert peers.loc["A", "ours tok/s"] == pytest.approx(500)
+
+
+def test_a_sweeps_summary_reads_each_models_limits():
+    """sweep_summary per model: bytes per sequence, generation's longest context, first OOM and first skipped,
+    held memory and latency at the ends, training at its longest context; pile_profiles finds this run's files
+    before the committed ones."""
+    from rwkv_lab.measure.report import pile_profiles, sweep_summary
+
+    def row(model, arch, kind, T, status, seconds=None, memory=None, tokens=None, state=0, per_token=0):
+        return {
+            "model": model, "arch": arch, "params": 10, "kind": kind, "batch": 1, "context": T, "status": status,
+            "seconds": seconds, "memory_GiB": memory, "tokens_per_s": tokens, "state_bytes": state,
+            "cache_bytes_per_token": per_token,
+        }  # fmt: skip
+
+    frame = pd.DataFrame(
+        [
+            row("R7", "rwkv7", "generation", 1024, "ok", 0.002, 1.0, state=400),
+            row("R7", "rwkv7", "generation", 4096, "ok", 0.003, 1.0, state=400),
+            row("R7", "rwkv7", "generation", 16384, "skipped (time)", state=400),
+            row("R7", "rwkv7", "training", 512, "ok", 0.1, 2.0, 5120.0, state=400),
+            row("P", "transformer", "generation", 1024, "ok", 0.004, 1.5, per_token=36),
+            row("P", "transformer", "generation", 4096, "oom", per_token=36),
+        ]
+    )
+    s = sweep_summary(frame).set_index("model")
+    print(s.T)
+    assert s.loc["R7", "state_bytes"] == 400 and s.loc["P", "cache_bytes_per_token"] == 36
+    assert s.loc["R7", "gen_longest"] == 4096 and s.loc["R7", "gen_first_skipped"] == 16384
+    assert s.loc["R7", "ms_per_token_shortest"] == pytest.approx(2.0) and s.loc["R7", "held_GiB_longest"] == 1.0
+    assert s.loc["P", "gen_longest"] == 1024 and s.loc["P", "gen_first_oom"] == 4096
+    assert s.loc["R7", "train_tokens_per_s"] == 5120.0 and s.loc["R7", "train_longest"] == 512
+    assert pd.isna(s.loc["P", "train_tokens_per_s"])
+    assert all(p.name.startswith("memory_profile_pile_") for p in pile_profiles())
+
+
+def test_pile_profiles_prefers_this_runs_file(tmp_path, monkeypatch):
+    from rwkv_lab.measure.report import pile_profiles
+    from rwkv_lab.results import ENV_RESULTS, write_table
+
+    monkeypatch.setenv(ENV_RESULTS, str(tmp_path))
+    write_table(tmp_path / "profile" / "memory_profile_pile_x.csv", pd.DataFrame({"a": [1]}))
+    assert tmp_path / "profile" / "memory_profile_pile_x.csv" in pile_profiles()
