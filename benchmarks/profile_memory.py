@@ -1,8 +1,8 @@
 """Memory and speed of RWKV-7, RWKV-4 and the size-matched Pythia across contexts, in one process on one card,
 each on the path a user takes today; one results file (notebook 02 draws it).
 
-    PYTHONPATH=$PWD python benchmarks/profile_memory.py --sizes 169M --budget-s 280
-    PYTHONPATH=$PWD python benchmarks/profile_memory.py --sizes 430M,1.5B --budget-s 420
+    PYTHONPATH=$PWD python benchmarks/profile_memory.py --sizes 169M --budget-s 300
+    PYTHONPATH=$PWD python benchmarks/profile_memory.py --sizes 430M,1.5B --budget-s 450
 
 `--sizes` names the Pile shapes by their RWKV-4 size (rwkv_lab.measure.profiler.PILE_SIZES): 169M is RWKV-4
 169M, RWKV-7 Pile 168M and pythia-160m; 430M and 1.5B likewise. `--models` lists specs instead (any generation

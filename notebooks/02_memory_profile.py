@@ -165,7 +165,7 @@ files = pile_profiles()
 if not files:
     print(
         "no three-generation GPU sweep yet: PYTHONPATH=$PWD python benchmarks/profile_memory.py --sizes 169M "
-        "--budget-s 280 writes one"
+        "--budget-s 300 writes one"
     )
 panels = [
     ("generation", "memory_GiB", "memory held after T tokens (GiB)", 1, "memory held while generating"),
