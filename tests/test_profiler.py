@@ -14,11 +14,13 @@ from rwkv_lab.measure.profiler import (
     generation_series,
     measure_prefill,
     rwkv_subject,
+    sequence_memory,
     series,
     sweep,
     transformer_subject,
 )
 from rwkv_lab.measure.report import crossover, memory_ratio_table, oom_contexts
+from rwkv_lab.models import architecture
 from rwkv_lab.models.rwkv4.config import RWKVConfig, get_config
 from rwkv_lab.models.transformer.model import pythia_model
 
@@ -46,30 +48,139 @@ def tiny_pair():
 def test_analytic_memory_matches_hand_computed_numbers():
     cfg = get_config("169M")
     n = cfg.n_params  # 169,342,464
-    rwkv = analytic_memory(
-        cfg.state_numbers, n, cfg.n_layer, cfg.n_embd, cfg.vocab_size, batch=2, context=10**6, dtype_bytes=2
-    )
+    state = 5 * 768 * 12 * 4  # RWKV-4: 5 C L fp32 numbers per sequence
+    rwkv = analytic_memory(n, 2, cfg.n_embd, cfg.vocab_size, batch=2, context=10**6, state_bytes=state)
     assert rwkv["weights_bytes"] == 338_684_928
-    assert rwkv["cache_bytes"] == 2 * 5 * 768 * 12 * 4 == 368_640  # independent of the context
-    gpt = analytic_memory(None, 162_322_944, 12, 768, 50304, batch=1, context=1000, dtype_bytes=2)
+    assert rwkv["cache_bytes"] == 2 * state == 368_640  # independent of the context
+    kv = 2 * 12 * 768 * 2  # GPT-NeoX 160m: a key and a value of d per layer and token, bf16
+    gpt = analytic_memory(162_322_944, 2, 768, 50304, batch=1, context=1000, cache_bytes_per_token=kv)
     assert gpt["cache_bytes"] == 2 * 12 * 1000 * 768 * 2 == 36_864_000
     assert gpt["held_bytes"] == 2 * 162_322_944 + 36_864_000
     assert gpt["prefill_peak_bytes"] == gpt["held_bytes"] + 1000 * 12 * 768 * 2 + 50304 * 4
 
 
+@pytest.mark.parametrize("arch_name", ["rwkv4", "rwkv7"])
+def test_state_bytes_are_the_state_objects_bytes(arch_name):
+    """A recurrent model's `state_bytes` (its config's state_numbers in the state's dtype: RWKV-4's 5 C L,
+    RWKV-7's L (2C + H N N)) against the bytes of the state object init_state allocates, per sequence, in fp32
+    and float64 and for a batch."""
+    arch = architecture(arch_name)
+    for dtype in (torch.float32, torch.float64):
+        model = arch.build(arch.get_config("tiny")).to(dtype)
+        for batch in (1, 3):
+            state = model.init_state(batch)
+            real = sum(t.nbytes for t in state.tensors())
+            print(f"{arch_name} tiny {dtype}: state_bytes {model.state_bytes}, state object {real} / {batch}")
+            assert real == batch * model.state_bytes
+
+
+def test_sequence_memory_at_the_pile_shapes():
+    """Bytes per sequence at the released Pile 168M / 169M / 160m shapes (models on the meta device): each by its
+    formula, the state objects' bytes equal to the models' state_bytes, and where the KV cache passes each."""
+    pile = sequence_memory(["rwkv7:pile-168M", "rwkv4:169M", "transformer:pythia-160m"]).set_index("model")
+    print(pile)
+    L, C, H, N = 12, 768, 12, 64
+    assert pile.loc["RWKV-7 pile-168M", "state_bytes"] == L * (2 * C + H * N * N) * 4 == 2_433_024
+    assert pile.loc["RWKV-4 169M", "state_bytes"] == 5 * C * L * 4
+    assert (pile["state_bytes"] == pile["state_object_bytes"]).all()
+    assert pile.loc["pythia-160m", "cache_bytes_per_token"] == 2 * 12 * 768 * 2
+    # the KV cache equals RWKV-7's state at 2,433,024 / 36,864 = 66 tokens, and passes it at 67
+    assert pile.loc["RWKV-7 pile-168M", "kv_cache_outgrows_state_at"] == 2_433_024 // 36_864 + 1 == 67
+
+
 def test_tiny_sweep_on_the_cpu_measures_every_kind():
-    frame = sweep(tiny_pair(), 1, [8, 32], [8, 32, 128], [8, 16], decode_steps=2, progress=False)
+    rwkv7 = rwkv_subject(architecture("rwkv7").build(architecture("rwkv7").get_config("tiny")), "rwkv7")
+    frame = sweep([*tiny_pair(), rwkv7], 1, [8, 32], [8, 32, 128], [8, 16], decode_steps=2, progress=False)
     assert set(frame["status"]) == {"ok"}
     counts = frame.groupby(["model", "kind"]).size()
     assert counts[("rwkv", "generation")] == 3 and counts[("gpt", "prefill")] == 2 and counts[("gpt", "training")] == 2
+    assert counts[("rwkv7", "generation")] == 3 and counts[("rwkv7", "training")] == 2
     assert (frame["seconds"] > 0).all() and (frame["memory_bytes"] > 0).all()
     gen = frame[frame["kind"] == "generation"]
     assert gen["predicted_bytes"].notna().all()
-    rwkv_pred = gen[gen["model"] == "rwkv"]["predicted_bytes"]
-    assert rwkv_pred.nunique() == 1  # the state does not grow
+    for name in ("rwkv", "rwkv7"):
+        assert gen[gen["model"] == name]["predicted_bytes"].nunique() == 1  # the state does not grow
+    assert (frame.loc[frame["model"] == "rwkv7", "state_bytes"] == rwkv7.model.state_bytes).all()
     gpt_pred = gen[gen["model"] == "gpt"].set_index("context")["predicted_bytes"]
     assert gpt_pred[128] - gpt_pred[32] == 2 * 2 * 96 * 32 * 4  # 2 L (dT) d bytes
     print(frame[["model", "kind", "context", "seconds", "memory_bytes", "predicted_bytes"]])
+
+
+SPECS = ["rwkv4:tiny", "rwkv7:tiny", "transformer:tiny"]
+
+
+def test_a_sweep_of_specs_builds_each_generation_in_turn_and_lets_it_go(monkeypatch):
+    """Specs through the registry, each built when its turn comes and freed after (its decoder too, which holds
+    it), every kind measured, running out of memory (here the transformer's cache past 32 tokens) a row."""
+    import gc
+    import weakref
+
+    from rwkv_lab.measure import profiler
+
+    built, real_model_at, real_extend = [], profiler.model_at, profiler.Subject.extend
+
+    def model_at(spec, dtype, device, **kwargs):
+        model = real_model_at(spec, dtype, device, **kwargs)
+        built.append(weakref.ref(model))
+        return model
+
+    def extend(self, tokens, cache=None, chunk=None):
+        if self.arch == "transformer" and tokens.shape[1] + (cache.get_seq_length() if cache else 0) > 32:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+        return real_extend(self, tokens, cache, chunk)
+
+    monkeypatch.setattr(profiler, "model_at", model_at)
+    monkeypatch.setattr(profiler.Subject, "extend", extend)
+    saved = []
+    frame = sweep(
+        SPECS,
+        1,
+        [8],
+        [8, 32, 64],
+        [8],
+        [8],
+        new_tokens=2,
+        decode_steps=1,
+        dtype=torch.float32,
+        progress=False,
+        on_rows=saved.append,
+    )
+    print(frame[["model", "kind", "context", "status"]].to_string())
+    assert list(frame["model"].unique()) == ["RWKV-4 tiny", "RWKV-7 tiny", "GPT-NeoX 2x32"]
+    statuses = frame.groupby(["model", "kind"])["status"].apply(list)
+    assert statuses[("RWKV-7 tiny", "generation")] == ["ok"] * 3
+    assert statuses[("GPT-NeoX 2x32", "generation")] == ["ok", "ok", "oom"]  # stops at its first OOM
+    assert statuses[("GPT-NeoX 2x32", "training")] == ["ok"]
+    assert len(saved) == 3 * 4 and saved[-1].equals(frame)  # saved after every series
+    gc.collect()
+    assert len(built) == 3 and all(ref() is None for ref in built)
+
+
+def test_a_time_budget_is_shared_and_what_it_skipped_is_recorded(monkeypatch):
+    """A fake clock: each extend costs 10 s. The budget goes to the models in turn and, within each, to its
+    series; what was not started in time is a 'skipped (time)' row at the end of its series, and a model whose
+    turn comes with no time left is recorded unbuilt."""
+    from rwkv_lab.measure import profiler
+
+    clock, real_extend = {"now": 0.0}, profiler.Subject.extend
+
+    def extend(self, *args, **kwargs):
+        clock["now"] += 10.0
+        return real_extend(self, *args, **kwargs)
+
+    monkeypatch.setattr(profiler, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    monkeypatch.setattr(profiler.Subject, "extend", extend)
+    kwargs = dict(new_tokens=2, decode_steps=1, dtype=torch.float32, progress=False)
+    frame = sweep(SPECS, 1, [8, 16], [8, 16, 32], [8], [8, 16], seconds=400, **kwargs)
+    print(frame[["model", "kind", "context", "status"]].to_string())
+    assert set(frame["status"]) == {"ok", "skipped (time)"}
+    for (model, kind), g in frame.groupby(["model", "kind"]):
+        status = list(g["status"])
+        assert status == sorted(status), (model, kind, status)  # 'ok' rows, then the skipped ones
+    assert (frame.groupby("model")["status"].apply(lambda s: (s == "ok").any())).all()
+    none_left = sweep(SPECS, 1, [8], [8], [8], [8], seconds=0, **kwargs)
+    assert set(none_left["status"]) == {"skipped (time)"} and len(none_left) == 3 * 4
+    assert set(none_left["model"]) == {"RWKV-4 tiny", "RWKV-7 tiny", "GPT-NeoX 2x32"}
 
 
 def test_out_of_memory_is_a_recorded_data_point(monkeypatch):
@@ -290,3 +401,46 @@ def test_comparisons_take_both_models_from_one_device():
     assert list(peers.index) == ["A"]  # card B has no RWKV row: no row of its own
     assert peers.loc["A", "roofline tok/s"] == pytest.approx(2e12 / 2e9)
     assert peers.loc["A", "ours tok/s"] == pytest.approx(500)
+
+
+def test_a_sweeps_summary_reads_each_models_limits():
+    """sweep_summary per model: bytes per sequence, generation's longest context, first OOM and first skipped,
+    held memory and latency at the ends, training at its longest context; pile_profiles finds this run's files
+    before the committed ones."""
+    from rwkv_lab.measure.report import pile_profiles, sweep_summary
+
+    def row(model, arch, kind, T, status, seconds=None, memory=None, tokens=None, state=0, per_token=0):
+        return {
+            "model": model, "arch": arch, "params": 10, "kind": kind, "batch": 1, "context": T, "status": status,
+            "seconds": seconds, "memory_GiB": memory, "tokens_per_s": tokens, "state_bytes": state,
+            "cache_bytes_per_token": per_token,
+        }  # fmt: skip
+
+    frame = pd.DataFrame(
+        [
+            row("R7", "rwkv7", "generation", 1024, "ok", 0.002, 1.0, state=400),
+            row("R7", "rwkv7", "generation", 4096, "ok", 0.003, 1.0, state=400),
+            row("R7", "rwkv7", "generation", 16384, "skipped (time)", state=400),
+            row("R7", "rwkv7", "training", 512, "ok", 0.1, 2.0, 5120.0, state=400),
+            row("P", "transformer", "generation", 1024, "ok", 0.004, 1.5, per_token=36),
+            row("P", "transformer", "generation", 4096, "oom", per_token=36),
+        ]
+    )
+    s = sweep_summary(frame).set_index("model")
+    print(s.T)
+    assert s.loc["R7", "state_bytes"] == 400 and s.loc["P", "cache_bytes_per_token"] == 36
+    assert s.loc["R7", "gen_longest"] == 4096 and s.loc["R7", "gen_first_skipped"] == 16384
+    assert s.loc["R7", "ms_per_token_shortest"] == pytest.approx(2.0) and s.loc["R7", "held_GiB_longest"] == 1.0
+    assert s.loc["P", "gen_longest"] == 1024 and s.loc["P", "gen_first_oom"] == 4096
+    assert s.loc["R7", "train_tokens_per_s"] == 5120.0 and s.loc["R7", "train_longest"] == 512
+    assert pd.isna(s.loc["P", "train_tokens_per_s"])
+    assert all(p.name.startswith("memory_profile_pile_") for p in pile_profiles())
+
+
+def test_pile_profiles_prefers_this_runs_file(tmp_path, monkeypatch):
+    from rwkv_lab.measure.report import pile_profiles
+    from rwkv_lab.results import ENV_RESULTS, write_table
+
+    monkeypatch.setenv(ENV_RESULTS, str(tmp_path))
+    write_table(tmp_path / "profile" / "memory_profile_pile_x.csv", pd.DataFrame({"a": [1]}))
+    assert tmp_path / "profile" / "memory_profile_pile_x.csv" in pile_profiles()

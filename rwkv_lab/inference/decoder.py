@@ -204,7 +204,7 @@ def _padded(inputs, batch: int):
 
 
 def decoder_for(model, batch: int, compile: bool | None = None) -> Decoder:
-    """The model's decoder for this batch size, built (and on CUDA captured) once and kept while the model lives:
+    """The model's decoder for this batch size, built (and on CUDA captured) once and kept until `release_decoders`:
     where it captures or compiles, the one of the batch's bucket (`bucket_for`), which takes any smaller batch.
 
     The cache key includes the model's dtype and device, so moving the model gives a fresh decoder."""
@@ -216,3 +216,10 @@ def decoder_for(model, batch: int, compile: bool | None = None) -> Decoder:
     if key not in per_model:
         per_model[key] = Decoder(model, key[0], compile=compile)
     return per_model[key]
+
+
+def release_decoders(model) -> None:
+    """Drop the model's decoders (their compiled steps and CUDA graphs' memory). A decoder holds its model, so
+    the cache alone never lets a model go: call this when done with a model whose memory must come back (the
+    profiler, before it builds the next one)."""
+    _DECODERS.pop(model, None)

@@ -70,25 +70,22 @@ def saved_for_backward(forward, model: torch.nn.Module) -> list[dict]:
 
 
 def analytic_memory(
-    state_numbers: int | None,
     n_params: int,
-    n_layer: int,
+    dtype_bytes: int,
     d_model: int,
     vocab: int,
     batch: int,
     context: int,
-    dtype_bytes: int,
-    state_bytes: int = 4,
+    state_bytes: int = 0,
+    cache_bytes_per_token: int = 0,
 ) -> dict:
-    """Bytes by the formulas: weights N·s; a recurrent model's state, `state_numbers` per sequence (fp32: RWKV-4's
-    5·C·L, RWKV-7's 2·C·L + H·N²·L), or, with `state_numbers` None, a transformer's KV cache 2·L·T·d per sequence;
-    the prefill's transient activations, O(B·T·C), of which the largest live set is about the FFN's 4C hidden
-    plus a few C-wide tensors (12 C per token, in the compute dtype) and the last position's logits."""
+    """Bytes by the formulas: weights N·s; per sequence, a constant recurrent state of `state_bytes` (the model's
+    `state_bytes`: RWKV-4's 5·C·L numbers, RWKV-7's L·(2C + H·N·N), in fp32) plus a cache growing by
+    `cache_bytes_per_token` per token of context (a transformer's KV cache, 2·L·d numbers in its dtype); the
+    prefill's transient activations, O(B·T·C), of which the largest live set is about the FFN's 4C hidden plus a
+    few C-wide tensors (12 C per token, in the compute dtype) and the last position's logits in fp32."""
     weights = n_params * dtype_bytes
-    if state_numbers is not None:
-        cache = batch * state_numbers * state_bytes
-    else:
-        cache = batch * 2 * n_layer * context * d_model * dtype_bytes
+    cache = batch * (state_bytes + context * cache_bytes_per_token)
     activations = batch * context * 12 * d_model * dtype_bytes + batch * vocab * 4
     return {
         "weights_bytes": weights,

@@ -258,3 +258,55 @@ def kv_cache_limits(frame: pd.DataFrame, capacity_bytes: int | None = None) -> p
             }
         )
     return pd.DataFrame(rows)
+
+
+def pile_profiles() -> list[Path]:
+    """The three-generation sweeps (benchmarks/profile_memory.py: results/profile/memory_profile_pile_*.csv), this
+    run's (results_dir()) where it has one of a name, else the committed one; sorted by name."""
+    from ..results import REPO_ROOT, results_dir
+
+    found = {}
+    for root in (REPO_ROOT / "results", results_dir()):  # this run's last, so it wins
+        for path in sorted((root / "profile").glob("memory_profile_pile_*.csv")):
+            found[path.name] = path
+    return [found[name] for name in sorted(found)]
+
+
+def _at(rows: pd.DataFrame, context, column: str):
+    r = rows[rows["context"] == context]
+    return float(r[column].iloc[0]) if len(r) and context is not None else None
+
+
+def sweep_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per model of one sweep (one device): its bytes per sequence (state, KV cache per token); generation's
+    longest context measured, first out of memory and first left by the time budget, the memory held and
+    milliseconds per token at its shortest and longest contexts; prefill and training tokens/s at the longest
+    context each reached (and those contexts), training's peak memory there."""
+    rows = []
+    for model, g in frame.groupby("model", sort=False):
+        row = {
+            "model": model,
+            "arch": g["arch"].iloc[0],
+            "params": int(g["params"].iloc[0]),
+            "state_bytes": int(g["state_bytes"].iloc[0]),
+            "cache_bytes_per_token": int(g["cache_bytes_per_token"].iloc[0]),
+        }
+        for kind, key in (("generation", "gen"), ("prefill", "prefill"), ("training", "train")):
+            k = g[g["kind"] == kind]
+            ok = k[k["status"] == "ok"]
+            oom, skipped = k[k["status"] == "oom"], k[k["status"].str.startswith("skipped")]
+            row[f"{key}_longest"] = int(ok["context"].max()) if len(ok) else None
+            row[f"{key}_first_oom"] = int(oom["context"].min()) if len(oom) else None
+            row[f"{key}_first_skipped"] = int(skipped["context"].min()) if len(skipped) else None
+            if key == "gen":
+                shortest = int(ok["context"].min()) if len(ok) else None
+                row["gen_shortest"] = shortest
+                for where, T in (("shortest", shortest), ("longest", row["gen_longest"])):
+                    row[f"held_GiB_{where}"] = _at(ok, T, "memory_GiB")
+                    seconds = _at(ok, T, "seconds")
+                    row[f"ms_per_token_{where}"] = None if seconds is None else 1e3 * seconds
+            else:
+                row[f"{key}_tokens_per_s"] = _at(ok, row[f"{key}_longest"], "tokens_per_s")
+                row[f"{key}_peak_GiB"] = _at(ok, row[f"{key}_longest"], "memory_GiB")
+        rows.append(row)
+    return pd.DataFrame(rows)

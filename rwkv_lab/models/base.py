@@ -58,6 +58,12 @@ class RecurrentLMBase(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of one sequence's recurrent state: the config's `state_numbers` (RWKV-4's 5·C·L, RWKV-7's
+        L·(2C + H·N·N)) in the state's dtype, whatever the context (what `init_state(1)` allocates)."""
+        return self.config.state_numbers * torch.empty((), dtype=self.state_dtype).element_size()
+
     def check_tokens(self, tokens: torch.Tensor, ndim: int) -> None:
         check_tokens(tokens, ndim, self.config.vocab_size, self.device)
 

@@ -3,7 +3,14 @@ at Pythia's sizes or matched to an RWKV config's width, depth and vocabulary."""
 
 from ..protocol import Architecture
 from ..rwkv4.config import PRESETS, RWKVConfig, get_config
-from .model import PYTHIA_FOR, forward_flops_per_token, gpt_neox, matched_transformer, pythia_model
+from .model import (
+    PYTHIA_FOR,
+    forward_flops_per_token,
+    gpt_neox,
+    kv_cache_bytes_per_token,
+    matched_transformer,
+    pythia_model,
+)
 
 ARCH = Architecture(
     name="transformer",
@@ -20,4 +27,12 @@ ARCH = Architecture(
     foreign_model_types=("gpt_neox",),
 )
 
-__all__ = ["ARCH", "PYTHIA_FOR", "forward_flops_per_token", "gpt_neox", "matched_transformer", "pythia_model"]
+__all__ = [
+    "ARCH",
+    "PYTHIA_FOR",
+    "forward_flops_per_token",
+    "gpt_neox",
+    "kv_cache_bytes_per_token",
+    "matched_transformer",
+    "pythia_model",
+]

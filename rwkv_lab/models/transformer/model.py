@@ -61,7 +61,14 @@ def pythia_model(name: str, dtype=torch.bfloat16, device="cpu", max_positions: i
     )
     with torch.device(device):
         model = GPTNeoXForCausalLM(config).to(dtype)
+    model.config.name_or_path = "" if overrides else name  # its name where it is measured; a reshaped one: none
     return model.eval()
+
+
+def kv_cache_bytes_per_token(config, dtype) -> int:
+    """Bytes a GPT-NeoX (transformers config) adds to one sequence's KV cache per token of context: a key and a
+    value of `hidden_size` per layer, 2·L·d numbers in the model's dtype."""
+    return 2 * config.num_hidden_layers * config.hidden_size * torch.empty((), dtype=dtype).element_size()
 
 
 def forward_flops_per_token(n_layer: int, d_model: int, vocab_size: int, context: int) -> int:
