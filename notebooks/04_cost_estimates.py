@@ -20,6 +20,7 @@
 # This notebook recomputes every line from its inputs (`rwkv_lab.cost`; each number is also a test), then replaces the assumed efficiency with the
 # model FLOPs utilisation (MFU) we measured for a real training step on a GPU (its device is printed with it)
 # (`benchmarks/bench_training.py` → `results/training_speed/training_mfu.csv`), for RWKV-4 and the size-matched Pythia.
+# Then the same estimate for an RWKV-7 of the same size, from its own count of FLOPs per token.
 
 # %% tags=["parameters"]
 gpu = "H100 SXM"  # A100 SXM | H100 SXM | H200 SXM
@@ -111,6 +112,73 @@ for label, eff in [("measured RWKV-4 MFU", rwkv_mfu), ("measured Pythia MFU", py
 today = pd.DataFrame(rows)
 print(f"days on {n_gpus} GPUs, $ at {price_per_hour} per GPU-hour on {gpu}:")
 display(today.style.format({"MFU": "{:.1%}", "GPU-hours": "{:,.0f}", "days": "{:,.1f}", "$": "${:,.0f}"}))
+
+# %% [markdown]
+# ## RWKV-7 at the same size
+#
+# RWKV-7's FLOPs per token, from its package's count (`forward_flops_per_token`, the sum of `flops_parts`;
+# `tests/test_cost.py` checks it against a count of the ops one step executes): RWKV-4's four C × C projections
+# and channel mix, plus four low-rank paths (the decay, the in-context learning rate, the value residual, the
+# output gate: 2 C D each) and a state update of 5 N² multiply-adds per head, O(C · N) per token against
+# RWKV-4's O(C). No RWKV-7 of 14B is among the released shapes (`reference/rwkv7_configs.csv`), so the shape is
+# RWKV-4 14B's own, 40 layers × 5120 with its vocabulary, heads of 64 and RWKV-LM's LoRA widths for that width:
+# the two then differ in architecture alone (RWKV-7 has fewer parameters at this shape: a same-parameter one would be
+# a little wider or deeper, its cost higher by the same ratio; the parameter counts are printed below). Each run's
+# FLOPs are 3 × its forward count × tokens (the seed used 6 N, printed beside it). RWKV-7's training step has not
+# been measured here: unless the MFU file has an RWKV-7 row, it is given RWKV-4's measured MFU, an assumption
+# printed with it.
+
+# %%
+from rwkv_lab.models import architecture
+
+rwkv4_14b = architecture("rwkv4").get_config("14B")
+rwkv7_14b = architecture("rwkv7").config_class(
+    n_layer=rwkv4_14b.n_layer, n_embd=rwkv4_14b.n_embd, vocab_size=rwkv4_14b.vocab_size, name="40x5120"
+)
+print(rwkv7_14b)
+parts = pd.Series(rwkv7_14b.flops_parts, name="forward FLOPs per token")
+display(
+    pd.DataFrame({"FLOPs": parts, "share": parts / parts.sum()}).style.format({"FLOPs": "{:,.0f}", "share": "{:.2%}"})
+)
+print(
+    f"RWKV-7 40x5120: {rwkv7_14b.forward_flops_per_token:,} forward FLOPs per token, "
+    f"{rwkv7_14b.forward_flops_per_token / rwkv4_14b.forward_flops_per_token:.3f} x RWKV-4 14B's "
+    f"{rwkv4_14b.forward_flops_per_token:,}; low-rank paths {parts['loras'] / parts.sum():.1%}, state update "
+    f"{parts['state_update'] / parts.sum():.2%}; {rwkv7_14b.n_params / 1e9:.2f}B parameters against "
+    f"{rwkv4_14b.n_params / 1e9:.2f}B"
+)
+measured7 = "RWKV-7" in largest.index
+rwkv7_mfu = float(largest.loc["RWKV-7", "mfu_vs_datasheet"]) if measured7 else rwkv_mfu
+print(
+    f"RWKV-7 MFU: {rwkv7_mfu:.1%}, "
+    + ("measured" if measured7 else "RWKV-4's measured MFU (RWKV-7's training step not measured: an assumption)")
+)
+pair = {"RWKV-4 14B": rwkv4_14b, "RWKV-7 40x5120": rwkv7_14b}
+seed_runs = [
+    ("seed's A100s at its achieved efficiency", cost.A100, cost.A100_PRICE_CHEAPEST_2023, seed["achieved_efficiency"]),
+    ("seed's A100s at 50%", cost.A100, cost.A100_PRICE_CHEAPEST_2023, 0.5),
+]
+estimates = [
+    cost.same_size_estimates(pair, 300e9, dict.fromkeys(pair, eff), accel_, price, n_gpus).assign(run=label)
+    for label, accel_, price, eff in seed_runs
+]
+estimates.append(
+    cost.same_size_estimates(
+        pair, tokens_B * 1e9, {"RWKV-4 14B": rwkv_mfu, "RWKV-7 40x5120": rwkv7_mfu}, cost.ACCELERATORS[gpu],
+        price_per_hour, n_gpus,
+    ).assign(run=f"{tokens_B:g}B tokens on {gpu} at {price_per_hour} $/h, measured MFU")
+)  # fmt: skip
+same_size = pd.concat(estimates, ignore_index=True).set_index(["run", "model"])
+display(
+    same_size.drop(columns=["arch"]).style.format(
+        {"params": "{:,.0f}", "fwd_flops_per_token": "{:.4g}", "train_flops_per_token": "{:.4g}", "six_n": "{:.4g}",
+         "train_flops": "{:.4g}", "MFU": "{:.1%}", "GPU-hours": "{:,.0f}", "days": "{:,.1f}", "$": "${:,.0f}"}
+    )
+)  # fmt: skip
+dollars = same_size["$"].unstack("model")
+for run, row in dollars.iterrows():
+    print(f"{run}: RWKV-7 40x5120 ${row['RWKV-7 40x5120']:,.0f} vs RWKV-4 14B ${row['RWKV-4 14B']:,.0f} "
+          f"({row['RWKV-7 40x5120'] / row['RWKV-4 14B']:.3f} x)")  # fmt: skip
 
 # %%
 from rwkv_lab.models.rwkv4.config import PRESETS

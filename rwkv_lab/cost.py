@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .models import architecture_of
 from .models.rwkv4.config import RWKVConfig
 from .models.transformer.model import forward_flops_per_token as transformer_flops
 
@@ -191,6 +192,51 @@ def flops_vs_context(n_layer: int, d_model: int, vocab_size: int, contexts):
                 "rwkv_flops_per_token": rwkv,
                 "transformer_flops_per_token": tf,
                 "transformer_attention_share": attention / tf,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def same_size_estimates(
+    configs: dict,
+    tokens: float,
+    efficiency: dict[str, float],
+    accelerator: Accelerator = A100,
+    price_per_hour: float | None = None,
+    n_gpus: int = 64,
+    context: int = 1024,
+):
+    """A training run of each named config (any generation, through the registry) on `tokens` tokens: its
+    parameters, forward FLOPs per token (its generation's count, `forward_flops_per_token`), the training FLOPs
+    per token that makes (3x) beside the 6 N rule, and GPU-hours, days on `n_gpus` and dollars at the named
+    config's `efficiency` (MFU), computed from the counted FLOPs."""
+    import pandas as pd
+
+    price = price_per_hour if price_per_hour is not None else accelerator.price_per_hour
+    if price is None:
+        raise ValueError(f"no price for {accelerator.name}: pass price_per_hour ($ per GPU-hour)")
+    missing = sorted(set(configs) - set(efficiency))
+    if missing:
+        raise ValueError(f"no efficiency for {missing}: pass one MFU per config")
+    rows = []
+    for name, config in configs.items():
+        arch = architecture_of(config)
+        forward = arch.forward_flops_per_token(config, context)
+        flops = training_flops_per_token(forward) * tokens
+        hours = gpu_hours(flops, accelerator, efficiency[name])
+        rows.append(
+            {
+                "model": name,
+                "arch": arch.name,
+                "params": config.n_params,
+                "fwd_flops_per_token": forward,
+                "train_flops_per_token": training_flops_per_token(forward),
+                "six_n": TRAIN_FLOPS_PER_PARAM_TOKEN * config.n_params,
+                "train_flops": flops,
+                "MFU": efficiency[name],
+                "GPU-hours": hours,
+                "days": wall_clock_days(hours, n_gpus),
+                "$": cost(hours, price),
             }
         )
     return pd.DataFrame(rows)

@@ -3,6 +3,7 @@
 import csv
 
 import pytest
+import torch
 from helpers import REPO
 
 from rwkv_lab import cost
@@ -54,3 +55,73 @@ def test_budget_directions_invert_each_other():
     assert cost.training_cost(1e9, 1e9, cost.H100, price_per_hour=2.0) > 0
     assert cost.wall_clock_days(cost.run_gpu_hours(64, 91.25), 64) == 91.25
     assert cost.mfu(1000, 1e12, 1e15) == 1.0
+
+
+class _StateProducts(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the multiplies of the state update done elementwise (S diag(w), (S a) b^T, v k^T): every aten.mul
+    whose output is a stack of N x N matrices (B, H, N, N)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n, self.multiplies = n, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket is torch.ops.aten.mul and out.dim() == 4 and out.shape[-2:] == (self.n, self.n):
+            self.multiplies += out.numel()
+        return out
+
+
+@pytest.mark.parametrize("name", ["tiny", "byte-6x256", "pile-168M", "world-0.4B"])
+def test_rwkv7_forward_flops_match_a_count_of_its_ops(name):
+    """RWKV-7's FLOPs per token against what one recurrent step executes (meta tensors, no arithmetic): torch's
+    FlopCounterMode counts every matmul (projections, LoRAs, channel mix, head, and the state's S a and S r as
+    bmm), the dispatch mode the state update's three elementwise rank-one products, 2 FLOPs per multiply-add."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from rwkv_lab.models import architecture
+
+    arch = architecture("rwkv7")
+    config = arch.get_config(name)
+    with torch.device("meta"):
+        model = arch.model_class(config)
+    token = torch.zeros(1, dtype=torch.long, device="meta")
+    products = _StateProducts(config.head_size)
+    with FlopCounterMode(display=False) as counter, products:
+        model.step(token, check=False)
+    counts = {op.__name__: flops for op, flops in counter.get_flop_counts()["Global"].items()}
+    C, L, N = config.n_embd, config.n_layer, config.head_size
+    parts = config.flops_parts
+    assert products.multiplies == 3 * C * N * L  # per head 3 N^2: S diag(w), (S a) b^T, v k^T
+    assert counts["bmm"] == 2 * 2 * C * N * L  # S a and S r
+    assert counts["bmm"] + 2 * products.multiplies == parts["state_update"]
+    assert (
+        counts["mm"] + counts["addmm"] == parts["projections"] + parts["loras"] + parts["channel_mix"] + parts["head"]
+    )
+    assert counter.get_total_flops() + 2 * products.multiplies == arch.forward_flops_per_token(config, 1024)
+    print(f"{name}: {arch.forward_flops_per_token(config, 1024):,} FLOPs per token, as counted; parts {parts}")
+
+
+def test_same_size_estimates_take_either_generation():
+    from rwkv_lab.models import architecture
+
+    rwkv4 = get_config("14B")
+    rwkv7 = architecture("rwkv7").config_class(n_layer=40, n_embd=5120, vocab_size=rwkv4.vocab_size)
+    table = cost.same_size_estimates(
+        {"RWKV-4 14B": rwkv4, "RWKV-7": rwkv7}, 300e9, {"RWKV-4 14B": 0.5, "RWKV-7": 0.25}, cost.A100
+    ).set_index("model")
+    assert list(table["arch"]) == ["rwkv4", "rwkv7"]
+    # RWKV-4's counted FLOPs are the paper's 2 (V D + 13 D^2 L), 2% below 6 N at 14B (N counts the embedding,
+    # which does no matmul)
+    assert table.loc["RWKV-4 14B", "train_flops_per_token"] == 3 * 2 * (50277 * 5120 + 13 * 5120**2 * 40)
+    assert table.loc["RWKV-4 14B", "train_flops_per_token"] / table.loc["RWKV-4 14B", "six_n"] == pytest.approx(
+        0.98, abs=0.002
+    )
+    ideal = cost.gpu_hours(table.loc["RWKV-7", "train_flops"], cost.A100)
+    assert table.loc["RWKV-7", "GPU-hours"] == pytest.approx(ideal / 0.25)
+    assert table.loc["RWKV-7", "$"] == pytest.approx(ideal / 0.25 * 0.79)
+    assert table.loc["RWKV-7", "train_flops"] == 3 * rwkv7.forward_flops_per_token * 300e9
+    with pytest.raises(ValueError, match=r"no efficiency for \['RWKV-7'\]"):
+        cost.same_size_estimates({"RWKV-7": rwkv7}, 1e9, {}, cost.A100)
+    with pytest.raises(ValueError, match="no price for H100 SXM"):
+        cost.same_size_estimates({"RWKV-7": rwkv7}, 1e9, {"RWKV-7": 0.3}, cost.H100)

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import torch
-from helpers import NEOX_TOKENIZER, SHARED, random_model, torchrun
+from helpers import NEOX_TOKENIZER, REPO, SHARED, random_model, torchrun
 
 from rwkv_lab.evaluation.backend import RWKVLM
 from rwkv_lab.evaluation.tasks import published, run_lm_eval, side_by_side, task_manager
@@ -157,6 +157,25 @@ def test_published_comparisons_take_every_row_from_one_table():
     merged = side_by_side(ours_rows, 0.17)
     assert merged["table"].nunique() == 1
     assert merged.loc[merged["model"] == "RWKV-4 0.17B", "delta"].item() == pytest.approx(60 - 65.07)
+
+
+def test_rwkv7_cards_are_their_own_comparison():
+    import pandas as pd
+
+    cards = pd.read_csv(REPO / "reference" / "rwkv7_pile_model_cards.csv").set_index("name")
+    for size, name in ((0.168, "RWKV-x070-Pile-168M"), (0.005, "RWKV-x070-Pile-168M"), (1.5, "RWKV-x070-Pile-1.47B")):
+        ref = published(size, "rwkv7_cards")
+        assert set(ref["model"]) == {name} and ref["table"].nunique() == 1, size
+        assert ref["table"].iloc[0].startswith("RWKV-7 Pile hub model cards")
+        got = ref.set_index(["task", "metric"])["published"]
+        # the card's numbers as written, each under the metric lm-eval reports
+        assert got["lambada_openai", "perplexity"] == cards.loc[name, "lambada_ppl"]
+        assert got["lambada_openai", "acc"] == cards.loc[name, "lambada_acc"]
+        assert got["piqa", "acc"] == cards.loc[name, "piqa_acc"]
+        assert len(got) == 3
+    ours_rows = pd.DataFrame([{"task": "piqa", "metric": "acc", "value": 0.6, "stderr": 0.01, "n_samples": 10}])
+    merged = side_by_side(ours_rows, 0.168, "rwkv7_cards")
+    assert merged["delta"].item() == pytest.approx(60 - 65.5) and merged["table"].nunique() == 1
 
 
 @pytest.mark.slow

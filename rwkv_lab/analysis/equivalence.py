@@ -33,18 +33,20 @@ def step_all(model, tokens: torch.Tensor, state=None):
 
 
 @torch.no_grad()
-def compare_formulations(model, tokens: torch.Tensor, prefill: int | None = None, backend: str | None = None) -> dict:
+def compare_formulations(
+    model, tokens: torch.Tensor, prefill: int | None = None, backend: str | None = None, reference=None
+) -> dict:
     """Parallel form vs token-by-token RNN form vs parallel prefill of `prefill` tokens then steps.
 
     Returns per-position max |delta logit| (lists over T) and the relative errors of logits and final states,
-    all measured against the RNN form.
+    all measured against the RNN form (`reference`: its (logits, state) on these tokens if already computed).
     """
     T = tokens.shape[1]
     prefill = T // 2 if prefill is None else prefill
     if not 1 <= prefill <= T:
         raise ValueError(f"prefill must be in [1, T] = [1, {T}]; got {prefill}")
     par_logits, par_state = model(tokens, backend=backend)
-    rec_logits, rec_state = step_all(model, tokens)
+    rec_logits, rec_state = step_all(model, tokens) if reference is None else reference
     pre_logits, pre_state = model(tokens[:, :prefill], backend=backend)
     if prefill < T:
         rest_logits, pre_state = step_all(model, tokens[:, prefill:], pre_state)
@@ -59,6 +61,26 @@ def compare_formulations(model, tokens: torch.Tensor, prefill: int | None = None
         "rel_err_state_parallel": rel_error(par_state, rec_state),
         "rel_err_state_prefill": rel_error(pre_state, rec_state),
     }
+
+
+@torch.no_grad()
+def compare_backends(model, tokens: torch.Tensor, backends, reference=None) -> pd.DataFrame:
+    """The parallel form with each backend of its operator ('recurrent', 'chunked', 'attention', 'triton' on a
+    GPU) against the RNN form (`reference`: its (logits, state) if already computed), one row each: the relative
+    errors of the logits and of the final state."""
+    rec_logits, rec_state = step_all(model, tokens) if reference is None else reference
+    rows = []
+    for backend in backends:
+        logits, state = model(tokens, backend=backend)
+        rows.append(
+            {
+                "backend": backend,
+                "T": tokens.shape[1],
+                "rel_err_logits": rel_error(logits, rec_logits),
+                "rel_err_state": rel_error(state, rec_state),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 @torch.no_grad()

@@ -33,7 +33,8 @@ PAPER_TASKS = [
     "record",
     "triviaqa",
 ]
-# lm-eval task -> (metric, column of reference/rwkv4_pile_zero_shot.csv, column of pythia_v1_zero_shot.csv)
+# lm-eval task -> (metric, column of reference/rwkv4_pile_zero_shot.csv (and rwkv7_pile_model_cards.csv), column of
+# pythia_v1_zero_shot.csv)
 REFERENCE_COLUMNS = {
     "lambada_openai": [
         ("perplexity", "lambada_ppl", "lambada_openai_ppl"),
@@ -334,7 +335,15 @@ def percent(metric: str, value: float) -> float:
 PUBLISHED_TABLES = {
     "rwkv_paper": ("rwkv4_pile_zero_shot.csv", "RWKV paper (arXiv 2305.13048), Appendix H Tables 3-4"),
     "pythia_paper": ("pythia_v1_zero_shot.csv", "Pythia v1 evals (EleutherAI/pythia evals/pythia-v1, zero-shot)"),
+    # the RWKV-7 paper's own table of its Pile models is not in reference/ (reference/SOURCES.md says why): the
+    # hub cards' headline numbers are a separate source, compared alone
+    "rwkv7_cards": (
+        "rwkv7_pile_model_cards.csv",
+        "RWKV-7 Pile hub model cards (fla-hub/rwkv7-168M-pile, fla-hub/rwkv7-1.47B-pile), Evaluation",
+    ),
 }
+# the published tables each generation's scores are set beside, each comparison from one table
+PUBLISHED_FOR = {"rwkv4": ("rwkv_paper", "pythia_paper"), "rwkv7": ("rwkv7_cards",)}
 PYTHIA_NEAR = {
     0.17: "pythia-160m",
     0.43: "pythia-410m",
@@ -348,12 +357,14 @@ PYTHIA_NEAR = {
 def published(size_B: float, table: str = "rwkv_paper") -> pd.DataFrame:
     """The published zero-shot rows of models of about this size from ONE table, long format; the `table` column
     names it. 'rwkv_paper': RWKV-4 and the transformers of that table (Pythia, GPT-Neo, ... as its authors ran
-    them); 'pythia_paper': the Pythia model of the matching size, from the Pythia evals."""
+    them); 'pythia_paper': the Pythia model of the matching size, from the Pythia evals; 'rwkv7_cards': the RWKV-7
+    Pile model nearest in size, from its hub card (LAMBADA and PIQA only)."""
     if table not in PUBLISHED_TABLES:
         raise ValueError(f"unknown published table {table!r}; expected one of {sorted(PUBLISHED_TABLES)}")
     file, citation = PUBLISHED_TABLES[table]
     ref = pd.read_csv(REPO_ROOT / "reference" / file)
-    column = 1 if table == "rwkv_paper" else 2  # which column of REFERENCE_COLUMNS names this table's field
+    # which column of REFERENCE_COLUMNS names this table's field (the RWKV-7 cards use the RWKV paper's names)
+    column = 2 if table == "pythia_paper" else 1
     rwkv_sizes = pd.read_csv(REPO_ROOT / "reference" / PUBLISHED_TABLES["rwkv_paper"][0])
     rwkv_sizes = rwkv_sizes[rwkv_sizes["model"] == "RWKV-4"]["params_B"]
     nearest = float(rwkv_sizes.iloc[(rwkv_sizes - size_B).abs().argmin()])
@@ -363,6 +374,12 @@ def published(size_B: float, table: str = "rwkv_paper") -> pd.DataFrame:
         near = near.loc[near.groupby("model")["gap"].idxmin()]
         near = near[near["gap"] <= 0.25 * nearest]
         models = [(f"{r['model']} {r['params_B']}B", r) for _, r in near.iterrows()]
+    elif table == "rwkv7_cards":
+        # the size is the checkpoint name's last part: RWKV-x070-Pile-168M, RWKV-x070-Pile-1.47B
+        size = ref["name"].str.extract(r"-([\d.]+)([MB])$")
+        sizes = size[0].astype(float) * size[1].map({"M": 1e-3, "B": 1.0})
+        r = ref.iloc[int((sizes - size_B).abs().argmin())]
+        models = [(r["name"], r)]
     else:
         name = PYTHIA_NEAR.get(nearest)
         models = [(name, r) for _, r in ref[ref["model"] == name].iterrows()]
@@ -370,7 +387,7 @@ def published(size_B: float, table: str = "rwkv_paper") -> pd.DataFrame:
     for task, cols in REFERENCE_COLUMNS.items():
         for spec in cols:
             metric, field = spec[0], spec[column]
-            if field is None:
+            if field is None or field not in ref.columns:
                 continue
             for label, r in models:
                 rows.append({"task": task, "metric": metric, "model": label, "published": r[field], "table": citation})

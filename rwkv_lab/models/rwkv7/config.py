@@ -98,15 +98,26 @@ class RWKV7Config(ModelConfig):
         return self.n_layer * (2 * self.n_embd + self.n_embd * self.head_size)
 
     @property
-    def forward_flops_per_token(self) -> int:
-        """Floating-point operations of one token's forward, counting 2 per multiply-add: every matmul (r, k, v,
-        output, the four LoRAs' two matrices each (layer 0 skips the value residual's), the channel mix's two,
-        the head) and the state update, per head 5 N^2 multiply-adds (S diag(w), S a, (S a) b^T, v k^T, S r).
-        Elementwise work (norms, mixes, gates, activations) is not counted."""
+    def flops_parts(self) -> dict[str, int]:
+        """One token's forward FLOPs (2 per multiply-add) by where they go: `projections` r, k, v, output (4 C^2 per
+        layer); `loras` the four low-rank paths' two matrices each (2 C (D_w + D_a + D_v + D_g) per layer; layer 0
+        skips the value residual's); `channel_mix` (2 C F); `state_update` per head 5 N^2 multiply-adds (S diag(w),
+        S a, (S a) b^T, v k^T, S r: 5 C N per layer, the O(C N) a transformer's attention has in O(C T)); `head`
+        (V C). Elementwise work (norms, mixes, gates, activations) is not counted."""
         C, L, F, N = self.n_embd, self.n_layer, self.dim_ffn, self.head_size
-        matmuls = L * (4 * C * C + 2 * C * F + 2 * C * self.lora_sum) - 2 * C * self.value_lora
-        wkv = L * 5 * C * N
-        return 2 * (matmuls + self.vocab_size * C + wkv)
+        return {
+            "projections": 2 * L * 4 * C * C,
+            "loras": 2 * (L * 2 * C * self.lora_sum - 2 * C * self.value_lora),
+            "channel_mix": 2 * L * 2 * C * F,
+            "state_update": 2 * L * 5 * C * N,
+            "head": 2 * self.vocab_size * C,
+        }
+
+    @property
+    def forward_flops_per_token(self) -> int:
+        """Floating-point operations of one token's forward, counting 2 per multiply-add: the sum of `flops_parts`
+        (every matmul and the state update), independent of the context."""
+        return sum(self.flops_parts.values())
 
 
 def _check_positive_int(field: str, value, alternative: str = "") -> None:
