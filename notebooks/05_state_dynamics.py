@@ -17,7 +17,7 @@
 #
 # Everything an RWKV knows about the past is in its state. RWKV-4 keeps, per layer and channel, the token-shift
 # vectors and the WKV sums (a, b, p), whose ratio a/b is a decayed average of past values, each channel forgetting
-# at a fixed rate. RWKV-7 keeps a matrix S (64 x 64) per head and rewrites it at every token with a generalised
+# at a fixed rate. RWKV-7 keeps a matrix S (`64 x 64`) per head and rewrites it at every token with a generalised
 # delta rule, S_t = S_{t-1} (diag(w_t) - kappa_t (iclr_t kappa_t)^T) + v_t k_t^T: its decays w_t depend on the
 # token, and the removal key kappa_t with the in-context learning rate iclr_t say what it erases before writing.
 # This notebook asks both generations the same questions on the same held-out Python source, with the two default
@@ -229,12 +229,12 @@ plt.show()
 # ## 3 · RWKV-7's matrix state
 #
 # Per layer, head and token t of the first `matrix_tokens` tokens, from the model's own state after every token
-# (`model.wkv_inputs(..., states=True)`): the **effective rank** of S_t (Roy & Vetterli 2007: exp of the entropy of
-# its singular values normalised to sum to one; r for r equal singular values, at most 64), and how much token t
-# overwrites: the in-context learning rate **iclr** (mean over the head's channels), the **key alignment**
-# ||S_{t-1} kappa_t|| / s_max(S_{t-1}) (does the removal key point at what the state holds: 1 at its strongest
-# direction), the share **erased** ||S_{t-1} a_t b_t^T|| / ||S_{t-1}|| and the share **written**
-# ||v_t k_t^T|| / ||S_t|| (Frobenius norms). Lines are means over the heads, smoothed over 16 tokens.
+# (`model.wkv_inputs(..., states=True)`): the **effective rank** of S_t, after Roy & Vetterli (2007): exp of the
+# entropy of its singular values normalised to sum to one (r for r equal singular values, at most the head size);
+# and how much token t overwrites: the in-context learning rate **iclr** (mean over the head's channels), the **key
+# alignment** ||S_{t-1} kappa_t|| / s_max(S_{t-1}) (does the removal key point at what the state holds: 1 at its
+# strongest direction), the share **erased** ||S_{t-1} a_t b_t^T|| / ||S_{t-1}|| and the share **written**
+# ||v_t k_t^T|| / ||S_t|| (Frobenius norms). Lines are means over the heads, smoothed over `16` tokens.
 
 # %%
 dynamics = matrix_state_dynamics(rwkv7, tokens7[:matrix_tokens])
