@@ -191,9 +191,9 @@ def changed_output(output, act) -> tuple[str, str]:
 def pick_next_option(box) -> None:
     """Picks the first dropdown's next option in `box` (a page or one explorer), as a user would."""
     select = box.locator(".widget-dropdown select").first
-    options = select.locator("option").all_inner_texts()
-    current = select.input_value()
-    select.select_option(next(o for o in options if o != current))
+    # by position: ipywidgets shows an option's spaces as non-breaking ones, so its text is not its value
+    current = select.evaluate("s => s.selectedIndex")
+    select.select_option(index=(current + 1) % select.locator("option").count())
 
 
 def move_first_slider(box) -> None:
