@@ -4,8 +4,8 @@ A JupyterLab server (127.0.0.1, a random port, a token) serves the notebooks, ma
 into a temporary folder as make lab makes them: paired, with the rwkv-lab kernel registered, which they must open
 with. Playwright drives Debian's Chromium: it runs every cell as the menu's Run > Run All Cells does and saves; the
 saved notebook must hold no error output and its figures as images, and the page must show them. The widgets of
-04 and 05 are used as a user would (a dropdown changed, a slider moved with the keyboard) and each must change
-what they show.
+04 and 05 are used as a user would (in each explorer, a dropdown changed, a slider moved with the keyboard) and
+each must change what that explorer shows: 04 has one explorer, 05 two (RWKV-4's channels, RWKV-7's matrix state).
 A screenshot of each notebook after its run goes to the temporary folder, or to results/ui/ with
 RWKV_LAB_SCREENSHOTS=1 (the committed pictures are refreshed on purpose, so a test run leaves the checkout as it
 was). What the notebooks write goes to the temporary folder, never over the committed results.
@@ -173,28 +173,33 @@ def open_notebook(browser, lab, name):
     return page
 
 
-def changed_output(page, output_selector: str, act) -> tuple[str, str]:
-    """Does `act` (a user's action on a widget), then waits until the output shows something else; returns the
-    output's HTML before and after."""
-    before = page.inner_html(output_selector)
+# how many explorers (ipywidgets interact boxes) a notebook shows
+EXPLORERS = {"04": 1, "05": 2}
+
+
+def changed_output(output, act) -> tuple[str, str]:
+    """Does `act` (a user's action on a widget), then waits until the output (a locator) shows something else;
+    returns the output's HTML before and after."""
+    before = output.inner_html()
     act()
     deadline = time.time() + 60
-    while time.time() < deadline and page.inner_html(output_selector) == before:
+    while time.time() < deadline and output.inner_html() == before:
         time.sleep(0.5)
-    return before, page.inner_html(output_selector)
+    return before, output.inner_html()
 
 
-def pick_next_option(page) -> None:
-    """Picks the first dropdown's next option, as a user would."""
-    select = page.locator(".widget-dropdown select").first
-    options = select.locator("option").all_inner_texts()
-    current = select.input_value()
-    select.select_option(next(o for o in options if o != current))
+def pick_next_option(box) -> None:
+    """Picks the first dropdown's next option in `box` (a page or one explorer), as a user would."""
+    select = box.locator(".widget-dropdown select").first
+    # by position: ipywidgets shows an option's spaces as non-breaking ones, so its text is not its value
+    current = select.evaluate("s => s.selectedIndex")
+    select.select_option(index=(current + 1) % select.locator("option").count())
 
 
-def move_first_slider(page) -> None:
-    """Moves the first slider one step to the right with the keyboard, as a user would (its handle takes focus)."""
-    handle = page.locator(".widget-slider .noUi-handle").first
+def move_first_slider(box) -> None:
+    """Moves the first slider in `box` one step to the right with the keyboard, as a user would (its handle takes
+    focus)."""
+    handle = box.locator(".widget-slider .noUi-handle").first
     handle.scroll_into_view_if_needed()
     handle.focus()
     handle.press("ArrowRight")
@@ -210,14 +215,19 @@ def test_the_notebook_runs_in_jupyterlab(browser, lab, name):
     run_all(page, name)
     seconds = time.time() - started
     widget_check = ""
-    if name.startswith(("04", "05")):
-        # 04: the first slider is the parameter count, the output the cost; 05: the first slider is the layer
-        page.locator(".widget-dropdown select").first.scroll_into_view_if_needed()
-        output = ".widget-interact .widget-output"
-        for what, act in (("the dropdown", pick_next_option), ("a slider", move_first_slider)):
-            before, after = changed_output(page, output, lambda: act(page))
-            assert before != after, f"{name}: changing {what} changed nothing that is shown"
-        widget_check = "; the dropdown and a slider each changed the output"
+    if name[:2] in EXPLORERS:
+        # 04: the first slider is the parameter count, the output the cost; 05: in both explorers the first slider
+        # is the layer (RWKV-4's channels, RWKV-7's matrix state)
+        boxes = page.locator(".widget-interact")
+        assert boxes.count() == EXPLORERS[name[:2]], f"{name}: {boxes.count()} explorers, not {EXPLORERS[name[:2]]}"
+        for i in range(boxes.count()):
+            box = boxes.nth(i)
+            box.locator(".widget-dropdown select").first.scroll_into_view_if_needed()
+            output = box.locator(".widget-output").first
+            for what, act in (("the dropdown", pick_next_option), ("a slider", move_first_slider)):
+                before, after = changed_output(output, lambda: act(box))
+                assert before != after, f"{name}: in explorer {i}, changing {what} changed nothing that is shown"
+        widget_check = f"; in each of its {boxes.count()} explorers the dropdown and a slider changed the output"
     page.evaluate(f"(path) => ({PANEL})(path).context.save()", f"{name}.ipynb")
     time.sleep(1)
     nb = saved(work, name)

@@ -9,11 +9,17 @@ from helpers import TOL, assert_rel_close, random_model, random_state
 
 from rwkv_lab.analysis.dynamics import (
     Trajectory,
-    attention_older_than,
+    attention_by_distance,
+    decay_distribution,
     decay_shift,
     decay_spectra,
+    effective_rank,
+    half_lives,
     influence,
+    matrix_state_dynamics,
+    readable_distance,
     record_trajectory,
+    shares_by_distance,
 )
 from rwkv_lab.analysis.render import coloured_html
 from rwkv_lab.analysis.text_features import (
@@ -25,10 +31,12 @@ from rwkv_lab.analysis.text_features import (
     token_pieces,
 )
 from rwkv_lab.loading.default import untrained_model
+from rwkv_lab.models import architecture
 from rwkv_lab.models.rwkv4.config import get_config
 from rwkv_lab.models.rwkv4.layers import ATT_A, ATT_B, ATT_X, FFN_X
 
 TINY = get_config("tiny")
+TINY7 = architecture("rwkv7").get_config("tiny")
 
 
 @pytest.fixture(autouse=True)
@@ -95,9 +103,13 @@ def test_code_features_on_hand_made_text():
 
 def test_attention_shares_and_influence():
     w = torch.tensor([[1.0, 0, 0], [0.5, 0.5, 0], [0.2, 0.3, 0.5]])[:, :, None]  # (T, T, C=1)
-    older = attention_older_than(w, 0)[:, 0]
-    assert older.tolist() == pytest.approx([0.0, 0.5, 0.5])
-    assert attention_older_than(w, 1)[:, 0].tolist() == pytest.approx([0.0, 0.0, 0.2])
+    D = shares_by_distance(w)  # [t, d]
+    assert D.tolist() == [pytest.approx(row) for row in ([1, 0, 0], [0.5, 0.5, 0], [0.5, 0.3, 0.2])]
+    signed = torch.tensor([[2.0, 0, 0], [-1.0, 3.0, 0], [0.4, -0.6, 1.0]])[:, :, None]  # RWKV-7's: by magnitude
+    assert shares_by_distance(signed)[1:, :2].tolist() == [pytest.approx(r) for r in ([0.75, 0.25], [0.5, 0.3])]
+    two = torch.cat([w, signed], dim=-1)  # channels averaged
+    assert torch.allclose(shares_by_distance(two), (D + shares_by_distance(signed)) / 2)
+    assert shares_by_distance(torch.zeros(2, 2, 1)).abs().sum() == 0  # a zero row has no share anywhere
     model = random_model(TINY, dtype=torch.float64)
     tokens = torch.randint(1, TINY.vocab_size, (40,), generator=torch.Generator().manual_seed(0))
     same = influence(model, tokens, 10, replacement=int(tokens[10]))
@@ -165,3 +177,109 @@ def test_token_features_line_up_with_tokens():
         g = token_features(bpe, ids)
         assert len(g) == len(ids) and "".join(token_pieces(bpe, ids)) == text
         assert g["bracket_depth"].max() == 0 and g["in_string"].max() == 1
+
+
+def test_effective_rank_of_matrices_of_known_rank():
+    """Roy & Vetterli's effective rank: exactly r for r equal singular values (rank r, any scale); just above 1 for
+    one dominant direction; 0 for the zero matrix; within [1, min(M, N)] and equal to exp(entropy) written out in
+    numpy for a random matrix; batched."""
+    gen = torch.Generator().manual_seed(0)
+    U, _ = torch.linalg.qr(torch.randn(9, 9, generator=gen, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(7, 7, generator=gen, dtype=torch.float64))
+    for r in range(1, 8):
+        for scale in (1e-8, 1.0, 1e8):
+            m = scale * U[:, :r] @ V[:, :r].T  # (9, 7), r singular values equal to scale
+            assert torch.linalg.matrix_rank(m) == r
+            assert float(effective_rank(m)) == pytest.approx(r, rel=1e-12)
+    tiny_second = U[:, :2] @ torch.diag(torch.tensor([1.0, 1e-9], dtype=torch.float64)) @ V[:, :2].T
+    assert 1 < float(effective_rank(tiny_second)) < 1 + 1e-7
+    assert float(effective_rank(torch.zeros(5, 4, dtype=torch.float64))) == 0.0
+    m = torch.randn(3, 6, 5, generator=gen, dtype=torch.float64)
+    s = np.linalg.svd(m.numpy(), compute_uv=False)
+    p = s / s.sum(-1, keepdims=True)
+    expected = np.exp(-(p * np.log(p)).sum(-1))
+    got = effective_rank(m).numpy()
+    print("effective rank of random 6 x 5:", got, "numpy:", expected)
+    assert got.shape == (3,) and np.allclose(got, expected, rtol=1e-12) and ((got >= 1) & (got <= 5)).all()
+
+
+def test_matrix_state_dynamics_against_the_recurrence():
+    """Every column of matrix_state_dynamics from the states model.step leaves (float64), the singular values by
+    numpy, the erased part as the matrix S_{t-1} a_t b_t^T itself; an RWKV-4 model is refused in one line."""
+    model = random_model(TINY7, seed=3)
+    T, H = 11, TINY7.n_head
+    tokens = torch.randint(0, TINY7.vocab_size, (T,), generator=torch.Generator().manual_seed(3))
+    table = matrix_state_dynamics(model, tokens)
+    assert len(table) == TINY7.n_layer * H * T
+    trace: list = []
+    model(tokens[None], trace=trace)
+    state, states = None, []
+    for t in range(T):
+        _, state = model.step(tokens[t : t + 1], state)
+        states.append(state.wkv[0])
+    states = torch.stack(states)  # (T, L, H, N, N)
+    for layer, tr in enumerate(trace):
+        got = table[table["layer"] == layer].sort_values(["token", "head"])
+        column = lambda name: torch.tensor(got[name].to_numpy()).view(T, H)  # noqa: E731
+        S = states[:, layer]  # (T, H, N, N)
+        S_prev = torch.cat([torch.zeros_like(S[:1]), S[:-1]])
+        s = np.linalg.svd(S.numpy(), compute_uv=False)
+        p = s / s.sum(-1, keepdims=True)
+        rank = np.exp(-np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0).sum(-1))
+        a, b, kappa = tr["a"][0], tr["b"][0], tr["kappa"][0]  # (T, H, N)
+        erased = torch.linalg.matrix_norm(S_prev @ (a[..., None] * b[..., None, :])) / torch.linalg.matrix_norm(S_prev)
+        aligned = (S_prev @ kappa[..., None]).norm(dim=(-2, -1)) / torch.linalg.matrix_norm(S_prev, ord=2)
+        write = tr["v"][0][..., None] * tr["k"][0][..., None, :]  # (T, H, N, N): v_t k_t^T
+        written = torch.linalg.matrix_norm(write) / torch.linalg.matrix_norm(S)
+        tol = TOL["float64 model"]
+        assert_rel_close(f"layer {layer} effective rank", column("effective_rank"), torch.tensor(rank), tol)
+        assert_rel_close(f"layer {layer} norm", column("norm"), torch.linalg.matrix_norm(S), tol)
+        assert np.isnan(got["erased"].iloc[:H]).all() and np.isnan(got["key_alignment"].iloc[:H]).all()
+        assert_rel_close(f"layer {layer} erased", column("erased")[1:], erased[1:], tol)
+        assert_rel_close(f"layer {layer} key alignment", column("key_alignment")[1:], aligned[1:], tol)
+        assert_rel_close(f"layer {layer} written", column("written"), written, tol)
+        assert_rel_close(f"layer {layer} iclr", column("iclr"), tr["iclr"][0].mean(-1), tol)
+        assert_rel_close(f"layer {layer} decay", column("decay"), torch.exp(tr["log_w"][0]).mean(-1), tol)
+        assert (column("key_alignment")[1:] <= 1 + 1e-12).all()
+    with pytest.raises(TypeError, match="rwkv4 keeps no matrix state per head"):
+        matrix_state_dynamics(random_model(TINY), tokens)
+
+
+def test_half_lives_of_either_generation():
+    """RWKV-4's half-lives are decay_spectra's (from time_decay) at every token, spread 1; RWKV-7's are ln 2 over
+    the trace's -log_w and differ between tokens."""
+    model = random_model(TINY, dtype=torch.float64)
+    tokens = torch.randint(1, TINY.vocab_size, (9,), generator=torch.Generator().manual_seed(1))
+    lives = half_lives(model, tokens)  # (T, L, C)
+    spectra = decay_spectra(model)
+    assert lives.shape == (9, TINY.n_layer, TINY.n_embd)
+    for t in range(9):
+        assert np.allclose(lives[t].ravel(), spectra["half_life"], rtol=1e-12)
+    table = decay_distribution(model, tokens)
+    assert np.allclose(table["spread"], 1.0) and np.allclose(table["half_life_median"], spectra["half_life"])
+    model7 = random_model(TINY7, seed=2)
+    trace: list = []
+    model7(tokens[None], trace=trace)
+    lives7 = half_lives(model7, tokens)
+    for layer, tr in enumerate(trace):
+        assert np.allclose(lives7[:, layer], np.log(2) / -tr["log_w"][0].flatten(1).numpy(), rtol=1e-12)
+    table7 = decay_distribution(model7, tokens)
+    row = table7.iloc[5]
+    column = lives7[:, int(row["layer"]), int(row["channel"])]
+    assert row["half_life_median"] == pytest.approx(np.median(column))
+    assert (table7["spread"] >= 1).all() and (table7["spread"] > 1.01).mean() > 0.5
+
+
+@pytest.mark.parametrize("config", [TINY, TINY7], ids=["rwkv4", "rwkv7"])
+def test_attention_by_distance_adds_up(config):
+    """At every k the share on the token k back plus the share older than k is the share older than k - 1, and
+    all of it (k = 0) is one; readable_distance reads the first k where the older share falls to the level."""
+    model = random_model(config)
+    tokens = torch.randint(1, config.vocab_size, (20,), generator=torch.Generator().manual_seed(4))
+    shares = attention_by_distance(model, tokens, 1, distances=None)
+    assert shares["k"].tolist() == list(range(19)) and shares["positions"].tolist() == list(range(19, 0, -1))
+    first = shares.iloc[0]
+    assert first["share_at"] + first["share_older"] == pytest.approx(1.0)
+    assert shares["share_older"].is_monotonic_decreasing and (shares["share_at"] >= 0).all()
+    table = pd.DataFrame({"layer": [0, 0, 0, 1, 1], "k": [0, 1, 2, 0, 1], "share_older": [0.9, 0.4, 0.1, 0.8, 0.7]})
+    assert readable_distance(table, 0.5).tolist()[0] == 1 and np.isnan(readable_distance(table, 0.5).iloc[1])

@@ -417,6 +417,35 @@ def test_implicit_attention_reproduces_each_layers_state_update():
         implicit_attention(model, tokens, TINY.n_layer)
 
 
+def test_wkv_states_are_the_states_of_stepping_the_model():
+    """wkv_inputs / wkv_states (the analysis seam): each layer's S after every token equals the state model.step
+    leaves, from a random state, float64; the inputs are forward's trace (the blocks after the layer skipped);
+    log_decays is the trace's log_w per layer, inside RWKV-7's range."""
+    model = random_model(TINY, seed=6)
+    tokens = tokens_for(TINY, 1, 13, seed=6)
+    state = random_state(model, 1, seed=6)
+    trace: list = []
+    model(tokens, state, trace=trace)
+    stepped, s = [], state
+    for t in range(tokens.shape[1]):
+        _, s = model.step(tokens[:, t], s)
+        stepped.append(s.wkv)
+    stepped = torch.stack(stepped, dim=1)  # (1, T, L, H, N, N)
+    for layer in range(TINY.n_layer):
+        inputs = model.wkv_inputs(tokens, layer, state, states=True)
+        for key in ("r", "log_w", "k", "v", "kappa", "iclr", "a", "b", "wkv_state"):
+            assert torch.equal(inputs[key], trace[layer][key]), f"layer {layer}: {key} differs from the trace"
+        states = model.wkv_states(tokens, layer, state)
+        assert states.shape == (1, 13, TINY.n_head, TINY.head_size, TINY.head_size)
+        assert torch.equal(states, inputs["states"])
+        assert_rel_close(f"layer {layer}: S per token vs step", states, stepped[:, :, layer], TOL["float64 model"])
+    log_decays = model.log_decays(tokens, state)  # (B, T, L, C)
+    assert torch.equal(log_decays, torch.stack([t["log_w"].flatten(2) for t in trace], dim=2))
+    assert bool((log_decays < 0).all()) and bool((log_decays > -math.exp(-0.5)).all())
+    with pytest.raises(ValueError, match="layer must be in"):
+        model.wkv_inputs(tokens, TINY.n_layer)
+
+
 # Every released x070 shape: (layers, width, vocabulary, LoRA widths w, a, v, g); heads of 64, channel mix 4C.
 # Layers and widths: reference/rwkv7_configs.csv (hub cards). LoRA widths as read from the checkpoints (aierwiki/
 # rwkvtune rwkvtune/configs/models/rwkv7-{0.4b,2.9b,7.2b}.json and its README, measured on the G1 files; the G1 and

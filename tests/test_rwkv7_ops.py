@@ -8,7 +8,15 @@ import torch
 import torch.nn.functional as F
 from helpers import TOL, assert_rel_close
 
-from rwkv_lab.ops.rwkv7 import BACKENDS, attention_matrix, chunked, wkv7, wkv7_chunked, wkv7_recurrent
+from rwkv_lab.ops.rwkv7 import (
+    BACKENDS,
+    attention_matrix,
+    chunked,
+    wkv7,
+    wkv7_chunked,
+    wkv7_recurrent,
+    wkv7_states,
+)
 
 # What the inputs stress: RWKV-7's own decay range; decays at both ends (near 1, near e^-20, and the two mixed per
 # channel and token, so a chunk holds long stretches of both); in-context learning rates near 0 and 1; large keys.
@@ -176,6 +184,23 @@ def test_implicit_attention_reproduces_y_and_the_transitions():
     one = [x[:1, :, :1] for x in (r, log_w, k, a, b)]
     assert_rel_close("alpha vs products of transitions", alpha[0, 0], brute_force_alpha(*one), TOL["float64 algebra"])
     assert (alpha < 0).any(), "RWKV-7's implicit attention has negative weights"
+
+
+def test_states_are_the_transitions_applied_per_token():
+    """wkv7_states: S_t = S_{t-1} (diag(w_t) + a_t b_t^T) + v_t k_t^T with the N x N matrices formed explicitly,
+    from a random state, at an odd length; its last is wkv7_recurrent's final state and S_t r_t its y."""
+    r, log_w, k, v, a, b, s = make_inputs(2, 17, 3, 8, seed=3)
+    states = wkv7_states(r, log_w, k, v, a, b, s)  # (B, T, H, N, N)
+    assert states.shape == (2, 17, 3, 8, 8)
+    S = s.clone()
+    for t in range(17):
+        A = torch.diag_embed(torch.exp(log_w[:, t])) + a[:, t, ..., None] * b[:, t, :, None, :]  # (B, H, N, N)
+        S = S @ A + v[:, t, ..., None] * k[:, t, :, None, :]
+        assert_rel_close(f"S after token {t}", states[:, t], S, TOL["float64 algebra"])
+    y, final = wkv7_recurrent(r, log_w, k, v, a, b, s)
+    assert_rel_close("last state == the recurrence's final", states[:, -1], final, TOL["float64 algebra"])
+    assert_rel_close("S_t r_t == y", (states @ r[..., None])[..., 0], y, TOL["float64 algebra"])
+    assert wkv7_states(*[x.float() for x in (r, log_w, k, v, a, b)]).dtype == torch.float32
 
 
 def test_gradcheck_chunked_on_tiny_shapes():

@@ -1,8 +1,14 @@
 """RWKV's state, made visible: decay spectra, state trajectories over a text, implicit attention shares, the
 influence of one token on later ones, and channels that track features of the text (after Karpathy, Johnson and
-Fei-Fei, "Visualizing and Understanding Recurrent Networks", 2015).
+Fei-Fei, "Visualizing and Understanding Recurrent Networks", 2015); of a matrix state (RWKV-7), its effective rank
+and how much each token overwrites; of either generation, the per-token decays.
 
-    traj = record_trajectory(model, tokens)          # per token, layer, channel: wkv state, shifts, norms
+    traj = record_trajectory(model, tokens)          # RWKV-4, per token, layer, channel: wkv state, shifts, norms
+    dyn = matrix_state_dynamics(model, tokens)       # RWKV-7, per layer, head, token: effective rank, overwriting
+    lives = half_lives(model, tokens)                # either: (T, L, C) each channel's half-life at each token
+
+What a generation computes comes from the model (its `trace`, `wkv_inputs`, `wkv_states`, `log_decays`,
+`implicit_attention`); nothing here re-derives its network.
 
 Features of the text and the channels that track them are in text_features.py; drawing in render.py.
 """
@@ -16,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..models import architecture_of
 from ..models.rwkv4.model import official_time_decay, official_time_first
 from ..ops.rwkv4 import wkv_states
 from .implicit_attention import implicit_attention
@@ -133,24 +140,47 @@ def record_trajectory(model, tokens: torch.Tensor, state=None) -> Trajectory:
 # ---- implicit attention ----------------------------------------------------------------------------------------
 
 
-def attention_older_than(weights: torch.Tensor, k: int) -> torch.Tensor:
-    """From implicit attention weights (T, T, C): per output t and channel, the share of wkv_t that comes from
-    tokens more than k steps back (i < t - k). (T, C)."""
+def shares_by_distance(weights: torch.Tensor) -> torch.Tensor:
+    """From implicit attention weights (T, T, K) (K channels or heads): D (T, T), D[t, d] the share of output t's
+    weight magnitude that sits at distance d (on token t - d; 0 for d > t), averaged over the K. Magnitudes, so
+    that RWKV-7's signed weights count by size (RWKV-4's are a softmax, non-negative rows summing to one, so this is
+    their weight itself); a row with no weight at all (a zero output) counts as zero."""
     T = weights.shape[0]
+    magnitude = weights.abs()
+    share = magnitude / magnitude.sum(1, keepdim=True).clamp_min(torch.finfo(magnitude.dtype).tiny)
+    per_token = share.mean(-1)  # (T, T): [t, i]
     t = torch.arange(T)
-    old = (t[None, :] < t[:, None] - k).to(weights.dtype)  # (T, T)
-    return torch.einsum("tic,ti->tc", weights, old)
+    i = t[:, None] - t[None, :]  # [t, d] -> the token i = t - d
+    return torch.where(i >= 0, per_token.gather(1, i.clamp_min(0)), 0.0)
 
 
 def attention_by_distance(model, tokens: torch.Tensor, layer: int, distances=(0, 1, 4, 16, 64, 256)) -> pd.DataFrame:
-    """For each k: the mean share (over channels, and over the positions t > k, the only ones that have tokens more
-    than k steps back) of each output drawn from tokens older than k. A k of T - 1 or more has no such position
-    and is left out."""
+    """How long a token stays readable, from the layer's implicit attention (`model.implicit_attention`; RWKV-7's
+    signed weights by magnitude): for each k, over the positions t > k (the only ones with tokens more than k steps
+    back), the mean share of each output's weight magnitude on the token exactly k back (`share_at`) and on tokens
+    older than k (`share_older`), averaged over channels (RWKV-4) or heads (RWKV-7). A k of T - 1 or more has no
+    such position and is left out; distances=None takes every k below T - 1."""
     weights = implicit_attention(model, tokens.reshape(1, -1), layer).double().cpu()
-    T = weights.shape[0]
-    ks = [k for k in distances if k < T - 1]
-    shares = [float(attention_older_than(weights, k)[k + 1 :].mean()) for k in ks]
-    return pd.DataFrame({"layer": layer, "k": ks, "positions": [T - 1 - k for k in ks], "share_older": shares})
+    D = shares_by_distance(weights)  # (T, T)
+    T = D.shape[0]
+    ks = list(range(T - 1)) if distances is None else [k for k in distances if k < T - 1]
+    older = D.flip(1).cumsum(1).flip(1)  # [t, d]: the share at distance d or more
+    return pd.DataFrame(
+        {
+            "layer": layer,
+            "k": ks,
+            "positions": [T - 1 - k for k in ks],
+            "share_at": [float(D[k + 1 :, k].mean()) for k in ks],
+            "share_older": [float(older[k + 1 :, k + 1].mean()) for k in ks],
+        }
+    )
+
+
+def readable_distance(shares: pd.DataFrame, level: float = 0.5) -> pd.Series:
+    """Per layer of attention_by_distance's table (taken at every k): the smallest k at which no more than `level`
+    of the weight magnitude lies on tokens older than k; NaN where that is never reached within the text."""
+    reached = shares[shares["share_older"] <= level]
+    return reached.groupby("layer")["k"].min().reindex(sorted(shares["layer"].unique()))
 
 
 # ---- influence -------------------------------------------------------------------------------------------------
@@ -193,3 +223,107 @@ def influence(model, tokens: torch.Tensor, position: int, replacement: int | Non
             pd.DataFrame({"where": name, "distance": np.arange(len(rel)) + start - position, "relative_change": rel})
         )
     return pd.concat(rows, ignore_index=True)
+
+
+# ---- per-token decays (either generation) ------------------------------------------------------------------------
+
+
+def half_lives(model, tokens: torch.Tensor) -> np.ndarray:
+    """(T, L, C): each channel's memory half-life at each token of `tokens` (T,) or (1, T), ln 2 / -ln(decay), in
+    tokens, from the model's own `log_decays` (RWKV-4's are the same at every token, RWKV-7's depend on it)."""
+    log_decay = model.log_decays(tokens.reshape(1, -1).to(model.device))[0].double().cpu()  # (T, L, C)
+    return (math.log(2) / -log_decay).numpy()
+
+
+def decay_distribution(model, tokens: torch.Tensor) -> pd.DataFrame:
+    """Per layer and channel, the distribution over the tokens of the half-life (half_lives): its 10%, 50% and 90%
+    quantiles and their ratio `spread` = q90 / q10 (1 for a decay that does not depend on the token)."""
+    lives = half_lives(model, tokens)  # (T, L, C)
+    q10, q50, q90 = np.quantile(lives, [0.1, 0.5, 0.9], axis=0)  # (L, C) each
+    L, C = q50.shape
+    return pd.DataFrame(
+        {
+            "layer": np.repeat(np.arange(L), C),
+            "channel": np.tile(np.arange(C), L),
+            "half_life_q10": q10.ravel(),
+            "half_life_median": q50.ravel(),
+            "half_life_q90": q90.ravel(),
+            "spread": (q90 / q10).ravel(),
+        }
+    )
+
+
+# ---- matrix states (RWKV-7) --------------------------------------------------------------------------------------
+
+
+def effective_rank(matrices: torch.Tensor) -> torch.Tensor:
+    """Roy & Vetterli's effective rank (2007) of each matrix of (..., M, N) -> (...): exp of the Shannon entropy of
+    its singular values normalised to sum to one, p_i = s_i / sum_j s_j. It lies in [1, min(M, N)]: exactly r for
+    r equal non-zero singular values, near 1 when one dominates; it does not change with the matrix's scale. The
+    zero matrix, which has no direction at all, gets 0."""
+    return rank_of_singular_values(torch.linalg.svdvals(matrices))
+
+
+def rank_of_singular_values(s: torch.Tensor) -> torch.Tensor:
+    """effective_rank from the singular values (..., K) of each matrix."""
+    total = s.sum(-1)
+    p = s / total[..., None].clamp_min(torch.finfo(s.dtype).tiny)
+    entropy = -torch.special.xlogy(p, p).sum(-1)
+    return torch.where(total > 0, torch.exp(entropy), 0.0)
+
+
+def matrix_state_dynamics(model, tokens: torch.Tensor, layers=None) -> pd.DataFrame:
+    """For a model with a matrix state per head (RWKV-7: S_t = S_{t-1} (diag(w_t) + a_t b_t^T) + v_t k_t^T, a =
+    -kappa, b = kappa * iclr), per layer, head and token t of `tokens` (T,) or (1, T), from the empty state:
+
+    effective_rank, norm: of S_t (effective_rank above; the Frobenius norm);
+    iclr: the in-context learning rate a of the head's channels, averaged (how strongly the token replaces);
+    key_alignment: ||S_{t-1} kappa_t|| / s_max(S_{t-1}), in [0, 1]: how squarely the removal key kappa points at
+        what the state holds (1: at its strongest direction);
+    erased: ||S_{t-1} a_t b_t^T||_F / ||S_{t-1}||_F, the size of what the delta rule takes out against the state's;
+    written: ||v_t k_t^T||_F / ||S_t||_F, the size of the new write against the state after it;
+    decay: the head's decays w_t = exp(log_w_t), averaged over its channels.
+
+    key_alignment and erased are NaN where S_{t-1} is zero (at the first token), written where S_t is. The states
+    come from the model, one layer at a time with what the layer was given (`model.wkv_inputs(..., states=True)`,
+    T H N^2 numbers)."""
+    if not callable(getattr(model, "wkv_states", None)):
+        raise TypeError(
+            f"{architecture_of(model).name} keeps no matrix state per head: matrix_state_dynamics takes a model whose "
+            "wkv_inputs gives the states (RWKV-7)"
+        )
+    tokens = tokens.reshape(1, -1).to(model.device)
+    T = tokens.shape[1]
+    frames = []
+    for layer in range(model.config.n_layer) if layers is None else layers:
+        inputs = {name: x[0].double().cpu() for name, x in model.wkv_inputs(tokens, layer, states=True).items()}
+        S = inputs["states"]  # (T, H, N, N)
+        H = S.shape[1]
+        S_prev = torch.cat([inputs["wkv_state"][None], S[:-1]])  # (T, H, N, N): the state each token finds
+        singular = torch.linalg.svdvals(S)  # (T, H, N)
+        s_prev = torch.cat([torch.linalg.svdvals(S_prev[:1]), singular[:-1]])[..., 0]  # (T, H): S_{t-1}'s largest
+        norm = singular.square().sum(-1).sqrt()  # (T, H): Frobenius norms
+        norm_prev = torch.linalg.matrix_norm(S_prev)
+        removed = (S_prev @ inputs["a"][..., None])[..., 0].norm(dim=-1)  # (T, H): ||S_{t-1} a_t||, a = -kappa
+        nan = torch.tensor(float("nan"), dtype=torch.float64)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "layer": layer,
+                    "head": np.tile(np.arange(H), T),
+                    "token": np.repeat(np.arange(T), H),
+                    "effective_rank": rank_of_singular_values(singular).ravel().numpy(),
+                    "norm": norm.ravel().numpy(),
+                    "iclr": inputs["iclr"].mean(-1).ravel().numpy(),
+                    "key_alignment": torch.where(s_prev > 0, removed / s_prev, nan).ravel().numpy(),
+                    "erased": torch.where(norm_prev > 0, removed * inputs["b"].norm(dim=-1) / norm_prev, nan)
+                    .ravel()
+                    .numpy(),
+                    "written": torch.where(norm > 0, inputs["v"].norm(dim=-1) * inputs["k"].norm(dim=-1) / norm, nan)
+                    .ravel()
+                    .numpy(),
+                    "decay": torch.exp(inputs["log_w"]).mean(-1).ravel().numpy(),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)

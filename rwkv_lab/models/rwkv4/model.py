@@ -116,6 +116,14 @@ class RWKV(RecurrentLMBase):
         return {key: trace[layer][key] for key in ("w", "u", "k", "v", "wkv_state")}
 
     @torch.no_grad()
+    def log_decays(self, tokens: torch.Tensor) -> torch.Tensor:
+        """ln of the factor each channel's state is multiplied by at each token, tokens (B, T) -> (B, T, L, C):
+        RWKV-4's decays are fixed, -w = -exp(time_decay) at every token, whatever the tokens."""
+        self.check_tokens(tokens, ndim=2)
+        w = torch.stack([block.att.decay() for block in self.blocks])  # (L, C)
+        return (-w).expand(tokens.shape[0], tokens.shape[1], *w.shape)
+
+    @torch.no_grad()
     def implicit_attention(self, tokens: torch.Tensor, layer: int) -> torch.Tensor:
         """Layer `layer`'s WKV as attention, tokens (1, T) from the empty state: (T, T, C), row t, column i: how much
         of channel c's wkv_t is v_i (a causal softmax whose scores depend on the attended token's key and the

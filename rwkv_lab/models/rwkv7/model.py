@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...ops.lengths import last_positions, padding_mask
-from ...ops.rwkv7 import attention_matrix, wkv7, wkv7_step
+from ...ops.rwkv7 import attention_matrix, wkv7, wkv7_states, wkv7_step
 from ..base import RecurrentLMBase
 from ..state import RecurrentState
 from .config import RWKV7Config
@@ -270,15 +270,46 @@ class RWKV7(RecurrentLMBase):
         return self.head(hidden), state  # (B, T, V)
 
     @torch.no_grad()
+    def wkv_inputs(
+        self, tokens: torch.Tensor, layer: int, state: RWKV7State | None = None, *, states: bool = False
+    ) -> dict:
+        """What layer `layer`'s state update sees for tokens (B, T): {r, log_w, k, v, kappa, iclr, a, b, wkv_state}
+        (see `forward`'s trace), running the blocks up to that layer only; with `states`, also `states` (B, T, H, N,
+        N): its matrix S (value index, key index) after every token, in the state dtype, the reference recurrence
+        over these inputs (T H N^2 numbers per sequence: one layer at a time, for analysis)."""
+        if not 0 <= layer < self.config.n_layer:
+            raise ValueError(f"layer must be in [0, {self.config.n_layer}); got {layer}")
+        state = self.checked_state(tokens, state, check=True)
+        x, v_first = self.emb(tokens), None
+        for i, block in enumerate(self.blocks[: layer + 1]):
+            trace: dict = {}
+            x, v_first, _, _ = block(x, v_first, state.shift[:, i], state.wkv[:, i], self.run.backend, trace)
+        keys = ("r", "log_w", "k", "v", "kappa", "iclr", "a", "b", "wkv_state")
+        inputs = {key: trace[key] for key in keys}
+        if states:
+            t = inputs
+            S = wkv7_states(t["r"], t["log_w"], t["k"], t["v"], t["a"], t["b"], t["wkv_state"])
+            inputs["states"] = S.to(self.state_dtype)
+        return inputs
+
+    def wkv_states(self, tokens: torch.Tensor, layer: int, state: RWKV7State | None = None) -> torch.Tensor:
+        """Layer `layer`'s matrix state after every token of tokens (B, T): (B, T, H, N, N) (see wkv_inputs)."""
+        return self.wkv_inputs(tokens, layer, state, states=True)["states"]
+
+    @torch.no_grad()
+    def log_decays(self, tokens: torch.Tensor, state: RWKV7State | None = None) -> torch.Tensor:
+        """ln of the factor each channel's state is multiplied by at each token, tokens (B, T) -> (B, T, L, C):
+        RWKV-7's decays depend on the token (log_w = -e^{-1/2} sigmoid(z_t), in (-0.607, 0))."""
+        trace: list = []
+        self.hidden(tokens, state, trace=trace)
+        return torch.stack([t["log_w"].flatten(2) for t in trace], dim=2)
+
+    @torch.no_grad()
     def implicit_attention(self, tokens: torch.Tensor, layer: int) -> torch.Tensor:
         """Layer `layer`'s state update as attention, tokens (1, T) from the empty state: (T, T, H), row t, column
         i: alpha with head h's y_t = sum_i alpha[t, i, h] v_i (RWKV-7's implicit attention: the key of token i
         carried through the transitions of i+1..t and read by r_t; unnormalised and signed)."""
-        if not 0 <= layer < self.config.n_layer:
-            raise ValueError(f"layer must be in [0, {self.config.n_layer}); got {layer}")
-        trace: list = []
-        self.hidden(tokens, trace=trace)
-        t = trace[layer]
+        t = self.wkv_inputs(tokens, layer)
         return attention_matrix(t["r"], t["log_w"], t["k"], t["a"], t["b"])[0].permute(1, 2, 0)  # (T, T, H)
 
     def step(self, token: torch.Tensor, state: RWKV7State | None = None, *, check: bool = True):

@@ -32,7 +32,7 @@ import torch
 from .attention import attention_matrix, wkv7_attention
 from .chunked import DEFAULT_CHUNK, chunk_size_for, wkv7_chunked
 from .common import compute_dtype
-from .reference import wkv7_recurrent, wkv7_step
+from .reference import wkv7_recurrent, wkv7_states, wkv7_step
 
 
 def wkv7_triton(r, log_w, k, v, a, b, state=None):
@@ -131,6 +131,7 @@ __all__ = [
     "wkv7_attention",
     "wkv7_chunked",
     "wkv7_recurrent",
+    "wkv7_states",
     "wkv7_step",
     "wkv7_triton",
 ]

@@ -1,6 +1,7 @@
 """The reference RWKV-7 state update: the recurrence one token at a time (float64-capable, differentiable).
 
-Every other form is tested against `wkv7_recurrent`; `wkv7_step` is the one home of the per-token update.
+Every other form is tested against `wkv7_recurrent`; `wkv7_step` is the one home of the per-token update;
+`wkv7_states` keeps the state after every token (analysis).
 """
 
 from __future__ import annotations
@@ -33,3 +34,15 @@ def wkv7_recurrent(r, log_w, k, v, a, b, state=None):
         y, S = wkv7_step(S, r[:, t], w[:, t], k[:, t], v[:, t], a[:, t], b[:, t])
         ys.append(y)
     return torch.stack(ys, dim=1), S
+
+
+def wkv7_states(r, log_w, k, v, a, b, state=None):
+    """The state after every token, (B, T, H, N, N): the recurrence of `wkv7_recurrent`, kept per step (for
+    analysis of short texts: T H N^2 numbers)."""
+    cd, (r, log_w, k, v, a, b), S = prepare(r, log_w, k, v, a, b, state)
+    w = torch.exp(log_w)
+    states = []
+    for t in range(k.shape[1]):
+        _, S = wkv7_step(S, r[:, t], w[:, t], k[:, t], v[:, t], a[:, t], b[:, t])
+        states.append(S)
+    return torch.stack(states, dim=1)
