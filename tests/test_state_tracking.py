@@ -15,6 +15,7 @@ from rwkv_lab.training import TrainConfig
 from rwkv_lab.training.state_tracking import (
     WordProblemTrainer,
     accuracy_by_length,
+    cpu_threads,
     generalisation,
     summarise,
     train_word_problem,
@@ -127,3 +128,11 @@ def test_a_sweep_is_chosen_on_the_training_length_not_the_test():
     assert table.loc[1e-3, "chosen"] and not table.loc[3e-3, "chosen"]
     assert table.loc[1e-3, "solved_up_to"] == 4 and table.loc[3e-3, "solved_up_to"] == 8
     assert table.loc[1e-3, "beyond"] == 0.5 and table.loc[1e-3, "val_loss"] == 0.1
+
+
+def test_cpu_threads_are_restored():
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError), cpu_threads(1):
+        assert torch.get_num_threads() == 1
+        raise RuntimeError  # restored however the block ends
+    assert torch.get_num_threads() == before

@@ -26,6 +26,7 @@ deterministic and resume exactly).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import re
@@ -94,6 +95,20 @@ def word_problem(name: str) -> WordProblem:
     index = {p: i for i, p in enumerate(elements)}
     table = torch.tensor([[index[compose(a, b)] for b in elements] for a in elements], dtype=torch.int64)
     return WordProblem(name if name == "parity" else f"S{n}", n, elements, table)
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int | None):
+    """torch's CPU threads set to `n` inside the block, restored after (None: left as they are). At the task's
+    shapes (words of tens of elements, widths of 64) an op is too small to split: on this project's two loaded
+    cores, two threads trained several times slower than one (the notebook's live run)."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def task_corpus(group: WordProblem, length: int, seed: int = 0) -> Corpus:
