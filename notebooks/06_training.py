@@ -30,17 +30,18 @@ device = "cpu"
 live_model = "byte-2x64"  # 'byte-<layers>x<width>' or a preset
 live_context = 128
 live_batch = 8
-live_tokens = 40_000  # per architecture
+live_tokens = 60_000  # per architecture
 live_archs = ["rwkv7", "rwkv4", "transformer"]
+live_threads = 1  # torch CPU threads for the live runs: their ops are too small to split across cores
 rwkv7_compare_tag = "_default_rwkv7_40M"  # benchmarks/train_compare.py --tag of the GPU run with RWKV-7
 # state tracking: the live run (tiny), then the committed runs of benchmarks/state_tracking.py (--tag), where present
 tracking_task = "parity"
 tracking_model = "byte-2x64"
 tracking_train_length = 16
 tracking_test_length = 64
-tracking_steps = 250
+tracking_steps = 400
+tracking_batch = 64
 tracking_lr = 1e-2
-tracking_threads = 1  # torch CPU threads for the live run: its ops are too small to split
 tracking_tags = ["_gpu", ""]
 sample_prompt = "def "
 sample_tokens = 300
@@ -70,6 +71,7 @@ from rwkv_lab.training.report import (
     side_by_side,
     unfinished_runs,
 )
+from rwkv_lab.training.state_tracking import cpu_threads
 
 corpus = build_corpus()
 unigram_bpb = bits_per_byte(unigram_loss(corpus), corpus.val_bytes_per_token)
@@ -95,7 +97,8 @@ for arch in live_archs:
         lr=3e-3,
     )
     trainer = Trainer(cfg, corpus)
-    live.append(trainer.run())
+    with cpu_threads(live_threads if device == "cpu" else None):
+        live.append(trainer.run())
 live = pd.concat(live, ignore_index=True)
 params = {"model": live_model, "context": live_context, "batch": live_batch, "tokens": live_tokens, "device": device}
 params["archs"] = live_archs
@@ -437,16 +440,17 @@ print(
 )
 tokenizer = rwkv_lab.ByteTokenizer()
 default = rwkv_lab.default_model()
-for name, model in (("trained default", default), ("untrained", untrained_model())):
-    text = rwkv_lab.generate(
-        model, tokenizer, sample_prompt, max_new_tokens=sample_tokens, temperature=0.7, seed=0, new_document=True
-    )
-    print(f"---- {name} ----")
-    print(sample_prompt + text)
-for prompt in ("def main():\n", "import os\n"):
-    # new_document: the prompt is a file's start (after end-of-text), as training saw every file's first bytes
-    greedy = rwkv_lab.generate(default, tokenizer, prompt, max_new_tokens=60, temperature=0, new_document=True)
-    print(f"---- greedy continuation of {prompt!r} by the default, at a file's start ----\n{greedy!r}")
+with cpu_threads(live_threads if device == "cpu" else None):  # one token at a time: small ops
+    for name, model in (("trained default", default), ("untrained", untrained_model())):
+        text = rwkv_lab.generate(
+            model, tokenizer, sample_prompt, max_new_tokens=sample_tokens, temperature=0.7, seed=0, new_document=True
+        )
+        print(f"---- {name} ----")
+        print(sample_prompt + text)
+    for prompt in ("def main():\n", "import os\n"):
+        # new_document: the prompt is a file's start (after end-of-text), as training saw every file's first bytes
+        greedy = rwkv_lab.generate(default, tokenizer, prompt, max_new_tokens=60, temperature=0, new_document=True)
+        print(f"---- greedy continuation of {prompt!r} by the default, at a file's start ----\n{greedy!r}")
 
 # %% [markdown]
 # ## The decays learn
@@ -483,12 +487,12 @@ print(
 # Live: a tiny version on this machine.
 
 # %% tags=["timings"]
-from rwkv_lab.training.state_tracking import cpu_threads, summarise, train_word_problem, word_problem
+from rwkv_lab.training.state_tracking import summarise, train_word_problem, word_problem
 
 group = word_problem(tracking_task)
 tracking_logs, tracking_acc = [], []
 for arch in live_archs:
-    with cpu_threads(tracking_threads if device == "cpu" else None):
+    with cpu_threads(live_threads if device == "cpu" else None):
         log, acc = train_word_problem(
             group,
             arch,
@@ -496,7 +500,7 @@ for arch in live_archs:
             tracking_train_length,
             tracking_test_length,
             tracking_steps,
-            batch_size=32,
+            batch_size=tracking_batch,
             lr=tracking_lr,
             device=device,
         )
