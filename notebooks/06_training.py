@@ -386,7 +386,7 @@ for _, r in retrain.iterrows():
 # %% [markdown]
 # ## RWKV-7 beside RWKV-4 and the transformer on the GPU
 #
-# The same recipe, corpus and size (byte-6x256 at T = 512, 40M tokens) with the second generation added
+# The same recipe, corpus and size (`byte-6x256` at `T = 512`, `40M` tokens) with the second generation added
 # (`python benchmarks/train_compare.py --archs rwkv7,rwkv,transformer --tag _default_rwkv7_40M`): each architecture
 # at the rates of its own sweep, the comparison reading each one's chosen run.
 
@@ -479,7 +479,7 @@ print(
 # in-context learning rates) can track state that a diagonal recurrence like RWKV-4's, or a transformer of
 # constant depth, cannot: composing permutations (the S5 word problem) and parity. The test here
 # (`rwkv_lab.training.state_tracking`): each input is a permutation of n elements, and the answer at every position
-# is the arrangement after applying all inputs so far (for n = 2, parity; S3 has 6 elements, S5 120). Every
+# is the arrangement after applying all inputs so far (for `n = 2`, parity; S3 has `6` elements, S5 `120`). Every
 # architecture trains at the same width and depth, with the same steps, batch and schedule, through the same
 # trainer, on words of one length; each is then scored at every length up to a longer one, the positions past the
 # training length never seen. A learning-rate sweep is decided on held-out words of the training length only.
