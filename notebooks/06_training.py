@@ -15,21 +15,34 @@
 # %% [markdown]
 # # 06 · Trains like a transformer
 #
-# RWKV-4's parallel form lets it train on whole sequences at once, like a transformer. Here both are trained the same
-# way on the same bytes (the Python standard library, split by file), with `rwkv_lab.training.trainer`: RWKV-4 and a GPT-NeoX
-# (Pythia-style, transformers with SDPA attention) of the same width and depth, parameters within 10%.
+# RWKV's parallel form lets it train on whole sequences at once, like a transformer. Here RWKV-7, RWKV-4 and a
+# GPT-NeoX (Pythia-style, transformers with SDPA attention) of the same width and depth are trained the same way on
+# the same bytes (the Python standard library, split by file), with `rwkv_lab.training.trainer`.
 #
-# On a CPU the notebook trains a tiny pair live for a minute; it then plots the committed GPU runs
+# On a CPU the notebook trains a tiny trio live; it then plots the committed GPU runs
 # (`python benchmarks/train_compare.py`, three sizes, contexts 512 and 4096, each architecture at two learning rates),
 # the released sizes' training speed, the attempts at retraining the default model, and samples from the shipped
-# default (`rwkv_lab/loading/default_model/MODEL_CARD.md`).
+# default (`rwkv_lab/loading/default_model/MODEL_CARD.md`). Last, the RWKV-7 paper's expressivity claim as a small
+# experiment: tracking state (composing permutations; parity) on inputs longer than those trained on.
 
 # %% tags=["parameters"]
 device = "cpu"
 live_model = "byte-2x64"  # 'byte-<layers>x<width>' or a preset
 live_context = 128
 live_batch = 8
-live_tokens = 60_000  # per architecture; a minute on two CPU cores
+live_tokens = 60_000  # per architecture
+live_archs = ["rwkv7", "rwkv4", "transformer"]
+live_threads = 1  # torch CPU threads for the live runs: their ops are too small to split across cores
+rwkv7_compare_tag = "_default_rwkv7_40M"  # benchmarks/train_compare.py --tag of the GPU run with RWKV-7
+# state tracking: the live run (tiny), then the committed runs of benchmarks/state_tracking.py (--tag), where present
+tracking_task = "parity"
+tracking_model = "byte-2x64"
+tracking_train_length = 16
+tracking_test_length = 64
+tracking_steps = 400
+tracking_batch = 64
+tracking_lr = 1e-2
+tracking_tags = ["_gpu", ""]
 sample_prompt = "def "
 sample_tokens = 300
 
@@ -43,10 +56,13 @@ from rwkv_lab.results import find_result, results_dir, save_figure, write_table
 from rwkv_lab.training import TrainConfig, Trainer, bits_per_byte
 from rwkv_lab.training.corpus import build_corpus, unigram_loss
 from rwkv_lab.training.report import (
+    arch_label,
     bench_training_run,
     best_and_final,
+    canonical_archs,
     chosen_curves,
     chosen_runs,
+    compare_run,
     context_gap_shares,
     kernel_time_by_kind,
     per_token_activations,
@@ -55,6 +71,7 @@ from rwkv_lab.training.report import (
     side_by_side,
     unfinished_runs,
 )
+from rwkv_lab.training.state_tracking import cpu_threads
 
 corpus = build_corpus()
 unigram_bpb = bits_per_byte(unigram_loss(corpus), corpus.val_bytes_per_token)
@@ -62,11 +79,11 @@ print(corpus.summary())
 print(f"unigram baseline: {unigram_bpb:.3f} bits per byte")
 
 # %% [markdown]
-# ## Live: a tiny pair on this machine
+# ## Live: a tiny trio on this machine
 
 # %% tags=["timings"]
 live = []
-for arch in ("rwkv", "transformer"):
+for arch in live_archs:
     cfg = TrainConfig(
         arch=arch,
         model=live_model,
@@ -80,9 +97,11 @@ for arch in ("rwkv", "transformer"):
         lr=3e-3,
     )
     trainer = Trainer(cfg, corpus)
-    live.append(trainer.run())
+    with cpu_threads(live_threads if device == "cpu" else None):
+        live.append(trainer.run())
 live = pd.concat(live, ignore_index=True)
 params = {"model": live_model, "context": live_context, "batch": live_batch, "tokens": live_tokens, "device": device}
+params["archs"] = live_archs
 # live times and memory move from run to run: not compared, so a rerun that trained the same curves leaves the
 # committed file as it is
 write_table(
@@ -92,7 +111,13 @@ write_table(
     device=device,
     volatile=("tokens_per_s", "train_seconds", "peak_memory_bytes"),
 )
-display(live.dropna(subset=["val_bpb"])[["arch", "step", "tokens", "val_bpb", "tokens_per_s"]])
+display(live.dropna(subset=["val_bpb"])[["arch", "params", "step", "tokens", "val_bpb", "tokens_per_s"]])
+for arch, run in live.groupby("arch", sort=False):
+    final = run.dropna(subset=["val_bpb"]).iloc[-1]
+    print(
+        f"{arch_label(arch)} ({int(final['params']):,} parameters): {final['val_bpb']:.3f} bits/byte after "
+        f"{int(final['tokens']):,} tokens, {run['tokens_per_s'].iloc[len(run) // 2 :].median():,.0f} tokens/s on {device}"
+    )
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
 plot_curves(live, axes, unigram_bpb, f"live, {device}")
 plt.show()
@@ -108,10 +133,10 @@ plt.show()
 # vocabulary, D the width, L the layers) and 3·(2(VD + 12D²L) + 4LDT) for the transformer.
 
 # %%
-summary = pd.concat([pd.read_csv(find_result(f"training/summary{tag}.csv")) for tag in ("", "_T4096")])
-curves = pd.concat([pd.read_csv(find_result(f"training/curves{tag}.csv")) for tag in ("", "_T4096")])
-curves = chosen_curves(curves, summary)  # of a learning-rate sweep, the chosen run of each
-metas = {tag: pd.read_json(find_result(f"training/summary{tag}.meta.json"), typ="series") for tag in ("", "_T4096")}
+runs = {tag: compare_run(tag) for tag in ("", "_T4096")}  # (summary, curves, provenance), names as the registry's
+summary = pd.concat([run[0] for run in runs.values()])
+curves = chosen_curves(pd.concat([run[1] for run in runs.values()]), summary)  # of a sweep, the chosen run of each
+metas = {tag: run[2] for tag, run in runs.items()}
 meta = metas[""]
 gpu = meta["device"]
 corpus_meta = meta["params"]["corpus"]
@@ -149,9 +174,9 @@ table = side_by_side(summary)
 display(table.round(3))
 for _, r in table.iterrows():
     print(
-        f"{r['model']} at T = {r['context']}: RWKV-4 {r['val_bpb_rwkv']:.3f} vs the transformer "
-        f"{r['val_bpb_transformer']:.3f} bits/byte, at {r['speed_ratio_rwkv_over_tf']:.2f}x its tokens/s and "
-        f"{r['memory_ratio_rwkv_over_tf']:.2f}x its peak memory"
+        f"{r['model']} at T = {r['context']}: RWKV-4 {r['val_bpb_rwkv4']:.3f} vs the transformer "
+        f"{r['val_bpb_transformer']:.3f} bits/byte, at {r['speed_ratio_rwkv4_over_tf']:.2f}x its tokens/s and "
+        f"{r['memory_ratio_rwkv4_over_tf']:.2f}x its peak memory"
     )
 fig, axes = plt.subplots(2, 2, figsize=(12, 8))
 for row, context in zip(axes, (512, 4096)):
@@ -335,7 +360,7 @@ for _, r in shares.iterrows():
 # %%
 retrain = []
 for tag in ("_default", "_default_50M", "_default_40M"):
-    runs = pd.read_csv(find_result(f"training/curves{tag}.csv"))
+    runs = canonical_archs(pd.read_csv(find_result(f"training/curves{tag}.csv")))
     run_meta = pd.read_json(find_result(f"training/summary{tag}.meta.json"), typ="series")
     train_tokens = run_meta["params"]["corpus"]["train_tokens"]
     retrain.append(best_and_final(runs, train_tokens).assign(run=tag, device=run_meta["device"]))
@@ -359,6 +384,45 @@ for _, r in retrain.iterrows():
     )
 
 # %% [markdown]
+# ## RWKV-7 beside RWKV-4 and the transformer on the GPU
+#
+# The same recipe, corpus and size (`byte-6x256` at `T = 512`, `40M` tokens) with the second generation added
+# (`python benchmarks/train_compare.py --archs rwkv7,rwkv,transformer --tag _default_rwkv7_40M`): each architecture
+# at the rates of its own sweep, the comparison reading each one's chosen run.
+
+# %%
+if find_result(f"training/summary{rwkv7_compare_tag}.csv").exists():
+    trio, trio_curves, trio_meta = compare_run(rwkv7_compare_tag)
+    p = trio_meta["params"]
+    print(
+        f"measured on {trio_meta['device']} at commit {trio_meta['git_commit'][:10]}, {p['tokens']:,} tokens, "
+        f"{p['tokens_per_step']:,} tokens per step, rates {p.get('arch_lrs') or p['lrs']}"
+    )
+    display(
+        trio[trio["status"] == "ok"]
+        .pivot_table(index=["model", "context"], columns=["arch", "lr"], values="val_bpb", sort=False)
+        .round(3)
+    )
+    trio_unfinished = unfinished_runs(trio, p)
+    print(f"{len(trio_unfinished)} planned run(s) did not finish")
+    chosen = chosen_runs(trio)
+    display(chosen[["arch", "model", "lr", "params", "val_bpb", "tokens_per_s", "peak_memory_GiB"]].round(3))
+    tf = chosen[chosen["arch"] == "transformer"].iloc[0]
+    for _, r in chosen.iterrows():
+        print(
+            f"{arch_label(r['arch'])} {r['model']} ({int(r['params']):,} parameters) at lr {r['lr']:g}: "
+            f"{r['val_bpb']:.3f} bits/byte, {r['tokens_per_s']:,.0f} tokens/s ({r['tokens_per_s'] / tf['tokens_per_s']:.2f}x "
+            f"the transformer's), peak memory {r['peak_memory_GiB']:.2f} GiB"
+        )
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    plot_curves(chosen_curves(trio_curves, trio), axes, trio_meta["params"]["unigram_val_bpb"], trio_meta["device"])
+    fig.tight_layout()
+    save_figure(fig, results_dir() / "figures" / "06_rwkv7_curves.png", {"source": "results/training"})
+    plt.show()
+else:
+    print(f"results/training/summary{rwkv7_compare_tag}.csv is not there yet: the GPU run has not been committed")
+
+# %% [markdown]
 # ## Samples: the shipped default vs its untrained self
 
 # %%
@@ -376,16 +440,17 @@ print(
 )
 tokenizer = rwkv_lab.ByteTokenizer()
 default = rwkv_lab.default_model()
-for name, model in (("trained default", default), ("untrained", untrained_model())):
-    text = rwkv_lab.generate(
-        model, tokenizer, sample_prompt, max_new_tokens=sample_tokens, temperature=0.7, seed=0, new_document=True
-    )
-    print(f"---- {name} ----")
-    print(sample_prompt + text)
-for prompt in ("def main():\n", "import os\n"):
-    # new_document: the prompt is a file's start (after end-of-text), as training saw every file's first bytes
-    greedy = rwkv_lab.generate(default, tokenizer, prompt, max_new_tokens=60, temperature=0, new_document=True)
-    print(f"---- greedy continuation of {prompt!r} by the default, at a file's start ----\n{greedy!r}")
+with cpu_threads(live_threads if device == "cpu" else None):  # one token at a time: small ops
+    for name, model in (("trained default", default), ("untrained", untrained_model())):
+        text = rwkv_lab.generate(
+            model, tokenizer, sample_prompt, max_new_tokens=sample_tokens, temperature=0.7, seed=0, new_document=True
+        )
+        print(f"---- {name} ----")
+        print(sample_prompt + text)
+    for prompt in ("def main():\n", "import os\n"):
+        # new_document: the prompt is a file's start (after end-of-text), as training saw every file's first bytes
+        greedy = rwkv_lab.generate(default, tokenizer, prompt, max_new_tokens=60, temperature=0, new_document=True)
+        print(f"---- greedy continuation of {prompt!r} by the default, at a file's start ----\n{greedy!r}")
 
 # %% [markdown]
 # ## The decays learn
@@ -406,3 +471,106 @@ print(
     f"{shift['max_factor']:.2f}x); the longest half-life is {shift['longest']:.0f} tokens (initialisation "
     f"{shift['longest_init']:.0f})"
 )
+
+# %% [markdown]
+# ## Tracking state past the lengths trained on
+#
+# The RWKV-7 paper shows that its state update (a decay plus a rank-one delta-rule term with vector-valued
+# in-context learning rates) can track state that a diagonal recurrence like RWKV-4's, or a transformer of
+# constant depth, cannot: composing permutations (the S5 word problem) and parity. The test here
+# (`rwkv_lab.training.state_tracking`): each input is a permutation of n elements, and the answer at every position
+# is the arrangement after applying all inputs so far (for `n = 2`, parity; S3 has `6` elements, S5 `120`). Every
+# architecture trains at the same width and depth, with the same steps, batch and schedule, through the same
+# trainer, on words of one length; each is then scored at every length up to a longer one, the positions past the
+# training length never seen. A learning-rate sweep is decided on held-out words of the training length only.
+#
+# Live: a tiny version on this machine.
+
+# %% tags=["timings"]
+from rwkv_lab.training.state_tracking import summarise, train_word_problem, word_problem
+
+group = word_problem(tracking_task)
+tracking_logs, tracking_acc = [], []
+for arch in live_archs:
+    with cpu_threads(live_threads if device == "cpu" else None):
+        log, acc = train_word_problem(
+            group,
+            arch,
+            tracking_model,
+            tracking_train_length,
+            tracking_test_length,
+            tracking_steps,
+            batch_size=tracking_batch,
+            lr=tracking_lr,
+            device=device,
+        )
+    tracking_logs.append(log)
+    tracking_acc.append(acc)
+tracking_acc = pd.concat(tracking_acc, ignore_index=True)
+tracking = summarise(pd.concat(tracking_logs, ignore_index=True), tracking_acc)
+display(tracking[["task", "arch", "params", "val_loss", "within", "beyond", "longest_tenth", "solved_up_to"]].round(3))
+
+
+def plot_tracking(acc, ax, title):
+    for arch, run in acc.groupby("arch", sort=False):
+        ax.plot(run["length"], run["accuracy"], label=f"{arch_label(arch)} ({int(run['params'].iloc[0]):,})")
+    ax.axvline(acc["train_length"].iloc[0], color="gray", lw=0.8, ls="--", label="longest trained")
+    ax.axhline(word_problem(acc["task"].iloc[0]).chance, color="gray", lw=0.8, ls=":", label="chance")
+    ax.set_xscale("log")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("input length")
+    ax.set_ylabel("accuracy of the answer")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+
+
+def tell(table, where):
+    for _, r in table.iterrows():
+        print(
+            f"{r['task']}, {arch_label(r['arch'])} ({where}): {r['within']:.3f} of the answers right up to the "
+            f"trained length {int(r['train_length'])}, {r['beyond']:.3f} past it, {r['longest_tenth']:.3f} near "
+            f"length {int(r['test_length'])} (chance {word_problem(r['task']).chance:.3f}); every length up to "
+            f"{int(r['solved_up_to'])} at 95% or better"
+        )
+
+
+tell(tracking, f"live, {tracking_steps} steps, {device}")
+fig, ax = plt.subplots(figsize=(6, 3.6))
+plot_tracking(tracking_acc, ax, f"{tracking_task}, {tracking_model}, {tracking_steps} steps, live on {device}")
+plt.show()
+
+# %% [markdown]
+# The committed runs (`benchmarks/state_tracking.py`: longer, more tasks, the chosen rate of each sweep).
+
+# %%
+from rwkv_lab.results import read_table
+
+committed = [tag for tag in tracking_tags if find_result(f"state_tracking/summary{tag}.csv").exists()]
+for tag in committed:
+    table, meta = read_table(find_result(f"state_tracking/summary{tag}.csv"))
+    acc, _ = read_table(find_result(f"state_tracking/accuracy{tag}.csv"))
+    p = meta["params"]
+    print(
+        f"state_tracking{tag}: {meta['device']}, commit {meta['git_commit'][:10]}, {p['model']}, {p['steps']:,} "
+        f"steps of {p['batch_size']} words of {p['train_length']}, rates {p['lrs']}, seeds {p['seeds']}"
+    )
+    table = table[table["chosen"]]
+    display(table[["task", "arch", "lr", "seed", "params", "val_loss", "within", "beyond", "solved_up_to"]].round(3))
+    tell(table, meta["device"])
+    acc = acc.merge(table[["task", "arch", "lr", "seed"]])
+    tasks = list(acc["task"].unique())
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        plot_tracking(acc[(acc["task"] == task) & (acc["seed"] == acc["seed"].min())], ax, f"{task}, {meta['device']}")
+    fig.tight_layout()
+    save_figure(fig, results_dir() / "figures" / f"06_state_tracking{tag}.png", {"source": "results/state_tracking"})
+    plt.show()
+if not committed:
+    print("no committed run of benchmarks/state_tracking.py yet")
+
+# %% [markdown]
+# How to read it: a run right on nearly every answer up to the trained length and at chance past it learned
+# the training length, not a rule that holds at any length; `solved_up_to` says how far past it the answers stay
+# right. A model whose state update can represent the composition (the paper's argument for RWKV-7) may still not
+# find that solution by training at this size and budget: what the figure shows is what these runs found. The
+# larger run (`--tag _gpu`, wider models, more steps, a rate sweep) is the one to read for the claim.

@@ -187,7 +187,7 @@ def test_unfinished_runs_counts_the_planned_runs_without_a_row():
     )
     missing = unfinished_runs(summary, {"sizes": "m", "contexts": "512", "lrs": "1e-3,3e-3", "arch_lrs": ""})
     assert sorted(zip(missing["arch"], missing["lr"], missing["status"])) == [
-        ("rwkv", 3e-3, "not run"),
+        ("rwkv4", 3e-3, "not run"),  # the registry's name of the old runs' 'rwkv'
         ("transformer", 1e-3, "oom"),
         ("transformer", 3e-3, "not run"),
     ]

@@ -564,8 +564,12 @@ def test_comparisons_read_the_chosen_runs_and_the_fastest_paths():
         }
     )
     assert chosen_runs(runs)["lr"].tolist() == [3e-3, 1e-3]
-    table = side_by_side(runs)
-    assert table["val_bpb_rwkv"].item() == 1.2 and table["val_bpb_transformer"].item() == 1.4
+    table = side_by_side(runs)  # the old runs' 'rwkv' read as the registry's rwkv4
+    assert table["val_bpb_rwkv4"].item() == 1.2 and table["val_bpb_transformer"].item() == 1.4
+    assert table["speed_ratio_rwkv4_over_tf"].item() == 0.5
+    three = pd.concat([runs, runs[runs["arch"] == "rwkv"].assign(arch="rwkv7", val_bpb=[1.1, 1.0])])
+    table = side_by_side(three)
+    assert table["val_bpb_rwkv7"].item() == 1.0 and table["bpb_ratio_rwkv7_over_tf"].item() == 1.0 / 1.4
     curves = runs.drop(columns="chosen").assign(tokens=1)
     assert chosen_curves(curves, runs)["lr"].tolist() == [3e-3, 1e-3]
     assert len(chosen_runs(runs.drop(columns="chosen"))) == 4  # no sweep: every run

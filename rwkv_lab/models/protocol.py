@@ -72,6 +72,7 @@ class Architecture:
         (transformers' GPT-NeoX for the transformer baseline).
     takes_weight_decay: `(parameter name, parameter) -> bool`, which parameters AdamW decays (default: the
         projection matrices, not embeddings, norms, mixes or decays, as nanoGPT and Pythia do).
+    label: what a table's or a figure's reader calls it ("RWKV-7"); default the name.
     """
 
     name: str
@@ -87,8 +88,11 @@ class Architecture:
     checkpoint: Any = None
     foreign_model_types: tuple = ()
     takes_weight_decay: Callable[[str, torch.Tensor], bool] = field(default=None)
+    label: str = ""
 
     def __post_init__(self):
+        if not self.label:
+            object.__setattr__(self, "label", self.name)
         if self.takes_weight_decay is None:
             object.__setattr__(self, "takes_weight_decay", matrices_but_embeddings)
 

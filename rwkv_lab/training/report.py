@@ -1,10 +1,32 @@
-"""Comparing training runs (notebook 06): both architectures side by side, and their validation curves."""
+"""Comparing training runs (notebook 06): the architectures side by side, and their validation curves."""
 
 from __future__ import annotations
 
 import pandas as pd
 
+from ..models import ARCHITECTURES, architecture
 from ..results import find_result
+from .trainer import ALIASES
+
+
+def canonical_archs(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with its `arch` column in the registry's names: benchmarks/train_compare.py's summary rows name an
+    architecture as its command line did ('rwkv' for RWKV-4, the name before the second generation), the curves as
+    the trainer does ('rwkv4')."""
+    return frame.assign(arch=frame["arch"].replace(ALIASES)) if "arch" in frame else frame
+
+
+def compare_run(tag: str = "") -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
+    """One benchmarks/train_compare.py run (`--tag`): its summary (one row per run), its curves and its
+    provenance, the architectures in the registry's names."""
+    summary = canonical_archs(pd.read_csv(find_result(f"training/summary{tag}.csv")))
+    curves = canonical_archs(pd.read_csv(find_result(f"training/curves{tag}.csv")))
+    return summary, curves, pd.read_json(find_result(f"training/summary{tag}.meta.json"), typ="series")
+
+
+def arch_label(name: str) -> str:
+    """What a figure calls an architecture (its registry label), for old names too."""
+    return architecture(ALIASES.get(name, name)).label
 
 
 def bench_training_run(tag: str = "") -> tuple[pd.DataFrame, pd.Series]:
@@ -33,10 +55,15 @@ def unfinished_runs(summary: pd.DataFrame, params: dict) -> pd.DataFrame:
     """The runs a benchmarks/train_compare.py command planned (its `params`: every size x context x architecture at
     each rate of `lrs`, or the `arch_lrs` pairs) that have no finished row in `summary`: (arch, model, context,
     lr, status), status the row's own or "not run" (no row: the run was skipped, e.g. by the deadline)."""
-    if params.get("arch_lrs"):
-        pairs = [(a, float(lr)) for a, lr in (p.split(":") for p in params["arch_lrs"].split(","))]
-    else:
-        pairs = [(a, float(lr)) for a in ("rwkv", "transformer") for lr in str(params["lrs"]).split(",")]
+    summary = canonical_archs(summary)
+    archs = [ALIASES.get(a, a) for a in params.get("archs", "rwkv,transformer").split(",")]
+    named = [
+        (ALIASES.get(a, a), float(lr))
+        for a, lr in (p.split(":") for p in filter(None, params.get("arch_lrs", "").split(",")))
+    ]
+    pairs = named + [
+        (a, float(lr)) for a in archs if a not in {n for n, _ in named} for lr in str(params["lrs"]).split(",")
+    ]
     rows = []
     for model in params["sizes"].split(","):
         for context in (int(c) for c in str(params["contexts"]).split(",")):
@@ -101,9 +128,10 @@ def fastest_paths(steps: pd.DataFrame) -> pd.DataFrame:
 
 
 def side_by_side(summary: pd.DataFrame) -> pd.DataFrame:
-    """One row per (size, context): both architectures' bits-per-byte, tokens/s and memory, and their ratios, from
-    the chosen run of each (see chosen_runs)."""
-    ok = chosen_runs(summary)
+    """One row per (size, context): each architecture's bits-per-byte, tokens/s and memory (`val_bpb_<arch>`, ...),
+    and each recurrent one's ratios to the transformer (`bpb_ratio_<arch>_over_tf`, `speed_ratio_...`,
+    `memory_ratio_...`), from the chosen run of each (see chosen_runs)."""
+    ok = canonical_archs(chosen_runs(summary))
     wide = ok.pivot_table(
         index=["model", "context"],
         columns="arch",
@@ -111,26 +139,28 @@ def side_by_side(summary: pd.DataFrame) -> pd.DataFrame:
         sort=False,
     )
     wide.columns = [f"{value}_{arch}" for value, arch in wide.columns]
-    wide["bpb_ratio_rwkv_over_tf"] = wide["val_bpb_rwkv"] / wide["val_bpb_transformer"]
-    wide["speed_ratio_rwkv_over_tf"] = wide["tokens_per_s_rwkv"] / wide["tokens_per_s_transformer"]
-    wide["memory_ratio_rwkv_over_tf"] = wide["peak_memory_GiB_rwkv"] / wide["peak_memory_GiB_transformer"]
+    baseline = next(a for a in ok["arch"].unique() if not architecture(a).recurrent)
+    for arch in [a for a in ARCHITECTURES if a in set(ok["arch"]) and architecture(a).recurrent]:
+        for ratio, value in (("bpb", "val_bpb"), ("speed", "tokens_per_s"), ("memory", "peak_memory_GiB")):
+            wide[f"{ratio}_ratio_{arch}_over_tf"] = wide[f"{value}_{arch}"] / wide[f"{value}_{baseline}"]
     return wide.reset_index()
 
 
 def plot_curves(curves: pd.DataFrame, axes, unigram_bpb: float | None = None, title: str = ""):
-    """Validation bits-per-byte against tokens (axes[0]) and training FLOPs (axes[1]), one line per run."""
-    evals = curves.dropna(subset=["val_bpb"])
+    """Validation bits-per-byte against tokens (axes[0]) and training FLOPs (axes[1]), one line per run: a colour
+    per size, a line style per architecture."""
+    evals = canonical_archs(curves).dropna(subset=["val_bpb"])
     colours = dict(
         zip(
             sorted(evals["model"].unique(), key=lambda m: evals[evals.model == m]["params"].iloc[0]),
             ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"),
         )
     )
+    styles = dict(zip(ARCHITECTURES, ("-", "--", ":", "-.")))
     for (model, arch, _context), g in evals.groupby(["model", "arch", "context"]):
-        style = "-" if arch == "rwkv" else "--"
-        label = f"{'RWKV-4' if arch == 'rwkv' else 'GPT-NeoX'} {model} ({g['params'].iloc[0] / 1e6:.1f}M)"
+        label = f"{arch_label(arch)} {model} ({g['params'].iloc[0] / 1e6:.1f}M)"
         for ax, x in zip(axes, ("tokens", "flops")):
-            ax.plot(g[x], g["val_bpb"], style, color=colours.get(model), label=label)
+            ax.plot(g[x], g["val_bpb"], styles[arch], color=colours.get(model), label=label)
     for ax, x in zip(axes, ("tokens", "flops")):
         if unigram_bpb is not None:
             ax.axhline(unigram_bpb, color="gray", lw=0.8, ls=":", label="unigram baseline")

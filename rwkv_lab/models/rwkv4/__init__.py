@@ -8,6 +8,7 @@ from .model import RWKV, RWKV4State, build_model, init_weights
 
 ARCH = Architecture(
     name="rwkv4",
+    label="RWKV-4",
     description="RWKV-4: vector state, the WKV's exponentially decaying average",
     config_class=RWKVConfig,
     presets=PRESETS,

@@ -22,6 +22,7 @@ def takes_weight_decay(name: str, param) -> bool:
 
 ARCH = Architecture(
     name="rwkv7",
+    label="RWKV-7",
     description='RWKV-7 "Goose" (x070): a recurrent LM whose state is a matrix per head, updated by a generalised '
     "delta rule (vector decays, in-context learning rate), BlinkDL's x070 checkpoints",
     config_class=RWKV7Config,

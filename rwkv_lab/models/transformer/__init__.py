@@ -14,6 +14,7 @@ from .model import (
 
 ARCH = Architecture(
     name="transformer",
+    label="GPT-NeoX",
     description="a Pythia-shaped GPT-NeoX matched to an RWKV config (12 D^2 per layer against RWKV-4's 13 D^2)",
     config_class=RWKVConfig,  # the shapes it is matched to
     presets=PRESETS,
