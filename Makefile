@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh machine (Python 3.10+ with pip; a GPU is optional):
 #   make run    set up .venv, then execute every notebook headless (CPU, embedded default model) into results/
 #   make test   set up .venv (and Chromium for the browser test), then lint (ruff) and run the tests
-# On a GPU machine: make run ARGS="-p device cuda -p model_source RWKV/rwkv-4-169m-pile"
+# On a GPU machine: make run ARGS="-p device cuda -p rwkv4_source RWKV/rwkv-4-169m-pile"
 PYTHON ?= python3
 VENV ?= .venv
 # torch is installed first and pinned, so pip never swaps it for another build; set TORCH= to keep the venv's own.

@@ -300,7 +300,7 @@ def main(argv=None) -> int:
         action="append",
         default=[],
         metavar=("NAME", "VALUE"),
-        help="set a parameters-cell variable, e.g. -p device cuda -p model_source RWKV/rwkv-4-169m-pile",
+        help="set a parameters-cell variable, e.g. -p device cuda -p rwkv4_source RWKV/rwkv-4-169m-pile",
     )
     parser.add_argument("--output-dir", help="where executed notebooks go (default: results/notebooks)")
     parser.add_argument(

@@ -29,7 +29,7 @@ import torch
 from ..models import Architecture, architecture, architecture_of, checkpoint_architecture, hub_architecture
 from ..models.checks import CheckpointError
 from ..results import atomic_write, process_gone
-from .default import DEFAULTS, default_named
+from .default import DEFAULTS, default_named, untrained_model, untrained_named
 from .hub import HubUnavailableError, download_file, download_snapshot, is_repo_id
 
 FORMATS = ("safetensors", "pth", "transformers")
@@ -400,7 +400,8 @@ def model_from_state_dict(sd: dict, config, dtype=torch.float32, device="cpu"):
 
 
 def load_model(source, dtype="float32", device="cpu", revision: str | None = None, strict: bool = False):
-    """Load a model of any generation from 'default', a local file or folder, or a hub id; compute dtype and device
+    """Load a model of any generation from 'default' ('default-rwkv7', 'untrained-rwkv7': default.py), a local file
+    or folder, or a hub id; compute dtype and device
     chosen here.
 
     The model's `source` attribute records where it came from (notebooks print it), `source_path` the local file or
@@ -409,10 +410,17 @@ def load_model(source, dtype="float32", device="cpu", revision: str | None = Non
     """
     check_device(device)
     if default := default_named(source):
+        if not default.weights.exists():
+            raise CheckpointError(
+                f"{source!r}: the {default.label} default model is not trained yet (no {default.weights}); "
+                f"'untrained-{default.arch}' is its architecture untrained"
+            )
         sd, config = read_checkpoint(default.weights)
         model = model_from_state_dict(sd, config, dtype=dtype, device=device)
         model.source = default.description
         return model
+    if arch := untrained_named(source):
+        return untrained_model(dtype=resolve_dtype(dtype), device=device, arch=arch)
     resolve_dtype(dtype)  # fail before any download
     path = resolve_source(str(source), revision)
     sd, config = read_checkpoint(path)

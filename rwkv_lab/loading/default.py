@@ -1,7 +1,8 @@
 """The embedded default models: trained by this suite, shipped in the package, run everywhere without a download.
 
 One per recurrent generation, each a folder of weights, card and (RWKV-4's) held-out text; `load_model` reads them by
-name ("default" is RWKV-4's, "default-rwkv7" RWKV-7's; `checkpoint.default_model(arch)`). Both are byte-level
+name ("default" is RWKV-4's, "default-rwkv7" RWKV-7's; `checkpoint.default_model(arch)`), and "untrained-<arch>" is
+a default's architecture at the official initialisation. Both are byte-level
 6 layers x 256 channels trained on the Python standard library by `benchmarks/train_compare.py` on a GPU, with the
 same tokens and recipe, weights in bf16, computed in the dtype asked for. Each card (MODEL_CARD.md, numbers in
 card.json, written by scripts/make_model_card.py) says what it saw, how well it predicts held-out code and the
@@ -63,6 +64,13 @@ HELDOUT_TEXT = DEFAULT_DIR / "heldout.txt"  # a held-out slice of the validation
 def default_named(source) -> DefaultModel | None:
     """The embedded default a source names ('default', 'default-rwkv7'), None for anything else."""
     return BY_SOURCE.get(str(source))
+
+
+def untrained_named(source) -> str | None:
+    """The generation whose default architecture, untrained, a source names ('untrained-rwkv4', 'untrained-rwkv7'):
+    a stand-in where a default's weights are not trained yet, labelled as such wherever it is printed."""
+    name = str(source).removeprefix("untrained-")
+    return name if str(source).startswith("untrained-") and name in DEFAULTS else None
 
 
 def default_card(arch: str = "rwkv4") -> dict:
