@@ -58,8 +58,10 @@ def test_budget_directions_invert_each_other():
 
 
 class _StateProducts(torch.utils._python_dispatch.TorchDispatchMode):
-    """Counts the multiplies of the state update done elementwise (S diag(w), (S a) b^T, v k^T): every aten.mul
-    whose output is a stack of N x N matrices (B, H, N, N)."""
+    """Counts the multiplies of the state update done elementwise (S diag(w), (S a) b^T, v k^T): every aten.mul or
+    addcmul (the rank-one terms added in place) whose output is a stack of N x N matrices (B, H, N, N)."""
+
+    PRODUCTS = (torch.ops.aten.mul, torch.ops.aten.addcmul, torch.ops.aten.addcmul_)
 
     def __init__(self, n: int):
         super().__init__()
@@ -67,7 +69,7 @@ class _StateProducts(torch.utils._python_dispatch.TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if func.overloadpacket is torch.ops.aten.mul and out.dim() == 4 and out.shape[-2:] == (self.n, self.n):
+        if func.overloadpacket in self.PRODUCTS and out.dim() == 4 and out.shape[-2:] == (self.n, self.n):
             self.multiplies += out.numel()
         return out
 

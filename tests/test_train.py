@@ -271,12 +271,14 @@ def test_train_compare_exports_the_best_run_and_records_skipped_ones(text_dir, t
     run = [sys.executable, str(script), *common, "--arch-lrs", "rwkv:1e-3,rwkv:1e-2,transformer:1e-3"]
     export = ["--export-size", "byte-2x32", "--export-context", "32"]
     out = subprocess.run([*run, *export], check=True, env=env, capture_output=True, text=True).stdout
-    assert out.index("exported byte-2x32 at lr 0.001") < out.index("'arch': 'transformer'")  # before the sweep ends
+    assert out.index("exported rwkv4 byte-2x32 at lr 0.001") < out.index(
+        "'arch': 'transformer'"
+    )  # before the sweep ends
     summary = pd.read_csv(tmp_path / "training" / "summary.csv")
     assert len(summary) == 3 and summary["chosen"].sum() == 2
     from rwkv_lab import load_model
 
-    assert load_model(tmp_path / "training" / "byte-2x32-T32.safetensors").config.n_embd == 32
+    assert load_model(tmp_path / "training" / "rwkv4-byte-2x32-T32.safetensors").config.n_embd == 32
     subprocess.run([*run, "--deadline-min", "1e-9", "--tag", "_late"], check=True, env=env)
     late = pd.read_csv(tmp_path / "training" / "summary_late.csv")
     assert late["status"].tolist() == ["skipped (deadline)"] * 3

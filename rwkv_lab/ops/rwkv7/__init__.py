@@ -114,7 +114,10 @@ def wkv7(r, log_w, k, v, a, b, state=None, *, backend: str = "auto", check: bool
     backend = resolve_backend(backend, k)
     if check:
         check_inputs(r, log_w, k, v, a, b, state, backend)
-    y, new_state = BACKENDS[backend](r, log_w, k, v, a, b, state)
+    # every form computes in its own dtype (fp32 at least, common.compute_dtype), never autocast's: under bf16
+    # autocast the chunked form's matmuls would round to bf16 and its triangular solve has no bf16 kernel on the CPU
+    with torch.autocast(k.device.type, enabled=False):
+        y, new_state = BACKENDS[backend](r, log_w, k, v, a, b, state)
     return y.to(v.dtype), new_state
 
 
