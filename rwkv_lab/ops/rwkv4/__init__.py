@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import triton_available
 from ..lengths import check_lengths
 from .attention import attention_matrix, wkv_attention
 from .chunked import chunk_size_for, wkv_chunked
@@ -49,14 +50,6 @@ BACKENDS = {
 }
 # the formulations that stop each sequence's state at its own length (a batch of prompts of different lengths)
 TAKES_LENGTHS = ("recurrent", "chunked", "triton")
-
-
-def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401 - only whether it imports
-    except ImportError:
-        return False
-    return True
 
 
 def resolve_backend(backend: str, k: torch.Tensor) -> str:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import triton_available
 from .attention import attention_matrix, wkv7_attention
 from .chunked import DEFAULT_CHUNK, chunk_size_for, wkv7_chunked
 from .common import compute_dtype
@@ -51,14 +52,6 @@ BACKENDS = {
 }
 
 NAMES = ("r", "log_w", "k", "v", "a", "b")
-
-
-def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401 - only whether it imports
-    except ImportError:
-        return False
-    return True
 
 
 def resolve_backend(backend: str, k: torch.Tensor) -> str:
