@@ -1,18 +1,21 @@
-"""Measured training cost: one optimizer step (forward + backward + AdamW, bf16 autocast) of RWKV-4 and of the
-size-matched Pythia transformer (transformers GPTNeoXForCausalLM, SDPA), on one GPU, the same tokens per step.
+"""Measured training cost: one optimizer step (forward + backward + AdamW, bf16 autocast) of RWKV-4, of RWKV-7 at
+the matching Pile shape (169M: pile-168M, 430M: pile-421M, 1.5B: pile-1.47B) and of the size-matched Pythia
+transformer (transformers GPTNeoXForCausalLM, SDPA), on one GPU, the same tokens per step.
 
     python benchmarks/bench_training.py [--sizes 169M,430M,1.5B] [--contexts 1024,8192] [--tokens-per-step 16384]
     python benchmarks/bench_training.py --configs 169M:1024,430M:1024,1.5B:1024,1.5B:8192   # chosen pairs only
 
 Each model runs on the path a training run takes (rwkv_lab.training.trainer.fast_path): RWKV-4 with its fused
-blocks, Pythia through torch.compile; and, for the record, both eager (`--variants`). Every configuration is
+blocks, RWKV-7 with its Triton operator (its blocks eager: it has no fused blocks yet), Pythia through
+torch.compile; and, for the record, RWKV-4 and Pythia eager (`--variants`). Every configuration is
 measured `--repeats` times (default 3), in rounds: each round builds, compiles and times every configuration once,
 so a drift of the machine reaches all of them alike. Writes, after every measurement (an interrupted run keeps what
 it measured), results/training_speed/training_mfu_runs.csv (+ .meta.json): every run; training_mfu.csv: per
 configuration the median run's tokens/s with the min and max over the runs; training_vs_pythia.csv: per size and
-context, RWKV-4 on its fast path against the faster of Pythia's two paths (medians), with the rounds each side
-won. MFU = model FLOPs per second (rwkv_lab.cost: RWKV 3 x 2 (V D + 13 D^2 L) per token; the transformer
-3 x (2 (V D + 12 D^2 L) + 4 L D T)) over (a) the measured bf16 matmul peak and (b) the datasheet peak. The first
+context and generation (RWKV-4, RWKV-7), the RWKV on its fast path against the faster of Pythia's two paths
+(medians), with the rounds each side won. MFU = model FLOPs per second (rwkv_lab.cost: 3 x each model's forward
+FLOPs per token, RWKV-4's 2 (V D + 13 D^2 L), RWKV-7's RWKV7Config.forward_flops_per_token, the transformer's
+2 (V D + 12 D^2 L) + 4 L D T) over (a) the measured bf16 matmul peak and (b) the datasheet peak. The first
 steps (compilation) are warm-up, not timed. `--profile` adds results/training_speed/training_kernels.csv (first
 round): each step's CUDA kernels by device time, grouped by kind (matmul, WKV, LayerNorm + mixes, attention, fused
 elementwise, ...).
@@ -35,6 +38,7 @@ import torch
 from tqdm import tqdm
 
 from rwkv_lab import cost
+from rwkv_lab.measure.profiler import PILE_SIZES, model_at
 from rwkv_lab.measure.timing import OOM, cuda_kernels, or_oom, time_fn
 from rwkv_lab.models.run_config import SAVED_ACTIVATIONS
 from rwkv_lab.models.rwkv4.fast_path import KEPT_OPS
@@ -47,7 +51,17 @@ from rwkv_lab.training.cuda_graph import GraphedStep, device_lrs
 from rwkv_lab.training.loss import lm_loss
 from rwkv_lab.training.trainer import TrainConfig, fast_path, parse_switch
 
-VARIANTS = ("RWKV-4", "RWKV-4 eager", "Pythia", "Pythia compiled")
+VARIANTS = ("RWKV-4", "RWKV-4 eager", "RWKV-7", "Pythia", "Pythia compiled")
+GENERATIONS = ("RWKV-4", "RWKV-7")  # the fast-path variants set beside Pythia in training_vs_pythia.csv
+
+
+def model_name(variant: str, size: str) -> str:
+    """The model a variant runs at an RWKV-4 size name: RWKV-7's Pile shape of that size, Pythia's match."""
+    if variant.startswith("RWKV-4"):
+        return size
+    if variant == "RWKV-7":
+        return PILE_SIZES[size][1].partition(":")[2]
+    return PYTHIA_FOR[size]
 
 
 def matmul_peak(device, n: int = 8192) -> float:
@@ -72,6 +86,10 @@ def build(
         model = build_at_size(name, torch.float32, device).train()
         model.configure(saved_activations=saved, activation_memory_budget=memory_budget)
         model.configure(norm_mix_kernels=norm_mix_kernels)
+        flops = cost.training_flops_per_token(model.config.forward_flops_per_token)
+        return model, fast_path(model, fast), model.config.vocab_size, flops
+    if variant == "RWKV-7":
+        model = model_at(f"rwkv7:{name}", torch.float32, device).train()
         flops = cost.training_flops_per_token(model.config.forward_flops_per_token)
         return model, fast_path(model, fast), model.config.vocab_size, flops
     model = pythia_model(name, torch.float32, device, max_positions=max(2048, context)).train()
@@ -116,7 +134,7 @@ def step_time(model, forward, vocab, batch, context, device, graph: bool, profil
 
 # kernel name -> what it does, for the breakdown of a training step (first match wins)
 KERNEL_KINDS = (
-    ("WKV (Triton)", ("_fwd_chunk_summary", "_scan_chunks", "_fwd_output", "_bwd_chunk", "_bwd_finish")),
+    ("WKV (Triton)", ("_fwd_chunk_summary", "_scan_chunks", "_fwd_output", "_bwd_chunk", "_bwd_finish", "_wkv7_")),
     ("LayerNorm + mixes (Triton)", ("_norm_mix_",)),
     ("attention", ("flash", "fmha", "attention", "sdpa")),
     ("matmul", ("gemm", "nvjet", "cutlass", "sm90_xmma", "cublas")),
@@ -165,37 +183,43 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def versus(summary: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    """Per (size, context): RWKV-4 on its fast path against the faster of Pythia's paths (by median), same tokens
-    per step, from `summarize`'s medians; `rwkv_won_rounds` / `rounds_compared`: the rounds (one run of each side,
-    measured one after the other) in which RWKV-4 was the faster, so a ratio near 1 shows how often each side won."""
+    """Per (size, context) and generation measured (GENERATIONS): the RWKV on its fast path against the faster of
+    Pythia's paths (by median), same tokens per step, from `summarize`'s medians; `rwkv_won_rounds` /
+    `rounds_compared`: the rounds (one run of each side, measured one after the other) in which the RWKV was the
+    faster, so a ratio near 1 shows how often each side won."""
     ok = summary[summary["status"] == "ok"]
     rows = []
     for (size, T), group in summary.groupby(["size", "context"], sort=False):
-        rwkv = ok[(ok["size"] == size) & (ok["context"] == T) & (ok["variant"] == "RWKV-4")]
         pythia = ok[(ok["size"] == size) & (ok["context"] == T) & ok["variant"].str.startswith("Pythia")]
-        row = {"size": size, "context": T, "tokens_per_step": int(group["tokens_per_step"].iloc[0])}
-        row["rwkv_status"] = "ok" if len(rwkv) else group[group["variant"] == "RWKV-4"]["status"].iloc[0]
-        if len(pythia):
-            best = pythia.sort_values("tokens_per_s").iloc[-1]
-            row |= {"pythia_model": best["model"], "pythia_variant": best["variant"]}
-            row |= {"pythia_tokens_per_s": best["tokens_per_s"], "pythia_peak_mem_GiB": best["peak_mem_GiB"]}
-            row |= {"pythia_tokens_per_s_min": best["tokens_per_s_min"]}
-            row |= {"pythia_tokens_per_s_max": best["tokens_per_s_max"]}
-            row["pythia_mfu_vs_measured_peak"] = best["mfu_vs_measured_peak"]
-        if len(rwkv):
-            r = rwkv.iloc[0]
-            row |= {"rwkv_tokens_per_s": r["tokens_per_s"], "rwkv_peak_mem_GiB": r["peak_mem_GiB"]}
-            row |= {"rwkv_tokens_per_s_min": r["tokens_per_s_min"], "rwkv_tokens_per_s_max": r["tokens_per_s_max"]}
-            row["rwkv_mfu_vs_measured_peak"] = r["mfu_vs_measured_peak"]
-            if len(pythia):
-                row["speed_ratio"] = r["tokens_per_s"] / row["pythia_tokens_per_s"]
-                row["memory_ratio"] = r["peak_mem_GiB"] / row["pythia_peak_mem_GiB"]
-                mine = runs[(runs["size"] == size) & (runs["context"] == T) & (runs["status"] == "ok")]
-                a = mine[mine["variant"] == "RWKV-4"].set_index("run")["tokens_per_s"]
-                b = mine[mine["variant"] == best["variant"]].set_index("run")["tokens_per_s"]
-                both = pd.DataFrame({"rwkv": a, "pythia": b}).dropna()
-                row |= {"rounds_compared": len(both), "rwkv_won_rounds": int((both["rwkv"] > both["pythia"]).sum())}
-        rows.append(row)
+        best = pythia.sort_values("tokens_per_s").iloc[-1] if len(pythia) else None
+        for generation in [g for g in GENERATIONS if (group["variant"] == g).any()]:
+            rwkv = ok[(ok["size"] == size) & (ok["context"] == T) & (ok["variant"] == generation)]
+            row = {"generation": generation, "size": size, "context": T}
+            row |= {"rwkv_model": group[group["variant"] == generation]["model"].iloc[0]}
+            row |= {"tokens_per_step": int(group["tokens_per_step"].iloc[0])}
+            row["rwkv_status"] = "ok" if len(rwkv) else group[group["variant"] == generation]["status"].iloc[0]
+            if best is not None:
+                row |= {"pythia_model": best["model"], "pythia_variant": best["variant"]}
+                row |= {"pythia_tokens_per_s": best["tokens_per_s"], "pythia_peak_mem_GiB": best["peak_mem_GiB"]}
+                row |= {"pythia_tokens_per_s_min": best["tokens_per_s_min"]}
+                row |= {"pythia_tokens_per_s_max": best["tokens_per_s_max"]}
+                row["pythia_mfu_vs_measured_peak"] = best["mfu_vs_measured_peak"]
+            if len(rwkv):
+                r = rwkv.iloc[0]
+                row |= {"rwkv_tokens_per_s": r["tokens_per_s"], "rwkv_peak_mem_GiB": r["peak_mem_GiB"]}
+                row |= {"rwkv_tokens_per_s_min": r["tokens_per_s_min"]}
+                row |= {"rwkv_tokens_per_s_max": r["tokens_per_s_max"]}
+                row["rwkv_mfu_vs_measured_peak"] = r["mfu_vs_measured_peak"]
+                if best is not None:
+                    row["speed_ratio"] = r["tokens_per_s"] / row["pythia_tokens_per_s"]
+                    row["memory_ratio"] = r["peak_mem_GiB"] / row["pythia_peak_mem_GiB"]
+                    mine = runs[(runs["size"] == size) & (runs["context"] == T) & (runs["status"] == "ok")]
+                    a = mine[mine["variant"] == generation].set_index("run")["tokens_per_s"]
+                    b = mine[mine["variant"] == best["variant"]].set_index("run")["tokens_per_s"]
+                    both = pd.DataFrame({"rwkv": a, "pythia": b}).dropna()
+                    row |= {"rounds_compared": len(both)}
+                    row |= {"rwkv_won_rounds": int((both["rwkv"] > both["pythia"]).sum())}
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -254,7 +278,7 @@ def main():
     rounds = [(r, job) for r in range(1, args.repeats + 1) for job in jobs]
     for run, (variant, size, T) in tqdm(rounds, desc="training step"):
         batch = max(1, args.tokens_per_step // T)
-        name = size if variant.startswith("RWKV-4") else PYTHIA_FOR[size]
+        name = model_name(variant, size)
         row = {"run": run, "variant": variant, "arch": variant.split()[0], "size": size, "model": name, "context": T}
         row |= {"batch": batch, "tokens_per_step": batch * T}
         if (variant, size, T) in failed:

@@ -199,7 +199,10 @@ def test_training_speed_summary_takes_the_median_run_and_counts_the_rounds_each_
     base = {"arch": "x", "size": "169M", "context": 1024, "batch": 16, "tokens_per_step": 16384, "step_ms": 1.0}
     base |= {"mfu_vs_measured_peak": 0.4, "peak_mem_GiB": 10.0}
     rwkv, pythia = {"variant": "RWKV-4", "model": "169M"}, {"variant": "Pythia compiled", "model": "pythia-160m"}
+    rwkv7 = {"variant": "RWKV-7", "model": "pile-168M"}
     runs = [
+        base | rwkv7 | {"run": 1, "status": "ok", "tokens_per_s": 60.0},
+        base | rwkv7 | {"run": 2, "status": "ok", "tokens_per_s": 99.0},
         base | rwkv | {"run": 1, "status": "ok", "tokens_per_s": 100.0},
         base | pythia | {"run": 1, "status": "ok", "tokens_per_s": 90.0},
         base | rwkv | {"run": 2, "status": "ok", "tokens_per_s": 80.0, "peak_mem_GiB": 11.0},
@@ -214,10 +217,16 @@ def test_training_speed_summary_takes_the_median_run_and_counts_the_rounds_each_
     assert (first["tokens_per_s"], first["tokens_per_s_min"], first["tokens_per_s_max"]) == (100.0, 80.0, 120.0)
     assert (first["runs"], first["runs_ok"], first["peak_mem_GiB"]) == (3, 3, 11.0)
     assert summary[summary["context"] == 8192].iloc[0]["status"] == "oom"
-    versus = module.versus(summary, frame).set_index("context")
-    assert versus.loc[1024, "speed_ratio"] == pytest.approx(100.0 / 90.0)
-    assert (versus.loc[1024, "rwkv_won_rounds"], versus.loc[1024, "rounds_compared"]) == (2, 3)
-    assert versus.loc[8192, "rwkv_status"] == "oom"
+    versus = module.versus(summary, frame)
+    assert list(versus["generation"]) == ["RWKV-4", "RWKV-7", "RWKV-4"]  # RWKV-7 not run at 8192: no row
+    rwkv4 = versus[versus["generation"] == "RWKV-4"].set_index("context")
+    assert rwkv4.loc[1024, "speed_ratio"] == pytest.approx(100.0 / 90.0)
+    assert (rwkv4.loc[1024, "rwkv_won_rounds"], rwkv4.loc[1024, "rounds_compared"]) == (2, 3)
+    assert rwkv4.loc[8192, "rwkv_status"] == "oom"
+    # RWKV-7's median of two runs is the slower (60), against Pythia's best path (90); it won run 2 of the 2 rounds
+    rwkv7_row = versus[versus["generation"] == "RWKV-7"].iloc[0]
+    assert rwkv7_row["rwkv_model"] == "pile-168M" and rwkv7_row["speed_ratio"] == pytest.approx(60.0 / 90.0)
+    assert (rwkv7_row["rwkv_won_rounds"], rwkv7_row["rounds_compared"]) == (1, 2)
 
 
 @pytest.mark.gpu
