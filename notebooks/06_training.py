@@ -423,34 +423,47 @@ else:
     print(f"results/training/summary{rwkv7_compare_tag}.csv is not there yet: the GPU run has not been committed")
 
 # %% [markdown]
-# ## Samples: the shipped default vs its untrained self
+# ## Samples: each generation's shipped default vs its untrained self
 
 # %%
-import json
-
 import rwkv_lab
-from rwkv_lab.loading.default import DEFAULT_CARD, untrained_model
+from rwkv_lab.loading.default import DEFAULTS, untrained_model
 
-card = json.loads(DEFAULT_CARD.read_text())
-print(
-    f"default model: {card['model']}, {card['params']:,} parameters, {card['training']['tokens_seen']:,} tokens "
-    f"({card['training']['tokens_seen'] / card['training']['corpus']['train_tokens']:.1f} epochs), "
-    f"validation {card['training']['val_bpb']:.3f} bits/byte (unigram {card['training']['unigram_val_bpb']:.3f}), "
-    f"lr {card['training']['lr']:g}, trained on {card['training']['device']} by `{card['training']['command']}`"
-)
 tokenizer = rwkv_lab.ByteTokenizer()
-default = rwkv_lab.default_model()
+shipped = {}  # generation -> its trained default, where its weights are in the package
+for arch, packaged in DEFAULTS.items():
+    if not packaged.weights.exists():
+        print(f"{packaged.label}: no trained default in the package yet ({packaged.weights.name} missing)")
+        continue
+    card = packaged.card()
+    shipped[arch] = rwkv_lab.default_model(arch=arch)
+    print(
+        f"{packaged.label} default ({packaged.source!r}): {card['model']}, {card['params']:,} parameters, "
+        f"{card['training']['tokens_seen']:,} tokens "
+        f"({card['training']['tokens_seen'] / card['training']['corpus']['train_tokens']:.1f} epochs), "
+        f"validation {card['training']['val_bpb']:.3f} bits/byte (unigram {card['training']['unigram_val_bpb']:.3f}), "
+        f"lr {card['training']['lr']:g}, trained on {card['training']['device']} by `{card['training']['command']}`"
+    )
 with cpu_threads(live_threads if device == "cpu" else None):  # one token at a time: small ops
-    for name, model in (("trained default", default), ("untrained", untrained_model())):
-        text = rwkv_lab.generate(
-            model, tokenizer, sample_prompt, max_new_tokens=sample_tokens, temperature=0.7, seed=0, new_document=True
-        )
-        print(f"---- {name} ----")
-        print(sample_prompt + text)
-    for prompt in ("def main():\n", "import os\n"):
-        # new_document: the prompt is a file's start (after end-of-text), as training saw every file's first bytes
-        greedy = rwkv_lab.generate(default, tokenizer, prompt, max_new_tokens=60, temperature=0, new_document=True)
-        print(f"---- greedy continuation of {prompt!r} by the default, at a file's start ----\n{greedy!r}")
+    for arch, trained in shipped.items():
+        label = DEFAULTS[arch].label
+        for name, model in (("trained default", trained), ("untrained", untrained_model(arch=arch))):
+            text = rwkv_lab.generate(
+                model,
+                tokenizer,
+                sample_prompt,
+                max_new_tokens=sample_tokens,
+                temperature=0.7,
+                seed=0,
+                new_document=True,
+            )
+            print(f"---- {label}, {name} ----")
+            print(sample_prompt + text)
+        for prompt in ("def main():\n", "import os\n"):
+            # new_document: the prompt is a file's start (after end-of-text), as training saw every file's first bytes
+            greedy = rwkv_lab.generate(trained, tokenizer, prompt, max_new_tokens=60, temperature=0, new_document=True)
+            print(f"---- greedy continuation of {prompt!r} by the {label} default, at a file's start ----\n{greedy!r}")
+default = shipped["rwkv4"]
 
 # %% [markdown]
 # ## The decays learn
