@@ -21,14 +21,14 @@ FIXTURE = REPO / "tests" / "fixtures" / "fla_rwkv7_trained"
 MAKE = "scripts/make_fla_fixture.py --out <folder> on a GPU (see its docstring), then copy the folder here"
 
 
-def read_fla_fixture() -> tuple[dict, torch.Tensor, torch.Tensor]:
+def read_fla_fixture(folder=FIXTURE) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """(provenance, tokens (B, T), fla's logits (B, T, V)); a missing fixture fails, saying how to make it."""
     from safetensors.torch import load_file
 
     for name in ("model/config.json", "model/model.safetensors", "fla_logits.safetensors", "provenance.json"):
-        assert (FIXTURE / name).is_file(), f"{FIXTURE / name} is missing: the fixture is made by {MAKE}"
-    stored = load_file(FIXTURE / "fla_logits.safetensors")
-    return json.loads((FIXTURE / "provenance.json").read_text()), stored["tokens"], stored["logits"]
+        assert (folder / name).is_file(), f"{folder / name} is missing: the fixture is made by {MAKE}"
+    stored = load_file(folder / "fla_logits.safetensors")
+    return json.loads((folder / "provenance.json").read_text()), stored["tokens"], stored["logits"]
 
 
 def test_fla_fixture_is_a_model_fla_trained_on_a_gpu():
@@ -54,10 +54,14 @@ def test_fla_fixture_is_a_model_fla_trained_on_a_gpu():
 
 
 def test_fla_trained_model_loads_as_released_and_matches_fla_logits():
+    check_ours_against_fla(FIXTURE)
+
+
+def check_ours_against_fla(folder):
     """model/ as fla saved it, through load_model: the config read from fla's, and our float32 logits from the
     parallel form (chunked and recurrent backends) and from the recurrent step, token by token, against fla's."""
-    prov, tokens, ref = read_fla_fixture()
-    model = rwkv_lab.load_model(FIXTURE / "model")
+    prov, tokens, ref = read_fla_fixture(folder)
+    model = rwkv_lab.load_model(folder / "model")
     shape, c = prov["config"], model.config
     assert (c.arch, c.n_layer, c.n_embd, c.head_size, c.vocab_size, c.dim_ffn) == (
         "rwkv7",
