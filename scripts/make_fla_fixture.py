@@ -66,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="folder to create (refused if it exists)")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a smoke test of this script")
-    p.add_argument("--steps", type=int, default=600, help="most training steps (default 600)")
+    p.add_argument("--steps", type=int, default=2000, help="most training steps (default 2000)")
     p.add_argument("--seconds", type=float, default=120.0, help="most seconds of training after the first step")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=128)
