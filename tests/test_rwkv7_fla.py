@@ -10,9 +10,14 @@ inside (no scale argument): they get r N^0.5. They compute in float32 whatever t
 float32 inputs and our float64 forms get the same values widened: only the arithmetic differs.
 """
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
-from helpers import TOL, assert_rel_close
+from helpers import REPO, TOL, assert_rel_close
 from test_rwkv7_ops import make_inputs, run
 
 pytest.importorskip("fla", reason="fla (flash-linear-attention, in the `test` extra) is not installed")
@@ -168,3 +173,44 @@ def test_fla_model_loads_as_released_and_matches_its_logits(fla_triton, tmp_path
     assert reloaded.config.fuse_norm is False
     round_trip = fla_logits(reloaded.to(fla_triton), tokens.to(fla_triton)).cpu()
     assert_rel_close("fla from our converted folder vs fla, logits", round_trip, ref, TOL["float32"])
+
+
+@pytest.mark.slow  # fla's forward in Triton's interpreter on the CPU
+def test_fla_recomputes_its_trained_models_logits_here(fla_triton):
+    """fla on this device (the CPU: its Triton kernels in the interpreter) runs the trained fixture loaded from
+    its folder by its own from_pretrained, in float32: the logits it stored on the GPU, and ours, to float32
+    rounding (tests/test_rwkv7_fla_trained.py has ours against the stored ones without fla)."""
+    from fla.models import RWKV7ForCausalLM
+    from test_rwkv7_fla_trained import FIXTURE, read_fla_fixture
+
+    import rwkv_lab
+
+    prov, tokens, stored = read_fla_fixture()
+    fla_model = RWKV7ForCausalLM.from_pretrained(FIXTURE / "model").float().eval()
+    here = fla_logits(fla_model.to(fla_triton), tokens.to(fla_triton)).cpu()
+    assert_rel_close(f"fla here vs fla on {prov['device']}, logits", here, stored, TOL["float32"])
+    with torch.no_grad():
+        ours = rwkv_lab.load_model(FIXTURE / "model")(tokens)[0]
+    assert_rel_close("ours vs fla here, logits", ours, here, TOL["float32"])
+
+
+@pytest.mark.slow  # about a minute: fla's training step and forward in Triton's interpreter
+def test_make_fla_fixture_runs_here_and_refuses_to_overwrite(tmp_path):
+    """scripts/make_fla_fixture.py as a smoke test on the CPU (fla's naive recurrence in place of chunk_rwkv7,
+    which does not run in the interpreter): its folder passes the fixture's checks of our logits against fla's,
+    and a second run into the same folder is refused, leaving it as it was."""
+    from test_rwkv7_fla_trained import check_ours_against_fla
+
+    out = tmp_path / "made"
+    make = [sys.executable, str(REPO / "scripts" / "make_fla_fixture.py"), "--device", "cpu", "--out", str(out)]
+    tiny = ["--steps", "2", "--batch", "1", "--seq-len", "16", "--max-files", "60"]
+    env = os.environ | {"TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(make + tiny, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["training"]["steps"] == 2 and "naive" in prov["training"]["train_wkv"]
+    check_ours_against_fla(out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    again = subprocess.run(make, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2 and "already exists; refusing to overwrite" in again.stderr, again.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
