@@ -169,7 +169,7 @@ def _key_gradient(ptr, base, cols, x, SUMS: tl.constexpr):
     """A gradient over the key index: this program's rows' part added (ATOMIC) or stored (PARTIAL: `base` points
     into this row block's copy), or the whole stored (STORE)."""
     if SUMS == 1:
-        tl.atomic_add(ptr + base + cols, x)
+        tl.atomic_add(ptr + base + cols, x, sem="relaxed")
     else:
         tl.store(ptr + base + cols, x.to(ptr.dtype.element_ty))
 
