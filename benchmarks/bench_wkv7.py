@@ -55,7 +55,6 @@ VARIANTS = {
     "x070 (bwd rows64 w4, fwd rows16)": Tiling(rows=16, rows_bwd=64, warps_bwd=4),
     "bwd rows64 w8": Tiling(rows_bwd=64, warps_bwd=8),
     "bwd rows32 w1": Tiling(rows_bwd=32, warps_bwd=1),
-    "bwd rows32 w2": Tiling(rows_bwd=32, warps_bwd=2),
     "bwd rows16 w2": Tiling(rows_bwd=16, warps_bwd=2),
     "bwd rows16 w1 partials": Tiling(partials=True),
     "bwd rows8 w1": Tiling(rows_bwd=8, warps_bwd=1),
@@ -63,6 +62,7 @@ VARIANTS = {
     "fwd rows64 w4": Tiling(rows=64, warps=4),
     "fwd rows64 w8": Tiling(rows=64, warps=8),
     "fwd rows16 w1": Tiling(rows=16, warps=1),
+    "fwd rows8 w1": Tiling(rows=8, warps=1),
 }
 OUTPUTS = ["y", "state", "grad r", "grad log_w", "grad k", "grad v", "grad a", "grad b", "grad state"]
 

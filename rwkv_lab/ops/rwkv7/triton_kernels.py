@@ -76,11 +76,13 @@ class Tiling:
         return cls(stretch, rows, warps, rows_bwd, warps_bwd, bool(partials))
 
 
-# The default. Backward: 16 rows and one warp per program (4 programs per N = 64 head; the x070 design's one program
-# of 64 rows and 4 warps needed shared-memory reductions across warps for 5 of its 7 sums per token, and timed
-# ~13 us per token on an H100), its key-side parts added by fp32 atomics (partial buffers would write and read
-# 5 x 4 fp32 copies of the inputs). Forward: 32 rows, 4 warps (0.91 ms against 16 rows' 1.23 ms at (8, 1024, 2048)
-# bf16 on an H100, results/wkv7/wkv7_gpu_benchmark.csv).
+# The default (bench_wkv7 times the others beside it; compile_wkv7 reads what each compiles to without a GPU).
+# Backward: 16 rows and one warp per program, 4 programs per N = 64 head. The x070 design's one program of 64 rows
+# and 4 warps spilled registers and reduced over rows across warps through shared memory, with barriers, several
+# times per token (results/wkv7/wkv7_compiled.csv); in one warp each thread holds whole columns of its 16 rows, so
+# the 5 sums over rows stay within a thread and the 2 over keys are shuffles. Its key-side parts are added by fp32
+# atomics (relaxed: no ordering needed; partial buffers would write and read 5 x 4 fp32 copies of the inputs).
+# Forward: 32 rows, 4 warps (faster than 16 rows in results/wkv7/wkv7_gpu_benchmark.csv of an H100).
 DEFAULT = Tiling()
 # how the backward's key-side gradients are written (its SUMS constexpr)
 STORE, ATOMIC, PARTIAL = 0, 1, 2
