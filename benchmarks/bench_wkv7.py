@@ -1,30 +1,37 @@
 """RWKV-7's state update on the GPU: check the Triton kernel against float64, then time it beside fla's chunk_rwkv7.
 
     python benchmarks/bench_wkv7.py                # check + benchmark -> results/wkv7/wkv7_kernel_check.json,
-                                                   #                      results/wkv7/wkv7_gpu_benchmark.csv
+                                                   #   results/wkv7/wkv7_variants_check.json,
+                                                   #   results/wkv7/wkv7_gpu_benchmark.csv
     python benchmarks/bench_wkv7.py --skip-check   # the benchmark alone
     python benchmarks/bench_wkv7.py --check-only --quick
+    python benchmarks/bench_wkv7.py --quick --rounds 3 --fla-shapes 8x1024x2048   # the tilings compared, ~8 min
 
 Check: ours (`wkv7(..., backend="triton")`) against float64 forms computed on the GPU, on RWKV-7-like inputs
 (log_w = -e^-0.5 sigmoid(randn), unit-norm kappa, iclr ~ U(0, 1), a random non-zero state) and with every decay at
 RWKV-7's bound: outputs, final state and every gradient against the float64 recurrence up to T = 4096, against the
 float64 chunked form (exact at any T, tested equal to the recurrence in CI) beyond; the forward alone at T = 2^20.
+Then every tiling in VARIANTS against the float64 recurrence at (B, T, H) = (2, 1000, 4) (VARIANT_CHECK).
 
 Benchmark: at (B, T, C) = (8, 1024, 2048) and (16, 4096, 2048), N = 64, bf16 inputs, fp32 initial state, forward
 and forward + backward (torch.autograd.grad of y and the final state, every input and the state requiring
-gradients): ours at each tiling in VARIANTS, and fla-core's `chunk_rwkv7` (imported if installed) without and with
-`lower_bound=-e^-0.5`, mapped as ours: w = log_w, a, b as given, scale 1, its state (B, H, K, V) = ours transposed.
-Each time is the median of ROUNDS rounds taking turns (each round time_fn's median of 10 calls, CUDA events);
-peak memory is the allocator's peak during one call beyond what was allocated before it (the inputs). ours vs fla
-on the same inputs (every output and gradient) is printed and kept in the table.
+gradients): ours at each tiling in VARIANTS (triton_kernels.Tiling, passed to each call: a forward's backward runs
+at its tiling), then, at the shapes in --fla-shapes (fla's autotuning takes minutes on its first call),
+fla-core's `chunk_rwkv7` (imported if installed) with and without `lower_bound=-e^-0.5`, mapped as ours:
+w = log_w, a, b as given, scale 1, its state (B, H, K, V) = ours transposed. Each time is the median of ROUNDS
+rounds of one candidate (each round time_fn's median of 10 calls, CUDA events, forward then forward + backward);
+peak memory is the allocator's peak during one call beyond what was allocated before it (the inputs). Every
+candidate against ours at the default tiling on the same inputs (every output and gradient) is kept in the table.
+The table is rewritten after each candidate (its parameters say whether the run completed): a run cut short keeps
+what it measured. A candidate that fails (a compilation, out of memory) gets a row with its error.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import statistics
+import time
 
 import pandas as pd
 import torch
@@ -32,19 +39,30 @@ import torch.nn.functional as F
 
 from rwkv_lab.analysis.equivalence import rel_error
 from rwkv_lab.measure.timing import peak_memory, time_fn
-from rwkv_lab.ops.rwkv7 import triton_kernels, wkv7, wkv7_chunked, wkv7_recurrent
+from rwkv_lab.ops.rwkv7 import wkv7, wkv7_chunked, wkv7_recurrent
+from rwkv_lab.ops.rwkv7.triton_kernels import DEFAULT, Tiling, wkv7_triton
 from rwkv_lab.results import results_dir, write_json, write_table
 
 SHAPES = [(8, 1024, 2048), (16, 4096, 2048)]  # (B, T, C)
 N = 64
 ROUNDS = 5
 LOWER_BOUND = -math.exp(-0.5)
-# ours at these tilings (triton_kernels' module constants): the default first
+# ours at these tilings, the default first (the others' errors are measured against it). Fields: stretch, rows /
+# warps per forward program, rows_bwd / warps_bwd per backward program, partials (key-side sums stored per row
+# block and added by torch instead of fp32 atomics). A name says how it differs from the default.
 VARIANTS = {
-    "ours": {},
-    "ours stretch8": {"STRETCH": 8},
-    "ours bwd-rows32": {"BV_BWD": 32},
-    "ours fwd-rows32": {"BV": 32},
+    "ours": DEFAULT,
+    "x070 (bwd rows64 w4, fwd rows16)": Tiling(rows=16, rows_bwd=64, warps_bwd=4),
+    "bwd rows64 w8": Tiling(rows_bwd=64, warps_bwd=8),
+    "bwd rows32 w1": Tiling(rows_bwd=32, warps_bwd=1),
+    "bwd rows16 w2": Tiling(rows_bwd=16, warps_bwd=2),
+    "bwd rows16 w1 partials": Tiling(partials=True),
+    "bwd rows8 w1": Tiling(rows_bwd=8, warps_bwd=1),
+    "stretch8": Tiling(stretch=8),
+    "fwd rows64 w4": Tiling(rows=64, warps=4),
+    "fwd rows64 w8": Tiling(rows=64, warps=8),
+    "fwd rows16 w1": Tiling(rows=16, warps=1),
+    "fwd rows8 w1": Tiling(rows=8, warps=1),
 }
 OUTPUTS = ["y", "state", "grad r", "grad log_w", "grad k", "grad v", "grad a", "grad b", "grad state"]
 
@@ -59,18 +77,6 @@ def rwkv7_inputs(B, T, H, N, dtype, device, seed=0, case="rwkv"):
     kappa = F.normalize(randn(), dim=-1)
     iclr = torch.rand(B, T, H, N, generator=gen, device=device)
     return [x.to(dtype) for x in (r, log_w, k, v, -kappa, kappa * iclr)] + [randn(B, H, N, N)]
-
-
-@contextlib.contextmanager
-def tiling(**constants):
-    old = {name: getattr(triton_kernels, name) for name in constants}
-    for name, value in constants.items():
-        setattr(triton_kernels, name, value)
-    try:
-        yield
-    finally:
-        for name, value in old.items():
-            setattr(triton_kernels, name, value)
 
 
 def outputs_and_grads(fn, inputs, gy, gs, grad: bool = True):
@@ -111,7 +117,7 @@ def check_kernel(device, cases=None) -> list[dict]:
         # the reference sees the same (rounded) inputs in float64: only arithmetic differs
         ref = outputs_and_grads(references[reference], [x.double() for x in inputs], gy, gs, grads)
         row = {"B": B, "T": T, "H": H, "N": N, "case": case, "dtype": str(dtype).removeprefix("torch."),
-               "reference": f"{reference} float64", "stretch": triton_kernels.STRETCH}  # fmt: skip
+               "reference": f"{reference} float64", "tiling": str(DEFAULT)}  # fmt: skip
         row["finite"] = all(bool(torch.isfinite(x).all()) for x in got)
         for what, x, x_ref in zip(OUTPUTS, got, ref):
             row[f"rel_err_{what.replace(' ', '_')}"] = rel_error(x, x_ref)
@@ -119,6 +125,43 @@ def check_kernel(device, cases=None) -> list[dict]:
         rows.append(row)
         del inputs, got, ref
         torch.cuda.empty_cache()
+    return rows
+
+
+# (B, T, H): every tiling in VARIANTS against the float64 recurrence, fp32 RWKV-7-like inputs
+VARIANT_CHECK = (2, 1000, 4)
+
+
+def ours(tiling: Tiling):
+    """Our kernel at `tiling` (forward and backward), the benchmark's inputs taken as they are (no bound check)."""
+    return lambda *x: wkv7_triton(*x, tiling=tiling)
+
+
+def check_variants(device, shape=VARIANT_CHECK, variants=None) -> list[dict]:
+    """Every tiling vs the float64 recurrence on the same inputs: one row per tiling, each output's relative error
+    (or the error that stopped it)."""
+    B, T, H = shape
+    inputs = rwkv7_inputs(B, T, H, N, torch.float32, device, seed=T)
+    gen = torch.Generator(device=device).manual_seed(1)
+    gy = torch.randn(B, T, H, N, generator=gen, device=device, dtype=torch.float64)
+    gs = torch.randn(B, H, N, N, generator=gen, device=device, dtype=torch.float64)
+    ref = outputs_and_grads(wkv7_recurrent, [x.double() for x in inputs], gy, gs)
+    rows = []
+    for name, tiling in (variants or VARIANTS).items():
+        row = {"variant": name, "tiling": str(tiling), "B": B, "T": T, "H": H, "N": N, "error": None}
+        try:
+            got = outputs_and_grads(ours(tiling), inputs, gy, gs)
+        except Exception as err:  # a tiling that fails to compile or run is a result: the others still run
+            row["error"] = f"{type(err).__name__}: {err}".splitlines()[0]
+            got = None
+        if got is not None:
+            row["finite"] = all(bool(torch.isfinite(x).all()) for x in got)
+            for what, x, x_ref in zip(OUTPUTS, got, ref):
+                row[f"rel_err_{what.replace(' ', '_')}"] = rel_error(x, x_ref)
+        errors = [v for k, v in row.items() if k.startswith("rel_err")]
+        summary = row["error"] or f"largest rel err vs float64 {max(errors):.2e}"
+        print(f"variant check {name}: {summary}", flush=True)
+        rows.append(row)
     return rows
 
 
@@ -142,64 +185,99 @@ def peer_fla(device):
     return call
 
 
-def candidates(device):
-    calls = {}
-    for name, constants in VARIANTS.items():
-
-        def ours(*x, constants=constants):
-            with tiling(**constants):
-                return wkv7(*x, backend="triton", check=False)
-
-        calls[name] = ours
+def fla_candidates(device) -> dict:
     fla = peer_fla(device)
-    if fla is not None:
-        calls["fla chunk_rwkv7"] = fla
-        calls["fla chunk_rwkv7 lower_bound"] = lambda *x: fla(*x, lower_bound=LOWER_BOUND)
-    return calls
+    if fla is None:
+        return {}
+    # lower_bound first: the one the summary compares with, kept if a run is cut short during the other
+    return {"fla chunk_rwkv7 lower_bound": lambda *x: fla(*x, lower_bound=LOWER_BOUND), "fla chunk_rwkv7": fla}
 
 
-def benchmark(device, shapes, rounds) -> list[dict]:
-    calls = candidates(device)
+def parse_shapes(text: str) -> list[tuple[int, int, int]]:
+    try:
+        shapes = [tuple(int(n) for n in s.split("x")) for s in text.split(",") if s]
+    except ValueError:
+        shapes = []
+    if not shapes or any(len(s) != 3 or min(s) < 1 or s[2] % N for s in shapes):
+        raise SystemExit(f"bench_wkv7: shapes must be BxTxC,... with C a multiple of N = {N}; got {text!r}")
+    return shapes
+
+
+def measure(name, fn, inputs, gy, reference, rounds, device, shape) -> tuple[dict, list | None]:
+    """One candidate at one shape: a row of times, peaks and errors against `reference` (None: this is the
+    reference), and its outputs and gradients (None if it failed)."""
+    B, T, C = shape
+    row = {"candidate": name, "B": B, "T": T, "C": C, "N": N, "dtype": "bf16", "rounds": rounds, "error": None}
+
+    def forward():
+        with torch.no_grad():
+            return fn(*inputs)
+
+    def forward_backward():  # training's case: y carries the gradient, the final state is returned
+        y, _ = fn(*inputs)
+        return torch.autograd.grad(y, inputs, gy)
+
+    try:
+        got = outputs_and_grads(fn, inputs, gy.double(), 0.0, True)
+        times = {"fwd": [], "fwd_bwd": []}
+        for _ in range(rounds):
+            times["fwd"].append(time_fn(forward, device))
+            times["fwd_bwd"].append(time_fn(forward_backward, device))
+        for kind, call in (("fwd", forward), ("fwd_bwd", forward_backward)):
+            row[f"{kind}_ms"] = statistics.median(times[kind]) * 1e3
+            peak = peak_memory(call, device)
+            row[f"{kind}_peak_MiB"] = None if peak is None else peak / 2**20
+    except Exception as err:  # a failing candidate is a result: the others still run
+        row["error"] = f"{type(err).__name__}: {err}".splitlines()[0]
+        got = None
+        torch.cuda.empty_cache()
+    if got is not None and reference is not None:
+        for what, x, x_ref in zip(OUTPUTS, got, reference):
+            row[f"rel_err_vs_ours_{what.replace(' ', '_')}"] = rel_error(x, x_ref)
+    return row, got
+
+
+def describe(row) -> str:
+    B, T, C = row["B"], row["T"], row["C"]
+    if row["error"]:
+        return f"({B}, {T}, {C}) {row['candidate']}: failed: {row['error']}"
+    errors = [v for k, v in row.items() if k.startswith("rel_err_vs_ours")]
+    largest = f"; largest rel err vs ours {max(errors):.2e}" if errors else ""
+    return (
+        f"({B}, {T}, {C}) {row['candidate']}: fwd {row['fwd_ms']:.3f} ms, fwd+bwd {row['fwd_bwd_ms']:.3f} ms, "
+        f"peak {row['fwd_bwd_peak_MiB']} MiB{largest}"
+    )
+
+
+def benchmark(device, shapes, rounds, fla_shapes, write=lambda rows: None, variants=None) -> list[dict]:
+    """Ours at every tiling at every shape, then fla at `fla_shapes`; `write(rows)` after each candidate."""
+    variants = variants or VARIANTS
+    fla = fla_candidates(device) if fla_shapes else {}
+    plan = [(shape, {name: ours(t) for name, t in variants.items()}) for shape in shapes]
+    plan += [(shape, fla) for shape in fla_shapes if fla]
     rows = []
-    for B, T, C in shapes:
+    start = time.perf_counter()
+    for shape, calls in plan:
+        B, T, C = shape
         H = C // N
         inputs = [x.requires_grad_() for x in rwkv7_inputs(B, T, H, N, torch.bfloat16, device)]
         gy = torch.randn(B, T, H, N, device=device, dtype=torch.bfloat16)
-
-        def forward(fn, inputs=inputs):
-            with torch.no_grad():
-                return fn(*inputs)
-
-        def forward_backward(fn, inputs=inputs):  # training's case: y carries the gradient, the final state is returned
-            y, _ = fn(*inputs)
-            return torch.autograd.grad(y, inputs, gy)
-
-        got = {name: outputs_and_grads(fn, inputs, gy.double(), 0.0, True) for name, fn in calls.items()}
-        timings = {(name, kind): [] for name in calls for kind in ("fwd", "fwd_bwd")}
-        for _ in range(rounds):
-            for name, fn in calls.items():
-                timings[name, "fwd"].append(time_fn(lambda fn=fn: forward(fn), device))
-                timings[name, "fwd_bwd"].append(time_fn(lambda fn=fn: forward_backward(fn), device))
+        # every candidate's outputs and gradients against ours at the default tiling, on the same inputs
+        reference = outputs_and_grads(ours(DEFAULT), inputs, gy.double(), 0.0, True)
         for name, fn in calls.items():
-            row = {"candidate": name, "B": B, "T": T, "C": C, "N": N, "dtype": "bf16", "rounds": rounds}
-            for kind, call in (("fwd", forward), ("fwd_bwd", forward_backward)):
-                row[f"{kind}_ms"] = statistics.median(timings[name, kind]) * 1e3
-                peak = peak_memory(lambda fn=fn, call=call: call(fn), device)
-                row[f"{kind}_peak_MiB"] = None if peak is None else peak / 2**20
-            # every candidate against ours (the default tiling), the same inputs
-            for what, x, x_ref in zip(OUTPUTS, got[name], got["ours"]):
-                row[f"rel_err_vs_ours_{what.replace(' ', '_')}"] = rel_error(x, x_ref)
+            print(f"[{time.perf_counter() - start:.0f} s] {shape} {name} ...", flush=True)
+            row, _ = measure(name, fn, inputs, gy, reference, rounds, device, shape)
             rows.append(row)
-        for row in rows[-len(calls) :]:
-            fla = next((r for r in rows[-len(calls) :] if r["candidate"] == "fla chunk_rwkv7 lower_bound"), None)
-            speed = f", {fla['fwd_bwd_ms'] / row['fwd_bwd_ms']:.2f}x fla lower_bound" if fla else ""
-            errors = max(v for k, v in row.items() if k.startswith("rel_err_vs_ours"))
-            print(
-                f"({B}, {T}, {C}) {row['candidate']}: fwd {row['fwd_ms']:.3f} ms, fwd+bwd {row['fwd_bwd_ms']:.3f} ms"
-                f"{speed}, peak {row['fwd_bwd_peak_MiB']} MiB; largest rel err vs ours {errors:.2e}"
-            )
-        del inputs, got
+            print(describe(row), flush=True)
+            write(rows)
+        del inputs, reference
         torch.cuda.empty_cache()
+    for shape in fla_shapes:
+        at = [r for r in rows if (r["B"], r["T"], r["C"]) == shape and not r["error"]]
+        peer = next((r for r in at if r["candidate"] == "fla chunk_rwkv7 lower_bound"), None)
+        for row in at if peer else []:
+            speed = peer["fwd_bwd_ms"] / row["fwd_bwd_ms"]
+            print(f"{shape} {row['candidate']}: fwd+bwd {speed:.2f}x fla lower_bound's speed", flush=True)
     return rows
 
 
@@ -209,30 +287,49 @@ def main():
     parser.add_argument("--skip-check", action="store_true")
     parser.add_argument("--quick", action="store_true", help="the check's cases up to T = 1000, and T = 2^20")
     parser.add_argument("--shapes", default=",".join("x".join(map(str, s)) for s in SHAPES), help="BxTxC,...")
+    parser.add_argument(
+        "--fla-shapes",
+        default="x".join(map(str, SHAPES[0])),
+        help="BxTxC,... at which fla is timed, after all of ours ('' for none; its autotuning takes minutes)",
+    )
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--device", default="cuda", help="cpu: a smoke test of this script (TRITON_INTERPRET=1)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    shapes = parse_shapes(args.shapes)
+    fla_shapes = parse_shapes(args.fla_shapes) if args.fla_shapes else []
     folder = results_dir() / "wkv7"
     if not args.skip_check:
         cases = QUICK_CASES if args.quick else CHECK_CASES
         rows = check_kernel(device, cases)
         params = {"cases": [list(map(str, c)) for c in cases], "description": "wkv7 Triton kernel vs float64 (GPU)"}
-        print("wrote", write_json(folder / "wkv7_kernel_check.json", rows, params))
+        print("wrote", write_json(folder / "wkv7_kernel_check.json", rows, params), flush=True)
+        rows = check_variants(device)
+        params = {
+            "shape": VARIANT_CHECK,
+            "variants": {name: str(t) for name, t in VARIANTS.items()},
+            "description": "wkv7 Triton kernel at every benchmarked tiling vs the float64 recurrence (GPU)",
+        }
+        print("wrote", write_json(folder / "wkv7_variants_check.json", rows, params), flush=True)
     if not args.check_only:
-        shapes = [tuple(map(int, s.split("x"))) for s in args.shapes.split(",")]
-        table = pd.DataFrame(benchmark(device, shapes, args.rounds))
+        path = folder / "wkv7_gpu_benchmark.csv"
         params = {
             "shapes": shapes,
+            "fla_shapes": fla_shapes,
             "rounds": args.rounds,
-            "variants": VARIANTS,
+            "variants": {name: str(t) for name, t in VARIANTS.items()},
             "inputs": "bf16, RWKV-7-like: log_w = -e^-0.5 sigmoid(randn), unit-norm kappa, iclr ~ U(0, 1), fp32 state",
             "description": "RWKV-7 state update forward / forward+backward on the GPU: our Triton kernel vs fla",
         }
-        volatile = [c for c in table.columns if c.endswith("_ms") or c.endswith("_MiB")]
-        path = write_table(folder / "wkv7_gpu_benchmark.csv", table, params, volatile=volatile)
-        print(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
-        print("wrote", path)
+        volatile = ["fwd_ms", "fwd_bwd_ms", "fwd_peak_MiB", "fwd_bwd_peak_MiB"]
+
+        def write(rows, complete=False):
+            write_table(path, pd.DataFrame(rows), params | {"complete": complete}, volatile=volatile)
+
+        rows = benchmark(device, shapes, args.rounds, fla_shapes, write)
+        write(rows, complete=True)
+        print(pd.DataFrame(rows).to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+        print("wrote", path, flush=True)
 
 
 if __name__ == "__main__":

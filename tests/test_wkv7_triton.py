@@ -1,22 +1,32 @@
 """RWKV-7's Triton kernel (interpreted on the CPU in CI) against the float64 recurrence: outputs, final state and
-every gradient (the initial state's included), random non-zero initial states.
+every gradient (the initial state's included), random non-zero initial states; at every tiling bench_wkv7 times.
 
 The full-size check on a GPU is tests/test_gpu.py's test_wkv7_triton_kernel_matches_float64 (benchmarks/bench_wkv7.py).
 """
 
+import importlib.util
 import math
 
 import pytest
 import torch
-from helpers import TOL, assert_rel_close
+from helpers import REPO, TOL, assert_rel_close
 from test_rwkv7_ops import OUTPUTS, make_inputs, run
 
 from rwkv_lab.ops.rwkv7 import resolve_backend, wkv7, wkv7_recurrent
 from rwkv_lab.ops.rwkv7 import triton_kernels as kernels
+from rwkv_lab.ops.rwkv7.triton_kernels import DEFAULT, Tiling
 
 
 def triton(*inputs):
     return wkv7(*inputs, backend="triton")
+
+
+def bench_variants() -> dict:
+    """benchmarks/bench_wkv7.py's VARIANTS (benchmarks/ is no package)."""
+    spec = importlib.util.spec_from_file_location("bench_wkv7", REPO / "benchmarks" / "bench_wkv7.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.VARIANTS
 
 
 def inputs_for(case, B, T, H, N, seed, dtype):
@@ -27,32 +37,53 @@ def inputs_for(case, B, T, H, N, seed, dtype):
     return inputs
 
 
-def check(name, inputs, tol, grad_tol=None):
-    """The kernel and the float64 recurrence on the same inputs (so only arithmetic differs), every output."""
-    got = run(triton, inputs)
+def check(name, inputs, tol, grad_tol=None, tiling=DEFAULT):
+    """The kernel at `tiling` and the float64 recurrence on the same inputs (so only arithmetic differs), every
+    output."""
+    got = run(lambda *x: kernels.wkv7_triton(*x, tiling=tiling), inputs)
     ref = run(wkv7_recurrent, [x.double() for x in inputs])
     for i, (what, x, x_ref) in enumerate(zip(OUTPUTS, got, ref)):
         assert_rel_close(f"{name} {what}", x, x_ref, tol if i < 2 or grad_tol is None else grad_tol)
 
 
-@pytest.fixture(
-    params=[(16, 16, 16), (4, 8, 8)],
-    ids=["stretch16-rows16-bwd-whole-head", "stretch4-rows8-bwd-rows8-atomic"],
-)
-def config(request, monkeypatch):
-    """Two tilings: RWKV-LM's stretch of 16 tokens with one backward program per head, and stretches of 4 (several
-    within a short T) with the backward's value rows split over programs (its key-side gradients added by atomics)."""
-    stretch, bv, bv_bwd = request.param
-    monkeypatch.setattr(kernels, "STRETCH", stretch)
-    monkeypatch.setattr(kernels, "BV", bv)
-    monkeypatch.setattr(kernels, "BV_BWD", bv_bwd)
-    return request.param
+# At N = 16: RWKV-LM's stretch of 16 tokens with one program per head both ways (its key-side gradients stored
+# whole); stretches of 4 (several within a short T) with the backward's rows split over programs, their key-side
+# parts added by atomics, and stored per row block and added by torch (partials).
+TILINGS = {
+    "stretch16-rows16-bwd-whole-head": Tiling(stretch=16, rows=16, rows_bwd=16, warps_bwd=4),
+    "stretch4-rows8-bwd-rows8-atomic": Tiling(stretch=4, rows=8, rows_bwd=8),
+    "stretch4-rows8-bwd-rows8-partials": Tiling(stretch=4, rows=8, rows_bwd=8, partials=True),
+}
 
 
+@pytest.mark.parametrize("tiling", TILINGS.values(), ids=TILINGS.keys())
 @pytest.mark.parametrize("T", [1, 5, 16, 17, 40])
-def test_kernel_matches_float64_reference(config, T):
+def test_kernel_matches_float64_reference(tiling, T):
     # T = 5, 17, 40 leave a partial stretch at the end; 16 ends on a stretch; N = 16 keeps the interpreter fast
-    check(f"triton fp32 T={T}", inputs_for("rwkv", 2, T, 2, 16, seed=T, dtype=torch.float32), TOL["float32"])
+    inputs = inputs_for("rwkv", 2, T, 2, 16, seed=T, dtype=torch.float32)
+    check(f"triton fp32 T={T}", inputs, TOL["float32"], tiling=tiling)
+
+
+def test_every_benchmarked_tiling_matches_float64_reference():
+    """Each tiling bench_wkv7 times, at the benchmark's head size N = 64 (so each splits a head as it does there),
+    T = 21 (not a multiple of any stretch), fp32 inputs (bf16's rounding of the gradients would hide 1e-3 errors;
+    the bf16 path is test_head_size_64_and_half_precision_inputs's) and a random non-zero state: every output and
+    gradient against float64; each tiling's forward and backward run at that tiling."""
+    inputs = inputs_for("rwkv", 1, 21, 1, 64, seed=12, dtype=torch.float32)
+    for name, tiling in bench_variants().items():
+        assert 21 % tiling.stretch, f"{name}: T = 21 is a multiple of its stretch {tiling.stretch}"
+        check(f"triton fp32 {name}", inputs, TOL["float32"], tiling=tiling)
+
+
+def test_a_backward_refuses_kept_states_of_another_stretch():
+    *xs, st = inputs_for("rwkv", 1, 9, 1, 4, seed=13, dtype=torch.float32)
+    y, final, sa, kept = kernels._forward(*xs, st, Tiling(stretch=4))
+    with pytest.raises(ValueError, match="3 kept states for T = 9 do not match the tiling's stretch 8"):
+        kernels._backward(torch.ones_like(y), None, *xs, st, sa, kept, Tiling(stretch=8))
+    with pytest.raises(ValueError, match="Tiling.rows_bwd must be a power of two >= 1; got 12"):
+        Tiling(rows_bwd=12)
+    with pytest.raises(TypeError, match="tiling must be a triton_kernels.Tiling; got dict"):
+        kernels.wkv7_triton(*xs, st, tiling={"stretch": 8})
 
 
 # stepping back through a stretch divides the rounding of S by w per token: at RWKV-7's strongest decay over a whole
@@ -105,7 +136,7 @@ def test_without_a_gradient_nothing_is_kept_and_the_numbers_are_the_same():
     inputs = inputs_for("rwkv", 2, 18, 2, 16, seed=8, dtype=torch.float32)
     with torch.no_grad():
         y, s = triton(*inputs)
-    y_grad, s_grad = kernels.EagerWKV7.apply(*inputs)
+    y_grad, s_grad = kernels.EagerWKV7.apply(*inputs, DEFAULT)
     assert torch.equal(y, y_grad) and torch.equal(s, s_grad)
 
 
@@ -114,7 +145,7 @@ def test_the_eager_path_and_the_operator_give_the_same_numbers():
     registered backward): identical outputs and gradients."""
     inputs = inputs_for("rwkv", 2, 9, 2, 8, seed=9, dtype=torch.float32)
     eager = run(kernels.wkv7_triton, inputs)
-    op = run(lambda *x: kernels.wkv7_forward(*x)[:2], inputs)
+    op = run(lambda *x: kernels.wkv7_forward(*x, DEFAULT.as_list())[:2], inputs)
     for what, a, b in zip(OUTPUTS, eager, op):
         assert torch.equal(a, b), f"eager path vs operator: {what} differs"
 
@@ -124,7 +155,8 @@ def test_the_kernel_is_a_well_formed_torch_operator():
     autograd's expectations, and torch.compile can place the op in a graph."""
     *xs, st = inputs_for("rwkv", 2, 6, 2, 4, seed=10, dtype=torch.float32)
     for state in (st, None):
-        torch.library.opcheck(kernels.wkv7_forward, (*(x.requires_grad_() for x in xs), state))
+        for tiling in (DEFAULT, Tiling(stretch=4, rows_bwd=2, partials=True)):
+            torch.library.opcheck(kernels.wkv7_forward, (*(x.requires_grad_() for x in xs), state, tiling.as_list()))
 
 
 def test_inputs_the_kernel_cannot_take_get_one_line_errors():

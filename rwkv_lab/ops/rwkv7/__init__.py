@@ -36,12 +36,14 @@ from .common import compute_dtype
 from .reference import wkv7_recurrent, wkv7_states, wkv7_step
 
 
-def wkv7_triton(r, log_w, k, v, a, b, state=None):
-    """The GPU kernel (triton_kernels.py): CUDA tensors, or CPU tensors under TRITON_INTERPRET=1."""
+def wkv7_triton(r, log_w, k, v, a, b, state=None, tiling=None):
+    """The GPU kernel (triton_kernels.py): CUDA tensors, or CPU tensors under TRITON_INTERPRET=1. `tiling`: a
+    triton_kernels.Tiling, None for its DEFAULT."""
     # imported on first use: Triton is optional on a CPU machine
+    from .triton_kernels import DEFAULT
     from .triton_kernels import wkv7_triton as kernel
 
-    return kernel(r, log_w, k, v, a, b, state)
+    return kernel(r, log_w, k, v, a, b, state, DEFAULT if tiling is None else tiling)
 
 
 BACKENDS = {

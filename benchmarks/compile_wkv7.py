@@ -1,0 +1,131 @@
+"""What the GPU compiler makes of RWKV-7's Triton kernels at each tiling in bench_wkv7's VARIANTS, without a GPU.
+
+    python benchmarks/compile_wkv7.py   # -> results/wkv7/wkv7_compiled.csv
+
+Each variant's forward and backward are compiled for an H100 (sm_90a, N = 64, bf16 inputs as bench_wkv7 times
+them) by Triton and its bundled ptxas, and read back: registers per thread, spilled bytes, and in the token loop's
+machine code (the longest backward branch) the instructions per warp, shuffles and barriers. Instructions per
+token and head = loop instructions x warps x programs per head: the work the GPU issues per token step, where
+the token loop (one program's chain of dependent steps) is what the kernels' time is made of. Registers bound how
+many programs an SM holds at once (65536 per SM): programs beyond that wait for a second wave.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from rwkv_lab.ops.rwkv7 import triton_kernels as kernels
+from rwkv_lab.results import results_dir, write_table
+
+N = 64
+TARGET = GPUTarget("cuda", 90, 32)
+BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+# the pointers in fp32 (the compute dtype's buffers); the others hold bf16 inputs or outputs
+FP32 = {"sa_ptr", "keep_ptr", "s0_ptr", "final_ptr", "dstate_ptr"}
+KEY_GRADS = {"dr_ptr", "dw_ptr", "dk_ptr", "da_ptr", "db_ptr"}  # fp32 when the backward adds parts
+
+
+def compile_kernel(jit, constexprs: dict, warps: int, fp32=frozenset()):
+    """jit's kernel for TARGET: every `*_ptr` a bf16 pointer unless in FP32 | fp32, None pointers constexpr."""
+    signature = {}
+    for name in jit.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = "*fp32" if name in FP32 | fp32 else "*bf16"
+        else:
+            signature[name] = "i32"
+    values = {(jit.arg_names.index(k),): v for k, v in constexprs.items()}
+    return triton.compile(ASTSource(fn=jit, signature=signature, constexprs=values), target=TARGET,
+                          options={"num_warps": warps})  # fmt: skip
+
+
+def read_back(compiled) -> dict:
+    """ptxas's registers and spills, and the token loop's instruction, shuffle and barrier counts."""
+    with tempfile.TemporaryDirectory() as scratch:
+        ptx, cubin = Path(scratch) / "k.ptx", Path(scratch) / "k.cubin"
+        ptx.write_text(compiled.asm["ptx"])
+        ptxas = BIN / "ptxas-blackwell" if (BIN / "ptxas-blackwell").exists() else BIN / "ptxas"
+        log = subprocess.run([ptxas, "-arch=sm_90a", "-v", ptx, "-o", cubin], capture_output=True, text=True)
+        if log.returncode:
+            raise RuntimeError(f"ptxas failed: {log.stderr.strip().splitlines()[-1]}")
+        sass = subprocess.run([BIN / "nvdisasm", "-c", cubin], capture_output=True, text=True, check=True)
+    lines = sass.stdout.splitlines()
+    labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"^(\.L_x_\d+):", line))}
+    loop = []
+    for i, line in enumerate(lines):
+        m = re.search(r"BRA `\((\.L_x_\d+)\)", line)
+        if m and labels.get(m.group(1), i) < i:
+            body = [x for x in lines[labels[m.group(1)] : i] if re.match(r"\s*/\*[0-9a-f]+\*/", x)]
+            loop = max(loop, body, key=len)
+    return {
+        "registers": int(re.search(r"Used (\d+) registers", log.stderr).group(1)),
+        "spill_bytes": int(re.search(r"(\d+) bytes spill stores", log.stderr).group(1)),
+        "loop_instructions": len(loop),
+        "loop_shuffles": sum("SHFL" in x for x in loop),
+        "loop_barriers": sum("BAR" in x for x in loop),
+    }
+
+
+def kernels_of(tiling) -> list[tuple[str, object, int, int]]:
+    """(pass, compiled kernel, warps, programs per head) for one tiling at N = 64."""
+    fwd_rows, bwd_rows = min(tiling.rows, N), min(tiling.rows_bwd, N)
+    sums = kernels.STORE if bwd_rows == N else kernels.PARTIAL if tiling.partials else kernels.ATOMIC
+    fwd = compile_kernel(
+        kernels._wkv7_fwd.kernel,
+        {"N": N, "BV": fwd_rows, "STRETCH": tiling.stretch, "HAS_STATE": True, "SAVE": True, "DT": tl.float32},
+        tiling.warps,
+    )
+    bwd = compile_kernel(
+        kernels._wkv7_bwd.kernel,
+        {
+            "gstate_ptr": None,
+            "N": N,
+            "BV": bwd_rows,
+            "STRETCH": tiling.stretch,
+            "HAS_GSTATE": False,
+            "SUMS": sums,
+            "DT": tl.float32,
+        },  # fmt: skip
+        tiling.warps_bwd,
+        frozenset() if sums == kernels.STORE else KEY_GRADS,
+    )
+    return [("fwd", fwd, tiling.warps, N // fwd_rows), ("bwd", bwd, tiling.warps_bwd, N // bwd_rows)]
+
+
+def main():
+    spec = importlib.util.spec_from_file_location("bench_wkv7", Path(__file__).parent / "bench_wkv7.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = []
+    for name, tiling in bench.VARIANTS.items():
+        for kind, compiled, warps, programs in kernels_of(tiling):
+            row = {"variant": name, "pass": kind, "warps": warps, "programs_per_head": programs}
+            row |= read_back(compiled)
+            row["instructions_per_token_and_head"] = row["loop_instructions"] * warps * programs
+            row["programs_per_sm"] = 65536 // (max(row["registers"], 1) * 32 * warps)
+            print(", ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+            rows.append(row)
+    params = {
+        "target": "sm_90a",
+        "N": N,
+        "inputs": "bf16",
+        "triton": triton.__version__,
+        "variants": {name: str(t) for name, t in bench.VARIANTS.items()},
+        "description": "wkv7 Triton kernels as compiled for an H100 at each benchmarked tiling (no GPU needed)",
+    }
+    print("wrote", write_table(results_dir() / "wkv7" / "wkv7_compiled.csv", pd.DataFrame(rows), params))
+
+
+if __name__ == "__main__":
+    main()
