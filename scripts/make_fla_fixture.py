@@ -1,5 +1,7 @@
-"""An RWKV-7 trained by flash-linear-attention's own code, saved as fla saves it, with fla's logits beside it: the
-fixture tests/test_rwkv7_fla.py loads "as released" and checks our logits against (tests/fixtures/fla_rwkv7_trained).
+"""An RWKV-7 trained by flash-linear-attention's own code, saved as fla saves it, with fla's logits beside it: a
+model another implementation trained, which ours must load "as released" and match to float32 rounding
+(`check_ours_against_fla` in tests/test_rwkv7_fla.py runs those checks on a folder this script wrote; the CPU smoke
+run below is tested there). The GPU run's folder is meant for tests/fixtures/fla_rwkv7_trained.
 
 On a GPU (what the committed fixture comes from):
 

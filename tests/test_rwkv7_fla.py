@@ -25,6 +25,7 @@ pytest.importorskip("fla", reason="fla (flash-linear-attention, in the `test` ex
 from fla.ops.generalized_delta_rule.dplr.naive import dplr_chunkwise, dplr_recurrence
 from fla.ops.rwkv7 import fused_recurrent_rwkv7
 
+import rwkv_lab
 from rwkv_lab.ops.rwkv7 import wkv7_attention, wkv7_chunked, wkv7_recurrent
 
 OURS = {"recurrent": wkv7_recurrent, "chunked": wkv7_chunked, "attention": wkv7_attention}
@@ -175,32 +176,11 @@ def test_fla_model_loads_as_released_and_matches_its_logits(fla_triton, tmp_path
     assert_rel_close("fla from our converted folder vs fla, logits", round_trip, ref, TOL["float32"])
 
 
-@pytest.mark.slow  # fla's forward in Triton's interpreter on the CPU
-def test_fla_recomputes_its_trained_models_logits_here(fla_triton):
-    """fla on this device (the CPU: its Triton kernels in the interpreter) runs the trained fixture loaded from
-    its folder by its own from_pretrained, in float32: the logits it stored on the GPU, and ours, to float32
-    rounding (tests/test_rwkv7_fla_trained.py has ours against the stored ones without fla)."""
-    from fla.models import RWKV7ForCausalLM
-    from test_rwkv7_fla_trained import FIXTURE, read_fla_fixture
-
-    import rwkv_lab
-
-    prov, tokens, stored = read_fla_fixture()
-    fla_model = RWKV7ForCausalLM.from_pretrained(FIXTURE / "model").float().eval()
-    here = fla_logits(fla_model.to(fla_triton), tokens.to(fla_triton)).cpu()
-    assert_rel_close(f"fla here vs fla on {prov['device']}, logits", here, stored, TOL["float32"])
-    with torch.no_grad():
-        ours = rwkv_lab.load_model(FIXTURE / "model")(tokens)[0]
-    assert_rel_close("ours vs fla here, logits", ours, here, TOL["float32"])
-
-
 @pytest.mark.slow  # about a minute: fla's training step and forward in Triton's interpreter
 def test_make_fla_fixture_runs_here_and_refuses_to_overwrite(tmp_path):
     """scripts/make_fla_fixture.py as a smoke test on the CPU (fla's naive recurrence in place of chunk_rwkv7,
     which does not run in the interpreter): its folder passes the fixture's checks of our logits against fla's,
     and a second run into the same folder is refused, leaving it as it was."""
-    from test_rwkv7_fla_trained import check_ours_against_fla
-
     out = tmp_path / "made"
     make = [sys.executable, str(REPO / "scripts" / "make_fla_fixture.py"), "--device", "cpu", "--out", str(out)]
     tiny = ["--steps", "2", "--batch", "1", "--seq-len", "16", "--max-files", "60"]
@@ -214,3 +194,42 @@ def test_make_fla_fixture_runs_here_and_refuses_to_overwrite(tmp_path):
     again = subprocess.run(make, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 2 and "already exists; refusing to overwrite" in again.stderr, again.stderr
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def read_fla_fixture(folder) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """(provenance, tokens (B, T), fla's logits (B, T, V)) of a folder scripts/make_fla_fixture.py wrote."""
+    from safetensors.torch import load_file
+
+    for name in ("model/config.json", "model/model.safetensors", "fla_logits.safetensors", "provenance.json"):
+        assert (folder / name).is_file(), f"{folder / name} is missing: make_fla_fixture.py writes it"
+    stored = load_file(folder / "fla_logits.safetensors")
+    return json.loads((folder / "provenance.json").read_text()), stored["tokens"], stored["logits"]
+
+
+def check_ours_against_fla(folder):
+    """model/ as fla saved it, through load_model: the config read from fla's, and our float32 logits from the
+    parallel form (chunked and recurrent backends) and from the recurrent step, token by token, against fla's."""
+    prov, tokens, ref = read_fla_fixture(folder)
+    model = rwkv_lab.load_model(folder / "model")
+    shape, c = prov["config"], model.config
+    assert (c.arch, c.n_layer, c.n_embd, c.head_size, c.vocab_size, c.dim_ffn) == (
+        "rwkv7",
+        shape["num_hidden_layers"],
+        shape["hidden_size"],
+        shape["head_dim"],
+        shape["vocab_size"],
+        shape["intermediate_size"],
+    )
+    assert (c.decay_lora, c.iclr_lora, c.value_lora, c.gate_lora) == tuple(
+        shape[f"{x}_low_rank_dim"] for x in ("decay", "a", "v", "gate")
+    )
+    assert rwkv_lab.tokenizer_for(model).name == "bytes"
+    with torch.no_grad():
+        for backend in ("chunked", "recurrent"):
+            logits, _ = model(tokens, backend=backend)
+            assert_rel_close(f"ours ({backend}) vs fla's trained model, logits", logits, ref, TOL["float32"])
+        state, steps = None, []
+        for t in range(tokens.shape[1]):
+            step_logits, state = model.step(tokens[:, t], state)
+            steps.append(step_logits)
+    assert_rel_close("our recurrent step vs fla's trained model, logits", torch.stack(steps, 1), ref, TOL["float32"])

@@ -318,7 +318,8 @@ class RWKV7(RecurrentLMBase):
         The fast path of decoding: the blocks' equations for one token on (B, C) vectors, functional, without the
         parallel form's token shifts and reshapes, all blocks one TorchScript call (`_blocks_one`); `forward` is
         its reference (tests/test_rwkv7_model.py compares them in float64, gradients included). Without autograd
-        each layer writes its S straight into the new state."""
+        each layer writes its S straight into the new state. Under torch.compile (the decoder's on CUDA) the same
+        blocks run as Python, which the compiler traces and fuses; it cannot trace a TorchScript call."""
         if check:
             self.check_tokens(token, ndim=1)
         if state is None:
@@ -327,10 +328,13 @@ class RWKV7(RecurrentLMBase):
             self.check_state(state, token.shape[0])
         x = _layer_norm(self.blocks[0].ln0, self.emb(token))  # (B, C)
         B, C = x.shape
-        # out= ops take no autograd: with it on, each layer returns a fresh S and they are stacked
-        wkv = None if torch.is_grad_enabled() else torch.empty_like(state.wkv)  # (B, L, H, N, N)
+        # out= ops take no autograd (nor does the compiler trace them into a strided slice): then each layer returns
+        # a fresh S and they are stacked
+        compiling = torch.compiler.is_compiling()
+        wkv = None if torch.is_grad_enabled() or compiling else torch.empty_like(state.wkv)  # (B, L, H, N, N)
         last = state.shift.to(x.dtype)  # the token shifts in the model's dtype (a no-op but for bf16 / fp16)
-        x, shifts, wkvs = _blocks_one_scripted()(
+        blocks = _blocks_one if compiling else _blocks_one_scripted()
+        x, shifts, wkvs = blocks(
             x,
             list(last[:, :, ATT].unbind(1)),
             list(last[:, :, FFN].unbind(1)),
