@@ -29,7 +29,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rwkv7", default="untrained-rwkv7", help="the RWKV-7 checkpoint (any load_model source)")
+    parser.add_argument("--rwkv7", default="default-rwkv7", help="the RWKV-7 checkpoint (any load_model source)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)

@@ -28,13 +28,13 @@
 #
 # Then the error of each formulation against T and dtype, both generations' implicit attention on the same text,
 # and the speed of the two forms. The parameters cell selects the models: `"default"` is the embedded RWKV-4,
-# `"untrained-rwkv7"` the same-sized RWKV-7 at its official initialisation (the trained RWKV-7 default,
-# `"default-rwkv7"`, waits for its GPU training run); or give a checkpoint path or a hub id
-# (`RWKV/rwkv-4-169m-pile`, `fla-hub/rwkv7-168M-pile`).
+# `"default-rwkv7"` the embedded RWKV-7 (the same size, corpus and recipe), `"untrained-rwkv7"` that RWKV-7 at its
+# official initialisation; or give a checkpoint path or a hub id (`RWKV/rwkv-4-169m-pile`,
+# `fla-hub/rwkv7-168M-pile`).
 
 # %% tags=["parameters"]
 rwkv4_source = "default"  # 'default', a checkpoint path, or a hub id
-rwkv7_source = "untrained-rwkv7"  # no trained RWKV-7 default yet (see README); a checkpoint path or a hub id
+rwkv7_source = "default-rwkv7"  # "default-rwkv7", "untrained-rwkv7", a checkpoint path, or a hub id
 tokenizer_source = None  # None: each model's own (bytes for the defaults, GPT-NeoX-20B for the Pile models)
 device = "cpu"
 dtype = "float32"  # float64 | float32 | bfloat16 | float16

@@ -38,7 +38,7 @@
 # %% tags=["parameters"]
 device = "cpu"
 rwkv4_source = "default"  # the live sweep's RWKV-4 (CPU); a transformer matched to its shape runs beside it
-rwkv7_source = "untrained-rwkv7"  # no trained RWKV-7 default yet (see README); a checkpoint path or a hub id
+rwkv7_source = "default-rwkv7"  # "default-rwkv7", "untrained-rwkv7", a checkpoint path, or a hub id
 sizes = ["169M"]  # GPU mode: Pile shapes by their RWKV-4 size (169M, 430M, 1.5B), each with RWKV-7 and Pythia
 dtype = "bfloat16"
 batch = 1

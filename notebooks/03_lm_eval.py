@@ -32,7 +32,7 @@
 
 # %% tags=["parameters"]
 rwkv4_source = "default"  # 'default', a checkpoint path, or a hub id (RWKV/rwkv-4-169m-pile)
-rwkv7_source = "untrained-rwkv7"  # no trained RWKV-7 default yet (see README); a checkpoint path or a hub id
+rwkv7_source = "default-rwkv7"  # "default-rwkv7", "untrained-rwkv7", a checkpoint path, or a hub id
 tasks = ["piqa", "lambada_openai", "arc_easy"]
 limit = 40  # documents per task; None for all
 device = "cpu"

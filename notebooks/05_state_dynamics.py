@@ -40,7 +40,7 @@
 
 # %% tags=["parameters"]
 rwkv4_source = "default"  # RWKV-4: 'default' or any checkpoint (byte-level models read characters; BPE tokens)
-rwkv7_source = "untrained-rwkv7"  # no trained RWKV-7 default yet (see README); a checkpoint path or a hub id
+rwkv7_source = "default-rwkv7"  # "default-rwkv7", "untrained-rwkv7", a checkpoint path, or a hub id
 text = None  # None: held-out Python (validation files, never trained on)
 n_bytes = 8000
 matrix_tokens = 1024  # RWKV-7's states and decays per token over the first tokens (T x H x 64 x 64 per layer)
