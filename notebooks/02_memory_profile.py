@@ -326,3 +326,32 @@ print(
     f"decoded together) delivers {best['end_to_end_tokens_per_s']:,.0f}; at batch 1, "
     f"{user_path.loc[user_path['size'] == '1.5B', 'generate top-p tok/s'].iloc[0]:,.0f} decoding."
 )
+
+# %% [markdown]
+# ### Batched generation end to end, both generations
+#
+# One `generate` call of 32 and of 128 prompts of mixed lengths (16 to 1,024 tokens), 128 new tokens each: the
+# prompts prefilled together in one parallel pass (each to its own length and state), then decoded together. Set
+# beside the decoder alone at the same batch, the prompts prefilled one at a time, and the first call at a batch
+# size not seen before (`benchmarks/bench_generation.py --mixed-batches`; random weights at the released shapes).
+
+# %%
+from rwkv_lab.measure.report import batched_summary
+
+batched = []
+for path in sorted((REPO_ROOT / "results" / "inference").glob("generation*_gpu_batched.csv")):
+    frame, meta = read_table(path)
+    batched.append(batched_summary(frame).assign(arch=frame["arch"].iloc[0], device=meta["device"]))
+if batched:
+    batched = pd.concat(batched, ignore_index=True)
+    display(batched.round(2))
+    for _, r in batched.iterrows():
+        print(
+            f"{r['arch']} {r['size']}, {r['batch']} prompts ({r['device']}): {r['end-to-end tok/s']:,.0f} tokens/s "
+            f"end to end, {r['end to end / decoder']:.0%} of the decoder alone ({r['decoder alone tok/s']:,.0f}); "
+            f"the prompts prefilled in one pass at {r['prefill one pass tok/s']:,.0f} tokens/s, "
+            f"{r['prefill one pass tok/s'] / r['prefill one at a time tok/s']:.1f}x one at a time; a batch size not "
+            f"seen before costs at most {r['new batch size, first call s (max)']:.1f} s on its first call"
+        )
+else:
+    print("no batched generation measured yet (benchmarks/bench_generation.py --mixed-batches on a GPU)")

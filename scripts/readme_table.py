@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rwkv_lab.measure.report import generation_summary
+from rwkv_lab.measure.report import batched_summary, generation_summary
 from rwkv_lab.training.report import chosen_runs, context_gap_shares, fastest_paths
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -225,7 +225,7 @@ def default_model():
     ]
     for other in sorted((RESULTS / "training").glob("summary_default*.csv")):
         rel = f"training/{other.name}"
-        if rel == f:
+        if rel == f or "rwkv7" in other.name:  # RWKV-7's default run: rwkv7_rows
             continue
         o = table(rel)
         ok = o[o["status"] == "ok"]
@@ -390,6 +390,8 @@ def generation_gpu():
     """From each GPU generation table, through the same summary notebook 02 shows (measure.report)."""
     rows = []
     for f in sorted((RESULTS / "inference").glob("generation_gpu_*.csv")):
+        if f.name.endswith("_batched.csv"):  # without the peers: generation_batched's rows
+            continue
         rel = f"inference/{f.name}"
         t = table(rel)
         summary = generation_summary(t)
@@ -504,6 +506,123 @@ def dynamics():
     ]
 
 
+def rwkv7_rows():
+    """RWKV-7: the shipped default beside RWKV-4 and the transformer in its training run; the operator's GPU kernel
+    (the default tiling and RWKV-LM x070's design in the same run), its float64 check, the CPU chunked form; the
+    CPU decode and prefill against the `rwkv` package."""
+    rows = []
+    card = json.loads((ROOT / "rwkv_lab" / "loading" / "default_model_rwkv7" / "card.json").read_text())
+    f = f"training/summary{card['training']['results_tag']}.csv"
+    t = table(f)
+    ok = t[t["status"] == "ok"]
+    best = {arch: g.loc[g["val_bpb"].idxmin()] for arch, g in ok.groupby("arch")}
+    seven, four, tf = best["rwkv7"], best["rwkv"], best["transformer"]
+    rows.append(
+        row(
+            f"the shipped RWKV-7 default (byte-6x256, {int(seven['tokens']) / 1e6:.0f}M tokens), validation bits/byte "
+            "beside RWKV-4 and the matched GPT-NeoX in the same run (each at its best rate), and training tokens/s",
+            f,
+            f"RWKV-7 {seven['val_bpb']:.3f} (lr {seven['lr']:g}), RWKV-4 {four['val_bpb']:.3f} (lr {four['lr']:g}), "
+            f"transformer {tf['val_bpb']:.3f} (lr {tf['lr']:g}); {k(seven['tokens_per_s'])} vs "
+            f"{k(four['tokens_per_s'])} vs {k(tf['tokens_per_s'])} tokens/s",
+        )
+    )
+    c = pd.DataFrame(json.loads(current("wkv7/wkv7_kernel_check.json").read_text())["results"])
+    fp32 = c[c["dtype"] == "float32"]
+    grads = [col for col in c if col.startswith("rel_err_grad")]
+    rows.append(
+        row(
+            f"RWKV-7's Triton operator vs the fp64 recurrence, fp32, T up to {fp32['T'].max():,}",
+            "wkv7/wkv7_kernel_check.json",
+            f"y ≤ {fp32['rel_err_y'].max():.1e}, state ≤ {fp32['rel_err_state'].max():.1e}, every gradient ≤ "
+            f"{fp32[grads].max().max():.1e}",
+        )
+    )
+    f = "wkv7/wkv7_gpu_benchmark.csv"
+    b = table(f)
+    ours, x070 = b[b["candidate"] == "ours"], b[b["candidate"].str.startswith("x070")]
+    cells = []
+    for _, r in ours.iterrows():
+        old = x070[(x070["B"] == r["B"]) & (x070["T"] == r["T"])]
+        cells.append(
+            f"({r['B']}, {r['T']}, {r['C']}): fwd {r['fwd_ms']:.2f} ms, fwd + bwd {r['fwd_bwd_ms']:.2f} ms"
+            + (f" (the x070 design {old['fwd_bwd_ms'].iloc[0]:.1f} ms)" if len(old) else "")
+        )
+    fla = b[b["candidate"].str.startswith("fla")]
+    rows.append(
+        row(
+            "RWKV-7's operator on the GPU, bf16, head size 64: our Triton kernels (the default tiling) beside "
+            "RWKV-LM x070's design in the same run"
+            + ("" if len(fla) else " (fla's chunk_rwkv7 not timed in this run: its autotuning outlasted the call)"),
+            f,
+            "; ".join(cells),
+        )
+    )
+    f = "wkv7/wkv7_cpu_speed.csv"
+    cpu = table(f)
+    cells = []
+    for threads, s in cpu.groupby("threads", sort=False):
+        s = s.set_index("form")
+        best_form = s["speedup_vs_recurrent"].idxmax()
+        r = s.loc[best_form]
+        cells.append(
+            f"{threads} thread{'s' if threads > 1 else ''}: {best_form} {1e3 * r['median_s']:.1f} ms vs "
+            f"{1e3 * s.loc['recurrent', 'median_s']:.1f} ms ({r['speedup_vs_recurrent']:.2f}×)"
+        )
+    r = cpu.iloc[0]
+    rows.append(
+        row(f"RWKV-7's chunked operator vs its recurrence, ({r['B']}, {r['T']}, {r['C']}) fp32", f, "; ".join(cells))
+    )
+    f = "rwkv7/rwkv7_cpu_speed.csv"
+    p = table(f)
+    p = p[p["threads"] == p["threads"].max()].set_index("phase")
+    rows.append(
+        row(
+            f"RWKV-7 0.1B shape (vocabulary 65,536) fp32, {p['threads'].iloc[0]} threads, beside the `rwkv` package's "
+            "x070 on the same weights",
+            f,
+            "; ".join(
+                f"{phase} {r['ours_tokens_per_s']:,.1f} vs {r['package_tokens_per_s']:,.1f} tokens/s "
+                f"({r['speedup']:.2f}×)"
+                for phase, r in p.iterrows()
+            ),
+        )
+    )
+    return rows
+
+
+def generation_batched():
+    """Batched generation end to end for each generation (bench_generation.py's `mixed` rows), through the same
+    summary notebook 02 shows."""
+    rows = []
+    for f in sorted((RESULTS / "inference").glob("generation*_gpu_batched.csv")):
+        rel = f"inference/{f.name}"
+        t = table(rel)
+        s = batched_summary(t)
+        label = "RWKV-7" if "rwkv7" in f.name else "RWKV-4"
+        one = generation_summary(t).iloc[0]
+        cells = [
+            f"B = {r['batch']}: {r['end-to-end tok/s']:,.0f} end to end vs {r['decoder alone tok/s']:,.0f} decoder "
+            f"alone ({100 * r['end to end / decoder']:.0f}%), prefill {k(r['prefill one pass tok/s'])} tokens/s in "
+            f"one pass vs {k(r['prefill one at a time tok/s'])} one at a time; a new batch size "
+            f"≤ {r['new batch size, first call s (max)']:.1f} s"
+            for _, r in s.iterrows()
+        ]
+        cells.append(
+            f"batch 1: {one['generate top-p tok/s']:,.0f} tokens/s ({one['% of roofline']:.0f}% of the roofline), "
+            f"first call {one['first-call warm-up s']:.1f} s of warm-up"
+        )
+        rows.append(
+            row(
+                f"{label} {s['size'].iloc[0]} fp16, `generate` of prompts of {s['prompts'].iloc[0]} tokens, 128 new "
+                "tokens each, generated tokens/s",
+                rel,
+                "; ".join(cells),
+            )
+        )
+    return rows
+
+
 def build() -> str:
     rows = [
         equivalence(),
@@ -517,7 +636,7 @@ def build() -> str:
     ]
     rows += [train_compare(), train_speed(), *train_speed_graphed(), *default_model()]
     rows.append(context_effect())
-    rows += generation_gpu() + generation_cpu() + lm_eval() + dynamics()
+    rows += generation_gpu() + generation_batched() + generation_cpu() + rwkv7_rows() + lm_eval() + dynamics()
     lines = ["| what | where measured | number | file |", "|---|---|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)

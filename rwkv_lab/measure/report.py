@@ -310,3 +310,42 @@ def sweep_summary(frame: pd.DataFrame) -> pd.DataFrame:
                 row[f"{key}_peak_GiB"] = _at(ok, row[f"{key}_longest"], "memory_GiB")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def batched_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per size and batch of mixed-length prompts, from one benchmarks/bench_generation.py table (its `mixed`
+    rows: one device, one run): a `generate` call end to end (the prompts prefilled in one pass, then decoded)
+    against its decoding steps alone and the decoder alone at that batch; the prefill in one pass against the
+    prompts one at a time; the first call at a batch size not seen before (one below and one above)."""
+    mixed = frame[frame["kind"] == "mixed"]
+    rows = []
+    for (size, batch), g in mixed.groupby(["size", "batch"], sort=False):
+        if not (g["path"] == "decoder.step (top-p)").any():
+            continue  # the new-batch-size rows (batch +- 1) are read with their batch below
+
+        def pick(path, column="tokens_per_s", rows=g):
+            r = rows[rows["path"] == path]
+            return float(r[column].iloc[0]) if len(r) else float("nan")
+
+        call = "rwkv_lab.generate, mixed prompts (top-p)"
+        decoder = pick("decoder.step (top-p)")
+        end_to_end = pick(call, "end_to_end_tokens_per_s")
+        new_sizes = mixed[(mixed["size"] == size) & mixed["batch"].isin([batch - 1, batch + 1])]
+        new_sizes = new_sizes[new_sizes["path"] == "rwkv_lab.generate, first call at a new batch size"]
+        rows.append(
+            {
+                "size": size,
+                "batch": int(batch),
+                "prompts": g["prompt"].iloc[0],
+                "end-to-end tok/s": end_to_end,
+                "decoding steps tok/s": pick(call),
+                "decoder alone tok/s": decoder,
+                "end to end / decoder": end_to_end / decoder,
+                "prefill s": pick(call, "prefill_s"),
+                "call s": pick(call, "total_s"),
+                "prefill one pass tok/s": pick("prefill_prompts, one pass"),
+                "prefill one at a time tok/s": pick("prefill_prompts, one prompt at a time"),
+                "new batch size, first call s (max)": float(new_sizes["first_call_s"].max()),
+            }
+        )
+    return pd.DataFrame(rows)
