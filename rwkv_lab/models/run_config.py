@@ -4,8 +4,9 @@
     model.configure(backend="recurrent")    # the operator's backend for the parallel form
 
 Every choice here gives the same numbers up to float rounding (tests compare each against the eager reference);
-what differs is speed and memory. A generation reads the fields that apply to it (RWKV-7 has no fused blocks yet
-and ignores them).
+what differs is speed and memory. A generation reads the fields that apply to it: RWKV-7 reads backend and
+fused_blocks (its blocks through torch.compile, models/rwkv7/fast_path.py); saved_activations,
+activation_memory_budget, norm_mix_kernels, padded_head and rescale_every are RWKV-4's.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ class RunConfig:
     """backend: the operator's backend for the parallel form ("auto": the fastest exact one on the device).
     fused_blocks: the parallel form's blocks through torch.compile ("auto": when training on CUDA with the Triton
     operator; True everywhere; False never: the eager blocks, the reference).
-    saved_activations, activation_memory_budget: what the fused blocks keep for the backward (above).
-    norm_mix_kernels: the fused blocks' LayerNorm, token shift and mixes in norm_mix's Triton kernels (else inductor).
-    padded_head: the head's matmul over a vocabulary padded to aligned rows ("auto": when training on CUDA; the
-    logits are the same, the padding sliced off unless the loss asks for it).
+    saved_activations, activation_memory_budget: what RWKV-4's fused blocks keep for the backward (above; RWKV-7's
+    keep what the compiler's partitioner chooses).
+    norm_mix_kernels: RWKV-4's fused blocks' LayerNorm, token shift and mixes in norm_mix's Triton kernels (else
+    inductor).
+    padded_head: RWKV-4's head's matmul over a vocabulary padded to aligned rows ("auto": when training on CUDA; the
+    logits are the same, the padding sliced off unless the loss asks for it; RWKV-7's vocabularies are aligned).
     rescale_every: fp16 only: halve the residual stream every this many layers (0: never); the rwkv package's and
     transformers' default for RWKV-4, whose larger models' residuals outgrow fp16 (exact up to LayerNorm's eps)."""
 
@@ -72,3 +75,21 @@ def check_saved_activations(saved: str, budget: float, owner: str = "RunConfig")
             f"{owner}.activation_memory_budget {budget} needs saved_activations='partitioner' (got {saved!r}, "
             "which decides what is kept itself)"
         )
+
+
+def compile_options() -> dict:
+    """The inductor options of every generation's fused blocks, and dynamo's recompile limit raised for them.
+
+    Each model width, the first block and each new sequence shape add a compilation; past dynamo's default limit
+    of 8 it silently runs the function eager, which a benchmark of several sizes reaches: raised to 64.
+    Inductor's "mix-order reduction" (torch 2.10-2.11, CUDA) returns the (1, 1, C) mix parameters' gradients as
+    (C,), which autograd refuses ("CompiledFunctionBackward returned an invalid gradient ... got [C] but expected
+    shape compatible with [1, 1, C]", pytorch/pytorch#178080): that one fusion is turned off."""
+    import torch  # noqa: PLC0415 - the compiler's settings, loaded with the fused blocks, not with RunConfig
+    import torch._inductor.config  # noqa: PLC0415
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    options = {}
+    if hasattr(torch._inductor.config.triton, "mix_order_reduction"):
+        options["triton.mix_order_reduction"] = False
+    return options

@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from ...ops.norm_mix import norm_shift_mix, norm_shift_mix_eager
 from ...ops.rwkv4 import resolve_backend
-from ..run_config import check_saved_activations
+from ..run_config import check_saved_activations, compile_options
 from .layers import ATT_A, ATT_P, ATT_X, FFN_X, Block, new_layer_state
 
 
@@ -101,21 +101,11 @@ def fused_block_forward(saved_activations: str = "matmuls", memory_budget: float
     more per token than the matched GPT-NeoX layer (results/training/saved_activations.csv) and below 1 keeps at
     most that share of it, recomputing the rest, matmuls included (`activation_memory_budget`). What each costs
     in speed is measured on the GPU (benchmarks/bench_training.py --saved-activations, --memory-budget,
-    --norm-mix-kernels).
-
-    Inductor's "mix-order reduction" (torch 2.10-2.11, CUDA) returns the (1, 1, C) mix parameters' gradients as
-    (C,), which autograd refuses ("CompiledFunctionBackward returned an invalid gradient ... got [C] but expected
-    shape compatible with [1, 1, C]", pytorch/pytorch#178080): that one fusion is turned off here."""
+    --norm-mix-kernels). The compiler's options are every generation's (run_config.compile_options)."""
     import torch._functorch.config  # noqa: PLC0415 - loaded with the compiler, not with the model
-    import torch._inductor.config  # noqa: PLC0415
 
     check_saved_activations(saved_activations, memory_budget)
-    # Each model width, the first block (ln0) and each new sequence shape add a compilation; past dynamo's default
-    # limit of 8 it silently runs the function eager, which a benchmark of several sizes reaches.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    options = {}
-    if hasattr(torch._inductor.config.triton, "mix_order_reduction"):
-        options["triton.mix_order_reduction"] = False
+    options = compile_options()
     forward = block_with_fused_mixes if norm_mix_kernels else Block.forward
     if saved_activations == "matmuls":
 

@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...ops.lengths import last_positions, padding_mask
-from ...ops.rwkv7 import attention_matrix, wkv7, wkv7_states, wkv7_step
+from ...ops.rwkv7 import attention_matrix, resolve_backend, wkv7, wkv7_states, wkv7_step
 from ..base import RecurrentLMBase
 from ..state import RecurrentState
 from .config import RWKV7Config
+from .fast_path import fused_block_forward
 
 # log w = -e^{-1/2} sigmoid(z): every decay lies in (exp(-e^{-1/2}), 1) ~ (0.545, 1). (The package writes the
 # constant 0.606531 in its one-token path; RWKV-LM's kernels take -softplus(-z) - 1/2 and exponentiate twice,
@@ -57,7 +58,9 @@ class TimeMix7(nn.Module):
     def __init__(self, config: RWKV7Config, layer_id: int):
         super().__init__()
         C, H, N = config.n_embd, config.n_head, config.head_size
-        self.layer_id = layer_id
+        # a bool, not the layer's index: torch.compile specialises on a module's int attributes, and the index
+        # would give each layer of the fused blocks a compilation of its own
+        self.first = layer_id == 0
         self.n_head, self.head_size = H, N
         for name in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "w0", "a0", "v0", "k_k", "k_a"):
             setattr(self, name, nn.Parameter(torch.empty(1, 1, C)))
@@ -100,7 +103,7 @@ class TimeMix7(nn.Module):
         log_w = -DECAY_SCALE * torch.sigmoid(z.to(wkv_state.dtype))  # (B, T, C), fp32 at least
         iclr = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)  # in-context learning rate, in (0, 1)
         g = torch.sigmoid(xg @ self.g1) @ self.g2
-        if self.layer_id == 0:
+        if self.first:
             v_first = v
         else:  # value residual: mix towards layer 0's value
             v = torch.lerp(
@@ -189,7 +192,7 @@ class RWKV7(RecurrentLMBase):
         self.ln_out = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # how the parallel form runs is `self.run` (RecurrentLMBase): its `backend` is rwkv_lab.ops.rwkv7's ('auto'
-        # picks the fastest exact one); the fused-block settings are RWKV-4's, so they change nothing here yet
+        # picks the fastest exact one), its `fused_blocks` whether the blocks run compiled (fast_path.py)
 
     @property
     def state_dtype(self) -> torch.dtype:
@@ -231,7 +234,10 @@ class RWKV7(RecurrentLMBase):
 
     def blocks_with_state(self, x, state: RWKV7State, backend: str, trace: list | None = None, lengths=None):
         """x (B, T, C) embeddings through every block: the last block's output and the new state (with `lengths`
-        (B,), a right-padded batch: each sequence's state after its own last token)."""
+        (B,), a right-padded batch: each sequence's state after its own last token). The blocks run compiled
+        where `uses_fused_blocks` says (fast_path.py), else eager (with a trace or lengths always eager)."""
+        backend = resolve_backend(backend, x)
+        fused = lengths is None and self.uses_fused_blocks(x, backend, trace)
         v_first = None
         shifts, wkvs = [], []
         for i, block in enumerate(self.blocks):
@@ -239,12 +245,33 @@ class RWKV7(RecurrentLMBase):
             if trace is not None:
                 layer_trace = {}
                 trace.append(layer_trace)
-            x, v_first, shift, wkv_state = block(
-                x, v_first, state.shift[:, i], state.wkv[:, i], backend, layer_trace, lengths
-            )
+            inputs = (x, v_first, state.shift[:, i], state.wkv[:, i], backend)
+            if fused:
+                try:
+                    x, v_first, shift, wkv_state = fused_block_forward()(block, *inputs)
+                except torch._dynamo.exc.TorchDynamoException as err:
+                    # a compiler failure costs speed, never the result: warn once, then run eager
+                    message = f"fused blocks unavailable, running the eager blocks ({type(err).__name__}: {err})"
+                    warnings.warn(message, stacklevel=2)
+                    self.configure(fused_blocks=False)
+                    fused = False
+            if not fused:
+                x, v_first, shift, wkv_state = block(*inputs, layer_trace, lengths)
             shifts.append(shift)
             wkvs.append(wkv_state)
         return x, RWKV7State(shift=torch.stack(shifts, dim=1), wkv=torch.stack(wkvs, dim=1))
+
+    def uses_fused_blocks(self, x: torch.Tensor, backend: str, trace) -> bool:
+        """Whether `blocks_with_state` takes the compiled blocks (`run.fused_blocks`): never with a trace (recorded
+        in Python); with 'auto', when training (autograd recording) on CUDA with the Triton operator, as RWKV-4's
+        (inference, prefill and lm-eval, keeps the eager blocks, whose speed and first-call latency were measured;
+        a compiled prefill adds compilations for new prompt lengths); True: everywhere (the CPU tests, with the
+        chunked operator run outside the graph); False: never, the eager blocks, the reference."""
+        if self.run.fused_blocks is False or trace is not None:
+            return False
+        if self.run.fused_blocks == "auto":
+            return torch.is_grad_enabled() and x.is_cuda and resolve_backend(backend, x) == "triton"
+        return True
 
     def forward(
         self,

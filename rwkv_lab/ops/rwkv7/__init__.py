@@ -53,6 +53,12 @@ BACKENDS = {
     "triton": wkv7_triton,
 }
 
+# The forms as torch.compile meets them inside a compiled caller (RWKV-7's fused blocks with fused_blocks=True off
+# CUDA, as the CPU tests run them): run as they are, outside the graph, as the Triton kernel is (an opaque custom
+# op there). The chunked form's data-dependent choice of its decay path breaks the graph anyway, and inductor
+# compiling its dozens of ops for each shape took 3x the compile time of a tiny model's blocks for nothing faster.
+OUTSIDE_GRAPH = {name: torch.compiler.disable(form) for name, form in BACKENDS.items() if name != "triton"}
+
 NAMES = ("r", "log_w", "k", "v", "a", "b")
 
 
@@ -112,7 +118,8 @@ def wkv7(r, log_w, k, v, a, b, state=None, *, backend: str = "auto", check: bool
     # every form computes in its own dtype (fp32 at least, common.compute_dtype), never autocast's: under bf16
     # autocast the chunked form's matmuls would round to bf16 and its triangular solve has no bf16 kernel on the CPU
     with torch.autocast(k.device.type, enabled=False):
-        y, new_state = BACKENDS[backend](r, log_w, k, v, a, b, state)
+        form = OUTSIDE_GRAPH.get(backend, BACKENDS[backend]) if torch.compiler.is_compiling() else BACKENDS[backend]
+        y, new_state = form(r, log_w, k, v, a, b, state)
     return y.to(v.dtype), new_state
 
 

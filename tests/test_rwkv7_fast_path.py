@@ -1,0 +1,96 @@
+"""RWKV-7's fast path (models/rwkv7/fast_path.py: the blocks through torch.compile) against the eager blocks on the
+CPU: outputs, final state and every gradient from a random non-zero state at an odd length; when 'auto' takes it;
+a compiler failure falls back to the eager blocks with a warning. The GPU check (the Triton operator, bf16
+autocast) is tests/test_gpu.py's."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+from helpers import TOL, assert_rel_close, random_model
+from test_rwkv7_model import random_state, tokens_for
+from torch._dynamo.utils import counters
+
+from rwkv_lab.models.rwkv7 import fast_path, get_config
+from rwkv_lab.models.rwkv7 import model as rwkv7_model
+
+TINY = get_config("tiny")  # two layers: the first block (ln0, no value residual) and one after it
+
+
+def training_step(model, tokens, state0, fused: bool):
+    """Logits, final state and every gradient (the incoming state's included) of a loss on both outputs."""
+    model.configure(fused_blocks=fused)
+    model.zero_grad(set_to_none=True)
+    state = type(state0)(*(t.detach().clone().requires_grad_(True) for t in state0.tensors()))
+    logits, final = model(tokens, state)
+    gen = torch.Generator().manual_seed(1)
+    outputs = (logits, final.shift, final.wkv)
+    weights = [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype) for t in outputs]
+    sum((w * t).sum() for w, t in zip(weights, outputs)).backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    grads |= {"state.shift": state.shift.grad, "state.wkv": state.wkv.grad}
+    return logits.detach(), final.detach(), grads
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "dtype, tol", [(torch.float32, TOL["float32"]), (torch.float64, TOL["float64 model"])], ids=["float32", "float64"]
+)
+def test_fused_blocks_match_the_eager_blocks(dtype, tol):
+    """fused_blocks=True with the chunked operator (outside the graph) against the eager blocks: logits, final state
+    and every parameter's gradient and the incoming state's, from a random non-zero state, T = 13 (odd)."""
+    model = random_model(TINY, seed=5, dtype=dtype)
+    model.configure(backend="chunked")
+    tokens, state0 = tokens_for(TINY, 2, 13, seed=5), random_state(model, 2, seed=5)
+    eager_logits, eager_state, eager_grads = training_step(model, tokens, state0, fused=False)
+    graphs = counters["stats"]["unique_graphs"]
+    logits, state, grads = training_step(model, tokens, state0, fused=True)
+    assert model.run.fused_blocks is True and counters["stats"]["unique_graphs"] > graphs  # compiled, no fallback
+    name = str(dtype).removeprefix("torch.")
+    assert_rel_close(f"fused {name} logits", logits, eager_logits, tol)
+    assert_rel_close(f"fused {name} final state", state, eager_state, tol)
+    # every parameter but layer 0's value-residual LoRA (unused there) has a gradient, in both paths
+    assert set(grads) == set(eager_grads) and len(grads) == len(list(model.parameters())) - 3 + 2
+    for key in sorted(eager_grads):
+        assert_rel_close(f"fused {name} grad {key}", grads[key], eager_grads[key], tol)
+
+
+def test_auto_takes_the_fused_blocks_when_training_on_cuda_only():
+    model = random_model(TINY, dtype=torch.float32)
+    cpu = torch.zeros(1, 1, TINY.n_embd)
+    assert model.run.fused_blocks == "auto" and not model.uses_fused_blocks(cpu, "chunked", None)
+    model.configure(fused_blocks=True)
+    assert model.uses_fused_blocks(cpu, "chunked", None)
+    assert not model.uses_fused_blocks(cpu, "chunked", trace=[])  # a trace records in Python: eager
+    model.configure(fused_blocks="auto")
+    cuda = types.SimpleNamespace(is_cuda=True)  # stands in for a CUDA tensor: only its device is asked
+    assert model.uses_fused_blocks(cuda, "triton", None)  # training on CUDA with the Triton operator
+    with torch.no_grad():
+        assert not model.uses_fused_blocks(cuda, "triton", None)  # inference keeps the measured eager blocks
+    assert not model.uses_fused_blocks(cuda, "chunked", None)
+    model.configure(fused_blocks=False)
+    assert not model.uses_fused_blocks(cuda, "triton", None)
+
+
+def test_a_compiler_failure_falls_back_to_the_eager_blocks(monkeypatch):
+    """A backend that fails raises dynamo's BackendCompilerFailed: the model warns once, turns its fused blocks off
+    and gives the eager blocks' numbers."""
+
+    def failing_backend(graph, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    compiled = torch.compile(fast_path.block_forward, backend=failing_backend)
+    monkeypatch.setattr(rwkv7_model, "fused_block_forward", lambda: compiled)
+    model = random_model(TINY, seed=2, dtype=torch.float64)
+    model.configure(backend="chunked")
+    tokens, state = tokens_for(TINY, 2, 5, seed=2), random_state(model, 2, seed=2)
+    with torch.no_grad():
+        expected, expected_state = model.configure(fused_blocks=False)(tokens, state)
+        model.configure(fused_blocks=True)
+        with pytest.warns(UserWarning, match="fused blocks unavailable, running the eager blocks"):
+            logits, final = model(tokens, state)
+    assert model.run.fused_blocks is False
+    assert_rel_close("logits after the fallback", logits, expected, 0.0)
+    assert_rel_close("state after the fallback", final, expected_state, 0.0)
