@@ -5,20 +5,19 @@ transformer (transformers GPTNeoXForCausalLM, SDPA), on one GPU, the same tokens
     python benchmarks/bench_training.py [--sizes 169M,430M,1.5B] [--contexts 1024,8192] [--tokens-per-step 16384]
     python benchmarks/bench_training.py --configs 169M:1024,430M:1024,1.5B:1024,1.5B:8192   # chosen pairs only
 
-Each model runs on the path a training run takes (rwkv_lab.training.trainer.fast_path): RWKV-4 with its fused
-blocks, RWKV-7 with its Triton operator (its blocks eager: it has no fused blocks yet), Pythia through
-torch.compile; and, for the record, RWKV-4 and Pythia eager (`--variants`). Every configuration is
-measured `--repeats` times (default 3), in rounds: each round builds, compiles and times every configuration once,
-so a drift of the machine reaches all of them alike. Writes, after every measurement (an interrupted run keeps what
-it measured), results/training_speed/training_mfu_runs.csv (+ .meta.json): every run; training_mfu.csv: per
-configuration the median run's tokens/s with the min and max over the runs; training_vs_pythia.csv: per size and
-context and generation (RWKV-4, RWKV-7), the RWKV on its fast path against the faster of Pythia's two paths
-(medians), with the rounds each side won. MFU = model FLOPs per second (rwkv_lab.cost: 3 x each model's forward
-FLOPs per token, RWKV-4's 2 (V D + 13 D^2 L), RWKV-7's RWKV7Config.forward_flops_per_token, the transformer's
-2 (V D + 12 D^2 L) + 4 L D T) over (a) the measured bf16 matmul peak and (b) the datasheet peak. The first
-steps (compilation) are warm-up, not timed. `--profile` adds results/training_speed/training_kernels.csv (first
-round): each step's CUDA kernels by device time, grouped by kind (matmul, WKV, LayerNorm + mixes, attention, fused
-elementwise, ...).
+Each model runs on the path a training run takes (rwkv_lab.training.trainer.fast_path): RWKV-4 and RWKV-7 with their
+fused blocks (torch.compile around the Triton operator), Pythia through torch.compile; and, for the record, RWKV-4 and
+Pythia eager (`--variants`). Every configuration is measured `--repeats` times (default 3), in rounds: each round
+builds, compiles and times every configuration once, so a drift of the machine reaches all of them alike. Writes, after
+every measurement (an interrupted run keeps what it measured), results/training_speed/training_mfu_runs.csv (+
+.meta.json): every run; training_mfu.csv: per configuration the median run's tokens/s with the min and max over the
+runs; training_vs_pythia.csv: per size and context and generation (RWKV-4, RWKV-7), the RWKV on its fast path against
+the faster of Pythia's two paths (medians), with the rounds each side won. MFU = model FLOPs per second (rwkv_lab.cost:
+3 x each model's forward FLOPs per token, RWKV-4's 2 (V D + 13 D^2 L), RWKV-7's RWKV7Config.forward_flops_per_token, the
+transformer's 2 (V D + 12 D^2 L) + 4 L D T) over (a) the measured bf16 matmul peak and (b) the datasheet peak. The first
+steps (compilation) are warm-up, not timed. `--profile` adds results/training_speed/training_kernels.csv (first round):
+each step's CUDA kernels by device time, grouped by kind (matmul, WKV, LayerNorm + mixes, attention, fused elementwise,
+...).
 `--norm-mix-kernels off` leaves RWKV's LayerNorms and mixes to inductor instead of rwkv_lab.ops.norm_mix's kernels.
 `--saved-activations` sets what RWKV's fused blocks keep for the backward (RWKV.saved_activations: 'matmuls', the
 default, or 'partitioner', the compiler's choice) and `--memory-budget` the share of it the partitioner may keep
@@ -295,14 +294,17 @@ def main():
                 kernels.append({"variant": variant, "size": size, "context": T} | k)
             tps = batch * T / seconds
             # the fused blocks fall back to the eager ones (with a warning) if the compiler fails: say which ran
-            blocks = getattr(model, "fused_blocks", None)
-            policy = getattr(model, "saved_activations", None)
+            run_config = getattr(model, "run", None)  # a recurrent model's RunConfig; Pythia has none
+            blocks = None if run_config is None else run_config.fused_blocks
+            # what the fused blocks keep, and their LayerNorm + mix kernels, are RWKV-4's settings (RunConfig)
+            rwkv4 = run_config if variant.startswith("RWKV-4") else None
+            policy = rwkv4 and rwkv4.saved_activations
             return {
                 "status": "ok",
                 "rwkv_blocks": None if blocks is None else ("eager" if blocks is False else "fused"),
                 "saved_activations": policy,
-                "activation_memory_budget": getattr(model, "activation_memory_budget", None),
-                "norm_mix_kernels": getattr(model, "norm_mix_kernels", None),
+                "activation_memory_budget": rwkv4 and rwkv4.activation_memory_budget,
+                "norm_mix_kernels": rwkv4 and rwkv4.norm_mix_kernels,
                 # the ops whose outputs the "matmuls" policy keeps (fast_path.KEPT_OPS), recorded with the run
                 "kept_ops": " ".join(sorted(KEPT_OPS)) if policy == "matmuls" else None,
                 "cuda_graph": captured,  # False also where a capture failed (warned): the step ran eagerly
