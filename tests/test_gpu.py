@@ -3,7 +3,7 @@ that fits a few minutes in all, writes its results file (rwkv_lab.results, under
 full-size files under results/ stay as they are) and asserts the named relative errors against the tolerances of
 the CPU tests (helpers.TOL). Without a GPU they are skipped (tests/conftest.py says so in one line).
 
-    benchmarks/check_fused.py         fused blocks vs eager blocks: a training step, the loss, a prefill
+    benchmarks/check_fused.py         fused vs eager blocks (RWKV-4, RWKV-7): a training step, the loss, a prefill
     benchmarks/check_norm_mix.py      LayerNorm + shift + mix kernels vs float64
     benchmarks/check_cuda_graph.py    the trainer's graphed step vs its eager step, and resumed
     benchmarks/bench_wkv.py's kernel check (--check-only), short cases    the Triton WKV vs float64
@@ -62,11 +62,20 @@ def results_of(path) -> list[dict]:
 
 
 @pytest.mark.gpu
-def test_fused_blocks_match_eager_blocks_at_169M(monkeypatch, out):
-    run_main(monkeypatch, script("check_fused"), "--sizes", "169M", "--context", "512", "--batch", "2")
-    rows = results_of(out / "training" / "fused_check.json")
+@pytest.mark.parametrize(
+    "arch, size, results",
+    [("rwkv4", "169M", "fused_check.json"), ("rwkv7", "byte-6x256", "fused_check_rwkv7.json")],
+    ids=["rwkv4", "rwkv7"],
+)
+def test_fused_blocks_match_eager_blocks(monkeypatch, out, arch, size, results):
+    """check_fused: the fused blocks (torch.compile around the Triton operator) against the eager blocks, a training
+    step in fp32 and in bf16 autocast, the training loss, a prefill; RWKV-4 at 169M, RWKV-7 at the trained
+    default's shape."""
+    args = ("--arch", arch, "--sizes", size, "--context", "512", "--batch", "2")
+    run_main(monkeypatch, script("check_fused"), *args)
+    rows = results_of(out / "training" / results)
     for r in rows:
-        label = f"169M {r['what']}, autocast {r.get('autocast', 'fp16 weights')}"
+        label = f"{arch} {size} {r['what']}, autocast {r.get('autocast', 'fp16 weights')}"
         if r["what"] == "training step" and r["autocast"] == "none":
             for key in ("rel_err_loss", "rel_err_state", "rel_err_worst_grad"):
                 within(f"{label} {key}", r[key], TOL["float32"])
@@ -83,7 +92,7 @@ def test_fused_blocks_match_eager_blocks_at_169M(monkeypatch, out):
             within(f"{label} rel_err_logits", r["rel_err_logits"], TOL["bfloat16"])
     assert {r["what"] for r in rows} == {
         "training step",
-        "lm_loss (compiled cross-entropy, padded head) vs eager",
+        "lm_loss (compiled cross-entropy) vs eager",
         "prefill logits, fp16",
     }
 
