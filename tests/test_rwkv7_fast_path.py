@@ -36,19 +36,26 @@ def training_step(model, tokens, state0, fused: bool):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "dtype, tol", [(torch.float32, TOL["float32"]), (torch.float64, TOL["float64 model"])], ids=["float32", "float64"]
+    "backend, dtype, tol",
+    [
+        ("chunked", torch.float32, TOL["float32"]),
+        ("chunked", torch.float64, TOL["float64 model"]),
+        ("triton", torch.float32, TOL["float32"]),
+    ],
+    ids=["chunked-float32", "chunked-float64", "triton-float32"],
 )
-def test_fused_blocks_match_the_eager_blocks(dtype, tol):
-    """fused_blocks=True with the chunked operator (outside the graph) against the eager blocks: logits, final state
-    and every parameter's gradient and the incoming state's, from a random non-zero state, T = 13 (odd)."""
+def test_fused_blocks_match_the_eager_blocks(backend, dtype, tol):
+    """fused_blocks=True against the eager blocks: logits, final state and every parameter's gradient and the
+    incoming state's, from a random non-zero state, T = 13 (odd). With the chunked operator (run outside the graph)
+    and with the Triton one (interpreted), the custom operator inside one graph per block as on the GPU."""
     model = random_model(TINY, seed=5, dtype=dtype)
-    model.configure(backend="chunked")
+    model.configure(backend=backend)
     tokens, state0 = tokens_for(TINY, 2, 13, seed=5), random_state(model, 2, seed=5)
     eager_logits, eager_state, eager_grads = training_step(model, tokens, state0, fused=False)
     graphs = counters["stats"]["unique_graphs"]
     logits, state, grads = training_step(model, tokens, state0, fused=True)
     assert model.run.fused_blocks is True and counters["stats"]["unique_graphs"] > graphs  # compiled, no fallback
-    name = str(dtype).removeprefix("torch.")
+    name = f"{backend} {str(dtype).removeprefix('torch.')}"
     assert_rel_close(f"fused {name} logits", logits, eager_logits, tol)
     assert_rel_close(f"fused {name} final state", state, eager_state, tol)
     # every parameter but layer 0's value-residual LoRA (unused there) has a gradient, in both paths
