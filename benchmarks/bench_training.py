@@ -6,10 +6,10 @@ transformer (transformers GPTNeoXForCausalLM, SDPA), on one GPU, the same tokens
     python benchmarks/bench_training.py --configs 169M:1024,430M:1024,1.5B:1024,1.5B:8192   # chosen pairs only
 
 Each model runs on the path a training run takes (rwkv_lab.training.trainer.fast_path): RWKV-4 and RWKV-7 with their
-fused blocks (torch.compile around the Triton operator), Pythia through torch.compile; and, for the record, RWKV-4 and
-Pythia eager (`--variants`). Every configuration is measured `--repeats` times (default 3), in rounds: each round
-builds, compiles and times every configuration once, so a drift of the machine reaches all of them alike. Writes, after
-every measurement (an interrupted run keeps what it measured), results/training_speed/training_mfu_runs.csv (+
+fused blocks (torch.compile around the Triton operator), Pythia through torch.compile; and, for the record, RWKV-4,
+RWKV-7 and Pythia eager (`--variants`). Every configuration is measured `--repeats` times (default 3), in rounds: each
+round builds, compiles and times every configuration once, so a drift of the machine reaches all of them alike. Writes,
+after every measurement (an interrupted run keeps what it measured), results/training_speed/training_mfu_runs.csv (+
 .meta.json): every run; training_mfu.csv: per configuration the median run's tokens/s with the min and max over the
 runs; training_vs_pythia.csv: per size and context and generation (RWKV-4, RWKV-7), the RWKV on its fast path against
 the faster of Pythia's two paths (medians), with the rounds each side won. MFU = model FLOPs per second (rwkv_lab.cost:
@@ -50,7 +50,7 @@ from rwkv_lab.training.cuda_graph import GraphedStep, device_lrs
 from rwkv_lab.training.loss import lm_loss
 from rwkv_lab.training.trainer import TrainConfig, fast_path, parse_switch
 
-VARIANTS = ("RWKV-4", "RWKV-4 eager", "RWKV-7", "Pythia", "Pythia compiled")
+VARIANTS = ("RWKV-4", "RWKV-4 eager", "RWKV-7", "RWKV-7 eager", "Pythia", "Pythia compiled")
 GENERATIONS = ("RWKV-4", "RWKV-7")  # the fast-path variants set beside Pythia in training_vs_pythia.csv
 
 
@@ -58,7 +58,7 @@ def model_name(variant: str, size: str) -> str:
     """The model a variant runs at an RWKV-4 size name: RWKV-7's Pile shape of that size, Pythia's match."""
     if variant.startswith("RWKV-4"):
         return size
-    if variant == "RWKV-7":
+    if variant.startswith("RWKV-7"):
         return PILE_SIZES[size][1].partition(":")[2]
     return PYTHIA_FOR[size]
 
@@ -87,7 +87,7 @@ def build(
         model.configure(norm_mix_kernels=norm_mix_kernels)
         flops = cost.training_flops_per_token(model.config.forward_flops_per_token)
         return model, fast_path(model, fast), model.config.vocab_size, flops
-    if variant == "RWKV-7":
+    if variant.startswith("RWKV-7"):
         model = model_at(f"rwkv7:{name}", torch.float32, device).train()
         flops = cost.training_flops_per_token(model.config.forward_flops_per_token)
         return model, fast_path(model, fast), model.config.vocab_size, flops

@@ -581,15 +581,15 @@ def test_comparisons_read_the_chosen_runs_and_the_fastest_paths():
     assert len(chosen_runs(runs.drop(columns="chosen"))) == 4  # no sweep: every run
     steps = pd.DataFrame(
         {
-            "variant": ["RWKV-4", "RWKV-4 eager", "Pythia", "Pythia compiled"],
-            "arch": ["RWKV-4", "RWKV-4", "Pythia", "Pythia"],
-            "model": ["169M", "169M", "pythia-160m", "pythia-160m"],
-            "context": [1024] * 4,
-            "status": ["ok"] * 4,
-            "tokens_per_s": [3.0, 9.0, 2.0, 4.0],  # the eager RWKV row is never the choice, even when faster
+            "variant": ["RWKV-4", "RWKV-4 eager", "RWKV-7", "RWKV-7 eager", "Pythia", "Pythia compiled"],
+            "arch": ["RWKV-4", "RWKV-4", "RWKV-7", "RWKV-7", "Pythia", "Pythia"],
+            "model": ["169M", "169M", "pile-168M", "pile-168M", "pythia-160m", "pythia-160m"],
+            "context": [1024] * 6,
+            "status": ["ok"] * 6,
+            "tokens_per_s": [3.0, 9.0, 1.0, 5.0, 2.0, 4.0],  # an eager RWKV row is never the choice, even when faster
         }
     )
-    assert fastest_paths(steps)["variant"].tolist() == ["RWKV-4", "Pythia compiled"]
+    assert fastest_paths(steps)["variant"].tolist() == ["RWKV-4", "RWKV-7", "Pythia compiled"]
 
 
 def test_best_and_final_finds_where_validation_bottoms_out():

@@ -118,12 +118,13 @@ def per_token_activations(by_kind: pd.DataFrame, width: int) -> pd.DataFrame:
 def fastest_paths(steps: pd.DataFrame) -> pd.DataFrame:
     """Of benchmarks/bench_training.py's rows (results/training_speed/training_mfu.csv), the ones a comparison
     reads: per
-    (architecture, model, context), the faster path that ran (RWKV-4's fused blocks, Pythia eager or compiled);
-    the eager RWKV-4 rows are the before, not a choice. A file from before the variants is read as it is."""
+    (architecture, model, context), the faster path that ran (RWKV's fused blocks, Pythia eager or compiled);
+    the eager RWKV rows ('RWKV-4 eager', 'RWKV-7 eager') are the before, not a choice. A file from before the
+    variants is read as it is."""
     ok = steps[steps["status"] == "ok"]
     if "variant" not in ok:
         return ok
-    ok = ok[ok["variant"] != "RWKV-4 eager"]
+    ok = ok[~ok["variant"].str.endswith(" eager")]
     return ok.sort_values("tokens_per_s").groupby(["arch", "model", "context"]).tail(1).sort_index()
 
 
