@@ -14,7 +14,7 @@ from ..run_config import compile_options
 def fused_block_forward():
     """`Block7.forward` through torch.compile: the fast path of the parallel form when training on CUDA.
 
-    Eager, a block is some sixty small kernels around the operator: the six mixes, four LoRAs with their tanh and
+    Eager, a block is dozens of small kernels around the operator: the six mixes, four LoRAs with their tanh and
     sigmoids, the decay's exponent, the value residual, the removal key's normalisation, the group norm, the bonus,
     the gate, the channel mix's squared ReLU, two LayerNorms and the residual adds. Inductor fuses the elementwise
     ones into a few kernels between the matmuls. The state update stays the Triton kernel, a custom operator
