@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 
 import torch
 import torch.nn as nn
@@ -36,11 +37,41 @@ class ModelConfig:
 class RecurrentLMBase(nn.Module):
     """Base of the recurrent networks: `hidden` and `prefill` written once over what each generation provides,
     its `emb`, `ln_out` and `head`, `init_state`, `check_state` and `blocks_with_state(x, state, backend, trace)`
-    (the embeddings (B, T, C) through every block: the last block's output and the new state)."""
+    (the embeddings (B, T, C) through every block: the last block's output and the new state); and the choice
+    between its compiled blocks and its eager ones (`uses_fused_blocks`, `fused_or_eager`), over its operator
+    package's `resolve_backend`."""
+
+    resolve_backend = None  # the generation's operator package's: (backend, x) -> the form 'auto' picks
 
     def __init__(self):
         super().__init__()
         self.run = RunConfig()  # how the parallel form runs (RunConfig); never what it computes
+
+    def uses_fused_blocks(self, x: torch.Tensor, backend: str, trace) -> bool:
+        """Whether the blocks take the compiled path (`run.fused_blocks`): never with a trace (recorded in Python)
+        or the token-by-token recurrent operator; with 'auto', when training (autograd recording) on CUDA with the
+        Triton operator. Inference (prefill, lm-eval) keeps the eager blocks around the Triton operator under
+        'auto': that is the path whose speed and first-call latency were measured on the GPU (results/inference/),
+        where a compiled prefill would add compilations to a first call and to new prompt lengths (until the
+        compiler makes the length dynamic), unmeasured so far; set True to take the compiled path there too."""
+        if self.run.fused_blocks is False or trace is not None or backend == "recurrent":
+            return False
+        if self.run.fused_blocks == "auto":
+            return torch.is_grad_enabled() and x.is_cuda and self.resolve_backend(backend, x) == "triton"
+        return True
+
+    def fused_or_eager(self, fused: bool, fused_call, eager_call):
+        """One block: `fused_call()` (through the compiled blocks) when `fused`, else `eager_call()`. Returns (its
+        outputs, whether the next block is still fused): a compiler failure costs speed, never the result, so it
+        warns once, turns `run.fused_blocks` off and runs the eager block."""
+        if fused:
+            try:
+                return fused_call(), True
+            except torch._dynamo.exc.TorchDynamoException as err:
+                message = f"fused blocks unavailable, running the eager blocks ({type(err).__name__}: {err})"
+                warnings.warn(message, stacklevel=3)
+                self.configure(fused_blocks=False)
+        return eager_call(), False
 
     def configure(self, **changes):
         """Change how the model runs (RunConfig's fields, checked), e.g. `model.configure(backend="recurrent")`."""

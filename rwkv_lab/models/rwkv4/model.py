@@ -12,7 +12,6 @@ released BlinkDL checkpoints, so `model.state_dict()` is a BlinkDL state dict. H
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +34,8 @@ class RWKV4State(RecurrentState):
 
 
 class RWKV(RecurrentLMBase):
+    resolve_backend = staticmethod(resolve_backend)  # ops.rwkv4's
+
     def __init__(self, config: RWKVConfig):
         super().__init__()  # RecurrentLMBase: device, dtype, run configuration, checks, CPU decoding layout
         self.config = config
@@ -150,37 +151,18 @@ class RWKV(RecurrentLMBase):
                 layer_trace = {}
                 trace.append(layer_trace)
             scale = 2 ** (i // rescale) if rescale else 1
-            if fused:
-                try:
-                    run = self.run
-                    x, layer_state = fused_block_forward(
-                        run.saved_activations, run.activation_memory_budget, run.norm_mix_kernels
-                    )(block, x, state[:, i], backend, scale)
-                except torch._dynamo.exc.TorchDynamoException as err:
-                    # a compiler failure costs speed, never the result: warn once, then run eager
-                    message = f"fused blocks unavailable, running the eager blocks ({type(err).__name__}: {err})"
-                    warnings.warn(message, stacklevel=2)
-                    self.configure(fused_blocks=False)
-                    fused = False
-            if not fused:
-                x, layer_state = block(x, state[:, i], backend, scale, layer_trace, lengths)
+            run = self.run
+            (x, layer_state), fused = self.fused_or_eager(
+                fused,
+                lambda: fused_block_forward(run.saved_activations, run.activation_memory_budget, run.norm_mix_kernels)(
+                    block, x, state[:, i], backend, scale
+                ),
+                lambda: block(x, state[:, i], backend, scale, layer_trace, lengths),
+            )
             new_state.append(layer_state)
             if rescale and (i + 1) % rescale == 0:
                 x = x / 2
         return x, new_state
-
-    def uses_fused_blocks(self, x: torch.Tensor, backend: str, trace) -> bool:
-        """Whether `run_blocks` takes the compiled path: never with a trace (recorded in Python) or the token-by-
-        token recurrent WKV; with 'auto', when training (autograd recording) on CUDA with the Triton WKV.
-        Inference (prefill, lm-eval) keeps the eager blocks around the Triton WKV under 'auto': that is the path
-        whose speed and first-call latency were measured on the GPU (results/inference/), where a compiled prefill
-        would add compilations to a first call and to new prompt lengths (until the compiler makes the length
-        dynamic), unmeasured so far; set True to take the compiled path there too."""
-        if self.run.fused_blocks is False or trace is not None or backend == "recurrent":
-            return False
-        if self.run.fused_blocks == "auto":
-            return torch.is_grad_enabled() and x.is_cuda and resolve_backend(backend, x) == "triton"
-        return True
 
     def step(self, token: torch.Tensor, state: RWKV4State | None = None, *, check: bool = True):
         """RNN form: one token per sequence, token (B,) -> logits (B, V), the state."""

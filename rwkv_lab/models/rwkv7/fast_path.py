@@ -1,7 +1,7 @@
 """How RWKV-7's parallel form runs fast on CUDA, kept beside the network (model.py) rather than inside it: each
 block's forward through torch.compile around the Triton operator (`fused_block_forward`). Which blocks a model runs
-is its `RunConfig.fused_blocks` (rwkv_lab/models/run_config.py; `RWKV7.uses_fused_blocks`); the compiled blocks
-compute the eager blocks' numbers (tests/test_rwkv7_fast_path.py)."""
+is its `RunConfig.fused_blocks` (rwkv_lab/models/run_config.py; `RecurrentLMBase.uses_fused_blocks`); the compiled
+blocks compute the eager blocks' numbers (tests/test_rwkv7_fast_path.py)."""
 
 from __future__ import annotations
 

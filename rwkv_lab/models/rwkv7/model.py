@@ -184,6 +184,8 @@ class Block7(nn.Module):
 
 
 class RWKV7(RecurrentLMBase):
+    resolve_backend = staticmethod(resolve_backend)  # ops.rwkv7's
+
     def __init__(self, config: RWKV7Config):
         super().__init__()
         self.config = config
@@ -236,7 +238,7 @@ class RWKV7(RecurrentLMBase):
         """x (B, T, C) embeddings through every block: the last block's output and the new state (with `lengths`
         (B,), a right-padded batch: each sequence's state after its own last token). The blocks run compiled
         where `uses_fused_blocks` says (fast_path.py), else eager (with a trace or lengths always eager)."""
-        backend = resolve_backend(backend, x)
+        backend = self.resolve_backend(backend, x)
         fused = lengths is None and self.uses_fused_blocks(x, backend, trace)
         v_first = None
         shifts, wkvs = [], []
@@ -246,32 +248,14 @@ class RWKV7(RecurrentLMBase):
                 layer_trace = {}
                 trace.append(layer_trace)
             inputs = (x, v_first, state.shift[:, i], state.wkv[:, i], backend)
-            if fused:
-                try:
-                    x, v_first, shift, wkv_state = fused_block_forward()(block, *inputs)
-                except torch._dynamo.exc.TorchDynamoException as err:
-                    # a compiler failure costs speed, never the result: warn once, then run eager
-                    message = f"fused blocks unavailable, running the eager blocks ({type(err).__name__}: {err})"
-                    warnings.warn(message, stacklevel=2)
-                    self.configure(fused_blocks=False)
-                    fused = False
-            if not fused:
-                x, v_first, shift, wkv_state = block(*inputs, layer_trace, lengths)
+            (x, v_first, shift, wkv_state), fused = self.fused_or_eager(
+                fused,
+                lambda: fused_block_forward()(block, *inputs),
+                lambda: block(*inputs, layer_trace, lengths),
+            )
             shifts.append(shift)
             wkvs.append(wkv_state)
         return x, RWKV7State(shift=torch.stack(shifts, dim=1), wkv=torch.stack(wkvs, dim=1))
-
-    def uses_fused_blocks(self, x: torch.Tensor, backend: str, trace) -> bool:
-        """Whether `blocks_with_state` takes the compiled blocks (`run.fused_blocks`): never with a trace (recorded
-        in Python); with 'auto', when training (autograd recording) on CUDA with the Triton operator, as RWKV-4's
-        (inference, prefill and lm-eval, keeps the eager blocks, whose speed and first-call latency were measured;
-        a compiled prefill adds compilations for new prompt lengths); True: everywhere (the CPU tests, with the
-        chunked operator run outside the graph); False: never, the eager blocks, the reference."""
-        if self.run.fused_blocks is False or trace is not None:
-            return False
-        if self.run.fused_blocks == "auto":
-            return torch.is_grad_enabled() and x.is_cuda and resolve_backend(backend, x) == "triton"
-        return True
 
     def forward(
         self,
