@@ -61,9 +61,10 @@ def prompts_of(tokenizer, batch: int, length: int, seed: int) -> list[str]:
     return [tokenizer.decode(torch.randint(100, 20000, (length,), generator=gen).tolist()) for _ in range(batch)]
 
 
-def ours_generate(model, tokenizer, batch: int, prompt_len: int, new_tokens: int, device, sampling=SAMPLING) -> dict:
-    """rwkv_lab.generate: the first call (capture, compilation) and a second, timed one."""
-    prompts = prompts_of(tokenizer, batch, prompt_len, seed=prompt_len)
+def first_then_timed(model, tokenizer, prompts, new_tokens: int, device, sampling) -> tuple:
+    """Two `rwkv_lab.generate` calls on `prompts`: the first (4 tokens: capture, compilation) and a second of
+    `new_tokens`, timed with the peak memory from a reset. Returns (the first's stats, its seconds, the second's
+    stats, its seconds, its texts, its peak GiB on CUDA or None)."""
     first = {}
     t0 = time.perf_counter()
     generate(model, tokenizer, prompts, max_new_tokens=4, seed=0, stats=first, **sampling)
@@ -75,6 +76,16 @@ def ours_generate(model, tokenizer, batch: int, prompt_len: int, new_tokens: int
     t0 = time.perf_counter()
     texts = generate(model, tokenizer, prompts, max_new_tokens=new_tokens, seed=1, stats=stats, **sampling)
     total = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return first, first_call_s, stats, total, texts, peak
+
+
+def ours_generate(model, tokenizer, batch: int, prompt_len: int, new_tokens: int, device, sampling=SAMPLING) -> dict:
+    """rwkv_lab.generate: the first call (capture, compilation) and a second, timed one."""
+    prompts = prompts_of(tokenizer, batch, prompt_len, seed=prompt_len)
+    first, first_call_s, stats, total, texts, peak = first_then_timed(
+        model, tokenizer, prompts, new_tokens, device, sampling
+    )
     decoded = stats["tokens"] - batch  # the first token of each sequence comes from the prefill's logits
     return {
         "path": f"rwkv_lab.generate ({'greedy' if sampling['temperature'] == 0 else 'top-p'})",
@@ -86,7 +97,7 @@ def ours_generate(model, tokenizer, batch: int, prompt_len: int, new_tokens: int
         "warmup_s": first["warmup_s"],
         "first_call_s": first_call_s,
         "warmup_s_second_call": stats["warmup_s"],
-        "peak_GiB": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "peak_GiB": peak,
         "chars": sum(len(t) for t in texts),
     }
 
@@ -106,18 +117,9 @@ def ours_mixed(model, tokenizer, batch: int, shortest: int, longest: int, new_to
     prompts = mixed_prompts(tokenizer, batch, shortest, longest, seed=batch)
     prompt_tokens = sum(len(tokenizer.encode(p)) for p in prompts)
     base = {"kind": "mixed", "batch": batch, "prompt": f"{shortest}-{longest}", "prompt_tokens": prompt_tokens}
-    first = {}
-    t0 = time.perf_counter()
-    generate(model, tokenizer, prompts, max_new_tokens=4, seed=0, stats=first, **SAMPLING)
-    first_call_s = time.perf_counter() - t0
-    free_memory(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    stats = {}
-    t0 = time.perf_counter()
-    generate(model, tokenizer, prompts, max_new_tokens=new_tokens, seed=1, stats=stats, **SAMPLING)
-    total = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    first, first_call_s, stats, total, _, peak = first_then_timed(
+        model, tokenizer, prompts, new_tokens, device, SAMPLING
+    )
     rows = [
         base
         | {
