@@ -63,10 +63,15 @@ def _compiled(model, level):
     return per_model[level]
 
 
+# the symbolic batch's range: torch 2.13's dynamo asserts on a range without an upper end ("not simple sympy type
+# NoneType"), which sent every compiled batched step back to eager
+MAX_DYNAMIC_BATCH = 2**20
+
+
 def _mark_batch_dynamic(*tensors) -> None:
     for t in tensors:
         if t.shape[0] >= 2:
-            torch._dynamo.mark_dynamic(t, 0, min=2)
+            torch._dynamo.mark_dynamic(t, 0, min=2, max=MAX_DYNAMIC_BATCH)
 
 
 def _compile_available(device: torch.device) -> bool:
