@@ -61,10 +61,11 @@ def test_generate_is_greedy_stepping_through_the_decoder(model):
 
 def test_the_decoders_compiled_step_traces_whole(model):
     """What the decoder compiles on CUDA, the step with the sampler as one graph (fullgraph), traces for either
-    generation and gives the eager step's tokens, logits and state: RWKV-7's CPU step is a TorchScript call, which
-    the compiler cannot trace, so under compilation it runs the same blocks as Python. Traced with dynamo's eager
-    backend here (tracing is what fails; tests/test_gpu.py runs the whole decoder with inductor on a GPU)."""
-    from rwkv_lab.inference.decoder import _model_step, _step_and_sample
+    generation, with the batch symbolic, and gives the eager step's tokens, logits and state: RWKV-7's CPU step is a
+    TorchScript call, which the compiler cannot trace, so under compilation it runs the same blocks as Python.
+    Traced with dynamo's eager backend here (tracing is what fails; tests/test_gpu.py runs the whole decoder with
+    inductor on a GPU)."""
+    from rwkv_lab.inference.decoder import _mark_batch_dynamic, _model_step, _step_and_sample
     from rwkv_lab.inference.sampling import vocab_keys
 
     torch._dynamo.reset()
@@ -74,6 +75,9 @@ def test_the_decoders_compiled_step_traces_whole(model):
     args = (model, _model_step, tokens, state, 0.8, 0.9, seeds, seeds, vocab_keys(model.config.vocab_size, "cpu"))
     with torch.no_grad():
         ref_tokens, ref_logits, ref_state = _step_and_sample(*args)
+        # the batch symbolic, as the decoder marks it for every bucket past 1 (a range dynamo refused sent the
+        # batched step back to eager, on the GPU too)
+        _mark_batch_dynamic(tokens, *state.tensors(), seeds)
         out_tokens, logits, new_state = torch.compile(_step_and_sample, fullgraph=True, backend="eager")(*args)
     assert torch.equal(out_tokens, ref_tokens)
     assert_rel_close("compiled step vs eager, logits", logits, ref_logits, TOL["float32 step"])
