@@ -18,6 +18,7 @@ import sys
 import pytest
 import torch
 from helpers import REPO, TOL, assert_rel_close
+from test_rwkv7_fla_trained import check_ours_against_fla
 from test_rwkv7_ops import make_inputs, run
 
 pytest.importorskip("fla", reason="fla (flash-linear-attention, in the `test` extra) is not installed")
@@ -144,8 +145,6 @@ def test_fla_model_loads_as_released_and_matches_its_logits(fla_triton, tmp_path
     our folder's config.json says fuse_norm=False (fla's plain torch norms), so the second run covers those."""
     from fla.models import RWKV7Config, RWKV7ForCausalLM
 
-    import rwkv_lab
-
     torch.manual_seed(0)
     config = RWKV7Config(**FLA_SHAPE, fuse_cross_entropy=False)
     fla_model = RWKV7ForCausalLM(config).eval()
@@ -194,42 +193,3 @@ def test_make_fla_fixture_runs_here_and_refuses_to_overwrite(tmp_path):
     again = subprocess.run(make, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 2 and "already exists; refusing to overwrite" in again.stderr, again.stderr
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
-
-
-def read_fla_fixture(folder) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """(provenance, tokens (B, T), fla's logits (B, T, V)) of a folder scripts/make_fla_fixture.py wrote."""
-    from safetensors.torch import load_file
-
-    for name in ("model/config.json", "model/model.safetensors", "fla_logits.safetensors", "provenance.json"):
-        assert (folder / name).is_file(), f"{folder / name} is missing: make_fla_fixture.py writes it"
-    stored = load_file(folder / "fla_logits.safetensors")
-    return json.loads((folder / "provenance.json").read_text()), stored["tokens"], stored["logits"]
-
-
-def check_ours_against_fla(folder):
-    """model/ as fla saved it, through load_model: the config read from fla's, and our float32 logits from the
-    parallel form (chunked and recurrent backends) and from the recurrent step, token by token, against fla's."""
-    prov, tokens, ref = read_fla_fixture(folder)
-    model = rwkv_lab.load_model(folder / "model")
-    shape, c = prov["config"], model.config
-    assert (c.arch, c.n_layer, c.n_embd, c.head_size, c.vocab_size, c.dim_ffn) == (
-        "rwkv7",
-        shape["num_hidden_layers"],
-        shape["hidden_size"],
-        shape["head_dim"],
-        shape["vocab_size"],
-        shape["intermediate_size"],
-    )
-    assert (c.decay_lora, c.iclr_lora, c.value_lora, c.gate_lora) == tuple(
-        shape[f"{x}_low_rank_dim"] for x in ("decay", "a", "v", "gate")
-    )
-    assert rwkv_lab.tokenizer_for(model).name == "bytes"
-    with torch.no_grad():
-        for backend in ("chunked", "recurrent"):
-            logits, _ = model(tokens, backend=backend)
-            assert_rel_close(f"ours ({backend}) vs fla's trained model, logits", logits, ref, TOL["float32"])
-        state, steps = None, []
-        for t in range(tokens.shape[1]):
-            step_logits, state = model.step(tokens[:, t], state)
-            steps.append(step_logits)
-    assert_rel_close("our recurrent step vs fla's trained model, logits", torch.stack(steps, 1), ref, TOL["float32"])
