@@ -336,6 +336,7 @@ def decoder_check(arch: str, size: str, device, tokenizer, new_tokens: int = 200
         "greedy_tokens": len(ids),
         "greedy_text_identical": fast == eager,
         "compiled": decoder.compile,
+        "compile_fallbacks": decoder.fallbacks,
         "graphs": decoder.graphs,
         "tolerance": 1e-6,
         "ok": max(worst_logits, worst_state, padded) <= 1e-6 and fast == eager,

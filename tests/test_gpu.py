@@ -281,6 +281,6 @@ def test_each_generation_runs_on_cuda_as_on_the_cpu(name, out):
         "decoder state vs eager", graph_state, eager_state, TOL["float32 step"] * 10
     )
     # the compiled level held: a step the compiler could not trace falls back (with a warning), exact but slower
-    assert decoder.compile == "step+sample", f"the decoder fell back to compile level {decoder.compile!r}"
+    assert decoder.compile == "step+sample", f"the decoder fell back to level {decoder.compile!r}: {decoder.fallbacks}"
     params = {"arch": name, "config": config.name, "batch": 4, "T": 300, "compile": decoder.compile}
     write_json(out / f"generations_{name}.json", errors, params)

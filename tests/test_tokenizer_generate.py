@@ -169,6 +169,31 @@ def test_decoder_step_equals_the_eager_step(model):
         tokens, state, steps = chosen, new_state, steps + 1
 
 
+def test_a_failing_compile_level_falls_back_exactly_and_says_why(model, monkeypatch):
+    """A compiler failure costs speed, never the result: each level that fails is given up with a warning whose
+    text the decoder keeps (`fallbacks`, which the GPU benchmark records), down to the eager step, whose tokens
+    and state are model.step's."""
+    from rwkv_lab.inference import decoder as decoder_module
+
+    def broken(model, level):
+        def fails(*args):
+            raise RuntimeError(f"inductor could not build level {level}")
+
+        return fails
+
+    monkeypatch.setattr(decoder_module, "_compiled", broken)
+    decoder = decoder_module.Decoder(model, batch=2, compile=True)
+    tokens, state = torch.tensor([5, 9]), model.init_state(2)
+    with pytest.warns(RuntimeWarning, match="torch.compile of the decode step"):
+        chosen, new_state = decoder.step(tokens, state)
+    assert decoder.compile is False
+    assert [m.split("(")[1] for m in decoder.fallbacks] == ["level 'step+sample') failed ", "level 'step') failed "]
+    assert all("inductor could not build" in m for m in decoder.fallbacks)
+    ref_logits, ref_state = model.step(tokens, state)
+    assert torch.equal(chosen, ref_logits.argmax(-1))
+    assert_rel_close("decoder state after the fallbacks vs model.step", new_state, ref_state, TOL["float32 step"])
+
+
 def test_greedy_text_equals_eager_stepping_over_200_tokens():
     model, tok = default_model(), ByteTokenizer()
     prompt = "def main():\n    "

@@ -103,6 +103,7 @@ class Decoder:
         self.buckets = bool(self.graphs or self.compile) if buckets is None else buckets
         self.batch = bucket_for(batch) if self.buckets else batch
         self.warmup_seconds = 0.0  # capture and compilation, paid on the first call of each sampling setting
+        self.fallbacks: list[str] = []  # why each compile level given up failed (its warning's text)
         if self.device.type == "cpu":
             model.store_projections_transposed()  # the layout CPU BLAS reads fastest for a vector (see there)
         self._captured: dict = {}
@@ -159,12 +160,12 @@ class Decoder:
                 if not self.compile:
                     raise
                 fallback = COMPILE_LEVELS[COMPILE_LEVELS.index(self.compile) + 1]
-                warnings.warn(
+                message = (
                     f"torch.compile of the decode step (level {self.compile!r}) failed "
-                    f"({type(err).__name__}: {str(err)[:300]}); trying level {fallback!r}",
-                    RuntimeWarning,
-                    stacklevel=2,
+                    f"({type(err).__name__}: {str(err)[:300]}); trying level {fallback!r}"
                 )
+                self.fallbacks.append(message)
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
                 self.compile = fallback
                 self._captured.clear()
 
