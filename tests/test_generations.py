@@ -1,6 +1,7 @@
 """Every public entry takes either generation: the same calls on a tiny RWKV-4 and a tiny RWKV-7 (byte-level,
 random weights whose outputs depend on the context), each checked against the model's own eager step."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -82,6 +83,35 @@ def test_the_decoders_compiled_step_traces_whole(model):
     assert torch.equal(out_tokens, ref_tokens)
     assert_rel_close("compiled step vs eager, logits", logits, ref_logits, TOL["float32 step"])
     assert_rel_close("compiled step vs eager, state", new_state, ref_state, TOL["float32 step"])
+
+
+def test_the_compiled_step_builds_one_layer_of_each_kind(model):
+    """Under torch.compile each block of the step is a compile region (torch.compiler.nested_compile_region): at 5
+    layers the traced step calls one layer subgraph for every layer after the first, which differs (RWKV-4's ln0,
+    RWKV-7's v_first) and which the compiler may inline, as torch 2.13 does a region called once. So compilation
+    costs two layers, not L (the first call of the decoder on CUDA)."""
+    from rwkv_lab.inference.decoder import _model_step
+
+    arch = architecture_of(model)
+    deep = arch.build(dataclasses.replace(model.config, n_layer=5), seed=1, zero_projections=False).eval()
+    graphs = []
+
+    def capture(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    torch._dynamo.reset()
+    tokens, state = torch.tensor([3]), deep.init_state(1)
+    with torch.no_grad():
+        ref_logits, ref_state = _model_step(deep, tokens, state)
+        logits, new_state = torch.compile(_model_step, fullgraph=True, backend=capture)(deep, tokens, state)
+    (graph,) = graphs
+    calls = [n for n in graph.graph.nodes if n.target is torch.ops.higher_order.invoke_subgraph]
+    layers = {n.args[0].target for n in calls}
+    print(f"{len(calls)} layer calls, {len(layers)} layer subgraphs: {sorted(layers)}")
+    assert len(calls) >= 4 and len(layers) <= 2
+    assert_rel_close("step with compile regions vs eager, logits", logits, ref_logits, TOL["float32 step"])
+    assert_rel_close("step with compile regions vs eager, state", new_state, ref_state, TOL["float32 step"])
 
 
 def test_the_formulations_agree(model):

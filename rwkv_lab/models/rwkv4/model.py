@@ -157,7 +157,7 @@ class RWKV(RecurrentLMBase):
                 lambda: fused_block_forward(run.saved_activations, run.activation_memory_budget, run.norm_mix_kernels)(
                     block, x, state[:, i], backend, scale
                 ),
-                lambda: block(x, state[:, i], backend, scale, layer_trace, lengths),
+                lambda: _block_region(block, x, state[:, i], backend, scale, layer_trace, lengths),
             )
             new_state.append(layer_state)
             if rescale and (i + 1) % rescale == 0:
@@ -170,6 +170,12 @@ class RWKV(RecurrentLMBase):
             self.check_tokens(token, ndim=1)
         logits, state = self.forward(token[:, None], state, backend="recurrent", check=check)
         return logits[:, 0], state
+
+
+# Block.forward as one compile region: under torch.compile of the whole network (the decoder's step on CUDA) the
+# compiler builds a block once per kind (the first, with ln0, and the rest) and reuses it for every layer, rather
+# than compiling L copies of the same code; a no-op outside torch.compile
+_block_region = torch.compiler.nested_compile_region(Block.forward)
 
 
 def official_time_decay(layer: int, n_layer: int, n_embd: int) -> torch.Tensor:

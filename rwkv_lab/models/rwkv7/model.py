@@ -347,8 +347,7 @@ class RWKV7(RecurrentLMBase):
         blocks = _blocks_one if compiling else _blocks_one_scripted()
         x, shifts, wkvs = blocks(
             x,
-            list(last[:, :, ATT].unbind(1)),
-            list(last[:, :, FFN].unbind(1)),
+            list(last.unbind(1)),
             list(state.wkv.unbind(1)),
             [None] * len(self.blocks) if wkv is None else list(wkv.unbind(1)),
             [block.step_tensors() for block in self.blocks],
@@ -366,11 +365,9 @@ def _layer_norm(ln: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
 
 
 def _block_one(
-    first: bool,
     x: Tensor,
-    v_first: Tensor,
-    last_att: Tensor,
-    last_ffn: Tensor,
+    v_first: Tensor | None,
+    last: Tensor,
     S: Tensor,
     S_out: Tensor | None,
     p: list[Tensor],
@@ -378,15 +375,18 @@ def _block_one(
     ln_x_eps: float,
     decay_scale: float,
 ):
-    """`Block7.forward` for one token after ln0 (TorchScript compiles it within `_blocks_one`): x,
-    v_first, last_att, last_ffn (B, C); S (B, H, N, N) and S_out (B, H, N, N) or None, where S' goes; p the block's
-    `step_tensors()`. Returns x, v_first, the two new token shifts (B, C) each, S'. The LoRAs' biases fold into
+    """`Block7.forward` for one token after ln0 (TorchScript compiles it within `_blocks_one`): x and v_first (B, C)
+    (v_first None in the first layer, which sets it), last the layer's token shifts (B, 2, C); S (B, H, N, N) and
+    S_out (B, H, N, N) or None, where S' goes; p the block's `step_tensors()`. Returns x, the layer's own value v
+    before the value residual (the first layer's is v_first), the two new token shifts (B, C) each, S': every
+    output a new tensor and no two inputs views of one, as a compile region needs. The LoRAs' biases fold into
     addmm; the projections are F.linear of the weights as stored (transposed on the CPU: see
     store_projections_transposed)."""
     ln1_w, ln1_b, ln2_w, ln2_b, x_r, x_w, x_k, x_v, x_a, x_g, w0, w1, w2, a0, a1, a2, v0, v1, v2, g1, g2 = p[:21]
     k_k, k_a, r_k, W_r, W_k, W_v, W_o, ln_x_w, ln_x_b, ffn_x_k, ffn_W_k, ffn_W_v = p[21:]
     B, C = x.shape
     H, N = r_k.shape
+    last_att, last_ffn = last[:, 0], last[:, 1]  # ATT, FFN (TorchScript reads no module constants)
     h = F.layer_norm(x, [C], ln1_w, ln1_b, ln_eps)
     # the six mixes as one op: (6, B, C)
     xr, xw, xk, xv, xa, xg = torch.addcmul(h, last_att - h, torch.cat([x_r, x_w, x_k, x_v, x_a, x_g])).unbind(0)
@@ -397,9 +397,8 @@ def _block_one(
     w = torch.exp(torch.sigmoid(z.to(S.dtype)) * -decay_scale)  # exp(log_w), in S's dtype
     iclr = torch.sigmoid(torch.addmm(a0[0], xa @ a1, a2))
     g = torch.sigmoid(xg @ g1) @ g2
-    if first:
-        v_first = v
-    else:
+    v_own = v
+    if v_first is not None:
         v = torch.lerp(v, v_first, torch.sigmoid(torch.addmm(v0[0], xv @ v1, v2)))
     kappa = F.normalize((k * k_k[0]).view(B, H, N), dim=-1)
     k = k * (1 + (iclr - 1) * k_a[0])
@@ -412,13 +411,12 @@ def _block_one(
     x = x + F.linear(y.view(B, C) * g, W_o)
     h2 = F.layer_norm(x, [C], ln2_w, ln2_b, ln_eps)
     hidden = torch.square(torch.relu(F.linear(torch.addcmul(h2, last_ffn - h2, ffn_x_k[0]), ffn_W_k)))
-    return x + F.linear(hidden, ffn_W_v), v_first, h, h2, S
+    return x + F.linear(hidden, ffn_W_v), v_own, h, h2, S
 
 
 def _blocks_one(
     x: Tensor,
-    last_att: list[Tensor],
-    last_ffn: list[Tensor],
+    last: list[Tensor],
     wkv_in: list[Tensor],
     wkv_out: list[Tensor | None],
     params: list[list[Tensor]],
@@ -426,29 +424,31 @@ def _blocks_one(
     ln_x_eps: float,
     decay_scale: float,
 ):
-    """Every block for one token (`_block_one` per layer), x (B, C) after ln0; per layer its token shifts, S and
-    where S' goes (or None), and its `step_tensors()`. Returns x, the new token shifts [att, ffn] per layer (2L of
-    (B, C)) and the L new S."""
-    v_first = x  # a placeholder: layer 0 sets it
+    """Every block for one token (`_block_one` per layer), x (B, C) after ln0; per layer its token shifts (B, 2, C),
+    S and where S' goes (or None), and its `step_tensors()`. Returns x, the new token shifts [att, ffn] per layer (2L of
+    (B, C)) and the L new S.
+
+    Scripted, the loop is one TorchScript call (the CPU). Under torch.compile (the decoder on CUDA) each layer is
+    one compile region (`_block_one_region`): the compiler builds the first layer and one other, and reuses the
+    latter for every layer after it, rather than compiling L copies of the same code."""
+    v_first: Tensor | None = None  # layer 0 sets it
     shifts: list[Tensor] = []
     wkvs: list[Tensor] = []
     for i in range(len(params)):
-        x, v_first, h, h2, S = _block_one(
-            i == 0,
-            x,
-            v_first,
-            last_att[i],
-            last_ffn[i],
-            wkv_in[i],
-            wkv_out[i],
-            params[i],
-            ln_eps,
-            ln_x_eps,
-            decay_scale,
-        )
+        args = (x, v_first, last[i], wkv_in[i], wkv_out[i], params[i])
+        if torch.jit.is_scripting():
+            x, v, h, h2, S = _block_one(*args, ln_eps, ln_x_eps, decay_scale)
+        else:
+            x, v, h, h2, S = _block_one_region(*args, ln_eps, ln_x_eps, decay_scale)
+        if v_first is None:
+            v_first = v
         shifts += [h, h2]
         wkvs.append(S)
     return x, shifts, wkvs
+
+
+# a no-op outside torch.compile (see _blocks_one)
+_block_one_region = torch.compiler.nested_compile_region(_block_one)
 
 
 @functools.cache
