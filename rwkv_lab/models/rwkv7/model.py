@@ -158,13 +158,14 @@ class Block7(nn.Module):
         """What the one-token step (`_block_one`) reads, in its order. Read from the modules' parameter dicts:
         nn.Module's attribute lookup, a Python fallback, costs about ten times as much (0.3-0.9 ms a token at 12
         layers on 2 busy cores, some 2% of the step)."""
-        modules, att = self._modules, self.att._modules
-        ffn = self.ffn._modules
+        modules = self._modules
+        time_mix, channel_mix = modules["att"], modules["ffn"]
+        att, ffn = time_mix._modules, channel_mix._modules
         norms = [w for m in (modules["ln1"], modules["ln2"]) for w in (m._parameters["weight"], m._parameters["bias"])]
-        mixes = [self.att._parameters[name] for name in TimeMix7.STEP_PARAMS]
+        mixes = [time_mix._parameters[name] for name in TimeMix7.STEP_PARAMS]
         projections = [att[name]._parameters["weight"] for name in ("receptance", "key", "value", "output")]
         ln_x = att["ln_x"]._parameters
-        channel = [self.ffn._parameters["x_k"], ffn["key"]._parameters["weight"], ffn["value"]._parameters["weight"]]
+        channel = [channel_mix._parameters["x_k"], ffn["key"]._parameters["weight"], ffn["value"]._parameters["weight"]]
         return norms + mixes + projections + [ln_x["weight"], ln_x["bias"]] + channel
 
     def forward(self, x, v_first, shift, wkv_state, backend: str, trace: dict | None = None, lengths=None):
