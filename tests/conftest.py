@@ -1,5 +1,4 @@
 import os
-import sys
 
 # One CPU thread for torch in the tests and in every process they start (notebook kernels, JupyterLab's, scripts,
 # torchrun's workers), set before torch is imported. The tests' ops are small: two threads split none of them
@@ -27,15 +26,3 @@ NO_GPU = "no CUDA device (torch.cuda.is_available() is False): the gpu tests run
 def pytest_runtest_setup(item):
     if "gpu" in item.keywords and not torch.cuda.is_available():
         pytest.skip(NO_GPU)
-
-
-@pytest.fixture(autouse=True)
-def fresh_compiler():
-    """torch.compile's state dropped after each test, so none compiles in the shadow of another: a compiled
-    function shared between tests (as the fused blocks' are, one per setting) otherwise meets new shapes or dtypes
-    as recompilations with dynamic shapes (RWKV-4's fused-block memory test: 118 s after the other fused-block
-    tests, 15 s alone). Compiled graphs stay in inductor's on-disk cache, so a test compiling a graph again
-    finds it there."""
-    yield
-    if "torch._dynamo" in sys.modules:
-        torch._dynamo.reset()
