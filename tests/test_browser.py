@@ -240,6 +240,13 @@ def test_the_notebook_runs_in_jupyterlab(browser, lab, name):
     def cells_with(mime):
         return [i for i, c in enumerate(nb["cells"]) if any(mime in o.get("data", {}) for o in c.get("outputs", []))]
 
+    if name == "01_equivalence":  # the report it writes (make run's headless path runs 04: tests/test_project.py)
+        report = json.loads((work / "results" / "01_equivalence.json").read_text())
+        assert report["results"]["match"] is True
+        assert report["provenance"]["params"]["models"]["rwkv4"].startswith("default")
+        for arch, errors in report["results"]["per_position"].items():
+            print(arch, {k: v for k, v in errors.items() if k.startswith("rel_err")})
+        assert (work / "results" / "figures" / "01_equivalence.png").stat().st_size > 10_000
     draws = "plt." in (REPO / "notebooks" / f"{name}.py").read_text()
     with_figure = cells_with("image/png")
     assert with_figure or not draws, f"{name}: draws figures but none is in the saved notebook"

@@ -1,5 +1,5 @@
 """The project's own promises: one dependency list in two files, CI runs the README's test command,
-results are written atomically with provenance, and every notebook executes headless."""
+results are written atomically with provenance, and make run executes a notebook headless."""
 
 import hashlib
 import json
@@ -76,29 +76,20 @@ def test_a_result_records_the_code_its_process_started_with(tmp_path):
     assert recorded["git_commit"] == "at-start" and recorded["git_diff_sha256"] == "d" * 64
 
 
-@pytest.mark.slow
 def test_notebooks_execute_headless(tmp_path, monkeypatch):
-    """make run's path (papermill, the parameters injected) on two notebooks: 01, whose report it checks, and 04,
-    whose widgets it switches off. Every notebook runs in full in tests/test_browser.py, through JupyterLab;
-    running all six here too took two minutes of a suite near its 15-minute mark."""
+    """make run's path (papermill, the parameters injected) on notebook 04, whose widgets it switches off. Every
+    notebook runs in full in tests/test_browser.py, through JupyterLab, which also checks the report 01 writes
+    (running 01 here too took ~40 s, for the same report)."""
     from rwkv_lab.run_notebooks import notebook_sources, run_notebooks
 
     monkeypatch.setenv("RWKV_LAB_RESULTS", str(tmp_path))
     assert len(notebook_sources()) == 6
-    notebooks = [n for n in notebook_sources() if n.name.startswith(("01_", "04_"))]
+    notebooks = [n for n in notebook_sources() if n.name.startswith("04_")]
     written = run_notebooks(notebooks)
     assert [p.name for p in written] == [n.with_suffix(".ipynb").name for n in notebooks]
-    report = json.loads((tmp_path / "01_equivalence.json").read_text())
-    assert report["results"]["match"] is True
-    assert report["provenance"]["params"]["models"]["rwkv4"].startswith("default")
-    for arch, errors in report["results"]["per_position"].items():
-        print(arch, {k: v for k, v in errors.items() if k.startswith("rel_err")})
-    assert (tmp_path / "figures" / "01_equivalence.png").stat().st_size > 10_000
-    # headless, the widget cells are off (nbclient can block on them): each notebook that declares the switch
-    switched = [(n, p) for n, p in zip(notebooks, written) if re.search(r"^interactive = ", n.read_text(), re.M)]
-    assert len(switched) == 1  # 04's sliders
-    for source, path in switched:
-        assert json.loads(path.read_text())["metadata"]["papermill"]["parameters"]["interactive"] is False, source
+    # headless, the widget cells are off (nbclient can block on them): 04 declares the switch for its sliders
+    assert re.search(r"^interactive = ", notebooks[0].read_text(), re.M)
+    assert json.loads(written[0].read_text())["metadata"]["papermill"]["parameters"]["interactive"] is False
 
 
 # the layers of rwkv_lab, lowest first (ARCHITECTURE.md): a module imports from its own layer or lower ones only

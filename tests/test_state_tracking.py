@@ -64,14 +64,21 @@ def test_bad_task_settings_are_refused():
         train_word_problem(word_problem("parity"), "rwkv4", "byte-1x32", train_length=8, test_length=4, steps=1)
 
 
-@pytest.mark.slow  # ~50 s: every architecture built and trained twice
 def test_the_trainer_draws_task_batches_and_is_deterministic():
     """Every architecture trains on the task through the trainer: its batches are words and their answers, fresh
     each step, its validation words fixed and apart from them, two runs of a seed the same."""
     group = word_problem("S3")
     for arch in ARCHITECTURES:
+        # eight validation words (the default eval_tokens would make 43,690, evaluated 4 at a time)
         cfg = TrainConfig(
-            arch=arch, model="byte-1x32", context=6, batch_size=4, tokens=4 * 6 * 3, eval_every=3, device="cpu"
+            arch=arch,
+            model="byte-1x32",
+            context=6,
+            batch_size=4,
+            tokens=4 * 6 * 3,
+            eval_every=3,
+            eval_tokens=8 * 6,
+            device="cpu",
         )
         runs = []
         for _ in range(2):
@@ -132,7 +139,8 @@ def test_a_sweep_is_chosen_on_the_training_length_not_the_test():
 
 def test_cpu_threads_are_restored():
     before = torch.get_num_threads()
-    with pytest.raises(RuntimeError), cpu_threads(1):
-        assert torch.get_num_threads() == 1
+    other = 2 if before == 1 else 1  # a count the block changes (the tests run with one thread: conftest.py)
+    with pytest.raises(RuntimeError), cpu_threads(other):
+        assert torch.get_num_threads() == other
         raise RuntimeError  # restored however the block ends
     assert torch.get_num_threads() == before

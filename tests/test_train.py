@@ -19,6 +19,16 @@ from rwkv_lab.training.cuda_graph import device_lrs
 from rwkv_lab.training.trainer import TrainConfig, Trainer, build, main, parse_count
 
 
+@pytest.fixture(autouse=True)
+def fresh_compiler():
+    """torch.compile's state dropped after each test here, so none compiles in the shadow of another: the fused
+    blocks' compiled function (one per setting, shared by the tests) otherwise meets a new dtype or shape as a
+    recompilation with dynamic shapes (the memory test below: 118 s after the other fused-block tests, 15 s alone).
+    Compiled graphs stay in inductor's on-disk cache."""
+    yield
+    torch._dynamo.reset()
+
+
 @pytest.fixture(scope="module")
 def text_dir(tmp_path_factory):
     """Forty small Python-like files: enough for a split by file and a few training steps."""
@@ -502,7 +512,7 @@ def test_the_matmuls_path_keeps_the_block_input_and_the_matmul_and_wkv_outputs()
     """saved_activations='matmuls' keeps, per layer, exactly one (tokens, 4C) tensor (the channel-mix key) and
     thirteen (tokens, C) ones: the block's input, the five mixes (the LayerNorm and mix kernels' outputs, the
     matmuls' inputs), the time-mix's k, v, r and output, the WKV's y, the channel-mix's receptance and value;
-    everything else elementwise is recomputed. Counted as the difference of two depths (fp32, the Triton WKV
+    everything else elementwise is recomputed. Counted as the difference of depths 1 and 2 (fp32, the Triton WKV
     interpreted, whose per-chunk states are the only other growth), so a policy that stopped matching the ops'
     names (and recomputed the matmuls) or kept more would fail here."""
     from rwkv_lab.measure.memory import saved_for_backward
@@ -512,7 +522,7 @@ def test_the_matmuls_path_keeps_the_block_input_and_the_matmul_and_wkv_outputs()
     B, T, C = 2, 32, 16
     x = torch.randint(0, 257, (B, T + 1), generator=torch.Generator().manual_seed(0))
     per_depth = {}
-    for layers in (1, 3):
+    for layers in (1, 2):
         model = build_model(RWKVConfig(n_layer=layers, n_embd=C, vocab_size=257), seed=1, zero_projections=False)
         model.configure(backend="triton", fused_blocks=True)
 
@@ -523,7 +533,7 @@ def test_the_matmuls_path_keeps_the_block_input_and_the_matmul_and_wkv_outputs()
         rows = saved_for_backward(forward, model)
         numels = [math.prod(r["shape"]) for r in rows]  # a matmul's output is kept as (B * T, C): count sizes
         per_depth[layers] = {width: numels.count(B * T * width) for width in (C, 4 * C)}
-    per_layer = {width: (per_depth[3][width] - per_depth[1][width]) / 2 for width in (C, 4 * C)}
+    per_layer = {width: per_depth[2][width] - per_depth[1][width] for width in (C, 4 * C)}
     print(f"(tokens, C) and (tokens, 4C) tensors kept per layer: {per_layer}")
     assert per_layer == {C: 13, 4 * C: 1}
 
