@@ -341,13 +341,19 @@ from rwkv_lab.measure.report import batched_summary
 batched = []
 for path in sorted((REPO_ROOT / "results" / "inference").glob("generation*_gpu_batched.csv")):
     frame, meta = read_table(path)
-    batched.append(batched_summary(frame).assign(arch=frame["arch"].iloc[0], device=meta["device"]))
+    # which step ran: the run's decoder check (a batch of 4) says whether its step kept torch.compile or fell back
+    check = json.loads(
+        path.with_name(path.name.replace("generation", "decoder_check", 1)).with_suffix(".json").read_text()
+    )
+    step = f"compiled ({check['results']['compiled']})" if check["results"]["compiled"] else "uncompiled (fell back)"
+    batched.append(batched_summary(frame).assign(arch=frame["arch"].iloc[0], device=meta["device"], step=step))
 if batched:
     batched = pd.concat(batched, ignore_index=True)
     display(batched.round(2))
     for _, r in batched.iterrows():
         print(
-            f"{r['arch']} {r['size']}, {r['batch']} prompts ({r['device']}): {r['end-to-end tok/s']:,.0f} tokens/s "
+            f"{r['arch']} {r['size']}, {r['batch']} prompts ({r['device']}, decode step {r['step']}): "
+            f"{r['end-to-end tok/s']:,.0f} tokens/s "
             f"end to end, {r['end to end / decoder']:.0%} of the decoder alone ({r['decoder alone tok/s']:,.0f}); "
             f"the prompts prefilled in one pass at {r['prefill one pass tok/s']:,.0f} tokens/s, "
             f"{r['prefill one pass tok/s'] / r['prefill one at a time tok/s']:.1f}x one at a time; a batch size not "

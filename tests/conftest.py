@@ -1,16 +1,7 @@
 import os
 
-# One CPU thread for torch in the tests and in every process they start (notebook kernels, JupyterLab's, scripts,
-# torchrun's workers), set before torch is imported. The tests' ops are small: two threads split none of them
-# usefully, and on a loaded 2-core machine their spin-waits make each op wait for a descheduled thread (notebook
-# 01's time_formulations on both default models, load average ~4: 125 s with two threads, 14 s with one). An
-# OMP_NUM_THREADS set by the caller is kept.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+import pytest
+import torch
 
 # Without a GPU the Triton kernels run in Triton's interpreter (numpy on the CPU). It must be set before the
 # kernels are defined, so before anything imports rwkv_lab.ops.rwkv4.triton_kernels.

@@ -172,10 +172,13 @@ class RWKV(RecurrentLMBase):
         return logits[:, 0], state
 
 
-# Block.forward as one compile region: under torch.compile of the whole network (the decoder's step on CUDA) the
-# compiler builds a block once per kind (the first, with ln0, and the rest) and reuses it for every layer, rather
-# than compiling L copies of the same code; a no-op outside torch.compile
-_block_region = torch.compiler.nested_compile_region(Block.forward)
+@torch.compiler.nested_compile_region
+def _block_region(block: Block, *args):
+    """A block's call as one compile region: under torch.compile of the whole network (the decoder's step on CUDA)
+    the compiler builds a block once per kind (the first, with ln0, and the rest) and reuses it for every layer,
+    rather than compiling L copies of the same code; a no-op outside torch.compile. The module is called, not its
+    forward, so its hooks run (FSDP's all-gather of the block's parameters is one)."""
+    return block(*args)
 
 
 def official_time_decay(layer: int, n_layer: int, n_embd: int) -> torch.Tensor:
