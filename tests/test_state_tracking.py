@@ -139,7 +139,7 @@ def test_a_sweep_is_chosen_on_the_training_length_not_the_test():
 
 def test_cpu_threads_are_restored():
     before = torch.get_num_threads()
-    other = 2 if before == 1 else 1  # a count the block changes (the tests run with one thread: conftest.py)
+    other = 2 if before == 1 else 1  # a count the block changes, whatever the count the tests start with
     with pytest.raises(RuntimeError), cpu_threads(other):
         assert torch.get_num_threads() == other
         raise RuntimeError  # restored however the block ends
