@@ -12,8 +12,8 @@ eager `model.step` in fp32.
 The `mixed` rows are the batched end to end case: `--mixed-batches` prompts (32 and 128) of lengths drawn from
 `--mixed-lengths` (16 to 1,024 tokens), `--new-tokens` each, one generate call (one prefill pass for the batch,
 then the decoder), beside the decoder alone at that batch, and the warm-up a new batch size then costs.
-`--arch` picks the generation (rwkv4: sizes 169M ... 14B; rwkv7: its presets, pile-168M ...; the peers, the
-`rwkv` package and transformers, run RWKV-4 only). Weights are random at the released shapes (sampling speed does
+`--arch` picks the generation (rwkv4: sizes 169M ... 14B; rwkv7: its presets, pile-168M ...). The peers: the
+`rwkv` package for both (RWKV-4's `RWKV`, RWKV-7's `RWKV_x070`), transformers' RwkvForCausalLM for RWKV-4. Weights are random at the released shapes (sampling speed does
 not depend on them); fp16 on a GPU, fp32 on the CPU.
 """
 
@@ -36,6 +36,7 @@ from rwkv_lab.loading.tokenizer import load_tokenizer
 from rwkv_lab.measure.memory import free_memory
 from rwkv_lab.measure.timing import copy_bandwidth, cuda_kernels, synchronize, time_fn
 from rwkv_lab.models.rwkv4.model import build_at_size as build_rwkv4_at_size
+from rwkv_lab.models.rwkv7.peer import rwkv_package_x070
 from rwkv_lab.results import results_dir, write_json, write_table
 
 SAMPLING = {"temperature": 0.8, "top_p": 0.9}
@@ -180,15 +181,20 @@ def ours_prefill(model, T: int, device) -> dict:
     return {"path": "model.prefill", "kind": "prefill", "prompt": T, "tokens_per_s": T / seconds}
 
 
-def package_rows(model, size: str, prefill_T: int, steps: int, tmp: Path, device) -> list[dict]:
-    """The `rwkv` package (its CUDA kernel on a GPU), on the same weights: decode loop and prefill."""
-    os.environ.setdefault("RWKV_JIT_ON", "1")
-    os.environ.setdefault("RWKV_CUDA_ON", "1" if device.type == "cuda" else "0")
-    from rwkv.model import RWKV as PackageRWKV
+def package_rows(arch: str, model, size: str, prefill_T: int, steps: int, tmp: Path, device) -> list[dict]:
+    """The `rwkv` package (its RWKV-4 `RWKV` or RWKV-7 `RWKV_x070`, its CUDA kernel on a GPU), on the same
+    weights: decode loop and prefill."""
+    cuda = device.type == "cuda"
+    if arch == "rwkv4":
+        os.environ.setdefault("RWKV_JIT_ON", "1")
+        os.environ.setdefault("RWKV_CUDA_ON", "1" if cuda else "0")
+        from rwkv.model import RWKV as PackageRWKV
+    else:
+        PackageRWKV = rwkv_package_x070(cuda=cuda)
 
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    dtype = torch.float16 if cuda else torch.float32
     pth = save_model(model, tmp / f"{size}.pth", format="pth", dtype=dtype)
-    strategy = "cuda fp16" if device.type == "cuda" else "cpu fp32"
+    strategy = "cuda fp16" if cuda else "cpu fp32"
     pkg = PackageRWKV(model=str(pth)[:-4], strategy=strategy)
     prompt = torch.randint(100, 20000, (prefill_T,)).tolist()
     seconds = time_fn(lambda: pkg.forward(prompt, None), device, warmup=1, repeat=3)
@@ -409,11 +415,12 @@ def main():
             profile = pd.DataFrame(kernel_profile(model, size, args.prefill, 20, device))
             write_table(out / f"kernel_profile_{size}{args.tag}.csv", profile, params, device=device)
             print(profile.head(12).to_string(), flush=True)
-        if not args.no_peers and args.arch == "rwkv4":  # the peers implement RWKV-4
+        if not args.no_peers:
             with tempfile.TemporaryDirectory() as tmp:
-                for r in package_rows(model, size, args.prefill, args.peer_steps, Path(tmp), device):
+                for r in package_rows(args.arch, model, size, args.prefill, args.peer_steps, Path(tmp), device):
                     rows.append(base | {"kind": "generation", "batch": 1} | r)
-                if size in args.transformers_sizes.split(","):
+                    print(rows[-1], flush=True)
+                if args.arch == "rwkv4" and size in args.transformers_sizes.split(","):  # transformers has RWKV-4 only
                     for r in transformers_rows(model, size, min(args.prefill, 1024), 16, Path(tmp), device):
                         rows.append(base | {"kind": "generation", "batch": 1} | r)
         for r in rows:
