@@ -13,8 +13,8 @@ The `mixed` rows are the batched end to end case: `--mixed-batches` prompts (32 
 `--mixed-lengths` (16 to 1,024 tokens), `--new-tokens` each, one generate call (one prefill pass for the batch,
 then the decoder), beside the decoder alone at that batch, and the warm-up a new batch size then costs.
 `--arch` picks the generation (rwkv4: sizes 169M ... 14B; rwkv7: its presets, pile-168M ...). The peers: the
-`rwkv` package for both (RWKV-4's `RWKV`, RWKV-7's `RWKV_x070`), transformers' RwkvForCausalLM for RWKV-4. Weights are random at the released shapes (sampling speed does
-not depend on them); fp16 on a GPU, fp32 on the CPU.
+`rwkv` package for both (RWKV-4's `RWKV`, RWKV-7's `RWKV_x070`), transformers' RwkvForCausalLM for RWKV-4.
+Weights are random at the released shapes (sampling speed does not depend on them); fp16 on a GPU, fp32 on the CPU.
 """
 
 from __future__ import annotations
