@@ -65,24 +65,33 @@ def test_the_decoders_compiled_step_traces_whole(model):
     generation, with the batch symbolic, and gives the eager step's tokens, logits and state: RWKV-7's CPU step is a
     TorchScript call, which the compiler cannot trace, so under compilation it runs the same blocks as Python.
     Traced with dynamo's eager backend here (tracing is what fails; tests/test_gpu.py runs the whole decoder with
-    inductor on a GPU)."""
+    inductor on a GPU), once for batches 2, 4 and 8: a new bucket costs no compilation."""
     from rwkv_lab.inference.decoder import _mark_batch_dynamic, _model_step, _step_and_sample
     from rwkv_lab.inference.sampling import vocab_keys
 
+    graphs = []
+
+    def eager_recording(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
     torch._dynamo.reset()
-    tokens = torch.tensor([3, 7])
-    state = model.prefill(torch.randint(1, 200, (2, 9), generator=torch.Generator().manual_seed(0)))[1]
-    seeds = torch.tensor([1, 2])
-    args = (model, _model_step, tokens, state, 0.8, 0.9, seeds, seeds, vocab_keys(model.config.vocab_size, "cpu"))
-    with torch.no_grad():
-        ref_tokens, ref_logits, ref_state = _step_and_sample(*args)
-        # the batch symbolic, as the decoder marks it for every bucket past 1 (a range dynamo refused sent the
-        # batched step back to eager, on the GPU too)
-        _mark_batch_dynamic(tokens, *state.tensors(), seeds)
-        out_tokens, logits, new_state = torch.compile(_step_and_sample, fullgraph=True, backend="eager")(*args)
-    assert torch.equal(out_tokens, ref_tokens)
-    assert_rel_close("compiled step vs eager, logits", logits, ref_logits, TOL["float32 step"])
-    assert_rel_close("compiled step vs eager, state", new_state, ref_state, TOL["float32 step"])
+    compiled = torch.compile(_step_and_sample, fullgraph=True, backend=eager_recording)
+    keys = vocab_keys(model.config.vocab_size, "cpu")
+    for batch in (2, 4, 8):  # the buckets past 1: one compilation serves them all
+        tokens = torch.arange(3, 3 + batch)
+        prompt = torch.randint(1, 200, (batch, 9), generator=torch.Generator().manual_seed(batch))
+        state = model.prefill(prompt)[1]
+        seeds = torch.arange(1, 1 + batch)
+        args = (model, _model_step, tokens, state, 0.8, 0.9, seeds, seeds, keys)
+        with torch.no_grad():
+            ref_tokens, ref_logits, ref_state = _step_and_sample(*args)
+            _mark_batch_dynamic(tokens, *state.tensors(), seeds)  # as the decoder marks every bucket past 1
+            out_tokens, logits, new_state = compiled(*args)
+        assert torch.equal(out_tokens, ref_tokens)
+        assert_rel_close(f"compiled step vs eager at batch {batch}, logits", logits, ref_logits, TOL["float32 step"])
+        assert_rel_close(f"compiled step vs eager at batch {batch}, state", new_state, ref_state, TOL["float32 step"])
+    assert len(graphs) == 1, f"the step was compiled {len(graphs)} times for batches 2, 4, 8; expected once"
 
 
 def test_the_compiled_step_builds_one_layer_of_each_kind(model):

@@ -63,15 +63,16 @@ def _compiled(model, level):
     return per_model[level]
 
 
-# the symbolic batch's range: torch 2.13's dynamo asserts on a range without an upper end ("not simple sympy type
-# NoneType"), which sent every compiled batched step back to eager
-MAX_DYNAMIC_BATCH = 2**20
-
-
 def _mark_batch_dynamic(*tensors) -> None:
+    """The batch dimension symbolic, as a hint: `maybe_mark_dynamic`, not `mark_dynamic`, whose range is a contract
+    that every guard must satisfy. The compiled step's guards bound the batch (Triton's 32-bit indexing adds
+    `vocab * B <= 2**31 - 1` and the like; a hint lets them stand, where a declared range either lacked the upper
+    end torch 2.13 asserts on, or was wider than those guards, and torch 2.11 raised ConstraintViolationError on
+    the GPU: every batched step fell back to eager). Batches are buckets >= 2 (1 is compiled apart), so the symbol
+    is never specialised to 0 or 1."""
     for t in tensors:
         if t.shape[0] >= 2:
-            torch._dynamo.mark_dynamic(t, 0, min=2, max=MAX_DYNAMIC_BATCH)
+            torch._dynamo.maybe_mark_dynamic(t, 0)
 
 
 def _compile_available(device: torch.device) -> bool:

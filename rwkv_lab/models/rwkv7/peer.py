@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 
 
 def rwkv_package_x070(cuda: bool = False):
@@ -20,6 +21,9 @@ def rwkv_package_x070(cuda: bool = False):
     os.environ.update(RWKV_V7_ON="1", RWKV_JIT_ON="1", RWKV_CUDA_ON="1" if cuda else "0")
     try:
         module = importlib.util.module_from_spec(importlib.util.spec_from_file_location("rwkv_x070", spec.origin))
+        # registered before it runs: TorchScript reads a scripted class's source through its module (the CUDA
+        # kernel's autograd Function), and refuses one whose module it cannot find ("is a built-in class")
+        sys.modules["rwkv_x070"] = module
         module.__spec__.loader.exec_module(module)
     finally:
         for key, value in saved.items():
