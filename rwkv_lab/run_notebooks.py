@@ -136,12 +136,22 @@ def notebook_sources() -> list[Path]:
     return sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
 
 
-def to_notebook(source: Path, destination: Path, paired: bool = False) -> Path:
+def to_notebook(source: Path, destination: Path, paired: bool = False, parameters: dict | None = None) -> Path:
     """The jupytext source as an .ipynb without outputs; `paired`: jupytext keeps the two in step when the
-    notebook is edited in JupyterLab (make lab)."""
+    notebook is edited in JupyterLab (make lab); `parameters`: a cell tagged `injected-parameters` setting them
+    follows the `parameters` cell, as papermill injects them (each checked against that cell first)."""
     import jupytext
+    import nbformat
 
     notebook = jupytext.read(source)
+    if parameters:
+        mistakes = check_parameters([(name, repr(value)) for name, value in parameters.items()], [source])
+        if mistakes:
+            raise ValueError("; ".join(mistakes))
+        at = next(i for i, c in enumerate(notebook.cells) if "parameters" in c.metadata.get("tags", []))
+        lines = ["# Injected parameters"] + [f"{name} = {value!r}" for name, value in parameters.items()]
+        cell = nbformat.v4.new_code_cell("\n".join(lines), metadata={"tags": ["injected-parameters"]})
+        notebook.cells.insert(at + 1, cell)
     if paired:
         notebook.metadata.setdefault("jupytext", {})["formats"] = "ipynb,py:percent"
         notebook.metadata["kernelspec"] = dict(KERNEL)
