@@ -336,19 +336,11 @@ print(
 # size not seen before (`benchmarks/bench_generation.py --mixed-batches`; random weights at the released shapes).
 
 # %%
-from rwkv_lab.measure.report import batched_summary
+from rwkv_lab.measure.report import batched_runs
 
-batched = []
-for path in sorted((REPO_ROOT / "results" / "inference").glob("generation*_gpu_batched.csv")):
-    frame, meta = read_table(path)
-    # which step ran: the run's decoder check (a batch of 4) says whether its step kept torch.compile or fell back
-    check = json.loads(
-        path.with_name(path.name.replace("generation", "decoder_check", 1)).with_suffix(".json").read_text()
-    )
-    step = f"compiled ({check['results']['compiled']})" if check["results"]["compiled"] else "uncompiled (fell back)"
-    batched.append(batched_summary(frame).assign(arch=frame["arch"].iloc[0], device=meta["device"], step=step))
-if batched:
-    batched = pd.concat(batched, ignore_index=True)
+# every run with mixed-prompt rows, each with which decode step it ran (its decoder check: compiled or fell back)
+batched = batched_runs(REPO_ROOT / "results" / "inference")
+if len(batched):
     display(batched.round(2))
     for _, r in batched.iterrows():
         print(

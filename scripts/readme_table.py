@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rwkv_lab.measure.report import batched_summary, generation_summary
+from rwkv_lab.measure.report import batched_runs, generation_summary
 from rwkv_lab.training.report import chosen_runs, context_gap_shares, fastest_paths
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -548,12 +548,23 @@ def rwkv7_rows():
             f"({r['B']}, {r['T']}, {r['C']}): fwd {r['fwd_ms']:.2f} ms, fwd + bwd {r['fwd_bwd_ms']:.2f} ms"
             + (f" (the x070 design {old['fwd_bwd_ms'].iloc[0]:.1f} ms)" if len(old) else "")
         )
-    fla = b[b["candidate"].str.startswith("fla")]
+    fla = b[b["candidate"] == "fla chunk_rwkv7 lower_bound"]
+    for _, r in fla.iterrows():
+        mine = ours[(ours["B"] == r["B"]) & (ours["T"] == r["T"])].iloc[0]
+        cells.append(
+            f"fla's chunk_rwkv7 with lower_bound at ({r['B']}, {r['T']}, {r['C']}): fwd {r['fwd_ms']:.2f} ms, "
+            f"fwd + bwd {r['fwd_bwd_ms']:.2f} ms, peak {r['fwd_bwd_peak_MiB']:,.0f} MiB (ours "
+            f"{r['fwd_bwd_ms'] / mine['fwd_bwd_ms']:.2f}× its speed, peak {mine['fwd_bwd_peak_MiB']:,.0f} MiB)"
+        )
     rows.append(
         row(
             "RWKV-7's operator on the GPU, bf16, head size 64: our Triton kernels (the default tiling) beside "
-            "RWKV-LM x070's design in the same run"
-            + ("" if len(fla) else " (fla's chunk_rwkv7 not timed in this run: its autotuning outlasted the call)"),
+            "RWKV-LM x070's design"
+            + (
+                " and fla's chunk_rwkv7, in the same run"
+                if len(fla)
+                else " in the same run (fla's chunk_rwkv7 not timed in this run: its autotuning outlasted the call)"
+            ),
             f,
             "; ".join(cells),
         )
@@ -591,16 +602,53 @@ def rwkv7_rows():
     return rows
 
 
-def generation_batched():
-    """Batched generation end to end for each generation (bench_generation.py's `mixed` rows), through the same
-    summary notebook 02 shows."""
+def rwkv7_gpu_rows():
+    """RWKV-7 on the GPU: `generate` at batch 1 beside the `rwkv` package's x070 (its CUDA kernel) and the
+    weight-bandwidth roofline; prefill beside the package; training beside the matched Pythia."""
     rows = []
-    for f in sorted((RESULTS / "inference").glob("generation*_gpu_batched.csv")):
-        rel = f"inference/{f.name}"
-        t = table(rel)
-        s = batched_summary(t)
-        label = "RWKV-7" if "rwkv7" in f.name else "RWKV-4"
-        one = generation_summary(t).iloc[0]
+    f = "inference/generation_rwkv7.csv"
+    t = table(f)
+    cells = []
+    for size, g in t.groupby("size", sort=False):
+        speed = g[g["kind"] != "mixed"].set_index("path")["tokens_per_s"].astype(float)
+        ours = g[g["path"] == "rwkv_lab.generate (top-p)"].iloc[0]
+        tps, package = ours["tokens_per_s"], speed["rwkv package forward([token]) loop (top-p)"]
+        prefill, package_prefill = speed["model.prefill"], speed["rwkv package forward(prompt)"]
+        cells.append(
+            f"{size}: generate {tps:,.0f} tokens/s vs the package {package:,.0f} ({tps / package:.1f}×), "
+            f"{100 * tps / ours['roofline_tokens_per_s']:.0f}% of the roofline, first call {ours['first_call_s']:.1f} "
+            f"s; prefill T = {int(g.loc[g['path'] == 'model.prefill', 'prompt'].iloc[0]):,} {k(prefill)} vs "
+            f"{k(package_prefill)} tokens/s ({prefill / package_prefill:.2f}×)"
+        )
+    rows.append(
+        row(
+            "RWKV-7 fp16, `generate` at batch 1 (top-p, 128 new tokens) beside the `rwkv` package's x070 loop with its "
+            "CUDA kernel on the same weights, in the same run",
+            f,
+            "; ".join(cells),
+        )
+    )
+    f = "training_speed/rwkv7_421M/training_vs_pythia.csv"
+    t = table(f)
+    cells = [
+        f"{r['size']} (RWKV-7 {r['rwkv_model']} vs {r['pythia_model']}) at T = {r['context']:,}: "
+        f"{k(r['rwkv_tokens_per_s'])} vs {k(r['pythia_tokens_per_s'])} tokens/s "
+        f"({r['rwkv_tokens_per_s'] / r['pythia_tokens_per_s']:.2f}×), peak {r['rwkv_peak_mem_GiB']:.1f} vs "
+        f"{r['pythia_peak_mem_GiB']:.1f} GiB"
+        for _, r in t.iterrows()
+    ]
+    rows.append(row("RWKV-7 training step (bf16) beside the compiled Pythia, same run", f, "; ".join(cells)))
+    return rows
+
+
+def generation_batched():
+    """Batched generation end to end for each run with mixed-prompt rows (bench_generation.py), through the same
+    summary notebook 02 shows, with which decode step ran (its decoder check)."""
+    rows = []
+    runs = batched_runs(RESULTS / "inference")
+    for name, s in runs.groupby("file", sort=False):
+        rel = f"inference/{name}"
+        label = "RWKV-7" if s["arch"].iloc[0] == "rwkv7" else "RWKV-4"
         cells = [
             f"B = {r['batch']}: {r['end-to-end tok/s']:,.0f} end to end vs {r['decoder alone tok/s']:,.0f} decoder "
             f"alone ({100 * r['end to end / decoder']:.0f}%), prefill {k(r['prefill one pass tok/s'])} tokens/s in "
@@ -608,14 +656,10 @@ def generation_batched():
             f"≤ {r['new batch size, first call s (max)']:.1f} s"
             for _, r in s.iterrows()
         ]
-        cells.append(
-            f"batch 1: {one['generate top-p tok/s']:,.0f} tokens/s ({one['% of roofline']:.0f}% of the roofline), "
-            f"first call {one['first-call warm-up s']:.1f} s of warm-up"
-        )
         rows.append(
             row(
                 f"{label} {s['size'].iloc[0]} fp16, `generate` of prompts of {s['prompts'].iloc[0]} tokens, 128 new "
-                "tokens each, generated tokens/s",
+                f"tokens each, generated tokens/s; decode step {s['step'].iloc[0]}",
                 rel,
                 "; ".join(cells),
             )
@@ -636,7 +680,15 @@ def build() -> str:
     ]
     rows += [train_compare(), train_speed(), *train_speed_graphed(), *default_model()]
     rows.append(context_effect())
-    rows += generation_gpu() + generation_batched() + generation_cpu() + rwkv7_rows() + lm_eval() + dynamics()
+    rows += (
+        generation_gpu()
+        + generation_batched()
+        + generation_cpu()
+        + rwkv7_rows()
+        + rwkv7_gpu_rows()
+        + lm_eval()
+        + dynamics()
+    )
     lines = ["| what | where measured | number | file |", "|---|---|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)

@@ -444,3 +444,32 @@ def test_pile_profiles_prefers_this_runs_file(tmp_path, monkeypatch):
     monkeypatch.setenv(ENV_RESULTS, str(tmp_path))
     write_table(tmp_path / "profile" / "memory_profile_pile_x.csv", pd.DataFrame({"a": [1]}))
     assert tmp_path / "profile" / "memory_profile_pile_x.csv" in pile_profiles()
+
+
+def test_batched_runs_summarise_each_mixed_run_with_the_step_that_ran(tmp_path):
+    """Every generation table with mixed-prompt rows is summarised, labelled by its decoder check (compiled or
+    fallen back); a table without mixed rows is passed over; none at all gives an empty frame."""
+    from rwkv_lab.measure.report import batched_runs
+    from rwkv_lab.results import write_json, write_table
+
+    assert batched_runs(tmp_path).empty
+    base = {"arch": "rwkv7", "size": "pile-168M", "kind": "mixed", "prompt": "16-1024"}
+    call = "rwkv_lab.generate, mixed prompts (top-p)"
+    rows = [
+        base
+        | {"batch": 32, "path": call, "tokens_per_s": 900.0, "end_to_end_tokens_per_s": 700.0}
+        | {"prefill_s": 0.1, "total_s": 6.0},
+        base | {"batch": 32, "path": "decoder.step (top-p)", "tokens_per_s": 1000.0},
+        base | {"batch": 32, "path": "prefill_prompts, one pass", "tokens_per_s": 5e4},
+        base | {"batch": 32, "path": "prefill_prompts, one prompt at a time", "tokens_per_s": 1e4},
+        base | {"batch": 33, "path": "rwkv_lab.generate, first call at a new batch size", "first_call_s": 0.2},
+    ]
+    for tag, compiled in (("_a", "step+sample"), ("_b", False)):
+        write_table(tmp_path / f"generation{tag}.csv", pd.DataFrame(rows))
+        write_json(tmp_path / f"decoder_check{tag}.json", {"compiled": compiled})
+    write_table(tmp_path / "generation_c.csv", pd.DataFrame([base | {"kind": "generation", "batch": 1}]))
+    runs = batched_runs(tmp_path)
+    assert runs["file"].tolist() == ["generation_a.csv", "generation_b.csv"]
+    assert runs["step"].tolist() == ["compiled (step+sample)", "uncompiled (fell back)"]
+    assert runs["end to end / decoder"].tolist() == [0.7, 0.7]
+    assert runs["new batch size, first call s (max)"].tolist() == [0.2, 0.2]

@@ -349,3 +349,28 @@ def batched_summary(frame: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def batched_runs(inference_dir: Path) -> pd.DataFrame:
+    """`batched_summary` of every benchmarks/bench_generation.py table in `inference_dir` that has `mixed` rows
+    (generation*.csv), each with its arch, device and which decode step ran: its run's decoder check
+    (decoder_check*.json of the same tag, a batch of 4) says whether the step kept torch.compile or fell back.
+    An empty frame when none has."""
+    import json
+
+    from ..results import read_table
+
+    runs = []
+    for path in sorted(Path(inference_dir).glob("generation*.csv")):
+        frame, meta = read_table(path)
+        if "kind" not in frame or not (frame["kind"] == "mixed").any():
+            continue
+        check = path.with_name(path.name.replace("generation", "decoder_check", 1)).with_suffix(".json")
+        compiled = json.loads(check.read_text())["results"]["compiled"] if check.exists() else None
+        step = "unknown (no decoder check)" if compiled is None else "uncompiled (fell back)"
+        step = f"compiled ({compiled})" if compiled else step
+        summary = batched_summary(frame).assign(
+            arch=frame["arch"].iloc[0], device=meta["device"], step=step, file=path.name
+        )
+        runs.append(summary)
+    return pd.concat(runs, ignore_index=True) if runs else pd.DataFrame()
