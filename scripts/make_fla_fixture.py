@@ -82,6 +82,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--save-dtype", default="bf16", choices=["bf16", "fp32"], help="the saved weights' dtype")
     p.add_argument("--max-files", type=int, default=400, help="standard-library files read for the corpus")
+    p.add_argument("--val-windows", type=int, default=32, help="held-out windows of --seq-len the loss is taken on")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.out.exists():
@@ -219,7 +220,7 @@ def val_loss(model, corpus, args, device) -> float:
     import torch
 
     gen = torch.Generator().manual_seed(args.seed + 2)
-    x = windows(corpus.val, 32, args.seq_len, gen).to(device)
+    x = windows(corpus.val, args.val_windows, args.seq_len, gen).to(device)
     model.eval()
     with torch.no_grad(), training_precision(args, device), counted_wkv(train_on_cpu=device.type == "cpu"):
         return model(input_ids=x, labels=x).loss.item()

@@ -810,3 +810,24 @@ def test_notebook_parameters_are_checked_before_any_notebook_runs(tmp_path):
     assert list(tmp_path.iterdir()) == []  # no notebook ran
     good = [("device", "cuda"), ("gpu", "H200 SXM"), ("n_gpus", "8"), ("price_per_hour", "3"), ("limit", "None")]
     assert check_parameters(good + [("sizes", "['169M', '430M']"), ("dtype", "bfloat16")], notebook_sources()) == []
+
+
+def test_a_notebook_made_with_parameters_sets_them_after_its_parameters_cell(tmp_path):
+    """to_notebook(parameters=...): a cell tagged injected-parameters right after the parameters cell (as papermill
+    injects them), whose values win when the notebook runs; a name the notebook lacks is refused in one line,
+    nothing written."""
+    import nbformat
+
+    from rwkv_lab.run_notebooks import to_notebook
+
+    source = REPO / "notebooks" / "06_training.py"
+    nb = nbformat.read(to_notebook(source, tmp_path / "06.ipynb", parameters={"live_tokens": 123}), as_version=4)
+    tags = [c.metadata.get("tags", []) for c in nb.cells]
+    at = tags.index(["parameters"])
+    assert tags[at + 1] == ["injected-parameters"] and nb.cells[at + 1].cell_type == "code"
+    scope = {}
+    exec(nb.cells[at].source + "\n" + nb.cells[at + 1].source, scope)
+    assert scope["live_tokens"] == 123 and scope["live_context"] == 128  # the rest keep their defaults
+    with pytest.raises(ValueError, match="no notebook to run has a parameter 'live_token'; did you mean"):
+        to_notebook(source, tmp_path / "bad.ipynb", parameters={"live_token": 1})
+    assert not (tmp_path / "bad.ipynb").exists()

@@ -182,7 +182,7 @@ def test_make_fla_fixture_runs_here_and_refuses_to_overwrite(tmp_path):
     and a second run into the same folder is refused, leaving it as it was."""
     out = tmp_path / "made"
     make = [sys.executable, str(REPO / "scripts" / "make_fla_fixture.py"), "--device", "cpu", "--out", str(out)]
-    tiny = ["--steps", "2", "--batch", "1", "--seq-len", "16", "--max-files", "60"]
+    tiny = ["--steps", "2", "--batch", "1", "--seq-len", "16", "--max-files", "60", "--val-windows", "2"]
     env = os.environ | {"TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run(make + tiny, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -36,10 +36,11 @@ def config(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("T", [1, 2, 15, 63, 200])
+@pytest.mark.parametrize("T", [1, 2, 15, 63, 100])
 @pytest.mark.parametrize("extreme", [False, True], ids=["normal", "extreme"])
 def test_kernel_matches_float64_reference(config, T, extreme):
-    # C = 20 leaves a partial channel block; T = 15, 63, 200 leave partial chunks and sub-blocks
+    # C = 20 leaves a partial channel block; T = 15, 63, 100 leave partial chunks and sub-blocks (100: 7 chunks of
+    # 16, two scan blocks of 4)
     B, C = 2, 20
     inputs64 = make_inputs(B, T, C, seed=T, extreme=extreme)
     inputs32 = [x.float() for x in inputs64]
