@@ -5,10 +5,12 @@
 
 The Triton kernel steps one token at a time with B H N/rows programs: at a prefill's small batch it runs few
 programs for T dependent steps. The chunked form does everything but the state's passing for all chunks at once
-and then loops T/64 times over one batched N x N matmul. This measures both (and fla's chunked Triton kernel with
---fla) at batch 1 and 8, T = 1024 to 16384, the 0.1B and 1.5B widths (C = 768, 2048; N = 64), fp16 inputs and an
-fp32 state, each the median of 10 calls (CUDA events), with its relative error against the float64 chunked form
-(computed on the GPU) at the smallest T. Written after each shape, so a run cut short keeps what it measured.
+and then loops T/64 times over one batched N x N matmul. The chunked Triton kernels (triton_chunked, forward only)
+do the chunked form's per-chunk work in one launch over all chunks (tl.dot, chunks of 16) and pass the state in a
+second, T/16 steps per program. This measures the three (and fla's chunked Triton kernel with --fla) at batch 1
+and 8, T = 1024 to 16384, the 0.1B and 1.5B widths (C = 768, 2048; N = 64), fp16 inputs and an fp32 state, each
+the median of 10 calls (CUDA events), with its relative error against the float64 chunked form (computed on the
+GPU) at the smallest T. Written after each shape, so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def main() -> None:
     device = torch.device(args.device)
     candidates = {
         "triton": lambda *x: wkv7(*x, backend="triton", check=False),
+        "triton_chunked": lambda *x: wkv7(*x, backend="triton_chunked", check=False),
         "chunked": lambda *x: wkv7(*x, backend="chunked", check=False),
     }
     if args.fla:

@@ -210,7 +210,8 @@ def test_gradcheck_chunked_on_tiny_shapes():
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
 def test_dtypes_in_and_out(backend):
-    inputs = make_inputs(1, 9, 2, 4, seed=6, dtype=torch.bfloat16)[:6]
+    N = 16 if backend == "triton_chunked" else 4  # its smallest head size (tl.dot's)
+    inputs = make_inputs(1, 9, 2, N, seed=6, dtype=torch.bfloat16)[:6]
     y, s = wkv7(*inputs, backend=backend)
     assert y.dtype == torch.bfloat16 and s.dtype == torch.float32 and torch.isfinite(y).all()
     y, s = wkv7(*[x.double() for x in inputs], backend=backend)

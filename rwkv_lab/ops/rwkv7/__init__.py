@@ -22,7 +22,9 @@ exact at any T and any log_w <= 0, the default. `wkv7_attention` (attention.py) 
 `attention_matrix` RWKV-7's implicit attention alpha (B, H, T, T), for analysis of short texts. `wkv7_triton`
 (triton_kernels.py) is the GPU kernel, forward and backward (RWKV-LM's x070 CUDA kernel's design: the recurrence
 with the state in registers, stepped back in the backward), for RWKV-7's decays (log_w >= -e^-0.5); `auto` picks
-it on CUDA, the chunked form elsewhere.
+it on CUDA, the chunked form elsewhere. `wkv7_triton_chunked` (triton_chunked.py, backend "triton_chunked") is
+the chunked form as GPU kernels, forward only (prefill): chunks of 16 tokens with tl.dot, S passed between chunks;
+for RWKV-7's decays too.
 """
 
 from __future__ import annotations
@@ -46,11 +48,20 @@ def wkv7_triton(r, log_w, k, v, a, b, state=None, tiling=None):
     return kernel(r, log_w, k, v, a, b, state, DEFAULT if tiling is None else tiling)
 
 
+def wkv7_triton_chunked(r, log_w, k, v, a, b, state=None):
+    """The chunked GPU kernels, forward only (triton_chunked.py): CUDA tensors, or CPU tensors under
+    TRITON_INTERPRET=1; inputs that require grad are refused (backend "triton" trains)."""
+    from .triton_chunked import wkv7_triton_chunked as kernel  # on first use, as wkv7_triton
+
+    return kernel(r, log_w, k, v, a, b, state)
+
+
 BACKENDS = {
     "recurrent": wkv7_recurrent,
     "chunked": wkv7_chunked,
     "attention": wkv7_attention,
     "triton": wkv7_triton,
+    "triton_chunked": wkv7_triton_chunked,
 }
 
 # The forms as torch.compile meets them inside a compiled caller (RWKV-7's fused blocks with fused_blocks=True off
@@ -73,7 +84,8 @@ def resolve_backend(backend: str, k: torch.Tensor) -> str:
 
 def check_inputs(r, log_w, k, v, a, b, state, backend: str = "chunked"):
     """One-line errors for inputs no form can use: shapes, dtypes, devices, the state, decays above 1; and for the
-    Triton kernel (`backend` as resolved) a head size that is not a power of two, decays below its bound."""
+    Triton kernels (`backend` as resolved: "triton", "triton_chunked") a head size they do not take, decays below
+    their bound."""
     inputs = dict(zip(NAMES, (r, log_w, k, v, a, b)))
     for name, x in inputs.items():
         if not isinstance(x, torch.Tensor):
@@ -102,8 +114,11 @@ def check_inputs(r, log_w, k, v, a, b, state, backend: str = "chunked"):
             raise TypeError(f"wkv7: state must be float32 or float64 (it accumulates); got {state.dtype}")
         if state.device != k.device:
             raise ValueError(f"wkv7: state is on {state.device} but the inputs are on {k.device}")
-    if backend == "triton":
-        from .triton_kernels import check_head_size, log_w_bound_error
+    if backend in ("triton", "triton_chunked"):
+        if backend == "triton":
+            from .triton_kernels import check_head_size, log_w_bound_error
+        else:
+            from .triton_chunked import check_head_size, log_w_bound_error
 
         check_head_size(N)
         if log_w.device.type != "meta" and (error := log_w_bound_error(log_w)) is not None:
@@ -139,4 +154,5 @@ __all__ = [
     "wkv7_states",
     "wkv7_step",
     "wkv7_triton",
+    "wkv7_triton_chunked",
 ]
