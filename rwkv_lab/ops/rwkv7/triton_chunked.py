@@ -19,22 +19,26 @@ L_rb = lower(R_up B_dn^T), L_rk likewise (diagonal included): the first line is 
 so with T_inv = (I - L_ab)^{-1} (unit lower triangular, C x C), U = W S_0^T + U_0, W = T_inv A_up,
 U_0 = T_inv L_ak V; then
 
-    Y   = R_eff S_0^T + Y_0      R_eff = R_up + L_rb W              Y_0 = L_rb U_0 + L_rk V     (C x N)
-    S_C = S_0 M + E              M = diag(e^{g_C}) + W^T B_end      E = U_0^T B_end + V^T K_end (N x N)
+    Y   = R_eff S_0^T + Y_0                       R_eff = R_up + L_rb W,  Y_0 = L_rb U_0 + L_rk V    (C x N)
+    S_C = S_0 diag(e^{g_C}) + U^T B_end + V^T K_end,   U^T = S_0 W^T + U_0^T                      (N x N)
 
 Two kernels:
 
 _chunk_factors  one program per (chunk, head, batch), all in parallel: loads the chunk's (C, N) inputs, takes g by a
                 cumulative sum, forms the four C x C score matrices with tl.dot, inverts I - L_ab by forward
                 substitution over its C rows (C x C in registers: 16 steps of a C x C update), and stores
-                R_eff and Y_0 (C, N) and M and E (N, N), fp32 (fp64 for fp64 inputs).
+                R_eff, Y_0, W, U_0, B_end, K_end (C, N) and e^{g_C} (N,), fp32 (fp64 for fp64 inputs).
 _chunk_scan     one program per (block of BV value rows, head, batch): S[rows, :] (BV, N) in registers, walking
-                the chunks in order: y = Y_0[:, rows] + R_eff S^T (a (C, N) x (N, BV) dot), then S <- S M + E[rows]
-                (a (BV, N) x (N, N) dot). Value rows never interact (the transition acts on the key side), so the
-                N/BV row blocks of a head run in parallel. T/C dependent steps instead of T.
+                the chunks in order: y = Y_0[:, rows] + R_eff S^T ((C, N) x (N, BV)), U^T[rows] = S W^T +
+                U_0[:, rows]^T ((BV, N) x (N, C)), S <- S diag(e^{g_C}) + U^T[rows] B_end + V[:, rows]^T K_end
+                ((BV, C) x (C, N), the last off the dependent chain). Value rows never interact (the transition
+                acts on the key side), so the N/BV row blocks of a head run in parallel. T/C dependent steps
+                instead of T, each two small dots long.
 
-Memory: the factors are (2 C N + 2 N^2) numbers per chunk and head in the compute dtype: at C = 16, N = 64 that is
-2.7x the chunk's six (C, N) inputs in fp32, written once and read once (plus M once per row block).
+Memory: the factors are 6 C N + N numbers per chunk and head in the compute dtype (1.5 KB per token and head at
+N = 64 in fp32, against 0.77 KB of fp16 inputs), written once and read once per row block. (The first version
+stored M = diag(e^{g_C}) + W^T B_end and E = U_0^T B_end + V^T K_end, N x N each: 40 KB per chunk instead of 24,
+for one (BV, N) x (N, N) dot per step instead of two smaller ones; not yet compared on a GPU.)
 
 Chunk size and numerics: C = 16 (the size fla uses for its intra-chunk part; tl.dot's smallest). The decay factors
 are relative to the chunk's start, so e^{-g_i} grows to e^{C |log_w|}: the backend takes log_w >= LOG_W_MIN = -0.62
@@ -64,7 +68,7 @@ from .triton_kernels import LOG_W_MIN
 
 CHUNK = 16  # tokens per chunk: see the module docstring (range of the decay factors at LOG_W_MIN; tl.dot's minimum)
 ROWS = 32  # value rows per _chunk_scan program (at most N)
-MAX_HEAD = 128  # the largest head size: _chunk_factors holds two N x N matrices in registers
+MAX_HEAD = 128  # the largest head size: each program holds a dozen (C, N) tiles (the scan: S, (BV, N)) in registers
 
 
 @triton.jit
@@ -83,8 +87,11 @@ def _chunk_factors(
     b_ptr,
     reff_ptr,
     y0_ptr,
-    m_ptr,
-    e_ptr,
+    wm_ptr,
+    u0_ptr,
+    bend_ptr,
+    kend_ptr,
+    decay_ptr,
     T,
     H,
     NC,
@@ -140,18 +147,19 @@ def _chunk_factors(
     u0 = _dot(t_inv, _dot(l_ak, v, PREC), PREC)  # (C, N): U_0, u_t's part from the chunk's own writes
     r_eff = r_up + _dot(l_rb, w_mat, PREC)  # (C, N)
     y0 = _dot(l_rb, u0, PREC) + _dot(l_rk, v, PREC)  # (C, N)
-    diag = tl.where(cols[:, None] == cols[None, :], tl.exp(g_end)[None, :], 0.0)  # (N, N) diag(e^{g_C})
-    m = diag + _dot(tl.trans(w_mat), b_end, PREC)  # (N, N): S_C = S_0 M + E
-    e = _dot(tl.trans(u0), b_end, PREC) + _dot(tl.trans(v), k_end, PREC)  # (N, N)
 
-    # the factors chunk-major, (B, H, NC, C, N) and (B, H, NC, N, N): each program's reads in _chunk_scan contiguous
+    # the factors chunk-major, (B, H, NC, C, N) and (B, H, NC, N): each program's reads in _chunk_scan contiguous.
+    # S_C = S_0 M + E is left to _chunk_scan as S_0 diag(e^{g_C}) + (S_0 W^T + U_0^T) B_end + V^T K_end: six C x N
+    # tiles per chunk instead of R_eff, Y_0 and two N x N matrices (24 KB instead of 40 KB at C = 16, N = 64, fp32)
     chunk = (bb * H + h).to(tl.int64) * NC + c
-    tile = tok[:, None] * N + cols[None, :]
-    square = cols[:, None] * N + cols[None, :]
-    tl.store(reff_ptr + chunk * C * N + tile, r_eff)
-    tl.store(y0_ptr + chunk * C * N + tile, y0)
-    tl.store(m_ptr + chunk * N * N + square, m)
-    tl.store(e_ptr + chunk * N * N + square, e)
+    tile = chunk * C * N + tok[:, None] * N + cols[None, :]
+    tl.store(reff_ptr + tile, r_eff)
+    tl.store(y0_ptr + tile, y0)
+    tl.store(wm_ptr + tile, w_mat)
+    tl.store(u0_ptr + tile, u0)
+    tl.store(bend_ptr + tile, b_end)
+    tl.store(kend_ptr + tile, k_end)
+    tl.store(decay_ptr + chunk * N + cols, tl.exp(g_end))
 
 
 @CachedLauncher
@@ -159,8 +167,12 @@ def _chunk_factors(
 def _chunk_scan(
     reff_ptr,
     y0_ptr,
-    m_ptr,
-    e_ptr,
+    wm_ptr,
+    u0_ptr,
+    bend_ptr,
+    kend_ptr,
+    decay_ptr,
+    v_ptr,
     s0_ptr,
     y_ptr,
     final_ptr,
@@ -185,15 +197,27 @@ def _chunk_scan(
         S = tl.zeros((BV, N), DT)
     for c in range(0, NC):
         chunk = head * NC + c
-        r_eff = tl.load(reff_ptr + chunk * C * N + tok[:, None] * N + cols[None, :])  # (C, N)
-        y0 = tl.load(y0_ptr + chunk * C * N + tok[:, None] * N + rows[None, :])  # (C, BV)
-        m = tl.load(m_ptr + chunk * N * N + cols[:, None] * N + cols[None, :])  # (N, N)
-        e = tl.load(e_ptr + chunk * N * N + rows[:, None] * N + cols[None, :])  # (BV, N)
-        y = y0 + _dot(r_eff, tl.trans(S), PREC)  # (C, BV): y_t[rows] = Y_0 + R_eff S_0[rows]^T
+        tile = chunk * C * N + tok[:, None] * N + cols[None, :]  # (C, N) of the chunk's factors
+        by_rows = chunk * C * N + tok[:, None] * N + rows[None, :]  # (C, BV): this program's value rows
         t = c * C + tok
-        offs = ((bb * T + t).to(tl.int64) * H + h)[:, None] * N + rows[None, :]  # (C, BV) in (B, T, H, N)
-        tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=(t < T)[:, None] & (rows < N)[None, :])
-        S = _dot(S, m, PREC) + e  # the state at the next chunk's start
+        inside = (t < T)[:, None] & (rows < N)[None, :]
+        at = (bb * T + t).to(tl.int64) * H + h  # (C,): (b, t, h) in (B, T, H, N)
+        offs = at[:, None] * N + rows[None, :]  # (C, BV)
+        # everything but S first: none of it waits on the previous chunk
+        r_eff = tl.load(reff_ptr + tile)
+        w_mat = tl.load(wm_ptr + tile)
+        b_end = tl.load(bend_ptr + tile)
+        k_end = tl.load(kend_ptr + tile)
+        y0 = tl.load(y0_ptr + by_rows)  # (C, BV)
+        u0_t = tl.load(u0_ptr + chunk * C * N + rows[:, None] + tok[None, :] * N)  # (BV, C): U_0[:, rows]^T
+        inside_t = (rows < N)[:, None] & (t < T)[None, :]
+        v_t = tl.load(v_ptr + rows[:, None] + at[None, :] * N, mask=inside_t, other=0.0).to(DT)  # (BV, C): V[:, rows]^T
+        decay = tl.load(decay_ptr + chunk * N + cols)  # (N,) e^{g_C}
+        writes = _dot(v_t, k_end, PREC)  # (BV, N): V^T K_end, the chunk's own writes of v
+        y = y0 + _dot(r_eff, tl.trans(S), PREC)  # (C, BV): y_t[rows] = Y_0 + R_eff S_0[rows]^T
+        tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=inside)
+        u_t = _dot(S, tl.trans(w_mat), PREC) + u0_t  # (BV, C): u_t[rows] = S_0[rows] W^T + U_0[:, rows]^T
+        S = S * decay[None, :] + _dot(u_t, b_end, PREC) + writes  # the state at the next chunk's start
     tl.store(final_ptr + head * N * N + rows[:, None] * N + cols[None, :], S)
 
 
@@ -237,21 +261,19 @@ def wkv7_triton_chunked(r, log_w, k, v, a, b, state=None):
     # tf32x3: fp32 accuracy on tensor cores (plain tf32 rounds the operands to 10 bits); fp64 and the interpreter
     # take "ieee"
     prec = "ieee" if cd == torch.float64 or not k.is_cuda else "tf32x3"
-    r_eff = torch.empty(B, H, n_chunks, CHUNK, N, device=dev, dtype=cd)
-    y0 = torch.empty_like(r_eff)
-    m = torch.empty(B, H, n_chunks, N, N, device=dev, dtype=cd)
-    e = torch.empty_like(m)
+    # R_eff, Y_0, W, U_0, B_end, K_end: (B, H, n_chunks, C, N) each; e^{g_C} (B, H, n_chunks, N)
+    factors = torch.empty(6, B, H, n_chunks, CHUNK, N, device=dev, dtype=cd).unbind(0)
+    decay = torch.empty(B, H, n_chunks, N, device=dev, dtype=cd)
     _chunk_factors[(n_chunks, H, B)](
-        r, log_w, k, v, a, b, r_eff, y0, m, e, T, H, n_chunks, N=N, C=CHUNK, DT=dt, PREC=prec, num_warps=4
+        r, log_w, k, v, a, b, *factors, decay, T, H, n_chunks, N=N, C=CHUNK, DT=dt, PREC=prec, num_warps=4
     )
     y = torch.empty_like(v)
     final = torch.empty(B, H, N, N, device=dev, dtype=cd)
     bv = min(ROWS, N)
     _chunk_scan[(N // bv, H, B)](
-        r_eff,
-        y0,
-        m,
-        e,
+        *factors,
+        decay,
+        v,
         state,
         y,
         final,
