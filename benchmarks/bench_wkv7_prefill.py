@@ -17,10 +17,15 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import sys
+from pathlib import Path
 
 import pandas as pd
 import torch
-from bench_wkv7 import LOWER_BOUND, fla_candidates, rwkv7_inputs  # a sibling script
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_wkv7 import LOWER_BOUND, fla_candidates, rwkv7_inputs  # noqa: E402 - a sibling script
 
 from rwkv_lab.analysis.equivalence import rel_error
 from rwkv_lab.measure.timing import time_fn

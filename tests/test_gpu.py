@@ -8,6 +8,7 @@ the CPU tests (helpers.TOL). Without a GPU they are skipped (tests/conftest.py s
     benchmarks/check_cuda_graph.py    the trainer's graphed step vs its eager step, and resumed
     benchmarks/bench_wkv.py's kernel check (--check-only), short cases    the Triton WKV vs float64
     benchmarks/bench_wkv7.py's kernel check (--check-only --quick)        RWKV-7's Triton kernel vs float64
+    benchmarks/bench_wkv7_prefill.py (T = 1000, 4096)   RWKV-7's forward-only backends (prefill) vs float64
     benchmarks/bench_generation.py's decoder_check  the captured, compiled decode step vs model.step
 
 The summaries of benchmarks/bench_training.py's repeated runs are checked on the CPU at the end.
@@ -180,6 +181,22 @@ def test_wkv7_triton_kernel_matches_float64(out):
             else:
                 tol = TOL["float32"]
             within(f"{label} {key}", r[key], tol)
+
+
+@pytest.mark.gpu
+def test_prefill_backends_match_float64(monkeypatch, out):
+    """bench_wkv7_prefill's forward-only backends (the per-token Triton kernel, the chunked Triton kernels, the
+    chunked PyTorch form) on the GPU against the float64 chunked form, fp16 inputs of RWKV-7's range at T = 1000:
+    the fp32 state within float32 rounding, y within fp16's (it is returned in fp16)."""
+    module = script("bench_wkv7_prefill")
+    run_main(monkeypatch, module, "--batches", "1", "--lengths", "1000,4096", "--widths", "768")
+    frame = pd.read_csv(out / "wkv7" / "wkv7_prefill_backends.csv")
+    checked = frame[frame["T"] == 1000]
+    assert set(checked["candidate"]) >= {"triton", "triton_chunked", "chunked"}, checked["candidate"].tolist()
+    for _, r in checked.iterrows():
+        assert "error" not in r or pd.isna(r["error"]), f"prefill {r['candidate']}: {r['error']}"
+        within(f"prefill {r['candidate']} state", r["rel_err_state"], TOL["float32"])
+        within(f"prefill {r['candidate']} y (fp16 out)", r["rel_err_y"], 1e-3)
 
 
 @pytest.mark.gpu
