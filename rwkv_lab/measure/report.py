@@ -7,6 +7,7 @@ they share none."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -356,8 +357,6 @@ def batched_runs(inference_dir: Path) -> pd.DataFrame:
     (generation*.csv), each with its arch, device and which decode step ran: its run's decoder check
     (decoder_check*.json of the same tag, a batch of 4) says whether the step kept torch.compile or fell back.
     An empty frame when none has."""
-    import json
-
     from ..results import read_table
 
     runs = []
@@ -367,8 +366,10 @@ def batched_runs(inference_dir: Path) -> pd.DataFrame:
             continue
         check = path.with_name(path.name.replace("generation", "decoder_check", 1)).with_suffix(".json")
         compiled = json.loads(check.read_text())["results"]["compiled"] if check.exists() else None
-        step = "unknown (no decoder check)" if compiled is None else "uncompiled (fell back)"
-        step = f"compiled ({compiled})" if compiled else step
+        if compiled is None:
+            step = "unknown (no decoder check)"
+        else:
+            step = f"compiled ({compiled})" if compiled else "uncompiled (fell back)"
         summary = batched_summary(frame).assign(
             arch=frame["arch"].iloc[0], device=meta["device"], step=step, file=path.name
         )
