@@ -19,10 +19,10 @@ steps (compilation) are warm-up, not timed. `--profile` adds results/training_sp
 each step's CUDA kernels by device time, grouped by kind (matmul, WKV, LayerNorm + mixes, attention, fused elementwise,
 ...).
 `--norm-mix-kernels off` leaves RWKV's LayerNorms and mixes to inductor instead of rwkv_lab.ops.norm_mix's kernels.
-`--saved-activations` sets what RWKV's fused blocks keep for the backward (RWKV.saved_activations: 'matmuls', the
-default, or 'partitioner', the compiler's choice) and `--memory-budget` the share of it the partitioner may keep
-(RWKV.activation_memory_budget), e.g. `--saved-activations partitioner --memory-budget 0.5 --tag _budget0.5`
-beside a default run. Each step replays
+`--saved-activations` sets what RWKV-4's and RWKV-7's fused blocks keep for the backward (RunConfig.saved_activations:
+'matmuls', the default, or 'partitioner', the compiler's choice) and `--memory-budget` the share of it the partitioner
+may keep (RunConfig.activation_memory_budget), e.g.
+`--saved-activations partitioner --memory-budget 0.5 --tag _budget0.5` beside a default run. Each step replays
 a CUDA graph of the whole step, as the trainer's does (rwkv_lab.training.cuda_graph; the `cuda_graph` column says
 whether the capture held); `--cuda-graph off --tag _ungraphed` launches it kernel by kernel instead.
 """
@@ -40,8 +40,9 @@ from rwkv_lab import cost
 from rwkv_lab.measure.profiler import PILE_SIZES, model_at
 from rwkv_lab.measure.timing import OOM, cuda_kernels, or_oom, time_fn
 from rwkv_lab.models.run_config import SAVED_ACTIVATIONS
-from rwkv_lab.models.rwkv4.fast_path import KEPT_OPS
+from rwkv_lab.models.rwkv4 import fast_path as rwkv4_fast_path
 from rwkv_lab.models.rwkv4.model import build_at_size
+from rwkv_lab.models.rwkv7 import fast_path as rwkv7_fast_path
 from rwkv_lab.models.transformer.model import PYTHIA_FOR, pythia_model
 from rwkv_lab.models.transformer.model import forward_flops_per_token as transformer_flops
 from rwkv_lab.results import results_dir, write_table
@@ -89,6 +90,7 @@ def build(
         return model, fast_path(model, fast), model.config.vocab_size, flops
     if variant.startswith("RWKV-7"):
         model = model_at(f"rwkv7:{name}", torch.float32, device).train()
+        model.configure(saved_activations=saved, activation_memory_budget=memory_budget)
         flops = cost.training_flops_per_token(model.config.forward_flops_per_token)
         return model, fast_path(model, fast), model.config.vocab_size, flops
     model = pythia_model(name, torch.float32, device, max_positions=max(2048, context)).train()
@@ -234,7 +236,7 @@ def main():
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--profile", action="store_true", help="also break each step down by kernel")
     parser.add_argument("--saved-activations", default="matmuls", choices=SAVED_ACTIVATIONS)
-    parser.add_argument("--memory-budget", type=float, default=1.0, help="RWKV.activation_memory_budget, 0 to 1")
+    parser.add_argument("--memory-budget", type=float, default=1.0, help="RunConfig.activation_memory_budget, 0 to 1")
     parser.add_argument(
         "--norm-mix-kernels",
         type=parse_switch,
@@ -296,17 +298,18 @@ def main():
             # the fused blocks fall back to the eager ones (with a warning) if the compiler fails: say which ran
             run_config = getattr(model, "run", None)  # a recurrent model's RunConfig; Pythia has none
             blocks = None if run_config is None else run_config.fused_blocks
-            # what the fused blocks keep, and their LayerNorm + mix kernels, are RWKV-4's settings (RunConfig)
+            # what the fused blocks keep is either generation's setting, their LayerNorm + mix kernels RWKV-4's
             rwkv4 = run_config if variant.startswith("RWKV-4") else None
-            policy = rwkv4 and rwkv4.saved_activations
+            policy = run_config and run_config.saved_activations
+            kept_ops = (rwkv4_fast_path if rwkv4 else rwkv7_fast_path).KEPT_OPS
             return {
                 "status": "ok",
                 "rwkv_blocks": None if blocks is None else ("eager" if blocks is False else "fused"),
                 "saved_activations": policy,
-                "activation_memory_budget": rwkv4 and rwkv4.activation_memory_budget,
+                "activation_memory_budget": run_config and run_config.activation_memory_budget,
                 "norm_mix_kernels": rwkv4 and rwkv4.norm_mix_kernels,
-                # the ops whose outputs the "matmuls" policy keeps (fast_path.KEPT_OPS), recorded with the run
-                "kept_ops": " ".join(sorted(KEPT_OPS)) if policy == "matmuls" else None,
+                # the ops whose outputs the "matmuls" policy keeps (the generation's fast_path.KEPT_OPS)
+                "kept_ops": " ".join(sorted(kept_ops)) if policy == "matmuls" else None,
                 "cuda_graph": captured,  # False also where a capture failed (warned): the step ran eagerly
                 "params": sum(p.numel() for p in model.parameters()),
                 "step_ms": seconds * 1e3,

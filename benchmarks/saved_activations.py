@@ -1,15 +1,16 @@
-"""What a training step keeps for its backward, per layer and token: RWKV-4's block (eager, and fused through
-torch.compile around the Triton WKV) beside the matched GPT-NeoX layer (eager, and through torch.compile), counted
-with autograd's saved-tensor hooks.
+"""What a training step keeps for its backward, per layer and token: RWKV-4's and RWKV-7's blocks (eager, and fused
+through torch.compile around the Triton operator) beside the matched GPT-NeoX layer (eager, and through
+torch.compile), counted with autograd's saved-tensor hooks.
 
     TRITON_INTERPRET=1 python benchmarks/saved_activations.py [--width 64] [--batch 2] [--context 128]
 
-Runs on the CPU (the Triton WKV under its interpreter, inductor's C++ backend for the compiled parts): the
+Runs on the CPU (the Triton operators under the interpreter, inductor's C++ backend for the compiled parts): the
 partitioner that decides what a compiled graph saves and what it recomputes is the same on both devices, so this is
 the part of the GPU's peak memory that comes from activations, counted without a GPU. Each model is built at two
 depths; per-layer numbers are the difference divided by the layers added, so the embedding, head and loss cancel.
-RWKV-4's fused path is counted keeping the matmuls' outputs (RWKV.saved_activations 'matmuls', the default) and as
-the partitioner chooses at several budgets. Bytes are given per token and layer, and in units of "one (tokens, C)
+Each generation's fused path is counted keeping the matmuls' and the operator's outputs (RunConfig.saved_activations
+'matmuls', the default) and as the partitioner chooses: RWKV-4's at several budgets, RWKV-7's at 1 (all it
+chooses). Bytes are given per token and layer, and in units of "one (tokens, C)
 tensor in bf16" (2 C bytes per token). Writes results/training/saved_activations.csv (per model and path) and
 saved_activations_by_kind.csv (per layer: how many (tokens, k·C) tensors of each dtype are kept).
 """
@@ -23,6 +24,7 @@ import pandas as pd
 import torch
 
 from rwkv_lab.measure.memory import saved_for_backward
+from rwkv_lab.models import architecture
 from rwkv_lab.results import results_dir, write_table
 from rwkv_lab.training.trainer import TrainConfig
 from rwkv_lab.training.trainer import build as build_for_training
@@ -52,7 +54,7 @@ def build(arch: str, path: str, layers: int, width: int, context: int, keeps: st
         activation_memory_budget=budget,
     )
     model, _ = build_for_training(cfg)
-    if arch == "rwkv":
+    if architecture(arch).recurrent:
         model.configure(fused_blocks=path == "fused")  # True: the fused blocks on any device (on CUDA, 'auto' does)
         return model
     return torch.compile(model) if path == "compiled" else model
@@ -73,7 +75,9 @@ def main():
     parser.add_argument("--context", type=int, default=128)
     parser.add_argument("--layers", default="2,4", help="the two depths whose difference is counted")
     parser.add_argument(
-        "--budgets", default="1,0.8,0.5,0.2", help="RWKV.activation_memory_budget values (the partitioner's fused path)"
+        "--budgets",
+        default="1,0.8,0.5,0.2",
+        help="RWKV-4's RunConfig.activation_memory_budget values (the partitioner's fused path)",
     )
     args = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET") != "1":
@@ -83,8 +87,9 @@ def main():
     tokens = torch.randint(0, 257, (B, T + 1), generator=torch.Generator().manual_seed(0))
     summary, kinds = [], []
     budgets = [float(b) for b in args.budgets.split(",")]
-    runs = [("rwkv", "eager", None, 1.0), ("rwkv", "fused", "matmuls", 1.0)]
-    runs += [("rwkv", "fused", "partitioner", b) for b in budgets]
+    runs = [("rwkv4", "eager", None, 1.0), ("rwkv4", "fused", "matmuls", 1.0)]
+    runs += [("rwkv4", "fused", "partitioner", b) for b in budgets]
+    runs += [("rwkv7", "eager", None, 1.0), ("rwkv7", "fused", "matmuls", 1.0), ("rwkv7", "fused", "partitioner", 1.0)]
     runs += [("transformer", "eager", None, 1.0), ("transformer", "compiled", None, 1.0)]
     for arch, path, keeps, budget in runs:
         counted = {}

@@ -279,7 +279,8 @@ for model, r in wide.iterrows():
 # keeps, is the same on both devices), for RWKV-4's blocks (eager; fused keeping only the outputs of the matmuls
 # and of the WKV and the LayerNorm and mix kernels' mixes, the matmuls' inputs, the default
 # `saved_activations = "matmuls"`; fused as the partitioner chooses at several
-# `activation_memory_budget`s) and for the matched GPT-NeoX layer. Scaled to the GPU run's 1.5B shape, that count
+# `activation_memory_budget`s), for RWKV-7's (eager; fused keeping the matmuls' and the operator's outputs, and as
+# the partitioner chooses) and for the matched GPT-NeoX layer. Scaled to the GPU run's 1.5B shape, that count
 # is set beside the measured peak-memory difference.
 
 # %%
@@ -301,13 +302,16 @@ per_tensor_gib = 2 * width * layers * big["tokens_per_step"] / 2**30  # one bf16
 tf = grows[(grows["arch"] == "transformer") & (grows["path"] == "compiled")].iloc[0]["bf16_BTC_tensors_per_layer"]
 for _, r in grows[grows["path"] == "fused"].iterrows():
     n = r["bf16_BTC_tensors_per_layer"]
+    matmuls = (
+        "the matmuls' inputs and outputs" if r["arch"] in ("rwkv", "rwkv4") else "the matmuls' and operator's outputs"
+    )
     how = (
-        "keeping the matmuls' inputs and outputs"
+        f"keeping {matmuls}"
         if r["saved_activations"] == "matmuls"
         else f"as the partitioner chooses at activation_memory_budget {r['activation_memory_budget']:g}"
     )
     print(
-        f"fused RWKV-4 {how}: {n:.1f} bf16 (tokens, C) "
+        f"fused {r['arch']} {how}: {n:.1f} bf16 (tokens, C) "
         f"tensors per layer against the compiled GPT-NeoX layer's {tf:.1f}; at 1.5B ({layers} layers, C = {width}, "
         f"{int(big['tokens_per_step']):,} tokens per step) {(n - tf) * per_tensor_gib:+.1f} GiB"
     )

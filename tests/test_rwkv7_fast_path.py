@@ -1,6 +1,7 @@
 """RWKV-7's fast path (models/rwkv7/fast_path.py: the blocks through torch.compile) against the eager blocks on the
-CPU: outputs, final state and every gradient from a random non-zero state at an odd length; when 'auto' takes it;
-a compiler failure falls back to the eager blocks with a warning. The GPU check (the Triton operator, bf16
+CPU: outputs, final state and every gradient from a random non-zero state at an odd length; what they keep for the
+backward (RunConfig.saved_activations); when 'auto' takes it; a compiler failure falls back to the eager blocks with
+a warning. The GPU check (the Triton operator, bf16
 autocast) is tests/test_gpu.py's."""
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from helpers import TOL, assert_rel_close, random_model
 from test_rwkv7_model import random_state, tokens_for
 from torch._dynamo.utils import counters
 
+from rwkv_lab.measure.memory import saved_for_backward
 from rwkv_lab.models.rwkv7 import fast_path, get_config
 from rwkv_lab.models.rwkv7 import model as rwkv7_model
 
 # three layers: the first block (ln0, no value residual) and two after it, which share one compilation
 TINY = dataclasses.replace(get_config("tiny"), n_layer=3)
+TINY_TWO_LAYERS = get_config("tiny")
 
 
 def training_step(model, tokens, state0, fused: bool):
@@ -70,6 +73,53 @@ def test_fused_blocks_match_the_eager_blocks(backend, dtype, tol):
         assert_rel_close(f"fused {name} grad {key}", grads[key], eager_grads[key], tol)
 
 
+def test_what_the_fused_blocks_keep_changes_memory_and_nothing_else():
+    """RunConfig.saved_activations on RWKV-7's fused blocks (the Triton operator interpreted, in the graph):
+    'matmuls' (the default: the matmuls' and the operator's outputs kept, the elementwise work recomputed) keeps
+    fewer bytes per token for the backward than the partitioner's choice (counted by saved-tensor hooks), and both
+    give the eager blocks' loss and every parameter's gradient. Two layers: the first block and one after it."""
+    model = random_model(TINY_TWO_LAYERS, seed=3, dtype=torch.float32)
+    model.configure(backend="triton")
+    B, T = 2, 12
+    tokens = tokens_for(TINY_TWO_LAYERS, B, T + 1, seed=3)
+
+    def step(fused: bool, saved: str = "matmuls"):
+        model.configure(fused_blocks=fused, saved_activations=saved)
+        model.zero_grad(set_to_none=True)
+        losses = []
+
+        def forward():
+            logits, _ = model(tokens[:, :-1])
+            losses.append(torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten()))
+            return losses[0]
+
+        graphs = counters["stats"]["unique_graphs"]
+        kept = sum(r["bytes"] for r in saved_for_backward(forward, model))
+        assert model.run.fused_blocks is fused  # no fallback to the eager blocks
+        # compiled, not a checkpoint that dynamo gave up on and ran eagerly (which keeps fewer bytes too)
+        assert (counters["stats"]["unique_graphs"] > graphs) is fused
+        return kept / (B * T), losses[0].detach(), {n: p.grad for n, p in model.named_parameters()}
+
+    eager_bytes, eager_loss, eager = step(False)
+    partitioner_bytes, partitioner_loss, partitioner = step(True, "partitioner")
+    matmuls_bytes, matmuls_loss, matmuls = step(True, "matmuls")
+    print(
+        f"bytes kept for the backward per token (two layers, C = {TINY_TWO_LAYERS.n_embd}): eager {eager_bytes:.0f}, "
+        f"partitioner {partitioner_bytes:.0f}, matmuls {matmuls_bytes:.0f}"
+    )
+    assert matmuls_bytes < partitioner_bytes
+    tol = TOL["float32"]
+    assert_rel_close("matmuls loss vs partitioner", matmuls_loss, partitioner_loss, tol)
+    assert_rel_close("matmuls loss vs eager", matmuls_loss, eager_loss, tol)
+    assert set(matmuls) == set(partitioner) == set(eager)
+    for name in sorted(eager):
+        if eager[name] is None:  # layer 0's value-residual LoRA, unused there: no gradient on any path
+            assert matmuls[name] is None and partitioner[name] is None, name
+            continue
+        assert_rel_close(f"matmuls vs partitioner grad {name}", matmuls[name], partitioner[name], tol)
+        assert_rel_close(f"matmuls vs eager grad {name}", matmuls[name], eager[name], tol)
+
+
 def test_auto_takes_the_fused_blocks_when_training_on_cuda_only():
     model = random_model(TINY, dtype=torch.float32)
     cpu = torch.zeros(1, 1, TINY.n_embd)
@@ -95,7 +145,7 @@ def test_a_compiler_failure_falls_back_to_the_eager_blocks(monkeypatch):
         raise RuntimeError("no compiler here")
 
     compiled = torch.compile(fast_path.block_forward, backend=failing_backend)
-    monkeypatch.setattr(rwkv7_model, "fused_block_forward", lambda: compiled)
+    monkeypatch.setattr(rwkv7_model, "fused_block_forward", lambda *settings: compiled)
     model = random_model(TINY, seed=2, dtype=torch.float64)
     model.configure(backend="chunked")
     tokens, state = tokens_for(TINY, 2, 5, seed=2), random_state(model, 2, seed=2)

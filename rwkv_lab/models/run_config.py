@@ -4,14 +4,16 @@
     model.configure(backend="recurrent")    # the operator's backend for the parallel form
 
 Every choice here gives the same numbers up to float rounding (tests compare each against the eager reference);
-what differs is speed and memory. A generation reads the fields that apply to it: RWKV-7 reads backend and
-fused_blocks (its blocks through torch.compile, models/rwkv7/fast_path.py); saved_activations,
-activation_memory_budget, norm_mix_kernels, padded_head and rescale_every are RWKV-4's.
+what differs is speed and memory. A generation reads the fields that apply to it: RWKV-7 reads backend,
+fused_blocks, saved_activations and activation_memory_budget (its blocks through torch.compile,
+models/rwkv7/fast_path.py); norm_mix_kernels, padded_head and rescale_every are RWKV-4's. What the fused blocks keep
+for the backward is decided here for both (`compiled_block`, `keeping_outputs_of`), each generation naming its ops.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 # What the fused blocks keep for the backward: the matmuls' and the operator's outputs ("matmuls"), or what the
@@ -26,8 +28,8 @@ class RunConfig:
     """backend: the operator's backend for the parallel form ("auto": the fastest exact one on the device).
     fused_blocks: the parallel form's blocks through torch.compile ("auto": when training on CUDA with the Triton
     operator; True everywhere; False never: the eager blocks, the reference).
-    saved_activations, activation_memory_budget: what RWKV-4's fused blocks keep for the backward (above; RWKV-7's
-    keep what the compiler's partitioner chooses).
+    saved_activations, activation_memory_budget: what the fused blocks keep for the backward (above; both
+    generations, `compiled_block`).
     norm_mix_kernels: RWKV-4's fused blocks' LayerNorm, token shift and mixes in norm_mix's Triton kernels (else
     inductor).
     padded_head: RWKV-4's head's matmul over a vocabulary padded to aligned rows ("auto": when training on CUDA; the
@@ -93,3 +95,54 @@ def compile_options() -> dict:
     if hasattr(torch._inductor.config.triton, "mix_order_reduction"):
         options["triton.mix_order_reduction"] = False
     return options
+
+
+def keeping_outputs_of(kept_ops: frozenset[str], forward, *args):
+    """`forward(*args)` under selective activation checkpointing: the backward gets the inputs and the outputs of
+    the ops named in `kept_ops` (their schema names: 'aten::mm', 'rwkv_lab::wkv7_forward'), and recomputes
+    everything else. Each generation names its matmuls and operator (fast_path.KEPT_OPS): what costs a GEMM or a
+    scan to recompute is kept, the elementwise work between them, cheap to redo and most of the bytes, is not."""
+    from torch.utils.checkpoint import (  # noqa: PLC0415 - loaded with the compiler, not with RunConfig
+        CheckpointPolicy,
+        checkpoint,
+        create_selective_checkpoint_contexts,
+    )
+
+    def policy(ctx, op, *args, **kwargs):
+        name = op.name() if hasattr(op, "name") else str(op)
+        return CheckpointPolicy.MUST_SAVE if name in kept_ops else CheckpointPolicy.PREFER_RECOMPUTE
+
+    contexts = functools.partial(create_selective_checkpoint_contexts, policy)
+    return checkpoint(forward, *args, use_reentrant=False, context_fn=contexts)
+
+
+def compiled_block(forward, kept_ops: frozenset[str], saved_activations: str, memory_budget: float, **functorch):
+    """A block's `forward` through torch.compile (inductor, `compile_options`), keeping for the backward what
+    `saved_activations` says: "matmuls", the outputs of `kept_ops` (`keeping_outputs_of`); "partitioner", what
+    torch._functorch's min-cut partitioner chooses, of which `memory_budget` below 1 keeps at most that share
+    (recomputing the rest, matmuls included). `functorch`: more torch._functorch.config settings while a graph
+    compiles (RWKV-7's view replay). Every generation's fused blocks are this, so the policy has one home."""
+    import torch  # noqa: PLC0415 - loaded with the compiler, not with RunConfig
+    import torch._functorch.config  # noqa: PLC0415
+    from torch._inductor.compile_fx import compile_fx  # noqa: PLC0415
+
+    check_saved_activations(saved_activations, memory_budget)
+    options = compile_options()
+
+    def keeping_kept_ops(*args):
+        return keeping_outputs_of(kept_ops, forward, *args)
+
+    compiled = keeping_kept_ops if saved_activations == "matmuls" else forward
+    if memory_budget != 1.0:  # "partitioner" only (checked above)
+        functorch = functorch | {"activation_memory_budget": memory_budget}
+    if not functorch:
+        return torch.compile(compiled, options=options)
+
+    def inductor_patched(graph, example_inputs):
+        # the partitioner reads these while this compiles the graph. A backend of its own, not a patch around the
+        # call: dynamo reuses a compiled graph for any backend equal to its own, and torch.compile's inductor
+        # backends with equal options are equal, whatever the settings were
+        with torch._functorch.config.patch(**functorch):
+            return compile_fx(graph, example_inputs, config_patches=options)
+
+    return torch.compile(compiled, backend=inductor_patched)

@@ -1,6 +1,6 @@
 """How RWKV-4's parallel form runs fast on CUDA, kept beside the network (model.py) rather than inside it: the
 blocks through torch.compile with the LayerNorm + token shift + mixes kernels (`block_with_fused_mixes`), what
-the backward keeps (`keeping_matmul_outputs`), and the head padded to aligned rows (`padded_head`). Which of these
+the backward keeps (`KEPT_OPS`), and the head padded to aligned rows (`padded_head`). Which of these
 a model uses is its `RunConfig` (rwkv_lab/models/run_config.py); every path computes the eager blocks' numbers."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from ...ops.norm_mix import norm_shift_mix, norm_shift_mix_eager
 from ...ops.rwkv4 import resolve_backend
-from ..run_config import check_saved_activations, compile_options
+from ..run_config import compiled_block
 from .layers import ATT_A, ATT_P, ATT_X, FFN_X, Block, new_layer_state
 
 
@@ -57,30 +57,15 @@ def padded_head(
     return logits if keep_padding else logits[..., :V]
 
 
-# the ops whose outputs "matmuls" keeps: each costs a GEMM (or the WKV's scan) to recompute, or, for the LayerNorm
-# and mix kernels, is the matmuls' input (kept, their backward needs no second forward launch)
+# the ops whose outputs "matmuls" keeps (run_config.keeping_outputs_of): each costs a GEMM (or the WKV's scan) to
+# recompute, or, for the LayerNorm and mix kernels, is the matmuls' input (kept, their backward needs no second
+# forward launch). With them the backward gets the block's input, the outputs of its seven matmuls and of the WKV,
+# with block_with_fused_mixes also the five mixes the kernels write, and recomputes everything else elementwise
+# (with Block.forward the LayerNorms, token shifts and mixes too; the gates, squared ReLU, the residual between the
+# two halves). No matmul runs twice. What that is per layer and token, beside the partitioner's choice and the
+# GPT-NeoX layer, is counted on the CPU by benchmarks/saved_activations.py
+# (results/training/saved_activations_by_kind.csv).
 KEPT_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "rwkv_lab::wkv_forward", "rwkv_lab::norm_mix_forward"})
-
-
-def _keep_matmul_outputs(ctx, op, *args, **kwargs):
-    from torch.utils.checkpoint import CheckpointPolicy  # noqa: PLC0415
-
-    name = op.name() if hasattr(op, "name") else str(op)
-    return CheckpointPolicy.MUST_SAVE if name in KEPT_OPS else CheckpointPolicy.PREFER_RECOMPUTE
-
-
-def keeping_matmul_outputs(forward, block, x, state, backend, scale: int = 1):
-    """A block's `forward` (Block.forward or block_with_fused_mixes) under selective activation checkpointing: the
-    backward gets the block's input, the outputs of its seven matmuls and of the WKV, with block_with_fused_mixes
-    also the five mixes the LayerNorm and mix kernels write (the matmuls' inputs: their backward then needs no
-    second forward launch), and recomputes everything else elementwise (with Block.forward the LayerNorms, token
-    shifts and mixes too; the gates, squared ReLU, the residual between the two halves). No matmul runs twice.
-    What that is per layer and token, beside the partitioner's choice and the GPT-NeoX layer, is counted on the CPU
-    by benchmarks/saved_activations.py (results/training/saved_activations_by_kind.csv)."""
-    from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts  # noqa: PLC0415
-
-    contexts = functools.partial(create_selective_checkpoint_contexts, _keep_matmul_outputs)
-    return checkpoint(forward, block, x, state, backend, scale, use_reentrant=False, context_fn=contexts)
 
 
 @functools.cache
@@ -94,34 +79,12 @@ def fused_block_forward(saved_activations: str = "matmuls", memory_budget: float
     the compiler treats as opaque. One function for every block of every model: the block's parameters are graph
     inputs, so one compilation serves all layers of a shape (the first block, with ln0, gets its own).
 
-    What the backward gets (RWKV.saved_activations): "matmuls" (the default) keeps the outputs of the matmuls and
-    of the WKV (and the LayerNorm and mix kernels' mixes, the matmuls' inputs) and recomputes the other
-    elementwise results in the backward (`keeping_matmul_outputs`);
-    "partitioner" leaves the choice to torch._functorch's min-cut partitioner, which at `memory_budget` 1 keeps
-    more per token than the matched GPT-NeoX layer (results/training/saved_activations.csv) and below 1 keeps at
-    most that share of it, recomputing the rest, matmuls included (`activation_memory_budget`). What each costs
-    in speed is measured on the GPU (benchmarks/bench_training.py --saved-activations, --memory-budget,
-    --norm-mix-kernels). The compiler's options are every generation's (run_config.compile_options)."""
-    import torch._functorch.config  # noqa: PLC0415 - loaded with the compiler, not with the model
-
-    check_saved_activations(saved_activations, memory_budget)
-    options = compile_options()
+    What the backward gets (RWKV.saved_activations, run_config.compiled_block): "matmuls" (the default) keeps the
+    outputs of the matmuls and of the WKV (and the LayerNorm and mix kernels' mixes, the matmuls' inputs:
+    KEPT_OPS) and recomputes the other elementwise results in the backward; "partitioner" leaves the choice to
+    torch._functorch's min-cut partitioner, which at `memory_budget` 1 keeps more per token than the matched
+    GPT-NeoX layer (results/training/saved_activations.csv) and below 1 keeps at most that share of it,
+    recomputing the rest, matmuls included (`activation_memory_budget`). What each costs in speed is measured on
+    the GPU (benchmarks/bench_training.py --saved-activations, --memory-budget, --norm-mix-kernels)."""
     forward = block_with_fused_mixes if norm_mix_kernels else Block.forward
-    if saved_activations == "matmuls":
-
-        def checkpointed(block, x, state, backend, scale: int = 1):
-            return keeping_matmul_outputs(forward, block, x, state, backend, scale)
-
-        return torch.compile(checkpointed, options=options)
-    if memory_budget == 1.0:
-        return torch.compile(forward, options=options)
-    from torch._inductor.compile_fx import compile_fx  # noqa: PLC0415
-
-    def inductor_within_budget(graph, example_inputs):
-        # the partitioner reads the budget while this compiles the graph. A backend of its own, not a patch
-        # around the call: dynamo reuses a compiled graph for any backend equal to its own, and torch.compile's
-        # inductor backends with equal options are equal, whatever the budget was
-        with torch._functorch.config.patch(activation_memory_budget=memory_budget):
-            return compile_fx(graph, example_inputs, config_patches=options)
-
-    return torch.compile(forward, backend=inductor_within_budget)
+    return compiled_block(forward, KEPT_OPS, saved_activations, memory_budget)

@@ -195,7 +195,8 @@ class RWKV7(RecurrentLMBase):
         self.ln_out = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # how the parallel form runs is `self.run` (RecurrentLMBase): its `backend` is rwkv_lab.ops.rwkv7's ('auto'
-        # picks the fastest exact one), its `fused_blocks` whether the blocks run compiled (fast_path.py)
+        # picks the fastest exact one), its `fused_blocks` whether the blocks run compiled (fast_path.py), its
+        # `saved_activations` and `activation_memory_budget` what those keep for the backward
 
     @property
     def state_dtype(self) -> torch.dtype:
@@ -241,6 +242,12 @@ class RWKV7(RecurrentLMBase):
         where `uses_fused_blocks` says (fast_path.py), else eager (with a trace or lengths always eager)."""
         backend = self.resolve_backend(backend, x)
         fused = lengths is None and self.uses_fused_blocks(x, backend, trace)
+        saved = (self.run.saved_activations, self.run.activation_memory_budget)
+        if backend != "triton":
+            # "matmuls" checkpoints the block as one graph, which the other forms of the operator, run outside it,
+            # break: dynamo would then run the checkpoint eagerly, uncompiled. Their pieces keep what the
+            # partitioner chooses
+            saved = ("partitioner", 1.0) if saved[0] == "matmuls" else saved
         v_first = None
         shifts, wkvs = [], []
         for i, block in enumerate(self.blocks):
@@ -251,7 +258,7 @@ class RWKV7(RecurrentLMBase):
             inputs = (x, v_first, state.shift[:, i], state.wkv[:, i], backend)
             (x, v_first, shift, wkv_state), fused = self.fused_or_eager(
                 fused,
-                lambda: fused_block_forward()(block, *inputs),
+                lambda: fused_block_forward(*saved)(block, *inputs),
                 lambda: block(*inputs, layer_trace, lengths),
             )
             shifts.append(shift)
