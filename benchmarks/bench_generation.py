@@ -300,23 +300,38 @@ def kernel_profile(model, size: str, prefill_T: int, steps: int, device) -> list
     return rows
 
 
+def reference_step(model, token, state):
+    """model.step as written in PyTorch: RWKV-7's step kernels (RunConfig.step_kernels, on CUDA by default) off."""
+    run = model.run
+    model.configure(step_kernels=False)
+    try:
+        return model.step(token, state)
+    finally:
+        model.run = run
+
+
 def decoder_check(arch: str, size: str, device, tokenizer, new_tokens: int = 200) -> dict:
-    """fp32 on the device: the captured, compiled step equals eager model.step; greedy text is identical; a
-    batch of 3 in the decoder of 4 (a padded row) gives the 3 rows' own step."""
+    """fp32 on the device: the captured, compiled step equals model.step's PyTorch reference (eager; RWKV-7's step
+    kernels off); greedy text is identical; a batch of 3 in the decoder of 4 (a padded row) gives the 3 rows' own
+    step. Within fp32 rounding of one step (1e-6), or of the network (1e-5) where the decoder runs RWKV-7's step
+    kernels, whose op order differs from the reference's."""
     model = build_at_size(arch, size, torch.float32, device)
     tokens = torch.randint(100, 20000, (4, 32), device=device)
     _, state = model.prefill(tokens)
     token = tokens[:, -1]
     decoder = decoder_for(model, 4)
+    with torch.no_grad():
+        kernels = bool(getattr(model, "uses_step_kernels", lambda x: False)(state.tensors()[0]))
+    tolerance = 1e-5 if kernels else 1e-6
     worst_logits = worst_state = 0.0
     with torch.no_grad():
         for _ in range(8):
-            ref_logits, ref_state = model.step(token, state)
+            ref_logits, ref_state = reference_step(model, token, state)
             nxt, new_state, logits = decoder.step(token, state, return_logits=True)
             worst_logits = max(worst_logits, rel_error(logits, ref_logits))
             worst_state = max(worst_state, rel_error(new_state, ref_state))
             token, state = ref_logits.argmax(-1), ref_state
-        ref_logits, ref_state = model.step(token[:3], state[:3])
+        ref_logits, ref_state = reference_step(model, token[:3], state[:3])
         _, padded_state, padded_logits = decoder_for(model, 3).step(token[:3], state[:3], return_logits=True)
         padded = max(rel_error(padded_logits, ref_logits), rel_error(padded_state, ref_state))
     prompt = "The RWKV model"
@@ -328,7 +343,7 @@ def decoder_check(arch: str, size: str, device, tokenizer, new_tokens: int = 200
             if t == tokenizer.eot_id:
                 break
             ids.append(t)
-            logits, st = model.step(torch.tensor([t], device=device), st)
+            logits, st = reference_step(model, torch.tensor([t], device=device), st)
     eager = tokenizer.decode(ids)
     del model
     free_memory(device)
@@ -341,11 +356,12 @@ def decoder_check(arch: str, size: str, device, tokenizer, new_tokens: int = 200
         "rel_err_padded_batch": padded,
         "greedy_tokens": len(ids),
         "greedy_text_identical": fast == eager,
+        "step_kernels": kernels,
         "compiled": decoder.compile,
         "compile_fallbacks": decoder.fallbacks,
         "graphs": decoder.graphs,
-        "tolerance": 1e-6,
-        "ok": max(worst_logits, worst_state, padded) <= 1e-6 and fast == eager,
+        "tolerance": tolerance,
+        "ok": max(worst_logits, worst_state, padded) <= tolerance and fast == eager,
     }
 
 

@@ -9,7 +9,8 @@ the CPU tests (helpers.TOL). Without a GPU they are skipped (tests/conftest.py s
     benchmarks/bench_wkv.py's kernel check (--check-only), short cases    the Triton WKV vs float64
     benchmarks/bench_wkv7.py's kernel check (--check-only --quick)        RWKV-7's Triton kernel vs float64
     benchmarks/bench_wkv7_prefill.py (T = 1000, 4096)   RWKV-7's forward-only backends (prefill) vs float64
-    benchmarks/bench_generation.py's decoder_check  the captured, compiled decode step vs model.step
+    benchmarks/bench_generation.py's decoder_check  the captured, compiled decode step vs model.step (both
+                                                    generations; RWKV-7's through its step kernels)
 
 The summaries of benchmarks/bench_training.py's repeated runs are checked on the CPU at the end.
 """
@@ -200,7 +201,9 @@ def test_prefill_backends_match_float64(monkeypatch, out):
 
 
 @pytest.mark.gpu
-def test_decoder_step_matches_model_step(out):
+@pytest.mark.parametrize("arch, size", [("rwkv4", "169M"), ("rwkv7", "pile-168M")])
+def test_decoder_step_matches_model_step(out, arch, size):
+    """The captured, compiled decode step against model.step's PyTorch reference (RWKV-7's: its step kernels off)."""
     import torch
 
     from rwkv_lab.loading.tokenizer import ENV_TOKENIZER, load_tokenizer
@@ -210,8 +213,11 @@ def test_decoder_step_matches_model_step(out):
     if not os.path.exists(source):
         pytest.skip(f"no GPT-NeoX tokenizer at {source} (set ${ENV_TOKENIZER} to a 20B_tokenizer.json)")
     module = script("bench_generation")
-    check = module.decoder_check("169M", torch.device("cuda"), load_tokenizer(str(source)), new_tokens=64)
-    write_json(out / "inference" / "decoder_check.json", check, {"size": "169M", "new_tokens": 64}, device="cuda")
+    check = module.decoder_check(arch, size, torch.device("cuda"), load_tokenizer(str(source)), new_tokens=64)
+    path = out / "inference" / f"decoder_check_{arch}.json"
+    write_json(path, check, {"arch": arch, "size": size, "new_tokens": 64}, device="cuda")
+    if arch == "rwkv7":
+        assert check["step_kernels"], "RWKV-7's decoder on CUDA runs the step kernels"
     within("decoder step vs model.step, logits (fp32)", check["rel_err_logits"], check["tolerance"])
     within("decoder step vs model.step, state (fp32)", check["rel_err_state"], check["tolerance"])
     assert check["greedy_text_identical"], "greedy text through generate differs from model.step's"

@@ -5,7 +5,7 @@
 
 Every choice here gives the same numbers up to float rounding (tests compare each against the eager reference);
 what differs is speed and memory. A generation reads the fields that apply to it: RWKV-7 reads backend,
-fused_blocks, saved_activations and activation_memory_budget (its blocks through torch.compile,
+fused_blocks, saved_activations, activation_memory_budget and step_kernels (its blocks through torch.compile,
 models/rwkv7/fast_path.py); norm_mix_kernels, padded_head and rescale_every are RWKV-4's. What the fused blocks keep
 for the backward is decided here for both (`compiled_block`, `keeping_outputs_of`), each generation naming its ops.
 """
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 # compiler's min-cut partitioner chooses ("partitioner"), of which `activation_memory_budget` keeps a share
 SAVED_ACTIVATIONS = ("matmuls", "partitioner")
 FUSED_BLOCKS = (True, False, "auto")
+STEP_KERNELS = (True, False, "auto")
 PADDED_HEAD = (True, False, "auto")
 
 
@@ -35,7 +36,10 @@ class RunConfig:
     padded_head: RWKV-4's head's matmul over a vocabulary padded to aligned rows ("auto": when training on CUDA; the
     logits are the same, the padding sliced off unless the loss asks for it; RWKV-7's vocabularies are aligned).
     rescale_every: fp16 only: halve the residual stream every this many layers (0: never); the rwkv package's and
-    transformers' default for RWKV-4, whose larger models' residuals outgrow fp16 (exact up to LayerNorm's eps)."""
+    transformers' default for RWKV-4, whose larger models' residuals outgrow fp16 (exact up to LayerNorm's eps).
+    step_kernels: RWKV-7's one-token step (`step`, what the decoder runs) in Triton kernels, a few launches a layer
+    ("auto": on CUDA without autograd; True also on the CPU under TRITON_INTERPRET=1, the tests; False: the
+    reference, TorchScript on the CPU, inductor on CUDA)."""
 
     backend: str = "auto"
     fused_blocks: bool | str = "auto"
@@ -44,10 +48,13 @@ class RunConfig:
     norm_mix_kernels: bool = True
     padded_head: bool | str = "auto"
     rescale_every: int = 6
+    step_kernels: bool | str = "auto"
 
     def __post_init__(self):
         if self.fused_blocks not in FUSED_BLOCKS or not isinstance(self.fused_blocks, (bool, str)):
             raise ValueError(f"RunConfig.fused_blocks must be one of {FUSED_BLOCKS}; got {self.fused_blocks!r}")
+        if self.step_kernels not in STEP_KERNELS or not isinstance(self.step_kernels, (bool, str)):
+            raise ValueError(f"RunConfig.step_kernels must be one of {STEP_KERNELS}; got {self.step_kernels!r}")
         if self.padded_head not in PADDED_HEAD or not isinstance(self.padded_head, (bool, str)):
             raise ValueError(f"RunConfig.padded_head must be one of {PADDED_HEAD}; got {self.padded_head!r}")
         if not isinstance(self.norm_mix_kernels, bool):

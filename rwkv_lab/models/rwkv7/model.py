@@ -22,12 +22,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...ops import triton_available
 from ...ops.lengths import last_positions, padding_mask
 from ...ops.rwkv7 import attention_matrix, resolve_backend, wkv7, wkv7_states, wkv7_step
 from ..base import RecurrentLMBase
 from ..state import RecurrentState
 from .config import RWKV7Config
 from .fast_path import fused_block_forward
+
+if triton_available():  # the one-token step's kernels (Triton is optional on a CPU machine)
+    from ...ops.gemv import Projection, grouped_gemv
+    from ...ops.rwkv7.step_kernel import time_mix_step
 
 # log w = -e^{-1/2} sigmoid(z): every decay lies in (exp(-e^{-1/2}), 1) ~ (0.545, 1). (The package writes the
 # constant 0.606531 in its one-token path; RWKV-LM's kernels take -softplus(-z) - 1/2 and exponentiate twice,
@@ -347,6 +352,8 @@ class RWKV7(RecurrentLMBase):
             self.check_state(state, token.shape[0])
         x = _layer_norm(self.blocks[0].ln0, self.emb(token))  # (B, C)
         B, C = x.shape
+        if self.uses_step_kernels(x):
+            return self._step_kernels(x, state)
         # out= ops take no autograd (nor does the compiler trace them into a strided slice): then each layer returns
         # a fresh S and they are stacked
         compiling = torch.compiler.is_compiling()
@@ -366,6 +373,32 @@ class RWKV7(RecurrentLMBase):
         x = _layer_norm(self.ln_out, x)
         shift = torch.stack(shifts, dim=1).view(B, -1, 2, C).to(self.state_dtype)
         return self.head(x), RWKV7State(shift=shift, wkv=torch.stack(wkvs, dim=1) if wkv is None else wkv)
+
+    def uses_step_kernels(self, x: torch.Tensor) -> bool:
+        """Whether `step` runs its blocks in Triton kernels (`_block_one_kernels`): `run.step_kernels` "auto" on
+        CUDA without autograd for fp32 / bf16 / fp16 models, True wherever Triton runs (the CPU under its
+        interpreter, the tests)."""
+        choice = self.run.step_kernels
+        if choice is False or torch.is_grad_enabled() or self.dtype == torch.float64:
+            return False
+        return triton_available() and (choice is True or x.is_cuda)
+
+    def _step_kernels(self, x: torch.Tensor, state: RWKV7State):
+        """`step`'s blocks through `_block_one_kernels`, x (B, C) after ln0."""
+        B, C = x.shape
+        last = state.shift.to(x.dtype)  # (B, L, 2, C)
+        v_first = None
+        shifts, wkvs = [], []
+        for i, block in enumerate(self.blocks):
+            x, v, h, h2, S = _block_one_kernels(
+                x, v_first, last[:, i], state.wkv[:, i], block.step_tensors(), self.config.layer_norm_eps
+            )
+            v_first = v if v_first is None else v_first
+            shifts += [h, h2]
+            wkvs.append(S)
+        x = _layer_norm(self.ln_out, x)
+        shift = torch.stack(shifts, dim=1).view(B, -1, 2, C).to(self.state_dtype)
+        return self.head(x), RWKV7State(shift=shift, wkv=torch.stack(wkvs, dim=1))
 
 
 def _layer_norm(ln: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
@@ -453,6 +486,39 @@ def _blocks_one(
         shifts += [h, h2]
         wkvs.append(S)
     return x, shifts, wkvs
+
+
+def _block_one_kernels(x: Tensor, v_first: Tensor | None, last: Tensor, S: Tensor, p: list[Tensor], ln_eps: float):
+    """`_block_one` in five Triton launches and two LayerNorms (the decode step's fast path on CUDA): x and v_first
+    (B, C), last (B, 2, C), S (B, H, N, N) fp32, p the block's `step_tensors()`. Returns what `_block_one` does.
+
+    1. ops/gemv.py: every projection of the time mix's input, r, k, v and the four LoRAs' first matrices, in one
+       launch, each with its token-shift mix in the prologue;
+    2. the LoRAs' second matrices in one, their activations (tanh, sigmoid) in the prologue;
+    3. ops/rwkv7/step_kernel.py: everything between those and the output projection, one program per head;
+    4. the output projection, adding the residual; 5-6. the channel mix's two matrices, its mix in the first's
+       prologue and relu^2 in its epilogue, the residual in the second's.
+    The layer's own v (the first layer's becomes v_first) is a view of launch 1's output."""
+    ln1_w, ln1_b, ln2_w, ln2_b, x_r, x_w, x_k, x_v, x_a, x_g, w0, w1, w2, a0, a1, a2, v0, v1, v2, g1, g2 = p[:21]
+    k_k, k_a, r_k, W_r, W_k, W_v, W_o, ln_x_w, ln_x_b, ffn_x_k, ffn_W_k, ffn_W_v = p[21:]
+    C = x.shape[1]
+    residual = v_first is not None  # the value residual: every layer but the first
+    h = F.layer_norm(x, [C], ln1_w, ln1_b, ln_eps)
+    first = [(W_r.t(), x_r), (W_k.t(), x_k), (W_v.t(), x_v), (w1, x_w), (a1, x_a)]
+    first += [(v1, x_v)] * residual + [(g1, x_g)]
+    proj = grouped_gemv(h, [Projection(w, mix=m) for w, m in first], last=last[:, 0])  # (B, 3C + LoRA widths)
+    col = 3 * C
+    second = []
+    for weight, act in [(w2, "tanh"), (a2, None)] + [(v2, None)] * residual + [(g2, "sigmoid")]:
+        second.append(Projection(weight, x_col=col, act=act))
+        col += weight.shape[0]
+    lora = grouped_gemv(proj, second)  # (B, 3C or 4C): z_w, z_a, [z_v], g
+    y, S = time_mix_step(proj, lora, S, w0, a0, v0, k_k, k_a, r_k, ln_x_w, ln_x_b, v_first, DECAY_SCALE, LN_X_EPS)
+    x = grouped_gemv(y, [Projection(W_o.t())], epilogue="residual", residual=x)
+    h2 = F.layer_norm(x, [C], ln2_w, ln2_b, ln_eps)
+    hidden = grouped_gemv(h2, [Projection(ffn_W_k.t(), mix=ffn_x_k)], last=last[:, 1], epilogue="relu2")
+    x = grouped_gemv(hidden, [Projection(ffn_W_v.t())], epilogue="residual", residual=x)
+    return x, proj[:, 2 * C : 3 * C], h, h2, S
 
 
 # a no-op outside torch.compile (see _blocks_one)

@@ -1,0 +1,238 @@
+"""Several small matrix products of a few rows in one Triton launch: a decode step's projections.
+
+    out = grouped_gemv(x, [Projection(...), ...], last=..., mixes=..., epilogue=..., residual=...)   # (B, sum N)
+
+At decode, each of a layer's projections multiplies a handful of rows (the batch) by a weight matrix: a GEMV,
+whose cost is streaming the weights. At small widths one cuBLAS launch per matrix costs more than its bytes (on an
+H100, about 4 us a launch against 0.4 us to stream a 768 x 768 bf16 matrix: RWKV-7's 168M decode step was 466
+kernels, 60% of its time in 166 such launches). Here one launch computes a group of them: each program owns
+BLOCK_N output columns of one matrix and BLOCK_B rows of the batch, and streams its slice of that matrix once.
+
+Per projection j (a `Projection`), with x_j = x[:, x_col : x_col + K]:
+    prologue   x_j <- x_j + (last - x_j) * mix_j   (with a mix: the token shift, as torch.lerp)
+               then an activation: none, tanh or sigmoid (`act`)
+    product    acc = x_j @ W_j   with W_j (K, N) read through strides, so F.linear's (N, K) weight and a LoRA's
+               (K, N) one are both read as stored, never copied
+    epilogue   none, relu(acc)^2 (`epilogue="relu2"`), or acc + residual (`epilogue="residual"`), stored at
+               out[:, out_col : out_col + N]
+in fp32 (fp32 products exact, not tf32), stored in out's dtype. `grouped_gemv_reference` is the same in torch ops:
+the tests compare the two (CPU tensors under TRITON_INTERPRET=1).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+ACTS = {None: 0, "tanh": 1, "sigmoid": 2}
+EPILOGUES = {None: 0, "relu2": 1, "residual": 2}
+MAX_GROUPS = 8
+
+
+@dataclass(frozen=True)
+class Projection:
+    """One product of a group: act(prologue(x[:, x_col:x_col+K])) @ weight, with `weight` a (K, N) view (F.linear's
+    weight `W` is `W.t()`); `mix` a vector of K (any shape), the token shift's mix, or None; `act` None, "tanh" or
+    "sigmoid"."""
+
+    weight: torch.Tensor
+    x_col: int = 0
+    mix: torch.Tensor | None = None
+    act: str | None = None
+
+
+@triton.jit
+def _tanh(x):
+    # tanh from exp, as the interpreter has no libdevice: sign(x) (1 - e^{-2|x|}) / (1 + e^{-2|x|})
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -t, t)
+
+
+@triton.jit
+def _tile(
+    block, rows, B, x_ptr, x_stride, last_ptr, last_stride, mix_ptr, out_ptr, out_stride, res_ptr, res_stride,
+    w_ptr, X_COL: tl.constexpr, N: tl.constexpr, K: tl.constexpr, S_K: tl.constexpr, S_N: tl.constexpr,
+    ACT: tl.constexpr, OUT_COL: tl.constexpr, MIX: tl.constexpr, EPI: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, F32_DOT: tl.constexpr,
+):  # fmt: skip
+    cols = block * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) output columns of this projection
+    in_b, in_n = rows < B, cols < N
+    acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        in_k = ks < K
+        x_mask = in_b[:, None] & in_k[None, :]
+        x = tl.load(x_ptr + rows[:, None] * x_stride + X_COL + ks[None, :], mask=x_mask, other=0.0).to(tl.float32)
+        if MIX:
+            last = tl.load(last_ptr + rows[:, None] * last_stride + ks[None, :], mask=x_mask, other=0.0)
+            mix = tl.load(mix_ptr + ks, mask=in_k, other=0.0).to(tl.float32)
+            x = x + (last.to(tl.float32) - x) * mix[None, :]
+        if ACT == 1:
+            x = _tanh(x)
+        elif ACT == 2:
+            x = tl.sigmoid(x)
+        w = tl.load(w_ptr + ks[:, None] * S_K + cols[None, :] * S_N, mask=in_k[:, None] & in_n[None, :], other=0.0)
+        if F32_DOT:
+            acc = tl.dot(x, w.to(tl.float32), acc, input_precision="ieee")
+        else:  # half-precision weights: the product in their dtype on the tensor cores, accumulated in fp32
+            acc = tl.dot(x.to(w.dtype), w, acc)
+    out_mask = in_b[:, None] & in_n[None, :]
+    if EPI == 1:
+        acc = tl.maximum(acc, 0.0)
+        acc = acc * acc
+    elif EPI == 2:
+        res = tl.load(res_ptr + rows[:, None] * res_stride + OUT_COL + cols[None, :], mask=out_mask, other=0.0)
+        acc += res.to(tl.float32)
+    out = out_ptr + rows[:, None] * out_stride + OUT_COL + cols[None, :]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _grouped_gemv(
+    x_ptr, x_stride, last_ptr, last_stride, out_ptr, out_stride, res_ptr, res_stride, B, weights, mixes,
+    STARTS: tl.constexpr, X_COLS: tl.constexpr, NS: tl.constexpr, KS: tl.constexpr, S_KS: tl.constexpr,
+    S_NS: tl.constexpr, ACT_CODES: tl.constexpr, OUT_COLS: tl.constexpr, MIX_FLAGS: tl.constexpr, G: tl.constexpr,
+    EPI: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    F32_DOT: tl.constexpr,
+):  # fmt: skip
+    # grid (column blocks of every projection, batch blocks); STARTS[j] the first column block of projection j
+    pid = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    for j in tl.static_range(G):
+        if (pid >= STARTS[j]) & (pid < STARTS[j + 1]):
+            _tile(
+                pid - STARTS[j], rows, B, x_ptr, x_stride, last_ptr, last_stride, mixes[j], out_ptr, out_stride,
+                res_ptr, res_stride, weights[j], X_COLS[j], NS[j], KS[j], S_KS[j], S_NS[j], ACT_CODES[j],
+                OUT_COLS[j], MIX_FLAGS[j], EPI, BLOCK_B, BLOCK_N, BLOCK_K, F32_DOT,
+            )  # fmt: skip
+
+
+def _check(x, weights, mixes, x_cols, acts, last, epilogue, residual):
+    if not 1 <= len(weights) <= MAX_GROUPS or not len(weights) == len(mixes) == len(x_cols) == len(acts):
+        raise ValueError(f"grouped_gemv takes 1 to {MAX_GROUPS} projections; got {len(weights)}")
+    if x.dim() != 2 or x.stride(1) != 1:
+        raise ValueError(f"x must be (B, width) with unit column stride; got shape {tuple(x.shape)}")
+    if epilogue not in EPILOGUES.values():
+        raise ValueError(f"epilogue must be one of {list(EPILOGUES)}; got {epilogue!r}")
+    for w, mix, x_col, act in zip(weights, mixes, x_cols, acts):
+        K = w.shape[0]
+        if act not in ACTS.values():
+            raise ValueError(f"Projection.act must be one of {list(ACTS)}")
+        if w.dim() != 2 or x_col < 0 or x_col + K > x.shape[1]:
+            raise ValueError(f"a projection reads x[:, {x_col}:{x_col + K}] of x's {x.shape[1]} columns")
+        if w.dtype != weights[0].dtype or w.device != x.device:
+            raise ValueError("every projection's weight must share one dtype and x's device")
+        if mix is not None:
+            if mix.numel() != K or not mix.is_contiguous() or x_col != 0:
+                raise ValueError(f"a mix is a contiguous vector of the K = {K} columns it mixes, from x's first")
+            if last is None or last.shape[0] != x.shape[0] or last.shape[1] < K or last.stride(1) != 1:
+                raise ValueError("a projection with a mix needs `last` (B, >= K) with unit column stride")
+    if (epilogue == EPILOGUES["residual"]) != (residual is not None):
+        raise ValueError("epilogue='residual' and `residual` go together")
+
+
+def _f32_dot(dtype: torch.dtype) -> bool:
+    """The product in fp32 (exact, not tf32): for fp32 weights, and under Triton's interpreter, whose tl.dot of bf16
+    operands returns garbage (triton 3.9); there a half-precision weight is upcast, its products exact in fp32 as
+    the tensor cores' are."""
+    return dtype in (torch.float32, torch.float64) or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _blocks(B: int, n_total: int, K: int) -> tuple[int, int, int]:
+    """(BLOCK_B, BLOCK_N, BLOCK_K): tl.dot needs 16 at least in each. Batch rows in one block up to 64, so the weights
+    are streamed once for a batch of up to 64 and at most twice up to 128; narrower column blocks where there are
+    few columns, so that the programs cover the GPU's multiprocessors."""
+    block_b = min(64, max(16, triton.next_power_of_2(B)))
+    block_n = 16 if n_total <= 8192 else 32
+    block_k = min(256, max(16, triton.next_power_of_2(K)))
+    return block_b, block_n, block_k
+
+
+def _grouped_gemv_op(
+    x: torch.Tensor,
+    weights: list[torch.Tensor],
+    mixes: list[torch.Tensor | None],
+    x_cols: list[int],
+    acts: list[int],
+    last: torch.Tensor | None,
+    epilogue: int,
+    residual: torch.Tensor | None,
+) -> torch.Tensor:
+    _check(x, weights, mixes, x_cols, acts, last, epilogue, residual)
+    B = x.shape[0]
+    ns = [w.shape[1] for w in weights]
+    out = torch.empty(B, sum(ns), dtype=x.dtype, device=x.device)
+    block_b, block_n, block_k = _blocks(B, sum(ns), max(w.shape[0] for w in weights))
+    starts, out_cols = [0], [0]
+    for n in ns:
+        starts.append(starts[-1] + triton.cdiv(n, block_n))
+        out_cols.append(out_cols[-1] + n)
+    if residual is not None and residual.stride(1) != 1:
+        residual = residual.contiguous()
+    grid = (starts[-1], triton.cdiv(B, block_b))
+    _grouped_gemv[grid](
+        x, x.stride(0), last, 0 if last is None else last.stride(0), out, out.stride(0), residual,
+        0 if residual is None else residual.stride(0), B, tuple(weights), tuple(mixes), tuple(starts), tuple(x_cols),
+        tuple(ns), tuple(w.shape[0] for w in weights), tuple(w.stride(0) for w in weights),
+        tuple(w.stride(1) for w in weights), tuple(acts), tuple(out_cols[:-1]), tuple(m is not None for m in mixes),
+        len(weights), epilogue, block_b, block_n, block_k, _f32_dot(weights[0].dtype), num_warps=4,
+    )  # fmt: skip
+    return out
+
+
+# an opaque operator to torch.compile (the decoder compiles the step around it): one launch, no graph break
+_grouped_gemv_custom = torch.library.custom_op("rwkv_lab::grouped_gemv", _grouped_gemv_op, mutates_args=())
+
+
+@_grouped_gemv_custom.register_fake
+def _(x, weights, mixes, x_cols, acts, last, epilogue, residual):
+    return x.new_empty(x.shape[0], sum(w.shape[1] for w in weights))
+
+
+def _flat(projections: list[Projection]):
+    return (
+        [p.weight for p in projections],
+        [p.mix for p in projections],
+        [p.x_col for p in projections],
+        [ACTS[p.act] if p.act in ACTS else -1 for p in projections],
+    )
+
+
+def grouped_gemv(
+    x: torch.Tensor,
+    projections: list[Projection],
+    *,
+    last: torch.Tensor | None = None,
+    epilogue: str | None = None,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """x (B, width), projections j of weights (K_j, N_j) -> (B, sum_j N_j) in x's dtype, each product at its column
+    offset (see the module docstring). `last` (B, K): the token shift's previous x, for the projections with a mix;
+    `residual` (B, sum N) with epilogue "residual"."""
+    if epilogue not in EPILOGUES:
+        raise ValueError(f"epilogue must be one of {list(EPILOGUES)}; got {epilogue!r}")
+    return _grouped_gemv_custom(x, *_flat(projections), last, EPILOGUES[epilogue], residual)
+
+
+def grouped_gemv_reference(x, projections, *, last=None, epilogue=None, residual=None):
+    """`grouped_gemv` in torch ops, in fp32 (float64 for float64 x): the reference the tests compare with."""
+    cd = torch.float64 if x.dtype == torch.float64 else torch.float32
+    outs = []
+    for p in projections:
+        K = p.weight.shape[0]
+        xj = x[:, p.x_col : p.x_col + K].to(cd)
+        if p.mix is not None:
+            xj = xj + (last[:, :K].to(cd) - xj) * p.mix.reshape(K).to(cd)
+        xj = {None: xj, "tanh": torch.tanh(xj), "sigmoid": torch.sigmoid(xj)}[p.act]
+        outs.append(xj.to(p.weight.dtype).to(cd) @ p.weight.to(cd))
+    out = torch.cat(outs, dim=1)
+    if epilogue == "relu2":
+        out = torch.relu(out).square()
+    elif epilogue == "residual":
+        out = out + residual.to(cd)
+    return out.to(x.dtype)
