@@ -1,6 +1,6 @@
 """RWKV-7's one-token step in Triton kernels (RunConfig.step_kernels; interpreted on the CPU in CI: TRITON_INTERPRET=1
-from conftest.py): the grouped projections (ops/gemv.py) against their torch reference, and the whole step against
-the float64 model's step: logits and the new state, random non-zero states, fp32 and bf16, layers with and without
+from conftest.py; the grouped projections' own tests are test_gemv.py's): the whole step against the float64 model's
+step: logits and the new state, random non-zero states, fp32 and bf16, layers with and without
 the value residual, partial blocks, batches across the kernels' batch blocks; and stepping a prompt equals the
 parallel form. tests/test_gpu.py checks the same on a GPU at the released shapes.
 """
@@ -12,7 +12,6 @@ from test_rwkv7_model import random_state
 
 from rwkv_lab.models.rwkv7.config import RWKV7Config
 from rwkv_lab.models.rwkv7.model import RWKV7State
-from rwkv_lab.ops.gemv import Projection, grouped_gemv, grouped_gemv_reference
 
 # three layers (the first without the value residual), two heads of 16; LoRA widths, a channel mix and a vocabulary
 # that no block size divides
@@ -20,55 +19,6 @@ SMALL = RWKV7Config(
     n_layer=3, n_embd=32, vocab_size=97, head_size=16, decay_lora=24, iclr_lora=16, value_lora=8, gate_lora=40,
     ffn_dim=72, ctx_len=64, name="step-kernels-test",
 )  # fmt: skip
-
-
-def draw(*shape, dtype, seed, scale=1.0):
-    gen = torch.Generator().manual_seed(seed)
-    return (scale * torch.randn(*shape, generator=gen, dtype=torch.float64)).to(dtype)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("B", [1, 3, 20])
-def test_grouped_projections_match_their_reference(B, dtype):
-    """Every prologue (mix from a strided `last`, tanh, sigmoid, columns read from an offset) and epilogue (relu^2, the
-    residual) against torch: B = 20 spans two of the kernel's batch blocks; K = 40 and N = 17, 24 partial blocks;
-    weights read as F.linear's (N, K) transposed and as a LoRA's (K, N)."""
-    tol = TOL["float32 step"] if dtype == torch.float32 else TOL["bfloat16"]
-    x, last = draw(B, 40, dtype=dtype, seed=1), draw(B, 2, 40, dtype=dtype, seed=2)[:, 1]  # last: a strided view
-    W, lora = draw(40, 40, dtype=dtype, seed=3, scale=0.2), draw(40, 24, dtype=dtype, seed=4, scale=0.2)
-    mixes = torch.rand(3, 1, 1, 40, generator=torch.Generator().manual_seed(5)).to(dtype)
-    first = [
-        Projection(W.t(), mix=mixes[0]),
-        Projection(lora, mix=mixes[2], act="tanh"),
-        Projection(W.t()[:, :17], mix=mixes[1], act="sigmoid"),
-        Projection(lora),  # no mix: x itself
-    ]
-    out = grouped_gemv(x, first, last=last)
-    assert out.shape == (B, 40 + 24 + 17 + 24) and out.dtype == dtype
-    assert_rel_close(f"mixed projections B={B} {dtype}", out, grouped_gemv_reference(x, first, last=last), tol)
-    wide = draw(B, 64, dtype=dtype, seed=6)
-    second = [Projection(lora[:24].t(), x_col=0, act="tanh"), Projection(W[:20], x_col=30)]
-    res = draw(B, 64, dtype=dtype, seed=7)
-    for epilogue, residual in (("residual", res), ("relu2", None), (None, None)):
-        out = grouped_gemv(wide, second, epilogue=epilogue, residual=residual)
-        ref = grouped_gemv_reference(wide, second, epilogue=epilogue, residual=residual)
-        assert_rel_close(f"offset columns, epilogue {epilogue}, B={B} {dtype}", out, ref, tol)
-
-
-def test_grouped_projections_refuse_bad_input_clearly():
-    x, W = torch.randn(2, 8), torch.randn(8, 8)
-    cases = [
-        (lambda: grouped_gemv(x, [Projection(W, mix=torch.rand(8))]), "needs `last`"),
-        (lambda: grouped_gemv(x, [Projection(W)], epilogue="residual"), "go together"),
-        (lambda: grouped_gemv(x, [Projection(W)], epilogue="gelu"), "epilogue must be one of"),
-        (lambda: grouped_gemv(x, [Projection(W, x_col=4)]), "reads x[:, 4:12] of x's 8 columns"),
-        (lambda: grouped_gemv(x, [Projection(W, act="relu")]), "act must be one of"),
-        (lambda: grouped_gemv(x, [Projection(W)] * 9), "1 to 8 projections"),
-        (lambda: grouped_gemv(x, [Projection(W), Projection(W.double())]), "share one dtype"),
-    ]
-    for call, message in cases:
-        with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("`", ".")):
-            call()
 
 
 def fp32_state(state: RWKV7State) -> RWKV7State:
@@ -137,14 +87,9 @@ def test_the_kernels_step_only_where_it_should():
         model.configure(step_kernels="yes")
 
 
-def test_the_kernels_are_well_formed_torch_operators():
-    """Their schemas and fake (meta) implementations, as torch.compile meets them inside the decoder's compiled
-    step (which compiles around them: tests/test_decoding.py, and the GPU's decoder check)."""
+def test_the_time_mix_kernel_is_a_well_formed_torch_operator():
+    """Its schema and fake (meta) implementation, as torch.compile meets it inside the decoder's compiled step."""
     checks = ("test_schema", "test_faketensor")
-    x, last = torch.randn(3, 16), torch.randn(3, 16)
-    W, mix = torch.randn(16, 24), torch.rand(16)
-    args = (x, [W, W[:, :8]], [mix, None], [0, 0], [0, 1], last, 0, None)
-    torch.library.opcheck(torch.ops.rwkv_lab.grouped_gemv.default, args, test_utils=checks)
     B, H, N = 2, 2, 16
     C = H * N
     S = torch.randn(B, 3, H, N, N)[:, 1]  # a layer's slice of the model's state

@@ -1,6 +1,7 @@
 """Several small matrix products of a few rows in one Triton launch: a decode step's projections.
 
-    out = grouped_gemv(x, [Projection(...), ...], last=..., mixes=..., epilogue=..., residual=...)   # (B, sum N)
+    out = grouped_gemv(x, [Projection(weight, x_col=..., mix=..., act=..., out_act=...), ...], last=..., residual=...)
+    # (B, sum of the weights' N)
 
 At decode, each of a layer's projections multiplies a handful of rows (the batch) by a weight matrix: a GEMV,
 whose cost is streaming the weights. At small widths one cuBLAS launch per matrix costs more than its bytes (on an
@@ -10,17 +11,19 @@ BLOCK_N output columns of one matrix and BLOCK_B rows of the batch, and streams 
 
 Per projection j (a `Projection`), with x_j = x[:, x_col : x_col + K]:
     prologue   x_j <- x_j + (last - x_j) * mix_j   (with a mix: the token shift, as torch.lerp)
-               then an activation: none, tanh or sigmoid (`act`)
+               then an activation: none, tanh or sigmoid (`act`), and a division by `scale` (RWKV-4's fp16
+               rescaling, a power of two: exact)
     product    acc = x_j @ W_j   with W_j (K, N) read through strides, so F.linear's (N, K) weight and a LoRA's
                (K, N) one are both read as stored, never copied
-    epilogue   none, relu(acc)^2 (`epilogue="relu2"`), or acc + residual (`epilogue="residual"`), stored at
-               out[:, out_col : out_col + N]
+    epilogue   an activation of acc: none, relu(acc)^2 or sigmoid (`out_act`); then, for the whole call, + residual
+               (with `residual`); stored at out[:, out_col : out_col + N], the projections side by side
 in fp32 (fp32 products exact, not tf32), stored in out's dtype. `grouped_gemv_reference` is the same in torch ops:
 the tests compare the two (CPU tensors under TRITON_INTERPRET=1).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -28,21 +31,23 @@ import torch
 import triton
 import triton.language as tl
 
-ACTS = {None: 0, "tanh": 1, "sigmoid": 2}
-EPILOGUES = {None: 0, "relu2": 1, "residual": 2}
+ACTS = {None: 0, "tanh": 1, "sigmoid": 2}  # the prologue's
+OUT_ACTS = {None: 0, "relu2": 1, "sigmoid": 2}  # the epilogue's
 MAX_GROUPS = 8
 
 
 @dataclass(frozen=True)
 class Projection:
-    """One product of a group: act(prologue(x[:, x_col:x_col+K])) @ weight, with `weight` a (K, N) view (F.linear's
-    weight `W` is `W.t()`); `mix` a vector of K (any shape), the token shift's mix, or None; `act` None, "tanh" or
-    "sigmoid"."""
+    """One product of a group: out_act(act(prologue(x[:, x_col:x_col+K])) / scale @ weight), with `weight` a (K, N)
+    view (F.linear's weight `W` is `W.t()`); `mix` a vector of K (any shape), the token shift's mix, or None; `act`
+    None, "tanh" or "sigmoid"; `out_act` None, "relu2" or "sigmoid"; `scale` a power of two."""
 
     weight: torch.Tensor
     x_col: int = 0
     mix: torch.Tensor | None = None
     act: str | None = None
+    out_act: str | None = None
+    scale: float = 1.0
 
 
 @triton.jit
@@ -57,7 +62,8 @@ def _tanh(x):
 def _tile(
     block, rows, B, x_ptr, x_stride, last_ptr, last_stride, mix_ptr, out_ptr, out_stride, res_ptr, res_stride,
     w_ptr, X_COL: tl.constexpr, N: tl.constexpr, K: tl.constexpr, S_K: tl.constexpr, S_N: tl.constexpr,
-    ACT: tl.constexpr, OUT_COL: tl.constexpr, MIX: tl.constexpr, EPI: tl.constexpr,
+    ACT: tl.constexpr, INV_SCALE: tl.constexpr, OUT_ACT: tl.constexpr, OUT_COL: tl.constexpr, MIX: tl.constexpr,
+    RESIDUAL: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, F32_DOT: tl.constexpr,
 ):  # fmt: skip
     cols = block * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) output columns of this projection
@@ -76,16 +82,20 @@ def _tile(
             x = _tanh(x)
         elif ACT == 2:
             x = tl.sigmoid(x)
+        if INV_SCALE != 1.0:
+            x = x * INV_SCALE
         w = tl.load(w_ptr + ks[:, None] * S_K + cols[None, :] * S_N, mask=in_k[:, None] & in_n[None, :], other=0.0)
         if F32_DOT:
             acc = tl.dot(x, w.to(tl.float32), acc, input_precision="ieee")
         else:  # half-precision weights: the product in their dtype on the tensor cores, accumulated in fp32
             acc = tl.dot(x.to(w.dtype), w, acc)
     out_mask = in_b[:, None] & in_n[None, :]
-    if EPI == 1:
+    if OUT_ACT == 1:
         acc = tl.maximum(acc, 0.0)
         acc = acc * acc
-    elif EPI == 2:
+    elif OUT_ACT == 2:
+        acc = tl.sigmoid(acc)
+    if RESIDUAL:
         res = tl.load(res_ptr + rows[:, None] * res_stride + OUT_COL + cols[None, :], mask=out_mask, other=0.0)
         acc += res.to(tl.float32)
     out = out_ptr + rows[:, None] * out_stride + OUT_COL + cols[None, :]
@@ -96,9 +106,9 @@ def _tile(
 def _grouped_gemv(
     x_ptr, x_stride, last_ptr, last_stride, out_ptr, out_stride, res_ptr, res_stride, B, weights, mixes,
     STARTS: tl.constexpr, X_COLS: tl.constexpr, NS: tl.constexpr, KS: tl.constexpr, S_KS: tl.constexpr,
-    S_NS: tl.constexpr, ACT_CODES: tl.constexpr, OUT_COLS: tl.constexpr, MIX_FLAGS: tl.constexpr, G: tl.constexpr,
-    EPI: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    F32_DOT: tl.constexpr,
+    S_NS: tl.constexpr, ACT_CODES: tl.constexpr, INV_SCALES: tl.constexpr, OUT_ACT_CODES: tl.constexpr,
+    OUT_COLS: tl.constexpr, MIX_FLAGS: tl.constexpr, G: tl.constexpr, RESIDUAL: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, F32_DOT: tl.constexpr,
 ):  # fmt: skip
     # grid (column blocks of every projection, batch blocks); STARTS[j] the first column block of projection j
     pid = tl.program_id(0)
@@ -108,21 +118,23 @@ def _grouped_gemv(
             _tile(
                 pid - STARTS[j], rows, B, x_ptr, x_stride, last_ptr, last_stride, mixes[j], out_ptr, out_stride,
                 res_ptr, res_stride, weights[j], X_COLS[j], NS[j], KS[j], S_KS[j], S_NS[j], ACT_CODES[j],
-                OUT_COLS[j], MIX_FLAGS[j], EPI, BLOCK_B, BLOCK_N, BLOCK_K, F32_DOT,
+                INV_SCALES[j], OUT_ACT_CODES[j], OUT_COLS[j], MIX_FLAGS[j], RESIDUAL, BLOCK_B, BLOCK_N, BLOCK_K,
+                F32_DOT,
             )  # fmt: skip
 
 
-def _check(x, weights, mixes, x_cols, acts, last, epilogue, residual):
-    if not 1 <= len(weights) <= MAX_GROUPS or not len(weights) == len(mixes) == len(x_cols) == len(acts):
-        raise ValueError(f"grouped_gemv takes 1 to {MAX_GROUPS} projections; got {len(weights)}")
+def _check(x, weights, mixes, x_cols, acts, scales, out_acts, last, residual):
+    n = len(weights)
+    if not 1 <= n <= MAX_GROUPS or not n == len(mixes) == len(x_cols) == len(acts) == len(scales) == len(out_acts):
+        raise ValueError(f"grouped_gemv takes 1 to {MAX_GROUPS} projections; got {n}")
     if x.dim() != 2 or x.stride(1) != 1:
         raise ValueError(f"x must be (B, width) with unit column stride; got shape {tuple(x.shape)}")
-    if epilogue not in EPILOGUES.values():
-        raise ValueError(f"epilogue must be one of {list(EPILOGUES)}; got {epilogue!r}")
-    for w, mix, x_col, act in zip(weights, mixes, x_cols, acts):
+    for w, mix, x_col, act, scale, out_act in zip(weights, mixes, x_cols, acts, scales, out_acts):
         K = w.shape[0]
-        if act not in ACTS.values():
-            raise ValueError(f"Projection.act must be one of {list(ACTS)}")
+        if act not in ACTS.values() or out_act not in OUT_ACTS.values():
+            raise ValueError(f"Projection.act must be one of {list(ACTS)} and out_act one of {list(OUT_ACTS)}")
+        if not (scale > 0 and math.frexp(scale)[0] == 0.5):
+            raise ValueError(f"Projection.scale must be a power of two (an exact division); got {scale}")
         if w.dim() != 2 or x_col < 0 or x_col + K > x.shape[1]:
             raise ValueError(f"a projection reads x[:, {x_col}:{x_col + K}] of x's {x.shape[1]} columns")
         if w.dtype != weights[0].dtype or w.device != x.device:
@@ -132,8 +144,9 @@ def _check(x, weights, mixes, x_cols, acts, last, epilogue, residual):
                 raise ValueError(f"a mix is a contiguous vector of the K = {K} columns it mixes, from x's first")
             if last is None or last.shape[0] != x.shape[0] or last.shape[1] < K or last.stride(1) != 1:
                 raise ValueError("a projection with a mix needs `last` (B, >= K) with unit column stride")
-    if (epilogue == EPILOGUES["residual"]) != (residual is not None):
-        raise ValueError("epilogue='residual' and `residual` go together")
+    total = sum(w.shape[1] for w in weights)
+    if residual is not None and (residual.dim() != 2 or tuple(residual.shape) != (x.shape[0], total)):
+        raise ValueError(f"residual must be (B, {total}), the output's shape; got {tuple(residual.shape)}")
 
 
 def _f32_dot(dtype: torch.dtype) -> bool:
@@ -159,11 +172,12 @@ def _grouped_gemv_op(
     mixes: list[torch.Tensor | None],
     x_cols: list[int],
     acts: list[int],
+    scales: list[float],
+    out_acts: list[int],
     last: torch.Tensor | None,
-    epilogue: int,
     residual: torch.Tensor | None,
 ) -> torch.Tensor:
-    _check(x, weights, mixes, x_cols, acts, last, epilogue, residual)
+    _check(x, weights, mixes, x_cols, acts, scales, out_acts, last, residual)
     B = x.shape[0]
     ns = [w.shape[1] for w in weights]
     out = torch.empty(B, sum(ns), dtype=x.dtype, device=x.device)
@@ -179,8 +193,9 @@ def _grouped_gemv_op(
         x, x.stride(0), last, 0 if last is None else last.stride(0), out, out.stride(0), residual,
         0 if residual is None else residual.stride(0), B, tuple(weights), tuple(mixes), tuple(starts), tuple(x_cols),
         tuple(ns), tuple(w.shape[0] for w in weights), tuple(w.stride(0) for w in weights),
-        tuple(w.stride(1) for w in weights), tuple(acts), tuple(out_cols[:-1]), tuple(m is not None for m in mixes),
-        len(weights), epilogue, block_b, block_n, block_k, _f32_dot(weights[0].dtype), num_warps=4,
+        tuple(w.stride(1) for w in weights), tuple(acts), tuple(1.0 / s for s in scales), tuple(out_acts),
+        tuple(out_cols[:-1]), tuple(m is not None for m in mixes), len(weights), residual is not None, block_b,
+        block_n, block_k, _f32_dot(weights[0].dtype), num_warps=4,
     )  # fmt: skip
     return out
 
@@ -190,17 +205,8 @@ _grouped_gemv_custom = torch.library.custom_op("rwkv_lab::grouped_gemv", _groupe
 
 
 @_grouped_gemv_custom.register_fake
-def _(x, weights, mixes, x_cols, acts, last, epilogue, residual):
+def _(x, weights, mixes, x_cols, acts, scales, out_acts, last, residual):
     return x.new_empty(x.shape[0], sum(w.shape[1] for w in weights))
-
-
-def _flat(projections: list[Projection]):
-    return (
-        [p.weight for p in projections],
-        [p.mix for p in projections],
-        [p.x_col for p in projections],
-        [ACTS[p.act] if p.act in ACTS else -1 for p in projections],
-    )
 
 
 def grouped_gemv(
@@ -208,18 +214,26 @@ def grouped_gemv(
     projections: list[Projection],
     *,
     last: torch.Tensor | None = None,
-    epilogue: str | None = None,
     residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """x (B, width), projections j of weights (K_j, N_j) -> (B, sum_j N_j) in x's dtype, each product at its column
     offset (see the module docstring). `last` (B, K): the token shift's previous x, for the projections with a mix;
-    `residual` (B, sum N) with epilogue "residual"."""
-    if epilogue not in EPILOGUES:
-        raise ValueError(f"epilogue must be one of {list(EPILOGUES)}; got {epilogue!r}")
-    return _grouped_gemv_custom(x, *_flat(projections), last, EPILOGUES[epilogue], residual)
+    `residual` (B, sum N), added to the output."""
+    for p in projections:
+        if p.act not in ACTS or p.out_act not in OUT_ACTS:
+            raise ValueError(f"Projection.act must be one of {list(ACTS)} and out_act one of {list(OUT_ACTS)}")
+    flat = (
+        [p.weight for p in projections],
+        [p.mix for p in projections],
+        [p.x_col for p in projections],
+        [ACTS[p.act] for p in projections],
+        [float(p.scale) for p in projections],
+        [OUT_ACTS[p.out_act] for p in projections],
+    )
+    return _grouped_gemv_custom(x, *flat, last, residual)
 
 
-def grouped_gemv_reference(x, projections, *, last=None, epilogue=None, residual=None):
+def grouped_gemv_reference(x, projections, *, last=None, residual=None):
     """`grouped_gemv` in torch ops, in fp32 (float64 for float64 x): the reference the tests compare with."""
     cd = torch.float64 if x.dtype == torch.float64 else torch.float32
     outs = []
@@ -228,11 +242,8 @@ def grouped_gemv_reference(x, projections, *, last=None, epilogue=None, residual
         xj = x[:, p.x_col : p.x_col + K].to(cd)
         if p.mix is not None:
             xj = xj + (last[:, :K].to(cd) - xj) * p.mix.reshape(K).to(cd)
-        xj = {None: xj, "tanh": torch.tanh(xj), "sigmoid": torch.sigmoid(xj)}[p.act]
-        outs.append(xj.to(p.weight.dtype).to(cd) @ p.weight.to(cd))
+        xj = {None: xj, "tanh": torch.tanh(xj), "sigmoid": torch.sigmoid(xj)}[p.act] / p.scale
+        out = xj.to(p.weight.dtype).to(cd) @ p.weight.to(cd)
+        outs.append({None: out, "relu2": torch.relu(out).square(), "sigmoid": torch.sigmoid(out)}[p.out_act])
     out = torch.cat(outs, dim=1)
-    if epilogue == "relu2":
-        out = torch.relu(out).square()
-    elif epilogue == "residual":
-        out = out + residual.to(cd)
-    return out.to(x.dtype)
+    return (out if residual is None else out + residual.to(cd)).to(x.dtype)

@@ -514,10 +514,10 @@ def _block_one_kernels(x: Tensor, v_first: Tensor | None, last: Tensor, S: Tenso
         col += weight.shape[0]
     lora = grouped_gemv(proj, second)  # (B, 3C or 4C): z_w, z_a, [z_v], g
     y, S = time_mix_step(proj, lora, S, w0, a0, v0, k_k, k_a, r_k, ln_x_w, ln_x_b, v_first, DECAY_SCALE, LN_X_EPS)
-    x = grouped_gemv(y, [Projection(W_o.t())], epilogue="residual", residual=x)
+    x = grouped_gemv(y, [Projection(W_o.t())], residual=x)
     h2 = F.layer_norm(x, [C], ln2_w, ln2_b, ln_eps)
-    hidden = grouped_gemv(h2, [Projection(ffn_W_k.t(), mix=ffn_x_k)], last=last[:, 1], epilogue="relu2")
-    x = grouped_gemv(hidden, [Projection(ffn_W_v.t())], epilogue="residual", residual=x)
+    hidden = grouped_gemv(h2, [Projection(ffn_W_k.t(), mix=ffn_x_k, out_act="relu2")], last=last[:, 1])
+    x = grouped_gemv(hidden, [Projection(ffn_W_v.t())], residual=x)
     return x, proj[:, 2 * C : 3 * C], h, h2, S
 
 

@@ -1,0 +1,72 @@
+"""ops/gemv.py's grouped projections, the decode steps' matrix products (interpreted on the CPU in CI:
+TRITON_INTERPRET=1 from conftest.py), against their torch reference, and their errors on bad input."""
+
+import pytest
+import torch
+from helpers import TOL, assert_rel_close
+
+from rwkv_lab.ops.gemv import Projection, grouped_gemv, grouped_gemv_reference
+
+
+def draw(*shape, dtype, seed, scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    return (scale * torch.randn(*shape, generator=gen, dtype=torch.float64)).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B", [1, 3, 20])
+def test_grouped_projections_match_their_reference(B, dtype):
+    """Every prologue (mix from a strided `last`, tanh, sigmoid, the fp16 rescaling's division, columns read from an
+    offset) and epilogue (relu^2, sigmoid, the residual) against torch: B = 20 spans two of the kernel's batch
+    blocks; K = 40 and N = 17, 24 partial blocks; weights read as F.linear's (N, K) transposed and as a LoRA's
+    (K, N)."""
+    tol = TOL["float32 step"] if dtype == torch.float32 else TOL["bfloat16"]
+    x, last = draw(B, 40, dtype=dtype, seed=1), draw(B, 2, 40, dtype=dtype, seed=2)[:, 1]  # last: a strided view
+    W, lora = draw(40, 40, dtype=dtype, seed=3, scale=0.2), draw(40, 24, dtype=dtype, seed=4, scale=0.2)
+    mixes = torch.rand(3, 1, 1, 40, generator=torch.Generator().manual_seed(5)).to(dtype)
+    first = [
+        Projection(W.t(), mix=mixes[0]),
+        Projection(lora, mix=mixes[2], act="tanh"),
+        Projection(W.t()[:, :17], mix=mixes[1], act="sigmoid"),
+        Projection(lora),  # no mix: x itself
+    ]
+    out = grouped_gemv(x, first, last=last)
+    assert out.shape == (B, 40 + 24 + 17 + 24) and out.dtype == dtype
+    assert_rel_close(f"mixed projections B={B} {dtype}", out, grouped_gemv_reference(x, first, last=last), tol)
+    wide = draw(B, 64, dtype=dtype, seed=6)
+    res = draw(B, 64, dtype=dtype, seed=7)
+    for out_act, residual in (("relu2", res), ("sigmoid", None), (None, None)):
+        second = [
+            Projection(lora[:24].t(), x_col=0, act="tanh", out_act=out_act, scale=4.0),
+            Projection(W[:20], x_col=30, out_act="relu2"),
+        ]
+        out = grouped_gemv(wide, second, residual=residual)
+        ref = grouped_gemv_reference(wide, second, residual=residual)
+        assert_rel_close(f"offset columns, out_act {out_act}, residual {residual is not None}, B={B}", out, ref, tol)
+
+
+def test_grouped_projections_refuse_bad_input_clearly():
+    x, W = torch.randn(2, 8), torch.randn(8, 8)
+    cases = [
+        (lambda: grouped_gemv(x, [Projection(W, mix=torch.rand(8))]), "needs `last`"),
+        (lambda: grouped_gemv(x, [Projection(W)], residual=torch.zeros(2, 4)), "residual must be (B, 8)"),
+        (lambda: grouped_gemv(x, [Projection(W, out_act="gelu")]), "out_act one of"),
+        (lambda: grouped_gemv(x, [Projection(W, scale=3.0)]), "power of two"),
+        (lambda: grouped_gemv(x, [Projection(W, x_col=4)]), "reads x[:, 4:12] of x's 8 columns"),
+        (lambda: grouped_gemv(x, [Projection(W, act="relu")]), "act must be one of"),
+        (lambda: grouped_gemv(x, [Projection(W)] * 9), "1 to 8 projections"),
+        (lambda: grouped_gemv(x, [Projection(W), Projection(W.double())]), "share one dtype"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError) as error:
+            call()
+        assert message in str(error.value), (message, str(error.value))
+
+
+def test_the_grouped_projection_is_a_well_formed_torch_operator():
+    """Its schema and fake (meta) implementation, as torch.compile meets it inside the decoder's compiled step."""
+    x, last = torch.randn(3, 16), torch.randn(3, 16)
+    W, mix = torch.randn(16, 24), torch.rand(16)
+    args = (x, [W, W[:, :8]], [mix, None], [0, 0], [0, 1], [1.0, 2.0], [1, 0], last, torch.randn(3, 32))
+    checks = ("test_schema", "test_faketensor")
+    torch.library.opcheck(torch.ops.rwkv_lab.grouped_gemv.default, args, test_utils=checks)
