@@ -16,10 +16,10 @@ def draw(*shape, dtype, seed, scale=1.0):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("B", [1, 3, 20])
 def test_grouped_projections_match_their_reference(B, dtype):
-    """Every prologue (mix from a strided `last`, tanh, sigmoid, the fp16 rescaling's division, columns read from an
-    offset) and epilogue (relu^2, sigmoid, the residual) against torch: B = 20 spans two of the kernel's batch
-    blocks; K = 40 and N = 17, 24 partial blocks; weights read as F.linear's (N, K) transposed and as a LoRA's
-    (K, N)."""
+    """Every prologue (mix from a strided `last` in both forms, tanh, sigmoid, the fp16 rescaling's division, columns
+    read from an offset) and epilogue (relu^2, sigmoid, the residual) against torch: B = 20 spans two of the
+    kernel's batch blocks; K = 40 and N = 17, 24 partial blocks; weights read as F.linear's (N, K) transposed and as
+    a LoRA's (K, N)."""
     tol = TOL["float32 step"] if dtype == torch.float32 else TOL["bfloat16"]
     x, last = draw(B, 40, dtype=dtype, seed=1), draw(B, 2, 40, dtype=dtype, seed=2)[:, 1]  # last: a strided view
     W, lora = draw(40, 40, dtype=dtype, seed=3, scale=0.2), draw(40, 24, dtype=dtype, seed=4, scale=0.2)
@@ -27,7 +27,7 @@ def test_grouped_projections_match_their_reference(B, dtype):
     first = [
         Projection(W.t(), mix=mixes[0]),
         Projection(lora, mix=mixes[2], act="tanh"),
-        Projection(W.t()[:, :17], mix=mixes[1], act="sigmoid"),
+        Projection(W.t()[:, :17], mix=mixes[1], act="sigmoid", mix_weighs="x"),  # RWKV-4's form
         Projection(lora),  # no mix: x itself
     ]
     out = grouped_gemv(x, first, last=last)
@@ -51,6 +51,7 @@ def test_grouped_projections_refuse_bad_input_clearly():
         (lambda: grouped_gemv(x, [Projection(W, mix=torch.rand(8))]), "needs `last`"),
         (lambda: grouped_gemv(x, [Projection(W)], residual=torch.zeros(2, 4)), "residual must be (B, 8)"),
         (lambda: grouped_gemv(x, [Projection(W, out_act="gelu")]), "out_act one of"),
+        (lambda: grouped_gemv(x, [Projection(W, mix_weighs="both")]), "mix_weighs one of"),
         (lambda: grouped_gemv(x, [Projection(W, scale=3.0)]), "power of two"),
         (lambda: grouped_gemv(x, [Projection(W, x_col=4)]), "reads x[:, 4:12] of x's 8 columns"),
         (lambda: grouped_gemv(x, [Projection(W, act="relu")]), "act must be one of"),
@@ -67,6 +68,6 @@ def test_the_grouped_projection_is_a_well_formed_torch_operator():
     """Its schema and fake (meta) implementation, as torch.compile meets it inside the decoder's compiled step."""
     x, last = torch.randn(3, 16), torch.randn(3, 16)
     W, mix = torch.randn(16, 24), torch.rand(16)
-    args = (x, [W, W[:, :8]], [mix, None], [0, 0], [0, 1], [1.0, 2.0], [1, 0], last, torch.randn(3, 32))
+    args = (x, [W, W[:, :8]], [mix, None], [2, 1], [0, 0], [0, 1], [1.0, 2.0], [1, 0], last, torch.randn(3, 32))
     checks = ("test_schema", "test_faketensor")
     torch.library.opcheck(torch.ops.rwkv_lab.grouped_gemv.default, args, test_utils=checks)

@@ -10,7 +10,8 @@ kernels, 60% of its time in 166 such launches). Here one launch computes a group
 BLOCK_N output columns of one matrix and BLOCK_B rows of the batch, and streams its slice of that matrix once.
 
 Per projection j (a `Projection`), with x_j = x[:, x_col : x_col + K]:
-    prologue   x_j <- x_j + (last - x_j) * mix_j   (with a mix: the token shift, as torch.lerp)
+    prologue   the token shift's mix, with a mix: x_j <- x_j + (last - x_j) * mix_j (RWKV-7's, as torch.lerp:
+               `mix_weighs="last"`) or x_j * mix_j + last * (1 - mix_j) (RWKV-4's: `mix_weighs="x"`)
                then an activation: none, tanh or sigmoid (`act`), and a division by `scale` (RWKV-4's fp16
                rescaling, a power of two: exact)
     product    acc = x_j @ W_j   with W_j (K, N) read through strides, so F.linear's (N, K) weight and a LoRA's
@@ -33,6 +34,7 @@ import triton.language as tl
 
 ACTS = {None: 0, "tanh": 1, "sigmoid": 2}  # the prologue's
 OUT_ACTS = {None: 0, "relu2": 1, "sigmoid": 2}  # the epilogue's
+MIX_WEIGHS = {"last": 1, "x": 2}  # the token-shift mix's two forms
 MAX_GROUPS = 8
 
 
@@ -40,7 +42,8 @@ MAX_GROUPS = 8
 class Projection:
     """One product of a group: out_act(act(prologue(x[:, x_col:x_col+K])) / scale @ weight), with `weight` a (K, N)
     view (F.linear's weight `W` is `W.t()`); `mix` a vector of K (any shape), the token shift's mix, or None; `act`
-    None, "tanh" or "sigmoid"; `out_act` None, "relu2" or "sigmoid"; `scale` a power of two."""
+    None, "tanh" or "sigmoid"; `out_act` None, "relu2" or "sigmoid"; `scale` a power of two; `mix_weighs` which of
+    x and last the mix weighs ("last": RWKV-7's form, "x": RWKV-4's)."""
 
     weight: torch.Tensor
     x_col: int = 0
@@ -48,6 +51,7 @@ class Projection:
     act: str | None = None
     out_act: str | None = None
     scale: float = 1.0
+    mix_weighs: str = "last"
 
 
 @triton.jit
@@ -77,7 +81,11 @@ def _tile(
         if MIX:
             last = tl.load(last_ptr + rows[:, None] * last_stride + ks[None, :], mask=x_mask, other=0.0)
             mix = tl.load(mix_ptr + ks, mask=in_k, other=0.0).to(tl.float32)
-            x = x + (last.to(tl.float32) - x) * mix[None, :]
+            last = last.to(tl.float32)
+            if MIX == 1:  # the mix weighs last
+                x = x + (last - x) * mix[None, :]
+            else:  # the mix weighs x
+                x = x * mix[None, :] + last * (1.0 - mix[None, :])
         if ACT == 1:
             x = _tanh(x)
         elif ACT == 2:
@@ -107,7 +115,7 @@ def _grouped_gemv(
     x_ptr, x_stride, last_ptr, last_stride, out_ptr, out_stride, res_ptr, res_stride, B, weights, mixes,
     STARTS: tl.constexpr, X_COLS: tl.constexpr, NS: tl.constexpr, KS: tl.constexpr, S_KS: tl.constexpr,
     S_NS: tl.constexpr, ACT_CODES: tl.constexpr, INV_SCALES: tl.constexpr, OUT_ACT_CODES: tl.constexpr,
-    OUT_COLS: tl.constexpr, MIX_FLAGS: tl.constexpr, G: tl.constexpr, RESIDUAL: tl.constexpr,
+    OUT_COLS: tl.constexpr, MIX_CODES: tl.constexpr, G: tl.constexpr, RESIDUAL: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, F32_DOT: tl.constexpr,
 ):  # fmt: skip
     # grid (column blocks of every projection, batch blocks); STARTS[j] the first column block of projection j
@@ -118,12 +126,12 @@ def _grouped_gemv(
             _tile(
                 pid - STARTS[j], rows, B, x_ptr, x_stride, last_ptr, last_stride, mixes[j], out_ptr, out_stride,
                 res_ptr, res_stride, weights[j], X_COLS[j], NS[j], KS[j], S_KS[j], S_NS[j], ACT_CODES[j],
-                INV_SCALES[j], OUT_ACT_CODES[j], OUT_COLS[j], MIX_FLAGS[j], RESIDUAL, BLOCK_B, BLOCK_N, BLOCK_K,
+                INV_SCALES[j], OUT_ACT_CODES[j], OUT_COLS[j], MIX_CODES[j], RESIDUAL, BLOCK_B, BLOCK_N, BLOCK_K,
                 F32_DOT,
             )  # fmt: skip
 
 
-def _check(x, weights, mixes, x_cols, acts, scales, out_acts, last, residual):
+def _check(x, weights, mixes, mix_codes, x_cols, acts, scales, out_acts, last, residual):
     n = len(weights)
     if not 1 <= n <= MAX_GROUPS or not n == len(mixes) == len(x_cols) == len(acts) == len(scales) == len(out_acts):
         raise ValueError(f"grouped_gemv takes 1 to {MAX_GROUPS} projections; got {n}")
@@ -132,7 +140,7 @@ def _check(x, weights, mixes, x_cols, acts, scales, out_acts, last, residual):
     for w, mix, x_col, act, scale, out_act in zip(weights, mixes, x_cols, acts, scales, out_acts):
         K = w.shape[0]
         if act not in ACTS.values() or out_act not in OUT_ACTS.values():
-            raise ValueError(f"Projection.act must be one of {list(ACTS)} and out_act one of {list(OUT_ACTS)}")
+            raise ValueError(f"act codes must be in {list(ACTS.values())}, out_act codes in {list(OUT_ACTS.values())}")
         if not (scale > 0 and math.frexp(scale)[0] == 0.5):
             raise ValueError(f"Projection.scale must be a power of two (an exact division); got {scale}")
         if w.dim() != 2 or x_col < 0 or x_col + K > x.shape[1]:
@@ -170,6 +178,7 @@ def _grouped_gemv_op(
     x: torch.Tensor,
     weights: list[torch.Tensor],
     mixes: list[torch.Tensor | None],
+    mix_codes: list[int],
     x_cols: list[int],
     acts: list[int],
     scales: list[float],
@@ -177,7 +186,7 @@ def _grouped_gemv_op(
     last: torch.Tensor | None,
     residual: torch.Tensor | None,
 ) -> torch.Tensor:
-    _check(x, weights, mixes, x_cols, acts, scales, out_acts, last, residual)
+    _check(x, weights, mixes, mix_codes, x_cols, acts, scales, out_acts, last, residual)
     B = x.shape[0]
     ns = [w.shape[1] for w in weights]
     out = torch.empty(B, sum(ns), dtype=x.dtype, device=x.device)
@@ -189,13 +198,14 @@ def _grouped_gemv_op(
     if residual is not None and residual.stride(1) != 1:
         residual = residual.contiguous()
     grid = (starts[-1], triton.cdiv(B, block_b))
+    mix_codes = tuple(code if m is not None else 0 for m, code in zip(mixes, mix_codes))
     _grouped_gemv[grid](
         x, x.stride(0), last, 0 if last is None else last.stride(0), out, out.stride(0), residual,
         0 if residual is None else residual.stride(0), B, tuple(weights), tuple(mixes), tuple(starts), tuple(x_cols),
         tuple(ns), tuple(w.shape[0] for w in weights), tuple(w.stride(0) for w in weights),
         tuple(w.stride(1) for w in weights), tuple(acts), tuple(1.0 / s for s in scales), tuple(out_acts),
-        tuple(out_cols[:-1]), tuple(m is not None for m in mixes), len(weights), residual is not None, block_b,
-        block_n, block_k, _f32_dot(weights[0].dtype), num_warps=4,
+        tuple(out_cols[:-1]), mix_codes, len(weights), residual is not None, block_b, block_n, block_k,
+        _f32_dot(weights[0].dtype), num_warps=4,
     )  # fmt: skip
     return out
 
@@ -205,7 +215,7 @@ _grouped_gemv_custom = torch.library.custom_op("rwkv_lab::grouped_gemv", _groupe
 
 
 @_grouped_gemv_custom.register_fake
-def _(x, weights, mixes, x_cols, acts, scales, out_acts, last, residual):
+def _(x, weights, mixes, mix_codes, x_cols, acts, scales, out_acts, last, residual):
     return x.new_empty(x.shape[0], sum(w.shape[1] for w in weights))
 
 
@@ -220,11 +230,15 @@ def grouped_gemv(
     offset (see the module docstring). `last` (B, K): the token shift's previous x, for the projections with a mix;
     `residual` (B, sum N), added to the output."""
     for p in projections:
-        if p.act not in ACTS or p.out_act not in OUT_ACTS:
-            raise ValueError(f"Projection.act must be one of {list(ACTS)} and out_act one of {list(OUT_ACTS)}")
+        if p.act not in ACTS or p.out_act not in OUT_ACTS or p.mix_weighs not in MIX_WEIGHS:
+            raise ValueError(
+                f"Projection.act must be one of {list(ACTS)}, out_act one of {list(OUT_ACTS)} and mix_weighs one of "
+                f"{list(MIX_WEIGHS)}; got {p.act!r}, {p.out_act!r}, {p.mix_weighs!r}"
+            )
     flat = (
         [p.weight for p in projections],
         [p.mix for p in projections],
+        [MIX_WEIGHS[p.mix_weighs] for p in projections],
         [p.x_col for p in projections],
         [ACTS[p.act] for p in projections],
         [float(p.scale) for p in projections],
@@ -241,7 +255,8 @@ def grouped_gemv_reference(x, projections, *, last=None, residual=None):
         K = p.weight.shape[0]
         xj = x[:, p.x_col : p.x_col + K].to(cd)
         if p.mix is not None:
-            xj = xj + (last[:, :K].to(cd) - xj) * p.mix.reshape(K).to(cd)
+            prev, mix = last[:, :K].to(cd), p.mix.reshape(K).to(cd)
+            xj = xj + (prev - xj) * mix if p.mix_weighs == "last" else xj * mix + prev * (1 - mix)
         xj = {None: xj, "tanh": torch.tanh(xj), "sigmoid": torch.sigmoid(xj)}[p.act] / p.scale
         out = xj.to(p.weight.dtype).to(cd) @ p.weight.to(cd)
         outs.append({None: out, "relu2": torch.relu(out).square(), "sigmoid": torch.sigmoid(out)}[p.out_act])
