@@ -11,6 +11,7 @@ import warnings
 import torch
 import torch.nn as nn
 
+from ..ops import triton_available
 from ..ops.lengths import check_lengths, last_positions
 from .checks import check_tokens
 from .run_config import RunConfig
@@ -39,7 +40,7 @@ class RecurrentLMBase(nn.Module):
     its `emb`, `ln_out` and `head`, `init_state`, `check_state` and `blocks_with_state(x, state, backend, trace)`
     (the embeddings (B, T, C) through every block: the last block's output and the new state); and the choice
     between its compiled blocks and its eager ones (`uses_fused_blocks`, `fused_or_eager`), over its operator
-    package's `resolve_backend`."""
+    package's `resolve_backend`, and between its one-token step's kernels and its reference (`uses_step_kernels`)."""
 
     resolve_backend = None  # the generation's operator package's: (backend, x) -> the form 'auto' picks
 
@@ -59,6 +60,16 @@ class RecurrentLMBase(nn.Module):
         if self.run.fused_blocks == "auto":
             return torch.is_grad_enabled() and x.is_cuda and self.resolve_backend(backend, x) == "triton"
         return True
+
+    def uses_step_kernels(self, x: torch.Tensor) -> bool:
+        """Whether `step` runs the generation's Triton step kernels (a few launches a layer, ops/gemv.py's grouped
+        projections at their core) rather than its PyTorch reference: `run.step_kernels` "auto" on CUDA without
+        autograd for fp32 / bf16 / fp16 models, True wherever Triton runs (the CPU under its interpreter, the
+        tests); never with autograd (the reference keeps the graph) or for float64 (the reference is exact)."""
+        choice = self.run.step_kernels
+        if choice is False or torch.is_grad_enabled() or self.dtype == torch.float64:
+            return False
+        return triton_available() and (choice is True or x.is_cuda)
 
     def fused_or_eager(self, fused: bool, fused_call, eager_call):
         """One block: `fused_call()` (through the compiled blocks) when `fused`, else `eager_call()`. Returns (its

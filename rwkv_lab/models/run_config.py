@@ -4,8 +4,8 @@
     model.configure(backend="recurrent")    # the operator's backend for the parallel form
 
 Every choice here gives the same numbers up to float rounding (tests compare each against the eager reference);
-what differs is speed and memory. A generation reads the fields that apply to it: RWKV-7 reads backend,
-fused_blocks, saved_activations, activation_memory_budget and step_kernels (its blocks through torch.compile,
+what differs is speed and memory. A generation reads the fields that apply to it: both read backend,
+fused_blocks, saved_activations, activation_memory_budget and step_kernels (RWKV-7's blocks through torch.compile:
 models/rwkv7/fast_path.py); norm_mix_kernels, padded_head and rescale_every are RWKV-4's. What the fused blocks keep
 for the backward is decided here for both (`compiled_block`, `keeping_outputs_of`), each generation naming its ops.
 """
@@ -37,9 +37,9 @@ class RunConfig:
     logits are the same, the padding sliced off unless the loss asks for it; RWKV-7's vocabularies are aligned).
     rescale_every: fp16 only: halve the residual stream every this many layers (0: never); the rwkv package's and
     transformers' default for RWKV-4, whose larger models' residuals outgrow fp16 (exact up to LayerNorm's eps).
-    step_kernels: RWKV-7's one-token step (`step`, what the decoder runs) in Triton kernels, a few launches a layer
+    step_kernels: the one-token step (`step`, what the decoder runs) in Triton kernels, a few launches a layer
     ("auto": on CUDA without autograd; True also on the CPU under TRITON_INTERPRET=1, the tests; False: the
-    reference, TorchScript on the CPU, inductor on CUDA)."""
+    PyTorch reference; see RecurrentLMBase.uses_step_kernels)."""
 
     backend: str = "auto"
     fused_blocks: bool | str = "auto"

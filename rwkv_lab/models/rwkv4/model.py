@@ -165,11 +165,24 @@ class RWKV(RecurrentLMBase):
         return x, new_state
 
     def step(self, token: torch.Tensor, state: RWKV4State | None = None, *, check: bool = True):
-        """RNN form: one token per sequence, token (B,) -> logits (B, V), the state."""
+        """RNN form: one token per sequence, token (B,) -> logits (B, V), the state. Its reference is the parallel
+        form at T = 1 with the recurrent WKV; on CUDA (`uses_step_kernels`) the blocks run their step kernels
+        (`Block.step_kernels`), a few launches a layer."""
         if check:
             self.check_tokens(token, ndim=1)
-        logits, state = self.forward(token[:, None], state, backend="recurrent", check=check)
-        return logits[:, 0], state
+        if not self.uses_step_kernels(token):
+            logits, state = self.forward(token[:, None], state, backend="recurrent", check=check)
+            return logits[:, 0], state
+        packed = self.checked_state(token[:, None], state, check).packed
+        x = self.emb(token)  # (B, C)
+        rescale = self.run.rescale_every if self.dtype == torch.float16 else 0
+        layers = []
+        for i, block in enumerate(self.blocks):
+            x, layer_state = block.step_kernels(x, packed[:, i], 2 ** (i // rescale) if rescale else 1)
+            layers.append(layer_state)
+            if rescale and (i + 1) % rescale == 0:
+                x = x / 2
+        return self.head(self.ln_out(x)), RWKV4State(torch.stack(layers, dim=1))
 
 
 @torch.compiler.nested_compile_region

@@ -374,15 +374,6 @@ class RWKV7(RecurrentLMBase):
         shift = torch.stack(shifts, dim=1).view(B, -1, 2, C).to(self.state_dtype)
         return self.head(x), RWKV7State(shift=shift, wkv=torch.stack(wkvs, dim=1) if wkv is None else wkv)
 
-    def uses_step_kernels(self, x: torch.Tensor) -> bool:
-        """Whether `step` runs its blocks in Triton kernels (`_block_one_kernels`): `run.step_kernels` "auto" on
-        CUDA without autograd for fp32 / bf16 / fp16 models, True wherever Triton runs (the CPU under its
-        interpreter, the tests)."""
-        choice = self.run.step_kernels
-        if choice is False or torch.is_grad_enabled() or self.dtype == torch.float64:
-            return False
-        return triton_available() and (choice is True or x.is_cuda)
-
     def _step_kernels(self, x: torch.Tensor, state: RWKV7State):
         """`step`'s blocks through `_block_one_kernels`, x (B, C) after ln0."""
         B, C = x.shape
