@@ -5,9 +5,11 @@
 
 On CUDA, one token of every sequence (the model's `step` and the choice of the next token) is captured once in a
 CUDA graph, its elementwise work fused by `torch.compile` where Triton is present, and replayed per token: one
-launch instead of hundreds, which is what bounds decoding at small batch. Only the chosen token ids leave the
-device. Elsewhere the same function runs eagerly. `model.step` stays the readable reference; tests check that
-the captured step equals it.
+launch instead of hundreds, which is what bounds decoding at small batch. Within it the model's step runs its
+step kernels (RecurrentLMBase.uses_step_kernels: a layer's projections grouped into a few Triton launches), so
+the graph holds a few kernels a layer, not dozens. Only the chosen token ids leave the device. Elsewhere the same
+function runs eagerly. `model.step` with its kernels off stays the readable reference; tests check that the
+captured step equals it.
 
 A batch size is rounded up to a bucket (`bucket_for`: the next power of two) where the step is captured or
 compiled: a decoder serves every batch up to its bucket, the rows past the real ones padded (copies of the last
