@@ -8,7 +8,8 @@ the `rwkv` package and transformers' `RwkvForCausalLM` on the same weights, in o
 Writes results/inference/generation<arch><tag>.csv (<arch>: '' for rwkv4, _rwkv7) (one row per path, size,
 batch and prompt length: tokens/s, first-token latency, warm-up, peak memory, the weight-bandwidth roofline on a
 GPU) and, on a GPU, results/inference/decoder_check<arch><tag>.json: the captured (compiled) step against the
-eager `model.step` in fp32.
+eager `model.step` in fp32. The decoder runs each generation's step kernels on a GPU (RunConfig.step_kernels);
+`--reference-step` measures it at batch 1 around the PyTorch step too, in the same run.
 The `mixed` rows are the batched end to end case: `--mixed-batches` prompts (32 and 128) of lengths drawn from
 `--mixed-lengths` (16 to 1,024 tokens), `--new-tokens` each, one generate call (one prefill pass for the batch,
 then the decoder), beside the decoder alone at that batch, and the warm-up a new batch size then costs.
@@ -29,7 +30,7 @@ import pandas as pd
 import torch
 
 from rwkv_lab.analysis.equivalence import rel_error
-from rwkv_lab.inference.decoder import decoder_for
+from rwkv_lab.inference.decoder import decoder_for, release_decoders
 from rwkv_lab.inference.generation import generate, prefill_prompts
 from rwkv_lab.loading.checkpoint import save_model
 from rwkv_lab.loading.tokenizer import load_tokenizer
@@ -158,21 +159,35 @@ def ours_mixed(model, tokenizer, batch: int, shortest: int, longest: int, new_to
     return rows
 
 
-def ours_step(model, batch: int, steps: int, device) -> dict:
-    """The decoder alone (what generate replays per token): token ids in, token ids out."""
-    decoder = decoder_for(model, batch)
-    tokens = torch.randint(1, 20000, (batch,), device=device)
-    state = model.init_state(batch)
-    seeds = torch.arange(batch, device=device)
-    step_t = torch.zeros(batch, dtype=torch.int64, device=device)
+def ours_step(model, batch: int, steps: int, device, step_kernels: bool | None = None) -> dict:
+    """The decoder alone (what generate replays per token): token ids in, token ids out. `step_kernels` False: the
+    same decoder around the model's PyTorch step (RunConfig.step_kernels off; compiled and captured alike), for the
+    kernels' ratio in the same run; the model's setting and decoders are restored after."""
+    run_config = model.run
+    if step_kernels is not None:
+        release_decoders(model)
+        model.configure(step_kernels=step_kernels)
+    try:
+        decoder = decoder_for(model, batch)
+        tokens = torch.randint(1, 20000, (batch,), device=device)
+        state = model.init_state(batch)
+        seeds = torch.arange(batch, device=device)
+        step_t = torch.zeros(batch, dtype=torch.int64, device=device)
 
-    def run():
-        tok, st = tokens, state
-        for _ in range(steps):
-            tok, st = decoder.step(tok, st, SAMPLING["temperature"], SAMPLING["top_p"], seeds, step_t)
+        def run():
+            tok, st = tokens, state
+            for _ in range(steps):
+                tok, st = decoder.step(tok, st, SAMPLING["temperature"], SAMPLING["top_p"], seeds, step_t)
 
-    seconds = time_fn(run, device, warmup=1, repeat=3)
-    return {"path": "decoder.step (top-p)", "tokens_per_s": batch * steps / seconds}
+        seconds = time_fn(run, device, warmup=1, repeat=3)
+    finally:
+        if step_kernels is not None:
+            model.run = run_config
+            release_decoders(model)
+    path = "decoder.step (top-p)" + (
+        "" if step_kernels is None else f", step kernels {'on' if step_kernels else 'off'}"
+    )
+    return {"path": path, "tokens_per_s": batch * steps / seconds, "decoder_warmup_s": decoder.warmup_seconds}
 
 
 def ours_prefill(model, T: int, device) -> dict:
@@ -385,6 +400,11 @@ def main():
     parser.add_argument("--no-check", action="store_true", help="skip the fp32 decoder check (GPU)")
     parser.add_argument("--profile-sizes", default="169M", help="sizes whose decode step and prefill are profiled")
     parser.add_argument("--tag", default="")
+    parser.add_argument(
+        "--reference-step",
+        action="store_true",
+        help="at batch 1, the decoder around the PyTorch step too (kernels off)",
+    )
     args = parser.parse_args()
     args.sizes = args.sizes or DEFAULT_SIZES[args.arch]
     device = torch.device(args.device)
@@ -417,6 +437,9 @@ def main():
             rows.append(row | ours_generate(model, tokenizer, batch, prompt_len, args.new_tokens, device))
             rows.append(row | ours_step(model, batch, args.new_tokens, device))
             print(rows[-2], rows[-1], sep="\n", flush=True)
+            if args.reference_step and batch == 1:
+                rows.append(row | ours_step(model, batch, args.new_tokens, device, step_kernels=False))
+                print(rows[-1], flush=True)
             if device.type == "cpu":  # beside the package's greedy loop too
                 greedy = {"temperature": 0.0, "top_p": 1.0}
                 rows.append(row | ours_generate(model, tokenizer, batch, prompt_len, args.new_tokens, device, greedy))
