@@ -3,8 +3,6 @@ random weights whose outputs depend on the context), each checked against the mo
 
 import dataclasses
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,6 +15,7 @@ from rwkv_lab.loading.checkpoint import FORMATS, load_model, save_model
 from rwkv_lab.loading.tokenizer import ByteTokenizer, tokenizer_for
 from rwkv_lab.models import architecture, architecture_of
 from rwkv_lab.training.trainer import TrainConfig, Trainer
+from rwkv_lab.training.trainer import main as train_main
 
 GENERATIONS = ["rwkv4", "rwkv7"]
 
@@ -141,7 +140,7 @@ def test_every_format_round_trips_and_names_its_generation(model, fmt, tmp_path)
     assert_rel_close(f"{fmt} logits", loaded(tokens)[0], model(tokens)[0], TOL["float32 step"])
 
 
-def test_the_command_line_converts_and_describes_either(model, tmp_path):
+def test_the_command_line_converts_and_describes_either(model, tmp_path, capsys):
     from rwkv_lab.__main__ import main as cli
 
     save_model(model, tmp_path / "m.pth", format="pth")
@@ -149,10 +148,12 @@ def test_the_command_line_converts_and_describes_either(model, tmp_path):
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     print(config.get("model_type"))
     assert architecture_of(load_model(tmp_path / "hf")) is architecture_of(model)
-    out = subprocess.run(
-        [sys.executable, "-m", "rwkv_lab", "info", str(tmp_path / "hf")], capture_output=True, text=True, check=True
-    )
-    assert f"{model.config.n_layer}" in out.stdout and type(model.config).__name__ in out.stdout
+    capsys.readouterr()
+    # in this process, as convert above: a fresh `python -m rwkv_lab` would spend ~3 s importing (the README's
+    # rwkv-lab commands run as processes in tests/test_readme.py)
+    assert cli(["info", str(tmp_path / "hf")]) == 0
+    out = capsys.readouterr().out
+    assert f"{model.config.n_layer}" in out and type(model.config).__name__ in out
 
 
 def test_the_lm_eval_backend_scores_like_one_forward_pass(model):
@@ -195,8 +196,9 @@ def test_the_training_command_line_takes_rwkv7(tmp_path):
     out = tmp_path / "run"
     args = ["--arch", "rwkv7", "--model", "byte-2x32", "--context", "32", "--batch-size", "4", "--tokens", "512"]
     args += ["--eval-every", "2", "--eval-tokens", "256", "--device", "cpu", "--data", str(root), "--out", str(out)]
-    run = subprocess.run([sys.executable, "-m", "rwkv_lab.training", *args], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-2000:]
+    # the command line's main in this process (a fresh one would spend ~3 s importing); the README's --arch rwkv7
+    # line runs as a process in tests/test_readme.py
+    assert train_main(args) == 0
     trained = load_model(out / "model.safetensors")
     assert architecture_of(trained).name == "rwkv7"
 

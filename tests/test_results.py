@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -71,28 +70,18 @@ def test_no_headline_reads_a_superseded_run():
         readme_table.table("history/training_speed/training_mfu_graphed.csv")
 
 
-def test_git_dirty_is_never_null(tmp_path):
-    """A copy of the tree without .git, told nothing or only its commit, says why the diff is unknown."""
-    script = "from rwkv_lab.results import code_state; import json; print(json.dumps(code_state()))"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RWKV_LAB_GIT")}
-    env["PYTHONPATH"] = str(REPO)
-    env["GIT_DIR"] = str(tmp_path / "no-git")  # git finds no repository
-    told_nothing = json.loads(
-        subprocess.run([sys.executable, "-c", script], env=env, text=True, capture_output=True, check=True).stdout
-    )
-    assert told_nothing["git_dirty"].startswith("unknown: no .git")
-    commit_only = env | {"RWKV_LAB_GIT_COMMIT": "abc"}
-    told_commit = json.loads(
-        subprocess.run(
-            [sys.executable, "-c", script], env=commit_only, text=True, capture_output=True, check=True
-        ).stdout
-    )
-    assert told_commit["git_dirty"].startswith("unknown: no .git; the commit passed in")
-    clean = commit_only | {"RWKV_LAB_GIT_DIFF_SHA256": ""}
-    told_clean = json.loads(
-        subprocess.run([sys.executable, "-c", script], env=clean, text=True, capture_output=True, check=True).stdout
-    )
-    assert told_clean["git_dirty"] is False
+def test_git_dirty_is_never_null(tmp_path, monkeypatch):
+    """A copy of the tree without .git, told nothing or only its commit, says why the diff is unknown. code_state()
+    reads the environment and runs git when called, so this process stands in for that copy (a fresh one per case
+    would import rwkv_lab, ~3 s each)."""
+    for name in [k for k in os.environ if k.startswith("RWKV_LAB_GIT")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("GIT_DIR", str(tmp_path / "no-git"))  # the git that code_state() runs finds no repository
+    assert results.code_state()["git_dirty"].startswith("unknown: no .git")
+    monkeypatch.setenv("RWKV_LAB_GIT_COMMIT", "abc")
+    assert results.code_state()["git_dirty"].startswith("unknown: no .git; the commit passed in")
+    monkeypatch.setenv("RWKV_LAB_GIT_DIFF_SHA256", "")
+    assert results.code_state()["git_dirty"] is False
 
 
 def _state(folder: Path) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -70,19 +71,29 @@ def default_data_dir() -> Path | None:
 
 
 @functools.cache
-def _lm_eval_index() -> dict:
-    """lm-eval's own tasks: name -> entry with its YAML's path (indexing them takes seconds, so once a process)."""
+def _lm_eval_yamls(tasks: tuple[str, ...]) -> dict[str, Path]:
+    """lm-eval's own YAML of each task. Indexing every lm-eval task parses its ~14k YAMLs (6-10 s, in each process
+    that writes task files), so lm-eval indexes only the folders whose YAMLs name one of these tasks (`task: name`,
+    found by a text search in under a second); all of them only for a task named another way."""
+    import lm_eval.tasks
     from lm_eval.tasks import TaskManager
 
-    return TaskManager().task_index
-
-
-def _lm_eval_yaml(task: str) -> Path:
-    entry = _lm_eval_index().get(task)
-    path = entry.get("yaml_path") if isinstance(entry, dict) else getattr(entry, "yaml_path", None)
-    if not path:
-        raise ValueError(f"lm-eval has no task {task!r}")
-    return Path(path)
+    named = re.compile(r"^task:\s*['\"]?([\w.-]+)['\"]?\s*$", re.M)
+    root = Path(lm_eval.tasks.__file__).parent
+    folders = {
+        str(p.parent) for p in root.rglob("*.yaml") if set(named.findall(p.read_text(errors="replace"))) & set(tasks)
+    }
+    index = TaskManager(include_path=sorted(folders), include_defaults=False).task_index if folders else {}
+    if not set(tasks) <= set(index):
+        index = TaskManager().task_index
+    paths = {}
+    for task in tasks:
+        entry = index.get(task)
+        path = entry.get("yaml_path") if isinstance(entry, dict) else getattr(entry, "yaml_path", None)
+        if not path:
+            raise ValueError(f"lm-eval has no task {task!r}")
+        paths[task] = Path(path)
+    return paths
 
 
 def _jsonl(rows) -> str:
@@ -135,6 +146,7 @@ def _task_files(files: dict[str, dict[str, str | Path]], folder: Path) -> dict[P
     path -> text. Each YAML is lm-eval's own, included, with `dataset_path: json` and the data files' absolute
     paths, so lm-eval reads them from whatever folder it runs in."""
     out = {}
+    yamls = _lm_eval_yamls(tuple(sorted(files)))
     for task, splits in files.items():
         paths = {}
         for split, data in splits.items():
@@ -144,7 +156,7 @@ def _task_files(files: dict[str, dict[str, str | Path]], folder: Path) -> dict[P
                 paths[split] = folder / "data" / f"{task}.jsonl"
                 out[paths[split]] = data
         yaml_lines = [
-            f"include: {_lm_eval_yaml(task)}",
+            f"include: {yamls[task]}",
             f"task: {task}",
             "tag: []",
             "dataset_path: json",
