@@ -165,10 +165,12 @@ def _f32_dot(dtype: torch.dtype) -> bool:
 
 
 def _blocks(B: int, n_total: int, K: int) -> tuple[int, int, int]:
-    """(BLOCK_B, BLOCK_N, BLOCK_K): tl.dot needs 16 at least in each. Batch rows in one block up to 64, so the weights
-    are streamed once for a batch of up to 64 and at most twice up to 128; narrower column blocks where there are
-    few columns, so that the programs cover the GPU's multiprocessors."""
-    block_b = min(64, max(16, triton.next_power_of_2(B)))
+    """(BLOCK_B, BLOCK_N, BLOCK_K): tl.dot needs 16 at least in each. Batch rows in one block: 16 up to a batch of 16,
+    else 64 (the weights streamed once up to 64 rows, twice up to 128). Two sizes only: each is its own compiled
+    kernel, and a block size per batch bucket made a decoder's new bucket (33 sequences after 32) wait ~10 s for
+    Triton to compile the step's kernels again (H100, results/inference/generation_rwkv7.csv). Narrower column
+    blocks where there are few columns, so that the programs cover the GPU's multiprocessors."""
+    block_b = 16 if B <= 16 else 64
     block_n = 16 if n_total <= 8192 else 32
     block_k = min(256, max(16, triton.next_power_of_2(K)))
     return block_b, block_n, block_k
