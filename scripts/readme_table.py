@@ -606,28 +606,37 @@ def rwkv7_gpu_rows():
     """RWKV-7 on the GPU: `generate` at batch 1 beside the `rwkv` package's x070 (its CUDA kernel) and the
     weight-bandwidth roofline; prefill beside the package; training beside the matched Pythia."""
     rows = []
-    f = "inference/generation_rwkv7.csv"
-    t = table(f)
-    cells = []
-    for size, g in t.groupby("size", sort=False):
-        speed = g[g["kind"] != "mixed"].set_index("path")["tokens_per_s"].astype(float)
-        ours = g[g["path"] == "rwkv_lab.generate (top-p)"].iloc[0]
-        tps, package = ours["tokens_per_s"], speed["rwkv package forward([token]) loop (top-p)"]
-        prefill, package_prefill = speed["model.prefill"], speed["rwkv package forward(prompt)"]
-        cells.append(
-            f"{size}: generate {tps:,.0f} tokens/s vs the package {package:,.0f} ({tps / package:.1f}×), "
-            f"{100 * tps / ours['roofline_tokens_per_s']:.0f}% of the roofline, first call {ours['first_call_s']:.1f} "
-            f"s; prefill T = {int(g.loc[g['path'] == 'model.prefill', 'prompt'].iloc[0]):,} {k(prefill)} vs "
-            f"{k(package_prefill)} tokens/s ({prefill / package_prefill:.2f}×)"
+    for path in sorted((RESULTS / "inference").glob("generation_rwkv7*.csv")):
+        if path.name.endswith("_batched.csv"):  # without the peers: generation_batched's rows
+            continue
+        f = f"inference/{path.name}"
+        t = table(f)
+        cells = []
+        for size, g in t.groupby("size", sort=False):
+            speed = g[g["kind"] != "mixed"].set_index("path")["tokens_per_s"].astype(float)
+            ours = g[g["path"] == "rwkv_lab.generate (top-p)"].iloc[0]
+            tps, package = ours["tokens_per_s"], speed["rwkv package forward([token]) loop (top-p)"]
+            prefill, package_prefill = speed["model.prefill"], speed["rwkv package forward(prompt)"]
+            prefill_T = int(g.loc[g["path"] == "model.prefill", "prompt"].iloc[0])
+            cell = (
+                f"{size}: generate {tps:,.0f} tokens/s vs the package {package:,.0f} ({tps / package:.1f}×), "
+                f"{100 * tps / ours['roofline_tokens_per_s']:.0f}% of the roofline, first call "
+                f"{ours['first_call_s']:.1f} s; prefill T = {prefill_T:,} {k(prefill)} vs {k(package_prefill)} "
+                f"tokens/s ({prefill / package_prefill:.2f}×)"
+            )
+            kernels_off = "decoder.step (top-p), step kernels off"
+            if kernels_off in speed:  # bench_generation --reference-step: the same decoder around the PyTorch step
+                on, off = speed["decoder.step (top-p)"], speed[kernels_off]
+                cell += f"; decode with the step kernels {on:,.0f} vs {off:,.0f} tokens/s without ({on / off:.2f}×)"
+            cells.append(cell)
+        rows.append(
+            row(
+                "RWKV-7 fp16, `generate` at batch 1 (top-p, 128 new tokens) beside the `rwkv` package's x070 loop with "
+                "its CUDA kernel on the same weights, in the same run",
+                f,
+                "; ".join(cells),
+            )
         )
-    rows.append(
-        row(
-            "RWKV-7 fp16, `generate` at batch 1 (top-p, 128 new tokens) beside the `rwkv` package's x070 loop with its "
-            "CUDA kernel on the same weights, in the same run",
-            f,
-            "; ".join(cells),
-        )
-    )
     f = "training_speed/rwkv7_421M/training_vs_pythia.csv"
     t = table(f)
     cells = [

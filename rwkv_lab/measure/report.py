@@ -355,7 +355,8 @@ def batched_summary(frame: pd.DataFrame) -> pd.DataFrame:
 def batched_runs(inference_dir: Path) -> pd.DataFrame:
     """`batched_summary` of every benchmarks/bench_generation.py table in `inference_dir` that has `mixed` rows
     (generation*.csv), each with its arch, device and which decode step ran: its run's decoder check
-    (decoder_check*.json of the same tag, a batch of 4) says whether the step kept torch.compile or fell back.
+    (decoder_check*.json of the same tag, a batch of 4) says whether the step kept torch.compile or fell back, and
+    whether it ran the model's step kernels.
     An empty frame when none has."""
     from ..results import read_table
 
@@ -365,11 +366,13 @@ def batched_runs(inference_dir: Path) -> pd.DataFrame:
         if "kind" not in frame or not (frame["kind"] == "mixed").any():
             continue
         check = path.with_name(path.name.replace("generation", "decoder_check", 1)).with_suffix(".json")
-        compiled = json.loads(check.read_text())["results"]["compiled"] if check.exists() else None
+        result = json.loads(check.read_text())["results"] if check.exists() else {}
+        compiled = result.get("compiled")
         if compiled is None:
             step = "unknown (no decoder check)"
         else:
             step = f"compiled ({compiled})" if compiled else "uncompiled (fell back)"
+            step += ", step kernels" if result.get("step_kernels") else ""
         summary = batched_summary(frame).assign(
             arch=frame["arch"].iloc[0], device=meta["device"], step=step, file=path.name
         )
