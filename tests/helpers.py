@@ -87,3 +87,33 @@ def torchrun(nproc: int) -> list[str]:
         "--master_addr=127.0.0.1",
         f"--master_port={port}",
     ]
+
+
+def assert_compiled_step_traces_once(model, states: dict, name: str) -> None:
+    """The decoder's compiled step (the step with the sampler, fullgraph) traced with dynamo's eager backend, the
+    batch marked dynamic as the decoder marks every bucket past 1, at each batch of `states` ({batch: a state}):
+    the uncompiled step's tokens, logits and state each time, and one compilation for them all (tracing is what
+    fails; tests/test_gpu.py runs the whole decoder with inductor on a GPU)."""
+    from rwkv_lab.inference.decoder import _mark_batch_dynamic, _model_step, _step_and_sample
+    from rwkv_lab.inference.sampling import vocab_keys
+
+    graphs = []
+
+    def eager_recording(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(_step_and_sample, fullgraph=True, backend=eager_recording)
+    keys = vocab_keys(model.config.vocab_size, "cpu")
+    for batch, state in states.items():
+        tokens, seeds = torch.arange(3, 3 + batch), torch.arange(1, 1 + batch)
+        args = (model, _model_step, tokens, state, 0.8, 0.9, seeds, seeds, keys)
+        with torch.no_grad():
+            ref_tokens, ref_logits, ref_state = _step_and_sample(*args)
+            _mark_batch_dynamic(tokens, *state.tensors(), seeds)
+            out_tokens, logits, new_state = compiled(*args)
+        assert torch.equal(out_tokens, ref_tokens)
+        assert_rel_close(f"{name} at batch {batch}, logits", logits, ref_logits, TOL["float32 step"])
+        assert_rel_close(f"{name} at batch {batch}, state", new_state, ref_state, TOL["float32 step"])
+    assert len(graphs) == 1, f"{name}: compiled {len(graphs)} times for batches {list(states)}; expected once"

@@ -45,6 +45,25 @@ def test_grouped_projections_match_their_reference(B, dtype):
         assert_rel_close(f"offset columns, out_act {out_act}, residual {residual is not None}, B={B}", out, ref, tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_long_rows_and_wide_outputs_take_several_blocks(dtype):
+    """The sizes the models' steps reach: K = 600 (three K blocks of 256, the last partial) beside K = 300 in one
+    launch (projections of different K, as RWKV-7's LoRAs), mixed; and 8,200 output columns (the wide-output
+    column block of 32, as a 2048-wide model's channel mix)."""
+    tol = TOL["float32 step"] if dtype == torch.float32 else TOL["bfloat16"]
+    x, last = draw(2, 600, dtype=dtype, seed=11), draw(2, 600, dtype=dtype, seed=12)
+    mix = torch.rand(600, generator=torch.Generator().manual_seed(13)).to(dtype)
+    long = [
+        Projection(draw(600, 33, dtype=dtype, seed=14, scale=0.05), mix=mix),
+        Projection(draw(300, 20, dtype=dtype, seed=15), x_col=0),
+    ]
+    out = grouped_gemv(x, long, last=last)
+    assert_rel_close(f"K = 600 and 300, {dtype}", out, grouped_gemv_reference(x, long, last=last), tol)
+    wide = [Projection(draw(16, 8200, dtype=dtype, seed=16), out_act="relu2")]
+    out = grouped_gemv(x[:1, :16], wide)
+    assert_rel_close(f"N = 8200, {dtype}", out, grouped_gemv_reference(x[:1, :16], wide), tol)
+
+
 def test_grouped_projections_refuse_bad_input_clearly():
     x, W = torch.randn(2, 8), torch.randn(8, 8)
     cases = [

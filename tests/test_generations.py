@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from helpers import TOL, assert_rel_close
+from helpers import TOL, assert_compiled_step_traces_once, assert_rel_close
 
 import rwkv_lab
 from rwkv_lab.analysis.equivalence import compare_formulations, step_all
@@ -65,32 +65,11 @@ def test_the_decoders_compiled_step_traces_whole(model):
     TorchScript call, which the compiler cannot trace, so under compilation it runs the same blocks as Python.
     Traced with dynamo's eager backend here (tracing is what fails; tests/test_gpu.py runs the whole decoder with
     inductor on a GPU), once for batches 2, 4 and 8: a new bucket costs no compilation."""
-    from rwkv_lab.inference.decoder import _mark_batch_dynamic, _model_step, _step_and_sample
-    from rwkv_lab.inference.sampling import vocab_keys
-
-    graphs = []
-
-    def eager_recording(graph, example_inputs):
-        graphs.append(graph)
-        return graph.forward
-
-    torch._dynamo.reset()
-    compiled = torch.compile(_step_and_sample, fullgraph=True, backend=eager_recording)
-    keys = vocab_keys(model.config.vocab_size, "cpu")
+    states = {}
     for batch in (2, 4, 8):  # the buckets past 1: one compilation serves them all
-        tokens = torch.arange(3, 3 + batch)
         prompt = torch.randint(1, 200, (batch, 9), generator=torch.Generator().manual_seed(batch))
-        state = model.prefill(prompt)[1]
-        seeds = torch.arange(1, 1 + batch)
-        args = (model, _model_step, tokens, state, 0.8, 0.9, seeds, seeds, keys)
-        with torch.no_grad():
-            ref_tokens, ref_logits, ref_state = _step_and_sample(*args)
-            _mark_batch_dynamic(tokens, *state.tensors(), seeds)  # as the decoder marks every bucket past 1
-            out_tokens, logits, new_state = compiled(*args)
-        assert torch.equal(out_tokens, ref_tokens)
-        assert_rel_close(f"compiled step vs eager at batch {batch}, logits", logits, ref_logits, TOL["float32 step"])
-        assert_rel_close(f"compiled step vs eager at batch {batch}, state", new_state, ref_state, TOL["float32 step"])
-    assert len(graphs) == 1, f"the step was compiled {len(graphs)} times for batches 2, 4, 8; expected once"
+        states[batch] = model.prefill(prompt)[1]
+    assert_compiled_step_traces_once(model, states, "compiled step vs eager")
 
 
 def test_the_compiled_step_builds_one_layer_of_each_kind(model):

@@ -8,7 +8,7 @@ batch sizes. tests/test_gpu.py's decoder check runs them on a GPU at the release
 
 import pytest
 import torch
-from helpers import TOL, assert_rel_close, random_model
+from helpers import TOL, assert_compiled_step_traces_once, assert_rel_close, random_model
 from helpers import random_state as random_rwkv4_state
 from test_rwkv7_model import random_state as random_rwkv7_state
 
@@ -125,29 +125,6 @@ def test_the_decoders_compiled_step_traces_whole_through_the_kernels(arch):
     """The decoder's compiled step (the step with the sampler, fullgraph, the batch symbolic) traces through the
     kernels, opaque operators to dynamo, once for batches 2 and 4, and gives the uncompiled step's tokens, logits and
     state. Dynamo's eager backend here; tests/test_gpu.py's decoder check runs inductor and the CUDA graph."""
-    from rwkv_lab.inference.decoder import _mark_batch_dynamic, _model_step, _step_and_sample
-    from rwkv_lab.inference.sampling import vocab_keys
-
     model = small_model(arch, 3, torch.float32).configure(step_kernels=True)
-    graphs = []
-
-    def eager_recording(graph, example_inputs):
-        graphs.append(graph)
-        return graph.forward
-
-    torch._dynamo.reset()
-    compiled = torch.compile(_step_and_sample, fullgraph=True, backend=eager_recording)
-    keys = vocab_keys(SMALL[arch].vocab_size, "cpu")
-    for batch in (2, 4):
-        state = random_state(model, batch, seed=batch)
-        tokens, seeds = torch.arange(3, 3 + batch), torch.arange(1, 1 + batch)
-        args = (model, _model_step, tokens, state, 0.8, 0.9, seeds, seeds, keys)
-        with torch.no_grad():
-            ref_tokens, ref_logits, ref_state = _step_and_sample(*args)
-            _mark_batch_dynamic(tokens, *state.tensors(), seeds)
-            out_tokens, logits, new_state = compiled(*args)
-        assert torch.equal(out_tokens, ref_tokens)
-        name = f"{arch} compiled kernels' step at batch {batch}"
-        assert_rel_close(f"{name}, logits", logits, ref_logits, TOL["float32 step"])
-        assert_rel_close(f"{name}, state", new_state, ref_state, TOL["float32 step"])
-    assert len(graphs) == 1, f"the step was compiled {len(graphs)} times for batches 2 and 4; expected once"
+    states = {batch: random_state(model, batch, seed=batch) for batch in (2, 4)}
+    assert_compiled_step_traces_once(model, states, f"{arch} compiled kernels' step")

@@ -480,7 +480,7 @@ def _blocks_one(
 
 
 def _block_one_kernels(x: Tensor, v_first: Tensor | None, last: Tensor, S: Tensor, p: list[Tensor], ln_eps: float):
-    """`_block_one` in five Triton launches and two LayerNorms (the decode step's fast path on CUDA): x and v_first
+    """`_block_one` in six Triton launches and two LayerNorms (the decode step's fast path on CUDA): x and v_first
     (B, C), last (B, 2, C), S (B, H, N, N) fp32, p the block's `step_tensors()`. Returns what `_block_one` does.
 
     1. ops/gemv.py: every projection of the time mix's input, r, k, v and the four LoRAs' first matrices, in one
