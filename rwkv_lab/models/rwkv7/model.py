@@ -377,7 +377,7 @@ class RWKV7(RecurrentLMBase):
     def _step_kernels(self, x: torch.Tensor, state: RWKV7State):
         """`step`'s blocks through `_block_one_kernels`, x (B, C) after ln0."""
         B, C = x.shape
-        last = state.shift.to(x.dtype)  # (B, L, 2, C)
+        last = state.shift  # (B, L, 2, C) in the state's fp32: the kernels read it as it is (no rounding, no copy)
         v_first = None
         shifts, wkvs = [], []
         for i, block in enumerate(self.blocks):
