@@ -138,12 +138,22 @@ class RWKV(RecurrentLMBase):
         x, layer_states = self.run_blocks(x, state.packed, backend, trace=trace, lengths=lengths)
         return x, RWKV4State(torch.stack(layer_states, dim=1))
 
-    def run_blocks(self, x, state, backend, n_blocks: int | None = None, trace: list | None = None, lengths=None):
+    def run_blocks(
+        self,
+        x,
+        state,
+        backend,
+        n_blocks: int | None = None,
+        trace: list | None = None,
+        lengths=None,
+        step_kernels: bool = False,
+    ):
         """x (B, T, C) and the packed state (B, L, 5, C) through the first `n_blocks` blocks: x (fp16: divided by
         the rescale) and their states. `lengths` (B,): the WKV stops each sequence's state at its own length and
-        the token shifts are its last real token (the eager blocks: the fused ones take no lengths)."""
+        the token shifts are its last real token (the eager blocks: the fused ones take no lengths).
+        `step_kernels`: x is one token (B, C), through each block's `step_kernels` (`step`'s fast path)."""
         rescale = self.run.rescale_every if self.dtype == torch.float16 else 0
-        fused = lengths is None and self.uses_fused_blocks(x, backend, trace)
+        fused = not step_kernels and lengths is None and self.uses_fused_blocks(x, backend, trace)
         new_state = []
         for i, block in enumerate(self.blocks[:n_blocks]):
             layer_trace = None
@@ -152,13 +162,16 @@ class RWKV(RecurrentLMBase):
                 trace.append(layer_trace)
             scale = 2 ** (i // rescale) if rescale else 1
             run = self.run
-            (x, layer_state), fused = self.fused_or_eager(
-                fused,
-                lambda: fused_block_forward(run.saved_activations, run.activation_memory_budget, run.norm_mix_kernels)(
-                    block, x, state[:, i], backend, scale
-                ),
-                lambda: _block_region(block, x, state[:, i], backend, scale, layer_trace, lengths),
-            )
+            if step_kernels:
+                x, layer_state = block.step_kernels(x, state[:, i], scale)
+            else:
+                (x, layer_state), fused = self.fused_or_eager(
+                    fused,
+                    lambda: fused_block_forward(
+                        run.saved_activations, run.activation_memory_budget, run.norm_mix_kernels
+                    )(block, x, state[:, i], backend, scale),
+                    lambda: _block_region(block, x, state[:, i], backend, scale, layer_trace, lengths),
+                )
             new_state.append(layer_state)
             if rescale and (i + 1) % rescale == 0:
                 x = x / 2
@@ -174,14 +187,7 @@ class RWKV(RecurrentLMBase):
             logits, state = self.forward(token[:, None], state, backend="recurrent", check=check)
             return logits[:, 0], state
         packed = self.checked_state(token[:, None], state, check).packed
-        x = self.emb(token)  # (B, C)
-        rescale = self.run.rescale_every if self.dtype == torch.float16 else 0
-        layers = []
-        for i, block in enumerate(self.blocks):
-            x, layer_state = block.step_kernels(x, packed[:, i], 2 ** (i // rescale) if rescale else 1)
-            layers.append(layer_state)
-            if rescale and (i + 1) % rescale == 0:
-                x = x / 2
+        x, layers = self.run_blocks(self.emb(token), packed, backend=None, step_kernels=True)
         return self.head(self.ln_out(x)), RWKV4State(torch.stack(layers, dim=1))
 
 

@@ -342,8 +342,9 @@ class RWKV7(RecurrentLMBase):
         The fast path of decoding: the blocks' equations for one token on (B, C) vectors, functional, without the
         parallel form's token shifts and reshapes, all blocks one TorchScript call (`_blocks_one`); `forward` is
         its reference (tests/test_rwkv7_model.py compares them in float64, gradients included). Without autograd
-        each layer writes its S straight into the new state. Under torch.compile (the decoder's on CUDA) the same
-        blocks run as Python, which the compiler traces and fuses; it cannot trace a TorchScript call."""
+        each layer writes its S straight into the new state. Under torch.compile the same blocks run as Python,
+        which the compiler traces and fuses; it cannot trace a TorchScript call. On CUDA without autograd the blocks
+        run their Triton kernels instead (`_blocks_one_kernels`; tests/test_step_kernels.py)."""
         if check:
             self.check_tokens(token, ndim=1)
         if state is None:
@@ -352,44 +353,31 @@ class RWKV7(RecurrentLMBase):
             self.check_state(state, token.shape[0])
         x = _layer_norm(self.blocks[0].ln0, self.emb(token))  # (B, C)
         B, C = x.shape
-        if self.uses_step_kernels(x):
-            return self._step_kernels(x, state)
-        # out= ops take no autograd (nor does the compiler trace them into a strided slice): then each layer returns
-        # a fresh S and they are stacked
-        compiling = torch.compiler.is_compiling()
-        wkv = None if torch.is_grad_enabled() or compiling else torch.empty_like(state.wkv)  # (B, L, H, N, N)
-        last = state.shift.to(x.dtype)  # the token shifts in the model's dtype (a no-op but for bf16 / fp16)
-        blocks = _blocks_one if compiling else _blocks_one_scripted()
-        x, shifts, wkvs = blocks(
-            x,
-            list(last.unbind(1)),
-            list(state.wkv.unbind(1)),
-            [None] * len(self.blocks) if wkv is None else list(wkv.unbind(1)),
-            [block.step_tensors() for block in self.blocks],
-            self.config.layer_norm_eps,
-            LN_X_EPS,
-            DECAY_SCALE,
-        )
+        params = [block.step_tensors() for block in self.blocks]
+        wkv = None
+        if self.uses_step_kernels(x):  # on CUDA: a few Triton launches a layer (RecurrentLMBase.uses_step_kernels)
+            # the token shifts in the state's fp32: the kernels read them as they are (no rounding, no copy)
+            x, shifts, wkvs = _blocks_one_kernels(x, state.shift, state.wkv, params, self.config.layer_norm_eps)
+        else:
+            # out= ops take no autograd (nor does the compiler trace them into a strided slice): then each layer
+            # returns a fresh S and they are stacked
+            compiling = torch.compiler.is_compiling()
+            wkv = None if torch.is_grad_enabled() or compiling else torch.empty_like(state.wkv)  # (B, L, H, N, N)
+            last = state.shift.to(x.dtype)  # the token shifts in the model's dtype (a no-op but for bf16 / fp16)
+            blocks = _blocks_one if compiling else _blocks_one_scripted()
+            x, shifts, wkvs = blocks(
+                x,
+                list(last.unbind(1)),
+                list(state.wkv.unbind(1)),
+                [None] * len(self.blocks) if wkv is None else list(wkv.unbind(1)),
+                params,
+                self.config.layer_norm_eps,
+                LN_X_EPS,
+                DECAY_SCALE,
+            )
         x = _layer_norm(self.ln_out, x)
         shift = torch.stack(shifts, dim=1).view(B, -1, 2, C).to(self.state_dtype)
         return self.head(x), RWKV7State(shift=shift, wkv=torch.stack(wkvs, dim=1) if wkv is None else wkv)
-
-    def _step_kernels(self, x: torch.Tensor, state: RWKV7State):
-        """`step`'s blocks through `_block_one_kernels`, x (B, C) after ln0."""
-        B, C = x.shape
-        last = state.shift  # (B, L, 2, C) in the state's fp32: the kernels read it as it is (no rounding, no copy)
-        v_first = None
-        shifts, wkvs = [], []
-        for i, block in enumerate(self.blocks):
-            x, v, h, h2, S = _block_one_kernels(
-                x, v_first, last[:, i], state.wkv[:, i], block.step_tensors(), self.config.layer_norm_eps
-            )
-            v_first = v if v_first is None else v_first
-            shifts += [h, h2]
-            wkvs.append(S)
-        x = _layer_norm(self.ln_out, x)
-        shift = torch.stack(shifts, dim=1).view(B, -1, 2, C).to(self.state_dtype)
-        return self.head(x), RWKV7State(shift=shift, wkv=torch.stack(wkvs, dim=1))
 
 
 def _layer_norm(ln: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
@@ -510,6 +498,19 @@ def _block_one_kernels(x: Tensor, v_first: Tensor | None, last: Tensor, S: Tenso
     hidden = grouped_gemv(h2, [Projection(ffn_W_k.t(), mix=ffn_x_k, out_act="relu2")], last=last[:, 1])
     x = grouped_gemv(hidden, [Projection(ffn_W_v.t())], residual=x)
     return x, proj[:, 2 * C : 3 * C], h, h2, S
+
+
+def _blocks_one_kernels(x: Tensor, shift: Tensor, wkv: Tensor, params: list[list[Tensor]], ln_eps: float):
+    """`_blocks_one` through `_block_one_kernels`: x (B, C) after ln0, the state's shift (B, L, 2, C) and wkv
+    (B, L, H, N, N), each layer's `step_tensors()`. Returns x, the new token shifts (2L of (B, C)) and the L new S."""
+    v_first = None  # layer 0 sets it
+    shifts, wkvs = [], []
+    for i, p in enumerate(params):
+        x, v, h, h2, S = _block_one_kernels(x, v_first, shift[:, i], wkv[:, i], p, ln_eps)
+        v_first = v if v_first is None else v_first
+        shifts += [h, h2]
+        wkvs.append(S)
+    return x, shifts, wkvs
 
 
 # a no-op outside torch.compile (see _blocks_one)
