@@ -296,10 +296,10 @@ for _, r in peers.dropna(subset=["prefill ours / rwkv package"]).iterrows():
 # (the profiler above decodes through the same decoder). Ratios are taken within one file: one device, one run.
 
 # %%
-from rwkv_lab.measure.report import generation_summary, plot_generation_batches
+from rwkv_lab.measure.report import generation_summary, plot_generation_batches, rwkv4_gpu_generation_tables
 from rwkv_lab.results import REPO_ROOT
 
-gen_files = sorted((REPO_ROOT / "results" / "inference").glob("generation_gpu_*.csv"))
+gen_files = rwkv4_gpu_generation_tables(REPO_ROOT / "results" / "inference")
 summaries = []
 for path in gen_files:
     frame, meta = read_table(path)

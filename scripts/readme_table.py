@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rwkv_lab.measure.report import batched_runs, generation_summary
+from rwkv_lab.measure.report import batched_runs, generation_summary, rwkv4_gpu_generation_tables
 from rwkv_lab.training.report import chosen_runs, context_gap_shares, fastest_paths
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -389,7 +389,7 @@ def context_effect():
 def generation_gpu():
     """From each GPU generation table, through the same summary notebook 02 shows (measure.report)."""
     rows = []
-    for f in sorted((RESULTS / "inference").glob("generation_gpu_*.csv")):
+    for f in rwkv4_gpu_generation_tables(RESULTS / "inference"):
         if f.name.endswith("_batched.csv"):  # without the peers: generation_batched's rows
             continue
         rel = f"inference/{f.name}"

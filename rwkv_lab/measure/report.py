@@ -352,6 +352,20 @@ def batched_summary(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def rwkv4_gpu_generation_tables(inference_dir: Path) -> list[Path]:
+    """benchmarks/bench_generation.py's RWKV-4 tables measured on a GPU (generation<tag>.csv, each one device and
+    one run), whatever tag the run was given: not RWKV-7's (generation_rwkv7*), not the CPU's (by provenance)."""
+    from ..results import read_table
+
+    tables = []
+    for path in sorted(Path(inference_dir).glob("generation*.csv")):
+        if path.name.startswith("generation_rwkv7"):
+            continue
+        if not read_table(path)[1].get("device", "").startswith("CPU"):
+            tables.append(path)
+    return tables
+
+
 def batched_runs(inference_dir: Path) -> pd.DataFrame:
     """`batched_summary` of every benchmarks/bench_generation.py table in `inference_dir` that has `mixed` rows
     (generation*.csv), each with its arch, device and which decode step ran: its run's decoder check
