@@ -21,6 +21,7 @@ Weights are random at the released shapes (sampling speed does not depend on the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 import time
@@ -159,15 +160,26 @@ def ours_mixed(model, tokenizer, batch: int, shortest: int, longest: int, new_to
     return rows
 
 
+@contextlib.contextmanager
+def step_kernels_set(model, on: bool | None):
+    """Within: the model's RunConfig.step_kernels set to `on` (None: left as it is), restored after."""
+    run_config = model.run
+    if on is not None:
+        model.configure(step_kernels=on)
+    try:
+        yield
+    finally:
+        model.run = run_config
+
+
 def ours_step(model, batch: int, steps: int, device, step_kernels: bool | None = None) -> dict:
     """The decoder alone (what generate replays per token): token ids in, token ids out. `step_kernels` False: the
     same decoder around the model's PyTorch step (RunConfig.step_kernels off; compiled and captured alike), for the
-    kernels' ratio in the same run; the model's setting and decoders are restored after."""
-    run_config = model.run
+    kernels' ratio in the same run (the model's decoders dropped before and after: a cached one holds the step it
+    captured)."""
     if step_kernels is not None:
         release_decoders(model)
-        model.configure(step_kernels=step_kernels)
-    try:
+    with step_kernels_set(model, step_kernels):
         decoder = decoder_for(model, batch)
         tokens = torch.randint(1, 20000, (batch,), device=device)
         state = model.init_state(batch)
@@ -180,10 +192,8 @@ def ours_step(model, batch: int, steps: int, device, step_kernels: bool | None =
                 tok, st = decoder.step(tok, st, SAMPLING["temperature"], SAMPLING["top_p"], seeds, step_t)
 
         seconds = time_fn(run, device, warmup=1, repeat=3)
-    finally:
-        if step_kernels is not None:
-            model.run = run_config
-            release_decoders(model)
+    if step_kernels is not None:
+        release_decoders(model)
     path = "decoder.step (top-p)" + (
         "" if step_kernels is None else f", step kernels {'on' if step_kernels else 'off'}"
     )
@@ -316,13 +326,9 @@ def kernel_profile(model, size: str, prefill_T: int, steps: int, device) -> list
 
 
 def reference_step(model, token, state):
-    """model.step as written in PyTorch: RWKV-7's step kernels (RunConfig.step_kernels, on CUDA by default) off."""
-    run = model.run
-    model.configure(step_kernels=False)
-    try:
+    """model.step as written in PyTorch: the step kernels (RunConfig.step_kernels, on CUDA by default) off."""
+    with step_kernels_set(model, False):
         return model.step(token, state)
-    finally:
-        model.run = run
 
 
 def decoder_check(arch: str, size: str, device, tokenizer, new_tokens: int = 200) -> dict:
