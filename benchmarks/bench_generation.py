@@ -172,15 +172,15 @@ def step_kernels_set(model, on: bool | None):
         model.run = run_config
 
 
-def ours_step(model, batch: int, steps: int, device, step_kernels: bool | None = None) -> dict:
+def ours_step(model, batch: int, steps: int, device, step_kernels: bool | None = None, compile=None) -> dict:
     """The decoder alone (what generate replays per token): token ids in, token ids out. `step_kernels` False: the
     same decoder around the model's PyTorch step (RunConfig.step_kernels off; compiled and captured alike), for the
     kernels' ratio in the same run (the model's decoders dropped before and after: a cached one holds the step it
-    captured)."""
+    captured). `compile`: the decoder's compile level (inference/decoder.py's COMPILE_LEVELS; None its default)."""
     if step_kernels is not None:
         release_decoders(model)
     with step_kernels_set(model, step_kernels):
-        decoder = decoder_for(model, batch)
+        decoder = decoder_for(model, batch, compile=compile)
         tokens = torch.randint(1, 20000, (batch,), device=device)
         state = model.init_state(batch)
         seeds = torch.arange(batch, device=device)
@@ -197,7 +197,13 @@ def ours_step(model, batch: int, steps: int, device, step_kernels: bool | None =
     path = "decoder.step (top-p)" + (
         "" if step_kernels is None else f", step kernels {'on' if step_kernels else 'off'}"
     )
-    return {"path": path, "tokens_per_s": batch * steps / seconds, "decoder_warmup_s": decoder.warmup_seconds}
+    path += "" if compile is None else f", compiled: {compile or 'nothing'}"
+    return {
+        "path": path,
+        "tokens_per_s": batch * steps / seconds,
+        "decoder_warmup_s": decoder.warmup_seconds,
+        "decoder_compiled": decoder.compile,
+    }
 
 
 def ours_prefill(model, T: int, device) -> dict:
@@ -411,6 +417,12 @@ def main():
         action="store_true",
         help="at batch 1, the decoder around the PyTorch step too (kernels off)",
     )
+    parser.add_argument(
+        "--compare-compile",
+        default="",
+        help="at batch 1, the decoder at these compile levels too (comma-separated: step+sample, step, sample); "
+        "their warm-up follows the default decoder's, so its one-time costs are not theirs",
+    )
     args = parser.parse_args()
     args.sizes = args.sizes or DEFAULT_SIZES[args.arch]
     device = torch.device(args.device)
@@ -445,6 +457,9 @@ def main():
             print(rows[-2], rows[-1], sep="\n", flush=True)
             if args.reference_step and batch == 1:
                 rows.append(row | ours_step(model, batch, args.new_tokens, device, step_kernels=False))
+                print(rows[-1], flush=True)
+            for level in args.compare_compile.split(",") if args.compare_compile and batch == 1 else []:
+                rows.append(row | ours_step(model, batch, args.new_tokens, device, compile=level))
                 print(rows[-1], flush=True)
             if device.type == "cpu":  # beside the package's greedy loop too
                 greedy = {"temperature": 0.0, "top_p": 1.0}

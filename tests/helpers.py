@@ -95,7 +95,7 @@ def assert_compiled_step_traces_once(model, states: dict, name: str) -> None:
     the uncompiled step's tokens, logits and state each time, and one compilation for them all (tracing is what
     fails; tests/test_gpu.py runs the whole decoder with inductor on a GPU)."""
     from rwkv_lab.inference.decoder import _mark_batch_dynamic, _model_step, _step_and_sample
-    from rwkv_lab.inference.sampling import vocab_keys
+    from rwkv_lab.inference.sampling import sample, vocab_keys
 
     graphs = []
 
@@ -108,7 +108,7 @@ def assert_compiled_step_traces_once(model, states: dict, name: str) -> None:
     keys = vocab_keys(model.config.vocab_size, "cpu")
     for batch, state in states.items():
         tokens, seeds = torch.arange(3, 3 + batch), torch.arange(1, 1 + batch)
-        args = (model, _model_step, tokens, state, 0.8, 0.9, seeds, seeds, keys)
+        args = (model, _model_step, sample, tokens, state, 0.8, 0.9, seeds, seeds, keys)
         with torch.no_grad():
             ref_tokens, ref_logits, ref_state = _step_and_sample(*args)
             _mark_batch_dynamic(tokens, *state.tensors(), seeds)

@@ -128,3 +128,42 @@ def test_the_decoders_compiled_step_traces_whole_through_the_kernels(arch):
     model = small_model(arch, 3, torch.float32).configure(step_kernels=True)
     states = {batch: random_state(model, batch, seed=batch) for batch in (2, 4)}
     assert_compiled_step_traces_once(model, states, f"{arch} compiled kernels' step")
+
+
+def test_where_the_step_runs_its_kernels_the_decoder_compiles_only_the_sampler(monkeypatch):
+    """The decoder's default compile level (inference/decoder.py): with the step kernels, only the sampler (the
+    step's ops are the kernels already; compiling them cost most of the first call); with the PyTorch step, the step
+    with the sampler; nothing where inductor cannot run (here, the CPU, until told otherwise)."""
+    from rwkv_lab.inference import decoder as decoder_module
+
+    model = small_model("rwkv7", 0, torch.float32).configure(step_kernels=True)
+    assert decoder_module.default_compile_level(model) is False  # the CPU: no inductor GPU code generator
+    monkeypatch.setattr(decoder_module, "_compile_available", lambda device: True)
+    assert decoder_module.default_compile_level(model) == "sample"
+    assert decoder_module.default_compile_level(model.configure(step_kernels=False)) == "step+sample"
+    assert torch.is_grad_enabled(), "the probe leaves autograd as it found it"
+
+
+def test_the_compiled_sampler_alone_traces_once_for_every_bucket():
+    """The "sample" level: the sampler compiled alone (fullgraph), its logits' batch marked dynamic as they enter
+    (they come from the uncompiled step), gives the eager sampler's tokens at batches 2, 4 and 8 from one
+    compilation: a new bucket costs a capture, not a compilation. Dynamo's eager backend here (tracing is what
+    fails); tests/test_gpu.py's decoder check runs inductor."""
+    from rwkv_lab.inference.decoder import _sampler_marked_dynamic
+    from rwkv_lab.inference.sampling import sample, vocab_keys
+
+    graphs = []
+
+    def eager_recording(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    torch._dynamo.reset()
+    sampler = _sampler_marked_dynamic(torch.compile(sample, fullgraph=True, backend=eager_recording))
+    keys = vocab_keys(97, "cpu")
+    for batch in (2, 4, 8):
+        logits = torch.randn(batch, 97, generator=torch.Generator().manual_seed(batch))
+        seeds, steps = torch.arange(1, 1 + batch), torch.arange(batch)
+        expected = sample(logits, 0.8, 0.9, seeds, steps, keys)
+        assert torch.equal(sampler(logits, 0.8, 0.9, seeds, steps, keys), expected)
+    assert len(graphs) == 1, f"the sampler compiled {len(graphs)} times for batches 2, 4 and 8; expected once"

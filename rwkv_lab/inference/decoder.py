@@ -4,11 +4,13 @@
     tokens, state = decoder.step(tokens, state, temperature, top_p, seeds, steps)   # (B,) -> (B,), next state
 
 On CUDA, one token of every sequence (the model's `step` and the choice of the next token) is captured once in a
-CUDA graph, its elementwise work fused by `torch.compile` where Triton is present, and replayed per token: one
-launch instead of hundreds, which is what bounds decoding at small batch. Within it the model's step runs its
-step kernels (RecurrentLMBase.uses_step_kernels: a layer's projections grouped into a few Triton launches), so
-the graph holds a few kernels a layer, not dozens. Only the chosen token ids leave the device. Elsewhere the same
-function runs eagerly. `model.step` with its kernels off stays the readable reference; tests check that the
+CUDA graph and replayed per token: one launch instead of hundreds, which is what bounds decoding at small batch.
+Within it the model's step runs its step kernels (RecurrentLMBase.uses_step_kernels: a layer's projections grouped
+into a few Triton launches), so the graph holds a few kernels a layer, not dozens. What `torch.compile` covers
+(COMPILE_LEVELS) depends on that: with the step kernels, only the sampler (its ~40 elementwise ops fuse into a few
+kernels; the step's own ops are already the kernels it would launch, and compiling them cost most of the first
+call, growing with depth); without them, the step with the sampler. Only the chosen token ids leave the device.
+Elsewhere the same function runs eagerly. `model.step` with its kernels off stays the readable reference; tests check that the
 captured step equals it.
 
 A batch size is rounded up to a bucket (`bucket_for`: the next power of two) where the step is captured or
@@ -30,8 +32,9 @@ from .sampling import sample, vocab_keys
 
 _DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {compile level: compiled function}
-# what torch.compile covers, tried in this order: the step with the sampler, the step alone, nothing
-COMPILE_LEVELS = ("step+sample", "step", False)
+# what torch.compile covers: the step with the sampler, the step alone, the sampler alone, nothing. A level that
+# fails falls back to the next one (each is exact, only slower).
+COMPILE_LEVELS = ("step+sample", "step", "sample", False)
 # the compiled step's batch dimension is symbolic (batches >= 2): every bucket but 1 reuses one compilation
 DYNAMIC_BATCH = True
 
@@ -50,19 +53,34 @@ def _model_step(model, tokens, state):
     return model.step(tokens, state, check=False)
 
 
-def _step_and_sample(model, step, tokens, state, temperature, top_p, seeds, steps, keys):
+def _step_and_sample(model, step, sampler, tokens, state, temperature, top_p, seeds, steps, keys):
     logits, new_state = step(model, tokens, state)
-    return sample(logits, temperature, top_p, seeds, steps, keys), logits, new_state
+    return sampler(logits, temperature, top_p, seeds, steps, keys), logits, new_state
+
+
+_COMPILED_FN = {"step+sample": _step_and_sample, "step": _model_step, "sample": sample}
 
 
 def _compiled(model, level):
-    """The model's compiled step (level "step") or step with sampler ("step+sample"): one per model and level,
-    shared by its decoders of every bucket."""
+    """The model's compiled step with sampler ("step+sample"), step ("step") or sampler ("sample"): one per model
+    and level, shared by its decoders of every bucket."""
     per_model = _COMPILED.setdefault(model, {})
     if level not in per_model:
-        fn = _model_step if level == "step" else _step_and_sample
+        fn = _COMPILED_FN[level]
         per_model[level] = torch.compile(fn, fullgraph=True, dynamic=None if DYNAMIC_BATCH else False)
     return per_model[level]
+
+
+def default_compile_level(model):
+    """What the decoder compiles by default (COMPILE_LEVELS): nothing off CUDA or without Triton; the sampler
+    alone where the model's step runs its step kernels (see the module docstring); else the step with the
+    sampler."""
+    if not _compile_available(model.device):
+        return False
+    with torch.no_grad():
+        probe = torch.empty(0, device=model.device)
+        kernels = bool(getattr(model, "uses_step_kernels", lambda x: False)(probe))
+    return "sample" if kernels else "step+sample"
 
 
 def _mark_batch_dynamic(*tensors) -> None:
@@ -75,6 +93,18 @@ def _mark_batch_dynamic(*tensors) -> None:
     for t in tensors:
         if t.shape[0] >= 2:
             torch._dynamo.maybe_mark_dynamic(t, 0)
+
+
+def _sampler_marked_dynamic(compiled):
+    """The compiled sampler, its logits' batch marked dynamic as the step's inputs are (the logits come from the
+    uncompiled step, so no mark reaches them otherwise, and each bucket would compile again)."""
+
+    def sampler(logits, *args):
+        if DYNAMIC_BATCH:
+            _mark_batch_dynamic(logits, *args[2:4])  # the logits, seeds and steps
+        return compiled(logits, *args)
+
+    return sampler
 
 
 def _compile_available(device: torch.device) -> bool:
@@ -99,7 +129,7 @@ class Decoder:
         self.device = model.device
         self.graphs = self.device.type == "cuda" if graphs is None else graphs
         if compile is None:
-            compile = _compile_available(self.device)
+            compile = default_compile_level(model)
         self.compile = COMPILE_LEVELS[0] if compile is True else compile
         if self.compile not in COMPILE_LEVELS:
             raise ValueError(f"compile must be None, a bool or one of {COMPILE_LEVELS}; got {compile!r}")
@@ -112,17 +142,20 @@ class Decoder:
         self._captured: dict = {}
 
     def _eager(self, tokens, state, seeds, steps, temperature, top_p):
-        """One step: compiled as a whole where that works (the step's and the sampler's elementwise work fuse),
-        else the model's step alone (COMPILE_LEVELS)."""
-        step, fn = _model_step, _step_and_sample
-        if self.compile == "step":
-            step = _compiled(self.model, "step")
-        elif self.compile:
+        """One step: the step, the sampler or both compiled, as `self.compile` says (COMPILE_LEVELS)."""
+        step, sampler = _model_step, sample
+        if self.compile == "step+sample":
             fn = _compiled(self.model, "step+sample")
+        else:
+            fn = _step_and_sample
+            if self.compile == "step":
+                step = _compiled(self.model, "step")
+            elif self.compile == "sample":
+                sampler = _sampler_marked_dynamic(_compiled(self.model, "sample"))
         if self.compile and DYNAMIC_BATCH:
             _mark_batch_dynamic(tokens, *state.tensors(), seeds, steps)
         keys = vocab_keys(self.model.config.vocab_size, self.device)
-        return fn(self.model, step, tokens, state, temperature, top_p, seeds, steps, keys)
+        return fn(self.model, step, sampler, tokens, state, temperature, top_p, seeds, steps, keys)
 
     def _capture(self, key, tokens, state, seeds, steps, temperature, top_p):
         t0 = time.perf_counter()
