@@ -10,8 +10,8 @@ into a few Triton launches), so the graph holds a few kernels a layer, not dozen
 (COMPILE_LEVELS) depends on that: with the step kernels, only the sampler (its ~40 elementwise ops fuse into a few
 kernels; the step's own ops are already the kernels it would launch, and compiling them cost most of the first
 call, growing with depth); without them, the step with the sampler. Only the chosen token ids leave the device.
-Elsewhere the same function runs eagerly. `model.step` with its kernels off stays the readable reference; tests check that the
-captured step equals it.
+Elsewhere the same function runs eagerly. `model.step` with its kernels off stays the readable reference; tests
+check that the captured step equals it.
 
 A batch size is rounded up to a bucket (`bucket_for`: the next power of two) where the step is captured or
 compiled: a decoder serves every batch up to its bucket, the rows past the real ones padded (copies of the last
