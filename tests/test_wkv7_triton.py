@@ -168,7 +168,19 @@ def test_inputs_the_kernel_cannot_take_get_one_line_errors():
         triton(*odd, s[..., :3, :3])
 
 
-def test_auto_picks_the_kernel_on_cuda_only():
+def test_auto_picks_the_kernel_on_cuda_only(monkeypatch):
+    """On CUDA the per-token kernel with grad mode on (it trains), the chunked kernels with it off (a prefill);
+    the chunked form elsewhere. (A CUDA tensor faked for the check: `is_cuda` is all it reads.)"""
+
+    class OnCuda(torch.Tensor):
+        is_cuda = True
+
+    on_cuda = torch.zeros(1, 1, 1, 1).as_subclass(OnCuda)
+    monkeypatch.setattr("rwkv_lab.ops.rwkv7.triton_available", lambda: True)
+    assert resolve_backend("auto", on_cuda) == "triton"
+    with torch.no_grad():
+        assert resolve_backend("auto", on_cuda) == "triton_chunked"
+        assert resolve_backend("auto", torch.zeros(1, 1, 1, 1)) == "chunked"
     assert resolve_backend("auto", torch.zeros(1, 1, 1, 1)) == "chunked"
     assert resolve_backend("auto", torch.zeros(1, 1, 1, 1, device="meta")) == "chunked"
     with pytest.raises(ValueError, match="unknown wkv7 backend"):

@@ -21,10 +21,10 @@ tokens in parallel through the WY/UT form of the generalised delta rule, joined 
 exact at any T and any log_w <= 0, the default. `wkv7_attention` (attention.py) is the explicit T x T form, with
 `attention_matrix` RWKV-7's implicit attention alpha (B, H, T, T), for analysis of short texts. `wkv7_triton`
 (triton_kernels.py) is the GPU kernel, forward and backward (RWKV-LM's x070 CUDA kernel's design: the recurrence
-with the state in registers, stepped back in the backward), for RWKV-7's decays (log_w >= -e^-0.5); `auto` picks
-it on CUDA, the chunked form elsewhere. `wkv7_triton_chunked` (triton_chunked.py, backend "triton_chunked") is
-the chunked form as GPU kernels, forward only (prefill): chunks of 16 tokens with tl.dot, S passed between chunks;
-for RWKV-7's decays too.
+with the state in registers, stepped back in the backward), for RWKV-7's decays (log_w >= -e^-0.5). `wkv7_triton_chunked` (triton_chunked.py, backend
+"triton_chunked") is the chunked form as GPU kernels, forward only (prefill): chunks of 16 tokens with tl.dot, S
+passed between chunks; for RWKV-7's decays too. `auto` picks on CUDA the chunked kernels with grad mode off and the
+per-token kernel with it on, and the chunked form elsewhere.
 """
 
 from __future__ import annotations
@@ -74,9 +74,15 @@ NAMES = ("r", "log_w", "k", "v", "a", "b")
 
 
 def resolve_backend(backend: str, k: torch.Tensor) -> str:
-    """'auto': the Triton kernel on CUDA tensors, the chunked form elsewhere."""
+    """'auto': on CUDA tensors the Triton kernels, the chunked ones (T/16 dependent steps, forward only) with grad
+    mode off (a prefill: results/wkv7/wkv7_prefill_backends.csv), the per-token kernel (forward and
+    backward) with it on; the chunked form elsewhere."""
     if backend == "auto":
-        return "triton" if isinstance(k, torch.Tensor) and k.is_cuda and triton_available() else "chunked"
+        if not (isinstance(k, torch.Tensor) and k.is_cuda and triton_available()):
+            return "chunked"
+        # grad mode, not k.requires_grad: a model resolves once for all its layers from its embeddings, which may
+        # be frozen while the layers train
+        return "triton" if torch.is_grad_enabled() else "triton_chunked"
     if backend not in BACKENDS:
         raise ValueError(f"unknown wkv7 backend {backend!r}; expected 'auto' or one of {sorted(BACKENDS)}")
     return backend
