@@ -21,10 +21,10 @@ tokens in parallel through the WY/UT form of the generalised delta rule, joined 
 exact at any T and any log_w <= 0, the default. `wkv7_attention` (attention.py) is the explicit T x T form, with
 `attention_matrix` RWKV-7's implicit attention alpha (B, H, T, T), for analysis of short texts. `wkv7_triton`
 (triton_kernels.py) is the GPU kernel, forward and backward (RWKV-LM's x070 CUDA kernel's design: the recurrence
-with the state in registers, stepped back in the backward), for RWKV-7's decays (log_w >= -e^-0.5). `wkv7_triton_chunked` (triton_chunked.py, backend
-"triton_chunked") is the chunked form as GPU kernels, forward only (prefill): chunks of 16 tokens with tl.dot, S
-passed between chunks; for RWKV-7's decays too. `auto` picks on CUDA the chunked kernels with grad mode off and the
-per-token kernel with it on, and the chunked form elsewhere.
+with the state in registers, stepped back in the backward), for RWKV-7's decays (log_w >= -e^-0.5).
+`wkv7_triton_chunked` (triton_chunked.py, backend "triton_chunked") is the chunked form as GPU kernels, forward
+only (prefill): chunks of 16 tokens with tl.dot, S passed between chunks; for RWKV-7's decays too. `auto` picks on
+CUDA the chunked kernels with grad mode off and the per-token kernel with it on, and the chunked form elsewhere.
 """
 
 from __future__ import annotations
