@@ -131,9 +131,10 @@ def test_the_decoders_compiled_step_traces_whole_through_the_kernels(arch):
 
 
 def test_where_the_step_runs_its_kernels_the_decoder_compiles_only_the_sampler(monkeypatch):
-    """The decoder's default compile level (inference/decoder.py): with the step kernels, only the sampler (the
-    step's ops are the kernels already; compiling them cost most of the first call); with the PyTorch step, the step
-    with the sampler; nothing where inductor cannot run (here, the CPU, until told otherwise)."""
+    """The decoder's default compile level (inference/decoder.py): where the step kernels are the whole step
+    (RWKV-7's), only the sampler (compiling the step cost most of the first call); with the PyTorch step, or RWKV-4's
+    kernels around its elementwise WKV step, the step with the sampler; nothing where inductor cannot run (here,
+    the CPU, until told otherwise)."""
     from rwkv_lab.inference import decoder as decoder_module
 
     model = small_model("rwkv7", 0, torch.float32).configure(step_kernels=True)
@@ -141,6 +142,8 @@ def test_where_the_step_runs_its_kernels_the_decoder_compiles_only_the_sampler(m
     monkeypatch.setattr(decoder_module, "_compile_available", lambda device: True)
     assert decoder_module.default_compile_level(model) == "sample"
     assert decoder_module.default_compile_level(model.configure(step_kernels=False)) == "step+sample"
+    rwkv4 = small_model("rwkv4", 0, torch.float32).configure(step_kernels=True)
+    assert decoder_module.default_compile_level(rwkv4) == "step+sample", "RWKV-4's WKV step is torch ops to fuse"
     assert torch.is_grad_enabled(), "the probe leaves autograd as it found it"
 
 
