@@ -17,7 +17,7 @@ def draw(*shape, dtype, seed, scale=1.0):
 @pytest.mark.parametrize("B", [1, 3, 70])
 def test_grouped_projections_match_their_reference(B, dtype):
     """Every prologue (mix from a strided `last` in both forms, tanh, sigmoid, the fp16 rescaling's division, columns
-    read from an offset) and epilogue (relu^2, sigmoid, the residual) against torch: B = 70 spans two of the
+    read from an offset) and epilogue (relu^2, sigmoid, the gate, the residual) against torch: B = 70 spans two of the
     kernel's batch blocks; K = 40 and N = 17, 24 partial blocks; weights read as F.linear's (N, K) transposed and as
     a LoRA's (K, N)."""
     tol = TOL["float32 step"] if dtype == torch.float32 else TOL["bfloat16"]
@@ -35,14 +35,16 @@ def test_grouped_projections_match_their_reference(B, dtype):
     assert_rel_close(f"mixed projections B={B} {dtype}", out, grouped_gemv_reference(x, first, last=last), tol)
     wide = draw(B, 64, dtype=dtype, seed=6)
     res = draw(B, 64, dtype=dtype, seed=7)
-    for out_act, residual in (("relu2", res), ("sigmoid", None), (None, None)):
+    r = draw(B, 2, 64, dtype=dtype, seed=8)[:, 0]  # the gate: a strided view, as RWKV-4's r beside its k
+    for out_act, residual, gate in (("relu2", res, r), ("sigmoid", None, r), (None, None, None)):
         second = [
             Projection(lora[:24].t(), x_col=0, act="tanh", out_act=out_act, scale=4.0),
             Projection(W[:20], x_col=30, out_act="relu2"),
         ]
-        out = grouped_gemv(wide, second, residual=residual)
-        ref = grouped_gemv_reference(wide, second, residual=residual)
-        assert_rel_close(f"offset columns, out_act {out_act}, residual {residual is not None}, B={B}", out, ref, tol)
+        out = grouped_gemv(wide, second, residual=residual, gate=gate)
+        ref = grouped_gemv_reference(wide, second, residual=residual, gate=gate)
+        name = f"offset columns, out_act {out_act}, residual {residual is not None}, gate {gate is not None}, B={B}"
+        assert_rel_close(name, out, ref, tol)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -69,6 +71,7 @@ def test_grouped_projections_refuse_bad_input_clearly():
     cases = [
         (lambda: grouped_gemv(x, [Projection(W, mix=torch.rand(8))]), "needs `last`"),
         (lambda: grouped_gemv(x, [Projection(W)], residual=torch.zeros(2, 4)), "residual must be (B, 8)"),
+        (lambda: grouped_gemv(x, [Projection(W)], gate=torch.zeros(3, 8)), "gate must be (B, 8)"),
         (lambda: grouped_gemv(x, [Projection(W, out_act="gelu")]), "out_act one of"),
         (lambda: grouped_gemv(x, [Projection(W, mix_weighs="both")]), "mix_weighs one of"),
         (lambda: grouped_gemv(x, [Projection(W, scale=3.0)]), "power of two"),
@@ -87,6 +90,7 @@ def test_the_grouped_projection_is_a_well_formed_torch_operator():
     """Its schema and fake (meta) implementation, as torch.compile meets it inside the decoder's compiled step."""
     x, last = torch.randn(3, 16), torch.randn(3, 16)
     W, mix = torch.randn(16, 24), torch.rand(16)
-    args = (x, [W, W[:, :8]], [mix, None], [2, 1], [0, 0], [0, 1], [1.0, 2.0], [1, 0], last, torch.randn(3, 32))
+    residual, gate = torch.randn(3, 32), torch.randn(3, 32)
+    args = (x, [W, W[:, :8]], [mix, None], [2, 1], [0, 0], [0, 1], [1.0, 2.0], [1, 0], last, residual, gate)
     checks = ("test_schema", "test_faketensor")
     torch.library.opcheck(torch.ops.rwkv_lab.grouped_gemv.default, args, test_utils=checks)

@@ -108,7 +108,7 @@ def test_the_kernels_step_only_where_it_should():
         model.configure(step_kernels="yes")
 
 
-def test_the_time_mix_kernel_is_a_well_formed_torch_operator():
+def test_rwkv7s_time_mix_kernel_is_a_well_formed_torch_operator():
     """Its schema and fake (meta) implementation, as torch.compile meets it inside the decoder's compiled step."""
     checks = ("test_schema", "test_faketensor")
     B, H, N = 2, 2, 16
@@ -118,6 +118,15 @@ def test_the_time_mix_kernel_is_a_well_formed_torch_operator():
     proj, lora = torch.randn(B, 3 * C + 8), torch.randn(B, 4 * C)
     args = (proj, lora, S, *params, proj[:, :C], 0.6, 64e-5)  # RWKV-7's time mix
     torch.library.opcheck(torch.ops.rwkv_lab.rwkv7_time_mix_step.default, args, test_utils=checks)
+
+
+def test_rwkv4s_wkv_kernel_is_a_well_formed_torch_operator():
+    """Its schema and fake implementation, as torch.compile meets it where the decoder compiles the whole step."""
+    B, C = 2, 40
+    state = torch.randn(B, 3, 5, C)[:, 1]  # a layer's slice of the model's packed state
+    args = (torch.randn(B, 3 * C), state, torch.randn(C), torch.randn(C))
+    checks = ("test_schema", "test_faketensor")
+    torch.library.opcheck(torch.ops.rwkv_lab.rwkv4_wkv_gate_step.default, args, test_utils=checks)
 
 
 @pytest.mark.parametrize("arch", GENERATIONS)
@@ -131,10 +140,9 @@ def test_the_decoders_compiled_step_traces_whole_through_the_kernels(arch):
 
 
 def test_where_the_step_runs_its_kernels_the_decoder_compiles_only_the_sampler(monkeypatch):
-    """The decoder's default compile level (inference/decoder.py): where the step kernels are the whole step
-    (RWKV-7's), only the sampler (compiling the step cost most of the first call); with the PyTorch step, or RWKV-4's
-    kernels around its elementwise WKV step, the step with the sampler; nothing where inductor cannot run (here,
-    the CPU, until told otherwise)."""
+    """The decoder's default compile level (inference/decoder.py): with the step kernels (the whole step, both
+    generations), only the sampler (compiling the step cost most of the first call); with the PyTorch step, the
+    step with the sampler; nothing where inductor cannot run (here, the CPU, until told otherwise)."""
     from rwkv_lab.inference import decoder as decoder_module
 
     model = small_model("rwkv7", 0, torch.float32).configure(step_kernels=True)
@@ -143,7 +151,7 @@ def test_where_the_step_runs_its_kernels_the_decoder_compiles_only_the_sampler(m
     assert decoder_module.default_compile_level(model) == "sample"
     assert decoder_module.default_compile_level(model.configure(step_kernels=False)) == "step+sample"
     rwkv4 = small_model("rwkv4", 0, torch.float32).configure(step_kernels=True)
-    assert decoder_module.default_compile_level(rwkv4) == "step+sample", "RWKV-4's WKV step is torch ops to fuse"
+    assert decoder_module.default_compile_level(rwkv4) == "sample"
     assert torch.is_grad_enabled(), "the probe leaves autograd as it found it"
 
 

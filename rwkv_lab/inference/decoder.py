@@ -7,11 +7,11 @@ On CUDA, one token of every sequence (the model's `step` and the choice of the n
 CUDA graph and replayed per token: one launch instead of hundreds, which is what bounds decoding at small batch.
 Within it the model's step runs its step kernels (RecurrentLMBase.uses_step_kernels: a layer's projections grouped
 into a few Triton launches), so the graph holds a few kernels a layer, not dozens. What `torch.compile` covers
-(COMPILE_LEVELS) depends on that: where the step kernels are the whole step (RWKV-7's), only the sampler (its ~40
-elementwise ops fuse into a few kernels; the step's own ops are already the kernels it would launch, and compiling
-them cost most of the first call, growing with depth); else the step with the sampler. Only the chosen token ids
-leave the device. Elsewhere the same function runs eagerly. `model.step` with its kernels off stays the readable
-reference; tests check that the captured step equals it.
+(COMPILE_LEVELS) depends on that: with the step kernels, which are the whole step in both generations, only the
+sampler (its ~40 elementwise ops fuse into a few kernels; the step's own ops are already the kernels it would
+launch, and compiling them cost most of the first call, growing with depth); else the step with the sampler.
+Only the chosen token ids leave the device. Elsewhere the same function runs eagerly. `model.step` with its
+kernels off stays the readable reference; tests check that the captured step equals it.
 
 A batch size is rounded up to a bucket (`bucket_for`: the next power of two) where the step is captured or
 compiled: a decoder serves every batch up to its bucket, the rows past the real ones padded (copies of the last
@@ -73,14 +73,14 @@ def _compiled(model, level):
 
 def default_compile_level(model):
     """What the decoder compiles by default (COMPILE_LEVELS): nothing off CUDA or without Triton; the sampler
-    alone where the model's step runs its step kernels and they are the whole step (`step_kernels_cover_step`:
-    RWKV-7's; RWKV-4's WKV step is elementwise torch ops, which inductor fuses); else the step with the sampler."""
+    alone where the model's step runs its step kernels (see the module docstring); else the step with the
+    sampler."""
     if not _compile_available(model.device):
         return False
     with torch.no_grad():
         probe = torch.empty(0, device=model.device)
         kernels = bool(getattr(model, "uses_step_kernels", lambda x: False)(probe))
-    return "sample" if kernels and getattr(model, "step_kernels_cover_step", False) else "step+sample"
+    return "sample" if kernels else "step+sample"
 
 
 def _mark_batch_dynamic(*tensors) -> None:

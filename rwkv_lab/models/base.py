@@ -43,9 +43,6 @@ class RecurrentLMBase(nn.Module):
     package's `resolve_backend`, and between its one-token step's kernels and its reference (`uses_step_kernels`)."""
 
     resolve_backend = None  # the generation's operator package's: (backend, x) -> the form 'auto' picks
-    # whether the step kernels are the whole step (a few launches and LayerNorms a layer, nothing for a compiler to
-    # fuse): then the decoder compiles the sampler alone (inference/decoder.py's default_compile_level)
-    step_kernels_cover_step = False
 
     def __init__(self):
         super().__init__()

@@ -16,8 +16,9 @@ Per projection j (a `Projection`), with x_j = x[:, x_col : x_col + K]:
                rescaling, a power of two: exact)
     product    acc = x_j @ W_j   with W_j (K, N) read through strides, so F.linear's (N, K) weight and a LoRA's
                (K, N) one are both read as stored, never copied
-    epilogue   an activation of acc: none, relu(acc)^2 or sigmoid (`out_act`); then, for the whole call, + residual
-               (with `residual`); stored at out[:, out_col : out_col + N], the projections side by side
+    epilogue   an activation of acc: none, relu(acc)^2 or sigmoid (`out_act`); then, for the whole call, times
+               `gate` and + `residual` (each where given: RWKV-4's channel mix ends x + r * (k @ W_v)); stored at
+               out[:, out_col : out_col + N], the projections side by side
 in fp32 (fp32 products exact, not tf32), stored in out's dtype. `grouped_gemv_reference` is the same in torch ops:
 the tests compare the two (CPU tensors under TRITON_INTERPRET=1).
 """
@@ -65,9 +66,9 @@ def _tanh(x):
 @triton.jit
 def _tile(
     block, rows, B, x_ptr, x_stride, last_ptr, last_stride, mix_ptr, out_ptr, out_stride, res_ptr, res_stride,
-    w_ptr, X_COL: tl.constexpr, N: tl.constexpr, K: tl.constexpr, S_K: tl.constexpr, S_N: tl.constexpr,
-    ACT: tl.constexpr, INV_SCALE: tl.constexpr, OUT_ACT: tl.constexpr, OUT_COL: tl.constexpr, MIX: tl.constexpr,
-    RESIDUAL: tl.constexpr,
+    gate_ptr, gate_stride, w_ptr, X_COL: tl.constexpr, N: tl.constexpr, K: tl.constexpr, S_K: tl.constexpr,
+    S_N: tl.constexpr, ACT: tl.constexpr, INV_SCALE: tl.constexpr, OUT_ACT: tl.constexpr, OUT_COL: tl.constexpr,
+    MIX: tl.constexpr, RESIDUAL: tl.constexpr, GATE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, F32_DOT: tl.constexpr,
 ):  # fmt: skip
     cols = block * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) output columns of this projection
@@ -103,6 +104,9 @@ def _tile(
         acc = acc * acc
     elif OUT_ACT == 2:
         acc = tl.sigmoid(acc)
+    if GATE:
+        gate = tl.load(gate_ptr + rows[:, None] * gate_stride + OUT_COL + cols[None, :], mask=out_mask, other=0.0)
+        acc *= gate.to(tl.float32)
     if RESIDUAL:
         res = tl.load(res_ptr + rows[:, None] * res_stride + OUT_COL + cols[None, :], mask=out_mask, other=0.0)
         acc += res.to(tl.float32)
@@ -112,10 +116,11 @@ def _tile(
 
 @triton.jit
 def _grouped_gemv(
-    x_ptr, x_stride, last_ptr, last_stride, out_ptr, out_stride, res_ptr, res_stride, B, weights, mixes,
+    x_ptr, x_stride, last_ptr, last_stride, out_ptr, out_stride, res_ptr, res_stride, gate_ptr, gate_stride, B,
+    weights, mixes,
     STARTS: tl.constexpr, X_COLS: tl.constexpr, NS: tl.constexpr, KS: tl.constexpr, S_KS: tl.constexpr,
     S_NS: tl.constexpr, ACT_CODES: tl.constexpr, INV_SCALES: tl.constexpr, OUT_ACT_CODES: tl.constexpr,
-    OUT_COLS: tl.constexpr, MIX_CODES: tl.constexpr, G: tl.constexpr, RESIDUAL: tl.constexpr,
+    OUT_COLS: tl.constexpr, MIX_CODES: tl.constexpr, G: tl.constexpr, RESIDUAL: tl.constexpr, GATE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, F32_DOT: tl.constexpr,
 ):  # fmt: skip
     # grid (column blocks of every projection, batch blocks); STARTS[j] the first column block of projection j
@@ -125,13 +130,13 @@ def _grouped_gemv(
         if (pid >= STARTS[j]) & (pid < STARTS[j + 1]):
             _tile(
                 pid - STARTS[j], rows, B, x_ptr, x_stride, last_ptr, last_stride, mixes[j], out_ptr, out_stride,
-                res_ptr, res_stride, weights[j], X_COLS[j], NS[j], KS[j], S_KS[j], S_NS[j], ACT_CODES[j],
-                INV_SCALES[j], OUT_ACT_CODES[j], OUT_COLS[j], MIX_CODES[j], RESIDUAL, BLOCK_B, BLOCK_N, BLOCK_K,
-                F32_DOT,
+                res_ptr, res_stride, gate_ptr, gate_stride, weights[j], X_COLS[j], NS[j], KS[j], S_KS[j], S_NS[j],
+                ACT_CODES[j], INV_SCALES[j], OUT_ACT_CODES[j], OUT_COLS[j], MIX_CODES[j], RESIDUAL, GATE, BLOCK_B,
+                BLOCK_N, BLOCK_K, F32_DOT,
             )  # fmt: skip
 
 
-def _check(x, weights, mixes, mix_codes, x_cols, acts, scales, out_acts, last, residual):
+def _check(x, weights, mixes, mix_codes, x_cols, acts, scales, out_acts, last, residual, gate):
     n = len(weights)
     if not 1 <= n <= MAX_GROUPS or not n == len(mixes) == len(x_cols) == len(acts) == len(scales) == len(out_acts):
         raise ValueError(f"grouped_gemv takes 1 to {MAX_GROUPS} projections; got {n}")
@@ -153,8 +158,9 @@ def _check(x, weights, mixes, mix_codes, x_cols, acts, scales, out_acts, last, r
             if last is None or last.shape[0] != x.shape[0] or last.shape[1] < K or last.stride(1) != 1:
                 raise ValueError("a projection with a mix needs `last` (B, >= K) with unit column stride")
     total = sum(w.shape[1] for w in weights)
-    if residual is not None and (residual.dim() != 2 or tuple(residual.shape) != (x.shape[0], total)):
-        raise ValueError(f"residual must be (B, {total}), the output's shape; got {tuple(residual.shape)}")
+    for name, t in (("residual", residual), ("gate", gate)):
+        if t is not None and (t.dim() != 2 or tuple(t.shape) != (x.shape[0], total) or t.device != x.device):
+            raise ValueError(f"{name} must be (B, {total}) on x's device, the output's shape; got {tuple(t.shape)}")
 
 
 def _f32_dot(dtype: torch.dtype) -> bool:
@@ -187,8 +193,9 @@ def _grouped_gemv_op(
     out_acts: list[int],
     last: torch.Tensor | None,
     residual: torch.Tensor | None,
+    gate: torch.Tensor | None,
 ) -> torch.Tensor:
-    _check(x, weights, mixes, mix_codes, x_cols, acts, scales, out_acts, last, residual)
+    _check(x, weights, mixes, mix_codes, x_cols, acts, scales, out_acts, last, residual, gate)
     B = x.shape[0]
     ns = [w.shape[1] for w in weights]
     out = torch.empty(B, sum(ns), dtype=x.dtype, device=x.device)
@@ -197,16 +204,16 @@ def _grouped_gemv_op(
     for n in ns:
         starts.append(starts[-1] + triton.cdiv(n, block_n))
         out_cols.append(out_cols[-1] + n)
-    if residual is not None and residual.stride(1) != 1:
-        residual = residual.contiguous()
+    residual, gate = (t if t is None or t.stride(1) == 1 else t.contiguous() for t in (residual, gate))
     grid = (starts[-1], triton.cdiv(B, block_b))
     mix_codes = tuple(code if m is not None else 0 for m, code in zip(mixes, mix_codes))
     _grouped_gemv[grid](
         x, x.stride(0), last, 0 if last is None else last.stride(0), out, out.stride(0), residual,
-        0 if residual is None else residual.stride(0), B, tuple(weights), tuple(mixes), tuple(starts), tuple(x_cols),
-        tuple(ns), tuple(w.shape[0] for w in weights), tuple(w.stride(0) for w in weights),
-        tuple(w.stride(1) for w in weights), tuple(acts), tuple(1.0 / s for s in scales), tuple(out_acts),
-        tuple(out_cols[:-1]), mix_codes, len(weights), residual is not None, block_b, block_n, block_k,
+        0 if residual is None else residual.stride(0), gate, 0 if gate is None else gate.stride(0), B,
+        tuple(weights), tuple(mixes), tuple(starts), tuple(x_cols), tuple(ns), tuple(w.shape[0] for w in weights),
+        tuple(w.stride(0) for w in weights), tuple(w.stride(1) for w in weights), tuple(acts),
+        tuple(1.0 / s for s in scales), tuple(out_acts), tuple(out_cols[:-1]), mix_codes, len(weights),
+        residual is not None, gate is not None, block_b, block_n, block_k,
         _f32_dot(weights[0].dtype), num_warps=4,
     )  # fmt: skip
     return out
@@ -217,7 +224,7 @@ _grouped_gemv_custom = torch.library.custom_op("rwkv_lab::grouped_gemv", _groupe
 
 
 @_grouped_gemv_custom.register_fake
-def _(x, weights, mixes, mix_codes, x_cols, acts, scales, out_acts, last, residual):
+def _(x, weights, mixes, mix_codes, x_cols, acts, scales, out_acts, last, residual, gate):
     return x.new_empty(x.shape[0], sum(w.shape[1] for w in weights))
 
 
@@ -227,10 +234,11 @@ def grouped_gemv(
     *,
     last: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
+    gate: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """x (B, width), projections j of weights (K_j, N_j) -> (B, sum_j N_j) in x's dtype, each product at its column
     offset (see the module docstring). `last` (B, K): the token shift's previous x, for the projections with a mix;
-    `residual` (B, sum N), added to the output."""
+    `gate` (B, sum N), multiplying the output; `residual` (B, sum N), added to it."""
     for p in projections:
         if p.act not in ACTS or p.out_act not in OUT_ACTS or p.mix_weighs not in MIX_WEIGHS:
             raise ValueError(
@@ -246,10 +254,10 @@ def grouped_gemv(
         [float(p.scale) for p in projections],
         [OUT_ACTS[p.out_act] for p in projections],
     )
-    return _grouped_gemv_custom(x, *flat, last, residual)
+    return _grouped_gemv_custom(x, *flat, last, residual, gate)
 
 
-def grouped_gemv_reference(x, projections, *, last=None, residual=None):
+def grouped_gemv_reference(x, projections, *, last=None, residual=None, gate=None):
     """`grouped_gemv` in torch ops, in fp32 (float64 for float64 x): the reference the tests compare with."""
     cd = torch.float64 if x.dtype == torch.float64 else torch.float32
     outs = []
@@ -263,4 +271,5 @@ def grouped_gemv_reference(x, projections, *, last=None, residual=None):
         out = xj.to(p.weight.dtype).to(cd) @ p.weight.to(cd)
         outs.append({None: out, "relu2": torch.relu(out).square(), "sigmoid": torch.sigmoid(out)}[p.out_act])
     out = torch.cat(outs, dim=1)
+    out = out if gate is None else out * gate.to(cd)
     return (out if residual is None else out + residual.to(cd)).to(x.dtype)

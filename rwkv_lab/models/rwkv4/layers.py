@@ -10,11 +10,11 @@ from ...ops import triton_available
 from ...ops.lengths import last_positions
 from ...ops.norm_mix import mix, token_shift
 from ...ops.rwkv4 import compute_dtype, wkv
-from ...ops.rwkv4.reference import output_step, state_step
 from .config import RWKVConfig
 
 if triton_available():  # the one-token step's kernels (Triton is optional on a CPU machine)
     from ...ops.gemv import Projection, grouped_gemv
+    from ...ops.rwkv4.step_kernel import wkv_gate_step
 
 ATT_X, ATT_A, ATT_B, ATT_P, FFN_X = range(5)
 STATE_SLOTS = ("att_x", "att_a", "att_b", "att_p", "ffn_x")
@@ -114,20 +114,20 @@ class Block(nn.Module):
         return x, new_layer_state(att_x, wkv_state, ffn_x, state.dtype)
 
     def step_kernels(self, x: torch.Tensor, state: torch.Tensor, scale: int = 1):
-        """The block for one token in four grouped projections (ops/gemv.py) and the WKV's elementwise step: the
-        decode step's fast path (RecurrentLMBase.uses_step_kernels), `forward` at T = 1 with the recurrent WKV its
-        reference. x (B, C), state (B, 5, C) of this layer; returns x and the new state, as `forward`.
+        """The block for one token in four grouped projections (ops/gemv.py), the WKV's step with its gate in one
+        kernel (ops/rwkv4/step_kernel.py) and two LayerNorms: the decode step's fast path
+        (RecurrentLMBase.uses_step_kernels), `forward` at T = 1 with the recurrent WKV its reference. x (B, C),
+        state (B, 5, C) of this layer; returns x and the new layer state in three pieces (B, 1 | 3 | 1, C), [att x],
+        [a, b, p], [ffn x], which RWKV.step joins for every layer in one cat.
 
         1. k, v, r in one launch, their token-shift mixes in the prologue;
-        2. the WKV step and the sigmoid(r) gate, elementwise (inductor fuses them into one kernel in the decoder's
-           compiled step);
+        2. the WKV step and the sigmoid(r) gate;
         3. the output projection adding the residual;
         4. the channel mix's key and receptance in one launch, relu^2 and sigmoid in the epilogue;
-        5. its value projection, then x + r * value (fused into the next LayerNorm by inductor)."""
+        5. its value projection, gated by r and added to the residual in the epilogue: x + r * (k @ W_v)."""
         if self.ln0 is not None:
             x = self.ln0(x)
         att, ffn = self.att, self.ffn
-        C, cd = x.shape[1], state.dtype
 
         def mixed(linear, mu, **kw):
             return Projection(linear.weight.t(), mix=mu, mix_weighs="x", **kw)
@@ -135,20 +135,15 @@ class Block(nn.Module):
         h = self.ln1(x)
         projections = [mixed(att.key, att.time_mix_k), mixed(att.value, att.time_mix_v)]
         kvr = grouped_gemv(h, projections + [mixed(att.receptance, att.time_mix_r)], last=state[:, ATT_X])
-        k, v, r = kvr.split(C, dim=1)  # (B, C) each
-        a, b, p = state[:, ATT_A], state[:, ATT_B], state[:, ATT_P]
-        k, v = k.to(cd), v.to(cd)
-        y = output_step(a, b, p, att.time_first.to(cd), k, v)
-        wkv_state = torch.stack(state_step(a, b, p, att.decay(), k, v), dim=1)  # (B, 3, C)
-        gated = torch.sigmoid(r) * y.to(r.dtype)
+        gated, abp = wkv_gate_step(kvr, state, att.time_first, att.time_decay)  # (B, C), (B, 3, C)
         x = grouped_gemv(gated, [Projection(att.output.weight.t(), scale=scale)], residual=x)
         h2 = self.ln2(x)
         projections = [mixed(ffn.key, ffn.time_mix_k, out_act="relu2")]
         projections.append(mixed(ffn.receptance, ffn.time_mix_r, out_act="sigmoid"))
-        kr = grouped_gemv(h2, projections, last=state[:, FFN_X])
+        kr = grouped_gemv(h2, projections, last=state[:, FFN_X])  # (B, F + C): relu(k)^2, sigmoid(r)
         F = ffn.key.weight.shape[0]
-        x = x + kr[:, F:] * grouped_gemv(kr, [Projection(ffn.value.weight.t(), scale=scale)])
-        return x, new_layer_state(h, wkv_state, h2, cd)
+        x = grouped_gemv(kr, [Projection(ffn.value.weight.t(), scale=scale)], gate=kr[:, F:], residual=x)
+        return x, [h[:, None], abp, h2[:, None]]
 
 
 def new_layer_state(att_x, wkv_state, ffn_x, dtype) -> torch.Tensor:

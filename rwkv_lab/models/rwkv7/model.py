@@ -191,7 +191,6 @@ class Block7(nn.Module):
 
 class RWKV7(RecurrentLMBase):
     resolve_backend = staticmethod(resolve_backend)  # ops.rwkv7's
-    step_kernels_cover_step = True  # _block_one_kernels: six launches and two LayerNorms a layer
 
     def __init__(self, config: RWKV7Config):
         super().__init__()
