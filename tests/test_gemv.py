@@ -5,7 +5,7 @@ import pytest
 import torch
 from helpers import TOL, assert_rel_close
 
-from rwkv_lab.ops.gemv import Projection, grouped_gemv, grouped_gemv_reference
+from rwkv_lab.ops.gemv import Projection, Tiling, grouped_gemv, grouped_gemv_reference
 
 
 def draw(*shape, dtype, seed, scale=1.0):
@@ -51,7 +51,8 @@ def test_grouped_projections_match_their_reference(B, dtype):
 def test_long_rows_and_wide_outputs_take_several_blocks(dtype):
     """The sizes the models' steps reach: K = 600 (three K blocks of 256, the last partial) beside K = 300 in one
     launch (projections of different K, as RWKV-7's LoRAs), mixed; and 8,200 output columns (the wide-output
-    column block of 32, as a 2048-wide model's channel mix)."""
+    column block of 32, as a 2048-wide model's channel mix); and other tilings than the default's, as
+    benchmarks/bench_gemv.py runs them."""
     tol = TOL["float32 step"] if dtype == torch.float32 else TOL["bfloat16"]
     x, last = draw(2, 600, dtype=dtype, seed=11), draw(2, 600, dtype=dtype, seed=12)
     mix = torch.rand(600, generator=torch.Generator().manual_seed(13)).to(dtype)
@@ -59,8 +60,11 @@ def test_long_rows_and_wide_outputs_take_several_blocks(dtype):
         Projection(draw(600, 33, dtype=dtype, seed=14, scale=0.05), mix=mix),
         Projection(draw(300, 20, dtype=dtype, seed=15), x_col=0),
     ]
-    out = grouped_gemv(x, long, last=last)
-    assert_rel_close(f"K = 600 and 300, {dtype}", out, grouped_gemv_reference(x, long, last=last), tol)
+    ref = grouped_gemv_reference(x, long, last=last)
+    assert_rel_close(f"K = 600 and 300, {dtype}", grouped_gemv(x, long, last=last), ref, tol)
+    for tiling in (Tiling(16, 64, 64, num_warps=8, num_stages=2), Tiling(32, 16, 512, num_warps=2)):  # as benched
+        out = grouped_gemv(x, long, last=last, tiling=tiling)
+        assert_rel_close(f"K = 600 and 300, {dtype}, {tiling}", out, ref, tol)
     wide = [Projection(draw(16, 8200, dtype=dtype, seed=16), out_act="relu2")]
     out = grouped_gemv(x[:1, :16], wide)
     assert_rel_close(f"N = 8200, {dtype}", out, grouped_gemv_reference(x[:1, :16], wide), tol)
@@ -72,6 +76,7 @@ def test_grouped_projections_refuse_bad_input_clearly():
         (lambda: grouped_gemv(x, [Projection(W, mix=torch.rand(8))]), "needs `last`"),
         (lambda: grouped_gemv(x, [Projection(W)], residual=torch.zeros(2, 4)), "residual must be (B, 8)"),
         (lambda: grouped_gemv(x, [Projection(W)], gate=torch.zeros(3, 8)), "gate must be (B, 8)"),
+        (lambda: grouped_gemv(x, [Projection(W)], tiling=Tiling(16, 24, 64)), "powers of two >= 16"),
         (lambda: grouped_gemv(x, [Projection(W, out_act="gelu")]), "out_act one of"),
         (lambda: grouped_gemv(x, [Projection(W, mix_weighs="both")]), "mix_weighs one of"),
         (lambda: grouped_gemv(x, [Projection(W, scale=3.0)]), "power of two"),
@@ -91,6 +96,29 @@ def test_the_grouped_projection_is_a_well_formed_torch_operator():
     x, last = torch.randn(3, 16), torch.randn(3, 16)
     W, mix = torch.randn(16, 24), torch.rand(16)
     residual, gate = torch.randn(3, 32), torch.randn(3, 32)
-    args = (x, [W, W[:, :8]], [mix, None], [2, 1], [0, 0], [0, 1], [1.0, 2.0], [1, 0], last, residual, gate)
+    args = (x, [W, W[:, :8]], [mix, None], [2, 1], [0, 0], [0, 1], [1.0, 2.0], [1, 0], last, residual, gate, None)
     checks = ("test_schema", "test_faketensor")
     torch.library.opcheck(torch.ops.rwkv_lab.grouped_gemv.default, args, test_utils=checks)
+
+
+@pytest.mark.parametrize("arch", ["rwkv7", "rwkv4"])
+def test_the_benchmarks_launches_are_the_models_and_match_the_reference(arch):
+    """benchmarks/bench_gemv.py's launches of one layer (built at a preset's shapes, here a byte-level one), each at
+    a benched tiling and through the L2-defeating copies, against the torch reference (fp16 on the CPU: upcast in
+    the interpreter); and its tiling spelling parses."""
+    from test_gpu import script
+
+    from rwkv_lab.models import architecture
+
+    module = script("bench_gemv")
+    assert module.parse_tiling("16x32x128w4s3") == Tiling(16, 32, 128, num_warps=4, num_stages=3)
+    config = architecture(arch).get_config("byte-2x64")
+    launches = getattr(module, f"{arch}_launches")(config, 2, "cpu")
+    assert len(launches) == (5 if arch == "rwkv7" else 4)
+    for name, launch in launches.items():
+        for x, projections, kw in module.copies_of(launch, 2):
+            out = grouped_gemv(x, projections, tiling=module.parse_tiling("16x16x64w4s2"), **kw)
+            ref = grouped_gemv_reference(x, projections, **kw)
+            assert_rel_close(f"bench_gemv {arch} {name}", out, ref, TOL["bfloat16"])
+        original, copy = launch[1][0].weight, module.copies_of(launch, 2)[1][1][0].weight
+        assert copy.stride() == original.stride() and copy.data_ptr() != original.data_ptr()

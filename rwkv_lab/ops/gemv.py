@@ -55,6 +55,19 @@ class Projection:
     mix_weighs: str = "last"
 
 
+@dataclass(frozen=True)
+class Tiling:
+    """A launch's blocks and schedule, where the default's (`_blocks`, 4 warps, Triton's stages) is not wanted:
+    BLOCK_B batch rows, BLOCK_N output columns and BLOCK_K of the reduction per step (each >= 16, powers of two),
+    warps and software-pipelining stages. benchmarks/bench_gemv.py compares them at the models' shapes."""
+
+    block_b: int
+    block_n: int
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 3
+
+
 @triton.jit
 def _tanh(x):
     # tanh from exp, as the interpreter has no libdevice: sign(x) (1 - e^{-2|x|}) / (1 + e^{-2|x|})
@@ -194,12 +207,18 @@ def _grouped_gemv_op(
     last: torch.Tensor | None,
     residual: torch.Tensor | None,
     gate: torch.Tensor | None,
+    tiling: list[int] | None,
 ) -> torch.Tensor:
     _check(x, weights, mixes, mix_codes, x_cols, acts, scales, out_acts, last, residual, gate)
     B = x.shape[0]
     ns = [w.shape[1] for w in weights]
     out = torch.empty(B, sum(ns), dtype=x.dtype, device=x.device)
-    block_b, block_n, block_k = _blocks(B, sum(ns), max(w.shape[0] for w in weights))
+    if tiling is None:
+        block_b, block_n, block_k = _blocks(B, sum(ns), max(w.shape[0] for w in weights))
+        schedule = {"num_warps": 4}
+    else:
+        block_b, block_n, block_k, num_warps, num_stages = tiling
+        schedule = {"num_warps": num_warps, "num_stages": num_stages}
     starts, out_cols = [0], [0]
     for n in ns:
         starts.append(starts[-1] + triton.cdiv(n, block_n))
@@ -214,7 +233,7 @@ def _grouped_gemv_op(
         tuple(w.stride(0) for w in weights), tuple(w.stride(1) for w in weights), tuple(acts),
         tuple(1.0 / s for s in scales), tuple(out_acts), tuple(out_cols[:-1]), mix_codes, len(weights),
         residual is not None, gate is not None, block_b, block_n, block_k,
-        _f32_dot(weights[0].dtype), num_warps=4,
+        _f32_dot(weights[0].dtype), **schedule,
     )  # fmt: skip
     return out
 
@@ -224,7 +243,7 @@ _grouped_gemv_custom = torch.library.custom_op("rwkv_lab::grouped_gemv", _groupe
 
 
 @_grouped_gemv_custom.register_fake
-def _(x, weights, mixes, mix_codes, x_cols, acts, scales, out_acts, last, residual, gate):
+def _(x, weights, mixes, mix_codes, x_cols, acts, scales, out_acts, last, residual, gate, tiling):
     return x.new_empty(x.shape[0], sum(w.shape[1] for w in weights))
 
 
@@ -235,10 +254,12 @@ def grouped_gemv(
     last: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
     gate: torch.Tensor | None = None,
+    tiling: Tiling | None = None,
 ) -> torch.Tensor:
     """x (B, width), projections j of weights (K_j, N_j) -> (B, sum_j N_j) in x's dtype, each product at its column
     offset (see the module docstring). `last` (B, K): the token shift's previous x, for the projections with a mix;
-    `gate` (B, sum N), multiplying the output; `residual` (B, sum N), added to it."""
+    `gate` (B, sum N), multiplying the output; `residual` (B, sum N), added to it. `tiling`: the launch's blocks
+    (None: the default's)."""
     for p in projections:
         if p.act not in ACTS or p.out_act not in OUT_ACTS or p.mix_weighs not in MIX_WEIGHS:
             raise ValueError(
@@ -254,7 +275,12 @@ def grouped_gemv(
         [float(p.scale) for p in projections],
         [OUT_ACTS[p.out_act] for p in projections],
     )
-    return _grouped_gemv_custom(x, *flat, last, residual, gate)
+    if tiling is not None:
+        sizes = (tiling.block_b, tiling.block_n, tiling.block_k)
+        if min(sizes) < 16 or any(v & (v - 1) for v in sizes) or tiling.num_warps < 1 or tiling.num_stages < 1:
+            raise ValueError(f"a Tiling's blocks are powers of two >= 16, its warps and stages >= 1; got {tiling}")
+        tiling = [*sizes, tiling.num_warps, tiling.num_stages]
+    return _grouped_gemv_custom(x, *flat, last, residual, gate, tiling)
 
 
 def grouped_gemv_reference(x, projections, *, last=None, residual=None, gate=None):
