@@ -58,6 +58,8 @@ and fp64 inputs are computed in fp64 ("ieee"). Runs on CUDA tensors, and on CPU 
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -259,8 +261,8 @@ def wkv7_triton_chunked(r, log_w, k, v, a, b, state=None):
     n_chunks = triton.cdiv(T, CHUNK)
     dt = tl.float64 if cd == torch.float64 else tl.float32
     # tf32x3: fp32 accuracy on tensor cores (plain tf32 rounds the operands to 10 bits); fp64 and the interpreter
-    # take "ieee"
-    prec = "ieee" if cd == torch.float64 or not k.is_cuda else "tf32x3"
+    # (which has no tf32) take "ieee"
+    prec = "ieee" if cd == torch.float64 or os.environ.get("TRITON_INTERPRET") == "1" else "tf32x3"
     # R_eff, Y_0, W, U_0, B_end, K_end: (B, H, n_chunks, C, N) each; e^{g_C} (B, H, n_chunks, N)
     factors = torch.empty(6, B, H, n_chunks, CHUNK, N, device=dev, dtype=cd).unbind(0)
     decay = torch.empty(B, H, n_chunks, N, device=dev, dtype=cd)

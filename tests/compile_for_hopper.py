@@ -1,0 +1,98 @@
+"""Compile the project's Triton kernels for an H100 (sm_90) on a machine without a GPU, through the paths that launch
+them: run by tests/test_compile_for_hopper.py in a process of its own (Triton's interpreter off).
+
+CI has no GPU, and Triton's interpreter, which runs the kernels there, is not its GPU compiler: a kernel can pass
+every CPU test and still fail to compile for a GPU (an op the interpreter accepts and the code generator does not,
+a layout, a dtype). Triton's NVIDIA backend compiles to PTX and a cubin without a device (ptxas ships with it). So
+here a stand-in driver names an sm_90 target, and every launch is turned into a warm-up: it specialises and
+compiles the kernel for the arguments the real path gives it, and launches nothing. The torch ops around the
+launches run on the CPU on whatever the unlaunched kernels left in their outputs, which nothing here reads.
+
+Prints one line per compiled kernel and its specialisations, and exits non-zero on the first failure.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import sys
+
+assert os.environ.get("TRITON_INTERPRET") != "1", "run without Triton's interpreter: this compiles for the GPU"
+
+import torch  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.runtime import driver  # noqa: E402
+from triton.runtime.jit import JITFunction  # noqa: E402
+
+TARGET = GPUTarget("cuda", 90, 32)  # an H100's: compute capability 9.0, warps of 32
+COMPILED: collections.Counter = collections.Counter()
+
+
+class HopperWithoutDevice:
+    """The driver calls a launch makes before it compiles: device 0, stream 0, an sm_90 target."""
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        return TARGET
+
+    def is_active(self):
+        return True
+
+
+def compile_only(run):
+    def warm_up(self, *args, grid, warmup, **kwargs):
+        kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
+        COMPILED[kernel.metadata.name] += 1
+        return kernel
+
+    return warm_up
+
+
+def main() -> None:
+    from rwkv_lab.triton_launch import CachedLauncher
+
+    driver.set_active(HopperWithoutDevice())
+    JITFunction.run = compile_only(JITFunction.run)
+    CachedLauncher.enabled = False  # every launch through Triton's launcher, which the patch above makes a warm-up
+    # imported after the patch, so the kernels are JIT functions compiled for the target above
+    from rwkv_lab.models import architecture
+    from rwkv_lab.ops.gemv import Projection, Tiling, grouped_gemv
+    from rwkv_lab.ops.rwkv7 import wkv7
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        # each generation's decode step through its step kernels, in the dtypes the GPU runs: fp16 (generation;
+        # RWKV-4's with its rescaling), fp32 (the decoder check), bf16 (RWKV-7's World models)
+        every = (torch.float16, torch.float32, torch.bfloat16)
+        for name, dtypes in (("rwkv7", every), ("rwkv4", every[:2])):
+            arch = architecture(name)
+            for dtype in dtypes:
+                model = arch.build(arch.get_config("byte-2x128")).to(dtype).eval()
+                model.configure(step_kernels=True, **({"rescale_every": 1} if name == "rwkv4" else {}))
+                state = model.init_state(3)
+                model.step(torch.tensor([1, 2, 3]), state, check=False)
+                print(f"{name} {dtype} step: compiled", flush=True)
+        # the grouped projections at the other tilings bench_gemv times
+        x, W = torch.randn(2, 256, dtype=torch.float16), torch.randn(256, 512, dtype=torch.float16)
+        for tiling in (Tiling(16, 64, 64, num_warps=8, num_stages=2), Tiling(16, 32, 256, num_warps=8)):
+            grouped_gemv(x, [Projection(W)], tiling=tiling)
+        # RWKV-7's prefill operators, forward: the chunked kernels ('auto' with grad mode off) and the per-token one
+        r, log_w, k, v, a, b = (torch.randn(1, 40, 2, 64, dtype=torch.float16) for _ in range(6))
+        for backend in ("triton_chunked", "triton"):
+            wkv7(r, -log_w.abs() * 0.1, k, v, a, b, torch.zeros(1, 2, 64, 64), backend=backend, check=False)
+    for kernel, count in sorted(COMPILED.items()):
+        print(f"compiled for sm_90: {kernel} ({count} launches)")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception as err:  # noqa: BLE001 - the failure's one line, then the traceback
+        print(f"FAILED to compile for sm_90: {type(err).__name__}: {err}", flush=True)
+        raise
+    sys.exit(0)
