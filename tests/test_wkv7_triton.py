@@ -169,17 +169,23 @@ def test_inputs_the_kernel_cannot_take_get_one_line_errors():
 
 
 def test_auto_picks_the_kernel_on_cuda_only(monkeypatch):
-    """On CUDA the per-token kernel with grad mode on (it trains), the chunked kernels with it off (a prefill);
-    the chunked form elsewhere. (A CUDA tensor faked for the check: `is_cuda` is all it reads.)"""
+    """On CUDA the per-token kernel with grad mode on (it trains) or many state rows, the chunked kernels with it off
+    at a few sequences (a prefill); the chunked form elsewhere. (A CUDA tensor faked for the check: `is_cuda` is
+    all it reads.)"""
 
     class OnCuda(torch.Tensor):
         is_cuda = True
 
     on_cuda = torch.zeros(1, 1, 1, 1).as_subclass(OnCuda)
+    many = torch.zeros(2, 1, 64, 64).as_subclass(OnCuda)  # 8,192 state rows: still chunked
+    too_many = torch.zeros(3, 1, 64, 64).as_subclass(OnCuda)
     monkeypatch.setattr("rwkv_lab.ops.rwkv7.triton_available", lambda: True)
     assert resolve_backend("auto", on_cuda) == "triton"
     with torch.no_grad():
         assert resolve_backend("auto", on_cuda) == "triton_chunked"
+        assert resolve_backend("auto", many) == "triton_chunked"
+        assert resolve_backend("auto", too_many) == "triton"
+        assert resolve_backend("auto", torch.zeros(1, 1, 8193).as_subclass(OnCuda)) == "triton"  # a model's x
         assert resolve_backend("auto", torch.zeros(1, 1, 1, 1)) == "chunked"
     assert resolve_backend("auto", torch.zeros(1, 1, 1, 1)) == "chunked"
     assert resolve_backend("auto", torch.zeros(1, 1, 1, 1, device="meta")) == "chunked"

@@ -126,6 +126,7 @@ class RecurrentLMBase(nn.Module):
         x, state = self.blocks_with_state(self.emb(tokens), state, backend or self.run.backend, trace=trace)
         return self.ln_out(x), state
 
+    @torch.no_grad()
     def prefill(
         self,
         tokens: torch.Tensor,
@@ -136,7 +137,8 @@ class RecurrentLMBase(nn.Module):
         check: bool = True,
         lengths: torch.Tensor | None = None,
     ):
-        """Parallel form for a prompt: tokens (B, T) -> logits of the last token (B, V) and the state.
+        """Parallel form for a prompt: tokens (B, T) -> logits of the last token (B, V) and the state. Inference:
+        no autograd whatever the caller's grad mode, so it runs the forward-only paths (`forward` is for training).
 
         Only the last position goes through the head, and `chunk` bounds the memory: T is run in pieces of `chunk`
         tokens with the state carried between them, which gives the same result as one call.

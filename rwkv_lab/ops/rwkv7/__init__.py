@@ -24,10 +24,13 @@ exact at any T and any log_w <= 0, the default. `wkv7_attention` (attention.py) 
 with the state in registers, stepped back in the backward), for RWKV-7's decays (log_w >= -e^-0.5).
 `wkv7_triton_chunked` (triton_chunked.py, backend "triton_chunked") is the chunked form as GPU kernels, forward
 only (prefill): chunks of 16 tokens with tl.dot, S passed between chunks; for RWKV-7's decays too. `auto` picks on
-CUDA the chunked kernels with grad mode off and the per-token kernel with it on, and the chunked form elsewhere.
+CUDA the chunked kernels with grad mode off at a few sequences (a prefill), else the per-token kernel, and the
+chunked form elsewhere.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -73,16 +76,24 @@ OUTSIDE_GRAPH = {name: torch.compiler.disable(form) for name, form in BACKENDS.i
 NAMES = ("r", "log_w", "k", "v", "a", "b")
 
 
+# the state rows (B H N) up to which 'auto' prefers the chunked kernels without grad: at few rows the per-token
+# kernel's B H N/rows programs leave the GPU idle for T dependent steps, at many it has parallelism enough and the
+# chunked kernels' extra work costs more (H100, fp16, T = 4096, results/wkv7/wkv7_prefill_backends.csv: chunked
+# 2.8x and 2.3x faster at 768 and 2,048 rows, 0.74x and 0.61x at 24,576 and 65,536; between, unmeasured)
+CHUNKED_MAX_ROWS = 8192
+
+
 def resolve_backend(backend: str, k: torch.Tensor) -> str:
     """'auto': on CUDA tensors the Triton kernels, the chunked ones (T/16 dependent steps, forward only) with grad
-    mode off (a prefill: results/wkv7/wkv7_prefill_backends.csv), the per-token kernel (forward and
-    backward) with it on; the chunked form elsewhere."""
+    mode off and at most CHUNKED_MAX_ROWS state rows (a prefill of a few sequences), else the per-token kernel
+    (forward and backward); the chunked form elsewhere. k: (B, T, H, N), or a model's (B, T, C) input."""
     if backend == "auto":
         if not (isinstance(k, torch.Tensor) and k.is_cuda and triton_available()):
             return "chunked"
         # grad mode, not k.requires_grad: a model resolves once for all its layers from its embeddings, which may
         # be frozen while the layers train
-        return "triton" if torch.is_grad_enabled() else "triton_chunked"
+        rows = k.shape[0] * math.prod(k.shape[2:])  # B H N (B C for a model's input)
+        return "triton_chunked" if not torch.is_grad_enabled() and rows <= CHUNKED_MAX_ROWS else "triton"
     if backend not in BACKENDS:
         raise ValueError(f"unknown wkv7 backend {backend!r}; expected 'auto' or one of {sorted(BACKENDS)}")
     return backend
