@@ -396,8 +396,13 @@ def generation_gpu():
         t = table(rel)
         summary = generation_summary(t)
         cells = [
-            f"{r['size']}: {r['generate top-p tok/s']:,.0f} tok/s ({r['generate / package']:.1f}× the `rwkv` "
-            f"package's greedy loop, {r['% of roofline']:.0f}% of the weight-bandwidth roofline; first call's "
+            f"{r['size']}: {r['generate top-p tok/s']:,.0f} tok/s ("
+            + (
+                ""
+                if pd.isna(r["generate / package"])
+                else f"{r['generate / package']:.1f}× the `rwkv` package's greedy loop, "
+            )
+            + f"{r['% of roofline']:.0f}% of the weight-bandwidth roofline; first call's "
             f"warm-up {r['first-call warm-up s']:.0f} s, later {r['later-call warm-up s']:.0f})"
             for _, r in summary.iterrows()
         ]
@@ -611,6 +616,8 @@ def rwkv7_gpu_rows():
             continue
         f = f"inference/{path.name}"
         t = table(f)
+        if "rwkv package forward([token]) loop (top-p)" not in set(t["path"]):  # a run without the peers (--no-peers)
+            continue
         cells = []
         for size, g in t.groupby("size", sort=False):
             speed = g[g["kind"] != "mixed"].set_index("path")["tokens_per_s"].astype(float)

@@ -369,8 +369,8 @@ def rwkv4_gpu_generation_tables(inference_dir: Path) -> list[Path]:
 def batched_runs(inference_dir: Path) -> pd.DataFrame:
     """`batched_summary` of every benchmarks/bench_generation.py table in `inference_dir` that has `mixed` rows
     (generation*.csv), each with its arch, device and which decode step ran: its run's decoder check
-    (decoder_check*.json of the same tag, a batch of 4) says whether the step kept torch.compile or fell back, and
-    whether it ran the model's step kernels.
+    (decoder_check*.json of the same tag and commit, a batch of 4) says whether the step kept torch.compile or fell
+    back, and whether it ran the model's step kernels; without one, the compile level the table recorded.
     An empty frame when none has."""
     from ..results import read_table
 
@@ -380,10 +380,16 @@ def batched_runs(inference_dir: Path) -> pd.DataFrame:
         if "kind" not in frame or not (frame["kind"] == "mixed").any():
             continue
         check = path.with_name(path.name.replace("generation", "decoder_check", 1)).with_suffix(".json")
-        result = json.loads(check.read_text())["results"] if check.exists() else {}
+        record = json.loads(check.read_text()) if check.exists() else {}
+        # the check speaks for this table only if the same run wrote both (a later run may have rewritten one)
+        same_run = record.get("provenance", {}).get("git_commit") == meta.get("git_commit")
+        result = record.get("results", {}) if same_run else {}
         compiled = result.get("compiled")
+        if compiled is None and "decoder_compiled" in frame:  # what the run's decoder recorded (later runs)
+            levels = frame["decoder_compiled"].dropna().astype(str)
+            compiled = None if levels.empty else (False if levels.iloc[0] == "False" else levels.iloc[0])
         if compiled is None:
-            step = "unknown (no decoder check)"
+            step = "unknown (no decoder check in its run)"
         else:
             step = f"compiled ({compiled})" if compiled else "uncompiled (fell back)"
             step += ", step kernels" if result.get("step_kernels") else ""
