@@ -5,7 +5,7 @@ import pytest
 import torch
 from helpers import TOL, assert_rel_close
 
-from rwkv_lab.ops.gemv import Projection, Tiling, grouped_gemv, grouped_gemv_reference
+from rwkv_lab.ops.gemv import Norm, Projection, Tiling, grouped_gemv, grouped_gemv_reference
 
 
 def draw(*shape, dtype, seed, scale=1.0):
@@ -17,7 +17,8 @@ def draw(*shape, dtype, seed, scale=1.0):
 @pytest.mark.parametrize("B", [1, 3, 70])
 def test_grouped_projections_match_their_reference(B, dtype):
     """Every prologue (mix from a strided `last` in both forms, tanh, sigmoid, the fp16 rescaling's division, columns
-    read from an offset) and epilogue (relu^2, sigmoid, the gate, the residual) against torch: B = 70 spans two of the
+    read from an offset), the LayerNorm before them (its normalised x returned) and epilogue (relu^2, sigmoid, the
+    gate, the residual) against torch: B = 70 spans two of the
     kernel's batch blocks; K = 40 and N = 17, 24 partial blocks; weights read as F.linear's (N, K) transposed and as
     a LoRA's (K, N)."""
     tol = TOL["float32 step"] if dtype == torch.float32 else TOL["bfloat16"]
@@ -33,6 +34,14 @@ def test_grouped_projections_match_their_reference(B, dtype):
     out = grouped_gemv(x, first, last=last)
     assert out.shape == (B, 40 + 24 + 17 + 24) and out.dtype == dtype
     assert_rel_close(f"mixed projections B={B} {dtype}", out, grouped_gemv_reference(x, first, last=last), tol)
+    # the LayerNorm in the prologue: x off-centre and scaled, as a residual stream is
+    norm = Norm(draw(40, dtype=dtype, seed=9), draw(40, dtype=dtype, seed=10), 1e-5)
+    shifted = (3 + 5 * x.double()).to(dtype)
+    out, h = grouped_gemv(shifted, first[:2] + first[3:], last=last, norm=norm)
+    ref, ref_h = grouped_gemv_reference(shifted, first[:2] + first[3:], last=last, norm=norm)
+    assert h.dtype == torch.float32 and h.shape == (B, 40)
+    assert_rel_close(f"normalised x, B={B} {dtype}", h, ref_h, TOL["float32 step"])
+    assert_rel_close(f"projections of the normalised x, B={B} {dtype}", out, ref, tol)
     wide = draw(B, 64, dtype=dtype, seed=6)
     res = draw(B, 64, dtype=dtype, seed=7)
     r = draw(B, 2, 64, dtype=dtype, seed=8)[:, 0]  # the gate: a strided view, as RWKV-4's r beside its k
@@ -65,6 +74,11 @@ def test_long_rows_and_wide_outputs_take_several_blocks(dtype):
     for tiling in (Tiling(16, 64, 64, num_warps=8, num_stages=2), Tiling(32, 16, 512, num_warps=2)):  # as benched
         out = grouped_gemv(x, long, last=last, tiling=tiling)
         assert_rel_close(f"K = 600 and 300, {dtype}, {tiling}", out, ref, tol)
+    norm = Norm(draw(600, dtype=dtype, seed=17), draw(600, dtype=dtype, seed=18), 1e-5)  # over three K blocks
+    out, h = grouped_gemv(x, long[:1], last=last, norm=norm)
+    ref, ref_h = grouped_gemv_reference(x, long[:1], last=last, norm=norm)
+    assert_rel_close(f"K = 600 normalised, {dtype}", h, ref_h, TOL["float32 step"])
+    assert_rel_close(f"K = 600 normalised and projected, {dtype}", out, ref, tol)
     wide = [Projection(draw(16, 8200, dtype=dtype, seed=16), out_act="relu2")]
     out = grouped_gemv(x[:1, :16], wide)
     assert_rel_close(f"N = 8200, {dtype}", out, grouped_gemv_reference(x[:1, :16], wide), tol)
@@ -77,6 +91,7 @@ def test_grouped_projections_refuse_bad_input_clearly():
         (lambda: grouped_gemv(x, [Projection(W)], residual=torch.zeros(2, 4)), "residual must be (B, 8)"),
         (lambda: grouped_gemv(x, [Projection(W)], gate=torch.zeros(3, 8)), "gate must be (B, 8)"),
         (lambda: grouped_gemv(x, [Projection(W)], tiling=Tiling(16, 24, 64)), "powers of two >= 16"),
+        (lambda: grouped_gemv(x, [Projection(W[:4])], norm=Norm(W[0], W[1], 1e-5)), "reads all of x's 8"),
         (lambda: grouped_gemv(x, [Projection(W, out_act="gelu")]), "out_act one of"),
         (lambda: grouped_gemv(x, [Projection(W, mix_weighs="both")]), "mix_weighs one of"),
         (lambda: grouped_gemv(x, [Projection(W, scale=3.0)]), "power of two"),
@@ -96,9 +111,11 @@ def test_the_grouped_projection_is_a_well_formed_torch_operator():
     x, last = torch.randn(3, 16), torch.randn(3, 16)
     W, mix = torch.randn(16, 24), torch.rand(16)
     residual, gate = torch.randn(3, 32), torch.randn(3, 32)
-    args = (x, [W, W[:, :8]], [mix, None], [2, 1], [0, 0], [0, 1], [1.0, 2.0], [1, 0], last, residual, gate, None)
+    args = (x, [W, W[:, :8]], [mix, None], [2, 1], [0, 0], [0, 1], [1.0, 2.0], [1, 0], last, residual, gate)
+    norm = (torch.randn(16), torch.randn(16), 1e-5)
     checks = ("test_schema", "test_faketensor")
-    torch.library.opcheck(torch.ops.rwkv_lab.grouped_gemv.default, args, test_utils=checks)
+    for ln in ((None, None, 0.0), norm):  # with and without the LayerNorm (its normalised x the second output)
+        torch.library.opcheck(torch.ops.rwkv_lab.grouped_gemv.default, (*args, *ln, None), test_utils=checks)
 
 
 @pytest.mark.parametrize("arch", ["rwkv7", "rwkv4"])

@@ -9,6 +9,10 @@ H100, about 4 us a launch against 0.4 us to stream a 768 x 768 bf16 matrix: RWKV
 kernels, 60% of its time in 166 such launches). Here one launch computes a group of them: each program owns
 BLOCK_N output columns of one matrix and BLOCK_B rows of the batch, and streams its slice of that matrix once.
 
+With `norm` (a `Norm`), x is first LayerNorm-ed over its width, and the call returns the normalised x too (fp32):
+each program takes its rows' mean and variance (two passes over a row of a few thousand numbers, from L2), and the
+first column block stores them, so the LayerNorm before a block's projections costs no launch of its own.
+
 Per projection j (a `Projection`), with x_j = x[:, x_col : x_col + K]:
     prologue   the token shift's mix, with a mix: x_j <- x_j + (last - x_j) * mix_j (RWKV-7's, as torch.lerp:
                `mix_weighs="last"`) or x_j * mix_j + last * (1 - mix_j) (RWKV-4's: `mix_weighs="x"`)
@@ -56,6 +60,15 @@ class Projection:
 
 
 @dataclass(frozen=True)
+class Norm:
+    """A LayerNorm of the call's x over its width: (x - mean) / sqrt(var + eps) * weight + bias, in fp32."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    eps: float
+
+
+@dataclass(frozen=True)
 class Tiling:
     """A launch's blocks and schedule, where the default's (`_blocks`, 4 warps, Triton's stages) is not wanted:
     BLOCK_B batch rows, BLOCK_N output columns and BLOCK_K of the reduction per step (each >= 16, powers of two),
@@ -79,8 +92,9 @@ def _tanh(x):
 @triton.jit
 def _tile(
     block, rows, B, x_ptr, x_stride, last_ptr, last_stride, mix_ptr, out_ptr, out_stride, res_ptr, res_stride,
-    gate_ptr, gate_stride, w_ptr, X_COL: tl.constexpr, N: tl.constexpr, K: tl.constexpr, S_K: tl.constexpr,
-    S_N: tl.constexpr, ACT: tl.constexpr, INV_SCALE: tl.constexpr, OUT_ACT: tl.constexpr, OUT_COL: tl.constexpr,
+    gate_ptr, gate_stride, mean, rstd, ln_w_ptr, ln_b_ptr, LN: tl.constexpr, w_ptr, X_COL: tl.constexpr,
+    N: tl.constexpr, K: tl.constexpr, S_K: tl.constexpr, S_N: tl.constexpr, ACT: tl.constexpr,
+    INV_SCALE: tl.constexpr, OUT_ACT: tl.constexpr, OUT_COL: tl.constexpr,
     MIX: tl.constexpr, RESIDUAL: tl.constexpr, GATE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, F32_DOT: tl.constexpr,
 ):  # fmt: skip
@@ -92,6 +106,8 @@ def _tile(
         in_k = ks < K
         x_mask = in_b[:, None] & in_k[None, :]
         x = tl.load(x_ptr + rows[:, None] * x_stride + X_COL + ks[None, :], mask=x_mask, other=0.0).to(tl.float32)
+        if LN:
+            x = _normalised(x, mean, rstd, ln_w_ptr, ln_b_ptr, ks, in_k)
         if MIX:
             last = tl.load(last_ptr + rows[:, None] * last_stride + ks[None, :], mask=x_mask, other=0.0)
             mix = tl.load(mix_ptr + ks, mask=in_k, other=0.0).to(tl.float32)
@@ -128,9 +144,36 @@ def _tile(
 
 
 @triton.jit
+def _normalised(x, mean, rstd, ln_w_ptr, ln_b_ptr, ks, in_k):
+    w = tl.load(ln_w_ptr + ks, mask=in_k, other=0.0).to(tl.float32)
+    b = tl.load(ln_b_ptr + ks, mask=in_k, other=0.0).to(tl.float32)
+    return (x - mean[:, None]) * rstd[:, None] * w[None, :] + b[None, :]
+
+
+@triton.jit
+def _row_stats(x_ptr, x_stride, rows, in_b, K: tl.constexpr, eps, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Mean and 1 / std of x[rows, :K] (BLOCK_B,) each, in fp32: the mean first, then the squares about it."""
+    total = tl.zeros((BLOCK_B,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        mask = in_b[:, None] & (ks < K)[None, :]
+        x = tl.load(x_ptr + rows[:, None] * x_stride + ks[None, :], mask=mask, other=0.0).to(tl.float32)
+        total += tl.sum(x, 1)
+    mean = total / K
+    squares = tl.zeros((BLOCK_B,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        mask = in_b[:, None] & (ks < K)[None, :]
+        x = tl.load(x_ptr + rows[:, None] * x_stride + ks[None, :], mask=mask, other=0.0).to(tl.float32)
+        d = tl.where(mask, x - mean[:, None], 0.0)
+        squares += tl.sum(d * d, 1)
+    return mean, 1.0 / tl.sqrt(squares / K + eps)
+
+
+@triton.jit
 def _grouped_gemv(
     x_ptr, x_stride, last_ptr, last_stride, out_ptr, out_stride, res_ptr, res_stride, gate_ptr, gate_stride, B,
-    weights, mixes,
+    ln_w_ptr, ln_b_ptr, ln_eps, h_ptr, weights, mixes, LN: tl.constexpr, LN_K: tl.constexpr,
     STARTS: tl.constexpr, X_COLS: tl.constexpr, NS: tl.constexpr, KS: tl.constexpr, S_KS: tl.constexpr,
     S_NS: tl.constexpr, ACT_CODES: tl.constexpr, INV_SCALES: tl.constexpr, OUT_ACT_CODES: tl.constexpr,
     OUT_COLS: tl.constexpr, MIX_CODES: tl.constexpr, G: tl.constexpr, RESIDUAL: tl.constexpr, GATE: tl.constexpr,
@@ -139,17 +182,31 @@ def _grouped_gemv(
     # grid (column blocks of every projection, batch blocks); STARTS[j] the first column block of projection j
     pid = tl.program_id(0)
     rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    mean = tl.zeros((BLOCK_B,), dtype=tl.float32)
+    rstd = tl.zeros((BLOCK_B,), dtype=tl.float32)
+    if LN:
+        in_b = rows < B
+        mean, rstd = _row_stats(x_ptr, x_stride, rows, in_b, LN_K, ln_eps, BLOCK_B, BLOCK_K)
+        if pid == 0:  # the first column block stores the normalised rows: h (B, LN_K) fp32
+            for k0 in range(0, LN_K, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                in_k = ks < LN_K
+                mask = in_b[:, None] & in_k[None, :]
+                x = tl.load(x_ptr + rows[:, None] * x_stride + ks[None, :], mask=mask, other=0.0).to(tl.float32)
+                h = _normalised(x, mean, rstd, ln_w_ptr, ln_b_ptr, ks, in_k)
+                tl.store(h_ptr + rows[:, None] * LN_K + ks[None, :], h, mask=mask)
     for j in tl.static_range(G):
         if (pid >= STARTS[j]) & (pid < STARTS[j + 1]):
             _tile(
                 pid - STARTS[j], rows, B, x_ptr, x_stride, last_ptr, last_stride, mixes[j], out_ptr, out_stride,
-                res_ptr, res_stride, gate_ptr, gate_stride, weights[j], X_COLS[j], NS[j], KS[j], S_KS[j], S_NS[j],
+                res_ptr, res_stride, gate_ptr, gate_stride, mean, rstd, ln_w_ptr, ln_b_ptr, LN, weights[j],
+                X_COLS[j], NS[j], KS[j], S_KS[j], S_NS[j],
                 ACT_CODES[j], INV_SCALES[j], OUT_ACT_CODES[j], OUT_COLS[j], MIX_CODES[j], RESIDUAL, GATE, BLOCK_B,
                 BLOCK_N, BLOCK_K, F32_DOT,
             )  # fmt: skip
 
 
-def _check(x, weights, mixes, mix_codes, x_cols, acts, scales, out_acts, last, residual, gate):
+def _check(x, weights, mixes, mix_codes, x_cols, acts, scales, out_acts, last, residual, gate, ln_weight, ln_bias):
     n = len(weights)
     if not 1 <= n <= MAX_GROUPS or not n == len(mixes) == len(x_cols) == len(acts) == len(scales) == len(out_acts):
         raise ValueError(f"grouped_gemv takes 1 to {MAX_GROUPS} projections; got {n}")
@@ -170,6 +227,13 @@ def _check(x, weights, mixes, mix_codes, x_cols, acts, scales, out_acts, last, r
                 raise ValueError(f"a mix is a contiguous vector of the K = {K} columns it mixes, from x's first")
             if last is None or last.shape[0] != x.shape[0] or last.shape[1] < K or last.stride(1) != 1:
                 raise ValueError("a projection with a mix needs `last` (B, >= K) with unit column stride")
+    if ln_weight is not None:
+        C = x.shape[1]
+        if any(w.shape[0] != C for w in weights) or any(x_cols) or ln_bias is None:
+            raise ValueError(f"with a norm, every projection reads all of x's {C} columns, and the norm has a bias")
+        vectors = (ln_weight, ln_bias)
+        if any(v.numel() != C or not v.is_contiguous() for v in vectors):
+            raise ValueError(f"the norm's weight and bias are contiguous vectors of x's width {C}")
     total = sum(w.shape[1] for w in weights)
     for name, t in (("residual", residual), ("gate", gate)):
         if t is not None and (t.dim() != 2 or tuple(t.shape) != (x.shape[0], total) or t.device != x.device):
@@ -207,12 +271,17 @@ def _grouped_gemv_op(
     last: torch.Tensor | None,
     residual: torch.Tensor | None,
     gate: torch.Tensor | None,
+    ln_weight: torch.Tensor | None,
+    ln_bias: torch.Tensor | None,
+    ln_eps: float,
     tiling: list[int] | None,
-) -> torch.Tensor:
-    _check(x, weights, mixes, mix_codes, x_cols, acts, scales, out_acts, last, residual, gate)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    _check(x, weights, mixes, mix_codes, x_cols, acts, scales, out_acts, last, residual, gate, ln_weight, ln_bias)
     B = x.shape[0]
     ns = [w.shape[1] for w in weights]
     out = torch.empty(B, sum(ns), dtype=x.dtype, device=x.device)
+    ln = ln_weight is not None
+    h = torch.empty(B, x.shape[1] if ln else 0, dtype=torch.float32, device=x.device)
     if tiling is None:
         block_b, block_n, block_k = _blocks(B, sum(ns), max(w.shape[0] for w in weights))
         schedule = {"num_warps": 4}
@@ -229,13 +298,14 @@ def _grouped_gemv_op(
     _grouped_gemv[grid](
         x, x.stride(0), last, 0 if last is None else last.stride(0), out, out.stride(0), residual,
         0 if residual is None else residual.stride(0), gate, 0 if gate is None else gate.stride(0), B,
-        tuple(weights), tuple(mixes), tuple(starts), tuple(x_cols), tuple(ns), tuple(w.shape[0] for w in weights),
+        ln_weight, ln_bias, float(ln_eps), h, tuple(weights), tuple(mixes), ln, x.shape[1], tuple(starts),
+        tuple(x_cols), tuple(ns), tuple(w.shape[0] for w in weights),
         tuple(w.stride(0) for w in weights), tuple(w.stride(1) for w in weights), tuple(acts),
         tuple(1.0 / s for s in scales), tuple(out_acts), tuple(out_cols[:-1]), mix_codes, len(weights),
         residual is not None, gate is not None, block_b, block_n, block_k,
         _f32_dot(weights[0].dtype), **schedule,
     )  # fmt: skip
-    return out
+    return out, h
 
 
 # an opaque operator to torch.compile (the decoder compiles the step around it): one launch, no graph break
@@ -243,8 +313,10 @@ _grouped_gemv_custom = torch.library.custom_op("rwkv_lab::grouped_gemv", _groupe
 
 
 @_grouped_gemv_custom.register_fake
-def _(x, weights, mixes, mix_codes, x_cols, acts, scales, out_acts, last, residual, gate, tiling):
-    return x.new_empty(x.shape[0], sum(w.shape[1] for w in weights))
+def _(x, weights, mixes, mix_codes, x_cols, acts, scales, out_acts, last, residual, gate, ln_weight, ln_bias, ln_eps,
+      tiling):  # fmt: skip
+    h = x.new_empty(x.shape[0], x.shape[1] if ln_weight is not None else 0, dtype=torch.float32)
+    return x.new_empty(x.shape[0], sum(w.shape[1] for w in weights)), h
 
 
 def grouped_gemv(
@@ -254,12 +326,14 @@ def grouped_gemv(
     last: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
     gate: torch.Tensor | None = None,
+    norm: Norm | None = None,
     tiling: Tiling | None = None,
-) -> torch.Tensor:
+):
     """x (B, width), projections j of weights (K_j, N_j) -> (B, sum_j N_j) in x's dtype, each product at its column
     offset (see the module docstring). `last` (B, K): the token shift's previous x, for the projections with a mix;
-    `gate` (B, sum N), multiplying the output; `residual` (B, sum N), added to it. `tiling`: the launch's blocks
-    (None: the default's)."""
+    `gate` (B, sum N), multiplying the output; `residual` (B, sum N), added to it. `norm`: x LayerNorm-ed first,
+    every projection reading all of it; then returns (the output, the normalised x (B, width) fp32). `tiling`: the
+    launch's blocks (None: the default's)."""
     for p in projections:
         if p.act not in ACTS or p.out_act not in OUT_ACTS or p.mix_weighs not in MIX_WEIGHS:
             raise ValueError(
@@ -280,12 +354,18 @@ def grouped_gemv(
         if min(sizes) < 16 or any(v & (v - 1) for v in sizes) or tiling.num_warps < 1 or tiling.num_stages < 1:
             raise ValueError(f"a Tiling's blocks are powers of two >= 16, its warps and stages >= 1; got {tiling}")
         tiling = [*sizes, tiling.num_warps, tiling.num_stages]
-    return _grouped_gemv_custom(x, *flat, last, residual, gate, tiling)
+    ln = (None, None, 0.0) if norm is None else (norm.weight, norm.bias, float(norm.eps))
+    out, h = _grouped_gemv_custom(x, *flat, last, residual, gate, *ln, tiling)
+    return out if norm is None else (out, h)
 
 
-def grouped_gemv_reference(x, projections, *, last=None, residual=None, gate=None):
+def grouped_gemv_reference(x, projections, *, last=None, residual=None, gate=None, norm=None):
     """`grouped_gemv` in torch ops, in fp32 (float64 for float64 x): the reference the tests compare with."""
     cd = torch.float64 if x.dtype == torch.float64 else torch.float32
+    dtype, h = x.dtype, None
+    if norm is not None:
+        h = torch.nn.functional.layer_norm(x.to(cd), x.shape[1:], norm.weight.to(cd), norm.bias.to(cd), norm.eps)
+        x = h
     outs = []
     for p in projections:
         K = p.weight.shape[0]
@@ -298,4 +378,5 @@ def grouped_gemv_reference(x, projections, *, last=None, residual=None, gate=Non
         outs.append({None: out, "relu2": torch.relu(out).square(), "sigmoid": torch.sigmoid(out)}[p.out_act])
     out = torch.cat(outs, dim=1)
     out = out if gate is None else out * gate.to(cd)
-    return (out if residual is None else out + residual.to(cd)).to(x.dtype)
+    out = (out if residual is None else out + residual.to(cd)).to(dtype)
+    return out if norm is None else (out, h)

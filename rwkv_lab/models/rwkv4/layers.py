@@ -13,7 +13,7 @@ from ...ops.rwkv4 import compute_dtype, wkv
 from .config import RWKVConfig
 
 if triton_available():  # the one-token step's kernels (Triton is optional on a CPU machine)
-    from ...ops.gemv import Projection, grouped_gemv
+    from ...ops.gemv import Norm, Projection, grouped_gemv
     from ...ops.rwkv4.step_kernel import wkv_gate_step
 
 ATT_X, ATT_A, ATT_B, ATT_P, FFN_X = range(5)
@@ -114,16 +114,17 @@ class Block(nn.Module):
         return x, new_layer_state(att_x, wkv_state, ffn_x, state.dtype)
 
     def step_kernels(self, x: torch.Tensor, state: torch.Tensor, scale: int = 1):
-        """The block for one token in four grouped projections (ops/gemv.py), the WKV's step with its gate in one
-        kernel (ops/rwkv4/step_kernel.py) and two LayerNorms: the decode step's fast path
-        (RecurrentLMBase.uses_step_kernels), `forward` at T = 1 with the recurrent WKV its reference. x (B, C),
-        state (B, 5, C) of this layer; returns x and the new layer state in three pieces (B, 1 | 3 | 1, C), [att x],
-        [a, b, p], [ffn x], which RWKV.step joins for every layer in one cat.
+        """The block for one token in four grouped projections (ops/gemv.py) and the WKV's step with its gate in
+        one kernel (ops/rwkv4/step_kernel.py): the decode step's fast path (RecurrentLMBase.uses_step_kernels),
+        `forward` at T = 1 with the recurrent WKV its reference. x (B, C), state (B, 5, C) of this layer; returns x
+        and the new layer state in three fp32 pieces (B, 1 | 3 | 1, C), [att x], [a, b, p], [ffn x], which
+        RWKV.step joins for every layer in one cat.
 
-        1. k, v, r in one launch, their token-shift mixes in the prologue;
+        1. the LayerNorm, then k, v, r in one launch, their token-shift mixes in the prologue;
         2. the WKV step and the sigmoid(r) gate;
         3. the output projection adding the residual;
-        4. the channel mix's key and receptance in one launch, relu^2 and sigmoid in the epilogue;
+        4. the LayerNorm, then the channel mix's key and receptance in one launch, relu^2 and sigmoid in the
+           epilogue;
         5. its value projection, gated by r and added to the residual in the epilogue: x + r * (k @ W_v)."""
         if self.ln0 is not None:
             x = self.ln0(x)
@@ -132,18 +133,22 @@ class Block(nn.Module):
         def mixed(linear, mu, **kw):
             return Projection(linear.weight.t(), mix=mu, mix_weighs="x", **kw)
 
-        h = self.ln1(x)
         projections = [mixed(att.key, att.time_mix_k), mixed(att.value, att.time_mix_v)]
-        kvr = grouped_gemv(h, projections + [mixed(att.receptance, att.time_mix_r)], last=state[:, ATT_X])
+        projections.append(mixed(att.receptance, att.time_mix_r))
+        kvr, h = grouped_gemv(x, projections, last=state[:, ATT_X], norm=_norm(self.ln1))  # (B, 3C), (B, C)
         gated, abp = wkv_gate_step(kvr, state, att.time_first, att.time_decay)  # (B, C), (B, 3, C)
         x = grouped_gemv(gated, [Projection(att.output.weight.t(), scale=scale)], residual=x)
-        h2 = self.ln2(x)
         projections = [mixed(ffn.key, ffn.time_mix_k, out_act="relu2")]
         projections.append(mixed(ffn.receptance, ffn.time_mix_r, out_act="sigmoid"))
-        kr = grouped_gemv(h2, projections, last=state[:, FFN_X])  # (B, F + C): relu(k)^2, sigmoid(r)
+        kr, h2 = grouped_gemv(x, projections, last=state[:, FFN_X], norm=_norm(self.ln2))  # relu(k)^2, sigmoid(r)
         F = ffn.key.weight.shape[0]
         x = grouped_gemv(kr, [Projection(ffn.value.weight.t(), scale=scale)], gate=kr[:, F:], residual=x)
         return x, [h[:, None], abp, h2[:, None]]
+
+
+def _norm(ln: nn.LayerNorm) -> Norm:
+    """A LayerNorm module as the grouped projections' prologue takes it (ops/gemv.py's Norm)."""
+    return Norm(ln.weight, ln.bias, ln.eps)
 
 
 def new_layer_state(att_x, wkv_state, ffn_x, dtype) -> torch.Tensor:

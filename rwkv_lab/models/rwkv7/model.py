@@ -31,7 +31,7 @@ from .config import RWKV7Config
 from .fast_path import fused_block_forward
 
 if triton_available():  # the one-token step's kernels (Triton is optional on a CPU machine)
-    from ...ops.gemv import Projection, grouped_gemv
+    from ...ops.gemv import Norm, Projection, grouped_gemv
     from ...ops.rwkv7.step_kernel import time_mix_step
 
 # log w = -e^{-1/2} sigmoid(z): every decay lies in (exp(-e^{-1/2}), 1) ~ (0.545, 1). (The package writes the
@@ -468,24 +468,24 @@ def _blocks_one(
 
 
 def _block_one_kernels(x: Tensor, v_first: Tensor | None, last: Tensor, S: Tensor, p: list[Tensor], ln_eps: float):
-    """`_block_one` in six Triton launches and two LayerNorms (the decode step's fast path on CUDA): x and v_first
-    (B, C), last (B, 2, C), S (B, H, N, N) fp32, p the block's `step_tensors()`. Returns what `_block_one` does.
+    """`_block_one` in six Triton launches (the decode step's fast path on CUDA): x and v_first (B, C), last (B, 2,
+    C), S (B, H, N, N) fp32, p the block's `step_tensors()`. Returns what `_block_one` does, the token shifts in fp32.
 
-    1. ops/gemv.py: every projection of the time mix's input, r, k, v and the four LoRAs' first matrices, in one
-       launch, each with its token-shift mix in the prologue;
+    1. ops/gemv.py: the LayerNorm, then every projection of the time mix's input, r, k, v and the four LoRAs' first
+       matrices, in one launch, each with its token-shift mix in the prologue;
     2. the LoRAs' second matrices in one, their activations (tanh, sigmoid) in the prologue;
     3. ops/rwkv7/step_kernel.py: everything between those and the output projection, one program per head;
-    4. the output projection, adding the residual; 5-6. the channel mix's two matrices, its mix in the first's
-       prologue and relu^2 in its epilogue, the residual in the second's.
+    4. the output projection, adding the residual; 5-6. the channel mix's two matrices, its LayerNorm and mix in
+       the first's prologue and relu^2 in its epilogue, the residual in the second's.
     The layer's own v (the first layer's becomes v_first) is a view of launch 1's output."""
     ln1_w, ln1_b, ln2_w, ln2_b, x_r, x_w, x_k, x_v, x_a, x_g, w0, w1, w2, a0, a1, a2, v0, v1, v2, g1, g2 = p[:21]
     k_k, k_a, r_k, W_r, W_k, W_v, W_o, ln_x_w, ln_x_b, ffn_x_k, ffn_W_k, ffn_W_v = p[21:]
     C = x.shape[1]
     residual = v_first is not None  # the value residual: every layer but the first
-    h = F.layer_norm(x, [C], ln1_w, ln1_b, ln_eps)
     first = [(W_r.t(), x_r), (W_k.t(), x_k), (W_v.t(), x_v), (w1, x_w), (a1, x_a)]
     first += [(v1, x_v)] * residual + [(g1, x_g)]
-    proj = grouped_gemv(h, [Projection(w, mix=m) for w, m in first], last=last[:, 0])  # (B, 3C + LoRA widths)
+    projections = [Projection(w, mix=m) for w, m in first]
+    proj, h = grouped_gemv(x, projections, last=last[:, 0], norm=Norm(ln1_w, ln1_b, ln_eps))  # (B, 3C + LoRAs)
     col = 3 * C
     second = []
     for weight, act in [(w2, "tanh"), (a2, None)] + [(v2, None)] * residual + [(g2, "sigmoid")]:
@@ -494,8 +494,8 @@ def _block_one_kernels(x: Tensor, v_first: Tensor | None, last: Tensor, S: Tenso
     lora = grouped_gemv(proj, second)  # (B, 3C or 4C): z_w, z_a, [z_v], g
     y, S = time_mix_step(proj, lora, S, w0, a0, v0, k_k, k_a, r_k, ln_x_w, ln_x_b, v_first, DECAY_SCALE, LN_X_EPS)
     x = grouped_gemv(y, [Projection(W_o.t())], residual=x)
-    h2 = F.layer_norm(x, [C], ln2_w, ln2_b, ln_eps)
-    hidden = grouped_gemv(h2, [Projection(ffn_W_k.t(), mix=ffn_x_k, out_act="relu2")], last=last[:, 1])
+    key = Projection(ffn_W_k.t(), mix=ffn_x_k, out_act="relu2")
+    hidden, h2 = grouped_gemv(x, [key], last=last[:, 1], norm=Norm(ln2_w, ln2_b, ln_eps))
     x = grouped_gemv(hidden, [Projection(ffn_W_v.t())], residual=x)
     return x, proj[:, 2 * C : 3 * C], h, h2, S
 
