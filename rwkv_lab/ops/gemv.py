@@ -251,11 +251,21 @@ def _blocks(B: int, n_total: int, K: int) -> tuple[int, int, int]:
     """(BLOCK_B, BLOCK_N, BLOCK_K): tl.dot needs 16 at least in each. Batch rows in one block: 16 up to a batch of 16,
     else 64 (the weights streamed once up to 64 rows, twice up to 128). Two sizes only: each is its own compiled
     kernel, and a block size per batch bucket made a decoder's new bucket (33 sequences after 32) wait ~10 s for
-    Triton to compile the step's kernels again (H100, results/inference/generation_rwkv7.csv). Narrower column
-    blocks where there are few columns, so that the programs cover the GPU's multiprocessors."""
+    Triton to compile the step's kernels again (H100, results/inference/generation_rwkv7.csv).
+
+    Columns: at a batch block of 16, 32 columns and K blocks of 128 from 3,072 columns on, else 16 and 256 (so that
+    few columns still make programs for every multiprocessor). Each launch of RWKV-7's step at 168M and 1.47B was
+    timed at six tilings (H100, B = 1, benchmarks/bench_gemv.py -> results/inference/gemv_tiling.csv): 32 x 128 was
+    fastest or within 0.1 us at every launch of 3,072 columns or more (1.47B: r/k/v + LoRAs 26.2 -> 20.0 us, the
+    LoRAs' second 7.1 -> 4.6, the channel mix's key 24.8 -> 19.6), 16 x 256 at every launch of 2,048 or fewer (the
+    1.47B value projection: 20.1 us, 29.1 at 32 x 128). Larger batch blocks keep 16 columns up to 8,192 (not
+    timed at other tilings)."""
     block_b = 16 if B <= 16 else 64
-    block_n = 16 if n_total <= 8192 else 32
-    block_k = min(256, max(16, triton.next_power_of_2(K)))
+    if block_b == 16:
+        block_n, most_k = (32, 128) if n_total >= 3072 else (16, 256)
+    else:
+        block_n, most_k = (16 if n_total <= 8192 else 32), 256
+    block_k = min(most_k, max(16, triton.next_power_of_2(K)))
     return block_b, block_n, block_k
 
 
