@@ -20,41 +20,28 @@ import sys
 assert os.environ.get("TRITON_INTERPRET") != "1", "run without Triton's interpreter: this compiles for the GPU"
 
 import torch  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime import driver  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
-TARGET = GPUTarget("cuda", 90, 32)  # an H100's: compute capability 9.0, warps of 32
-COMPILED: collections.Counter = collections.Counter()
-
-
-class HopperWithoutDevice:
-    """The driver calls a launch makes before it compiles: device 0, stream 0, an sm_90 target."""
-
-    def get_current_device(self):
-        return 0
-
-    def get_current_stream(self, device=None):
-        return 0
-
-    def get_current_target(self):
-        return TARGET
-
-    def is_active(self):
-        return True
+LAUNCHED: list = []  # what each launch compiled or found (under compiling_in_parallel, a future of it)
 
 
 def compile_only(run):
     def warm_up(self, *args, grid, warmup, **kwargs):
         kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
-        COMPILED[kernel.metadata.name] += 1
+        LAUNCHED.append(kernel)
         return kernel
 
     return warm_up
 
 
+def cached_kernels(*jits) -> int:
+    """How many compiled specialisations the kernels hold (device 0's cache)."""
+    return sum(len(jit.device_caches[0][0]) for jit in jits)
+
+
 def main() -> None:
-    from rwkv_lab.triton_launch import CachedLauncher
+    from rwkv_lab.triton_launch import CachedLauncher, HopperWithoutDevice
 
     driver.set_active(HopperWithoutDevice())
     JITFunction.run = compile_only(JITFunction.run)
@@ -85,7 +72,23 @@ def main() -> None:
         r, log_w, k, v, a, b = (torch.randn(1, 40, 2, 64, dtype=torch.float16) for _ in range(6))
         for backend in ("triton_chunked", "triton"):
             wkv7(r, -log_w.abs() * 0.1, k, v, a, b, torch.zeros(1, 2, 64, 64), backend=backend, check=False)
-    for kernel, count in sorted(COMPILED.items()):
+        # a step's kernels compiled side by side (what the decoder does before its first step), then the step
+        # itself finds every one of them compiled
+        from rwkv_lab.ops.gemv import _grouped_gemv
+        from rwkv_lab.ops.rwkv7.step_kernel import _time_mix_step
+        from rwkv_lab.triton_launch import compiling_in_parallel
+
+        model = architecture("rwkv7").build(architecture("rwkv7").get_config("byte-2x256")).half().eval()
+        model.configure(step_kernels=True)
+        state, before = model.init_state(2), cached_kernels(_grouped_gemv, _time_mix_step)
+        with compiling_in_parallel(2):
+            model.step(torch.tensor([1, 2]), state, check=False)
+        compiled = cached_kernels(_grouped_gemv, _time_mix_step)
+        model.step(torch.tensor([1, 2]), state, check=False)
+        assert compiled > before and cached_kernels(_grouped_gemv, _time_mix_step) == compiled
+        print(f"compiled in parallel: {compiled - before} kernels; the step then found every one compiled")
+    counts = collections.Counter(kernel.metadata.name for kernel in LAUNCHED)
+    for kernel, count in sorted(counts.items()):
         print(f"compiled for sm_90: {kernel} ({count} launches)")
 
 

@@ -1,7 +1,9 @@
 """The Triton kernels compile for an H100 (sm_90) on this machine without a GPU (tests/compile_for_hopper.py, in a
 process of its own with the interpreter off and a fresh Triton cache): the paths that launch them on a GPU (each
 generation's decode step kernels in fp16, fp32 and bf16, the grouped projections' other tilings, RWKV-7's prefill
-operators) reach Triton's NVIDIA code generator and ptxas, which the CPU tests, interpreted, never do."""
+operators) reach Triton's NVIDIA code generator and ptxas, which the CPU tests, interpreted, never do; and a step's
+kernels compiled side by side (triton_launch.compiling_in_parallel, as the decoder's first step) are the ones the
+step then launches."""
 
 import os
 import subprocess
@@ -22,3 +24,4 @@ def test_the_kernels_compile_for_an_h100(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     compiled = {line.split()[3] for line in done.stdout.splitlines() if line.startswith("compiled for sm_90:")}
     assert compiled == set(KERNELS), f"compiled {sorted(compiled)}; expected {sorted(KERNELS)}"
+    assert "the step then found every one compiled" in done.stdout  # triton_launch.compiling_in_parallel

@@ -77,10 +77,14 @@ def default_compile_level(model):
     sampler."""
     if not _compile_available(model.device):
         return False
+    return "sample" if _uses_step_kernels(model) else "step+sample"
+
+
+def _uses_step_kernels(model) -> bool:
+    """Whether the model's step, run without autograd as the decoder runs it, takes its Triton step kernels."""
     with torch.no_grad():
         probe = torch.empty(0, device=model.device)
-        kernels = bool(getattr(model, "uses_step_kernels", lambda x: False)(probe))
-    return "sample" if kernels else "step+sample"
+        return bool(getattr(model, "uses_step_kernels", lambda x: False)(probe))
 
 
 def _mark_batch_dynamic(*tensors) -> None:
@@ -160,6 +164,18 @@ class Decoder:
     def _capture(self, key, tokens, state, seeds, steps, temperature, top_p):
         t0 = time.perf_counter()
         static = [tokens.clone(), state.clone(), seeds.clone(), steps.clone()]
+        if _uses_step_kernels(self.model):
+            # the step kernels compiled side by side first (on a fresh machine most of a first call is compiling
+            # them one after another); the warm-up then finds them compiled
+            from ..triton_launch import compiling_in_parallel
+
+            try:
+                with compiling_in_parallel():
+                    _model_step(self.model, static[0], static[1])
+            except Exception as err:  # noqa: BLE001 - only time is at stake: the kernels then compile one by one
+                message = f"compiling the step kernels side by side failed ({type(err).__name__}: {str(err)[:300]})"
+                self.fallbacks.append(message)
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
