@@ -188,8 +188,9 @@ class RWKV(RecurrentLMBase):
             return logits[:, 0], state
         packed = self.checked_state(token[:, None], state, check).packed
         x, layers = self.run_blocks(self.emb(token), packed, backend=None, step_kernels=True)
-        # every layer's three pieces in one cat (the att and ffn x rows promoted to the state's dtype)
-        new_state = torch.cat([piece for pieces in layers for piece in pieces], dim=1).to(packed.dtype)
+        # every layer's three pieces in one cat: all fp32, the state's dtype (the kernels run for fp32 / bf16 / fp16
+        # models, whose state is fp32), so the cat converts nothing
+        new_state = torch.cat([piece for pieces in layers for piece in pieces], dim=1)
         return self.head(self.ln_out(x)), RWKV4State(new_state.view(packed.shape))
 
 
