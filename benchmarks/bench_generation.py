@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from rwkv_lab.analysis.equivalence import rel_error
-from rwkv_lab.inference.decoder import decoder_for, release_decoders
+from rwkv_lab.inference.decoder import decoder_for, release_decoders, runs_step_kernels
 from rwkv_lab.inference.generation import generate, prefill_prompts
 from rwkv_lab.loading.checkpoint import save_model
 from rwkv_lab.loading.tokenizer import load_tokenizer
@@ -347,8 +347,7 @@ def decoder_check(arch: str, size: str, device, tokenizer, new_tokens: int = 200
     _, state = model.prefill(tokens)
     token = tokens[:, -1]
     decoder = decoder_for(model, 4)
-    with torch.no_grad():
-        kernels = bool(getattr(model, "uses_step_kernels", lambda x: False)(state.tensors()[0]))
+    kernels = runs_step_kernels(model)
     tolerance = 1e-5 if kernels else 1e-6
     worst_logits = worst_state = 0.0
     with torch.no_grad():

@@ -77,10 +77,10 @@ def default_compile_level(model):
     sampler."""
     if not _compile_available(model.device):
         return False
-    return "sample" if _uses_step_kernels(model) else "step+sample"
+    return "sample" if runs_step_kernels(model) else "step+sample"
 
 
-def _uses_step_kernels(model) -> bool:
+def runs_step_kernels(model) -> bool:
     """Whether the model's step, run without autograd as the decoder runs it, takes its Triton step kernels."""
     with torch.no_grad():
         probe = torch.empty(0, device=model.device)
@@ -164,7 +164,7 @@ class Decoder:
     def _capture(self, key, tokens, state, seeds, steps, temperature, top_p):
         t0 = time.perf_counter()
         static = [tokens.clone(), state.clone(), seeds.clone(), steps.clone()]
-        if _uses_step_kernels(self.model):
+        if runs_step_kernels(self.model):
             # the step kernels compiled side by side first (on a fresh machine most of a first call is compiling
             # them one after another); the warm-up then finds them compiled
             from ..triton_launch import compiling_in_parallel
