@@ -27,11 +27,8 @@ from rwkv_lab.results import results_dir, write_table
 CHILD = """
 import json, sys, time, torch
 from triton.runtime import driver
-from triton.runtime.jit import JITFunction
-from rwkv_lab.triton_launch import HopperWithoutDevice, compiling_in_parallel
+from rwkv_lab.triton_launch import HopperWithoutDevice, compiling_in_parallel, launches_compile_only
 driver.set_active(HopperWithoutDevice())
-run = JITFunction.run
-JITFunction.run = lambda self, *a, grid, warmup, **k: run(self, *a, grid=grid, warmup=True, **k)
 from rwkv_lab.models import architecture
 arch_name, size, mode, workers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 arch = architecture(arch_name)
@@ -39,10 +36,7 @@ model = arch.build(arch.get_config(size)).half().eval().configure(step_kernels=T
 state = model.init_state(1)
 with torch.no_grad():
     t0 = time.perf_counter()
-    if mode == "parallel":
-        with compiling_in_parallel(workers):
-            model.step(torch.tensor([1]), state, check=False)
-    else:
+    with compiling_in_parallel(workers) if mode == "parallel" else launches_compile_only():
         model.step(torch.tensor([1]), state, check=False)
     seconds = time.perf_counter() - t0
 print(json.dumps({"seconds": seconds}))

@@ -120,22 +120,33 @@ def compiling_in_parallel(workers: int | None = None):
     With a Triton that lacks asynchronous compilation, the launches inside run as usual (compiling one by one)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from triton.runtime.jit import JITFunction
-
     try:  # Triton's asynchronous compilation, a private module of recent versions
         from triton.runtime._async_compile import AsyncCompileMode
     except ImportError:  # an older Triton: the launches run as usual
         yield
         return
+    with launches_compile_only(), ThreadPoolExecutor(workers or os.cpu_count()) as pool, AsyncCompileMode(pool):
+        yield
+
+
+@contextlib.contextmanager
+def launches_compile_only(on_launch=None):
+    """Within: every launch of a `triton.jit` kernel specialises and compiles it (or finds it compiled) and launches
+    nothing; `on_launch(kernel)` sees what each launch compiled (under compiling_in_parallel, a future of it). The
+    computation's torch ops run on whatever the unlaunched kernels left in their outputs: nothing may read them."""
+    from triton.runtime.jit import JITFunction
+
     run = JITFunction.run
 
     def compile_only(self, *args, grid, warmup, **kwargs):
-        return run(self, *args, grid=grid, warmup=True, **kwargs)
+        kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
+        if on_launch is not None:
+            on_launch(kernel)
+        return kernel
 
     JITFunction.run = compile_only
     try:
-        with ThreadPoolExecutor(workers or os.cpu_count()) as pool, AsyncCompileMode(pool):
-            yield
+        yield
     finally:
         JITFunction.run = run
 

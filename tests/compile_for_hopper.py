@@ -21,18 +21,6 @@ assert os.environ.get("TRITON_INTERPRET") != "1", "run without Triton's interpre
 
 import torch  # noqa: E402
 from triton.runtime import driver  # noqa: E402
-from triton.runtime.jit import JITFunction  # noqa: E402
-
-LAUNCHED: list = []  # what each launch compiled or found (under compiling_in_parallel, a future of it)
-
-
-def compile_only(run):
-    def warm_up(self, *args, grid, warmup, **kwargs):
-        kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
-        LAUNCHED.append(kernel)
-        return kernel
-
-    return warm_up
 
 
 def cached_kernels(*jits) -> int:
@@ -41,12 +29,19 @@ def cached_kernels(*jits) -> int:
 
 
 def main() -> None:
-    from rwkv_lab.triton_launch import CachedLauncher, HopperWithoutDevice
+    from rwkv_lab.triton_launch import CachedLauncher, HopperWithoutDevice, launches_compile_only
 
     driver.set_active(HopperWithoutDevice())
-    JITFunction.run = compile_only(JITFunction.run)
-    CachedLauncher.enabled = False  # every launch through Triton's launcher, which the patch above makes a warm-up
-    # imported after the patch, so the kernels are JIT functions compiled for the target above
+    CachedLauncher.enabled = False  # every launch through Triton's launcher, which launches_compile_only intercepts
+    launched: list = []  # what each launch compiled or found (under compiling_in_parallel, a future of it)
+    with launches_compile_only(launched.append):
+        compile_every_path()
+    counts = collections.Counter(kernel.metadata.name for kernel in launched)
+    for kernel, count in sorted(counts.items()):
+        print(f"compiled for sm_90: {kernel} ({count} launches)")
+
+
+def compile_every_path() -> None:
     from rwkv_lab.models import architecture
     from rwkv_lab.ops.gemv import Projection, Tiling, grouped_gemv
     from rwkv_lab.ops.rwkv7 import wkv7
@@ -87,9 +82,6 @@ def main() -> None:
         model.step(torch.tensor([1, 2]), state, check=False)
         assert compiled > before and cached_kernels(_grouped_gemv, _time_mix_step) == compiled
         print(f"compiled in parallel: {compiled - before} kernels; the step then found every one compiled")
-    counts = collections.Counter(kernel.metadata.name for kernel in LAUNCHED)
-    for kernel, count in sorted(counts.items()):
-        print(f"compiled for sm_90: {kernel} ({count} launches)")
 
 
 if __name__ == "__main__":
