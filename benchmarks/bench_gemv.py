@@ -30,14 +30,19 @@ from rwkv_lab.ops.gemv import Projection, Tiling, grouped_gemv
 from rwkv_lab.results import results_dir, write_table
 
 L2_BYTES = 60 << 20  # more than an H100's (50 MiB) or H200's L2; the copies of the weights exceed 4x this
-TILINGS = "16x16x256w4s3,16x32x128w4s3,16x16x128w4s4,16x64x64w8s3,16x16x512w4s2,16x32x256w8s3"
+TILINGS = ",".join(
+    ["16x16x256w4s3", "16x32x128w4s3", "16x16x128w4s4", "16x64x64w8s3", "16x16x512w4s2", "16x32x256w8s3"]
+    + ["16x16x256w4s3k2", "16x16x256w4s3k4", "16x32x128w4s3k2", "16x32x128w4s3k4", "16x16x128w4s4k4"]  # split K
+)
 
 
 def parse_tiling(text: str) -> Tiling:
-    """'16x32x128w4s3' -> Tiling(block_b=16, block_n=32, block_k=128, num_warps=4, num_stages=3)."""
+    """'16x32x128w4s3' -> Tiling(block_b=16, block_n=32, block_k=128, num_warps=4, num_stages=3); a suffix 'k4'
+    splits K four ways (split_k=4)."""
     blocks, rest = text.split("w")
     warps, stages = rest.split("s")
-    return Tiling(*map(int, blocks.split("x")), num_warps=int(warps), num_stages=int(stages))
+    stages, _, split_k = stages.partition("k")
+    return Tiling(*map(int, blocks.split("x")), int(warps), int(stages), int(split_k or 1))
 
 
 def rwkv7_launches(config, B: int, device) -> dict:
@@ -108,7 +113,7 @@ def main() -> None:
     parser.add_argument("--arch", default="rwkv7", choices=("rwkv7", "rwkv4"))
     parser.add_argument("--sizes", default=None, help="the arch's presets (default: RWKV-7 168M and 1.47B)")
     parser.add_argument("--batches", default="1")
-    parser.add_argument("--tilings", default=TILINGS, help="BxNxKwWsS, comma-separated (see parse_tiling)")
+    parser.add_argument("--tilings", default=TILINGS, help="BxNxKwWsS[kS], comma-separated (see parse_tiling)")
     parser.add_argument("--calls", type=int, default=48, help="launches per timed graph")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tag", default="")

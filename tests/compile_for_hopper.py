@@ -59,9 +59,10 @@ def compile_every_path() -> None:
                 state = model.init_state(3)
                 model.step(torch.tensor([1, 2, 3]), state, check=False)
                 print(f"{name} {dtype} step: compiled", flush=True)
-        # the grouped projections at the other tilings bench_gemv times
+        # the grouped projections at the other tilings bench_gemv times, split K's atomics and barrier among them
+        SPLIT = Tiling(16, 16, 256, split_k=4)
         x, W = torch.randn(2, 256, dtype=torch.float16), torch.randn(256, 512, dtype=torch.float16)
-        for tiling in (Tiling(16, 64, 64, num_warps=8, num_stages=2), Tiling(16, 32, 256, num_warps=8)):
+        for tiling in (Tiling(16, 64, 64, num_warps=8, num_stages=2), Tiling(16, 32, 256, num_warps=8), SPLIT):
             grouped_gemv(x, [Projection(W)], tiling=tiling)
         # RWKV-7's prefill operators, forward: the chunked kernels ('auto' with grad mode off) and the per-token one
         r, log_w, k, v, a, b = (torch.randn(1, 40, 2, 64, dtype=torch.float16) for _ in range(6))

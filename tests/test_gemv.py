@@ -84,6 +84,34 @@ def test_long_rows_and_wide_outputs_take_several_blocks(dtype):
     assert_rel_close(f"N = 8200, {dtype}", out, grouped_gemv_reference(x[:1, :16], wide), tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_split_k_matches_the_reference_with_every_epilogue(dtype):
+    """Split K: several programs per output tile, the last to arrive adding their partials and finishing the tile.
+    Every epilogue (relu^2 and sigmoid, which need the whole sum before them; the gate and the residual) and the
+    LayerNorm prologue, K = 200 (four blocks of 64) over 2 and 3 splits (of two blocks each: the last partly, then
+    wholly past K), B = 18
+    over two batch blocks of 16; bit-identical on a second call (the partials added in split order), and the tile
+    counters back at zero after each launch (a CUDA graph replays the launch on them)."""
+    from rwkv_lab.ops import gemv
+
+    tol = TOL["float32 step"] if dtype == torch.float32 else TOL["bfloat16"]
+    x, last = draw(18, 200, dtype=dtype, seed=21), draw(18, 200, dtype=dtype, seed=22)
+    mix = torch.rand(200, generator=torch.Generator().manual_seed(23)).to(dtype)
+    W = draw(200, 40, dtype=dtype, seed=24, scale=0.05)
+    projections = [Projection(W, mix=mix, out_act="relu2"), Projection(W[:, :17], out_act="sigmoid"), Projection(W)]
+    kw = {"last": last, "gate": draw(18, 97, dtype=dtype, seed=25), "residual": draw(18, 97, dtype=dtype, seed=26)}
+    norm = Norm(draw(200, dtype=dtype, seed=27), draw(200, dtype=dtype, seed=28), 1e-5)
+    ref, ref_h = grouped_gemv_reference(x, projections, norm=norm, **kw)
+    for split_k in (2, 3):
+        tiling = Tiling(16, 16, 64, num_warps=4, num_stages=2, split_k=split_k)
+        out, h = grouped_gemv(x, projections, norm=norm, tiling=tiling, **kw)
+        assert_rel_close(f"split K {split_k}, every epilogue, {dtype}", out, ref, tol)
+        assert_rel_close(f"split K {split_k}, the normalised x, {dtype}", h, ref_h, TOL["float32 step"])
+        again, _ = grouped_gemv(x, projections, norm=norm, tiling=tiling, **kw)
+        assert torch.equal(out, again), f"split K {split_k}: a second call differs"
+        assert not gemv._COUNTERS[x.device].any(), f"split K {split_k}: tile counters left non-zero"
+
+
 def test_grouped_projections_refuse_bad_input_clearly():
     x, W = torch.randn(2, 8), torch.randn(8, 8)
     cases = [
@@ -91,6 +119,7 @@ def test_grouped_projections_refuse_bad_input_clearly():
         (lambda: grouped_gemv(x, [Projection(W)], residual=torch.zeros(2, 4)), "residual must be (B, 8)"),
         (lambda: grouped_gemv(x, [Projection(W)], gate=torch.zeros(3, 8)), "gate must be (B, 8)"),
         (lambda: grouped_gemv(x, [Projection(W)], tiling=Tiling(16, 24, 64)), "powers of two >= 16"),
+        (lambda: grouped_gemv(x, [Projection(W)], tiling=Tiling(16, 16, 64, split_k=0)), "split_k >= 1"),
         (lambda: grouped_gemv(x, [Projection(W[:4])], norm=Norm(W[0], W[1], 1e-5)), "reads all of x's 8"),
         (lambda: grouped_gemv(x, [Projection(W, out_act="gelu")]), "out_act one of"),
         (lambda: grouped_gemv(x, [Projection(W, mix_weighs="both")]), "mix_weighs one of"),
@@ -129,6 +158,7 @@ def test_the_benchmarks_launches_are_the_models_and_match_the_reference(arch):
 
     module = script("bench_gemv")
     assert module.parse_tiling("16x32x128w4s3") == Tiling(16, 32, 128, num_warps=4, num_stages=3)
+    assert module.parse_tiling("16x16x256w4s3k4") == Tiling(16, 16, 256, num_warps=4, num_stages=3, split_k=4)
     config = architecture(arch).get_config("byte-2x64")
     launches = getattr(module, f"{arch}_launches")(config, 2, "cpu")
     assert len(launches) == (5 if arch == "rwkv7" else 4)

@@ -25,6 +25,13 @@ Per projection j (a `Projection`), with x_j = x[:, x_col : x_col + K]:
                out[:, out_col : out_col + N], the projections side by side
 in fp32 (fp32 products exact, not tf32), stored in out's dtype. `grouped_gemv_reference` is the same in torch ops:
 the tests compare the two (CPU tensors under TRITON_INTERPRET=1).
+
+Split K (`Tiling.split_k` > 1): a launch of few output columns and a long reduction (RWKV-7 1.47B's channel-mix
+value: 2,048 columns of K = 8,192, 128 programs of 16 columns for 132 multiprocessors) leaves the memory system
+idle between too few streams. Then split_k programs share each output tile, each reducing its own run of K blocks;
+each stores its fp32 partial sum, and the tile's last program to arrive (an atomic counter per tile) adds the
+partials in split order, so the result does not depend on the order of arrival, and applies the epilogue: still
+one launch, any epilogue.
 """
 
 from __future__ import annotations
@@ -72,13 +79,15 @@ class Norm:
 class Tiling:
     """A launch's blocks and schedule, where the default's (`_blocks`, 4 warps, Triton's stages) is not wanted:
     BLOCK_B batch rows, BLOCK_N output columns and BLOCK_K of the reduction per step (each >= 16, powers of two),
-    warps and software-pipelining stages. benchmarks/bench_gemv.py compares them at the models' shapes."""
+    warps and software-pipelining stages, and `split_k` programs sharing each output tile's reduction (see
+    "Split K" in the module docstring). benchmarks/bench_gemv.py compares them at the models' shapes."""
 
     block_b: int
     block_n: int
     block_k: int
     num_warps: int = 4
     num_stages: int = 3
+    split_k: int = 1
 
 
 @triton.jit
@@ -97,11 +106,15 @@ def _tile(
     INV_SCALE: tl.constexpr, OUT_ACT: tl.constexpr, OUT_COL: tl.constexpr,
     MIX: tl.constexpr, RESIDUAL: tl.constexpr, GATE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, F32_DOT: tl.constexpr,
+    tile, split, ws_ptr, counters_ptr, N_TOTAL: tl.constexpr, SPLIT_K: tl.constexpr,
 ):  # fmt: skip
     cols = block * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) output columns of this projection
     in_b, in_n = rows < B, cols < N
     acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    # this program's share of the reduction: whole K blocks, the same count for every split
+    K_SPLIT: tl.constexpr = (((K + SPLIT_K - 1) // SPLIT_K + BLOCK_K - 1) // BLOCK_K) * BLOCK_K
+    k_lo = split * K_SPLIT if SPLIT_K > 1 else 0  # without splits, a loop of constant bounds as before
+    for k0 in range(k_lo, k_lo + K_SPLIT, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         in_k = ks < K
         x_mask = in_b[:, None] & in_k[None, :]
@@ -128,6 +141,27 @@ def _tile(
         else:  # half-precision weights: the product in their dtype on the tensor cores, accumulated in fp32
             acc = tl.dot(x.to(w.dtype), w, acc)
     out_mask = in_b[:, None] & in_n[None, :]
+    if SPLIT_K == 1:
+        _epilogue(acc, rows, cols, out_mask, out_ptr, out_stride, res_ptr, res_stride, gate_ptr, gate_stride,
+                  OUT_ACT, OUT_COL, RESIDUAL, GATE)  # fmt: skip
+    else:  # leave the partial sum; the tile's last program to arrive adds them up and finishes the tile
+        partials = ws_ptr + rows[:, None] * N_TOTAL + OUT_COL + cols[None, :]  # split s's at + s * B * N_TOTAL
+        tl.store(partials + split * B * N_TOTAL, acc, mask=out_mask)
+        tl.debug_barrier()  # every thread's partial stored before the release below publishes them
+        if tl.atomic_add(counters_ptr + tile, 1, sem="acq_rel") == SPLIT_K - 1:
+            total = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+            for s in tl.static_range(SPLIT_K):  # in split order, whatever the arrival order: deterministic
+                total += tl.load(partials + s * B * N_TOTAL, mask=out_mask, other=0.0, cache_modifier=".cg")
+            _epilogue(total, rows, cols, out_mask, out_ptr, out_stride, res_ptr, res_stride, gate_ptr, gate_stride,
+                      OUT_ACT, OUT_COL, RESIDUAL, GATE)  # fmt: skip
+            tl.atomic_xchg(counters_ptr + tile, 0)  # zero again for the next launch (a CUDA graph's replay)
+
+
+@triton.jit
+def _epilogue(
+    acc, rows, cols, out_mask, out_ptr, out_stride, res_ptr, res_stride, gate_ptr, gate_stride, OUT_ACT: tl.constexpr,
+    OUT_COL: tl.constexpr, RESIDUAL: tl.constexpr, GATE: tl.constexpr,
+):  # fmt: skip
     if OUT_ACT == 1:
         acc = tl.maximum(acc, 0.0)
         acc = acc * acc
@@ -178,16 +212,20 @@ def _grouped_gemv(
     S_NS: tl.constexpr, ACT_CODES: tl.constexpr, INV_SCALES: tl.constexpr, OUT_ACT_CODES: tl.constexpr,
     OUT_COLS: tl.constexpr, MIX_CODES: tl.constexpr, G: tl.constexpr, RESIDUAL: tl.constexpr, GATE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, F32_DOT: tl.constexpr,
+    ws_ptr, counters_ptr, N_TOTAL: tl.constexpr, SPLIT_K: tl.constexpr,
 ):  # fmt: skip
-    # grid (column blocks of every projection, batch blocks); STARTS[j] the first column block of projection j
+    # grid (column blocks of every projection, batch blocks, splits of K); STARTS[j] the first column block of
+    # projection j
     pid = tl.program_id(0)
+    tile = pid * tl.num_programs(1) + tl.program_id(1)  # the output tile, whose splits share a counter
+    split = tl.program_id(2)
     rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     mean = tl.zeros((BLOCK_B,), dtype=tl.float32)
     rstd = tl.zeros((BLOCK_B,), dtype=tl.float32)
     if LN:
         in_b = rows < B
         mean, rstd = _row_stats(x_ptr, x_stride, rows, in_b, LN_K, ln_eps, BLOCK_B, BLOCK_K)
-        if pid == 0:  # the first column block stores the normalised rows: h (B, LN_K) fp32
+        if (pid == 0) & (split == 0):  # the first column block stores the normalised rows: h (B, LN_K) fp32
             for k0 in range(0, LN_K, BLOCK_K):
                 ks = k0 + tl.arange(0, BLOCK_K)
                 in_k = ks < LN_K
@@ -202,7 +240,7 @@ def _grouped_gemv(
                 res_ptr, res_stride, gate_ptr, gate_stride, mean, rstd, ln_w_ptr, ln_b_ptr, LN, weights[j],
                 X_COLS[j], NS[j], KS[j], S_KS[j], S_NS[j],
                 ACT_CODES[j], INV_SCALES[j], OUT_ACT_CODES[j], OUT_COLS[j], MIX_CODES[j], RESIDUAL, GATE, BLOCK_B,
-                BLOCK_N, BLOCK_K, F32_DOT,
+                BLOCK_N, BLOCK_K, F32_DOT, tile, split, ws_ptr, counters_ptr, N_TOTAL, SPLIT_K,
             )  # fmt: skip
 
 
@@ -294,17 +332,21 @@ def _grouped_gemv_op(
     h = torch.empty(B, x.shape[1] if ln else 0, dtype=torch.float32, device=x.device)
     if tiling is None:
         block_b, block_n, block_k = _blocks(B, sum(ns), max(w.shape[0] for w in weights))
-        schedule = {"num_warps": 4}
+        schedule, split_k = {"num_warps": 4}, 1
     else:
-        block_b, block_n, block_k, num_warps, num_stages = tiling
+        block_b, block_n, block_k, num_warps, num_stages, split_k = tiling
         schedule = {"num_warps": num_warps, "num_stages": num_stages}
     starts, out_cols = [0], [0]
     for n in ns:
         starts.append(starts[-1] + triton.cdiv(n, block_n))
         out_cols.append(out_cols[-1] + n)
     residual, gate = (t if t is None or t.stride(1) == 1 else t.contiguous() for t in (residual, gate))
-    grid = (starts[-1], triton.cdiv(B, block_b))
+    grid = (starts[-1], triton.cdiv(B, block_b), split_k)
     mix_codes = tuple(code if m is not None else 0 for m, code in zip(mixes, mix_codes))
+    ws = counters = None
+    if split_k > 1:
+        ws = torch.empty(split_k, B, sum(ns), dtype=torch.float32, device=x.device)  # the partial sums
+        counters = _tile_counters(x.device, grid[0] * grid[1])
     _grouped_gemv[grid](
         x, x.stride(0), last, 0 if last is None else last.stride(0), out, out.stride(0), residual,
         0 if residual is None else residual.stride(0), gate, 0 if gate is None else gate.stride(0), B,
@@ -313,9 +355,28 @@ def _grouped_gemv_op(
         tuple(w.stride(0) for w in weights), tuple(w.stride(1) for w in weights), tuple(acts),
         tuple(1.0 / s for s in scales), tuple(out_acts), tuple(out_cols[:-1]), mix_codes, len(weights),
         residual is not None, gate is not None, block_b, block_n, block_k,
-        _f32_dot(weights[0].dtype), **schedule,
+        _f32_dot(weights[0].dtype), ws, counters, sum(ns), split_k, **schedule,
     )  # fmt: skip
     return out, h
+
+
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def _tile_counters(device: torch.device, tiles: int) -> torch.Tensor:
+    """A split-K launch's arrival counters, one per output tile, zero between launches (each tile's last program
+    zeroes its own): kept per device, allocated on the first split-K call, so that a CUDA graph captures no memset.
+    Launches on one device share them, so split-K launches must not run on two streams at once."""
+    counters = _COUNTERS.get(device)
+    if counters is None or counters.numel() < tiles:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                f"a split-K grouped_gemv of {tiles} output tiles ran first inside a CUDA graph capture; run it once "
+                "before capturing (the decoder's warm-up does), so its counters are not allocated in the graph's pool"
+            )
+        counters = torch.zeros(max(tiles, 4096), dtype=torch.int32, device=device)
+        _COUNTERS[device] = counters
+    return counters
 
 
 # an opaque operator to torch.compile (the decoder compiles the step around it): one launch, no graph break
@@ -361,9 +422,12 @@ def grouped_gemv(
     )
     if tiling is not None:
         sizes = (tiling.block_b, tiling.block_n, tiling.block_k)
-        if min(sizes) < 16 or any(v & (v - 1) for v in sizes) or tiling.num_warps < 1 or tiling.num_stages < 1:
-            raise ValueError(f"a Tiling's blocks are powers of two >= 16, its warps and stages >= 1; got {tiling}")
-        tiling = [*sizes, tiling.num_warps, tiling.num_stages]
+        counts = (tiling.num_warps, tiling.num_stages, tiling.split_k)
+        if min(sizes) < 16 or any(v & (v - 1) for v in sizes) or min(counts) < 1:
+            raise ValueError(
+                f"a Tiling's blocks are powers of two >= 16, its warps, stages and split_k >= 1; got {tiling}"
+            )
+        tiling = [*sizes, *counts]
     ln = (None, None, 0.0) if norm is None else (norm.weight, norm.bias, float(norm.eps))
     out, h = _grouped_gemv_custom(x, *flat, last, residual, gate, *ln, tiling)
     return out if norm is None else (out, h)
