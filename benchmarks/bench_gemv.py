@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from rwkv_lab.measure.timing import copy_bandwidth, graphed_seconds
 from rwkv_lab.models import ARCHITECTURES
-from rwkv_lab.ops.gemv import Projection, Tiling, grouped_gemv
+from rwkv_lab.ops.gemv import Norm, Projection, Tiling, grouped_gemv
 from rwkv_lab.results import results_dir, write_table
 
 L2_BYTES = 60 << 20  # more than an H100's (50 MiB) or H200's L2; the copies of the weights exceed 4x this
@@ -56,13 +56,16 @@ def rwkv7_launches(config, B: int, device) -> dict:
     for d, act in zip(loras, ("tanh", None, None, "sigmoid")):
         second.append(Projection(h(d, C), x_col=col, act=act))
         col += d
+    norm = lambda: Norm(h(C), h(C), 1e-5)  # noqa: E731 - the block's LayerNorm, in the launch's prologue
     return {
-        "r,k,v + LoRA first": (h(B, C), first, {"last": h(B, C)}),
+        "r,k,v + LoRA first": (h(B, C), first, {"last": h(B, C), "norm": norm()}),
         "LoRA second": (h(B, 3 * C + sum(loras)), second, {}),
         "output + residual": (h(B, C), [Projection(h(C, C).t())], {"residual": h(B, C)}),
-        "ffn key (relu^2)": (h(B, C), [Projection(h(F_, C).t(), mix=mix(), out_act="relu2")], {"last": h(B, C)}),
+        "ffn key (relu^2)": (
+            h(B, C), [Projection(h(F_, C).t(), mix=mix(), out_act="relu2")], {"last": h(B, C), "norm": norm()}
+        ),
         "ffn value + residual": (h(B, F_), [Projection(h(C, F_).t())], {"residual": h(B, C)}),
-    }
+    }  # fmt: skip
 
 
 def rwkv4_launches(config, B: int, device) -> dict:
@@ -72,16 +75,29 @@ def rwkv4_launches(config, B: int, device) -> dict:
     mixed = lambda n, k, **kw: Projection(  # noqa: E731
         h(n, k).t(), mix=torch.rand(k, device=device, dtype=torch.float16), mix_weighs="x", **kw
     )
+    norm = lambda: Norm(h(C), h(C), 1e-5)  # noqa: E731 - the block's LayerNorm, in the launch's prologue
     return {
-        "k,v,r": (h(B, C), [mixed(C, C) for _ in range(3)], {"last": h(B, C)}),
+        "k,v,r": (h(B, C), [mixed(C, C) for _ in range(3)], {"last": h(B, C), "norm": norm()}),
         "output + residual": (h(B, C), [Projection(h(C, C).t())], {"residual": h(B, C)}),
         "ffn key, receptance": (
-            h(B, C), [mixed(F_, C, out_act="relu2"), mixed(C, C, out_act="sigmoid")], {"last": h(B, C)}
+            h(B, C), [mixed(F_, C, out_act="relu2"), mixed(C, C, out_act="sigmoid")], {"last": h(B, C), "norm": norm()}
         ),
         "ffn value, gated + residual": (
             h(B, F_ + C), [Projection(h(C, F_).t())], {"residual": h(B, C), "gate": h(B, C)}
         ),
     }  # fmt: skip
+
+
+def without_norm(kw: dict) -> dict:
+    return {k: v for k, v in kw.items() if k != "norm"}
+
+
+def torch_launches(x, projections, norm):
+    """The launch's products as the PyTorch step makes them: F.layer_norm (where it has a norm), then one F.linear
+    (cuBLAS) per matrix, without the mixes and activations (elementwise launches of their own there, not timed)."""
+    if norm is not None:
+        x = F.layer_norm(x, x.shape[1:], norm.weight, norm.bias, norm.eps)
+    return [F.linear(x[:, q.x_col : q.x_col + q.weight.shape[0]], q.weight.t()) for q in projections]
 
 
 def copies_of(launch, n: int):
@@ -142,11 +158,22 @@ def main() -> None:
                     row["error"] = f"{type(err).__name__}: {str(err)[:160]}"
                 rows.append(row)
                 print(row, flush=True)
-            # cuBLAS, one F.linear per matrix (F.linear's (N, K) weight is the projection's weight transposed)
-            calls = [
-                lambda x=x, p=p: [F.linear(x[:, q.x_col : q.x_col + q.weight.shape[0]], q.weight.t()) for q in p]
-                for x, p, _ in group
-            ]
+            if "norm" in launch[2]:  # what the LayerNorm in the prologue costs: the same launch without it
+                calls = [lambda x=x, p=p, kw=kw: grouped_gemv(x, p, **without_norm(kw)) for x, p, kw in group]
+                seconds = per_launch_seconds(calls, device, args.calls)
+                rows.append(
+                    base
+                    | {
+                        "path": "grouped_gemv without its LayerNorm",
+                        "tiling": "default",
+                        "us": 1e6 * seconds,
+                        "share_of_copy_bandwidth": nbytes / seconds / bandwidth,
+                    }
+                )
+                print(rows[-1], flush=True)
+            # cuBLAS, one F.linear per matrix (F.linear's (N, K) weight is the projection's weight transposed), after
+            # F.layer_norm where the launch has a LayerNorm: the PyTorch step's launches
+            calls = [lambda x=x, p=p, kw=kw: torch_launches(x, p, kw.get("norm")) for x, p, kw in group]
             seconds = per_launch_seconds(calls, device, args.calls)
             rows.append(base | {"path": "F.linear per matrix (cuBLAS)", "tiling": "", "us": 1e6 * seconds,
                                 "share_of_copy_bandwidth": nbytes / seconds / bandwidth})  # fmt: skip

@@ -22,6 +22,8 @@ assert os.environ.get("TRITON_INTERPRET") != "1", "run without Triton's interpre
 import torch  # noqa: E402
 from triton.runtime import driver  # noqa: E402
 
+H100_SHARED_MEMORY = 232_448  # bytes a block may use (227 KiB), what Triton checks when it loads a kernel
+
 
 def cached_kernels(*jits) -> int:
     """How many compiled specialisations the kernels hold (device 0's cache)."""
@@ -39,6 +41,13 @@ def main() -> None:
     counts = collections.Counter(kernel.metadata.name for kernel in launched)
     for kernel, count in sorted(counts.items()):
         print(f"compiled for sm_90: {kernel} ({count} launches)")
+    # a kernel whose pipeline's buffers exceed a block's shared memory compiles and fails only when loaded onto
+    # the device (OutOfResources): check what each compiled specialisation asks for against an H100's limit
+    compiled = [k.result() if hasattr(k, "result") else k for k in launched]
+    over = {(k.metadata.name, k.metadata.shared) for k in compiled if k.metadata.shared > H100_SHARED_MEMORY}
+    for name, shared in sorted(over):
+        print(f"over an H100's shared memory: {name} asks for {shared:,} bytes of {H100_SHARED_MEMORY:,}")
+    assert not over, f"{len(over)} specialisations need more shared memory than an H100 block has"
 
 
 def compile_every_path() -> None:
@@ -54,10 +63,12 @@ def compile_every_path() -> None:
         for name, dtypes in (("rwkv7", every), ("rwkv4", every[:2])):
             arch = architecture(name)
             for dtype in dtypes:
-                model = arch.build(arch.get_config("byte-2x128")).to(dtype).eval()
-                model.configure(step_kernels=True, **({"rescale_every": 1} if name == "rwkv4" else {}))
-                state = model.init_state(3)
-                model.step(torch.tensor([1, 2, 3]), state, check=False)
+                # batches of 3 (a batch block of 16 rows) and, in fp16 at a width of K blocks of 256, of 40 (64 rows,
+                # each pipeline stage the largest: ops/gemv.py `_default_tiling`)
+                for width, batch in ((128, 3),) + ((256, 40),) * (dtype == torch.float16):
+                    model = arch.build(arch.get_config(f"byte-2x{width}")).to(dtype).eval()
+                    model.configure(step_kernels=True, **({"rescale_every": 1} if name == "rwkv4" else {}))
+                    model.step(torch.arange(1, batch + 1), model.init_state(batch), check=False)
                 print(f"{name} {dtype} step: compiled", flush=True)
         # the grouped projections at the other tilings bench_gemv times, split K's atomics and barrier among them
         SPLIT = Tiling(16, 16, 256, split_k=4)

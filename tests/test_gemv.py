@@ -1,9 +1,11 @@
 """ops/gemv.py's grouped projections, the decode steps' matrix products (interpreted on the CPU in CI:
 TRITON_INTERPRET=1 from conftest.py), against their torch reference, and their errors on bad input."""
 
+import dataclasses
+
 import pytest
 import torch
-from helpers import TOL, assert_rel_close
+from helpers import TOL, assert_rel_close, rel_error
 
 from rwkv_lab.ops.gemv import Norm, Projection, Tiling, grouped_gemv, grouped_gemv_reference
 
@@ -79,6 +81,15 @@ def test_long_rows_and_wide_outputs_take_several_blocks(dtype):
     ref, ref_h = grouped_gemv_reference(x, long[:1], last=last, norm=norm)
     assert_rel_close(f"K = 600 normalised, {dtype}", h, ref_h, TOL["float32 step"])
     assert_rel_close(f"K = 600 normalised and projected, {dtype}", out, ref, tol)
+    # rows far off-centre (mean / std = 1,000: where E[x^2] - E[x]^2 would lose every digit) over chunks of 512 and
+    # one of 88 (the LayerNorm's one pass merging each chunk's variance): against float64 on the same inputs, no
+    # further off than torch's own fp32 LayerNorm (whose fp32 mean of numbers near 1,000 already costs digits)
+    far = (1000 + draw(2, 600, dtype=torch.float64, seed=19)).to(dtype)
+    _, h = grouped_gemv(far, long[:1], last=last, norm=norm)
+    exact = torch.nn.functional.layer_norm(far.double(), (600,), norm.weight.double(), norm.bias.double(), 1e-5)
+    torch_fp32 = torch.nn.functional.layer_norm(far.float(), (600,), norm.weight.float(), norm.bias.float(), 1e-5)
+    torch_err = rel_error(torch_fp32, exact)
+    assert_rel_close(f"K = 600, mean / std 1,000, normalised, {dtype}", h, exact, torch_err)
     wide = [Projection(draw(16, 8200, dtype=dtype, seed=16), out_act="relu2")]
     out = grouped_gemv(x[:1, :16], wide)
     assert_rel_close(f"N = 8200, {dtype}", out, grouped_gemv_reference(x[:1, :16], wide), tol)
@@ -110,6 +121,12 @@ def test_split_k_matches_the_reference_with_every_epilogue(dtype):
         again, _ = grouped_gemv(x, projections, norm=norm, tiling=tiling, **kw)
         assert torch.equal(out, again), f"split K {split_k}: a second call differs"
         assert not gemv._COUNTERS[x.device].any(), f"split K {split_k}: tile counters left non-zero"
+    # where the default tiling splits K itself: K = 4,096, four times the columns and more (as 1.47B's channel mix)
+    long_x, W_long = draw(1, 4096, dtype=dtype, seed=29), draw(4096, 48, dtype=dtype, seed=30, scale=0.02)
+    assert gemv._default_tiling(1, 48, 4096).split_k == 4
+    out = grouped_gemv(long_x, [Projection(W_long)], residual=kw["residual"][:1, :48])
+    ref = grouped_gemv_reference(long_x, [Projection(W_long)], residual=kw["residual"][:1, :48])
+    assert_rel_close(f"the default tiling's split K, K = 4096, {dtype}", out, ref, tol)
 
 
 def test_grouped_projections_refuse_bad_input_clearly():
@@ -166,6 +183,23 @@ def test_the_benchmarks_launches_are_the_models_and_match_the_reference(arch):
         for x, projections, kw in module.copies_of(launch, 2):
             out = grouped_gemv(x, projections, tiling=module.parse_tiling("16x16x64w4s2"), **kw)
             ref = grouped_gemv_reference(x, projections, **kw)
+            if "norm" in kw:  # the launches with the block's LayerNorm in their prologue, as the models' are
+                (out, _), (ref, _) = out, ref
+                bare = grouped_gemv(x, projections, **module.without_norm(kw))
+                ln = torch.nn.functional.layer_norm(
+                    x.float(), x.shape[1:], kw["norm"].weight.float(), kw["norm"].bias.float(), kw["norm"].eps
+                ).to(x.dtype)
+                assert_rel_close(
+                    f"bench_gemv {arch} {name} without its LayerNorm",
+                    bare,
+                    grouped_gemv_reference(x, projections, **module.without_norm(kw)),
+                    TOL["bfloat16"],
+                )
+                bare_products = [dataclasses.replace(p, mix=None, act=None, out_act=None) for p in projections]
+                torch_ref = grouped_gemv_reference(ln, bare_products)
+                torch_out = torch.cat(module.torch_launches(x, projections, kw["norm"]), dim=1)
+                assert_rel_close(f"bench_gemv {arch} {name}, the PyTorch launches", torch_out, torch_ref,
+                                 TOL["bfloat16"])  # fmt: skip
             assert_rel_close(f"bench_gemv {arch} {name}", out, ref, TOL["bfloat16"])
         original, copy = launch[1][0].weight, module.copies_of(launch, 2)[1][1][0].weight
         assert copy.stride() == original.stride() and copy.data_ptr() != original.data_ptr()

@@ -10,8 +10,9 @@ kernels, 60% of its time in 166 such launches). Here one launch computes a group
 BLOCK_N output columns of one matrix and BLOCK_B rows of the batch, and streams its slice of that matrix once.
 
 With `norm` (a `Norm`), x is first LayerNorm-ed over its width, and the call returns the normalised x too (fp32):
-each program takes its rows' mean and variance (two passes over a row of a few thousand numbers, from L2), and the
-first column block stores them, so the LayerNorm before a block's projections costs no launch of its own.
+each program takes its rows' mean and variance (one pass over a row of a few thousand numbers, from L2, in wide
+chunks: `_row_stats`), and the first column block stores the normalised rows, so the LayerNorm before a block's
+projections costs no launch of its own.
 
 Per projection j (a `Projection`), with x_j = x[:, x_col : x_col + K]:
     prologue   the token shift's mix, with a mix: x_j <- x_j + (last - x_j) * mix_j (RWKV-7's, as torch.lerp:
@@ -77,7 +78,7 @@ class Norm:
 
 @dataclass(frozen=True)
 class Tiling:
-    """A launch's blocks and schedule, where the default's (`_blocks`, 4 warps, Triton's stages) is not wanted:
+    """A launch's blocks and schedule, where the default's (`_default_tiling`) is not wanted:
     BLOCK_B batch rows, BLOCK_N output columns and BLOCK_K of the reduction per step (each >= 16, powers of two),
     warps and software-pipelining stages, and `split_k` programs sharing each output tile's reduction (see
     "Split K" in the module docstring). benchmarks/bench_gemv.py compares them at the models' shapes."""
@@ -185,29 +186,32 @@ def _normalised(x, mean, rstd, ln_w_ptr, ln_b_ptr, ks, in_k):
 
 
 @triton.jit
-def _row_stats(x_ptr, x_stride, rows, in_b, K: tl.constexpr, eps, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Mean and 1 / std of x[rows, :K] (BLOCK_B,) each, in fp32: the mean first, then the squares about it."""
-    total = tl.zeros((BLOCK_B,), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
+def _row_stats(x_ptr, x_stride, rows, in_b, K: tl.constexpr, eps, BLOCK_B: tl.constexpr, CHUNK: tl.constexpr):
+    """Mean and 1 / std of x[rows, :K] (BLOCK_B,) each, in fp32, in one pass over chunks of CHUNK columns: each
+    chunk's mean and sum of squared deviations from it (the chunk held in registers), merged into the running ones
+    as they come (Chan, Golub and LeVeque's pairwise update), as accurate as two passes over the row. A pass is a
+    chain of dependent loads before the first weight is read: one pass of wide chunks (4 at a width of 2,048) in
+    place of two of BLOCK_K (32)."""
+    mean = tl.zeros((BLOCK_B,), dtype=tl.float32)
+    m2 = tl.zeros((BLOCK_B,), dtype=tl.float32)
+    for k0 in range(0, K, CHUNK):
+        ks = k0 + tl.arange(0, CHUNK)
         mask = in_b[:, None] & (ks < K)[None, :]
         x = tl.load(x_ptr + rows[:, None] * x_stride + ks[None, :], mask=mask, other=0.0).to(tl.float32)
-        total += tl.sum(x, 1)
-    mean = total / K
-    squares = tl.zeros((BLOCK_B,), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        mask = in_b[:, None] & (ks < K)[None, :]
-        x = tl.load(x_ptr + rows[:, None] * x_stride + ks[None, :], mask=mask, other=0.0).to(tl.float32)
-        d = tl.where(mask, x - mean[:, None], 0.0)
-        squares += tl.sum(d * d, 1)
-    return mean, 1.0 / tl.sqrt(squares / K + eps)
+        n_c = tl.minimum(K - k0, CHUNK).to(tl.float32)  # this chunk's columns
+        n = k0 + n_c  # the columns so far, this chunk's included
+        chunk_mean = tl.sum(x, 1) / n_c
+        d = tl.where(mask, x - chunk_mean[:, None], 0.0)
+        delta = chunk_mean - mean
+        mean += delta * (n_c / n)
+        m2 += tl.sum(d * d, 1) + delta * delta * (k0 * n_c / n)
+    return mean, 1.0 / tl.sqrt(m2 / K + eps)
 
 
 @triton.jit
 def _grouped_gemv(
     x_ptr, x_stride, last_ptr, last_stride, out_ptr, out_stride, res_ptr, res_stride, gate_ptr, gate_stride, B,
-    ln_w_ptr, ln_b_ptr, ln_eps, h_ptr, weights, mixes, LN: tl.constexpr, LN_K: tl.constexpr,
+    ln_w_ptr, ln_b_ptr, ln_eps, h_ptr, weights, mixes, LN: tl.constexpr, LN_K: tl.constexpr, LN_CHUNK: tl.constexpr,
     STARTS: tl.constexpr, X_COLS: tl.constexpr, NS: tl.constexpr, KS: tl.constexpr, S_KS: tl.constexpr,
     S_NS: tl.constexpr, ACT_CODES: tl.constexpr, INV_SCALES: tl.constexpr, OUT_ACT_CODES: tl.constexpr,
     OUT_COLS: tl.constexpr, MIX_CODES: tl.constexpr, G: tl.constexpr, RESIDUAL: tl.constexpr, GATE: tl.constexpr,
@@ -224,10 +228,10 @@ def _grouped_gemv(
     rstd = tl.zeros((BLOCK_B,), dtype=tl.float32)
     if LN:
         in_b = rows < B
-        mean, rstd = _row_stats(x_ptr, x_stride, rows, in_b, LN_K, ln_eps, BLOCK_B, BLOCK_K)
+        mean, rstd = _row_stats(x_ptr, x_stride, rows, in_b, LN_K, ln_eps, BLOCK_B, LN_CHUNK)
         if (pid == 0) & (split == 0):  # the first column block stores the normalised rows: h (B, LN_K) fp32
-            for k0 in range(0, LN_K, BLOCK_K):
-                ks = k0 + tl.arange(0, BLOCK_K)
+            for k0 in range(0, LN_K, LN_CHUNK):
+                ks = k0 + tl.arange(0, LN_CHUNK)
                 in_k = ks < LN_K
                 mask = in_b[:, None] & in_k[None, :]
                 x = tl.load(x_ptr + rows[:, None] * x_stride + ks[None, :], mask=mask, other=0.0).to(tl.float32)
@@ -285,26 +289,28 @@ def _f32_dot(dtype: torch.dtype) -> bool:
     return dtype in (torch.float32, torch.float64) or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _blocks(B: int, n_total: int, K: int) -> tuple[int, int, int]:
-    """(BLOCK_B, BLOCK_N, BLOCK_K): tl.dot needs 16 at least in each. Batch rows in one block: 16 up to a batch of 16,
-    else 64 (the weights streamed once up to 64 rows, twice up to 128). Two sizes only: each is its own compiled
-    kernel, and a block size per batch bucket made a decoder's new bucket (33 sequences after 32) wait ~10 s for
-    Triton to compile the step's kernels again (H100, results/inference/generation_rwkv7.csv).
+def _default_tiling(B: int, n_total: int, K: int) -> Tiling:
+    """The launch's tiling where the caller gives none; tl.dot needs blocks of 16 at least. Batch rows in one block:
+    16 up to a batch of 16, else 64 (the weights streamed once up to 64 rows, twice up to 128). Two sizes only: each
+    is its own compiled kernel, and a block size per batch bucket made a decoder's new bucket (33 sequences after 32)
+    wait ~10 s for Triton to compile the step's kernels again (H100, results/inference/generation_rwkv7.csv).
 
-    Columns: at a batch block of 16, 32 columns and K blocks of 128 from 3,072 columns on, else 16 and 256 (so that
-    few columns still make programs for every multiprocessor). Each launch of RWKV-7's step at 168M and 1.47B was
-    timed at six tilings (H100, B = 1, benchmarks/bench_gemv.py -> results/inference/gemv_tiling.csv): 32 x 128 was
-    fastest or within 0.1 us at every launch of 3,072 columns or more (1.47B: r/k/v + LoRAs 26.2 -> 20.0 us, the
-    LoRAs' second 7.1 -> 4.6, the channel mix's key 24.8 -> 19.6), 16 x 256 at every launch of 2,048 or fewer (the
-    1.47B value projection: 20.1 us, 29.1 at 32 x 128). Larger batch blocks keep 16 columns up to 8,192 (not
-    timed at other tilings)."""
-    block_b = 16 if B <= 16 else 64
-    if block_b == 16:
-        block_n, most_k = (32, 128) if n_total >= 3072 else (16, 256)
-    else:
-        block_n, most_k = (16 if n_total <= 8192 else 32), 256
-    block_k = min(most_k, max(16, triton.next_power_of_2(K)))
-    return block_b, block_n, block_k
+    From the timings of each launch of RWKV-7's step at 168M and 1.47B (H100, B = 1, benchmarks/bench_gemv.py ->
+    results/inference/gemv_tiling*.csv), at a batch block of 16:
+    - 32 columns and K blocks of 128 from 3,072 columns on: fastest or within 0.1 us at every such launch (1.47B:
+      r/k/v + LoRAs 26.2 -> 20.0 us, the LoRAs' second 7.1 -> 4.6, the channel mix's key 24.8 -> 19.6);
+    - else 16 columns and K blocks of 256, so that few columns still make programs for every multiprocessor;
+    - K split four ways (`split_k`) where K is 4,096 or more and at least four times the columns: the 1.47B channel
+      mix's value (2,048 columns of K = 8,192) 20.2 -> 16.0 us at 32 x 128 (cuBLAS 16.3); splitting lost at every
+      other launch.
+    64-row blocks: 16 columns up to 8,192 (not timed at other tilings), in 2 pipeline stages (3 of a mixed
+    projection's tiles with the LayerNorm's vectors need 240,640 bytes of shared memory, more than an H100 block's
+    232,448: tests/compile_for_hopper.py checks every kernel's)."""
+    if B > 16:
+        return Tiling(64, 16 if n_total <= 8192 else 32, min(256, max(16, triton.next_power_of_2(K))), num_stages=2)
+    split_k = 4 if K >= 4096 and K >= 4 * n_total else 1
+    block_n, most_k = (32, 128) if n_total >= 3072 or split_k > 1 else (16, 256)
+    return Tiling(16, block_n, min(most_k, max(16, triton.next_power_of_2(K))), split_k=split_k)
 
 
 def _grouped_gemv_op(
@@ -331,17 +337,18 @@ def _grouped_gemv_op(
     ln = ln_weight is not None
     h = torch.empty(B, x.shape[1] if ln else 0, dtype=torch.float32, device=x.device)
     if tiling is None:
-        block_b, block_n, block_k = _blocks(B, sum(ns), max(w.shape[0] for w in weights))
-        schedule, split_k = {"num_warps": 4}, 1
-    else:
-        block_b, block_n, block_k, num_warps, num_stages, split_k = tiling
-        schedule = {"num_warps": num_warps, "num_stages": num_stages}
+        d = _default_tiling(B, sum(ns), max(w.shape[0] for w in weights))
+        tiling = [d.block_b, d.block_n, d.block_k, d.num_warps, d.num_stages, d.split_k]
+    block_b, block_n, block_k, num_warps, num_stages, split_k = tiling
+    schedule = {"num_warps": num_warps, "num_stages": num_stages}
     starts, out_cols = [0], [0]
     for n in ns:
         starts.append(starts[-1] + triton.cdiv(n, block_n))
         out_cols.append(out_cols[-1] + n)
     residual, gate = (t if t is None or t.stride(1) == 1 else t.contiguous() for t in (residual, gate))
     grid = (starts[-1], triton.cdiv(B, block_b), split_k)
+    # the LayerNorm's chunks: 8,192 numbers (64 registers a thread at 4 warps), at most the width's power of two
+    ln_chunk = min(8192 // block_b, triton.next_power_of_2(x.shape[1])) if ln else 16
     mix_codes = tuple(code if m is not None else 0 for m, code in zip(mixes, mix_codes))
     ws = counters = None
     if split_k > 1:
@@ -350,7 +357,7 @@ def _grouped_gemv_op(
     _grouped_gemv[grid](
         x, x.stride(0), last, 0 if last is None else last.stride(0), out, out.stride(0), residual,
         0 if residual is None else residual.stride(0), gate, 0 if gate is None else gate.stride(0), B,
-        ln_weight, ln_bias, float(ln_eps), h, tuple(weights), tuple(mixes), ln, x.shape[1], tuple(starts),
+        ln_weight, ln_bias, float(ln_eps), h, tuple(weights), tuple(mixes), ln, x.shape[1], ln_chunk, tuple(starts),
         tuple(x_cols), tuple(ns), tuple(w.shape[0] for w in weights),
         tuple(w.stride(0) for w in weights), tuple(w.stride(1) for w in weights), tuple(acts),
         tuple(1.0 / s for s in scales), tuple(out_acts), tuple(out_cols[:-1]), mix_codes, len(weights),
