@@ -419,7 +419,8 @@ def main():
     parser.add_argument(
         "--compare-compile",
         default="",
-        help="at every batch, the decoder at these compile levels too (comma-separated: step+sample, step, sample); "
+        help="at every batch, the decoder at these compile levels too (comma-separated: step+sample, step, sample, "
+        "none); "
         "their warm-up follows the default decoder's, so its one-time costs are not theirs",
     )
     args = parser.parse_args()
@@ -458,6 +459,7 @@ def main():
                 rows.append(row | ours_step(model, batch, args.new_tokens, device, step_kernels=False))
                 print(rows[-1], flush=True)
             for level in args.compare_compile.split(",") if args.compare_compile else []:
+                level = False if level == "none" else level  # captured, nothing compiled
                 rows.append(row | ours_step(model, batch, args.new_tokens, device, compile=level))
                 print(rows[-1], flush=True)
             if device.type == "cpu":  # beside the package's greedy loop too
