@@ -36,13 +36,15 @@ def test_grouped_projections_match_their_reference(B, dtype):
     out = grouped_gemv(x, first, last=last)
     assert out.shape == (B, 40 + 24 + 17 + 24) and out.dtype == dtype
     assert_rel_close(f"mixed projections B={B} {dtype}", out, grouped_gemv_reference(x, first, last=last), tol)
-    # the LayerNorm in the prologue: x off-centre and scaled, as a residual stream is
+    # the LayerNorm (in the prologue up to 16 rows; from 17 on a launch of its own whose normalised x is in x's
+    # dtype, as the PyTorch step's is): x off-centre and scaled, as a residual stream is
     norm = Norm(draw(40, dtype=dtype, seed=9), draw(40, dtype=dtype, seed=10), 1e-5)
     shifted = (3 + 5 * x.double()).to(dtype)
     out, h = grouped_gemv(shifted, first[:2] + first[3:], last=last, norm=norm)
     ref, ref_h = grouped_gemv_reference(shifted, first[:2] + first[3:], last=last, norm=norm)
     assert h.dtype == torch.float32 and h.shape == (B, 40)
-    assert_rel_close(f"normalised x, B={B} {dtype}", h, ref_h, TOL["float32 step"])
+    h_tol = TOL["float32 step"] if B <= 16 or dtype == torch.float32 else tol
+    assert_rel_close(f"normalised x, B={B} {dtype}", h, ref_h, h_tol)
     assert_rel_close(f"projections of the normalised x, B={B} {dtype}", out, ref, tol)
     wide = draw(B, 64, dtype=dtype, seed=6)
     res = draw(B, 64, dtype=dtype, seed=7)

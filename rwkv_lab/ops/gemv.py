@@ -303,11 +303,12 @@ def _default_tiling(B: int, n_total: int, K: int) -> Tiling:
     - K split four ways (`split_k`) where K is 4,096 or more and at least four times the columns: the 1.47B channel
       mix's value (2,048 columns of K = 8,192) 20.2 -> 16.0 us at 32 x 128 (cuBLAS 16.3); splitting lost at every
       other launch.
-    64-row blocks: 16 columns up to 8,192 (not timed at other tilings), in 2 pipeline stages (3 of a mixed
-    projection's tiles with the LayerNorm's vectors need 240,640 bytes of shared memory, more than an H100 block's
-    232,448: tests/compile_for_hopper.py checks every kernel's)."""
+    64-row blocks: 16 columns up to 8,192 (not timed at other tilings), in 3 pipeline stages, with the LayerNorm
+    outside the launch (`_grouped_gemv_op`): inside it, 3 stages of a mixed projection's tiles with the LayerNorm's
+    vectors needed 240,640 bytes of shared memory, more than an H100 block's 232,448 (tests/compile_for_hopper.py
+    checks every kernel's)."""
     if B > 16:
-        return Tiling(64, 16 if n_total <= 8192 else 32, min(256, max(16, triton.next_power_of_2(K))), num_stages=2)
+        return Tiling(64, 16 if n_total <= 8192 else 32, min(256, max(16, triton.next_power_of_2(K))))
     split_k = 4 if K >= 4096 and K >= 4 * n_total else 1
     block_n, most_k = (32, 128) if n_total >= 3072 or split_k > 1 else (16, 256)
     return Tiling(16, block_n, min(most_k, max(16, triton.next_power_of_2(K))), split_k=split_k)
@@ -340,6 +341,14 @@ def _grouped_gemv_op(
         d = _default_tiling(B, sum(ns), max(w.shape[0] for w in weights))
         tiling = [d.block_b, d.block_n, d.block_k, d.num_warps, d.num_stages, d.split_k]
     block_b, block_n, block_k, num_warps, num_stages, split_k = tiling
+    if ln and block_b > 16:
+        # 64-row blocks take the LayerNorm as a launch of its own (x normalised in its dtype, as the PyTorch step's
+        # is): in the prologue, each program's 64 rows of statistics and the LayerNorm's vectors cost pipeline
+        # stages (3 no longer fit in shared memory) and the decode step at B = 32 fell from 24.0k to 18.4k tokens/s
+        # (RWKV-7 168M, H100, results/inference/generation_rwkv7_168M_mixed.csv and its history)
+        normed = torch.nn.functional.layer_norm(x, x.shape[1:], ln_weight, ln_bias, ln_eps)  # (B, C) x's dtype
+        h.copy_(normed)
+        x, ln, ln_weight, ln_bias = normed, False, None, None
     schedule = {"num_warps": num_warps, "num_stages": num_stages}
     starts, out_cols = [0], [0]
     for n in ns:
