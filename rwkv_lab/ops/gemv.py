@@ -12,7 +12,8 @@ BLOCK_N output columns of one matrix and BLOCK_B rows of the batch, and streams 
 With `norm` (a `Norm`), x is first LayerNorm-ed over its width, and the call returns the normalised x too (fp32):
 each program takes its rows' mean and variance (one pass over a row of a few thousand numbers, from L2, in wide
 chunks: `_row_stats`), and the first column block stores the normalised rows, so the LayerNorm before a block's
-projections costs no launch of its own.
+projections costs no launch of its own (up to 16 rows: larger batches normalise in a launch before, see
+`_default_tiling`).
 
 Per projection j (a `Projection`), with x_j = x[:, x_col : x_col + K]:
     prologue   the token shift's mix, with a mix: x_j <- x_j + (last - x_j) * mix_j (RWKV-7's, as torch.lerp:
@@ -377,6 +378,7 @@ def _grouped_gemv_op(
 
 
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
+_OUTGROWN: list[torch.Tensor] = []  # counters a larger launch replaced, kept: a captured graph may still use them
 
 
 def _tile_counters(device: torch.device, tiles: int) -> torch.Tensor:
@@ -390,6 +392,8 @@ def _tile_counters(device: torch.device, tiles: int) -> torch.Tensor:
                 f"a split-K grouped_gemv of {tiles} output tiles ran first inside a CUDA graph capture; run it once "
                 "before capturing (the decoder's warm-up does), so its counters are not allocated in the graph's pool"
             )
+        if counters is not None:
+            _OUTGROWN.append(counters)
         counters = torch.zeros(max(tiles, 4096), dtype=torch.int32, device=device)
         _COUNTERS[device] = counters
     return counters
