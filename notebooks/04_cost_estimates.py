@@ -29,6 +29,8 @@ params_B = 14.2  # RWKV-4 14B
 tokens_B = 330
 n_gpus = 64
 interactive = True  # ipywidgets sliders (a static table is printed either way)
+# RWKV-7's measured training step, where training_mfu.csv has none (benchmarks/bench_training.py --arch rwkv7 --tag)
+rwkv7_mfu_file = "training_speed/training_mfu_rwkv7_matmuls.csv"
 
 # %%
 import json
@@ -124,9 +126,9 @@ display(today.style.format({"MFU": "{:.1%}", "GPU-hours": "{:,.0f}", "days": "{:
 # RWKV-4 14B's own, 40 layers × 5120 with its vocabulary, heads of 64 and RWKV-LM's LoRA widths for that width:
 # the two then differ in architecture alone (RWKV-7 has fewer parameters at this shape: a same-parameter one would be
 # a little wider or deeper, its cost higher by the same ratio; the parameter counts are printed below). Each run's
-# FLOPs are 3 × its forward count × tokens (the seed used 6 N, printed beside it). RWKV-7's training step has not
-# been measured here: unless the MFU file has an RWKV-7 row, it is given RWKV-4's measured MFU, an assumption
-# printed with it.
+# FLOPs are 3 × its forward count × tokens (the seed used 6 N, printed beside it). RWKV-7's MFU is its own measured
+# one where the MFU file has an RWKV-7 row, else the one of `rwkv7_mfu_file` (its largest size at T = 1024, printed
+# with its card and size, which need not be RWKV-4's), else RWKV-4's, an assumption printed as one.
 
 # %%
 from rwkv_lab.models import architecture
@@ -147,12 +149,23 @@ print(
     f"{parts['state_update'] / parts.sum():.2%}; {rwkv7_14b.n_params / 1e9:.2f}B parameters against "
     f"{rwkv4_14b.n_params / 1e9:.2f}B"
 )
-measured7 = "RWKV-7" in largest.index
-rwkv7_mfu = float(largest.loc["RWKV-7", "mfu_vs_datasheet"]) if measured7 else rwkv_mfu
-print(
-    f"RWKV-7 MFU: {rwkv7_mfu:.1%}, "
-    + ("measured" if measured7 else "RWKV-4's measured MFU (RWKV-7's training step not measured: an assumption)")
-)
+if "RWKV-7" in largest.index:
+    rwkv7_mfu, where7 = float(largest.loc["RWKV-7", "mfu_vs_datasheet"]), f"measured ({mfu_csv.name})"
+else:
+    rwkv7_mfu, where7 = rwkv_mfu, "RWKV-4's measured MFU (RWKV-7's training step not measured: an assumption)"
+    file7 = results_dir() / rwkv7_mfu_file
+    file7 = file7 if file7.exists() else REPO_ROOT / "results" / rwkv7_mfu_file
+    if file7.exists():
+        steps7 = fastest_paths(pd.read_csv(file7))
+        steps7 = steps7[(steps7["arch"] == "RWKV-7") & (steps7["context"] == 1024)].sort_values("params")
+        if len(steps7):
+            row7, meta7 = steps7.iloc[-1], json.loads(file7.with_suffix(".meta.json").read_text())
+            rwkv7_mfu = float(row7["mfu_vs_datasheet"])
+            where7 = (
+                f"measured for {row7['model']} at T = 1024 ({file7.name}: {meta7['device']}, commit "
+                f"{meta7['git_commit'][:10]}; RWKV-4's is {largest.loc['RWKV-4', 'model']}'s)"
+            )
+print(f"RWKV-7 MFU: {rwkv7_mfu:.1%} of the datasheet peak, {where7}")
 pair = {"RWKV-4 14B": rwkv4_14b, "RWKV-7 40x5120": rwkv7_14b}
 seed_runs = [
     ("seed's A100s at its achieved efficiency", cost.A100, cost.A100_PRICE_CHEAPEST_2023, seed["achieved_efficiency"]),
