@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import itertools
 
 import pandas as pd
@@ -119,6 +120,12 @@ def weight_bytes(projections) -> int:
     return sum(p.weight.numel() * p.weight.element_size() for p in projections)
 
 
+def timing(calls, *, nbytes: int, device, n: int, bandwidth: float) -> dict:
+    """A row's timing columns: microseconds per launch, and the weights' bytes per second against the copy bandwidth."""
+    seconds = per_launch_seconds(calls, device, n)
+    return {"us": 1e6 * seconds, "share_of_copy_bandwidth": nbytes / seconds / bandwidth}
+
+
 def per_launch_seconds(calls, device, n: int) -> float:
     """One graph of `n` calls cycling through `calls`; its replay's median seconds / n."""
     return graphed_seconds(lambda: [calls[i % len(calls)]() for i in range(n)], device) / n
@@ -148,35 +155,24 @@ def main() -> None:
             nbytes = weight_bytes(launch[1])
             group = copies_of(launch, max(2, -(-4 * L2_BYTES // nbytes)))
             base = {"arch": args.arch, "size": size, "batch": B, "launch": name, "weight_bytes": nbytes}
+            timed = functools.partial(timing, nbytes=nbytes, device=device, n=args.calls, bandwidth=bandwidth)
             for tiling in tilings:
                 calls = [lambda x=x, p=p, kw=kw, t=tiling: grouped_gemv(x, p, tiling=t, **kw) for x, p, kw in group]
                 row = base | {"path": "grouped_gemv", "tiling": "default" if tiling is None else str(tiling)}
                 try:
-                    seconds = per_launch_seconds(calls, device, args.calls)
-                    row |= {"us": 1e6 * seconds, "share_of_copy_bandwidth": nbytes / seconds / bandwidth}
+                    row |= timed(calls)
                 except Exception as err:  # noqa: BLE001 - a tiling that does not compile or fit is a data point
                     row["error"] = f"{type(err).__name__}: {str(err)[:160]}"
                 rows.append(row)
                 print(row, flush=True)
             if "norm" in launch[2]:  # what the LayerNorm in the prologue costs: the same launch without it
                 calls = [lambda x=x, p=p, kw=kw: grouped_gemv(x, p, **without_norm(kw)) for x, p, kw in group]
-                seconds = per_launch_seconds(calls, device, args.calls)
-                rows.append(
-                    base
-                    | {
-                        "path": "grouped_gemv without its LayerNorm",
-                        "tiling": "default",
-                        "us": 1e6 * seconds,
-                        "share_of_copy_bandwidth": nbytes / seconds / bandwidth,
-                    }
-                )
+                rows.append(base | {"path": "grouped_gemv without its LayerNorm", "tiling": "default"} | timed(calls))
                 print(rows[-1], flush=True)
             # cuBLAS, one F.linear per matrix (F.linear's (N, K) weight is the projection's weight transposed), after
             # F.layer_norm where the launch has a LayerNorm: the PyTorch step's launches
             calls = [lambda x=x, p=p, kw=kw: torch_launches(x, p, kw.get("norm")) for x, p, kw in group]
-            seconds = per_launch_seconds(calls, device, args.calls)
-            rows.append(base | {"path": "F.linear per matrix (cuBLAS)", "tiling": "", "us": 1e6 * seconds,
-                                "share_of_copy_bandwidth": nbytes / seconds / bandwidth})  # fmt: skip
+            rows.append(base | {"path": "F.linear per matrix (cuBLAS)", "tiling": ""} | timed(calls))
             print(rows[-1], flush=True)
             del group
         write_table(results_dir() / "inference" / f"gemv_tiling{args.tag}.csv", pd.DataFrame(rows), params,

@@ -40,7 +40,7 @@ import pandas as pd
 from IPython.display import display
 
 from rwkv_lab import cost
-from rwkv_lab.results import REPO_ROOT, results_dir, save_figure
+from rwkv_lab.results import find_result, results_dir, save_figure
 from rwkv_lab.training.report import fastest_paths
 
 table = cost.seed_table()
@@ -58,9 +58,7 @@ print(
 # matmul peak and against the datasheet. RWKV's FLOPs do not depend on the context; the transformer's grow with it.
 
 # %%
-mfu_csv = results_dir() / "training_speed" / "training_mfu.csv"
-if not mfu_csv.exists():
-    mfu_csv = REPO_ROOT / "results" / "training_speed" / "training_mfu.csv"
+mfu_csv = find_result("training_speed/training_mfu.csv")
 mfu = pd.read_csv(mfu_csv)
 mfu_meta = json.loads(mfu_csv.with_suffix(".meta.json").read_text())
 mfu_runs = mfu_meta.get("runs", [mfu_meta])
@@ -153,9 +151,7 @@ if "RWKV-7" in largest.index:
     rwkv7_mfu, where7 = float(largest.loc["RWKV-7", "mfu_vs_datasheet"]), f"measured ({mfu_csv.name})"
 else:
     rwkv7_mfu, where7 = rwkv_mfu, "RWKV-4's measured MFU (RWKV-7's training step not measured: an assumption)"
-    file7 = results_dir() / rwkv7_mfu_file
-    file7 = file7 if file7.exists() else REPO_ROOT / "results" / rwkv7_mfu_file
-    if file7.exists():
+    if (file7 := find_result(rwkv7_mfu_file)).exists():
         steps7 = fastest_paths(pd.read_csv(file7))
         steps7 = steps7[(steps7["arch"] == "RWKV-7") & (steps7["context"] == 1024)].sort_values("params")
         if len(steps7):

@@ -38,6 +38,7 @@ one launch, any epilogue.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -339,9 +340,8 @@ def _grouped_gemv_op(
     ln = ln_weight is not None
     h = torch.empty(B, x.shape[1] if ln else 0, dtype=torch.float32, device=x.device)
     if tiling is None:
-        d = _default_tiling(B, sum(ns), max(w.shape[0] for w in weights))
-        tiling = [d.block_b, d.block_n, d.block_k, d.num_warps, d.num_stages, d.split_k]
-    block_b, block_n, block_k, num_warps, num_stages, split_k = tiling
+        tiling = dataclasses.astuple(_default_tiling(B, sum(ns), max(w.shape[0] for w in weights)))
+    block_b, block_n, block_k, num_warps, num_stages, split_k = tiling  # Tiling's fields in order
     if ln and block_b > 16:
         # 64-row blocks take the LayerNorm as a launch of its own (x normalised in its dtype, as the PyTorch step's
         # is): in the prologue, each program's 64 rows of statistics and the LayerNorm's vectors cost pipeline
@@ -447,7 +447,7 @@ def grouped_gemv(
             raise ValueError(
                 f"a Tiling's blocks are powers of two >= 16, its warps, stages and split_k >= 1; got {tiling}"
             )
-        tiling = [*sizes, *counts]
+        tiling = list(dataclasses.astuple(tiling))  # the custom op's schema takes a list of ints
     ln = (None, None, 0.0) if norm is None else (norm.weight, norm.bias, float(norm.eps))
     out, h = _grouped_gemv_custom(x, *flat, last, residual, gate, *ln, tiling)
     return out if norm is None else (out, h)
