@@ -51,8 +51,9 @@ def main() -> None:
 
 
 def compile_every_path() -> None:
+    from rwkv_lab.inference.sampling_kernel import sample_kernel
     from rwkv_lab.models import architecture
-    from rwkv_lab.ops.gemv import Projection, Tiling, grouped_gemv
+    from rwkv_lab.ops.gemv import Norm, Projection, Tiling, grouped_gemv
     from rwkv_lab.ops.rwkv7 import wkv7
 
     torch.manual_seed(0)
@@ -75,6 +76,15 @@ def compile_every_path() -> None:
         x, W = torch.randn(2, 256, dtype=torch.float16), torch.randn(256, 512, dtype=torch.float16)
         for tiling in (Tiling(16, 64, 64, num_warps=8, num_stages=2), Tiling(16, 32, 256, num_warps=8), SPLIT):
             grouped_gemv(x, [Projection(W)], tiling=tiling)
+        # the LayerNorm in a launch of its own (wider than gemv.norm_in_prologue takes): at 2,048 and 5,120 (14B)
+        for width in (2048, 5120):
+            norm = Norm(torch.ones(width, dtype=torch.float16), torch.zeros(width, dtype=torch.float16), 1e-5)
+            W = torch.randn(width, 64, dtype=torch.float16)
+            grouped_gemv(torch.randn(1, width, dtype=torch.float16), [Projection(W)], norm=norm)
+        # the sampler's launches at a real vocabulary's size, with a nucleus and without
+        seeds = torch.zeros(2, dtype=torch.int64)
+        for top_p in (0.9, 1.0):
+            sample_kernel(torch.randn(2, 50277, dtype=torch.float16), 1.0, top_p, seeds, seeds)
         # RWKV-7's prefill operators, forward: the chunked kernels ('auto' with grad mode off) and the per-token one
         r, log_w, k, v, a, b = (torch.randn(1, 40, 2, 64, dtype=torch.float16) for _ in range(6))
         for backend in ("triton_chunked", "triton"):

@@ -308,3 +308,31 @@ def test_each_generation_runs_on_cuda_as_on_the_cpu(name, out):
     assert decoder.compile == level, f"the decoder fell back from {level!r} to {decoder.compile!r}: {decoder.fallbacks}"
     params = {"arch": name, "config": config.name, "batch": 4, "T": 300, "compile": decoder.compile}
     write_json(out / f"generations_{name}.json", errors, params)
+
+
+def test_the_sampler_kernel_draws_the_torch_samplers_tokens_on_cuda(out):
+    """inference/sampling_kernel.py on the GPU against sampling.sample on the same device: 256 rows of a real
+    vocabulary's size (50,277), peaked and flat, top_p 0.9 and 1, two temperatures; the tokens that differ (a sum
+    rounded otherwise at the nucleus' edge, or a draw within an ulp) counted and written, at most one in a thousand.
+    Writes results/gpu_checks/sampler_kernel.json."""
+    import torch
+
+    from rwkv_lab.inference.sampling import sample
+    from rwkv_lab.inference.sampling_kernel import sample_kernel
+    from rwkv_lab.results import write_json
+
+    gen = torch.Generator().manual_seed(0)
+    B, V = 256, 50277
+    seeds = torch.randint(0, 2**62, (B,), generator=gen).cuda()
+    counts = {}
+    for kind, scale in (("peaked", 6.0), ("flat", 0.3)):
+        logits = (scale * torch.randn(B, V, generator=gen)).cuda().half()
+        for temperature in (0.8, 1.0):
+            for top_p in (0.9, 1.0):
+                steps = torch.full((B,), 3, dtype=torch.int64, device="cuda")
+                got = sample_kernel(logits, temperature, top_p, seeds, steps)
+                want = sample(logits, temperature, top_p, seeds, steps)
+                counts[f"{kind}, T={temperature}, top_p={top_p}"] = int((got != want).sum())
+    print(counts)
+    write_json(out / "sampler_kernel.json", counts, {"B": B, "V": V})
+    assert sum(counts.values()) <= len(counts) * B // 1000, counts

@@ -139,20 +139,24 @@ def test_the_decoders_compiled_step_traces_whole_through_the_kernels(arch):
     assert_compiled_step_traces_once(model, states, f"{arch} compiled kernels' step")
 
 
-def test_where_the_step_runs_its_kernels_the_decoder_compiles_only_the_sampler(monkeypatch):
+def test_where_the_step_runs_its_kernels_the_decoder_compiles_nothing(monkeypatch):
     """The decoder's default compile level (inference/decoder.py): with the step kernels (the whole step, both
-    generations), only the sampler (compiling the step cost most of the first call); with the PyTorch step, the
-    step with the sampler; nothing where inductor cannot run (here, the CPU, until told otherwise)."""
+    generations) nothing, the sampler being kernels too on CUDA (compiling cost seconds of the first call); with the
+    PyTorch step, the step with the sampler; nothing where inductor cannot run (here, the CPU, until told
+    otherwise). The CPU samples with the torch sampler, CUDA with the kernels."""
     from rwkv_lab.inference import decoder as decoder_module
+    from rwkv_lab.inference.sampling import sample, sampler_for
+    from rwkv_lab.inference.sampling_kernel import sample_kernel
 
     model = small_model("rwkv7", 0, torch.float32).configure(step_kernels=True)
     assert decoder_module.default_compile_level(model) is False  # the CPU: no inductor GPU code generator
     monkeypatch.setattr(decoder_module, "_compile_available", lambda device: True)
-    assert decoder_module.default_compile_level(model) == "sample"
+    assert decoder_module.default_compile_level(model) is False
     assert decoder_module.default_compile_level(model.configure(step_kernels=False)) == "step+sample"
     rwkv4 = small_model("rwkv4", 0, torch.float32).configure(step_kernels=True)
-    assert decoder_module.default_compile_level(rwkv4) == "sample"
+    assert decoder_module.default_compile_level(rwkv4) is False
     assert torch.is_grad_enabled(), "the probe leaves autograd as it found it"
+    assert sampler_for("cpu") is sample and sampler_for("cuda") is sample_kernel
 
 
 def test_the_compiled_sampler_alone_traces_once_for_every_bucket():

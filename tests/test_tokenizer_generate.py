@@ -124,8 +124,8 @@ def test_streaming_multibyte_characters_arrive_whole(monkeypatch):
     def fake_sample(logits, *args):
         return torch.tensor([next(sequence)] * logits.shape[0])
 
-    monkeypatch.setattr("rwkv_lab.inference.generation.sample", fake_sample)
-    monkeypatch.setattr("rwkv_lab.inference.decoder.sample", fake_sample)
+    monkeypatch.setattr("rwkv_lab.inference.generation.sampler_for", lambda device: fake_sample)
+    monkeypatch.setattr("rwkv_lab.inference.decoder.sampler_for", lambda device: fake_sample)
     pieces = list(stream(model, ByteTokenizer(), "x", max_new_tokens=6))
     assert "".join(pieces) == "ééé" and all("\ufffd" not in p for p in pieces)
 
@@ -278,8 +278,8 @@ def test_end_of_text_ends_only_its_sequence(model, monkeypatch):
     def fake_sample(logits, temperature, top_p, seeds, steps, keys=None):
         return torch.where((seeds == 1) & (steps >= 2), 0, 66)
 
-    monkeypatch.setattr("rwkv_lab.inference.generation.sample", fake_sample)
-    monkeypatch.setattr("rwkv_lab.inference.decoder.sample", fake_sample)
+    monkeypatch.setattr("rwkv_lab.inference.generation.sampler_for", lambda device: fake_sample)
+    monkeypatch.setattr("rwkv_lab.inference.decoder.sampler_for", lambda device: fake_sample)
     texts = generate(model, ByteTokenizer(), ["a", "b", "c"], max_new_tokens=6, seed=[0, 1, 2])
     assert texts == ["AAAAAA", "AA", "AAAAAA"]
 

@@ -6,12 +6,13 @@
 On CUDA, one token of every sequence (the model's `step` and the choice of the next token) is captured once in a
 CUDA graph and replayed per token: one launch instead of hundreds, which is what bounds decoding at small batch.
 Within it the model's step runs its step kernels (RecurrentLMBase.uses_step_kernels: a layer's projections grouped
-into a few Triton launches), so the graph holds a few kernels a layer, not dozens. What `torch.compile` covers
-(COMPILE_LEVELS) depends on that: with the step kernels, which are the whole step in both generations, only the
-sampler (its ~40 elementwise ops fuse into a few kernels; the step's own ops are already the kernels it would
-launch, and compiling them cost most of the first call, growing with depth); else the step with the sampler.
-Only the chosen token ids leave the device. Elsewhere the same function runs eagerly. `model.step` with its
-kernels off stays the readable reference; tests check that the captured step equals it.
+into a few Triton launches), so the graph holds a few kernels a layer, not dozens, and the sampler is Triton
+launches too (`sampling.sampler_for`: sampling_kernel.py, four launches where the torch sampler sorted the
+vocabulary). What `torch.compile` covers (COMPILE_LEVELS) depends on that: with the step kernels, which are the
+whole step in both generations, nothing (every op of the graph is already a kernel written for it, and compiling
+cost seconds of the first call, the step's growing with depth); else the step with the sampler. Only the chosen
+token ids leave the device. Elsewhere the same function runs eagerly, with the torch sampler. `model.step` with
+its kernels off stays the readable reference; tests check that the captured step equals it.
 
 A batch size is rounded up to a bucket (`bucket_for`: the next power of two) where the step is captured or
 compiled: a decoder serves every batch up to its bucket, the rows past the real ones padded (copies of the last
@@ -28,12 +29,12 @@ import weakref
 
 import torch
 
-from .sampling import sample, vocab_keys
+from .sampling import sample, sampler_for, vocab_keys
 
 _DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {compile level: compiled function}
-# what torch.compile covers: the step with the sampler, the step alone, the sampler alone, nothing. A level that
-# fails falls back to the next one (each is exact, only slower).
+# what torch.compile covers: the step with the sampler, the step alone, the torch sampler alone (in place of the
+# sampler's kernels), nothing. A level that fails falls back to the next one (each is exact, only slower).
 COMPILE_LEVELS = ("step+sample", "step", "sample", False)
 # the compiled step's batch dimension is symbolic (batches >= 2): every bucket but 1 reuses one compilation
 DYNAMIC_BATCH = True
@@ -72,12 +73,11 @@ def _compiled(model, level):
 
 
 def default_compile_level(model):
-    """What the decoder compiles by default (COMPILE_LEVELS): nothing off CUDA or without Triton; the sampler
-    alone where the model's step runs its step kernels (see the module docstring); else the step with the
-    sampler."""
-    if not _compile_available(model.device):
+    """What the decoder compiles by default (COMPILE_LEVELS): nothing off CUDA or without Triton, nor where the
+    model's step runs its step kernels (see the module docstring); else the step with the sampler."""
+    if not _compile_available(model.device) or runs_step_kernels(model):
         return False
-    return "sample" if runs_step_kernels(model) else "step+sample"
+    return "step+sample"
 
 
 def runs_step_kernels(model) -> bool:
@@ -147,7 +147,7 @@ class Decoder:
 
     def _eager(self, tokens, state, seeds, steps, temperature, top_p):
         """One step: the step, the sampler or both compiled, as `self.compile` says (COMPILE_LEVELS)."""
-        step, sampler = _model_step, sample
+        step, sampler = _model_step, sampler_for(self.device)
         if self.compile == "step+sample":
             fn = _compiled(self.model, "step+sample")
         else:
@@ -165,13 +165,14 @@ class Decoder:
         t0 = time.perf_counter()
         static = [tokens.clone(), state.clone(), seeds.clone(), steps.clone()]
         if runs_step_kernels(self.model):
-            # the step kernels compiled side by side first (on a fresh machine most of a first call is compiling
-            # them one after another); the warm-up then finds them compiled
+            # the step's and the sampler's kernels compiled side by side first (on a fresh machine most of a first
+            # call is compiling them one after another); the warm-up then finds them compiled
             from ..triton_launch import compiling_in_parallel
 
             try:
                 with compiling_in_parallel():
-                    _model_step(self.model, static[0], static[1])
+                    logits, _ = _model_step(self.model, static[0], static[1])
+                    sampler_for(self.device)(logits, temperature, top_p, static[2], static[3])
             except Exception as err:  # noqa: BLE001 - only time is at stake: the kernels then compile one by one
                 message = f"compiling the step kernels side by side failed ({type(err).__name__}: {str(err)[:300]})"
                 self.fallbacks.append(message)

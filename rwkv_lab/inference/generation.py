@@ -20,7 +20,7 @@ import torch
 
 from ..loading.tokenizer import check_tokenizer
 from .decoder import decoder_for
-from .sampling import MAX_SEED, check_sampling, check_seed, sample
+from .sampling import MAX_SEED, check_sampling, check_seed, sampler_for
 
 # prompt tokens run per parallel call, per sequence and (PREFILL_TOKENS) over the batch: bound prefill memory at
 # any prompt length and batch (exact: the state is carried between the pieces)
@@ -208,7 +208,7 @@ def _generate(
     seqs = [_Sequence(i, m, s, done=m == 0) for i, (m, s) in enumerate(zip(max_new, stops))]
     seed_t = torch.tensor(seeds, dtype=torch.int64, device=device)
     step_t = torch.zeros(len(seqs), dtype=torch.int64, device=device)
-    tokens = sample(logits, temperature, top_p, seed_t, step_t)
+    tokens = sampler_for(device)(logits, temperature, top_p, seed_t, step_t)
     stats.update(prefill_s=time.perf_counter() - t0, warmup_s=0.0, tokens=0)
     t_decode = time.perf_counter()
     rows = list(range(len(seqs)))  # the sequence each row of the decoded batch holds

@@ -7,6 +7,9 @@ The noise is a hash of (seed, step, token id), not a stateful generator, so that
 - the CPU and the GPU draw the same numbers.
 A token is drawn from p by the exponential race: argmax_i p_i / E_i with E_i = -ln U_i exponential, which picks i
 with probability p_i (Gumbel-max in another form).
+
+`sample` is the reference, in torch ops; `sampler_for` gives the one a device runs: on CUDA the same choice in
+Triton launches (sampling_kernel.py), which finds the nucleus without sorting the vocabulary.
 """
 
 from __future__ import annotations
@@ -67,6 +70,31 @@ def uniform_noise(seeds: torch.Tensor, steps: torch.Tensor, keys: torch.Tensor) 
     return ((bits >> 8).to(torch.float32) + 0.5) / 2**24
 
 
+def sampler_for(device):
+    """The sampler of `sample`'s signature that runs on `device`: sampling_kernel.sample_kernel on CUDA where Triton
+    is installed, `sample` elsewhere."""
+    if torch.device(device).type == "cuda":
+        try:
+            from .sampling_kernel import sample_kernel  # imports Triton
+        except ImportError:
+            return sample
+        return sample_kernel
+    return sample
+
+
+def nucleus_keeps(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Which tokens of probs (B, V) the nucleus at top_p keeps, (B, V) bool: those whose strictly more probable
+    tokens weigh less than top_p, the smallest set of the most probable tokens whose mass reaches top_p, with
+    tokens of equal probability kept or dropped together (a sort's order among them decides nothing)."""
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+    before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs  # the mass sorted before each token
+    # the mass strictly above each token: the mass before the first of its ties (the first position of its value)
+    descending = sorted_probs.neg().contiguous()  # ascending, as searchsorted needs
+    first = torch.searchsorted(descending, descending, side="left")
+    keep_sorted = before.gather(-1, first) < top_p
+    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+
+
 def sample(
     logits: torch.Tensor,
     temperature: float,
@@ -82,11 +110,7 @@ def sample(
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits / temperature, dim=-1)
     if top_p < 1:
-        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
-        # keep the smallest set whose mass reaches top_p: a token stays if the mass before it is < top_p
-        drop_sorted = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        probs = probs.masked_fill(drop, 0.0)
+        probs = probs.masked_fill(~nucleus_keeps(probs, top_p), 0.0)
     if keys is None:
         keys = vocab_keys(logits.shape[-1], logits.device)
     exponential = -torch.log(uniform_noise(seeds, steps, keys))

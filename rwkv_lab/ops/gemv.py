@@ -9,11 +9,12 @@ H100, about 4 us a launch against 0.4 us to stream a 768 x 768 bf16 matrix: RWKV
 kernels, 60% of its time in 166 such launches). Here one launch computes a group of them: each program owns
 BLOCK_N output columns of one matrix and BLOCK_B rows of the batch, and streams its slice of that matrix once.
 
-With `norm` (a `Norm`), x is first LayerNorm-ed over its width, and the call returns the normalised x too (fp32):
-each program takes its rows' mean and variance (one pass over a row of a few thousand numbers, from L2, in wide
-chunks: `_row_stats`), and the first column block stores the normalised rows, so the LayerNorm before a block's
-projections costs no launch of its own (up to 16 rows: larger batches normalise in a launch before, see
-`_default_tiling`).
+With `norm` (a `Norm`), x is first LayerNorm-ed over its width, and the call returns the normalised x too (fp32).
+At small widths and 16-row blocks, in the launch's prologue: each program takes its rows' mean and variance (one
+pass over a row of up to a thousand numbers, from L2: `_row_stats`), and the first column block stores the
+normalised rows, so the LayerNorm costs no launch of its own; wider rows and larger batches normalise in one
+launch before (`_layer_norm_rows`), whose fp32 output the projections then read (`norm_in_prologue` says where,
+from the timings).
 
 Per projection j (a `Projection`), with x_j = x[:, x_col : x_col + K]:
     prologue   the token shift's mix, with a mix: x_j <- x_j + (last - x_j) * mix_j (RWKV-7's, as torch.lerp:
@@ -291,29 +292,63 @@ def _f32_dot(dtype: torch.dtype) -> bool:
     return dtype in (torch.float32, torch.float64) or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _default_tiling(B: int, n_total: int, K: int) -> Tiling:
+def norm_in_prologue(block_b: int, width: int) -> bool:
+    """Whether a launch with a `norm` takes the LayerNorm in its prologue (each program its rows' statistics) or
+    in a launch of its own before (`_layer_norm_rows`, one program a row). Measured per launch (H100, B = 1,
+    benchmarks/bench_gemv.py -> results/inference/gemv_tiling_norm.csv and gemv_tiling_169M_sweep.csv): at a width of
+    2,048 the prologue cost ~13 us a launch (RWKV-7 1.47B's r/k/v + LoRAs 33.1 us with it, 19.8 without; its channel
+    mix's key 33.1 and 19.5), against ~3 us for a LayerNorm launch; at 768 it cost ~2.4 (RWKV-4 169M's k/v/r 9.6
+    and 7.2), less than a launch. So: in the prologue up to a width of 1,024 at 16-row blocks; 64-row blocks never
+    (their statistics and the LayerNorm's vectors cost pipeline stages: 3 no longer fit in shared memory, and
+    RWKV-7 168M's decode at B = 32 fell from 24.0k to 18.4k tokens/s)."""
+    return block_b <= 16 and width <= 1024
+
+
+def _default_tiling(B: int, n_total: int, K: int, norm: bool = False) -> Tiling:
     """The launch's tiling where the caller gives none; tl.dot needs blocks of 16 at least. Batch rows in one block:
     16 up to a batch of 16, else 64 (the weights streamed once up to 64 rows, twice up to 128). Two sizes only: each
     is its own compiled kernel, and a block size per batch bucket made a decoder's new bucket (33 sequences after 32)
     wait ~10 s for Triton to compile the step's kernels again (H100, results/inference/generation_rwkv7.csv).
 
-    From the timings of each launch of RWKV-7's step at 168M and 1.47B (H100, B = 1, benchmarks/bench_gemv.py ->
-    results/inference/gemv_tiling*.csv), at a batch block of 16:
+    From the timings of each launch of the step at RWKV-7 168M and 1.47B and RWKV-4 169M (H100, B = 1,
+    benchmarks/bench_gemv.py -> results/inference/gemv_tiling*.csv), at a batch block of 16:
     - 32 columns and K blocks of 128 from 3,072 columns on: fastest or within 0.1 us at every such launch (1.47B:
       r/k/v + LoRAs 26.2 -> 20.0 us, the LoRAs' second 7.1 -> 4.6, the channel mix's key 24.8 -> 19.6);
-    - else 16 columns and K blocks of 256, so that few columns still make programs for every multiprocessor;
-    - K split four ways (`split_k`) where K is 4,096 or more and at least four times the columns: the 1.47B channel
-      mix's value (2,048 columns of K = 8,192) 20.2 -> 16.0 us at 32 x 128 (cuBLAS 16.3); splitting lost at every
-      other launch.
+    - else 16 columns and K blocks of 256, so that few columns still make programs for every multiprocessor; and
+      so too with the LayerNorm in the prologue (`norm`), whose every K block is normalised (RWKV-4 169M's channel
+      mix key and receptance, 3,840 columns of K = 768: 12.3 us at 32 x 128, 9.7 at 16 x 256);
+    - K split four ways (`split_k`) where K is 2,048 or more and at least four times the columns: the 1.47B channel
+      mix's value (2,048 columns of K = 8,192) 20.2 -> 16.0 us at 32 x 128 (cuBLAS 16.3), RWKV-4 169M's (768 of
+      K = 3,072) 8.0 -> 6.8 at 16 x 256; splitting lost at every other launch.
     64-row blocks: 16 columns up to 8,192 (not timed at other tilings), in 3 pipeline stages, with the LayerNorm
-    outside the launch (`_grouped_gemv_op`): inside it, 3 stages of a mixed projection's tiles with the LayerNorm's
-    vectors needed 240,640 bytes of shared memory, more than an H100 block's 232,448 (tests/compile_for_hopper.py
-    checks every kernel's)."""
+    outside the launch (`norm_in_prologue`)."""
     if B > 16:
         return Tiling(64, 16 if n_total <= 8192 else 32, min(256, max(16, triton.next_power_of_2(K))))
-    split_k = 4 if K >= 4096 and K >= 4 * n_total else 1
-    block_n, most_k = (32, 128) if n_total >= 3072 or split_k > 1 else (16, 256)
+    split_k = 4 if K >= 2048 and K >= 4 * n_total else 1
+    wide = K >= 4096 if split_k > 1 else n_total >= 3072 and not (norm and norm_in_prologue(16, K))
+    block_n, most_k = (32, 128) if wide else (16, 256)
     return Tiling(16, block_n, min(most_k, max(16, triton.next_power_of_2(K))), split_k=split_k)
+
+
+@triton.jit
+def _layer_norm_rows(x_ptr, x_stride, w_ptr, b_ptr, h_ptr, half_ptr, C, eps, BLOCK: tl.constexpr, HALF: tl.constexpr):
+    """h[row] = LayerNorm(x[row]) in fp32 (and, with HALF, in half_ptr's dtype too), one program a row held in
+    registers: the deviations from the row's mean taken as (x - x_0) - mean(x - x_0), x_0 its first number (exact
+    differences near x_0), so that a row far off centre loses no digits to a rounded mean; their mean square the
+    variance."""
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < C
+    x = tl.load(x_ptr + row * x_stride + cols, mask=mask, other=0.0).to(tl.float32)
+    shifted = tl.where(mask, x - tl.load(x_ptr + row * x_stride).to(tl.float32), 0.0)
+    d = tl.where(mask, shifted - tl.sum(shifted, 0) / C, 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(d * d, 0) / C + eps)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    h = d * rstd * w + b
+    tl.store(h_ptr + row * C + cols, h, mask=mask)
+    if HALF:
+        tl.store(half_ptr + row * C + cols, h.to(half_ptr.dtype.element_ty), mask=mask)
 
 
 def _grouped_gemv_op(
@@ -340,15 +375,18 @@ def _grouped_gemv_op(
     ln = ln_weight is not None
     h = torch.empty(B, x.shape[1] if ln else 0, dtype=torch.float32, device=x.device)
     if tiling is None:
-        tiling = dataclasses.astuple(_default_tiling(B, sum(ns), max(w.shape[0] for w in weights)))
+        tiling = dataclasses.astuple(_default_tiling(B, sum(ns), max(w.shape[0] for w in weights), norm=ln))
     block_b, block_n, block_k, num_warps, num_stages, split_k = tiling  # Tiling's fields in order
-    if ln and block_b > 16:
-        # 64-row blocks take the LayerNorm as a launch of its own (x normalised in its dtype, as the PyTorch step's
-        # is): in the prologue, each program's 64 rows of statistics and the LayerNorm's vectors cost pipeline
-        # stages (3 no longer fit in shared memory) and the decode step at B = 32 fell from 24.0k to 18.4k tokens/s
-        # (RWKV-7 168M, H100, results/inference/generation_rwkv7_168M_mixed.csv and its history)
-        normed = torch.nn.functional.layer_norm(x, x.shape[1:], ln_weight, ln_bias, ln_eps)  # (B, C) x's dtype
-        h.copy_(normed)
+    if ln and not norm_in_prologue(block_b, x.shape[1]):
+        # the LayerNorm in a launch of its own; the projections then read its output as their x: in fp32 at 16-row
+        # blocks, in x's dtype at 64 (whose three pipeline stages of fp32 x tiles would need 288 KB of shared memory)
+        width, block = x.shape[1], triton.next_power_of_2(x.shape[1])
+        warps = min(16, max(4, block // 512))  # 16 numbers a thread at most up to 8,192 (a 14B model's 5,120)
+        half = block_b > 16 and x.dtype != torch.float32
+        normed = torch.empty_like(x) if half else h
+        _layer_norm_rows[(B,)](
+            x, x.stride(0), ln_weight, ln_bias, h, normed, width, float(ln_eps), block, half, num_warps=warps
+        )
         x, ln, ln_weight, ln_bias = normed, False, None, None
     schedule = {"num_warps": num_warps, "num_stages": num_stages}
     starts, out_cols = [0], [0]
