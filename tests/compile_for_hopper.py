@@ -74,7 +74,9 @@ def compile_every_path() -> None:
         # the grouped projections at the other tilings bench_gemv times, split K's atomics and barrier among them
         SPLIT = Tiling(16, 16, 256, split_k=4)
         x, W = torch.randn(2, 256, dtype=torch.float16), torch.randn(256, 512, dtype=torch.float16)
-        for tiling in (Tiling(16, 64, 64, num_warps=8, num_stages=2), Tiling(16, 32, 256, num_warps=8), SPLIT):
+        others = (Tiling(16, 64, 64, num_warps=8, num_stages=2), Tiling(16, 32, 256, num_warps=8), SPLIT)
+        defaults_at_2048 = (Tiling(16, 64, 64, num_stages=4), Tiling(16, 16, 256, num_stages=4))  # K >= 2,048
+        for tiling in others + defaults_at_2048:
             grouped_gemv(x, [Projection(W)], tiling=tiling)
         # the LayerNorm in a launch of its own (wider than gemv.norm_in_prologue takes): at 2,048 and 5,120 (14B)
         for width in (2048, 5120):

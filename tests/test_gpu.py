@@ -310,6 +310,7 @@ def test_each_generation_runs_on_cuda_as_on_the_cpu(name, out):
     write_json(out / f"generations_{name}.json", errors, params)
 
 
+@pytest.mark.gpu
 def test_the_sampler_kernel_draws_the_torch_samplers_tokens_on_cuda(out):
     """inference/sampling_kernel.py on the GPU against sampling.sample on the same device: 256 rows of a real
     vocabulary's size (50,277), peaked and flat, top_p 0.9 and 1, two temperatures; the tokens that differ (a sum

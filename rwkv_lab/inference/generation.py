@@ -26,10 +26,6 @@ from .sampling import MAX_SEED, check_sampling, check_seed, sampler_for
 # any prompt length and batch (exact: the state is carried between the pieces)
 PREFILL_CHUNK = 4096
 PREFILL_TOKENS = 32768
-# prompts of mixed lengths run in pieces of about 1 / MIXED_PIECES of the longest (64 tokens at least): a piece runs
-# every sequence that reaches into it to the piece's end, so a sequence pads at most one piece past its own end (32
-# prompts of 16 to 1,024 tokens in one piece of 1,024 ran twice their tokens)
-MIXED_PIECES = 8
 
 
 @dataclass
@@ -115,8 +111,7 @@ def _prompts(prompt) -> list[str]:
 def prefill_prompts(model, tokenizer, prompts: list[str], state=None, new_document: bool = False):
     """The prompts through the parallel form, each from its own state: (last logits (n, V), the n states as one
     batch). One pass for the batch: the prompts right-padded to the longest, each taken at its own length
-    (`model.prefill(..., lengths=)`), in pieces of at most PREFILL_CHUNK tokens and PREFILL_TOKENS over the batch
-    (of mixed lengths, about 1 / MIXED_PIECES of the longest).
+    (`model.prefill(..., lengths=)`), in pieces of at most PREFILL_CHUNK tokens and PREFILL_TOKENS over the batch.
 
     An empty prompt starts a new document (end-of-text); so does every prompt with `new_document`. Only the last
     position goes through the head."""
@@ -128,8 +123,6 @@ def prefill_prompts(model, tokenizer, prompts: list[str], state=None, new_docume
     T = max(lengths)
     tokens = torch.tensor([x + [tokenizer.eot_id] * (T - len(x)) for x in ids], device=model.device)  # (n, T)
     chunk = max(64, min(PREFILL_CHUNK, PREFILL_TOKENS // len(prompts)))
-    if min(lengths) < T:
-        chunk = min(chunk, max(64, -(-T // MIXED_PIECES)))
     lengths = None if min(lengths) == T else torch.tensor(lengths, device=model.device)
     return model.prefill(tokens, state, chunk=chunk, lengths=lengths)
 

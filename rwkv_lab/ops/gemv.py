@@ -310,13 +310,16 @@ def _default_tiling(B: int, n_total: int, K: int, norm: bool = False) -> Tiling:
     is its own compiled kernel, and a block size per batch bucket made a decoder's new bucket (33 sequences after 32)
     wait ~10 s for Triton to compile the step's kernels again (H100, results/inference/generation_rwkv7.csv).
 
-    From the timings of each launch of the step at RWKV-7 168M and 1.47B and RWKV-4 169M (H100, B = 1,
+    From the timings of each launch of the step at RWKV-7 168M and 1.47B and RWKV-4 169M and 1.5B (H100, B = 1,
     benchmarks/bench_gemv.py -> results/inference/gemv_tiling*.csv), at a batch block of 16:
-    - 32 columns and K blocks of 128 from 3,072 columns on: fastest or within 0.1 us at every such launch (1.47B:
-      r/k/v + LoRAs 26.2 -> 20.0 us, the LoRAs' second 7.1 -> 4.6, the channel mix's key 24.8 -> 19.6);
-    - else 16 columns and K blocks of 256, so that few columns still make programs for every multiprocessor; and
-      so too with the LayerNorm in the prologue (`norm`), whose every K block is normalised (RWKV-4 169M's channel
-      mix key and receptance, 3,840 columns of K = 768: 12.3 us at 32 x 128, 9.7 at 16 x 256);
+    - from 3,072 columns on: 64 columns and K blocks of 64 in 4 stages where K is 2,048 or more (1.47B: r/k/v +
+      LoRAs 23.4 -> 17.9 us, the channel mix's key 23.5 -> 21.2; RWKV-4 1.5B: k/v/r 23.4 -> 21.4, key and
+      receptance 30.3 -> 27.3, all with their LayerNorm launch), else 32 columns and K blocks of 128 (1.47B: the
+      LoRAs' second 7.1 -> 4.6 us; 64 x 64 there 5.0);
+    - else 16 columns and K blocks of 256, so that few columns still make programs for every multiprocessor, in 4
+      stages where K is 2,048 or more (both 1.5B's attention output 7.0 -> 6.5 us); and so too with the LayerNorm
+      in the prologue (`norm`), whose every K block is normalised (RWKV-4 169M's channel mix key and receptance,
+      3,840 columns of K = 768: 12.3 us at 32 x 128, 9.7 at 16 x 256);
     - K split four ways (`split_k`) where K is 2,048 or more and at least four times the columns: the 1.47B channel
       mix's value (2,048 columns of K = 8,192) 20.2 -> 16.0 us at 32 x 128 (cuBLAS 16.3), RWKV-4 169M's (768 of
       K = 3,072) 8.0 -> 6.8 at 16 x 256; splitting lost at every other launch.
@@ -325,9 +328,13 @@ def _default_tiling(B: int, n_total: int, K: int, norm: bool = False) -> Tiling:
     if B > 16:
         return Tiling(64, 16 if n_total <= 8192 else 32, min(256, max(16, triton.next_power_of_2(K))))
     split_k = 4 if K >= 2048 and K >= 4 * n_total else 1
-    wide = K >= 4096 if split_k > 1 else n_total >= 3072 and not (norm and norm_in_prologue(16, K))
-    block_n, most_k = (32, 128) if wide else (16, 256)
-    return Tiling(16, block_n, min(most_k, max(16, triton.next_power_of_2(K))), split_k=split_k)
+    if split_k > 1:
+        return Tiling(16, *((32, 128) if K >= 4096 else (16, 256)), split_k=split_k)
+    if n_total >= 3072 and not (norm and norm_in_prologue(16, K)):
+        if K >= 2048:
+            return Tiling(16, 64, 64, num_stages=4)
+        return Tiling(16, 32, min(128, max(16, triton.next_power_of_2(K))))
+    return Tiling(16, 16, min(256, max(16, triton.next_power_of_2(K))), num_stages=4 if K >= 2048 else 3)
 
 
 @triton.jit
