@@ -29,9 +29,12 @@ counts none over thousands of rows). CUDA tensors, or CPU tensors under TRITON_I
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 # numbers of a row per program in the first three launches: at 2,048 a 50k vocabulary's row was 25 programs, and
 # its histogram launch took 28 us of a 169M step (H100); at 512 every multiprocessor has one
@@ -39,6 +42,24 @@ SLICE = 512
 BUCKETS = 32  # binades of e = exp(z - max) below 1: the candidates' coarse threshold
 PROBES = 16  # thresholds tried per round of the search for t* (4 bits a round)
 CHUNK = 1024  # candidates per step of _choose's passes
+
+
+@triton.jit
+def _exp(x, ACCURATE: tl.constexpr):
+    """exp as torch's CUDA kernels take it (libdevice's expf) on the GPU, where tl.exp is ex2.approx; Triton's
+    interpreter has no libdevice, and its tl.exp is numpy's."""
+    if ACCURATE:
+        return libdevice.exp(x)
+    return tl.exp(x)
+
+
+@triton.jit
+def _log(x, ACCURATE: tl.constexpr):
+    """log likewise: tl.log's lg2.approx is off by far more than an ulp of -log(U) near U = 1, where the race's
+    largest draws are (on the GPU one row in 256 drew another token than torch's sampler, every time)."""
+    if ACCURATE:
+        return libdevice.log(x)
+    return tl.log(x)
 
 
 @triton.jit
@@ -70,12 +91,12 @@ def _bucket(e):
 @triton.jit
 def _slice_hist(
     logits_ptr, stride, V, temperature, max_ptr, sum_ptr, mass_ptr, count_ptr, P,
-    SLICE: tl.constexpr, P_BLOCK: tl.constexpr, BUCKETS: tl.constexpr,
+    SLICE: tl.constexpr, P_BLOCK: tl.constexpr, BUCKETS: tl.constexpr, ACCURATE: tl.constexpr,
 ):  # fmt: skip
     piece, row = tl.program_id(0), tl.program_id(1)
     cols = piece * SLICE + tl.arange(0, SLICE)
     m = _row_max(max_ptr, row, P, P_BLOCK)
-    e = tl.exp(_scaled(logits_ptr, stride, row, cols, V, temperature) - m)  # 0 past V
+    e = _exp(_scaled(logits_ptr, stride, row, cols, V, temperature) - m, ACCURATE)  # 0 past V
     in_b = _bucket(e)[:, None] == tl.arange(0, BUCKETS)[None, :]  # (SLICE, BUCKETS)
     in_b = in_b & (cols < V)[:, None]
     out = (row * P + piece) * BUCKETS + tl.arange(0, BUCKETS)
@@ -103,14 +124,14 @@ def _nucleus_bucket(sum_ptr, mass_ptr, count_ptr, row, P, top_p, P_BLOCK: tl.con
 @triton.jit
 def _compact(
     logits_ptr, stride, V, temperature, max_ptr, sum_ptr, mass_ptr, count_ptr, P, top_p, cand_e_ptr, cand_i_ptr,
-    SLICE: tl.constexpr, P_BLOCK: tl.constexpr, BUCKETS: tl.constexpr,
+    SLICE: tl.constexpr, P_BLOCK: tl.constexpr, BUCKETS: tl.constexpr, ACCURATE: tl.constexpr,
 ):  # fmt: skip
     piece, row = tl.program_id(0), tl.program_id(1)
     cols = piece * SLICE + tl.arange(0, SLICE)
     m = _row_max(max_ptr, row, P, P_BLOCK)
     _, k, per_slice = _nucleus_bucket(sum_ptr, mass_ptr, count_ptr, row, P, top_p, P_BLOCK, BUCKETS)
     offset = tl.sum(tl.where(tl.arange(0, P_BLOCK) < piece, per_slice, 0), 0)  # the slices' before this one
-    e = tl.exp(_scaled(logits_ptr, stride, row, cols, V, temperature) - m)
+    e = _exp(_scaled(logits_ptr, stride, row, cols, V, temperature) - m, ACCURATE)
     keep = (_bucket(e) <= k) & (cols < V)
     at = offset + tl.cumsum(keep.to(tl.int32), 0) - 1  # in vocabulary order
     tl.store(cand_e_ptr + row * V + at, e, mask=keep)
@@ -130,6 +151,7 @@ def _mix32(x):
 def _choose(
     sum_ptr, mass_ptr, count_ptr, P, top_p, cand_e_ptr, cand_i_ptr, V, seeds_ptr, steps_ptr, out_ptr,
     TOP_P: tl.constexpr, P_BLOCK: tl.constexpr, BUCKETS: tl.constexpr, PROBES: tl.constexpr, CHUNK: tl.constexpr,
+    ACCURATE: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0)
     s, k, per_slice = _nucleus_bucket(sum_ptr, mass_ptr, count_ptr, row, P, top_p, P_BLOCK, BUCKETS)
@@ -175,7 +197,7 @@ def _choose(
         ids = tl.load(cand_i_ptr + row * V + at, mask=valid, other=0).to(tl.int64)
         bits = _mix32(key ^ _mix32(_mix32(ids) ^ 0x5BD1E995))
         u = ((bits >> 8).to(tl.float32) + 0.5) / 16777216.0
-        score = (e / s) / -tl.log(u)
+        score = (e / s) / -_log(u, ACCURATE)
         score = tl.where(valid & (e.to(tl.int32, bitcast=True).to(tl.int64) >= threshold), score, 0.0)
         value, index = tl.max(score, 0, return_indices=True, return_indices_tie_break_left=True)
         chosen = tl.sum(tl.where(offs == index, ids, 0), 0)
@@ -202,10 +224,11 @@ def _sample_kernel_op(
     logits = logits if logits.stride(1) == 1 else logits.contiguous()
     t, stride = float(temperature), logits.stride(0)
     _slice_max[(P, B)](logits, stride, V, t, maxes, P, SLICE)
-    _slice_hist[(P, B)](logits, stride, V, t, maxes, sums, mass, count, P, SLICE, p_block, BUCKETS)
+    accurate = os.environ.get("TRITON_INTERPRET") != "1"  # libdevice's exp and log, where there is libdevice
+    _slice_hist[(P, B)](logits, stride, V, t, maxes, sums, mass, count, P, SLICE, p_block, BUCKETS, accurate)
     args = (sums, mass, count, P, float(top_p))
-    _compact[(P, B)](logits, stride, V, t, maxes, *args, cand_e, cand_i, SLICE, p_block, BUCKETS)
-    _choose[(B,)](*args, cand_e, cand_i, V, seeds, steps, out, top_p < 1, p_block, BUCKETS, PROBES, CHUNK,
+    _compact[(P, B)](logits, stride, V, t, maxes, *args, cand_e, cand_i, SLICE, p_block, BUCKETS, accurate)
+    _choose[(B,)](*args, cand_e, cand_i, V, seeds, steps, out, top_p < 1, p_block, BUCKETS, PROBES, CHUNK, accurate,
                   num_warps=8)  # fmt: skip
     return out
 
