@@ -71,3 +71,14 @@ def test_a_nucleus_wider_than_a_chunk_of_candidates():
     seeds, steps = torch.tensor([5, 6]), torch.tensor([0, 1])
     assert sampling_kernel.CHUNK < 2700
     assert torch.equal(sample_kernel(logits, 1.0, 0.9, seeds, steps), sample(logits, 1.0, 0.9, seeds, steps))
+
+
+def test_the_uniform_noise_never_reaches_zero_or_one():
+    """sampling.uniform_from_bits at the extreme bit patterns: strictly inside (0, 1) in fp32, so -ln U is finite and
+    positive (at 1.0 it was -0.0: a token of probability 0 became NaN in the race and argmax drew it)."""
+    from rwkv_lab.inference.sampling import uniform_from_bits
+
+    u = uniform_from_bits(torch.tensor([0, 1, 511, 512, 2**32 - 512, 2**32 - 1], dtype=torch.int64))
+    assert u.dtype == torch.float32 and bool((u > 0).all()) and bool((u < 1).all()), u
+    assert bool((-torch.log(u) > 0).all())
+    assert u[0] == u[2] and u[-1] == u[-2] and u[3] > u[2]  # the top 23 bits decide

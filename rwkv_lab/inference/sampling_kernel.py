@@ -196,7 +196,7 @@ def _choose(
         e = tl.load(cand_e_ptr + row * V + at, mask=valid, other=0.0)
         ids = tl.load(cand_i_ptr + row * V + at, mask=valid, other=0).to(tl.int64)
         bits = _mix32(key ^ _mix32(_mix32(ids) ^ 0x5BD1E995))
-        u = ((bits >> 8).to(tl.float32) + 0.5) / 16777216.0
+        u = ((bits >> 9).to(tl.float32) + 0.5) / 8388608.0  # sampling.uniform_from_bits: in (0, 1), ends excluded
         score = (e / s) / -_log(u, ACCURATE)
         score = tl.where(valid & (e.to(tl.int32, bitcast=True).to(tl.int64) >= threshold), score, 0.0)
         value, index = tl.max(score, 0, return_indices=True, return_indices_tie_break_left=True)

@@ -391,7 +391,10 @@ def batched_runs(inference_dir: Path) -> pd.DataFrame:
         if compiled is None:
             step = "unknown (no decoder check in its run)"
         else:
-            step = f"compiled ({compiled})" if compiled else "uncompiled (fell back)"
+            # uncompiled: the default where the step and the sampler are kernels; a fallback where a compile
+            # failed (the check lists why; older checks, from before that default, do not)
+            fell_back = result.get("compile_fallbacks", True)
+            step = f"compiled ({compiled})" if compiled else "uncompiled" + (" (fell back)" if fell_back else "")
             step += ", step kernels" if result.get("step_kernels") else ""
         summary = batched_summary(frame).assign(
             arch=frame["arch"].iloc[0], device=meta["device"], step=step, file=path.name
