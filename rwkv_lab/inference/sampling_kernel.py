@@ -3,9 +3,10 @@
     tokens = sample_kernel(logits, temperature, top_p, seeds, steps)      # (B, V) -> (B,) int64
 
 The torch sampler sorts every row of probabilities to find the nucleus, then draws with a second pass over the
-vocabulary; on an H100 its dozen launches cost ~85 us a token at RWKV-4 169M (a radix sort of 50k numbers 39 us,
-the draw's single-program reduction 34 us: results/inference/kernel_profile_169M_*.csv), more than a decode step's
-projections at that size, and compiling it was seconds of a decoder's first call. The nucleus is
+vocabulary: on an H100, compiled, ~96 us of RWKV-4 169M's 689 us decode step (a radix sort of 50k numbers 39 us,
+the draw's single-program reduction 34 us: results/inference/kernel_profile_169M_gpu_169M_profile.csv), and
+compiling it was seconds of a decoder's first call. These four launches take 26 us of the same step
+(kernel_profile_169M_gpu_169M_kernels.csv, random weights: a flat distribution, many candidates). The nucleus is
 {i : p_i >= t*}, t* the least probability whose strictly larger ones weigh less than top_p (ties kept together:
 `sampling.nucleus_keeps`). Here, over slices of SLICE numbers of each row (programs (slice, row)):
 
@@ -24,7 +25,8 @@ Every sum runs in a fixed order: the same tokens on every call. Greedy decoding 
 
 It agrees with `sampling.sample` up to the rounding of sums taken in another order: a token whose mass above it
 is within a few ulps of top_p, or two draws within an ulp, may go the other way (tests/test_sampling_kernel.py
-counts none over thousands of rows). CUDA tensors, or CPU tensors under TRITON_INTERPRET=1 (the tests).
+finds none in its draws; tests/test_gpu.py counts them on the GPU, results/gpu_checks/sampler_kernel.json). CUDA
+tensors, or CPU tensors under TRITON_INTERPRET=1 (the tests).
 """
 
 from __future__ import annotations
@@ -55,8 +57,7 @@ def _exp(x, ACCURATE: tl.constexpr):
 
 @triton.jit
 def _log(x, ACCURATE: tl.constexpr):
-    """log likewise: tl.log's lg2.approx is off by far more than an ulp of -log(U) near U = 1, where the race's
-    largest draws are (on the GPU one row in 256 drew another token than torch's sampler, every time)."""
+    """log likewise (tl.log is lg2.approx on the GPU), for the race's -log(U) as torch's logf takes it."""
     if ACCURATE:
         return libdevice.log(x)
     return tl.log(x)
