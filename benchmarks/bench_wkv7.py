@@ -59,6 +59,7 @@ VARIANTS = {
     "bwd rows16 w1 partials": Tiling(partials=True),
     "bwd rows8 w1": Tiling(rows_bwd=8, warps_bwd=1),
     "stretch8": Tiling(stretch=8),
+    "bwd stretches in parallel": Tiling(parallel=True),
     "fwd rows64 w4": Tiling(rows=64, warps=4),
     "fwd rows64 w8": Tiling(rows=64, warps=8),
     "fwd rows16 w1": Tiling(rows=16, warps=1),

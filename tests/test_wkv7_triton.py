@@ -48,11 +48,14 @@ def check(name, inputs, tol, grad_tol=None, tiling=DEFAULT):
 
 # At N = 16: RWKV-LM's stretch of 16 tokens with one program per head both ways (its key-side gradients stored
 # whole); stretches of 4 (several within a short T) with the backward's rows split over programs, their key-side
-# parts added by atomics, and stored per row block and added by torch (partials).
+# parts added by atomics, and stored per row block and added by torch (partials); and the stretches stepped back in
+# parallel from the carried gradient (parallel: at T = 17 and 40 a last stretch shorter than the others).
 TILINGS = {
     "stretch16-rows16-bwd-whole-head": Tiling(stretch=16, rows=16, rows_bwd=16, warps_bwd=4),
     "stretch4-rows8-bwd-rows8-atomic": Tiling(stretch=4, rows=8, rows_bwd=8),
     "stretch4-rows8-bwd-rows8-partials": Tiling(stretch=4, rows=8, rows_bwd=8, partials=True),
+    "stretch4-rows8-bwd-rows8-parallel": Tiling(stretch=4, rows=8, rows_bwd=8, parallel=True),
+    "stretch16-rows16-bwd-whole-head-parallel": Tiling(stretch=16, rows=16, rows_bwd=16, warps_bwd=4, parallel=True),
 }
 
 

@@ -17,6 +17,12 @@ backward  one program per (block of BV_BWD value rows, head, batch), from the la
           BV_BWD = N one program owns them (stored directly), with fewer rows the programs add their parts
           (atomics into fp32 buffers, or each block's part stored and torch adding them: `Tiling.partials`). What is
           left in G at t = 0 is the initial state's gradient.
+          With `Tiling.parallel`, the stretches step back in parallel: a first pass (_wkv7_bwd_carry) carries only G
+          back over T (G += dy r^T, G <- G diag(w) + (G b) a^T: no state, a third of a token's arithmetic) and
+          keeps it at each stretch's end, beside the forward's kept states; then one program per (row block,
+          stretch) starts from both there and steps back through its STRETCH tokens only, as above: T / STRETCH
+          times the programs, each STRETCH dependent steps long instead of T, for a second copy of the kept states'
+          memory. Not yet timed on a GPU (benchmarks/bench_wkv7.py times it beside the default), so off by default.
 
 The tiling (STRETCH, BV, BV_BWD, warps, how the backward adds its parts) is a `Tiling`, passed by the caller to
 `wkv7_triton` and carried from the forward to its backward (the autograd context, the custom operator's argument):
@@ -57,6 +63,7 @@ class Tiling:
     rows_bwd: int = 16  # value rows per program in the backward (>= N: one program per head, no sums across them)
     warps_bwd: int = 1  # one warp: every sum over rows or keys within a warp (shuffles, no shared-memory barrier)
     partials: bool = False  # rows_bwd < N: each row block's key-side part stored, torch adds them (else atomics)
+    parallel: bool = False  # the backward's stretches in parallel after a pass carrying dL/dS alone (see above)
 
     def __post_init__(self):
         for name in ("rows", "warps", "rows_bwd", "warps_bwd"):
@@ -72,8 +79,8 @@ class Tiling:
 
     @classmethod
     def from_list(cls, values) -> Tiling:
-        stretch, rows, warps, rows_bwd, warps_bwd, partials = values
-        return cls(stretch, rows, warps, rows_bwd, warps_bwd, bool(partials))
+        stretch, rows, warps, rows_bwd, warps_bwd, partials, parallel = values
+        return cls(stretch, rows, warps, rows_bwd, warps_bwd, bool(partials), bool(parallel))
 
 
 # The default (bench_wkv7 times the others beside it; compile_wkv7 reads what each compiles to without a GPU).
@@ -178,6 +185,56 @@ def _key_gradient(ptr, base, cols, x, SUMS: tl.constexpr):
 
 @CachedLauncher
 @triton.jit
+def _wkv7_bwd_carry(
+    r_ptr,
+    w_ptr,
+    a_ptr,
+    b_ptr,
+    gy_ptr,
+    gstate_ptr,
+    gkeep_ptr,
+    dstate_ptr,
+    T,
+    H,
+    N: tl.constexpr,
+    BV: tl.constexpr,
+    STRETCH: tl.constexpr,
+    HAS_GSTATE: tl.constexpr,
+    DT: tl.constexpr,
+):
+    """Tiling.parallel's first pass: G = dL/dS_t carried from the last token back, kept (B, H, n_keep, N, N) at the
+    end of each stretch before that token's own part is added (what _wkv7_bwd's program for the stretch starts
+    from), and left at t = 0 as the initial state's gradient."""
+    iv, h, bb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    rows = iv * BV + tl.arange(0, BV)
+    cols = tl.arange(0, N)
+    head = (bb * H + h).to(tl.int64)
+    tile = rows[:, None] * N + cols[None, :]
+    if HAS_GSTATE:
+        G = tl.load(gstate_ptr + head * N * N + tile).to(DT)
+    else:
+        G = tl.zeros((BV, N), DT)
+    n_keep = tl.cdiv(T, STRETCH)
+    step = H * N
+    base = ((bb * T + T - 1) * H + h).to(tl.int64) * N  # (b, T - 1, h, 0)
+    for i in range(0, T):
+        t = T - 1 - i
+        if ((t + 1) % STRETCH == 0) | (t == T - 1):  # the end of a stretch: dL/dS_t from the tokens after it
+            tl.store(gkeep_ptr + (head * n_keep + t // STRETCH) * N * N + tile, G)
+        r = tl.load(r_ptr + base + cols).to(DT)
+        w = tl.exp(tl.load(w_ptr + base + cols).to(DT))
+        a = tl.load(a_ptr + base + cols).to(DT)
+        b = tl.load(b_ptr + base + cols).to(DT)
+        gy = tl.load(gy_ptr + base + rows).to(DT)
+        G += gy[:, None] * r[None, :]
+        dsa = tl.sum(G * b[None, :], axis=1)
+        G = G * w[None, :] + dsa[:, None] * a[None, :]
+        base -= step
+    tl.store(dstate_ptr + head * N * N + tile, G)
+
+
+@CachedLauncher
+@triton.jit
 def _wkv7_bwd(
     r_ptr,
     w_ptr,
@@ -189,6 +246,7 @@ def _wkv7_bwd(
     sa_ptr,
     keep_ptr,
     gstate_ptr,
+    gkeep_ptr,
     dr_ptr,
     dw_ptr,
     dk_ptr,
@@ -205,27 +263,37 @@ def _wkv7_bwd(
     HAS_GSTATE: tl.constexpr,
     SUMS: tl.constexpr,
     DT: tl.constexpr,
+    PARALLEL: tl.constexpr,
 ):
-    iv, h, bb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    rows = iv * BV + tl.arange(0, BV)
-    cols = tl.arange(0, N)
+    h, bb = tl.program_id(1), tl.program_id(2)
+    n_keep = tl.cdiv(T, STRETCH)
     head = (bb * H + h).to(tl.int64)
+    cols = tl.arange(0, N)
+    if PARALLEL:  # program (row block, stretch j): the stretch's tokens, from _wkv7_bwd_carry's G at its end
+        iv, j = tl.program_id(0) % (N // BV), tl.program_id(0) // (N // BV)
+        last = tl.minimum(T, (j + 1) * STRETCH) - 1
+        count = last + 1 - j * STRETCH
+    else:  # program (row block): every token, from the last
+        iv, j = tl.program_id(0), n_keep - 1
+        last, count = T - 1, T
+    rows = iv * BV + tl.arange(0, BV)
     tile = rows[:, None] * N + cols[None, :]
-    if HAS_GSTATE:
+    if PARALLEL:
+        G = tl.load(gkeep_ptr + (head * n_keep + j) * N * N + tile).to(DT)
+    elif HAS_GSTATE:
         G = tl.load(gstate_ptr + head * N * N + tile).to(DT)  # dL/dS_T, the final state's gradient
     else:
         G = tl.zeros((BV, N), DT)
     S = tl.zeros((BV, N), DT)
-    n_keep = tl.cdiv(T, STRETCH)
     step = H * N
-    base = ((bb * T + T - 1) * H + h).to(tl.int64) * N  # (b, T - 1, h, 0)
+    base = ((bb * T + last) * H + h).to(tl.int64) * N  # (b, last, h, 0)
     # PARTIAL: this row block's copy of the key-side gradients, (NBLK, B, T, H, N)
     part = iv.to(tl.int64) * part_stride
-    r1, log_w1, k1, a1, b1, v1 = _load_token(r_ptr, w_ptr, k_ptr, a_ptr, b_ptr, v_ptr, base, cols, rows, T - 1, T)
+    r1, log_w1, k1, a1, b1, v1 = _load_token(r_ptr, w_ptr, k_ptr, a_ptr, b_ptr, v_ptr, base, cols, rows, last, T)
     gy1 = tl.load(gy_ptr + base + rows)
     sa1 = tl.load(sa_ptr + base + rows)
-    for i in range(0, T):
-        t = T - 1 - i
+    for i in range(0, count):
+        t = last - i
         r, log_w, k, a, b, v = r1.to(DT), log_w1.to(DT), k1.to(DT), a1.to(DT), b1.to(DT), v1.to(DT)
         gy, sa = gy1.to(DT), sa1.to(DT)
         # the previous token's inputs, loaded before this token's arithmetic (as in the forward)
@@ -254,7 +322,8 @@ def _wkv7_bwd(
         _key_gradient(da_ptr, part + base, cols, da, SUMS)
         _key_gradient(db_ptr, part + base, cols, db, SUMS)
         base -= step
-    tl.store(dstate_ptr + head * N * N + tile, G)
+    if not PARALLEL:  # (else the carrying pass stored it)
+        tl.store(dstate_ptr + head * N * N + tile, G)
 
 
 def _tl_dtype(cd: torch.dtype):
@@ -406,7 +475,14 @@ def _backward(
     dr, dw, dk, da, db = key_grads
     dv = torch.empty_like(v)
     dstate = torch.empty(B, H, N, N, device=k.device, dtype=cd)
-    _wkv7_bwd[(n_blocks, H, B)](
+    gkept, stretches = None, 1
+    if tiling.parallel:  # dL/dS at each stretch's end first, then the stretches side by side
+        gkept, stretches = torch.empty_like(kept), kept.shape[2]
+        _wkv7_bwd_carry[(n_blocks, H, B)](
+            r, log_w, a, b, gy, gstate, gkept, dstate, T, H, N=N, BV=bv, STRETCH=tiling.stretch,
+            HAS_GSTATE=gstate is not None, DT=_tl_dtype(cd), num_warps=tiling.warps_bwd,
+        )  # fmt: skip
+    _wkv7_bwd[(n_blocks * stretches, H, B)](
         r,
         log_w,
         k,
@@ -417,6 +493,7 @@ def _backward(
         sa,
         kept,
         gstate,
+        gkept,
         dr,
         dw,
         dk,
@@ -433,6 +510,7 @@ def _backward(
         HAS_GSTATE=gstate is not None,
         SUMS=sums,
         DT=_tl_dtype(cd),
+        PARALLEL=tiling.parallel,
         num_warps=tiling.warps_bwd,
     )
     if sums == PARTIAL:
