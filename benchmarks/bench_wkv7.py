@@ -6,6 +6,7 @@
     python benchmarks/bench_wkv7.py --skip-check   # the benchmark alone
     python benchmarks/bench_wkv7.py --check-only --quick
     python benchmarks/bench_wkv7.py --quick --rounds 3 --fla-shapes 8x1024x2048   # the tilings compared, ~8 min
+    python benchmarks/bench_wkv7.py --quick --variant "bwd stretches in parallel"  # the default beside one tiling
 
 Check: ours (`wkv7(..., backend="triton")`) against float64 forms computed on the GPU, on RWKV-7-like inputs
 (log_w = -e^-0.5 sigmoid(randn), unit-norm kappa, iclr ~ U(0, 1), a random non-zero state) and with every decay at
@@ -49,7 +50,8 @@ ROUNDS = 5
 LOWER_BOUND = -math.exp(-0.5)
 # ours at these tilings, the default first (the others' errors are measured against it). Fields: stretch, rows /
 # warps per forward program, rows_bwd / warps_bwd per backward program, partials (key-side sums stored per row
-# block and added by torch instead of fp32 atomics). A name says how it differs from the default.
+# block and added by torch instead of fp32 atomics), parallel (the backward's stretches at once after a pass carrying
+# the state's gradient). A name says how it differs from the default.
 VARIANTS = {
     "ours": DEFAULT,
     "x070 (bwd rows64 w4, fwd rows16)": Tiling(rows=16, rows_bwd=64, warps_bwd=4),
@@ -293,6 +295,12 @@ def main():
         default="x".join(map(str, SHAPES[0])),
         help="BxTxC,... at which fla is timed, after all of ours ('' for none; its autotuning takes minutes)",
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        choices=list(VARIANTS),
+        help="a tiling of VARIANTS to check and time (repeat it; default: all); 'ours', the default, always runs",
+    )
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--device", default="cuda", help="cpu: a smoke test of this script (TRITON_INTERPRET=1)")
     args = parser.parse_args()
@@ -300,15 +308,17 @@ def main():
     shapes = parse_shapes(args.shapes)
     fla_shapes = parse_shapes(args.fla_shapes) if args.fla_shapes else []
     folder = results_dir() / "wkv7"
+    chosen = {"ours"} | set(args.variant or VARIANTS)
+    variants = {name: tiling for name, tiling in VARIANTS.items() if name in chosen}  # the default first
     if not args.skip_check:
         cases = QUICK_CASES if args.quick else CHECK_CASES
         rows = check_kernel(device, cases)
         params = {"cases": [list(map(str, c)) for c in cases], "description": "wkv7 Triton kernel vs float64 (GPU)"}
         print("wrote", write_json(folder / "wkv7_kernel_check.json", rows, params), flush=True)
-        rows = check_variants(device)
+        rows = check_variants(device, variants=variants)
         params = {
             "shape": VARIANT_CHECK,
-            "variants": {name: str(t) for name, t in VARIANTS.items()},
+            "variants": {name: str(t) for name, t in variants.items()},
             "description": "wkv7 Triton kernel at every benchmarked tiling vs the float64 recurrence (GPU)",
         }
         print("wrote", write_json(folder / "wkv7_variants_check.json", rows, params), flush=True)
@@ -318,7 +328,7 @@ def main():
             "shapes": shapes,
             "fla_shapes": fla_shapes,
             "rounds": args.rounds,
-            "variants": {name: str(t) for name, t in VARIANTS.items()},
+            "variants": {name: str(t) for name, t in variants.items()},
             "inputs": "bf16, RWKV-7-like: log_w = -e^-0.5 sigmoid(randn), unit-norm kappa, iclr ~ U(0, 1), fp32 state",
             "description": "RWKV-7 state update forward / forward+backward on the GPU: our Triton kernel vs fla",
         }
@@ -327,7 +337,7 @@ def main():
         def write(rows, complete=False):
             write_table(path, pd.DataFrame(rows), params | {"complete": complete}, volatile=volatile)
 
-        rows = benchmark(device, shapes, args.rounds, fla_shapes, write)
+        rows = benchmark(device, shapes, args.rounds, fla_shapes, write, variants)
         write(rows, complete=True)
         print(pd.DataFrame(rows).to_string(index=False, float_format=lambda x: f"{x:.4g}"))
         print("wrote", path, flush=True)
