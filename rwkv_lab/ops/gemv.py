@@ -193,8 +193,8 @@ def _row_stats(x_ptr, x_stride, rows, in_b, K: tl.constexpr, eps, BLOCK_B: tl.co
     """Mean and 1 / std of x[rows, :K] (BLOCK_B,) each, in fp32, in one pass over chunks of CHUNK columns: each
     chunk's mean and sum of squared deviations from it (the chunk held in registers), merged into the running ones
     as they come (Chan, Golub and LeVeque's pairwise update), as accurate as two passes over the row. A pass is a
-    chain of dependent loads before the first weight is read: one pass of wide chunks (4 at a width of 2,048) in
-    place of two of BLOCK_K (32)."""
+    chain of dependent loads before the first weight is read: one pass of wide chunks (two of 512 at a width of
+    768) in place of two passes of BLOCK_K (six loads of 256)."""
     mean = tl.zeros((BLOCK_B,), dtype=tl.float32)
     m2 = tl.zeros((BLOCK_B,), dtype=tl.float32)
     for k0 in range(0, K, CHUNK):
