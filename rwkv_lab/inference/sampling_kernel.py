@@ -227,7 +227,9 @@ def _sample_kernel_op(
     _slice_max[(P, B)](logits, stride, V, t, maxes, P, SLICE)
     accurate = os.environ.get("TRITON_INTERPRET") != "1"  # libdevice's exp and log, where there is libdevice
     _slice_hist[(P, B)](logits, stride, V, t, maxes, sums, mass, count, P, SLICE, p_block, BUCKETS, accurate)
-    args = (sums, mass, count, P, float(top_p))
+    # without a nucleus (top_p = 1) every token is a candidate: a mass no bucket reaches, where the fp32 sums
+    # could reach s before the last bucket and leave the smallest tokens out of the race
+    args = (sums, mass, count, P, float(top_p) if top_p < 1 else float("inf"))
     _compact[(P, B)](logits, stride, V, t, maxes, *args, cand_e, cand_i, SLICE, p_block, BUCKETS, accurate)
     _choose[(B,)](*args, cand_e, cand_i, V, seeds, steps, out, top_p < 1, p_block, BUCKETS, PROBES, CHUNK, accurate,
                   num_warps=8)  # fmt: skip

@@ -274,8 +274,7 @@ def _wkv7_bwd(
         last = tl.minimum(T, (j + 1) * STRETCH) - 1
         count = last + 1 - j * STRETCH
     else:  # program (row block): every token, from the last
-        iv, j = tl.program_id(0), n_keep - 1
-        last, count = T - 1, T
+        iv, last, count = tl.program_id(0), T - 1, T
     rows = iv * BV + tl.arange(0, BV)
     tile = rows[:, None] * N + cols[None, :]
     if PARALLEL:
