@@ -9,7 +9,7 @@ Writes results/inference/generation<arch><tag>.csv (<arch>: '' for rwkv4, _rwkv7
 batch and prompt length: tokens/s, first-token latency, warm-up, peak memory, the weight-bandwidth roofline on a
 GPU) and, on a GPU, results/inference/decoder_check<arch><tag>.json: the captured (compiled) step against the
 eager `model.step` in fp32. The decoder runs each generation's step kernels on a GPU (RunConfig.step_kernels);
-`--reference-step` measures it at batch 1 around the PyTorch step too, in the same run.
+`--reference-step` measures it at every batch around the PyTorch step too, in the same run.
 The `mixed` rows are the batched end to end case: `--mixed-batches` prompts (32 and 128) of lengths drawn from
 `--mixed-lengths` (16 to 1,024 tokens), `--new-tokens` each, one generate call (one prefill pass for the batch,
 then the decoder), beside the decoder alone at that batch, and the warm-up a new batch size then costs.
@@ -414,7 +414,7 @@ def main():
     parser.add_argument(
         "--reference-step",
         action="store_true",
-        help="at batch 1, the decoder around the PyTorch step too (kernels off)",
+        help="at every batch, the decoder around the PyTorch step too (kernels off)",
     )
     parser.add_argument(
         "--compare-compile",
@@ -455,7 +455,7 @@ def main():
             rows.append(row | ours_generate(model, tokenizer, batch, prompt_len, args.new_tokens, device))
             rows.append(row | ours_step(model, batch, args.new_tokens, device))
             print(rows[-2], rows[-1], sep="\n", flush=True)
-            if args.reference_step and batch == 1:
+            if args.reference_step:
                 rows.append(row | ours_step(model, batch, args.new_tokens, device, step_kernels=False))
                 print(rows[-1], flush=True)
             for level in args.compare_compile.split(",") if args.compare_compile else []:

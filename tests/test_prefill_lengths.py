@@ -9,8 +9,11 @@ from helpers import random_state as random_state4
 
 import rwkv_lab
 from rwkv_lab.inference.decoder import Decoder, bucket_for
+from rwkv_lab.inference.generation import PREFILL_CHUNK, PREFILL_TOKENS
 from rwkv_lab.loading.tokenizer import tokenizer_for
 from rwkv_lab.models import architecture
+from rwkv_lab.ops import lengths as lengths_module
+from rwkv_lab.ops.lengths import PASS_TOKENS, prefill_pieces
 from rwkv_lab.ops.rwkv4 import wkv, wkv_chunked, wkv_recurrent
 
 GENERATIONS = ["rwkv4", "rwkv7"]
@@ -196,3 +199,69 @@ def test_decoder_pads_a_batch_to_its_bucket_without_changing_real_rows(name):
         assert torch.equal(chosen, sample(ref_logits, 0.9, 0.8, seeds, steps))
     with pytest.raises(ValueError, match="at most 8"):
         decoder.step(torch.zeros(9, dtype=torch.long), model.init_state(9))
+
+
+# ---- where a batch of prompts is cut for its prefill -------------------------------------------------------------
+
+
+def tokens_run(lengths, pieces) -> int:
+    """Tokens a plan runs, padding included: each piece over the sequences longer than its start."""
+    return sum(sum(n > start for n in lengths) * (end - start) for start, end in pieces)
+
+
+@pytest.mark.parametrize("chunk, batch_tokens", [(None, None), (100, None), (4096, 2048), (7, 64)])
+def test_prefill_pieces_cover_the_longest_prompt_within_their_bounds(chunk, batch_tokens):
+    lengths = torch.randint(1, 700, (37,), generator=torch.Generator().manual_seed(3)).tolist()
+    pieces = prefill_pieces(lengths, chunk, batch_tokens)
+    assert pieces[0][0] == 0 and pieces[-1][1] == max(lengths)
+    assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:])), "contiguous"
+    for start, end in pieces:
+        rows = sum(n > start for n in lengths)
+        assert 0 < end - start <= min(chunk or end, max(64, batch_tokens // rows) if batch_tokens else end)
+
+
+def test_prefill_pieces_without_a_pass_cost_cut_at_every_length():
+    lengths = [5, 1, 13, 8, 13, 3]
+    pieces = prefill_pieces(lengths, pass_tokens=0)
+    assert pieces == [(0, 1), (1, 3), (3, 5), (5, 8), (8, 13)]
+    assert tokens_run(lengths, pieces) == sum(lengths)  # no padding at all
+    assert prefill_pieces(lengths, pass_tokens=10**6) == [(0, 13)]  # passes dear: one
+
+
+@pytest.mark.parametrize("B", [32, 128])
+def test_prefill_pieces_run_fewer_tokens_than_fixed_pieces(B):
+    """bench_generation's mixed batches (lengths drawn from 16 to 1,024 with the batch as seed): the planned pieces
+    against the fixed ones generate used before (max(64, PREFILL_TOKENS // B) tokens each), in tokens run (padding
+    included) and passes."""
+    lengths = torch.randint(16, 1025, (B,), generator=torch.Generator().manual_seed(B)).tolist()
+    planned = prefill_pieces(lengths, PREFILL_CHUNK, PREFILL_TOKENS)
+    size = max(64, min(PREFILL_CHUNK, PREFILL_TOKENS // B))
+    fixed = [(s, min(s + size, max(lengths))) for s in range(0, max(lengths), size)]
+    ratio = {name: tokens_run(lengths, p) / sum(lengths) for name, p in (("planned", planned), ("fixed", fixed))}
+    print(
+        f"B={B}: planned pieces run {ratio['planned']:.2f}x the prompts' tokens in {len(planned)} passes, "
+        f"fixed pieces of {size} {ratio['fixed']:.2f}x in {len(fixed)}"
+    )
+    assert ratio["planned"] < ratio["fixed"]
+    assert ratio["planned"] * sum(lengths) + PASS_TOKENS * len(planned) < ratio["fixed"] * sum(
+        lengths
+    ) + PASS_TOKENS * len(fixed)
+
+
+@pytest.mark.parametrize("name", GENERATIONS)
+def test_prefill_cut_at_every_length_is_each_prompt_alone(name, monkeypatch):
+    """With passes free (PASS_TOKENS 0) the prefill cuts at every prompt's length, so the pieces' rows shrink one
+    length at a time; and with a bound over the batch: still each prompt alone, in float64."""
+    monkeypatch.setattr(lengths_module, "PASS_TOKENS", 0)
+    arch = architecture(name)
+    model = random_model(arch.get_config("tiny"), seed=4, dtype=torch.float64).eval()
+    lengths = [5, 1, 13, 8, 13, 3]
+    tokens = torch.randint(0, model.config.vocab_size, (len(lengths), T), generator=torch.Generator().manual_seed(2))
+    state = random_state(model, len(lengths), seed=6)
+    with torch.no_grad():
+        alone = [model.prefill(tokens[b : b + 1, :n], state[b]) for b, n in enumerate(lengths)]
+        for batch_tokens in (None, 4):
+            logits, new = model.prefill(tokens, state.clone(), lengths=torch.tensor(lengths), batch_tokens=batch_tokens)
+            tag = f"{name} cut at every length, batch_tokens={batch_tokens}"
+            assert_rel_close(f"{tag} logits", logits, torch.cat([x for x, _ in alone]), TOL["float64 algebra"])
+            assert_rel_close(f"{tag} state", new, type(state).cat([s for _, s in alone]), TOL["float64 algebra"])

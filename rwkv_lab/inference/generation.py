@@ -111,7 +111,8 @@ def _prompts(prompt) -> list[str]:
 def prefill_prompts(model, tokenizer, prompts: list[str], state=None, new_document: bool = False):
     """The prompts through the parallel form, each from its own state: (last logits (n, V), the n states as one
     batch). One pass for the batch: the prompts right-padded to the longest, each taken at its own length
-    (`model.prefill(..., lengths=)`), in pieces of at most PREFILL_CHUNK tokens and PREFILL_TOKENS over the batch.
+    (`model.prefill(..., lengths=)`), in pieces of at most PREFILL_CHUNK tokens a prompt and PREFILL_TOKENS over the
+    batch, cut at the prompts' lengths.
 
     An empty prompt starts a new document (end-of-text); so does every prompt with `new_document`. Only the last
     position goes through the head."""
@@ -122,9 +123,8 @@ def prefill_prompts(model, tokenizer, prompts: list[str], state=None, new_docume
     lengths = [len(x) for x in ids]
     T = max(lengths)
     tokens = torch.tensor([x + [tokenizer.eot_id] * (T - len(x)) for x in ids], device=model.device)  # (n, T)
-    chunk = max(64, min(PREFILL_CHUNK, PREFILL_TOKENS // len(prompts)))
     lengths = None if min(lengths) == T else torch.tensor(lengths, device=model.device)
-    return model.prefill(tokens, state, chunk=chunk, lengths=lengths)
+    return model.prefill(tokens, state, chunk=PREFILL_CHUNK, batch_tokens=PREFILL_TOKENS, lengths=lengths)
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..ops import triton_available
-from ..ops.lengths import check_lengths, last_positions
+from ..ops.lengths import check_lengths, last_positions, prefill_pieces
 from .checks import check_tokens
 from .run_config import RunConfig
 
@@ -136,42 +136,61 @@ class RecurrentLMBase(nn.Module):
         backend=None,
         check: bool = True,
         lengths: torch.Tensor | None = None,
+        batch_tokens: int | None = None,
     ):
         """Parallel form for a prompt: tokens (B, T) -> logits of the last token (B, V) and the state. Inference:
         no autograd whatever the caller's grad mode, so it runs the forward-only paths (`forward` is for training).
 
-        Only the last position goes through the head, and `chunk` bounds the memory: T is run in pieces of `chunk`
-        tokens with the state carried between them, which gives the same result as one call.
+        Only the last position goes through the head, and `chunk` bounds the memory: T is run in pieces of at most
+        `chunk` tokens a sequence (and, with `batch_tokens`, of max(64, batch_tokens // B) at most) with the state
+        carried between them, which gives the same result as one call.
 
         `lengths` (B,) ints in [1, T]: prompts of different lengths in one pass (as cu_seqlens in fla and
         flash-attention), right-padded to T (any ids after a prompt's end). Sequence b's logits are those of its
         token lengths[b] - 1 and its state the one after it: what prefilling tokens[b, :lengths[b]] alone gives.
-        A piece of `chunk` tokens runs the sequences that reach into it only.
+        The pieces are cut at the prompts' lengths (`prefill_pieces`: padding traded against passes), each run over
+        the sequences that reach into it only; the plan is made on the host from one read of `lengths`, so the
+        passes queue without waiting on the GPU.
         """
-        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
-            raise ValueError(f"chunk must be a positive number of tokens or None (the whole prompt); got {chunk!r}")
+        for name, value in (("chunk", chunk), ("batch_tokens", batch_tokens)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive number of tokens or None (no bound); got {value!r}")
         state = self.checked_state(tokens, state, check)
         B, T = tokens.shape
         if lengths is not None:
             if check:
                 check_lengths(lengths, B, T, tokens.device)
-            if bool((lengths == T).all()):
+            lengths = lengths.tolist()
+            if min(lengths) == T:
                 lengths = None  # no padding: the plain pass
-        chunk = chunk or T
         backend = backend or self.run.backend
         if lengths is None:
-            for start in range(0, T, chunk):
-                x, state = self.blocks_with_state(self.emb(tokens[:, start : start + chunk]), state, backend)
+            size = min(chunk or T, max(64, batch_tokens // B) if batch_tokens else T)
+            for start in range(0, T, size):
+                x, state = self.blocks_with_state(self.emb(tokens[:, start : start + size]), state, backend)
             return self.head(self.ln_out(x[:, -1])), state
+        pieces = prefill_pieces(lengths, chunk, batch_tokens)
+        # every piece's rows and their real tokens in it, sent to the device at once: (rows, ends) per piece
+        plan = [[b for b, n in enumerate(lengths) if n > start] for start, _ in pieces]
+        ends = [[min(lengths[b], end) - start for b in rows] for rows, (start, end) in zip(plan, pieces)]
+        sent = torch.tensor([i for rows, e in zip(plan, ends) for i in rows + e], device=tokens.device).split(
+            [2 * len(rows) for rows in plan]
+        )
         last = None  # (B, C): each sequence's hidden state at its last token, filled by the piece it ends in
-        for start in range(0, int(lengths.max()), chunk):
-            rows = (lengths > start).nonzero()[:, 0]  # the sequences reaching into this piece
-            piece = tokens[rows, start : start + chunk]
-            ends = (lengths[rows] - start).clamp(max=piece.shape[1])  # (R,): their real tokens in the piece
-            partial = None if bool((ends == piece.shape[1]).all()) else ends
-            x, new = self.blocks_with_state(self.emb(piece), state[rows], backend, lengths=partial)
-            state = type(state)(*(t.index_copy(0, rows, n) for t, n in zip(state.tensors(), new.tensors())))
-            x = last_positions(x, ends)  # (R, C)
+        for (start, end), rows_here, ends_here, both in zip(pieces, plan, ends, sent):
+            rows, real = both.split(len(rows_here))  # (R,) each
+            everyone = len(rows_here) == B
+            partial = None if min(ends_here) == end - start else real
+            inputs = tokens[:, start:end] if everyone else tokens[rows, start:end]
+            x, new = self.blocks_with_state(
+                self.emb(inputs), state if everyone else state[rows], backend, lengths=partial
+            )
+            state = (
+                new
+                if everyone
+                else type(state)(*(t.index_copy(0, rows, n) for t, n in zip(state.tensors(), new.tensors())))
+            )
+            x = last_positions(x, real)  # (R, C)
             last = x.new_zeros(B, x.shape[-1]) if last is None else last
             last = last.index_copy(0, rows, x)  # rows ending in a later piece are overwritten there
         return self.head(self.ln_out(last)), state

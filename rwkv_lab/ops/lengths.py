@@ -3,6 +3,8 @@ operator and model that takes them shares."""
 
 from __future__ import annotations
 
+import bisect
+
 import torch
 
 
@@ -33,3 +35,53 @@ def last_positions(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tenso
 def padding_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
     """(B, T) bool: True at the positions past each sequence's length (right padding)."""
     return torch.arange(T, device=lengths.device)[None, :] >= lengths[:, None]
+
+
+# A prefill piece's cost beyond its tokens, in tokens: one pass launches every layer's kernels whatever its size
+# (hundreds of launches, about PASS_TOKENS tokens' worth of GPU time at the Pile models' smallest shapes), so
+# `prefill_pieces` trades padding against passes at this rate.
+PASS_TOKENS = 1024
+
+
+def prefill_pieces(
+    lengths: list[int], chunk: int | None = None, batch_tokens: int | None = None, pass_tokens: int | None = None
+) -> list[tuple[int, int]]:
+    """Where a right-padded batch of prompts of `lengths` is cut in time for a prefill: pieces (start, end), each
+    run over the sequences that reach into it (those longer than `start`), every sequence shorter than `end`
+    padded to it. Each piece is at most `chunk` tokens long and, where `batch_tokens` is given, at most
+    max(64, batch_tokens // rows) (a memory bound over the batch).
+
+    The cuts lie at the prompts' own lengths, chosen to minimise the tokens run (padding included) plus
+    `pass_tokens` (default PASS_TOKENS) for each pass: a dynamic programme over the distinct lengths, at most 256
+    of them (lengths are rounded up to a multiple of max T / 256 beyond that). tests/test_prefill_lengths.py
+    prints the tokens run and the passes for the benchmark's batches of prompts of 16 to 1,024 tokens, beside
+    pieces of a fixed length."""
+    T = max(lengths)
+    chunk = chunk or T
+    pass_tokens = PASS_TOKENS if pass_tokens is None else pass_tokens
+    by_length = sorted(lengths)
+    step = max(1, -(-T // 256))  # candidate cuts at most 256
+    cuts = [0] + sorted({min(T, -(-n // step) * step) for n in lengths})
+
+    def rows_after(start: int) -> int:  # the sequences longer than `start`
+        return len(by_length) - bisect.bisect_right(by_length, start)
+
+    def piece_length(start: int) -> int:
+        rows = rows_after(start)
+        return min(chunk, max(64, batch_tokens // rows)) if batch_tokens else chunk
+
+    def cost(start: int, end: int) -> int:
+        return rows_after(start) * (end - start) + pass_tokens * -(-(end - start) // piece_length(start))
+
+    best, previous = [0] + [None] * (len(cuts) - 1), [0] * len(cuts)
+    for j in range(1, len(cuts)):
+        best[j], previous[j] = min((best[i] + cost(cuts[i], cuts[j]), i) for i in range(j))
+    spans, j = [], len(cuts) - 1
+    while j:
+        spans.append((cuts[previous[j]], cuts[j]))
+        j = previous[j]
+    pieces = []
+    for start, end in reversed(spans):
+        size = piece_length(start)
+        pieces += [(s, min(end, s + size)) for s in range(start, end, size)]
+    return pieces
