@@ -301,17 +301,21 @@ def transformers_rows(model, size: str, prefill_T: int, steps: int, tmp: Path, d
     ]
 
 
-def kernel_profile(model, size: str, prefill_T: int, steps: int, device) -> list[dict]:
-    """Where the time goes: CUDA kernels of `steps` decode steps (batch 1, the captured step) and of one prefill
-    of `prefill_T` tokens, by total device time (torch.profiler)."""
+def kernel_profile(model, size: str, prefill_T: int, steps: int, device, mixed: list[str] = (), tokenizer=None):
+    """Where the time goes: CUDA kernels of `steps` decode steps (batch 1, the captured step), of one prefill of
+    `prefill_T` tokens and, given `mixed` prompts, of their prefill in one call (`prefill_prompts`), by total device
+    time (torch.profiler)."""
     decoder = decoder_for(model, 1)
     tokens, state = torch.randint(1, 20000, (1,), device=device), model.init_state(1)
     prompt = torch.randint(1, 20000, (1, prefill_T), device=device)
     rows = []
-    for what, fn in (
+    profiled = [
         ("decode step", lambda: [decoder.step(tokens, state, **SAMPLING) for _ in range(steps)]),
         ("prefill", lambda: model.prefill(prompt)),
-    ):
+    ]
+    if mixed:
+        profiled.append((f"prefill of {len(mixed)} mixed prompts", lambda: prefill_prompts(model, tokenizer, mixed)))
+    for what, fn in profiled:
         kernels = cuda_kernels(fn, device)
         total = sum(e.device_time_total for e in kernels)
         calls = steps if what == "decode step" else 1
@@ -409,7 +413,11 @@ def main():
     parser.add_argument("--tokenizer", default=None, help="tokenizer.json (default: $RWKV_LAB_TOKENIZER)")
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--no-check", action="store_true", help="skip the fp32 decoder check (GPU)")
-    parser.add_argument("--profile-sizes", default="169M", help="sizes whose decode step and prefill are profiled")
+    parser.add_argument(
+        "--profile-sizes",
+        default="169M",
+        help="sizes whose decode step, prefill and largest mixed batch's prefill are profiled",
+    )
     parser.add_argument("--tag", default="")
     parser.add_argument(
         "--reference-step",
@@ -473,7 +481,11 @@ def main():
                     print(rows[-1], flush=True)
         rows.append(base | {"batch": 1} | ours_prefill(model, args.prefill, device))
         if device.type == "cuda" and size in args.profile_sizes.split(","):
-            profile = pd.DataFrame(kernel_profile(model, size, args.prefill, 20, device))
+            mixed = []
+            if args.mixed_batches and size in (args.mixed_sizes or args.sizes).split(","):
+                largest = max(map(int, args.mixed_batches.split(",")))
+                mixed = mixed_prompts(tokenizer, largest, *map(int, args.mixed_lengths.split(",")), seed=largest)
+            profile = pd.DataFrame(kernel_profile(model, size, args.prefill, 20, device, mixed, tokenizer))
             write_table(out / f"kernel_profile_{size}{args.tag}.csv", profile, params, device=device)
             print(profile.head(12).to_string(), flush=True)
         if not args.no_peers:

@@ -76,7 +76,9 @@ def compile_every_path() -> None:
         x, W = torch.randn(2, 256, dtype=torch.float16), torch.randn(256, 512, dtype=torch.float16)
         others = (Tiling(16, 64, 64, num_warps=8, num_stages=2), Tiling(16, 32, 256, num_warps=8), SPLIT)
         defaults_at_2048 = (Tiling(16, 64, 64, num_stages=4), Tiling(16, 16, 256, num_stages=4))  # K >= 2,048
-        for tiling in others + defaults_at_2048:
+        # batches of 17 and more: wide launches, and beyond 64 rows the split K and the narrow outputs
+        big_batch = (Tiling(64, 64, 64, num_stages=4), Tiling(64, 64, 64, num_stages=4, split_k=2), Tiling(64, 32, 128))
+        for tiling in others + defaults_at_2048 + big_batch:
             grouped_gemv(x, [Projection(W)], tiling=tiling)
         # the LayerNorm in a launch of its own (wider than gemv.norm_in_prologue takes): at 2,048 and 5,120 (14B)
         for width in (2048, 5120):

@@ -134,6 +134,13 @@ def test_split_k_matches_the_reference_with_every_epilogue(dtype):
     out = grouped_gemv(long_x, [Projection(W_long)], residual=kw["residual"][:1, :48])
     ref = grouped_gemv_reference(long_x, [Projection(W_long)], residual=kw["residual"][:1, :48])
     assert_rel_close(f"the default tiling's split K, K = 4096, {dtype}", out, ref, tol)
+    # and beyond 64 rows (two batch blocks of 64, each streaming the weights): K split two ways at 64-row blocks
+    assert gemv._default_tiling(70, 48, 256) == Tiling(64, 64, 64, num_stages=4, split_k=2)
+    assert gemv._default_tiling(32, 48, 256).split_k == 1 and gemv._default_tiling(32, 3072, 512).block_n == 64
+    big_x, big_res = draw(70, 256, dtype=dtype, seed=31), draw(70, 48, dtype=dtype, seed=32)
+    out = grouped_gemv(big_x, [Projection(W_long[:256])], residual=big_res)
+    ref = grouped_gemv_reference(big_x, [Projection(W_long[:256])], residual=big_res)
+    assert_rel_close(f"the default tiling's split K at B = 70, {dtype}", out, ref, tol)
 
 
 def test_grouped_projections_refuse_bad_input_clearly():

@@ -323,10 +323,26 @@ def _default_tiling(B: int, n_total: int, K: int, norm: bool = False) -> Tiling:
     - K split four ways (`split_k`) where K is 2,048 or more and at least four times the columns: the 1.47B channel
       mix's value (2,048 columns of K = 8,192) 20.2 -> 16.0 us at 32 x 128 (cuBLAS 16.3), RWKV-4 169M's (768 of
       K = 3,072) 8.0 -> 6.8 at 16 x 256; splitting lost at every other launch.
-    64-row blocks: 16 columns up to 8,192 (not timed at other tilings), in 3 pipeline stages, with the LayerNorm
-    outside the launch (`norm_in_prologue`)."""
+    64-row blocks (batches of 17 and more), the LayerNorm outside the launch (`norm_in_prologue`), from the
+    timings of each launch at RWKV-4 1.5B and RWKV-7 1.47B, B = 32 and 128 (H100,
+    results/inference/gemv_tiling_big_batch_rwkv4.csv, _rwkv7.csv):
+    - from 3,072 columns on: 64 columns and K blocks of 64 in 4 stages, where 16 columns (the tiling before) read
+      each row block's x once per 16 columns (RWKV-4 1.5B at B = 32: k/v/r 39.7 -> 20.1 us, the channel mix's key
+      and receptance 45.2 -> 28.6; at 128: 73.4 -> 28.4 and 71.9 -> 47.0; RWKV-7 1.47B at 128: r/k/v + LoRAs
+      96.6 -> 30.4, the LoRAs' second 14.9 -> 6.9, the channel mix's key 89.4 -> 29.7);
+    - fewer columns, up to a batch of 64: 16 columns and K blocks of 256 (both outputs 7.6 us at B = 32, the
+      channel mix's value 21);
+    - fewer columns beyond 64 rows (two row blocks, each streaming the weights): K split two ways where it is at
+      least four times the columns (the channel mix's value 40.2 -> 27.1 us at 64 x 64, K blocks of 64), else 32
+      columns and K blocks of 128 (the outputs 12.7 -> 9.7)."""
     if B > 16:
-        return Tiling(64, 16 if n_total <= 8192 else 32, min(256, max(16, triton.next_power_of_2(K))))
+        if n_total >= 3072:
+            return Tiling(64, 64, 64, num_stages=4)
+        if B <= 64:
+            return Tiling(64, 16, min(256, max(16, triton.next_power_of_2(K))))
+        if K >= 4 * n_total:
+            return Tiling(64, 64, 64, num_stages=4, split_k=2)
+        return Tiling(64, 32, min(128, max(16, triton.next_power_of_2(K))))
     split_k = 4 if K >= 2048 and K >= 4 * n_total else 1
     if split_k > 1:
         return Tiling(16, *((32, 128) if K >= 4096 else (16, 256)), split_k=split_k)

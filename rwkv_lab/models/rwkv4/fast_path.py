@@ -10,25 +10,33 @@ import functools
 import torch
 import torch.nn as nn
 
+from ...ops.lengths import last_positions
 from ...ops.norm_mix import norm_shift_mix, norm_shift_mix_eager
 from ...ops.rwkv4 import resolve_backend
 from ..run_config import compiled_block
 from .layers import ATT_A, ATT_P, ATT_X, FFN_X, Block, new_layer_state
 
 
-def block_with_fused_mixes(block: Block, x, state, backend, scale: int = 1):
+def block_with_fused_mixes(block: Block, x, state, backend, scale: int = 1, lengths=None):
     """`Block.forward` with each half's LayerNorm, token shift and mixes as one op (`norm_mix.norm_shift_mix`:
     Triton kernels, one launch forward and one backward, beside the WKV's), the rest of the halves as the eager
-    block runs them. The fused blocks' default on CUDA (RWKV.norm_mix_kernels); with another WKV backend than
-    the Triton kernel the op is the eager LayerNorm and mixes (float64 on the CPU; and the CPU tests of the
-    chunked path, which would otherwise run the kernels in Triton's interpreter, minutes of CI)."""
+    block runs them. The fused blocks' default on CUDA (RWKV.norm_mix_kernels), and uncompiled the blocks of a
+    prefill there (`uses_inference_mix_kernels`); with another WKV backend than the Triton kernel the op is the
+    eager LayerNorm and mixes (float64 on the CPU; and the CPU tests of the chunked path, which would otherwise run
+    the kernels in Triton's interpreter, minutes of CI). `lengths` (B,): a right-padded batch (as `Block.forward`),
+    whose token shifts are each sequence's LayerNorm output at its own last token (the kernels give the last
+    position's: the few rows are normalised again)."""
     norm_mix = norm_shift_mix if resolve_backend(backend, x) == "triton" else norm_shift_mix_eager
     if block.ln0 is not None:
         x = block.ln0(x)
     (xk, xv, xr), att_x = norm_mix(x, block.ln1, state[:, ATT_X], block.att.mixes())
-    att, wkv_state = block.att.from_mixed(xk, xv, xr, state[:, ATT_A : ATT_P + 1], backend, scale)
+    att, wkv_state = block.att.from_mixed(xk, xv, xr, state[:, ATT_A : ATT_P + 1], backend, scale, lengths=lengths)
+    if lengths is not None:
+        att_x = block.ln1(last_positions(x, lengths))
     x = x + att
     (xk, xr), ffn_x = norm_mix(x, block.ln2, state[:, FFN_X], block.ffn.mixes())
+    if lengths is not None:
+        ffn_x = block.ln2(last_positions(x, lengths))
     x = x + block.ffn.from_mixed(xk, xr, scale)
     return x, new_layer_state(att_x, wkv_state, ffn_x, state.dtype)
 

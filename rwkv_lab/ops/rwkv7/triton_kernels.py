@@ -22,7 +22,11 @@ backward  one program per (block of BV_BWD value rows, head, batch), from the la
           keeps it at each stretch's end, beside the forward's kept states; then one program per (row block,
           stretch) starts from both there and steps back through its STRETCH tokens only, as above: T / STRETCH
           times the programs, each STRETCH dependent steps long instead of T, for a second copy of the kept states'
-          memory. Not yet timed on a GPU (benchmarks/bench_wkv7.py times it beside the default), so off by default.
+          memory. Slower than the default on an H100 (benchmarks/bench_wkv7.py: forward + backward 4.32 vs 3.85 ms
+          at (B, T, C) = (8, 1024, 2048), 29.5 vs 28.6 at (16, 4096, 2048), with about 30% more memory;
+          results/wkv7/wkv7_gpu_benchmark_parallel_bwd.csv): the carrying pass costs more than the T / STRETCH
+          times the programs win back, as the default backward already has B H N / rows_bwd programs. Off by
+          default; a Tiling chooses it.
 
 The tiling (STRETCH, BV, BV_BWD, warps, how the backward adds its parts) is a `Tiling`, passed by the caller to
 `wkv7_triton` and carried from the forward to its backward (the autograd context, the custom operator's argument):
