@@ -89,6 +89,13 @@ def compile_every_path() -> None:
         seeds = torch.zeros(2, dtype=torch.int64)
         for top_p in (0.9, 1.0):
             sample_kernel(torch.randn(2, 50277, dtype=torch.float16), 1.0, top_p, seeds, seeds)
+        # the inference blocks' LayerNorm, shift and mixes (both generations' prefill): RWKV-7's six and one stacked
+        from rwkv_lab.ops.norm_mix.triton_kernels import norm_shift_mix_stacked_triton
+
+        h = torch.randn(2, 5, 768, dtype=torch.float16)
+        for mixes in (6, 1):
+            ln_w, ln_b = torch.ones(768, dtype=torch.float16), torch.zeros(768, dtype=torch.float16)
+            norm_shift_mix_stacked_triton(h, ln_w, ln_b, torch.randn(2, 768), torch.rand(mixes, 768), 1e-5)
         # RWKV-7's prefill operators, forward: the chunked kernels ('auto' with grad mode off) and the per-token one
         r, log_w, k, v, a, b = (torch.randn(1, 40, 2, 64, dtype=torch.float16) for _ in range(6))
         for backend in ("triton_chunked", "triton"):

@@ -15,6 +15,7 @@ KERNELS = (
     ("_grouped_gemv", "_layer_norm_rows", "_time_mix_step", "_wkv_gate_step", "_chunk_factors", "_chunk_scan")
     + ("_wkv7_fwd", "_wkv7_bwd", "_wkv7_bwd_carry")
     + ("_slice_max", "_slice_hist", "_compact", "_choose")
+    + ("_norm_mix_fwd_stacked",)
 )
 
 

@@ -117,3 +117,33 @@ def test_the_kernels_are_a_well_formed_torch_operator():
     for carried in (last.float().requires_grad_(), None):
         args = (x.float().requires_grad_(), weight, bias, carried, mu, 1e-5, torch.float32)
         torch.library.opcheck(kernels._norm_mix_forward, args)
+
+
+@pytest.mark.parametrize("M", [1, 6])
+@pytest.mark.parametrize("T", [1, 13])
+def test_the_stacked_inference_kernel_matches_float64(M, T):
+    """norm_shift_mix_stacked (inference: any number of mixes, one stacked output), the kernel interpreted, in
+    float32 and bfloat16, against the float64 eager ops, from a carried last_x and without one (zeros), with rows
+    far off centre and mixes at 0 and 1; with grad mode on it is the eager ops."""
+    from rwkv_lab.ops.norm_mix import norm_shift_mix_stacked
+
+    ln, x, last, mus, _, _ = make_case(3, T, 40, M, seed=M + T, extreme=True)
+    for dtype, tol in ((torch.float32, TOL["float32"]), (torch.bfloat16, TOL["bfloat16"])):
+        cast = torch.nn.LayerNorm(40, eps=ln.eps, dtype=dtype)
+        cast.load_state_dict(ln.state_dict())
+        # the reference sees the same rounded inputs in float64: only the arithmetic differs
+        rounded = torch.nn.LayerNorm(40, eps=ln.eps, dtype=torch.float64)
+        rounded.load_state_dict({k: v.to(dtype).double() for k, v in ln.state_dict().items()})
+        xr, lastr = x.to(dtype), last.to(dtype)
+        ref, ref_last = norm_shift_mix_eager(xr.double(), rounded, lastr.double(), mus)
+        ref_none, _ = norm_shift_mix_eager(xr.double(), rounded, torch.zeros_like(last), mus)
+        with torch.no_grad():
+            mixed, h_last = norm_shift_mix_stacked(xr, cast, lastr, [m.float() for m in mus])
+            without, _ = norm_shift_mix_stacked(xr, cast, None, [m.float() for m in mus])
+        assert mixed.shape == (M, 3, T, 40) and mixed.dtype == dtype and h_last.dtype == torch.float32
+        assert_rel_close(f"stacked mixes M={M} T={T} {dtype}", mixed.double(), torch.stack(ref), tol)
+        assert_rel_close(f"stacked h_last M={M} T={T} {dtype}", h_last.double(), ref_last, tol)
+        assert_rel_close(f"stacked mixes, no last_x, M={M} {dtype}", without.double(), torch.stack(ref_none), tol)
+    ref, _ = norm_shift_mix_eager(x, ln, last, mus)
+    eager, _ = norm_shift_mix_stacked(x, ln, last, mus)  # grad mode on: the reference itself
+    assert torch.equal(eager, torch.stack(ref))

@@ -267,22 +267,25 @@ def test_prefill_cut_at_every_length_is_each_prompt_alone(name, monkeypatch):
             assert_rel_close(f"{tag} state", new, type(state).cat([s for _, s in alone]), TOL["float64 algebra"])
 
 
-def test_rwkv4_prefill_runs_the_mix_kernels_and_the_eager_blocks_numbers():
-    """Without autograd, with the Triton WKV, RWKV-4's uncompiled blocks take each half's LayerNorm, token shift and
+@pytest.mark.parametrize("name", GENERATIONS)
+def test_prefill_runs_the_mix_kernels_and_the_eager_blocks_numbers(name):
+    """Without autograd, with the Triton operator, the uncompiled blocks take each half's LayerNorm, token shift and
     mixes from norm_mix's kernels (interpreted here): the padded batch's logits and state are the eager blocks'
     (RunConfig.norm_mix_kernels off), in float32, from a random state, the token shifts at each prompt's own end."""
-    arch = architecture("rwkv4")
+    arch = architecture(name)
     model = random_model(arch.get_config("tiny"), seed=7, dtype=torch.float32).eval()
     tokens = torch.randint(0, model.config.vocab_size, (len(LENGTHS), T), generator=torch.Generator().manual_seed(3))
     state, lengths = random_state(model, len(LENGTHS), seed=8), torch.tensor(LENGTHS)
+    x = model.emb(tokens)
     with torch.no_grad():
-        assert model.uses_inference_mix_kernels(model.emb(tokens), "triton", None)
-        assert not model.uses_inference_mix_kernels(model.emb(tokens), "chunked", None)
+        assert model.uses_inference_mix_kernels(x, "triton", None)
+        assert not model.uses_inference_mix_kernels(x, "chunked", None)
+        assert not model.uses_inference_mix_kernels(x, "triton", trace=[])
         got = model.prefill(tokens, state.clone(), lengths=lengths, backend="triton")
         model.configure(norm_mix_kernels=False)
-        assert not model.uses_inference_mix_kernels(model.emb(tokens), "triton", None)
+        assert not model.uses_inference_mix_kernels(x, "triton", None)
         ref = model.prefill(tokens, state.clone(), lengths=lengths, backend="triton")
     model.configure(norm_mix_kernels=True)
-    assert not model.uses_inference_mix_kernels(model.emb(tokens), "triton", None)  # grad mode on
-    assert_rel_close("RWKV-4 prefill with the mix kernels: logits", got[0], ref[0], TOL["float32"])
-    assert_rel_close("RWKV-4 prefill with the mix kernels: state", got[1], ref[1], TOL["float32"])
+    assert not model.uses_inference_mix_kernels(x, "triton", None)  # grad mode on
+    assert_rel_close(f"{name} prefill with the mix kernels: logits", got[0], ref[0], TOL["float32"])
+    assert_rel_close(f"{name} prefill with the mix kernels: state", got[1], ref[1], TOL["float32"])

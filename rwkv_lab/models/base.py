@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from ..ops import triton_available
 from ..ops.lengths import check_lengths, last_positions, prefill_pieces
+from ..ops.norm_mix import kernels_run_on
 from .checks import check_tokens
 from .run_config import RunConfig
 
@@ -60,6 +61,20 @@ class RecurrentLMBase(nn.Module):
         if self.run.fused_blocks == "auto":
             return torch.is_grad_enabled() and x.is_cuda and self.resolve_backend(backend, x) == "triton"
         return True
+
+    def uses_inference_mix_kernels(self, x: torch.Tensor, backend: str, trace) -> bool:
+        """Whether the uncompiled blocks of an inference pass (a prefill, lm-eval's scoring: no autograd) run each
+        half's LayerNorm, token shift and mixes in one launch of norm_mix's kernels rather than a dozen elementwise
+        ones (RWKV-4's `block_with_fused_mixes`, RWKV-7's `block_with_mix_kernels`): with a Triton operator where
+        those kernels run (RunConfig.norm_mix_kernels), never with a trace or inside a compiled caller. Eager, the
+        LayerNorms, the shifts' cats and the mixes' products were the largest part of a batched prefill's
+        elementwise work (benchmarks/bench_generation.py --profile-sizes profiles a batch of mixed prompts' prefill).
+        """
+        if torch.is_grad_enabled() or trace is not None or not self.run.norm_mix_kernels:
+            return False
+        if torch.compiler.is_compiling() or not kernels_run_on(x):
+            return False
+        return self.resolve_backend(backend, x).startswith("triton")
 
     def uses_step_kernels(self, x: torch.Tensor) -> bool:
         """Whether `step` runs the generation's Triton step kernels (a few launches a layer, ops/gemv.py's grouped

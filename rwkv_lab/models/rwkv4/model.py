@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ...ops.norm_mix import kernels_run_on
 from ...ops.rwkv4 import P_EMPTY, attention_matrix, compute_dtype, resolve_backend
 from ..base import RecurrentLMBase
 from ..state import RecurrentState
@@ -182,19 +181,6 @@ class RWKV(RecurrentLMBase):
             if rescale and (i + 1) % rescale == 0:
                 x = x / 2
         return x, new_state
-
-    def uses_inference_mix_kernels(self, x: torch.Tensor, backend: str, trace) -> bool:
-        """Whether the uncompiled blocks of an inference pass (a prefill, lm-eval's scoring: no autograd) run each
-        half's LayerNorm, token shift and mixes in norm_mix's kernels (`block_with_fused_mixes`) rather than as a
-        dozen elementwise launches: with the Triton WKV where those kernels run (RunConfig.norm_mix_kernels), never
-        with a trace or inside a compiled caller. Eager, the LayerNorms, the shifts' cats and the mixes' products were
-        the largest part of a batched prefill's elementwise work (benchmarks/bench_generation.py --profile-sizes:
-        results/inference/kernel_profile_1.5B_gpu_batched.csv profiles 128 prompts at 1.5B with these kernels)."""
-        if torch.is_grad_enabled() or trace is not None or not self.run.norm_mix_kernels:
-            return False
-        if torch.compiler.is_compiling() or not kernels_run_on(x):
-            return False
-        return resolve_backend(backend, x) == "triton"
 
     def step(self, token: torch.Tensor, state: RWKV4State | None = None, *, check: bool = True):
         """RNN form: one token per sequence, token (B,) -> logits (B, V), the state. Its reference is the parallel

@@ -28,7 +28,7 @@ from ...ops.rwkv7 import attention_matrix, resolve_backend, wkv7, wkv7_states, w
 from ..base import RecurrentLMBase
 from ..state import RecurrentState
 from .config import RWKV7Config
-from .fast_path import fused_block_forward
+from .fast_path import block_with_mix_kernels, fused_block_forward
 
 if triton_available():  # the one-token step's kernels (Triton is optional on a CPU machine)
     from ...ops.gemv import Norm, Projection, grouped_gemv
@@ -95,12 +95,16 @@ class TimeMix7(nn.Module):
         """x (B, T, C): ln1's output; last_x (B, C); v_first (B, T, C) from layer 0 (None in layer 0); wkv_state
         (B, H, N, N); lengths (B,) or None: a right-padded batch. Returns the output (B, T, C), v_first and the
         new S (with lengths, each sequence's S after its own last token)."""
-        B, T, C = x.shape
-        H, N = self.n_head, self.head_size
         delta = token_shift(x, last_x) - x
         # the six mixes as one op: (6, B, T, C)
-        xr, xw, xk, xv, xa, xg = torch.addcmul(x, delta, torch.stack(self.mixes())).unbind(0)
+        mixed = torch.addcmul(x, delta, torch.stack(self.mixes()))
+        return self.from_mixed(mixed, v_first, wkv_state, backend, trace, lengths)
 
+    def from_mixed(self, mixed, v_first, wkv_state, backend: str, trace: dict | None = None, lengths=None):
+        """The half after its six mixes, mixed (6, B, T, C) in `mixes()`'s order: what `forward` returns."""
+        _, B, T, C = mixed.shape
+        H, N = self.n_head, self.head_size
+        xr, xw, xk, xv, xa, xg = mixed.unbind(0)
         r = self.receptance(xr)
         k = self.key(xk)
         v = self.value(xv)
@@ -144,7 +148,10 @@ class ChannelMix7(nn.Module):
         self.value = nn.Linear(config.dim_ffn, C, bias=False)
 
     def forward(self, x, last_x):
-        k = torch.square(torch.relu(self.key(torch.addcmul(x, token_shift(x, last_x) - x, self.x_k))))  # (B, T, F)
+        return self.from_mixed(torch.addcmul(x, token_shift(x, last_x) - x, self.x_k))
+
+    def from_mixed(self, xk):
+        k = torch.square(torch.relu(self.key(xk)))  # (B, T, F)
         return self.value(k)
 
 
@@ -244,9 +251,11 @@ class RWKV7(RecurrentLMBase):
     def blocks_with_state(self, x, state: RWKV7State, backend: str, trace: list | None = None, lengths=None):
         """x (B, T, C) embeddings through every block: the last block's output and the new state (with `lengths`
         (B,), a right-padded batch: each sequence's state after its own last token). The blocks run compiled
-        where `uses_fused_blocks` says (fast_path.py), else eager (with a trace or lengths always eager)."""
+        where `uses_fused_blocks` says (fast_path.py), else eager (with a trace or lengths always eager): in an
+        inference pass with the LayerNorms, shifts and mixes in kernels where `uses_inference_mix_kernels` says."""
         backend = self.resolve_backend(backend, x)
         fused = lengths is None and self.uses_fused_blocks(x, backend, trace)
+        mix_kernels = self.uses_inference_mix_kernels(x, backend, trace)
         saved = (self.run.saved_activations, self.run.activation_memory_budget)
         if backend != "triton":
             # "matmuls" checkpoints the block as one graph, which the other forms of the operator, run outside it,
@@ -264,7 +273,11 @@ class RWKV7(RecurrentLMBase):
             (x, v_first, shift, wkv_state), fused = self.fused_or_eager(
                 fused,
                 lambda: fused_block_forward(*saved)(block, *inputs),
-                lambda: block(*inputs, layer_trace, lengths),
+                lambda: (
+                    block_with_mix_kernels(block, *inputs, lengths)
+                    if mix_kernels
+                    else block(*inputs, layer_trace, lengths)
+                ),
             )
             shifts.append(shift)
             wkvs.append(wkv_state)

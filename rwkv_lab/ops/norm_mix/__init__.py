@@ -53,3 +53,16 @@ def norm_shift_mix(x, ln: nn.LayerNorm, last_x, mus) -> tuple[list[torch.Tensor]
     out_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
     mu = torch.cat([m.reshape(1, -1) for m in mus])  # (M, C)
     return norm_shift_mix_triton(x, ln.weight, ln.bias, last_x, mu, ln.eps, out_dtype)
+
+
+def norm_shift_mix_stacked(x, ln: nn.LayerNorm, last_x, mus) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inference: as `norm_shift_mix`, any number M of mixes, stacked: (M, B, T, C) in x's dtype and h_last (B, C)
+    (fp32 from the kernel, x's dtype from the reference). The Triton kernel (one launch,
+    `norm_shift_mix_stacked_triton`) where it runs and grad mode is off, else the eager ops."""
+    if torch.is_grad_enabled() or not kernels_run_on(x):  # the kernel has no backward
+        mixed, h_last = norm_shift_mix_eager(x, ln, last_x, mus)
+        return torch.stack(mixed), h_last
+    from .triton_kernels import norm_shift_mix_stacked_triton  # noqa: PLC0415 - Triton is optional on a CPU machine
+
+    mu = torch.cat([m.reshape(1, -1) for m in mus])  # (M, C)
+    return norm_shift_mix_stacked_triton(x, ln.weight, ln.bias, last_x, mu, ln.eps)

@@ -7,7 +7,8 @@ from memory once
 per kernel (the forward reads its neighbour's row again from the cache; the backward carries it to the next step):
 
 forward   one token t per program: h_t = LayerNorm(x_t), h_{t-1} from x_{t-1} (or last_x at t = 0), and
-          mixed_m = h_t mu_m + h_{t-1} (1 - mu_m) for the M mixes (M = 3 for the time-mix, 2 for the channel-mix).
+          mixed_m = h_t mu_m + h_{t-1} (1 - mu_m) for the M mixes (M = 3 for the time-mix, 2 for the channel-mix);
+          for inference, any M into one stacked output (`norm_shift_mix_stacked_triton`, forward only).
 backward  BWD_ROWS tokens of a sequence per program, with g_m the gradient of mixed_m:
               dh_t   = sum_m g_m,t mu_m + g_m,t+1 (1 - mu_m)          (+ the gradient of h_last at t = T - 1)
               dmu_m += h_t (g_m,t - g_m,t+1)                          (- g_m,0 last_x at t = 0)
@@ -95,6 +96,37 @@ def _norm_mix_fwd(
     _store_mix(out1_ptr, mu_ptr, 1, h, prev, row, C, cols, cmask)
     if M == 3:
         _store_mix(out2_ptr, mu_ptr, 2, h, prev, row, C, cols, cmask)
+    if t == T - 1:
+        tl.store(h_last_ptr + (row // T) * C + cols, h, mask=cmask)
+
+
+@CachedLauncher
+@triton.jit
+def _norm_mix_fwd_stacked(
+    x_ptr, w_ptr, b_ptr, last_ptr, mu_ptr, out_ptr, h_last_ptr, T, C, eps,
+    M: tl.constexpr, HAS_LAST: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """_norm_mix_fwd for any number of mixes, into one stacked output (M, B T, C): inference's form (RWKV-7 mixes
+    six inputs of its time mix and one of its channel mix; no backward)."""
+    row = tl.program_id(0).to(tl.int64)  # b T + t
+    t = row % T
+    cols = tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    gamma = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    beta = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    xh, _ = _normalise(x_ptr, row, C, eps, cols, cmask)
+    h = xh * gamma + beta
+    if t > 0:
+        xp, _ = _normalise(x_ptr, row - 1, C, eps, cols, cmask)
+        prev = xp * gamma + beta
+    else:
+        if HAS_LAST:
+            prev = tl.load(last_ptr + (row // T) * C + cols, mask=cmask, other=0.0).to(tl.float32)
+        else:
+            prev = tl.zeros((BLOCK_C,), tl.float32)
+    rows = tl.num_programs(0).to(tl.int64)  # B T
+    for m in tl.static_range(M):
+        _store_mix(out_ptr + m * rows * C, mu_ptr, m, h, prev, row, C, cols, cmask)
     if t == T - 1:
         tl.store(h_last_ptr + (row // T) * C + cols, h, mask=cmask)
 
@@ -346,4 +378,20 @@ def norm_shift_mix_triton(x, weight, bias, last, mu, eps: float, out_dtype: torc
     """x (B, T, C), LayerNorm weight and bias (C,), last (B, C) or None, mu (M, C) -> the M mixed (B, T, C) in
     out_dtype, h_last (B, C) fp32: norm_shift_mix's kernels (see the package)."""
     *mixed, h_last = _norm_mix_forward(x, weight, bias, last, mu, eps, out_dtype)
+    return mixed, h_last
+
+
+def norm_shift_mix_stacked_triton(x, weight, bias, last, mu, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inference (no autograd): x (B, T, C), LayerNorm weight and bias (C,), last (B, C) or None, mu (M, C), any M
+    -> the M mixed stacked (M, B, T, C) in x's dtype, h_last (B, C) fp32."""
+    x, mu, last = x.contiguous(), mu.contiguous(), None if last is None else last.contiguous()
+    B, T, C = x.shape
+    M = mu.shape[0]
+    mixed = torch.empty(M, B, T, C, device=x.device, dtype=x.dtype)
+    h_last = torch.empty(B, C, device=x.device, dtype=torch.float32)
+    block_c, warps = _launch_config(C)
+    _norm_mix_fwd_stacked[(B * T,)](
+        x, weight, bias, last, mu, mixed, h_last, T, C, eps, M=M, HAS_LAST=last is not None, BLOCK_C=block_c,
+        num_warps=warps,
+    )  # fmt: skip
     return mixed, h_last
