@@ -65,10 +65,11 @@ class RecurrentLMBase(nn.Module):
     def uses_inference_mix_kernels(self, x: torch.Tensor, backend: str, trace) -> bool:
         """Whether the uncompiled blocks of an inference pass (a prefill, lm-eval's scoring: no autograd) run each
         half's LayerNorm, token shift and mixes in one launch of norm_mix's kernels rather than a dozen elementwise
-        ones (RWKV-4's `block_with_fused_mixes`, RWKV-7's `block_with_mix_kernels`): with a Triton operator where
-        those kernels run (RunConfig.norm_mix_kernels), never with a trace or inside a compiled caller. Eager, the
-        LayerNorms, the shifts' cats and the mixes' products were the largest part of a batched prefill's
-        elementwise work (benchmarks/bench_generation.py --profile-sizes profiles a batch of mixed prompts' prefill).
+        ones (RWKV-4's `block_with_fused_mixes`, RWKV-7's `Block7.forward_with_mix_kernels`): with a Triton
+        operator where those kernels run (RunConfig.norm_mix_kernels), never with a trace or inside a compiled
+        caller. Eager, the LayerNorms, the shifts' cats and the mixes' products were the largest part of a batched
+        prefill's elementwise work (benchmarks/bench_generation.py --profile-sizes profiles a batch of mixed
+        prompts' prefill).
         """
         if torch.is_grad_enabled() or trace is not None or not self.run.norm_mix_kernels:
             return False

@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import functools
 
-import torch
-
-from ...ops.lengths import last_positions
-from ...ops.norm_mix import norm_shift_mix_stacked
 from ..run_config import compiled_block
 
 # the ops whose outputs "matmuls" keeps (run_config.keeping_outputs_of): the matmuls (the receptance, key, value and
@@ -49,31 +45,6 @@ def fused_block_forward(saved_activations: str = "matmuls", memory_budget: float
     return compiled_block(
         block_forward, KEPT_OPS, saved_activations, memory_budget, view_replay_for_aliased_outputs=False
     )
-
-
-def block_with_mix_kernels(block, x, v_first, shift, wkv_state, backend: str, lengths=None):
-    """`Block7.forward` for inference (no autograd) with each half's LayerNorm, token shift and mixes in one launch
-    (norm_mix's stacked kernel: the time mix's six, the channel mix's one) in place of a dozen elementwise ones;
-    the blocks of a prefill on CUDA (RecurrentLMBase.uses_inference_mix_kernels). RWKV-7 mixes x + (x_prev - x) mu,
-    the kernel x mu' + x_prev (1 - mu'): mu' = 1 - mu, in fp32. `lengths` (B,): a right-padded batch, whose token
-    shifts are each sequence's LayerNorm output at its own last token (the kernel gives the last position's: the
-    few rows are normalised again)."""
-    from .model import ATT, FFN  # noqa: PLC0415 - model.py imports this module
-
-    if block.ln0 is not None:
-        x = block.ln0(x)
-    att, ffn = block.att, block.ffn
-    complement = lambda mixes: [1 - m.float() for m in mixes]  # noqa: E731
-    mixed, h_last = norm_shift_mix_stacked(x, block.ln1, shift[:, ATT], complement(att.mixes()))  # (6, B, T, C)
-    if lengths is not None:
-        h_last = block.ln1(last_positions(x, lengths))
-    out, v_first, wkv_state = att.from_mixed(mixed, v_first, wkv_state, backend, None, lengths)
-    x = x + out
-    mixed, h2_last = norm_shift_mix_stacked(x, block.ln2, shift[:, FFN], complement([ffn.x_k]))  # (1, B, T, C)
-    if lengths is not None:
-        h2_last = block.ln2(last_positions(x, lengths))
-    x = x + ffn.from_mixed(mixed[0])
-    return x, v_first, torch.stack([h_last, h2_last], dim=1).to(shift.dtype), wkv_state
 
 
 def block_forward(block, x, v_first, shift, wkv_state, backend: str):
