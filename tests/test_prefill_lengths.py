@@ -2,6 +2,8 @@
 `lengths`), batched generation through it, and the decoder's batch buckets: each against running every prompt
 alone, in float64 (and float32), from random non-zero states."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from helpers import TOL, assert_rel_close, random_model
@@ -289,3 +291,26 @@ def test_prefill_runs_the_mix_kernels_and_the_eager_blocks_numbers(name):
     assert not model.uses_inference_mix_kernels(x, "triton", None)  # grad mode on
     assert_rel_close(f"{name} prefill with the mix kernels: logits", got[0], ref[0], TOL["float32"])
     assert_rel_close(f"{name} prefill with the mix kernels: state", got[1], ref[1], TOL["float32"])
+
+
+def test_the_prefill_pieces_benchmark_writes_its_table(tmp_path, monkeypatch):
+    """benchmarks/bench_prefill_pieces.py's smoke run on the CPU (both generations' tiny presets): a row per way of
+    cutting, the fixed pieces among them, and PASS_TOKENS as it found it."""
+    import sys
+
+    import pandas as pd
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    from test_gpu import script
+
+    module = script("bench_prefill_pieces")
+    monkeypatch.setenv("RWKV_LAB_RESULTS", str(tmp_path))
+    argv = ["bench_prefill_pieces.py", "--device", "cpu", "--sizes", "tiny", "--batches", "4", "--lengths", "2,13"]
+    monkeypatch.setattr(sys, "argv", argv + ["--repeat", "1", "--pass-tokens", "0"])
+    module.main()
+    frame = pd.read_csv(tmp_path / "inference" / "prefill_pieces.csv")
+    assert len(frame) == 2 * 4 and set(frame.arch) == {"rwkv4", "rwkv7"}
+    fixed = frame[frame.pieces == "fixed pieces (before)"]
+    free = frame[frame.pieces == "cut at the lengths, pass 0 tokens"]
+    assert (fixed.passes == 1).all() and (free.tokens_run_over_prompts == 1.0).all() and (frame.tokens_per_s > 0).all()
+    assert lengths_module.PASS_TOKENS == PASS_TOKENS

@@ -38,8 +38,10 @@ def padding_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
 
 
 # A prefill piece's cost beyond its tokens, in tokens: one pass launches every layer's kernels whatever its size
-# (hundreds of launches, about PASS_TOKENS tokens' worth of GPU time at the Pile models' smallest shapes), so
-# `prefill_pieces` trades padding against passes at this rate.
+# (hundreds of launches), so `prefill_pieces` trades padding against passes at this rate. Chosen from 256, 1,024
+# and 4,096 on an H100 (RWKV-7 168M and RWKV-4 1.5B, 32 and 128 prompts of 16 to 1,024 tokens): 256 made passes
+# that cost more than the padding they saved; benchmarks/bench_prefill_pieces.py measures them beside the fixed
+# pieces (results/inference/prefill_pieces.csv).
 PASS_TOKENS = 1024
 
 
