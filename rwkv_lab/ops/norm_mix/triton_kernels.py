@@ -45,6 +45,26 @@ def _normalised(x, C, eps, cmask):
 
 
 @triton.jit
+def _normed_and_previous(x_ptr, w_ptr, b_ptr, last_ptr, row, t, T, C, eps, cols, cmask, HAS_LAST: tl.constexpr,
+                         BLOCK_C: tl.constexpr):  # fmt: skip
+    """h_t = LayerNorm(x_t) of row `row` (token t) and h_{t-1}: its neighbour's row normalised again (from the
+    cache: its program read it), or last_x at t = 0 (zeros without it); both fp32."""
+    gamma = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    beta = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    xh, _ = _normalise(x_ptr, row, C, eps, cols, cmask)
+    h = xh * gamma + beta
+    if t > 0:
+        xp, _ = _normalise(x_ptr, row - 1, C, eps, cols, cmask)
+        prev = xp * gamma + beta
+    else:
+        if HAS_LAST:
+            prev = tl.load(last_ptr + (row // T) * C + cols, mask=cmask, other=0.0).to(tl.float32)
+        else:
+            prev = tl.zeros((BLOCK_C,), tl.float32)
+    return h, prev
+
+
+@triton.jit
 def _mu(mu_ptr, m, C, cols, cmask):
     return tl.load(mu_ptr + m * C + cols, mask=cmask, other=0.0).to(tl.float32)
 
@@ -80,18 +100,7 @@ def _norm_mix_fwd(
     t = row % T
     cols = tl.arange(0, BLOCK_C)
     cmask = cols < C
-    gamma = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-    beta = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-    xh, _ = _normalise(x_ptr, row, C, eps, cols, cmask)
-    h = xh * gamma + beta
-    if t > 0:
-        xp, _ = _normalise(x_ptr, row - 1, C, eps, cols, cmask)
-        prev = xp * gamma + beta
-    else:
-        if HAS_LAST:
-            prev = tl.load(last_ptr + (row // T) * C + cols, mask=cmask, other=0.0).to(tl.float32)
-        else:
-            prev = tl.zeros((BLOCK_C,), tl.float32)
+    h, prev = _normed_and_previous(x_ptr, w_ptr, b_ptr, last_ptr, row, t, T, C, eps, cols, cmask, HAS_LAST, BLOCK_C)
     _store_mix(out0_ptr, mu_ptr, 0, h, prev, row, C, cols, cmask)
     _store_mix(out1_ptr, mu_ptr, 1, h, prev, row, C, cols, cmask)
     if M == 3:
@@ -112,18 +121,7 @@ def _norm_mix_fwd_stacked(
     t = row % T
     cols = tl.arange(0, BLOCK_C)
     cmask = cols < C
-    gamma = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-    beta = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-    xh, _ = _normalise(x_ptr, row, C, eps, cols, cmask)
-    h = xh * gamma + beta
-    if t > 0:
-        xp, _ = _normalise(x_ptr, row - 1, C, eps, cols, cmask)
-        prev = xp * gamma + beta
-    else:
-        if HAS_LAST:
-            prev = tl.load(last_ptr + (row // T) * C + cols, mask=cmask, other=0.0).to(tl.float32)
-        else:
-            prev = tl.zeros((BLOCK_C,), tl.float32)
+    h, prev = _normed_and_previous(x_ptr, w_ptr, b_ptr, last_ptr, row, t, T, C, eps, cols, cmask, HAS_LAST, BLOCK_C)
     rows = tl.num_programs(0).to(tl.int64)  # B T
     for m in tl.static_range(M):
         _store_mix(out_ptr + m * rows * C, mu_ptr, m, h, prev, row, C, cols, cmask)

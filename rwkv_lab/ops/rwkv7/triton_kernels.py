@@ -24,9 +24,9 @@ backward  one program per (block of BV_BWD value rows, head, batch), from the la
           times the programs, each STRETCH dependent steps long instead of T, for a second copy of the kept states'
           memory. Slower than the default on an H100 (benchmarks/bench_wkv7.py: forward + backward 4.32 vs 3.85 ms
           at (B, T, C) = (8, 1024, 2048), 29.5 vs 28.6 at (16, 4096, 2048), with about 30% more memory;
-          results/wkv7/wkv7_gpu_benchmark_parallel_bwd.csv): the carrying pass costs more than the T / STRETCH
-          times the programs win back, as the default backward already has B H N / rows_bwd programs. Off by
-          default; a Tiling chooses it.
+          results/history/wkv7/wkv7_gpu_benchmark_8f2bcfe.csv, a run whose fla stage outlasted its time): the
+          carrying pass costs more than the T / STRETCH times the programs win back, as the default backward
+          already has B H N / rows_bwd programs. Off by default; a Tiling chooses it.
 
 The tiling (STRETCH, BV, BV_BWD, warps, how the backward adds its parts) is a `Tiling`, passed by the caller to
 `wkv7_triton` and carried from the forward to its backward (the autograd context, the custom operator's argument):
