@@ -45,10 +45,6 @@ def pass_tokens(value: int):
         lengths_module.PASS_TOKENS = before
 
 
-def tokens_run(lengths: list[int], pieces) -> int:
-    return sum(sum(n > start for n in lengths) * (end - start) for start, end in pieces)
-
-
 def measure(model, tokens, lengths, cost: int, mix_kernels: bool, device, repeat: int) -> dict:
     listed = lengths.tolist()
     with pass_tokens(cost):
@@ -65,7 +61,7 @@ def measure(model, tokens, lengths, cost: int, mix_kernels: bool, device, repeat
             model.configure(norm_mix_kernels=True)
     return {
         "passes": len(pieces),
-        "tokens_run_over_prompts": tokens_run(listed, pieces) / sum(listed),
+        "tokens_run_over_prompts": lengths_module.tokens_run(listed, pieces) / sum(listed),
         "ms": 1e3 * seconds,
         "tokens_per_s": sum(listed) / seconds,
     }

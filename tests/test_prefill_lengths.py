@@ -15,7 +15,7 @@ from rwkv_lab.inference.generation import PREFILL_CHUNK, PREFILL_TOKENS
 from rwkv_lab.loading.tokenizer import tokenizer_for
 from rwkv_lab.models import architecture
 from rwkv_lab.ops import lengths as lengths_module
-from rwkv_lab.ops.lengths import PASS_TOKENS, prefill_pieces
+from rwkv_lab.ops.lengths import PASS_TOKENS, prefill_pieces, tokens_run
 from rwkv_lab.ops.rwkv4 import wkv, wkv_chunked, wkv_recurrent
 
 GENERATIONS = ["rwkv4", "rwkv7"]
@@ -204,11 +204,6 @@ def test_decoder_pads_a_batch_to_its_bucket_without_changing_real_rows(name):
 
 
 # ---- where a batch of prompts is cut for its prefill -------------------------------------------------------------
-
-
-def tokens_run(lengths, pieces) -> int:
-    """Tokens a plan runs, padding included: each piece over the sequences longer than its start."""
-    return sum(sum(n > start for n in lengths) * (end - start) for start, end in pieces)
 
 
 @pytest.mark.parametrize("chunk, batch_tokens", [(None, None), (100, None), (4096, 2048), (7, 64)])
