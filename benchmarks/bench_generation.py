@@ -9,7 +9,8 @@ Writes results/inference/generation<arch><tag>.csv (<arch>: '' for rwkv4, _rwkv7
 batch and prompt length: tokens/s, first-token latency, warm-up, peak memory, the weight-bandwidth roofline on a
 GPU) and, on a GPU, results/inference/decoder_check<arch><tag>.json: the captured (compiled) step against the
 eager `model.step` in fp32. The decoder runs each generation's step kernels on a GPU (RunConfig.step_kernels);
-`--reference-step` measures it at every batch around the PyTorch step too, in the same run.
+`--reference-step` measures it at every batch around the PyTorch step too, in the same run; `--compare-overlap`
+with its grouped projections' launches overlapped and not (ops/gemv.py `overlapping_launches`).
 The `mixed` rows are the batched end to end case: `--mixed-batches` prompts (32 and 128) of lengths drawn from
 `--mixed-lengths` (16 to 1,024 tokens), `--new-tokens` each, one generate call (one prefill pass for the batch,
 then the decoder), beside the decoder alone at that batch, and the warm-up a new batch size then costs.
@@ -39,6 +40,7 @@ from rwkv_lab.measure.memory import free_memory
 from rwkv_lab.measure.timing import copy_bandwidth, cuda_kernels, synchronize, time_fn
 from rwkv_lab.models.rwkv4.model import build_at_size as build_rwkv4_at_size
 from rwkv_lab.models.rwkv7.peer import rwkv_package_x070
+from rwkv_lab.ops.gemv import overlapping_launches
 from rwkv_lab.results import results_dir, write_json, write_table
 
 SAMPLING = {"temperature": 0.8, "top_p": 0.9}
@@ -172,14 +174,20 @@ def step_kernels_set(model, on: bool | None):
         model.run = run_config
 
 
-def ours_step(model, batch: int, steps: int, device, step_kernels: bool | None = None, compile=None) -> dict:
+def ours_step(
+    model, batch: int, steps: int, device, step_kernels: bool | None = None, compile=None, overlap: bool | None = None
+) -> dict:
     """The decoder alone (what generate replays per token): token ids in, token ids out. `step_kernels` False: the
     same decoder around the model's PyTorch step (RunConfig.step_kernels off; compiled and captured alike), for the
     kernels' ratio in the same run (the model's decoders dropped before and after: a cached one holds the step it
-    captured). `compile`: the decoder's compile level (inference/decoder.py's COMPILE_LEVELS; None its default)."""
-    if step_kernels is not None:
+    captured). `compile`: the decoder's compile level (inference/decoder.py's COMPILE_LEVELS; None its default).
+    `overlap`: the grouped projections' launches overlapped or not (ops/gemv.py `overlapping_launches`; None: the
+    default), the decoders dropped before and after likewise."""
+    fresh = step_kernels is not None or overlap is not None
+    if fresh:
         release_decoders(model)
-    with step_kernels_set(model, step_kernels):
+    setting = contextlib.nullcontext() if overlap is None else overlapping_launches(overlap)
+    with step_kernels_set(model, step_kernels), setting:
         decoder = decoder_for(model, batch, compile=compile)
         tokens = torch.randint(1, 20000, (batch,), device=device)
         state = model.init_state(batch)
@@ -192,11 +200,12 @@ def ours_step(model, batch: int, steps: int, device, step_kernels: bool | None =
                 tok, st = decoder.step(tok, st, SAMPLING["temperature"], SAMPLING["top_p"], seeds, step_t)
 
         seconds = time_fn(run, device, warmup=1, repeat=3)
-    if step_kernels is not None:
+    if fresh:
         release_decoders(model)
     path = "decoder.step (top-p)" + (
         "" if step_kernels is None else f", step kernels {'on' if step_kernels else 'off'}"
     )
+    path += "" if overlap is None else f", launches overlapped {'on' if overlap else 'off'}"
     path += "" if compile is None else f", compiled: {compile or 'nothing'}"
     return {
         "path": path,
@@ -425,6 +434,11 @@ def main():
         help="at every batch, the decoder around the PyTorch step too (kernels off)",
     )
     parser.add_argument(
+        "--compare-overlap",
+        action="store_true",
+        help="at every batch, the decoder with the grouped projections' launches overlapped and not (ops/gemv.py)",
+    )
+    parser.add_argument(
         "--compare-compile",
         default="",
         help="at every batch, the decoder at these compile levels too (comma-separated: step+sample, step, sample, "
@@ -465,6 +479,9 @@ def main():
             print(rows[-2], rows[-1], sep="\n", flush=True)
             if args.reference_step:
                 rows.append(row | ours_step(model, batch, args.new_tokens, device, step_kernels=False))
+                print(rows[-1], flush=True)
+            for overlap in (False, True) if args.compare_overlap else ():
+                rows.append(row | ours_step(model, batch, args.new_tokens, device, overlap=overlap))
                 print(rows[-1], flush=True)
             for level in args.compare_compile.split(",") if args.compare_compile else []:
                 level = False if level == "none" else level  # captured, nothing compiled

@@ -201,21 +201,26 @@ def test_prefill_backends_match_float64(monkeypatch, out):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("overlap", [False, True], ids=["", "overlapped"])
 @pytest.mark.parametrize("arch, size", [("rwkv4", "169M"), ("rwkv7", "pile-168M")])
-def test_decoder_step_matches_model_step(out, arch, size):
-    """The captured, compiled decode step against model.step's PyTorch reference (RWKV-7's: its step kernels off)."""
+def test_decoder_step_matches_model_step(out, arch, size, overlap):
+    """The captured, compiled decode step against model.step's PyTorch reference (RWKV-7's: its step kernels off);
+    `overlap`: its grouped projections as programmatic dependent launches (ops/gemv.py `overlapping_launches`)."""
     import torch
 
     from rwkv_lab.loading.tokenizer import ENV_TOKENIZER, load_tokenizer
+    from rwkv_lab.ops.gemv import overlapping_launches
     from rwkv_lab.results import write_json
 
     source = os.environ.get(ENV_TOKENIZER) or NEOX_TOKENIZER
     if not os.path.exists(source):
         pytest.skip(f"no GPT-NeoX tokenizer at {source} (set ${ENV_TOKENIZER} to a 20B_tokenizer.json)")
     module = script("bench_generation")
-    check = module.decoder_check(arch, size, torch.device("cuda"), load_tokenizer(str(source)), new_tokens=64)
-    path = out / "inference" / f"decoder_check_{arch}.json"
-    write_json(path, check, {"arch": arch, "size": size, "new_tokens": 64}, device="cuda")
+    with overlapping_launches(overlap):
+        check = module.decoder_check(arch, size, torch.device("cuda"), load_tokenizer(str(source)), new_tokens=64)
+    path = out / "inference" / f"decoder_check_{arch}{'_overlapped' * overlap}.json"
+    params = {"arch": arch, "size": size, "new_tokens": 64, "launches_overlapped": overlap}
+    write_json(path, check, params, device="cuda")
     if arch == "rwkv7":
         assert check["step_kernels"], "RWKV-7's decoder on CUDA runs the step kernels"
     within("decoder step vs model.step, logits (fp32)", check["rel_err_logits"], check["tolerance"])

@@ -35,10 +35,18 @@ idle between too few streams. Then split_k programs share each output tile, each
 each stores its fp32 partial sum, and the tile's last program to arrive (an atomic counter per tile) adds the
 partials in split order, so the result does not depend on the order of arrival, and applies the epilogue: still
 one launch, any epilogue.
+
+Overlapped launches (`overlapping_launches`, Hopper and later): at B = 1 a launch streams a few MB in 5-10 us, far
+from the card's bandwidth: most of its time is a chain of dependent loads (x, then its LayerNorm's statistics, then
+each K block of the weights) after the launch itself. The weights depend on nothing the step computes, so each
+launch is made a programmatic dependent launch: it may start while the launch before it still runs, prefetches
+its slice of the weights into L2, waits for the launch before to finish (`gdc_wait`, after which that launch's
+writes are visible; nothing is read from x or written before it), and then lets the next launch start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -47,6 +55,15 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+
+try:  # programmatic dependent launch, a recent Triton's (the overlapped launches)
+    from triton.backends.nvidia.compiler import CUDAOptions
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+    _PDL = "launch_pdl" in CUDAOptions.__dataclass_fields__
+except ImportError:  # an older Triton: LaunchOverlap.available is False, the calls never compiled
+    gdc_launch_dependents = gdc_wait = None
+    _PDL = False
 
 ACTS = {None: 0, "tanh": 1, "sigmoid": 2}  # the prologue's
 OUT_ACTS = {None: 0, "relu2": 1, "sigmoid": 2}  # the epilogue's
@@ -110,14 +127,13 @@ def _tile(
     INV_SCALE: tl.constexpr, OUT_ACT: tl.constexpr, OUT_COL: tl.constexpr,
     MIX: tl.constexpr, RESIDUAL: tl.constexpr, GATE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, F32_DOT: tl.constexpr,
-    tile, split, ws_ptr, counters_ptr, N_TOTAL: tl.constexpr, SPLIT_K: tl.constexpr,
+    tile, split, ws_ptr, counters_ptr, N_TOTAL: tl.constexpr, SPLIT_K: tl.constexpr, K_SPLIT: tl.constexpr,
 ):  # fmt: skip
     cols = block * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) output columns of this projection
     in_b, in_n = rows < B, cols < N
     acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-    # this program's share of the reduction: whole K blocks, the same count for every split
-    K_SPLIT: tl.constexpr = (((K + SPLIT_K - 1) // SPLIT_K + BLOCK_K - 1) // BLOCK_K) * BLOCK_K
-    k_lo = split * K_SPLIT if SPLIT_K > 1 else 0  # without splits, a loop of constant bounds as before
+    # this program's share of the reduction, K_SPLIT (`_k_share`); without splits, a loop of constant bounds
+    k_lo = split * K_SPLIT if SPLIT_K > 1 else 0
     for k0 in range(k_lo, k_lo + K_SPLIT, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         in_k = ks < K
@@ -212,6 +228,28 @@ def _row_stats(x_ptr, x_stride, rows, in_b, K: tl.constexpr, eps, BLOCK_B: tl.co
 
 
 @triton.jit
+def _prefetch_weights(
+    block, split, w_ptr, N: tl.constexpr, K: tl.constexpr, S_K: tl.constexpr, S_N: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_SPLIT: tl.constexpr, LINE: tl.constexpr,
+):  # fmt: skip
+    """Ask L2 for this program's slice of W (its split's K_SPLIT rows, BLOCK_N columns): one prefetch per 128-byte
+    line (LINE elements) along the contiguous dimension, K block by K block; none for weights strided both ways."""
+    if (S_K == 1) or (S_N == 1):
+        K_STEP: tl.constexpr = LINE if S_K == 1 else 1
+        N_STEP: tl.constexpr = 1 if S_K == 1 else LINE
+        cols = block * BLOCK_N + tl.arange(0, max(1, BLOCK_N // N_STEP)) * N_STEP
+        k_lo = split * K_SPLIT
+        k_end = tl.minimum(k_lo + K_SPLIT, K)
+        for k0 in range(k_lo, k_lo + K_SPLIT, BLOCK_K):
+            ks = k0 + tl.arange(0, max(1, BLOCK_K // K_STEP)) * K_STEP
+            inside = (ks < k_end)[:, None] & (cols < N)[None, :]
+            lines = tl.where(inside, w_ptr + ks[:, None] * S_K + cols[None, :] * S_N, w_ptr)
+            tl.inline_asm_elementwise(
+                "prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [lines], dtype=tl.int32, is_pure=False, pack=1
+            )
+
+
+@triton.jit
 def _grouped_gemv(
     x_ptr, x_stride, last_ptr, last_stride, out_ptr, out_stride, res_ptr, res_stride, gate_ptr, gate_stride, B,
     ln_w_ptr, ln_b_ptr, ln_eps, h_ptr, weights, mixes, LN: tl.constexpr, LN_K: tl.constexpr, LN_CHUNK: tl.constexpr,
@@ -219,7 +257,8 @@ def _grouped_gemv(
     S_NS: tl.constexpr, ACT_CODES: tl.constexpr, INV_SCALES: tl.constexpr, OUT_ACT_CODES: tl.constexpr,
     OUT_COLS: tl.constexpr, MIX_CODES: tl.constexpr, G: tl.constexpr, RESIDUAL: tl.constexpr, GATE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, F32_DOT: tl.constexpr,
-    ws_ptr, counters_ptr, N_TOTAL: tl.constexpr, SPLIT_K: tl.constexpr,
+    ws_ptr, counters_ptr, N_TOTAL: tl.constexpr, SPLIT_K: tl.constexpr, K_SPLITS: tl.constexpr,
+    OVERLAP: tl.constexpr, LINE: tl.constexpr,
 ):  # fmt: skip
     # grid (column blocks of every projection, batch blocks, splits of K); STARTS[j] the first column block of
     # projection j
@@ -227,6 +266,24 @@ def _grouped_gemv(
     tile = pid * tl.num_programs(1) + tl.program_id(1)  # the output tile, whose splits share a counter
     split = tl.program_id(2)
     rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    if OVERLAP:  # launched before the launch before this one ended: its weights first, then wait (module docstring)
+        for j in tl.static_range(G):
+            if (pid >= STARTS[j]) & (pid < STARTS[j + 1]):
+                _prefetch_weights(
+                    pid - STARTS[j],
+                    split,
+                    weights[j],
+                    NS[j],
+                    KS[j],
+                    S_KS[j],
+                    S_NS[j],
+                    BLOCK_N,
+                    BLOCK_K,
+                    K_SPLITS[j],
+                    LINE,
+                )
+        gdc_wait()  # the launch before has finished and its writes are visible: x may be read, out written
+        gdc_launch_dependents()  # the next launch may start, and prefetch its own weights while this one works
     mean = tl.zeros((BLOCK_B,), dtype=tl.float32)
     rstd = tl.zeros((BLOCK_B,), dtype=tl.float32)
     if LN:
@@ -247,7 +304,7 @@ def _grouped_gemv(
                 res_ptr, res_stride, gate_ptr, gate_stride, mean, rstd, ln_w_ptr, ln_b_ptr, LN, weights[j],
                 X_COLS[j], NS[j], KS[j], S_KS[j], S_NS[j],
                 ACT_CODES[j], INV_SCALES[j], OUT_ACT_CODES[j], OUT_COLS[j], MIX_CODES[j], RESIDUAL, GATE, BLOCK_B,
-                BLOCK_N, BLOCK_K, F32_DOT, tile, split, ws_ptr, counters_ptr, N_TOTAL, SPLIT_K,
+                BLOCK_N, BLOCK_K, F32_DOT, tile, split, ws_ptr, counters_ptr, N_TOTAL, SPLIT_K, K_SPLITS[j],
             )  # fmt: skip
 
 
@@ -353,6 +410,38 @@ def _default_tiling(B: int, n_total: int, K: int, norm: bool = False) -> Tiling:
     return Tiling(16, 16, min(256, max(16, triton.next_power_of_2(K))), num_stages=4 if K >= 2048 else 3)
 
 
+def _k_share(K: int, split_k: int, block_k: int) -> int:
+    """Each program's share of a reduction of K split split_k ways: whole K blocks, the same count for every split."""
+    return triton.cdiv(triton.cdiv(K, split_k), block_k) * block_k
+
+
+class LaunchOverlap:
+    """Whether the grouped projections are programmatic dependent launches on the GPU (the module docstring's
+    "Overlapped launches"): `enabled` where this Triton can (`available`); `overlapping_launches` sets it for a
+    while. Read at each launch, so a CUDA graph keeps what was set when it was captured."""
+
+    available = _PDL
+    enabled = False
+
+
+def overlapped(device: torch.device) -> bool:
+    """Whether a launch on `device` overlaps the one before it: set, possible here, and a Hopper or later GPU (the
+    programmatic dependent launch's hardware) outside Triton's interpreter."""
+    if not (LaunchOverlap.enabled and LaunchOverlap.available and device.type == "cuda"):
+        return False
+    return os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.get_device_capability(device)[0] >= 9
+
+
+@contextlib.contextmanager
+def overlapping_launches(on: bool = True):
+    """Within: the grouped projections overlapped (`on`) or not; what was set before, after."""
+    before, LaunchOverlap.enabled = LaunchOverlap.enabled, on
+    try:
+        yield
+    finally:
+        LaunchOverlap.enabled = before
+
+
 @triton.jit
 def _layer_norm_rows(x_ptr, x_stride, w_ptr, b_ptr, h_ptr, half_ptr, C, eps, BLOCK: tl.constexpr, HALF: tl.constexpr):
     """h[row] = LayerNorm(x[row]) in fp32 (and, with HALF, in half_ptr's dtype too), one program a row held in
@@ -411,7 +500,8 @@ def _grouped_gemv_op(
             x, x.stride(0), ln_weight, ln_bias, h, normed, width, float(ln_eps), block, half, num_warps=warps
         )
         x, ln, ln_weight, ln_bias = normed, False, None, None
-    schedule = {"num_warps": num_warps, "num_stages": num_stages}
+    overlap = overlapped(x.device)
+    schedule = {"num_warps": num_warps, "num_stages": num_stages} | ({"launch_pdl": True} if overlap else {})
     starts, out_cols = [0], [0]
     for n in ns:
         starts.append(starts[-1] + triton.cdiv(n, block_n))
@@ -433,7 +523,9 @@ def _grouped_gemv_op(
         tuple(w.stride(0) for w in weights), tuple(w.stride(1) for w in weights), tuple(acts),
         tuple(1.0 / s for s in scales), tuple(out_acts), tuple(out_cols[:-1]), mix_codes, len(weights),
         residual is not None, gate is not None, block_b, block_n, block_k,
-        _f32_dot(weights[0].dtype), ws, counters, sum(ns), split_k, **schedule,
+        _f32_dot(weights[0].dtype), ws, counters, sum(ns), split_k,
+        tuple(_k_share(w.shape[0], split_k, block_k) for w in weights), overlap, 128 // weights[0].element_size(),
+        **schedule,
     )  # fmt: skip
     return out, h
 
