@@ -10,7 +10,7 @@ batch and prompt length: tokens/s, first-token latency, warm-up, peak memory, th
 GPU) and, on a GPU, results/inference/decoder_check<arch><tag>.json: the captured (compiled) step against the
 eager `model.step` in fp32. The decoder runs each generation's step kernels on a GPU (RunConfig.step_kernels);
 `--reference-step` measures it at every batch around the PyTorch step too, in the same run; `--compare-overlap`
-with its grouped projections' launches overlapped and not (ops/gemv.py `overlapping_launches`).
+with its kernels' launches overlapped and not (triton_launch.py `overlapping_launches`).
 The `mixed` rows are the batched end to end case: `--mixed-batches` prompts (32 and 128) of lengths drawn from
 `--mixed-lengths` (16 to 1,024 tokens), `--new-tokens` each, one generate call (one prefill pass for the batch,
 then the decoder), beside the decoder alone at that batch, and the warm-up a new batch size then costs.
@@ -40,8 +40,8 @@ from rwkv_lab.measure.memory import free_memory
 from rwkv_lab.measure.timing import copy_bandwidth, cuda_kernels, synchronize, time_fn
 from rwkv_lab.models.rwkv4.model import build_at_size as build_rwkv4_at_size
 from rwkv_lab.models.rwkv7.peer import rwkv_package_x070
-from rwkv_lab.ops.gemv import overlapping_launches
 from rwkv_lab.results import results_dir, write_json, write_table
+from rwkv_lab.triton_launch import overlapping_launches
 
 SAMPLING = {"temperature": 0.8, "top_p": 0.9}
 DEFAULT_SIZES = {"rwkv4": "169M,1.5B,7B", "rwkv7": "pile-168M,pile-1.47B"}
@@ -181,7 +181,7 @@ def ours_step(
     same decoder around the model's PyTorch step (RunConfig.step_kernels off; compiled and captured alike), for the
     kernels' ratio in the same run (the model's decoders dropped before and after: a cached one holds the step it
     captured). `compile`: the decoder's compile level (inference/decoder.py's COMPILE_LEVELS; None its default).
-    `overlap`: the grouped projections' launches overlapped or not (ops/gemv.py `overlapping_launches`; None: the
+    `overlap`: the step's kernels' launches overlapped or not (triton_launch.py `overlapping_launches`; None: the
     default), the decoders dropped before and after likewise."""
     fresh = step_kernels is not None or overlap is not None
     if fresh:
@@ -436,7 +436,7 @@ def main():
     parser.add_argument(
         "--compare-overlap",
         action="store_true",
-        help="at every batch, the decoder with the grouped projections' launches overlapped and not (ops/gemv.py)",
+        help="at every batch, the decoder with its kernels' launches overlapped and not (triton_launch.LaunchOverlap)",
     )
     parser.add_argument(
         "--compare-compile",

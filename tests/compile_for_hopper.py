@@ -80,18 +80,29 @@ def compile_every_path() -> None:
         big_batch = (Tiling(64, 64, 64, num_stages=4), Tiling(64, 64, 64, num_stages=4, split_k=2), Tiling(64, 32, 128))
         for tiling in others + defaults_at_2048 + big_batch:
             grouped_gemv(x, [Projection(W)], tiling=tiling)
-        # the overlapped launches (programmatic dependent launch; CUDA devices only, so forced here): the weights'
-        # prefetch for both layouts, F.linear's (N, K) and a LoRA's (K, N), with a LayerNorm and split K
+        # the overlapped launches (programmatic dependent launch, triton_launch.LaunchOverlap; CUDA devices only, so
+        # forced here): both generations' steps, the weights' prefetch for both layouts, F.linear's (N, K) and a
+        # LoRA's (K, N), with a LayerNorm and split K
         from rwkv_lab.ops import gemv
+        from rwkv_lab.ops.rwkv4 import step_kernel as step4
+        from rwkv_lab.ops.rwkv7 import step_kernel as step7
 
-        on_cuda = gemv.overlapped
-        gemv.overlapped = lambda device: True
+        launching = [(module, module.overlap_options) for module in (gemv, step4, step7)]
+        for module, _ in launching:
+            module.overlap_options = lambda device: (True, {"launch_pdl": True})
         try:
+            for name in ("rwkv7", "rwkv4"):
+                arch = architecture(name)
+                model = arch.build(arch.get_config("byte-2x128")).half().eval()
+                model.configure(step_kernels=True)
+                model.step(torch.arange(1, 4), model.init_state(3), check=False)
             norm = Norm(torch.ones(256, dtype=torch.float16), torch.zeros(256, dtype=torch.float16), 1e-5)
             grouped_gemv(x, [Projection(W), Projection(W.t().contiguous().t())], last=x, norm=norm)
             grouped_gemv(x, [Projection(W)], tiling=SPLIT)
         finally:
-            gemv.overlapped = on_cuda
+            for module, options in launching:
+                module.overlap_options = options
+        print("overlapped launches: compiled", flush=True)
         # the LayerNorm in a launch of its own (wider than gemv.norm_in_prologue takes): at 2,048 and 5,120 (14B)
         for width in (2048, 5120):
             norm = Norm(torch.ones(width, dtype=torch.float16), torch.zeros(width, dtype=torch.float16), 1e-5)

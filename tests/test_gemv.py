@@ -217,20 +217,3 @@ def test_the_benchmarks_launches_are_the_models_and_match_the_reference(arch):
             assert_rel_close(f"bench_gemv {arch} {name}", out, ref, TOL["bfloat16"])
         original, copy = launch[1][0].weight, module.copies_of(launch, 2)[1][1][0].weight
         assert copy.stride() == original.stride() and copy.data_ptr() != original.data_ptr()
-
-
-def test_overlapped_launches_are_set_for_a_while_and_never_on_the_cpu():
-    """`overlapping_launches` sets LaunchOverlap.enabled and restores it, even after an error; on the CPU (Triton's
-    interpreter) a launch never overlaps, so the results are the plain launch's (the GPU's: test_gpu.py)."""
-    from rwkv_lab.ops.gemv import LaunchOverlap, overlapped, overlapping_launches
-
-    before = LaunchOverlap.enabled
-    with pytest.raises(RuntimeError), overlapping_launches(not before):
-        assert LaunchOverlap.enabled is (not before)
-        raise RuntimeError("inside")
-    assert LaunchOverlap.enabled is before
-    x, W = torch.randn(3, 48), torch.randn(48, 40)
-    with overlapping_launches(True):
-        assert not overlapped(x.device)
-        out = grouped_gemv(x, [Projection(W)])
-    assert_rel_close("overlap set, on the CPU", out, grouped_gemv_reference(x, [Projection(W)]), 1e-5)

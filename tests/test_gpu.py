@@ -205,12 +205,12 @@ def test_prefill_backends_match_float64(monkeypatch, out):
 @pytest.mark.parametrize("arch, size", [("rwkv4", "169M"), ("rwkv7", "pile-168M")])
 def test_decoder_step_matches_model_step(out, arch, size, overlap):
     """The captured, compiled decode step against model.step's PyTorch reference (RWKV-7's: its step kernels off);
-    `overlap`: its grouped projections as programmatic dependent launches (ops/gemv.py `overlapping_launches`)."""
+    `overlap`: its kernels as programmatic dependent launches (triton_launch.py `overlapping_launches`)."""
     import torch
 
     from rwkv_lab.loading.tokenizer import ENV_TOKENIZER, load_tokenizer
-    from rwkv_lab.ops.gemv import overlapping_launches
     from rwkv_lab.results import write_json
+    from rwkv_lab.triton_launch import overlapping_launches
 
     source = os.environ.get(ENV_TOKENIZER) or NEOX_TOKENIZER
     if not os.path.exists(source):

@@ -36,17 +36,14 @@ each stores its fp32 partial sum, and the tile's last program to arrive (an atom
 partials in split order, so the result does not depend on the order of arrival, and applies the epilogue: still
 one launch, any epilogue.
 
-Overlapped launches (`overlapping_launches`, Hopper and later): at B = 1 a launch streams a few MB in 5-10 us, far
-from the card's bandwidth: most of its time is a chain of dependent loads (x, then its LayerNorm's statistics, then
-each K block of the weights) after the launch itself. The weights depend on nothing the step computes, so each
-launch is made a programmatic dependent launch: it may start while the launch before it still runs, prefetches
-its slice of the weights into L2, waits for the launch before to finish (`gdc_wait`, after which that launch's
-writes are visible; nothing is read from x or written before it), and then lets the next launch start.
+Overlapped launches (triton_launch.py's `overlapping_launches`, Hopper and later): at B = 1 a launch streams a few
+MB in 5-10 us, far from the card's bandwidth: most of its time is a chain of dependent loads (x, then its
+LayerNorm's statistics, then each K block of the weights) after the launch itself. The weights depend on nothing
+the step computes, so before it waits for the launch before, each program prefetches its slice of them into L2.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
@@ -56,14 +53,7 @@ import torch
 import triton
 import triton.language as tl
 
-try:  # programmatic dependent launch, a recent Triton's (the overlapped launches)
-    from triton.backends.nvidia.compiler import CUDAOptions
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-
-    _PDL = "launch_pdl" in CUDAOptions.__dataclass_fields__
-except ImportError:  # an older Triton: LaunchOverlap.available is False, the calls never compiled
-    gdc_launch_dependents = gdc_wait = None
-    _PDL = False
+from ..triton_launch import gdc_launch_dependents, gdc_wait, overlap_options
 
 ACTS = {None: 0, "tanh": 1, "sigmoid": 2}  # the prologue's
 OUT_ACTS = {None: 0, "relu2": 1, "sigmoid": 2}  # the epilogue's
@@ -415,33 +405,6 @@ def _k_share(K: int, split_k: int, block_k: int) -> int:
     return triton.cdiv(triton.cdiv(K, split_k), block_k) * block_k
 
 
-class LaunchOverlap:
-    """Whether the grouped projections are programmatic dependent launches on the GPU (the module docstring's
-    "Overlapped launches"): `enabled` where this Triton can (`available`); `overlapping_launches` sets it for a
-    while. Read at each launch, so a CUDA graph keeps what was set when it was captured."""
-
-    available = _PDL
-    enabled = False
-
-
-def overlapped(device: torch.device) -> bool:
-    """Whether a launch on `device` overlaps the one before it: set, possible here, and a Hopper or later GPU (the
-    programmatic dependent launch's hardware) outside Triton's interpreter."""
-    if not (LaunchOverlap.enabled and LaunchOverlap.available and device.type == "cuda"):
-        return False
-    return os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.get_device_capability(device)[0] >= 9
-
-
-@contextlib.contextmanager
-def overlapping_launches(on: bool = True):
-    """Within: the grouped projections overlapped (`on`) or not; what was set before, after."""
-    before, LaunchOverlap.enabled = LaunchOverlap.enabled, on
-    try:
-        yield
-    finally:
-        LaunchOverlap.enabled = before
-
-
 @triton.jit
 def _layer_norm_rows(x_ptr, x_stride, w_ptr, b_ptr, h_ptr, half_ptr, C, eps, BLOCK: tl.constexpr, HALF: tl.constexpr):
     """h[row] = LayerNorm(x[row]) in fp32 (and, with HALF, in half_ptr's dtype too), one program a row held in
@@ -500,8 +463,8 @@ def _grouped_gemv_op(
             x, x.stride(0), ln_weight, ln_bias, h, normed, width, float(ln_eps), block, half, num_warps=warps
         )
         x, ln, ln_weight, ln_bias = normed, False, None, None
-    overlap = overlapped(x.device)
-    schedule = {"num_warps": num_warps, "num_stages": num_stages} | ({"launch_pdl": True} if overlap else {})
+    overlap, pdl = overlap_options(x.device)
+    schedule = {"num_warps": num_warps, "num_stages": num_stages} | pdl
     starts, out_cols = [0], [0]
     for n in ns:
         starts.append(starts[-1] + triton.cdiv(n, block_n))

@@ -23,27 +23,32 @@ import torch
 import triton
 import triton.language as tl
 
+from ...triton_launch import gdc_launch_dependents, gdc_wait, overlap_options
+
 BLOCK = 256  # channels per program: 768 / 2048 channels are 3 / 8 programs a sequence
 
 
 @triton.jit
 def _wkv_gate_step(
     kvr_ptr, kvr_stride, s_ptr, s_stride0, s_stride1, u_ptr, td_ptr, gated_ptr, abp_ptr, C,
-    BLOCK: tl.constexpr, DT: tl.constexpr,
+    BLOCK: tl.constexpr, DT: tl.constexpr, OVERLAP: tl.constexpr,
 ):  # fmt: skip
     c = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     b = tl.program_id(1)
     inside = c < C
-    row = kvr_ptr + b * kvr_stride
-    k = tl.load(row + c, mask=inside, other=0.0).to(DT)
-    v = tl.load(row + C + c, mask=inside, other=0.0).to(DT)
-    r = tl.load(row + 2 * C + c, mask=inside, other=0.0).to(tl.float32)
     state = s_ptr + b * s_stride0 + c
     a = tl.load(state + 1 * s_stride1, mask=inside, other=0.0).to(DT)  # rows 1, 2, 3: ATT_A, ATT_B, ATT_P
     bb = tl.load(state + 2 * s_stride1, mask=inside, other=1.0).to(DT)
     p = tl.load(state + 3 * s_stride1, mask=inside, other=0.0).to(DT)
     u = tl.load(u_ptr + c, mask=inside, other=0.0).to(DT)
     w = tl.exp(tl.load(td_ptr + c, mask=inside, other=0.0).to(DT))
+    if OVERLAP:  # the state and parameters above read; kvr is the launch before's (triton_launch.LaunchOverlap)
+        gdc_wait()
+        gdc_launch_dependents()
+    row = kvr_ptr + b * kvr_stride
+    k = tl.load(row + c, mask=inside, other=0.0).to(DT)
+    v = tl.load(row + C + c, mask=inside, other=0.0).to(DT)
+    r = tl.load(row + 2 * C + c, mask=inside, other=0.0).to(tl.float32)
     # the output, the current token with its bonus u
     q = tl.maximum(p, u + k)
     e1, e2 = tl.exp(p - q), tl.exp(u + k - q)
@@ -74,9 +79,10 @@ def _wkv_gate_step_op(
     cd = layer_state.dtype
     gated = torch.empty(B, C, dtype=kvr.dtype, device=kvr.device)
     abp = torch.empty(B, 3, C, dtype=cd, device=kvr.device)
+    overlap, pdl = overlap_options(kvr.device)
     _wkv_gate_step[(triton.cdiv(C, BLOCK), B)](
         kvr, kvr.stride(0), layer_state, layer_state.stride(0), layer_state.stride(1), time_first, time_decay,
-        gated, abp, C, BLOCK, tl.float64 if cd == torch.float64 else tl.float32, num_warps=4,
+        gated, abp, C, BLOCK, tl.float64 if cd == torch.float64 else tl.float32, overlap, num_warps=4, **pdl,
     )  # fmt: skip
     return gated, abp
 

@@ -25,12 +25,14 @@ import torch
 import triton
 import triton.language as tl
 
+from ...triton_launch import gdc_launch_dependents, gdc_wait, overlap_options
+
 
 @triton.jit
 def _time_mix_step(
     proj_ptr, proj_stride, lora_ptr, lora_stride, vf_ptr, vf_stride, S_ptr, S_stride, S_out_ptr, y_ptr,
     w0_ptr, a0_ptr, v0_ptr, k_k_ptr, k_a_ptr, r_k_ptr, ln_w_ptr, ln_b_ptr, decay_scale, ln_eps,
-    C: tl.constexpr, N: tl.constexpr, VALUE_RESIDUAL: tl.constexpr,
+    C: tl.constexpr, N: tl.constexpr, VALUE_RESIDUAL: tl.constexpr, OVERLAP: tl.constexpr,
 ):  # fmt: skip
     h, b = tl.program_id(0), tl.program_id(1)
     i = tl.arange(0, N)  # value rows of S
@@ -38,6 +40,12 @@ def _time_mix_step(
     ci, cj = h * N + i, h * N + j  # the head's channels
     proj, lora = proj_ptr + b * proj_stride, lora_ptr + b * lora_stride
     f32 = tl.float32
+    # S (N, N): S[i, j], i the value index, j the key index
+    offs = h * N * N + i[:, None] * N + j[None, :]
+    S = tl.load(S_ptr + b * S_stride + offs)
+    if OVERLAP:  # the state read; lora is the launch before's, proj the one before it (triton_launch.LaunchOverlap)
+        gdc_wait()
+        gdc_launch_dependents()
     r = tl.load(proj + cj).to(f32)
     k = tl.load(proj + C + cj).to(f32)
     v = tl.load(proj + 2 * C + ci).to(f32)
@@ -53,9 +61,6 @@ def _time_mix_step(
     kappa = kappa / tl.maximum(tl.sqrt(tl.sum(kappa * kappa, axis=0)), 1e-12)  # F.normalize's eps
     k = k * (1.0 + (iclr - 1.0) * tl.load(k_a_ptr + cj).to(f32))
     a, bb = -kappa, kappa * iclr
-    # S (N, N): S[i, j], i the value index, j the key index
-    offs = h * N * N + i[:, None] * N + j[None, :]
-    S = tl.load(S_ptr + b * S_stride + offs)
     sa = tl.sum(S * a[None, :], axis=1)  # (N,) over keys
     S = S * w[None, :] + sa[:, None] * bb[None, :] + v[:, None] * k[None, :]
     tl.store(S_out_ptr + b * C * N + offs, S)
@@ -107,11 +112,12 @@ def _time_mix_step_op(
             raise ValueError("proj, lora and v_first need a unit column stride")
     y = torch.empty(B, C, dtype=proj.dtype, device=proj.device)
     S_new = torch.empty(S.shape, dtype=S.dtype, device=S.device)
+    overlap, pdl = overlap_options(proj.device)
     _time_mix_step[(H, B)](
         proj, proj.stride(0), lora, lora.stride(0), v_first, v_first.stride(0) if residual else 0, S, S.stride(0),
         S_new, y,
-        w0, a0, v0, k_k, k_a, r_k, ln_x_weight, ln_x_bias, decay_scale, ln_x_eps, C, N, residual,
-        num_warps=4 if N >= 64 else 1,
+        w0, a0, v0, k_k, k_a, r_k, ln_x_weight, ln_x_bias, decay_scale, ln_x_eps, C, N, residual, overlap,
+        num_warps=4 if N >= 64 else 1, **pdl,
     )  # fmt: skip
     return y, S_new
 
