@@ -10,7 +10,7 @@ batch and prompt length: tokens/s, first-token latency, warm-up, peak memory, th
 GPU) and, on a GPU, results/inference/decoder_check<arch><tag>.json: the captured (compiled) step against the
 eager `model.step` in fp32. The decoder runs each generation's step kernels on a GPU (RunConfig.step_kernels);
 `--reference-step` measures it at every batch around the PyTorch step too, in the same run; `--compare-overlap`
-with its kernels' launches overlapped and not (triton_launch.py `overlapping_launches`).
+with its kernels' launches overlapped and not (RunConfig.overlapped_launches).
 The `mixed` rows are the batched end to end case: `--mixed-batches` prompts (32 and 128) of lengths drawn from
 `--mixed-lengths` (16 to 1,024 tokens), `--new-tokens` each, one generate call (one prefill pass for the batch,
 then the decoder), beside the decoder alone at that batch, and the warm-up a new batch size then costs.
@@ -41,7 +41,6 @@ from rwkv_lab.measure.timing import copy_bandwidth, cuda_kernels, synchronize, t
 from rwkv_lab.models.rwkv4.model import build_at_size as build_rwkv4_at_size
 from rwkv_lab.models.rwkv7.peer import rwkv_package_x070
 from rwkv_lab.results import results_dir, write_json, write_table
-from rwkv_lab.triton_launch import overlapping_launches
 
 SAMPLING = {"temperature": 0.8, "top_p": 0.9}
 DEFAULT_SIZES = {"rwkv4": "169M,1.5B,7B", "rwkv7": "pile-168M,pile-1.47B"}
@@ -163,11 +162,10 @@ def ours_mixed(model, tokenizer, batch: int, shortest: int, longest: int, new_to
 
 
 @contextlib.contextmanager
-def step_kernels_set(model, on: bool | None):
-    """Within: the model's RunConfig.step_kernels set to `on` (None: left as it is), restored after."""
+def run_set(model, **changes):
+    """Within: the model's RunConfig with `changes` (those None: left as they are), restored after."""
     run_config = model.run
-    if on is not None:
-        model.configure(step_kernels=on)
+    model.configure(**{name: value for name, value in changes.items() if value is not None})
     try:
         yield
     finally:
@@ -181,13 +179,11 @@ def ours_step(
     same decoder around the model's PyTorch step (RunConfig.step_kernels off; compiled and captured alike), for the
     kernels' ratio in the same run (the model's decoders dropped before and after: a cached one holds the step it
     captured). `compile`: the decoder's compile level (inference/decoder.py's COMPILE_LEVELS; None its default).
-    `overlap`: the step's kernels' launches overlapped or not (triton_launch.py `overlapping_launches`; None: the
-    default), the decoders dropped before and after likewise."""
+    `overlap`: RunConfig.overlapped_launches (None: as it is), the decoders dropped before and after likewise."""
     fresh = step_kernels is not None or overlap is not None
     if fresh:
         release_decoders(model)
-    setting = contextlib.nullcontext() if overlap is None else overlapping_launches(overlap)
-    with step_kernels_set(model, step_kernels), setting:
+    with run_set(model, step_kernels=step_kernels, overlapped_launches=overlap):
         decoder = decoder_for(model, batch, compile=compile)
         tokens = torch.randint(1, 20000, (batch,), device=device)
         state = model.init_state(batch)
@@ -346,16 +342,19 @@ def kernel_profile(model, size: str, prefill_T: int, steps: int, device, mixed: 
 
 def reference_step(model, token, state):
     """model.step as written in PyTorch: the step kernels (RunConfig.step_kernels, on CUDA by default) off."""
-    with step_kernels_set(model, False):
+    with run_set(model, step_kernels=False):
         return model.step(token, state)
 
 
-def decoder_check(arch: str, size: str, device, tokenizer, new_tokens: int = 200) -> dict:
+def decoder_check(arch: str, size: str, device, tokenizer, new_tokens: int = 200, overlap: bool | None = None) -> dict:
     """fp32 on the device: the captured, compiled step equals model.step's PyTorch reference (eager; RWKV-7's step
     kernels off); greedy text is identical; a batch of 3 in the decoder of 4 (a padded row) gives the 3 rows' own
     step. Within fp32 rounding of one step (1e-6), or of the network (1e-5) where the decoder runs RWKV-7's step
-    kernels, whose op order differs from the reference's."""
+    kernels, whose op order differs from the reference's. `overlap`: RunConfig.overlapped_launches (None: the
+    default)."""
     model = build_at_size(arch, size, torch.float32, device)
+    if overlap is not None:
+        model.configure(overlapped_launches=overlap)
     tokens = torch.randint(100, 20000, (4, 32), device=device)
     _, state = model.prefill(tokens)
     token = tokens[:, -1]
@@ -436,7 +435,7 @@ def main():
     parser.add_argument(
         "--compare-overlap",
         action="store_true",
-        help="at every batch, the decoder with its kernels' launches overlapped and not (triton_launch.LaunchOverlap)",
+        help="at every batch, the decoder with its launches overlapped and not (RunConfig.overlapped_launches)",
     )
     parser.add_argument(
         "--compare-compile",

@@ -30,7 +30,7 @@ try:  # programmatic dependent launch, a recent Triton's (the overlapped launche
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
     _PDL = "launch_pdl" in CUDAOptions.__dataclass_fields__
-except ImportError:  # an older Triton: LaunchOverlap.available is False, the kernels' OVERLAP branches never compiled
+except ImportError:  # an older Triton: overlap_options says no, the kernels' OVERLAP branches never compiled
     gdc_launch_dependents = gdc_wait = None
     _PDL = False
 
@@ -117,42 +117,23 @@ class CachedLauncher:
         launch(*args)
 
 
-class LaunchOverlap:
-    """Whether the decode step's kernels (ops/gemv.py's grouped projections, each generation's step kernel) are
-    programmatic dependent launches on the GPU: `enabled`, where this Triton can (`available`);
-    `overlapping_launches` sets it for a while. Read at each launch, so a CUDA graph keeps what was set when it was
-    captured.
+def overlap_options(device: torch.device, overlap: bool) -> tuple[bool, dict]:
+    """(whether a decode-step kernel launched now on `device` overlaps the launch before it, as its OVERLAP
+    constexpr; the launch options that make it so): asked for (`overlap`, RunConfig.overlapped_launches), possible
+    with this Triton, and a Hopper or later GPU (the hardware of programmatic dependent launch) outside Triton's
+    interpreter, which has no `gdc_wait`.
 
     A decode step at B = 1 is a chain of small launches, each waiting for the one before: its launch, then a chain
-    of dependent loads, each a trip to memory, and the card's bandwidth mostly idle. Launched with the attribute, a
-    kernel may start while the one before it still runs (once every program of that one has called
-    `gdc_launch_dependents`, or has ended). Each kernel first reads what nothing recent writes (a grouped
-    projection prefetches its weights into L2; a step kernel loads its parameters and its layer's state), then
+    of dependent loads, each a trip to memory, the card's bandwidth mostly idle. Launched as a programmatic
+    dependent launch, a kernel may start while the one before it still runs (once every program of that one has
+    called `gdc_launch_dependents`, or has ended). Each such kernel first reads what nothing recent writes (a grouped
+    projection prefetches its weights into L2; a step kernel loads its layer's state and parameters), then
     `gdc_wait`s, which returns once the kernel before has ended with its writes visible, then lets the next one
     start, and only then reads its inputs and writes anything. So the launch before a kernel's wait is the only one
     that may still run: every earlier one ended before that one's wait returned."""
-
-    available = _PDL
-    enabled = False
-
-
-def overlap_options(device: torch.device) -> tuple[bool, dict]:
-    """(whether a kernel launched now on `device` overlaps the one before, as its OVERLAP constexpr; the launch
-    options that make it so): set, possible here, and a Hopper or later GPU (the hardware of programmatic dependent
-    launch) outside Triton's interpreter, which has no `gdc_wait`."""
-    on = LaunchOverlap.enabled and LaunchOverlap.available and device.type == "cuda"
-    on = on and os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.get_device_capability(device)[0] >= 9
+    on = overlap and _PDL and device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
+    on = on and torch.cuda.get_device_capability(device)[0] >= 9
     return on, ({"launch_pdl": True} if on else {})
-
-
-@contextlib.contextmanager
-def overlapping_launches(on: bool = True):
-    """Within: the decode step's kernels overlapped (`on`) or not (LaunchOverlap); what was set before, after."""
-    before, LaunchOverlap.enabled = LaunchOverlap.enabled, on
-    try:
-        yield
-    finally:
-        LaunchOverlap.enabled = before
 
 
 @contextlib.contextmanager

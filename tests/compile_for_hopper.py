@@ -80,7 +80,7 @@ def compile_every_path() -> None:
         big_batch = (Tiling(64, 64, 64, num_stages=4), Tiling(64, 64, 64, num_stages=4, split_k=2), Tiling(64, 32, 128))
         for tiling in others + defaults_at_2048 + big_batch:
             grouped_gemv(x, [Projection(W)], tiling=tiling)
-        # the overlapped launches (programmatic dependent launch, triton_launch.LaunchOverlap; CUDA devices only, so
+        # the overlapped launches (programmatic dependent launch, triton_launch.overlap_options; CUDA devices only, so
         # forced here): both generations' steps, the weights' prefetch for both layouts, F.linear's (N, K) and a
         # LoRA's (K, N), with a LayerNorm and split K
         from rwkv_lab.ops import gemv
@@ -89,16 +89,16 @@ def compile_every_path() -> None:
 
         launching = [(module, module.overlap_options) for module in (gemv, step4, step7)]
         for module, _ in launching:
-            module.overlap_options = lambda device: (True, {"launch_pdl": True})
+            module.overlap_options = lambda device, overlap: (overlap, {"launch_pdl": True} if overlap else {})
         try:
             for name in ("rwkv7", "rwkv4"):
                 arch = architecture(name)
                 model = arch.build(arch.get_config("byte-2x128")).half().eval()
-                model.configure(step_kernels=True)
+                model.configure(step_kernels=True, overlapped_launches=True)
                 model.step(torch.arange(1, 4), model.init_state(3), check=False)
             norm = Norm(torch.ones(256, dtype=torch.float16), torch.zeros(256, dtype=torch.float16), 1e-5)
-            grouped_gemv(x, [Projection(W), Projection(W.t().contiguous().t())], last=x, norm=norm)
-            grouped_gemv(x, [Projection(W)], tiling=SPLIT)
+            grouped_gemv(x, [Projection(W), Projection(W.t().contiguous().t())], last=x, norm=norm, overlap=True)
+            grouped_gemv(x, [Projection(W)], tiling=SPLIT, overlap=True)
         finally:
             for module, options in launching:
                 module.overlap_options = options

@@ -175,7 +175,7 @@ def test_the_grouped_projection_is_a_well_formed_torch_operator():
     norm = (torch.randn(16), torch.randn(16), 1e-5)
     checks = ("test_schema", "test_faketensor")
     for ln in ((None, None, 0.0), norm):  # with and without the LayerNorm (its normalised x the second output)
-        torch.library.opcheck(torch.ops.rwkv_lab.grouped_gemv.default, (*args, *ln, None), test_utils=checks)
+        torch.library.opcheck(torch.ops.rwkv_lab.grouped_gemv.default, (*args, *ln, None, False), test_utils=checks)
 
 
 @pytest.mark.parametrize("arch", ["rwkv7", "rwkv4"])

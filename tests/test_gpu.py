@@ -205,19 +205,18 @@ def test_prefill_backends_match_float64(monkeypatch, out):
 @pytest.mark.parametrize("arch, size", [("rwkv4", "169M"), ("rwkv7", "pile-168M")])
 def test_decoder_step_matches_model_step(out, arch, size, overlap):
     """The captured, compiled decode step against model.step's PyTorch reference (RWKV-7's: its step kernels off);
-    `overlap`: its kernels as programmatic dependent launches (triton_launch.py `overlapping_launches`)."""
+    `overlap`: its kernels as programmatic dependent launches or not (RunConfig.overlapped_launches)."""
     import torch
 
     from rwkv_lab.loading.tokenizer import ENV_TOKENIZER, load_tokenizer
     from rwkv_lab.results import write_json
-    from rwkv_lab.triton_launch import overlapping_launches
 
     source = os.environ.get(ENV_TOKENIZER) or NEOX_TOKENIZER
     if not os.path.exists(source):
         pytest.skip(f"no GPT-NeoX tokenizer at {source} (set ${ENV_TOKENIZER} to a 20B_tokenizer.json)")
     module = script("bench_generation")
-    with overlapping_launches(overlap):
-        check = module.decoder_check(arch, size, torch.device("cuda"), load_tokenizer(str(source)), new_tokens=64)
+    tokenizer = load_tokenizer(str(source))
+    check = module.decoder_check(arch, size, torch.device("cuda"), tokenizer, new_tokens=64, overlap=overlap)
     path = out / "inference" / f"decoder_check_{arch}{'_overlapped' * overlap}.json"
     params = {"arch": arch, "size": size, "new_tokens": 64, "launches_overlapped": overlap}
     write_json(path, check, params, device="cuda")

@@ -108,6 +108,27 @@ def test_the_kernels_step_only_where_it_should():
         model.configure(step_kernels="yes")
 
 
+@pytest.mark.parametrize("arch", GENERATIONS)
+def test_the_step_overlaps_its_launches_where_its_weights_are_small(arch, monkeypatch):
+    """RunConfig.overlapped_launches "auto": for weights of at most OVERLAP_MAX_WEIGHT_BYTES; True and False as set;
+    checked where it is set. On the CPU the kernels then launch as ever: the step still equals its float64
+    reference (the GPU's overlapped step: test_gpu.py's decoder check)."""
+    from rwkv_lab.models import base
+
+    model = small_model(arch, 0, torch.float32).configure(step_kernels=True)
+    assert model.overlaps_launches()  # a few KB of weights
+    monkeypatch.setattr(base, "OVERLAP_MAX_WEIGHT_BYTES", 1024)
+    assert not model.overlaps_launches()
+    assert model.configure(overlapped_launches=True).overlaps_launches()
+    token, state = torch.tensor([3, 7]), random_state(model, 2, seed=1)
+    logits, _ = stepped(model, token[:, None], state, kernels=True)
+    reference = small_model(arch, 0)  # the same weights in float64, its PyTorch step
+    expected, _ = stepped(reference, token[:, None], type(state)(*(t.double() for t in state.tensors())), False)
+    assert_rel_close(f"{arch} overlapped step vs float64", logits, expected, TOL["float32 step"])
+    with pytest.raises(ValueError, match="overlapped_launches must be one of"):
+        model.configure(overlapped_launches="yes")
+
+
 def test_rwkv7s_time_mix_kernel_is_a_well_formed_torch_operator():
     """Its schema and fake (meta) implementation, as torch.compile meets it inside the decoder's compiled step."""
     checks = ("test_schema", "test_faketensor")

@@ -15,7 +15,7 @@ from ..ops import triton_available
 from ..ops.lengths import check_lengths, last_positions, prefill_pieces
 from ..ops.norm_mix import kernels_run_on
 from .checks import check_tokens
-from .run_config import RunConfig
+from .run_config import OVERLAP_MAX_WEIGHT_BYTES, RunConfig
 
 
 class ModelConfig:
@@ -86,6 +86,15 @@ class RecurrentLMBase(nn.Module):
         if choice is False or torch.is_grad_enabled() or self.dtype == torch.float64:
             return False
         return triton_available() and (choice is True or x.is_cuda)
+
+    def overlaps_launches(self) -> bool:
+        """Whether the step kernels are programmatic dependent launches (RunConfig.overlapped_launches; where the
+        GPU takes none, the launches are plain whatever this says): \"auto\" for weights of at most
+        OVERLAP_MAX_WEIGHT_BYTES, the small models whose step is a chain of latency-bound launches."""
+        choice = self.run.overlapped_launches
+        if choice != "auto":
+            return choice
+        return sum(p.numel() * p.element_size() for p in self.parameters()) <= OVERLAP_MAX_WEIGHT_BYTES
 
     def fused_or_eager(self, fused: bool, fused_call, eager_call):
         """One block: `fused_call()` (through the compiled blocks) when `fused`, else `eager_call()`. Returns (its

@@ -36,7 +36,7 @@ each stores its fp32 partial sum, and the tile's last program to arrive (an atom
 partials in split order, so the result does not depend on the order of arrival, and applies the epilogue: still
 one launch, any epilogue.
 
-Overlapped launches (triton_launch.py's `overlapping_launches`, Hopper and later): at B = 1 a launch streams a few
+Overlapped launches (`overlap`, triton_launch.py's `overlap_options`; Hopper and later): at B = 1 a launch streams a few
 MB in 5-10 us, far from the card's bandwidth: most of its time is a chain of dependent loads (x, then its
 LayerNorm's statistics, then each K block of the weights) after the launch itself. The weights depend on nothing
 the step computes, so before it waits for the launch before, each program prefetches its slice of them into L2.
@@ -442,6 +442,7 @@ def _grouped_gemv_op(
     ln_bias: torch.Tensor | None,
     ln_eps: float,
     tiling: list[int] | None,
+    overlap: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _check(x, weights, mixes, mix_codes, x_cols, acts, scales, out_acts, last, residual, gate, ln_weight, ln_bias)
     B = x.shape[0]
@@ -463,7 +464,7 @@ def _grouped_gemv_op(
             x, x.stride(0), ln_weight, ln_bias, h, normed, width, float(ln_eps), block, half, num_warps=warps
         )
         x, ln, ln_weight, ln_bias = normed, False, None, None
-    overlap, pdl = overlap_options(x.device)
+    overlap, pdl = overlap_options(x.device, overlap)
     schedule = {"num_warps": num_warps, "num_stages": num_stages} | pdl
     starts, out_cols = [0], [0]
     for n in ns:
@@ -521,7 +522,7 @@ _grouped_gemv_custom = torch.library.custom_op("rwkv_lab::grouped_gemv", _groupe
 
 @_grouped_gemv_custom.register_fake
 def _(x, weights, mixes, mix_codes, x_cols, acts, scales, out_acts, last, residual, gate, ln_weight, ln_bias, ln_eps,
-      tiling):  # fmt: skip
+      tiling, overlap):  # fmt: skip
     h = x.new_empty(x.shape[0], x.shape[1] if ln_weight is not None else 0, dtype=torch.float32)
     return x.new_empty(x.shape[0], sum(w.shape[1] for w in weights)), h
 
@@ -535,12 +536,14 @@ def grouped_gemv(
     gate: torch.Tensor | None = None,
     norm: Norm | None = None,
     tiling: Tiling | None = None,
+    overlap: bool = False,
 ):
     """x (B, width), projections j of weights (K_j, N_j) -> (B, sum_j N_j) in x's dtype, each product at its column
     offset (see the module docstring). `last` (B, K): the token shift's previous x, for the projections with a mix;
     `gate` (B, sum N), multiplying the output; `residual` (B, sum N), added to it. `norm`: x LayerNorm-ed first,
     every projection reading all of it; then returns (the output, the normalised x (B, width) fp32). `tiling`: the
-    launch's blocks (None: the default's)."""
+    launch's blocks (None: the default's). `overlap`: a programmatic dependent launch where the GPU takes one
+    (the module docstring's "Overlapped launches")."""
     for p in projections:
         if p.act not in ACTS or p.out_act not in OUT_ACTS or p.mix_weighs not in MIX_WEIGHS:
             raise ValueError(
@@ -565,7 +568,7 @@ def grouped_gemv(
             )
         tiling = list(dataclasses.astuple(tiling))  # the custom op's schema takes a list of ints
     ln = (None, None, 0.0) if norm is None else (norm.weight, norm.bias, float(norm.eps))
-    out, h = _grouped_gemv_custom(x, *flat, last, residual, gate, *ln, tiling)
+    out, h = _grouped_gemv_custom(x, *flat, last, residual, gate, *ln, tiling, overlap)
     return out if norm is None else (out, h)
 
 

@@ -113,12 +113,13 @@ class Block(nn.Module):
             trace.update(att_in=h, ffn_in=h2, out=x)
         return x, new_layer_state(att_x, wkv_state, ffn_x, state.dtype)
 
-    def step_kernels(self, x: torch.Tensor, state: torch.Tensor, scale: int = 1):
+    def step_kernels(self, x: torch.Tensor, state: torch.Tensor, scale: int = 1, overlap: bool = False):
         """The block for one token in four grouped projections (ops/gemv.py) and the WKV's step with its gate in
         one kernel (ops/rwkv4/step_kernel.py): the decode step's fast path (RecurrentLMBase.uses_step_kernels),
         `forward` at T = 1 with the recurrent WKV its reference. x (B, C), state (B, 5, C) of this layer; returns x
         and the new layer state in three fp32 pieces (B, 1 | 3 | 1, C), [att x], [a, b, p], [ffn x], which
-        RWKV.step joins for every layer in one cat.
+        RWKV.step joins for every layer in one cat. `overlap`: each launch a programmatic dependent one where the GPU
+        takes it (RunConfig.overlapped_launches).
 
         1. the LayerNorm, then k, v, r in one launch, their token-shift mixes in the prologue;
         2. the WKV step and the sigmoid(r) gate;
@@ -135,14 +136,16 @@ class Block(nn.Module):
 
         projections = [mixed(att.key, att.time_mix_k), mixed(att.value, att.time_mix_v)]
         projections.append(mixed(att.receptance, att.time_mix_r))
-        kvr, h = grouped_gemv(x, projections, last=state[:, ATT_X], norm=_norm(self.ln1))  # (B, 3C), (B, C)
-        gated, abp = wkv_gate_step(kvr, state, att.time_first, att.time_decay)  # (B, C), (B, 3, C)
-        x = grouped_gemv(gated, [Projection(att.output.weight.t(), scale=scale)], residual=x)
+        norm = _norm(self.ln1)
+        kvr, h = grouped_gemv(x, projections, last=state[:, ATT_X], norm=norm, overlap=overlap)  # (B, 3C), (B, C)
+        gated, abp = wkv_gate_step(kvr, state, att.time_first, att.time_decay, overlap)  # (B, C), (B, 3, C)
+        x = grouped_gemv(gated, [Projection(att.output.weight.t(), scale=scale)], residual=x, overlap=overlap)
         projections = [mixed(ffn.key, ffn.time_mix_k, out_act="relu2")]
         projections.append(mixed(ffn.receptance, ffn.time_mix_r, out_act="sigmoid"))
-        kr, h2 = grouped_gemv(x, projections, last=state[:, FFN_X], norm=_norm(self.ln2))  # relu(k)^2, sigmoid(r)
+        kr, h2 = grouped_gemv(x, projections, last=state[:, FFN_X], norm=_norm(self.ln2), overlap=overlap)
         F = ffn.key.weight.shape[0]
-        x = grouped_gemv(kr, [Projection(ffn.value.weight.t(), scale=scale)], gate=kr[:, F:], residual=x)
+        value = [Projection(ffn.value.weight.t(), scale=scale)]
+        x = grouped_gemv(kr, value, gate=kr[:, F:], residual=x, overlap=overlap)  # x + r * (k @ W_v)
         return x, [h[:, None], abp, h2[:, None]]
 
 

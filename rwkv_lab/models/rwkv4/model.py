@@ -153,6 +153,7 @@ class RWKV(RecurrentLMBase):
         the token shifts are its last real token (the eager blocks: the fused ones take no lengths).
         `step_kernels`: x is one token (B, C), through each block's `step_kernels` (`step`'s fast path)."""
         rescale = self.run.rescale_every if self.dtype == torch.float16 else 0
+        overlap = step_kernels and self.overlaps_launches()
         fused = not step_kernels and lengths is None and self.uses_fused_blocks(x, backend, trace)
         mix_kernels = not step_kernels and self.uses_inference_mix_kernels(x, backend, trace)
         new_state = []
@@ -164,7 +165,7 @@ class RWKV(RecurrentLMBase):
             scale = 2 ** (i // rescale) if rescale else 1
             run = self.run
             if step_kernels:
-                x, layer_state = block.step_kernels(x, state[:, i], scale)
+                x, layer_state = block.step_kernels(x, state[:, i], scale, overlap)
             else:
                 (x, layer_state), fused = self.fused_or_eager(
                     fused,

@@ -392,7 +392,8 @@ class RWKV7(RecurrentLMBase):
         wkv = None
         if self.uses_step_kernels(x):  # on CUDA: a few Triton launches a layer (RecurrentLMBase.uses_step_kernels)
             # the token shifts in the state's fp32: the kernels read them as they are (no rounding, no copy)
-            x, shifts, wkvs = _blocks_one_kernels(x, state.shift, state.wkv, params, self.config.layer_norm_eps)
+            eps, overlap = self.config.layer_norm_eps, self.overlaps_launches()
+            x, shifts, wkvs = _blocks_one_kernels(x, state.shift, state.wkv, params, eps, overlap)
         else:
             # out= ops take no autograd (nor does the compiler trace them into a strided slice): then each layer
             # returns a fresh S and they are stacked
@@ -502,7 +503,9 @@ def _blocks_one(
     return x, shifts, wkvs
 
 
-def _block_one_kernels(x: Tensor, v_first: Tensor | None, last: Tensor, S: Tensor, p: list[Tensor], ln_eps: float):
+def _block_one_kernels(
+    x: Tensor, v_first: Tensor | None, last: Tensor, S: Tensor, p: list[Tensor], ln_eps: float, overlap: bool = False
+):
     """`_block_one` in six Triton launches (the decode step's fast path on CUDA): x and v_first (B, C), last (B, 2,
     C), S (B, H, N, N) fp32, p the block's `step_tensors()`. Returns what `_block_one` does, the token shifts in fp32.
 
@@ -512,7 +515,8 @@ def _block_one_kernels(x: Tensor, v_first: Tensor | None, last: Tensor, S: Tenso
     3. ops/rwkv7/step_kernel.py: everything between those and the output projection, one program per head;
     4. the output projection, adding the residual; 5-6. the channel mix's two matrices, its LayerNorm and mix in
        the first's prologue and relu^2 in its epilogue, the residual in the second's.
-    The layer's own v (the first layer's becomes v_first) is a view of launch 1's output."""
+    The layer's own v (the first layer's becomes v_first) is a view of launch 1's output. `overlap`: each launch a
+    programmatic dependent one where the GPU takes it (RunConfig.overlapped_launches)."""
     ln1_w, ln1_b, ln2_w, ln2_b, x_r, x_w, x_k, x_v, x_a, x_g, w0, w1, w2, a0, a1, a2, v0, v1, v2, g1, g2 = p[:21]
     k_k, k_a, r_k, W_r, W_k, W_v, W_o, ln_x_w, ln_x_b, ffn_x_k, ffn_W_k, ffn_W_v = p[21:]
     C = x.shape[1]
@@ -520,28 +524,32 @@ def _block_one_kernels(x: Tensor, v_first: Tensor | None, last: Tensor, S: Tenso
     first = [(W_r.t(), x_r), (W_k.t(), x_k), (W_v.t(), x_v), (w1, x_w), (a1, x_a)]
     first += [(v1, x_v)] * residual + [(g1, x_g)]
     projections = [Projection(w, mix=m) for w, m in first]
-    proj, h = grouped_gemv(x, projections, last=last[:, 0], norm=Norm(ln1_w, ln1_b, ln_eps))  # (B, 3C + LoRAs)
+    norm = Norm(ln1_w, ln1_b, ln_eps)
+    proj, h = grouped_gemv(x, projections, last=last[:, 0], norm=norm, overlap=overlap)  # (B, 3C + LoRAs)
     col = 3 * C
     second = []
     for weight, act in [(w2, "tanh"), (a2, None)] + [(v2, None)] * residual + [(g2, "sigmoid")]:
         second.append(Projection(weight, x_col=col, act=act))
         col += weight.shape[0]
-    lora = grouped_gemv(proj, second)  # (B, 3C or 4C): z_w, z_a, [z_v], g
-    y, S = time_mix_step(proj, lora, S, w0, a0, v0, k_k, k_a, r_k, ln_x_w, ln_x_b, v_first, DECAY_SCALE, LN_X_EPS)
-    x = grouped_gemv(y, [Projection(W_o.t())], residual=x)
+    lora = grouped_gemv(proj, second, overlap=overlap)  # (B, 3C or 4C): z_w, z_a, [z_v], g
+    mix = (w0, a0, v0, k_k, k_a, r_k, ln_x_w, ln_x_b)
+    y, S = time_mix_step(proj, lora, S, *mix, v_first, DECAY_SCALE, LN_X_EPS, overlap)
+    x = grouped_gemv(y, [Projection(W_o.t())], residual=x, overlap=overlap)
     key = Projection(ffn_W_k.t(), mix=ffn_x_k, out_act="relu2")
-    hidden, h2 = grouped_gemv(x, [key], last=last[:, 1], norm=Norm(ln2_w, ln2_b, ln_eps))
-    x = grouped_gemv(hidden, [Projection(ffn_W_v.t())], residual=x)
+    hidden, h2 = grouped_gemv(x, [key], last=last[:, 1], norm=Norm(ln2_w, ln2_b, ln_eps), overlap=overlap)
+    x = grouped_gemv(hidden, [Projection(ffn_W_v.t())], residual=x, overlap=overlap)
     return x, proj[:, 2 * C : 3 * C], h, h2, S
 
 
-def _blocks_one_kernels(x: Tensor, shift: Tensor, wkv: Tensor, params: list[list[Tensor]], ln_eps: float):
+def _blocks_one_kernels(
+    x: Tensor, shift: Tensor, wkv: Tensor, params: list[list[Tensor]], ln_eps: float, overlap: bool = False
+):
     """`_blocks_one` through `_block_one_kernels`: x (B, C) after ln0, the state's shift (B, L, 2, C) and wkv
     (B, L, H, N, N), each layer's `step_tensors()`. Returns x, the new token shifts (2L of (B, C)) and the L new S."""
     v_first = None  # layer 0 sets it
     shifts, wkvs = [], []
     for i, p in enumerate(params):
-        x, v, h, h2, S = _block_one_kernels(x, v_first, shift[:, i], wkv[:, i], p, ln_eps)
+        x, v, h, h2, S = _block_one_kernels(x, v_first, shift[:, i], wkv[:, i], p, ln_eps, overlap)
         v_first = v if v_first is None else v_first
         shifts += [h, h2]
         wkvs.append(S)

@@ -42,7 +42,7 @@ def _wkv_gate_step(
     p = tl.load(state + 3 * s_stride1, mask=inside, other=0.0).to(DT)
     u = tl.load(u_ptr + c, mask=inside, other=0.0).to(DT)
     w = tl.exp(tl.load(td_ptr + c, mask=inside, other=0.0).to(DT))
-    if OVERLAP:  # the state and parameters above read; kvr is the launch before's (triton_launch.LaunchOverlap)
+    if OVERLAP:  # the state and parameters above read; kvr is the launch before's (triton_launch.overlap_options)
         gdc_wait()
         gdc_launch_dependents()
     row = kvr_ptr + b * kvr_stride
@@ -65,7 +65,11 @@ def _wkv_gate_step(
 
 
 def _wkv_gate_step_op(
-    kvr: torch.Tensor, layer_state: torch.Tensor, time_first: torch.Tensor, time_decay: torch.Tensor
+    kvr: torch.Tensor,
+    layer_state: torch.Tensor,
+    time_first: torch.Tensor,
+    time_decay: torch.Tensor,
+    overlap: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     B, C3 = kvr.shape
     C = C3 // 3
@@ -79,7 +83,7 @@ def _wkv_gate_step_op(
     cd = layer_state.dtype
     gated = torch.empty(B, C, dtype=kvr.dtype, device=kvr.device)
     abp = torch.empty(B, 3, C, dtype=cd, device=kvr.device)
-    overlap, pdl = overlap_options(kvr.device)
+    overlap, pdl = overlap_options(kvr.device, overlap)  # a programmatic dependent launch (triton_launch.py)
     _wkv_gate_step[(triton.cdiv(C, BLOCK), B)](
         kvr, kvr.stride(0), layer_state, layer_state.stride(0), layer_state.stride(1), time_first, time_decay,
         gated, abp, C, BLOCK, tl.float64 if cd == torch.float64 else tl.float32, overlap, num_warps=4, **pdl,
@@ -92,6 +96,6 @@ wkv_gate_step = torch.library.custom_op("rwkv_lab::rwkv4_wkv_gate_step", _wkv_ga
 
 
 @wkv_gate_step.register_fake
-def _(kvr, layer_state, time_first, time_decay):
+def _(kvr, layer_state, time_first, time_decay, overlap=False):
     B, C = kvr.shape[0], kvr.shape[1] // 3
     return kvr.new_empty(B, C), layer_state.new_empty(B, 3, C)

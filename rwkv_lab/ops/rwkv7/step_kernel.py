@@ -43,7 +43,7 @@ def _time_mix_step(
     # S (N, N): S[i, j], i the value index, j the key index
     offs = h * N * N + i[:, None] * N + j[None, :]
     S = tl.load(S_ptr + b * S_stride + offs)
-    if OVERLAP:  # the state read; lora is the launch before's, proj the one before it (triton_launch.LaunchOverlap)
+    if OVERLAP:  # the state read; lora is the launch before's, proj the one before it (triton_launch.overlap_options)
         gdc_wait()
         gdc_launch_dependents()
     r = tl.load(proj + cj).to(f32)
@@ -90,12 +90,14 @@ def _time_mix_step_op(
     v_first: torch.Tensor | None,
     decay_scale: float,
     ln_x_eps: float,
+    overlap: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`time_mix_step`: proj (B, >= 3C): r, k, v; lora (B, 4C) z_w, z_a, z_v, g, or (B, 3C) without z_v in the
     first layer (v_first None); S (B, H, N, N) fp32, its sequences possibly apart (a layer's slice of the model's
     state); the time mix's parameters as stored (w0, a0, v0, k_k, k_a (1, 1, C), r_k (H, N), ln_x's (C,)); v_first
     (B, C), the first layer's v, a view with unit column stride. Returns y (B, C) in proj's dtype, to be projected
-    by the output matrix, and S' (B, H, N, N)."""
+    by the output matrix, and S' (B, H, N, N). `overlap`: a programmatic dependent launch where the GPU takes one
+    (triton_launch.overlap_options)."""
     B, H, N, _ = S.shape
     C = H * N
     if N & (N - 1):
@@ -112,7 +114,7 @@ def _time_mix_step_op(
             raise ValueError("proj, lora and v_first need a unit column stride")
     y = torch.empty(B, C, dtype=proj.dtype, device=proj.device)
     S_new = torch.empty(S.shape, dtype=S.dtype, device=S.device)
-    overlap, pdl = overlap_options(proj.device)
+    overlap, pdl = overlap_options(proj.device, overlap)  # a programmatic dependent launch (triton_launch.py)
     _time_mix_step[(H, B)](
         proj, proj.stride(0), lora, lora.stride(0), v_first, v_first.stride(0) if residual else 0, S, S.stride(0),
         S_new, y,
@@ -127,6 +129,6 @@ time_mix_step = torch.library.custom_op("rwkv_lab::rwkv7_time_mix_step", _time_m
 
 
 @time_mix_step.register_fake
-def _(proj, lora, S, w0, a0, v0, k_k, k_a, r_k, ln_x_weight, ln_x_bias, v_first, decay_scale, ln_x_eps):
+def _(proj, lora, S, w0, a0, v0, k_k, k_a, r_k, ln_x_weight, ln_x_bias, v_first, decay_scale, ln_x_eps, overlap=False):
     B, H, N, _ = S.shape
     return proj.new_empty(B, H * N), S.new_empty(S.shape)
