@@ -468,8 +468,12 @@ def test_batched_runs_summarise_each_mixed_run_with_the_step_that_ran(tmp_path):
         write_table(tmp_path / f"generation{tag}.csv", pd.DataFrame(rows))
         write_json(tmp_path / f"decoder_check{tag}.json", {"compiled": compiled})
     write_table(tmp_path / "generation_c.csv", pd.DataFrame([base | {"kind": "generation", "batch": 1}]))
+    # a run without a decoder check (--no-check): the level its decoder recorded, and no claim of a fallback
+    unchecked = [r | {"decoder_compiled": False} if "decoder.step" in r["path"] else r for r in rows]
+    write_table(tmp_path / "generation_d.csv", pd.DataFrame(unchecked))
     runs = batched_runs(tmp_path)
-    assert runs["file"].tolist() == ["generation_a.csv", "generation_b.csv"]
-    assert runs["step"].tolist() == ["compiled (step+sample)", "uncompiled (fell back)"]
-    assert runs["end to end / decoder"].tolist() == [0.7, 0.7]
-    assert runs["new batch size, first call s (max)"].tolist() == [0.2, 0.2]
+    assert runs["file"].tolist() == ["generation_a.csv", "generation_b.csv", "generation_d.csv"]
+    no_check = "uncompiled (no decoder check in its run)"
+    assert runs["step"].tolist() == ["compiled (step+sample)", "uncompiled (fell back)", no_check]
+    assert runs["end to end / decoder"].tolist() == [0.7, 0.7, 0.7]
+    assert runs["new batch size, first call s (max)"].tolist() == [0.2, 0.2, 0.2]

@@ -390,6 +390,8 @@ def batched_runs(inference_dir: Path) -> pd.DataFrame:
             compiled = None if levels.empty else (False if levels.iloc[0] == "False" else levels.iloc[0])
         if compiled is None:
             step = "unknown (no decoder check in its run)"
+        elif not result:  # the level the table recorded; why, and whether the step kernels ran, only a check says
+            step = (f"compiled ({compiled})" if compiled else "uncompiled") + " (no decoder check in its run)"
         else:
             # uncompiled: the default where the step and the sampler are kernels; a fallback where a compile
             # failed (the check lists why; older checks, from before that default, do not)
