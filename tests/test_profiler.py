@@ -183,6 +183,35 @@ def test_a_time_budget_is_shared_and_what_it_skipped_is_recorded(monkeypatch):
     assert set(none_left["model"]) == {"RWKV-4 tiny", "RWKV-7 tiny", "GPT-NeoX 2x32"}
 
 
+def test_a_sweep_stopped_by_sigterm_records_what_it_had_not_measured(monkeypatch):
+    """SIGTERM (what `timeout` sends) during a series: the sweep keeps the series it finished, records the rest of
+    that model and every later model as 'skipped (time)', calls on_rows, returns, and puts the handler back."""
+    import os
+    import signal
+    import time
+
+    from rwkv_lab.measure import profiler
+
+    def stopped(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)  # the handler raises within this
+        raise AssertionError("SIGTERM did not stop the sweep")
+
+    monkeypatch.setattr(profiler, "measure_end_to_end", stopped)
+    saved = []
+    before = signal.getsignal(signal.SIGTERM)
+    kwargs = dict(new_tokens=2, decode_steps=1, dtype=torch.float32, progress=False, on_rows=saved.append)
+    frame = sweep(SPECS, 1, [8], [8], [8], [8], **kwargs)
+    assert signal.getsignal(signal.SIGTERM) is before
+    status = {(m, k): s for m, k, s in frame[["model", "kind", "status"]].itertuples(index=False)}
+    first = frame["model"].iloc[0]
+    assert len(frame) == 3 * 4 and set(frame["model"]) == {"RWKV-4 tiny", "RWKV-7 tiny", "GPT-NeoX 2x32"}
+    assert status[first, "prefill"] == status[first, "generation"] == "ok"
+    assert status[first, "generation end-to-end"] == status[first, "training"] == "skipped (time)"
+    assert (frame.loc[frame["model"] != first, "status"] == "skipped (time)").all()
+    assert len(saved) == 2 and len(saved[-1]) == 2  # saved after each series it finished
+
+
 def test_out_of_memory_is_a_recorded_data_point(monkeypatch):
     r, _ = tiny_pair()
     real = r.extend

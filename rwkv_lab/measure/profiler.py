@@ -18,14 +18,18 @@ Three measurements per context T (rows of a tidy DataFrame, `kind` = prefill | g
   tokens decoded, timed together, as one call of a generator: its tokens/s beside decode-only's.
 Each row carries `predicted_bytes` from `analytic_memory` and `measured/predicted`. Out-of-memory is a row
 (status 'oom'); a series stops at its first OOM, since longer contexts only need more. A time budget shares the
-wall clock out among models and series; what it left unmeasured is a row too (status 'skipped (time)'). On the
+wall clock out among models and series; what it left unmeasured is a row too (status 'skipped (time)'), and so
+is what a sweep stopped by SIGTERM (`timeout`'s signal: a hard limit on the command) had not measured. On the
 CPU, memory is the process's resident set (peak: VmHWM, reset through /proc/self/clear_refs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 
@@ -501,6 +505,28 @@ def release(subject: Subject) -> None:
     free_memory(device)
 
 
+class Stopped(Exception):
+    """SIGTERM arrived during a sweep (`stopped_by_sigterm`)."""
+
+
+@contextlib.contextmanager
+def stopped_by_sigterm():
+    """Within (in the main thread): SIGTERM raises Stopped where the sweep is, so that it records what it had not
+    measured and returns, rather than dying with its last series unwritten; the handler before, after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Stopped(f"signal {signum}")
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def sweep(
     subjects,
     batch: int = 1,
@@ -521,7 +547,8 @@ def sweep(
     `dtype` on `device` when their turn comes and released after, so each is measured on a card without the
     others. `seconds`: a time budget, shared equally among the subjects (what one leaves unused goes to the
     next); a subject whose turn comes with no time left is recorded as skipped, unbuilt. `on_rows(frame)` after
-    each series (to save what was measured so far)."""
+    each series (to save what was measured so far). Stopped by SIGTERM (in the main thread), it records every
+    context it had not measured as skipped and returns what it has."""
     rows, subjects = [], list(subjects)
     end = None if seconds is None else time.perf_counter() + seconds
     plan = {
@@ -530,34 +557,52 @@ def sweep(
         "end_to_end_contexts": end_to_end_contexts,
         "training_contexts": training_contexts,
     }
-    for i, subject in enumerate(subjects):
-        deadline = None
-        if end is not None:
-            deadline = time.perf_counter() + max(0.0, end - time.perf_counter()) / (len(subjects) - i)
-        built = isinstance(subject, str)
-        if built:
-            spec = subject
-            if _out_of_time(end):  # unbuilt: its rows from its shapes
-                subject = subject_for(model_at(spec, dtype, "meta"))
-                rows += _skipped_rows(subject, batch, plan)
-                if on_rows is not None:
-                    on_rows(finish(pd.DataFrame(rows)))
-                continue
-            free_memory(device)
-            subject = subject_for(model_at(spec, dtype, device), compile=compile)
-        done = list(rows)
-        rows = done + profile(
-            subject,
-            batch,
-            **plan,
-            decode_steps=decode_steps,
-            new_tokens=new_tokens,
-            deadline=deadline,
-            progress=progress,
-            on_series=None if on_rows is None else lambda new: on_rows(finish(pd.DataFrame(done + new))),
-        )
-        if built:
-            release(subject)
+    i, subject = 0, None
+    try:
+        with stopped_by_sigterm():
+            for i, subject in enumerate(subjects):
+                deadline = None
+                if end is not None:
+                    deadline = time.perf_counter() + max(0.0, end - time.perf_counter()) / (len(subjects) - i)
+                built = isinstance(subject, str)
+                if built:
+                    spec = subject
+                    if _out_of_time(end):  # unbuilt: its rows from its shapes
+                        subject = subject_for(model_at(spec, dtype, "meta"))
+                        rows += _skipped_rows(subject, batch, plan)
+                        if on_rows is not None:
+                            on_rows(finish(pd.DataFrame(rows)))
+                        continue
+                    free_memory(device)
+                    subject = subject_for(model_at(spec, dtype, device), compile=compile)
+                done = list(rows)
+
+                def measured(new, done=done):
+                    rows[:] = done + new  # kept as each series ends: what a stop leaves measured
+                    if on_rows is not None:
+                        on_rows(finish(pd.DataFrame(rows)))
+
+                profile(
+                    subject,
+                    batch,
+                    **plan,
+                    decode_steps=decode_steps,
+                    new_tokens=new_tokens,
+                    deadline=deadline,
+                    progress=progress,
+                    on_series=measured,
+                )
+                if built:
+                    release(subject)
+    except Stopped:
+        current = None if isinstance(subject, str) else subject  # None: stopped while building it
+        for j, left in enumerate(subjects[i:]):
+            if isinstance(left, str):  # the one being measured as built; the rest from their shapes
+                left = current if j == 0 and current is not None else subject_for(model_at(left, dtype, "meta"))
+            seen = {(r["kind"], r["context"]) for r in rows if r["model"] == left.name}
+            rows += [r for r in _skipped_rows(left, batch, plan) if (r["kind"], r["context"]) not in seen]
+        if current is not None and isinstance(subjects[i], str):
+            release(current)
     return finish(pd.DataFrame(rows))
 
 
