@@ -17,7 +17,8 @@ training, forward + backward under bf16 autocast with fp32 weights, 512 to --tra
 fast path (`fast_path`: the recurrent models' fused blocks, Pythia through torch.compile). The models run one
 after another, each freed before the next is built. Out of memory is a row (status 'oom'); `--budget-s` shares
 that many seconds among the models and their series, and what it left unmeasured is a row too (status
-'skipped (time)'); a context whose build would pass the deadline is not started. Writes
+'skipped (time)'); a context whose build would pass the deadline is not started, and a run stopped by SIGTERM
+(`timeout`) records what it had not measured likewise. Writes
 results/profile/memory_profile_pile_<sizes><tag>.csv (+ .meta.json, with the card's memory and measured copy
 bandwidth) after every series.
 """

@@ -9,11 +9,6 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-# `make test` runs the tests in one pytest-xdist worker per core: each worker's torch then takes one thread, where
-# each would otherwise take every core and the workers would contend for them
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(1)
-
 
 # The gpu-marked tests (tests/test_gpu.py, `make test-gpu`) need a CUDA device. Without one each is skipped here,
 # from this one line, so the run's summary (-ra) reports them all in one line.
