@@ -55,9 +55,12 @@ def compile_every_path() -> None:
     from rwkv_lab.models import architecture
     from rwkv_lab.ops.gemv import Norm, Projection, Tiling, grouped_gemv
     from rwkv_lab.ops.rwkv7 import wkv7
+    from rwkv_lab.triton_launch import compiling_in_parallel
 
     torch.manual_seed(0)
-    with torch.no_grad():
+    # compiled side by side (ptxas on every core), as the decoder compiles a step's kernels: each compilation is
+    # waited for on leaving, and main() reads each one's result, so a failure still fails here
+    with torch.no_grad(), compiling_in_parallel():
         # each generation's decode step through its step kernels, in the dtypes the GPU runs: fp16 (generation;
         # RWKV-4's with its rescaling), fp32 (the decoder check), bf16 (RWKV-7's World models)
         every = (torch.float16, torch.float32, torch.bfloat16)
@@ -133,12 +136,12 @@ def compile_every_path() -> None:
                 xs = [x.bfloat16().requires_grad_() for x in (r, -log_w.abs() * 0.1, k, v, a, b)]
                 y, _ = wkv7_triton(*xs, torch.zeros(1, 2, 64, 64), tiling=WKV7Tiling(parallel=parallel))
                 y.float().sum().backward()
-        # a step's kernels compiled side by side (what the decoder does before its first step), then the step
-        # itself finds every one of them compiled
-        from rwkv_lab.ops.gemv import _grouped_gemv
-        from rwkv_lab.ops.rwkv7.step_kernel import _time_mix_step
-        from rwkv_lab.triton_launch import compiling_in_parallel
+    # a step's kernels compiled side by side (what the decoder does before its first step), then the step itself
+    # finds every one of them compiled
+    from rwkv_lab.ops.gemv import _grouped_gemv
+    from rwkv_lab.ops.rwkv7.step_kernel import _time_mix_step
 
+    with torch.no_grad():
         model = architecture("rwkv7").build(architecture("rwkv7").get_config("byte-2x256")).half().eval()
         model.configure(step_kernels=True)
         state, before = model.init_state(2), cached_kernels(_grouped_gemv, _time_mix_step)
