@@ -110,16 +110,16 @@ def test_the_kernels_step_only_where_it_should():
 
 @pytest.mark.parametrize("arch", GENERATIONS)
 def test_the_step_overlaps_its_launches_where_its_weights_are_small(arch, monkeypatch):
-    """RunConfig.overlapped_launches "auto": for weights of at most OVERLAP_MAX_WEIGHT_BYTES; True and False as set;
-    checked where it is set. On the CPU the kernels then launch as ever: the step still equals its float64
-    reference (the GPU's overlapped step: test_gpu.py's decoder check)."""
+    """RunConfig.overlapped_launches "auto": for weights of at most OVERLAP_MAX_WEIGHT_BYTES at batches of at most
+    OVERLAP_MAX_BATCH; True and False as set; checked where it is set. On the CPU the kernels then launch as ever:
+    the step still equals its float64 reference (the GPU's overlapped step: test_gpu.py's decoder check)."""
     from rwkv_lab.models import base
 
     model = small_model(arch, 0, torch.float32).configure(step_kernels=True)
-    assert model.overlaps_launches()  # a few KB of weights
+    assert model.overlaps_launches(16) and not model.overlaps_launches(17)  # a few KB of weights
     monkeypatch.setattr(base, "OVERLAP_MAX_WEIGHT_BYTES", 1024)
-    assert not model.overlaps_launches()
-    assert model.configure(overlapped_launches=True).overlaps_launches()
+    assert not model.overlaps_launches(1)
+    assert model.configure(overlapped_launches=True).overlaps_launches(64)
     token, state = torch.tensor([3, 7]), random_state(model, 2, seed=1)
     logits, _ = stepped(model, token[:, None], state, kernels=True)
     reference = small_model(arch, 0)  # the same weights in float64, its PyTorch step

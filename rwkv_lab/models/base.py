@@ -15,7 +15,7 @@ from ..ops import triton_available
 from ..ops.lengths import check_lengths, last_positions, prefill_pieces
 from ..ops.norm_mix import kernels_run_on
 from .checks import check_tokens
-from .run_config import OVERLAP_MAX_WEIGHT_BYTES, RunConfig
+from .run_config import OVERLAP_MAX_BATCH, OVERLAP_MAX_WEIGHT_BYTES, RunConfig
 
 
 class ModelConfig:
@@ -87,14 +87,16 @@ class RecurrentLMBase(nn.Module):
             return False
         return triton_available() and (choice is True or x.is_cuda)
 
-    def overlaps_launches(self) -> bool:
-        """Whether the step kernels are programmatic dependent launches (RunConfig.overlapped_launches; where the
-        GPU takes none, the launches are plain whatever this says): \"auto\" for weights of at most
-        OVERLAP_MAX_WEIGHT_BYTES, the small models whose step is a chain of latency-bound launches."""
+    def overlaps_launches(self, batch: int) -> bool:
+        """Whether the step kernels of a batch of `batch` sequences are programmatic dependent launches
+        (RunConfig.overlapped_launches; where the GPU takes none, the launches are plain whatever this says):
+        "auto" for weights of at most OVERLAP_MAX_WEIGHT_BYTES and batches of at most OVERLAP_MAX_BATCH, the small
+        models whose step is a chain of latency-bound launches, as measured."""
         choice = self.run.overlapped_launches
         if choice != "auto":
             return choice
-        return sum(p.numel() * p.element_size() for p in self.parameters()) <= OVERLAP_MAX_WEIGHT_BYTES
+        small = sum(p.numel() * p.element_size() for p in self.parameters()) <= OVERLAP_MAX_WEIGHT_BYTES
+        return small and batch <= OVERLAP_MAX_BATCH
 
     def fused_or_eager(self, fused: bool, fused_call, eager_call):
         """One block: `fused_call()` (through the compiled blocks) when `fused`, else `eager_call()`. Returns (its

@@ -24,8 +24,11 @@ STEP_KERNELS = (True, False, "auto")
 PADDED_HEAD = (True, False, "auto")
 OVERLAPPED_LAUNCHES = (True, False, "auto")
 # "auto" overlaps the decode step's launches up to this many bytes of weights: measured faster for RWKV-4 169M and
-# RWKV-7 168M in fp16 (0.34 GB), slower for 1.5B and 1.47B (3 GB), whose launches stream more than L2 holds
+# RWKV-7 168M in fp16 (0.34 GB), slower for 1.5B and 1.47B (3 GB), whose launches stream more than L2 holds; and
+# up to this batch, the grouped projections' 16-row blocks (ops/gemv.py `_default_tiling`), as at B = 1 where it
+# was measured (larger batches run other tilings, unmeasured)
 OVERLAP_MAX_WEIGHT_BYTES = 512 * 2**20
+OVERLAP_MAX_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -47,9 +50,10 @@ class RunConfig:
     PyTorch reference; see RecurrentLMBase.uses_step_kernels).
     overlapped_launches: the step kernels as programmatic dependent launches on Hopper and later, each prefetching
     what it can before the launch before it ends (triton_launch.overlap_options); "auto": for models of at most
-    OVERLAP_MAX_WEIGHT_BYTES of weights (RecurrentLMBase.overlaps_launches). H200, the decoder at B = 1 with them
-    off / on (results/inference/generation_overlap.csv, generation_rwkv7_overlap.csv): RWKV-4 169M 2,019 / 2,121
-    tokens/s, RWKV-7 168M 1,759 / 1,831; 1.5B 578 / 467, 1.47B 556 / 457."""
+    OVERLAP_MAX_WEIGHT_BYTES of weights at batches of at most OVERLAP_MAX_BATCH (RecurrentLMBase.overlaps_launches).
+    H200, the decoder at B = 1 with them off / on (results/inference/generation_overlap.csv,
+    generation_rwkv7_overlap.csv): RWKV-4 169M 2,019 / 2,121 tokens/s, RWKV-7 168M 1,759 / 1,831; 1.5B 578 / 467,
+    1.47B 556 / 457."""
 
     backend: str = "auto"
     fused_blocks: bool | str = "auto"

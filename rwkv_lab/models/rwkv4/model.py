@@ -153,7 +153,7 @@ class RWKV(RecurrentLMBase):
         the token shifts are its last real token (the eager blocks: the fused ones take no lengths).
         `step_kernels`: x is one token (B, C), through each block's `step_kernels` (`step`'s fast path)."""
         rescale = self.run.rescale_every if self.dtype == torch.float16 else 0
-        overlap = step_kernels and self.overlaps_launches()
+        overlap = step_kernels and self.overlaps_launches(x.shape[0])
         fused = not step_kernels and lengths is None and self.uses_fused_blocks(x, backend, trace)
         mix_kernels = not step_kernels and self.uses_inference_mix_kernels(x, backend, trace)
         new_state = []

@@ -392,7 +392,7 @@ class RWKV7(RecurrentLMBase):
         wkv = None
         if self.uses_step_kernels(x):  # on CUDA: a few Triton launches a layer (RecurrentLMBase.uses_step_kernels)
             # the token shifts in the state's fp32: the kernels read them as they are (no rounding, no copy)
-            eps, overlap = self.config.layer_norm_eps, self.overlaps_launches()
+            eps, overlap = self.config.layer_norm_eps, self.overlaps_launches(B)
             x, shifts, wkvs = _blocks_one_kernels(x, state.shift, state.wkv, params, eps, overlap)
         else:
             # out= ops take no autograd (nor does the compiler trace them into a strided slice): then each layer
