@@ -683,6 +683,27 @@ def generation_batched():
     return rows
 
 
+def launch_overlap():
+    """The decoder at batch 1 with its step kernels' launches overlapped and not (bench_generation.py
+    --compare-overlap), both generations, one run each: what RunConfig.overlapped_launches' "auto" rests on."""
+    rows = []
+    for label, f in (
+        ("RWKV-4", "inference/generation_overlap.csv"),
+        ("RWKV-7", "inference/generation_rwkv7_overlap.csv"),
+    ):
+        t = table(f)
+        cells = []
+        for size, g in t.groupby("size", sort=False):
+            speed = g.set_index("path")["tokens_per_s"].astype(float)
+            off = speed["decoder.step (top-p), launches overlapped off"]
+            on = speed["decoder.step (top-p), launches overlapped on"]
+            cells.append(f"{size}: {off:,.0f} → {on:,.0f} tokens/s ({on / off:.2f}×)")
+        what = f"{label} fp16 decoder at batch 1 (top-p), its step kernels' launches plain → overlapped"
+        what += " (programmatic dependent launch)"
+        rows.append(row(what, f, "; ".join(cells)))
+    return rows
+
+
 def build() -> str:
     rows = [
         equivalence(),
@@ -698,6 +719,7 @@ def build() -> str:
     rows.append(context_effect())
     rows += (
         generation_gpu()
+        + launch_overlap()
         + generation_batched()
         + generation_cpu()
         + rwkv7_rows()
