@@ -191,10 +191,9 @@ class RecurrentLMBase(nn.Module):
             if min(lengths) == T:
                 lengths = None  # no padding: the plain pass
         backend = backend or self.run.backend
-        if lengths is None:
-            size = min(chunk or T, max(64, batch_tokens // B) if batch_tokens else T)
-            for start in range(0, T, size):
-                x, state = self.blocks_with_state(self.emb(tokens[:, start : start + size]), state, backend)
+        if lengths is None:  # every sequence T long: the pieces of one span, bounded as prefill_pieces bounds them
+            for start, end in prefill_pieces([T] * B, chunk, batch_tokens):
+                x, state = self.blocks_with_state(self.emb(tokens[:, start:end]), state, backend)
             return self.head(self.ln_out(x[:, -1])), state
         pieces = prefill_pieces(lengths, chunk, batch_tokens)
         # every piece's rows and their real tokens in it, sent to the device at once: (rows, ends) per piece
