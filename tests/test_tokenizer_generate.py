@@ -7,7 +7,7 @@ from helpers import NEOX_TOKENIZER, TOL, assert_rel_close, random_model
 from rwkv_lab.inference.generation import generate, stream
 from rwkv_lab.inference.sampling import check_sampling, sample
 from rwkv_lab.loading.checkpoint import default_model
-from rwkv_lab.loading.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer, tokenizer_for
+from rwkv_lab.loading.tokenizer import BPETokenizer, ByteTokenizer, encode_batch, load_tokenizer, tokenizer_for
 from rwkv_lab.models.rwkv4.config import PRESETS, RWKVConfig
 from rwkv_lab.models.rwkv4.model import build_model
 
@@ -31,6 +31,20 @@ def test_neox_tokenizer_from_the_hub_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("RWKV_LAB_TOKENIZER", raising=False)
     fill_hub_cache(tmp_path, "EleutherAI/gpt-neox-20b", {"tokenizer.json": NEOX_TOKENIZER})
     assert load_tokenizer().encode("Hello") == [12092]
+
+
+def test_encode_batch_equals_encoding_each_text():
+    texts = ["Hello world, RWKV!", "", "é中🙂 " * 50, "def f(x):\n    return x"]
+    for tok in (BPETokenizer(NEOX_TOKENIZER), ByteTokenizer()):
+        assert encode_batch(tok, texts) == [tok.encode(t) for t in texts]
+
+    class OnlyEncode:  # a tokenizer without encode_batch: one encode a text
+        def encode(self, text):
+            return [len(text)]
+
+    assert encode_batch(OnlyEncode(), ["ab", "c"]) == [[2], [1]]
+    with pytest.raises(ValueError, match=r"lone surrogate '\\ud800' at index 3"):
+        encode_batch(BPETokenizer(NEOX_TOKENIZER), ["fine", "ok \ud800"])
 
 
 def test_byte_tokenizer_round_trips_any_text():

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..loading.tokenizer import check_tokenizer
+from ..loading.tokenizer import check_tokenizer, encode_batch
 from .decoder import decoder_for
 from .sampling import MAX_SEED, check_sampling, check_seed, sampler_for
 
@@ -116,10 +116,10 @@ def prefill_prompts(model, tokenizer, prompts: list[str], state=None, new_docume
 
     An empty prompt starts a new document (end-of-text); so does every prompt with `new_document`. Only the last
     position goes through the head."""
-    ids = []
-    for prompt in prompts:
-        encoded = tokenizer.encode(prompt)
-        ids.append([tokenizer.eot_id] + encoded if new_document or not encoded else encoded)
+    ids = [
+        [tokenizer.eot_id] + encoded if new_document or not encoded else encoded
+        for encoded in encode_batch(tokenizer, prompts)
+    ]
     lengths = [len(x) for x in ids]
     T = max(lengths)
     tokens = torch.tensor([x + [tokenizer.eot_id] * (T - len(x)) for x in ids], device=model.device)  # (n, T)

@@ -71,6 +71,13 @@ class BPETokenizer:
         utf8(text)
         return self._tok.encode(text).ids
 
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """`encode` of each text, the texts spread over the CPU's cores by `tokenizers` (a batch of prompts is
+        tokenized while nothing runs on the GPU: this is on generate's path to its first token)."""
+        for text in texts:
+            utf8(text)
+        return [e.ids for e in self._tok.encode_batch(list(texts))]
+
     def decode(self, ids) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=False)
 
@@ -215,6 +222,13 @@ def load_tokenizer(source: str | None = None):
             f"no tokenizer file at {source!r}; expected 'bytes', 'world', a tokenizer.json or a hub repo id"
         )
     return BPETokenizer(source)
+
+
+def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Each text's ids: through the tokenizer's own `encode_batch` where it has one (BPETokenizer: all cores),
+    else one `encode` a text (any object with `encode` serves as a tokenizer)."""
+    batch = getattr(tokenizer, "encode_batch", None)
+    return batch(texts) if batch is not None else [tokenizer.encode(text) for text in texts]
 
 
 def check_tokenizer(tokenizer, model) -> None:
