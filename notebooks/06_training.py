@@ -33,7 +33,7 @@ live_batch = 8
 live_tokens = 60_000  # per architecture
 live_archs = ["rwkv7", "rwkv4", "transformer"]
 live_threads = 1  # torch CPU threads for the live runs: their ops are too small to split across cores
-rwkv7_compare_tag = "_default_rwkv7_40M"  # benchmarks/train_compare.py --tag of the GPU run with RWKV-7
+rwkv7_compare_tags = ["_default_rwkv7_40M", "_0.1B"]  # benchmarks/train_compare.py --tags of the GPU runs with RWKV-7
 # state tracking: the live run (tiny), then the committed runs of benchmarks/state_tracking.py (--tag), where present
 tracking_task = "parity"
 tracking_model = "byte-2x64"
@@ -390,16 +390,20 @@ for _, r in retrain.iterrows():
 # %% [markdown]
 # ## RWKV-7 beside RWKV-4 and the transformer on the GPU
 #
-# The same recipe, corpus and size (`byte-6x256` at `T = 512`, `40M` tokens) with the second generation added
-# (`python benchmarks/train_compare.py --archs rwkv7,rwkv,transformer --tag _default_rwkv7_40M`): each architecture
-# at the rates of its own sweep, the comparison reading each one's chosen run.
+# The same recipe and corpus with the second generation added (`python benchmarks/train_compare.py --archs
+# rwkv7,rwkv,transformer --tag <tag>`), one run per tag: `byte-6x256` at `T = 512` on `40M` tokens, and the 0.1B
+# class (`byte-12x768`, its parameter count printed below) on `10M`. Each architecture trains at the rates of its own
+# sweep; the comparison reads each one's chosen run.
 
 # %%
-if find_result(f"training/summary{rwkv7_compare_tag}.csv").exists():
-    trio, trio_curves, trio_meta = compare_run(rwkv7_compare_tag)
+for tag in rwkv7_compare_tags:
+    if not find_result(f"training/summary{tag}.csv").exists():
+        print(f"results/training/summary{tag}.csv is not there yet: the GPU run has not been committed")
+        continue
+    trio, trio_curves, trio_meta = compare_run(tag)
     p = trio_meta["params"]
     print(
-        f"measured on {trio_meta['device']} at commit {trio_meta['git_commit'][:10]}, {p['tokens']:,} tokens, "
+        f"{tag}: measured on {trio_meta['device']} at commit {trio_meta['git_commit'][:10]}, {p['tokens']:,} tokens, "
         f"{p['tokens_per_step']:,} tokens per step, rates {p.get('arch_lrs') or p['lrs']}"
     )
     display(
@@ -419,12 +423,12 @@ if find_result(f"training/summary{rwkv7_compare_tag}.csv").exists():
             f"the transformer's), peak memory {r['peak_memory_GiB']:.2f} GiB"
         )
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    plot_curves(chosen_curves(trio_curves, trio), axes, trio_meta["params"]["unigram_val_bpb"], trio_meta["device"])
+    model_names = ", ".join(chosen["model"].unique())
+    title = f"{model_names}, {trio_meta['device']}"
+    plot_curves(chosen_curves(trio_curves, trio), axes, trio_meta["params"]["unigram_val_bpb"], title)
     fig.tight_layout()
-    save_figure(fig, results_dir() / "figures" / "06_rwkv7_curves.png", {"source": "results/training"})
+    save_figure(fig, results_dir() / "figures" / f"06_rwkv7_curves{tag}.png", {"source": "results/training"})
     plt.show()
-else:
-    print(f"results/training/summary{rwkv7_compare_tag}.csv is not there yet: the GPU run has not been committed")
 
 # %% [markdown]
 # ## Samples: each generation's shipped default vs its untrained self
