@@ -126,44 +126,46 @@ def main():
     curves, summary, best_export = [], [], {}  # per architecture, the exported run's validation bits/byte
     for context in map(int, args.contexts.split(",")):
         for size in args.sizes.split(","):
-            for arch in archs:
-                for lr in lrs[arch]:
-                    cfg = TrainConfig(
-                        arch=arch,
-                        model=size,
-                        context=context,
-                        tokens=args.tokens,
-                        lr=lr,
-                        min_lr=lr / 10,
-                        batch_size=max(1, args.tokens_per_step // context),
-                        eval_every=args.eval_every,
-                        warmup_steps=args.warmup_steps,
-                        cuda_graph=args.cuda_graph,
-                        wkv_backend=args.wkv_backend,
-                    )
-                    row = {"arch": arch, "model": size, "context": context, "lr": lr}
-                    row |= {"batch_size": cfg.batch_size, "tokens": args.tokens}
-                    if args.deadline_min and time.time() - t_start > 60 * args.deadline_min:
-                        summary.append(row | {"status": "skipped (deadline)"})
-                        write(summary, curves)
-                        continue
-                    name = architecture(cfg.arch).name
-                    export = architecture(cfg.arch).recurrent and (size, context) == (
-                        args.export_size,
-                        args.export_context,
-                    )
-                    result = or_oom(lambda: train(cfg, corpus, curves, export), device)
-                    if export and result is not OOM:
-                        weights = result.pop("weights")
-                        if name not in best_export or result["val_bpb"] < best_export[name]:
-                            best_export[name] = result["val_bpb"]
-                            path = out / f"{name}-{size}-T{context}{args.tag}.safetensors"
-                            save_model(weights, path, dtype=torch.bfloat16)
-                            print(f"exported {name} {size} at lr {lr} ({result['val_bpb']:.4f} bits/byte) to {path}")
-                    row |= {"status": "oom"} if result is OOM else result
-                    summary.append(row)
-                    print(row, flush=True)
+            # each architecture's first rate before any architecture's second: a sweep cut by the deadline still
+            # holds every architecture
+            rounds = max(len(lrs[arch]) for arch in archs)
+            for arch, lr in [(a, lrs[a][i]) for i in range(rounds) for a in archs if i < len(lrs[a])]:
+                cfg = TrainConfig(
+                    arch=arch,
+                    model=size,
+                    context=context,
+                    tokens=args.tokens,
+                    lr=lr,
+                    min_lr=lr / 10,
+                    batch_size=max(1, args.tokens_per_step // context),
+                    eval_every=args.eval_every,
+                    warmup_steps=args.warmup_steps,
+                    cuda_graph=args.cuda_graph,
+                    wkv_backend=args.wkv_backend,
+                )
+                row = {"arch": arch, "model": size, "context": context, "lr": lr}
+                row |= {"batch_size": cfg.batch_size, "tokens": args.tokens}
+                if args.deadline_min and time.time() - t_start > 60 * args.deadline_min:
+                    summary.append(row | {"status": "skipped (deadline)"})
                     write(summary, curves)
+                    continue
+                name = architecture(cfg.arch).name
+                export = architecture(cfg.arch).recurrent and (size, context) == (
+                    args.export_size,
+                    args.export_context,
+                )
+                result = or_oom(lambda: train(cfg, corpus, curves, export), device)
+                if export and result is not OOM:
+                    weights = result.pop("weights")
+                    if name not in best_export or result["val_bpb"] < best_export[name]:
+                        best_export[name] = result["val_bpb"]
+                        path = out / f"{name}-{size}-T{context}{args.tag}.safetensors"
+                        save_model(weights, path, dtype=torch.bfloat16)
+                        print(f"exported {name} {size} at lr {lr} ({result['val_bpb']:.4f} bits/byte) to {path}")
+                row |= {"status": "oom"} if result is OOM else result
+                summary.append(row)
+                print(row, flush=True)
+                write(summary, curves)
     print(pd.DataFrame(summary).to_string(float_format=lambda v: f"{v:.4g}"))
 
 

@@ -286,6 +286,8 @@ def test_train_compare_exports_the_best_run_and_records_skipped_ones(text_dir, t
     )  # before the sweep ends
     summary = pd.read_csv(tmp_path / "training" / "summary.csv")
     assert len(summary) == 3 and summary["chosen"].sum() == 2
+    # each architecture's first rate before any second one: a deadline never leaves an architecture out
+    assert list(zip(summary["arch"], summary["lr"])) == [("rwkv", 1e-3), ("transformer", 1e-3), ("rwkv", 1e-2)]
     from rwkv_lab import load_model
 
     assert load_model(tmp_path / "training" / "rwkv4-byte-2x32-T32.safetensors").config.n_embd == 32
