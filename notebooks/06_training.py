@@ -69,6 +69,7 @@ from rwkv_lab.training.report import (
     plot_curves,
     plot_kernel_time,
     side_by_side,
+    sweep_edges,
     unfinished_runs,
 )
 from rwkv_lab.training.state_tracking import cpu_threads
@@ -421,6 +422,11 @@ for tag in rwkv7_compare_tags:
             f"{arch_label(r['arch'])} {r['model']} ({int(r['params']):,} parameters) at lr {r['lr']:g}: "
             f"{r['val_bpb']:.3f} bits/byte, {r['tokens_per_s']:,.0f} tokens/s ({r['tokens_per_s'] / tf['tokens_per_s']:.2f}x "
             f"the transformer's), peak memory {r['peak_memory_GiB']:.2f} GiB"
+        )
+    for _, e in sweep_edges(trio).iterrows():
+        print(
+            f"{arch_label(e['arch'])} {e['model']}: its chosen rate {e['lr']:g} is the {e['edge']} it was given; "
+            "its best may lie beyond the sweep"
         )
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     model_names = ", ".join(chosen["model"].unique())

@@ -566,7 +566,7 @@ def test_comparisons_read_the_chosen_runs_and_the_fastest_paths():
     through each architecture's faster path (RWKV-4's fused blocks, the faster of Pythia's two)."""
     import pandas as pd
 
-    from rwkv_lab.training.report import chosen_curves, chosen_runs, fastest_paths, side_by_side
+    from rwkv_lab.training.report import chosen_curves, chosen_runs, fastest_paths, side_by_side, sweep_edges
 
     runs = pd.DataFrame(
         {
@@ -583,6 +583,11 @@ def test_comparisons_read_the_chosen_runs_and_the_fastest_paths():
         }
     )
     assert chosen_runs(runs)["lr"].tolist() == [3e-3, 1e-3]
+    edges = sweep_edges(runs)  # both chosen rates lie at an end of their two-rate sweeps
+    assert list(zip(edges["arch"], edges["edge"])) == [("rwkv", "largest"), ("transformer", "smallest")]
+    middle = pd.concat([runs, runs.iloc[[1]].assign(lr=1e-2, val_bpb=1.25, chosen=False)])
+    assert sweep_edges(middle)["arch"].tolist() == ["transformer"]  # rwkv's 3e-3 now sits inside 1e-3..1e-2
+    assert sweep_edges(runs.iloc[[1]]).empty  # one rate: no sweep, no edge
     table = side_by_side(runs)  # the old runs' 'rwkv' read as the registry's rwkv4
     assert table["val_bpb_rwkv4"].item() == 1.2 and table["val_bpb_transformer"].item() == 1.4
     assert table["speed_ratio_rwkv4_over_tf"].item() == 0.5

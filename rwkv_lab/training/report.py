@@ -43,6 +43,21 @@ def chosen_runs(summary: pd.DataFrame) -> pd.DataFrame:
     return ok[ok["chosen"].astype(bool)] if "chosen" in ok else ok
 
 
+def sweep_edges(summary: pd.DataFrame) -> pd.DataFrame:
+    """The chosen runs whose rate is the largest or the smallest of their sweep (more than one rate finished):
+    (arch, model, context, lr, edge), edge "largest" or "smallest". Their best rate may lie beyond the sweep, so a
+    comparison that reads them compares each architecture at the best rate it was given, not at its best."""
+    ok = summary[summary["status"] == "ok"]
+    rows = []
+    for _, run in chosen_runs(summary).iterrows():
+        same = ok[(ok["arch"] == run["arch"]) & (ok["model"] == run["model"]) & (ok["context"] == run["context"])]
+        rates = sorted(same["lr"].unique()) if "lr" in same else []
+        if len(rates) > 1 and run["lr"] in (rates[0], rates[-1]):
+            edge = "largest" if run["lr"] == rates[-1] else "smallest"
+            rows.append({k: run[k] for k in ("arch", "model", "context", "lr")} | {"edge": edge})
+    return pd.DataFrame(rows, columns=["arch", "model", "context", "lr", "edge"])
+
+
 def chosen_curves(curves: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
     """The validation curves of the chosen runs (curves carry their run's `lr` when they come from a sweep)."""
     if "lr" not in curves or "lr" not in summary:
