@@ -122,6 +122,18 @@ def compile_every_path() -> None:
         for mixes in (6, 1):
             ln_w, ln_b = torch.ones(768, dtype=torch.float16), torch.zeros(768, dtype=torch.float16)
             norm_shift_mix_stacked_triton(h, ln_w, ln_b, torch.randn(2, 768), torch.rand(mixes, 768), 1e-5)
+        # RWKV-7's time mix around its operator in a prefill, at 12 heads of 64 (a masked head tile): the first
+        # layer and a later one, a padded batch and one length, in the two half types
+        from rwkv_lab.ops.rwkv7.prefill_kernels import TimeMixParams, time_mix_inputs, time_mix_output
+
+        for dtype in (torch.float16, torch.bfloat16):
+            vec = torch.randn(1, 1, 768, dtype=dtype)
+            ln = torch.ones(768, dtype=dtype)
+            params = TimeMixParams(vec, vec, vec, vec, vec, torch.randn(12, 64, dtype=dtype), ln, ln, 0.6, 64e-5)
+            t = torch.randn(2, 5, 768, dtype=dtype)
+            for v_first, lengths in ((None, None), (t, torch.tensor([5, 2]))):
+                log_w, k, v, a, b = time_mix_inputs(t, t, t, t, v_first, v_first, params, lengths)
+                time_mix_output(t.view(2, 5, 12, 64), t, k, v, t, params)
         # RWKV-7's prefill operators, forward: the chunked kernels ('auto' with grad mode off) and the per-token one
         r, log_w, k, v, a, b = (torch.randn(1, 40, 2, 64, dtype=torch.float16) for _ in range(6))
         for backend in ("triton_chunked", "triton"):

@@ -92,6 +92,15 @@ class TimeMix7(nn.Module):
     def mixes(self) -> tuple[nn.Parameter, ...]:
         return self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g
 
+    def kernel_params(self):
+        """What prefill_kernels.py's launches read besides the activations (a TimeMixParams)."""
+        from ...ops.rwkv7.prefill_kernels import TimeMixParams  # noqa: PLC0415 - Triton is optional on a CPU machine
+
+        return TimeMixParams(
+            self.w0, self.a0, self.v0, self.k_k, self.k_a, self.r_k, self.ln_x.weight, self.ln_x.bias,
+            DECAY_SCALE, self.ln_x.eps,
+        )  # fmt: skip
+
     def forward(self, x, last_x, v_first, wkv_state, backend: str, trace: dict | None = None, lengths=None):
         """x (B, T, C): ln1's output; last_x (B, C); v_first (B, T, C) from layer 0 (None in layer 0); wkv_state
         (B, H, N, N); lengths (B,) or None: a right-padded batch. Returns the output (B, T, C), v_first and the
@@ -101,18 +110,33 @@ class TimeMix7(nn.Module):
         mixed = torch.addcmul(x, delta, torch.stack(self.mixes()))
         return self.from_mixed(mixed, v_first, wkv_state, backend, trace, lengths)
 
-    def from_mixed(self, mixed, v_first, wkv_state, backend: str, trace: dict | None = None, lengths=None):
-        """The half after its six mixes, mixed (6, B, T, C) in `mixes()`'s order: what `forward` returns."""
+    def from_mixed(
+        self, mixed, v_first, wkv_state, backend: str, trace: dict | None = None, lengths=None, kernels=False
+    ):
+        """The half after its six mixes, mixed (6, B, T, C) in `mixes()`'s order: what `forward` returns.
+        `kernels` (inference, no trace): the elementwise work around the operator in prefill_kernels.py's two
+        launches, the code below being their reference."""
         _, B, T, C = mixed.shape
         H, N = self.n_head, self.head_size
         xr, xw, xk, xv, xa, xg = mixed.unbind(0)
         r = self.receptance(xr)
         k = self.key(xk)
         v = self.value(xv)
+        g = torch.sigmoid(xg @ self.g1) @ self.g2
+        if kernels:
+            from ...ops.rwkv7.prefill_kernels import time_mix_inputs, time_mix_output  # noqa: PLC0415 - as above
+
+            params = self.kernel_params()
+            z_v = None if self.first else (xv @ self.v1) @ self.v2
+            z_w, z_a = torch.tanh(xw @ self.w1) @ self.w2, (xa @ self.a1) @ self.a2
+            log_w, k, v_mixed, a, b = time_mix_inputs(k, v, z_w, z_a, z_v, v_first, params, lengths)
+            v_first = v if self.first else v_first
+            heads = lambda t: t.view(B, T, H, N)  # noqa: E731
+            y, wkv_state = wkv7(*map(heads, (r, log_w, k, v_mixed, a, b)), wkv_state, backend=backend, check=False)
+            return self.output(time_mix_output(y, r, k, v_mixed, g, params)), v_first, wkv_state
         z = self.w0 + torch.tanh(xw @ self.w1) @ self.w2
         log_w = -DECAY_SCALE * torch.sigmoid(z.to(wkv_state.dtype))  # (B, T, C), fp32 at least
         iclr = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)  # in-context learning rate, in (0, 1)
-        g = torch.sigmoid(xg @ self.g1) @ self.g2
         if self.first:
             v_first = v
         else:  # value residual: mix towards layer 0's value
@@ -202,14 +226,16 @@ class Block7(nn.Module):
         the blocks of a prefill on CUDA (RecurrentLMBase.uses_inference_mix_kernels). RWKV-7 mixes
         x + (x_prev - x) mu, the kernel x mu' + x_prev (1 - mu'): mu' = 1 - mu, in fp32. `lengths` (B,): a
         right-padded batch, whose token shifts are each sequence's LayerNorm output at its own last token (the
-        kernel gives the last position's: the few rows are normalised again)."""
+        kernel gives the last position's: the few rows are normalised again). The time mix's elementwise work
+        around its operator runs in ops/rwkv7/prefill_kernels.py's two launches (`TimeMix7.from_mixed`'s
+        `kernels`)."""
         if self.ln0 is not None:
             x = self.ln0(x)
         complement = lambda mixes: [1 - m.float() for m in mixes]  # noqa: E731
         mixed, h_last = norm_shift_mix_stacked(x, self.ln1, shift[:, ATT], complement(self.att.mixes()))  # (6, B, T, C)
         if lengths is not None:
             h_last = self.ln1(last_positions(x, lengths))
-        out, v_first, wkv_state = self.att.from_mixed(mixed, v_first, wkv_state, backend, None, lengths)
+        out, v_first, wkv_state = self.att.from_mixed(mixed, v_first, wkv_state, backend, None, lengths, kernels=True)
         x = x + out
         mixed, h2_last = norm_shift_mix_stacked(x, self.ln2, shift[:, FFN], complement([self.ffn.x_k]))  # (1, B, T, C)
         if lengths is not None:
