@@ -511,6 +511,28 @@ def dynamics():
     ]
 
 
+def trio_row(f: str):
+    """A train_compare run of the three architectures: each one's chosen run (notebook 06 draws them), and which
+    chosen rates lie at an end of their sweep (report.sweep_edges)."""
+    from rwkv_lab.training.report import arch_label, chosen_runs, sweep_edges
+
+    t = table(f)
+    chosen = chosen_runs(t).set_index("arch")
+    edges = sweep_edges(t)
+    cells = [
+        f"{arch_label(a)} {r['val_bpb']:.3f} (lr {r['lr']:g}, {k(r['tokens_per_s'])} tokens/s)"
+        for a, r in ((a, chosen.loc[a]) for a in ("rwkv7", "rwkv", "transformer"))
+    ]
+    at_edge = ", ".join(f"{arch_label(e['arch'])}'s {e['edge']}" for _, e in edges.iterrows())
+    model, tokens = t["model"].iloc[0], int(t["tokens"].iloc[0])
+    return row(
+        f"RWKV-7, RWKV-4 and the matched GPT-NeoX trained on the same {tokens / 1e6:.0f}M bytes at {model} (the 0.1B "
+        "class), validation bits/byte of each one's best swept rate, and training tokens/s",
+        f,
+        "; ".join(cells) + (f"; chosen rate at the sweep's edge: {at_edge}" if at_edge else ""),
+    )
+
+
 def rwkv7_rows():
     """RWKV-7: the shipped default beside RWKV-4 and the transformer in its training run; the operator's GPU kernel
     (the default tiling and RWKV-LM x070's design in the same run), its float64 check, the CPU chunked form; the
@@ -525,13 +547,15 @@ def rwkv7_rows():
     rows.append(
         row(
             f"the shipped RWKV-7 default (byte-6x256, {int(seven['tokens']) / 1e6:.0f}M tokens), validation bits/byte "
-            "beside RWKV-4 and the matched GPT-NeoX in the same run (each at its best rate), and training tokens/s",
+            "beside RWKV-4 and the matched GPT-NeoX in the same run (each at the best of its swept rates), and "
+            "training tokens/s",
             f,
             f"RWKV-7 {seven['val_bpb']:.3f} (lr {seven['lr']:g}), RWKV-4 {four['val_bpb']:.3f} (lr {four['lr']:g}), "
             f"transformer {tf['val_bpb']:.3f} (lr {tf['lr']:g}); {k(seven['tokens_per_s'])} vs "
             f"{k(four['tokens_per_s'])} vs {k(tf['tokens_per_s'])} tokens/s",
         )
     )
+    rows.append(trio_row("training/summary_0.1B.csv"))
     c = pd.DataFrame(json.loads(current("wkv7/wkv7_kernel_check.json").read_text())["results"])
     fp32 = c[c["dtype"] == "float32"]
     grads = [col for col in c if col.startswith("rel_err_grad")]
