@@ -35,9 +35,9 @@ from rwkv_lab.analysis.equivalence import rel_error
 from rwkv_lab.inference.decoder import decoder_for, release_decoders, runs_step_kernels
 from rwkv_lab.inference.generation import generate, prefill_prompts
 from rwkv_lab.loading.checkpoint import save_model
-from rwkv_lab.loading.tokenizer import load_tokenizer
+from rwkv_lab.loading.tokenizer import encode_batch, load_tokenizer
 from rwkv_lab.measure.memory import free_memory
-from rwkv_lab.measure.timing import copy_bandwidth, cuda_kernels, synchronize, time_fn
+from rwkv_lab.measure.timing import copy_bandwidth, cuda_kernels, host_seconds, synchronize, time_fn
 from rwkv_lab.models.rwkv4.model import build_at_size as build_rwkv4_at_size
 from rwkv_lab.models.rwkv7.peer import rwkv_package_x070
 from rwkv_lab.results import results_dir, write_json, write_table
@@ -140,8 +140,17 @@ def ours_mixed(model, tokenizer, batch: int, shortest: int, longest: int, new_to
             "peak_GiB": peak,
         }
     ]
-    one_pass = time_fn(lambda: prefill_prompts(model, tokenizer, prompts), device, warmup=1, repeat=3)
-    rows.append(base | {"path": "prefill_prompts, one pass", "tokens_per_s": prompt_tokens / one_pass})
+    prefill = lambda: prefill_prompts(model, tokenizer, prompts)  # noqa: E731
+    one_pass = time_fn(prefill, device, warmup=1, repeat=3)
+    # where the pass's time goes: the host's part (tokenizing, then issuing the launches; a pass whose host part
+    # nears its whole time is host-bound) and the tokenizing alone
+    host = host_seconds(prefill, device, warmup=1, repeat=3)
+    tokenize = time_fn(lambda: encode_batch(tokenizer, prompts), "cpu", warmup=1, repeat=3)
+    rows.append(
+        base
+        | {"path": "prefill_prompts, one pass", "tokens_per_s": prompt_tokens / one_pass, "prefill_s": one_pass}
+        | {"prefill_host_s": host, "tokenize_s": tokenize}
+    )
     one_by_one = time_fn(lambda: [prefill_prompts(model, tokenizer, [p]) for p in prompts], device, warmup=1, repeat=1)
     rows.append(base | {"path": "prefill_prompts, one prompt at a time", "tokens_per_s": prompt_tokens / one_by_one})
     rows.append(base | ours_step(model, batch, new_tokens, device))
