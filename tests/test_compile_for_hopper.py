@@ -1,10 +1,10 @@
 """The Triton kernels compile for an H100 (sm_90) on this machine without a GPU (tests/compile_for_hopper.py, in a
 process of its own with the interpreter off and a fresh Triton cache): the paths that launch them on a GPU (each
 generation's decode step kernels in fp16, fp32 and bf16, the grouped projections' other tilings and their LayerNorm
-launch, the sampler's launches, RWKV-7's time mix around its prefill operators, those operators and its training
-operator both ways) reach Triton's NVIDIA code generator and ptxas, which the CPU tests, interpreted, never do; and
-a step's kernels compiled side by side (triton_launch.compiling_in_parallel, as the decoder's first step) are the
-ones the step then launches."""
+launch, the sampler's launches, RWKV-4's squared ReLU and gates and RWKV-7's time mix around the prefill operators,
+those operators and RWKV-7's training operator both ways) reach Triton's NVIDIA code generator and ptxas, which the
+CPU tests, interpreted, never do; and a step's kernels compiled side by side (triton_launch.compiling_in_parallel,
+as the decoder's first step) are the ones the step then launches."""
 
 import os
 import subprocess
@@ -16,7 +16,7 @@ KERNELS = (
     ("_grouped_gemv", "_layer_norm_rows", "_time_mix_step", "_wkv_gate_step", "_chunk_factors", "_chunk_scan")
     + ("_wkv7_fwd", "_wkv7_bwd", "_wkv7_bwd_carry")
     + ("_slice_max", "_slice_hist", "_compact", "_choose")
-    + ("_norm_mix_fwd_stacked", "_time_mix_inputs", "_time_mix_output")
+    + ("_norm_mix_fwd_stacked", "_time_mix_inputs", "_time_mix_output", "_relu_square", "_gated")
 )
 
 

@@ -17,7 +17,7 @@ from ..run_config import compiled_block
 from .layers import ATT_A, ATT_P, ATT_X, FFN_X, Block, new_layer_state
 
 
-def block_with_fused_mixes(block: Block, x, state, backend, scale: int = 1, lengths=None):
+def block_with_fused_mixes(block: Block, x, state, backend, scale: int = 1, lengths=None, kernels=False):
     """`Block.forward` with each half's LayerNorm, token shift and mixes as one op (`norm_mix.norm_shift_mix`:
     Triton kernels, one launch forward and one backward, beside the WKV's), the rest of the halves as the eager
     block runs them. The fused blocks' default on CUDA (RWKV.norm_mix_kernels), and uncompiled the blocks of a
@@ -25,19 +25,21 @@ def block_with_fused_mixes(block: Block, x, state, backend, scale: int = 1, leng
     eager LayerNorm and mixes (float64 on the CPU; and the CPU tests of the chunked path, which would otherwise run
     the kernels in Triton's interpreter, minutes of CI). `lengths` (B,): a right-padded batch (as `Block.forward`),
     whose token shifts are each sequence's LayerNorm output at its own last token (the kernels give the last
-    position's: the few rows are normalised again)."""
+    position's: the few rows are normalised again). `kernels` (the uncompiled blocks of an inference pass): the
+    halves' gates and the channel mix's squared ReLU in ops/rwkv4/prefill_kernels.py's launches too."""
     norm_mix = norm_shift_mix if resolve_backend(backend, x) == "triton" else norm_shift_mix_eager
     if block.ln0 is not None:
         x = block.ln0(x)
     (xk, xv, xr), att_x = norm_mix(x, block.ln1, state[:, ATT_X], block.att.mixes())
-    att, wkv_state = block.att.from_mixed(xk, xv, xr, state[:, ATT_A : ATT_P + 1], backend, scale, lengths=lengths)
+    wkv_state = state[:, ATT_A : ATT_P + 1]
+    att, wkv_state = block.att.from_mixed(xk, xv, xr, wkv_state, backend, scale, lengths=lengths, kernels=kernels)
     if lengths is not None:
         att_x = block.ln1(last_positions(x, lengths))
     x = x + att
     (xk, xr), ffn_x = norm_mix(x, block.ln2, state[:, FFN_X], block.ffn.mixes())
     if lengths is not None:
         ffn_x = block.ln2(last_positions(x, lengths))
-    x = x + block.ffn.from_mixed(xk, xr, scale)
+    x = x + block.ffn.from_mixed(xk, xr, scale, kernels=kernels)
     return x, new_layer_state(att_x, wkv_state, ffn_x, state.dtype)
 
 

@@ -173,7 +173,7 @@ class RWKV(RecurrentLMBase):
                         run.saved_activations, run.activation_memory_budget, run.norm_mix_kernels
                     )(block, x, state[:, i], backend, scale),
                     lambda: (
-                        block_with_fused_mixes(block, x, state[:, i], backend, scale, lengths)
+                        block_with_fused_mixes(block, x, state[:, i], backend, scale, lengths, kernels=True)
                         if mix_kernels
                         else _block_region(block, x, state[:, i], backend, scale, layer_trace, lengths)
                     ),
