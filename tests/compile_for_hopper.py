@@ -123,7 +123,7 @@ def compile_every_path() -> None:
             ln_w, ln_b = torch.ones(768, dtype=torch.float16), torch.zeros(768, dtype=torch.float16)
             norm_shift_mix_stacked_triton(h, ln_w, ln_b, torch.randn(2, 768), torch.rand(mixes, 768), 1e-5)
         # RWKV-4's squared ReLU and gates in a prefill, in the dtypes it runs (fp16 rescaled, fp32, bf16)
-        from rwkv_lab.ops.rwkv4.prefill_kernels import gated, relu_square_
+        from rwkv_lab.ops.pointwise import gated, relu_square_
 
         for dtype in (torch.float16, torch.float32, torch.bfloat16):
             t = torch.randn(3, 5, 768, dtype=dtype)

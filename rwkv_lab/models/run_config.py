@@ -41,8 +41,8 @@ class RunConfig:
     norm_mix_kernels: each half's LayerNorm, token shift and mixes in norm_mix's Triton kernels: in RWKV-4's fused
     blocks (else inductor), and in both generations' uncompiled blocks of an inference pass (prefill, scoring: see
     RecurrentLMBase.uses_inference_mix_kernels; else a dozen elementwise launches), where the rest of the halves'
-    elementwise work runs in kernels too: RWKV-4's gates and squared ReLU (ops/rwkv4/prefill_kernels.py), RWKV-7's
-    time mix around its operator in two launches (ops/rwkv7/prefill_kernels.py).
+    elementwise work runs in kernels too: the channel mixes' squared ReLU and RWKV-4's gates (ops/pointwise.py),
+    RWKV-7's time mix around its operator in two launches (ops/rwkv7/prefill_kernels.py).
     padded_head: RWKV-4's head's matmul over a vocabulary padded to aligned rows ("auto": when training on CUDA; the
     logits are the same, the padding sliced off unless the loss asks for it; RWKV-7's vocabularies are aligned).
     rescale_every: fp16 only: halve the residual stream every this many layers (0: never); the rwkv package's and

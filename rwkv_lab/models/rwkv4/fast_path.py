@@ -26,7 +26,7 @@ def block_with_fused_mixes(block: Block, x, state, backend, scale: int = 1, leng
     the kernels in Triton's interpreter, minutes of CI). `lengths` (B,): a right-padded batch (as `Block.forward`),
     whose token shifts are each sequence's LayerNorm output at its own last token (the kernels give the last
     position's: the few rows are normalised again). `kernels` (the uncompiled blocks of an inference pass): the
-    halves' gates and the channel mix's squared ReLU in ops/rwkv4/prefill_kernels.py's launches too."""
+    halves' gates and the channel mix's squared ReLU in ops/pointwise.py's launches too."""
     norm_mix = norm_shift_mix if resolve_backend(backend, x) == "triton" else norm_shift_mix_eager
     if block.ln0 is not None:
         x = block.ln0(x)

@@ -53,14 +53,14 @@ class TimeMix(nn.Module):
         self, xk, xv, xr, wkv_state, backend, scale: int = 1, trace: dict | None = None, lengths=None, kernels=False
     ):
         """The half after its mixes: projections, the WKV, the sigmoid(r) gate, the output projection. `kernels`
-        (inference): the gate in one launch (ops/rwkv4/prefill_kernels.py; the code here its reference)."""
+        (inference): the gate in one launch (ops/pointwise.py; the code here its reference)."""
         k, v, r = self.key(xk), self.value(xv), self.receptance(xr)
         w = self.decay()
         if trace is not None:
             trace.update(w=w, u=self.time_first, k=k, v=v, wkv_state=wkv_state)
         y, wkv_state = wkv(w, self.time_first, k, v, wkv_state, backend=backend, check=False, lengths=lengths)
         if kernels:
-            from ...ops.rwkv4.prefill_kernels import gated  # noqa: PLC0415 - Triton is optional on a CPU machine
+            from ...ops.pointwise import gated  # noqa: PLC0415 - Triton is optional on a CPU machine
 
             return self.output(gated(r, y, scale)), wkv_state
         mixed = torch.sigmoid(r) * y
@@ -87,9 +87,9 @@ class ChannelMix(nn.Module):
 
     def from_mixed(self, xk, xr, scale: int = 1, kernels=False):
         """`kernels` (inference): the key's relu, square and rescaling in one pass over it, and the gate in one
-        launch (ops/rwkv4/prefill_kernels.py; the code here their reference)."""
+        launch (ops/pointwise.py; the code here their reference)."""
         if kernels:
-            from ...ops.rwkv4.prefill_kernels import gated, relu_square_  # noqa: PLC0415 - as in TimeMix
+            from ...ops.pointwise import gated, relu_square_  # noqa: PLC0415 - as in TimeMix
 
             return gated(self.receptance(xr), self.value(relu_square_(self.key(xk), scale)))
         k = torch.square(torch.relu(self.key(xk)))  # (B, T, 4C)

@@ -175,7 +175,13 @@ class ChannelMix7(nn.Module):
     def forward(self, x, last_x):
         return self.from_mixed(torch.addcmul(x, token_shift(x, last_x) - x, self.x_k))
 
-    def from_mixed(self, xk):
+    def from_mixed(self, xk, kernels=False):
+        """`kernels` (inference): the key's relu and square in one pass over it (ops/pointwise.py; the code here its
+        reference)."""
+        if kernels:
+            from ...ops.pointwise import relu_square_  # noqa: PLC0415 - Triton is optional on a CPU machine
+
+            return self.value(relu_square_(self.key(xk)))
         k = torch.square(torch.relu(self.key(xk)))  # (B, T, F)
         return self.value(k)
 
@@ -228,7 +234,7 @@ class Block7(nn.Module):
         right-padded batch, whose token shifts are each sequence's LayerNorm output at its own last token (the
         kernel gives the last position's: the few rows are normalised again). The time mix's elementwise work
         around its operator runs in ops/rwkv7/prefill_kernels.py's two launches (`TimeMix7.from_mixed`'s
-        `kernels`)."""
+        `kernels`), the channel mix's squared ReLU in one (ops/pointwise.py)."""
         if self.ln0 is not None:
             x = self.ln0(x)
         complement = lambda mixes: [1 - m.float() for m in mixes]  # noqa: E731
@@ -240,7 +246,7 @@ class Block7(nn.Module):
         mixed, h2_last = norm_shift_mix_stacked(x, self.ln2, shift[:, FFN], complement([self.ffn.x_k]))  # (1, B, T, C)
         if lengths is not None:
             h2_last = self.ln2(last_positions(x, lengths))
-        x = x + self.ffn.from_mixed(mixed[0])
+        x = x + self.ffn.from_mixed(mixed[0], kernels=True)
         return x, v_first, torch.stack([h_last, h2_last], dim=1).to(shift.dtype), wkv_state
 
 

@@ -1,15 +1,16 @@
-"""RWKV-4's elementwise work between its projections in an inference pass (a prefill, scoring), as Triton kernels.
+"""One-pass elementwise kernels of an inference pass (a prefill, scoring), shared by the generations (Triton).
 
-    k = relu_square_(key_out, scale)          # in place: relu(k)^2 / scale, the channel mix's key
-    out = gated(r_pre, y, scale)              # sigmoid(r_pre) * y / scale: the time mix's gate, the channel mix's
+    k = relu_square_(key_out, scale)          # in place: relu(k)^2 / scale, a channel mix's key (both generations)
+    out = gated(r_pre, y, scale)              # sigmoid(r_pre) * y / scale: RWKV-4's time-mix and channel-mix gates
 
-Eager (models/rwkv4/layers.py `TimeMix.from_mixed`, `ChannelMix.from_mixed`, the reference), each is two or three
-launches over whole activations: the channel mix's relu, square and rescaling each pass over its (B, T, 4C) key,
-the largest activation of the block; the gates a sigmoid and a product (and a division by the fp16 rescale) over
-(B, T, C). Here each is one pass: read once, computed in fp32, written once in the activation's dtype (so the
-key's square is rounded once, after its division by the rescale, where eager fp16 rounds it before). Forward only.
-Runs on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1 (the tests). Launched through Triton's own
-launcher: the grid follows the pass's B T, new at nearly every prefill (see ops/rwkv7/prefill_kernels.py).
+Eager (models/rwkv4/layers.py `TimeMix.from_mixed`, `ChannelMix.from_mixed`, models/rwkv7/model.py
+`ChannelMix7.from_mixed`: the references), each is two or three launches over whole activations: the channel mix's
+relu, square (and RWKV-4's fp16 rescaling) each pass over its (B, T, 4C) key, the largest activation of a block;
+RWKV-4's gates a sigmoid and a product (and a division by the rescale) over (B, T, C). Here each is one pass: read
+once, computed in fp32, written once in the activation's dtype (so the key's square is rounded once, after its
+division by the rescale, where eager fp16 rounds it before). Forward only. Runs on CUDA tensors, and on CPU tensors
+under TRITON_INTERPRET=1 (the tests). Launched through Triton's own launcher: the grid follows the pass's B T, new
+at nearly every prefill (see ops/rwkv7/prefill_kernels.py).
 """
 
 from __future__ import annotations

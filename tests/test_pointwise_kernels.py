@@ -1,7 +1,7 @@
-"""RWKV-4's elementwise kernels of an inference pass (ops/rwkv4/prefill_kernels.py, interpreted here): each against
-its formula in float64, odd sizes and saturating inputs; and the block they serve (block_with_fused_mixes with
+"""The one-pass elementwise kernels of an inference pass (ops/pointwise.py, interpreted here): each against its
+formula in float64, odd sizes and saturating inputs; and RWKV-4's block they serve (block_with_fused_mixes with
 `kernels`) against the eager block (its reference, kernels off) in float64, a padded batch's lengths and fp16's
-rescaling included."""
+rescaling included (RWKV-7's blocks with them: tests/test_prefill_lengths.py, the mix kernels' test)."""
 
 import copy
 
@@ -12,7 +12,7 @@ from helpers import TOL, assert_rel_close, random_model, random_state, rel_error
 from rwkv_lab.models.rwkv4.config import get_config
 from rwkv_lab.models.rwkv4.fast_path import block_with_fused_mixes
 from rwkv_lab.ops.lengths import padding_mask
-from rwkv_lab.ops.rwkv4.prefill_kernels import gated, relu_square_
+from rwkv_lab.ops.pointwise import gated, relu_square_
 
 ROUNDING = {torch.float32: TOL["float32 step"], torch.float16: 1e-3, torch.bfloat16: 8e-3}  # one rounding each
 
