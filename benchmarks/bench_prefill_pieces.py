@@ -12,9 +12,10 @@ pieces cut
   B) tokens; what generate did before the plan);
 - at the prompts' lengths, `ops.lengths.prefill_pieces`, at each pass cost of --pass-tokens (its default,
   PASS_TOKENS, among them);
-and at the default pass cost with the blocks' LayerNorms, shifts and mixes as eager ops (RunConfig.norm_mix_kernels
-off). Each row: the passes, the tokens run (padding included) over the prompts' tokens, the median milliseconds of
---repeat calls (after one) and the prompts' tokens per second.
+and at the default pass cost with the blocks' LayerNorms, shifts and mixes, and the rest of their elementwise work
+(ops/pointwise.py, ops/rwkv7/prefill_kernels.py), as eager ops (RunConfig.norm_mix_kernels off). Each row: the
+passes, the tokens run (padding included) over the prompts' tokens, the median milliseconds of --repeat calls
+(after one) and the prompts' tokens per second.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def main() -> None:
                 plans += [(f"cut at the lengths, pass {c} tokens", c, True) for c in costs]
                 plans += [
                     (
-                        f"cut at the lengths, pass {lengths_module.PASS_TOKENS} tokens, eager mixes",
+                        f"cut at the lengths, pass {lengths_module.PASS_TOKENS} tokens, eager mixes and elementwise",
                         lengths_module.PASS_TOKENS,
                         False,
                     )
