@@ -90,6 +90,10 @@ def lab(tmp_path_factory):
         "JUPYTER_PATH": str(work / "jupyter-data" / "share" / "jupyter"),
         "JUPYTERLAB_SETTINGS_DIR": str(work / ".settings"),
         "JUPYTERLAB_WORKSPACES_DIR": str(work / ".workspaces"),
+        # the notebooks compile into an on-disk cache of their own: sharing the test process's, torch's AOT-autograd
+        # cache later segfaulted while saving an entry in the test process (pickling it; torch 2.11, reproduced by
+        # this file then tests/test_rwkv7_fast_path.py::test_fused_blocks_match_the_eager_blocks, fresh caches)
+        "TORCHINDUCTOR_CACHE_DIR": str(work / "inductor-cache"),
     }
     log = open(work / "lab.log", "w")
     server = subprocess.Popen(
