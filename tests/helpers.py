@@ -44,6 +44,20 @@ def assert_rel_close(name: str, x, ref, tol: float) -> float:
     return err
 
 
+def assert_like_eager(name: str, x, eager, ref, dtype) -> float:
+    """A fast path's x against the float64 ref: in float32 within TOL["float32"]; in a half type, whose rounding of
+    the activations the eager path shares, within 5e-2 and no worse than the eager path's own error (times 1.5,
+    plus 1e-3). Both errors printed."""
+    x, eager = x.double(), eager.double()
+    if dtype == torch.float32:
+        return assert_rel_close(name, x, ref, TOL["float32"])
+    err = assert_rel_close(name, x, ref, 5e-2)
+    err_eager = rel_error(eager, ref)
+    print(f"{name}: the eager path's own error in {dtype}: {err_eager:.3e}")
+    assert err <= 1.5 * err_eager + 1e-3, f"{name}: {err:.3e} against the eager path's {err_eager:.3e}"
+    return err
+
+
 def random_model(config, seed: int = 0, dtype=torch.float64, noise: float = 0.3):
     """Official init (of the config's generation) with drawn projections, then every parameter perturbed, so no
     structure hides a bug."""

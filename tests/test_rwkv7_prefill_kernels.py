@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 import torch
-from helpers import TOL, assert_rel_close, random_model, rel_error
+from helpers import assert_like_eager, random_model
 
 from rwkv_lab.models.rwkv7 import get_config
 from rwkv_lab.ops.lengths import padding_mask
@@ -42,14 +42,7 @@ def test_time_mix_kernels_match_the_eager_time_mix_in_float64(dtype, layer, padd
     tag = f"time-mix kernels, {dtype}, layer {layer}{', padded' if padded else ''}"
     for name, i in (("output", 0), ("v_first", 1), ("state", 2)):
         pick = (lambda t: t[real]) if i == 0 else (lambda t: t)  # noqa: E731
-        x, x_eager, x_ref = pick(got[i]).double(), pick(eager[i]).double(), pick(ref[i])
-        if dtype == torch.float32:
-            assert_rel_close(f"{tag}: {name}", x, x_ref, TOL["float32"])
-            continue
-        err = assert_rel_close(f"{tag}: {name}", x, x_ref, 5e-2)
-        err_eager = rel_error(x_eager, x_ref)
-        print(f"{tag}: {name}: the eager block's own error in {dtype}: {err_eager:.3e}")
-        assert err <= 1.5 * err_eager + 1e-3, f"{tag}: {name}: {err:.3e} against the eager block's {err_eager:.3e}"
+        assert_like_eager(f"{tag}: {name}", pick(got[i]), pick(eager[i]), pick(ref[i]), dtype)
 
 
 def test_time_mix_kernels_refuse_a_head_size_they_cannot_tile():
