@@ -3,6 +3,7 @@ import os
 
 import pytest
 import torch
+import torch._functorch.config
 
 # Without a GPU the Triton kernels run in Triton's interpreter (numpy on the CPU). It must be set before the
 # kernels are defined, so before anything imports rwkv_lab.ops.rwkv4.triton_kernels.
