@@ -3,18 +3,11 @@ import os
 
 import pytest
 import torch
-import torch._functorch.config
 
 # Without a GPU the Triton kernels run in Triton's interpreter (numpy on the CPU). It must be set before the
 # kernels are defined, so before anything imports rwkv_lab.ops.rwkv4.triton_kernels.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-
-# torch 2.11's AOT-autograd cache segfaulted while pickling the entry of RWKV-7's fused blocks' backward in the whole
-# suite (tests/test_rwkv7_fast_path.py's fused-blocks test, after other tests and the notebooks' processes had
-# compiled; alone it passes, and it did at d4d1b71 too after test_browser.py alone). The suite runs without that
-# cache (inductor's FX-graph cache stays on): a crash of the test process would hide every result after it.
-torch._functorch.config.enable_autograd_cache = False
 
 
 # The gpu-marked tests (tests/test_gpu.py, `make test-gpu`) need a CUDA device. Without one each is skipped here,
