@@ -13,7 +13,9 @@ eager `model.step` in fp32. The decoder runs each generation's step kernels on a
 with its kernels' launches overlapped and not (RunConfig.overlapped_launches).
 The `mixed` rows are the batched end to end case: `--mixed-batches` prompts (32 and 128) of lengths drawn from
 `--mixed-lengths` (16 to 1,024 tokens), `--new-tokens` each, one generate call (one prefill pass for the batch,
-then the decoder), beside the decoder alone at that batch, and the warm-up a new batch size then costs.
+then the decoder), beside the decoder alone at that batch, and the warm-up a new batch size then costs; on a GPU
+with the prefill's floor, its matrix FLOPs at the card's measured matrix throughput (an 8192^3 product, recorded
+as the run's `matmul_flops_per_s`): the bound on how close end to end can come to the decoder alone.
 `--arch` picks the generation (rwkv4: sizes 169M ... 14B; rwkv7: its presets, pile-168M ...). The peers: the
 `rwkv` package for both (RWKV-4's `RWKV`, RWKV-7's `RWKV_x070`), transformers' RwkvForCausalLM for RWKV-4.
 Weights are random at the released shapes (sampling speed does not depend on them); fp16 on a GPU, fp32 on the CPU.
@@ -32,12 +34,20 @@ import pandas as pd
 import torch
 
 from rwkv_lab.analysis.equivalence import rel_error
+from rwkv_lab.cost import prefill_flops
 from rwkv_lab.inference.decoder import decoder_for, release_decoders, runs_step_kernels
 from rwkv_lab.inference.generation import generate, prefill_prompts
 from rwkv_lab.loading.checkpoint import save_model
 from rwkv_lab.loading.tokenizer import encode_batch, load_tokenizer
 from rwkv_lab.measure.memory import free_memory
-from rwkv_lab.measure.timing import copy_bandwidth, cuda_kernels, host_seconds, synchronize, time_fn
+from rwkv_lab.measure.timing import (
+    copy_bandwidth,
+    cuda_kernels,
+    host_seconds,
+    matmul_throughput,
+    synchronize,
+    time_fn,
+)
 from rwkv_lab.models.rwkv4.model import build_at_size as build_rwkv4_at_size
 from rwkv_lab.models.rwkv7.peer import rwkv_package_x070
 from rwkv_lab.results import results_dir, write_json, write_table
@@ -113,11 +123,15 @@ def mixed_prompts(tokenizer, batch: int, shortest: int, longest: int, seed: int)
     return [tokenizer.decode(torch.randint(100, 20000, (n,), generator=gen).tolist()) for n in lengths]
 
 
-def ours_mixed(model, tokenizer, batch: int, shortest: int, longest: int, new_tokens: int, device) -> list[dict]:
+def ours_mixed(
+    model, tokenizer, batch: int, shortest: int, longest: int, new_tokens: int, device, flops_per_s=None
+) -> list[dict]:
     """The batched end to end case: prompts of different lengths, one generate call (one prefill pass, then the
     decoder), beside its prefill alone, the prompts prefilled one after another (the path before the batched
     prefill), the decoder alone at this batch, and what a new batch size costs after it (one in the same bucket,
-    one in the next)."""
+    one in the next). With `flops_per_s` (the card's measured matrix throughput), the one-pass row's
+    `prefill_floor_s`: the prefill's matrix FLOPs at that rate, the least time any prefill of these prompts takes
+    here."""
     prompts = mixed_prompts(tokenizer, batch, shortest, longest, seed=batch)
     prompt_tokens = sum(len(tokenizer.encode(p)) for p in prompts)
     base = {"kind": "mixed", "batch": batch, "prompt": f"{shortest}-{longest}", "prompt_tokens": prompt_tokens}
@@ -150,6 +164,7 @@ def ours_mixed(model, tokenizer, batch: int, shortest: int, longest: int, new_to
         base
         | {"path": "prefill_prompts, one pass", "tokens_per_s": prompt_tokens / one_pass, "prefill_s": one_pass}
         | {"prefill_host_s": host, "tokenize_s": tokenize}
+        | ({"prefill_floor_s": prefill_flops(model.config, prompt_tokens, batch) / flops_per_s} if flops_per_s else {})
     )
     one_by_one = time_fn(lambda: [prefill_prompts(model, tokenizer, [p]) for p in prompts], device, warmup=1, repeat=1)
     rows.append(base | {"path": "prefill_prompts, one prompt at a time", "tokens_per_s": prompt_tokens / one_by_one})
@@ -459,7 +474,9 @@ def main():
     tokenizer = load_tokenizer(args.tokenizer)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     bandwidth = copy_bandwidth(device) if device.type == "cuda" else None
+    matmul = matmul_throughput(device, dtype) if device.type == "cuda" else None
     params = vars(args) | {"sampling": SAMPLING, "dtype": str(dtype), "copy_bandwidth_Bps": bandwidth}
+    params["matmul_flops_per_s"] = matmul
     out = results_dir() / "inference"
     args.tag = ("" if args.arch == "rwkv4" else f"_{args.arch}") + args.tag  # RWKV-4's files keep their names
     rows = []
@@ -501,7 +518,7 @@ def main():
         if args.mixed_batches and size in (args.mixed_sizes or args.sizes).split(","):
             shortest, longest = map(int, args.mixed_lengths.split(","))
             for batch in map(int, args.mixed_batches.split(",")):
-                for r in ours_mixed(model, tokenizer, batch, shortest, longest, args.new_tokens, device):
+                for r in ours_mixed(model, tokenizer, batch, shortest, longest, args.new_tokens, device, matmul):
                     rows.append(base | r)
                     print(rows[-1], flush=True)
         rows.append(base | {"batch": 1} | ours_prefill(model, args.prefill, device))

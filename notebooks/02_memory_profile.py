@@ -346,8 +346,14 @@ if len(batched):
         print(
             f"{r['arch']} {r['size']}, {r['batch']} prompts ({r['device']}, decode step {r['step']}): "
             f"{r['end-to-end tok/s']:,.0f} tokens/s "
-            f"end to end, {r['end to end / decoder']:.0%} of the decoder alone ({r['decoder alone tok/s']:,.0f}); "
-            f"the prompts prefilled in one pass at {r['prefill one pass tok/s']:,.0f} tokens/s, "
+            f"end to end, {r['end to end / decoder']:.0%} of the decoder alone ({r['decoder alone tok/s']:,.0f})"
+            + (
+                f" where a prefill at the card's measured matrix throughput would allow at most "
+                f"{r['end to end / decoder, ceiling']:.0%}; "
+                if r["end to end / decoder, ceiling"] == r["end to end / decoder, ceiling"]  # not NaN: measured
+                else "; "
+            )
+            + f"the prompts prefilled in one pass at {r['prefill one pass tok/s']:,.0f} tokens/s, "
             f"{r['prefill one pass tok/s'] / r['prefill one at a time tok/s']:.1f}x one at a time; a batch size not "
             f"seen before costs at most {r['new batch size, first call s (max)']:.1f} s on its first call"
         )

@@ -50,6 +50,13 @@ def training_flops_per_token(forward_flops_per_token: float) -> float:
     return 3 * forward_flops_per_token
 
 
+def prefill_flops(config, prompt_tokens: int, sequences: int) -> int:
+    """A prefill's matrix FLOPs, either generation (its config's `forward_flops_per_token`): every prompt token's
+    forward but the head's, which runs once per sequence (at its last position, for the first sampled token)."""
+    head = 2 * config.vocab_size * config.n_embd
+    return (config.forward_flops_per_token - head) * prompt_tokens + head * sequences
+
+
 # ---- time and money ----------------------------------------------------------------------------------------------
 
 

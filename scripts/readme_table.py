@@ -691,7 +691,13 @@ def generation_batched():
         label = "RWKV-7" if s["arch"].iloc[0] == "rwkv7" else "RWKV-4"
         cells = [
             f"B = {r['batch']}: {r['end-to-end tok/s']:,.0f} end to end vs {r['decoder alone tok/s']:,.0f} decoder "
-            f"alone ({100 * r['end to end / decoder']:.0f}%), prefill {k(r['prefill one pass tok/s'])} tokens/s in "
+            f"alone ({100 * r['end to end / decoder']:.0f}%"
+            + (
+                f"; at most {100 * r['end to end / decoder, ceiling']:.0f}% with the prefill at the card's matmul peak"
+                if r["end to end / decoder, ceiling"] == r["end to end / decoder, ceiling"]  # not NaN: measured
+                else ""
+            )
+            + f"), prefill {k(r['prefill one pass tok/s'])} tokens/s in "
             f"one pass vs {k(r['prefill one at a time tok/s'])} one at a time; a new batch size "
             f"≤ {r['new batch size, first call s (max)']:.1f} s"
             for _, r in s.iterrows()

@@ -128,3 +128,25 @@ def test_same_size_estimates_take_either_generation():
         cost.same_size_estimates({"RWKV-7": rwkv7}, 1e9, {}, cost.A100)
     with pytest.raises(ValueError, match="no price for H100 SXM"):
         cost.same_size_estimates({"RWKV-7": rwkv7}, 1e9, {"RWKV-7": 0.3}, cost.H100)
+
+
+@pytest.mark.parametrize("name", ["rwkv4", "rwkv7"])
+def test_prefill_flops_count_every_matrix_product_of_a_prefill(name):
+    """cost.prefill_flops against torch's FlopCounterMode over a real prefill of 3 prompts of 7 tokens: every matrix
+    product, the head once per prompt (RWKV-7's state update, counted by the formula as 5 C N a token, runs as
+    batched products in the parallel form and is left out of the comparison)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from rwkv_lab.cost import prefill_flops
+    from rwkv_lab.models import architecture
+
+    arch = architecture(name)
+    config = arch.get_config("tiny")
+    model = arch.build(config, seed=0).eval()
+    tokens = torch.randint(0, config.vocab_size, (3, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.prefill(tokens)
+    matmuls = counter.get_flop_counts()["Global"][torch.ops.aten.mm]
+    state_update = config.flops_parts["state_update"] * tokens.numel() if name == "rwkv7" else 0
+    print(f"{name}: {matmuls:,} FLOPs in matrix products, formula {prefill_flops(config, 21, 3) - state_update:,}")
+    assert matmuls == prefill_flops(config, tokens.numel(), 3) - state_update

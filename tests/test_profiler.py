@@ -506,3 +506,10 @@ def test_batched_runs_summarise_each_mixed_run_with_the_step_that_ran(tmp_path):
     assert runs["step"].tolist() == ["compiled (step+sample)", "uncompiled (fell back)", no_check]
     assert runs["end to end / decoder"].tolist() == [0.7, 0.7, 0.7]
     assert runs["new batch size, first call s (max)"].tolist() == [0.2, 0.2, 0.2]
+    assert runs["end to end / decoder, ceiling"].isna().all()  # no prefill floor measured in these runs
+    # with it: the call's 4,096 tokens over the floor (0.5 s) and 4,064 decoding steps at the decoder's 1,000 tok/s
+    measured = [r | {"generated_tokens": 4096} if r["path"] == call else r for r in rows]
+    measured[2] = measured[2] | {"prefill_floor_s": 0.5}
+    write_table(tmp_path / "generation_e.csv", pd.DataFrame(measured))
+    ceiling = batched_runs(tmp_path).set_index("file").loc["generation_e.csv", "end to end / decoder, ceiling"]
+    assert ceiling == pytest.approx(4096 / (0.5 + 4064 / 1000) / 1000)

@@ -317,20 +317,26 @@ def batched_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """Per size and batch of mixed-length prompts, from one benchmarks/bench_generation.py table (its `mixed`
     rows: one device, one run): a `generate` call end to end (the prompts prefilled in one pass, then decoded)
     against its decoding steps alone and the decoder alone at that batch; the prefill in one pass against the
-    prompts one at a time; the first call at a batch size not seen before (one below and one above)."""
+    prompts one at a time; the first call at a batch size not seen before (one below and one above). Where the run
+    measured the prefill's floor (its matrix FLOPs at the card's measured matrix throughput), the ceiling of end
+    to end over the decoder alone: the call's tokens over that floor plus its decoding steps at the decoder
+    alone's speed (the first token of each prompt comes from the prefill)."""
     mixed = frame[frame["kind"] == "mixed"]
     rows = []
     for (size, batch), g in mixed.groupby(["size", "batch"], sort=False):
         if not (g["path"] == "decoder.step (top-p)").any():
             continue  # the new-batch-size rows (batch +- 1) are read with their batch below
 
-        def pick(path, column="tokens_per_s", rows=g):
+        def pick(path, column="tokens_per_s", rows=g):  # NaN where the run has no such row or column
             r = rows[rows["path"] == path]
-            return float(r[column].iloc[0]) if len(r) else float("nan")
+            return float(r[column].iloc[0]) if len(r) and column in r else float("nan")
 
         call = "rwkv_lab.generate, mixed prompts (top-p)"
         decoder = pick("decoder.step (top-p)")
         end_to_end = pick(call, "end_to_end_tokens_per_s")
+        generated = pick(call, "generated_tokens")
+        floor = pick("prefill_prompts, one pass", "prefill_floor_s")
+        ceiling = generated / (floor + (generated - batch) / decoder) / decoder
         new_sizes = mixed[(mixed["size"] == size) & mixed["batch"].isin([batch - 1, batch + 1])]
         new_sizes = new_sizes[new_sizes["path"] == "rwkv_lab.generate, first call at a new batch size"]
         rows.append(
@@ -346,6 +352,8 @@ def batched_summary(frame: pd.DataFrame) -> pd.DataFrame:
                 "call s": pick(call, "total_s"),
                 "prefill one pass tok/s": pick("prefill_prompts, one pass"),
                 "prefill one at a time tok/s": pick("prefill_prompts, one prompt at a time"),
+                "prefill floor s": floor,
+                "end to end / decoder, ceiling": ceiling,
                 "new batch size, first call s (max)": float(new_sizes["first_call_s"].max()),
             }
         )

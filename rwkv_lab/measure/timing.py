@@ -140,3 +140,12 @@ def copy_bandwidth(device="cuda", nbytes: int = 1 << 30) -> float:
     dst = torch.empty_like(src)
     seconds = time_fn(lambda: dst.copy_(src), device, warmup=3, repeat=20)
     return 2 * nbytes / seconds
+
+
+def matmul_throughput(device="cuda", dtype=torch.float16, n: int = 8192) -> float:
+    """Floating-point operations per second (2 per multiply-add) of an n x n x n matrix product in `dtype` on
+    random data: what the card's dense matrix work reaches here, the ceiling of a compute-bound pass."""
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    seconds = time_fn(lambda: a @ b, device, warmup=3, repeat=10)
+    return 2 * n**3 / seconds
