@@ -17,7 +17,8 @@ then the decoder), beside the decoder alone at that batch, and the warm-up a new
 with the prefill's floor, its matrix FLOPs at the card's measured matrix throughput (an 8192^3 product, recorded
 as the run's `matmul_flops_per_s`): the bound on how close end to end can come to the decoder alone.
 `--arch` picks the generation (rwkv4: sizes 169M ... 14B; rwkv7: its presets, pile-168M ...). The peers: the
-`rwkv` package for both (RWKV-4's `RWKV`, RWKV-7's `RWKV_x070`), transformers' RwkvForCausalLM for RWKV-4.
+`rwkv` package for both (RWKV-4's `RWKV`, RWKV-7's `RWKV_x070`), transformers' RwkvForCausalLM for RWKV-4, fla's
+RWKV7ForCausalLM for RWKV-7 (`--fla-sizes`; its kernels autotune on their first call, in the warm-up).
 Weights are random at the released shapes (sampling speed does not depend on them); fp16 on a GPU, fp32 on the CPU.
 """
 
@@ -330,6 +331,34 @@ def transformers_rows(model, size: str, prefill_T: int, steps: int, tmp: Path, d
     ]
 
 
+def fla_rows(model, size: str, prefill_T: int, steps: int, tmp: Path, device) -> list[dict]:
+    """fla's RWKV7ForCausalLM (flash-linear-attention, the `test` extra) on the same weights, as its users run it:
+    our model saved as a transformers folder (fla's layout), loaded with fla's fused norms (its default), a prefill
+    of `prefill_T` tokens keeping only the last position's logits (its chunked kernels), then a greedy loop of
+    one-token forwards on its cache (its fused recurrent kernels)."""
+    from fla.models import RWKV7ForCausalLM
+
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    save_model(model, tmp / "fla", format="transformers", dtype=dtype)
+    fla = RWKV7ForCausalLM.from_pretrained(tmp / "fla", dtype=dtype, fuse_norm=True).to(device).eval()
+    x = torch.randint(0, model.config.vocab_size, (1, prefill_T), device=device)
+    with torch.no_grad():
+        seconds = time_fn(lambda: fla(x, use_cache=True, logits_to_keep=1), device, warmup=1, repeat=3)
+        out = fla(x[:, :16], use_cache=True, logits_to_keep=1)
+
+        def run():
+            o = out  # its cache advances in place: each run continues the state (the work per token is the same)
+            for _ in range(steps):
+                o = fla(o.logits[:, -1:].argmax(-1), past_key_values=o.past_key_values, use_cache=True)
+
+        step_s = time_fn(run, device, warmup=1, repeat=3)
+    free_memory(device)
+    return [
+        {"path": "fla RWKV7ForCausalLM", "kind": "prefill", "prompt": prefill_T, "tokens_per_s": prefill_T / seconds},
+        {"path": "fla RWKV7ForCausalLM loop (greedy)", "batch": 1, "prompt": 16, "tokens_per_s": steps / step_s},
+    ]
+
+
 def kernel_profile(model, size: str, prefill_T: int, steps: int, device, mixed: list[str] = (), tokenizer=None):
     """Where the time goes: CUDA kernels of `steps` decode steps (batch 1, the captured step), of one prefill of
     `prefill_T` tokens and, given `mixed` prompts, of their prefill in one call (`prefill_prompts`), by total device
@@ -442,6 +471,7 @@ def main():
     parser.add_argument("--prefill", type=int, default=4096)
     parser.add_argument("--peer-steps", type=int, default=64)
     parser.add_argument("--transformers-sizes", default="169M", help="sizes measured with transformers' RWKV")
+    parser.add_argument("--fla-sizes", default="pile-168M", help="RWKV-7 sizes measured with fla's RWKV7ForCausalLM")
     parser.add_argument("--tokenizer", default=None, help="tokenizer.json (default: $RWKV_LAB_TOKENIZER)")
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--no-check", action="store_true", help="skip the fp32 decoder check (GPU)")
@@ -538,6 +568,10 @@ def main():
                 if args.arch == "rwkv4" and size in args.transformers_sizes.split(","):  # transformers has RWKV-4 only
                     for r in transformers_rows(model, size, min(args.prefill, 1024), 16, Path(tmp), device):
                         rows.append(base | {"kind": "generation", "batch": 1} | r)
+                if args.arch == "rwkv7" and size in args.fla_sizes.split(","):
+                    for r in fla_rows(model, size, args.prefill, args.peer_steps, Path(tmp), device):
+                        rows.append(base | {"kind": "generation", "batch": 1} | r)
+                        print(rows[-1], flush=True)
         for r in rows:
             if r["size"] == size and roofline and r.get("kind") == "generation":
                 r["roofline_tokens_per_s"] = roofline * r["batch"]

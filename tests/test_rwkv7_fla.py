@@ -193,3 +193,21 @@ def test_make_fla_fixture_runs_here_and_refuses_to_overwrite(tmp_path):
     again = subprocess.run(make, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 2 and "already exists; refusing to overwrite" in again.stderr, again.stderr
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.slow  # fla's forwards in Triton's interpreter, each timed once
+def test_bench_generation_runs_fla_as_a_peer_on_our_weights(fla_triton, tmp_path, monkeypatch):
+    """benchmarks/bench_generation.py's fla peer (RWKV7ForCausalLM on our weights, saved in fla's layout): its
+    prefill and its greedy loop on fla's cache run and give one row each (each call timed once here)."""
+    from test_gpu import script
+
+    from rwkv_lab.models import architecture
+
+    bench = script("bench_generation")
+    monkeypatch.setattr(bench, "time_fn", lambda fn, device, warmup, repeat: (fn(), 0.5)[1])
+    arch = architecture("rwkv7")
+    model = arch.build(arch.get_config("tiny"), seed=0).eval()
+    rows = bench.fla_rows(model, "tiny", 5, 2, tmp_path, torch.device(fla_triton))
+    print(rows)
+    assert [r["path"] for r in rows] == ["fla RWKV7ForCausalLM", "fla RWKV7ForCausalLM loop (greedy)"]
+    assert [r["tokens_per_s"] for r in rows] == [5 / 0.5, 2 / 0.5]
