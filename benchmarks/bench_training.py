@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from rwkv_lab import cost
 from rwkv_lab.measure.profiler import PILE_SIZES, model_at
-from rwkv_lab.measure.timing import OOM, cuda_kernels, or_oom, time_fn
+from rwkv_lab.measure.timing import OOM, cuda_kernels, matmul_throughput, or_oom, time_fn
 from rwkv_lab.models.run_config import SAVED_ACTIVATIONS
 from rwkv_lab.models.rwkv4 import fast_path as rwkv4_fast_path
 from rwkv_lab.models.rwkv4.model import build_at_size
@@ -62,12 +62,6 @@ def model_name(variant: str, size: str) -> str:
     if variant.startswith("RWKV-7"):
         return PILE_SIZES[size][1].partition(":")[2]
     return PYTHIA_FOR[size]
-
-
-def matmul_peak(device, n: int = 8192) -> float:
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    return 2 * n**3 / time_fn(lambda: a @ b, device, warmup=5, repeat=20)
 
 
 def build(
@@ -261,7 +255,7 @@ def main():
     if unknown := set(variants) - set(VARIANTS):
         parser.error(f"unknown variants {sorted(unknown)}; expected some of {VARIANTS}")
     device = torch.device(args.device)
-    peak = matmul_peak(device)
+    peak = matmul_throughput(device, torch.bfloat16)
     datasheet = cost.H200 if "H200" in torch.cuda.get_device_name(device) else cost.H100
     print(f"measured bf16 matmul peak {peak / 1e12:.0f} TFLOP/s; datasheet {datasheet.peak_flops / 1e12:.0f}")
     params = vars(args) | {
