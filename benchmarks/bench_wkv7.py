@@ -8,7 +8,8 @@
     python benchmarks/bench_wkv7.py --quick --rounds 3 --fla-shapes 8x1024x2048   # the tilings compared, ~8 min
     python benchmarks/bench_wkv7.py --quick --variant "bwd stretches in parallel"  # the default beside one tiling
 
-Check: ours (`wkv7(..., backend="triton")`) against float64 forms computed on the GPU, on RWKV-7-like inputs
+Check: ours (`wkv7(..., backend=)` for each of the Triton backends in KERNELS: the per-token kernel "triton" and the
+chunked kernels "triton_chunked") against float64 forms computed on the GPU, on RWKV-7-like inputs
 (log_w = -e^-0.5 sigmoid(randn), unit-norm kappa, iclr ~ U(0, 1), a random non-zero state) and with every decay at
 RWKV-7's bound: outputs, final state and every gradient against the float64 recurrence up to T = 4096, against the
 float64 chunked form (exact at any T, tested equal to the recurrence in CI) beyond; the forward alone at T = 2^20.
@@ -17,9 +18,9 @@ Then every tiling in VARIANTS against the float64 recurrence at (B, T, H) = (2, 
 Benchmark: at (B, T, C) = (8, 1024, 2048) and (16, 4096, 2048), N = 64, bf16 inputs, fp32 initial state, forward
 and forward + backward (torch.autograd.grad of y and the final state, every input and the state requiring
 gradients): ours at each tiling in VARIANTS (triton_kernels.Tiling, passed to each call: a forward's backward runs
-at its tiling), then, at the shapes in --fla-shapes (fla's autotuning takes minutes on its first call),
-fla-core's `chunk_rwkv7` (imported if installed) with and without `lower_bound=-e^-0.5`, mapped as ours:
-w = log_w, a, b as given, scale 1, its state (B, H, K, V) = ours transposed. Each time is the median of ROUNDS
+at its tiling) and the chunked kernels (CHUNKED), then, at the shapes in --fla-shapes (fla's autotuning takes
+minutes on its first call), fla-core's `chunk_rwkv7` (imported if installed) with and without
+`lower_bound=-e^-0.5`, mapped as ours: w = log_w, a, b as given, scale 1, its state (B, H, K, V) = ours transposed. Each time is the median of ROUNDS
 rounds of one candidate (each round time_fn's median of 10 calls, CUDA events, forward then forward + backward);
 peak memory is the allocator's peak during one call beyond what was allocated before it (the inputs). Every
 candidate against ours at the default tiling on the same inputs (every output and gradient) is kept in the table.
@@ -67,6 +68,9 @@ VARIANTS = {
     "fwd rows16 w1": Tiling(rows=16, warps=1),
     "fwd rows8 w1": Tiling(rows=8, warps=1),
 }
+# the Triton backends the float64 check runs; the chunked kernels are also timed beside the tilings under this name
+KERNELS = ("triton", "triton_chunked")
+CHUNKED = "chunked kernels (triton_chunked)"
 OUTPUTS = ["y", "state", "grad r", "grad log_w", "grad k", "grad v", "grad a", "grad b", "grad state"]
 
 
@@ -107,8 +111,8 @@ CHECK_CASES = [
 QUICK_CASES = [c for c in CHECK_CASES if c[1] <= 1000 or c[1] == 1 << 20]
 
 
-def check_kernel(device, cases=None) -> list[dict]:
-    """Ours vs float64 on the GPU: one row per case with each output's relative error."""
+def check_kernel(device, cases=None, backends=KERNELS) -> list[dict]:
+    """Each backend vs float64 on the GPU: one row per case and backend with each output's relative error."""
     references = {"recurrent": wkv7_recurrent, "chunked": wkv7_chunked}
     rows = []
     for B, T, H, case, dtype, reference, grads in cases or CHECK_CASES:
@@ -116,17 +120,20 @@ def check_kernel(device, cases=None) -> list[dict]:
         gen = torch.Generator(device=device).manual_seed(1)
         gy = torch.randn(B, T, H, N, generator=gen, device=device, dtype=torch.float64)
         gs = torch.randn(B, H, N, N, generator=gen, device=device, dtype=torch.float64)
-        got = outputs_and_grads(lambda *x: wkv7(*x, backend="triton"), inputs, gy, gs, grads)
         # the reference sees the same (rounded) inputs in float64: only arithmetic differs
         ref = outputs_and_grads(references[reference], [x.double() for x in inputs], gy, gs, grads)
-        row = {"B": B, "T": T, "H": H, "N": N, "case": case, "dtype": str(dtype).removeprefix("torch."),
-               "reference": f"{reference} float64", "tiling": str(DEFAULT)}  # fmt: skip
-        row["finite"] = all(bool(torch.isfinite(x).all()) for x in got)
-        for what, x, x_ref in zip(OUTPUTS, got, ref):
-            row[f"rel_err_{what.replace(' ', '_')}"] = rel_error(x, x_ref)
-        print(", ".join(f"{k}={v:.2e}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-        rows.append(row)
-        del inputs, got, ref
+        for backend in backends:
+            got = outputs_and_grads(lambda *x: wkv7(*x, backend=backend), inputs, gy, gs, grads)
+            row = {"backend": backend, "B": B, "T": T, "H": H, "N": N, "case": case,
+                   "dtype": str(dtype).removeprefix("torch."), "reference": f"{reference} float64",
+                   "tiling": str(DEFAULT) if backend == "triton" else None}  # fmt: skip
+            row["finite"] = all(bool(torch.isfinite(x).all()) for x in got)
+            for what, x, x_ref in zip(OUTPUTS, got, ref):
+                row[f"rel_err_{what.replace(' ', '_')}"] = rel_error(x, x_ref)
+            print(", ".join(f"{k}={v:.2e}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+            rows.append(row)
+            del got
+        del inputs, ref
         torch.cuda.empty_cache()
     return rows
 
@@ -253,10 +260,12 @@ def describe(row) -> str:
 
 
 def benchmark(device, shapes, rounds, fla_shapes, write=lambda rows: None, variants=None) -> list[dict]:
-    """Ours at every tiling at every shape, then fla at `fla_shapes`; `write(rows)` after each candidate."""
+    """Ours at every tiling and the chunked kernels at every shape, then fla at `fla_shapes`; `write(rows)` after
+    each candidate."""
     variants = variants or VARIANTS
     fla = fla_candidates(device) if fla_shapes else {}
-    plan = [(shape, {name: ours(t) for name, t in variants.items()}) for shape in shapes]
+    chunked = {CHUNKED: lambda *x: wkv7(*x, backend="triton_chunked", check=False)}
+    plan = [(shape, {name: ours(t) for name, t in variants.items()} | chunked) for shape in shapes]
     plan += [(shape, fla) for shape in fla_shapes if fla]
     rows = []
     start = time.perf_counter()
@@ -313,7 +322,8 @@ def main():
     if not args.skip_check:
         cases = QUICK_CASES if args.quick else CHECK_CASES
         rows = check_kernel(device, cases)
-        params = {"cases": [list(map(str, c)) for c in cases], "description": "wkv7 Triton kernel vs float64 (GPU)"}
+        params = {"cases": [list(map(str, c)) for c in cases], "backends": list(KERNELS)}
+        params["description"] = "wkv7 Triton kernels (per-token and chunked) vs float64 (GPU)"
         print("wrote", write_json(folder / "wkv7_kernel_check.json", rows, params), flush=True)
         rows = check_variants(device, variants=variants)
         params = {

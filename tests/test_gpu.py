@@ -157,9 +157,10 @@ def test_wkv_triton_kernel_matches_float64(out):
 
 @pytest.mark.gpu
 def test_wkv7_triton_kernel_matches_float64(out):
-    """RWKV-7's kernel vs float64 forms on the GPU (bench_wkv7's quick cases): outputs, state and every gradient up
-    to T = 1000 (RWKV-7-like decays, every decay at the bound, bf16 inputs), the forward alone at T = 2^20 against
-    the float64 chunked form; the tolerances of tests/test_wkv7_triton.py."""
+    """RWKV-7's Triton backends (the per-token kernel and the chunked kernels) vs float64 forms on the GPU
+    (bench_wkv7's quick cases): outputs, state and every gradient up to T = 1000 (RWKV-7-like decays, every decay at
+    the bound, bf16 inputs), the forward alone at T = 2^20 against the float64 chunked form; the tolerances of
+    tests/test_wkv7_triton.py."""
     import torch
 
     from rwkv_lab.results import write_json
@@ -169,8 +170,9 @@ def test_wkv7_triton_kernel_matches_float64(out):
     write_json(
         out / "wkv7" / "wkv7_kernel_check.json", rows, {"cases": [list(map(str, c)) for c in module.QUICK_CASES]}
     )
+    assert {r["backend"] for r in rows} == set(module.KERNELS), "a Triton backend went unchecked"
     for r in rows:
-        label = f"wkv7 {r['B']}x{r['T']}x{r['H']}x{r['N']} {r['dtype']} {r['case']}"
+        label = f"wkv7 {r['backend']} {r['B']}x{r['T']}x{r['H']}x{r['N']} {r['dtype']} {r['case']}"
         assert r["finite"], f"{label}: non-finite output or gradient"
         for key in [k for k in r if k.startswith("rel_err")]:
             if r["dtype"] != "float32":

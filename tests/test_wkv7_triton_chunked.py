@@ -1,6 +1,7 @@
-"""RWKV-7's chunked Triton kernels (backend "triton_chunked", forward only; interpreted on the CPU in CI:
-TRITON_INTERPRET=1 from conftest.py) against the float64 recurrence: y and the final state, random non-zero
-initial states and none, whole and partial chunks of 16 tokens, RWKV-7-like and extreme inputs, bf16 / fp16 / fp64.
+"""RWKV-7's chunked Triton kernels (backend "triton_chunked"; interpreted on the CPU in CI: TRITON_INTERPRET=1 from
+conftest.py) against the float64 recurrence: y and the final state, and through the backward every gradient (the
+initial state's included); random non-zero initial states and none, whole and partial chunks of 16 tokens,
+RWKV-7-like and extreme inputs, bf16 / fp16 / fp64.
 """
 
 import math
@@ -8,7 +9,7 @@ import math
 import pytest
 import torch
 from helpers import TOL, assert_rel_close
-from test_rwkv7_ops import make_inputs
+from test_rwkv7_ops import OUTPUTS, make_inputs, run
 
 from rwkv_lab.ops.rwkv7 import wkv7, wkv7_recurrent
 from rwkv_lab.ops.rwkv7.triton_chunked import CHUNK, wkv7_triton_chunked
@@ -79,13 +80,70 @@ def test_half_precision_inputs(dtype):
 
 
 def test_inference_mode_and_the_direct_entry_agree():
-    """wkv7_triton_chunked directly and through wkv7 give identical numbers; inputs that require grad run under
-    torch.no_grad (no graph to build)."""
+    """wkv7_triton_chunked directly and through wkv7 give identical numbers, with a gradient to take (the states at
+    the chunks' starts kept) and without (inputs that require grad under torch.no_grad: no graph to build)."""
     inputs = inputs_for("rwkv", 1, 2 * CHUNK + 3, 1, 16, seed=7)
     y, s = wkv7_triton_chunked(*inputs)
     with torch.no_grad():
-        y2, s2 = wkv7(*(x.requires_grad_() for x in inputs), backend="triton_chunked")
-    assert torch.equal(y, y2) and torch.equal(s, s2)
+        y2, s2 = wkv7(*(x.clone().requires_grad_() for x in inputs), backend="triton_chunked")
+    y3, s3 = wkv7(*(x.clone().requires_grad_() for x in inputs), backend="triton_chunked")
+    assert y3.requires_grad and s3.requires_grad
+    assert torch.equal(y, y2) and torch.equal(s, s2) and torch.equal(y, y3) and torch.equal(s, s3)
+
+
+def check_gradients(name, inputs, tol, grad_tol=None):
+    """Outputs and every gradient (of a random projection of y and the final state) against the float64
+    recurrence on the same inputs."""
+    got = run(lambda *x: wkv7(*x, backend="triton_chunked"), inputs)
+    ref = run(wkv7_recurrent, [None if x is None else x.double() for x in inputs])
+    for i, (what, x, x_ref) in enumerate(zip(OUTPUTS, got, ref)):
+        assert x.dtype == (inputs[i - 2].dtype if 2 <= i < 8 else x.dtype), f"{name} {what}: dtype {x.dtype}"
+        assert_rel_close(f"{name} {what}", x, x_ref, tol if i < 2 or grad_tol is None else grad_tol)
+
+
+# (B, T, H, N): within one chunk, whole chunks, partial last chunks; N = 16 and 32; B and H of 2
+GRAD_SHAPES = [(2, 5, 1, 16), (1, 32, 2, 16), (1, 37, 1, 32), (2, 20, 2, 16)]
+
+
+@pytest.mark.parametrize("B, T, H, N", GRAD_SHAPES, ids=[f"B{s[0]}-T{s[1]}-H{s[2]}-N{s[3]}" for s in GRAD_SHAPES])
+def test_backward_matches_float64_reference(B, T, H, N):
+    check_gradients(f"triton_chunked fp32 grads T={T} N={N}", inputs_for("rwkv", B, T, H, N, seed=T), TOL["float32"])
+
+
+def test_backward_in_float64_checks_the_algorithm_itself():
+    inputs = inputs_for("rwkv", 1, 37, 2, 16, seed=8, dtype=torch.float64)
+    check_gradients("triton_chunked fp64 grads", inputs, TOL["float64 algebra"])
+
+
+@pytest.mark.parametrize("case", ["decay_at_bound", "decay_near_1", "iclr_near_1", "large_keys"])
+def test_backward_extreme_inputs(case):
+    """The decay factors' widest range (every e^{-g} up to 1.6e4, their products with the small e^{g} in the
+    gradients of log_w), no decay, transitions near projections, keys 30x RWKV-7's."""
+    check_gradients(f"triton_chunked fp32 grads {case}", inputs_for(case, 1, 35, 1, 16, seed=9), TOL["float32"])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_backward_half_precision_inputs(dtype):
+    """16-bit inputs get 16-bit gradients (rounded: the bfloat16 tolerance), the fp32 state an fp32 gradient."""
+    inputs = inputs_for("rwkv", 1, 19, 2, 16, seed=10, dtype=dtype)
+    inputs[-1] = inputs[-1].float()
+    check_gradients(f"triton_chunked {dtype} grads", inputs, TOL["bfloat16"])
+
+
+def test_backward_without_an_initial_state_or_either_outputs_gradient():
+    """No initial state (no gradient for it); a loss of y alone (no final-state gradient) and of the state alone (no
+    gradient for y): each against the float64 recurrence's (the state's loss: r's gradient exactly zero)."""
+    *xs, _ = inputs_for("rwkv", 1, 21, 1, 16, seed=12)
+    for which in ("y", "state"):
+        grads = []
+        for fn, dtype in ((lambda *x: wkv7(*x, backend="triton_chunked"), torch.float32), (wkv7_recurrent, None)):
+            leaves = [x.detach().clone().to(dtype or torch.float64).requires_grad_() for x in xs]
+            y, s = fn(*leaves, None)
+            # r does not reach the state: the reference has no gradient for it there (zeros, as ours)
+            got = torch.autograd.grad((y if which == "y" else s).pow(2).sum(), leaves, allow_unused=True)
+            grads.append([torch.zeros_like(x) if g is None else g for g, x in zip(got, leaves)])
+        for what, g, g_ref in zip(OUTPUTS[2:8], *grads):
+            assert_rel_close(f"triton_chunked loss of {which} alone, {what}", g, g_ref, TOL["float32"])
 
 
 def test_inputs_it_cannot_take_get_one_line_errors():
@@ -94,7 +152,6 @@ def test_inputs_it_cannot_take_get_one_line_errors():
         ((r, log_w - 1, k, v, a, b, s), ValueError, r"triton_chunked' takes log_w >= -0.62.*backend='chunked'"),
         ([x[..., :12] for x in (r, log_w, k, v, a, b)] + [s[..., :12, :12]], ValueError, "power of two in 16..128"),
         ([x[..., :8] for x in (r, log_w, k, v, a, b)] + [s[..., :8, :8]], ValueError, "got N = 8"),
-        ((r, log_w, k.requires_grad_(), v, a, b, s), RuntimeError, "forward-only.*use backend 'triton' for training"),
     ]
     for args, error, match in cases:
         with pytest.raises(error, match=match) as info:

@@ -23,9 +23,10 @@ exact at any T and any log_w <= 0, the default. `wkv7_attention` (attention.py) 
 (triton_kernels.py) is the GPU kernel, forward and backward (RWKV-LM's x070 CUDA kernel's design: the recurrence
 with the state in registers, stepped back in the backward), for RWKV-7's decays (log_w >= -e^-0.5).
 `wkv7_triton_chunked` (triton_chunked.py, backend "triton_chunked") is the chunked form as GPU kernels, forward
-only (prefill): chunks of 16 tokens with tl.dot, S passed between chunks; for RWKV-7's decays too. `auto` picks on
+and backward: chunks of 16 tokens with tl.dot, S passed between chunks; for RWKV-7's decays too. `auto` picks on
 CUDA the chunked kernels with grad mode off at a few sequences (a prefill), else the per-token kernel, and the
-chunked form elsewhere.
+chunked form elsewhere; training stays on the per-token kernel until benchmarks/bench_wkv7.py has timed the
+chunked backward against it on a GPU.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ def wkv7_triton(r, log_w, k, v, a, b, state=None, tiling=None):
 
 
 def wkv7_triton_chunked(r, log_w, k, v, a, b, state=None):
-    """The chunked GPU kernels, forward only (triton_chunked.py): CUDA tensors, or CPU tensors under
-    TRITON_INTERPRET=1; inputs that require grad are refused (backend "triton" trains)."""
+    """The chunked GPU kernels, forward and backward (triton_chunked.py): CUDA tensors, or CPU tensors under
+    TRITON_INTERPRET=1."""
     from .triton_chunked import wkv7_triton_chunked as kernel  # on first use, as wkv7_triton
 
     return kernel(r, log_w, k, v, a, b, state)
@@ -84,9 +85,9 @@ CHUNKED_MAX_ROWS = 8192
 
 
 def resolve_backend(backend: str, k: torch.Tensor) -> str:
-    """'auto': on CUDA tensors the Triton kernels, the chunked ones (T/16 dependent steps, forward only) with grad
-    mode off and at most CHUNKED_MAX_ROWS state rows (a prefill of a few sequences), else the per-token kernel
-    (forward and backward); the chunked form elsewhere. k: (B, T, H, N), or a model's (B, T, C) input."""
+    """'auto': on CUDA tensors the Triton kernels, the chunked ones (T/16 dependent steps) with grad mode off and
+    at most CHUNKED_MAX_ROWS state rows (a prefill of a few sequences), else the per-token kernel (forward and
+    backward); the chunked form elsewhere. k: (B, T, H, N), or a model's (B, T, C) input."""
     if backend == "auto":
         if not (isinstance(k, torch.Tensor) and k.is_cuda and triton_available()):
             return "chunked"

@@ -1,4 +1,4 @@
-"""The RWKV-7 state update as chunked Triton kernels, forward only (inference, prefill): backend "triton_chunked".
+"""The RWKV-7 state update as chunked Triton kernels, forward and backward: backend "triton_chunked".
 
 The per-token kernel (triton_kernels.py) runs B H N/rows programs for T dependent steps; at a prefill's batch of 1
 that leaves most of a GPU idle. Here the tokens go in chunks of C = 16, and everything within a chunk that does
@@ -22,7 +22,7 @@ U_0 = T_inv L_ak V; then
     Y   = R_eff S_0^T + Y_0                       R_eff = R_up + L_rb W,  Y_0 = L_rb U_0 + L_rk V    (C x N)
     S_C = S_0 diag(e^{g_C}) + U^T B_end + V^T K_end,   U^T = S_0 W^T + U_0^T                      (N x N)
 
-Two kernels:
+Two kernels forward:
 
 _chunk_factors  one program per (chunk, head, batch), all in parallel: loads the chunk's (C, N) inputs, takes g by a
                 cumulative sum, forms the four C x C score matrices with tl.dot, inverts I - L_ab by forward
@@ -50,10 +50,24 @@ factor lose the small decays' precision). The triangular inverse is of I - L_ab 
 for RWKV-7's a = -kappa, b = kappa iclr (unit kappa, iclr in (0, 1)): 16 rows of forward substitution, no pivoting.
 A padded last chunk's missing tokens load as log_w = 0 and all else 0: an identity transition writing nothing.
 
+Backward (ChunkedWKV7, when an input requires grad): the forward's scan also keeps S_0 of every chunk (N x N per
+16 tokens and head, the compute dtype: 16 KB at N = 64 in fp32, as the per-token kernel keeps one state per stretch
+of 16 tokens), then
+
+_chunk_factors      again (recomputed, not kept: parallel and cheap against keeping six C x N tiles per chunk)
+_chunk_scan_bwd     one program per (head, batch), the chunks last to first with dL/dS (N, N) in registers: the
+                    gradients of R_eff, W, U_0, B_end, K_end, e^{g_C} and of V through S_C, each written over its
+                    factor; the initial state's gradient at the end. All N value rows in one program, because the
+                    factors' gradients sum over them (no atomics, no partial copies).
+_chunk_factors_bwd  one program per (chunk, head, batch), in parallel: the factors' gradients back through the
+                    chunk's algebra (the triangular solve: Z = T_inv M gives dM = T_inv^T dZ, dL = dM Z^T; the four
+                    score matrices; the decay factors) to dr, dlog_w (a reverse cumulative sum over the chunk), dk,
+                    dv, da, db in their inputs' dtypes.
+
 Arithmetic is fp32 for fp32 / bf16 / fp16 inputs with the state fp32; tl.dot on fp32 uses input_precision "tf32x3"
 on the GPU (three tf32 products: about fp32's accuracy on tensor cores; plain "tf32" would cost ~1e-3 relative)
 and fp64 inputs are computed in fp64 ("ieee"). Runs on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1
-(the tests). Forward only: a call whose inputs require a gradient is refused (backend "triton" trains).
+(the tests).
 """
 
 from __future__ import annotations
@@ -178,6 +192,7 @@ def _chunk_scan(
     s0_ptr,
     y_ptr,
     final_ptr,
+    states_ptr,
     T,
     H,
     NC,
@@ -185,6 +200,7 @@ def _chunk_scan(
     C: tl.constexpr,
     BV: tl.constexpr,
     HAS_STATE: tl.constexpr,
+    KEEP: tl.constexpr,
     DT: tl.constexpr,
     PREC: tl.constexpr,
 ):
@@ -199,6 +215,8 @@ def _chunk_scan(
         S = tl.zeros((BV, N), DT)
     for c in range(0, NC):
         chunk = head * NC + c
+        if KEEP:  # for the backward: S at the chunk's start, (B, H, NC, N, N)
+            tl.store(states_ptr + chunk * N * N + rows[:, None] * N + cols[None, :], S)
         tile = chunk * C * N + tok[:, None] * N + cols[None, :]  # (C, N) of the chunk's factors
         by_rows = chunk * C * N + tok[:, None] * N + rows[None, :]  # (C, BV): this program's value rows
         t = c * C + tok
@@ -223,6 +241,202 @@ def _chunk_scan(
     tl.store(final_ptr + head * N * N + rows[:, None] * N + cols[None, :], S)
 
 
+@CachedLauncher
+@triton.jit
+def _chunk_scan_bwd(
+    reff_ptr,
+    y0_ptr,
+    wm_ptr,
+    u0_ptr,
+    bend_ptr,
+    kend_ptr,
+    decay_ptr,
+    v_ptr,
+    gy_ptr,
+    states_ptr,
+    gfinal_ptr,
+    gstate_ptr,
+    T,
+    H,
+    NC,
+    N: tl.constexpr,
+    C: tl.constexpr,
+    HAS_GFINAL: tl.constexpr,
+    DT: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """_chunk_scan stepped back, one program per (head, batch) with the whole head's dS = dL/dS (N, N) in registers
+    (every value row: the factors' gradients sum over them, so no program shares an output). Per chunk, last first,
+    with S_0 the kept state at its start and dS the gradient at its end; each factor's gradient overwrites the
+    factor (Y_0's tile takes V's), read before within the same program:
+
+        U = W S_0^T + U_0                  dU = B_end dS^T     (U_0's gradient)
+        dR_eff = dY S_0    dW = dU S_0     dB_end = U dS       dK_end = V dS       dV = K_end dS^T
+        d e^{g_C} = sum_i S_0[i, :] dS[i, :]
+        dS <- dS diag(e^{g_C}) + dY^T R_eff + dU^T W           (the gradient at the chunk's start)
+    """
+    h, bb = tl.program_id(0), tl.program_id(1)
+    rows = tl.arange(0, N)  # value indices: all of them
+    cols = tl.arange(0, N)  # key indices
+    tok = tl.arange(0, C)
+    head = (bb * H + h).to(tl.int64)
+    square = rows[:, None] * N + cols[None, :]  # (N, N)
+    if HAS_GFINAL:
+        dS = tl.load(gfinal_ptr + head * N * N + square).to(DT)
+    else:
+        dS = tl.zeros((N, N), DT)
+    for step in range(0, NC):
+        c = NC - 1 - step
+        chunk = head * NC + c
+        tile = chunk * C * N + tok[:, None] * N + cols[None, :]  # (C, N)
+        t = c * C + tok
+        inside = (t < T)[:, None] & (cols < N)[None, :]
+        offs = ((bb * T + t).to(tl.int64) * H + h)[:, None] * N + cols[None, :]  # (C, N) in (B, T, H, N)
+        S = tl.load(states_ptr + chunk * N * N + square)  # (N, N): S_0
+        r_eff = tl.load(reff_ptr + tile)
+        w_mat = tl.load(wm_ptr + tile)
+        u0 = tl.load(u0_ptr + tile)
+        b_end = tl.load(bend_ptr + tile)
+        k_end = tl.load(kend_ptr + tile)
+        decay = tl.load(decay_ptr + chunk * N + cols)  # (N,) e^{g_C}
+        v = tl.load(v_ptr + offs, mask=inside, other=0.0).to(DT)
+        gy = tl.load(gy_ptr + offs, mask=inside, other=0.0).to(DT)
+        u = _dot(w_mat, tl.trans(S), PREC) + u0  # (C, N): u_t over the value rows
+        du = _dot(b_end, tl.trans(dS), PREC)  # (C, N)
+        tl.store(reff_ptr + tile, _dot(gy, S, PREC))
+        tl.store(wm_ptr + tile, _dot(du, S, PREC))
+        tl.store(u0_ptr + tile, du)
+        tl.store(bend_ptr + tile, _dot(u, dS, PREC))
+        tl.store(kend_ptr + tile, _dot(v, dS, PREC))
+        tl.store(y0_ptr + tile, _dot(k_end, tl.trans(dS), PREC))
+        tl.store(decay_ptr + chunk * N + cols, tl.sum(S * dS, axis=0))
+        dS = dS * decay[None, :] + _dot(tl.trans(gy), r_eff, PREC) + _dot(tl.trans(du), w_mat, PREC)
+    tl.store(gstate_ptr + head * N * N + square, dS)
+
+
+@CachedLauncher
+@triton.jit
+def _chunk_factors_bwd(
+    r_ptr,
+    w_ptr,
+    k_ptr,
+    v_ptr,
+    a_ptr,
+    b_ptr,
+    gy_ptr,
+    greff_ptr,
+    gv_scan_ptr,
+    gwm_ptr,
+    gu0_ptr,
+    gbend_ptr,
+    gkend_ptr,
+    gdecay_ptr,
+    dr_ptr,
+    dw_ptr,
+    dk_ptr,
+    dv_ptr,
+    da_ptr,
+    db_ptr,
+    T,
+    H,
+    NC,
+    N: tl.constexpr,
+    C: tl.constexpr,
+    DT: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """_chunk_factors stepped back, one program per (chunk, head, batch), all in parallel: recomputes the chunk's
+    factors from its inputs, takes the gradients _chunk_scan_bwd left for R_eff, W, U_0, B_end, K_end and e^{g_C}
+    (and for V through S_C) and dY for Y_0, and returns the inputs' gradients. The module docstring's equations
+    backwards; Z = T_inv M (that is, Z = M + L_ab Z) gives dM = T_inv^T dZ and dL_ab = dM Z^T."""
+    c, h, bb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    tok = tl.arange(0, C)
+    cols = tl.arange(0, N)
+    t = c * C + tok
+    inside = (t < T)[:, None] & (cols < N)[None, :]
+    offs = ((bb * T + t).to(tl.int64) * H + h)[:, None] * N + cols[None, :]  # (C, N) in (B, T, H, N)
+    r = tl.load(r_ptr + offs, mask=inside, other=0.0).to(DT)
+    log_w = tl.load(w_ptr + offs, mask=inside, other=0.0).to(DT)
+    k = tl.load(k_ptr + offs, mask=inside, other=0.0).to(DT)
+    v = tl.load(v_ptr + offs, mask=inside, other=0.0).to(DT)
+    a = tl.load(a_ptr + offs, mask=inside, other=0.0).to(DT)
+    b = tl.load(b_ptr + offs, mask=inside, other=0.0).to(DT)
+    gy = tl.load(gy_ptr + offs, mask=inside, other=0.0).to(DT)
+
+    # the forward's factors again (as _chunk_factors)
+    g = tl.cumsum(log_w, axis=0)
+    g_prev = g - log_w
+    g_end = tl.sum(tl.where(tok[:, None] == C - 1, g, 0.0), axis=0)
+    e_g = tl.exp(g)
+    e_prev = tl.exp(g_prev)
+    inv = tl.exp(-g)
+    to_end = tl.exp(g_end[None, :] - g)
+    r_up = r * e_g
+    a_up = a * e_prev
+    k_dn = k * inv
+    b_dn = b * inv
+    after = tok[:, None] > tok[None, :]
+    upto = tok[:, None] >= tok[None, :]
+    l_ab = tl.where(after, _dot(a_up, tl.trans(b_dn), PREC), 0.0)
+    l_ak = tl.where(after, _dot(a_up, tl.trans(k_dn), PREC), 0.0)
+    l_rb = tl.where(upto, _dot(r_up, tl.trans(b_dn), PREC), 0.0)
+    l_rk = tl.where(upto, _dot(r_up, tl.trans(k_dn), PREC), 0.0)
+    t_inv = tl.zeros((C, C), DT)
+    for row in tl.static_range(C):
+        l_row = tl.sum(tl.where(tok[:, None] == row, l_ab, 0.0), axis=0)
+        new = tl.sum(l_row[:, None] * t_inv, axis=0) + tl.where(tok == row, 1.0, 0.0).to(DT)
+        t_inv = tl.where(tok[:, None] == row, new[None, :], t_inv)
+    w_mat = _dot(t_inv, a_up, PREC)
+    u0 = _dot(t_inv, _dot(l_ak, v, PREC), PREC)
+
+    chunk = (bb * H + h).to(tl.int64) * NC + c
+    tile = chunk * C * N + tok[:, None] * N + cols[None, :]
+    d_reff = tl.load(greff_ptr + tile)
+    d_w = tl.load(gwm_ptr + tile)
+    d_u0 = tl.load(gu0_ptr + tile)
+    d_bend = tl.load(gbend_ptr + tile)
+    d_kend = tl.load(gkend_ptr + tile)
+    dv = tl.load(gv_scan_ptr + tile)
+    d_decay = tl.load(gdecay_ptr + chunk * N + cols)
+
+    # R_eff = R_up + L_rb W and Y_0 = L_rb U_0 + L_rk V
+    d_lrb = tl.where(upto, _dot(d_reff, tl.trans(w_mat), PREC) + _dot(gy, tl.trans(u0), PREC), 0.0)
+    d_lrk = tl.where(upto, _dot(gy, tl.trans(v), PREC), 0.0)
+    d_w += _dot(tl.trans(l_rb), d_reff, PREC)
+    d_u0 += _dot(tl.trans(l_rb), gy, PREC)
+    dv += _dot(tl.trans(l_rk), gy, PREC)
+    # W = T_inv A_up and U_0 = T_inv (L_ak V)
+    g_w = _dot(tl.trans(t_inv), d_w, PREC)
+    g_u = _dot(tl.trans(t_inv), d_u0, PREC)
+    d_lak = tl.where(after, _dot(g_u, tl.trans(v), PREC), 0.0)
+    dv += _dot(tl.trans(l_ak), g_u, PREC)
+    d_lab = tl.where(after, _dot(g_w, tl.trans(w_mat), PREC) + _dot(g_u, tl.trans(u0), PREC), 0.0)
+    # the four score matrices
+    d_aup = g_w + _dot(d_lab, b_dn, PREC) + _dot(d_lak, k_dn, PREC)
+    d_rup = d_reff + _dot(d_lrb, b_dn, PREC) + _dot(d_lrk, k_dn, PREC)
+    d_bdn = _dot(tl.trans(d_lab), a_up, PREC) + _dot(tl.trans(d_lrb), r_up, PREC)
+    d_kdn = _dot(tl.trans(d_lak), a_up, PREC) + _dot(tl.trans(d_lrk), r_up, PREC)
+    # the decay factors: each x * e^{+-g} gives x's gradient and a term of g's
+    k_end = k * to_end
+    b_end = b * to_end
+    end_terms = d_kend * k_end + d_bend * b_end  # (C, N): through e^{g_C - g_i}
+    dg = d_rup * r_up - d_kdn * k_dn - d_bdn * b_dn - end_terms  # dL/dg_t
+    dg_prev = d_aup * a_up  # dL/dg_{t-1}
+    dg_end = tl.sum(end_terms, axis=0) + d_decay * tl.exp(g_end)  # (N,)
+    # g_t = sum_{s<=t} log_w_s, g_{t-1} = sum_{s<t}, g_C sums them all
+    dlog_w = (
+        tl.sum(dg, axis=0)[None, :] - tl.cumsum(dg, axis=0) + dg
+        + tl.sum(dg_prev, axis=0)[None, :] - tl.cumsum(dg_prev, axis=0)
+        + dg_end[None, :]
+    )  # fmt: skip
+    tl.store(dr_ptr + offs, (d_rup * e_g).to(dr_ptr.dtype.element_ty), mask=inside)
+    tl.store(dw_ptr + offs, dlog_w.to(dw_ptr.dtype.element_ty), mask=inside)
+    tl.store(dk_ptr + offs, (d_kdn * inv + d_kend * to_end).to(dk_ptr.dtype.element_ty), mask=inside)
+    tl.store(dv_ptr + offs, dv.to(dv_ptr.dtype.element_ty), mask=inside)
+    tl.store(da_ptr + offs, (d_aup * e_prev).to(da_ptr.dtype.element_ty), mask=inside)
+    tl.store(db_ptr + offs, (d_bdn * inv + d_bend * to_end).to(db_ptr.dtype.element_ty), mask=inside)
+
+
 def check_head_size(N: int) -> None:
     if N < CHUNK or N > MAX_HEAD or N & (N - 1):
         raise ValueError(
@@ -243,34 +457,36 @@ def log_w_bound_error(log_w: torch.Tensor) -> str | None:
     )
 
 
-def wkv7_triton_chunked(r, log_w, k, v, a, b, state=None):
-    """Forward only: inputs (B, T, H, N), state (B, H, N, N) or None; returns y (B, T, H, N) in v's dtype and the
-    final state in fp32 (fp64 for fp64 inputs), as wkv7_recurrent."""
-    inputs = (r, log_w, k, v, a, b, state)
-    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs):
-        raise RuntimeError(
-            "wkv7 backend 'triton_chunked' is forward-only (inference / prefill) and its inputs require grad: use "
-            "backend 'triton' for training, or call it under torch.no_grad()"
-        )
-    cd = compute_dtype(*inputs)
-    r, log_w, k, v, a, b = (x.contiguous() for x in (r, log_w, k, v, a, b))
-    state = None if state is None else state.to(cd).contiguous()
-    B, T, H, N = k.shape
-    check_head_size(N)
-    dev = k.device
-    n_chunks = triton.cdiv(T, CHUNK)
-    dt = tl.float64 if cd == torch.float64 else tl.float32
+def _precision(cd: torch.dtype) -> str:
     # tf32x3: fp32 accuracy on tensor cores (plain tf32 rounds the operands to 10 bits); fp64 and the interpreter
     # (which has no tf32) take "ieee"
-    prec = "ieee" if cd == torch.float64 or os.environ.get("TRITON_INTERPRET") == "1" else "tf32x3"
-    # R_eff, Y_0, W, U_0, B_end, K_end: (B, H, n_chunks, C, N) each; e^{g_C} (B, H, n_chunks, N)
-    factors = torch.empty(6, B, H, n_chunks, CHUNK, N, device=dev, dtype=cd).unbind(0)
-    decay = torch.empty(B, H, n_chunks, N, device=dev, dtype=cd)
+    return "ieee" if cd == torch.float64 or os.environ.get("TRITON_INTERPRET") == "1" else "tf32x3"
+
+
+def _factors(r, log_w, k, v, a, b, cd):
+    """_chunk_factors' launch: -> [R_eff, Y_0, W, U_0, B_end, K_end] (B, H, n_chunks, C, N) each and e^{g_C}
+    (B, H, n_chunks, N), in the compute dtype."""
+    B, T, H, N = k.shape
+    n_chunks = triton.cdiv(T, CHUNK)
+    factors = list(torch.empty(6, B, H, n_chunks, CHUNK, N, device=k.device, dtype=cd).unbind(0))
+    decay = torch.empty(B, H, n_chunks, N, device=k.device, dtype=cd)
+    dt = tl.float64 if cd == torch.float64 else tl.float32
     _chunk_factors[(n_chunks, H, B)](
-        r, log_w, k, v, a, b, *factors, decay, T, H, n_chunks, N=N, C=CHUNK, DT=dt, PREC=prec, num_warps=4
+        r, log_w, k, v, a, b, *factors, decay, T, H, n_chunks, N=N, C=CHUNK, DT=dt, PREC=_precision(cd), num_warps=4
     )
+    return factors, decay
+
+
+def _forward(r, log_w, k, v, a, b, state, keep: bool):
+    """-> y (B, T, H, N) in v's dtype, the final state (B, H, N, N) and, with `keep`, the state at each chunk's start
+    (B, H, n_chunks, N, N) for the backward (else None); inputs contiguous, the state in the compute dtype."""
+    cd = compute_dtype(r, log_w, k, v, a, b, state)
+    B, T, H, N = k.shape
+    factors, decay = _factors(r, log_w, k, v, a, b, cd)
+    n_chunks = decay.shape[2]
     y = torch.empty_like(v)
-    final = torch.empty(B, H, N, N, device=dev, dtype=cd)
+    final = torch.empty(B, H, N, N, device=k.device, dtype=cd)
+    states = torch.empty(B, H, n_chunks, N, N, device=k.device, dtype=cd) if keep else None
     bv = min(ROWS, N)
     _chunk_scan[(N // bv, H, B)](
         *factors,
@@ -279,6 +495,7 @@ def wkv7_triton_chunked(r, log_w, k, v, a, b, state=None):
         state,
         y,
         final,
+        states,
         T,
         H,
         n_chunks,
@@ -286,8 +503,67 @@ def wkv7_triton_chunked(r, log_w, k, v, a, b, state=None):
         C=CHUNK,
         BV=bv,
         HAS_STATE=state is not None,
-        DT=dt,
-        PREC=prec,
+        KEEP=keep,
+        DT=tl.float64 if cd == torch.float64 else tl.float32,
+        PREC=_precision(cd),
         num_warps=4,
     )
-    return y, final
+    return y, final, states
+
+
+def _backward(gy, gfinal, r, log_w, k, v, a, b, states):
+    """-> dr, dlog_w, dk, dv, da, db (B, T, H, N) in their inputs' dtypes and the initial state's gradient
+    (B, H, N, N) in the compute dtype. The factors are recomputed (cheap, parallel) rather than kept: _chunk_scan_bwd
+    overwrites them with their gradients, which _chunk_factors_bwd turns into the inputs'."""
+    cd = states.dtype
+    B, T, H, N = k.shape
+    factors, decay = _factors(r, log_w, k, v, a, b, cd)
+    n_chunks = decay.shape[2]
+    gstate = torch.empty(B, H, N, N, device=k.device, dtype=cd)
+    dt = tl.float64 if cd == torch.float64 else tl.float32
+    _chunk_scan_bwd[(H, B)](
+        *factors, decay, v, gy, states, gfinal, gstate, T, H, n_chunks, N=N, C=CHUNK,
+        HAS_GFINAL=gfinal is not None, DT=dt, PREC=_precision(cd), num_warps=4 if N <= 64 else 8,
+    )  # fmt: skip
+    g_reff, g_v, g_w, g_u0, g_bend, g_kend = factors
+    grads = [torch.empty_like(x) for x in (r, log_w, k, v, a, b)]
+    _chunk_factors_bwd[(n_chunks, H, B)](
+        r, log_w, k, v, a, b, gy, g_reff, g_v, g_w, g_u0, g_bend, g_kend, decay, *grads, T, H, n_chunks,
+        N=N, C=CHUNK, DT=dt, PREC=_precision(cd), num_warps=4,
+    )  # fmt: skip
+    return (*grads, gstate)
+
+
+class ChunkedWKV7(torch.autograd.Function):
+    """The chunked kernels with their backward: the forward keeps the state at each chunk's start (N x N per 16
+    tokens and head, in the compute dtype) and the inputs; the backward recomputes the factors from them."""
+
+    @staticmethod
+    def forward(ctx, r, log_w, k, v, a, b, state):
+        y, final, states = _forward(r, log_w, k, v, a, b, state, keep=True)
+        ctx.has_state = state is not None
+        ctx.save_for_backward(r, log_w, k, v, a, b, states)
+        ctx.set_materialize_grads(False)  # an output without a gradient stays None
+        return y, final
+
+    @staticmethod
+    def backward(ctx, gy, gfinal):
+        r, log_w, k, v, a, b, states = ctx.saved_tensors
+        gy = torch.zeros_like(v) if gy is None else gy.contiguous()
+        gfinal = None if gfinal is None else gfinal.to(states.dtype).contiguous()
+        *grads, gstate = _backward(gy, gfinal, r, log_w, k, v, a, b, states)
+        return (*grads, gstate if ctx.has_state else None)
+
+
+def wkv7_triton_chunked(r, log_w, k, v, a, b, state=None):
+    """Inputs (B, T, H, N), state (B, H, N, N) or None; returns y (B, T, H, N) in v's dtype and the final state in
+    fp32 (fp64 for fp64 inputs), as wkv7_recurrent. With a gradient to take, through ChunkedWKV7 (the states at the
+    chunks' starts kept); without one it keeps nothing."""
+    cd = compute_dtype(r, log_w, k, v, a, b, state)
+    r, log_w, k, v, a, b = (x.contiguous() for x in (r, log_w, k, v, a, b))
+    state = None if state is None else state.to(cd).contiguous()
+    check_head_size(k.shape[-1])
+    inputs = (r, log_w, k, v, a, b, state)
+    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs):
+        return ChunkedWKV7.apply(*inputs)
+    return _forward(*inputs, keep=False)[:2]
