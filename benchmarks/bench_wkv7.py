@@ -20,8 +20,8 @@ and forward + backward (torch.autograd.grad of y and the final state, every inpu
 gradients): ours at each tiling in VARIANTS (triton_kernels.Tiling, passed to each call: a forward's backward runs
 at its tiling) and the chunked kernels (CHUNKED), then, at the shapes in --fla-shapes (fla's autotuning takes
 minutes on its first call), fla-core's `chunk_rwkv7` (imported if installed) with and without
-`lower_bound=-e^-0.5`, mapped as ours: w = log_w, a, b as given, scale 1, its state (B, H, K, V) = ours transposed. Each time is the median of ROUNDS
-rounds of one candidate (each round time_fn's median of 10 calls, CUDA events, forward then forward + backward);
+`lower_bound=-e^-0.5`, mapped as ours: w = log_w, a, b as given, scale 1, its state (B, H, K, V) = ours
+transposed. Each time is the median of ROUNDS rounds of one candidate (each round time_fn's median of 10 calls, CUDA events, forward then forward + backward);
 peak memory is the allocator's peak during one call beyond what was allocated before it (the inputs). Every
 candidate against ours at the default tiling on the same inputs (every output and gradient) is kept in the table.
 The table is rewritten after each candidate (its parameters say whether the run completed): a run cut short keeps
