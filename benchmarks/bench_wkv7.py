@@ -15,17 +15,17 @@ RWKV-7's bound: outputs, final state and every gradient against the float64 recu
 float64 chunked form (exact at any T, tested equal to the recurrence in CI) beyond; the forward alone at T = 2^20.
 Then every tiling in VARIANTS against the float64 recurrence at (B, T, H) = (2, 1000, 4) (VARIANT_CHECK).
 
-Benchmark: at (B, T, C) = (8, 1024, 2048) and (16, 4096, 2048), N = 64, bf16 inputs, fp32 initial state, forward
-and forward + backward (torch.autograd.grad of y and the final state, every input and the state requiring
-gradients): ours at each tiling in VARIANTS (triton_kernels.Tiling, passed to each call: a forward's backward runs
-at its tiling) and the chunked kernels (CHUNKED), then, at the shapes in --fla-shapes (fla's autotuning takes
-minutes on its first call), fla-core's `chunk_rwkv7` (imported if installed) with and without
-`lower_bound=-e^-0.5`, mapped as ours: w = log_w, a, b as given, scale 1, its state (B, H, K, V) = ours
-transposed. Each time is the median of ROUNDS rounds of one candidate (each round time_fn's median of 10 calls, CUDA events, forward then forward + backward);
-peak memory is the allocator's peak during one call beyond what was allocated before it (the inputs). Every
-candidate against ours at the default tiling on the same inputs (every output and gradient) is kept in the table.
-The table is rewritten after each candidate (its parameters say whether the run completed): a run cut short keeps
-what it measured. A candidate that fails (a compilation, out of memory) gets a row with its error.
+Benchmark: at (B, T, C) = (8, 1024, 2048) and (16, 4096, 2048), N = 64, bf16 inputs, fp32 initial state, forward and
+forward + backward (torch.autograd.grad of y and the final state, every input and the state requiring gradients): ours
+at each tiling in VARIANTS (triton_kernels.Tiling, passed to each call: a forward's backward runs at its tiling) and the
+chunked kernels (CHUNKED), then, at the shapes in --fla-shapes (fla's autotuning takes minutes on its first call),
+fla-core's `chunk_rwkv7` (imported if installed) with and without `lower_bound=-e^-0.5`, mapped as ours: w = log_w, a, b
+as given, scale 1, its state (B, H, K, V) = ours transposed. Each time is the median of ROUNDS rounds of one candidate
+(each round time_fn's median of 10 calls, CUDA events, forward then forward + backward); peak memory is the allocator's
+peak during one call beyond what was allocated before it (the inputs). Every candidate against ours at the default
+tiling on the same inputs (every output and gradient) is kept in the table. The table is rewritten after each candidate
+(its parameters say whether the run completed): a run cut short keeps what it measured. A candidate that fails (a
+compilation, out of memory) gets a row with its error.
 """
 
 from __future__ import annotations
