@@ -457,6 +457,14 @@ def log_w_bound_error(log_w: torch.Tensor) -> str | None:
     )
 
 
+def scan_bwd_warps(N: int) -> int:
+    """_chunk_scan_bwd's warps: 4 up to N = 64, where a program's S and dS (N x N fp32 each) and its tiles take all
+    255 registers a thread may hold (2.3 KB spilled per thread) and two programs fit an SM, so that (8, 1024, 2048)'s
+    B H = 256 programs run in one wave on an H100's 132 SMs; 8 warps spill less (0.9 KB) but fit one program per
+    SM, two waves (results/wkv7/wkv7_compiled.csv, compiled for sm_90a). 8 at N = 128, the state 4x larger."""
+    return 4 if N <= 64 else 8
+
+
 def _precision(cd: torch.dtype) -> str:
     # tf32x3: fp32 accuracy on tensor cores (plain tf32 rounds the operands to 10 bits); fp64 and the interpreter
     # (which has no tf32) take "ieee"
@@ -523,7 +531,7 @@ def _backward(gy, gfinal, r, log_w, k, v, a, b, states):
     dt = tl.float64 if cd == torch.float64 else tl.float32
     _chunk_scan_bwd[(H, B)](
         *factors, decay, v, gy, states, gfinal, gstate, T, H, n_chunks, N=N, C=CHUNK,
-        HAS_GFINAL=gfinal is not None, DT=dt, PREC=_precision(cd), num_warps=4 if N <= 64 else 8,
+        HAS_GFINAL=gfinal is not None, DT=dt, PREC=_precision(cd), num_warps=scan_bwd_warps(N),
     )  # fmt: skip
     g_reff, g_v, g_w, g_u0, g_bend, g_kend = factors
     grads = [torch.empty_like(x) for x in (r, log_w, k, v, a, b)]
