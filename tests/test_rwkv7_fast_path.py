@@ -18,6 +18,7 @@ from torch._dynamo.utils import counters
 from rwkv_lab.measure.memory import saved_for_backward
 from rwkv_lab.models.rwkv7 import fast_path, get_config
 from rwkv_lab.models.rwkv7 import model as rwkv7_model
+from rwkv_lab.ops.rwkv7 import COMPILED
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -58,16 +59,19 @@ def training_step(model, tokens, state0, fused: bool):
         ("chunked", torch.float32, TOL["float32"]),
         ("chunked", torch.float64, TOL["float64 model"]),
         ("triton", torch.float32, TOL["float32"]),
+        ("triton_chunked", torch.float32, TOL["float32"]),
     ],
-    ids=["chunked-float32", "chunked-float64", "triton-float32"],
+    ids=["chunked-float32", "chunked-float64", "triton-float32", "triton_chunked-float32"],
 )
 def test_fused_blocks_match_the_eager_blocks(backend, dtype, tol):
     """fused_blocks=True against the eager blocks: logits, final state and every parameter's gradient and the
     incoming state's, from a random non-zero state, T = 13 (odd), three layers. With the chunked operator (run
-    outside the graph) and with the Triton one (interpreted): the custom operator inside the graph, as on the GPU."""
-    model = random_model(TINY, seed=5, dtype=dtype)
+    outside the graph) and with the Triton ones (interpreted): custom operators inside the graph, as on the GPU (the
+    chunked kernels at their smallest head size, 16)."""
+    config = TINY if backend != "triton_chunked" else dataclasses.replace(TINY, head_size=16)
+    model = random_model(config, seed=5, dtype=dtype)
     model.configure(backend=backend)
-    tokens, state0 = tokens_for(TINY, 2, 13, seed=5), random_state(model, 2, seed=5)
+    tokens, state0 = tokens_for(config, 2, 13, seed=5), random_state(model, 2, seed=5)
     eager_logits, eager_state, eager_grads = training_step(model, tokens, state0, fused=False)
     graphs = counters["stats"]["unique_graphs"]
     logits, state, grads = training_step(model, tokens, state0, fused=True)
@@ -75,7 +79,7 @@ def test_fused_blocks_match_the_eager_blocks(backend, dtype, tol):
     graphs = counters["stats"]["unique_graphs"] - graphs
     # compiled: with the Triton operator one graph for the first block and one for the others (a compilation per
     # layer would be 3); the chunked form, outside the graph, splits each
-    assert graphs == 2 if backend == "triton" else graphs > 0, f"{graphs} graphs compiled"
+    assert graphs == 2 if backend in COMPILED else graphs > 0, f"{graphs} graphs compiled"
     name = f"{backend} {str(dtype).removeprefix('torch.')}"
     assert_rel_close(f"fused {name} logits", logits, eager_logits, tol)
     assert_rel_close(f"fused {name} final state", state, eager_state, tol)
@@ -142,6 +146,7 @@ def test_auto_takes_the_fused_blocks_when_training_on_cuda_only():
     model.configure(fused_blocks="auto")
     cuda = types.SimpleNamespace(is_cuda=True)  # stands in for a CUDA tensor: only its device is asked
     assert model.uses_fused_blocks(cuda, "triton", None)  # training on CUDA with the Triton operator
+    assert model.uses_fused_blocks(cuda, "triton_chunked", None)  # or the chunked kernels, both custom operators
     with torch.no_grad():
         assert not model.uses_fused_blocks(cuda, "triton", None)  # inference keeps the measured eager blocks
     assert not model.uses_fused_blocks(cuda, "chunked", None)

@@ -11,6 +11,7 @@ import torch
 from helpers import TOL, assert_rel_close
 from test_rwkv7_ops import OUTPUTS, make_inputs, run
 
+from rwkv_lab.ops.rwkv7 import triton_chunked as kernels
 from rwkv_lab.ops.rwkv7 import wkv7, wkv7_recurrent
 from rwkv_lab.ops.rwkv7.triton_chunked import CHUNK, wkv7_triton_chunked
 
@@ -144,6 +145,24 @@ def test_backward_without_an_initial_state_or_either_outputs_gradient():
             grads.append([torch.zeros_like(x) if g is None else g for g, x in zip(got, leaves)])
         for what, g, g_ref in zip(OUTPUTS[2:8], *grads):
             assert_rel_close(f"triton_chunked loss of {which} alone, {what}", g, g_ref, TOL["float32"])
+
+
+def test_the_eager_path_and_the_operator_give_the_same_numbers():
+    """Outside torch.compile (ChunkedWKV7) and the custom operator a compiled graph calls (with its registered
+    backward): identical outputs and gradients."""
+    inputs = inputs_for("rwkv", 1, 20, 2, 16, seed=13)
+    eager = run(wkv7_triton_chunked, inputs)
+    op = run(lambda *x: kernels.chunked_forward(*x, True)[:2], inputs)
+    for what, a, b in zip(OUTPUTS, eager, op):
+        assert torch.equal(a, b), f"eager path vs operator: {what} differs"
+
+
+def test_the_kernels_are_a_well_formed_torch_operator():
+    """torch.library.opcheck: the fake (shape) functions match the kernels (the kept states and without them), the
+    registered backward agrees with autograd's expectations, and torch.compile can place the op in a graph."""
+    *xs, st = inputs_for("rwkv", 1, 18, 1, 16, seed=14)
+    for state, keep in ((st, True), (None, True), (st, False)):
+        torch.library.opcheck(kernels.chunked_forward, (*(x.requires_grad_(keep) for x in xs), state, keep))
 
 
 def test_inputs_it_cannot_take_get_one_line_errors():

@@ -44,22 +44,24 @@ class RecurrentLMBase(nn.Module):
     package's `resolve_backend`, and between its one-token step's kernels and its reference (`uses_step_kernels`)."""
 
     resolve_backend = None  # the generation's operator package's: (backend, x) -> the form 'auto' picks
+    compiled_backends = ()  # its package's COMPILED: the backends a compiled block takes as one opaque operator
 
     def __init__(self):
         super().__init__()
         self.run = RunConfig()  # how the parallel form runs (RunConfig); never what it computes
 
     def uses_fused_blocks(self, x: torch.Tensor, backend: str, trace) -> bool:
-        """Whether the blocks take the compiled path (`run.fused_blocks`): never with a trace (recorded in Python)
-        or the token-by-token recurrent operator; with 'auto', when training (autograd recording) on CUDA with the
-        Triton operator. Inference (prefill, lm-eval) keeps the eager blocks around the Triton operator under
-        'auto': that is the path whose speed and first-call latency were measured on the GPU (results/inference/),
-        where a compiled prefill would add compilations to a first call and to new prompt lengths (until the
-        compiler makes the length dynamic), unmeasured so far; set True to take the compiled path there too."""
+        """Whether the blocks take the compiled path (`run.fused_blocks`): never with a trace (recorded in Python) or
+        the token-by-token recurrent operator; with 'auto', when training (autograd recording) on CUDA with a Triton
+        operator registered for the compiler (`compiled_backends`). Inference (prefill, lm-eval) keeps the eager blocks
+        around the Triton operator under 'auto': that is the path whose speed and first-call latency were measured on
+        the GPU (results/inference/), where a compiled prefill would add compilations to a first call and to new prompt
+        lengths (until the compiler makes the length dynamic), unmeasured so far; set True to take the compiled path
+        there too."""
         if self.run.fused_blocks is False or trace is not None or backend == "recurrent":
             return False
         if self.run.fused_blocks == "auto":
-            return torch.is_grad_enabled() and x.is_cuda and self.resolve_backend(backend, x) == "triton"
+            return torch.is_grad_enabled() and x.is_cuda and self.resolve_backend(backend, x) in self.compiled_backends
         return True
 
     def uses_inference_mix_kernels(self, x: torch.Tensor, backend: str, trace) -> bool:

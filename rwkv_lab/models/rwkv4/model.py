@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ...ops.rwkv4 import P_EMPTY, attention_matrix, compute_dtype, resolve_backend
+from ...ops.rwkv4 import COMPILED, P_EMPTY, attention_matrix, compute_dtype, resolve_backend
 from ..base import RecurrentLMBase
 from ..state import RecurrentState
 from .config import RWKVConfig, get_config
@@ -35,6 +35,7 @@ class RWKV4State(RecurrentState):
 
 class RWKV(RecurrentLMBase):
     resolve_backend = staticmethod(resolve_backend)  # ops.rwkv4's
+    compiled_backends = COMPILED
 
     def __init__(self, config: RWKVConfig):
         super().__init__()  # RecurrentLMBase: device, dtype, run configuration, checks, CPU decoding layout

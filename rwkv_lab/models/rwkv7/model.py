@@ -25,7 +25,7 @@ from torch import Tensor
 from ...ops import triton_available
 from ...ops.lengths import last_positions, padding_mask
 from ...ops.norm_mix import norm_shift_mix_stacked
-from ...ops.rwkv7 import attention_matrix, resolve_backend, wkv7, wkv7_states, wkv7_step
+from ...ops.rwkv7 import COMPILED, attention_matrix, resolve_backend, wkv7, wkv7_states, wkv7_step
 from ..base import RecurrentLMBase
 from ..state import RecurrentState
 from .config import RWKV7Config
@@ -252,6 +252,7 @@ class Block7(nn.Module):
 
 class RWKV7(RecurrentLMBase):
     resolve_backend = staticmethod(resolve_backend)  # ops.rwkv7's
+    compiled_backends = COMPILED
 
     def __init__(self, config: RWKV7Config):
         super().__init__()
@@ -311,7 +312,7 @@ class RWKV7(RecurrentLMBase):
         fused = lengths is None and self.uses_fused_blocks(x, backend, trace)
         mix_kernels = self.uses_inference_mix_kernels(x, backend, trace)
         saved = (self.run.saved_activations, self.run.activation_memory_budget)
-        if backend != "triton":
+        if backend not in COMPILED:
             # "matmuls" checkpoints the block as one graph, which the other forms of the operator, run outside it,
             # break: dynamo would then run the checkpoint eagerly, uncompiled. Their pieces keep what the
             # partitioner chooses

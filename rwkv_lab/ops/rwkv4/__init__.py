@@ -48,6 +48,9 @@ BACKENDS = {
     "chunked": wkv_chunked,
     "triton": wkv_triton,
 }
+# the backends torch.compile meets as custom operators (opaque, forward and backward registered): a compiled training
+# block takes them whole
+COMPILED = ("triton",)
 # the formulations that stop each sequence's state at its own length (a batch of prompts of different lengths)
 TAKES_LENGTHS = ("recurrent", "chunked", "triton")
 
@@ -101,6 +104,7 @@ def wkv(w, u, k, v, state=None, backend: str = "auto", check: bool = True, lengt
 
 __all__ = [
     "BACKENDS",
+    "COMPILED",
     "P_EMPTY",
     "TAKES_LENGTHS",
     "attention_matrix",

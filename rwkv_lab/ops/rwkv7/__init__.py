@@ -68,11 +68,15 @@ BACKENDS = {
     "triton_chunked": wkv7_triton_chunked,
 }
 
-# The forms as torch.compile meets them inside a compiled caller (RWKV-7's fused blocks with fused_blocks=True off
-# CUDA, as the CPU tests run them): run as they are, outside the graph, as the Triton kernel is (an opaque custom
-# op there). The chunked form's data-dependent choice of its decay path breaks the graph anyway, and inductor
+# the Triton backends that torch.compile meets as custom operators (opaque, forward and backward registered): a
+# compiled training block takes them whole
+COMPILED = ("triton", "triton_chunked")
+
+# The other forms as torch.compile meets them inside a compiled caller (RWKV-7's fused blocks with fused_blocks=True
+# off CUDA, as the CPU tests run them): run as they are, outside the graph, as the Triton kernels are (opaque custom
+# ops there). The chunked form's data-dependent choice of its decay path breaks the graph anyway, and inductor
 # compiling its dozens of ops for each shape took 3x the compile time of a tiny model's blocks for nothing faster.
-OUTSIDE_GRAPH = {name: torch.compiler.disable(form) for name, form in BACKENDS.items() if name != "triton"}
+OUTSIDE_GRAPH = {name: torch.compiler.disable(form) for name, form in BACKENDS.items() if name not in COMPILED}
 
 NAMES = ("r", "log_w", "k", "v", "a", "b")
 
@@ -158,6 +162,7 @@ def wkv7(r, log_w, k, v, a, b, state=None, *, backend: str = "auto", check: bool
 
 __all__ = [
     "BACKENDS",
+    "COMPILED",
     "DEFAULT_CHUNK",
     "attention_matrix",
     "check_inputs",

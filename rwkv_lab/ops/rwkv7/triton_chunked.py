@@ -542,36 +542,109 @@ def _backward(gy, gfinal, r, log_w, k, v, a, b, states):
     return (*grads, gstate)
 
 
+# ---- as PyTorch operators -------------------------------------------------------------------------------------
+# As the per-token kernel's (triton_kernels.py): reached under torch.compile as the custom operators
+# rwkv_lab::wkv7_chunked_forward / wkv7_chunked_backward (fake shapes, a registered backward: an opaque op inside a
+# compiled training block), and eagerly through ChunkedWKV7 without their dispatch.
+
+
+def _forward_op(
+    r: torch.Tensor,
+    log_w: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    state: torch.Tensor | None,
+    keep: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """_forward with fixed output shapes: the kept states empty (0,) without `keep`."""
+    y, final, states = _forward(r, log_w, k, v, a, b, state, keep)
+    return y, final, states if keep else final.new_empty(0)
+
+
+chunked_forward = torch.library.custom_op("rwkv_lab::wkv7_chunked_forward", _forward_op, mutates_args=())
+
+
+@chunked_forward.register_fake
+def _(r, log_w, k, v, a, b, state, keep):
+    B, T, H, N = k.shape
+    cd = compute_dtype(r, log_w, k, v, a, b, state)
+    states = (B, H, triton.cdiv(T, CHUNK), N, N) if keep else (0,)
+    return torch.empty_like(v), k.new_empty(B, H, N, N, dtype=cd), k.new_empty(states, dtype=cd)
+
+
+def _backward_op(
+    gy: torch.Tensor,
+    gfinal: torch.Tensor | None,
+    r: torch.Tensor,
+    log_w: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    states: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward(gy, gfinal, r, log_w, k, v, a, b, states)
+
+
+chunked_backward = torch.library.custom_op("rwkv_lab::wkv7_chunked_backward", _backward_op, mutates_args=())
+
+
+@chunked_backward.register_fake
+def _(gy, gfinal, r, log_w, k, v, a, b, states):
+    B, _, H, N = k.shape
+    return (*(torch.empty_like(x) for x in (r, log_w, k, v, a, b)), states.new_empty(B, H, N, N))
+
+
+def _setup_context(ctx, inputs, output):
+    r, log_w, k, v, a, b, state, _keep = inputs
+    ctx.has_state = state is not None
+    ctx.save_for_backward(r, log_w, k, v, a, b, output[2])
+    ctx.set_materialize_grads(False)  # an output without a gradient stays None
+
+
+def _gradients(backward, ctx, gy, gfinal):
+    r, log_w, k, v, a, b, states = ctx.saved_tensors
+    gy = torch.zeros_like(v) if gy is None else gy.contiguous()
+    gfinal = None if gfinal is None else gfinal.to(states.dtype).contiguous()
+    *grads, gstate = backward(gy, gfinal, r, log_w, k, v, a, b, states)
+    return (*grads, gstate if ctx.has_state else None)
+
+
+def _op_backward(ctx, gy, gfinal, _gstates):
+    return (*_gradients(chunked_backward, ctx, gy, gfinal), None)  # None: keep
+
+
+chunked_forward.register_autograd(_op_backward, setup_context=_setup_context)
+
+
 class ChunkedWKV7(torch.autograd.Function):
-    """The chunked kernels with their backward: the forward keeps the state at each chunk's start (N x N per 16
-    tokens and head, in the compute dtype) and the inputs; the backward recomputes the factors from them."""
+    """The chunked kernels with their backward outside torch.compile: the forward keeps the state at each chunk's
+    start (N x N per 16 tokens and head, in the compute dtype) and the inputs; the backward recomputes the factors
+    from them."""
 
     @staticmethod
     def forward(ctx, r, log_w, k, v, a, b, state):
         y, final, states = _forward(r, log_w, k, v, a, b, state, keep=True)
-        ctx.has_state = state is not None
-        ctx.save_for_backward(r, log_w, k, v, a, b, states)
-        ctx.set_materialize_grads(False)  # an output without a gradient stays None
+        _setup_context(ctx, (r, log_w, k, v, a, b, state, True), (y, final, states))
         return y, final
 
     @staticmethod
     def backward(ctx, gy, gfinal):
-        r, log_w, k, v, a, b, states = ctx.saved_tensors
-        gy = torch.zeros_like(v) if gy is None else gy.contiguous()
-        gfinal = None if gfinal is None else gfinal.to(states.dtype).contiguous()
-        *grads, gstate = _backward(gy, gfinal, r, log_w, k, v, a, b, states)
-        return (*grads, gstate if ctx.has_state else None)
+        return _gradients(_backward, ctx, gy, gfinal)
 
 
 def wkv7_triton_chunked(r, log_w, k, v, a, b, state=None):
     """Inputs (B, T, H, N), state (B, H, N, N) or None; returns y (B, T, H, N) in v's dtype and the final state in
-    fp32 (fp64 for fp64 inputs), as wkv7_recurrent. With a gradient to take, through ChunkedWKV7 (the states at the
-    chunks' starts kept); without one it keeps nothing."""
+    fp32 (fp64 for fp64 inputs), as wkv7_recurrent. With a gradient to take, the states at the chunks' starts are
+    kept for the backward; without one nothing is."""
     cd = compute_dtype(r, log_w, k, v, a, b, state)
     r, log_w, k, v, a, b = (x.contiguous() for x in (r, log_w, k, v, a, b))
     state = None if state is None else state.to(cd).contiguous()
     check_head_size(k.shape[-1])
     inputs = (r, log_w, k, v, a, b, state)
-    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs):
-        return ChunkedWKV7.apply(*inputs)
-    return _forward(*inputs, keep=False)[:2]
+    grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs)
+    if torch.compiler.is_compiling():
+        return chunked_forward(*inputs, grad)[:2]
+    return ChunkedWKV7.apply(*inputs) if grad else _forward(*inputs, keep=False)[:2]
