@@ -6,10 +6,11 @@ transformer (transformers GPTNeoXForCausalLM, SDPA), on one GPU, the same tokens
     python benchmarks/bench_training.py --configs 169M:1024,430M:1024,1.5B:1024,1.5B:8192   # chosen pairs only
 
 Each model runs on the path a training run takes (rwkv_lab.training.trainer.fast_path): RWKV-4 and RWKV-7 with their
-fused blocks (torch.compile around the Triton operator), Pythia through torch.compile; and, for the record, RWKV-4,
-RWKV-7 and Pythia eager (`--variants`). Every configuration is measured `--repeats` times (default 3), in rounds: each
-round builds, compiles and times every configuration once, so a drift of the machine reaches all of them alike. Writes,
-after every measurement (an interrupted run keeps what it measured), results/training_speed/training_mfu_runs.csv (+
+fused blocks (torch.compile around the Triton operator), Pythia through torch.compile; RWKV-7 also with its fused blocks
+around the chunked kernels (backend "triton_chunked", "RWKV-7 chunked kernels"); and, for the record, RWKV-4, RWKV-7 and
+Pythia eager (`--variants`). Every configuration is measured `--repeats` times (default 3), in rounds: each round
+builds, compiles and times every configuration once, so a drift of the machine reaches all of them alike. Writes, after
+every measurement (an interrupted run keeps what it measured), results/training_speed/training_mfu_runs.csv (+
 .meta.json): every run; training_mfu.csv: per configuration the median run's tokens/s with the min and max over the
 runs; training_vs_pythia.csv: per size and context and generation (RWKV-4, RWKV-7), the RWKV on its fast path against
 the faster of Pythia's two paths (medians), with the rounds each side won. MFU = model FLOPs per second (rwkv_lab.cost:
@@ -17,15 +18,13 @@ the faster of Pythia's two paths (medians), with the rounds each side won. MFU =
 transformer's 2 (V D + 12 D^2 L) + 4 L D T) over (a) the measured bf16 matmul peak and (b) the datasheet peak. The first
 steps (compilation) are warm-up, not timed. `--profile` adds results/training_speed/training_kernels.csv (first round):
 each step's CUDA kernels by device time, grouped by kind (matmul, WKV, LayerNorm + mixes, attention, fused elementwise,
-...).
-`--norm-mix-kernels off` leaves RWKV's LayerNorms and mixes to inductor instead of rwkv_lab.ops.norm_mix's kernels.
-`--saved-activations` sets what RWKV-4's and RWKV-7's fused blocks keep for the backward (RunConfig.saved_activations:
-'matmuls', the default, or 'partitioner', the compiler's choice) and `--memory-budget` the share of it the partitioner
-may keep (RunConfig.activation_memory_budget), e.g.
-`--saved-activations partitioner --memory-budget 0.5 --tag _budget0.5` beside a default run. Each step replays
-a CUDA graph of the whole step, as the trainer's does (rwkv_lab.training.cuda_graph; the `cuda_graph` column says
-whether the capture held); `--cuda-graph off --tag _ungraphed` launches it kernel by kernel instead.
-"""
+...). `--norm-mix-kernels off` leaves RWKV's LayerNorms and mixes to inductor instead of rwkv_lab.ops.norm_mix's
+kernels. `--saved-activations` sets what RWKV-4's and RWKV-7's fused blocks keep for the backward
+(RunConfig.saved_activations: 'matmuls', the default, or 'partitioner', the compiler's choice) and `--memory-budget` the
+share of it the partitioner may keep (RunConfig.activation_memory_budget), e.g. `--saved-activations partitioner
+--memory-budget 0.5 --tag _budget0.5` beside a default run. Each step replays a CUDA graph of the whole step, as the
+trainer's does (rwkv_lab.training.cuda_graph; the `cuda_graph` column says whether the capture held); `--cuda-graph off
+--tag _ungraphed` launches it kernel by kernel instead."""
 
 from __future__ import annotations
 
@@ -51,8 +50,9 @@ from rwkv_lab.training.cuda_graph import GraphedStep, device_lrs
 from rwkv_lab.training.loss import lm_loss
 from rwkv_lab.training.trainer import TrainConfig, fast_path, parse_switch
 
-VARIANTS = ("RWKV-4", "RWKV-4 eager", "RWKV-7", "RWKV-7 eager", "Pythia", "Pythia compiled")
-GENERATIONS = ("RWKV-4", "RWKV-7")  # the fast-path variants set beside Pythia in training_vs_pythia.csv
+VARIANTS = ("RWKV-4", "RWKV-4 eager", "RWKV-7", "RWKV-7 chunked kernels", "RWKV-7 eager", "Pythia", "Pythia compiled")
+# the fast-path variants set beside Pythia in training_vs_pythia.csv
+GENERATIONS = ("RWKV-4", "RWKV-7", "RWKV-7 chunked kernels")
 
 
 def model_name(variant: str, size: str) -> str:
@@ -85,6 +85,8 @@ def build(
     if variant.startswith("RWKV-7"):
         model = model_at(f"rwkv7:{name}", torch.float32, device).train()
         model.configure(saved_activations=saved, activation_memory_budget=memory_budget)
+        if variant == "RWKV-7 chunked kernels":  # its fused blocks around the chunked operator, forward and backward
+            model.configure(backend="triton_chunked")
         flops = cost.training_flops_per_token(model.config.forward_flops_per_token)
         return model, fast_path(model, fast), model.config.vocab_size, flops
     model = pythia_model(name, torch.float32, device, max_positions=max(2048, context)).train()

@@ -671,7 +671,7 @@ def rwkv7_gpu_rows():
     f = "training_speed/rwkv7_421M/training_vs_pythia.csv"
     t = table(f)
     cells = [
-        f"{r['size']} (RWKV-7 {r['rwkv_model']} vs {r['pythia_model']}) at T = {r['context']:,}: "
+        f"{r['size']} ({r['generation']} {r['rwkv_model']} vs {r['pythia_model']}) at T = {r['context']:,}: "
         f"{k(r['rwkv_tokens_per_s'])} vs {k(r['pythia_tokens_per_s'])} tokens/s "
         f"({r['rwkv_tokens_per_s'] / r['pythia_tokens_per_s']:.2f}×), peak {r['rwkv_peak_mem_GiB']:.1f} vs "
         f"{r['pythia_peak_mem_GiB']:.1f} GiB"
