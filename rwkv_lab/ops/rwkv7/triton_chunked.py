@@ -303,6 +303,9 @@ def _chunk_scan_bwd(
         gy = tl.load(gy_ptr + offs, mask=inside, other=0.0).to(DT)
         u = _dot(w_mat, tl.trans(S), PREC) + u0  # (C, N): u_t over the value rows
         du = _dot(b_end, tl.trans(dS), PREC)  # (C, N)
+        # the gradients go over the factors just read: every warp's reads of this chunk's tiles done before any
+        # warp writes (a thread may write elements another thread read, the layouts differ)
+        tl.debug_barrier()
         tl.store(reff_ptr + tile, _dot(gy, S, PREC))
         tl.store(wm_ptr + tile, _dot(du, S, PREC))
         tl.store(u0_ptr + tile, du)
@@ -459,9 +462,10 @@ def log_w_bound_error(log_w: torch.Tensor) -> str | None:
 
 def scan_bwd_warps(N: int) -> int:
     """_chunk_scan_bwd's warps: 4 up to N = 64, where a program's S and dS (N x N fp32 each) and its tiles take all
-    255 registers a thread may hold (2.3 KB spilled per thread) and two programs fit an SM, so that (8, 1024, 2048)'s
-    B H = 256 programs run in one wave on an H100's 132 SMs; 8 warps spill less (0.9 KB) but fit one program per
-    SM, two waves (results/wkv7/wkv7_compiled.csv, compiled for sm_90a). 8 at N = 128, the state 4x larger."""
+    255 registers a thread may hold (1.4 KB spilled per thread) and two programs fit an SM, so that (8, 1024, 2048)'s
+    B H = 256 programs run in one wave on an H100's 132 SMs; 8 warps spill less (0.5 KB) but fit one program per
+    SM, two waves (compiled for sm_90a: results/wkv7/wkv7_compiled.csv has the 4 warps'). 8 at N = 128, the state
+    4x larger. Unmeasured on a GPU so far."""
     return 4 if N <= 64 else 8
 
 
