@@ -145,8 +145,8 @@ def compile_every_path() -> None:
         r, log_w, k, v, a, b = (torch.randn(1, 40, 2, 64, dtype=torch.float16) for _ in range(6))
         for backend in ("triton_chunked", "triton"):
             wkv7(r, -log_w.abs() * 0.1, k, v, a, b, torch.zeros(1, 2, 64, 64), backend=backend, check=False)
-        # RWKV-7's training operator in bf16, forward and backward, its stretches stepped back one after another
-        # (the default) and in parallel after the carrying pass
+        # RWKV-7's training operators in bf16, forward and backward: the per-token kernel's stretches stepped back one
+        # after another (the default) and in parallel after the carrying pass, and the chunked kernels
         from rwkv_lab.ops.rwkv7.triton_kernels import Tiling as WKV7Tiling
         from rwkv_lab.ops.rwkv7.triton_kernels import wkv7_triton
 
@@ -155,6 +155,10 @@ def compile_every_path() -> None:
                 xs = [x.bfloat16().requires_grad_() for x in (r, -log_w.abs() * 0.1, k, v, a, b)]
                 y, _ = wkv7_triton(*xs, torch.zeros(1, 2, 64, 64), tiling=WKV7Tiling(parallel=parallel))
                 y.float().sum().backward()
+            # and the chunked kernels' training pass: the scan keeping each chunk's state, then the backward's three
+            xs = [x.bfloat16().requires_grad_() for x in (r, -log_w.abs() * 0.1, k, v, a, b)]
+            y, _ = wkv7(*xs, torch.zeros(1, 2, 64, 64), backend="triton_chunked", check=False)
+            y.float().sum().backward()
     # a step's kernels compiled side by side (what the decoder does before its first step), then the step itself
     # finds every one of them compiled
     from rwkv_lab.ops.gemv import _grouped_gemv

@@ -8,6 +8,14 @@ import torch
 # kernels are defined, so before anything imports rwkv_lab.ops.rwkv4.triton_kernels.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    # The tests' compiled graphs (the fused blocks, the compiled step) then run through inductor's C++ code generator,
+    # which spent most of each compilation choosing vector tilings (sympy index analysis): scalar loops compile the
+    # same graphs in 0.6x the time (tests/test_train.py's saved-activations test: 101 s instead of 165 s). What the
+    # tests check, what a graph computes and keeps for its backward, does not depend on it; on a GPU inductor
+    # generates Triton, untouched by this setting.
+    import torch._inductor.config
+
+    torch._inductor.config.cpp.simdlen = 1
 
 
 # The gpu-marked tests (tests/test_gpu.py, `make test-gpu`) need a CUDA device. Without one each is skipped here,
