@@ -92,6 +92,54 @@ def _dot(x, y, PREC: tl.constexpr):
     return tl.dot(x, y, input_precision=PREC)
 
 
+@triton.jit
+def _chunk_algebra(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, c, h, bb, T, H, N: tl.constexpr, C: tl.constexpr,
+                   DT: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+    """One chunk's inputs (C, N) and everything within it that does not depend on the state at its start: what
+    _chunk_factors turns into the factors, and _chunk_factors_bwd recomputes to take their gradients back."""
+    tok = tl.arange(0, C)  # the chunk's tokens
+    cols = tl.arange(0, N)  # key (or value) indices
+    t = c * C + tok  # their positions in the sequence
+    inside = (t < T)[:, None] & (cols < N)[None, :]  # (C, N): the padded last chunk's missing tokens masked
+    # (b, t, h, :) in (B, T, H, N)
+    offs = ((bb * T + t).to(tl.int64) * H + h)[:, None] * N + cols[None, :]  # (C, N)
+    # missing tokens: log_w = 0 and all else 0, an identity transition that writes nothing
+    r = tl.load(r_ptr + offs, mask=inside, other=0.0).to(DT)
+    log_w = tl.load(w_ptr + offs, mask=inside, other=0.0).to(DT)
+    k = tl.load(k_ptr + offs, mask=inside, other=0.0).to(DT)
+    v = tl.load(v_ptr + offs, mask=inside, other=0.0).to(DT)
+    a = tl.load(a_ptr + offs, mask=inside, other=0.0).to(DT)
+    b = tl.load(b_ptr + offs, mask=inside, other=0.0).to(DT)
+
+    g = tl.cumsum(log_w, axis=0)  # (C, N): g_t, the chunk's log decay up to and including t; |g| <= C |log_w|
+    g_prev = g - log_w  # g_{t-1} (g_0 = 0 for the first token)
+    g_end = tl.sum(tl.where(tok[:, None] == C - 1, g, 0.0), axis=0)  # (N,): g_C (padded tokens add 0)
+    r_up = r * tl.exp(g)  # (C, N) factors <= 1
+    a_up = a * tl.exp(g_prev)
+    inv = tl.exp(-g)  # (C, N) e^{-g_i} <= e^{C |LOG_W_MIN|} ~ 2e4
+    k_dn = k * inv
+    b_dn = b * inv
+    to_end = tl.exp(g_end[None, :] - g)  # (C, N) e^{g_C - g_i} <= 1, formed directly (not e^{g_C} e^{-g_i})
+
+    # the C x C scores: rows the query token t, columns the key token i; e^{g_t - g_i} <= 1 where kept
+    after = tok[:, None] > tok[None, :]  # a_t sees tokens before t
+    upto = tok[:, None] >= tok[None, :]  # r_t sees tokens up to t
+    l_ab = tl.where(after, _dot(a_up, tl.trans(b_dn), PREC), 0.0)
+    l_ak = tl.where(after, _dot(a_up, tl.trans(k_dn), PREC), 0.0)
+    l_rb = tl.where(upto, _dot(r_up, tl.trans(b_dn), PREC), 0.0)
+    l_rk = tl.where(upto, _dot(r_up, tl.trans(k_dn), PREC), 0.0)
+
+    # T_inv = (I - l_ab)^{-1} by forward substitution: row t = e_t + sum_{i<t} l_ab[t, i] T_inv[i, :]. Rows past t
+    # are still zero when row t is formed, and l_ab[t, i] = 0 for i >= t, so each row is one masked C x C update.
+    t_inv = tl.zeros((C, C), DT)
+    for row in tl.static_range(C):
+        l_row = tl.sum(tl.where(tok[:, None] == row, l_ab, 0.0), axis=0)  # (C,): l_ab[row, :]
+        new = tl.sum(l_row[:, None] * t_inv, axis=0) + tl.where(tok == row, 1.0, 0.0).to(DT)  # (C,)
+        t_inv = tl.where(tok[:, None] == row, new[None, :], t_inv)
+
+    return r, log_w, k, v, a, b, g, g_prev, g_end, r_up, a_up, k_dn, b_dn, to_end, l_ab, l_ak, l_rb, l_rk, t_inv
+
+
 @CachedLauncher
 @triton.jit
 def _chunk_factors(
@@ -117,48 +165,13 @@ def _chunk_factors(
     PREC: tl.constexpr,
 ):
     c, h, bb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    tok = tl.arange(0, C)  # the chunk's tokens
-    cols = tl.arange(0, N)  # key (or value) indices
-    t = c * C + tok  # their positions in the sequence
-    inside = (t < T)[:, None] & (cols < N)[None, :]  # (C, N): the padded last chunk's missing tokens masked
-    # (b, t, h, :) in (B, T, H, N)
-    offs = ((bb * T + t).to(tl.int64) * H + h)[:, None] * N + cols[None, :]  # (C, N)
-    # missing tokens: log_w = 0 and all else 0, an identity transition that writes nothing
-    r = tl.load(r_ptr + offs, mask=inside, other=0.0).to(DT)
-    log_w = tl.load(w_ptr + offs, mask=inside, other=0.0).to(DT)
-    k = tl.load(k_ptr + offs, mask=inside, other=0.0).to(DT)
-    v = tl.load(v_ptr + offs, mask=inside, other=0.0).to(DT)
-    a = tl.load(a_ptr + offs, mask=inside, other=0.0).to(DT)
-    b = tl.load(b_ptr + offs, mask=inside, other=0.0).to(DT)
-
-    g = tl.cumsum(log_w, axis=0)  # (C, N): g_t, the chunk's log decay up to and including t; |g| <= C |log_w|
-    g_prev = g - log_w  # g_{t-1} (g_0 = 0 for the first token)
-    g_end = tl.sum(tl.where(tok[:, None] == C - 1, g, 0.0), axis=0)  # (N,): g_C (padded tokens add 0)
-    r_up = r * tl.exp(g)  # (C, N) factors <= 1
-    a_up = a * tl.exp(g_prev)
-    inv = tl.exp(-g)  # (C, N) e^{-g_i} <= e^{C |LOG_W_MIN|} ~ 2e4
-    k_dn = k * inv
-    b_dn = b * inv
-    to_end = tl.exp(g_end[None, :] - g)  # (C, N) e^{g_C - g_i} <= 1, formed directly (not e^{g_C} e^{-g_i})
+    tok = tl.arange(0, C)
+    cols = tl.arange(0, N)
+    _, _, k, v, _, b, _, _, g_end, r_up, a_up, _, _, to_end, _, l_ak, l_rb, l_rk, t_inv = _chunk_algebra(
+        r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, c, h, bb, T, H, N, C, DT, PREC
+    )
     k_end = k * to_end
     b_end = b * to_end
-
-    # the C x C scores: rows the query token t, columns the key token i; e^{g_t - g_i} <= 1 where kept
-    after = tok[:, None] > tok[None, :]  # a_t sees tokens before t
-    upto = tok[:, None] >= tok[None, :]  # r_t sees tokens up to t
-    l_ab = tl.where(after, _dot(a_up, tl.trans(b_dn), PREC), 0.0)
-    l_ak = tl.where(after, _dot(a_up, tl.trans(k_dn), PREC), 0.0)
-    l_rb = tl.where(upto, _dot(r_up, tl.trans(b_dn), PREC), 0.0)
-    l_rk = tl.where(upto, _dot(r_up, tl.trans(k_dn), PREC), 0.0)
-
-    # T_inv = (I - l_ab)^{-1} by forward substitution: row t = e_t + sum_{i<t} l_ab[t, i] T_inv[i, :]. Rows past t
-    # are still zero when row t is formed, and l_ab[t, i] = 0 for i >= t, so each row is one masked C x C update.
-    t_inv = tl.zeros((C, C), DT)
-    for row in tl.static_range(C):
-        l_row = tl.sum(tl.where(tok[:, None] == row, l_ab, 0.0), axis=0)  # (C,): l_ab[row, :]
-        new = tl.sum(l_row[:, None] * t_inv, axis=0) + tl.where(tok == row, 1.0, 0.0).to(DT)  # (C,)
-        t_inv = tl.where(tok[:, None] == row, new[None, :], t_inv)
-
     w_mat = _dot(t_inv, a_up, PREC)  # (C, N): W, u_t's part that is S_0 applied to it
     u0 = _dot(t_inv, _dot(l_ak, v, PREC), PREC)  # (C, N): U_0, u_t's part from the chunk's own writes
     r_eff = r_up + _dot(l_rb, w_mat, PREC)  # (C, N)
@@ -358,37 +371,12 @@ def _chunk_factors_bwd(
     t = c * C + tok
     inside = (t < T)[:, None] & (cols < N)[None, :]
     offs = ((bb * T + t).to(tl.int64) * H + h)[:, None] * N + cols[None, :]  # (C, N) in (B, T, H, N)
-    r = tl.load(r_ptr + offs, mask=inside, other=0.0).to(DT)
-    log_w = tl.load(w_ptr + offs, mask=inside, other=0.0).to(DT)
-    k = tl.load(k_ptr + offs, mask=inside, other=0.0).to(DT)
-    v = tl.load(v_ptr + offs, mask=inside, other=0.0).to(DT)
-    a = tl.load(a_ptr + offs, mask=inside, other=0.0).to(DT)
-    b = tl.load(b_ptr + offs, mask=inside, other=0.0).to(DT)
+    _, _, k, v, _, b, g, g_prev, g_end, r_up, a_up, k_dn, b_dn, to_end, _, l_ak, l_rb, l_rk, t_inv = _chunk_algebra(
+        r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, c, h, bb, T, H, N, C, DT, PREC
+    )
     gy = tl.load(gy_ptr + offs, mask=inside, other=0.0).to(DT)
-
-    # the forward's factors again (as _chunk_factors)
-    g = tl.cumsum(log_w, axis=0)
-    g_prev = g - log_w
-    g_end = tl.sum(tl.where(tok[:, None] == C - 1, g, 0.0), axis=0)
-    e_g = tl.exp(g)
-    e_prev = tl.exp(g_prev)
-    inv = tl.exp(-g)
-    to_end = tl.exp(g_end[None, :] - g)
-    r_up = r * e_g
-    a_up = a * e_prev
-    k_dn = k * inv
-    b_dn = b * inv
     after = tok[:, None] > tok[None, :]
     upto = tok[:, None] >= tok[None, :]
-    l_ab = tl.where(after, _dot(a_up, tl.trans(b_dn), PREC), 0.0)
-    l_ak = tl.where(after, _dot(a_up, tl.trans(k_dn), PREC), 0.0)
-    l_rb = tl.where(upto, _dot(r_up, tl.trans(b_dn), PREC), 0.0)
-    l_rk = tl.where(upto, _dot(r_up, tl.trans(k_dn), PREC), 0.0)
-    t_inv = tl.zeros((C, C), DT)
-    for row in tl.static_range(C):
-        l_row = tl.sum(tl.where(tok[:, None] == row, l_ab, 0.0), axis=0)
-        new = tl.sum(l_row[:, None] * t_inv, axis=0) + tl.where(tok == row, 1.0, 0.0).to(DT)
-        t_inv = tl.where(tok[:, None] == row, new[None, :], t_inv)
     w_mat = _dot(t_inv, a_up, PREC)
     u0 = _dot(t_inv, _dot(l_ak, v, PREC), PREC)
 
@@ -432,11 +420,12 @@ def _chunk_factors_bwd(
         + tl.sum(dg_prev, axis=0)[None, :] - tl.cumsum(dg_prev, axis=0)
         + dg_end[None, :]
     )  # fmt: skip
-    tl.store(dr_ptr + offs, (d_rup * e_g).to(dr_ptr.dtype.element_ty), mask=inside)
+    inv = tl.exp(-g)  # the decay factors formed again where used: fewer tiles live through the dots above
+    tl.store(dr_ptr + offs, (d_rup * tl.exp(g)).to(dr_ptr.dtype.element_ty), mask=inside)
     tl.store(dw_ptr + offs, dlog_w.to(dw_ptr.dtype.element_ty), mask=inside)
     tl.store(dk_ptr + offs, (d_kdn * inv + d_kend * to_end).to(dk_ptr.dtype.element_ty), mask=inside)
     tl.store(dv_ptr + offs, dv.to(dv_ptr.dtype.element_ty), mask=inside)
-    tl.store(da_ptr + offs, (d_aup * e_prev).to(da_ptr.dtype.element_ty), mask=inside)
+    tl.store(da_ptr + offs, (d_aup * tl.exp(g_prev)).to(da_ptr.dtype.element_ty), mask=inside)
     tl.store(db_ptr + offs, (d_bdn * inv + d_bend * to_end).to(db_ptr.dtype.element_ty), mask=inside)
 
 
