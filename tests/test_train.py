@@ -473,7 +473,7 @@ def test_what_the_fused_blocks_keep_changes_memory_and_nothing_else():
     from rwkv_lab.models.rwkv4.config import RWKVConfig
     from rwkv_lab.models.rwkv4.model import build_model
 
-    model = build_model(RWKVConfig(n_layer=2, n_embd=21, vocab_size=257), seed=1, zero_projections=False)
+    model = build_model(RWKVConfig(n_layer=1, n_embd=21, vocab_size=257), seed=1, zero_projections=False)
     model.configure(backend="chunked")
     x = torch.randint(0, 257, (2, 18), generator=torch.Generator().manual_seed(0))
 
