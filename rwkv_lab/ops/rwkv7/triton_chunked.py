@@ -80,7 +80,7 @@ import triton.language as tl
 
 from ...triton_launch import CachedLauncher
 from .common import compute_dtype
-from .triton_kernels import LOG_W_MIN
+from .triton_kernels import LOG_W_MIN, tl_dtype
 
 CHUNK = 16  # tokens per chunk: see the module docstring (range of the decay factors at LOG_W_MIN; tl.dot's minimum)
 ROWS = 32  # value rows per _chunk_scan program (at most N)
@@ -471,7 +471,7 @@ def _factors(r, log_w, k, v, a, b, cd):
     n_chunks = triton.cdiv(T, CHUNK)
     factors = list(torch.empty(6, B, H, n_chunks, CHUNK, N, device=k.device, dtype=cd).unbind(0))
     decay = torch.empty(B, H, n_chunks, N, device=k.device, dtype=cd)
-    dt = tl.float64 if cd == torch.float64 else tl.float32
+    dt = tl_dtype(cd)
     _chunk_factors[(n_chunks, H, B)](
         r, log_w, k, v, a, b, *factors, decay, T, H, n_chunks, N=N, C=CHUNK, DT=dt, PREC=_precision(cd), num_warps=4
     )
@@ -505,7 +505,7 @@ def _forward(r, log_w, k, v, a, b, state, keep: bool):
         BV=bv,
         HAS_STATE=state is not None,
         KEEP=keep,
-        DT=tl.float64 if cd == torch.float64 else tl.float32,
+        DT=tl_dtype(cd),
         PREC=_precision(cd),
         num_warps=4,
     )
@@ -521,7 +521,7 @@ def _backward(gy, gfinal, r, log_w, k, v, a, b, states):
     factors, decay = _factors(r, log_w, k, v, a, b, cd)
     n_chunks = decay.shape[2]
     gstate = torch.empty(B, H, N, N, device=k.device, dtype=cd)
-    dt = tl.float64 if cd == torch.float64 else tl.float32
+    dt = tl_dtype(cd)
     _chunk_scan_bwd[(H, B)](
         *factors, decay, v, gy, states, gfinal, gstate, T, H, n_chunks, N=N, C=CHUNK,
         HAS_GFINAL=gfinal is not None, DT=dt, PREC=_precision(cd), num_warps=scan_bwd_warps(N),

@@ -329,7 +329,8 @@ def _wkv7_bwd(
         tl.store(dstate_ptr + head * N * N + tile, G)
 
 
-def _tl_dtype(cd: torch.dtype):
+def tl_dtype(cd: torch.dtype):
+    """Triton's dtype for a compute dtype: fp64 for fp64, else fp32 (the kernels' arithmetic)."""
     return tl.float64 if cd == torch.float64 else tl.float32
 
 
@@ -402,7 +403,7 @@ def _forward(
         STRETCH=tiling.stretch,
         HAS_STATE=state is not None,
         SAVE=save,
-        DT=_tl_dtype(cd),
+        DT=tl_dtype(cd),
         num_warps=tiling.warps,
     )
     return y, final, sa, kept
@@ -483,7 +484,7 @@ def _backward(
         gkept, stretches = torch.empty_like(kept), kept.shape[2]
         _wkv7_bwd_carry[(n_blocks, H, B)](
             r, log_w, a, b, gy, gstate, gkept, dstate, T, H, N=N, BV=bv, STRETCH=tiling.stretch,
-            HAS_GSTATE=gstate is not None, DT=_tl_dtype(cd), num_warps=tiling.warps_bwd,
+            HAS_GSTATE=gstate is not None, DT=tl_dtype(cd), num_warps=tiling.warps_bwd,
         )  # fmt: skip
     _wkv7_bwd[(n_blocks * stretches, H, B)](
         r,
@@ -512,7 +513,7 @@ def _backward(
         STRETCH=tiling.stretch,
         HAS_GSTATE=gstate is not None,
         SUMS=sums,
-        DT=_tl_dtype(cd),
+        DT=tl_dtype(cd),
         PARALLEL=tiling.parallel,
         num_warps=tiling.warps_bwd,
     )
