@@ -7,6 +7,7 @@
     python benchmarks/bench_wkv7.py --check-only --quick
     python benchmarks/bench_wkv7.py --quick --rounds 3 --fla-shapes 8x1024x2048   # the tilings compared, ~8 min
     python benchmarks/bench_wkv7.py --quick --variant "bwd stretches in parallel"  # the default beside one tiling
+    python benchmarks/bench_wkv7.py --skip-check --fla-shapes "" --variant ours --profile  # where the time goes
 
 Check: ours (`wkv7(..., backend=)` for each of the Triton backends in KERNELS: the per-token kernel "triton" and the
 chunked kernels "triton_chunked") against float64 forms computed on the GPU, on RWKV-7-like inputs
@@ -25,7 +26,9 @@ as given, scale 1, its state (B, H, K, V) = ours transposed. Each time is the me
 peak during one call beyond what was allocated before it (the inputs). Every candidate against ours at the default
 tiling on the same inputs (every output and gradient) is kept in the table. The table is rewritten after each candidate
 (its parameters say whether the run completed): a run cut short keeps what it measured. A candidate that fails (a
-compilation, out of memory) gets a row with its error.
+compilation, out of memory) gets a row with its error. `--profile` adds results/wkv7/wkv7_kernels.csv: for each
+candidate at each shape, the CUDA kernels of one forward + backward call by device time (torch.profiler), so the
+difference between two candidates reads as kernels.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from rwkv_lab.analysis.equivalence import rel_error
-from rwkv_lab.measure.timing import peak_memory, time_fn
+from rwkv_lab.measure.timing import cuda_kernels, peak_memory, time_fn
 from rwkv_lab.ops.rwkv7 import wkv7, wkv7_chunked, wkv7_recurrent
 from rwkv_lab.ops.rwkv7.triton_kernels import DEFAULT, Tiling, wkv7_triton
 from rwkv_lab.results import results_dir, write_json, write_table
@@ -213,6 +216,23 @@ def parse_shapes(text: str) -> list[tuple[int, int, int]]:
     return shapes
 
 
+def kernel_rows(name, fn, inputs, gy, device, shape) -> list[dict]:
+    """Where one forward + backward call of a candidate spends its GPU time: its CUDA kernels, largest first."""
+
+    def forward_backward():
+        y, _ = fn(*inputs)
+        return torch.autograd.grad(y, inputs, gy)
+
+    B, T, C = shape
+    kernels = cuda_kernels(forward_backward, device)
+    total = sum(e.device_time_total for e in kernels)
+    return [
+        {"candidate": name, "B": B, "T": T, "C": C, "kernel": e.key[:100], "calls": e.count}
+        | {"ms": e.device_time_total / 1e3, "share": e.device_time_total / total, "device_ms": total / 1e3}
+        for e in kernels
+    ]
+
+
 def measure(name, fn, inputs, gy, reference, rounds, device, shape) -> tuple[dict, list | None]:
     """One candidate at one shape: a row of times, peaks and errors against `reference` (None: this is the
     reference), and its outputs and gradients (None if it failed)."""
@@ -259,15 +279,15 @@ def describe(row) -> str:
     )
 
 
-def benchmark(device, shapes, rounds, fla_shapes, write=lambda rows: None, variants=None) -> list[dict]:
+def benchmark(device, shapes, rounds, fla_shapes, write=lambda rows: None, variants=None, profile=None) -> list[dict]:
     """Ours at every tiling and the chunked kernels at every shape, then fla at `fla_shapes`; `write(rows)` after
-    each candidate."""
+    each candidate; `profile(rows)`, if given, with every candidate's kernels (kernel_rows) after each one."""
     variants = variants or VARIANTS
     fla = fla_candidates(device) if fla_shapes else {}
     chunked = {CHUNKED: lambda *x: wkv7(*x, backend="triton_chunked", check=False)}
     plan = [(shape, {name: ours(t) for name, t in variants.items()} | chunked) for shape in shapes]
     plan += [(shape, fla) for shape in fla_shapes if fla]
-    rows = []
+    rows, kernels = [], []
     start = time.perf_counter()
     for shape, calls in plan:
         B, T, C = shape
@@ -282,6 +302,9 @@ def benchmark(device, shapes, rounds, fla_shapes, write=lambda rows: None, varia
             rows.append(row)
             print(describe(row), flush=True)
             write(rows)
+            if profile is not None and not row["error"]:
+                kernels += kernel_rows(name, fn, inputs, gy, device, shape)
+                profile(kernels)
         del inputs, reference
         torch.cuda.empty_cache()
     for shape in fla_shapes:
@@ -311,9 +334,12 @@ def main():
         help="a tiling of VARIANTS to check and time (repeat it; default: all); 'ours', the default, always runs",
     )
     parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--profile", action="store_true", help="also each candidate's kernels: wkv7_kernels.csv")
     parser.add_argument("--device", default="cuda", help="cpu: a smoke test of this script (TRITON_INTERPRET=1)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.profile and device.type != "cuda":
+        raise SystemExit("bench_wkv7: --profile reads CUDA kernels (torch.profiler); it needs --device cuda")
     shapes = parse_shapes(args.shapes)
     fla_shapes = parse_shapes(args.fla_shapes) if args.fla_shapes else []
     folder = results_dir() / "wkv7"
@@ -347,7 +373,15 @@ def main():
         def write(rows, complete=False):
             write_table(path, pd.DataFrame(rows), params | {"complete": complete}, volatile=volatile)
 
-        rows = benchmark(device, shapes, args.rounds, fla_shapes, write, variants)
+        profile = None
+        if args.profile:
+            kernels_path = folder / "wkv7_kernels.csv"
+            kernel_params = params | {"description": "RWKV-7 state update: the CUDA kernels of one fwd+bwd call"}
+
+            def profile(rows):
+                write_table(kernels_path, pd.DataFrame(rows), kernel_params, volatile=["ms", "share", "device_ms"])
+
+        rows = benchmark(device, shapes, args.rounds, fla_shapes, write, variants, profile)
         write(rows, complete=True)
         print(pd.DataFrame(rows).to_string(index=False, float_format=lambda x: f"{x:.4g}"))
         print("wrote", path, flush=True)
