@@ -592,21 +592,22 @@ def rwkv7_rows():
         cells.append(
             f"fla's chunk_rwkv7 with lower_bound at ({r['B']}, {r['T']}, {r['C']}): fwd {r['fwd_ms']:.2f} ms, "
             f"fwd + bwd {r['fwd_bwd_ms']:.2f} ms, peak {r['fwd_bwd_peak_MiB']:,.0f} MiB"
-            + "".join(
-                f" ({label} {r['fwd_bwd_ms'] / m['fwd_bwd_ms']:.2f}× its speed, peak {m['fwd_bwd_peak_MiB']:,.0f} MiB)"
+            + " ("
+            + "; ".join(
+                f"{label} {r['fwd_bwd_ms'] / m['fwd_bwd_ms']:.2f}× its speed, peak {m['fwd_bwd_peak_MiB']:,.0f} MiB"
                 for label, mine in (("ours", ours), ("the chunked kernels", chunked))
                 for _, m in at(mine).iterrows()
             )
+            + ")"
         )
+    peers = [name for name, t in (("RWKV-LM x070's design", x070), ("fla's chunk_rwkv7", fla)) if len(t)]
     rows.append(
         row(
-            "RWKV-7's operator on the GPU, bf16, head size 64: our Triton kernels (the default tiling) beside "
-            "RWKV-LM x070's design"
-            + (
-                " and fla's chunk_rwkv7, in the same run"
-                if len(fla)
-                else " in the same run (fla's chunk_rwkv7 not timed in this run: its autotuning outlasted the call)"
-            ),
+            "RWKV-7's operator on the GPU, bf16, head size 64: our Triton kernels (the per-token kernel at its "
+            "default tiling, and the chunked kernels)"
+            + (f" beside {' and '.join(peers)}" if peers else "")
+            + ", in the same run"
+            + ("" if len(fla) else " (fla's chunk_rwkv7 not timed in this run: its autotuning outlasted the call)"),
             f,
             "; ".join(cells),
         )

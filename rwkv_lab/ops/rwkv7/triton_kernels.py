@@ -93,7 +93,8 @@ class Tiling:
 # times per token (results/wkv7/wkv7_compiled.csv); in one warp each thread holds whole columns of its 16 rows, so
 # the 5 sums over rows stay within a thread and the 2 over keys are shuffles. Its key-side parts are added by fp32
 # atomics (relaxed: no ordering needed; partial buffers would write and read 5 x 4 fp32 copies of the inputs).
-# Forward: 32 rows, 4 warps (faster than 16 rows in results/wkv7/wkv7_gpu_benchmark.csv of an H100).
+# Forward: 32 rows, 4 warps (16 rows and 1 warp are as fast: forward + backward within 0.2% at (8, 1024, 2048) on an
+# H200, results/history/wkv7/wkv7_gpu_benchmark_8cdf618.csv).
 DEFAULT = Tiling()
 # how the backward's key-side gradients are written (its SUMS constexpr)
 STORE, ATOMIC, PARTIAL = 0, 1, 2
