@@ -31,6 +31,7 @@ chunked backward against it on a GPU.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -72,11 +73,24 @@ BACKENDS = {
 # compiled training block takes them whole
 COMPILED = ("triton", "triton_chunked")
 
+
+# Disabled on first use, not at import: torch.compiler.disable imports torch._dynamo, about 1 s of every process's
+# start (a command line that refuses its arguments, a worker) that never compiles (as torch's own _disable_dynamo).
+def outside_graph(form):
+    def run(*args):
+        disabled = getattr(form, "_outside_graph", None)
+        if disabled is None:
+            disabled = form._outside_graph = torch.compiler.disable(form)
+        return disabled(*args)
+
+    return functools.wraps(form)(run)
+
+
 # The other forms as torch.compile meets them inside a compiled caller (RWKV-7's fused blocks with fused_blocks=True
 # off CUDA, as the CPU tests run them): run as they are, outside the graph, as the Triton kernels are (opaque custom
 # ops there). The chunked form's data-dependent choice of its decay path breaks the graph anyway, and inductor
 # compiling its dozens of ops for each shape took 3x the compile time of a tiny model's blocks for nothing faster.
-OUTSIDE_GRAPH = {name: torch.compiler.disable(form) for name, form in BACKENDS.items() if name not in COMPILED}
+OUTSIDE_GRAPH = {name: outside_graph(form) for name, form in BACKENDS.items() if name not in COMPILED}
 
 NAMES = ("r", "log_w", "k", "v", "a", "b")
 
