@@ -129,7 +129,7 @@ def chunked_kernels() -> list[tuple[str, object, int, int, bool]]:
         ("factors", chunked._chunk_factors, {}, 4, 1, False),
         ("scan", chunked._chunk_scan, {"BV": rows, "HAS_STATE": True, "KEEP": True}, 4, N // rows, True),
         ("scan_bwd", chunked._chunk_scan_bwd, {"HAS_GFINAL": True}, chunked.scan_bwd_warps(N), 1, True),
-        ("factors_bwd", chunked._chunk_factors_bwd, {}, 4, 1, False),
+        ("factors_bwd", chunked._chunk_factors_bwd, {}, chunked.FACTORS_BWD_WARPS, 1, False),
     ]
     return [
         (kind, compile_kernel(launcher.kernel, common | extra, warps, CHUNKED_FP32), warps, programs, chain)

@@ -84,6 +84,9 @@ from .triton_kernels import LOG_W_MIN, tl_dtype
 
 CHUNK = 16  # tokens per chunk: see the module docstring (range of the decay factors at LOG_W_MIN; tl.dot's minimum)
 ROWS = 32  # value rows per _chunk_scan program (at most N)
+# _chunk_factors_bwd's warps: at 4 it spills 1.3 KB per thread for sm_90a, at 8 0.2 KB for 1.4x the instructions
+# issued (results/wkv7/wkv7_compiled.csv has the 4 warps'); 8 not yet timed on a GPU
+FACTORS_BWD_WARPS = 4
 MAX_HEAD = 128  # the largest head size: each program holds a dozen (C, N) tiles (the scan: S, (BV, N)) in registers
 
 
@@ -530,7 +533,7 @@ def _backward(gy, gfinal, r, log_w, k, v, a, b, states):
     grads = [torch.empty_like(x) for x in (r, log_w, k, v, a, b)]
     _chunk_factors_bwd[(n_chunks, H, B)](
         r, log_w, k, v, a, b, gy, g_reff, g_v, g_w, g_u0, g_bend, g_kend, decay, *grads, T, H, n_chunks,
-        N=N, C=CHUNK, DT=dt, PREC=_precision(cd), num_warps=4,
+        N=N, C=CHUNK, DT=dt, PREC=_precision(cd), num_warps=FACTORS_BWD_WARPS,
     )  # fmt: skip
     return (*grads, gstate)
 
