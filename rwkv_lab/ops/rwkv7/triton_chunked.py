@@ -64,10 +64,12 @@ _chunk_factors_bwd  one program per (chunk, head, batch), in parallel: the facto
                     score matrices; the decay factors) to dr, dlog_w (a reverse cumulative sum over the chunk), dk,
                     dv, da, db in their inputs' dtypes.
 
-Arithmetic is fp32 for fp32 / bf16 / fp16 inputs with the state fp32; tl.dot on fp32 uses input_precision "tf32x3"
-on the GPU (three tf32 products: about fp32's accuracy on tensor cores; plain "tf32" would cost ~1e-3 relative)
-and fp64 inputs are computed in fp64 ("ieee"). Runs on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1
-(the tests).
+Arithmetic is fp32 for fp32 / bf16 / fp16 inputs with the state fp32, fp64 for fp64 inputs ("ieee"). tl.dot's
+input precision on the GPU follows the inputs' own rounding: fp32 and fp16 inputs take "tf32x3" (three tf32
+products, about fp32's accuracy on tensor cores), bf16 inputs "tf32" (one product, rounding its operands to 2^-11,
+finer than bf16's own 2^-8): in bf16 the factor kernels and the backward scan issue half the instructions and
+spill less (compile_wkv7) for errors at the level of the inputs' rounding (results/wkv7/wkv7_kernel_check.json).
+Runs on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1 (the tests).
 """
 
 from __future__ import annotations
@@ -461,10 +463,12 @@ def scan_bwd_warps(N: int) -> int:
     return 4 if N <= 64 else 8
 
 
-def _precision(cd: torch.dtype) -> str:
-    # tf32x3: fp32 accuracy on tensor cores (plain tf32 rounds the operands to 10 bits); fp64 and the interpreter
-    # (which has no tf32) take "ieee"
-    return "ieee" if cd == torch.float64 or os.environ.get("TRITON_INTERPRET") == "1" else "tf32x3"
+def _precision(cd: torch.dtype, dtype: torch.dtype) -> str:
+    """tl.dot's input precision for compute dtype `cd` and inputs of `dtype` (the module docstring): fp64 and the
+    interpreter (which has no tf32) take "ieee"."""
+    if cd == torch.float64 or os.environ.get("TRITON_INTERPRET") == "1":
+        return "ieee"
+    return "tf32" if dtype == torch.bfloat16 else "tf32x3"
 
 
 def _factors(r, log_w, k, v, a, b, cd):
@@ -476,7 +480,22 @@ def _factors(r, log_w, k, v, a, b, cd):
     decay = torch.empty(B, H, n_chunks, N, device=k.device, dtype=cd)
     dt = tl_dtype(cd)
     _chunk_factors[(n_chunks, H, B)](
-        r, log_w, k, v, a, b, *factors, decay, T, H, n_chunks, N=N, C=CHUNK, DT=dt, PREC=_precision(cd), num_warps=4
+        r,
+        log_w,
+        k,
+        v,
+        a,
+        b,
+        *factors,
+        decay,
+        T,
+        H,
+        n_chunks,
+        N=N,
+        C=CHUNK,
+        DT=dt,
+        PREC=_precision(cd, k.dtype),
+        num_warps=4,
     )
     return factors, decay
 
@@ -509,7 +528,7 @@ def _forward(r, log_w, k, v, a, b, state, keep: bool):
         HAS_STATE=state is not None,
         KEEP=keep,
         DT=tl_dtype(cd),
-        PREC=_precision(cd),
+        PREC=_precision(cd, k.dtype),
         num_warps=4,
     )
     return y, final, states
@@ -527,13 +546,13 @@ def _backward(gy, gfinal, r, log_w, k, v, a, b, states):
     dt = tl_dtype(cd)
     _chunk_scan_bwd[(H, B)](
         *factors, decay, v, gy, states, gfinal, gstate, T, H, n_chunks, N=N, C=CHUNK,
-        HAS_GFINAL=gfinal is not None, DT=dt, PREC=_precision(cd), num_warps=scan_bwd_warps(N),
+        HAS_GFINAL=gfinal is not None, DT=dt, PREC=_precision(cd, k.dtype), num_warps=scan_bwd_warps(N),
     )  # fmt: skip
     g_reff, g_v, g_w, g_u0, g_bend, g_kend = factors
     grads = [torch.empty_like(x) for x in (r, log_w, k, v, a, b)]
     _chunk_factors_bwd[(n_chunks, H, B)](
         r, log_w, k, v, a, b, gy, g_reff, g_v, g_w, g_u0, g_bend, g_kend, decay, *grads, T, H, n_chunks,
-        N=N, C=CHUNK, DT=dt, PREC=_precision(cd), num_warps=FACTORS_BWD_WARPS,
+        N=N, C=CHUNK, DT=dt, PREC=_precision(cd, k.dtype), num_warps=FACTORS_BWD_WARPS,
     )  # fmt: skip
     return (*grads, gstate)
 
