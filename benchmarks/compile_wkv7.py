@@ -124,7 +124,12 @@ CHUNKED_FP32 = frozenset(
 def chunked_kernels() -> list[tuple[str, object, int, int, bool]]:
     """(pass, compiled kernel, warps, programs per head, on the dependent chain) for the chunked kernels at N = 64,
     with the launch settings of triton_chunked's _forward and _backward (training's: the scan keeps the states)."""
-    common = {"N": N, "C": chunked.CHUNK, "DT": tl.float32, "PREC": chunked._precision(torch.float32, torch.bfloat16)}
+    common = {
+        "N": N,
+        "C": chunked.CHUNK,
+        "DT": tl.float32,
+        "PREC": chunked._precision(torch.float32, torch.bfloat16, training=True),
+    }
     rows = min(chunked.ROWS, N)
     plan = [
         ("factors", chunked._chunk_factors, {}, 4, 1, False),

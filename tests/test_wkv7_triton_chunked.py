@@ -176,3 +176,17 @@ def test_inputs_it_cannot_take_get_one_line_errors():
         with pytest.raises(error, match=match) as info:
             wkv7(*args, backend="triton_chunked")
         assert "\n" not in str(info.value), str(info.value)
+
+
+def test_the_dots_precision_follows_the_inputs_and_the_pass(monkeypatch):
+    """tf32 (one product) only in a bf16 training pass; a prefill and fp32 / fp16 inputs keep tf32x3, fp64 and the
+    interpreter ieee (the module docstring says why)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    f32, bf16, f16, f64 = torch.float32, torch.bfloat16, torch.float16, torch.float64
+    assert kernels._precision(f32, bf16, training=True) == "tf32"
+    assert kernels._precision(f32, bf16, training=False) == "tf32x3"
+    for dtype in (f16, f32):
+        assert kernels._precision(f32, dtype, training=True) == "tf32x3"
+    assert kernels._precision(f64, f64, training=True) == "ieee"
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert kernels._precision(f32, bf16, training=True) == "ieee"

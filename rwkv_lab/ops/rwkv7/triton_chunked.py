@@ -64,11 +64,13 @@ _chunk_factors_bwd  one program per (chunk, head, batch), in parallel: the facto
                     score matrices; the decay factors) to dr, dlog_w (a reverse cumulative sum over the chunk), dk,
                     dv, da, db in their inputs' dtypes.
 
-Arithmetic is fp32 for fp32 / bf16 / fp16 inputs with the state fp32, fp64 for fp64 inputs ("ieee"). tl.dot's
-input precision on the GPU follows the inputs' own rounding: fp32 and fp16 inputs take "tf32x3" (three tf32
-products, about fp32's accuracy on tensor cores), bf16 inputs "tf32" (one product, rounding its operands to 2^-11,
-finer than bf16's own 2^-8): in bf16 the factor kernels and the backward scan issue half the instructions and
-spill less (compile_wkv7) for errors at the level of the inputs' rounding (results/wkv7/wkv7_kernel_check.json).
+Arithmetic is fp32 for fp32 / bf16 / fp16 inputs with the state fp32, fp64 for fp64 inputs ("ieee"). tl.dot on fp32
+uses input_precision "tf32x3" on the GPU (three tf32 products: about fp32's accuracy on tensor cores), except in a
+training pass on bf16 inputs (the forward keeping its states, and the backward), which takes "tf32": one product,
+its operands rounded to 2^-11, finer than bf16's own 2^-8, for half the instructions in the factor kernels and the
+backward scan and fewer spills (compile_wkv7). A prefill keeps tf32x3: its state goes on into thousands of decode
+steps. The tf32 pass is not yet timed by bench_wkv7 nor checked against float64 on a GPU (a scratch run, not a
+result, showed it about 1.9x faster at (B, T, C) = (8, 1024, 2048) on an H100, gradients within 4e-3 of tf32x3's).
 Runs on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1 (the tests).
 """
 
@@ -463,15 +465,15 @@ def scan_bwd_warps(N: int) -> int:
     return 4 if N <= 64 else 8
 
 
-def _precision(cd: torch.dtype, dtype: torch.dtype) -> str:
-    """tl.dot's input precision for compute dtype `cd` and inputs of `dtype` (the module docstring): fp64 and the
-    interpreter (which has no tf32) take "ieee"."""
+def _precision(cd: torch.dtype, dtype: torch.dtype, training: bool) -> str:
+    """tl.dot's input precision for compute dtype `cd`, inputs of `dtype` and a training pass or not (the module
+    docstring): fp64 and the interpreter (which has no tf32) take "ieee"."""
     if cd == torch.float64 or os.environ.get("TRITON_INTERPRET") == "1":
         return "ieee"
-    return "tf32" if dtype == torch.bfloat16 else "tf32x3"
+    return "tf32" if training and dtype == torch.bfloat16 else "tf32x3"
 
 
-def _factors(r, log_w, k, v, a, b, cd):
+def _factors(r, log_w, k, v, a, b, cd, prec: str):
     """_chunk_factors' launch: -> [R_eff, Y_0, W, U_0, B_end, K_end] (B, H, n_chunks, C, N) each and e^{g_C}
     (B, H, n_chunks, N), in the compute dtype."""
     B, T, H, N = k.shape
@@ -494,7 +496,7 @@ def _factors(r, log_w, k, v, a, b, cd):
         N=N,
         C=CHUNK,
         DT=dt,
-        PREC=_precision(cd, k.dtype),
+        PREC=prec,
         num_warps=4,
     )
     return factors, decay
@@ -505,7 +507,8 @@ def _forward(r, log_w, k, v, a, b, state, keep: bool):
     (B, H, n_chunks, N, N) for the backward (else None); inputs contiguous, the state in the compute dtype."""
     cd = compute_dtype(r, log_w, k, v, a, b, state)
     B, T, H, N = k.shape
-    factors, decay = _factors(r, log_w, k, v, a, b, cd)
+    prec = _precision(cd, k.dtype, training=keep)  # kept states: a training pass
+    factors, decay = _factors(r, log_w, k, v, a, b, cd, prec)
     n_chunks = decay.shape[2]
     y = torch.empty_like(v)
     final = torch.empty(B, H, N, N, device=k.device, dtype=cd)
@@ -528,7 +531,7 @@ def _forward(r, log_w, k, v, a, b, state, keep: bool):
         HAS_STATE=state is not None,
         KEEP=keep,
         DT=tl_dtype(cd),
-        PREC=_precision(cd, k.dtype),
+        PREC=prec,
         num_warps=4,
     )
     return y, final, states
@@ -540,19 +543,20 @@ def _backward(gy, gfinal, r, log_w, k, v, a, b, states):
     overwrites them with their gradients, which _chunk_factors_bwd turns into the inputs'."""
     cd = states.dtype
     B, T, H, N = k.shape
-    factors, decay = _factors(r, log_w, k, v, a, b, cd)
+    prec = _precision(cd, k.dtype, training=True)
+    factors, decay = _factors(r, log_w, k, v, a, b, cd, prec)
     n_chunks = decay.shape[2]
     gstate = torch.empty(B, H, N, N, device=k.device, dtype=cd)
     dt = tl_dtype(cd)
     _chunk_scan_bwd[(H, B)](
         *factors, decay, v, gy, states, gfinal, gstate, T, H, n_chunks, N=N, C=CHUNK,
-        HAS_GFINAL=gfinal is not None, DT=dt, PREC=_precision(cd, k.dtype), num_warps=scan_bwd_warps(N),
+        HAS_GFINAL=gfinal is not None, DT=dt, PREC=prec, num_warps=scan_bwd_warps(N),
     )  # fmt: skip
     g_reff, g_v, g_w, g_u0, g_bend, g_kend = factors
     grads = [torch.empty_like(x) for x in (r, log_w, k, v, a, b)]
     _chunk_factors_bwd[(n_chunks, H, B)](
         r, log_w, k, v, a, b, gy, g_reff, g_v, g_w, g_u0, g_bend, g_kend, decay, *grads, T, H, n_chunks,
-        N=N, C=CHUNK, DT=dt, PREC=_precision(cd, k.dtype), num_warps=FACTORS_BWD_WARPS,
+        N=N, C=CHUNK, DT=dt, PREC=prec, num_warps=FACTORS_BWD_WARPS,
     )  # fmt: skip
     return (*grads, gstate)
 
