@@ -100,7 +100,8 @@ NAMES = ("r", "log_w", "k", "v", "a", "b")
 # chunked kernels' extra work costs more (H100, fp16, T = 4096, results/wkv7/wkv7_prefill_backends.csv: chunked
 # 2.8x and 2.3x faster at 768 and 2,048 rows, 0.74x and 0.61x at 24,576 and 65,536; between, unmeasured). With grad
 # the per-token kernel: the chunked kernels' forward + backward ran at 0.66x and 0.65x its speed at (B, T, C) =
-# (8, 1024, 2048) and (16, 4096, 2048), bf16 (H100, results/wkv7/wkv7_gpu_benchmark.csv).
+# (8, 1024, 2048) and (16, 4096, 2048), bf16 (H100, results/wkv7/wkv7_gpu_benchmark.csv), their dots then in tf32x3;
+# in tf32, as a bf16 training pass now runs them (triton_chunked's docstring), not yet timed.
 CHUNKED_MAX_ROWS = 8192
 
 
