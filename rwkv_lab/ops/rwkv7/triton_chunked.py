@@ -89,8 +89,9 @@ from .triton_kernels import LOG_W_MIN, tl_dtype
 CHUNK = 16  # tokens per chunk: see the module docstring (range of the decay factors at LOG_W_MIN; tl.dot's minimum)
 ROWS = 32  # value rows per _chunk_scan program (at most N)
 # _chunk_factors_bwd's warps: at 4, compiled for sm_90a, it spills 1.3 KB per thread with tf32x3 dots (the
-# results/wkv7/wkv7_compiled.csv of commit dc054c2) and 88 B with a bf16 training pass's tf32 (today's); 8 spill less for 1.4x the instructions issued and
-# were slower on an H100 (a scratch run, not a results file: so was 8 warps' _chunk_scan_bwd)
+# results/wkv7/wkv7_compiled.csv of commit dc054c2) and 88 B with a bf16 training pass's tf32 (today's); 8 spill less
+# for 1.4x the instructions issued and were slower on an H100 (a scratch run, not a results file: so was 8 warps'
+# _chunk_scan_bwd)
 FACTORS_BWD_WARPS = 4
 MAX_HEAD = 128  # the largest head size: each program holds a dozen (C, N) tiles (the scan: S, (BV, N)) in registers
 
@@ -458,11 +459,11 @@ def log_w_bound_error(log_w: torch.Tensor) -> str | None:
 
 
 def scan_bwd_warps(N: int) -> int:
-    """_chunk_scan_bwd's warps: 4 up to N = 64, where a program's S and dS (N x N fp32 each) and its tiles take all
-    255 registers a thread may hold (spilling 1.4 KB per thread with tf32x3 dots, 0.5 KB with a bf16 training pass's
-    tf32: wkv7_compiled.csv of commit dc054c2 and today's) and two programs fit an SM, so that (8, 1024, 2048)'s B H = 256 programs run in one wave on an H100's 132
-    SMs; 8 warps spill less but fit one program per SM, two waves (compiled for sm_90a:
-    results/wkv7/wkv7_compiled.csv has the 4 warps'). 8 at N = 128, the state 4x larger."""
+    """_chunk_scan_bwd's warps: 4 up to N = 64, where a program's S and dS (N x N fp32 each) and its tiles take all 255
+    registers a thread may hold (spilling 1.4 KB per thread with tf32x3 dots, 0.5 KB with a bf16 training pass's tf32:
+    wkv7_compiled.csv of commit dc054c2 and today's) and two programs fit an SM, so that (8, 1024, 2048)'s B H = 256
+    programs run in one wave on an H100's 132 SMs; 8 warps spill less but fit one program per SM, two waves (compiled
+    for sm_90a: results/wkv7/wkv7_compiled.csv has the 4 warps'). 8 at N = 128, the state 4x larger."""
     return 4 if N <= 64 else 8
 
 
