@@ -95,7 +95,7 @@ def test_what_the_fused_blocks_keep_changes_memory_and_nothing_else():
     give the eager blocks' loss and every parameter's gradient. Two layers: the first block and one after it."""
     model = random_model(TINY_TWO_LAYERS, seed=3, dtype=torch.float32)
     model.configure(backend="triton")
-    B, T = 2, 12
+    B, T = 2, 5
     tokens = tokens_for(TINY_TWO_LAYERS, B, T + 1, seed=3)
 
     def step(fused: bool, saved: str = "matmuls"):
