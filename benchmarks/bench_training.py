@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from rwkv_lab import cost
 from rwkv_lab.measure.profiler import PILE_SIZES, model_at
-from rwkv_lab.measure.timing import OOM, cuda_kernels, matmul_throughput, or_oom, time_fn
+from rwkv_lab.measure.timing import OOM, kernel_shares, matmul_throughput, or_oom, time_fn
 from rwkv_lab.models.run_config import SAVED_ACTIVATIONS
 from rwkv_lab.models.rwkv4 import fast_path as rwkv4_fast_path
 from rwkv_lab.models.rwkv4.model import build_at_size
@@ -150,13 +150,7 @@ def kernel_kind(name: str) -> str:
 
 def step_profile(step, device) -> list[dict]:
     """Where one optimizer step's GPU time goes: its CUDA kernels by total device time (torch.profiler)."""
-    kernels = cuda_kernels(step, device)
-    total = sum(e.device_time_total for e in kernels)
-    return [
-        {"kernel": e.key[:100], "kind": kernel_kind(e.key), "calls": e.count, "ms": e.device_time_total / 1e3}
-        | {"share": e.device_time_total / total, "device_ms": total / 1e3}
-        for e in kernels
-    ]
+    return [{"kernel": r["kernel"], "kind": kernel_kind(r["kernel"])} | r for r in kernel_shares(step, device)]
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from rwkv_lab.analysis.equivalence import rel_error
-from rwkv_lab.measure.timing import cuda_kernels, peak_memory, time_fn
+from rwkv_lab.measure.timing import kernel_shares, peak_memory, time_fn
 from rwkv_lab.ops.rwkv7 import wkv7, wkv7_chunked, wkv7_recurrent
 from rwkv_lab.ops.rwkv7.triton_kernels import DEFAULT, Tiling, wkv7_triton
 from rwkv_lab.results import results_dir, write_json, write_table
@@ -216,21 +216,14 @@ def parse_shapes(text: str) -> list[tuple[int, int, int]]:
     return shapes
 
 
-def kernel_rows(name, fn, inputs, gy, device, shape) -> list[dict]:
-    """Where one forward + backward call of a candidate spends its GPU time: its CUDA kernels, largest first."""
+def fwd_bwd(fn, inputs, gy):
+    """A candidate's call as training makes it: y carries the gradient, the final state is returned."""
 
-    def forward_backward():
+    def call():
         y, _ = fn(*inputs)
         return torch.autograd.grad(y, inputs, gy)
 
-    B, T, C = shape
-    kernels = cuda_kernels(forward_backward, device)
-    total = sum(e.device_time_total for e in kernels)
-    return [
-        {"candidate": name, "B": B, "T": T, "C": C, "kernel": e.key[:100], "calls": e.count}
-        | {"ms": e.device_time_total / 1e3, "share": e.device_time_total / total, "device_ms": total / 1e3}
-        for e in kernels
-    ]
+    return call
 
 
 def measure(name, fn, inputs, gy, reference, rounds, device, shape) -> tuple[dict, list | None]:
@@ -243,10 +236,7 @@ def measure(name, fn, inputs, gy, reference, rounds, device, shape) -> tuple[dic
         with torch.no_grad():
             return fn(*inputs)
 
-    def forward_backward():  # training's case: y carries the gradient, the final state is returned
-        y, _ = fn(*inputs)
-        return torch.autograd.grad(y, inputs, gy)
-
+    forward_backward = fwd_bwd(fn, inputs, gy)
     try:
         got = outputs_and_grads(fn, inputs, gy.double(), 0.0, True)
         times = {"fwd": [], "fwd_bwd": []}
@@ -281,7 +271,7 @@ def describe(row) -> str:
 
 def benchmark(device, shapes, rounds, fla_shapes, write=lambda rows: None, variants=None, profile=None) -> list[dict]:
     """Ours at every tiling and the chunked kernels at every shape, then fla at `fla_shapes`; `write(rows)` after
-    each candidate; `profile(rows)`, if given, with every candidate's kernels (kernel_rows) after each one."""
+    each candidate; `profile(rows)`, if given, with every candidate's kernels (kernel_shares) after each one."""
     variants = variants or VARIANTS
     fla = fla_candidates(device) if fla_shapes else {}
     chunked = {CHUNKED: lambda *x: wkv7(*x, backend="triton_chunked", check=False)}
@@ -303,7 +293,8 @@ def benchmark(device, shapes, rounds, fla_shapes, write=lambda rows: None, varia
             print(describe(row), flush=True)
             write(rows)
             if profile is not None and not row["error"]:
-                kernels += kernel_rows(name, fn, inputs, gy, device, shape)
+                at = {"candidate": name, "B": B, "T": T, "C": C}
+                kernels += [at | r for r in kernel_shares(fwd_bwd(fn, inputs, gy), device)]
                 profile(kernels)
         del inputs, reference
         torch.cuda.empty_cache()

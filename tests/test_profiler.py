@@ -513,3 +513,19 @@ def test_batched_runs_summarise_each_mixed_run_with_the_step_that_ran(tmp_path):
     write_table(tmp_path / "generation_e.csv", pd.DataFrame(measured))
     ceiling = batched_runs(tmp_path).set_index("file").loc["generation_e.csv", "end to end / decoder, ceiling"]
     assert ceiling == pytest.approx(4096 / (0.5 + 4064 / 1000) / 1000)
+
+
+def test_kernel_shares_gives_each_kernels_milliseconds_and_share_of_the_call(monkeypatch):
+    """The benchmarks' kernel tables (bench_training --profile, bench_wkv7 --profile) from torch.profiler's events,
+    here stand-ins: microseconds to milliseconds, shares of the call's device time summing to 1."""
+    from rwkv_lab.measure import timing
+
+    events = [types.SimpleNamespace(key="k" * 120, count=3, device_time_total=750.0)]
+    events.append(types.SimpleNamespace(key="small", count=1, device_time_total=250.0))
+    monkeypatch.setattr(timing, "cuda_kernels", lambda fn, device: events)
+    rows = timing.kernel_shares(lambda: None)
+    assert [r["kernel"] for r in rows] == ["k" * 100, "small"]
+    assert [(r["calls"], r["ms"], r["share"], r["device_ms"]) for r in rows] == [
+        (3, 0.75, 0.75, 1.0),
+        (1, 0.25, 0.25, 1.0),
+    ]

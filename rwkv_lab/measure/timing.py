@@ -29,6 +29,18 @@ def cuda_kernels(fn: Callable[[], object], device="cuda") -> list:
     return sorted(kernels, key=lambda e: -e.device_time_total)
 
 
+def kernel_shares(fn: Callable[[], object], device="cuda") -> list[dict]:
+    """cuda_kernels as rows, largest first: each kernel's name, calls, device milliseconds and share of the call's
+    device time (`device_ms`, the same in every row)."""
+    kernels = cuda_kernels(fn, device)
+    total = sum(e.device_time_total for e in kernels)
+    return [
+        {"kernel": e.key[:100], "calls": e.count, "ms": e.device_time_total / 1e3}
+        | {"share": e.device_time_total / total, "device_ms": total / 1e3}
+        for e in kernels
+    ]
+
+
 def time_fn(
     fn: Callable[[], object], device="cuda", warmup: int = 3, repeat: int = 10, min_seconds: float = 0.0
 ) -> float:

@@ -484,22 +484,7 @@ def _factors(r, log_w, k, v, a, b, cd, prec: str):
     decay = torch.empty(B, H, n_chunks, N, device=k.device, dtype=cd)
     dt = tl_dtype(cd)
     _chunk_factors[(n_chunks, H, B)](
-        r,
-        log_w,
-        k,
-        v,
-        a,
-        b,
-        *factors,
-        decay,
-        T,
-        H,
-        n_chunks,
-        N=N,
-        C=CHUNK,
-        DT=dt,
-        PREC=prec,
-        num_warps=4,
+        r, log_w, k, v, a, b, *factors, decay, T, H, n_chunks, N=N, C=CHUNK, DT=dt, PREC=prec, num_warps=4
     )
     return factors, decay
 
